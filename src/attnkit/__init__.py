@@ -1,0 +1,102 @@
+"""attnkit: one attention toolkit, many mechanisms, every runtime.
+
+Exact (flash-tiled), multi-head, cross, self, linear, hyperbolic and neighbour attention on NumPy
+by default and on any Python array-API library (PyTorch, JAX, CuPy, Dask).
+
+Public names are imported lazily (PEP 562), so ``import attnkit`` stays cheap and front ends load
+only what they use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _pkg_version
+from typing import Any
+
+from .errors import AttentionError, ConfigError, DisposedError, DTypeError, NonFiniteError, ShapeError
+
+try:
+    __version__ = _pkg_version("attnkit")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.1.0"
+
+#: public name -> module that defines it
+_LAZY: dict[str, str] = {
+    # system and masks
+    "create_mask": "attnkit.kernels.masks",
+    "check_simd_support": "attnkit.system",
+    "check_thread_support": "attnkit.system",
+    # base types
+    "Mechanism": "attnkit.mechanisms.base",
+    "MemoryInfo": "attnkit.mechanisms.base",
+    "BenchmarkResult": "attnkit.mechanisms.base",
+    # core mechanisms
+    "FlashAttention": "attnkit.mechanisms.flash",
+    "MultiHeadAttention": "attnkit.mechanisms.multihead",
+    "CrossAttention": "attnkit.mechanisms.multihead",
+    "SelfAttention": "attnkit.mechanisms.multihead",
+    "LinearAttention": "attnkit.mechanisms.linear",
+    "HyperbolicAttention": "attnkit.mechanisms.hyperbolic",
+    "ScaledDotProduct": "attnkit.mechanisms.neighbour",
+    # Poincare ball primitives
+    "poincare_distance": "attnkit.kernels.poincare",
+    "mobius_add": "attnkit.kernels.poincare",
+    "exp_map": "attnkit.kernels.poincare",
+    "log_map": "attnkit.kernels.poincare",
+    "to_poincare": "attnkit.kernels.poincare",
+    "from_poincare": "attnkit.kernels.poincare",
+    "project": "attnkit.kernels.poincare",
+    # further mechanisms
+    "LocalGlobalAttention": "attnkit.mechanisms.local_global",
+    "MoEAttention": "attnkit.mechanisms.moe",
+    "EdgeFeaturedAttention": "attnkit.mechanisms.graph",
+    "GraphRoPEAttention": "attnkit.mechanisms.graph",
+    "RotaryEmbedding": "attnkit.kernels.rope",
+    "MixedCurvatureAttention": "attnkit.mechanisms.mixed_curvature",
+    "DualSpaceAttention": "attnkit.mechanisms.mixed_curvature",
+    # SDK
+    "AttentionType": "attnkit.sdk",
+    "AttentionConfig": "attnkit.sdk",
+    "AttentionBuilder": "attnkit.sdk",
+    "Pipeline": "attnkit.sdk",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'attnkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+def version() -> str:
+    """The installed attnkit version (the spec's ``version()``)."""
+    return __version__
+
+
+def supported_features() -> list[str]:
+    """Names of every registered mechanism plus the capabilities of this build."""
+    from .mechanisms import registry
+
+    return [*registry.names(), "batch", "async", "streaming", "simd", "masks"]
+
+
+__all__ = [  # noqa: F822  (lazy names resolve through __getattr__)
+    "__version__",
+    "version",
+    "supported_features",
+    "AttentionError",
+    "ConfigError",
+    "DisposedError",
+    "DTypeError",
+    "NonFiniteError",
+    "ShapeError",
+    *_LAZY,
+]

@@ -1,0 +1,201 @@
+"""Array helpers: namespace lookup, dtype policy, shape, finiteness and option validation.
+
+attnkit computes in the caller's array library through the Python array API
+(``array_api_compat``). NumPy arrays, plain Python sequences and scalars go to NumPy; torch, JAX,
+CuPy and Dask arrays stay in their library and on their device.
+
+Dtype policy: float32 and float64 compute as given. NumPy float16 computes in float32 and is cast
+back; other libraries compute half precision as given. Integer, bool, complex and object input is a
+:class:`~attnkit.errors.DTypeError` (a ``TypeError``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from .errors import ConfigError, DTypeError, NonFiniteError, ShapeError
+
+Array = Any
+Namespace = Any
+
+__all__ = [
+    "Array",
+    "Namespace",
+    "namespace",
+    "as_float_array",
+    "common_float_dtype",
+    "compute_dtype",
+    "check_finite",
+    "require_ndim",
+    "require_dim",
+    "positive_int",
+    "non_negative_int",
+    "probability",
+    "positive_float",
+    "finite_float",
+    "one_of",
+    "is_numpy",
+    "is_torch",
+    "to_numpy",
+    "shape_str",
+]
+
+
+def _is_array(x: object) -> bool:
+    return array_api_compat.is_array_api_obj(x)
+
+
+def namespace(*arrays: object) -> Namespace:
+    """The array-API namespace shared by ``arrays`` (``None`` and Python sequences count as NumPy)."""
+    real = [a for a in arrays if a is not None and _is_array(a) and not isinstance(a, np.generic)]
+    if not real:
+        return array_api_compat.array_namespace(np.empty(0))
+    try:
+        return array_api_compat.array_namespace(*real)
+    except TypeError as exc:  # arrays from two libraries
+        kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in real})
+        raise DTypeError(f"inputs mix array libraries ({', '.join(kinds)}); pass arrays of one library") from exc
+
+
+def is_numpy(xp: Namespace) -> bool:
+    return array_api_compat.is_numpy_namespace(xp)
+
+
+def is_torch(xp: Namespace) -> bool:
+    return array_api_compat.is_torch_namespace(xp)
+
+
+def _dtype_name(dtype: object) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def as_float_array(x: object, name: str, xp: Namespace | None = None) -> Array:
+    """Return ``x`` as a floating array of ``xp`` (NumPy for Python sequences).
+
+    Raises ``DTypeError`` for integer, bool, complex or object data and ``ShapeError`` for ragged
+    sequences.
+    """
+    if x is None:
+        raise ShapeError(f"{name}: expected an array, got None")
+    if not _is_array(x) or isinstance(x, np.generic):
+        if isinstance(x, (str, bytes)):
+            raise DTypeError(f"{name}: expected a float array, got {type(x).__name__}")
+        if isinstance(x, bool) or (isinstance(x, np.generic) and x.dtype.kind == "b"):
+            raise DTypeError(f"{name}: expected a float array, got bool")
+        try:
+            arr = np.asarray(x, dtype=np.float32) if not isinstance(x, np.generic) else np.asarray(x)
+        except (ValueError, TypeError) as exc:
+            raise ShapeError(f"{name}: expected a rectangular array of numbers ({exc})") from exc
+        x = arr
+    xp = xp or namespace(x)
+    dtype = x.dtype
+    if not xp.isdtype(dtype, "real floating"):
+        raise DTypeError(f"{name}: expected a float dtype (float16/bfloat16/float32/float64), got {_dtype_name(dtype)}")
+    return x
+
+
+def common_float_dtype(xp: Namespace, *arrays: Array) -> Any:
+    """The floating dtype all ``arrays`` promote to (the result dtype of the computation)."""
+    present = [a for a in arrays if a is not None]
+    return xp.result_type(*present) if len(present) > 1 else present[0].dtype
+
+
+def compute_dtype(xp: Namespace, dtype: Any) -> Any:
+    """The dtype attnkit computes in for a result of ``dtype`` (NumPy half -> float32)."""
+    if is_numpy(xp) and dtype == np.float16:
+        return np.float32
+    return dtype
+
+
+def check_finite(x: Array, name: str, xp: Namespace) -> None:
+    """Raise ``NonFiniteError`` naming ``name`` if ``x`` holds NaN or infinity."""
+    if is_numpy(xp):
+        if x.size and not np.isfinite(x).all():
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise NonFiniteError(
+                f"{name}: expected finite values, found {x[tuple(bad)]!r} at index {tuple(int(i) for i in bad)}"
+            )
+        return
+    if not bool(xp.all(xp.isfinite(x))):
+        raise NonFiniteError(f"{name}: expected finite values, found NaN or infinity")
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def require_ndim(x: Array, name: str, min_ndim: int, layout: str) -> None:
+    """Raise ``ShapeError`` unless ``x`` has at least ``min_ndim`` dimensions (layout is e.g. '(..., L, H, D)')."""
+    if x.ndim < min_ndim:
+        raise ShapeError(f"{name}: expected shape {layout}, got {shape_str(x.shape)}")
+
+
+def require_dim(x: Array, name: str, axis: int, expected: int, what: str) -> None:
+    """Raise ``ShapeError`` unless ``x.shape[axis] == expected``."""
+    if x.shape[axis] != expected:
+        raise ShapeError(
+            f"{name}: expected {what} = {expected} along axis {axis}, got {x.shape[axis]} (shape {shape_str(x.shape)})"
+        )
+
+
+def _real_number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    return float(value)
+
+
+def positive_int(value: object, name: str) -> int:
+    """``value`` as an int >= 1, or ``ConfigError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def non_negative_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
+        raise ConfigError(f"{name}: expected a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def probability(value: object, name: str) -> float:
+    """A dropout-like probability in [0, 1)."""
+    p = _real_number(value, name)
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"{name}: expected a value in [0, 1), got {value!r}")
+    return p
+
+
+def positive_float(value: object, name: str) -> float:
+    f = _real_number(value, name)
+    if not (f > 0.0 and np.isfinite(f)):
+        raise ConfigError(f"{name}: expected a finite number > 0, got {value!r}")
+    return f
+
+
+def finite_float(value: object, name: str) -> float:
+    f = _real_number(value, name)
+    if not np.isfinite(f):
+        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+    return f
+
+
+def one_of(value: object, name: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ConfigError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value.lower()
+
+
+def to_numpy(x: Array) -> np.ndarray:
+    """Copy any array-API array to a NumPy array on the host (detaching torch tensors)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "detach"):
+        x = x.detach()
+    if hasattr(x, "cpu"):
+        x = x.cpu()
+    return np.asarray(x)

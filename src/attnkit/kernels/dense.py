@@ -1,0 +1,135 @@
+"""Exact (dense) scaled dot-product attention, tiled with the online softmax.
+
+    out = softmax(scale * q k^T + bias) v
+
+computed block by block over keys with the running maximum / running sum recurrence of
+FlashAttention (Dao et al., "FlashAttention: Fast and Memory-Efficient Exact Attention with
+IO-Awareness", NeurIPS 2022; Milakov & Gimelshein 2018 for the online softmax), so memory is
+O(Lq * block) per head and never O(Lq * Lk).
+
+Layout here is heads-first, ``q: (..., H, Lq, D)``, ``k: (..., H, Lk, D)``, ``v: (..., H, Lk, Dv)``.
+Batch dimensions broadcast. Causal masking is bottom-right aligned (see :mod:`.masks`). Rows whose
+keys are all masked give zeros. This module is generic over the array API; backend fast paths
+(:mod:`.dense_numpy`, torch's fused kernel) are chosen by :func:`sdpa` and must agree with
+:func:`sdpa_generic`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from .._array import Array, Namespace, is_numpy, is_torch
+from .masks import apply_mask_tile, causal_allowed
+from .softmax import safe_softmax
+
+__all__ = ["sdpa", "sdpa_generic", "attention_weights", "DEFAULT_Q_BLOCK"]
+
+DEFAULT_Q_BLOCK = 256
+
+
+def _dropout_keep(rng: np.random.Generator, shape: tuple[int, ...], p: float, xp: Namespace, like: Array) -> Array:
+    keep = (rng.random(shape) >= p).astype(np.float64) / (1.0 - p)
+    return xp.asarray(keep, dtype=like.dtype, device=array_api_compat.device(like))
+
+
+def sdpa_generic(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    xp: Namespace,
+    scale: float,
+    mask: Array | None = None,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+    rng: np.random.Generator | None = None,
+    block_size: int = 256,
+    q_block: int = DEFAULT_Q_BLOCK,
+) -> Array:
+    """Tiled online-softmax attention in any array-API namespace (heads-first layout)."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    dev = array_api_compat.device(q)
+    offset = lk - lq
+    batch = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+    out_parts = []
+    qs = q * scale
+    neg_inf = xp.asarray(-xp.inf, dtype=q.dtype, device=dev)
+    for q0 in range(0, lq, q_block):
+        q1 = min(q0 + q_block, lq)
+        qt = qs[..., q0:q1, :]
+        m = xp.full((*batch, q1 - q0, 1), -xp.inf, dtype=q.dtype, device=dev)
+        l = xp.zeros((*batch, q1 - q0, 1), dtype=q.dtype, device=dev)
+        acc = xp.zeros((*batch, q1 - q0, v.shape[-1]), dtype=q.dtype, device=dev)
+        for k0 in range(0, lk, block_size):
+            k1 = min(k0 + block_size, lk)
+            if causal and k0 > q1 - 1 + offset:
+                break  # every later key block is hidden from this query tile
+            s = qt @ xp.matrix_transpose(k[..., k0:k1, :])
+            if causal and k1 - 1 > q0 + offset:
+                s = xp.where(causal_allowed(xp, q0, q1, k0, k1, offset, dev), s, neg_inf)
+            s = apply_mask_tile(s, mask, xp, q0, q1, k0, k1)
+            m_new = xp.maximum(m, xp.max(s, axis=-1, keepdims=True))
+            m_safe = xp.where(xp.isinf(m_new), xp.zeros_like(m_new), m_new)
+            p = xp.exp(s - m_safe)
+            alpha = xp.exp(m - m_safe)
+            l = alpha * l + xp.sum(p, axis=-1, keepdims=True)
+            if dropout_p > 0.0:
+                p = p * _dropout_keep(rng or np.random.default_rng(), tuple(p.shape), dropout_p, xp, p)
+            acc = alpha * acc + p @ v[..., k0:k1, :]
+            m = m_new
+        out_parts.append(acc / xp.where(l == 0, xp.ones_like(l), l))
+    return out_parts[0] if len(out_parts) == 1 else xp.concat(out_parts, axis=-2)
+
+
+def attention_weights(
+    q: Array, k: Array, *, xp: Namespace, scale: float, mask: Array | None = None, causal: bool = False
+) -> Array:
+    """The dense probabilities ``softmax(scale q k^T + bias)``, shape ``(..., H, Lq, Lk)`` (O(Lq*Lk) memory)."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    s = (q * scale) @ xp.matrix_transpose(k)
+    if causal:
+        allowed = causal_allowed(xp, 0, lq, 0, lk, lk - lq, array_api_compat.device(q))
+        s = xp.where(allowed, s, xp.asarray(-xp.inf, dtype=s.dtype))
+    s = apply_mask_tile(s, mask, xp, 0, lq, 0, lk)
+    return safe_softmax(s, xp)
+
+
+def sdpa(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    xp: Namespace,
+    scale: float,
+    mask: Array | None = None,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+    rng: np.random.Generator | None = None,
+    block_size: int = 256,
+    backend: str = "auto",
+) -> Array:
+    """Dispatch to the fastest exact kernel whose semantics match; all agree with :func:`sdpa_generic`.
+
+    ``backend``: ``"auto"`` (default), ``"generic"``, ``"numpy"`` (the NumPy fast path) or ``"torch"``
+    (torch's fused ``scaled_dot_product_attention``).
+    """
+    kw: dict[str, Any] = dict(scale=scale, mask=mask, causal=causal)
+    if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0:
+        from .dense_torch import sdpa_torch
+
+        out = sdpa_torch(q, k, v, **kw)
+        if out is not None:
+            return out
+    if backend in ("auto", "numpy") and is_numpy(xp) and dropout_p == 0.0:
+        try:
+            from .dense_numpy import sdpa_numpy
+        except ImportError:  # pragma: no cover - the fast path is optional during development
+            sdpa_numpy = None
+        if sdpa_numpy is not None:
+            out = sdpa_numpy(q, k, v, block_size=block_size, **kw)
+            if out is not None:
+                return out
+    return sdpa_generic(q, k, v, xp=xp, dropout_p=dropout_p, rng=rng, block_size=block_size, **kw)

@@ -1,0 +1,132 @@
+"""Attention masks: construction, validation and per-tile application.
+
+Conventions (DESIGN.md): a boolean mask is True where a query may attend (PyTorch's convention); a
+float mask is added to the scores (``-inf`` forbids). Masks broadcast to ``(..., H, Lq, Lk)``.
+Causal masking with ``Lq != Lk`` is aligned bottom-right: query ``i`` sees key ``j`` iff
+``j <= i + (Lk - Lq)``, which is what decoding with a key/value cache needs and what torch's
+``causal_lower_right`` bias does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from .._array import Array, Namespace, shape_str
+from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
+
+__all__ = ["create_mask", "prepare_mask", "causal_allowed", "mask_tile", "apply_mask_tile"]
+
+
+def create_mask(kind: str, seq_len: int, positions: Sequence[int] | None = None) -> np.ndarray:
+    """Build a boolean ``(seq_len, seq_len)`` mask, True = may attend.
+
+    * ``"causal"``: lower triangle (query i sees keys 0..i).
+    * ``"padding"``: keys at ``positions`` are padding and nobody attends to them.
+    * ``"block"``: block-diagonal; ``positions`` are the start indices of the blocks (0 is implied),
+      so tokens attend only within their block. Without positions the whole sequence is one block.
+    """
+    from .._array import one_of, positive_int
+
+    kind = one_of(kind, "kind", ("causal", "padding", "block"))
+    n = positive_int(seq_len, "seq_len")
+    pos = _positions(positions, n)
+    if kind == "causal":
+        if pos:
+            raise ConfigError("positions: not used by a causal mask; pass None")
+        return np.tril(np.ones((n, n), dtype=bool))
+    if kind == "padding":
+        keep = np.ones(n, dtype=bool)
+        keep[list(pos)] = False
+        return np.broadcast_to(keep, (n, n)).copy()
+    starts = sorted({0, *pos})
+    block_id = np.zeros(n, dtype=np.int64)
+    for b, s in enumerate(starts):
+        block_id[s:] = b
+    return block_id[:, None] == block_id[None, :]
+
+
+def _positions(positions: Sequence[int] | None, n: int) -> list[int]:
+    if positions is None:
+        return []
+    out: list[int] = []
+    for p in positions:
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer)):
+            raise ConfigError(f"positions: expected integers, got {p!r}")
+        if not 0 <= int(p) < n:
+            raise ConfigError(f"positions: expected indices in [0, {n}), got {int(p)}")
+        out.append(int(p))
+    return out
+
+
+def prepare_mask(
+    mask: Any, xp: Namespace, target: tuple[int, ...], dtype: Any, device: Any = None, name: str = "mask"
+) -> Array | None:
+    """Validate ``mask`` against the score shape ``target = (..., H, Lq, Lk)``.
+
+    Returns a bool array (True = attend) or a float array of ``dtype`` to add, in ``xp``.
+    """
+    if mask is None:
+        return None
+    if not array_api_compat.is_array_api_obj(mask):
+        try:
+            mask = np.asarray(mask)
+        except (ValueError, TypeError) as exc:
+            raise ShapeError(f"{name}: expected a rectangular array ({exc})") from exc
+        if mask.dtype.kind in "iuf":
+            mask = mask.astype(dtype if mask.dtype.kind == "f" else np.float32)
+    mxp = array_api_compat.array_namespace(mask)
+    if array_api_compat.is_numpy_namespace(mxp) and not array_api_compat.is_numpy_namespace(xp):
+        mask = xp.asarray(mask, device=device)
+        mxp = xp
+    elif type(mxp) is not type(xp) and mxp is not xp:
+        raise DTypeError(f"{name}: expected an array of the same library as the inputs, got {type(mask).__name__}")
+    if mxp.isdtype(mask.dtype, "bool"):
+        kind = "bool"
+    elif mxp.isdtype(mask.dtype, "real floating"):
+        kind = "float"
+    else:
+        raise DTypeError(f"{name}: expected a bool mask (True = attend) or a float mask (added to scores), got {mask.dtype}")
+    if mask.ndim < 1 or mask.ndim > len(target):
+        raise ShapeError(f"{name}: expected a shape that broadcasts to {shape_str(target)}, got {shape_str(mask.shape)}")
+    try:
+        np.broadcast_shapes(tuple(mask.shape), tuple(target))
+    except ValueError:
+        raise ShapeError(
+            f"{name}: expected a shape that broadcasts to {shape_str(target)} (..., H, Lq, Lk), got {shape_str(mask.shape)}"
+        ) from None
+    full = np.broadcast_shapes(tuple(mask.shape), tuple(target))
+    if tuple(full) != tuple(target):
+        raise ShapeError(f"{name}: shape {shape_str(mask.shape)} would enlarge the scores {shape_str(target)}")
+    if kind == "float":
+        if bool(mxp.any(xp.isnan(mask))) or bool(mxp.any(mask == mxp.inf)):
+            raise NonFiniteError(f"{name}: a float mask may hold -inf but not NaN or +inf")
+        mask = xp.astype(mask, dtype) if mask.dtype != dtype else mask
+    return mask
+
+
+def causal_allowed(xp: Namespace, q0: int, q1: int, k0: int, k1: int, offset: int, device: Any) -> Array:
+    """Bool ``(q1-q0, k1-k0)`` tile: key j visible to query i iff ``j <= i + offset`` (offset = Lk - Lq)."""
+    rows = xp.arange(q0, q1, device=device)
+    cols = xp.arange(k0, k1, device=device)
+    return cols[None, :] <= rows[:, None] + offset
+
+
+def mask_tile(mask: Array, q0: int, q1: int, k0: int, k1: int) -> Array:
+    """Slice the (broadcastable) mask to a query/key tile, leaving size-1 axes alone."""
+    qs = slice(None) if mask.shape[-2] == 1 else slice(q0, q1)
+    ks = slice(None) if mask.shape[-1] == 1 else slice(k0, k1)
+    return mask[..., qs, ks]
+
+
+def apply_mask_tile(s: Array, mask: Array | None, xp: Namespace, q0: int, q1: int, k0: int, k1: int) -> Array:
+    """Apply a prepared mask to a score tile ``s`` of shape ``(..., q1-q0, k1-k0)``."""
+    if mask is None:
+        return s
+    t = mask_tile(mask, q0, q1, k0, k1)
+    if xp.isdtype(t.dtype, "bool"):
+        return xp.where(t, s, xp.asarray(-xp.inf, dtype=s.dtype))
+    return s + t

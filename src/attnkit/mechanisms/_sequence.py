@@ -1,0 +1,138 @@
+"""Input handling shared by the sequence mechanisms (flash, linear, local-global, ...).
+
+Layout (DESIGN.md): ``q: (..., Lq, H, D)``, ``k: (..., Lk, H, D)``, ``v: (..., Lk, H, Dv)``; leading
+dimensions broadcast. A 1-D input of length ``L*H*D`` (the spec's flat ``Float32Array``) is accepted
+and the result comes back flat; a flat mask of length ``Lq*Lk`` is read as ``(Lq, Lk)``.
+Internally kernels see the heads-first layout ``(..., H, L, D)`` in the compute dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from .._array import Array, Namespace, as_float_array, check_finite, common_float_dtype, compute_dtype, namespace, shape_str
+from ..errors import ShapeError
+from ..kernels.masks import prepare_mask
+
+__all__ = ["SequenceInputs", "prepare_sequence"]
+
+
+@dataclasses.dataclass
+class SequenceInputs:
+    """Validated sequence inputs in heads-first layout, and how to give the result back."""
+
+    xp: Namespace
+    q: Array
+    k: Array
+    v: Array
+    mask: Array | None
+    out_dtype: Any
+    flat: bool
+    device: Any
+
+    @property
+    def lq(self) -> int:
+        return int(self.q.shape[-2])
+
+    @property
+    def lk(self) -> int:
+        return int(self.k.shape[-2])
+
+    def finish(self, out: Array) -> Array:
+        """Heads-first ``(..., H, Lq, Dv)`` result -> caller layout ``(..., Lq, H, Dv)``, dtype and flatness."""
+        xp = self.xp
+        out = xp.moveaxis(out, -3, -2)
+        if out.dtype != self.out_dtype:
+            out = xp.astype(out, self.out_dtype)
+        if self.flat:
+            out = xp.reshape(out, (-1,))
+        return out
+
+
+def _unflatten(x: Array, name: str, heads: int, dim: int, xp: Namespace) -> Array:
+    n = int(x.shape[0])
+    per = heads * dim
+    if n == 0 or n % per:
+        raise ShapeError(f"{name}: a flat input needs a length that is a positive multiple of heads*dim = {per}, got {n}")
+    return xp.reshape(x, (n // per, heads, dim))
+
+
+def prepare_sequence(
+    q: Any,
+    k: Any,
+    v: Any,
+    mask: Any,
+    *,
+    heads: int,
+    dim: int | None,
+    check: bool = True,
+    same_length: bool = False,
+) -> SequenceInputs:
+    """Validate ``q, k, v, mask`` for a sequence mechanism with ``heads`` heads of width ``dim``.
+
+    ``k`` and ``v`` default to ``q`` (self-attention). ``dim=None`` accepts any head width.
+    ``same_length`` requires ``Lq == Lk`` (mechanisms defined on one sequence).
+    """
+    if k is None and v is None:
+        k = v = q
+    elif k is None or v is None:
+        raise ShapeError("k, v: pass both keys and values, or neither (self-attention)")
+    xp = namespace(q, k, v)
+    q = as_float_array(q, "q", xp)
+    k = as_float_array(k, "k", xp)
+    v = as_float_array(v, "v", xp)
+    flat = q.ndim == 1
+    if flat:
+        d = dim or q.shape[0] // heads
+        q = _unflatten(q, "q", heads, d, xp)
+        k = _unflatten(k, "k", heads, d, xp) if k.ndim == 1 else k
+        v = _unflatten(v, "v", heads, d, xp) if v.ndim == 1 else v
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim < 3:
+            raise ShapeError(f"{name}: expected shape (..., L, H={heads}, D) or a flat array, got {shape_str(x.shape)}")
+        if x.shape[-2] != heads:
+            raise ShapeError(f"{name}: expected H = heads = {heads} along axis -2, got {x.shape[-2]} (shape {shape_str(x.shape)})")
+    if dim is not None and q.shape[-1] != dim:
+        raise ShapeError(f"q: expected head dim D = dim = {dim} along the last axis, got {q.shape[-1]} (shape {shape_str(q.shape)})")
+    if k.shape[-1] != q.shape[-1]:
+        raise ShapeError(f"k: expected head dim {q.shape[-1]} (as q) along the last axis, got {k.shape[-1]}")
+    if v.shape[-3] != k.shape[-3]:
+        raise ShapeError(f"v: expected Lk = {k.shape[-3]} (as k) along axis -3, got {v.shape[-3]}")
+    if k.shape[-3] == 0:
+        raise ShapeError("k: expected at least one key (Lk >= 1), got an empty key set")
+    if same_length and k.shape[-3] != q.shape[-3]:
+        raise ShapeError(f"k: expected Lk = Lq = {q.shape[-3]}, got {k.shape[-3]}")
+    try:
+        batch = np.broadcast_shapes(tuple(q.shape[:-3]), tuple(k.shape[:-3]), tuple(v.shape[:-3]))
+    except ValueError:
+        raise ShapeError(
+            f"q, k, v: batch dimensions {shape_str(q.shape[:-3])}, {shape_str(k.shape[:-3])}, {shape_str(v.shape[:-3])} do not broadcast"
+        ) from None
+    if check:
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            check_finite(x, name, xp)
+    out_dtype = common_float_dtype(xp, q, k, v)
+    cdt = compute_dtype(xp, out_dtype)
+    import array_api_compat
+
+    device = array_api_compat.device(q)
+    qh, kh, vh = (xp.moveaxis(xp.astype(x, cdt) if x.dtype != cdt else x, -3, -2) for x in (q, k, v))
+    lq, lk = int(q.shape[-3]), int(k.shape[-3])
+    if mask is not None and flat and getattr(mask, "ndim", np.ndim(mask)) == 1:
+        m = as_float_array(mask, "mask", None) if not _is_bool(mask) else mask
+        if int(m.shape[0]) != lq * lk:
+            raise ShapeError(f"mask: a flat mask needs length Lq*Lk = {lq * lk}, got {int(m.shape[0])}")
+        mask = namespace(m).reshape(m, (lq, lk))
+    target = (*batch, heads, lq, lk)
+    pm = prepare_mask(mask, xp, target, cdt, device=device)
+    return SequenceInputs(xp=xp, q=qh, k=kh, v=vh, mask=pm, out_dtype=out_dtype, flat=flat, device=device)
+
+
+def _is_bool(x: Any) -> bool:
+    dt = getattr(x, "dtype", None)
+    if dt is None:
+        return bool(np.asarray(x).dtype == bool)
+    return str(dt).endswith("bool")

@@ -1,0 +1,95 @@
+"""FlashAttention: exact multi-head attention tiled with the online softmax (memory O(L)).
+
+    out = softmax(scale * q k^T + bias) v            (Dao et al. 2022, "FlashAttention")
+
+Inputs are ``q: (..., Lq, H, D)``, ``k: (..., Lk, H, D)``, ``v: (..., Lk, H, Dv)``, or the spec's flat
+arrays of length ``L*H*D``. ``causal=True`` is bottom-right aligned when ``Lq != Lk``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .._array import Array, finite_float, positive_int, probability
+from ..errors import ConfigError
+from ..kernels.dense import attention_weights, sdpa
+from ._sequence import prepare_sequence
+from .base import Mechanism
+from .registry import register
+
+__all__ = ["FlashAttention"]
+
+
+@register
+class FlashAttention(Mechanism):
+    """Exact scaled dot-product attention over heads, computed in key blocks of ``block_size``.
+
+    Options follow the spec's ``FlashAttentionOptions``: ``heads`` (8), ``dim`` per head (64),
+    ``block_size`` (256), ``causal`` (False), ``dropout`` on the probabilities while training (0.0),
+    ``scale`` (``1/sqrt(dim)``), ``simd`` (True: allow the vectorised NumPy fast path).
+    ``seed`` seeds the dropout generator; ``check_finite`` rejects NaN/inf input.
+    """
+
+    name = "flash"
+    summary = "exact multi-head attention, tiled with the online softmax (O(L) memory)"
+
+    def __init__(
+        self,
+        heads: int = 8,
+        dim: int = 64,
+        block_size: int = 256,
+        causal: bool = False,
+        dropout: float = 0.0,
+        scale: float | None = None,
+        simd: bool = True,
+        seed: int | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        self.heads = positive_int(heads, "heads")
+        self.dim = positive_int(dim, "dim")
+        self.block_size = positive_int(block_size, "block_size")
+        self.causal = bool(causal)
+        self.dropout = probability(dropout, "dropout")
+        if scale is not None:
+            scale = finite_float(scale, "scale")
+            if scale == 0.0:
+                raise ConfigError("scale: expected a non-zero number, got 0")
+        self.scale = scale
+        self.simd = bool(simd)
+        self.seed = seed
+        self.check_finite = bool(check_finite)
+
+    @property
+    def effective_scale(self) -> float:
+        return self.scale if self.scale is not None else 1.0 / math.sqrt(self.dim)
+
+    def forward(self, q: Any, k: Any = None, v: Any = None, mask: Any = None) -> Array:
+        """Attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``k, v`` default to ``q``."""
+        self._check_alive()
+        s = prepare_sequence(q, k, v, mask, heads=self.heads, dim=self.dim, check=self.check_finite)
+        p = self.dropout if self.training else 0.0
+        out = sdpa(
+            s.q, s.k, s.v, xp=s.xp, scale=self.effective_scale, mask=s.mask, causal=self.causal,
+            dropout_p=p, rng=self._rng(), block_size=self.block_size,
+            backend="auto" if self.simd else "generic",
+        )
+        return s.finish(out)
+
+    def attention_scores(self, q: Any, k: Any = None, mask: Any = None) -> Array:
+        """The attention probabilities ``(..., H, Lq, Lk)`` (the spec's ``attentionScores``; O(Lq*Lk))."""
+        self._check_alive()
+        kk = q if k is None else k
+        s = prepare_sequence(q, kk, kk, mask, heads=self.heads, dim=self.dim, check=self.check_finite)
+        w = attention_weights(s.q, s.k, xp=s.xp, scale=self.effective_scale, mask=s.mask, causal=self.causal)
+        if w.dtype != s.out_dtype:
+            w = s.xp.astype(w, s.out_dtype)
+        return s.xp.reshape(w, (-1,)) if s.flat else w
+
+    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+        rng = rng or np.random.default_rng()
+        shape = (seq_len, self.heads, self.dim)
+        return tuple(rng.standard_normal(shape, dtype=np.float32) for _ in range(3))
