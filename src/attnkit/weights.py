@@ -1,0 +1,215 @@
+"""Weights of the projection layers: save, load and convert.
+
+attnkit's layout (safetensors, like ``torch.nn.Linear``: ``y = x W^T + b``, ``W`` is (out, in)):
+
+==================  ===============  =====================================
+key                 shape            meaning
+==================  ===============  =====================================
+``q_proj.weight``   (E, E)           W_q
+``k_proj.weight``   (E, kdim)        W_k
+``v_proj.weight``   (E, vdim)        W_v
+``out_proj.weight`` (E, E)           W_o
+``*.bias``          (E,)             biases (absent when ``bias=False``)
+==================  ===============  =====================================
+
+Converters read ``torch.nn.MultiheadAttention`` state dicts (packed ``in_proj_weight`` or the
+``q_proj_weight``/``k_proj_weight``/``v_proj_weight`` form used with kdim/vdim) and Hugging Face
+BERT self-attention state dicts (``...attention.self.query.weight`` etc. and
+``...attention.output.dense``), and write both back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._array import to_numpy
+from .errors import ConfigError, ShapeError
+
+__all__ = [
+    "PROJECTIONS",
+    "load_state",
+    "save_state",
+    "detect_layout",
+    "to_attnkit",
+    "from_torch_mha",
+    "to_torch_mha",
+    "from_hf_bert",
+    "to_hf_bert",
+]
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
+_BERT = {"q_proj": "attention.self.query", "k_proj": "attention.self.key", "v_proj": "attention.self.value",
+         "out_proj": "attention.output.dense"}
+
+
+def load_state(source: Any) -> dict[str, np.ndarray]:
+    """Read a flat dict of NumPy arrays from safetensors bytes, a path or a dict of arrays.
+
+    Paths: ``.safetensors``; ``.npz``; ``.pt``/``.pth``/``.bin`` (a torch file, read with
+    ``torch.load(weights_only=True)``, so no code in it runs).
+    """
+    if isinstance(source, Mapping):
+        return {str(k): to_numpy(v) for k, v in source.items()}
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
+        try:
+            return dict(load(bytes(source)))
+        except (SafetensorError, ValueError, OSError) as exc:
+            raise ConfigError(f"weights: not a valid safetensors buffer ({exc})") from exc
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"weights: no such file {str(path)!r}")
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".safetensors":
+                from safetensors.numpy import load_file
+
+                return dict(load_file(str(path)))
+            if suffix == ".npz":
+                with np.load(path, allow_pickle=False) as z:
+                    return {k: z[k] for k in z.files}
+            if suffix in (".pt", ".pth", ".bin"):
+                try:
+                    import torch
+                except ImportError as exc:
+                    raise ConfigError(f"weights: reading {suffix} files needs torch (pip install 'attnkit[torch]')") from exc
+                sd = torch.load(str(path), map_location="cpu", weights_only=True)
+                if not isinstance(sd, Mapping):
+                    raise ConfigError(f"weights: {str(path)!r} holds a {type(sd).__name__}, expected a state dict")
+                return {str(k): to_numpy(v) for k, v in sd.items() if hasattr(v, "shape")}
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file, reported as such
+            raise ConfigError(f"weights: cannot read {str(path)!r} ({type(exc).__name__}: {exc})") from exc
+        raise ConfigError(f"weights: unsupported file type {suffix!r}; expected .safetensors, .npz, .pt, .pth or .bin")
+    raise ConfigError(f"weights: expected safetensors bytes, a path or a dict of arrays, got {type(source).__name__}")
+
+
+def save_state(params: Mapping[str, Any]) -> bytes:
+    """Serialise a dict of arrays to safetensors bytes (contiguous copies, dtypes kept)."""
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(to_numpy(v)) for k, v in params.items()})
+
+
+def detect_layout(state: Mapping[str, Any]) -> str:
+    """``"attnkit"``, ``"torch_mha"`` or ``"hf_bert"`` for a state dict, or ``ConfigError``."""
+    keys = set(state)
+    if "q_proj.weight" in keys and "out_proj.weight" in keys:
+        return "attnkit"
+    if ("in_proj_weight" in keys or "q_proj_weight" in keys) and "out_proj.weight" in keys:
+        return "torch_mha"
+    if any(k.endswith("attention.self.query.weight") for k in keys):
+        return "hf_bert"
+    sample = ", ".join(sorted(keys)[:6])
+    raise ConfigError(f"weights: unrecognised layout (keys: {sample}); expected attnkit, torch MultiheadAttention or HF BERT")
+
+
+def to_attnkit(state: Mapping[str, Any], prefix: str | None = None) -> dict[str, np.ndarray]:
+    """Any supported layout -> attnkit's."""
+    state = load_state(state)
+    layout = detect_layout(state)
+    if layout == "attnkit":
+        return {k: v for k, v in state.items() if k.split(".")[0] in PROJECTIONS}
+    if layout == "torch_mha":
+        return from_torch_mha(state)
+    return from_hf_bert(state, prefix=prefix)
+
+
+def from_torch_mha(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``torch.nn.MultiheadAttention.state_dict()`` -> attnkit layout (packed or kdim/vdim form)."""
+    sd = {k: to_numpy(v) for k, v in state.items()}
+    if "bias_k" in sd or "bias_v" in sd:
+        raise ConfigError("weights: add_bias_kv=True (bias_k/bias_v) is not supported; use add_bias_kv=False")
+    out: dict[str, np.ndarray] = {}
+    if "in_proj_weight" in sd:
+        w = sd["in_proj_weight"]
+        if w.ndim != 2 or w.shape[0] % 3:
+            raise ShapeError(f"in_proj_weight: expected shape (3*E, E), got {w.shape}")
+        out["q_proj.weight"], out["k_proj.weight"], out["v_proj.weight"] = np.split(w, 3, axis=0)
+    else:
+        for p in ("q", "k", "v"):
+            key = f"{p}_proj_weight"
+            if key not in sd:
+                raise ConfigError(f"weights: {key} is missing from the torch state dict")
+            out[f"{p}_proj.weight"] = sd[key]
+    if "in_proj_bias" in sd:
+        out["q_proj.bias"], out["k_proj.bias"], out["v_proj.bias"] = np.split(sd["in_proj_bias"], 3)
+    out["out_proj.weight"] = sd["out_proj.weight"]
+    if "out_proj.bias" in sd:
+        out["out_proj.bias"] = sd["out_proj.bias"]
+    return out
+
+
+def to_torch_mha(params: Mapping[str, Any], packed: bool | None = None) -> dict[str, np.ndarray]:
+    """attnkit layout -> ``torch.nn.MultiheadAttention`` state dict.
+
+    ``packed=None`` packs ``in_proj_weight`` when q/k/v weights share a shape (kdim == vdim == E),
+    which is what torch itself does; ``packed=False`` writes the separate form.
+    """
+    p = {k: to_numpy(v) for k, v in params.items()}
+    same = p["q_proj.weight"].shape == p["k_proj.weight"].shape == p["v_proj.weight"].shape
+    if packed and not same:
+        raise ConfigError("packed: q/k/v weights differ in shape (kdim/vdim != model_dim); use packed=False")
+    packed = same if packed is None else packed
+    out: dict[str, np.ndarray] = {}
+    if packed:
+        out["in_proj_weight"] = np.concatenate([p["q_proj.weight"], p["k_proj.weight"], p["v_proj.weight"]])
+    else:
+        for x in ("q", "k", "v"):
+            out[f"{x}_proj_weight"] = p[f"{x}_proj.weight"]
+    if "q_proj.bias" in p:
+        out["in_proj_bias"] = np.concatenate([p["q_proj.bias"], p["k_proj.bias"], p["v_proj.bias"]])
+    out["out_proj.weight"] = p["out_proj.weight"]
+    if "out_proj.bias" in p:
+        out["out_proj.bias"] = p["out_proj.bias"]
+    return out
+
+
+def _bert_prefix(keys: set[str], prefix: str | None) -> str:
+    if prefix is not None:
+        return prefix
+    found = sorted(k[: -len("attention.self.query.weight")] for k in keys if k.endswith("attention.self.query.weight"))
+    if len(found) != 1:
+        raise ConfigError(
+            f"prefix: the state dict holds {len(found)} BERT attention layers ({', '.join(found[:4])}); pass prefix= to pick one"
+        )
+    return found[0]
+
+
+def from_hf_bert(state: Mapping[str, Any], prefix: str | None = None) -> dict[str, np.ndarray]:
+    """Hugging Face BERT self-attention weights -> attnkit layout.
+
+    ``prefix`` picks the layer (e.g. ``"bert.encoder.layer.0."``); it is found automatically when the
+    state dict holds exactly one layer. The output LayerNorm is not part of attention and is ignored.
+    """
+    sd = {k: to_numpy(v) for k, v in state.items()}
+    pre = _bert_prefix(set(sd), prefix)
+    out: dict[str, np.ndarray] = {}
+    for ours, theirs in _BERT.items():
+        for part in ("weight", "bias"):
+            key = f"{pre}{theirs}.{part}"
+            if key in sd:
+                out[f"{ours}.{part}"] = sd[key]
+            elif part == "weight":
+                raise ConfigError(f"weights: {key} is missing from the BERT state dict")
+    return out
+
+
+def to_hf_bert(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """attnkit layout -> Hugging Face BERT self-attention keys under ``prefix``."""
+    out: dict[str, np.ndarray] = {}
+    for ours, theirs in _BERT.items():
+        for part in ("weight", "bias"):
+            key = f"{ours}.{part}"
+            if key in params:
+                out[f"{prefix}{theirs}.{part}"] = to_numpy(params[key])
+    return out
