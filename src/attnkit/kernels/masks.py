@@ -18,7 +18,7 @@ import numpy as np
 from .._array import Array, Namespace, shape_str
 from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
 
-__all__ = ["create_mask", "prepare_mask", "causal_allowed", "mask_tile", "apply_mask_tile"]
+__all__ = ["create_mask", "prepare_mask", "unflatten_mask", "causal_allowed", "mask_tile", "apply_mask_tile"]
 
 
 def create_mask(kind: str, seq_len: int, positions: Sequence[int] | None = None) -> np.ndarray:
@@ -106,6 +106,17 @@ def prepare_mask(
             raise NonFiniteError(f"{name}: a float mask may hold -inf but not NaN or +inf")
         mask = xp.astype(mask, dtype) if mask.dtype != dtype else mask
     return mask
+
+
+def unflatten_mask(mask: Any, lq: int, lk: int, name: str = "mask") -> Any:
+    """Read the spec's flat mask (length ``Lq*Lk``) as ``(Lq, Lk)``; other masks pass through."""
+    if mask is None or np.ndim(mask) != 1:
+        return mask
+    if not array_api_compat.is_array_api_obj(mask):
+        mask = np.asarray(mask)
+    if int(mask.shape[0]) != lq * lk:
+        raise ShapeError(f"{name}: a flat mask needs length Lq*Lk = {lq * lk}, got {int(mask.shape[0])}")
+    return array_api_compat.array_namespace(mask).reshape(mask, (lq, lk))
 
 
 def causal_allowed(xp: Namespace, q0: int, q1: int, k0: int, k1: int, offset: int, device: Any) -> Array:

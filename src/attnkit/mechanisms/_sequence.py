@@ -15,7 +15,7 @@ import numpy as np
 
 from .._array import Array, Namespace, as_float_array, check_finite, common_float_dtype, compute_dtype, namespace, shape_str
 from ..errors import ShapeError
-from ..kernels.masks import prepare_mask
+from ..kernels.masks import prepare_mask, unflatten_mask
 
 __all__ = ["SequenceInputs", "prepare_sequence"]
 
@@ -121,18 +121,9 @@ def prepare_sequence(
     device = array_api_compat.device(q)
     qh, kh, vh = (xp.moveaxis(xp.astype(x, cdt) if x.dtype != cdt else x, -3, -2) for x in (q, k, v))
     lq, lk = int(q.shape[-3]), int(k.shape[-3])
-    if mask is not None and flat and getattr(mask, "ndim", np.ndim(mask)) == 1:
-        m = as_float_array(mask, "mask", None) if not _is_bool(mask) else mask
-        if int(m.shape[0]) != lq * lk:
-            raise ShapeError(f"mask: a flat mask needs length Lq*Lk = {lq * lk}, got {int(m.shape[0])}")
-        mask = namespace(m).reshape(m, (lq, lk))
+    if flat:
+        mask = unflatten_mask(mask, lq, lk)
     target = (*batch, heads, lq, lk)
     pm = prepare_mask(mask, xp, target, cdt, device=device)
     return SequenceInputs(xp=xp, q=qh, k=kh, v=vh, mask=pm, out_dtype=out_dtype, flat=flat, device=device)
 
-
-def _is_bool(x: Any) -> bool:
-    dt = getattr(x, "dtype", None)
-    if dt is None:
-        return bool(np.asarray(x).dtype == bool)
-    return str(dt).endswith("bool")

@@ -1,0 +1,327 @@
+"""Multi-head, cross and self attention with learned projections (Vaswani et al. 2017).
+
+    MultiHead(Q, K, V) = Concat(head_1, ..., head_H) W_o^T + b_o
+    head_h = softmax(scale * (Q W_q,h^T + b_q,h)(K W_k,h^T + b_k,h)^T + bias) (V W_v,h^T + b_v,h)
+
+Inputs are ``(..., L, model_dim)`` like ``torch.nn.MultiheadAttention(batch_first=True)``; ``key`` and
+``value`` default to the query (self-attention). Weights are interchangeable with torch's state dicts
+(packed ``in_proj_weight`` and the kdim/vdim form) and with Hugging Face BERT self-attention, see
+:mod:`attnkit.weights`.
+
+Masks follow attnkit's convention — bool True = may attend, float = added — which is the opposite
+of ``torch.nn.MultiheadAttention``'s bool ``attn_mask`` (True = masked): pass ``~mask`` when porting.
+A key-padding mask is a mask of shape ``(..., 1, 1, Lk)``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from .._array import (
+    Array,
+    as_float_array,
+    check_finite,
+    common_float_dtype,
+    compute_dtype,
+    namespace,
+    positive_int,
+    probability,
+    shape_str,
+)
+from ..errors import AttentionError, ConfigError, ShapeError
+from ..kernels.dense import attention_weights, sdpa
+from ..kernels.masks import prepare_mask, unflatten_mask
+from ..kernels.projection import linear, merge_heads, split_heads
+from ..weights import PROJECTIONS, load_state, save_state, to_attnkit
+from .base import Mechanism
+from .registry import register
+
+__all__ = ["MultiHeadAttention", "CrossAttention", "SelfAttention"]
+
+
+@register
+class MultiHeadAttention(Mechanism):
+    """Multi-head attention with W_q, W_k, W_v, W_o (the spec's ``MHAOptions``).
+
+    ``model_dim`` (E) must be divisible by ``heads``; ``kdim``/``vdim`` are the key/value widths
+    (default E); ``bias`` adds projection biases; ``causal`` masks future keys (bottom-right aligned);
+    ``dropout`` acts on the attention probabilities while training. ``keep_weights=True`` stores the
+    probabilities of the last forward for :meth:`get_attention_weights` (O(Lq*Lk) memory); with
+    ``keep_weights=False`` the forward runs the O(L)-memory tiled kernel instead. Initialisation is
+    torch's: Xavier-uniform projections, zero biases, seeded by ``seed``.
+    """
+
+    name = "multi_head"
+    summary = "multi-head attention with learned Q/K/V/O projections (torch-compatible weights)"
+
+    def __init__(
+        self,
+        model_dim: int,
+        heads: int = 8,
+        dropout: float = 0.0,
+        bias: bool = True,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        causal: bool = False,
+        keep_weights: bool = True,
+        seed: int | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        self.model_dim = positive_int(model_dim, "model_dim")
+        self.heads = positive_int(heads, "heads")
+        if self.model_dim % self.heads:
+            raise ConfigError(f"heads: expected a divisor of model_dim = {self.model_dim}, got {self.heads}")
+        self.dropout = probability(dropout, "dropout")
+        self.bias = bool(bias)
+        self.kdim = positive_int(kdim, "kdim") if kdim is not None else None
+        self.vdim = positive_int(vdim, "vdim") if vdim is not None else None
+        self.causal = bool(causal)
+        self.keep_weights = bool(keep_weights)
+        self.seed = seed
+        self.check_finite = bool(check_finite)
+        self._params = self._init_params(np.random.default_rng(seed))
+
+    # ------------------------------------------------------------------ weights
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.heads
+
+    def _in_dims(self) -> dict[str, int]:
+        e = self.model_dim
+        return {"q_proj": e, "k_proj": self.kdim or e, "v_proj": self.vdim or e, "out_proj": e}
+
+    def _init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        e = self.model_dim
+        dims = self._in_dims()
+        p: dict[str, np.ndarray] = {}
+        packed = dims["k_proj"] == e and dims["v_proj"] == e
+        for name in ("q_proj", "k_proj", "v_proj"):
+            fan_out = 3 * e if packed else e  # torch applies xavier to the packed (3E, E) matrix
+            bound = math.sqrt(6.0 / (dims[name] + fan_out))
+            p[f"{name}.weight"] = rng.uniform(-bound, bound, (e, dims[name])).astype(np.float32)
+        bound = 1.0 / math.sqrt(e)  # torch's Linear default (kaiming_uniform, a=sqrt(5))
+        p["out_proj.weight"] = rng.uniform(-bound, bound, (e, e)).astype(np.float32)
+        if self.bias:
+            for name in PROJECTIONS:
+                p[f"{name}.bias"] = np.zeros(e, dtype=np.float32)
+        return p
+
+    def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        e = self.model_dim
+        shapes = {f"{n}.weight": (e, d) for n, d in self._in_dims().items()}
+        if self.bias:
+            shapes.update({f"{n}.bias": (e,) for n in PROJECTIONS})
+        return shapes
+
+    def load_weights(self, weights: Any, prefix: str | None = None) -> None:
+        """Load projections from safetensors bytes, a path, or a dict of arrays.
+
+        Accepts attnkit's layout, a ``torch.nn.MultiheadAttention`` state dict (packed or kdim/vdim
+        form) or Hugging Face BERT self-attention weights (``prefix`` picks the layer).
+        """
+        self._check_alive()
+        params = to_attnkit(load_state(weights), prefix=prefix)
+        expected = self._expected_shapes()
+        extra = sorted(set(params) - set(expected))
+        if extra:
+            hint = " (this layer has bias=False)" if any(k.endswith(".bias") for k in extra) else ""
+            raise ConfigError(f"weights: unexpected tensor {extra[0]!r}{hint}")
+        for key, shape in expected.items():
+            if key not in params:
+                raise ConfigError(f"weights: tensor {key!r} is missing (expected shape {shape_str(shape)})")
+            arr = np.asarray(params[key])
+            if tuple(arr.shape) != shape:
+                raise ShapeError(f"weights: {key} expected shape {shape_str(shape)}, got {shape_str(arr.shape)}")
+            if arr.dtype.kind != "f":
+                raise ConfigError(f"weights: {key} expected a float tensor, got {arr.dtype}")
+            if not np.isfinite(arr).all():
+                raise ConfigError(f"weights: {key} holds NaN or infinity")
+        self._params = {k: np.array(params[k], dtype=np.float32 if params[k].dtype != np.float64 else np.float64)
+                        for k in expected}
+        self._cache.pop("converted", None)
+
+    def save_weights(self, path: str | Path | None = None) -> bytes:
+        """The projections as safetensors bytes (attnkit layout); also written to ``path`` if given."""
+        self._check_alive()
+        data = save_state(self._params)
+        if path is not None:
+            Path(path).write_bytes(data)
+        return data
+
+    def _weights_like(self, like: Array) -> dict[str, Array]:
+        key = (type(like), str(getattr(like, "device", "cpu")), str(like.dtype))
+        cached = self._cache.get("converted")
+        if cached is None or cached[0] != key:
+            if isinstance(like, np.ndarray):
+                conv = {k: v.astype(like.dtype, copy=False) for k, v in self._params.items()}
+            else:
+                xp = namespace(like)
+                dev = array_api_compat.device(like)
+                conv = {k: xp.asarray(v, dtype=like.dtype, device=dev) for k, v in self._params.items()}
+            cached = (key, conv)
+            self._cache["converted"] = cached
+        return cached[1]
+
+    # ------------------------------------------------------------------ forward
+    def _input(self, x: Any, name: str, width: int, xp: Any) -> Array:
+        x = as_float_array(x, name, xp)
+        if x.ndim == 1:
+            if x.shape[0] == 0 or x.shape[0] % width:
+                raise ShapeError(f"{name}: a flat input needs a length that is a positive multiple of {width}, got {x.shape[0]}")
+            x = xp.reshape(x, (-1, width))
+        if x.ndim < 2 or x.shape[-1] != width:
+            raise ShapeError(f"{name}: expected shape (..., L, {width}), got {shape_str(x.shape)}")
+        if self.check_finite:
+            check_finite(x, name, xp)
+        return x
+
+    def forward(self, query: Any, key: Any = None, value: Any = None, mask: Any = None) -> Array:
+        """Output ``(..., Lq, model_dim)``; ``key``/``value`` default to ``query``; flat in, flat out."""
+        self._check_alive()
+        if key is None and value is None:
+            key = value = query
+        elif value is None:
+            value = key
+        elif key is None:
+            raise ShapeError("key: pass key when value is given")
+        xp = namespace(query, key, value)
+        dims = self._in_dims()
+        flat = np.ndim(query) == 1
+        q = self._input(query, "query", self.model_dim, xp)
+        k = self._input(key, "key", dims["k_proj"], xp)
+        v = self._input(value, "value", dims["v_proj"], xp)
+        if k.shape[-2] != v.shape[-2]:
+            raise ShapeError(f"value: expected Lk = {k.shape[-2]} (as key) along axis -2, got {v.shape[-2]}")
+        if k.shape[-2] == 0:
+            raise ShapeError("key: expected at least one key (Lk >= 1), got an empty key set")
+        try:
+            batch = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+        except ValueError:
+            raise ShapeError(
+                f"query, key, value: batch dimensions {shape_str(q.shape[:-2])}, {shape_str(k.shape[:-2])}, "
+                f"{shape_str(v.shape[:-2])} do not broadcast"
+            ) from None
+        out_dtype = common_float_dtype(xp, q, k, v)
+        cdt = compute_dtype(xp, out_dtype)
+        q, k, v = (xp.astype(x, cdt) if x.dtype != cdt else x for x in (q, k, v))
+        w = self._weights_like(q)
+        lq, lk = int(q.shape[-2]), int(k.shape[-2])
+        if flat:
+            mask = unflatten_mask(mask, lq, lk)
+        pm = prepare_mask(mask, xp, (*batch, self.heads, lq, lk), cdt, device=array_api_compat.device(q))
+        qh = split_heads(linear(q, w["q_proj.weight"], w.get("q_proj.bias"), xp), self.heads, xp)
+        kh = split_heads(linear(k, w["k_proj.weight"], w.get("k_proj.bias"), xp), self.heads, xp)
+        vh = split_heads(linear(v, w["v_proj.weight"], w.get("v_proj.bias"), xp), self.heads, xp)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        p = self.dropout if self.training else 0.0
+        if self.keep_weights:
+            probs = attention_weights(qh, kh, xp=xp, scale=scale, mask=pm, causal=self.causal)
+            self._cache["weights"] = probs
+            if p > 0.0:
+                keep = (self._rng().random(tuple(probs.shape)) >= p) / (1.0 - p)
+                probs = probs * xp.asarray(keep, dtype=probs.dtype, device=array_api_compat.device(probs))
+            heads_out = probs @ vh
+        else:
+            self._cache.pop("weights", None)
+            heads_out = sdpa(qh, kh, vh, xp=xp, scale=scale, mask=pm, causal=self.causal, dropout_p=p, rng=self._rng())
+        out = linear(merge_heads(heads_out, xp), w["out_proj.weight"], w.get("out_proj.bias"), xp)
+        if out.dtype != out_dtype:
+            out = xp.astype(out, out_dtype)
+        return xp.reshape(out, (-1,)) if flat else out
+
+    def get_attention_weights(self) -> Array:
+        """Attention probabilities of the last forward, shape ``(..., H, Lq, Lk)`` (before dropout)."""
+        self._check_alive()
+        if "weights" not in self._cache:
+            why = "construct with keep_weights=True" if not self.keep_weights else "call forward first"
+            raise AttentionError(f"get_attention_weights: no weights stored; {why}")
+        return self._cache["weights"]
+
+    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+        rng = rng or np.random.default_rng()
+        dims = self._in_dims()
+        x = rng.standard_normal((seq_len, self.model_dim), dtype=np.float32)
+        if dims["k_proj"] == self.model_dim and dims["v_proj"] == self.model_dim:
+            return (x,)
+        k = rng.standard_normal((seq_len, dims["k_proj"]), dtype=np.float32)
+        v = rng.standard_normal((seq_len, dims["v_proj"]), dtype=np.float32)
+        return (x, k, v)
+
+
+@register
+class CrossAttention(MultiHeadAttention):
+    """Attention of a query sequence of width ``query_dim`` over keys/values of width ``key_dim``.
+
+    ``forward(query, key, value=None, mask=None)``: ``value`` defaults to ``key``.
+    """
+
+    name = "cross"
+    summary = "multi-head attention of one sequence over another of a different width"
+
+    def __init__(
+        self,
+        query_dim: int,
+        key_dim: int,
+        heads: int = 8,
+        dropout: float = 0.0,
+        bias: bool = True,
+        causal: bool = False,
+        keep_weights: bool = True,
+        seed: int | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        self.query_dim = positive_int(query_dim, "query_dim")
+        self.key_dim = positive_int(key_dim, "key_dim")
+        super().__init__(self.query_dim, heads=heads, dropout=dropout, bias=bias, kdim=self.key_dim,
+                         vdim=self.key_dim, causal=causal, keep_weights=keep_weights, seed=seed, check_finite=check_finite)
+
+    def _in_dims(self) -> dict[str, int]:
+        e = self.model_dim
+        return {"q_proj": e, "k_proj": self.key_dim, "v_proj": self.key_dim, "out_proj": e}
+
+    def forward(self, query: Any, key: Any = None, value: Any = None, mask: Any = None) -> Array:
+        if key is None:
+            raise ShapeError(f"key: CrossAttention needs keys of width key_dim = {self.key_dim}")
+        return super().forward(query, key, key if value is None else value, mask=mask)
+
+    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+        rng = rng or np.random.default_rng()
+        q = rng.standard_normal((seq_len, self.query_dim), dtype=np.float32)
+        kv = rng.standard_normal((seq_len, self.key_dim), dtype=np.float32)
+        return (q, kv, kv)
+
+
+@register
+class SelfAttention(MultiHeadAttention):
+    """Multi-head attention of ``x`` over itself: ``forward(x, mask=None)``.
+
+    Takes the options of :class:`MultiHeadAttention` except kdim/vdim.
+    """
+
+    name = "self"
+    summary = "multi-head self-attention of a sequence over itself"
+
+    def __init__(
+        self,
+        model_dim: int,
+        heads: int = 8,
+        dropout: float = 0.0,
+        bias: bool = True,
+        causal: bool = False,
+        keep_weights: bool = True,
+        seed: int | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__(model_dim, heads=heads, dropout=dropout, bias=bias, causal=causal,
+                         keep_weights=keep_weights, seed=seed, check_finite=check_finite)
+
+    def forward(self, x: Any, key: Any = None, value: Any = None, mask: Any = None) -> Array:
+        if key is not None or value is not None:
+            raise ConfigError("key: SelfAttention attends x over itself; use MultiHeadAttention or CrossAttention for other keys")
+        return super().forward(x, mask=mask)
