@@ -50,11 +50,16 @@ def _is_array(x: object) -> bool:
     return array_api_compat.is_array_api_obj(x)
 
 
+_NUMPY_NS = array_api_compat.array_namespace(np.empty(0))
+
+
 def namespace(*arrays: object) -> Namespace:
     """The array-API namespace shared by ``arrays`` (``None`` and Python sequences count as NumPy)."""
+    if all(type(a) is np.ndarray or a is None for a in arrays):
+        return _NUMPY_NS  # the common case, without array_api_compat's dispatch cost
     real = [a for a in arrays if a is not None and _is_array(a) and not isinstance(a, np.generic)]
     if not real:
-        return array_api_compat.array_namespace(np.empty(0))
+        return _NUMPY_NS
     try:
         return array_api_compat.array_namespace(*real)
     except TypeError as exc:  # arrays from two libraries
@@ -80,6 +85,8 @@ def as_float_array(x: object, name: str, xp: Namespace | None = None) -> Array:
     Raises ``DTypeError`` for integer, bool, complex or object data and ``ShapeError`` for ragged
     sequences.
     """
+    if type(x) is np.ndarray and x.dtype.kind == "f":
+        return x
     if x is None:
         raise ShapeError(f"{name}: expected an array, got None")
     if not _is_array(x) or isinstance(x, np.generic):
@@ -115,10 +122,12 @@ def compute_dtype(xp: Namespace, dtype: Any) -> Any:
 def check_finite(x: Array, name: str, xp: Namespace) -> None:
     """Raise ``NonFiniteError`` naming ``name`` if ``x`` holds NaN or infinity."""
     if is_numpy(xp):
-        if x.size and not np.isfinite(x).all():
+        # one BLAS pass without a temporary mask: a finite sum of squares proves every element
+        # finite; only a non-finite one (NaN/inf present, or an overflow) needs the elementwise check
+        if x.size and not np.isfinite(np.vdot(x, x)) and not np.isfinite(x).all():
             bad = np.argwhere(~np.isfinite(x))[0]
             raise NonFiniteError(
-                f"{name}: expected finite values, found {x[tuple(bad)]!r} at index {tuple(int(i) for i in bad)}"
+                f"{name}: expected finite values, found {float(x[tuple(bad)])} at index {tuple(int(i) for i in bad)}"
             )
         return
     if not bool(xp.all(xp.isfinite(x))):

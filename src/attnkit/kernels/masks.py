@@ -63,7 +63,13 @@ def _positions(positions: Sequence[int] | None, n: int) -> list[int]:
 
 
 def prepare_mask(
-    mask: Any, xp: Namespace, target: tuple[int, ...], dtype: Any, device: Any = None, name: str = "mask"
+    mask: Any,
+    xp: Namespace,
+    target: tuple[int, ...],
+    dtype: Any,
+    device: Any = None,
+    name: str = "mask",
+    layout: str = "(..., H, Lq, Lk)",
 ) -> Array | None:
     """Validate ``mask`` against the score shape ``target = (..., H, Lq, Lk)``.
 
@@ -96,7 +102,7 @@ def prepare_mask(
         np.broadcast_shapes(tuple(mask.shape), tuple(target))
     except ValueError:
         raise ShapeError(
-            f"{name}: expected a shape that broadcasts to {shape_str(target)} (..., H, Lq, Lk), got {shape_str(mask.shape)}"
+            f"{name}: expected a shape that broadcasts to {shape_str(target)} {layout}, got {shape_str(mask.shape)}"
         ) from None
     full = np.broadcast_shapes(tuple(mask.shape), tuple(target))
     if tuple(full) != tuple(target):

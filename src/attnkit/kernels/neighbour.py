@@ -1,0 +1,55 @@
+"""Scaled dot-product attention of queries over their own neighbour sets.
+
+    out = softmax(scale * keys q + bias) values,   scale = 1/sqrt(d)   (Vaswani et al. 2017)
+
+``q: (..., d)``, ``keys: (..., k, d)``, ``values: (..., k, dv)``, optional ``mask: (..., k)`` (bool,
+True = attend, or float, added). Batch dimensions broadcast, so each query may have its own
+neighbours, or many queries may share one key set. A query whose neighbours are all masked gives zeros.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._array import Array, Namespace, is_numpy
+from .softmax import safe_softmax
+
+__all__ = ["neighbour_attention", "neighbour_weights"]
+
+
+def neighbour_weights(q: Array, keys: Array, *, xp: Namespace, scale: float, mask: Array | None = None) -> Array:
+    """Attention weights ``(..., k)`` of each query over its neighbours."""
+    if is_numpy(xp) and q.ndim == 1 and keys.ndim == 2:
+        s = keys @ (q * scale)  # one query, one key set: a GEMV
+    else:
+        s = (q[..., None, :] @ xp.matrix_transpose(keys))[..., 0, :] * scale
+    if mask is not None:
+        if xp.isdtype(mask.dtype, "bool"):
+            s = xp.where(mask, s, xp.asarray(-xp.inf, dtype=s.dtype))
+        else:
+            s = s + mask
+    if is_numpy(xp):
+        return _softmax_numpy(s)
+    return safe_softmax(s, xp)
+
+
+def _softmax_numpy(s: np.ndarray) -> np.ndarray:
+    """In-place NumPy twin of :func:`safe_softmax` (same formula, fewer temporaries)."""
+    m = s.max(axis=-1, keepdims=True)
+    m[np.isinf(m)] = 0.0
+    s = np.subtract(s, m, out=s if s.flags.writeable else None)
+    np.exp(s, out=s)
+    z = s.sum(axis=-1, keepdims=True)
+    z[z == 0] = 1.0
+    s /= z
+    return s
+
+
+def neighbour_attention(
+    q: Array, keys: Array, values: Array, *, xp: Namespace, scale: float, mask: Array | None = None
+) -> Array:
+    """Output ``(..., dv)``: each query's softmax-weighted average of its neighbour values."""
+    w = neighbour_weights(q, keys, xp=xp, scale=scale, mask=mask)
+    if is_numpy(xp) and w.ndim == 1 and values.ndim == 2:
+        return w @ values
+    return (w[..., None, :] @ values)[..., 0, :]
