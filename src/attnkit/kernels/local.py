@@ -1,0 +1,158 @@
+"""Local + global (Longformer-style) attention in O(L * window) memory.
+
+Beltagy, Peters & Cohan 2020, "Longformer: The Long-Document Transformer" (arXiv:2004.05150). On one
+sequence of length ``L`` with window radius ``w`` and a set ``G`` of global positions, query ``i`` may
+attend key ``j`` iff
+
+    |i - j| <= w   or   j in G   or   i in G          (and j <= i when causal)
+
+so the window is centred on the query's own position (the spec's upstream centred it on the middle
+key, which is wrong). The result equals dense attention ``softmax(scale q k^T + bias) v`` with that
+boolean mask (:func:`local_global_mask`), computed without ever forming an ``L x L`` array:
+
+* local part: queries in blocks of ``b``; block ``[q0, q1)`` scores only keys ``[q0 - w, q1 + w)``
+  (a ``b x (b + 2w)`` tile), with the band and the causal condition applied to the tile;
+* global columns: every query block also scores the ``|G|`` global keys (``b x |G|``); global keys are
+  removed from the local tile so no key is counted twice; both parts share one softmax per row;
+* global rows: the ``|G|`` global queries attend to every key (``|G| x L``, through the dense kernel)
+  and replace their rows.
+
+Memory is ``O(L (b + 2w + |G|))`` for the scores of all blocks together, and only one block's tile is
+alive at a time. A user mask (bool, True = attend, or float, added) broadcasting to
+``(..., H, L, L)`` is honoured; a row whose keys are all masked gives zeros. Heads-first layout
+``(..., H, L, D)``; generic over the array API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from .._array import Array, Namespace
+from .dense import sdpa
+from .masks import apply_mask_tile, mask_tile
+from .softmax import safe_softmax
+
+__all__ = ["local_global_mask", "local_global_attention", "default_block"]
+
+
+def local_global_mask(length: int, radius: int, global_idx: Any = (), causal: bool = False) -> np.ndarray:
+    """The boolean ``(L, L)`` mask (True = may attend) that local-global attention is equivalent to."""
+    i = np.arange(length)[:, None]
+    j = np.arange(length)[None, :]
+    allowed = np.abs(i - j) <= radius
+    g = np.zeros(length, dtype=bool)
+    g[np.asarray(list(global_idx), dtype=np.int64)] = True
+    allowed |= g[None, :] | g[:, None]
+    if causal:
+        allowed &= j <= i
+    return allowed
+
+
+def default_block(radius: int, length: int) -> int:
+    """Query block size: at least 64 rows (BLAS-friendly tiles), about ``w`` for wide windows, at most 512."""
+    return max(1, min(length, max(64, min(512, radius))))
+
+
+def local_global_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    xp: Namespace,
+    scale: float,
+    radius: int,
+    global_idx: np.ndarray,
+    causal: bool = False,
+    mask: Array | None = None,
+    block: int | None = None,
+) -> Array:
+    """Local-global attention on heads-first arrays ``q, k: (..., H, L, D)``, ``v: (..., H, L, Dv)``.
+
+    ``radius`` is ``w`` (keys ``i - w .. i + w``); ``global_idx`` a sorted array of distinct positions in
+    ``[0, L)``; ``mask`` an already prepared mask (see :func:`attnkit.kernels.masks.prepare_mask`).
+    """
+    length = int(q.shape[-2])
+    dev = array_api_compat.device(q)
+    w = int(radius)
+    b = int(block) if block else default_block(w, length)
+    gidx = np.asarray(global_idx, dtype=np.int64).reshape(-1)
+    n_glob = int(gidx.size)
+    is_glob = np.zeros(length, dtype=bool)
+    is_glob[gidx] = True
+    neg_inf = xp.asarray(-xp.inf, dtype=q.dtype, device=dev)
+    qs = q * scale
+    if n_glob:
+        g_dev = xp.asarray(gidx, device=dev)
+        kg = xp.take(k, g_dev, axis=-2)
+        vg = xp.take(v, g_dev, axis=-2)
+        kg_t = xp.matrix_transpose(kg)
+    parts = []
+    for q0 in range(0, length, b):
+        q1 = min(q0 + b, length)
+        k0 = max(0, q0 - w)
+        k1 = min(length, q1 + w) if not causal else min(length, q1)
+        rows = np.arange(q0, q1)[:, None]
+        cols = np.arange(k0, k1)[None, :]
+        allowed = (np.abs(rows - cols) <= w) & ~is_glob[None, k0:k1]
+        if causal:
+            allowed &= cols <= rows
+        qt = qs[..., q0:q1, :]
+        s = qt @ xp.matrix_transpose(k[..., k0:k1, :])
+        s = xp.where(xp.asarray(allowed, device=dev), s, neg_inf)
+        s = apply_mask_tile(s, mask, xp, q0, q1, k0, k1)
+        width = k1 - k0
+        if n_glob:
+            sg = qt @ kg_t
+            if causal:
+                sg = xp.where(xp.asarray(gidx[None, :] <= rows, device=dev), sg, neg_inf)
+            if mask is not None:
+                mt = mask_tile(mask, q0, q1, 0, length)
+                if mt.shape[-1] != 1:
+                    mt = xp.take(mt, g_dev, axis=-1)
+                sg = xp.where(mt, sg, neg_inf) if xp.isdtype(mt.dtype, "bool") else sg + mt
+            s = xp.concat([s, sg], axis=-1)
+        p = safe_softmax(s, xp)
+        o = p[..., :width] @ v[..., k0:k1, :]
+        if n_glob:
+            o = o + p[..., width:] @ vg
+        parts.append(o)
+    out = parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2)
+    if n_glob:
+        out = _global_rows(q, k, v, out, xp=xp, scale=scale, gidx=gidx, causal=causal, mask=mask, dev=dev)
+    return out
+
+
+def _global_rows(
+    q: Array, k: Array, v: Array, out: Array, *, xp: Namespace, scale: float, gidx: np.ndarray, causal: bool, mask: Array | None, dev: Any
+) -> Array:
+    """Replace the rows of the global queries by dense attention over every key."""
+    length = int(q.shape[-2])
+    g_dev = xp.asarray(gidx, device=dev)
+    qg = xp.take(q, g_dev, axis=-2)
+    m = None
+    if mask is not None:
+        m = mask if mask.shape[-2] == 1 else xp.take(mask, g_dev, axis=-2)
+    if causal:
+        allowed = xp.asarray(np.arange(length)[None, :] <= gidx[:, None], device=dev)
+        if m is None:
+            m = allowed
+        elif xp.isdtype(m.dtype, "bool"):
+            m = xp.logical_and(m, allowed)
+        else:
+            m = xp.where(allowed, m, xp.asarray(-xp.inf, dtype=m.dtype, device=dev))
+    og = sdpa(qg, k, v, xp=xp, scale=scale, mask=m, causal=False)
+    if og.dtype != out.dtype:
+        og = xp.astype(og, out.dtype)
+    if isinstance(out, np.ndarray) and out.flags.writeable:
+        out = out.copy() if not out.flags.owndata else out
+        out[..., gidx, :] = og
+        return out
+    pos = np.zeros(length, dtype=np.int64)
+    pos[gidx] = np.arange(gidx.size)
+    rows = xp.take(og, xp.asarray(pos, device=dev), axis=-2)
+    is_glob = np.zeros(length, dtype=bool)
+    is_glob[gidx] = True
+    return xp.where(xp.asarray(is_glob[:, None], device=dev), rows, out)

@@ -1,0 +1,169 @@
+"""LocalGlobalAttention: sliding-window attention plus global tokens (Longformer), O(L * window) memory.
+
+Beltagy, Peters & Cohan 2020, "Longformer: The Long-Document Transformer". Query ``i`` attends the keys
+within ``window // 2`` positions of its own position ``i`` (so ``2 * (window // 2) + 1`` keys away from
+the ends), every global token, and a global token attends to every position. With ``causal=True``
+query ``i`` additionally sees only keys ``j <= i`` (a global token too). The output equals dense
+attention with the equivalent boolean mask (:meth:`LocalGlobalAttention.dense_mask`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .._array import Array, finite_float, positive_int
+from ..errors import ConfigError, ShapeError
+from ..kernels.dense import attention_weights
+from ..kernels.local import local_global_attention, local_global_mask
+from ..kernels.rope import RotaryEmbedding, as_rope
+from ._sequence import prepare_sequence
+from .base import Mechanism
+from .registry import register
+
+__all__ = ["LocalGlobalAttention"]
+
+
+def _parse_globals(value: Any) -> int | tuple[int, ...]:
+    """``global_tokens``: an int count (the first n tokens), a sequence of indices, or a string of either."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return 0
+        try:
+            if "," not in text and not text.startswith("["):
+                value = int(text)
+            else:
+                value = [int(t) for t in text.strip("[]()").split(",") if t.strip()]
+        except ValueError:
+            raise ConfigError(f"global_tokens: expected a count or comma-separated indices, got {value!r}") from None
+    if isinstance(value, bool):
+        raise ConfigError(f"global_tokens: expected a count or a list of indices, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        if int(value) < 0:
+            raise ConfigError(f"global_tokens: expected a count >= 0, got {value!r}")
+        return int(value)
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, Sequence):
+        raise ConfigError(f"global_tokens: expected a count or a list of indices, got {type(value).__name__}")
+    idx = []
+    for t in value:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or int(t) < 0:
+            raise ConfigError(f"global_tokens: expected non-negative integer indices, got {t!r}")
+        idx.append(int(t))
+    return tuple(sorted(set(idx)))
+
+
+@register
+class LocalGlobalAttention(Mechanism):
+    """Longformer-style local-window + global-token attention over heads.
+
+    Options: ``dim`` per head (64); ``heads`` (8); ``window`` (128): each query sees keys within
+    ``window // 2`` positions of itself; ``global_tokens`` (0): an int ``n`` means the first ``n``
+    tokens are global (clipped to the sequence length), a list gives their indices (each must be
+    ``< L`` at call time); ``causal`` (False); ``scale`` (``1/sqrt(dim)``); ``rope``: a
+    :class:`~attnkit.RotaryEmbedding` (or ``True``/``"half"``/``"interleaved"``) applied to q and k at
+    positions ``0..L-1`` (or ``positions=`` given to :meth:`forward`); ``block_size``: query rows per
+    tile (``None``: chosen from the window); ``check_finite`` rejects NaN/inf input.
+
+    Inputs ``q, k, v: (..., L, H, D)`` (one sequence: ``Lq == Lk``) or the spec's flat arrays.
+    """
+
+    name = "local_global"
+    summary = "sliding-window + global-token attention (Longformer), O(L*window) memory"
+
+    def __init__(
+        self,
+        dim: int = 64,
+        heads: int = 8,
+        window: int = 128,
+        global_tokens: int | str | list[int] = 0,
+        causal: bool = False,
+        scale: float | None = None,
+        rope: RotaryEmbedding | str | bool | None = None,
+        block_size: int | None = None,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        self.dim = positive_int(dim, "dim")
+        self.heads = positive_int(heads, "heads")
+        self.window = positive_int(window, "window")
+        self.global_tokens = _parse_globals(global_tokens)
+        self.causal = bool(causal)
+        if scale is not None:
+            scale = finite_float(scale, "scale")
+            if scale == 0.0:
+                raise ConfigError("scale: expected a non-zero number, got 0")
+        self.scale = scale
+        self.rope = as_rope(rope, self.dim)
+        self.block_size = None if block_size is None else positive_int(block_size, "block_size")
+        self.check_finite = bool(check_finite)
+
+    @property
+    def radius(self) -> int:
+        """``window // 2``: how far left and right of its own position a query sees."""
+        return self.window // 2
+
+    @property
+    def effective_scale(self) -> float:
+        return self.scale if self.scale is not None else 1.0 / math.sqrt(self.dim)
+
+    def global_indices(self, seq_len: int) -> np.ndarray:
+        """The sorted global positions for a sequence of ``seq_len`` tokens."""
+        if isinstance(self.global_tokens, int):
+            return np.arange(min(self.global_tokens, seq_len), dtype=np.int64)
+        idx = np.asarray(self.global_tokens, dtype=np.int64)
+        if idx.size and idx[-1] >= seq_len:
+            raise ShapeError(f"global_tokens: index {int(idx[-1])} is outside a sequence of length {seq_len}")
+        return idx
+
+    def dense_mask(self, seq_len: int) -> np.ndarray:
+        """The equivalent boolean ``(L, L)`` mask (True = may attend); O(L^2), for inspection and tests."""
+        self._check_alive()
+        n = positive_int(seq_len, "seq_len")
+        return local_global_mask(n, self.radius, self.global_indices(n), self.causal)
+
+    def _prepare(self, q: Any, k: Any, v: Any, mask: Any, positions: Any) -> Any:
+        s = prepare_sequence(q, k, v, mask, heads=self.heads, dim=self.dim, check=self.check_finite, same_length=True)
+        if self.rope is not None:
+            s.q = self.rope.apply(s.q, positions, seq_axis=-2)
+            s.k = self.rope.apply(s.k, positions, seq_axis=-2)
+        return s
+
+    def forward(self, q: Any, k: Any = None, v: Any = None, mask: Any = None, *, positions: Any = None) -> Array:
+        """Output ``(..., L, H, Dv)`` (flat in, flat out). ``k, v`` default to ``q``.
+
+        ``positions``: token positions for ``rope`` (default ``0..L-1``); ignored without ``rope``.
+        """
+        self._check_alive()
+        s = self._prepare(q, k, v, mask, positions)
+        out = local_global_attention(
+            s.q, s.k, s.v, xp=s.xp, scale=self.effective_scale, radius=self.radius,
+            global_idx=self.global_indices(s.lq), causal=self.causal, mask=s.mask, block=self.block_size,
+        )
+        return s.finish(out)
+
+    def attention_scores(self, q: Any, k: Any = None, mask: Any = None, *, positions: Any = None) -> Array:
+        """Dense probabilities ``(..., H, L, L)`` (zeros outside the pattern); O(L^2), for inspection."""
+        self._check_alive()
+        kk = q if k is None else k
+        s = self._prepare(q, kk, kk, mask, positions)
+        xp = s.xp
+        pattern = xp.asarray(self.dense_mask(s.lq), device=s.device)
+        m = pattern if s.mask is None else (
+            xp.logical_and(s.mask, pattern) if xp.isdtype(s.mask.dtype, "bool")
+            else xp.where(pattern, s.mask, xp.asarray(-xp.inf, dtype=s.mask.dtype, device=s.device))
+        )
+        w = attention_weights(s.q, s.k, xp=xp, scale=self.effective_scale, mask=m)
+        if w.dtype != s.out_dtype:
+            w = xp.astype(w, s.out_dtype)
+        return xp.reshape(w, (-1,)) if s.flat else w
+
+    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+        rng = rng or np.random.default_rng()
+        shape = (seq_len, self.heads, self.dim)
+        return tuple(rng.standard_normal(shape, dtype=np.float32) for _ in range(3))
