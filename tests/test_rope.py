@@ -179,3 +179,18 @@ def test_bad_input() -> None:
         rope.apply(np.zeros((3, 8)), seq_axis=-1)
     with pytest.raises(ShapeError, match="positions"):
         rope.apply(np.zeros((2, 3, 8)), np.zeros((3, 3)))
+
+
+def test_flash_rope_option_matches_rotated_inputs_and_decoding() -> None:
+    rng = np.random.default_rng(8)
+    q, k, v = (rng.standard_normal((10, 2, 8)) for _ in range(3))
+    rope = RotaryEmbedding(8)
+    with_rope = attnkit.FlashAttention(heads=2, dim=8, causal=True, rope=rope)
+    plain = attnkit.FlashAttention(heads=2, dim=8, causal=True)
+    full = with_rope(q, k, v)
+    np.testing.assert_allclose(full, plain(rope.apply(q, seq_axis=-3), rope.apply(k, seq_axis=-3), v), atol=1e-12)
+    # decoding with a key/value cache: the last query alone sits at position Lk-1
+    np.testing.assert_allclose(with_rope(q[-1:], k, v), full[-1:], atol=1e-12)
+    w = with_rope.attention_scores(q[-3:], k)
+    np.testing.assert_allclose(w, plain.attention_scores(rope.apply(q[-3:], np.arange(7, 10), -3), rope.apply(k, seq_axis=-3)), atol=1e-12)
+    assert attnkit.FlashAttention(heads=2, dim=8, rope="interleaved").rope.layout == "interleaved"

@@ -215,3 +215,15 @@ def as_rope(value: Any, dim: int, name: str = "rope") -> RotaryEmbedding | None:
     if isinstance(value, str) and value.strip().lower() in ("none", "off", "false", ""):
         return None
     raise ConfigError(f"{name}: expected a RotaryEmbedding, None, True, 'half' or 'interleaved', got {value!r}")
+
+
+def apply_rope_qk(rope: RotaryEmbedding | None, q: Array, k: Array) -> tuple[Array, Array]:
+    """Rotate heads-first ``q: (..., H, Lq, D)`` and ``k: (..., H, Lk, D)`` for a sequence mechanism's
+    ``rope=`` option. Keys sit at positions ``0 .. Lk-1`` and queries at ``Lk-Lq .. Lk-1`` (bottom-right
+    aligned, as causal masking is: the queries are the last ``Lq`` tokens, as when decoding with a
+    key/value cache). ``rope=None`` returns ``q, k`` unchanged."""
+    if rope is None:
+        return q, k
+    lq, lk = int(q.shape[-2]), int(k.shape[-2])
+    qpos = None if lq == lk else np.arange(lk - lq, lk, dtype=np.float64)
+    return rope.apply(q, qpos, seq_axis=-2), rope.apply(k, None, seq_axis=-2)

@@ -16,6 +16,7 @@ import numpy as np
 from .._array import Array, finite_float, positive_int, probability
 from ..errors import ConfigError
 from ..kernels.dense import attention_weights, sdpa
+from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
 from ._sequence import prepare_sequence
 from .base import Mechanism
 from .registry import register
@@ -30,7 +31,9 @@ class FlashAttention(Mechanism):
     Options follow the spec's ``FlashAttentionOptions``: ``heads`` (8), ``dim`` per head (64),
     ``block_size`` (256), ``causal`` (False), ``dropout`` on the probabilities while training (0.0),
     ``scale`` (``1/sqrt(dim)``), ``simd`` (True: allow the vectorised NumPy fast path).
-    ``seed`` seeds the dropout generator; ``check_finite`` rejects NaN/inf input.
+    ``seed`` seeds the dropout generator; ``check_finite`` rejects NaN/inf input; ``rope``: a
+    :class:`~attnkit.RotaryEmbedding` (or ``True``/``"half"``/``"interleaved"``) applied to q and k
+    (keys at positions ``0..Lk-1``, queries bottom-right aligned at ``Lk-Lq..Lk-1``).
     """
 
     name = "flash"
@@ -47,6 +50,7 @@ class FlashAttention(Mechanism):
         simd: bool = True,
         seed: int | None = None,
         check_finite: bool = True,
+        rope: RotaryEmbedding | str | bool | None = None,
     ) -> None:
         super().__init__()
         self.heads = positive_int(heads, "heads")
@@ -62,6 +66,7 @@ class FlashAttention(Mechanism):
         self.simd = bool(simd)
         self.seed = seed
         self.check_finite = bool(check_finite)
+        self.rope = as_rope(rope, self.dim)  # rotary embedding of q/k (see attnkit.kernels.rope.apply_rope_qk)
 
     @property
     def effective_scale(self) -> float:
@@ -71,6 +76,7 @@ class FlashAttention(Mechanism):
         """Attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``k, v`` default to ``q``."""
         self._check_alive()
         s = prepare_sequence(q, k, v, mask, heads=self.heads, dim=self.dim, check=self.check_finite)
+        s.q, s.k = apply_rope_qk(self.rope, s.q, s.k)
         p = self.dropout if self.training else 0.0
         out = sdpa(
             s.q, s.k, s.v, xp=s.xp, scale=self.effective_scale, mask=s.mask, causal=self.causal,
@@ -84,6 +90,7 @@ class FlashAttention(Mechanism):
         self._check_alive()
         kk = q if k is None else k
         s = prepare_sequence(q, kk, kk, mask, heads=self.heads, dim=self.dim, check=self.check_finite)
+        s.q, s.k = apply_rope_qk(self.rope, s.q, s.k)
         w = attention_weights(s.q, s.k, xp=s.xp, scale=self.effective_scale, mask=s.mask, causal=self.causal)
         if w.dtype != s.out_dtype:
             w = s.xp.astype(w, s.out_dtype)
