@@ -1,0 +1,40 @@
+"""``python -m attnkit.server [serve] [--host H] [--port P] [--workers N] [--<limit> V ...]``.
+
+The same server ``attnkit serve`` starts, without needing the command line extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import run
+from .settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["serve"]:
+        args_in = args_in[1:]
+    p = argparse.ArgumentParser(prog="python -m attnkit.server", description="Serve attnkit over HTTP.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--log-level", default="info")
+    for name in Settings.field_names():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
+    ns = p.parse_args(args_in)
+    limits = {n: getattr(ns, n) for n in Settings.field_names() if getattr(ns, n) is not None}
+    from ..errors import AttentionError
+
+    try:
+        settings = Settings.from_env(**limits)
+    except AttentionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run(ns.host, ns.port, ns.workers, settings=settings, log_level=ns.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Server settings: limits, authentication and CORS, from arguments, the environment or a dict.
+
+Every field can also be set by an environment variable ``ATTNKIT_SERVER_<FIELD>`` (upper case), which
+is how ``attnkit serve`` hands limits to worker processes and how a deployment can set them without
+flags. Explicit arguments win over the environment, the environment over the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["Settings", "ENV_PREFIX"]
+
+ENV_PREFIX = "ATTNKIT_SERVER_"
+#: one JSON object with every field, used to pass settings to ``--workers`` processes
+ENV_JSON = "ATTNKIT_SERVER_SETTINGS_JSON"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Limits and switches of one server process.
+
+    * ``max_body_bytes``: largest request body; larger ones get 413 before they are read whole.
+    * ``max_batch_items``: most requests in one ``POST /v1/batch`` (413 above it).
+    * ``max_elements``: most elements of any one tensor (413 above it, checked before allocating).
+    * ``max_option_int``: largest integer option (``heads``, ``dim``, ``model_dim`` ...), so that a
+      request cannot make the server allocate huge weights (422 above it; ``seed`` is exempt).
+    * ``request_timeout_s``: a computation (with its time in the queue) that takes longer gets 504.
+    * ``max_concurrency``: computations running at once (default: the number of CPU cores).
+    * ``queue``: requests that may wait for a free slot; one more gets 503 with ``Retry-After``.
+    * ``api_key``: if set, every route but ``/health`` and the docs needs ``Authorization: Bearer
+      <key>`` or ``X-API-Key: <key>`` (401 otherwise).
+    * ``cors_origins``: origins allowed by CORS; empty (the default) means CORS is off.
+    * ``cache_size``: constructed mechanisms kept per (name, options), least recently used dropped.
+    """
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_batch_items: int = 64
+    max_elements: int = 4 * 1024 * 1024
+    max_option_int: int = 4096
+    request_timeout_s: float = 30.0
+    max_concurrency: int = 0
+    queue: int = 64
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    cache_size: int = 32
+
+    def __post_init__(self) -> None:
+        def positive(name: str, allow_zero: bool = False) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{name}: expected a number, got {value!r}")
+            if value < 0 or (value == 0 and not allow_zero):
+                raise ConfigError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+
+        for name in ("max_body_bytes", "max_batch_items", "max_elements", "max_option_int", "request_timeout_s", "cache_size"):
+            positive(name)
+        positive("max_concurrency", allow_zero=True)
+        positive("queue", allow_zero=True)
+        if self.max_concurrency == 0:
+            object.__setattr__(self, "max_concurrency", max(1, os.cpu_count() or 1))
+        origins = self.cors_origins
+        if isinstance(origins, str):
+            origins = tuple(o.strip() for o in origins.split(",") if o.strip())
+        object.__setattr__(self, "cors_origins", tuple(origins or ()))
+        if self.api_key is not None and not str(self.api_key):
+            object.__setattr__(self, "api_key", None)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+        """Settings from a dict (a config file's ``[server]`` table); unknown keys raise ``ConfigError``."""
+        names = set(cls.field_names())
+        clean: dict[str, Any] = {}
+        for key, value in values.items():
+            k = str(key).replace("-", "_")
+            if k not in names:
+                raise ConfigError(f"{key}: unknown server setting; expected one of {', '.join(sorted(names))}")
+            if value is not None:
+                clean[k] = _convert(k, value)
+        return cls(**clean)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``ATTNKIT_SERVER_*`` variables, then ``overrides`` (``None`` values ignored)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        blob = env.get(ENV_JSON)
+        if blob:
+            try:
+                values.update(json.loads(blob))
+            except ValueError as exc:
+                raise ConfigError(f"{ENV_JSON}: expected a JSON object ({exc})") from None
+        for name in cls.field_names():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_mapping(values)
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["cors_origins"] = list(self.cors_origins)
+        return json.dumps(d)
+
+
+def _convert(name: str, value: Any) -> Any:
+    """Convert strings from the environment or flags to the field's type."""
+    if name == "cors_origins":
+        if isinstance(value, str):
+            return tuple(o.strip() for o in value.split(",") if o.strip())
+        if isinstance(value, (list, tuple)) and all(isinstance(o, str) for o in value):
+            return tuple(value)
+        raise ConfigError(f"cors_origins: expected a list of origins, got {value!r}")
+    if name == "api_key":
+        return str(value)
+    if isinstance(value, str):
+        try:
+            return float(value) if name == "request_timeout_s" else int(value)
+        except ValueError:
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    return value
