@@ -1,0 +1,635 @@
+r"""Poincaré ball primitives, generic over the Python array API.
+
+The Poincaré ball of curvature ``-c`` (``c > 0``) is the open ball
+``B_c = {x in R^D : c |x|^2 < 1}`` of radius ``1/sqrt(c)`` with the metric ``lambda_x^2 g_E``, where
+
+    lambda_x = 2 / (1 - c |x|^2)                                   (conformal factor)
+
+Every function here takes arrays of any array-API library (NumPy, torch, JAX, CuPy, ...), computes in
+that library's namespace, broadcasts over the leading dimensions and treats the **last axis as the
+vector**. The curvature is the keyword ``c``: ``c > 0`` is the ball of sectional curvature ``-c``; a
+negative value, as the spec's bindings give it (``curvature = -1``), means the same ball, so ``|c|`` is
+used; ``c == 0`` or a non-finite value raises :class:`~attnkit.errors.ConfigError`.
+
+Formulas (Ganea, Bécigneul & Hofmann 2018, "Hyperbolic Neural Networks"; Ungar 2008, "Analytic
+Hyperbolic Geometry and Albert Einstein's Special Theory of Relativity" for Möbius gyrovector spaces):
+
+* Möbius addition
+  ``x (+) y = ((1 + 2c<x,y> + c|y|^2) x + (1 - c|x|^2) y) / (1 + 2c<x,y> + c^2 |x|^2 |y|^2)``.
+  It is evaluated in the algebraically identical, cancellation-free form
+  ``((1 - c|x|^2) s + c|s|^2 x) / (c|s|^2 + (1 - c|x|^2)(1 - c|y|^2))`` with ``s = x + y``
+  (expand ``|s|^2``): every term of the denominator is non-negative inside the ball, and ``x (+) y``
+  for ``y`` close to ``-x`` is computed from the small ``s`` directly instead of by cancellation.
+* exponential map ``exp_x(u) = x (+) (tanh(sqrt(c) lambda_x |u| / 2) u / (sqrt(c) |u|))``
+* logarithmic map ``log_x(y) = 2 / (sqrt(c) lambda_x) artanh(sqrt(c) |(-x) (+) y|) w / |w|``,
+  ``w = (-x) (+) y``; the two are inverse to each other at the same base point.
+* distance ``d_c(x, y) = 2/sqrt(c) artanh(sqrt(c) |(-x) (+) y|)``, evaluated as the identical
+  ``1/sqrt(c) arcosh(1 + 2c|x - y|^2 / ((1 - c|x|^2)(1 - c|y|^2)))`` (from
+  ``|(-x) (+) y|^2 = |x - y|^2 / (1 - 2c<x,y> + c^2|x|^2|y|^2)``), which is exactly zero on the
+  diagonal and needs no clamping of an artanh argument near the boundary.
+* origin maps ``to_poincare(u) = exp_0(u) = tanh(sqrt(c)|u|) u / (sqrt(c)|u|)`` and
+  ``from_poincare(x) = log_0(x) = artanh(sqrt(c)|x|) x / (sqrt(c)|x|)``.
+* Klein model ``k = 2x / (1 + c|x|^2)``, back ``x = k / (1 + sqrt(1 - c|k|^2))``.
+* Einstein midpoint (Gulcehre et al. 2019, "Hyperbolic Attention Networks"; Ungar 2008): in the Klein
+  model ``m_K = sum_i w_i gamma_i k_i / sum_i w_i gamma_i`` with Lorentz factors
+  ``gamma_i = 1/sqrt(1 - c|k_i|^2)``, mapped back to the ball.
+* weighted Fréchet (Karcher) mean: the minimiser of ``sum_i w_i d_c(mu, x_i)^2``, by the Riemannian
+  gradient iteration ``mu <- exp_mu(t sum_i w_i log_mu(x_i))``.
+
+Results that are points (Möbius addition, ``exp_map``, ``to_poincare``, midpoints) are projected into
+the ball with a dtype-aware margin (:func:`project`), as geoopt does; inputs that are points must lie
+strictly inside the ball (``c |x|^2 < 1``, checked in the compute dtype) or an
+:class:`~attnkit.errors.AttentionError` names the argument. NaN or infinity in an input raises
+:class:`~attnkit.errors.NonFiniteError`. Nothing returns NaN at the origin or near the boundary.
+
+Half precision (float16, bfloat16) is computed in float32 and cast back: hyperbolic geometry near the
+boundary is hopeless in 11 bits of mantissa.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from .._array import Array, Namespace, as_float_array, check_finite, finite_float, namespace, positive_int, shape_str
+from ..errors import AttentionError, ConfigError, ShapeError
+
+__all__ = [
+    "curvature_value",
+    "margin",
+    "lambda_x",
+    "mobius_add",
+    "mobius_scalar_mul",
+    "exp_map",
+    "log_map",
+    "poincare_distance",
+    "pairwise_distance",
+    "project",
+    "to_poincare",
+    "from_poincare",
+    "poincare_to_klein",
+    "klein_to_poincare",
+    "einstein_midpoint",
+    "frechet_mean",
+]
+
+#: distance of projected points from the boundary, relative to the radius ``1/sqrt(c)``, by dtype.
+#: float32/float64 follow geoopt (4e-3 / 1e-5): below about 4e-3, ``1 - c|x|^2`` loses more than
+#: about 1e-5 of its relative accuracy in float32. Half precision only stores, never computes.
+_MARGINS = {"float64": 1e-5, "float32": 4e-3, "float16": 1e-2, "bfloat16": 4e-2}
+
+#: smallest norm used as a divisor (norms are computed as sqrt(max(|x|^2, _MIN_NORM^2)), so the
+#: gradient at the origin is zero instead of NaN)
+_MIN_NORM = 1e-15
+_MIN_SQ = _MIN_NORM * _MIN_NORM
+
+#: elements of one (rows, Lk, D) block of pairwise differences
+_PAIR_BLOCK = 1 << 21
+
+
+# --------------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------------
+def curvature_value(c: object, name: str = "c") -> float:
+    """The ball parameter ``|c| > 0`` from a curvature as given (positive, or negative as in the spec).
+
+    ``c == 0`` (the Euclidean limit, which has no ball), non-numbers and non-finite values raise
+    :class:`~attnkit.errors.ConfigError` naming ``name``.
+    """
+    value = finite_float(c, name)
+    if value == 0.0:
+        raise ConfigError(
+            f"{name}: expected a non-zero finite curvature (c > 0 is the Poincaré ball of curvature -c; "
+            f"a negative value means the same ball), got {c!r}"
+        )
+    return abs(value)
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).replace("torch.", "").replace("<class 'numpy.", "").rstrip("'>")
+
+
+def margin(dtype: Any) -> float:
+    """The default projection margin for ``dtype`` (relative to the radius ``1/sqrt(c)``)."""
+    return _MARGINS.get(_dtype_name(dtype), 1e-5)
+
+
+def _margin_value(eps: object, dtype: Any) -> float:
+    if eps is None:
+        return margin(dtype)
+    e = finite_float(eps, "eps")
+    if not 0.0 < e < 1.0:
+        raise ConfigError(f"eps: expected a margin in (0, 1) (a fraction of the radius 1/sqrt(c)), got {eps!r}")
+    return e
+
+
+def _compute_dtype(xp: Namespace, dtype: Any) -> Any:
+    """float32 for half-precision dtypes (any library), else ``dtype``."""
+    if _dtype_name(dtype) in ("float16", "bfloat16"):
+        return xp.float32
+    return dtype
+
+
+class _Prepared:
+    """Validated inputs of one public call: arrays in the compute dtype, and how to give results back."""
+
+    def __init__(self, xp: Namespace, arrays: list[Array], out_dtype: Any, cdtype: Any) -> None:
+        self.xp = xp
+        self.arrays = arrays
+        self.out_dtype = out_dtype
+        self.cdtype = cdtype
+
+    def finish(self, out: Array) -> Array:
+        return out if out.dtype == self.out_dtype else self.xp.astype(out, self.out_dtype)
+
+
+def _prepare(
+    named: Sequence[tuple[str, object]],
+    *,
+    c: float,
+    points: Sequence[str] = (),
+    check: bool = True,
+    same_dim: bool = True,
+) -> _Prepared:
+    """Validate vector arguments ``(name, value)``: float dtype, at least one axis, matching vector
+    width, broadcastable leading dimensions, finite values and (for ``points``) inside the ball."""
+    xp = namespace(*(v for _, v in named))
+    arrays = []
+    device = None
+    for name, value in named:
+        a = as_float_array(value, name, xp)
+        if isinstance(a, np.ndarray) and not array_api_compat.is_numpy_namespace(xp):
+            a = xp.asarray(a, device=device)
+        if device is None:
+            device = array_api_compat.device(a)
+        if a.ndim < 1:
+            raise ShapeError(f"{name}: expected a vector or an array of vectors (..., D), got a scalar of shape ()")
+        if a.shape[-1] < 1:
+            raise ShapeError(f"{name}: expected vectors of width D >= 1 along the last axis, got shape {shape_str(a.shape)}")
+        arrays.append(a)
+    if same_dim:
+        first = named[0][0]
+        for (name, _), a in zip(named[1:], arrays[1:], strict=True):
+            if a.shape[-1] != arrays[0].shape[-1]:
+                raise ShapeError(
+                    f"{name}: expected vectors of width D = {arrays[0].shape[-1]} (as {first}) along the last axis, "
+                    f"got {a.shape[-1]} (shape {shape_str(a.shape)})"
+                )
+        try:
+            np.broadcast_shapes(*(tuple(a.shape) for a in arrays))
+        except ValueError:
+            shapes = ", ".join(f"{n} {shape_str(a.shape)}" for (n, _), a in zip(named, arrays, strict=True))
+            raise ShapeError(f"{', '.join(n for n, _ in named)}: shapes do not broadcast ({shapes})") from None
+    if check:
+        for (name, _), a in zip(named, arrays, strict=True):
+            check_finite(a, name, xp)
+    out_dtype = arrays[0].dtype if len(arrays) == 1 else xp.result_type(*arrays)
+    cdtype = _compute_dtype(xp, out_dtype)
+    arrays = [a if a.dtype == cdtype else xp.astype(a, cdtype) for a in arrays]
+    for (name, _), a in zip(named, arrays, strict=True):
+        if name in points:
+            check_in_ball(a, name, c, xp)
+    return _Prepared(xp, arrays, out_dtype, cdtype)
+
+
+def check_in_ball(x: Array, name: str, c: float, xp: Namespace) -> None:
+    """Raise :class:`~attnkit.errors.AttentionError` naming ``name`` unless every vector of ``x``
+    satisfies ``c |x|^2 < 1`` (strictly inside the ball of radius ``1/sqrt(c)``); NaN fails too."""
+    if math.prod(x.shape) == 0:
+        return
+    sq = c * _sqnorm(x, xp)
+    if not bool(xp.all(sq < 1.0)):
+        worst = float(xp.max(xp.where(xp.isnan(sq), xp.asarray(math.inf, dtype=sq.dtype), sq)))
+        radius = 1.0 / math.sqrt(c)
+        norm = math.sqrt(worst / c) if math.isfinite(worst) else worst
+        raise AttentionError(
+            f"{name}: expected points strictly inside the Poincaré ball of radius 1/sqrt(c) = {radius:.6g} "
+            f"(c*|x|^2 < 1), got a point of norm {norm:.6g}; use project() or input_space='tangent'"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# kernels on validated arrays (compute dtype, c > 0 as a float)
+# --------------------------------------------------------------------------------------------------
+def _sqnorm(x: Array, xp: Namespace, keepdims: bool = True) -> Array:
+    return xp.sum(x * x, axis=-1, keepdims=keepdims)
+
+
+def _norm(x: Array, xp: Namespace) -> Array:
+    """|x| along the last axis (keepdims), at least ``_MIN_NORM``; gradient 0 (not NaN) at 0."""
+    return xp.sqrt(xp.clip(_sqnorm(x, xp), min=_MIN_SQ))
+
+
+def _one_minus(sq: Array, c: float, xp: Namespace) -> Array:
+    """``1 - c|x|^2`` from ``|x|^2``, kept positive (inputs are checked to be inside the ball)."""
+    tiny = float(xp.finfo(sq.dtype).tiny)
+    return xp.clip(1.0 - c * sq, min=tiny)
+
+
+def _project(x: Array, c: float, eps: float, xp: Namespace) -> Array:
+    maxnorm = (1.0 - eps) / math.sqrt(c)
+    n = _norm(x, xp)
+    return x * (maxnorm / xp.clip(n, min=maxnorm))
+
+
+def _mobius_add(x: Array, y: Array, c: float, xp: Namespace) -> Array:
+    """``x (+) y`` in the cancellation-free form (module docstring); ``y`` may lie on the closed ball."""
+    s = x + y
+    ss = _sqnorm(s, xp)
+    bx = _one_minus(_sqnorm(x, xp), c, xp)
+    by = xp.clip(1.0 - c * _sqnorm(y, xp), min=0.0)
+    den = c * ss + bx * by
+    return (bx * s + (c * ss) * x) / xp.clip(den, min=float(xp.finfo(den.dtype).tiny))
+
+
+def _arcosh1p(t: Array, xp: Namespace) -> Array:
+    """``arcosh(1 + t)`` for ``t >= 0``, accurate for small ``t``; zero gradient (not NaN) at ``t = 0``."""
+    return xp.log1p(t + xp.sqrt(xp.clip(t * (t + 2.0), min=_MIN_SQ * _MIN_SQ)))
+
+
+def _dist_from_sq(sq: Array, bx: Array, by: Array, c: float, xp: Namespace) -> Array:
+    """``d_c`` from ``|x - y|^2`` and ``1 - c|x|^2``, ``1 - c|y|^2`` (arcosh form)."""
+    return _arcosh1p(2.0 * c * sq / (bx * by), xp) / math.sqrt(c)
+
+
+def _dist(x: Array, y: Array, c: float, xp: Namespace) -> Array:
+    """Elementwise (broadcast) distance, shape ``(...,)``."""
+    d = x - y
+    bx = _one_minus(_sqnorm(x, xp, False), c, xp)
+    by = _one_minus(_sqnorm(y, xp, False), c, xp)
+    return _dist_from_sq(_sqnorm(d, xp, False), bx, by, c, xp)
+
+
+def _expmap(x: Array, u: Array, c: float, eps: float, xp: Namespace) -> Array:
+    sc = math.sqrt(c)
+    un = _norm(u, xp)
+    lam = 2.0 / _one_minus(_sqnorm(x, xp), c, xp)
+    second = xp.tanh(sc * lam * un / 2.0) * u / (sc * un)
+    return _project(_mobius_add(x, second, c, xp), c, eps, xp)
+
+
+def _logmap(x: Array, y: Array, c: float, xp: Namespace) -> Array:
+    """``log_x(y) = d_c(x, y) / lambda_x * w / |w|`` with ``w = (-x) (+) y`` (same direction as
+    ``(1 - c|x|^2)(y - x) - c|y - x|^2 x``, computed without cancellation)."""
+    s = y - x
+    ss = _sqnorm(s, xp)
+    bx = _one_minus(_sqnorm(x, xp), c, xp)
+    by = _one_minus(_sqnorm(y, xp), c, xp)
+    w = bx * s - (c * ss) * x
+    d = _dist_from_sq(ss, bx, by, c, xp)
+    return (d * bx / 2.0) * w / _norm(w, xp)
+
+
+def _artanh_norm(x: Array, c: float, xp: Namespace) -> tuple[Array, Array]:
+    """``(artanh(sqrt(c)|x|), |x|)`` using ``artanh(r) = log1p(r) - log(1 - r^2)/2`` with
+    ``1 - r^2 = 1 - c|x|^2`` (no clamping of the argument near the boundary)."""
+    sq = _sqnorm(x, xp)
+    n = xp.sqrt(xp.clip(sq, min=_MIN_SQ))
+    return xp.log1p(math.sqrt(c) * n) - 0.5 * xp.log(_one_minus(sq, c, xp)), n
+
+
+def _expmap0(u: Array, c: float, eps: float, xp: Namespace) -> Array:
+    sc = math.sqrt(c)
+    un = _norm(u, xp)
+    return _project(xp.tanh(sc * un) * u / (sc * un), c, eps, xp)
+
+
+def _logmap0(x: Array, c: float, xp: Namespace) -> Array:
+    a, n = _artanh_norm(x, c, xp)
+    return a * x / (math.sqrt(c) * n)
+
+
+def _mobius_scalar_mul(r: Any, x: Array, c: float, eps: float, xp: Namespace) -> Array:
+    a, n = _artanh_norm(x, c, xp)
+    return _project(xp.tanh(r * a) * x / (math.sqrt(c) * n), c, eps, xp)
+
+
+def _to_klein(x: Array, c: float, xp: Namespace) -> Array:
+    return 2.0 * x / (1.0 + c * _sqnorm(x, xp))
+
+
+def _from_klein(k: Array, c: float, eps: float, xp: Namespace) -> Array:
+    root = xp.sqrt(xp.clip(1.0 - c * _sqnorm(k, xp), min=0.0))
+    return _project(k / (1.0 + root), c, eps, xp)
+
+
+def pairwise_sqdist(a: Array, b: Array, xp: Namespace) -> Array:
+    """``|a_i - b_j|^2`` for ``a (..., M, D)``, ``b (..., N, D)`` -> ``(..., M, N)``.
+
+    Computed from the differences themselves (in blocks of rows, so memory stays bounded), not from
+    ``|a|^2 + |b|^2 - 2<a, b>``, whose cancellation would give distances of order ``sqrt(eps)``
+    (about 3e-4 in float32) between a query and an equal key, as in self-attention.
+    """
+    m, n, d = int(a.shape[-2]), int(b.shape[-2]), int(a.shape[-1])
+    batch = math.prod(np.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2])))
+    rows = max(1, _PAIR_BLOCK // max(1, batch * n * d))
+    bb = xp.expand_dims(b, axis=-3)
+    if rows >= m:
+        diff = xp.expand_dims(a, axis=-2) - bb
+        return xp.sum(diff * diff, axis=-1)
+    parts = []
+    for i in range(0, m, rows):
+        diff = xp.expand_dims(a[..., i : i + rows, :], axis=-2) - bb
+        parts.append(xp.sum(diff * diff, axis=-1))
+    return xp.concat(parts, axis=-2)
+
+
+def _pairwise_dist(a: Array, b: Array, c: float, xp: Namespace) -> Array:
+    """``d_c(a_i, b_j)`` for ``a (..., M, D)``, ``b (..., N, D)`` -> ``(..., M, N)``."""
+    sq = pairwise_sqdist(a, b, xp)
+    ba = _one_minus(_sqnorm(a, xp), c, xp)  # (..., M, 1)
+    bb = xp.expand_dims(_one_minus(_sqnorm(b, xp, False), c, xp), axis=-2)  # (..., 1, N)
+    return _dist_from_sq(sq, ba, bb, c, xp)
+
+
+def einstein_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace) -> Array:
+    """Einstein midpoints of the points ``x (..., N, D)`` under each row of weights ``w (..., M, N)``.
+
+    With ``gamma_i k_i = lambda_{x_i} x_i`` and ``gamma_i = lambda_{x_i} - 1`` (Klein point
+    ``k_i = 2 x_i / (1 + c|x_i|^2)``, Lorentz factor ``gamma_i = (1 + c|x_i|^2) / (1 - c|x_i|^2)``),
+    ``m_K = (w @ (lambda x)) / (w @ (lambda - 1))``: two matrix products. A row of zero weights
+    (a fully masked query) gives the origin.
+    """
+    lam = 2.0 / _one_minus(_sqnorm(x, xp), c, xp)  # (..., N, 1)
+    num = xp.matmul(w, lam * x)
+    den = xp.matmul(w, lam - 1.0)
+    k = num / xp.clip(den, min=float(xp.finfo(den.dtype).tiny))
+    return _from_klein(k, c, eps, xp)
+
+
+def frechet_aggregate(
+    w: Array, x: Array, c: float, eps: float, xp: Namespace, iters: int, tol: float, init: Array | None = None
+) -> Array:
+    """Weighted Fréchet means of ``x (..., N, D)`` for each row of ``w (..., M, N)`` (rows sum to 1, or 0).
+
+    Riemannian gradient descent on ``F(mu) = 1/2 sum_j w_j d_c(mu, x_j)^2``, whose gradient is
+    ``-sum_j w_j log_mu(x_j)``::
+
+        mu <- exp_mu(t * sum_j w_j log_mu(x_j)),   t = 1 / sum_j w_j h(d_j),   h(d) = sqrt(c) d coth(sqrt(c) d)
+
+    ``h(d_j)`` bounds the Hessian of ``d_c(., x_j)^2 / 2`` (it is 1 along the geodesic and
+    ``sqrt(c) d coth(sqrt(c) d)`` across it), so ``t`` makes every step a descent step. The plain Karcher
+    step ``t = 1`` overshoots and diverges once points are spread more than about 2/sqrt(c) apart,
+    which negative curvature makes common. Starts at the Einstein midpoint (``init``), a close
+    guess, and stops when the longest step is shorter than ``tol`` (in distance) or after ``iters``.
+
+    The sum of logarithms is assembled from ``(..., M, N)`` scalars and one matrix product:
+    ``log_mu(x) = (1 - c|mu|^2) g(z) / delta * ((1 - c|mu|^2) x - alpha mu)`` with
+    ``alpha = 1 - 2c<mu,x> + c|x|^2``, ``delta = 1 - 2c<mu,x> + c^2|mu|^2|x|^2``,
+    ``z = sqrt(c)|(-mu) (+) x|`` and ``g(z) = artanh(z)/z``, where ``alpha = c|mu - x|^2 + (1 - c|mu|^2)``
+    and ``delta = c|mu - x|^2 + (1 - c|mu|^2)(1 - c|x|^2)`` avoid cancellation.
+    """
+    sc = math.sqrt(c)
+    mu = einstein_aggregate(w, x, c, eps, xp) if init is None else init
+    bxn = xp.expand_dims(_one_minus(_sqnorm(x, xp, False), c, xp), axis=-2)  # (..., 1, N)
+    zmax = 1.0 - float(xp.finfo(x.dtype).eps)
+    for _ in range(iters):
+        sq = pairwise_sqdist(mu, x, xp)  # (..., M, N)
+        bmu = _one_minus(_sqnorm(mu, xp), c, xp)  # (..., M, 1)
+        alpha = c * sq + bmu
+        delta = c * sq + bmu * bxn
+        z = xp.clip(xp.sqrt(xp.clip(c * sq / delta, min=_MIN_SQ)), max=zmax)
+        g = xp.atanh(z) / z
+        a = w * g / delta
+        v = bmu * (bmu * xp.matmul(a, x) - xp.sum(a * alpha, axis=-1, keepdims=True) * mu)
+        sd = xp.clip(sc * _dist_from_sq(sq, bmu, bxn, c, xp), min=1e-4)
+        lip = xp.sum(w * (sd / xp.tanh(sd)), axis=-1, keepdims=True)
+        step = v / xp.clip(lip, min=1.0)
+        # Riemannian length of the step: lambda_mu |step|
+        moved = 2.0 * _norm(step, xp) / bmu
+        mu = _expmap(mu, step, c, eps, xp)
+        if math.prod(moved.shape) == 0 or not bool(xp.max(moved) > tol):
+            break
+    return mu
+
+
+# --------------------------------------------------------------------------------------------------
+# public functions
+# --------------------------------------------------------------------------------------------------
+def lambda_x(x: Any, c: float = 1.0) -> Array:
+    """The conformal factor ``lambda_x = 2 / (1 - c|x|^2)`` of the ball at ``x``, shape ``(...,)``.
+
+    (Ganea et al. 2018, eq. 1.) ``x`` must lie inside the ball.
+    """
+    cv = curvature_value(c)
+    p = _prepare([("x", x)], c=cv, points=("x",))
+    xp = p.xp
+    return p.finish(2.0 / _one_minus(_sqnorm(p.arrays[0], xp, False), cv, xp))
+
+
+def mobius_add(x: Any, y: Any, c: float = 1.0) -> Array:
+    """Möbius addition ``x (+)_c y`` (Ungar 2008; Ganea et al. 2018, eq. 2).
+
+    ``x (+) y = ((1 + 2c<x,y> + c|y|^2) x + (1 - c|x|^2) y) / (1 + 2c<x,y> + c^2|x|^2|y|^2)``,
+    evaluated without cancellation (see the module docstring) and projected into the ball. It is
+    neither commutative nor associative; ``(-x) (+) x = 0``. Both arguments must lie inside the ball.
+    """
+    cv = curvature_value(c)
+    p = _prepare([("x", x), ("y", y)], c=cv, points=("x", "y"))
+    return p.finish(_project(_mobius_add(*p.arrays, cv, p.xp), cv, margin(p.out_dtype), p.xp))
+
+
+def mobius_scalar_mul(r: Any, x: Any, c: float = 1.0) -> Array:
+    """Möbius scalar multiplication ``r (x)_c x = tanh(r artanh(sqrt(c)|x|)) x / (sqrt(c)|x|)``
+    (Ganea et al. 2018, eq. 3): scales the hyperbolic distance of ``x`` from the origin by ``r``.
+
+    ``r`` is a number or an array broadcasting against ``x``'s leading dimensions ``(...)``.
+    """
+    cv = curvature_value(c)
+    if isinstance(r, numbers.Real) and not isinstance(r, bool):
+        rv: Any = finite_float(r, "r")
+        p = _prepare([("x", x)], c=cv, points=("x",))
+    else:
+        p = _prepare([("x", x), ("r", r)], c=cv, points=("x",), same_dim=False)
+        rr = p.arrays[1]
+        try:
+            np.broadcast_shapes((*rr.shape, 1), tuple(p.arrays[0].shape))
+        except ValueError:
+            raise ShapeError(
+                f"r: expected a number or an array broadcasting to the leading dimensions of x "
+                f"{shape_str(p.arrays[0].shape[:-1])}, got shape {shape_str(rr.shape)}"
+            ) from None
+        rv = p.xp.expand_dims(rr, axis=-1)
+    return p.finish(_mobius_scalar_mul(rv, p.arrays[0], cv, margin(p.out_dtype), p.xp))
+
+
+def exp_map(x: Any, u: Any, c: float = 1.0) -> Array:
+    """Exponential map at the base point ``x`` (first argument) of the tangent vector ``u``:
+
+    ``exp_x(u) = x (+) (tanh(sqrt(c) lambda_x |u| / 2) u / (sqrt(c)|u|))`` (Ganea et al. 2018, Lemma 2),
+    the end point of the geodesic from ``x`` with initial velocity ``u``. ``u = 0`` gives ``x``.
+    The result is projected into the ball; :func:`log_map` at the same ``x`` inverts it.
+    """
+    cv = curvature_value(c)
+    p = _prepare([("x", x), ("u", u)], c=cv, points=("x",))
+    return p.finish(_expmap(*p.arrays, cv, margin(p.out_dtype), p.xp))
+
+
+def log_map(x: Any, y: Any, c: float = 1.0) -> Array:
+    """Logarithmic map at the base point ``x`` (first argument) of the point ``y``:
+
+    ``log_x(y) = 2/(sqrt(c) lambda_x) artanh(sqrt(c)|w|) w/|w|``, ``w = (-x) (+) y``
+    (Ganea et al. 2018, Lemma 2): the tangent vector at ``x`` whose geodesic reaches ``y`` at time 1,
+    so ``exp_map(x, log_map(x, y)) == y`` and ``log_map(x, exp_map(x, u)) == u``. Its Riemannian
+    length ``lambda_x |log_x(y)|`` is ``d_c(x, y)``. ``y = x`` gives 0.
+    """
+    cv = curvature_value(c)
+    p = _prepare([("x", x), ("y", y)], c=cv, points=("x", "y"))
+    return p.finish(_logmap(*p.arrays, cv, p.xp))
+
+
+def poincare_distance(x: Any, y: Any, c: float = 1.0) -> Array:
+    """Geodesic distance ``d_c(x, y) = 2/sqrt(c) artanh(sqrt(c) |(-x) (+) y|)`` (Ganea et al. 2018, eq. 5),
+    shape ``(...,)`` (a scalar array for two vectors). Evaluated in the identical form
+    ``1/sqrt(c) arcosh(1 + 2c|x - y|^2 / ((1 - c|x|^2)(1 - c|y|^2)))``, exact on the diagonal and
+    accurate up to the boundary. Symmetric, zero iff ``x == y``, satisfies the triangle inequality.
+    """
+    cv = curvature_value(c)
+    p = _prepare([("x", x), ("y", y)], c=cv, points=("x", "y"))
+    return p.finish(_dist(*p.arrays, cv, p.xp))
+
+
+def pairwise_distance(x: Any, y: Any, c: float = 1.0) -> Array:
+    """All distances ``d_c(x_i, y_j)`` between ``x (..., M, D)`` and ``y (..., N, D)``: ``(..., M, N)``."""
+    cv = curvature_value(c)
+    p = _prepare([("x", x), ("y", y)], c=cv, points=("x", "y"), same_dim=False)
+    a, b = p.arrays
+    for name, arr in (("x", a), ("y", b)):
+        if arr.ndim < 2:
+            raise ShapeError(f"{name}: expected an array of points (..., N, D), got shape {shape_str(arr.shape)}")
+    if a.shape[-1] != b.shape[-1]:
+        raise ShapeError(f"y: expected vectors of width D = {a.shape[-1]} (as x) along the last axis, got {b.shape[-1]}")
+    try:
+        np.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+    except ValueError:
+        raise ShapeError(f"x, y: leading dimensions {shape_str(a.shape[:-2])} and {shape_str(b.shape[:-2])} do not broadcast") from None
+    return p.finish(_pairwise_dist(a, b, cv, p.xp))
+
+
+def project(x: Any, c: float = 1.0, eps: float | None = None) -> Array:
+    """Project points into the ball: vectors with ``|x| > (1 - eps)/sqrt(c)`` are scaled back to that
+    norm, the others are returned unchanged (as geoopt's ``PoincareBall.projx``).
+
+    ``eps`` (a fraction of the radius, in (0, 1)) defaults to a dtype-aware margin: 1e-5 for
+    float64, 4e-3 for float32 (where ``1 - c|x|^2`` closer to the boundary loses too many digits),
+    1e-2 for float16 and 4e-2 for bfloat16.
+    """
+    cv = curvature_value(c)
+    p = _prepare([("x", x)], c=cv)
+    e = _margin_value(eps, p.out_dtype)
+    return p.finish(_project(p.arrays[0], cv, e, p.xp))
+
+
+def to_poincare(u: Any, c: float = 1.0) -> Array:
+    """Map a Euclidean (tangent) vector into the ball by the exponential map at the origin:
+    ``exp_0(u) = tanh(sqrt(c)|u|) u / (sqrt(c)|u|)`` (Ganea et al. 2018, Lemma 2 with ``lambda_0 = 2``),
+    projected into the ball. :func:`from_poincare` inverts it.
+    """
+    cv = curvature_value(c)
+    p = _prepare([("u", u)], c=cv)
+    return p.finish(_expmap0(p.arrays[0], cv, margin(p.out_dtype), p.xp))
+
+
+def from_poincare(x: Any, c: float = 1.0) -> Array:
+    """Map a point of the ball to the tangent space at the origin by the logarithmic map:
+    ``log_0(x) = artanh(sqrt(c)|x|) x / (sqrt(c)|x|)`` (Ganea et al. 2018). Inverse of :func:`to_poincare`;
+    its norm is half the distance of ``x`` from the origin.
+    """
+    cv = curvature_value(c)
+    p = _prepare([("x", x)], c=cv, points=("x",))
+    return p.finish(_logmap0(p.arrays[0], cv, p.xp))
+
+
+def poincare_to_klein(x: Any, c: float = 1.0) -> Array:
+    """The Beltrami-Klein coordinates ``k = 2x / (1 + c|x|^2)`` of a point ``x`` of the Poincaré ball."""
+    cv = curvature_value(c)
+    p = _prepare([("x", x)], c=cv, points=("x",))
+    return p.finish(_to_klein(p.arrays[0], cv, p.xp))
+
+
+def klein_to_poincare(k: Any, c: float = 1.0) -> Array:
+    """The Poincaré coordinates ``x = k / (1 + sqrt(1 - c|k|^2))`` of a Klein point ``k`` (``c|k|^2 < 1``)."""
+    cv = curvature_value(c)
+    p = _prepare([("k", k)], c=cv, points=("k",))
+    return p.finish(_from_klein(p.arrays[0], cv, margin(p.out_dtype), p.xp))
+
+
+def _points_and_weights(x: Any, weights: Any, c: float) -> tuple[_Prepared, Array]:
+    """Validate ``x (..., N, D)`` and ``weights (..., N)`` (non-negative; None = uniform)."""
+    if weights is None:
+        p = _prepare([("x", x)], c=c, points=("x",))
+        a = p.arrays[0]
+        if a.ndim < 2:
+            raise ShapeError(f"x: expected a set of points (..., N, D), got shape {shape_str(a.shape)}")
+        w = p.xp.ones(tuple(a.shape[:-1]), dtype=a.dtype, device=array_api_compat.device(a))
+    else:
+        p = _prepare([("x", x), ("weights", weights)], c=c, points=("x",), same_dim=False)
+        a, w = p.arrays
+        if a.ndim < 2:
+            raise ShapeError(f"x: expected a set of points (..., N, D), got shape {shape_str(a.shape)}")
+        if w.ndim < 1 or w.shape[-1] != a.shape[-2]:
+            raise ShapeError(f"weights: expected shape (..., N) with N = {a.shape[-2]} (the points of x), got {shape_str(w.shape)}")
+        try:
+            np.broadcast_shapes(tuple(w.shape[:-1]), tuple(a.shape[:-2]))
+        except ValueError:
+            raise ShapeError(
+                f"weights: leading dimensions {shape_str(w.shape[:-1])} do not broadcast with those of x {shape_str(a.shape[:-2])}"
+            ) from None
+        if not bool(p.xp.all(w >= 0.0)):
+            raise AttentionError(f"weights: expected non-negative weights, got a minimum of {float(p.xp.min(w)):.6g}")
+    if a.shape[-2] == 0:
+        raise ShapeError("x: expected at least one point (N >= 1), got an empty set")
+    return p, w
+
+
+def einstein_midpoint(x: Any, weights: Any = None, c: float = 1.0) -> Array:
+    """Weighted Einstein midpoint of the points ``x (..., N, D)`` with ``weights (..., N)`` -> ``(..., D)``.
+
+    Through the Klein model (Gulcehre et al. 2019, "Hyperbolic Attention Networks", eq. 5; Ungar 2008):
+    ``k_i = 2x_i/(1 + c|x_i|^2)``, Lorentz factors ``gamma_i = 1/sqrt(1 - c|k_i|^2)``,
+    ``m_K = sum_i w_i gamma_i k_i / sum_i w_i gamma_i``, mapped back with
+    ``m = m_K / (1 + sqrt(1 - c|m_K|^2))``. Equals Ungar's Möbius gyromidpoint
+    ``1/2 (x) (sum_i w_i lambda_i x_i / sum_i w_i (lambda_i - 1))`` and the Klein image of the
+    normalised weighted sum of the points on the hyperboloid. Only the ratios of the (non-negative)
+    weights matter; all-zero weights give the origin. ``weights=None`` is uniform.
+    """
+    cv = curvature_value(c)
+    p, w = _points_and_weights(x, weights, cv)
+    xp = p.xp
+    out = einstein_aggregate(xp.expand_dims(w, axis=-2), p.arrays[0], cv, margin(p.out_dtype), xp)
+    return p.finish(out[..., 0, :])
+
+
+def default_tol(dtype: Any) -> float:
+    """Default Fréchet-mean stopping tolerance (a distance): ``100 * eps`` of ``dtype``."""
+    return 100.0 * float(np.finfo(np.float32 if _dtype_name(dtype) != "float64" else np.float64).eps)
+
+
+def frechet_mean(x: Any, weights: Any = None, c: float = 1.0, iters: int = 100, tol: float | None = None) -> Array:
+    """Weighted Fréchet (Karcher) mean ``argmin_mu sum_i w_i d_c(mu, x_i)^2`` of ``x (..., N, D)`` -> ``(..., D)``.
+
+    Iterates ``mu <- exp_mu(t sum_i w_i log_mu(x_i))`` with normalised weights from the Einstein
+    midpoint, with the step ``t = 1/sum_i w_i sqrt(c) d_i coth(sqrt(c) d_i)`` (``t = 1`` is the classic
+    Karcher step; it diverges for spread points in negative curvature), until the step is shorter than
+    ``tol`` (default ``100 * eps`` of the dtype) or after ``iters`` steps. The mean exists and is unique
+    on the ball (a Hadamard manifold). All-zero weights give the origin.
+    """
+    cv = curvature_value(c)
+    iters = positive_int(iters, "iters")
+    tolv = None if tol is None else finite_float(tol, "tol")
+    if tolv is not None and tolv <= 0.0:
+        raise ConfigError(f"tol: expected a finite number > 0, got {tol!r}")
+    p, w = _points_and_weights(x, weights, cv)
+    xp = p.xp
+    total = xp.sum(w, axis=-1, keepdims=True)
+    w = w / xp.where(total == 0.0, xp.ones_like(total), total)
+    e = margin(p.out_dtype)
+    out = frechet_aggregate(
+        xp.expand_dims(w, axis=-2), p.arrays[0], cv, e, xp, iters, tolv if tolv is not None else default_tol(p.cdtype)
+    )
+    return p.finish(out[..., 0, :])

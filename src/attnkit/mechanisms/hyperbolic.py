@@ -1,0 +1,242 @@
+r"""HyperbolicAttention: attention in the Poincaré ball (Gulcehre et al. 2019, "Hyperbolic Attention Networks").
+
+Queries, keys and values are points of the Poincaré ball of curvature ``-c``. Each query attends to
+the keys by hyperbolic distance and aggregates the values by a hyperbolic mean::
+
+    alpha_ij = softmax_j(-d_c(q_i, k_j) / T  [+ float mask, or -inf where a bool mask is False])
+    out_i    = EinsteinMidpoint_c({v_j}, alpha_i.)       (aggregation="einstein", the default)
+             = FrechetMean_c({v_j}, alpha_i.)            (aggregation="frechet")
+
+with ``d_c(x, y) = 2/sqrt(c) artanh(sqrt(c) |(-x) (+) y|)`` (Ganea et al. 2018). The Einstein midpoint
+is the closed form of Gulcehre et al. (through the Klein model, with Lorentz factors); the Fréchet mean
+is the point minimising ``sum_j alpha_ij d_c(out_i, v_j)^2``, found iteratively. See
+:mod:`attnkit.kernels.poincare` for the formulas and their numerics.
+
+Layout (head-less, DESIGN.md): ``q (..., Lq, D)`` or one query ``(D,)`` (the result is squeezed back),
+``keys (..., Lk, D)``, ``values (..., Lk, Dv)``; leading dimensions broadcast. The spec's flat arrays
+work too: ``keys`` of length ``Lk*D`` and ``values`` of length ``Lk*Dv``. ``mask`` is ``(..., Lq, Lk)``
+(or ``(..., Lk)`` for a single query): bool True = attend, float = added to the logits. A query whose
+keys are all masked returns the origin of the ball (the hyperbolic "zero"), never NaN.
+The output is a point of the ball, in the caller's library and float dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from .._array import (
+    Array,
+    as_float_array,
+    check_finite,
+    finite_float,
+    namespace,
+    one_of,
+    positive_float,
+    positive_int,
+    shape_str,
+)
+from ..errors import ShapeError
+from ..kernels import poincare as pc
+from ..kernels.masks import prepare_mask
+from ..kernels.softmax import safe_softmax
+from .base import Mechanism
+from .registry import register
+
+__all__ = ["HyperbolicAttention"]
+
+
+@register
+class HyperbolicAttention(Mechanism):
+    """Attention over the Poincaré ball with hyperbolic-distance weights and a hyperbolic mean.
+
+    ``dim``: the width D of queries and keys. ``curvature``: ``c > 0`` for the ball of curvature
+    ``-c``; a negative value, as the spec gives it, means the same ball; 0 raises ``ConfigError``.
+    ``temperature`` ``T > 0`` divides the negative distances. ``aggregation``: ``"einstein"`` (closed
+    form, default) or ``"frechet"`` (iterative; ``frechet_iters`` steps at most, stopping when a step
+    is shorter than ``frechet_tol``, by default 100 eps of the dtype). ``input_space``: ``"ball"``
+    (inputs are points of the ball; points outside raise an ``AttentionError`` naming the argument)
+    or ``"tangent"`` (inputs are Euclidean vectors, mapped into the ball by ``to_poincare`` first).
+    ``check_finite`` rejects NaN/inf input.
+    """
+
+    name = "hyperbolic"
+    summary = "attention in the Poincaré ball: hyperbolic-distance weights, Einstein-midpoint or Fréchet-mean aggregation"
+
+    def __init__(
+        self,
+        dim: int,
+        curvature: float = 1.0,
+        temperature: float = 1.0,
+        aggregation: str = "einstein",
+        frechet_iters: int = 100,
+        frechet_tol: float | None = None,
+        input_space: str = "ball",
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        self.dim = positive_int(dim, "dim")
+        self._c = pc.curvature_value(curvature, "curvature")
+        self.curvature = finite_float(curvature, "curvature")
+        self.temperature = positive_float(temperature, "temperature")
+        self.aggregation = one_of(aggregation, "aggregation", ("einstein", "frechet"))
+        self.frechet_iters = positive_int(frechet_iters, "frechet_iters")
+        if frechet_tol is not None:
+            frechet_tol = positive_float(frechet_tol, "frechet_tol")
+        self.frechet_tol = frechet_tol
+        self.input_space = one_of(input_space, "input_space", ("ball", "tangent"))
+        self.check_finite = bool(check_finite)
+
+    @property
+    def c(self) -> float:
+        """The ball parameter ``|curvature|`` (the ball has radius ``1/sqrt(c)``)."""
+        return self._c
+
+    # ------------------------------------------------------------------ input handling
+    def _prepare(self, q: Any, keys: Any, values: Any, mask: Any) -> tuple:
+        if keys is None and values is not None:
+            raise ShapeError("keys: expected an array of keys when values are given, got None")
+        xp = namespace(q, keys, values)
+        qa = as_float_array(q, "q", xp)
+        device = array_api_compat.device(qa) if not isinstance(qa, np.ndarray) else None
+
+        def take(x: Any, name: str) -> Array:
+            a = as_float_array(x, name, xp)
+            if isinstance(a, np.ndarray) and not array_api_compat.is_numpy_namespace(xp):
+                a = xp.asarray(a, device=device)
+            return a
+
+        qa = take(qa, "q")
+        if qa.ndim < 1:
+            raise ShapeError(f"q: expected shape (..., Lq, {self.dim}) or ({self.dim},), got a scalar")
+        single = qa.ndim == 1
+        if single:
+            qa = xp.expand_dims(qa, axis=0)
+        ka = qa if keys is None else take(keys, "keys")
+        va = ka if values is None else take(values, "values")
+        if ka.ndim == 1:  # the spec's flat keys: Lk * D
+            n = int(ka.shape[0])
+            if n == 0 or n % self.dim:
+                raise ShapeError(f"keys: a flat array needs a length that is a positive multiple of dim = {self.dim}, got {n}")
+            ka = xp.reshape(ka, (n // self.dim, self.dim))
+        if va.ndim == 1 and ka.ndim >= 2:  # flat values: Lk * Dv
+            n, lk = int(va.shape[0]), int(ka.shape[-2])
+            if lk == 0 or n == 0 or n % lk:
+                raise ShapeError(f"values: a flat array needs a length that is a positive multiple of Lk = {lk}, got {n}")
+            va = xp.reshape(va, (lk, n // lk))
+        if qa.shape[-1] != self.dim:
+            raise ShapeError(f"q: expected shape (..., Lq, D = dim = {self.dim}), got {shape_str(qa.shape)}")
+        if ka.ndim < 2 or ka.shape[-1] != self.dim:
+            raise ShapeError(f"keys: expected shape (..., Lk, D = dim = {self.dim}), got {shape_str(ka.shape)}")
+        if ka.shape[-2] == 0:
+            raise ShapeError("keys: expected at least one key (Lk >= 1), got an empty key set")
+        if va.ndim < 2 or va.shape[-2] != ka.shape[-2]:
+            raise ShapeError(f"values: expected shape (..., Lk = {ka.shape[-2]}, Dv), got {shape_str(va.shape)}")
+        if va.shape[-1] < 1:
+            raise ShapeError(f"values: expected vectors of width Dv >= 1, got shape {shape_str(va.shape)}")
+        try:
+            batch = np.broadcast_shapes(tuple(qa.shape[:-2]), tuple(ka.shape[:-2]), tuple(va.shape[:-2]))
+        except ValueError:
+            raise ShapeError(
+                f"q, keys, values: batch dimensions {shape_str(qa.shape[:-2])}, {shape_str(ka.shape[:-2])}, "
+                f"{shape_str(va.shape[:-2])} do not broadcast"
+            ) from None
+        if self.check_finite:
+            check_finite(qa, "q", xp)
+            if keys is not None:
+                check_finite(ka, "keys", xp)
+            if values is not None:
+                check_finite(va, "values", xp)
+        out_dtype = xp.result_type(qa, ka, va)
+        cdt = pc._compute_dtype(xp, out_dtype)
+        qa, ka, va = (x if x.dtype == cdt else xp.astype(x, cdt) for x in (qa, ka, va))
+        c = self._c
+        eps = pc.margin(out_dtype)
+        if self.input_space == "tangent":
+            qa, ka, va = (pc._expmap0(x, c, eps, xp) for x in (qa, ka, va))
+        else:
+            pc.check_in_ball(qa, "q", c, xp)
+            if keys is not None:
+                pc.check_in_ball(ka, "keys", c, xp)
+            if values is not None:
+                pc.check_in_ball(va, "values", c, xp)
+        m = None
+        if mask is not None:
+            if single:
+                if not array_api_compat.is_array_api_obj(mask):
+                    try:
+                        mask = np.asarray(mask)
+                    except (ValueError, TypeError) as exc:
+                        raise ShapeError(f"mask: expected a rectangular array ({exc})") from exc
+                if mask.ndim < 1:
+                    raise ShapeError(f"mask: expected shape (..., Lk = {ka.shape[-2]}) for a single query, got a scalar")
+                mask = array_api_compat.array_namespace(mask).expand_dims(mask, axis=-2)
+            target = (*batch, int(qa.shape[-2]), int(ka.shape[-2]))
+            m = prepare_mask(mask, xp, target, cdt, device=array_api_compat.device(qa), layout="(..., Lq, Lk)")
+        return xp, qa, ka, va, m, out_dtype, single
+
+    def _weights(self, xp: Any, q: Array, k: Array, m: Array | None) -> Array:
+        logits = pc._pairwise_dist(q, k, self._c, xp) * (-1.0 / self.temperature)
+        if m is not None:
+            if xp.isdtype(m.dtype, "bool"):
+                logits = xp.where(m, logits, xp.asarray(-math.inf, dtype=logits.dtype))
+            else:
+                logits = logits + m
+        return safe_softmax(logits, xp, axis=-1)
+
+    # ------------------------------------------------------------------ public API
+    def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
+        """The hyperbolic attention output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query).
+
+        ``keys`` default to ``q`` (self-attention) and ``values`` to ``keys``.
+        """
+        self._check_alive()
+        xp, q, k, v, m, out_dtype, single = self._prepare(q, keys, values, mask)
+        w = self._weights(xp, q, k, m)
+        eps = pc.margin(out_dtype)
+        out = pc.einstein_aggregate(w, v, self._c, eps, xp)
+        if self.aggregation == "frechet":
+            tol = self.frechet_tol if self.frechet_tol is not None else pc.default_tol(out.dtype)
+            out = pc.frechet_aggregate(w, v, self._c, eps, xp, self.frechet_iters, tol, init=out)
+        if out.dtype != out_dtype:
+            out = xp.astype(out, out_dtype)
+        return out[..., 0, :] if single else out
+
+    def attention_weights(self, q: Any, keys: Any = None, mask: Any = None) -> Array:
+        """The attention probabilities ``softmax(-d_c(q, k)/T)``: ``(..., Lq, Lk)`` (``(Lk,)`` for one query)."""
+        self._check_alive()
+        xp, q, k, _, m, out_dtype, single = self._prepare(q, keys, None, mask)
+        w = self._weights(xp, q, k, m)
+        if w.dtype != out_dtype:
+            w = xp.astype(w, out_dtype)
+        return w[..., 0, :] if single else w
+
+    def poincare_distance(self, x: Any, y: Any) -> Array:
+        """``d_c(x, y)`` at this layer's curvature (the spec's ``poincareDistance``)."""
+        self._check_alive()
+        return pc.poincare_distance(x, y, c=self._c)
+
+    def to_poincare(self, u: Any) -> Array:
+        """``exp_0(u)`` at this layer's curvature (the spec's ``toPoincare``)."""
+        self._check_alive()
+        return pc.to_poincare(u, c=self._c)
+
+    def from_poincare(self, x: Any) -> Array:
+        """``log_0(x)`` at this layer's curvature (the spec's ``fromPoincare``)."""
+        self._check_alive()
+        return pc.from_poincare(x, c=self._c)
+
+    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+        """``seq_len`` queries, keys and values (float32), inside the ball (or tangent vectors)."""
+        rng = rng or np.random.default_rng()
+        seq_len = positive_int(seq_len, "seq_len")
+        scale = 1.0 / math.sqrt(self.dim)
+        out = []
+        for _ in range(3):
+            u = rng.standard_normal((seq_len, self.dim)) * scale
+            x = u if self.input_space == "tangent" else pc.to_poincare(u, c=self._c)
+            out.append(np.asarray(x, dtype=np.float32))
+        return tuple(out)
