@@ -134,8 +134,10 @@ def causal_allowed(xp: Namespace, q0: int, q1: int, k0: int, k1: int, offset: in
 
 def mask_tile(mask: Array, q0: int, q1: int, k0: int, k1: int) -> Array:
     """Slice the (broadcastable) mask to a query/key tile, leaving size-1 axes alone."""
-    qs = slice(None) if mask.shape[-2] == 1 else slice(q0, q1)
     ks = slice(None) if mask.shape[-1] == 1 else slice(k0, k1)
+    if mask.ndim == 1:  # a key mask (Lk,): no query axis to slice
+        return mask[ks]
+    qs = slice(None) if mask.shape[-2] == 1 else slice(q0, q1)
     return mask[..., qs, ks]
 
 
