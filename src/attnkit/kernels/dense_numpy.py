@@ -1,0 +1,597 @@
+"""NumPy fast path for exact attention: tiled, threaded, BLAS-bound.
+
+Computes exactly what :func:`.dense.sdpa_generic` computes,
+
+    out = softmax(scale * q k^T + bias) v,
+
+(FlashAttention's tiled online softmax: Dao et al., "FlashAttention: Fast and Memory-Efficient
+Exact Attention with IO-Awareness", NeurIPS 2022; Milakov & Gimelshein, "Online normalizer
+calculation for softmax", 2018) on heads-first NumPy arrays ``q: (..., H, Lq, D)``,
+``k: (..., H, Lk, D)``, ``v: (..., H, Lk, Dv)`` with broadcasting batch dimensions, bool or float
+masks, bottom-right causal masking and zeros for fully masked rows, in float32 or float64.
+
+Where the time goes, and what this module does about it (measured on the 2-core AVX-512
+development machine; see DESIGN.md "Performance design" and the README's Performance section):
+
+* The two GEMMs per score are ~80% of the arithmetic. Each (batch, head, query tile) task runs
+  ``S = (c q_tile) K_blk^T`` and ``acc += P V_blk`` in single-threaded BLAS on tiles whose score
+  block stays in the 2 MB L2 (256 x 1024 floats), with ``K^T`` transposed once per head so the
+  first GEMM streams contiguous memory. Row sums come from a GEMV with a ones vector (~20 G/s,
+  four times ``sum(axis=1)``), which costs the same as a ones column appended to ``V`` without the
+  copy of ``V``.
+* Tasks run on a persistent pool (the caller's thread plus ``num_threads - 1`` workers), split
+  into contiguous chunks of equal cost (causal tiles are costed by their visible keys), with BLAS
+  held to one thread by a cached ``threadpoolctl.ThreadpoolController().limit``; NumPy's ufuncs
+  and BLAS release the GIL. Without threadpoolctl the tasks run in the caller's thread and BLAS
+  threads itself.
+* The softmax passes are the rest. Two schemes, chosen per query tile, give the same result
+  to rounding because softmax does not depend on the reference it is shifted by:
+
+  - *bounded logits* (the common case): by Cauchy-Schwarz every logit of row ``i`` lies in
+    ``[-U_i, U_i]``, ``U_i = scale |q_i| max_j |k_j|``. Where ``U <= 20`` (float32; 200 for
+    float64) ``exp(s)`` can neither overflow nor leave the normal range, so no running maximum
+    is needed: one ``exp2`` pass per score (``scale * log2(e)`` folded into ``q``), no
+    max/subtract passes and no rescaling between key blocks. ``exp2`` runs at ~5 G/s a core,
+    ``exp`` at ~2.8 G/s; ``exp2`` is only used where its inputs provably stay normal, since its
+    vector kernel drops to a scalar path (20-100x slower) for lanes that underflow.
+  - *online softmax* (large logits, float masks): the running maximum and rescaling of
+    FlashAttention, with ``np.exp`` (no slow path for ``-inf`` or underflow).
+
+* Causal masking skips key blocks the tile cannot see; only the diagonal block is masked, with a
+  precomputed triangular 0/1 (or 0/-inf) pattern sliced per tile. Scratch buffers live per thread
+  and are reused across calls.
+* Small problems (few scores) go through a batched whole-array path, cheaper than dispatching
+  tasks. Memory stays O(threads * tile + L): a 16384-token, 8-head forward needs ~10 MB of scratch.
+
+:func:`sdpa_numpy` returns ``None`` where it does not apply (non-NumPy or non-float32/64 input,
+mixed dtypes, empty axes, a mask of another dtype); the caller then uses the generic path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+__all__ = ["sdpa_numpy", "set_num_threads", "get_num_threads", "blas_limiter_available"]
+
+_LOG2E = 1.4426950408889634
+
+#: Largest |logit| (natural-log units) for which exp(s) stays in the normal range without a
+#: running maximum (p in [e^-R, e^R]); above it a query tile uses the online softmax.
+_LOGIT_RANGE = {np.dtype(np.float32): 20.0, np.dtype(np.float64): 200.0}
+#: Bounds on max|v| for the bounded-logit path: sums of e^R * Lk * |v| must not overflow and
+#: products e^-R * |v| should stay normal.
+_V_RANGE = {np.dtype(np.float32): (1e-10, 1e20), np.dtype(np.float64): (1e-100, 1e100)}
+
+#: Score-tile budget in bytes (fits the 2 MB L2 next to the K and V blocks).
+_TILE_BYTES = 1 << 20
+_Q_TILE = 256
+#: At most this many scores in the whole call -> one batched pass in the caller's thread.
+_SMALL_SCORES = 1 << 16
+
+# ----------------------------------------------------------------------------------------------
+# threads
+
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_num_threads: int | None = None
+_controller: Any = None  # threadpoolctl.ThreadpoolController, or False when unavailable
+_limit_depth = 0
+_limiter: Any = None
+_local = threading.local()
+
+
+def _after_fork() -> None:  # pragma: no cover - exercised only in forked children
+    global _pool, _pool_size, _limit_depth, _limiter, _lock
+    _pool, _pool_size, _limit_depth, _limiter = None, 0, 0, None
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def _get_controller() -> Any:
+    global _controller
+    if _controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _controller = ThreadpoolController()
+        except Exception:  # threadpoolctl missing or unable to inspect the process
+            _controller = False
+    return _controller
+
+
+def blas_limiter_available() -> bool:
+    """True when threadpoolctl can hold BLAS to one thread inside the pool (the ``fast`` extra)."""
+    ctl = _get_controller()
+    return bool(ctl) and bool(ctl.select(user_api="blas").lib_controllers)
+
+
+def _default_threads() -> int:
+    env = os.environ.get("ATTNKIT_NUM_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    ctl = _get_controller()
+    if ctl:
+        blas = ctl.select(user_api="blas").lib_controllers
+        if blas:
+            return max(1, max(int(c.num_threads) for c in blas))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def set_num_threads(n: int | None) -> None:
+    """Threads the NumPy fast path uses (``None``: ``$ATTNKIT_NUM_THREADS``, else BLAS's thread count)."""
+    from .._array import positive_int
+
+    global _num_threads
+    _num_threads = None if n is None else positive_int(n, "num_threads")
+
+
+def get_num_threads() -> int:
+    """Threads the NumPy fast path will use for a large problem."""
+    if not blas_limiter_available():
+        return 1
+    return _num_threads if _num_threads is not None else _default_threads()
+
+
+def _get_pool(workers: int) -> ThreadPoolExecutor:
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size < workers:
+            old = _pool
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="attnkit-sdpa")
+            _pool_size = workers
+            if old is not None:
+                old.shutdown(wait=False)
+        return _pool
+
+
+class _BlasOneThread:
+    """Hold BLAS to one thread while any fast-path call is inside its pool (re-entrant, thread-safe)."""
+
+    def __enter__(self) -> None:
+        global _limit_depth, _limiter
+        with _lock:
+            if _limit_depth == 0:
+                _limiter = _get_controller().limit(limits=1, user_api="blas")
+            _limit_depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        global _limit_depth, _limiter
+        with _lock:
+            _limit_depth -= 1
+            if _limit_depth == 0 and _limiter is not None:
+                _limiter.restore_original_limits()
+                _limiter = None
+
+
+# ----------------------------------------------------------------------------------------------
+# per-thread scratch
+
+
+class _Scratch:
+    """Buffers one thread reuses across tiles and calls (grown on demand, never shrunk)."""
+
+    def __init__(self) -> None:
+        self.bufs: dict[tuple[str, str], np.ndarray] = {}
+        self.kt_key: Any = None
+
+    def get(self, name: str, size: int, dtype: np.dtype) -> np.ndarray:
+        key = (name, dtype.str)
+        buf = self.bufs.get(key)
+        if buf is None or buf.size < size:
+            buf = np.empty(max(size, 1), dtype=dtype)
+            self.bufs[key] = buf
+            if name == "kt":
+                self.kt_key = None
+        return buf[:size]
+
+
+def _scratch() -> _Scratch:
+    s = getattr(_local, "scratch", None)
+    if s is None:
+        s = _local.scratch = _Scratch()
+    return s
+
+
+_tri_cache: dict[tuple[int, str, bool], np.ndarray] = {}
+
+
+def _tri(tq: int, dtype: np.dtype, bias: bool) -> np.ndarray:
+    """``G[i, c] = c <= i + tq`` as 1/0 (``bias=False``) or 0/-inf; a diagonal tile is a slice of it."""
+    key = (tq, dtype.str, bias)
+    g = _tri_cache.get(key)
+    if g is None:
+        allowed = np.tri(tq, 2 * tq, tq, dtype=bool)
+        g = np.where(allowed, 0.0, -np.inf).astype(dtype) if bias else allowed.astype(dtype)
+        g.setflags(write=False)
+        if len(_tri_cache) > 16:
+            _tri_cache.clear()
+        _tri_cache[key] = g
+    return g
+
+
+def _causal_tile(g: np.ndarray, tq: int, rows: int, cols: int, shift: int) -> np.ndarray:
+    """Tile ``[i, j] = j <= i + shift`` of shape (rows, cols), as a view of ``g = _tri(tq, ...)``."""
+    start = tq - shift
+    return g[:rows, start : start + cols]
+
+
+# ----------------------------------------------------------------------------------------------
+# the plan of one call
+
+
+class _Plan:
+    """Everything the tasks of one call share: views per batch element, tiles, mode, mask."""
+
+    def __init__(
+        self,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        mask: np.ndarray | None,
+        scale: float,
+        causal: bool,
+        batch: tuple[int, ...],
+    ) -> None:
+        self.dtype = q.dtype
+        self.lq, self.d = int(q.shape[-2]), int(q.shape[-1])
+        self.lk, self.dv = int(k.shape[-2]), int(v.shape[-1])
+        self.offset = self.lk - self.lq
+        self.causal = causal
+        self.scale = float(scale)
+        self.batch = batch
+        self.n = int(math.prod(batch))
+        idx = list(np.ndindex(*batch)) if batch else [()]
+        qb = np.broadcast_to(q, batch + q.shape[-2:])
+        kb = np.broadcast_to(k, batch + k.shape[-2:])
+        vb = np.broadcast_to(v, batch + v.shape[-2:])
+        self.qs = [qb[i] for i in idx]
+        self.ks = [kb[i] for i in idx]
+        self.vs = [vb[i] for i in idx]
+        self.mask_kind = None if mask is None else ("bool" if mask.dtype == np.bool_ else "float")
+        if mask is not None:
+            m2 = mask.reshape((1,) * (2 - mask.ndim) + mask.shape) if mask.ndim < 2 else mask
+            mb = np.broadcast_to(m2, batch + m2.shape[-2:])
+            self.ms: list[np.ndarray] | None = [mb[i] for i in idx]
+        else:
+            self.ms = None
+        # tiles: a query tile of up to 256 rows; key blocks sized so the score tile fits in L2
+        self.tq = min(_Q_TILE, self.lq)
+        tk_target = max(128, _TILE_BYTES // (self.tq * q.dtype.itemsize))
+        self.tk_target = tk_target
+        self.tk = min(self.lk, tk_target)
+        self._bounded = self._bounded_rows(q, k, v) if self.mask_kind != "float" else None
+
+    def _bounded_rows(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> list[np.ndarray] | None:
+        """Per batch element, ``scale * |q_i| * max_j |k_j|`` (the Cauchy-Schwarz logit bound) or None."""
+        lo, hi = _V_RANGE[self.dtype]
+        vmax = np.max(np.abs(v), axis=(-2, -1))
+        okv = np.broadcast_to((vmax >= lo) & (vmax <= hi), self.batch)
+        qn = np.sqrt(np.einsum("...ld,...ld->...l", q, q))
+        kn = np.sqrt(np.max(np.einsum("...ld,...ld->...l", k, k), axis=-1))
+        u = np.broadcast_to(qn * (abs(self.scale) * np.asarray(kn))[..., None], self.batch + (self.lq,))
+        idx = list(np.ndindex(*self.batch)) if self.batch else [()]
+        return [u[i] if bool(okv[i]) else None for i in idx]
+
+    def bounded(self, n: int, q0: int, q1: int) -> bool:
+        if self._bounded is None:
+            return False
+        row = self._bounded[n]
+        return row is not None and float(np.max(row[q0:q1])) <= _LOGIT_RANGE[self.dtype]
+
+    def key_blocks(self, q0: int, q1: int) -> list[tuple[int, int, int | None]]:
+        """Key blocks ``(k0, k1, shift)`` for query rows ``[q0, q1)``; ``shift`` is set on a causal diagonal block."""
+        lk = self.lk
+        if not self.causal:
+            full_end, diag_end = lk, lk
+        else:
+            full_end = min(lk, max(0, q0 + self.offset + 1))  # keys every row of the tile sees
+            diag_end = min(lk, max(0, q1 + self.offset))  # keys the last row sees
+        blocks: list[tuple[int, int, int | None]] = []
+        if full_end > 0:
+            nb = -(-full_end // self.tk_target)
+            step = -(-full_end // nb)
+            blocks.extend((k0, min(k0 + step, full_end), None) for k0 in range(0, full_end, step))
+        if diag_end > full_end:
+            blocks.append((full_end, diag_end, q0 + self.offset - full_end))
+        return blocks
+
+    def tasks(self) -> list[tuple[int, int, int, int]]:
+        """``(n, q0, q1, cost)`` in batch-major order."""
+        out = []
+        for n in range(self.n):
+            for q0 in range(0, self.lq, self.tq):
+                q1 = min(q0 + self.tq, self.lq)
+                if self.causal:
+                    vis = max(0, min(self.lk, q1 + self.offset))
+                else:
+                    vis = self.lk
+                out.append((n, q0, q1, (q1 - q0) * max(vis, 1)))
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the tile kernel
+
+
+def _noop(name: str) -> None:
+    return None
+
+
+def _run_tasks(plan: _Plan, tasks: Sequence[tuple[int, int, int, int]], out: list[np.ndarray], prof: dict[str, float] | None) -> None:
+    """Compute the output rows of ``tasks`` into ``out`` in this thread."""
+    sc = _scratch()
+    dt = plan.dtype
+    d, dv, lk, tq = plan.d, plan.dv, plan.lk, plan.tq
+    width = max(plan.tk_target, tq)  # widest key block (balanced blocks <= tk_target, diagonal < tq)
+    sbuf = sc.get("s", tq * width, dt)
+    qbuf = sc.get("q", tq * d, dt)
+    acc = sc.get("acc", tq * dv, dt)
+    tmp = sc.get("tmp", tq * dv, dt)
+    lsum = sc.get("l", tq, dt)
+    ltmp = sc.get("lt", tq, dt)
+    mrow = sc.get("m", tq, dt)
+    mblk = sc.get("mb", tq, dt)
+    ones = sc.get("ones", lk, dt)
+    ones.fill(1)
+    nbuf = sc.get("nmask", tq * width, np.dtype(np.bool_)) if plan.mask_kind == "bool" else None
+    kt_all = sc.get("kt", d * lk, dt).reshape(d, lk)
+    sc.kt_key = None  # the buffer may hold another call's keys at a reused address
+    causal = plan.causal
+    tri_mul = _tri(tq, dt, bias=False) if causal else None
+    tri_bias = _tri(tq, dt, bias=True) if causal else None
+
+    last = [time.perf_counter()] if prof is not None else None
+
+    def lap(name: str) -> None:
+        assert prof is not None and last is not None
+        now = time.perf_counter()
+        prof[name] = prof.get(name, 0.0) + now - last[0]
+        last[0] = now
+
+    tick: Callable[[str], None] = lap if prof is not None else _noop
+
+    for n, q0, q1, _ in tasks:
+        r = q1 - q0
+        kn = plan.ks[n]
+        key = (kn.__array_interface__["data"][0], kn.strides, kn.shape, dt.str)
+        if sc.kt_key != key:
+            np.copyto(kt_all, kn.T)
+            sc.kt_key = key
+            tick("transpose K")
+        vn = plan.vs[n]
+        mn = plan.ms[n] if plan.ms is not None else None
+        o = out[n][q0:q1]
+        blocks = plan.key_blocks(q0, q1)
+        if not blocks:  # bottom-right causal hides every key from these rows
+            o[...] = 0
+            continue
+        bounded = plan.bounded(n, q0, q1)
+        a = acc[: r * dv].reshape(r, dv)
+        t = tmp[: r * dv].reshape(r, dv)
+        lrow = lsum[:r]
+        lt = ltmp[:r]
+        m = mrow[:r].reshape(r, 1)
+        mb = mblk[:r].reshape(r, 1)
+        qs = np.multiply(plan.qs[n][q0:q1], plan.scale * _LOG2E if bounded else plan.scale, out=qbuf[: r * d].reshape(r, d))
+        tick("other")
+        for bi, (k0, k1, shift) in enumerate(blocks):
+            cols = k1 - k0
+            s = sbuf[: r * cols].reshape(r, cols)
+            np.matmul(qs, kt_all[:, k0:k1], out=s)
+            tick("GEMM q k^T")
+            mt = None
+            if mn is not None:
+                mt = mn[slice(None) if mn.shape[0] == 1 else slice(q0, q1), slice(None) if mn.shape[1] == 1 else slice(k0, k1)]
+            if bounded:
+                # logits bounded by |U| <= R: p = 2^s stays normal, no running maximum needed
+                np.exp2(s, out=s)
+                tick("exp")
+                if shift is not None:
+                    np.multiply(s, _causal_tile(tri_mul, tq, r, cols, shift), out=s)
+                if mt is not None:
+                    np.multiply(s, mt, out=s)
+                tick("mask")
+                if bi == 0:
+                    np.matmul(s, vn[k0:k1], out=a)
+                    tick("GEMM p v")
+                    np.matmul(s, ones[k0:k1], out=lrow)
+                    tick("row sums")
+                else:
+                    np.matmul(s, vn[k0:k1], out=t)
+                    a += t
+                    tick("GEMM p v")
+                    np.matmul(s, ones[k0:k1], out=lt)
+                    lrow += lt
+                    tick("row sums")
+                continue
+            # online softmax (Milakov & Gimelshein 2018) with a running maximum
+            if shift is not None:
+                np.add(s, _causal_tile(tri_bias, tq, r, cols, shift), out=s)
+            if mt is not None:
+                if plan.mask_kind == "bool":
+                    assert nbuf is not None
+                    hidden = np.logical_not(mt, out=nbuf[: mt.size].reshape(mt.shape))
+                    np.copyto(s, -np.inf, where=hidden)
+                else:
+                    np.add(s, mt, out=s)
+            tick("mask")
+            np.max(s, axis=1, keepdims=True, out=mb)
+            tick("max")
+            if bi == 0:
+                np.copyto(m, mb)
+                ms = np.where(np.isneginf(m), 0, m) if not np.isfinite(m).all() else m
+                np.subtract(s, ms, out=s)
+                tick("subtract")
+                np.exp(s, out=s)
+                tick("exp")
+                np.matmul(s, vn[k0:k1], out=a)
+                tick("GEMM p v")
+                np.matmul(s, ones[k0:k1], out=lrow)
+                tick("row sums")
+            else:
+                mnew = np.maximum(m, mb)
+                ms = np.where(np.isneginf(mnew), 0, mnew) if not np.isfinite(mnew).all() else mnew
+                alpha = np.exp(m - ms)
+                np.copyto(m, mnew)
+                np.subtract(s, ms, out=s)
+                tick("subtract")
+                np.exp(s, out=s)
+                tick("exp")
+                a *= alpha
+                np.matmul(s, vn[k0:k1], out=t)
+                a += t
+                tick("GEMM p v")
+                lrow *= alpha[:, 0]
+                np.matmul(s, ones[k0:k1], out=lt)
+                lrow += lt
+                tick("row sums")
+        # rows with no visible key have l == 0 and give zeros (never NaN)
+        lcol = lrow.reshape(r, 1)
+        if (lrow > 0).all():
+            np.divide(a, lcol, out=o)
+        else:
+            o[...] = 0
+            np.divide(a, lcol, out=o, where=lcol > 0)
+        tick("normalise")
+
+
+def _split(tasks: list[tuple[int, int, int, int]], parts: int) -> list[list[tuple[int, int, int, int]]]:
+    """Contiguous chunks of about equal total cost (keeps each thread on few heads)."""
+    total = sum(t[3] for t in tasks)
+    chunks: list[list[tuple[int, int, int, int]]] = [[] for _ in range(parts)]
+    acc = 0
+    for t in tasks:
+        i = min(parts - 1, int(parts * (acc + t[3] / 2) / total)) if total else 0
+        chunks[i].append(t)
+        acc += t[3]
+    return [c for c in chunks if c]
+
+
+# ----------------------------------------------------------------------------------------------
+# small problems: one batched pass
+
+
+def _sdpa_small(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, scale: float, causal: bool
+) -> np.ndarray:
+    lq, lk = q.shape[-2], k.shape[-2]
+    s = (q * np.asarray(scale, q.dtype)) @ np.swapaxes(k, -1, -2)
+    if causal:
+        hidden = ~np.tri(lq, lk, lk - lq, dtype=bool)
+        s = np.where(hidden, -np.inf, s) if hidden.any() else s
+    if mask is not None:
+        s = np.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + mask
+    m = np.max(s, axis=-1, keepdims=True)
+    if not np.isfinite(m).all():
+        m = np.where(np.isneginf(m), 0, m)
+    s -= m
+    np.exp(s, out=s)
+    lsum = np.sum(s, axis=-1, keepdims=True)
+    out = s @ v
+    if (lsum > 0).all():
+        out /= lsum
+    else:
+        np.divide(out, lsum, out=out, where=lsum > 0)  # rows with l == 0 are already zeros
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# entry point
+
+
+def sdpa_numpy(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    scale: float,
+    mask: Any = None,
+    causal: bool = False,
+    block_size: int = 256,
+    num_threads: int | None = None,
+    profile: dict[str, float] | None = None,
+) -> np.ndarray | None:
+    """Exact attention on heads-first NumPy arrays, or ``None`` where this path does not apply.
+
+    ``out = softmax(scale * q k^T + bias) v`` with ``q: (..., H, Lq, D)``, ``k: (..., H, Lk, D)``,
+    ``v: (..., H, Lk, Dv)`` (batch dimensions broadcast); ``mask`` is a bool (True = attend) or
+    float (added) array broadcastable to ``(..., H, Lq, Lk)`` of the inputs' dtype; ``causal`` is
+    bottom-right aligned (query ``i`` sees key ``j`` iff ``j <= i + Lk - Lq``). Rows with no
+    visible key give zeros. Agrees with :func:`.dense.sdpa_generic` to rounding.
+
+    ``block_size`` is accepted for the generic path's signature; this path sizes its own tiles to
+    the L2 cache (the result does not depend on tiling beyond rounding). ``num_threads`` overrides
+    :func:`get_num_threads`. ``profile``, if given, receives seconds per phase (for the benchmark).
+    """
+    if not (type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
+        return None
+    dt = q.dtype
+    if dt not in _LOGIT_RANGE or k.dtype != dt or v.dtype != dt:
+        return None
+    if q.ndim < 2 or k.ndim < 2 or v.ndim < 2 or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        return None
+    if min(q.shape[-2:]) == 0 or min(k.shape[-2:]) == 0 or v.shape[-1] == 0:
+        return None
+    if mask is not None:
+        if type(mask) is not np.ndarray or mask.ndim < 1 or not (mask.dtype == np.bool_ or mask.dtype == dt):
+            return None
+    try:
+        batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        if mask is not None:
+            np.broadcast_shapes(mask.shape, batch + (q.shape[-2], k.shape[-2]))
+            if mask.ndim > 2:
+                batch = np.broadcast_shapes(batch, mask.shape[:-2])
+    except ValueError:
+        return None
+    if not math.isfinite(scale):
+        return None
+    lq, lk = int(q.shape[-2]), int(k.shape[-2])
+    n = int(math.prod(batch))
+    if n == 0:
+        return None
+    if n * lq * lk <= _SMALL_SCORES and profile is None:
+        return _sdpa_small(q, k, v, mask, scale, causal)
+    plan = _Plan(q, k, v, mask, scale, causal, tuple(batch))
+    out = np.empty(tuple(batch) + (lq, int(v.shape[-1])), dtype=dt)
+    outs = list(out.reshape(n, lq, out.shape[-1])) if n else []
+    tasks = plan.tasks()
+    threads = num_threads if num_threads is not None else get_num_threads()
+    threads = max(1, min(int(threads), len(tasks)))
+    if threads > 1 and not blas_limiter_available():
+        threads = 1
+    if threads == 1:
+        if blas_limiter_available():
+            with _BlasOneThread():  # one thread in all: BLAS's own threads spin on tiles this small
+                _run_tasks(plan, tasks, outs, profile)
+        else:
+            _run_tasks(plan, tasks, outs, profile)
+        return out
+    chunks = _split(tasks, threads)
+    pool = _get_pool(len(chunks) - 1)
+    with _BlasOneThread():
+        futures: list[Future[None]] = [pool.submit(_run_tasks, plan, c, outs, None) for c in chunks[1:]]
+        try:
+            _run_tasks(plan, chunks[0], outs, profile)
+        finally:
+            for f in futures:
+                f.result()
+    return out
