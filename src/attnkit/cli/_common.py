@@ -1,0 +1,312 @@
+"""Shared pieces of the command line: state, logging, output, mechanism options from flags and config.
+
+Nothing here imports NumPy-heavy or optional modules at import time; commands import what they use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import inspect
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ..errors import AttentionError, ConfigError
+
+log = logging.getLogger("attnkit.cli")
+
+
+class UsageError(AttentionError):
+    """Bad command-line input that is not about arrays or mechanism options (exit code 2)."""
+
+
+class MissingExtra(AttentionError):
+    """An optional dependency a command needs is not installed (exit code 2, with the pip command)."""
+
+    def __init__(self, what: str, module: str, extra: str) -> None:
+        super().__init__(f"{what} needs {module}, which is not installed: pip install 'attnkit[{extra}]'")
+
+
+# ---------------------------------------------------------------------------------------------- state
+@dataclasses.dataclass
+class State:
+    """Global flags of one invocation and the config, loaded on first use."""
+
+    verbose: int = 0
+    log_format: str | None = None
+    config_path: str | None = None
+    _config: Any = None
+
+    @property
+    def config(self) -> Any:
+        if self._config is None:
+            from ..config import load_config
+
+            self._config = load_config(self.config_path)
+            setup_logging(self.verbose, self.log_format, self._config)
+            if self._config.path is not None:
+                log.info("config: %s (from %s)", self._config.path, self._config.source)
+        return self._config
+
+
+STATE = State()
+
+
+# ---------------------------------------------------------------------------------------------- logging
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def setup_logging(verbose: int, log_format: str | None, config: Any = None) -> None:
+    """Log to stderr: ``-v`` info, ``-vv`` debug, else the config's level (warning by default)."""
+    if verbose >= 2:
+        level = logging.DEBUG
+    elif verbose == 1:
+        level = logging.INFO
+    else:
+        level = _LEVELS.get(config.get("logging", "level") if config is not None else "warning", logging.WARNING)
+    fmt = log_format or (config.get("logging", "format") if config is not None else "text")
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("attnkit")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+# ---------------------------------------------------------------------------------------------- output
+def to_jsonable(obj: Any) -> Any:
+    """Make results JSON-safe: NumPy scalars and arrays, paths, dataclasses, non-finite floats (as None)."""
+    import math
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "tolist"):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return str(obj)
+
+
+def emit_json(obj: Any) -> None:
+    """Print ``obj`` as JSON on stdout (the ``--json`` output for scripts)."""
+    sys.stdout.write(json.dumps(to_jsonable(obj), indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def fmt_shape(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ")"
+
+
+def array_stats(x: Any) -> dict[str, Any]:
+    """Shape, dtype and summary statistics of an array (NaN-aware), for summaries and the REPL."""
+    import numpy as np
+
+    from .._array import to_numpy
+
+    a = to_numpy(x)
+    out: dict[str, Any] = {"shape": list(a.shape), "dtype": str(a.dtype)}
+    if a.size and a.dtype.kind in "fiub":
+        f = a.astype(np.float64)
+        finite = np.isfinite(f)
+        out["finite"] = bool(finite.all())
+        vals = f[finite]
+        if vals.size:
+            out.update(min=float(vals.min()), max=float(vals.max()), mean=float(vals.mean()), std=float(vals.std()))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- mechanism options
+#: names that mean the same thing across mechanisms: a flag given under one of them reaches the
+#: mechanism's option of any other name in its group (the first the mechanism has).
+ALIASES: tuple[tuple[str, ...], ...] = (
+    ("heads", "num_heads", "n_heads"),
+    ("dim", "model_dim", "embed_dim", "hidden_dim", "d_model"),
+    ("num_neighbors", "neighbors", "k", "top_k"),
+    ("threads", "num_threads", "n_threads"),
+    ("curvature", "c"),
+    ("feature_map", "kernel"),
+)
+
+
+def resolve_option(key: str, specs: Mapping[str, Any]) -> str | None:
+    """The mechanism option ``key`` names: itself, or an alias the mechanism has; None if neither."""
+    key = key.replace("-", "_")
+    if key in specs:
+        return key
+    for group in ALIASES:
+        if key in group:
+            return next((n for n in group if n in specs), None)
+    return None
+
+
+def parse_pairs(pairs: Iterable[str], what: str = "--opt") -> dict[str, str]:
+    """``["heads=4", "causal=true"]`` -> ``{"heads": "4", "causal": "true"}``."""
+    out: dict[str, str] = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UsageError(f"{what}: expected KEY=VALUE, got {p!r}")
+        out[key] = value.strip()
+    return out
+
+
+def parse_extra_args(args: Sequence[str], specs: Mapping[str, Any], mechanism: str) -> dict[str, Any]:
+    """Options of the chosen mechanism given as flags: ``--name VALUE``, ``--name=VALUE``, ``--flag``,
+    ``--no-flag`` (booleans). Anything else is an error naming the token."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if not tok.startswith("--") or tok == "--":
+            raise UsageError(f"unexpected argument {tok!r}")
+        body = tok[2:]
+        name, eq, value = body.partition("=")
+        negate = False
+        target = resolve_option(name, specs)
+        if target is None and name.startswith("no-"):
+            target = resolve_option(name[3:], specs)
+            negate = target is not None
+        if target is None:
+            raise UsageError(
+                f"{'--' + name}: no such option for {mechanism!r}; its options are "
+                + ", ".join("--" + n.replace("_", "-") for n in specs)
+                + " (see `attnkit compute --help` for the command's own flags)"
+            )
+        kinds = str(getattr(specs[target], "type", "")).split("|")
+        if negate:
+            if "bool" not in kinds:
+                raise UsageError(f"--{name}: {target!r} is not a boolean option of {mechanism!r}")
+            out[target] = False
+            i += 1
+            continue
+        if eq:
+            out[target] = value
+            i += 1
+        elif "bool" in kinds and (i + 1 >= len(args) or args[i + 1].lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off")):
+            out[target] = True
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise UsageError(f"--{name}: expected a value")
+            out[target] = args[i + 1]
+            i += 2
+    return out
+
+
+def mechanism_options(
+    name: str,
+    explicit: Mapping[str, Any],
+    config: Any = None,
+    *,
+    fill_required: bool = False,
+) -> tuple[str, dict[str, Any]]:
+    """The registry name of ``name`` and its options: config soft defaults, then ``explicit`` flags.
+
+    Config values apply only where the mechanism has such an option; an explicit flag the mechanism
+    does not have is an error. ``fill_required`` gives required dimension options a small default
+    (32), which is what ``demo`` and ``benchmark`` need to run every mechanism without flags.
+    """
+    from ..mechanisms import registry
+
+    cls = registry.get(name)
+    specs = {s.name: s for s in registry.option_specs(cls)}
+    opts: dict[str, Any] = {}
+    if config is not None:
+        for key, value in config.mechanism_defaults(cls.name).items():
+            target = resolve_option(key, specs)
+            if target is not None:
+                opts[target] = value
+    for key, value in explicit.items():
+        if value is None:
+            continue
+        target = resolve_option(key, specs)
+        if target is None:
+            raise ConfigError(
+                f"{key}: not an option of {cls.name!r}; its options are {', '.join(specs) or '(none)'}"
+            )
+        opts[target] = registry.coerce_option(specs[target], value) if isinstance(value, str) else value
+    if fill_required:
+        for s in specs.values():
+            if s.required and s.name not in opts and "int" in s.type.split("|") and "dim" in s.name:
+                opts[s.name] = 32
+    return cls.name, opts
+
+
+def create_mechanism(name: str, explicit: Mapping[str, Any], config: Any = None, *, fill_required: bool = False) -> Any:
+    """Build a mechanism through the registry from flags and config (see :func:`mechanism_options`)."""
+    from ..mechanisms import registry
+
+    key, opts = mechanism_options(name, explicit, config, fill_required=fill_required)
+    log.info("mechanism %s(%s)", key, ", ".join(f"{k}={v!r}" for k, v in opts.items()))
+    return registry.create(key, **opts)
+
+
+# ---------------------------------------------------------------------------------------------- weights
+_WEIGHT_METHODS = ("attention_weights", "attention_scores", "get_attention_weights")
+
+
+def has_weights(mech: Any) -> bool:
+    return any(callable(getattr(mech, m, None)) for m in _WEIGHT_METHODS)
+
+
+def attention_weights(mech: Any, q: Any, k: Any = None, mask: Any = None) -> Any:
+    """The attention probabilities of ``mech`` for these inputs, found generically: a method
+    ``attention_weights``/``attention_scores`` taking the query (and keys), or ``get_attention_weights()``
+    returning those of the last forward (call ``forward`` first)."""
+    for meth in _WEIGHT_METHODS:
+        f = getattr(mech, meth, None)
+        if not callable(f):
+            continue
+        params = inspect.signature(f).parameters
+        positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        required = [p for p in positional if p.default is p.empty]
+        if not required and not positional:
+            return f()
+        args: list[Any] = [q]
+        if len(positional) >= 2 and k is not None:
+            args.append(k)
+        kwargs = {"mask": mask} if mask is not None and "mask" in params else {}
+        return f(*args, **kwargs)
+    raise ConfigError(
+        f"heatmap: mechanism {getattr(mech, 'name', type(mech).__name__)!r} exposes no attention weights "
+        f"(no method {', '.join(_WEIGHT_METHODS)})"
+    )
