@@ -176,6 +176,8 @@ try:
         "attnkit", max_examples=40, deadline=None, derandomize=True,
         suppress_health_check=[HealthCheck.too_slow],
     )
+    # HYPOTHESIS_PROFILE=thorough for a longer, randomised hunt
+    settings.register_profile("thorough", max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "attnkit"))
 except ImportError:  # pragma: no cover - hypothesis is in the test extra
     pass
