@@ -73,6 +73,8 @@ _V_RANGE = {np.dtype(np.float32): (1e-10, 1e20), np.dtype(np.float64): (1e-100, 
 #: Score-tile budget in bytes (fits the 2 MB L2 next to the K and V blocks).
 _TILE_BYTES = 1 << 20
 _Q_TILE = 256
+#: Smallest key block (a narrower GEMM wastes BLAS's packing).
+_MIN_KEY_BLOCK = 128
 #: At most this many scores in the whole call -> one batched pass in the caller's thread.
 _SMALL_SCORES = 1 << 16
 
@@ -275,7 +277,7 @@ class _Plan:
             self.ms = None
         # tiles: a query tile of up to 256 rows; key blocks sized so the score tile fits in L2
         self.tq = min(_Q_TILE, self.lq)
-        tk_target = max(128, _TILE_BYTES // (self.tq * q.dtype.itemsize))
+        tk_target = max(_MIN_KEY_BLOCK, _TILE_BYTES // (self.tq * q.dtype.itemsize))
         self.tk_target = tk_target
         self.tk = min(self.lk, tk_target)
         self._bounded = self._bounded_rows(q, k, v) if self.mask_kind != "float" else None
