@@ -70,11 +70,20 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "host": Key("str", "127.0.0.1", "interface to listen on (0.0.0.0 exposes the server to the network)"),
         "port": Key("int", 8080, "TCP port", minimum=0, maximum=65535),
         "workers": Key("int", 1, "server worker processes", minimum=1),
-        "max_batch_size": Key("int", 256, "most items in one /v1/batch request", minimum=1),
-        "timeout_ms": Key("int", 5000, "time limit of one request, in milliseconds", minimum=1),
-        "max_connections": Key("int", 1000, "most concurrent connections", minimum=1),
         "max_body_bytes": Key("int", None, "largest request body, in bytes", minimum=1),
-        "max_concurrency": Key("int", None, "most attention computations running at once", minimum=1),
+        "max_batch_items": Key("int", None, "most requests in one POST /v1/batch", minimum=1),
+        "max_elements": Key("int", None, "most elements of one tensor", minimum=1),
+        "max_option_int": Key("int", None, "largest integer mechanism option a request may set", minimum=1),
+        "request_timeout_s": Key("float", None, "time limit of one computation, in seconds", minimum=0.001),
+        "max_concurrency": Key("int", None, "computations running at once (0 = one per CPU)", minimum=0),
+        "queue": Key("int", None, "requests that may wait for a free slot", minimum=0),
+        "api_key": Key("str", None, "require this key (Authorization: Bearer / X-API-Key); prefer $ATTNKIT_SERVER_API_KEY"),
+        "cors_origins": Key("list[str]", None, "origins allowed by CORS (empty: CORS off)"),
+        "cache_size": Key("int", None, "constructed mechanisms kept per (name, options)", minimum=1),
+        # the platform spec's names, accepted so that its config.toml loads
+        "max_batch_size": Key("int", None, "the spec's name for max_batch_items", minimum=1),
+        "timeout_ms": Key("int", None, "the spec's name for request_timeout_s, in milliseconds", minimum=1),
+        "max_connections": Key("int", None, "the spec's connection cap; attnkit's server bounds max_concurrency + queue instead", minimum=1),
     },
     "logging": {
         "level": Key("str", "warning", "log level", choices=("debug", "info", "warning", "error")),
@@ -147,6 +156,7 @@ def _check_value(where: str, key: Key, value: Any) -> Any:
         or (t == "int" and isinstance(value, int) and not isinstance(value, bool))
         or (t == "float" and isinstance(value, (int, float)) and not isinstance(value, bool))
         or (t == "str" and isinstance(value, str))
+        or (t == "list[str]" and isinstance(value, list) and all(isinstance(v, str) for v in value))
     )
     if not ok:
         raise ConfigError(f"{where}: expected {'a' if t != 'int' else 'an'} {t}, got {value!r}")
@@ -311,6 +321,8 @@ def load_config(
 
 
 def _toml_value(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
@@ -326,7 +338,10 @@ def default_config_text() -> str:
         "# Commented keys are unset: the mechanism's own default applies.",
     ]
     examples = {"num_heads": 8, "hidden_dim": 64, "dropout": 0.0, "causal": False, "block_size": 256, "seed": 0,
-                "max_body_bytes": 16 << 20, "max_concurrency": 4}
+                "max_body_bytes": 16 << 20, "max_batch_items": 64, "max_elements": 4 << 20, "max_option_int": 4096,
+                "request_timeout_s": 30.0, "max_concurrency": 0, "queue": 64, "api_key": "change-me",
+                "cors_origins": ["http://localhost:5173"], "cache_size": 32, "max_batch_size": 256, "timeout_ms": 5000,
+                "max_connections": 1000}
     for section, keys in SCHEMA.items():
         lines += ["", f"[{section}]"]
         for name, key in keys.items():

@@ -149,19 +149,21 @@ def serve(
     host: Annotated[str | None, typer.Option("--host", help="Interface (default: config [server] host, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option("--port", "-p", help="TCP port (default: config, 8080).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Worker processes (default: config, 1).")] = None,
-    max_batch_size: Annotated[int | None, typer.Option("--max-batch-size", help="Most items in one batch request.")] = None,
-    timeout_ms: Annotated[int | None, typer.Option("--timeout-ms", help="Time limit of one request (ms).")] = None,
-    max_connections: Annotated[int | None, typer.Option("--max-connections", help="Most concurrent connections.")] = None,
     max_body_bytes: Annotated[int | None, typer.Option("--max-body-bytes", help="Largest request body (bytes).")] = None,
-    max_concurrency: Annotated[int | None, typer.Option("--max-concurrency", help="Most computations at once.")] = None,
+    max_batch_items: Annotated[int | None, typer.Option("--max-batch-items", "--max-batch-size", help="Most items in one batch request.")] = None,
+    request_timeout_s: Annotated[float | None, typer.Option("--timeout", help="Time limit of one computation (seconds).")] = None,
+    max_concurrency: Annotated[int | None, typer.Option("--max-concurrency", help="Computations at once (0 = one per CPU).")] = None,
+    queue: Annotated[int | None, typer.Option("--queue", help="Requests that may wait for a slot.")] = None,
+    limit: Annotated[list[str] | None, typer.Option("--limit", "-L", help="Any server setting KEY=VALUE (repeatable).", metavar="KEY=VALUE")] = None,
 ) -> None:
-    """Start the HTTP server (needs the `server` extra)."""
+    """Start the HTTP server (needs the `server` extra). Stop it with Ctrl-C."""
     from .serve import run_serve
 
     run_serve(
         STATE, host=host, port=port, workers=workers,
-        limits={"max_batch_size": max_batch_size, "timeout_ms": timeout_ms, "max_connections": max_connections,
-                "max_body_bytes": max_body_bytes, "max_concurrency": max_concurrency},
+        limits={"max_body_bytes": max_body_bytes, "max_batch_items": max_batch_items,
+                "request_timeout_s": request_timeout_s, "max_concurrency": max_concurrency, "queue": queue},
+        extra=limit or [],
     )
 
 

@@ -208,24 +208,10 @@ def _load_weights(mech: Any, path: str) -> None:
         raise UsageError(f"--weights: mechanism {mech.name!r} has no learned weights to load")
     from ..weights import load_state
 
-    state = load_state(path)
-    loader(_to_attnkit_layout(state))
-
-
-def _to_attnkit_layout(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Accept torch MHA and HF BERT layouts too, converting them to attnkit's."""
-    from .convert import detect_weights_kind
-
-    kind = detect_weights_kind(state)
-    if kind == "torch-mha":
-        from ..weights import from_torch_mha
-
-        return from_torch_mha(state)
-    if kind == "hf-bert":
-        from ..weights import from_hf_bert
-
-        return from_hf_bert(state)
-    return state
+    # load_state reads .safetensors/.npz and torch files (weights_only=True); the mechanism's
+    # load_weights accepts attnkit's, torch MultiheadAttention's and HF BERT's layouts
+    loader(load_state(path))
+    log.info("weights: loaded %s", path)
 
 
 def _print_summary(s: Mapping[str, Any], stderr: bool = False) -> None:

@@ -1,0 +1,170 @@
+"""``attnkit convert``: tensors between formats, attention weights between layouts.
+
+Tensors: any of npy, npz, safetensors, raw float32, JSON and CSV to any other, bit-exact for
+float32 (see :mod:`attnkit.io`). Weights: a ``torch.nn.MultiheadAttention`` state dict or a Hugging
+Face BERT self-attention state dict (safetensors, npz, or a torch file read with
+``torch.load(weights_only=True)``) to attnkit's safetensors layout, and back (:mod:`attnkit.weights`).
+A ``.pt``/``.pth`` output, or ``.bin`` when the output is torch/BERT weights (``pytorch_model.bin``),
+is written with ``torch.save``.
+"""
+
+from __future__ import annotations
+
+import io as _pyio
+import logging
+import os
+import zipfile
+from pathlib import Path
+import numpy as np
+
+from .. import io as aio
+from ..errors import ConfigError
+from ._common import MissingExtra, State, UsageError, console, emit_json, fmt_shape
+
+log = logging.getLogger("attnkit.cli")
+
+KINDS = ("auto", "tensors", "torch-mha", "hf-bert", "attnkit")
+_LAYOUT = {"attnkit": "attnkit", "torch_mha": "torch-mha", "hf_bert": "hf-bert"}
+
+
+def _kind(value: str, flag: str) -> str:
+    v = value.strip().lower().replace("_", "-")
+    v = {"torch": "torch-mha", "mha": "torch-mha", "bert": "hf-bert", "hf": "hf-bert", "tensor": "tensors"}.get(v, v)
+    if v not in KINDS:
+        raise UsageError(f"{flag}: expected one of {', '.join(KINDS)}, got {value!r}")
+    return v
+
+
+def is_torch_file(path: str | os.PathLike[str]) -> bool:
+    """True for files ``torch.save`` wrote (a zip holding ``data.pkl``, or a legacy pickle)."""
+    p = Path(path)
+    if p.suffix.lower() in (".pt", ".pth"):
+        return True
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    if head == b"PK\x03\x04" and p.suffix.lower() in (".bin", ""):
+        try:
+            with zipfile.ZipFile(p) as z:
+                return any(n.endswith("data.pkl") for n in z.namelist())
+        except zipfile.BadZipFile:
+            return False
+    return False
+
+
+def detect_weights_kind(state: dict[str, np.ndarray]) -> str | None:
+    """``"attnkit"``, ``"torch-mha"``, ``"hf-bert"`` for attention weights; ``None`` for other tensors."""
+    from ..weights import detect_layout
+
+    try:
+        return _LAYOUT[detect_layout(state)]
+    except ConfigError:
+        return None
+
+
+def _torch_save(path: str, state: dict[str, np.ndarray]) -> None:
+    try:
+        import torch
+    except ImportError:
+        raise MissingExtra(f"writing {Path(path).suffix} files", "torch", "torch") from None
+    buf = _pyio.BytesIO()
+    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, buf)
+    aio._write_bytes(path, buf.getvalue(), "output")
+
+
+def run_convert(
+    state: State,
+    source: str,
+    dest: str,
+    *,
+    from_: str,
+    to: str,
+    prefix: str | None,
+    unpacked: bool,
+    shape: str | None,
+    input_format: str | None,
+    output_format: str | None,
+    as_json: bool,
+) -> None:
+    from_k, to_k = _kind(from_, "--from"), _kind(to, "--to")
+    src, key = aio.split_key(source)
+    dst, dst_key = aio.split_key(dest)
+    if os.path.abspath(src) == os.path.abspath(dst) and src != "-":
+        raise UsageError(f"OUT: {dst!r} is the input file; write to another path")
+
+    # ---- read
+    if input_format is None and src != "-" and is_torch_file(src):
+        from ..weights import load_state
+
+        arrays = load_state(src)
+        if not arrays:
+            raise aio.FileFormatError(f"input: {src!r} holds no tensors")
+    else:
+        arrays = aio.read_arrays(src, input_format, shape=shape, name="input")
+    log.info("read %d array(s) from %s", len(arrays), src)
+
+    layout = detect_weights_kind(arrays) if from_k == "auto" else (None if from_k == "tensors" else from_k)
+    if to_k in ("torch-mha", "hf-bert", "attnkit") and layout is None:
+        raise UsageError(
+            f"--to {to_k}: {src!r} holds no attention weights (keys: {', '.join(sorted(arrays)[:6])}); "
+            "expected a torch MultiheadAttention, HF BERT or attnkit state dict"
+        )
+    if key is not None:
+        if layout is not None and to_k != "tensors":
+            raise UsageError(f"IN: {source!r} picks one tensor; weights convert as a whole (drop ':{key}')")
+        if key not in arrays:
+            raise aio.FileFormatError(f"input: {src!r} has no array {key!r}; it holds {', '.join(arrays)}")
+        arrays = {key: arrays[key]}
+
+    # ---- convert
+    if layout is None or to_k == "tensors":
+        out, target = arrays, "tensors"
+    else:
+        from .. import weights as W
+
+        if layout == "torch-mha":
+            params = W.from_torch_mha(arrays)
+        elif layout == "hf-bert":
+            params = W.from_hf_bert(arrays, prefix=prefix)
+        else:
+            params = {k: v for k, v in arrays.items() if k.split(".")[0] in W.PROJECTIONS}
+        target = to_k if to_k != "auto" else "attnkit"
+        if target == "torch-mha":
+            out = W.to_torch_mha(params, packed=False if unpacked else None)
+        elif target == "hf-bert":
+            out = W.to_hf_bert(params, prefix=prefix or "")
+        else:
+            out = params
+        log.info("weights: %s -> %s", layout, target)
+
+    # ---- write
+    suffix = Path(dst).suffix.lower()
+    torch_out = output_format is None and (suffix in (".pt", ".pth") or (suffix == ".bin" and target in ("torch-mha", "hf-bert")))
+    if torch_out:
+        _torch_save(dst, out)
+        fmt = "torch"
+    elif len(out) == 1 and dst_key is None:
+        fmt = aio.write_array(dst, next(iter(out.values())), output_format, key=next(iter(out)), name="output")
+    else:
+        if dst_key is not None:
+            raise UsageError(f"OUT: {dest!r} names one array but there are {len(out)}")
+        fmt = aio.write_arrays(dst, out, output_format, name="output")
+    summary = {
+        "input": src,
+        "output": dst,
+        "format": fmt,
+        "from": layout or "tensors",
+        "to": target,
+        "arrays": {k: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype)} for k, v in out.items()},
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    con = console()
+    what = f"{summary['from']} -> {summary['to']}" if target != "tensors" else "tensors"
+    con.print(f"converted {src} -> {dst} ({fmt}; {what})")
+    for k, info in summary["arrays"].items():
+        con.print(f"  {k}: {fmt_shape(info['shape'])} {info['dtype']}")
+

@@ -1,0 +1,109 @@
+"""``attnkit info`` and ``attnkit mechanisms``."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from typing import Any
+
+from ._common import State, console, emit_json
+
+
+def collect_info(state: State) -> dict[str, Any]:
+    """Everything ``attnkit info`` reports, as a dict."""
+    import numpy as np
+
+    from .. import __version__
+    from ..mechanisms import registry
+    from ..system import blas_info, check_simd_support, check_thread_support, optional_backends
+
+    config = state.config
+    simd = check_simd_support()
+    threads = check_thread_support()
+    return {
+        "attnkit": __version__,
+        "python": f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})",
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "blas": blas_info(),
+        "simd": simd.as_dict(),
+        "threads": threads.as_dict(),
+        "backends": optional_backends(),
+        "config": {"path": str(config.path) if config.path else None, "source": config.source},
+        "mechanisms": registry.names(),
+    }
+
+
+def run_info(state: State, *, as_json: bool) -> None:
+    data = collect_info(state)
+    if as_json:
+        emit_json(data)
+        return
+    from rich.table import Table
+
+    con = console()
+    t = Table(title="attnkit info", show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("attnkit", data["attnkit"])
+    t.add_row("python", data["python"])
+    t.add_row("platform", data["platform"])
+    t.add_row("numpy", data["numpy"])
+    for lib in data["blas"] or [{"note": "no BLAS reported"}]:
+        if "internal_api" in lib:
+            t.add_row("  blas", f"{lib.get('internal_api')} {lib.get('version')} ({lib.get('architecture')}, "
+                      f"{lib.get('num_threads')} threads)")
+        else:
+            t.add_row("  blas", str(lib.get("note", lib)))
+    simd = data["simd"]
+    t.add_row("simd", f"{'on' if simd['enabled'] else 'off'}; baseline {' '.join(simd['baseline']) or '-'}; "
+              f"dispatched {' '.join(simd['dispatched']) or '-'}")
+    th = data["threads"]
+    t.add_row("threads", f"{th['cpus']} CPUs usable, threading {'yes' if th['threading'] else 'no'}")
+    backends = ", ".join(f"{k} {v}" for k, v in data["backends"].items() if v) or "none"
+    missing = ", ".join(k for k, v in data["backends"].items() if not v)
+    t.add_row("backends", backends + (f" (not installed: {missing})" if missing else ""))
+    cfg = data["config"]
+    t.add_row("config", f"{cfg['path']} ({cfg['source']})" if cfg["path"] else cfg["source"])
+    t.add_row("mechanisms", ", ".join(data["mechanisms"]))
+    con.print(t)
+
+
+def run_mechanisms(state: State, name: str | None, *, as_json: bool) -> None:
+    from ..mechanisms import registry
+
+    if name is not None:
+        cls = registry.get(name)
+        specs = [s.as_dict() for s in registry.option_specs(cls)]
+        data: Any = {"name": cls.name, "class": cls.__name__, "summary": getattr(cls, "summary", ""), "options": specs}
+        if as_json:
+            emit_json(data)
+            return
+        from rich.table import Table
+
+        con = console()
+        con.print(f"[bold]{cls.name}[/bold] ({cls.__name__}): {data['summary']}")
+        t = Table(show_header=True, header_style="bold")
+        t.add_column("flag")
+        t.add_column("type")
+        t.add_column("default")
+        for s in specs:
+            t.add_row("--" + s["name"].replace("_", "-"), s["type"], "required" if s["required"] else repr(s["default"]))
+        con.print(t)
+        return
+    rows = [{"name": n, "class": registry.get(n).__name__, "summary": getattr(registry.get(n), "summary", "")}
+            for n in registry.names()]
+    if as_json:
+        emit_json(rows)
+        return
+    from rich.table import Table
+
+    t = Table(title="attnkit mechanisms", show_header=True, header_style="bold")
+    t.add_column("name")
+    t.add_column("class")
+    t.add_column("summary")
+    for r in rows:
+        t.add_row(r["name"], r["class"], r["summary"])
+    con = console()
+    con.print(t)
+    con.print("options of one: attnkit mechanisms NAME")
