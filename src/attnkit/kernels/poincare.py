@@ -248,8 +248,11 @@ def _mobius_add(x: Array, y: Array, c: float, xp: Namespace) -> Array:
 
 
 def _arcosh1p(t: Array, xp: Namespace) -> Array:
-    """``arcosh(1 + t)`` for ``t >= 0``, accurate for small ``t``; zero gradient (not NaN) at ``t = 0``."""
-    return xp.log1p(t + xp.sqrt(xp.clip(t * (t + 2.0), min=_MIN_SQ * _MIN_SQ)))
+    """``arcosh(1 + t) = log1p(t + sqrt(t (t + 2)))`` for ``t >= 0``, accurate for small ``t``;
+    exactly 0 at ``t = 0``, with a zero gradient there (not the NaN of ``sqrt`` at 0)."""
+    pos = t > 0.0
+    ts = xp.where(pos, t, xp.ones_like(t))
+    return xp.where(pos, xp.log1p(ts + xp.sqrt(ts * (ts + 2.0))), xp.zeros_like(t))
 
 
 def _dist_from_sq(sq: Array, bx: Array, by: Array, c: float, xp: Namespace) -> Array:
