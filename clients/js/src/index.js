@@ -1,0 +1,498 @@
+// attnkit JavaScript client: the spec's attention classes (FlashAttention, MultiHeadAttention,
+// CrossAttention, LinearAttention, HyperbolicAttention, createMask) computed by an attnkit server.
+//
+// No dependencies: it needs only `fetch` (Node >= 18, every current browser). Float32Array in,
+// Float32Array out. Tensors travel as raw little-endian float32 (application/octet-stream with shape
+// headers) by default, or as base64 inside JSON with `transport: 'json'`.
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+const FIELDS = ['query', 'keys', 'values', 'mask'];
+
+/** An error answered by the server (or raised by the client), with the server's code, message and field. */
+export class AttnkitError extends Error {
+  constructor(message, { code = 'client_error', field = null, status = 0, retryAfter = null, cause } = {}) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = 'AttnkitError';
+    this.code = code;
+    this.field = field;
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
+// ------------------------------------------------------------------ helpers
+function snakeCase(name) {
+  return name.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase());
+}
+
+function toSnakeOptions(options) {
+  const out = {};
+  for (const [k, v] of Object.entries(options || {})) {
+    if (v === undefined || k === 'client') continue;
+    out[snakeCase(k)] = v;
+  }
+  return out;
+}
+
+function product(shape) {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+function asTensor(x, name) {
+  if (x === undefined || x === null) return null;
+  if (x instanceof Float32Array || x instanceof Uint8Array || x instanceof Float64Array) return { data: x, shape: [x.length] };
+  if (Array.isArray(x)) return { data: Float32Array.from(x), shape: [x.length] };
+  if (typeof x === 'object' && x.data !== undefined && Array.isArray(x.shape)) {
+    const data = Array.isArray(x.data) ? Float32Array.from(x.data) : x.data;
+    if (!(data instanceof Float32Array || data instanceof Uint8Array || data instanceof Float64Array)) {
+      throw new AttnkitError(`${name}: data must be a Float32Array, Float64Array, Uint8Array or number[]`, { code: 'bad_tensor', field: name });
+    }
+    if (product(x.shape) !== data.length) {
+      throw new AttnkitError(`${name}: shape [${x.shape}] holds ${product(x.shape)} elements, data has ${data.length}`,
+        { code: 'bad_shape', field: name });
+    }
+    return { data, shape: x.shape.slice() };
+  }
+  throw new AttnkitError(`${name}: expected a Float32Array, a number[] or {data, shape}`, { code: 'bad_tensor', field: name });
+}
+
+function wireBytes(t) {
+  // little-endian bytes of a tensor: float32 (Float64Array is narrowed), bool masks one byte each
+  let arr = t.data;
+  if (arr instanceof Float64Array) arr = Float32Array.from(arr);
+  if (arr instanceof Uint8Array) return new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength);
+  if (LITTLE_ENDIAN) return new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength);
+  const out = new Uint8Array(arr.length * 4);
+  const view = new DataView(out.buffer);
+  arr.forEach((v, i) => view.setFloat32(i * 4, v, true));
+  return out;
+}
+
+function fromWire(buffer, dtype) {
+  const size = dtype === 'float64' ? 8 : 4;
+  if (buffer.byteLength % size !== 0) {
+    throw new AttnkitError(`response: ${buffer.byteLength} bytes is not a whole number of ${dtype} values`, { code: 'bad_response' });
+  }
+  if (LITTLE_ENDIAN) {
+    return dtype === 'float64' ? Float32Array.from(new Float64Array(buffer)) : new Float32Array(buffer);
+  }
+  const view = new DataView(buffer);
+  const out = new Float32Array(buffer.byteLength / size);
+  for (let i = 0; i < out.length; i++) out[i] = size === 8 ? view.getFloat64(i * 8, true) : view.getFloat32(i * 4, true);
+  return out;
+}
+
+function toBase64(bytes) {
+  let s = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+function fromBase64(text) {
+  const s = atob(text);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out.buffer;
+}
+
+function jsonTensor(t) {
+  return { data: toBase64(wireBytes(t)), shape: t.shape, dtype: t.data instanceof Uint8Array ? 'bool' : 'float32' };
+}
+
+function queryValue(v) {
+  if (v === null) return 'none';
+  if (typeof v === 'boolean' || typeof v === 'number' || typeof v === 'string') return String(v);
+  return undefined; // lists go through JSON
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// ------------------------------------------------------------------ the client
+/** A connection to an attnkit server: `new AttnkitClient({baseUrl, apiKey})`. */
+export class AttnkitClient {
+  constructor({ baseUrl = 'http://127.0.0.1:8000', apiKey = null, transport = 'binary', timeoutMs = 60000, maxRetries = 2,
+    fetch: fetchImpl = null } = {}) {
+    if (transport !== 'binary' && transport !== 'json') {
+      throw new AttnkitError(`transport: expected 'binary' or 'json', got ${JSON.stringify(transport)}`, { code: 'config_error', field: 'transport' });
+    }
+    this.baseUrl = String(baseUrl).replace(/\/+$/, '');
+    this.apiKey = apiKey;
+    this.transport = transport;
+    this.timeoutMs = timeoutMs;
+    this.maxRetries = maxRetries;
+    this._fetch = fetchImpl || globalThis.fetch.bind(globalThis);
+    const client = this;
+    // the spec's classes, bound to this client: `new client.FlashAttention({heads, dim})`
+    this.FlashAttention = class extends FlashAttention { constructor(o) { super(o, client); } };
+    this.MultiHeadAttention = class extends MultiHeadAttention { constructor(o) { super(o, client); } };
+    this.CrossAttention = class extends CrossAttention { constructor(o) { super(o, client); } };
+    this.SelfAttention = class extends SelfAttention { constructor(o) { super(o, client); } };
+    this.LinearAttention = class extends LinearAttention { constructor(o) { super(o, client); } };
+    this.HyperbolicAttention = class extends HyperbolicAttention { constructor(o) { super(o, client); } };
+    this.ScaledDotProduct = class extends ScaledDotProduct { constructor(o) { super(o, client); } };
+  }
+
+  async _request(path, init = {}) {
+    const headers = { ...(init.headers || {}) };
+    if (this.apiKey) headers.Authorization = `Bearer ${this.apiKey}`;
+    for (let attempt = 0; ; attempt++) {
+      const controller = new AbortController();
+      const timer = setTimeout(() => controller.abort(), this.timeoutMs);
+      let response;
+      try {
+        response = await this._fetch(this.baseUrl + path, { ...init, headers, signal: controller.signal });
+      } catch (err) {
+        const timedOut = controller.signal.aborted;
+        throw new AttnkitError(timedOut ? `request to ${path} timed out after ${this.timeoutMs} ms` : `cannot reach ${this.baseUrl}: ${err.message}`,
+          { code: timedOut ? 'timeout' : 'network_error', cause: err });
+      } finally {
+        clearTimeout(timer);
+      }
+      if (response.ok) return response;
+      const retryAfter = Number(response.headers.get('retry-after')) || null;
+      if (response.status === 503 && attempt < this.maxRetries) {
+        await response.arrayBuffer().catch(() => null);
+        await sleep(Math.min((retryAfter || 1) * 1000, 5000));
+        continue;
+      }
+      let detail = null;
+      try {
+        detail = (await response.json()).error;
+      } catch {
+        detail = null;
+      }
+      throw new AttnkitError(detail?.message || `HTTP ${response.status} from ${path}`, {
+        code: detail?.code || 'http_error', field: detail?.field ?? null, status: response.status, retryAfter,
+      });
+    }
+  }
+
+  /** `GET /health`: `{status, version}`. */
+  async health() {
+    return (await this._request('/health')).json();
+  }
+
+  /** `GET /v1/mechanisms`: every mechanism with its options, types and defaults. */
+  async mechanisms() {
+    return (await (await this._request('/v1/mechanisms')).json()).mechanisms;
+  }
+
+  /**
+   * One forward pass of `mechanism` with snake_case `options`. Tensors are Float32Array (flat),
+   * number[], or `{data, shape}`; a Uint8Array mask is boolean (1 = may attend).
+   * Resolves to `{data: Float32Array, shape: number[]}`.
+   */
+  async attention(mechanism, { query, keys = null, values = null, mask = null } = {}, options = {}, { transport } = {}) {
+    const tensors = { query: asTensor(query, 'query'), keys: asTensor(keys, 'keys'), values: asTensor(values, 'values'), mask: asTensor(mask, 'mask') };
+    if (!tensors.query) throw new AttnkitError('query: required', { code: 'bad_request', field: 'query' });
+    const opts = { ...options };
+    const path = `/v1/attention/${encodeURIComponent(mechanism)}`;
+    let mode = transport || this.transport;
+    const params = new URLSearchParams();
+    for (const [k, v] of Object.entries(opts)) {
+      const text = queryValue(v);
+      if (text === undefined) mode = 'json';
+      else params.set(k, text);
+    }
+    if (mode === 'binary') {
+      const headers = { 'Content-Type': 'application/octet-stream', Accept: 'application/octet-stream' };
+      const parts = [];
+      for (const f of FIELDS) {
+        const t = tensors[f];
+        if (!t) continue;
+        headers[`X-Attnkit-${f[0].toUpperCase()}${f.slice(1)}-Shape`] = t.shape.join(',');
+        if (f === 'mask' && t.data instanceof Uint8Array) headers['X-Attnkit-Mask-Dtype'] = 'bool';
+        else if (f === 'mask') headers['X-Attnkit-Mask-Dtype'] = 'float32';
+        parts.push(wireBytes(t));
+      }
+      const body = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+      let pos = 0;
+      for (const p of parts) { body.set(p, pos); pos += p.length; }
+      const qs = params.toString();
+      const response = await this._request(path + (qs ? `?${qs}` : ''), { method: 'POST', headers, body });
+      const shape = (response.headers.get('x-attnkit-shape') || '').split(',').filter((s) => s !== '').map(Number);
+      const data = fromWire(await response.arrayBuffer(), response.headers.get('x-attnkit-dtype') || 'float32');
+      return { data, shape };
+    }
+    const doc = { options: opts, encoding: 'base64' };
+    for (const f of FIELDS) if (tensors[f]) doc[f] = jsonTensor(tensors[f]);
+    const response = await this._request(path, {
+      method: 'POST', headers: { 'Content-Type': 'application/json', Accept: 'application/json' }, body: JSON.stringify(doc),
+    });
+    const out = (await response.json()).output;
+    return { data: fromWire(fromBase64(out.data), out.dtype), shape: out.shape };
+  }
+
+  /**
+   * `POST /v1/batch`: many requests in one round trip. Each item is
+   * `{mechanism, query, keys?, values?, mask?, options?}`; the result array holds, in order,
+   * `{data, shape}` or an `AttnkitError` for the items that failed.
+   */
+  async batch(items) {
+    const requests = items.map((it, i) => {
+      const doc = { mechanism: it.mechanism, options: toSnakeOptions(it.options), encoding: 'base64' };
+      for (const f of FIELDS) {
+        const t = asTensor(it[f], `requests[${i}].${f}`);
+        if (t) doc[f] = jsonTensor(t);
+      }
+      return doc;
+    });
+    const response = await this._request('/v1/batch', {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ requests, encoding: 'base64' }),
+    });
+    return (await response.json()).results.map((r) => (r.status === 200
+      ? { data: fromWire(fromBase64(r.output.data), r.output.dtype), shape: r.output.shape }
+      : new AttnkitError(r.error.message, { code: r.error.code, field: r.error.field, status: r.status })));
+  }
+}
+
+// ------------------------------------------------------------------ the spec's classes
+class RemoteMechanism {
+  constructor(mechanism, options, client) {
+    if (!(client instanceof AttnkitClient)) {
+      throw new AttnkitError(`${this.constructor.name}: pass an AttnkitClient (new client.${this.constructor.name}(options))`,
+        { code: 'config_error', field: 'client' });
+    }
+    this.mechanism = mechanism;
+    this.options = { ...(options || {}) };
+    this.client = client;
+    this.disposed = false;
+  }
+
+  /** Options as the server names them (camelCase -> snake_case). */
+  serverOptions() {
+    return toSnakeOptions(this.options);
+  }
+
+  /** Shapes for flat arrays; subclasses know their layout. Unknown layouts are sent flat. */
+  shapes(Q, K, V) { // eslint-disable-line no-unused-vars
+    return {};
+  }
+
+  /** `forward(Q, K, V, mask?)`: the attention output as a Float32Array (flat, like the spec). */
+  async forward(Q, K = null, V = null, mask = null) {
+    return (await this.forwardWithShape(Q, K, V, mask)).data;
+  }
+
+  /** Like `forward`, but resolves to `{data, shape}`. */
+  async forwardWithShape(Q, K = null, V = null, mask = null) {
+    if (this.disposed) throw new AttnkitError(`${this.constructor.name}: this object was disposed; create a new one`, { code: 'disposed' });
+    const flat = (x) => x instanceof Float32Array || x instanceof Float64Array || Array.isArray(x);
+    const s = this.shapes(Q, K, V);
+    const shaped = (x, shape) => (x !== null && x !== undefined && flat(x) && shape && product(shape) === x.length ? { data: x, shape } : x);
+    const q = shaped(Q, s.query);
+    const k = shaped(K, s.keys);
+    const v = shaped(V, s.values);
+    let m = mask;
+    if (mask !== null && mask !== undefined && !(mask.shape) && s.lq && s.lk && mask.length === s.lq * s.lk) m = { data: mask, shape: [s.lq, s.lk] };
+    return this.client.attention(this.mechanism, { query: q, keys: k, values: v, mask: m }, this.serverOptions());
+  }
+
+  /** Time `forward` round trips on random inputs of `seqLen` (the spec's benchmark, over HTTP). */
+  async benchmark(seqLen = 64, repeats = 5) {
+    const [Q, K, V] = this.sampleInputs(seqLen);
+    await this.forward(Q, K, V);
+    const times = [];
+    for (let i = 0; i < repeats; i++) {
+      const t0 = performance.now();
+      await this.forward(Q, K, V);
+      times.push(performance.now() - t0);
+    }
+    times.sort((a, b) => a - b);
+    const latencyMs = times[Math.floor(times.length / 2)];
+    const bytes = 4 * (Q.length + K.length + 2 * V.length);
+    return { opsPerSecond: 1000 / latencyMs, latencyMs, throughputGBps: bytes / (latencyMs / 1000) / 1e9, simdEnabled: false };
+  }
+
+  sampleInputs(seqLen) { // eslint-disable-line no-unused-vars
+    throw new AttnkitError(`${this.constructor.name}: benchmark needs sampleInputs`, { code: 'config_error' });
+  }
+
+  dispose() {
+    this.disposed = true;
+  }
+}
+
+function randn(n) {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = Math.sqrt(-2 * Math.log(1 - Math.random())) * Math.cos(2 * Math.PI * Math.random());
+  return out;
+}
+
+/** Exact attention over heads: Q, K, V are flat `seqLen*heads*dim` arrays (or `{data, shape}`). */
+export class FlashAttention extends RemoteMechanism {
+  constructor({ heads = 8, dim = 64, ...rest } = {}, client) {
+    super('flash', { heads, dim, ...rest }, client);
+  }
+
+  shapes(Q, K, V) {
+    const { heads, dim } = this.options;
+    const per = heads * dim;
+    const lq = Q && Q.length % per === 0 ? Q.length / per : null;
+    const lk = K && K.length % per === 0 ? K.length / per : (K ? null : lq);
+    const dv = V && lk && V.length % (lk * heads) === 0 ? V.length / (lk * heads) : null;
+    return { query: lq && [lq, heads, dim], keys: lk && K && [lk, heads, dim], values: dv && [lk, heads, dv], lq, lk };
+  }
+
+  sampleInputs(seqLen) {
+    const n = seqLen * this.options.heads * this.options.dim;
+    return [randn(n), randn(n), randn(n)];
+  }
+}
+
+/** Linear attention (Katharopoulos et al. 2020): `{dim, heads, featureMap, eps}`; flat `seqLen*heads*dim` arrays. */
+export class LinearAttention extends FlashAttention {
+  constructor({ dim, heads = 8, featureMap = 'elu', eps = 1e-6, ...rest } = {}, client) {
+    super({ heads, dim, featureMap, eps, ...rest }, client);
+    this.mechanism = 'linear';
+  }
+}
+
+/** Multi-head attention with learned projections: `{modelDim, heads, dropout, bias, kdim, vdim}`; inputs `seqLen*modelDim`. */
+export class MultiHeadAttention extends RemoteMechanism {
+  constructor({ modelDim, heads = 8, ...rest } = {}, client) {
+    super('multi_head', { modelDim, heads, ...rest }, client);
+  }
+
+  widths() {
+    const { modelDim, kdim, vdim } = this.options;
+    return [modelDim, kdim || modelDim, vdim || modelDim];
+  }
+
+  shapes(Q, K, V) {
+    const [dq, dk, dv] = this.widths();
+    const rows = (x, d) => (x && d && x.length % d === 0 ? x.length / d : null);
+    const lq = rows(Q, dq);
+    const lk = K ? rows(K, dk) : lq;
+    return { query: lq && [lq, dq], keys: K && lk && [lk, dk], values: V && rows(V, dv) && [rows(V, dv), dv], lq, lk };
+  }
+
+  sampleInputs(seqLen) {
+    const [dq, dk, dv] = this.widths();
+    return [randn(seqLen * dq), randn(seqLen * dk), randn(seqLen * dv)];
+  }
+}
+
+/** Multi-head self-attention (keys and values are the query). */
+export class SelfAttention extends MultiHeadAttention {
+  constructor(options = {}, client) {
+    super(options, client);
+    this.mechanism = 'self';
+  }
+}
+
+/** Cross-attention of a query sequence over a key/value sequence of another width: `{queryDim, keyDim, heads}`. */
+export class CrossAttention extends MultiHeadAttention {
+  constructor({ queryDim, keyDim, heads = 8, ...rest } = {}, client) {
+    super({ heads, ...rest }, client);
+    delete this.options.modelDim;
+    Object.assign(this.options, { queryDim, keyDim });
+    this.mechanism = 'cross';
+  }
+
+  widths() {
+    return [this.options.queryDim, this.options.keyDim, this.options.keyDim];
+  }
+}
+
+/** Hyperbolic attention on the Poincaré ball: `{dim, curvature, temperature, aggregation}`; inputs `n*dim`. */
+export class HyperbolicAttention extends RemoteMechanism {
+  constructor({ dim, ...rest } = {}, client) {
+    super('hyperbolic', { dim, ...rest }, client);
+  }
+
+  shapes(Q, K, V) {
+    const d = this.options.dim;
+    const rows = (x) => (x && d && x.length % d === 0 ? x.length / d : null);
+    const lq = rows(Q);
+    const lk = K ? rows(K) : lq;
+    const dv = V && lk && V.length % lk === 0 ? V.length / lk : null;
+    return { query: lq && [lq, d], keys: K && lk && [lk, d], values: dv && [lk, dv], lq, lk };
+  }
+
+  sampleInputs(seqLen) {
+    const scaled = (n) => randn(n).map((x) => x * 0.1);
+    const n = seqLen * this.options.dim;
+    return [scaled(n), scaled(n), scaled(n)];
+  }
+}
+
+/** Neighbour attention (the spec's `ScaledDotProduct(dim)`): one query `(dim)` over `k` keys `(k*dim)`. */
+export class ScaledDotProduct extends RemoteMechanism {
+  constructor({ dim, ...rest } = {}, client) {
+    super('scaled_dot_product', { dim, ...rest }, client);
+  }
+
+  shapes(Q, K, V) {
+    const d = this.options.dim;
+    const k = K && d && K.length % d === 0 ? K.length / d : null;
+    const dv = V && k && V.length % k === 0 ? V.length / k : null;
+    return { query: Q && Q.length === d ? [d] : null, keys: k && [k, d], values: dv && [k, dv] };
+  }
+
+  async forwardWithShape(Q, K, V, mask = null) {
+    const s = this.shapes(Q, K, V);
+    const m = mask && !mask.shape && s.keys && mask.length === s.keys[0] ? { data: mask, shape: [s.keys[0]] } : mask;
+    return super.forwardWithShape(Q, K, V, m);
+  }
+
+  sampleInputs(seqLen) {
+    const d = this.options.dim;
+    return [randn(d), randn(seqLen * d), randn(seqLen * d)];
+  }
+}
+
+// ------------------------------------------------------------------ masks
+function maskArgs(type, seqLen, positions) {
+  if (!['causal', 'padding', 'block'].includes(type)) {
+    throw new AttnkitError(`kind: expected one of causal, padding, block, got ${JSON.stringify(type)}`, { code: 'config_error', field: 'kind' });
+  }
+  if (!Number.isInteger(seqLen) || seqLen <= 0) {
+    throw new AttnkitError(`seq_len: expected a positive integer, got ${seqLen}`, { code: 'config_error', field: 'seq_len' });
+  }
+  const pos = positions ? Array.from(positions) : [];
+  for (const p of pos) {
+    if (!Number.isInteger(p) || p < 0 || p >= seqLen) {
+      throw new AttnkitError(`positions: expected indices in [0, ${seqLen}), got ${p}`, { code: 'config_error', field: 'positions' });
+    }
+  }
+  if (type === 'causal' && pos.length) {
+    throw new AttnkitError('positions: not used by a causal mask; pass none', { code: 'config_error', field: 'positions' });
+  }
+  return pos;
+}
+
+/**
+ * A boolean `(seqLen, seqLen)` mask as a Uint8Array, 1 = may attend (attnkit's `create_mask`):
+ * `causal` (query i sees keys 0..i), `padding` (keys at `positions` are padding), `block`
+ * (block-diagonal; `positions` are block starts, 0 implied).
+ */
+export function createBoolMask(type, seqLen, positions) {
+  const pos = maskArgs(type, seqLen, positions);
+  const out = new Uint8Array(seqLen * seqLen);
+  const padded = new Set(pos);
+  const starts = [...new Set([0, ...pos])].sort((a, b) => a - b);
+  const block = new Int32Array(seqLen);
+  starts.forEach((s, b) => { for (let i = s; i < seqLen; i++) block[i] = b; });
+  for (let i = 0; i < seqLen; i++) {
+    for (let j = 0; j < seqLen; j++) {
+      let ok = true;
+      if (type === 'causal') ok = j <= i;
+      else if (type === 'padding') ok = !padded.has(j);
+      else ok = block[i] === block[j];
+      out[i * seqLen + j] = ok ? 1 : 0;
+    }
+  }
+  return out;
+}
+
+/**
+ * The spec's `createMask(type, seqLen, positions)`: a Float32Array `(seqLen*seqLen)` to add to the
+ * scores, 0 where a query may attend and -Infinity where it may not (a fully masked row gives zeros).
+ */
+export function createMask(type, seqLen, positions) {
+  const allowed = createBoolMask(type, seqLen, positions);
+  return Float32Array.from(allowed, (a) => (a ? 0 : -Infinity));
+}
+
+export default AttnkitClient;

@@ -1,0 +1,253 @@
+// The JS client against a live `attnkit serve` on 127.0.0.1, checked against float64 references.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+
+import {
+  AttnkitClient, AttnkitError, createBoolMask, createMask, CrossAttention, FlashAttention,
+} from '../src/index.js';
+import { maxAbsDiff, randn, refAttention, startServer } from './helpers.js';
+
+const KEY = 'js-test-key';
+let server;
+let client;
+let names;
+
+before(async () => {
+  server = await startServer({ ATTNKIT_SERVER_API_KEY: KEY, ATTNKIT_SERVER_MAX_CONCURRENCY: '2', ATTNKIT_SERVER_MAX_ELEMENTS: '200000' });
+  client = new AttnkitClient({ baseUrl: server.url, apiKey: KEY });
+  names = (await client.mechanisms()).map((m) => m.name);
+});
+
+after(async () => {
+  if (server) {
+    const { code, signal } = await server.stop();
+    assert.ok(code === 0 || signal === 'SIGTERM', `server stopped with code ${code}, signal ${signal}:\n${server.output()}`);
+  }
+});
+
+describe('server basics', () => {
+  test('health and mechanisms', async () => {
+    const h = await client.health();
+    assert.equal(h.status, 'ok');
+    assert.match(h.version, /^\d+\.\d+/);
+    const flash = (await client.mechanisms()).find((m) => m.name === 'flash');
+    const heads = flash.options.find((o) => o.name === 'heads');
+    assert.deepEqual(heads, { name: 'heads', type: 'int', default: 8, required: false });
+  });
+
+  test('a missing API key is a 401 AttnkitError', async () => {
+    const anon = new AttnkitClient({ baseUrl: server.url });
+    await assert.rejects(anon.mechanisms(), (err) => err instanceof AttnkitError && err.status === 401 && err.code === 'unauthorized');
+  });
+
+  test('an unreachable server is a network_error', async () => {
+    const nowhere = new AttnkitClient({ baseUrl: 'http://127.0.0.1:9', timeoutMs: 5000 });
+    await assert.rejects(nowhere.health(), (err) => err instanceof AttnkitError && ['network_error', 'timeout'].includes(err.code));
+  });
+});
+
+describe('FlashAttention', () => {
+  const heads = 2;
+  const dim = 8;
+  const L = 7;
+  const S = 11;
+  const Q = randn(L * heads * dim, 1);
+  const K = randn(S * heads * dim, 2);
+  const V = randn(S * heads * dim, 3);
+
+  test('binary forward matches the float64 reference', async () => {
+    const attn = new client.FlashAttention({ heads, dim, blockSize: 4 });
+    const out = await attn.forward(Q, K, V);
+    assert.ok(out instanceof Float32Array);
+    assert.equal(out.length, L * heads * dim);
+    assert.ok(maxAbsDiff(out, refAttention(Q, K, V, { heads, dim })) < 1e-5);
+  });
+
+  test('json transport gives bit-identical results', async () => {
+    const jsonClient = new AttnkitClient({ baseUrl: server.url, apiKey: KEY, transport: 'json' });
+    const a = await new client.FlashAttention({ heads, dim }).forward(Q, K, V);
+    const b = await new FlashAttention({ heads, dim }, jsonClient).forward(Q, K, V);
+    assert.deepEqual(Array.from(a), Array.from(b));
+  });
+
+  test('causal option and createMask agree with the reference', async () => {
+    const Qs = Q;
+    const Ks = randn(L * heads * dim, 4);
+    const Vs = randn(L * heads * dim, 5);
+    const ref = refAttention(Qs, Ks, Vs, { heads, dim, mask: (i, j) => j <= i });
+    const viaOption = await new client.FlashAttention({ heads, dim, causal: true }).forward(Qs, Ks, Vs);
+    const viaMask = await new client.FlashAttention({ heads, dim }).forward(Qs, Ks, Vs, createMask('causal', L));
+    const viaBool = await new client.FlashAttention({ heads, dim }).forward(Qs, Ks, Vs, createBoolMask('causal', L));
+    for (const out of [viaOption, viaMask, viaBool]) assert.ok(maxAbsDiff(out, ref) < 1e-5);
+  });
+
+  test('a padding mask hides keys, and a fully masked row is zeros', async () => {
+    const Ks = randn(L * heads * dim, 6);
+    const Vs = randn(L * heads * dim, 7);
+    const out = await new client.FlashAttention({ heads, dim }).forward(Q, Ks, Vs, createMask('padding', L, [1, 4]));
+    assert.ok(maxAbsDiff(out, refAttention(Q, Ks, Vs, { heads, dim, mask: (i, j) => j !== 1 && j !== 4 })) < 1e-5);
+    const all = new Float32Array(L * L).fill(-Infinity);
+    all.fill(0, 0, L); // only row 0 may attend
+    const zeros = await new client.FlashAttention({ heads, dim }).forward(Q, Ks, Vs, all);
+    assert.ok(zeros.subarray(heads * dim).every((x) => x === 0));
+  });
+
+  test('server errors arrive as AttnkitError with code, field and status', async () => {
+    const wrong = new client.FlashAttention({ heads: 3, dim });
+    await assert.rejects(wrong.forward(Q, K, V), (err) => {
+      assert.ok(err instanceof AttnkitError && err instanceof Error);
+      assert.equal(err.status, 422);
+      assert.equal(err.code, 'shape_error');
+      assert.equal(err.field, 'query');
+      assert.match(err.message, /heads/);
+      return true;
+    });
+    const bad = Q.slice();
+    bad[3] = NaN;
+    await assert.rejects(new client.FlashAttention({ heads, dim }).forward(bad, K, V), { code: 'non_finite', field: 'query' });
+    await assert.rejects(new client.FlashAttention({ heads, dim, dropout: 2 }).forward(Q, K, V), { code: 'config_error', field: 'options.dropout' });
+    await assert.rejects(client.attention('no_such_thing', { query: Q }), { code: 'unknown_mechanism', status: 404 });
+  });
+
+  test('dispose makes later calls reject', async () => {
+    const attn = new client.FlashAttention({ heads, dim });
+    attn.dispose();
+    await assert.rejects(attn.forward(Q, K, V), { code: 'disposed' });
+  });
+
+  test('benchmark measures round trips', async () => {
+    const r = await new client.FlashAttention({ heads, dim }).benchmark(16, 3);
+    assert.ok(r.latencyMs > 0 && Number.isFinite(r.opsPerSecond));
+  });
+});
+
+describe('model-level and other mechanisms', () => {
+  function permuteRows(x, width, perm) {
+    const out = new Float32Array(x.length);
+    perm.forEach((src, dst) => out.set(x.subarray(src * width, (src + 1) * width), dst * width));
+    return out;
+  }
+
+  test('MultiHeadAttention: self-attention is permutation equivariant and transports agree', async () => {
+    const modelDim = 8;
+    const L = 5;
+    const X = randn(L * modelDim, 11);
+    const mha = new client.MultiHeadAttention({ modelDim, heads: 2, seed: 7 });
+    const out = await mha.forward(X);
+    assert.equal(out.length, L * modelDim);
+    const perm = [3, 0, 4, 1, 2];
+    const outPerm = await mha.forward(permuteRows(X, modelDim, perm));
+    assert.ok(maxAbsDiff(outPerm, permuteRows(out, modelDim, perm)) < 1e-5);
+    const jsonClient = new AttnkitClient({ baseUrl: server.url, apiKey: KEY, transport: 'json' });
+    const again = await new jsonClient.MultiHeadAttention({ modelDim, heads: 2, seed: 7 }).forward(X);
+    assert.deepEqual(Array.from(again), Array.from(out));
+  });
+
+  test('CrossAttention: permuting key/value pairs leaves the output unchanged', async () => {
+    const queryDim = 6;
+    const keyDim = 4;
+    const Qx = randn(3 * queryDim, 12);
+    const Kx = randn(5 * keyDim, 13);
+    const cross = new CrossAttention({ queryDim, keyDim, heads: 2, seed: 1 }, client);
+    const out = await cross.forward(Qx, Kx, Kx);
+    assert.equal(out.length, 3 * queryDim);
+    const perm = [4, 2, 0, 3, 1];
+    const Kp = permuteRows(Kx, keyDim, perm);
+    assert.ok(maxAbsDiff(await cross.forward(Qx, Kp, Kp), out) < 1e-5);
+  });
+
+  test('HyperbolicAttention: key permutation invariance, output inside the ball', async (t) => {
+    if (!names.includes('hyperbolic')) return t.skip('hyperbolic is not registered on this server');
+    const dim = 4;
+    const small = (n, s) => randn(n, s).map((x) => x * 0.2);
+    const Qh = small(3 * dim, 21);
+    const Kh = small(6 * dim, 22);
+    const Vh = small(6 * dim, 23);
+    const hyp = new client.HyperbolicAttention({ dim, curvature: 1 });
+    const out = await hyp.forward(Qh, Kh, Vh);
+    assert.equal(out.length, 3 * dim);
+    for (let i = 0; i < 3; i++) {
+      let norm = 0;
+      for (let d = 0; d < dim; d++) norm += out[i * dim + d] ** 2;
+      assert.ok(Math.sqrt(norm) < 1);
+    }
+    const perm = [5, 3, 1, 0, 2, 4];
+    const out2 = await hyp.forward(Qh, permuteRows(Kh, dim, perm), permuteRows(Vh, dim, perm));
+    assert.ok(maxAbsDiff(out2, out) < 1e-5);
+  });
+
+  test('LinearAttention (elu feature map) matches the float64 reference', async (t) => {
+    if (!names.includes('linear')) return t.skip('linear is not registered on this server');
+    const heads = 2;
+    const dim = 4;
+    const L = 6;
+    const Q = randn(L * heads * dim, 31);
+    const K = randn(L * heads * dim, 32);
+    const V = randn(L * heads * dim, 33);
+    const eps = 1e-6;
+    const phi = (x) => (x > 0 ? x + 1 : Math.exp(x));
+    const ref = new Float64Array(L * heads * dim);
+    for (let h = 0; h < heads; h++) {
+      for (let i = 0; i < L; i++) {
+        let z = 0;
+        const num = new Float64Array(dim);
+        for (let j = 0; j < L; j++) {
+          let w = 0;
+          for (let d = 0; d < dim; d++) w += phi(Q[(i * heads + h) * dim + d]) * phi(K[(j * heads + h) * dim + d]);
+          z += w;
+          for (let d = 0; d < dim; d++) num[d] += w * V[(j * heads + h) * dim + d];
+        }
+        for (let d = 0; d < dim; d++) ref[(i * heads + h) * dim + d] = num[d] / (z + eps);
+      }
+    }
+    const out = await new client.LinearAttention({ dim, heads, featureMap: 'elu', eps }).forward(Q, K, V);
+    assert.ok(maxAbsDiff(out, ref) < 1e-4);
+  });
+
+  test('ScaledDotProduct: one query over its neighbours', async () => {
+    const d = 8;
+    const k = 10;
+    const q = randn(d, 41);
+    const keys = randn(k * d, 42);
+    const vals = randn(k * 3, 43);
+    const out = await new client.ScaledDotProduct({ dim: d }).forward(q, keys, vals);
+    const s = Array.from({ length: k }, (_, j) => {
+      let acc = 0;
+      for (let i = 0; i < d; i++) acc += q[i] * keys[j * d + i];
+      return acc / Math.sqrt(d);
+    });
+    const mx = Math.max(...s);
+    const p = s.map((x) => Math.exp(x - mx));
+    const z = p.reduce((a, b) => a + b, 0);
+    const ref = [0, 1, 2].map((c) => p.reduce((acc, pj, j) => acc + (pj / z) * vals[j * 3 + c], 0));
+    assert.ok(maxAbsDiff(out, ref) < 1e-5);
+  });
+
+  test('batch: results in order with per-item errors', async () => {
+    const Q = randn(4 * 2 * 4, 51);
+    const res = await client.batch([
+      { mechanism: 'flash', query: { data: Q, shape: [4, 2, 4] }, options: { heads: 2, dim: 4 } },
+      { mechanism: 'flash', query: { data: Q, shape: [4, 2, 4] }, options: { heads: 4, dim: 4 } },
+      { mechanism: 'flash', query: { data: Q, shape: [4, 2, 4] }, options: { heads: 2, dim: 4, blockSize: 2, causal: true } },
+    ]);
+    assert.ok(maxAbsDiff(res[0].data, refAttention(Q, Q, Q, { heads: 2, dim: 4 })) < 1e-5);
+    assert.ok(res[1] instanceof AttnkitError && res[1].code === 'shape_error' && res[1].field === 'requests[1].query');
+    assert.ok(maxAbsDiff(res[2].data, refAttention(Q, Q, Q, { heads: 2, dim: 4, mask: (i, j) => j <= i })) < 1e-5);
+  });
+});
+
+describe('createMask', () => {
+  test('causal, padding and block masks', () => {
+    assert.deepEqual(Array.from(createBoolMask('causal', 3)), [1, 0, 0, 1, 1, 0, 1, 1, 1]);
+    assert.deepEqual(Array.from(createBoolMask('padding', 3, [2])), [1, 1, 0, 1, 1, 0, 1, 1, 0]);
+    assert.deepEqual(Array.from(createBoolMask('block', 4, [2])), [1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 1, 1]);
+    assert.deepEqual(Array.from(createMask('causal', 2)), [0, -Infinity, 0, 0]);
+  });
+
+  test('bad arguments throw AttnkitError naming the argument', () => {
+    assert.throws(() => createMask('diagonal', 3), { code: 'config_error', field: 'kind' });
+    assert.throws(() => createMask('causal', 0), { field: 'seq_len' });
+    assert.throws(() => createMask('padding', 3, [3]), { field: 'positions' });
+    assert.throws(() => createMask('causal', 3, [1]), { field: 'positions' });
+  });
+});
