@@ -225,16 +225,26 @@ class Mechanism:
         self._check_alive()
         max_pending = positive_int(max_pending, "max_pending")
         pending: collections.deque[asyncio.Future[Array]] = collections.deque()
-        async for item in inputs:
-            if not isinstance(item, (tuple, list)) or not 1 <= len(item) <= 4:
-                for f in pending:
-                    f.cancel()
-                raise ShapeError(f"inputs: expected tuples (q, k, v[, mask]), got {type(item).__name__}")
-            pending.append(asyncio.ensure_future(self.forward_async(*item)))
-            if len(pending) >= max_pending:
+        try:
+            async for item in inputs:
+                if not isinstance(item, (tuple, list)) or not 1 <= len(item) <= 4:
+                    raise ShapeError(f"inputs: expected tuples (q, k, v[, mask]), got {type(item).__name__}")
+                pending.append(asyncio.ensure_future(self.forward_async(*item)))
+                if len(pending) >= max_pending:
+                    yield await pending.popleft()
+            while pending:
                 yield await pending.popleft()
-        while pending:
-            yield await pending.popleft()
+        finally:
+            # stopped early (aclose, break) or a forward failed: drop the work still queued, and
+            # retrieve its outcome so asyncio does not warn about an exception never retrieved
+            for f in pending:
+                f.cancel()
+                f.add_done_callback(_retrieve)
+
+
+def _retrieve(f: asyncio.Future[Any]) -> None:
+    if not f.cancelled():
+        f.exception()
 
 
 def _is_number_list(x: Sequence[Any]) -> bool:
