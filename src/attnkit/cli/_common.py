@@ -128,7 +128,7 @@ def emit_json(obj: Any) -> None:
 def console(stderr: bool = False) -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 def fmt_shape(shape: Sequence[int]) -> str:
