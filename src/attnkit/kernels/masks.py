@@ -88,7 +88,7 @@ def prepare_mask(
     if array_api_compat.is_numpy_namespace(mxp) and not array_api_compat.is_numpy_namespace(xp):
         mask = xp.asarray(mask, device=device)
         mxp = xp
-    elif type(mxp) is not type(xp) and mxp is not xp:
+    elif mxp is not xp:
         raise DTypeError(f"{name}: expected an array of the same library as the inputs, got {type(mask).__name__}")
     if mxp.isdtype(mask.dtype, "bool"):
         kind = "bool"
