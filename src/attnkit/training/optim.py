@@ -1,0 +1,187 @@
+"""Optimizers for NumPy parameters: SGD (momentum, Nesterov, weight decay), Adam and AdamW.
+
+``opt.step(params, grads)`` updates the parameters **in place** and returns them. ``params`` is a
+dict of float NumPy arrays (e.g. a mechanism's ``parameters()`` or ``{"w": w}``), a list/tuple of
+arrays, or one array; ``grads`` has the same structure and shapes. Per-parameter state (momentum
+buffers, moments) is keyed by the dict key or the list position. The update rules are exactly those
+of ``torch.optim`` (same order of operations, same bias correction), and the tests check them against
+it on the same numbers. ``lr`` is an attribute a scheduler may change between steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .._array import finite_float, positive_float, shape_str
+from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+
+
+def _items(params: Any, name: str) -> list[tuple[Any, np.ndarray]]:
+    if isinstance(params, Mapping):
+        return list(params.items())
+    if isinstance(params, (list, tuple)):
+        return list(enumerate(params))
+    if isinstance(params, np.ndarray):
+        return [(0, params)]
+    raise DTypeError(f"{name}: expected a dict, list or tuple of NumPy arrays, or one array, got {type(params).__name__}")
+
+
+def _beta(value: Any, name: str) -> float:
+    b = finite_float(value, name)
+    if not 0.0 <= b < 1.0:
+        raise ConfigError(f"{name}: expected a value in [0, 1), got {value!r}")
+    return b
+
+
+def _non_negative(value: Any, name: str) -> float:
+    f = finite_float(value, name)
+    if f < 0:
+        raise ConfigError(f"{name}: expected a number >= 0, got {value!r}")
+    return f
+
+
+class Optimizer:
+    """Base class: validation, per-parameter state, ``state_dict``/``load_state_dict``."""
+
+    def __init__(self, lr: float, weight_decay: float = 0.0) -> None:
+        self.lr = _non_negative(lr, "lr")
+        self.weight_decay = _non_negative(weight_decay, "weight_decay")
+        self.state: dict[Any, dict[str, Any]] = {}
+        self.step_count = 0
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k not in ("state", "step_count"))
+        return f"{type(self).__name__}({opts})"
+
+    def step(self, params: Any, grads: Any) -> Any:
+        """Apply one update to ``params`` (in place) from ``grads``; returns ``params``."""
+        lr = _non_negative(self.lr, "lr")
+        p_items = _items(params, "params")
+        g_map = dict(_items(grads, "grads"))
+        if set(g_map) != {k for k, _ in p_items}:
+            missing = sorted(map(str, {k for k, _ in p_items} - set(g_map)))
+            extra = sorted(map(str, set(g_map) - {k for k, _ in p_items}))
+            raise ShapeError(f"grads: expected the same keys as params; missing {missing}, unexpected {extra}")
+        checked = []
+        for key, p in p_items:
+            if not isinstance(p, np.ndarray) or p.dtype.kind != "f":
+                raise DTypeError(f"params[{key!r}]: expected a float NumPy array, got {type(p).__name__} {getattr(p, 'dtype', '')}")
+            if not p.flags.writeable:
+                raise ConfigError(f"params[{key!r}]: the array is read-only; the update is applied in place")
+            g = np.asarray(g_map[key])
+            if g.dtype.kind not in "fiu":
+                raise DTypeError(f"grads[{key!r}]: expected a float array, got {g.dtype}")
+            if g.shape != p.shape:
+                raise ShapeError(f"grads[{key!r}]: expected shape {shape_str(p.shape)} (as the parameter), got {shape_str(g.shape)}")
+            if not np.isfinite(g).all():
+                raise NonFiniteError(f"grads[{key!r}]: expected finite values, found NaN or infinity")
+            checked.append((key, p, g.astype(np.float64)))
+        self.step_count += 1
+        for key, p, g in checked:
+            st = self.state.setdefault(key, {})
+            new = self._update(p.astype(np.float64), g, st, lr)
+            p[...] = new
+        return params
+
+    def _update(self, p: np.ndarray, g: np.ndarray, st: dict[str, Any], lr: float) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget every buffer and the step count."""
+        self.state = {}
+        self.step_count = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """A deep copy of the optimizer's state and hyper-parameters (for checkpoints)."""
+        return {"state": copy.deepcopy(self.state), "step_count": self.step_count, "lr": self.lr}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.state = copy.deepcopy(dict(state["state"]))
+        self.step_count = int(state["step_count"])
+        self.lr = _non_negative(state.get("lr", self.lr), "lr")
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent as ``torch.optim.SGD``:
+
+    ``g <- g + wd p``; with momentum ``mu``: ``b <- g`` on the first step, then ``b <- mu b + (1 - dampening) g``;
+    ``g <- g + mu b`` (Nesterov, Sutskever et al. 2013) or ``g <- b``; ``p <- p - lr g``.
+    """
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+                 dampening: float = 0.0) -> None:
+        super().__init__(lr, weight_decay)
+        self.momentum = _non_negative(momentum, "momentum")
+        self.nesterov = bool(nesterov)
+        self.dampening = _non_negative(dampening, "dampening")
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ConfigError(f"nesterov: needs momentum > 0 and dampening = 0, got momentum={momentum!r}, dampening={dampening!r}")
+
+    def _update(self, p: np.ndarray, g: np.ndarray, st: dict[str, Any], lr: float) -> np.ndarray:
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            buf = st.get("momentum_buffer")
+            buf = g.copy() if buf is None else self.momentum * buf + (1.0 - self.dampening) * g
+            st["momentum_buffer"] = buf
+            g = g + self.momentum * buf if self.nesterov else buf
+        return p - lr * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) as ``torch.optim.Adam``; ``weight_decay`` is L2 added to the gradient:
+
+    ``m <- b1 m + (1-b1) g``, ``v <- b2 v + (1-b2) g^2``,
+    ``p <- p - lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)`` (``amsgrad``: ``v`` replaced by its running max).
+    """
+
+    decoupled = False
+
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False) -> None:
+        super().__init__(lr, weight_decay)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ConfigError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
+        self.betas = (_beta(betas[0], "betas[0]"), _beta(betas[1], "betas[1]"))
+        self.eps = positive_float(eps, "eps")
+        self.amsgrad = bool(amsgrad)
+
+    def _update(self, p: np.ndarray, g: np.ndarray, st: dict[str, Any], lr: float) -> np.ndarray:
+        b1, b2 = self.betas
+        if self.weight_decay:
+            if self.decoupled:
+                p = p * (1.0 - lr * self.weight_decay)
+            else:
+                g = g + self.weight_decay * p
+        t = st.get("step", 0) + 1
+        st["step"] = t
+        m = st.get("exp_avg", np.zeros_like(p))
+        v = st.get("exp_avg_sq", np.zeros_like(p))
+        m = b1 * m + (1.0 - b1) * g
+        v = b2 * v + (1.0 - b2) * g * g
+        st["exp_avg"], st["exp_avg_sq"] = m, v
+        if self.amsgrad:
+            v = np.maximum(st.get("max_exp_avg_sq", np.zeros_like(p)), v)
+            st["max_exp_avg_sq"] = v
+        bc1 = 1.0 - b1**t
+        bc2 = 1.0 - b2**t
+        denom = np.sqrt(v) / math.sqrt(bc2) + self.eps
+        return p - (lr / bc1) * m / denom
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter 2019) as ``torch.optim.AdamW``: decoupled weight decay
+    ``p <- p (1 - lr wd)`` before the Adam step (``weight_decay`` defaults to 0.01)."""
+
+    decoupled = True
+
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01, amsgrad: bool = False) -> None:
+        super().__init__(lr, betas, eps, weight_decay, amsgrad)
