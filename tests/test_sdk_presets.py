@@ -1,0 +1,102 @@
+"""Presets: each one's documented meaning reaches the built object; from_model_name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from attnkit import ConfigError
+from attnkit.sdk import AttentionPreset, AttentionType, from_model_name
+
+W = 768
+
+
+def built(preset: str, width: int = W):
+    return from_model_name(preset, width).build()
+
+
+def test_every_preset_builds_its_mechanism() -> None:
+    for p in AttentionPreset:
+        mech = p.builder(W).build()
+        assert mech.name == p.attention_type.value, p
+        assert p.description and p.value in str(p.builder(W).explain())
+
+
+def test_bert() -> None:
+    m = built("bert")
+    assert (type(m).__name__, m.model_dim, m.heads, m.dropout, m.causal) == ("MultiHeadAttention", 768, 12, 0.1, False)
+
+
+@pytest.mark.parametrize("name", ["gpt", "gpt2"])
+def test_gpt(name: str) -> None:
+    m = built(name)
+    assert (type(m).__name__, m.model_dim, m.heads, m.dropout, m.causal) == ("MultiHeadAttention", 768, 12, 0.1, True)
+    # causal for real: the first token's output ignores the second token
+    x = np.random.default_rng(0).standard_normal((2, W)).astype(np.float32)
+    y = x.copy()
+    y[1] += 1.0
+    np.testing.assert_allclose(m.forward(x)[0], m.forward(y)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_longformer() -> None:
+    m = built("longformer")
+    assert (type(m).__name__, m.dim, m.heads, m.window, m.global_tokens) == ("LocalGlobalAttention", 64, 12, 512, 1)
+
+
+def test_performer() -> None:
+    m = built("performer")
+    assert (type(m).__name__, m.dim, m.heads, m.feature_map) == ("LinearAttention", 96, 8, "favor")
+
+
+@pytest.mark.parametrize(("width", "heads", "head_dim"), [(768, 12, 64), (128, 2, 64), (100, 1, 100)])
+def test_flash_optimized(width: int, heads: int, head_dim: int) -> None:
+    m = built("flash_optimized", width)
+    assert (type(m).__name__, m.heads, m.dim, m.block_size, m.causal) == ("FlashAttention", heads, head_dim, 256, False)
+
+
+def test_vit() -> None:
+    m = built("vit")
+    assert (type(m).__name__, m.model_dim, m.heads, m.dropout, m.causal) == ("MultiHeadAttention", 768, 12, 0.0, False)
+
+
+def test_t5_has_no_projection_biases() -> None:
+    m = built("t5")
+    assert (type(m).__name__, m.model_dim, m.heads, m.dropout, m.bias) == ("MultiHeadAttention", 768, 12, 0.1, False)
+    assert not any(k.endswith("bias") for k in m.parameters())
+
+
+def test_hyperbolic_tree() -> None:
+    m = built("hyperbolic_tree", 16)
+    assert (type(m).__name__, m.dim, m.curvature) == ("HyperbolicAttention", 16, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("model", "preset"),
+    [("bert-base-uncased", "bert"), ("roberta-large", "bert"), ("distilbert-base-cased", "bert"), ("gpt2-medium", "gpt2"),
+     ("openai-gpt", "gpt"), ("GPT", "gpt"), ("google/vit-base-patch16-224", "vit"), ("t5-small", "t5"),
+     ("google/flan-t5-base", "t5"), ("allenai/longformer-base-4096", "longformer"), ("Flash-Optimized", "flash_optimized"),
+     ("hyperbolic-tree", "hyperbolic_tree"), ("performer", "performer")],
+)
+def test_from_model_name_recognises_model_identifiers(model: str, preset: str) -> None:
+    b = from_model_name(model, W)
+    assert f"preset {preset!r}" in b.explain()
+
+
+@pytest.mark.parametrize("bad", ["llama-7b", "", "   ", None, 3])
+def test_unknown_model_is_a_config_error(bad: object) -> None:
+    with pytest.raises(ConfigError, match="name"):
+        from_model_name(bad, W)
+
+
+def test_width_must_split_into_heads() -> None:
+    with pytest.raises(ConfigError, match="dim: the model width 100 must be a multiple of heads = 8"):
+        from_model_name("performer", 100)
+    with pytest.raises(ConfigError, match="dim"):
+        from_model_name("bert", 0)
+
+
+def test_a_preset_builder_can_still_be_changed() -> None:
+    m = from_model_name("bert", 64).heads(4).dropout(0.0).build()
+    assert (m.model_dim, m.heads, m.dropout) == (64, 4, 0.0)
+    assert AttentionPreset("gpt2").attention_type is AttentionType.MULTI_HEAD
+    assert AttentionPreset.BERT.settings == {"heads": 12, "dropout": 0.1, "causal": False}
