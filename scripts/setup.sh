@@ -14,3 +14,13 @@ python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[all,test]"
 # --- further set-up steps (browser, JS client) go below this line ---
+# JS client dev dependencies (playwright-core drives Chromium in tests; pyodide is the browser build's runtime).
+if command -v npm >/dev/null 2>&1 && [ ! -d clients/js/node_modules/playwright-core ]; then
+  (cd clients/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null 2>&1) \
+    || echo "setup: npm ci in clients/js failed; the browser tests will skip" >&2
+fi
+# Debian's Chromium for the headless browser tests (root with apt-get only; otherwise they skip).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "setup: could not install chromium; the browser tests will skip" >&2
+fi
