@@ -1,0 +1,398 @@
+"""MoEAttention: a learned router sends each query to its top-k attention experts.
+
+Mixture of experts (Shazeer et al. 2017; Lepikhin et al. 2021; Fedus et al. 2022) over attention
+mechanisms: for query ``q_t`` the router computes ``p_t = softmax(W_r q_t + b_r)`` over ``E`` experts,
+keeps the ``top_k`` largest with gates renormalised to sum to 1, and
+
+    out_t = sum_{e in topk(t), kept} g_{t,e} * Expert_e(q_t, keys, values)
+
+Every expert sees the same keys and values; queries are routed independently (so experts must treat
+queries independently: non-causal ones). Capacity, overflow, jitter and the load-balancing loss follow
+:mod:`attnkit.kernels.moe`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from .._array import (
+    Array,
+    as_float_array,
+    check_finite,
+    common_float_dtype,
+    compute_dtype,
+    namespace,
+    one_of,
+    positive_float,
+    positive_int,
+    probability,
+    shape_str,
+    to_numpy,
+)
+from ..errors import ConfigError, DTypeError, ShapeError
+from ..kernels.masks import prepare_mask
+from ..kernels.moe import expert_capacity, load_balancing_loss, top_k_routing
+from ..kernels.segment import segment_sum
+from ..kernels.softmax import safe_softmax
+from ._learned import LearnedParams, glorot
+from .base import Mechanism
+from .registry import register
+
+__all__ = ["MoEAttention"]
+
+#: options given to experts built from a name (so that any expert takes (n, dim) vectors)
+_EXPERT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "linear": {"heads": 1},
+    "flash": {"heads": 1},
+    "hyperbolic": {"input_space": "tangent"},
+}
+
+
+def _expert_kind(expert: Any) -> str:
+    """How to call an expert: 'hyperbolic', 'sequence' ((L, H, D) layout) or 'vectors' ((n, D) queries)."""
+    from .flash import FlashAttention
+    from .hyperbolic import HyperbolicAttention
+    from .linear import LinearAttention
+
+    if isinstance(expert, HyperbolicAttention):
+        return "hyperbolic"
+    if isinstance(expert, (FlashAttention, LinearAttention)):
+        return "sequence"
+    return "vectors"
+
+
+@register
+class MoEAttention(LearnedParams, Mechanism):
+    """Mixture of attention experts with a learned top-k router.
+
+    Options: ``dim`` query/key width (64); ``num_experts`` ``E`` (4); ``top_k`` (2, at most ``E``);
+    ``expert_capacity``: capacity factor (1.25; ``None`` = unlimited) giving each expert at most
+    ``ceil(factor * T * top_k / E)`` of the ``T`` queries of a call; ``jitter_noise``: in training mode
+    the router input is multiplied by ``Uniform(1 - j, 1 + j)`` noise (Switch Transformer), drawn from the
+    seeded generator; ``experts``: registry names (comma-separated string or list), cycled over the
+    ``E`` experts, or mechanism instances (default ``"scaled_dot_product,linear,hyperbolic"``);
+    ``overflow``: ``"drop"`` (default: an assignment over capacity contributes nothing, so a token
+    dropped by every expert gets zeros, as in Switch where the residual connection carries it) or
+    ``"pass_through"`` (a token dropped by every expert returns its query unchanged; needs
+    ``Dv == dim``); ``seed`` (router initialisation and jitter); ``check_finite``.
+
+    Experts built from names take ``dim``-wide vectors: ``linear``/``flash`` with one head,
+    ``hyperbolic`` with ``input_space="tangent"`` and its output mapped back by ``log_0`` so every
+    expert's output lives in the same Euclidean space. Causal experts are refused (routing takes
+    queries out of their sequence).
+
+    Inputs (head-less, like ``ScaledDotProduct``/``HyperbolicAttention``): ``q (..., Lq, dim)`` or one
+    query ``(dim,)``, ``keys (..., Lk, dim)`` (default ``q``), ``values (..., Lk, Dv)`` (default
+    ``keys``), ``mask``: a bool key mask ``(..., Lk)`` (True = attend).
+
+    After each forward: :attr:`last_aux_loss` (the load-balancing loss, a float for NumPy input and a
+    tensor carrying gradient for torch), :meth:`usage_stats` (cumulative), :meth:`reset_stats`.
+    Parameters: ``router.weight (E, dim)``, ``router.bias (E,)`` and each expert's own as
+    ``experts.<i>.<name>``.
+    """
+
+    name = "moe"
+    summary = "mixture of attention experts: learned top-k router, capacity, load-balancing loss"
+
+    def __init__(
+        self,
+        dim: int = 64,
+        num_experts: int = 4,
+        top_k: int = 2,
+        expert_capacity: float | None = 1.25,
+        jitter_noise: float = 0.0,
+        experts: str | Sequence[Any] = "scaled_dot_product,linear,hyperbolic",
+        overflow: str = "drop",
+        seed: int | None = 0,
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        self.dim = positive_int(dim, "dim")
+        self.num_experts = positive_int(num_experts, "num_experts")
+        self.top_k = positive_int(top_k, "top_k")
+        if self.top_k > self.num_experts:
+            raise ConfigError(f"top_k: expected at most num_experts = {self.num_experts}, got {top_k!r}")
+        self.expert_capacity = None if expert_capacity is None else positive_float(expert_capacity, "expert_capacity")
+        self.jitter_noise = probability(jitter_noise, "jitter_noise")
+        self.overflow = one_of(overflow, "overflow", ("drop", "pass_through"))
+        self.seed = seed
+        self.check_finite = bool(check_finite)
+        self._experts = self._build_experts(experts)
+        self.experts = tuple(getattr(e, "name", type(e).__name__) for e in self._experts)
+        rng = np.random.default_rng(seed)
+        self._params = {
+            "router.weight": glorot(rng, (self.num_experts, self.dim), self.dim, self.num_experts),
+            "router.bias": np.zeros(self.num_experts, dtype=np.float32),
+        }
+        self.last_aux_loss: Any = None
+        self.reset_stats()
+
+    # ------------------------------------------------------------------ experts
+    def _build_experts(self, experts: Any) -> list[Any]:
+        from . import registry
+
+        if isinstance(experts, str):
+            items: list[Any] = [s.strip() for s in experts.split(",") if s.strip()]
+        elif isinstance(experts, Mechanism):
+            items = [experts]
+        elif isinstance(experts, Sequence):
+            items = list(experts)
+        else:
+            raise ConfigError(f"experts: expected registry names or mechanism instances, got {type(experts).__name__}")
+        if not items:
+            raise ConfigError("experts: expected at least one expert name or instance, got none")
+        if any(isinstance(x, Mechanism) for x in items) and len(items) != self.num_experts:
+            raise ConfigError(f"experts: expected num_experts = {self.num_experts} mechanism instances, got {len(items)}")
+        built: list[Any] = []
+        for i in range(self.num_experts):
+            item = items[i % len(items)]
+            if isinstance(item, str):
+                key = item.lower().replace("-", "_")
+                try:
+                    item = registry.create(key, dim=self.dim, **_EXPERT_DEFAULTS.get(key, {}))
+                except ConfigError as exc:
+                    raise ConfigError(f"experts: cannot build expert {i} ({item!r}) with dim = {self.dim}: {exc}") from exc
+            if not isinstance(item, Mechanism) or item is self:
+                raise ConfigError(f"experts: expected a registry name or an attnkit mechanism, got {item!r}")
+            if getattr(item, "causal", False):
+                raise ConfigError(f"experts: expert {i} ({type(item).__name__}) is causal; routed queries leave their sequence")
+            if _expert_kind(item) == "sequence":
+                if item.dim * item.heads != self.dim:
+                    raise ConfigError(f"experts: expert {i} has heads*dim = {item.heads}*{item.dim}, expected dim = {self.dim}")
+            elif isinstance(getattr(item, "dim", None), int) and item.dim != self.dim:
+                raise ConfigError(f"experts: expert {i} has dim = {item.dim}, expected {self.dim}")
+            built.append(item)
+        return built
+
+    @property
+    def expert_modules(self) -> list[Any]:
+        """The expert mechanism instances."""
+        return list(self._experts)
+
+    def _call_expert(self, e: int, q: Array, k: Array, v: Array, m: Array | None) -> Array:
+        """Expert ``e`` on queries ``q (n, D)`` over ``k (Lk, D)``, ``v (Lk, Dv)``, key mask ``m (Lk,)`` -> ``(n, Dv)``."""
+        expert = self._experts[e]
+        kind = _expert_kind(expert)
+        xp = namespace(q)
+        if kind == "hyperbolic":
+            out = expert.forward(q, k, v, mask=None if m is None else xp.expand_dims(m, axis=0))
+            if expert.input_space == "tangent":
+                from ..kernels import poincare as pc
+
+                out = pc.from_poincare(out, c=expert.c)
+            return out
+        if kind == "sequence":
+            h = expert.heads
+            n, lk, dv = int(q.shape[0]), int(k.shape[0]), int(v.shape[-1])
+            if dv % h:
+                raise ShapeError(f"values: expert {e} has {h} heads, which must divide Dv = {dv}")
+            out = expert.forward(xp.reshape(q, (n, h, -1)), xp.reshape(k, (lk, h, -1)), xp.reshape(v, (lk, h, dv // h)), mask=m)
+            return xp.reshape(out, (n, dv))
+        return expert.forward(q, k, v, mask=m)
+
+    # ------------------------------------------------------------------ weights
+    def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {"router.weight": (self.num_experts, self.dim), "router.bias": (self.num_experts,)}
+        for i, ex in enumerate(self._experts):
+            for key, val in ex.parameters().items():
+                shapes[f"experts.{i}.{key}"] = tuple(val.shape)
+        return shapes
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Router parameters and every expert's, as ``experts.<i>.<name>``."""
+        self._check_alive()
+        out = dict(self._params)
+        for i, ex in enumerate(self._experts):
+            out.update({f"experts.{i}.{k}": v for k, v in ex.parameters().items()})
+        return out
+
+    def load_weights(self, weights: Any) -> None:
+        """Load router (and expert) parameters from safetensors bytes, a path or a dict of arrays."""
+        super().load_weights(weights)
+        loaded = self._params
+        self._params = {k: v for k, v in loaded.items() if k.startswith("router.")}
+        for i, ex in enumerate(self._experts):
+            prefix = f"experts.{i}."
+            own = {k[len(prefix):]: v for k, v in loaded.items() if k.startswith(prefix)}
+            if own:
+                ex._params = {k: own[k].astype(ex._params[k].dtype) for k in ex._params}
+                ex._cache.pop("converted", None)
+
+    def save_weights(self, path: Any = None) -> bytes:
+        """Router and expert parameters as safetensors bytes (also written to ``path`` if given)."""
+        from pathlib import Path
+
+        from ..weights import save_state
+
+        data = save_state(self.parameters())
+        if path is not None:
+            Path(path).write_bytes(data)
+        return data
+
+    # ------------------------------------------------------------------ statistics
+    def reset_stats(self) -> None:
+        """Zero the cumulative usage counters."""
+        self._stats = {
+            "calls": 0,
+            "tokens": 0,
+            "assignments": np.zeros(self.num_experts, dtype=np.int64),
+            "kept": np.zeros(self.num_experts, dtype=np.int64),
+            "dropped_tokens": 0,
+        }
+        self.last_routing: dict[str, np.ndarray] | None = None
+
+    def usage_stats(self) -> dict[str, Any]:
+        """Cumulative expert usage since construction or :meth:`reset_stats`.
+
+        ``tokens``: queries routed; ``assignments[i]``: how often expert ``i`` was among a token's
+        top-k; ``kept[i]``: assignments it served (within capacity); ``dropped[i]``: its overflow;
+        ``load[i]``: its share of all served assignments; ``dropped_tokens``: queries no expert served;
+        ``last_aux_loss``: the load-balancing loss of the last call (as a float).
+        """
+        s = self._stats
+        kept = s["kept"]
+        total = int(kept.sum())
+        aux = self.last_aux_loss
+        return {
+            "calls": s["calls"],
+            "tokens": s["tokens"],
+            "assignments": s["assignments"].tolist(),
+            "kept": kept.tolist(),
+            "dropped": (s["assignments"] - kept).tolist(),
+            "load": (kept / total).tolist() if total else [0.0] * self.num_experts,
+            "dropped_tokens": s["dropped_tokens"],
+            "last_aux_loss": None if aux is None else float(to_numpy(aux) if not isinstance(aux, float) else aux),
+        }
+
+    # ------------------------------------------------------------------ forward
+    def _prepare(self, q: Any, keys: Any, values: Any, mask: Any) -> tuple:
+        if keys is None and values is not None:
+            raise ShapeError("keys: expected an array of keys when values are given, got None")
+        xp = namespace(q, keys, values)
+        qa = as_float_array(q, "q", xp)
+        ka = qa if keys is None else as_float_array(keys, "keys", xp)
+        va = ka if values is None else as_float_array(values, "values", xp)
+        if qa.ndim < 1 or qa.shape[-1] != self.dim:
+            raise ShapeError(f"q: expected shape (..., Lq, dim = {self.dim}) or ({self.dim},), got {shape_str(qa.shape)}")
+        single = qa.ndim == 1
+        if single:
+            qa = xp.expand_dims(qa, axis=0)
+        if ka.ndim < 2 or ka.shape[-1] != self.dim:
+            raise ShapeError(f"keys: expected shape (..., Lk, dim = {self.dim}), got {shape_str(ka.shape)}")
+        if ka.shape[-2] == 0:
+            raise ShapeError("keys: expected at least one key (Lk >= 1), got an empty key set")
+        if va.ndim < 2 or va.shape[-2] != ka.shape[-2]:
+            raise ShapeError(f"values: expected shape (..., Lk = {ka.shape[-2]}, Dv), got {shape_str(va.shape)}")
+        if self.overflow == "pass_through" and va.shape[-1] != self.dim:
+            raise ShapeError(f"values: overflow='pass_through' returns queries, so Dv must equal dim = {self.dim}, got {va.shape[-1]}")
+        try:
+            batch = tuple(np.broadcast_shapes(tuple(qa.shape[:-2]), tuple(ka.shape[:-2]), tuple(va.shape[:-2])))
+        except ValueError:
+            raise ShapeError(
+                f"q, keys, values: batch dimensions {shape_str(qa.shape[:-2])}, {shape_str(ka.shape[:-2])}, "
+                f"{shape_str(va.shape[:-2])} do not broadcast"
+            ) from None
+        if self.check_finite:
+            for name, x in (("q", qa), ("keys", ka), ("values", va)):
+                check_finite(x, name, xp)
+        out_dtype = common_float_dtype(xp, qa, ka, va)
+        cdt = compute_dtype(xp, out_dtype)
+        qa, ka, va = (x if x.dtype == cdt else xp.astype(x, cdt) for x in (qa, ka, va))
+        lk = int(ka.shape[-2])
+        dev = array_api_compat.device(qa)
+        m = None
+        if mask is not None:
+            m = prepare_mask(mask, xp, (*batch, lk), cdt, device=dev, layout="(..., Lk)")
+            if not xp.isdtype(m.dtype, "bool"):
+                raise DTypeError(f"mask: expected a bool key mask (True = attend), got {m.dtype}")
+        nb = math.prod(batch)
+        lq = int(qa.shape[-2])
+        qa = xp.reshape(xp.broadcast_to(qa, (*batch, lq, self.dim)), (nb, lq, self.dim))
+        ka = xp.reshape(xp.broadcast_to(ka, (*batch, lk, self.dim)), (nb, lk, self.dim))
+        va = xp.reshape(xp.broadcast_to(va, (*batch, lk, int(va.shape[-1]))), (nb, lk, int(va.shape[-1])))
+        if m is not None:
+            m = xp.reshape(xp.broadcast_to(m, (*batch, lk)), (nb, lk))
+        return xp, qa, ka, va, m, batch, single, out_dtype, dev
+
+    def router_probs(self, q: Any) -> Array:
+        """Router probabilities ``softmax(W_r q + b_r)``, shape ``(..., E)`` (no jitter)."""
+        self._check_alive()
+        xp = namespace(q)
+        qa = as_float_array(q, "q", xp)
+        if qa.ndim < 1 or qa.shape[-1] != self.dim:
+            raise ShapeError(f"q: expected shape (..., dim = {self.dim}), got {shape_str(qa.shape)}")
+        p = self._weights_like(qa)
+        return safe_softmax(qa @ xp.matrix_transpose(p["router.weight"]) + p["router.bias"], xp)
+
+    def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
+        """Routed attention output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query)."""
+        self._check_alive()
+        xp, qa, ka, va, m, batch, single, out_dtype, dev = self._prepare(q, keys, values, mask)
+        nb, lq, d = int(qa.shape[0]), int(qa.shape[1]), self.dim
+        dv = int(va.shape[-1])
+        t = nb * lq
+        qf = xp.reshape(qa, (t, d))
+        p = self._weights_like(qf)
+        xr = qf
+        if self.training and self.jitter_noise > 0:
+            noise = self._rng().uniform(1.0 - self.jitter_noise, 1.0 + self.jitter_noise, size=(t, d))
+            xr = qf * xp.asarray(noise, dtype=qf.dtype, device=dev)
+        probs = safe_softmax(xr @ xp.matrix_transpose(p["router.weight"]) + p["router.bias"], xp)  # (T, E)
+        probs_np = np.asarray(to_numpy(probs), dtype=np.float64)
+        cap = expert_capacity(t, self.num_experts, self.top_k, self.expert_capacity)
+        chosen, keep = top_k_routing(probs_np, self.top_k, cap)
+        tok = np.arange(t)[:, None]
+        flat = xp.asarray((tok * self.num_experts + chosen).reshape(-1), device=dev)
+        top = xp.reshape(xp.take(xp.reshape(probs, (-1,)), flat, axis=0), (t, self.top_k))
+        gates = xp.reshape(top / xp.sum(top, axis=-1, keepdims=True), (-1,))  # renormalised, flat (T*k,)
+        contribs, ids = [], []
+        for e in range(self.num_experts):
+            sel_t, sel_r = np.nonzero((chosen == e) & keep)
+            if sel_t.size == 0:
+                continue
+            for b in np.unique(sel_t // lq):
+                rows = sel_t // lq == b
+                tt, rr = sel_t[rows], sel_r[rows]
+                out_e = self._call_expert(e, xp.take(qf, xp.asarray(tt, device=dev), axis=0), ka[int(b)], va[int(b)],
+                                          None if m is None else m[int(b)])
+                g = xp.take(gates, xp.asarray(tt * self.top_k + rr, device=dev), axis=0)
+                contribs.append(out_e * g[:, None])
+                ids.append(tt)
+        if contribs:
+            out = segment_sum(xp.concat(contribs, axis=0), xp.asarray(np.concatenate(ids), device=dev), t, xp)
+        else:  # pragma: no cover - capacity >= 1 always serves someone
+            out = xp.zeros((t, dv), dtype=qf.dtype, device=dev)
+        dropped = ~keep.any(axis=1)
+        if self.overflow == "pass_through" and dropped.any():
+            out = xp.where(xp.asarray(dropped[:, None], device=dev), qf, out)
+        # statistics and the auxiliary loss
+        self.last_aux_loss = load_balancing_loss(probs, chosen[:, 0], self.num_experts, xp)
+        if isinstance(self.last_aux_loss, np.ndarray) or np.isscalar(self.last_aux_loss):
+            self.last_aux_loss = float(self.last_aux_loss)
+        st = self._stats
+        st["calls"] += 1
+        st["tokens"] += t
+        st["assignments"] += np.bincount(chosen.reshape(-1), minlength=self.num_experts)
+        st["kept"] += np.bincount(chosen[keep], minlength=self.num_experts)
+        st["dropped_tokens"] += int(dropped.sum())
+        self.last_routing = {"experts": chosen, "keep": keep, "probs": probs_np, "capacity": np.asarray(cap)}
+        out = xp.reshape(out, (*batch, lq, dv))
+        if out.dtype != out_dtype:
+            out = xp.astype(out, out_dtype)
+        return out[..., 0, :] if single else out
+
+    def dispose(self) -> None:
+        for ex in self._experts:
+            ex.dispose()
+        super().dispose()
+
+    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+        """``seq_len`` queries over ``seq_len`` keys and values (float32, scaled to unit norm on average)."""
+        rng = rng or np.random.default_rng()
+        scale = np.float32(1.0 / math.sqrt(self.dim))
+        return tuple(rng.standard_normal((seq_len, self.dim), dtype=np.float32) * scale for _ in range(3))
