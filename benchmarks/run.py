@@ -1,0 +1,476 @@
+"""Run attnkit's performance table (issue 4) and write ``benchmarks/results/<name>.json`` and ``<name>.png``.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.run --name dev-2core
+
+Everything is float32 on ``--threads`` threads (2 by default) in one process; every time is the
+median of ``--repeats`` interleaved repeats (the contenders alternate within each repeat, so load
+from other processes hits them alike). Sections (``--only`` picks some):
+
+* ``dense``: exact attention, batch 1, 8 heads, head dim 64, L in 512..8192, causal and not, plus
+  head dim 128 and batch 4 at L = 2048: attnkit ``FlashAttention.forward`` on NumPy arrays (its
+  ``(B, L, H, D)`` layout, input checks included) against ``torch.nn.functional.
+  scaled_dot_product_attention`` on torch tensors in torch's ``(B, H, L, D)`` layout, and a naive
+  NumPy ``softmax(q k^T) v`` (up to ``--naive-max-len``). Ratio = torch time / attnkit time.
+* ``memory``: peak memory of one forward at L = 16384 (8 heads, d 64) beyond inputs and output,
+  by tracemalloc and by the process's peak RSS.
+* ``torch``: attnkit with torch tensors in (dispatch to torch's fused kernel) against calling
+  torch directly: the kernel entry point and ``FlashAttention.forward``.
+* ``neighbour``: ``ScaledDotProduct(128)``: 10,000 queries over their own 100 neighbours in one call
+  against a Python loop of single-query calls; one single-query call against a bare NumPy version.
+* ``linear``: ``LinearAttention(dim=64, heads=8)`` at L = 65536 against exact attention at the same
+  L, and its time for L, 2L, 4L.
+* ``profile``: where the time goes in the NumPy fast path at L = 4096 (one thread, per phase).
+
+OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, where a machine sets them, pin OpenBLAS to an older kernel
+(Haswell instead of SkylakeX on this AVX-512 machine) and slow every GEMM; unset both for this
+command only, as above. The BLAS kernel in use is recorded in the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SECTIONS = ("dense", "memory", "torch", "neighbour", "linear", "profile")
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per contender; each repeat runs every contender once, alternating the order."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    items = list(fns.items())
+    for r in range(repeats):
+        for name, f in items if r % 2 == 0 else items[::-1]:
+            gc.collect()
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def geomean(xs: list[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- contenders
+def naive_numpy(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool) -> np.ndarray:
+    """The textbook ``softmax(scale q k^T) v`` with the whole L x L score matrix in memory."""
+    s = (q @ np.swapaxes(k, -1, -2)) * np.float32(scale)
+    if causal:
+        s = np.where(np.tri(q.shape[-2], k.shape[-2], dtype=bool), s, np.float32(-np.inf))
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return s @ v
+
+
+def environment(threads: int) -> dict[str, Any]:
+    import attnkit
+
+    env: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "attnkit": attnkit.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "threads": threads,
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"),
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+    except ImportError:
+        env["torch"] = None
+    try:
+        from threadpoolctl import threadpool_info
+
+        env["blas"] = [
+            {k: i.get(k) for k in ("internal_api", "architecture", "version", "num_threads", "threading_layer")}
+            for i in threadpool_info()
+            if i.get("user_api") == "blas"
+        ]
+    except ImportError:
+        env["blas"] = None
+    return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+# ---------------------------------------------------------------------------------------------- sections
+def bench_dense(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    from attnkit import FlashAttention
+
+    rng = np.random.default_rng(0)
+    configs = [(1, 8, length, 64) for length in args.lengths]
+    configs += [(1, 8, 2048, 128), (4, 8, 2048, 64)]
+    rows = []
+    log("\n== dense exact attention, fp32 (ratio = torch / attnkit; > 1 means attnkit is faster)")
+    log(f"{'B':>2} {'H':>2} {'L':>6} {'D':>4} {'causal':>6} | {'attnkit ms':>10} {'torch ms':>9} {'ratio':>6} | {'naive ms':>9}")
+    for b, h, length, d in configs:
+        for causal in (False, True):
+            x = [rng.standard_normal((b, length, h, d), dtype=np.float32) for _ in range(3)]
+            th = [torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, 1, 2))) for a in x]
+            fa = FlashAttention(heads=h, dim=d, causal=causal)
+            scale = 1.0 / math.sqrt(d)
+            fns: dict[str, Callable[[], object]] = {
+                "attnkit": lambda fa=fa, x=x: fa.forward(*x),
+                "torch": lambda th=th, c=causal: F.scaled_dot_product_attention(*th, is_causal=c),
+            }
+            naive_ok = length <= args.naive_max_len and (b, h, d) == (1, 8, 64)
+            if naive_ok:
+                hx = [np.ascontiguousarray(np.moveaxis(a, 1, 2)) for a in x]
+                fns["naive"] = lambda hx=hx, c=causal, s=scale: naive_numpy(*hx, s, c)
+            # correctness of what is timed: attnkit against torch on the same numbers
+            ref = F.scaled_dot_product_attention(*th, is_causal=causal).numpy()
+            err = float(np.max(np.abs(np.moveaxis(np.asarray(fa.forward(*x)), 1, 2) - ref)))
+            t = interleaved(fns, args.repeats)
+            row = dict(batch=b, heads=h, length=length, dim=d, causal=causal, attnkit_s=t["attnkit"], torch_s=t["torch"],
+                       naive_s=t.get("naive"), ratio=t["torch"] / t["attnkit"], max_abs_diff_vs_torch=err)
+            rows.append(row)
+            naive = f"{t['naive'] * 1e3:9.2f}" if "naive" in t else f"{'-':>9}"
+            log(f"{b:>2} {h:>2} {length:>6} {d:>4} {causal!s:>6} | {t['attnkit'] * 1e3:10.2f} {t['torch'] * 1e3:9.2f} "
+                f"{row['ratio']:6.2f} | {naive}")
+            fa.dispose()
+    main = [r["ratio"] for r in rows if (r["batch"], r["heads"], r["dim"]) == (1, 8, 64)]
+    summary = dict(geomean_ratio=geomean(main), min_ratio=min(main), target_geomean=1.0, target_min=0.8,
+                   passed=geomean(main) >= 1.0 and min(main) >= 0.8)
+    log(f"geometric mean ratio {summary['geomean_ratio']:.2f} (target >= 1.0), minimum {summary['min_ratio']:.2f} (target >= 0.8)")
+    return dict(rows=rows, summary=summary)
+
+
+def _rss_hwm_reset() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
+    from attnkit import FlashAttention
+
+    length, h, d = args.memory_len, 8, 64
+    rng = np.random.default_rng(1)
+    x = [rng.standard_normal((length, h, d), dtype=np.float32) for _ in range(3)]
+    fa = FlashAttention(heads=h, dim=d)
+    fa.forward(*(a[:1024] for a in x))  # warm: thread pool, scratch buffers, BLAS buffers
+    gc.collect()
+    out_bytes = length * h * d * 4
+    rss_ok = _rss_hwm_reset()
+    rss_before = _status_kb("VmRSS")
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    out = fa.forward(*x)
+    seconds = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    hwm = _status_kb("VmHWM")
+    del out
+    traced_extra = (peak - out_bytes) / 2**20
+    rss_extra = (hwm - rss_before) / 1024 - out_bytes / 2**20 if (rss_ok and hwm and rss_before) else None
+    naive = h * length * length * 4 / 2**20
+    res = dict(length=length, heads=h, dim=d, seconds=seconds, traced_peak_beyond_output_mb=traced_extra,
+               rss_peak_beyond_inputs_output_mb=rss_extra, naive_scores_mb=naive, target_mb=64.0,
+               passed=traced_extra <= 64.0 and (rss_extra is None or rss_extra <= 64.0))
+    log(f"\n== memory: one forward at L={length}, {h} heads, d {d} ({seconds:.1f} s)")
+    log(f"tracemalloc peak beyond the output: {traced_extra:.1f} MB; peak RSS beyond inputs + output: "
+        f"{'n/a' if rss_extra is None else f'{rss_extra:.1f} MB'} (target <= 64 MB; the L x L scores would be {naive:.0f} MB)")
+    fa.dispose()
+    return res
+
+
+def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
+    import array_api_compat
+    import torch
+    import torch.nn.functional as F
+
+    from attnkit import FlashAttention
+    from attnkit.kernels.dense import sdpa
+
+    txp = array_api_compat.array_namespace(torch.empty(0))
+    rng = np.random.default_rng(2)
+    rows = []
+    log("\n== torch tensors in: attnkit's dispatch to torch's fused kernel vs calling torch directly")
+    log(f"{'L':>6} {'causal':>6} | {'torch ms':>9} {'sdpa ms':>9} {'overhead':>8} | {'torch(BLHD) ms':>14} {'Flash ms':>9} {'overhead':>8}")
+    for length in args.torch_lengths:
+        for causal in (False, True):
+            th = [torch.from_numpy(rng.standard_normal((1, 8, length, 64), dtype=np.float32)) for _ in range(3)]
+            tl = [torch.from_numpy(rng.standard_normal((1, length, 8, 64), dtype=np.float32)) for _ in range(3)]
+            fa = FlashAttention(heads=8, dim=64, causal=causal)
+            fns = {
+                "torch": lambda th=th, c=causal: F.scaled_dot_product_attention(*th, is_causal=c),
+                "sdpa": lambda th=th, c=causal: sdpa(*th, xp=txp, scale=0.125, causal=c),
+                "torch_blhd": lambda tl=tl, c=causal: F.scaled_dot_product_attention(
+                    *(t.transpose(1, 2) for t in tl), is_causal=c).transpose(1, 2),
+                "flash": lambda tl=tl, fa=fa: fa.forward(*tl),
+            }
+            t = interleaved(fns, args.torch_repeats)
+            row = dict(length=length, causal=causal, torch_s=t["torch"], sdpa_s=t["sdpa"], torch_blhd_s=t["torch_blhd"],
+                       flash_s=t["flash"], sdpa_overhead=t["sdpa"] / t["torch"] - 1, flash_overhead=t["flash"] / t["torch_blhd"] - 1)
+            rows.append(row)
+            log(f"{length:>6} {causal!s:>6} | {t['torch'] * 1e3:9.2f} {t['sdpa'] * 1e3:9.2f} {row['sdpa_overhead']:8.1%} | "
+                f"{t['torch_blhd'] * 1e3:14.2f} {t['flash'] * 1e3:9.2f} {row['flash_overhead']:8.1%}")
+            fa.dispose()
+    worst = max(r["sdpa_overhead"] for r in rows)
+    worst_flash = max(r["flash_overhead"] for r in rows)
+    log(f"worst overhead: kernel dispatch {worst:.1%}, FlashAttention.forward {worst_flash:.1%} (target <= 5%)")
+    return dict(rows=rows, worst_sdpa_overhead=worst, worst_flash_overhead=worst_flash, target=0.05, passed=worst <= 0.05)
+
+
+def bench_neighbour(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        from attnkit import ScaledDotProduct
+    except (ImportError, AttributeError) as exc:
+        log(f"\n== neighbour attention: skipped ({exc})")
+        return dict(skipped=str(exc))
+    n, kn, d = 10_000, 100, 128
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((n, d), dtype=np.float32)
+    keys = rng.standard_normal((n, kn, d), dtype=np.float32)
+    values = rng.standard_normal((n, kn, d), dtype=np.float32)
+    sdp = ScaledDotProduct(d)
+    scale = 1.0 / math.sqrt(d)
+
+    def loop() -> list:
+        return [sdp.forward(q[i], keys[i], values[i]) for i in range(n)]
+
+    batched = sdp.forward(q, keys, values)
+    np.testing.assert_allclose(batched[:50], np.stack(loop()[:50]), rtol=1e-4, atol=1e-5)
+    t = interleaved({"one_call": lambda: sdp.forward(q, keys, values), "python_loop": loop}, max(3, args.repeats // 2))
+
+    def bare(qi: np.ndarray, ki: np.ndarray, vi: np.ndarray) -> np.ndarray:
+        s = ki @ qi * np.float32(scale)
+        s -= s.max()
+        w = np.exp(s)
+        w /= w.sum()
+        return w @ vi
+
+    np.testing.assert_allclose(sdp.forward(q[0], keys[0], values[0]), bare(q[0], keys[0], values[0]), rtol=1e-4, atol=1e-5)
+    calls = 2000
+
+    def many(f: Callable[..., object]) -> Callable[[], None]:
+        def run() -> None:
+            for i in range(calls):
+                f(q[i], keys[i], values[i])
+
+        return run
+
+    s = interleaved({"attnkit_single": many(sdp.forward), "bare_numpy": many(bare)}, args.repeats)
+    res = dict(queries=n, neighbours=kn, dim=d, one_call_s=t["one_call"], python_loop_s=t["python_loop"],
+               speedup=t["python_loop"] / t["one_call"], single_call_us=s["attnkit_single"] / calls * 1e6,
+               bare_numpy_us=s["bare_numpy"] / calls * 1e6, single_vs_bare=s["attnkit_single"] / s["bare_numpy"])
+    res["passed"] = res["speedup"] >= 20 and res["single_vs_bare"] <= 2
+    log(f"\n== neighbour attention (ScaledDotProduct, {n} queries x {kn} neighbours, d {d})")
+    log(f"one call {t['one_call'] * 1e3:.1f} ms vs Python loop {t['python_loop'] * 1e3:.0f} ms: {res['speedup']:.0f}x (target >= 20x)")
+    log(f"single query {res['single_call_us']:.1f} us vs bare NumPy {res['bare_numpy_us']:.1f} us: "
+        f"{res['single_vs_bare']:.2f}x (target <= 2x)")
+    sdp.dispose()
+    return res
+
+
+def bench_linear(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        from attnkit import LinearAttention
+    except (ImportError, AttributeError) as exc:
+        log(f"\n== linear attention: skipped ({exc})")
+        return dict(skipped=str(exc))
+    from attnkit import FlashAttention
+
+    h, d = 8, 64
+    base = args.linear_len
+    rng = np.random.default_rng(4)
+    la = LinearAttention(dim=d, heads=h)
+    times = {}
+    log(f"\n== linear attention (LinearAttention(dim={d}, heads={h}))")
+    for length in (base // 2, base, base * 2):
+        x = [rng.standard_normal((length, h, d), dtype=np.float32) for _ in range(3)]
+        times[length] = interleaved({"linear": lambda x=x: la.forward(*x)}, max(3, args.repeats // 2))["linear"]
+        log(f"L={length:>7}: {times[length] * 1e3:9.1f} ms")
+    x = [rng.standard_normal((base, h, d), dtype=np.float32) for _ in range(3)]
+    fa = FlashAttention(heads=h, dim=d)
+    t0 = time.perf_counter()
+    fa.forward(*x)
+    exact = time.perf_counter() - t0
+    growth = [times[base] / times[base // 2], times[base * 2] / times[base]]
+    res = dict(length=base, linear_s=times[base], exact_s=exact, speedup=exact / times[base],
+               times={str(k): v for k, v in times.items()}, doubling_ratios=growth)
+    res["passed"] = res["speedup"] >= 20 and max(growth) <= 2.2
+    log(f"exact attention at L={base}: {exact:.1f} s (one run) -> linear is {res['speedup']:.0f}x faster (target >= 20x)")
+    log(f"time ratio for doubling L: {growth[0]:.2f}, {growth[1]:.2f} (target <= 2.2)")
+    la.dispose()
+    fa.dispose()
+    return res
+
+
+def bench_profile(args: argparse.Namespace) -> dict[str, Any]:
+    from attnkit.kernels.dense_numpy import sdpa_numpy
+
+    length = args.profile_len
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((1, 8, length, 64), dtype=np.float32) for _ in range(3))
+    out: dict[str, Any] = {"length": length}
+    log(f"\n== profile of the NumPy fast path at L={length} (8 heads, d 64; one thread, seconds per phase)")
+    for causal in (False, True):
+        sdpa_numpy(q, k, v, scale=0.125, causal=causal, num_threads=1)
+        prof: dict[str, float] = {}
+        t0 = time.perf_counter()
+        sdpa_numpy(q, k, v, scale=0.125, causal=causal, num_threads=1, profile=prof)
+        total = time.perf_counter() - t0
+        t2 = interleaved({"threads": lambda c=causal: sdpa_numpy(q, k, v, scale=0.125, causal=c)}, 3)["threads"]
+        scores = 8 * length * (length + 1) / 2 if causal else 8 * length * length
+        flops = 4 * scores * 64
+        gemm = prof.get("GEMM q k^T", 0.0) + prof.get("GEMM p v", 0.0)
+        out["causal" if causal else "full"] = dict(total_1thread_s=total, phases_s=prof, threaded_s=t2,
+                                                     gemm_gflops_1thread=flops / gemm / 1e9 if gemm else None)
+        log(f"causal={causal}: one thread {total * 1e3:.1f} ms, {args.threads} threads {t2 * 1e3:.1f} ms "
+            f"(speed-up {total / t2:.2f}); GEMMs at {flops / gemm / 1e9:.0f} GFLOP/s on one core")
+        for name, sec in sorted(prof.items(), key=lambda kv: -kv[1]):
+            log(f"    {name:<14} {sec * 1e3:8.1f} ms  {sec / total:6.1%}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- plot
+def plot(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing: no plot (pip install attnkit[plot])")
+        return False
+    rows = [r for r in results["dense"]["rows"] if (r["batch"], r["heads"], r["dim"]) == (1, 8, 64)]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    styles = {"attnkit_s": ("attnkit (NumPy)", "tab:blue"), "torch_s": ("torch SDPA", "tab:orange"), "naive_s": ("naive NumPy", "tab:gray")}
+    for causal, ls in ((False, "-"), (True, "--")):
+        sub = [r for r in rows if r["causal"] == causal]
+        for key, (label, color) in styles.items():
+            pts = [(r["length"], r[key]) for r in sub if r.get(key)]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, ls, marker="o", color=color, label=f"{label}{' causal' if causal else ''}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length L")
+    ax.set_ylabel("seconds per forward (median)")
+    env = results["environment"]
+    ax.set_title(f"exact attention, fp32, batch 1, 8 heads, d 64, {env['threads']} threads")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", default="latest", help="results go to benchmarks/results/<name>.json and .png")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved repeats per point (median)")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    p.add_argument("--lengths", default="512,1024,2048,4096,8192")
+    p.add_argument("--naive-max-len", type=int, default=4096, help="naive NumPy needs H*L*L*4 bytes of scores")
+    p.add_argument("--memory-len", type=int, default=16384)
+    p.add_argument("--torch-lengths", default="512,2048")
+    p.add_argument("--torch-repeats", type=int, default=15)
+    p.add_argument("--linear-len", type=int, default=65536)
+    p.add_argument("--profile-len", type=int, default=4096)
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    a = p.parse_args(argv)
+    a.lengths = [int(x) for x in a.lengths.split(",")]
+    a.torch_lengths = [int(x) for x in a.torch_lengths.split(",")]
+    a.only = [s.strip() for s in a.only.split(",") if s.strip()]
+    unknown = set(a.only) - set(SECTIONS)
+    if unknown:
+        p.error(f"--only: unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    if a.quick:
+        a.lengths, a.naive_max_len, a.memory_len = [256, 512, 1024], 1024, 2048
+        a.torch_lengths, a.torch_repeats, a.linear_len, a.profile_len, a.repeats = [256], 5, 4096, 1024, 3
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from attnkit.kernels import dense_numpy
+
+    dense_numpy.set_num_threads(args.threads)
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        if {"dense", "torch"} & set(args.only):
+            log("torch is not installed: the dense and torch sections need it (pip install torch==2.13.0)")
+            return 2
+    results: dict[str, Any] = {"name": args.name, "environment": environment(args.threads), "argv": sys.argv[1:]}
+    env = results["environment"]
+    if env["OPENBLAS_CORETYPE"] or env["OPENBLAS_L2_SIZE"]:
+        log(f"note: OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']} OPENBLAS_L2_SIZE={env['OPENBLAS_L2_SIZE']} are set and "
+            "pin an older BLAS kernel; unset both for this command (see the module docstring)")
+    log(f"numpy {env['numpy']}, torch {env.get('torch')}, BLAS {env['blas']}, {args.threads} threads, "
+        f"load average {env['load_average_at_start']}")
+    runners = {"dense": bench_dense, "memory": bench_memory, "torch": bench_torch, "neighbour": bench_neighbour,
+               "linear": bench_linear, "profile": bench_profile}
+    for section in SECTIONS:
+        if section in args.only:
+            results[section] = runners[section](args)
+    results["environment"]["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{args.name}.json"
+    path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    log(f"\nwrote {path}")
+    if "dense" in results and plot(results, RESULTS / f"{args.name}.png"):
+        log(f"wrote {RESULTS / f'{args.name}.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
