@@ -128,7 +128,7 @@ def test_auto_settings_reach_the_chosen_mechanism() -> None:
 
 @pytest.mark.parametrize(("max_len", "kind"), [(None, "FlashAttention"), (1000, "FlashAttention"), (10_000, "LinearAttention")])
 def test_for_generation_is_causal_either_way(max_len, kind: str) -> None:
-    b = for_generation(128, max_len, heads=4)
+    b = for_generation(128, max_len, heads=4).seed(0)
     m = b.build()
     assert type(m).__name__ == kind and m.causal is True
     assert "causal" in b.explain()
@@ -136,7 +136,12 @@ def test_for_generation_is_causal_either_way(max_len, kind: str) -> None:
     y = tuple(a.copy() for a in x)
     for a in y:
         a[-1] += 1.0
-    np.testing.assert_allclose(m.forward(*x)[:-1], m.forward(*y)[:-1], rtol=1e-5, atol=1e-6)
+    before, after = m.forward(*x), m.forward(*y)
+    # FAVOR+ in float32 shares one log-domain stabiliser across a chunk of keys: it cancels in the
+    # mathematics, but a later key moves earlier outputs by rounding, up to ~1e-4
+    atol = 5e-4 if kind == "LinearAttention" else 1e-6
+    np.testing.assert_allclose(before[:-1], after[:-1], rtol=0, atol=atol)
+    assert np.abs(before[-1] - after[-1]).max() > 1e-2
 
 
 def test_for_graphs_rule() -> None:
