@@ -51,12 +51,42 @@ def build(out: Path, pyodide_dir: Path) -> dict[str, object]:
     import array_api_compat
 
     version = array_api_compat.__version__
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(wheels),
-                    f"array-api-compat=={version}"], check=True)
+    got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(wheels),
+                          f"array-api-compat=={version}"], capture_output=True, text=True)
+    if got.returncode != 0 or not list(wheels.glob("array_api_compat-*.whl")):
+        _wheel_from_installed("array_api_compat", "array-api-compat", wheels)
     names = sorted(p.name for p in wheels.glob("*.whl"))
     index = {"wheels": names, "pyodide": json.loads((pyodide_dir / "package.json").read_text())["version"]}
     (wheels / "index.json").write_text(json.dumps(index, indent=1))
     return index
+
+
+def _wheel_from_installed(module: str, dist: str, dest: Path) -> Path:
+    """Repack an installed pure-Python distribution as a wheel (when no registry can be reached)."""
+    import base64
+    import hashlib
+    import importlib.metadata as md
+    import zipfile
+
+    d = md.distribution(dist)
+    files = [f for f in (d.files or []) if f.parts[0] == module or f.parts[0].endswith(".dist-info")]
+    name = f"{module}-{d.version}-py3-none-any.whl"
+    record_lines = []
+    record_path = None
+    with zipfile.ZipFile(dest / name, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            if f.name == "RECORD":
+                record_path = str(f)
+                continue
+            if f.suffix == ".pyc" or f.name in ("INSTALLER", "REQUESTED", "direct_url.json"):
+                continue
+            data = Path(d.locate_file(f)).read_bytes()
+            zf.writestr(str(f), data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record_lines.append(f"{f},sha256={digest},{len(data)}")
+        if record_path:
+            zf.writestr(record_path, "\n".join([*record_lines, f"{record_path},,"]) + "\n")
+    return dest / name
 
 
 def main() -> None:

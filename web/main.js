@@ -2,7 +2,7 @@
 const params = new URLSearchParams(location.search);
 const indexURL = params.get('pyodide') || new URL('./pyodide/', location.href).href;
 const logEl = document.getElementById('log');
-const status = { stage: 'starting', python: null, attnkit: null, numpy: null, result: null, error: null };
+const status = { stage: 'starting', python: null, attnkit: null, arrayApiCompat: null, numpy: null, result: null, error: null };
 window.attnkitStatus = status;
 
 function log(line, cls) {
@@ -40,6 +40,7 @@ async function main() {
   await pyodide.loadPackage(wheelUrls, { messageCallback: () => {} });
   status.attnkit = pyodide.runPython('import attnkit; attnkit.__version__');
   log(`attnkit ${status.attnkit} imported (${index.wheels.join(', ')})`, 'ok');
+  status.arrayApiCompat = pyodide.runPython('import array_api_compat; array_api_compat.__version__');
 
   status.stage = 'loading numpy';
   try {

@@ -61,6 +61,7 @@ test('web/ boots Pyodide offline and imports attnkit', { skip, timeout: 180000 }
   assert.match(status.python, /^3\.\d+/);
   const version = execFileSync(python, ['-c', 'import attnkit; print(attnkit.__version__)']).toString().trim();
   assert.equal(status.attnkit, version);
+  assert.match(status.arrayApiCompat, /^\d+\.\d+/);
   if (status.numpy === 'unavailable') {
     // honest outcome offline: the page explains why the mechanisms cannot run
     assert.match(text, /NumPy is not available/);

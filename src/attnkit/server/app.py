@@ -231,7 +231,7 @@ class ServerState:
             ) from None
         if not isinstance(options, dict):
             raise ApiError(422, "bad_request", f"{where}options: expected a JSON object, got {type(options).__name__}", f"{where}options")
-        specs = {sp.name: sp for sp in registry.option_specs(cls)}
+        specs = _specs(cls)
         names = set(specs)
         clean: dict[str, Any] = {}
         for key, value in options.items():
@@ -364,6 +364,12 @@ class ServerState:
                     err.field = where + err.field
                 results.append({"status": err.status, **err.body()})
         return json.dumps({"results": results}, allow_nan=False, separators=(",", ":")).encode()
+
+
+@functools.lru_cache(maxsize=256)
+def _specs(cls: type) -> dict[str, registry.OptionSpec]:
+    """Option specs of a mechanism class by name (cached: building them reads type hints)."""
+    return {sp.name: sp for sp in registry.option_specs(cls)}
 
 
 def _option_value_ok(value: Any, depth: int = 0) -> bool:
