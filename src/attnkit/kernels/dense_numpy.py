@@ -19,11 +19,11 @@ development machine; see DESIGN.md "Performance design" and the README's Perform
   first GEMM streams contiguous memory. Row sums come from a GEMV with a ones vector (~20 G/s,
   four times ``sum(axis=1)``), which costs the same as a ones column appended to ``V`` without the
   copy of ``V``.
-* Tasks run on a persistent pool (the caller's thread plus ``num_threads - 1`` workers), split
-  into contiguous chunks of equal cost (causal tiles are costed by their visible keys), with BLAS
-  held to one thread by a cached ``threadpoolctl.ThreadpoolController().limit``; NumPy's ufuncs
-  and BLAS release the GIL. Without threadpoolctl the tasks run in the caller's thread and BLAS
-  threads itself.
+* Tasks run on a persistent pool (the caller's thread plus ``num_threads - 1`` workers) that
+  pull them one at a time, heads in order and the heaviest causal tiles first, with BLAS held to
+  one thread by a cached ``threadpoolctl.ThreadpoolController().limit``; NumPy's ufuncs and BLAS
+  release the GIL. Without threadpoolctl the tasks run in the caller's thread and BLAS threads
+  itself.
 * The softmax passes are the rest. Two schemes, chosen per query tile, give the same result
   to rounding because softmax does not depend on the reference it is shifted by:
 
@@ -53,7 +53,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -279,25 +279,28 @@ class _Plan:
         self.tq = min(_Q_TILE, self.lq)
         tk_target = max(_MIN_KEY_BLOCK, _TILE_BYTES // (self.tq * q.dtype.itemsize))
         self.tk_target = tk_target
-        self.tk = min(self.lk, tk_target)
-        self._bounded = self._bounded_rows(q, k, v) if self.mask_kind != "float" else None
+        # which batch element's keys each n uses (keys shared across a broadcast axis are transposed once)
+        kidx = np.arange(math.prod(k.shape[:-2]), dtype=np.int64).reshape(k.shape[:-2])
+        self.k_src = np.broadcast_to(kidx, batch).ravel().tolist() if batch else [0]
+        self.tile_starts = list(range(0, self.lq, self.tq))
+        self.bounded = self._bounded_tiles(q, k, v) if self.mask_kind != "float" else [[False] * len(self.tile_starts)] * self.n
 
-    def _bounded_rows(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> list[np.ndarray] | None:
-        """Per batch element, ``scale * |q_i| * max_j |k_j|`` (the Cauchy-Schwarz logit bound) or None."""
+    def _bounded_tiles(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> list[list[bool]]:
+        """Per batch element and query tile: may the tile skip the running maximum?
+
+        By Cauchy-Schwarz ``|scale q_i . k_j| <= U_i = |scale| |q_i| max_j |k_j|``; with ``U_i <= R``
+        every ``exp(s_ij)`` lies in ``[e^-R, e^R]``, inside the normal range, and the sums of
+        ``e^R * Lk * |v|`` cannot overflow while ``max |v|`` is within ``_V_RANGE``.
+        """
         lo, hi = _V_RANGE[self.dtype]
         vmax = np.max(np.abs(v), axis=(-2, -1))
-        okv = np.broadcast_to((vmax >= lo) & (vmax <= hi), self.batch)
+        okv = np.broadcast_to((vmax >= lo) & (vmax <= hi), self.batch).reshape(self.n)
         qn = np.sqrt(np.einsum("...ld,...ld->...l", q, q))
         kn = np.sqrt(np.max(np.einsum("...ld,...ld->...l", k, k), axis=-1))
-        u = np.broadcast_to(qn * (abs(self.scale) * np.asarray(kn))[..., None], self.batch + (self.lq,))
-        idx = list(np.ndindex(*self.batch)) if self.batch else [()]
-        return [u[i] if bool(okv[i]) else None for i in idx]
-
-    def bounded(self, n: int, q0: int, q1: int) -> bool:
-        if self._bounded is None:
-            return False
-        row = self._bounded[n]
-        return row is not None and float(np.max(row[q0:q1])) <= _LOGIT_RANGE[self.dtype]
+        u = np.broadcast_to(qn * (abs(self.scale) * np.asarray(kn))[..., None], self.batch + (self.lq,)).reshape(self.n, self.lq)
+        umax = np.maximum.reduceat(u, self.tile_starts, axis=1)  # (n, tiles)
+        ok = (umax <= _LOGIT_RANGE[self.dtype]) & okv[:, None]
+        return ok.tolist()
 
     def key_blocks(self, q0: int, q1: int) -> list[tuple[int, int, int | None]]:
         """Key blocks ``(k0, k1, shift)`` for query rows ``[q0, q1)``; ``shift`` is set on a causal diagonal block."""
@@ -316,18 +319,16 @@ class _Plan:
             blocks.append((full_end, diag_end, q0 + self.offset - full_end))
         return blocks
 
-    def tasks(self) -> list[tuple[int, int, int, int]]:
-        """``(n, q0, q1, cost)`` in batch-major order."""
-        out = []
-        for n in range(self.n):
-            for q0 in range(0, self.lq, self.tq):
-                q1 = min(q0 + self.tq, self.lq)
-                if self.causal:
-                    vis = max(0, min(self.lk, q1 + self.offset))
-                else:
-                    vis = self.lk
-                out.append((n, q0, q1, (q1 - q0) * max(vis, 1)))
-        return out
+    def tasks(self) -> list[_Task]:
+        """``(n, q0, q1, bounded, key blocks)``, batch-major (a thread's K^T copy serves consecutive tiles)."""
+        tiles = list(enumerate(self.tile_starts))
+        if self.causal:
+            tiles.reverse()  # heaviest tiles first, light ones fill the gaps at the end
+        blocks = {q0: self.key_blocks(q0, min(q0 + self.tq, self.lq)) for _, q0 in tiles}
+        return [(n, q0, min(q0 + self.tq, self.lq), self.bounded[n][t], blocks[q0]) for n in range(self.n) for t, q0 in tiles]
+
+
+_Task = tuple[int, int, int, bool, list[tuple[int, int, int | None]]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,7 +339,7 @@ def _noop(name: str) -> None:
     return None
 
 
-def _run_tasks(plan: _Plan, tasks: Sequence[tuple[int, int, int, int]], out: list[np.ndarray], prof: dict[str, float] | None) -> None:
+def _run_tasks(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], prof: dict[str, float] | None) -> None:
     """Compute the output rows of ``tasks`` into ``out`` in this thread."""
     sc = _scratch()
     dt = plan.dtype
@@ -371,22 +372,19 @@ def _run_tasks(plan: _Plan, tasks: Sequence[tuple[int, int, int, int]], out: lis
 
     tick: Callable[[str], None] = lap if prof is not None else _noop
 
-    for n, q0, q1, _ in tasks:
+    for n, q0, q1, bounded, blocks in tasks:
         r = q1 - q0
-        kn = plan.ks[n]
-        key = (kn.__array_interface__["data"][0], kn.strides, kn.shape, dt.str)
-        if sc.kt_key != key:
-            np.copyto(kt_all, kn.T)
-            sc.kt_key = key
+        ksrc = plan.k_src[n]
+        if sc.kt_key != ksrc:
+            np.copyto(kt_all, plan.ks[n].T)
+            sc.kt_key = ksrc
             tick("transpose K")
         vn = plan.vs[n]
         mn = plan.ms[n] if plan.ms is not None else None
         o = out[n][q0:q1]
-        blocks = plan.key_blocks(q0, q1)
         if not blocks:  # bottom-right causal hides every key from these rows
             o[...] = 0
             continue
-        bounded = plan.bounded(n, q0, q1)
         a = acc[: r * dv].reshape(r, dv)
         t = tmp[: r * dv].reshape(r, dv)
         lrow = lsum[:r]
@@ -476,16 +474,19 @@ def _run_tasks(plan: _Plan, tasks: Sequence[tuple[int, int, int, int]], out: lis
         tick("normalise")
 
 
-def _split(tasks: list[tuple[int, int, int, int]], parts: int) -> list[list[tuple[int, int, int, int]]]:
-    """Contiguous chunks of about equal total cost (keeps each thread on few heads)."""
-    total = sum(t[3] for t in tasks)
-    chunks: list[list[tuple[int, int, int, int]]] = [[] for _ in range(parts)]
-    acc = 0
-    for t in tasks:
-        i = min(parts - 1, int(parts * (acc + t[3] / 2) / total)) if total else 0
-        chunks[i].append(t)
-        acc += t[3]
-    return [c for c in chunks if c]
+class _Feed:
+    """Tasks handed out one at a time to whichever thread asks next (dynamic load balance)."""
+
+    def __init__(self, tasks: Sequence[_Task]) -> None:
+        self._it = iter(tasks)
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> _Feed:
+        return self
+
+    def __next__(self) -> _Task:
+        with self._lock:
+            return next(self._it)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -587,12 +588,12 @@ def sdpa_numpy(
         else:
             _run_tasks(plan, tasks, outs, profile)
         return out
-    chunks = _split(tasks, threads)
-    pool = _get_pool(len(chunks) - 1)
+    feed = _Feed(tasks)
+    pool = _get_pool(threads - 1)
     with _BlasOneThread():
-        futures: list[Future[None]] = [pool.submit(_run_tasks, plan, c, outs, None) for c in chunks[1:]]
+        futures: list[Future[None]] = [pool.submit(_run_tasks, plan, feed, outs, None) for _ in range(threads - 1)]
         try:
-            _run_tasks(plan, chunks[0], outs, profile)
+            _run_tasks(plan, feed, outs, profile)
         finally:
             for f in futures:
                 f.result()
