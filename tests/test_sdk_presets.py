@@ -100,3 +100,20 @@ def test_a_preset_builder_can_still_be_changed() -> None:
     assert (m.model_dim, m.heads, m.dropout) == (64, 4, 0.0)
     assert AttentionPreset("gpt2").attention_type is AttentionType.MULTI_HEAD
     assert AttentionPreset.BERT.settings == {"heads": 12, "dropout": 0.1, "causal": False}
+
+
+@pytest.mark.parametrize(
+    ("model", "width", "heads"),
+    [("bert-large-uncased", 1024, 16), ("gpt2-medium", 1024, 16), ("gpt2-large", 1280, 20), ("gpt2-xl", 1600, 25),
+     ("google/vit-huge-patch14-224-in21k", 1280, 16), ("t5-small", 512, 8), ("t5-large", 1024, 16), ("gpt2", 768, 12),
+     ("bert-base-uncased", 768, 12)],
+)
+def test_size_words_set_the_published_heads(model: str, width: int, heads: int) -> None:
+    m = from_model_name(model, width).build()
+    assert (m.model_dim, m.heads) == (width, heads)
+
+
+def test_longformer_large_splits_the_width_over_16_heads() -> None:
+    m = from_model_name("allenai/longformer-large-4096", 1024).build()
+    assert (m.heads, m.dim) == (16, 64)
+    assert AttentionPreset.LONGFORMER.builder(768, heads=6).build().dim == 128

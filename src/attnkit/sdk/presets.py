@@ -32,7 +32,8 @@ preset                  mechanism          settings (and what they mean)
 
 ``from_model_name(name, dim)`` accepts a preset name or a model identifier such as
 ``"bert-base-uncased"``, ``"gpt2-medium"``, ``"google/vit-base-patch16-224"``, ``"t5-small"`` or
-``"allenai/longformer-base-4096"`` (roberta, distilbert and albert map to bert).
+``"allenai/longformer-base-4096"`` (roberta, distilbert and albert map to bert); a size word sets
+the heads of that published size (``"gpt2-medium"``: 16 heads, ``"bert-large"``: 16, ...).
 """
 
 from __future__ import annotations
@@ -79,13 +80,16 @@ class AttentionPreset(str, enum.Enum):
     def description(self) -> str:
         return _PRESETS[self][2]
 
-    def builder(self, dim: int) -> AttentionBuilder:
-        """A builder for this preset at model width ``dim``."""
+    def builder(self, dim: int, heads: int | None = None) -> AttentionBuilder:
+        """A builder for this preset at model width ``dim`` (``heads`` overrides the preset's count)."""
         dim = positive_int(dim, "dim")
         kind, settings, description = _PRESETS[self]
         settings = dict(settings)
         if self is AttentionPreset.FLASH_OPTIMIZED:
             settings["heads"] = dim // 64 if dim % 64 == 0 else 1
+        if heads is not None:
+            settings["heads"] = positive_int(heads, "heads")
+            description += f"; {settings['heads']} heads"
         try:
             registry.get(kind.value)
         except ConfigError:
@@ -176,9 +180,30 @@ def _preset_of(name: str) -> AttentionPreset:
     )
 
 
+#: heads of the larger published sizes, read from a size word in the model identifier
+_SIZE_HEADS: dict[AttentionPreset, dict[str, int]] = {
+    AttentionPreset.BERT: {"large": 16},
+    AttentionPreset.GPT2: {"medium": 16, "large": 20, "xl": 25},
+    AttentionPreset.VIT: {"large": 16, "huge": 16},
+    AttentionPreset.T5: {"small": 8, "large": 16},
+    AttentionPreset.LONGFORMER: {"large": 16},
+}
+
+
 def from_model_name(name: str, dim: int) -> AttentionBuilder:
-    """A builder set up like the model ``name`` (see the table above) at model width ``dim``."""
-    return _preset_of(name).builder(dim)
+    """A builder set up like the model ``name`` (see the table above) at model width ``dim``.
+
+    A size word in a model identifier sets the heads of that published size: ``bert-large`` 16,
+    ``gpt2-medium`` 16, ``gpt2-large`` 20, ``gpt2-xl`` 25, ``vit-large``/``vit-huge`` 16,
+    ``t5-small`` 8, ``t5-large`` 16, ``longformer-large`` 16.
+    """
+    preset = _preset_of(name)
+    heads = None
+    if isinstance(name, str) and not isinstance(name, AttentionPreset):
+        tokens = re.split(r"[^a-z0-9]+", name.lower().rsplit("/", 1)[-1])
+        sizes = _SIZE_HEADS.get(preset, {})
+        heads = next((sizes[t] for t in tokens if t in sizes), None)
+    return preset.builder(dim, heads=heads)
 
 
 def _head_split(dim: int, heads: int) -> int:
