@@ -125,27 +125,35 @@ def test_float64(rng, small_tiles, mode, causal, lq, lk) -> None:  # noqa: ANN00
 @pytest.mark.parametrize("qscale", [0.01, 4.0, 9.0, 60.0])
 @pytest.mark.parametrize("causal", [False, True])
 def test_logit_scales(rng, small_tiles, qscale, causal) -> None:  # noqa: ANN001
-    """Near-uniform, near the bounded-logit limit (U ~ 20), and far beyond it (online softmax)."""
+    """Near-uniform, ordinary, and large logits (the large ones take the online softmax)."""
     q, k, v = _inputs(rng, (2,), (2,), (2,), 40, 60, 16, 8, qscale=qscale)
     _check(q, k, v, causal=causal)
 
 
-def test_bounded_limit_edge(rng, small_tiles) -> None:  # noqa: ANN001
-    """Rows whose Cauchy-Schwarz bound sits just under the limit: exp(+-20) must stay exact."""
+@pytest.mark.parametrize("bound", [19.0, 59.9, 60.1])
+def test_bounded_limit_edge(rng, small_tiles, bound) -> None:  # noqa: ANN001
+    """Rows whose Cauchy-Schwarz bound sits at the limit R = 60: exp(+-60) must stay exact."""
     d = 16
     q, k, v = _inputs(rng, (1,), (1,), (1,), 32, 64, d, 8)
     k /= np.linalg.norm(k, axis=-1, keepdims=True)
     q /= np.linalg.norm(q, axis=-1, keepdims=True)
-    q *= 19.99 * math.sqrt(d)  # scale * |q| * max|k| = 19.99
+    q *= bound * math.sqrt(d)  # scale * |q| * max|k| = bound
     k[0, 5] = q[0, 3] / np.linalg.norm(q[0, 3])  # one logit at the upper bound ...
     k[0, 6] = -k[0, 5]  # ... and one at the lower bound
+    plan = dn._Plan(q, k, v, None, 1 / math.sqrt(d), False, (1,))
+    assert all(plan.bounded[0]) == (bound < 60)
     _check(q, k, v)
 
 
-def test_large_and_tiny_values(rng, small_tiles) -> None:  # noqa: ANN001
-    q, k, v = _inputs(rng, (2,), (2,), (2,), 20, 40, 8, 8)
-    _check(q, k, v * 1e25)  # outside the bounded path's range for v: online softmax
-    _check(q, k, v * 1e-20)
+@pytest.mark.parametrize("vscale", [1e30, 1e-25, 1e-33])
+def test_large_and_tiny_values(rng, small_tiles, vscale) -> None:  # noqa: ANN001
+    """Values near float32's limits: the bounded path lowers R or hands over to the online softmax."""
+    q, k, v = _inputs(rng, (2,), (2,), (2,), 20, 40, 8, 8, qscale=6.0)
+    v = (v * vscale).astype(np.float32)
+    out = dn.sdpa_numpy(q, k, v, scale=0.35)
+    ref = ref_attention(q, k, v.astype(np.float64), None, False, 0.35)
+    assert np.isfinite(out).all()
+    assert np.max(np.abs(out - ref)) <= 1e-5 * np.max(np.abs(ref)) * 3
 
 
 @pytest.mark.parametrize("scale", [0.0, -0.7, 3.0])

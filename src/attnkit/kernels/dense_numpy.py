@@ -28,9 +28,10 @@ development machine; see DESIGN.md "Performance design" and the README's Perform
   to rounding because softmax does not depend on the reference it is shifted by:
 
   - *bounded logits* (the common case): by Cauchy-Schwarz every logit of row ``i`` lies in
-    ``[-U_i, U_i]``, ``U_i = scale |q_i| max_j |k_j|``. Where ``U <= 20`` (float32; 200 for
-    float64) ``exp(s)`` can neither overflow nor leave the normal range, so no running maximum
-    is needed: one ``exp2`` pass per score (``scale * log2(e)`` folded into ``q``), no
+    ``[-U_i, U_i]``, ``U_i = |scale| |q_i| max_j |k_j|``. Where ``U <= R`` (R = 60 for float32,
+    600 for float64, lowered when ``e^R * Lk * max|v|`` could overflow) ``exp(s)`` can neither
+    overflow nor leave the normal range, so the softmax needs no reference (no running
+    maximum): one ``exp2`` pass per score (``scale * log2(e)`` folded into ``q``), no
     max/subtract passes and no rescaling between key blocks. ``exp2`` runs at ~5 G/s a core,
     ``exp`` at ~2.8 G/s; ``exp2`` is only used where its inputs provably stay normal, since its
     vector kernel drops to a scalar path (20-100x slower) for lanes that underflow.
@@ -63,12 +64,11 @@ __all__ = ["sdpa_numpy", "set_num_threads", "get_num_threads", "blas_limiter_ava
 
 _LOG2E = 1.4426950408889634
 
-#: Largest |logit| (natural-log units) for which exp(s) stays in the normal range without a
-#: running maximum (p in [e^-R, e^R]); above it a query tile uses the online softmax.
-_LOGIT_RANGE = {np.dtype(np.float32): 20.0, np.dtype(np.float64): 200.0}
-#: Bounds on max|v| for the bounded-logit path: sums of e^R * Lk * |v| must not overflow and
-#: products e^-R * |v| should stay normal.
-_V_RANGE = {np.dtype(np.float32): (1e-10, 1e20), np.dtype(np.float64): (1e-100, 1e100)}
+#: Largest |logit| (natural-log units) for which a query tile skips the running maximum: p = e^s
+#: then lies in [e^-R, e^R]. R is lowered further per call so that sums of e^R * Lk * max|v|
+#: stay below ``_V_RANGE[1]`` and products e^-R * max|v| above ``_V_RANGE[0]``.
+_LOGIT_RANGE = {np.dtype(np.float32): 60.0, np.dtype(np.float64): 600.0}
+_V_RANGE = {np.dtype(np.float32): (1e-30, 1e36), np.dtype(np.float64): (1e-290, 1e300)}
 
 #: Score-tile budget in bytes (fits the 2 MB L2 next to the K and V blocks).
 _TILE_BYTES = 1 << 20
@@ -289,17 +289,20 @@ class _Plan:
         """Per batch element and query tile: may the tile skip the running maximum?
 
         By Cauchy-Schwarz ``|scale q_i . k_j| <= U_i = |scale| |q_i| max_j |k_j|``; with ``U_i <= R``
-        every ``exp(s_ij)`` lies in ``[e^-R, e^R]``, inside the normal range, and the sums of
-        ``e^R * Lk * |v|`` cannot overflow while ``max |v|`` is within ``_V_RANGE``.
+        every ``exp(s_ij)`` lies in ``[e^-R, e^R]``, inside the normal range (so ``exp2``'s fast
+        vector path holds), and R is small enough that ``e^R * Lk * max|v|`` cannot overflow.
         """
         lo, hi = _V_RANGE[self.dtype]
-        vmax = np.max(np.abs(v), axis=(-2, -1))
-        okv = np.broadcast_to((vmax >= lo) & (vmax <= hi), self.batch).reshape(self.n)
+        vmax = np.broadcast_to(np.max(np.abs(v), axis=(-2, -1)), self.batch).reshape(self.n).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            r_sum = np.log(hi / (self.lk * np.maximum(vmax, 1.0)))  # e^R * Lk * max|v| <= hi
+            r_small = np.log(vmax / lo)  # e^-R * max|v| >= lo (all-zero v: -inf, online path)
+        r = np.minimum(_LOGIT_RANGE[self.dtype], np.minimum(r_sum, r_small))
         qn = np.sqrt(np.einsum("...ld,...ld->...l", q, q))
         kn = np.sqrt(np.max(np.einsum("...ld,...ld->...l", k, k), axis=-1))
         u = np.broadcast_to(qn * (abs(self.scale) * np.asarray(kn))[..., None], self.batch + (self.lq,)).reshape(self.n, self.lq)
         umax = np.maximum.reduceat(u, self.tile_starts, axis=1)  # (n, tiles)
-        ok = (umax <= _LOGIT_RANGE[self.dtype]) & okv[:, None]
+        ok = umax <= r[:, None]
         return ok.tolist()
 
     def key_blocks(self, q0: int, q1: int) -> list[tuple[int, int, int | None]]:
