@@ -81,9 +81,7 @@ def mp_log_and_distance(x: np.ndarray, y: np.ndarray, c: float) -> tuple[np.ndar
         dists.append(float(2 / mpmath.sqrt(cc) * at))
         lam = 2 / (1 - cc * na)
         logs.append([float(2 / (mpmath.sqrt(cc) * lam) * at * t / wn) if wn > 0 else 0.0 for t in w])
-    return np.array(logs).reshape(np.broadcast_shapes(x.shape, y.shape)), np.array(dists).reshape(
-        np.broadcast_shapes(x.shape, y.shape)[:-1]
-    )
+    return np.array(logs).reshape(np.broadcast_shapes(x.shape, y.shape)), np.array(dists).reshape(np.broadcast_shapes(x.shape, y.shape)[:-1])
 
 
 def geoopt_distance_error(d: np.ndarray, c: float) -> np.ndarray:

@@ -334,11 +334,11 @@ def pairwise_sqdist(a: Array, b: Array, xp: Namespace) -> Array:
     bb = xp.expand_dims(b, axis=-3)
     if rows >= m:
         diff = xp.expand_dims(a, axis=-2) - bb
-        return xp.sum(diff * diff, axis=-1)
+        return xp.vecdot(diff, diff, axis=-1)
     parts = []
     for i in range(0, m, rows):
         diff = xp.expand_dims(a[..., i : i + rows, :], axis=-2) - bb
-        parts.append(xp.sum(diff * diff, axis=-1))
+        parts.append(xp.vecdot(diff, diff, axis=-1))
     return xp.concat(parts, axis=-2)
 
 
@@ -365,9 +365,7 @@ def einstein_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace) 
     return _from_klein(k, c, eps, xp)
 
 
-def frechet_aggregate(
-    w: Array, x: Array, c: float, eps: float, xp: Namespace, iters: int, tol: float, init: Array | None = None
-) -> Array:
+def frechet_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace, iters: int, tol: float, init: Array | None = None) -> Array:
     """Weighted Fréchet means of ``x (..., N, D)`` for each row of ``w (..., M, N)`` (rows sum to 1, or 0).
 
     Riemannian gradient descent on ``F(mu) = 1/2 sum_j w_j d_c(mu, x_j)^2``, whose gradient is
@@ -632,7 +630,5 @@ def frechet_mean(x: Any, weights: Any = None, c: float = 1.0, iters: int = 100, 
     total = xp.sum(w, axis=-1, keepdims=True)
     w = w / xp.where(total == 0.0, xp.ones_like(total), total)
     e = margin(p.out_dtype)
-    out = frechet_aggregate(
-        xp.expand_dims(w, axis=-2), p.arrays[0], cv, e, xp, iters, tolv if tolv is not None else default_tol(p.cdtype)
-    )
+    out = frechet_aggregate(xp.expand_dims(w, axis=-2), p.arrays[0], cv, e, xp, iters, tolv if tolv is not None else default_tol(p.cdtype))
     return p.finish(out[..., 0, :])
