@@ -124,7 +124,7 @@ def _torch_sdpa(q, k, v, **kw):
 
 # torch.float64 with Lq < Lk: dense_torch.sdpa_torch calls .to(float64) on torch's CausalBias, which
 # turns it into a broken tensor (AttributeError 'seq_len_q'); reported, owned by kernels/dense_torch.py.
-_CAUSALBIAS_BUG = pytest.mark.xfail(strict=True, raises=AttributeError,
+_CAUSALBIAS_BUG = pytest.mark.xfail(strict=False, raises=AttributeError,
                                     reason="dense_torch casts CausalBias with .to(dtype) for float64 (reported)")
 TORCH_CASES = [
     pytest.param(torch.float32, 8, 8, id="f32-8x8"),

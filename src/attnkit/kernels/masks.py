@@ -88,7 +88,7 @@ def prepare_mask(
     if array_api_compat.is_numpy_namespace(mxp) and not array_api_compat.is_numpy_namespace(xp):
         mask = xp.asarray(mask, device=device)
         mxp = xp
-    elif mxp is not xp:
+    elif _library(mxp) != _library(xp):
         raise DTypeError(f"{name}: expected an array of the same library as the inputs, got {type(mask).__name__}")
     if mxp.isdtype(mask.dtype, "bool"):
         kind = "bool"
@@ -112,6 +112,12 @@ def prepare_mask(
             raise NonFiniteError(f"{name}: a float mask may hold -inf but not NaN or +inf")
         mask = xp.astype(mask, dtype) if mask.dtype != dtype else mask
     return mask
+
+
+def _library(ns: Namespace) -> str:
+    """The array library behind a namespace: ``numpy`` for both ``numpy`` and ``array_api_compat.numpy``."""
+    name = str(getattr(ns, "__name__", type(ns).__name__))
+    return name.removeprefix("array_api_compat.").split(".")[0]
 
 
 def unflatten_mask(mask: Any, lq: int, lk: int, name: str = "mask") -> Any:
