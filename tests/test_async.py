@@ -59,8 +59,10 @@ def test_async_batch_stream_equal_forward_bit_for_bit(name: str) -> None:
     assert all(np.isfinite(e).all() for e in expected)
 
     got_async = asyncio.run(_gather(mech, items))
-    got_batch = mech.forward_batch([it[0] for it in items], [it[1] for it in items], [it[2] for it in items]) \
-        if all(len(it) >= 3 for it in items) else [mech.forward(*it) for it in items]
+    n_args = {len(it) for it in items}
+    assert len(n_args) == 1
+    per_item = [[it[j] for it in items] if j < len(items[0]) else None for j in range(4)]
+    got_batch = mech.forward_batch(per_item[0], per_item[1], per_item[2], mask=per_item[3])
     got_stream = asyncio.run(_collect(mech.forward_stream(_agen(items), max_pending=2)))
     for e, a, b, s in zip(expected, got_async, got_batch, got_stream, strict=True):
         assert same(e, a), f"{name}: forward_async differs from forward"
