@@ -128,8 +128,8 @@ def _margin_value(eps: object, dtype: Any) -> float:
     return e
 
 
-def _compute_dtype(xp: Namespace, dtype: Any) -> Any:
-    """float32 for half-precision dtypes (any library), else ``dtype``."""
+def geometry_dtype(xp: Namespace, dtype: Any) -> Any:
+    """The dtype the geometry is computed in: float32 for half precision (any library), else ``dtype``."""
     if _dtype_name(dtype) in ("float16", "bfloat16"):
         return xp.float32
     return dtype
@@ -189,7 +189,7 @@ def _prepare(
         for (name, _), a in zip(named, arrays, strict=True):
             check_finite(a, name, xp)
     out_dtype = arrays[0].dtype if len(arrays) == 1 else xp.result_type(*arrays)
-    cdtype = _compute_dtype(xp, out_dtype)
+    cdtype = geometry_dtype(xp, out_dtype)
     arrays = [a if a.dtype == cdtype else xp.astype(a, cdtype) for a in arrays]
     for (name, _), a in zip(named, arrays, strict=True):
         if name in points:
@@ -204,7 +204,8 @@ def check_in_ball(x: Array, name: str, c: float, xp: Namespace) -> None:
         return
     sq = c * _sqnorm(x, xp)
     if not bool(xp.all(sq < 1.0)):
-        worst = float(xp.max(xp.where(xp.isnan(sq), xp.asarray(math.inf, dtype=sq.dtype), sq)))
+        inf = xp.asarray(math.inf, dtype=sq.dtype, device=array_api_compat.device(sq))
+        worst = float(xp.max(xp.where(xp.isnan(sq), inf, sq)))
         radius = 1.0 / math.sqrt(c)
         norm = math.sqrt(worst / c) if math.isfinite(worst) else worst
         raise AttentionError(
@@ -296,7 +297,7 @@ def _artanh_norm(x: Array, c: float, xp: Namespace) -> tuple[Array, Array]:
     return xp.log1p(math.sqrt(c) * n) - 0.5 * xp.log(_one_minus(sq, c, xp)), n
 
 
-def _expmap0(u: Array, c: float, eps: float, xp: Namespace) -> Array:
+def expmap0_kernel(u: Array, c: float, eps: float, xp: Namespace) -> Array:
     sc = math.sqrt(c)
     un = _norm(u, xp)
     return _project(xp.tanh(sc * un) * u / (sc * un), c, eps, xp)
@@ -342,7 +343,7 @@ def pairwise_sqdist(a: Array, b: Array, xp: Namespace) -> Array:
     return xp.concat(parts, axis=-2)
 
 
-def _pairwise_dist(a: Array, b: Array, c: float, xp: Namespace) -> Array:
+def pairwise_dist_kernel(a: Array, b: Array, c: float, xp: Namespace) -> Array:
     """``d_c(a_i, b_j)`` for ``a (..., M, D)``, ``b (..., N, D)`` -> ``(..., M, N)``."""
     sq = pairwise_sqdist(a, b, xp)
     ba = _one_minus(_sqnorm(a, xp), c, xp)  # (..., M, 1)
@@ -509,7 +510,7 @@ def pairwise_distance(x: Any, y: Any, c: float = 1.0) -> Array:
         np.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
     except ValueError:
         raise ShapeError(f"x, y: leading dimensions {shape_str(a.shape[:-2])} and {shape_str(b.shape[:-2])} do not broadcast") from None
-    return p.finish(_pairwise_dist(a, b, cv, p.xp))
+    return p.finish(pairwise_dist_kernel(a, b, cv, p.xp))
 
 
 def project(x: Any, c: float = 1.0, eps: float | None = None) -> Array:
@@ -533,7 +534,7 @@ def to_poincare(u: Any, c: float = 1.0) -> Array:
     """
     cv = curvature_value(c)
     p = _prepare([("u", u)], c=cv)
-    return p.finish(_expmap0(p.arrays[0], cv, margin(p.out_dtype), p.xp))
+    return p.finish(expmap0_kernel(p.arrays[0], cv, margin(p.out_dtype), p.xp))
 
 
 def from_poincare(x: Any, c: float = 1.0) -> Array:

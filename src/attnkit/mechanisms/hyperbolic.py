@@ -151,12 +151,12 @@ class HyperbolicAttention(Mechanism):
             if values is not None:
                 check_finite(va, "values", xp)
         out_dtype = xp.result_type(qa, ka, va)
-        cdt = pc._compute_dtype(xp, out_dtype)
+        cdt = pc.geometry_dtype(xp, out_dtype)
         qa, ka, va = (x if x.dtype == cdt else xp.astype(x, cdt) for x in (qa, ka, va))
         c = self._c
         eps = pc.margin(out_dtype)
         if self.input_space == "tangent":
-            qa, ka, va = (pc._expmap0(x, c, eps, xp) for x in (qa, ka, va))
+            qa, ka, va = (pc.expmap0_kernel(x, c, eps, xp) for x in (qa, ka, va))
         # finite tangent vectors always land inside; checked anyway, so NaN let through by
         # check_finite=False is still an error naming the argument rather than a NaN output
         pc.check_in_ball(qa, "q", c, xp)
@@ -180,10 +180,11 @@ class HyperbolicAttention(Mechanism):
         return xp, qa, ka, va, m, out_dtype, single
 
     def _weights(self, xp: Any, q: Array, k: Array, m: Array | None) -> Array:
-        logits = pc._pairwise_dist(q, k, self._c, xp) * (-1.0 / self.temperature)
+        logits = pc.pairwise_dist_kernel(q, k, self._c, xp) * (-1.0 / self.temperature)
         if m is not None:
             if xp.isdtype(m.dtype, "bool"):
-                logits = xp.where(m, logits, xp.asarray(-math.inf, dtype=logits.dtype))
+                neg_inf = xp.asarray(-math.inf, dtype=logits.dtype, device=array_api_compat.device(logits))
+                logits = xp.where(m, logits, neg_inf)
             else:
                 logits = logits + m
         return safe_softmax(logits, xp, axis=-1)
