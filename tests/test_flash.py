@@ -346,3 +346,12 @@ def test_long_sequence_tiled_matches_reference(rng):
     for causal in (False, True):
         out = FlashAttention(heads=1, dim=16, block_size=64, causal=causal).forward(q, k, v)
         assert_close(out, ref_seq_attention(q, k, v, causal=causal), TOL32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_attention_scores_torch_in_torch_out(rng, dtype):
+    q, k, _ = (to_torch(x, dtype) for x in seq_inputs(rng, 4, 6, 2, 8, batch=(2,)))
+    w = FlashAttention(heads=2, dim=8).attention_scores(q, k)
+    assert isinstance(w, torch.Tensor) and w.dtype == dtype and w.shape == (2, 2, 4, 6)
+    exp = torch.softmax(q.transpose(-3, -2) @ k.transpose(-3, -2).transpose(-1, -2) / np.sqrt(8), dim=-1)
+    assert_close(w, exp, tol_for(dtype))

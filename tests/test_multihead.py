@@ -328,3 +328,14 @@ def test_huge_logits_do_not_overflow():
         assert np.isfinite(out).all()
         ref, _ = ref_mha(x, x, x, ours.parameters(), 1)
         assert_close(out, ref, TOL32 if dtype == np.float32 else TOL64)
+
+
+def test_self_attention_vs_float64_reference(rng):
+    ours = SelfAttention(12, heads=3, seed=4)
+    x = randn(rng, 2, 6, 12)
+    mask = rng.random((6, 6)) > 0.3
+    ref, ref_w = ref_mha(x, x, x, ours.parameters(), 3, mask=mask)
+    assert_close(ours.forward(x, mask=mask), ref, TOL64)
+    assert_close(ours.get_attention_weights(), ref_w, TOL64)
+    ref_c, _ = ref_mha(x, x, x, ours.parameters(), 3, causal=True)
+    assert_close(SelfAttention(12, heads=3, seed=4, causal=True).forward(x), ref_c, TOL64)
