@@ -160,13 +160,13 @@ def _prepare(
     width, broadcastable leading dimensions, finite values and (for ``points``) inside the ball."""
     xp = namespace(*(v for _, v in named))
     arrays = []
-    device = None
+    # the device of the first real array: Python sequences given beside it are put there
+    device = next((array_api_compat.device(v) for _, v in named if array_api_compat.is_array_api_obj(v)), None)
     for name, value in named:
-        a = as_float_array(value, name, xp)
+        # (Python sequences become NumPy first: as_float_array checks them with NumPy, not with xp)
+        a = as_float_array(value, name, xp if array_api_compat.is_array_api_obj(value) else None)
         if isinstance(a, np.ndarray) and not array_api_compat.is_numpy_namespace(xp):
             a = xp.asarray(a, device=device)
-        if device is None:
-            device = array_api_compat.device(a)
         if a.ndim < 1:
             raise ShapeError(f"{name}: expected a vector or an array of vectors (..., D), got a scalar of shape ()")
         if a.shape[-1] < 1:

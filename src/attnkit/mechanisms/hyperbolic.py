@@ -100,16 +100,17 @@ class HyperbolicAttention(Mechanism):
         if keys is None and values is not None:
             raise ShapeError("keys: expected an array of keys when values are given, got None")
         xp = namespace(q, keys, values)
-        qa = as_float_array(q, "q", xp)
-        device = array_api_compat.device(qa) if not isinstance(qa, np.ndarray) else None
+        # the device of the first real array; Python sequences given beside it are put there
+        device = next((array_api_compat.device(a) for a in (q, keys, values) if array_api_compat.is_array_api_obj(a)), None)
 
         def take(x: Any, name: str) -> Array:
-            a = as_float_array(x, name, xp)
+            # Python sequences become NumPy first (as_float_array checks them with NumPy, not with xp)
+            a = as_float_array(x, name, xp if array_api_compat.is_array_api_obj(x) else None)
             if isinstance(a, np.ndarray) and not array_api_compat.is_numpy_namespace(xp):
                 a = xp.asarray(a, device=device)
             return a
 
-        qa = take(qa, "q")
+        qa = take(q, "q")
         if qa.ndim < 1:
             raise ShapeError(f"q: expected shape (..., Lq, {self.dim}) or ({self.dim},), got a scalar")
         single = qa.ndim == 1
