@@ -179,7 +179,10 @@ def _check_option(where: str, spec: Any, value: Any) -> Any:
 
     kinds = spec.type.split("|")
     if isinstance(value, str) and "str" not in kinds:
-        return coerce_option(spec, value)
+        try:
+            return coerce_option(spec, value)
+        except ConfigError:
+            raise ConfigError(f"{where}: expected {spec.type}, got {value!r}") from None
     if isinstance(value, bool):
         if "bool" in kinds or "any" in kinds:
             return value

@@ -32,31 +32,48 @@ def _wants_traceback(args: list[str]) -> bool:
     return False
 
 
+def _classes(name: str) -> tuple[type[BaseException], ...]:
+    """Exception class ``name`` from click and from the copy of click that recent typer vendors."""
+    import importlib
+
+    found: list[type[BaseException]] = []
+    for mod in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(mod), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
-    import click
-
     from ..errors import AttentionError
 
     try:
-        from ._app import app
         from typer.main import get_command
+
+        from ._app import app
 
         command = get_command(app)
         rv = command.main(args=args, prog_name="attnkit", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except _classes("Exit") as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except _classes("Abort"):
         sys.stderr.write("attnkit: aborted\n")
         return 130
     except KeyboardInterrupt:
         sys.stderr.write("attnkit: interrupted\n")
         return 130
-    except click.ClickException as exc:
-        where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "attnkit"  # type: ignore[attr-defined]
-        sys.stderr.write(f"{where}: error: {_one_line(exc.format_message())} (see '{where} --help')\n")
+    except _classes("NoArgsIsHelpError"):
+        return 0  # `attnkit` (or `attnkit config`) alone: the help has been printed
+    except _classes("ClickException") as exc:
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "attnkit"
+        sys.stderr.write(f"{where}: error: {_one_line(exc.format_message())} (see '{where} --help')\n")  # type: ignore[attr-defined]
         return 2
     except AttentionError as exc:
         if _wants_traceback(args):

@@ -35,9 +35,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logging: -v info, -vv debug; tracebacks on errors.")] = 0,
+    verbose: Annotated[
+        int,
+        typer.Option("--verbose", "-v", count=True, help="More logging: -v info, -vv debug; tracebacks on errors."),
+    ] = 0,
     log_format: Annotated[str | None, typer.Option("--log-format", help="Log lines as 'text' or 'json' (stderr).")] = None,
-    config: Annotated[str | None, typer.Option("--config", "-c", help="Config file (else $ATTNKIT_CONFIG, ./attnkit.toml, user config).", metavar="PATH")] = None,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", "-c", help="Config file (else $ATTNKIT_CONFIG, ./attnkit.toml, user config).", metavar="PATH"),
+    ] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
     if log_format is not None and log_format not in ("text", "json"):
@@ -54,15 +60,36 @@ _MECH_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True, "help_o
 @app.command(context_settings=_MECH_EXTRA)
 def compute(
     ctx: typer.Context,
-    type_: Annotated[str | None, typer.Option("--type", "-t", help="Mechanism (`attnkit mechanisms`); default: config [attention] default_type.")] = None,
-    inputs: Annotated[str | None, typer.Option("--inputs", "-i", help="One .npz/.safetensors/.json file holding q, k, v (and mask).", metavar="FILE")] = None,
+    type_: Annotated[
+        str | None,
+        typer.Option("--type", "-t", help="Mechanism (`attnkit mechanisms`); default: config \\[attention] default_type."),
+    ] = None,
+    inputs: Annotated[
+        str | None,
+        typer.Option("--inputs", "-i", help="One .npz/.safetensors/.json file holding q, k, v (and mask).", metavar="FILE"),
+    ] = None,
     query: Annotated[str | None, typer.Option("--query", "-q", help="Query array: FILE or FILE:KEY ('-' = stdin).", metavar="FILE")] = None,
-    keys: Annotated[str | None, typer.Option("--keys", "-k", help="Key array (default: the mechanism's, usually the query).", metavar="FILE")] = None,
+    keys: Annotated[
+        str | None,
+        typer.Option("--keys", "-k", help="Key array (default: the mechanism's, usually the query).", metavar="FILE"),
+    ] = None,
     values: Annotated[str | None, typer.Option("--values", "-v", help="Value array (default: the keys).", metavar="FILE")] = None,
-    mask: Annotated[str | None, typer.Option("--mask", "-m", help="Mask array: bool (True = may attend) or float (added to scores).", metavar="FILE")] = None,
-    random: Annotated[int | None, typer.Option("--random", "-r", help="Generate random inputs of this length (the mechanism's sample_inputs).", metavar="LENGTH")] = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Write the output; format from the extension ('-' = JSON on stdout).", metavar="FILE")] = None,
-    shape: Annotated[list[str] | None, typer.Option("--shape", help="Reshape inputs (needed for raw .bin): DIMS for all, or ROLE=DIMS (q=8,2,16).", metavar="[ROLE=]DIMS")] = None,
+    mask: Annotated[
+        str | None,
+        typer.Option("--mask", "-m", help="Mask array: bool (True = may attend) or float (added to scores).", metavar="FILE"),
+    ] = None,
+    random: Annotated[
+        int | None,
+        typer.Option("--random", "-r", help="Generate random inputs of this length (the mechanism's sample_inputs).", metavar="LENGTH"),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Write the output; format from the extension ('-' = JSON on stdout).", metavar="FILE"),
+    ] = None,
+    shape: Annotated[
+        list[str] | None,
+        typer.Option("--shape", help="Reshape inputs (needed for raw .bin): DIMS for all, or ROLE=DIMS (q=8,2,16).", metavar="[ROLE=]DIMS"),
+    ] = None,
     input_format: Annotated[str | None, typer.Option("--input-format", help="Input format when the extension does not tell.")] = None,
     output_format: Annotated[str | None, typer.Option("--output-format", help="Output format when the extension does not tell.")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="Cast float inputs: float32 or float64.")] = None,
@@ -74,9 +101,18 @@ def compute(
     feature_map: Annotated[str | None, typer.Option("--feature-map", help="Linear attention feature map (elu, relu, dpfp, favor).")] = None,
     scale: Annotated[float | None, typer.Option("--scale", help="Score scale (default 1/sqrt(dim)).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of random inputs and weights (default: config, else 0).")] = None,
-    opt: Annotated[list[str] | None, typer.Option("--opt", "-O", help="Any mechanism option, KEY=VALUE (repeatable).", metavar="KEY=VALUE")] = None,
-    weights: Annotated[str | None, typer.Option("--weights", "-w", help="Load learned weights (attnkit/torch/HF layout) into the mechanism.", metavar="FILE")] = None,
-    heatmap: Annotated[str | None, typer.Option("--heatmap", help="Draw the attention weights to this PNG (needs matplotlib).", metavar="FILE")] = None,
+    opt: Annotated[
+        list[str] | None,
+        typer.Option("--opt", "-O", help="Any mechanism option, KEY=VALUE (repeatable).", metavar="KEY=VALUE"),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", "-w", help="Load learned weights (attnkit/torch/HF layout) into the mechanism.", metavar="FILE"),
+    ] = None,
+    heatmap: Annotated[
+        str | None,
+        typer.Option("--heatmap", help="Draw the attention weights to this PNG (needs matplotlib).", metavar="FILE"),
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary for scripts.")] = False,
 ) -> None:
     """Run one mechanism on arrays from files (or random ones) and write the output.
@@ -98,14 +134,26 @@ def compute(
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def benchmark(
-    types: Annotated[str, typer.Option("--types", "-t", help="Comma-separated mechanisms, or 'all'.")] = "scaled-dot-product,multi-head,hyperbolic",
+    types: Annotated[
+        str,
+        typer.Option("--types", "-t", help="Comma-separated mechanisms, or 'all'."),
+    ] = "scaled-dot-product,multi-head,hyperbolic",
     dims: Annotated[str, typer.Option("--dims", "-d", help="Comma-separated dimensions (the dim/model_dim option).")] = "128,256,512",
-    neighbors: Annotated[str, typer.Option("--neighbors", "--lengths", "-n", help="Comma-separated lengths (neighbours / sequence length).")] = "100,500,1000",
+    neighbors: Annotated[
+        str,
+        typer.Option("--neighbors", "--lengths", "-n", help="Comma-separated lengths (neighbours / sequence length)."),
+    ] = "100,500,1000",
     iterations: Annotated[int, typer.Option("--iterations", help="Most timed runs per cell.")] = 1000,
     max_time: Annotated[float, typer.Option("--max-time", help="Seconds of timed runs per cell (stops earlier than --iterations).")] = 1.0,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs per cell.")] = 2,
-    batch: Annotated[int | None, typer.Option("--batch", help="Sequences per forward (default: config optimization.batch_size, 1).")] = None,
-    opt: Annotated[list[str] | None, typer.Option("--opt", "-O", help="Mechanism option KEY=VALUE for every type that has it.", metavar="KEY=VALUE")] = None,
+    batch: Annotated[
+        int | None,
+        typer.Option("--batch", help="Sequences per forward (default: config optimization.batch_size, 1)."),
+    ] = None,
+    opt: Annotated[
+        list[str] | None,
+        typer.Option("--opt", "-O", help="Mechanism option KEY=VALUE for every type that has it.", metavar="KEY=VALUE"),
+    ] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Write results to .json or .csv.", metavar="FILE")] = None,
     plot: Annotated[str | None, typer.Option("--plot", help="Draw latency against length to this PNG.", metavar="FILE")] = None,
     compare: Annotated[str | None, typer.Option("--compare", help="Also time each mechanism on torch tensors ('torch').")] = None,
@@ -146,15 +194,21 @@ def convert(
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def serve(
-    host: Annotated[str | None, typer.Option("--host", help="Interface (default: config [server] host, 127.0.0.1).")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Interface (default: config \\[server] host, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option("--port", "-p", help="TCP port (default: config, 8080).")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Worker processes (default: config, 1).")] = None,
     max_body_bytes: Annotated[int | None, typer.Option("--max-body-bytes", help="Largest request body (bytes).")] = None,
-    max_batch_items: Annotated[int | None, typer.Option("--max-batch-items", "--max-batch-size", help="Most items in one batch request.")] = None,
+    max_batch_items: Annotated[
+        int | None,
+        typer.Option("--max-batch-items", "--max-batch-size", help="Most items in one batch request."),
+    ] = None,
     request_timeout_s: Annotated[float | None, typer.Option("--timeout", help="Time limit of one computation (seconds).")] = None,
     max_concurrency: Annotated[int | None, typer.Option("--max-concurrency", help="Computations at once (0 = one per CPU).")] = None,
     queue: Annotated[int | None, typer.Option("--queue", help="Requests that may wait for a slot.")] = None,
-    limit: Annotated[list[str] | None, typer.Option("--limit", "-L", help="Any server setting KEY=VALUE (repeatable).", metavar="KEY=VALUE")] = None,
+    limit: Annotated[
+        list[str] | None,
+        typer.Option("--limit", "-L", help="Any server setting KEY=VALUE (repeatable).", metavar="KEY=VALUE"),
+    ] = None,
 ) -> None:
     """Start the HTTP server (needs the `server` extra). Stop it with Ctrl-C."""
     from .serve import run_serve

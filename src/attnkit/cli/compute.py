@@ -150,7 +150,7 @@ def run_compute(
 
     if random is not None:
         drawn = mech.sample_inputs(random, np.random.default_rng(seed))
-        arrays = dict(zip(("q", "k", "v", "mask"), drawn))
+        arrays = dict(zip(("q", "k", "v", "mask"), drawn, strict=False))
         if dtype is not None:
             arrays = {r: (a.astype(dtype) if a.dtype.kind == "f" else a) for r, a in arrays.items()}
     else:

@@ -15,6 +15,7 @@ import logging
 import os
 import zipfile
 from pathlib import Path
+
 import numpy as np
 
 from .. import io as aio

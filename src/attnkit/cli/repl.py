@@ -180,9 +180,9 @@ class Session:
         names = ("q", "k", "v", "mask")[: len(arrays)]
         for n in ("q", "k", "v"):
             self.vars.pop(n, None)
-        for n, a in zip(names, arrays):
+        for n, a in zip(names, arrays, strict=False):
             self.vars[n] = a
-        self.out(" ".join(f"{n}{fmt_shape(a.shape)}" for n, a in zip(names, arrays)))
+        self.out(" ".join(f"{n}{fmt_shape(a.shape)}" for n, a in zip(names, arrays, strict=False)))
 
     def do_load(self, args: list[str]) -> None:
         pos, opts = self._split_kv(args)
@@ -199,7 +199,7 @@ class Session:
             arrays = aio.read_arrays(path, shape=shape, dtype=dtype, name="load")
             if len(arrays) == 1 and aio.DEFAULT_KEY in arrays:
                 arrays = {Path(path).stem: arrays[aio.DEFAULT_KEY]}
-            for k, a in arrays.items():
+            for k, _a in arrays.items():
                 if not k.isidentifier():
                     raise UsageError(f"load: array name {k!r} is not a usable variable name; use load NAME FILE:KEY")
             self.vars.update(arrays)
