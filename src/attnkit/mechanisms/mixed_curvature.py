@@ -95,7 +95,7 @@ def _prepare_headless(
         if values is not None:
             check_finite(va, "values", xp)
     out_dtype = xp.result_type(qa, ka, va)
-    cdt = pc._compute_dtype(xp, out_dtype)
+    cdt = xp.float32 if str(out_dtype).replace("torch.", "") in ("float16", "bfloat16") else out_dtype
     qa, ka, va = (x if x.dtype == cdt else xp.astype(x, cdt) for x in (qa, ka, va))
     m = None
     if mask is not None:
@@ -189,7 +189,7 @@ class MixedCurvatureAttention(Mechanism):
         e, h = x[..., :de], x[..., de:]
         if h.shape[-1]:
             if self.input_space == "tangent":
-                h = pc._expmap0(h, self._c, eps, xp)
+                h = pc.to_poincare(h, c=self._c)
             elif given:
                 pc.check_in_ball(h, f"{name} (hyperbolic part, coordinates {de}..{self.dim - 1})", self._c, xp)
         return e, h
@@ -199,7 +199,7 @@ class MixedCurvatureAttention(Mechanism):
         if self.euclidean_dim and self.euclidean_weight:
             sq = self.euclidean_weight * pc.pairwise_sqdist(qe, ke, xp)
         if self.hyperbolic_dim and self.hyperbolic_weight:
-            dh = pc._pairwise_dist(qh, kh, self._c, xp)
+            dh = pc.pairwise_distance(qh, kh, c=self._c)
             part = self.hyperbolic_weight * dh * dh
             sq = part if sq is None else sq + part
         if sq is None:  # the only non-empty factor has weight 0: every key is equally far
@@ -228,7 +228,7 @@ class MixedCurvatureAttention(Mechanism):
             if self.aggregation == "frechet":
                 oh = pc.frechet_aggregate(w, vh, self._c, eps, xp, self.frechet_iters, pc.default_tol(oh.dtype), init=oh)
             if self.input_space == "tangent":
-                oh = pc._logmap0(oh, self._c, xp)
+                oh = pc.from_poincare(oh, c=self._c)
             parts.append(oh)
         out = parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1)
         if out.dtype != out_dtype:
@@ -328,7 +328,7 @@ class DualSpaceAttention(Mechanism):
             parts.append((1.0 - self.mix) * (safe_softmax(logits, xp) @ va))
         if self.mix > 0.0:
             hyp = self._hyp.forward(qa, ka, va, mask=m)
-            parts.append(self.mix * pc._logmap0(hyp, self._hyp.c, xp))
+            parts.append(self.mix * pc.from_poincare(hyp, c=self._hyp.c))
         out = parts[0] if len(parts) == 1 else parts[0] + parts[1]
         if out.dtype != out_dtype:
             out = xp.astype(out, out_dtype)
