@@ -195,6 +195,13 @@ class _Scratch:
         self.bufs: dict[tuple[str, str], np.ndarray] = {}
         self.kt_key: Any = None
 
+    def trim(self, limit: int) -> None:
+        """Release buffers larger than ``limit`` bytes."""
+        for key in [k for k, b in self.bufs.items() if b.nbytes > limit]:
+            del self.bufs[key]
+            if key[0] == "kt":
+                self.kt_key = None
+
     def get(self, name: str, size: int, dtype: np.dtype) -> np.ndarray:
         key = (name, dtype.str)
         buf = self.bufs.get(key)
@@ -204,6 +211,11 @@ class _Scratch:
             if name == "kt":
                 self.kt_key = None
         return buf[:size]
+
+
+#: Per-thread buffers above this size (K^T and the ones vector of a long sequence) are released
+#: after each call instead of being kept for the next one.
+_KEEP_BYTES = 8 << 20
 
 
 def _scratch() -> _Scratch:
@@ -345,6 +357,22 @@ def _noop(name: str) -> None:
 def _run_tasks(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], prof: dict[str, float] | None) -> None:
     """Compute the output rows of ``tasks`` into ``out`` in this thread."""
     sc = _scratch()
+    last = [time.perf_counter()] if prof is not None else None
+
+    def lap(name: str) -> None:
+        assert prof is not None and last is not None
+        now = time.perf_counter()
+        prof[name] = prof.get(name, 0.0) + now - last[0]
+        last[0] = now
+
+    tick: Callable[[str], None] = lap if prof is not None else _noop
+    try:
+        _tiles(plan, tasks, out, sc, tick)
+    finally:
+        sc.trim(_KEEP_BYTES)
+
+
+def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scratch, tick: Callable[[str], None]) -> None:
     dt = plan.dtype
     d, dv, lk, tq = plan.d, plan.dv, plan.lk, plan.tq
     width = max(plan.tk_target, tq)  # widest key block (balanced blocks <= tk_target, diagonal < tq)
@@ -361,19 +389,8 @@ def _run_tasks(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], prof:
     nbuf = sc.get("nmask", tq * width, np.dtype(np.bool_)) if plan.mask_kind == "bool" else None
     kt_all = sc.get("kt", d * lk, dt).reshape(d, lk)
     sc.kt_key = None  # the buffer may hold another call's keys at a reused address
-    causal = plan.causal
-    tri_mul = _tri(tq, dt, bias=False) if causal else None
-    tri_bias = _tri(tq, dt, bias=True) if causal else None
-
-    last = [time.perf_counter()] if prof is not None else None
-
-    def lap(name: str) -> None:
-        assert prof is not None and last is not None
-        now = time.perf_counter()
-        prof[name] = prof.get(name, 0.0) + now - last[0]
-        last[0] = now
-
-    tick: Callable[[str], None] = lap if prof is not None else _noop
+    tri_mul = _tri(tq, dt, bias=False) if plan.causal else None
+    tri_bias = _tri(tq, dt, bias=True) if plan.causal else None
 
     for n, q0, q1, bounded, blocks in tasks:
         r = q1 - q0
