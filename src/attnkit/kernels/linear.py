@@ -49,7 +49,10 @@ the caller's library, device and dtype.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+from typing import Any
 
 import array_api_compat
 import numpy as np
@@ -74,9 +77,9 @@ __all__ = [
 FEATURE_MAPS = ("elu", "relu", "dpfp", "favor")
 DEFAULT_CHUNK_SIZE = 64
 
-#: the causal prefix sums are vectorised (one cumulative sum over chunks) when the running key
-#: maxima grow by less than this many nats over the sequence; otherwise a loop over chunks rescales
-#: the state step by step, so nothing underflows (per dtype: float32 / float64)
+#: outside NumPy the causal prefix sums are vectorised (one cumulative sum over chunks) when the
+#: running key maxima grow by less than this many nats over a block; otherwise a loop over chunks
+#: rescales the state step by step, so nothing underflows (per dtype itemsize: float32 / float64)
 _SCAN_RANGE = {4: 20.0, 8: 200.0}
 
 
@@ -170,7 +173,10 @@ def log_features(x: Array, feature_map: str, xp: Namespace, *, nu: int = 1, proj
     raise ValueError(f"feature_map: unknown {feature_map!r}")
 
 
-# --------------------------------------------------------------------------- stabilisation helpers
+# --------------------------------------------------------------------------- stabilisation blocks
+# All blocks work on log features with rows on axis -2 and any leading (batch, head) dimensions.
+# A key "state" is ``(S, M)``: ``M`` (..., 1, F) the running per-feature maximum of ``log phi(k)``
+# (``-inf`` while a feature has seen no key) and ``S = sum_j exp(lk_j - M) vv_j^T`` (..., F, Dv + 1).
 def _finite_or(x: Array, fill: Array | float, xp: Namespace) -> Array:
     """``x`` with non-finite entries (the max of an all ``-inf`` set) replaced by ``fill``."""
     if not isinstance(fill, (int, float)):
@@ -179,13 +185,13 @@ def _finite_or(x: Array, fill: Array | float, xp: Namespace) -> Array:
 
 
 def _row_scaled_exp(lq: Array, xp: Namespace) -> Array:
-    """``exp(lq - max_f lq)`` per row: the largest feature of each row becomes exactly 1."""
+    """``exp(lq - max_f lq)`` per row: the largest feature of each row becomes exactly 1 (a row of ``-inf`` gives 0)."""
     r = _finite_or(xp.max(lq, axis=-1, keepdims=True), 0.0, xp)
     return xp.exp(lq - r)
 
 
 def _apply_key_mask(lk: Array, key_mask: Array | None, xp: Namespace) -> Array:
-    """Drop (bool False) or reweight (float, added to ``log phi(k)``) keys; mask is ``(..., Lk, 1)``."""
+    """Drop (bool False) or reweight (float, added to ``log phi(k)``) keys; mask broadcasts to ``(..., Lk, 1)``."""
     if key_mask is None:
         return lk
     if xp.isdtype(key_mask.dtype, "bool"):
@@ -193,20 +199,34 @@ def _apply_key_mask(lk: Array, key_mask: Array | None, xp: Namespace) -> Array:
     return lk + key_mask
 
 
-def stabilised_features(
-    lq: Array, lk: Array, xp: Namespace
-) -> tuple[Array, Array]:
+def stabilised_features(lq: Array, lk: Array, xp: Namespace) -> tuple[Array, Array]:
     """Non-causal stabilised features from log features: ``(phi_q, phi_k)`` up to cancelling constants.
 
     ``phi_k[j, f] = exp(lk[j, f] - M_f)`` with ``M_f = max_j lk[j, f]``, and
     ``phi_q[i, f] = exp(lq[i, f] + M_f - r_i)`` with ``r_i = max_f (lq[i, f] + M_f)``. Every product
     ``phi_q[i, f] phi_k[j, f]`` is the exact one times ``exp(-r_i)``, a per-query constant.
     """
-    mk = _finite_or(xp.max(lk, axis=-2, keepdims=True), 0.0, xp)
-    return _row_scaled_exp(lq + mk, xp), xp.exp(lk - mk)
+    mk = xp.max(lk, axis=-2, keepdims=True)
+    return _row_scaled_exp(lq + mk, xp), xp.exp(lk - _finite_or(mk, 0.0, xp))
 
 
-# --------------------------------------------------------------------------- attention
+def _key_state(lk: Array, vv: Array, xp: Namespace, state: Array | None = None, scale: Array | None = None) -> tuple[Array, Array]:
+    """Add keys ``lk`` (log features) with values ``vv`` to the state ``(state, scale)``, rescaling online."""
+    m = xp.max(lk, axis=-2, keepdims=True)
+    if scale is not None:
+        m = xp.maximum(m, scale)
+    safe = _finite_or(m, 0.0, xp)
+    new = xp.matrix_transpose(xp.exp(lk - safe)) @ vv
+    if state is not None:
+        new = new + state * xp.matrix_transpose(xp.exp(scale - safe))  # factors <= 1 (0 while scale is -inf)
+    return new, m
+
+
+def _query_out(lq: Array, state: Array, scale: Array, eps: float, xp: Namespace) -> Array:
+    """Outputs of queries ``lq`` (log features) against a key state: ``phi_q S[:, :Dv] / (phi_q S[:, Dv] + eps)``."""
+    return _divide(_row_scaled_exp(lq + scale, xp) @ state, eps, xp)
+
+
 def _ones_column(v: Array, xp: Namespace) -> Array:
     ones = xp.ones((*v.shape[:-1], 1), dtype=v.dtype, device=array_api_compat.device(v))
     return xp.concat([v, ones], axis=-1)
@@ -218,39 +238,7 @@ def _divide(res: Array, eps: float, xp: Namespace) -> Array:
     return res[..., :dv] / (res[..., dv:] + eps)
 
 
-def linear_attention(
-    q: Array,
-    k: Array,
-    v: Array,
-    *,
-    xp: Namespace,
-    feature_map: str = "elu",
-    eps: float = 1e-6,
-    causal: bool = False,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    key_mask: Array | None = None,
-    nu: int = 1,
-    projection: Array | None = None,
-) -> Array:
-    """Linear attention ``(..., H, Lq, Dv)`` (see the module docstring for the formula and stability).
-
-    ``key_mask`` (optional) broadcasts to ``(..., H, Lk, 1)``: bool, False drops a key for every
-    query; float, added to ``log phi(k_j)`` (multiplies the key's weight by ``exp(mask_j)``; ``-inf``
-    drops it), which for ``favor`` is exactly an additive key bias on the softmax scores.
-    ``projection`` is the FAVOR+ matrix ``W`` (m x D) in the compute dtype and device.
-    """
-    if projection is not None and is_numpy(xp):
-        projection = np.asarray(projection, dtype=q.dtype)
-    lq = log_features(q, feature_map, xp, nu=nu, projection=projection)
-    lk = _apply_key_mask(log_features(k, feature_map, xp, nu=nu, projection=projection), key_mask, xp)
-    vv = _ones_column(v, xp)
-    if not causal:
-        fq, fk = stabilised_features(lq, lk, xp)
-        state = xp.matrix_transpose(fk) @ vv  # (..., F, Dv + 1)
-        return _divide(fq @ state, eps, xp)
-    return _causal(lq, lk, vv, xp=xp, eps=eps, chunk_size=int(chunk_size))
-
-
+# --------------------------------------------------------------------------- causal blocks
 def _pad_rows(x: Array, n: int, value: float, xp: Namespace) -> Array:
     """Append ``n`` rows filled with ``value`` along axis -2."""
     if n == 0:
@@ -281,91 +269,259 @@ def _cummax(x: Array, axis: int, xp: Namespace) -> Array:
     return xp.concat(parts, axis=axis)
 
 
-def _causal(lq: Array, lk: Array, vv: Array, *, xp: Namespace, eps: float, chunk_size: int) -> Array:
-    """Chunked causal linear attention on log features (bottom-right aligned)."""
-    n_q, n_k = int(lq.shape[-2]), int(lk.shape[-2])
-    offset = n_k - n_q
-    skip = max(-offset, 0)  # leading queries that see no key at all
-    prefix = max(offset, 0)  # leading keys every query sees
-    n = n_q - skip  # length of the causal (diagonal) region
+def _causal_block(
+    lq: Array, lk: Array, vv: Array, state: Array | None, scale: Array | None, *, xp: Namespace, chunk: int
+) -> tuple[Array, Array, Array]:
+    """Causal linear attention of ``n`` aligned query/key rows after a prefix state ``(state, scale)``.
+
+    Query row ``i`` sees the prefix and keys ``0..i`` of this block. Returns the ``[num | den]`` rows
+    ``(..., n, Dv + 1)`` and the state after the block.
+    """
+    n = int(lq.shape[-2])
     dev = array_api_compat.device(lq)
-    dt = lq.dtype
-    batch = np.broadcast_shapes(tuple(lq.shape[:-2]), tuple(lk.shape[:-2]), tuple(vv.shape[:-2]))
-    f_dim, dv1 = int(lq.shape[-1]), int(vv.shape[-1])
-    if n <= 0:
-        return xp.zeros((*batch, n_q, dv1 - 1), dtype=dt, device=dev)
-    c = max(1, min(chunk_size, n))
+    c = max(1, min(chunk, n))
     n_chunks = -(-n // c)
     pad = n_chunks * c - n
-    lq_c = _chunks(_pad_rows(lq[..., skip:, :], pad, 0.0, xp), n_chunks, c, xp)
-    lk_c = _chunks(_pad_rows(lk[..., prefix:, :], pad, -math.inf, xp), n_chunks, c, xp)
-    v_c = _chunks(_pad_rows(vv[..., prefix:, :], pad, 0.0, xp), n_chunks, c, xp)
+    lq_c = _chunks(_pad_rows(lq, pad, 0.0, xp), n_chunks, c, xp)
+    lk_c = _chunks(_pad_rows(lk, pad, -math.inf, xp), n_chunks, c, xp)
+    v_c = _chunks(_pad_rows(vv, pad, 0.0, xp), n_chunks, c, xp)
 
-    # running per-feature key maxima: index 0 is the prefix, index t + 1 is through chunk t
-    m_prefix = (
-        xp.max(lk[..., :prefix, :], axis=-2, keepdims=True)
-        if prefix
-        else xp.full((*lk.shape[:-2], 1, f_dim), -math.inf, dtype=dt, device=dev)
-    )
+    # running per-feature key maxima: index 0 is the incoming scale, index t + 1 is through chunk t
     m_chunks = xp.max(lk_c, axis=-2)  # (..., n_chunks, F)
-    run = _cummax(xp.concat([m_prefix, m_chunks], axis=-2), -2, xp)  # (..., n_chunks + 1, F)
-    # leading -inf (no key yet) -> the first finite value, so the maxima stay finite and monotone
-    first = _finite_or(xp.min(_finite_or(run, math.inf, xp), axis=-2, keepdims=True), 0.0, xp)
-    run = _finite_or(run, first, xp)
-    r_chunk = run[..., 1:, :]  # (..., n_chunks, F): the scale of chunk t
+    if scale is None:
+        scale = xp.full((*m_chunks.shape[:-2], 1, m_chunks.shape[-1]), -math.inf, dtype=lk.dtype, device=dev)
+    shape = np.broadcast_shapes(tuple(m_chunks.shape[:-2]), tuple(scale.shape[:-2]))
+    run_raw = _cummax(
+        xp.concat([xp.broadcast_to(scale, (*shape, *scale.shape[-2:])), xp.broadcast_to(m_chunks, (*shape, *m_chunks.shape[-2:]))], axis=-2),
+        -2,
+        xp,
+    )
+    # leading -inf (no key yet) -> the first finite value, so the scales used for the states stay finite and
+    # monotone; the states there are zero, so nothing changes
+    first = _finite_or(xp.min(_finite_or(run_raw, math.inf, xp), axis=-2, keepdims=True), 0.0, xp)
+    run = _finite_or(run_raw, first, xp)
+    r = run[..., 1:, :]  # (..., n_chunks, F): the scale of chunk t
 
-    fk_c = xp.exp(lk_c - r_chunk[..., None, :])  # (..., n_chunks, c, F), each <= 1
-    fq_c = _row_scaled_exp(lq_c + r_chunk[..., None, :], xp)
-    kv = xp.matrix_transpose(fk_c) @ v_c  # (..., n_chunks, F, Dv + 1): chunk t at scale r_chunk[t]
-    if prefix:
-        fk_p = xp.exp(lk[..., :prefix, :] - run[..., :1, :])
-        kv0 = xp.matrix_transpose(fk_p) @ vv[..., :prefix, :]  # (..., F, Dv + 1) at scale run[0]
-    else:
-        kv0 = None
-    states = _prefix_states(kv0, kv, run, xp)  # state before chunk t, at scale r_chunk[t]
+    fk_c = xp.exp(lk_c - r[..., None, :])  # (..., n_chunks, c, F), each <= 1
+    kv = xp.matrix_transpose(fk_c) @ v_c  # (..., n_chunks, F, Dv + 1): chunk t at scale r[t]
+    states = _prefix_states(state, kv, run, xp)  # the state before chunk t, at scale r[t]
+    fq_c = _row_scaled_exp(lq_c + run_raw[..., 1:, None, :], xp)
 
     tril = xp.asarray(np.tril(np.ones((c, c), dtype=bool)), device=dev)
     scores = fq_c @ xp.matrix_transpose(fk_c)
     scores = xp.where(tril, scores, xp.zeros_like(scores))
     res = scores @ v_c + fq_c @ states  # (..., n_chunks, c, Dv + 1)
-    res = xp.reshape(res, (*res.shape[:-3], n_chunks * c, dv1))[..., :n, :]
-    out = _divide(res, eps, xp)
-    if skip:
-        out = xp.concat([xp.zeros((*out.shape[:-2], skip, dv1 - 1), dtype=dt, device=dev), out], axis=-2)
-    return out
+    res = xp.reshape(res, (*res.shape[:-3], n_chunks * c, res.shape[-1]))[..., :n, :]
+    end = states[..., -1, :, :] + kv[..., -1, :, :]  # at scale r[-1] (= run_raw[-1] where finite)
+    return res, end, run_raw[..., -1:, :]
 
 
-def _prefix_states(kv0: Array | None, kv: Array, run: Array, xp: Namespace) -> Array:
+def _prefix_states(state: Array | None, kv: Array, run: Array, xp: Namespace) -> Array:
     """Exclusive prefix sums of the chunk states, each expressed at its chunk's scale.
 
-    ``kv[t]`` is at scale ``run[t + 1]`` (per feature, ``(..., F)``), ``kv0`` at ``run[0]``. Returns
-    ``S[t] = exp(-run[t+1]) * (exp(run[0]) kv0 + sum_{s < t} exp(run[s+1]) kv[s])`` for every chunk.
+    ``kv[t]`` is at scale ``run[t + 1]`` (per feature), ``state`` at ``run[0]``. Returns
+    ``S[t] = exp(-run[t+1]) * (exp(run[0]) state + sum_{s < t} exp(run[s+1]) kv[s])`` for every chunk.
     """
     n_chunks = int(kv.shape[-3])
     dt = kv.dtype
     dev = array_api_compat.device(kv)
     start = run[..., :1, :]  # (..., 1, F)
     r = run[..., 1:, :]  # (..., n_chunks, F)
-    spread = float(xp.max(r[..., -1:, :] - start)) if n_chunks else 0.0
-    limit = _SCAN_RANGE[8 if "float64" in str(dt) else 4]
-    if spread <= limit:
+    if not is_numpy(xp) and float(xp.max(r[..., -1:, :] - start)) <= _SCAN_RANGE[8 if "float64" in str(dt) else 4]:
         # vectorised: express everything at the final scale, cumulative sum, then rescale back
         ref = r[..., -1:, :]
         scaled = kv * xp.exp(r - ref)[..., :, None]
         zero = xp.zeros((*scaled.shape[:-3], 1, *scaled.shape[-2:]), dtype=dt, device=dev)
-        excl = xp.concat([zero, scaled[..., :-1, :, :]], axis=-3)
-        csum = xp.cumulative_sum(excl, axis=-3)
-        if kv0 is not None:
-            csum = csum + (kv0 * xp.exp(start - ref)[..., 0, :, None])[..., None, :, :]
+        csum = xp.cumulative_sum(xp.concat([zero, scaled[..., :-1, :, :]], axis=-3), axis=-3)
+        if state is not None:
+            csum = csum + (state * xp.exp(start - ref)[..., 0, :, None])[..., None, :, :]
         return csum * xp.exp(ref - r)[..., :, None]
-    # step by step: S[t+1] = (S[t] + kv[t]) * exp(r[t] - r[t+1]), factors <= 1, so nothing underflows needlessly
+    # NumPy (whose cumsum along an outer axis is slow) and wide-ranging scales: step by step,
+    # S[t+1] = (S[t] + kv[t]) * exp(r[t] - r[t+1]); factors <= 1, nothing underflows needlessly
     shape = np.broadcast_shapes(tuple(kv.shape[:-3]), tuple(run.shape[:-2]))
-    state = xp.zeros((*shape, *kv.shape[-2:]), dtype=dt, device=dev)
-    if kv0 is not None:
-        state = state + kv0 * xp.exp(start - r[..., :1, :])[..., 0, :, None]
-    out = [state]
+    cur = xp.zeros((*shape, *kv.shape[-2:]), dtype=dt, device=dev)
+    if state is not None:
+        cur = cur + state * xp.exp(start - r[..., :1, :])[..., 0, :, None]
+    out = [cur]
     for t in range(n_chunks - 1):
-        factor = xp.exp(r[..., t, :] - r[..., t + 1, :])[..., :, None]
-        state = (state + kv[..., t, :, :]) * factor
-        out.append(state)
+        cur = (cur + kv[..., t, :, :]) * xp.exp(r[..., t, :] - r[..., t + 1, :])[..., :, None]
+        out.append(cur)
     return xp.stack(out, axis=-3)
+
+
+# --------------------------------------------------------------------------- drivers
+def _rows(
+    q: Array,
+    k: Array,
+    v: Array,
+    key_mask: Array | None,
+    *,
+    xp: Namespace,
+    feature_map: str,
+    nu: int,
+    projection: Array | None,
+    eps: float,
+    causal: bool,
+    chunk: int,
+    tile: int,
+    out: Array | None = None,
+) -> Array:
+    """Linear attention over rows (axis -2), ``tile`` rows at a time (the state carries between tiles).
+
+    The one algorithm behind every backend: the generic path calls it once on whole arrays, the
+    NumPy path once per (batch, head) with cache-sized tiles on a thread pool.
+    """
+    n_q, n_k = int(q.shape[-2]), int(k.shape[-2])
+    dev = array_api_compat.device(q)
+
+    def lq_of(s: int, e: int) -> Array:
+        return log_features(q[..., s:e, :], feature_map, xp, nu=nu, projection=projection)
+
+    def lk_vv_of(s: int, e: int) -> tuple[Array, Array]:
+        km = None if key_mask is None else (key_mask if key_mask.shape[-2] == 1 else key_mask[..., s:e, :])
+        lk = _apply_key_mask(log_features(k[..., s:e, :], feature_map, xp, nu=nu, projection=projection), km, xp)
+        return lk, _ones_column(v[..., s:e, :], xp)
+
+    parts: list[Array] = []
+
+    def emit(s: int, e: int, block: Array) -> None:
+        if out is not None:
+            out[..., s:e, :] = block
+        else:
+            parts.append(block)
+
+    state = scale = None
+    if not causal:
+        for s in range(0, n_k, tile):
+            state, scale = _key_state(*lk_vv_of(s, min(s + tile, n_k)), xp, state, scale)
+        assert state is not None and scale is not None
+        for s in range(0, n_q, tile):
+            e = min(s + tile, n_q)
+            emit(s, e, _query_out(lq_of(s, e), state, scale, eps, xp))
+    else:
+        offset = n_k - n_q  # bottom-right: query i sees keys j <= i + offset
+        skip = max(-offset, 0)  # leading queries that see no key at all
+        prefix = max(offset, 0)  # leading keys that every query sees
+        if skip:
+            batch = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+            emit(0, skip, xp.zeros((*batch, skip, int(v.shape[-1])), dtype=q.dtype, device=dev))
+        for s in range(0, prefix, tile):
+            state, scale = _key_state(*lk_vv_of(s, min(s + tile, prefix)), xp, state, scale)
+        for s in range(skip, n_q, tile):
+            e = min(s + tile, n_q)
+            lk, vv = lk_vv_of(s + offset, e + offset)
+            res, state, scale = _causal_block(lq_of(s, e), lk, vv, state, scale, xp=xp, chunk=chunk)
+            emit(s, e, _divide(res, eps, xp))
+    if out is not None:
+        return out
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2)
+
+
+def linear_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    xp: Namespace,
+    feature_map: str = "elu",
+    eps: float = 1e-6,
+    causal: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    key_mask: Array | None = None,
+    nu: int = 1,
+    projection: Array | None = None,
+    backend: str = "auto",
+) -> Array:
+    """Linear attention ``(..., H, Lq, Dv)`` (see the module docstring for the formula and stability).
+
+    ``key_mask`` (optional) broadcasts to ``(..., H, Lk, 1)``: bool, False drops a key for every
+    query; float, added to ``log phi(k_j)`` (multiplies the key's weight by ``exp(mask_j)``; ``-inf``
+    drops it), which for ``favor`` is exactly an additive key bias on the softmax scores.
+    ``projection`` is the FAVOR+ matrix ``W`` (m x D) in the compute dtype and device.
+    ``backend``: ``"auto"``, ``"generic"`` (whole-array ops in ``xp``) or ``"numpy"`` (tiles on a
+    thread pool, one task per batch element and head); both run the same algorithm (:func:`_rows`).
+    """
+    if feature_map not in FEATURE_MAPS:
+        raise ValueError(f"feature_map: unknown {feature_map!r}")
+    chunk = max(1, int(chunk_size))
+    kw: dict[str, Any] = dict(feature_map=feature_map, nu=int(nu), projection=projection, eps=float(eps), causal=bool(causal), chunk=chunk)
+    if is_numpy(xp) and backend in ("auto", "numpy"):
+        if projection is not None:
+            kw["projection"] = np.asarray(projection, dtype=q.dtype)
+        f_dim = feature_dim(feature_map, int(q.shape[-1]), int(nu), None if projection is None else int(projection.shape[0]))
+        tile = _numpy_tile(f_dim, int(v.shape[-1]), np.dtype(q.dtype).itemsize, chunk)
+        if backend == "numpy" or int(q.shape[-2]) + int(k.shape[-2]) > 2 * tile:
+            return _numpy_tasks(q, k, v, key_mask, xp=xp, tile=tile, **kw)
+    n = max(int(q.shape[-2]), int(k.shape[-2]), 1)
+    return _rows(q, k, v, key_mask, xp=xp, tile=-(-n // chunk) * chunk, **kw)
+
+
+# --------------------------------------------------------------------------- NumPy: tiles on a thread pool
+_POOL: Any = None
+_BLAS: Any = None
+
+
+def _numpy_tile(f_dim: int, dv: int, itemsize: int, chunk: int) -> int:
+    """Rows per tile: a tile of features stays below 128 KB (in L2, and under glibc's mmap threshold,
+    so temporaries are not fresh page-faulting mappings), at least 256 rows, a multiple of ``chunk``."""
+    rows = max(256, (1 << 17) // (max(f_dim, dv + 1) * itemsize))
+    return max(chunk, rows // chunk * chunk)
+
+
+def _pool() -> Any:
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="attnkit-linear")
+    return _POOL
+
+
+def _one_blas_thread() -> Any:
+    """A context that holds BLAS to one thread while the pool runs (threadpoolctl, when installed)."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController()
+        except Exception:  # pragma: no cover - threadpoolctl is optional
+            _BLAS = False
+    if _BLAS is False:  # pragma: no cover
+        return contextlib.nullcontext()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
+def _numpy_tasks(q: Array, k: Array, v: Array, key_mask: Array | None, *, xp: Namespace, tile: int, **kw: Any) -> Array:
+    """One :func:`_rows` task per (batch..., head) on the thread pool, writing into one output array.
+
+    The output is allocated in the caller's sequence layout ``(..., Lq, H, Dv)`` and returned as a
+    heads-first view, so handing it back costs no copy.
+    """
+    lead = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+    if key_mask is not None:
+        lead = np.broadcast_shapes(lead, tuple(key_mask.shape[:-2]))
+    n_q, dv = int(q.shape[-2]), int(v.shape[-1])
+    if len(lead) >= 1:
+        out_seq = np.empty((*lead[:-1], n_q, lead[-1], dv), dtype=q.dtype)
+        out = np.moveaxis(out_seq, -2, -3)
+    else:
+        out = np.empty((n_q, dv), dtype=q.dtype)
+
+    def view(x: Array, idx: tuple[int, ...]) -> Array:
+        x = x[(None,) * (len(lead) - (x.ndim - 2))]
+        return x[tuple(0 if x.shape[d] == 1 else i for d, i in enumerate(idx))]
+
+    def task(idx: tuple[int, ...]) -> None:
+        km = None if key_mask is None else view(key_mask, idx)
+        _rows(view(q, idx), view(k, idx), view(v, idx), km, xp=xp, tile=tile, out=out[idx], **kw)
+
+    indices = list(np.ndindex(*lead)) if lead else [()]
+    if len(indices) == 1 or (os.cpu_count() or 1) == 1:
+        for idx in indices:
+            task(idx)
+        return out
+    with _one_blas_thread():
+        for f in [_pool().submit(task, idx) for idx in indices]:
+            f.result()
+    return out
