@@ -54,6 +54,27 @@ def start_server(port: int, workers: int) -> subprocess.Popen[bytes]:
     raise SystemExit("server did not start within 60 s")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its live children, from /proc (0 where /proc is missing)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        pids = [pid] + [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _ppid(int(e.name)) == pid]
+        for p in pids:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    except OSError:
+        return 0.0
+    return total
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
 def requests_for(fmt: str, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[str, bytes, dict[str, str]]:
     url = f"/v1/attention/scaled_dot_product?dim={D}"
     if fmt == "json":
@@ -70,7 +91,7 @@ def decode(fmt: str, r: httpx.Response) -> np.ndarray:
     return np.frombuffer(r.content, dtype="<f4").reshape([int(s) for s in r.headers["x-attnkit-shape"].split(",")])
 
 
-async def run_format(base: str, fmt: str, n: int, concurrency: int, expected: np.ndarray, q: np.ndarray, k: np.ndarray,
+async def run_format(server_pid: int, base: str, fmt: str, n: int, concurrency: int, expected: np.ndarray, q: np.ndarray, k: np.ndarray,
                      v: np.ndarray) -> dict[str, Any]:
     url, body, headers = requests_for(fmt, q, k, v)
     latencies: list[float] = []
@@ -95,9 +116,13 @@ async def run_format(base: str, fmt: str, n: int, concurrency: int, expected: np
                 if key != "ok":
                     errors[key] = errors.get(key, 0) + 1
 
+        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        cpu0 = cpu_seconds(server_pid)
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
+        cpu = cpu_seconds(server_pid) - cpu0
+        load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     lat_ms = sorted(x * 1e3 for x in latencies)
     return {
         "format": fmt,
@@ -109,9 +134,17 @@ async def run_format(base: str, fmt: str, n: int, concurrency: int, expected: np
         "p50_ms": round(statistics.median(lat_ms), 2),
         "p99_ms": round(lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))], 2),
         "max_ms": round(lat_ms[-1], 2),
+        "server_cpu_ms_per_request": round(cpu / n * 1e3, 3),
+        "load_average_1min": [load_before, load_after],
         "errors": sum(errors.values()),
         "error_kinds": errors,
     }
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def main() -> int:
@@ -134,7 +167,7 @@ def main() -> int:
     port = free_port()
     proc = start_server(port, ns.workers)
     try:
-        results = [asyncio.run(run_format(f"http://127.0.0.1:{port}", fmt, ns.requests, ns.concurrency, expected, q, k, v))
+        results = [asyncio.run(run_format(proc.pid, f"http://127.0.0.1:{port}", fmt, ns.requests, ns.concurrency, expected, q, k, v))
                    for fmt in ns.formats.split(",")]
     finally:
         proc.terminate()
@@ -144,6 +177,7 @@ def main() -> int:
         "request": f"POST /v1/attention/scaled_dot_product, one query d={D} over k={K} neighbours (values d={D})",
         "server": {"workers": ns.workers, "max_concurrency": os.cpu_count(), "host": "127.0.0.1"},
         "client": "httpx.AsyncClient in the same machine (shares the CPU with the server)",
+        "json_parser": "orjson" if _has("orjson") else "json (standard library)",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "attnkit": attnkit.__version__,
         "results": results,

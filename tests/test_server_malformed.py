@@ -211,3 +211,19 @@ def test_errors_name_the_field(client: httpx.Client) -> None:
     assert r.json()["error"]["field"] == "values"
     r = client.post(FLASH, content=json.dumps(with_(query=[[[float("inf")] * 4] * 2] * 3)), headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["error"]["field"] == "query"
+
+
+@pytest.mark.parametrize("body", [b'{"a": NaN}', b"[1e999, -Infinity]", b'{"n": 123456789012345678901234567890}', b'{"x": [1.5, 2]}',
+                                  b"[" * 3000 + b"]" * 3000, b'{"a": 1', b"\xff"])
+def test_json_parsing_does_not_depend_on_orjson(body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnkit.server import codec
+
+    def outcome() -> Any:
+        try:
+            return ("ok", json.dumps(codec.parse_json(body)))
+        except codec.ApiError as err:
+            return ("error", err.status, err.code, err.message)
+
+    with_fast = outcome()
+    monkeypatch.setattr(codec, "_orjson", None)
+    assert outcome() == with_fast

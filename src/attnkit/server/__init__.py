@@ -36,6 +36,7 @@ def run(
     *,
     settings: Settings | None = None,
     log_level: str = "info",
+    keep_alive_s: float = 30.0,
     **limits: Any,
 ) -> None:
     """Serve attnkit on ``host:port`` until SIGINT/SIGTERM, then finish in-flight requests and stop.
@@ -44,6 +45,8 @@ def run(
     ``request_timeout_s``, ``max_concurrency``, ``queue``, ``api_key``, ``cors_origins`` ...); ``None``
     values are ignored, unset ones come from ``ATTNKIT_SERVER_*`` variables or the defaults.
     ``workers > 1`` starts that many processes sharing the port (each with its own limits and metrics).
+    ``keep_alive_s`` is how long an idle keep-alive connection stays open (uvicorn's default of 5 s makes
+    busy clients that reuse a connection just as it closes see dropped requests).
     """
     import uvicorn
 
@@ -61,6 +64,7 @@ def run(
         "log_level": log_level,
         "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5,
         "server_header": False,
+        "timeout_keep_alive": float(keep_alive_s),
     }
     if workers > 1:
         os.environ[ENV_JSON] = settings.to_json()

@@ -358,12 +358,12 @@ class ServerState:
                 mech, names = self.mechanism(item.get("mechanism"), options, where)
                 out = self.forward(mech, tensors, names, where)
                 body_i, _ = codec.encode_output(out, codec.JSON, encoding=item_enc if "encoding" in item else encoding)
-                results.append({"status": 200, "mechanism": mech.name, **json.loads(body_i)})
+                results.append({"status": 200, "mechanism": mech.name, **codec.parse_json(body_i)})
             except ApiError as err:
                 if err.field and not err.field.startswith("requests["):
                     err.field = where + err.field
                 results.append({"status": err.status, **err.body()})
-        return json.dumps({"results": results}, allow_nan=False, separators=(",", ":")).encode()
+        return codec.dumps({"results": results})
 
 
 @functools.lru_cache(maxsize=256)

@@ -27,13 +27,20 @@ import binascii
 import io
 import json
 import math
+import re
 import struct
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+try:  # optional: about five times faster than the standard library on number-heavy bodies
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None
+
 __all__ = [
+    "dumps",
     "ApiError",
     "TENSOR_FIELDS",
     "JSON",
@@ -66,6 +73,7 @@ _ALIASES = {
     "application/vnd.safetensors": SAFETENSORS,
     "application/octet-stream": OCTET,
 }
+_LONG_DIGITS = re.compile(rb"[0-9]{20}")
 _WIRE_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64, "bool": np.bool_}
 
 
@@ -153,8 +161,25 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 # ---------------------------------------------------------------------- JSON
+def dumps(obj: Any) -> bytes:
+    """Compact JSON bytes (orjson when installed); non-finite floats are refused by both encoders' callers."""
+    if _orjson is not None:
+        return _orjson.dumps(obj)
+    return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
+
+
 def parse_json(body: bytes) -> Any:
-    """Parse a JSON body (NaN and Infinity are read, and rejected later by the finiteness checks)."""
+    """Parse a JSON body (NaN and Infinity are read, and rejected later by the finiteness checks).
+
+    orjson parses strict JSON when it is installed; anything it refuses (NaN, errors) is parsed again by
+    the standard library, and so is a body with a run of 20 or more digits (orjson reads integers beyond
+    64 bits as floats), so the result and the error messages do not depend on it.
+    """
+    if _orjson is not None and _LONG_DIGITS.search(body) is None:
+        try:
+            return _orjson.loads(body)
+        except (ValueError, TypeError):
+            pass
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -397,7 +422,9 @@ def encode_output(arr: np.ndarray, media: str, *, encoding: str = "list", extra:
         else:
             body["output"] = arr.tolist()
         body.update(extra or {})
-        return json.dumps(body, allow_nan=False, separators=(",", ":")).encode(), headers
+        if not np.isfinite(arr).all():
+            raise ValueError("output holds NaN or infinity; JSON cannot carry it")
+        return dumps(body), headers
     if media == OCTET:
         return arr.astype(arr.dtype.newbyteorder("<")).tobytes(), headers
     if media == NPY:
