@@ -1,0 +1,20 @@
+import AttnkitClient, { AttnkitError, createMask, createBoolMask, FlashAttention, type TensorResult } from '../src/index.js';
+
+async function main(): Promise<void> {
+  const client = new AttnkitClient({ baseUrl: 'http://127.0.0.1:8000', apiKey: 'k' });
+  const flash = new client.FlashAttention({ heads: 2, dim: 4, blockSize: 8, causal: true });
+  const out: Float32Array = await flash.forward(new Float32Array(8), null, null, createMask('causal', 1));
+  const f2 = new FlashAttention({ heads: 2 }, client);
+  const r: TensorResult = await f2.forwardWithShape({ data: new Float32Array(8), shape: [1, 2, 4] });
+  const mha = new client.MultiHeadAttention({ modelDim: 8, heads: 2 });
+  await mha.forward([1, 2, 3]);
+  const cross = new client.CrossAttention({ queryDim: 4, keyDim: 6 });
+  const lin = new client.LinearAttention({ dim: 4, featureMap: 'elu' });
+  const hyp = new client.HyperbolicAttention({ dim: 4, curvature: 1 });
+  const m: Uint8Array = createBoolMask('block', 4, [2]);
+  const res = await client.batch([{ mechanism: 'flash', query: new Float32Array(8), options: { heads: 2, dim: 4 } }]);
+  for (const x of res) if (x instanceof AttnkitError) console.log(x.code, x.field, x.status);
+  const b = await flash.benchmark(16);
+  console.log(out.length, r.shape, cross, lin, hyp, m, b.latencyMs, (await client.mechanisms())[0].options[0].type);
+}
+main();
