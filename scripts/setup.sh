@@ -15,7 +15,8 @@ python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[all,test]"
 # --- further set-up steps (browser, JS client) go below this line ---
 # JS client dev dependencies (playwright-core drives Chromium in tests; pyodide is the browser build's runtime).
-if command -v npm >/dev/null 2>&1 && [ ! -d clients/js/node_modules/playwright-core ]; then
+if command -v npm >/dev/null 2>&1 && { [ ! -f clients/js/node_modules/.package-lock.json ] \
+     || [ clients/js/package-lock.json -nt clients/js/node_modules/.package-lock.json ]; }; then
   (cd clients/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null 2>&1) \
     || echo "setup: npm ci in clients/js failed; the browser tests will skip" >&2
 fi
