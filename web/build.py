@@ -44,8 +44,10 @@ def build(out: Path, pyodide_dir: Path) -> dict[str, object]:
         shutil.rmtree(wheels)
     wheels.mkdir()
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp, str(ROOT)],
-                       check=True)
+        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp, str(ROOT)]
+        # without build isolation when setuptools is at hand (offline, fast); with it otherwise
+        if subprocess.run([*cmd, "--no-build-isolation"], capture_output=True).returncode != 0:
+            subprocess.run(cmd, check=True)
         for whl in Path(tmp).glob("attnkit-*.whl"):
             shutil.copy2(whl, wheels / whl.name)
     import array_api_compat
