@@ -33,7 +33,6 @@ import numpy as np
 from .._array import Array, Namespace
 from .dense import sdpa
 from .masks import apply_mask_tile, mask_tile
-from .softmax import safe_softmax
 
 __all__ = ["local_global_mask", "local_global_attention", "default_block"]
 
@@ -84,14 +83,20 @@ def local_global_attention(
     is_glob[gidx] = True
     neg_inf = xp.asarray(-xp.inf, dtype=q.dtype, device=dev)
     qs = q * scale
+    kt = xp.matrix_transpose(k)
+    if isinstance(q, np.ndarray):
+        # BLAS wants each block's matrices contiguous: strided (..., L, H, D) views and transposed key
+        # views make NumPy's matmul fall back to a loop that is 10-100x slower. One O(L*D) copy each.
+        qs, kt, v = np.ascontiguousarray(qs), np.ascontiguousarray(kt), np.ascontiguousarray(v)
     if n_glob:
         g_dev = xp.asarray(gidx, device=dev)
         kg = xp.take(k, g_dev, axis=-2)
         vg = xp.take(v, g_dev, axis=-2)
         kg_t = xp.matrix_transpose(kg)
-    parts = []
-    for q0 in range(0, length, b):
-        q1 = min(q0 + b, length)
+        if isinstance(q, np.ndarray):
+            kg_t = np.ascontiguousarray(kg_t)
+
+    def block(q0: int, q1: int) -> Array:
         k0 = max(0, q0 - w)
         k1 = min(length, q1 + w) if not causal else min(length, q1)
         rows = np.arange(q0, q1)[:, None]
@@ -100,10 +105,10 @@ def local_global_attention(
         if causal:
             allowed &= cols <= rows
         qt = qs[..., q0:q1, :]
-        s = qt @ xp.matrix_transpose(k[..., k0:k1, :])
+        s = qt @ kt[..., :, k0:k1]
         s = xp.where(xp.asarray(allowed, device=dev), s, neg_inf)
         s = apply_mask_tile(s, mask, xp, q0, q1, k0, k1)
-        width = k1 - k0
+        sg = None
         if n_glob:
             sg = qt @ kg_t
             if causal:
@@ -113,16 +118,46 @@ def local_global_attention(
                 if mt.shape[-1] != 1:
                     mt = xp.take(mt, g_dev, axis=-1)
                 sg = xp.where(mt, sg, neg_inf) if xp.isdtype(mt.dtype, "bool") else sg + mt
-            s = xp.concat([s, sg], axis=-1)
-        p = safe_softmax(s, xp)
-        o = p[..., :width] @ v[..., k0:k1, :]
-        if n_glob:
-            o = o + p[..., width:] @ vg
-        parts.append(o)
+        # one softmax over [local keys | global keys] without concatenating (strided slices of a
+        # concatenated tile would again keep NumPy's matmul off BLAS)
+        m = xp.max(s, axis=-1, keepdims=True)
+        if sg is not None:
+            m = xp.maximum(m, xp.max(sg, axis=-1, keepdims=True))
+        m = xp.where(xp.isinf(m), xp.zeros_like(m), m)
+        e = xp.exp(s - m)
+        z = xp.sum(e, axis=-1, keepdims=True)
+        o = e @ v[..., k0:k1, :]
+        if sg is not None:
+            eg = xp.exp(sg - m)
+            z = z + xp.sum(eg, axis=-1, keepdims=True)
+            o = o + eg @ vg
+        o = o / xp.where(z == 0, xp.ones_like(z), z)
+        return o
+
+    with _blas_limit(isinstance(q, np.ndarray)):
+        parts = [block(q0, min(q0 + b, length)) for q0 in range(0, length, b)]
     out = parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2)
     if n_glob:
         out = _global_rows(q, k, v, out, xp=xp, scale=scale, gidx=gidx, causal=causal, mask=mask, dev=dev)
     return out
+
+
+def _blas_limit(active: bool) -> Any:
+    """Hold BLAS to one thread around the many small per-block GEMMs (NumPy only).
+
+    Multi-threaded BLAS gains nothing on ``b x (b + 2w)`` tiles and, on a loaded machine, its spinning
+    threads made the blocks 10-50x slower. Shares the NumPy fast path's re-entrant limiter
+    (threadpoolctl, the ``fast`` extra); without it this is a no-op.
+    """
+    import contextlib
+
+    if not active:
+        return contextlib.nullcontext()
+    try:
+        from .dense_numpy import _BlasOneThread, blas_limiter_available
+    except ImportError:  # pragma: no cover - the fast path is optional
+        return contextlib.nullcontext()
+    return _BlasOneThread() if blas_limiter_available() else contextlib.nullcontext()
 
 
 def _global_rows(
