@@ -98,7 +98,10 @@ def as_float_array(x: object, name: str, xp: Namespace | None = None) -> Array:
             arr = np.asarray(x, dtype=np.float32) if not isinstance(x, np.generic) else np.asarray(x)
         except (ValueError, TypeError) as exc:
             raise ShapeError(f"{name}: expected a rectangular array of numbers ({exc})") from exc
-        x = arr
+        if arr.dtype.kind != "f":
+            raise DTypeError(f"{name}: expected a float array, got {arr.dtype}")
+        # a Python sequence given beside arrays of another library joins that library
+        return arr if xp is None or is_numpy(xp) else xp.asarray(arr)
     xp = xp or namespace(x)
     dtype = x.dtype
     if not xp.isdtype(dtype, "real floating"):
