@@ -147,6 +147,7 @@ def test_public_name_and_rope_option_helper() -> None:
     assert as_rope(None, 8) is None
     assert as_rope("interleaved", 8).layout == "interleaved"
     assert as_rope(True, 8).dim == 8
+    assert as_rope("true", 8).layout == "half" and as_rope("off", 8) is None  # strings from a CLI or config file
     with pytest.raises(ConfigError, match="rope"):
         as_rope(RotaryEmbedding(16), 8)
     with pytest.raises(ConfigError, match="rope"):

@@ -212,8 +212,10 @@ def as_rope(value: Any, dim: int, name: str = "rope") -> RotaryEmbedding | None:
         return RotaryEmbedding(dim)
     if isinstance(value, str) and value.strip().lower() in ("half", "interleaved"):
         return RotaryEmbedding(dim, layout=value.strip().lower())
-    if isinstance(value, str) and value.strip().lower() in ("none", "off", "false", ""):
+    if isinstance(value, str) and value.strip().lower() in ("none", "off", "false", "no", "0", ""):
         return None
+    if isinstance(value, str) and value.strip().lower() in ("true", "on", "yes", "1"):
+        return RotaryEmbedding(dim)
     raise ConfigError(f"{name}: expected a RotaryEmbedding, None, True, 'half' or 'interleaved', got {value!r}")
 
 
