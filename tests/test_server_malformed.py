@@ -214,6 +214,7 @@ def test_errors_name_the_field(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize("body", [b'{"a": NaN}', b"[1e999, -Infinity]", b'{"n": 123456789012345678901234567890}', b'{"x": [1.5, 2]}',
+                                  b"[18446744073709551615, 18446744073709551616, -9223372036854775808, -9223372036854775809]",
                                   b"[" * 3000 + b"]" * 3000, b'{"a": 1', b"\xff"])
 def test_json_parsing_does_not_depend_on_orjson(body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     from attnkit.server import codec

@@ -27,7 +27,6 @@ import binascii
 import io
 import json
 import math
-import re
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -73,7 +72,6 @@ _ALIASES = {
     "application/vnd.safetensors": SAFETENSORS,
     "application/octet-stream": OCTET,
 }
-_LONG_DIGITS = re.compile(rb"[0-9]{20}")
 _WIRE_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64, "bool": np.bool_}
 
 
@@ -172,10 +170,10 @@ def parse_json(body: bytes) -> Any:
     """Parse a JSON body (NaN and Infinity are read, and rejected later by the finiteness checks).
 
     orjson parses strict JSON when it is installed; anything it refuses (NaN, errors) is parsed again by
-    the standard library, and so is a body with a run of 20 or more digits (orjson reads integers beyond
-    64 bits as floats), so the result and the error messages do not depend on it.
+    the standard library, which reads integers outside the 64-bit range as floats just as orjson does, so
+    the result and the error messages do not depend on orjson.
     """
-    if _orjson is not None and _LONG_DIGITS.search(body) is None:
+    if _orjson is not None:
         try:
             return _orjson.loads(body)
         except (ValueError, TypeError):
@@ -185,11 +183,16 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ApiError(400, "bad_json", f"body: expected UTF-8 JSON, got undecodable bytes at {exc.start}", "body") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_parse_int)
     except RecursionError:
         raise ApiError(400, "bad_json", "body: JSON nested too deeply", "body") from None
     except ValueError as exc:
         raise ApiError(400, "bad_json", f"body: invalid JSON ({exc})", "body") from None
+
+
+def _parse_int(text: str) -> int | float:
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(text)
 
 
 def decode_json_tensor(value: Any, field: str, max_elements: int, list_dtype: Any = np.float32) -> np.ndarray:
