@@ -415,7 +415,7 @@ def loads(
             with np.load(_io.BytesIO(data), allow_pickle=False) as z:
                 out = {k: z[k] for k in z.files}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-            raise FileFormatError(f"{name}: {where} is not a readable .npz file: {exc}{_looks_like(data)}") from None
+            raise FileFormatError(f"{name}: {where} is not a readable .npz file: {exc}{_looks_like(data, 'npz')}") from None
         if not out:
             raise FileFormatError(f"{name}: {where} is an empty .npz archive")
     elif fmt == "safetensors":
@@ -425,7 +425,7 @@ def loads(
         try:
             out = st_load(data)
         except (SafetensorError, ValueError, TypeError) as exc:
-            raise FileFormatError(f"{name}: {where} is not a readable .safetensors file: {exc}{_looks_like(data)}") from None
+            raise FileFormatError(f"{name}: {where} is not a readable .safetensors file: {exc}{_looks_like(data, 'safetensors')}") from None
         if not out:
             raise FileFormatError(f"{name}: {where} is a .safetensors file with no tensors")
     elif fmt == "raw":
@@ -443,9 +443,9 @@ def loads(
     return out
 
 
-def _looks_like(data: bytes) -> str:
+def _looks_like(data: bytes, claimed: str = "") -> str:
     guess = sniff_format(data[:512])
-    return f" (it looks like {guess})" if guess else ""
+    return f" (it looks like {guess})" if guess and guess != claimed else ""
 
 
 def dumps(arrays: np.ndarray | Mapping[str, Any], fmt: str, *, name: str = "output") -> bytes:
