@@ -29,12 +29,14 @@ ratio: each key feature ``f`` is divided by its largest value over the keys (``M
 query row is multiplied by ``M_f`` and divided by its own largest product. So the largest query
 feature of every row is exactly 1 and, without ``causal``, every denominator is at least 1 before
 ``eps`` is added: no feature row underflows to zero, nothing overflows, for any input magnitude.
-``eps`` is added to the denominator in these stabilised units (it guards a row with no visible
-key or, for ``relu``/``dpfp``, no positive feature, which gives zeros, never NaN); for ordinary
-inputs the result equals the paper's formula up to a relative ``O(eps)``. With ``causal=True`` the
-key maxima are running maxima over chunks (the prefix state is rescaled when they grow), so a
-denominator can only underflow for a query whose visible keys are all ``~e^-87`` (float32) times
-smaller than a later key of its own chunk, in every feature.
+``eps`` is the paper's: the result is ``num / (den + eps)`` in the raw units of the formula above,
+except for a query whose features are all tiny, ``max_f phi(q)_f max_j phi(k_j)_f < 1`` (there the
+raw formula lets ``eps`` swamp them: that is how features "underflow to zero"); for such a row
+``eps`` is added to its rescaled denominator instead. A row with no visible key (or, for
+``relu``/``dpfp``, no positive feature) gives zeros, never NaN. With ``causal=True`` the key maxima
+are running maxima over chunks (the prefix state is rescaled when they grow), so a denominator can
+only underflow for a query whose visible keys are all ``~e^-87`` (float32) times smaller than a
+later key of its own chunk, in every feature (``chunk_size=1`` rules even that out).
 
 Causal form: chunked prefix sums. The causal region is cut into chunks of ``chunk_size``; within a
 chunk the product ``tril(phi(Q_c) phi(K_c)^T) V_c`` is formed, across chunks a running state
@@ -184,10 +186,25 @@ def _finite_or(x: Array, fill: Array | float, xp: Namespace) -> Array:
     return xp.where(xp.isfinite(x), x, xp.full_like(x, fill))
 
 
-def _row_scaled_exp(lq: Array, xp: Namespace) -> Array:
-    """``exp(lq - max_f lq)`` per row: the largest feature of each row becomes exactly 1 (a row of ``-inf`` gives 0)."""
+def _row_scaled_exp(lq: Array, xp: Namespace) -> tuple[Array, Array]:
+    """``(exp(lq - r), r)`` with ``r = max_f lq`` per row: the largest feature of each row becomes exactly 1.
+
+    A row of ``-inf`` (no feature) gives zeros and ``r = 0``.
+    """
     r = _finite_or(xp.max(lq, axis=-1, keepdims=True), 0.0, xp)
-    return xp.exp(lq - r)
+    return xp.exp(lq - r), r
+
+
+def _row_eps(eps: float, r: Array, xp: Namespace) -> Array:
+    """``eps`` in the units of a query row that was scaled by ``exp(-r)``.
+
+    ``eps * exp(-r)``, so the result is the paper's ``num / (den + eps)``; but never more than ``eps``
+    (``r < 0``: features that are all tiny are not swamped by ``eps``, the upstream underflow) and
+    never below the dtype's smallest normal number (so a row without any visible feature gives
+    ``0 / eps = 0``, never ``0 / 0``).
+    """
+    tiny = float(xp.finfo(r.dtype).smallest_normal)
+    return xp.maximum(eps * xp.exp(-xp.clip(r, min=0.0, max=-math.log(tiny))), xp.full_like(r, tiny))
 
 
 def _apply_key_mask(lk: Array, key_mask: Array | None, xp: Namespace) -> Array:
@@ -207,7 +224,7 @@ def stabilised_features(lq: Array, lk: Array, xp: Namespace) -> tuple[Array, Arr
     ``phi_q[i, f] phi_k[j, f]`` is the exact one times ``exp(-r_i)``, a per-query constant.
     """
     mk = xp.max(lk, axis=-2, keepdims=True)
-    return _row_scaled_exp(lq + mk, xp), xp.exp(lk - _finite_or(mk, 0.0, xp))
+    return _row_scaled_exp(lq + mk, xp)[0], xp.exp(lk - _finite_or(mk, 0.0, xp))
 
 
 def _key_state(lk: Array, vv: Array, xp: Namespace, state: Array | None = None, scale: Array | None = None) -> tuple[Array, Array]:
@@ -224,7 +241,8 @@ def _key_state(lk: Array, vv: Array, xp: Namespace, state: Array | None = None, 
 
 def _query_out(lq: Array, state: Array, scale: Array, eps: float, xp: Namespace) -> Array:
     """Outputs of queries ``lq`` (log features) against a key state: ``phi_q S[:, :Dv] / (phi_q S[:, Dv] + eps)``."""
-    return _divide(_row_scaled_exp(lq + scale, xp) @ state, eps, xp)
+    fq, r = _row_scaled_exp(lq + scale, xp)
+    return _divide(fq @ state, _row_eps(eps, r, xp), xp)
 
 
 def _ones_column(v: Array, xp: Namespace) -> Array:
@@ -232,8 +250,8 @@ def _ones_column(v: Array, xp: Namespace) -> Array:
     return xp.concat([v, ones], axis=-1)
 
 
-def _divide(res: Array, eps: float, xp: Namespace) -> Array:
-    """Split the ``[numerator | denominator]`` GEMM result and divide, adding ``eps``."""
+def _divide(res: Array, eps: Array | float, xp: Namespace) -> Array:
+    """Split the ``[numerator | denominator]`` GEMM result and divide, adding ``eps`` (per row)."""
     dv = int(res.shape[-1]) - 1
     return res[..., :dv] / (res[..., dv:] + eps)
 
@@ -271,11 +289,11 @@ def _cummax(x: Array, axis: int, xp: Namespace) -> Array:
 
 def _causal_block(
     lq: Array, lk: Array, vv: Array, state: Array | None, scale: Array | None, *, xp: Namespace, chunk: int
-) -> tuple[Array, Array, Array]:
+) -> tuple[Array, Array, Array, Array]:
     """Causal linear attention of ``n`` aligned query/key rows after a prefix state ``(state, scale)``.
 
     Query row ``i`` sees the prefix and keys ``0..i`` of this block. Returns the ``[num | den]`` rows
-    ``(..., n, Dv + 1)`` and the state after the block.
+    ``(..., n, Dv + 1)``, the log scale of each query row ``(..., n, 1)`` and the state after the block.
     """
     n = int(lq.shape[-2])
     dev = array_api_compat.device(lq)
@@ -305,15 +323,16 @@ def _causal_block(
     fk_c = xp.exp(lk_c - r[..., None, :])  # (..., n_chunks, c, F), each <= 1
     kv = xp.matrix_transpose(fk_c) @ v_c  # (..., n_chunks, F, Dv + 1): chunk t at scale r[t]
     states = _prefix_states(state, kv, run, xp)  # the state before chunk t, at scale r[t]
-    fq_c = _row_scaled_exp(lq_c + run_raw[..., 1:, None, :], xp)
+    fq_c, r_q = _row_scaled_exp(lq_c + run_raw[..., 1:, None, :], xp)
 
     tril = xp.asarray(np.tril(np.ones((c, c), dtype=bool)), device=dev)
     scores = fq_c @ xp.matrix_transpose(fk_c)
     scores = xp.where(tril, scores, xp.zeros_like(scores))
     res = scores @ v_c + fq_c @ states  # (..., n_chunks, c, Dv + 1)
     res = xp.reshape(res, (*res.shape[:-3], n_chunks * c, res.shape[-1]))[..., :n, :]
+    r_q = xp.reshape(r_q, (*r_q.shape[:-3], n_chunks * c, 1))[..., :n, :]
     end = states[..., -1, :, :] + kv[..., -1, :, :]  # at scale r[-1] (= run_raw[-1] where finite)
-    return res, end, run_raw[..., -1:, :]
+    return res, r_q, end, run_raw[..., -1:, :]
 
 
 def _prefix_states(state: Array | None, kv: Array, run: Array, xp: Namespace) -> Array:
@@ -327,7 +346,8 @@ def _prefix_states(state: Array | None, kv: Array, run: Array, xp: Namespace) ->
     dev = array_api_compat.device(kv)
     start = run[..., :1, :]  # (..., 1, F)
     r = run[..., 1:, :]  # (..., n_chunks, F)
-    if not is_numpy(xp) and float(xp.max(r[..., -1:, :] - start)) <= _SCAN_RANGE[8 if "float64" in str(dt) else 4]:
+    spread = xp.max(r[..., -1:, :] - start)
+    if not is_numpy(xp) and float(spread.detach() if hasattr(spread, "detach") else spread) <= _SCAN_RANGE[8 if "float64" in str(dt) else 4]:
         # vectorised: express everything at the final scale, cumulative sum, then rescale back
         ref = r[..., -1:, :]
         scaled = kv * xp.exp(r - ref)[..., :, None]
@@ -410,8 +430,8 @@ def _rows(
         for s in range(skip, n_q, tile):
             e = min(s + tile, n_q)
             lk, vv = lk_vv_of(s + offset, e + offset)
-            res, state, scale = _causal_block(lq_of(s, e), lk, vv, state, scale, xp=xp, chunk=chunk)
-            emit(s, e, _divide(res, eps, xp))
+            res, r_q, state, scale = _causal_block(lq_of(s, e), lk, vv, state, scale, xp=xp, chunk=chunk)
+            emit(s, e, _divide(res, _row_eps(eps, r_q, xp), xp))
     if out is not None:
         return out
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from .._array import Array, as_float_array, non_negative_int, one_of, positive_float, positive_int, shape_str
@@ -36,7 +37,8 @@ class LinearAttention(Mechanism):
     """Linear attention over ``heads`` heads of width ``dim`` (the spec's ``WasmLinearAttention``).
 
     Options: ``dim`` per head (required), ``heads`` (8), ``feature_map`` (``"elu"``, ``"relu"``,
-    ``"dpfp"`` or ``"favor"``), ``eps`` (1e-6, > 0, added to the stabilised denominator),
+    ``"dpfp"`` or ``"favor"``), ``eps`` (1e-6, > 0, added to the denominator as in the paper; see
+    :mod:`attnkit.kernels.linear` for rows whose features are all tiny),
     ``causal`` (False; bottom-right aligned when ``Lq != Lk``), ``nb_features`` (``favor`` only: the
     number m of random features, default ``ceil(D ln D)``, 267 for D = 64), ``nu`` (``dpfp`` only,
     >= 1: feature dimension ``2 * D * nu``), ``seed`` (``favor``: seeds the random projection, which
@@ -145,8 +147,7 @@ class LinearAttention(Mechanism):
             if mask.dtype.kind not in "biuf":
                 mask = as_float_array(mask, "mask", None)
         mshape = tuple(int(d) for d in mask.shape)
-        mod = mask.__class__.__module__.split(".")[0]
-        reshape = np if mod == "numpy" else xp
+        reshape = array_api_compat.array_namespace(mask)  # the mask's own library (prepare_mask checks it)
         if s.flat and len(mshape) == 1 and lq > 1 and mshape[0] == lq * lk:
             mask = reshape.reshape(mask, (lq, lk))  # the spec's flat (Lq*Lk) mask
             mshape = (lq, lk)
