@@ -108,6 +108,15 @@ def test_compute_float_mask_file_and_scale_option(tmp_path: Path):
     assert rel(out, ref_seq_attention(q, k, v, mask=bias, scale=0.25)) < 1e-5
 
 
+def test_compute_reads_stdin_and_writes_stdout(tmp_path: Path):
+    run = Runner(tmp_path)
+    q = np.array([[[1.0, 0.0]], [[0.0, 2.0]], [[1.0, 1.0]]], np.float32)
+    proc = ok(run("compute", "-q", "-", "--heads", "1", "--dim", "2", "-o", "-", input=aio.dumps(q, "json").decode()))
+    out = aio.loads(proc.stdout.encode(), "json")["data"]
+    assert rel(out, ref_seq_attention(q, q, q)) < 1e-6
+    assert "output" in proc.stderr  # the summary goes to stderr when stdout carries the data
+
+
 def test_compute_csv_and_raw_inputs_with_shape(tmp_path: Path):
     run = Runner(tmp_path)
     rng = np.random.default_rng(3)

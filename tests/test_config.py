@@ -189,3 +189,12 @@ def test_config_init_writes_a_loadable_file(tmp_path: Path):
     assert (tmp_path / ".xdg-config" / "attnkit" / "config.toml").is_file()
     shown = ok(run("config", "show")).stdout
     assert "attnkit.toml (from ./attnkit.toml)" in shown and "[server]" in shown
+
+
+def test_num_threads_caps_blas(tmp_path: Path):
+    run = Runner(tmp_path)
+    (tmp_path / "attnkit.toml").write_text("[optimization]\nnum_threads = 1\n")
+    blas = json.loads(ok(run("info", "--json")).stdout)["blas"]
+    if not blas or "num_threads" not in blas[0]:
+        pytest.skip("threadpoolctl reports no BLAS here")
+    assert all(lib["num_threads"] == 1 for lib in blas)

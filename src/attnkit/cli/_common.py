@@ -50,7 +50,21 @@ class State:
             setup_logging(self.verbose, self.log_format, self._config)
             if self._config.path is not None:
                 log.info("config: %s (from %s)", self._config.path, self._config.source)
+            limit_threads(self._config.get("optimization", "num_threads"))
         return self._config
+
+
+def limit_threads(n: int | None) -> None:
+    """Cap BLAS/OpenMP thread pools at ``n`` for this process (``[optimization] num_threads``; 0 = no cap)."""
+    if not n:
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        log.warning("optimization.num_threads = %d ignored: install threadpoolctl (the cli extra has it)", n)
+        return
+    threadpool_limits(limits=int(n))
+    log.info("threads: BLAS/OpenMP pools capped at %d", n)
 
 
 STATE = State()
