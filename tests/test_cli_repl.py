@@ -85,3 +85,48 @@ def test_repl_errors_keep_the_session_and_set_exit_code(tmp_path: Path):
 def test_repl_start_with_type_and_eof_ends(tmp_path: Path):
     proc = ok(Runner(tmp_path)("repl", "--type", "linear", input="random 4\nrun\n"))
     assert "created LinearAttention" in proc.stdout and "out(4, 8, 32)" in proc.stdout
+
+
+def test_repl_on_a_terminal_uses_prompt_toolkit_with_history(tmp_path: Path):
+    """On a pseudo-terminal: the prompt, the commands, and the history file in the user state dir."""
+    import os
+    import select
+    import time
+
+    import pytest
+
+    pty = pytest.importorskip("pty")
+    from test_cli_support import clean_env, command
+
+    env = clean_env(tmp_path, PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec the entry point on the terminal
+        os.chdir(tmp_path)
+        os.execvpe(command()[0], [*command(), "repl"], env)
+    seen = b""
+
+    def wait_for(marker: bytes, timeout: float = 60.0) -> None:
+        nonlocal seen
+        end = time.time() + timeout
+        while marker not in seen and time.time() < end:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(fd, 65536)
+                except OSError:
+                    break
+        assert marker in seen, f"{marker!r} never appeared in:\n{seen.decode(errors='replace')}"
+
+    try:
+        wait_for(b"attnkit>")
+        for line, marker in ((b"create flash heads=1 dim=2", b"created FlashAttention"), (b"random 3", b"q(3, 1, 2)"),
+                             (b"run", b"out(3, 1, 2)")):
+            os.write(fd, line + b"\r")
+            wait_for(marker)
+        os.write(fd, b"quit\r")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, seen.decode(errors="replace")
+    history = (tmp_path / ".xdg-state" / "attnkit" / "repl_history").read_text()
+    assert "+random 3" in history and "+run" in history
