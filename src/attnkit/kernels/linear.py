@@ -72,7 +72,6 @@ __all__ = [
     "dpfp_log_features",
     "favor_log_features",
     "log_features",
-    "stabilised_features",
     "linear_attention",
 ]
 
@@ -157,7 +156,8 @@ def favor_log_features(x: Array, projection: Array, xp: Namespace) -> Array:
     d = int(x.shape[-1])
     m = int(projection.shape[0])
     xs = x * (d**-0.25)
-    return xs @ xp.matrix_transpose(projection) - 0.5 * xp.sum(xs * xs, axis=-1, keepdims=True) - 0.5 * math.log(m)
+    sq = (xs * xs) @ xp.ones((d, 1), dtype=xs.dtype, device=array_api_compat.device(xs))  # |x'|^2 (a GEMV: fast)
+    return xs @ xp.matrix_transpose(projection) - 0.5 * sq - 0.5 * math.log(m)
 
 
 def log_features(x: Array, feature_map: str, xp: Namespace, *, nu: int = 1, projection: Array | None = None) -> Array:
@@ -186,12 +186,33 @@ def _finite_or(x: Array, fill: Array | float, xp: Namespace) -> Array:
     return xp.where(xp.isfinite(x), x, xp.full_like(x, fill))
 
 
+def _max_last(x: Array, xp: Namespace) -> Array:
+    """``max`` over axis -1, keepdims (NumPy: argmax + gather, ~4x faster than ``max`` on short rows)."""
+    if is_numpy(xp):
+        return np.take_along_axis(x, np.argmax(x, axis=-1)[..., None], axis=-1)
+    return xp.max(x, axis=-1, keepdims=True)
+
+
+def _max_rows(x: Array, xp: Namespace) -> Array:
+    """``max`` over axis -2, keepdims (NumPy: pairwise halving over contiguous blocks, ~2x faster)."""
+    if not is_numpy(xp):
+        return xp.max(x, axis=-2, keepdims=True)
+    n = int(x.shape[-2])
+    while n > 1:
+        h = n // 2
+        m = np.maximum(x[..., :h, :], x[..., h : 2 * h, :])
+        if n % 2:
+            np.maximum(m[..., :1, :], x[..., 2 * h :, :], out=m[..., :1, :])
+        x, n = m, h
+    return x
+
+
 def _row_scaled_exp(lq: Array, xp: Namespace) -> tuple[Array, Array]:
     """``(exp(lq - r), r)`` with ``r = max_f lq`` per row: the largest feature of each row becomes exactly 1.
 
     A row of ``-inf`` (no feature) gives zeros and ``r = 0``.
     """
-    r = _finite_or(xp.max(lq, axis=-1, keepdims=True), 0.0, xp)
+    r = _finite_or(_max_last(lq, xp), 0.0, xp)
     return xp.exp(lq - r), r
 
 
@@ -216,20 +237,9 @@ def _apply_key_mask(lk: Array, key_mask: Array | None, xp: Namespace) -> Array:
     return lk + key_mask
 
 
-def stabilised_features(lq: Array, lk: Array, xp: Namespace) -> tuple[Array, Array]:
-    """Non-causal stabilised features from log features: ``(phi_q, phi_k)`` up to cancelling constants.
-
-    ``phi_k[j, f] = exp(lk[j, f] - M_f)`` with ``M_f = max_j lk[j, f]``, and
-    ``phi_q[i, f] = exp(lq[i, f] + M_f - r_i)`` with ``r_i = max_f (lq[i, f] + M_f)``. Every product
-    ``phi_q[i, f] phi_k[j, f]`` is the exact one times ``exp(-r_i)``, a per-query constant.
-    """
-    mk = xp.max(lk, axis=-2, keepdims=True)
-    return _row_scaled_exp(lq + mk, xp)[0], xp.exp(lk - _finite_or(mk, 0.0, xp))
-
-
 def _key_state(lk: Array, vv: Array, xp: Namespace, state: Array | None = None, scale: Array | None = None) -> tuple[Array, Array]:
     """Add keys ``lk`` (log features) with values ``vv`` to the state ``(state, scale)``, rescaling online."""
-    m = xp.max(lk, axis=-2, keepdims=True)
+    m = _max_rows(lk, xp)
     if scale is not None:
         m = xp.maximum(m, scale)
     safe = _finite_or(m, 0.0, xp)
@@ -305,7 +315,7 @@ def _causal_block(
     v_c = _chunks(_pad_rows(vv, pad, 0.0, xp), n_chunks, c, xp)
 
     # running per-feature key maxima: index 0 is the incoming scale, index t + 1 is through chunk t
-    m_chunks = xp.max(lk_c, axis=-2)  # (..., n_chunks, F)
+    m_chunks = _max_rows(lk_c, xp)[..., 0, :]  # (..., n_chunks, F)
     if scale is None:
         scale = xp.full((*m_chunks.shape[:-2], 1, m_chunks.shape[-1]), -math.inf, dtype=lk.dtype, device=dev)
     shape = np.broadcast_shapes(tuple(m_chunks.shape[:-2]), tuple(scale.shape[:-2]))
@@ -483,8 +493,8 @@ _BLAS: Any = None
 
 def _numpy_tile(f_dim: int, dv: int, itemsize: int, chunk: int) -> int:
     """Rows per tile: a tile of features stays below 128 KB (in L2, and under glibc's mmap threshold,
-    so temporaries are not fresh page-faulting mappings), at least 256 rows, a multiple of ``chunk``."""
-    rows = max(256, (1 << 17) // (max(f_dim, dv + 1) * itemsize))
+    so temporaries are not fresh page-faulting mappings), at least 128 rows, a multiple of ``chunk``."""
+    rows = max(128, (1 << 17) // (max(f_dim, dv + 1) * itemsize))
     return max(chunk, rows // chunk * chunk)
 
 
