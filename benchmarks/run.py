@@ -243,30 +243,41 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(2)
     rows = []
     log("\n== torch tensors in: attnkit's dispatch to torch's fused kernel vs calling torch directly")
-    log(f"{'L':>6} {'causal':>6} | {'torch ms':>9} {'sdpa ms':>9} {'overhead':>8} | {'torch(BLHD) ms':>14} {'Flash ms':>9} {'overhead':>8}")
+    log("sdpa = attnkit.kernels.dense.sdpa on (B, H, L, D) tensors; Flash = FlashAttention.forward on (B, L, H, D) tensors "
+        "(input checks included), against torch on the same layout; 'no check' = FlashAttention(check_finite=False)")
+    log(f"{'L':>6} {'causal':>6} | {'torch ms':>9} {'sdpa ms':>9} {'overhead':>8} | {'torch(BLHD) ms':>14} {'Flash ms':>9} {'overhead':>8} | "
+        f"{'no check':>9} {'overhead':>8}")
     for length in args.torch_lengths:
         for causal in (False, True):
             th = [torch.from_numpy(rng.standard_normal((1, 8, length, 64), dtype=np.float32)) for _ in range(3)]
             tl = [torch.from_numpy(rng.standard_normal((1, length, 8, 64), dtype=np.float32)) for _ in range(3)]
             fa = FlashAttention(heads=8, dim=64, causal=causal)
+            fa_nc = FlashAttention(heads=8, dim=64, causal=causal, check_finite=False)
             fns = {
                 "torch": lambda th=th, c=causal: F.scaled_dot_product_attention(*th, is_causal=c),
                 "sdpa": lambda th=th, c=causal: sdpa(*th, xp=txp, scale=0.125, causal=c),
                 "torch_blhd": lambda tl=tl, c=causal: F.scaled_dot_product_attention(
                     *(t.transpose(1, 2) for t in tl), is_causal=c).transpose(1, 2),
                 "flash": lambda tl=tl, fa=fa: fa.forward(*tl),
+                "flash_nocheck": lambda tl=tl, fa=fa_nc: fa.forward(*tl),
             }
             t = interleaved(fns, args.torch_repeats)
             row = dict(length=length, causal=causal, torch_s=t["torch"], sdpa_s=t["sdpa"], torch_blhd_s=t["torch_blhd"],
-                       flash_s=t["flash"], sdpa_overhead=t["sdpa"] / t["torch"] - 1, flash_overhead=t["flash"] / t["torch_blhd"] - 1)
+                       flash_s=t["flash"], flash_nocheck_s=t["flash_nocheck"], sdpa_overhead=t["sdpa"] / t["torch"] - 1,
+                       flash_overhead=t["flash"] / t["torch_blhd"] - 1, flash_nocheck_overhead=t["flash_nocheck"] / t["torch_blhd"] - 1)
             rows.append(row)
             log(f"{length:>6} {causal!s:>6} | {t['torch'] * 1e3:9.2f} {t['sdpa'] * 1e3:9.2f} {row['sdpa_overhead']:8.1%} | "
-                f"{t['torch_blhd'] * 1e3:14.2f} {t['flash'] * 1e3:9.2f} {row['flash_overhead']:8.1%}")
+                f"{t['torch_blhd'] * 1e3:14.2f} {t['flash'] * 1e3:9.2f} {row['flash_overhead']:8.1%} | "
+                f"{t['flash_nocheck'] * 1e3:9.2f} {row['flash_nocheck_overhead']:8.1%}")
             fa.dispose()
+            fa_nc.dispose()
     worst = max(r["sdpa_overhead"] for r in rows)
     worst_flash = max(r["flash_overhead"] for r in rows)
-    log(f"worst overhead: kernel dispatch {worst:.1%}, FlashAttention.forward {worst_flash:.1%} (target <= 5%)")
-    return dict(rows=rows, worst_sdpa_overhead=worst, worst_flash_overhead=worst_flash, target=0.05, passed=worst <= 0.05)
+    worst_nc = max(r["flash_nocheck_overhead"] for r in rows)
+    log(f"worst overhead: kernel dispatch {worst:.1%}, FlashAttention.forward {worst_flash:.1%} "
+        f"({worst_nc:.1%} without the finiteness checks) (target <= 5%)")
+    return dict(rows=rows, worst_sdpa_overhead=worst, worst_flash_overhead=worst_flash, worst_flash_nocheck_overhead=worst_nc,
+                target=0.05, passed=worst <= 0.05)
 
 
 def bench_neighbour(args: argparse.Namespace) -> dict[str, Any]:
