@@ -178,6 +178,8 @@ def main() -> int:
         "server": {"workers": ns.workers, "max_concurrency": os.cpu_count(), "host": "127.0.0.1"},
         "client": "httpx.AsyncClient in the same machine (shares the CPU with the server)",
         "json_parser": "orjson" if _has("orjson") else "json (standard library)",
+        "http_parser": "httptools" if _has("httptools") else "h11",
+        "event_loop": "uvloop" if _has("uvloop") else "asyncio",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "attnkit": attnkit.__version__,
         "results": results,

@@ -530,3 +530,17 @@ def test_settings_from_env_and_validation() -> None:
         Settings.from_mapping({"nope": 1})
     with pytest.raises(attnkit.ConfigError, match="queue"):
         Settings.from_env({"ATTNKIT_SERVER_QUEUE": "many"})
+
+
+def test_readme_server_example_gives_the_documented_output(http: httpx.Client) -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("<!-- section:server -->") :]
+    m = re.search(r"curl -s \S+(/v1/attention/\w+) -H 'Content-Type: application/json' \\\n\s+-d '(.*?)'\n# (.*?)\n", section)
+    assert m, "README server example not found"
+    r = http.post(m.group(1), content=m.group(2), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    documented = [float(x) for x in re.findall(r"\d+\.\d+", m.group(3).split('"output":')[1].split("]")[0])]
+    np.testing.assert_allclose(r.json()["output"], documented, atol=1e-4)
