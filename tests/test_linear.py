@@ -252,6 +252,18 @@ def test_torch_in_torch_out_equal_to_numpy(rng, fm, dtype):
         assert rel_err(out, ref) < (1e-12 if dtype == torch.float64 else TOL32)
 
 
+def test_half_precision_keeps_the_dtype(rng):
+    q, k, v = seq_inputs(rng, 20, 20, 2, 8)
+    for fm in MAPS:
+        for causal in (False, True):
+            attn = make(fm, 8, 2, causal=causal, chunk_size=8)
+            ref = attn(q, k, v)
+            o16 = attn(*(x.astype(np.float16) for x in (q, k, v)))  # NumPy computes in float32, returns float16
+            assert o16.dtype == np.float16 and rel_err(o16, ref) < 5e-3
+            t16 = attn(*(torch.from_numpy(x).to(torch.float16) for x in (q, k, v)))
+            assert t16.dtype == torch.float16 and rel_err(t16, ref) < 2e-2
+
+
 def test_torch_vectorised_and_stepwise_prefix_scans_agree(rng, monkeypatch):
     """Outside NumPy the causal prefix is a cumulative sum unless the scales spread widely; both are exact."""
     q, k, v = (torch.from_numpy(x) for x in seq_inputs(rng, 40, 40, 2, 4))
