@@ -159,3 +159,15 @@ def test_forward_batch_bad_lists():
         attn.forward_batch(q, k, v)
     with pytest.raises(ShapeError, match="keys"):
         attn.forward_batch([q, q], [k, k, k], v)
+
+
+def test_kernel_level_errors_name_the_argument():
+    import array_api_compat.numpy as xnp
+
+    from attnkit.kernels.linear import linear_attention
+
+    x = np.ones((1, 2, 3))
+    with pytest.raises(ConfigError, match="feature_map"):
+        linear_attention(x, x, x, xp=xnp, feature_map="softmax")
+    with pytest.raises(ConfigError, match="projection"):
+        linear_attention(x, x, x, xp=xnp, feature_map="favor")

@@ -60,6 +60,7 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace, is_numpy, is_torch
+from ..errors import ConfigError
 
 __all__ = [
     "FEATURE_MAPS",
@@ -98,7 +99,7 @@ def feature_dim(feature_map: str, dim: int, nu: int = 1, nb_features: int | None
         return 2 * int(dim) * int(nu)
     if feature_map == "favor":
         return int(nb_features) if nb_features is not None else default_nb_features(dim)
-    raise ValueError(f"feature_map: unknown {feature_map!r}")
+    raise ConfigError(f"feature_map: expected one of {', '.join(FEATURE_MAPS)}, got {feature_map!r}")
 
 
 def orthogonal_random_features(nb_features: int, dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -170,9 +171,9 @@ def log_features(x: Array, feature_map: str, xp: Namespace, *, nu: int = 1, proj
         return dpfp_log_features(x, xp, nu)
     if feature_map == "favor":
         if projection is None:
-            raise ValueError("favor: a projection matrix is required")
+            raise ConfigError("projection: feature_map='favor' needs the random projection matrix W (m x D)")
         return favor_log_features(x, projection, xp)
-    raise ValueError(f"feature_map: unknown {feature_map!r}")
+    raise ConfigError(f"feature_map: expected one of {', '.join(FEATURE_MAPS)}, got {feature_map!r}")
 
 
 # --------------------------------------------------------------------------- stabilisation blocks
@@ -472,7 +473,7 @@ def linear_attention(
     thread pool, one task per batch element and head); both run the same algorithm (:func:`_rows`).
     """
     if feature_map not in FEATURE_MAPS:
-        raise ValueError(f"feature_map: unknown {feature_map!r}")
+        raise ConfigError(f"feature_map: expected one of {', '.join(FEATURE_MAPS)}, got {feature_map!r}")
     chunk = max(1, int(chunk_size))
     kw: dict[str, Any] = dict(feature_map=feature_map, nu=int(nu), projection=projection, eps=float(eps), causal=bool(causal), chunk=chunk)
     if is_numpy(xp) and backend in ("auto", "numpy"):
