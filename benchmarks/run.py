@@ -19,7 +19,7 @@ from other processes hits them alike). Sections (``--only`` picks some):
   against a Python loop of single-query calls; one single-query call against a bare NumPy version.
 * ``linear``: ``LinearAttention(dim=64, heads=8)`` at L = 65536 against exact attention at the same
   L, and its time for L, 2L, 4L.
-* ``profile``: where the time goes in the NumPy fast path at L = 4096 (one thread, per phase).
+* ``profile`` (run second, on a fresh process state): where the time goes in the NumPy fast path at L = 4096 (one thread, per phase).
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, where a machine sets them, pin OpenBLAS to an older kernel
 (Haswell instead of SkylakeX on this AVX-512 machine) and slow every GEMM; unset both for this
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("dense", "memory", "torch", "neighbour", "linear", "profile")
+SECTIONS = ("dense", "profile", "memory", "torch", "neighbour", "linear")
 
 
 # ---------------------------------------------------------------------------------------------- timing
