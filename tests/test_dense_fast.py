@@ -29,12 +29,25 @@ def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dn, "_SMALL_SCORES", 0)
 
 
-@pytest.fixture(params=["bounded", "online"])
+@pytest.fixture(params=["bounded-exp2", "bounded-exp", "online"])
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test under both softmax schemes (``online`` forces the running-maximum tiles)."""
+    """Run a test under each softmax scheme: bounded logits with exp2 or exp, online softmax."""
+    monkeypatch.setattr(dn, "_EXP2", {k: request.param != "bounded-exp" for k in dn._LOGIT_RANGE})
     if request.param == "online":
         monkeypatch.setattr(dn, "_LOGIT_RANGE", {k: -1.0 for k in dn._LOGIT_RANGE})
     return request.param
+
+
+def test_exp_choice_is_timed_once_or_set_by_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dn, "_EXP2", {})
+    monkeypatch.setenv("ATTNKIT_EXP", "exp")
+    assert dn._prefer_exp2(np.dtype(np.float32)) is False
+    monkeypatch.setenv("ATTNKIT_EXP", "exp2")
+    assert dn._prefer_exp2(np.dtype(np.float32)) is False  # decided once per process and dtype
+    assert dn._prefer_exp2(np.dtype(np.float64)) is True
+    monkeypatch.delenv("ATTNKIT_EXP")
+    monkeypatch.setattr(dn, "_EXP2", {})
+    assert isinstance(dn._prefer_exp2(np.dtype(np.float32)), bool)
 
 
 def _inputs(rng: np.random.Generator, qb: tuple, kb: tuple, vb: tuple, lq: int, lk: int, d: int, dv: int,

@@ -31,10 +31,11 @@ development machine; see DESIGN.md "Performance design" and the README's Perform
     ``[-U_i, U_i]``, ``U_i = |scale| |q_i| max_j |k_j|``. Where ``U <= R`` (R = 60 for float32,
     600 for float64, lowered when ``e^R * Lk * max|v|`` could overflow) ``exp(s)`` can neither
     overflow nor leave the normal range, so the softmax needs no reference (no running
-    maximum): one ``exp2`` pass per score (``scale * log2(e)`` folded into ``q``), no
-    max/subtract passes and no rescaling between key blocks. ``exp2`` runs at ~5 G/s a core,
-    ``exp`` at ~2.8 G/s; ``exp2`` is only used where its inputs provably stay normal, since its
-    vector kernel drops to a scalar path (20-100x slower) for lanes that underflow.
+    maximum): one exponential pass per score, no max/subtract passes and no rescaling between
+    key blocks. The pass is ``exp2`` (``scale * log2(e)`` folded into ``q``; ~5.5 G/s a core
+    against ~2.9 G/s for ``exp``) where it is faster in this process (see :func:`_prefer_exp2`),
+    and only where its inputs provably stay normal, since its vector kernel drops to a scalar
+    path (20-100x slower) for lanes that underflow.
   - *online softmax* (large logits, float masks): the running maximum and rescaling of
     FlashAttention, with ``np.exp`` (no slow path for ``-inf`` or underflow).
 
@@ -63,6 +64,10 @@ import numpy as np
 __all__ = ["sdpa_numpy", "set_num_threads", "get_num_threads", "blas_limiter_available"]
 
 _LOG2E = 1.4426950408889634
+
+#: dtype -> use ``exp2`` (scale folded as ``scale * log2 e``) rather than ``exp`` on bounded tiles;
+#: decided once per process by :func:`_prefer_exp2` (or ``$ATTNKIT_EXP=exp|exp2``).
+_EXP2: dict[np.dtype, bool] = {}
 
 #: Largest |logit| (natural-log units) for which a query tile skips the running maximum: p = e^s
 #: then lies in [e^-R, e^R]. R is lowered further per call so that sums of e^R * Lk * max|v|
@@ -184,6 +189,38 @@ class _BlasOneThread:
                 _limiter = None
 
 
+def _prefer_exp2(dtype: np.dtype) -> bool:
+    """Whether ``np.exp2`` beats ``np.exp`` in this process (timed once on 64K values).
+
+    NumPy's float32 ``exp2`` (an SVML kernel) runs at ~5.5 G/s a core against ~2.9 G/s for ``exp``,
+    but on the development machine about one process in four, depending on the randomised address
+    layout (it never happens with ASLR off), gets a 3-4x slower ``exp2`` for its whole life while
+    ``exp`` stays put. The two give the same softmax to rounding, so each process takes the faster.
+    """
+    choice = _EXP2.get(dtype)
+    if choice is None:
+        env = os.environ.get("ATTNKIT_EXP", "").strip().lower()
+        if env in ("exp", "exp2"):
+            choice = env == "exp2"
+        else:
+            x = np.linspace(-20.0, 20.0, 1 << 16, dtype=dtype)
+            y = np.empty_like(x)
+
+            def best(f: Any) -> float:
+                times = []
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    f(x, out=y)
+                    times.append(time.perf_counter() - t0)
+                return min(times)
+
+            best(np.exp2)
+            best(np.exp)
+            choice = best(np.exp2) * 1.2 < best(np.exp)
+        _EXP2[dtype] = choice
+    return choice
+
+
 # ----------------------------------------------------------------------------------------------
 # per-thread scratch
 
@@ -291,6 +328,7 @@ class _Plan:
         self.tq = min(_Q_TILE, self.lq)
         tk_target = max(_MIN_KEY_BLOCK, _TILE_BYTES // (self.tq * q.dtype.itemsize))
         self.tk_target = tk_target
+        self.use_exp2 = False
         # which batch element's keys each n uses (keys shared across a broadcast axis are transposed once)
         kidx = np.arange(math.prod(k.shape[:-2]), dtype=np.int64).reshape(k.shape[:-2])
         self.k_src = np.broadcast_to(kidx, batch).ravel().tolist() if batch else [0]
@@ -391,6 +429,8 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
     sc.kt_key = None  # the buffer may hold another call's keys at a reused address
     tri_mul = _tri(tq, dt, bias=False) if plan.causal else None
     tri_bias = _tri(tq, dt, bias=True) if plan.causal else None
+    use_exp2 = plan.use_exp2
+    expf = np.exp2 if use_exp2 else np.exp
 
     for n, q0, q1, bounded, blocks in tasks:
         r = q1 - q0
@@ -411,7 +451,8 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
         lt = ltmp[:r]
         m = mrow[:r].reshape(r, 1)
         mb = mblk[:r].reshape(r, 1)
-        qs = np.multiply(plan.qs[n][q0:q1], plan.scale * _LOG2E if bounded else plan.scale, out=qbuf[: r * d].reshape(r, d))
+        qs = np.multiply(plan.qs[n][q0:q1], plan.scale * _LOG2E if bounded and use_exp2 else plan.scale,
+                         out=qbuf[: r * d].reshape(r, d))
         tick("other")
         for bi, (k0, k1, shift) in enumerate(blocks):
             cols = k1 - k0
@@ -422,8 +463,8 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
             if mn is not None:
                 mt = mn[slice(None) if mn.shape[0] == 1 else slice(q0, q1), slice(None) if mn.shape[1] == 1 else slice(k0, k1)]
             if bounded:
-                # logits bounded by |U| <= R: p = 2^s stays normal, no running maximum needed
-                np.exp2(s, out=s)
+                # logits bounded by |U| <= R: p = e^s stays normal, no running maximum needed
+                expf(s, out=s)
                 tick("exp")
                 if shift is not None:
                     np.multiply(s, _causal_tile(tri_mul, tq, r, cols, shift), out=s)
@@ -594,6 +635,7 @@ def sdpa_numpy(
     if n * lq * lk <= _SMALL_SCORES and profile is None:
         return _sdpa_small(q, k, v, mask, scale, causal)
     plan = _Plan(q, k, v, mask, scale, causal, tuple(batch))
+    plan.use_exp2 = _prefer_exp2(dt)  # timed here, in the caller's thread, once per process
     out = np.empty(tuple(batch) + (lq, int(v.shape[-1])), dtype=dt)
     outs = list(out.reshape(n, lq, out.shape[-1])) if n else []
     tasks = plan.tasks()
