@@ -124,6 +124,13 @@ def compute_dtype(xp: Namespace, dtype: Any) -> Any:
 
 def check_finite(x: Array, name: str, xp: Namespace) -> None:
     """Raise ``NonFiniteError`` naming ``name`` if ``x`` holds NaN or infinity."""
+    if is_torch(xp) and x.device.type == "cpu" and str(x.dtype) in ("torch.float32", "torch.float64"):
+        # the NumPy check on a shared view: each torch reduction opens a parallel region, which
+        # costs a scheduler time slice whenever another process holds a core
+        try:
+            x, xp = x.detach().numpy(), np
+        except (RuntimeError, TypeError):  # e.g. a tensor with the negative bit set
+            pass
     if is_numpy(xp):
         # one BLAS pass without a temporary mask: a finite sum of squares proves every element
         # finite; only a non-finite one (NaN/inf present, or an overflow) needs the elementwise check
@@ -133,19 +140,6 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
                 f"{name}: expected finite values, found {float(x[tuple(bad)])} at index {tuple(int(i) for i in bad)}"
             )
         return
-    if is_torch(xp) and x.device.type == "cpu" and str(x.dtype) in ("torch.float32", "torch.float64"):
-        # the same check in NumPy on a shared view, single-threaded: each torch reduction opens a
-        # parallel region, which costs a scheduler time slice whenever another process holds a core
-        try:
-            arr = x.detach().numpy()
-        except (RuntimeError, TypeError):  # e.g. a tensor with the negative bit set
-            arr = None
-        if arr is not None:
-            with np.errstate(over="ignore", invalid="ignore"):
-                total = np.sum(arr) if arr.size else 0.0
-            if not np.isfinite(total) and not np.isfinite(arr).all():
-                raise NonFiniteError(f"{name}: expected finite values, found NaN or infinity")
-            return
     # one reduction first (a finite sum proves every element finite; NaN/inf or an overflow falls
     # through to the elementwise check): torch's isfinite + all costs 10-100x more
     if bool(xp.isfinite(xp.sum(x))):

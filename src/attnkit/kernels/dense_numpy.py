@@ -333,27 +333,24 @@ class _Plan:
         kidx = np.arange(math.prod(k.shape[:-2]), dtype=np.int64).reshape(k.shape[:-2])
         self.k_src = np.broadcast_to(kidx, batch).ravel().tolist() if batch else [0]
         self.tile_starts = list(range(0, self.lq, self.tq))
-        self.bounded = self._bounded_tiles(q, k, v) if self.mask_kind != "float" else [[False] * len(self.tile_starts)] * self.n
+        self.allow_bounded = self.mask_kind != "float"
 
-    def _bounded_tiles(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> list[list[bool]]:
-        """Per batch element and query tile: may the tile skip the running maximum?
+    def logit_range(self, n: int) -> float:
+        """R for batch element ``n``: the largest logit bound for which a tile may skip the running maximum.
 
-        By Cauchy-Schwarz ``|scale q_i . k_j| <= U_i = |scale| |q_i| max_j |k_j|``; with ``U_i <= R``
-        every ``exp(s_ij)`` lies in ``[e^-R, e^R]``, inside the normal range (so ``exp2``'s fast
-        vector path holds), and R is small enough that ``e^R * Lk * max|v|`` cannot overflow.
+        By Cauchy-Schwarz ``|scale q_i . k_j| <= U_i = |scale| |q_i| max_j |k_j|``; a tile whose rows
+        all have ``U_i <= R`` has every ``exp(s_ij)`` in ``[e^-R, e^R]``, inside the normal range (so
+        ``exp2``'s fast vector path holds). R is lowered so that ``e^R * Lk * max|v|`` cannot
+        overflow and ``e^-R * max|v|`` stays normal.
         """
+        if not self.allow_bounded:
+            return -math.inf
         lo, hi = _V_RANGE[self.dtype]
-        vmax = np.broadcast_to(np.max(np.abs(v), axis=(-2, -1)), self.batch).reshape(self.n).astype(np.float64)
-        with np.errstate(divide="ignore"):
-            r_sum = np.log(hi / (self.lk * np.maximum(vmax, 1.0)))  # e^R * Lk * max|v| <= hi
-            r_small = np.log(vmax / lo)  # e^-R * max|v| >= lo (all-zero v: -inf, online path)
-        r = np.minimum(_LOGIT_RANGE[self.dtype], np.minimum(r_sum, r_small))
-        qn = np.sqrt(np.einsum("...ld,...ld->...l", q, q))
-        kn = np.sqrt(np.max(np.einsum("...ld,...ld->...l", k, k), axis=-1))
-        u = np.broadcast_to(qn * (abs(self.scale) * np.asarray(kn))[..., None], self.batch + (self.lq,)).reshape(self.n, self.lq)
-        umax = np.maximum.reduceat(u, self.tile_starts, axis=1)  # (n, tiles)
-        ok = umax <= r[:, None]
-        return ok.tolist()
+        vn = self.vs[n]
+        vmax = max(float(vn.max()), -float(vn.min()))
+        if not (vmax > 0 and math.isfinite(vmax)):
+            return -math.inf  # all-zero or non-finite values: the online softmax handles them
+        return min(_LOGIT_RANGE[self.dtype], math.log(hi / (self.lk * max(vmax, 1.0))), math.log(vmax / lo))
 
     def key_blocks(self, q0: int, q1: int) -> list[tuple[int, int, int | None]]:
         """Key blocks ``(k0, k1, shift)`` for query rows ``[q0, q1)``; ``shift`` is set on a causal diagonal block."""
@@ -373,15 +370,13 @@ class _Plan:
         return blocks
 
     def tasks(self) -> list[_Task]:
-        """``(n, q0, q1, bounded, key blocks)``, batch-major (a thread's K^T copy serves consecutive tiles)."""
-        tiles = list(enumerate(self.tile_starts))
-        if self.causal:
-            tiles.reverse()  # heaviest tiles first, light ones fill the gaps at the end
-        blocks = {q0: self.key_blocks(q0, min(q0 + self.tq, self.lq)) for _, q0 in tiles}
-        return [(n, q0, min(q0 + self.tq, self.lq), self.bounded[n][t], blocks[q0]) for n in range(self.n) for t, q0 in tiles]
+        """``(n, q0, q1, key blocks)``, batch-major (a thread's K^T copy serves consecutive tiles)."""
+        starts = self.tile_starts[::-1] if self.causal else self.tile_starts  # causal: heaviest tiles first
+        blocks = {q0: self.key_blocks(q0, min(q0 + self.tq, self.lq)) for q0 in starts}
+        return [(n, q0, min(q0 + self.tq, self.lq), blocks[q0]) for n in range(self.n) for q0 in starts]
 
 
-_Task = tuple[int, int, int, bool, list[tuple[int, int, int | None]]]
+_Task = tuple[int, int, int, list[tuple[int, int, int | None]]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,13 +427,22 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
     use_exp2 = plan.use_exp2
     expf = np.exp2 if use_exp2 else np.exp
 
-    for n, q0, q1, bounded, blocks in tasks:
+    kmax = 0.0  # max_j |k_j| of the keys in kt_all
+    head = -1  # batch element whose logit range ``rng`` is known
+    rng = -math.inf
+    for n, q0, q1, blocks in tasks:
         r = q1 - q0
         ksrc = plan.k_src[n]
         if sc.kt_key != ksrc:
             np.copyto(kt_all, plan.ks[n].T)
             sc.kt_key = ksrc
+            if plan.allow_bounded:
+                kmax = math.sqrt(float(np.max(np.einsum("dl,dl->l", kt_all, kt_all))))
             tick("transpose K")
+        if head != n:
+            head, rng = n, plan.logit_range(n)
+        qt = plan.qs[n][q0:q1]
+        bounded = rng >= 0 and abs(plan.scale) * kmax * math.sqrt(float(np.max(np.einsum("id,id->i", qt, qt)))) <= rng
         vn = plan.vs[n]
         mn = plan.ms[n] if plan.ms is not None else None
         o = out[n][q0:q1]
@@ -451,8 +455,7 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
         lt = ltmp[:r]
         m = mrow[:r].reshape(r, 1)
         mb = mblk[:r].reshape(r, 1)
-        qs = np.multiply(plan.qs[n][q0:q1], plan.scale * _LOG2E if bounded and use_exp2 else plan.scale,
-                         out=qbuf[: r * d].reshape(r, d))
+        qs = np.multiply(qt, plan.scale * _LOG2E if bounded and use_exp2 else plan.scale, out=qbuf[: r * d].reshape(r, d))
         tick("other")
         for bi, (k0, k1, shift) in enumerate(blocks):
             cols = k1 - k0
