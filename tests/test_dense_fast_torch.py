@@ -18,8 +18,6 @@ torch = pytest.importorskip("torch")
 from attnkit.kernels import dense_torch  # noqa: E402
 from attnkit.kernels.dense import sdpa, sdpa_generic  # noqa: E402
 
-TXP = None
-
 
 def _xp():  # noqa: ANN202
     import array_api_compat

@@ -406,6 +406,7 @@ def _run_tasks(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], prof:
 
 
 def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scratch, tick: Callable[[str], None]) -> None:
+    """The tile loop: for each task, its key blocks through GEMM, exponential, GEMM (see the module doc)."""
     dt = plan.dtype
     d, dv, lk, tq = plan.d, plan.dv, plan.lk, plan.tq
     width = max(plan.tk_target, tq)  # widest key block (balanced blocks <= tk_target, diagonal < tq)
