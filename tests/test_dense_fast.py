@@ -280,3 +280,19 @@ def test_memory_stays_bounded(rng) -> None:  # noqa: ANN001
         tracemalloc.stop()
     assert out is not None
     assert peak - out.nbytes < 16 * 2**20, f"peak {peak / 2**20:.1f} MB beyond the output"
+
+
+def test_called_from_another_thread_same_bits_and_blas_restored(rng) -> None:  # noqa: ANN001
+    """BLAS is held to one thread inside the pool whichever thread calls (threadpoolctl alone would
+    only let its 'controlling' thread do that), and its thread count is given back afterwards."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    blas = threadpoolctl.ThreadpoolController().select(user_api="blas")
+    before = [c.num_threads for c in blas.lib_controllers]
+    q, k, v = _inputs(rng, (3,), (3,), (3,), 700, 700, 64, 64)
+    main = dn.sdpa_numpy(q, k, v, scale=0.125, causal=True)
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(dn.sdpa_numpy(q, k, v, scale=0.125, causal=True)))
+    t.start()
+    t.join()
+    np.testing.assert_array_equal(main, got[0])
+    assert [c.num_threads for c in threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers] == before

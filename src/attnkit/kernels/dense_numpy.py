@@ -51,6 +51,8 @@ mixed dtypes, empty axes, a mask of another dtype); the caller then uses the gen
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import math
 import os
 import threading
@@ -170,14 +172,58 @@ def _get_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
+_openblas: list[tuple[str, Any, Any]] | None = None  # (path, set, get) of each pthreads OpenBLAS
+
+
+def _openblas_pthreads() -> list[tuple[str, Any, Any]]:
+    """``openblas_set/get_num_threads`` of every OpenBLAS with its own (pthreads) thread pool.
+
+    Its thread count is process-wide, and threadpoolctl lets only one 'controlling' thread change
+    it (calls from other threads are silently ignored), so a fast-path call made from a worker
+    thread (``forward_async``, a server) would leave BLAS threaded inside attnkit's pool: slower,
+    and different in the last bits. The C API itself works from any thread.
+    """
+    global _openblas
+    if _openblas is None:
+        found = []
+        ctl = _get_controller()
+        for lib in ctl.select(internal_api="openblas").lib_controllers if ctl else []:
+            if getattr(lib, "threading_layer", None) != "pthreads":
+                continue
+            try:
+                dll = ctypes.CDLL(lib.filepath)
+            except OSError:  # pragma: no cover - the library is loaded, so this should not happen
+                continue
+            for prefix, suffix in itertools.product(("", "scipy_"), ("", "64_", "_64")):
+                setter = getattr(dll, f"{prefix}openblas_set_num_threads{suffix}", None)
+                getter = getattr(dll, f"{prefix}openblas_get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    setter.argtypes, setter.restype = [ctypes.c_int], None
+                    getter.argtypes, getter.restype = [], ctypes.c_int
+                    found.append((lib.filepath, setter, getter))
+                    break
+        _openblas = found
+    return _openblas
+
+
 class _BlasOneThread:
-    """Hold BLAS to one thread while any fast-path call is inside its pool (re-entrant, thread-safe)."""
+    """Hold BLAS to one thread while any fast-path call is inside its pool (re-entrant, thread-safe).
+
+    pthreads OpenBLAS is set through its C API (works from any thread); other BLAS libraries
+    through threadpoolctl.
+    """
 
     def __enter__(self) -> None:
         global _limit_depth, _limiter
         with _lock:
             if _limit_depth == 0:
-                _limiter = _get_controller().limit(limits=1, user_api="blas")
+                direct = _openblas_pthreads()
+                saved = [(setter, getter()) for _, setter, getter in direct]
+                for setter, _ in saved:
+                    setter(1)
+                rest = _get_controller().select(user_api="blas")
+                rest.lib_controllers = [c for c in rest.lib_controllers if c.filepath not in {p for p, _, _ in direct}]
+                _limiter = (saved, rest.limit(limits=1) if rest.lib_controllers else None)
             _limit_depth += 1
 
     def __exit__(self, *exc: object) -> None:
@@ -185,7 +231,11 @@ class _BlasOneThread:
         with _lock:
             _limit_depth -= 1
             if _limit_depth == 0 and _limiter is not None:
-                _limiter.restore_original_limits()
+                saved, limiter = _limiter
+                for setter, n in saved:
+                    setter(n)
+                if limiter is not None:
+                    limiter.restore_original_limits()
                 _limiter = None
 
 
