@@ -185,7 +185,9 @@ def test_threads_agree_bitwise(rng, small_tiles) -> None:  # noqa: ANN001
 
 
 def test_without_threadpoolctl(rng, small_tiles, monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.setattr(dn, "_controller", False)
+    from attnkit.kernels import _threads
+
+    monkeypatch.setattr(_threads, "_controller", False)
     assert not dn.blas_limiter_available() and dn.get_num_threads() == 1
     q, k, v = _inputs(rng, (2,), (2,), (2,), 40, 50, 8, 8)
     _check(q, k, v, causal=True, threads=4)

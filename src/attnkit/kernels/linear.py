@@ -51,9 +51,7 @@ the caller's library, device and dtype.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from typing import Any
 
 import array_api_compat
@@ -61,6 +59,7 @@ import numpy as np
 
 from .._array import Array, Namespace, is_numpy, is_torch
 from ..errors import ConfigError
+from ._threads import BlasOneThread, get_num_threads, get_pool
 
 __all__ = [
     "FEATURE_MAPS",
@@ -488,39 +487,11 @@ def linear_attention(
 
 
 # --------------------------------------------------------------------------- NumPy: tiles on a thread pool
-_POOL: Any = None
-_BLAS: Any = None
-
-
 def _numpy_tile(f_dim: int, dv: int, itemsize: int, chunk: int) -> int:
     """Rows per tile: a tile of features stays below 128 KB (in L2, and under glibc's mmap threshold,
     so temporaries are not fresh page-faulting mappings), at least 128 rows, a multiple of ``chunk``."""
     rows = max(128, (1 << 17) // (max(f_dim, dv + 1) * itemsize))
     return max(chunk, rows // chunk * chunk)
-
-
-def _pool() -> Any:
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="attnkit-linear")
-    return _POOL
-
-
-def _one_blas_thread() -> Any:
-    """A context that holds BLAS to one thread while the pool runs (threadpoolctl, when installed)."""
-    global _BLAS
-    if _BLAS is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-
-            _BLAS = ThreadpoolController()
-        except Exception:  # pragma: no cover - threadpoolctl is optional
-            _BLAS = False
-    if _BLAS is False:  # pragma: no cover
-        return contextlib.nullcontext()
-    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def _numpy_tasks(q: Array, k: Array, v: Array, key_mask: Array | None, *, xp: Namespace, tile: int, **kw: Any) -> Array:
@@ -548,11 +519,12 @@ def _numpy_tasks(q: Array, k: Array, v: Array, key_mask: Array | None, *, xp: Na
         _rows(view(q, idx), view(k, idx), view(v, idx), km, xp=xp, tile=tile, out=out[idx], **kw)
 
     indices = list(np.ndindex(*lead)) if lead else [()]
-    if len(indices) == 1 or (os.cpu_count() or 1) == 1:
+    threads = get_num_threads()
+    if len(indices) == 1 or threads == 1:
         for idx in indices:
             task(idx)
         return out
-    with _one_blas_thread():
-        for f in [_pool().submit(task, idx) for idx in indices]:
+    with BlasOneThread():
+        for f in [get_pool(threads).submit(task, idx) for idx in indices]:
             f.result()
     return out

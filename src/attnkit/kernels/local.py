@@ -25,12 +25,14 @@ alive at a time. A user mask (bool, True = attend, or float, added) broadcasting
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace
+from ._threads import BlasOneThread, blas_limiter_available
 from .dense import sdpa
 from .masks import apply_mask_tile, mask_tile
 
@@ -146,18 +148,12 @@ def _blas_limit(active: bool) -> Any:
     """Hold BLAS to one thread around the many small per-block GEMMs (NumPy only).
 
     Multi-threaded BLAS gains nothing on ``b x (b + 2w)`` tiles and, on a loaded machine, its spinning
-    threads made the blocks 10-50x slower. Shares the NumPy fast path's re-entrant limiter
-    (threadpoolctl, the ``fast`` extra); without it this is a no-op.
+    threads made the blocks 10-50x slower. Uses the kernels' shared re-entrant limiter
+    (:mod:`._threads`); without threadpoolctl it is a no-op.
     """
-    import contextlib
-
-    if not active:
+    if not active or not blas_limiter_available():
         return contextlib.nullcontext()
-    try:
-        from .dense_numpy import _BlasOneThread, blas_limiter_available
-    except ImportError:  # pragma: no cover - the fast path is optional
-        return contextlib.nullcontext()
-    return _BlasOneThread() if blas_limiter_available() else contextlib.nullcontext()
+    return BlasOneThread()
 
 
 def _global_rows(
