@@ -112,7 +112,10 @@ def as_float_array(x: object, name: str, xp: Namespace | None = None) -> Array:
 def common_float_dtype(xp: Namespace, *arrays: Array) -> Any:
     """The floating dtype all ``arrays`` promote to (the result dtype of the computation)."""
     present = [a for a in arrays if a is not None]
-    return xp.result_type(*present) if len(present) > 1 else present[0].dtype
+    first = present[0].dtype
+    if all(a.dtype == first for a in present[1:]):
+        return first
+    return xp.result_type(*present)
 
 
 def compute_dtype(xp: Namespace, dtype: Any) -> Any:

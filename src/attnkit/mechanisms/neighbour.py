@@ -77,7 +77,8 @@ class ScaledDotProduct(Mechanism):
         if k.shape[-2] == 0:
             raise ShapeError("keys: expected at least one neighbour (k >= 1), got an empty key set")
         try:
-            batch = np.broadcast_shapes(tuple(q.shape[:-1]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+            lead = (tuple(q.shape[:-1]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+            batch = np.broadcast_shapes(*lead) if any(lead) else ()
         except ValueError:
             raise ShapeError(
                 f"query, keys, values: batch dimensions {shape_str(q.shape[:-1])}, {shape_str(k.shape[:-2])}, "
