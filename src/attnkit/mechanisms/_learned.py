@@ -1,4 +1,4 @@
-"""Loading, saving and converting learned parameters (shared by the graph and mixture-of-experts layers).
+"""Loading, saving and converting learned parameters (shared by the multi-head, graph and mixture-of-experts layers).
 
 A mechanism using :class:`LearnedParams` keeps its parameters in ``self._params`` (NumPy arrays,
 ``torch.nn.Linear`` layout for matrices: ``(out, in)``) and lists their shapes in
@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
-from .._array import Array, namespace, shape_str
+from .._array import Array, shape_str
 from ..errors import ConfigError, ShapeError
+from .base import numpy_params
 
 __all__ = ["LearnedParams", "glorot"]
 
@@ -41,11 +41,15 @@ class LearnedParams:
         from ..weights import load_state
 
         self._check_alive()  # type: ignore[attr-defined]
-        params = load_state(weights)
+        self._set_params(load_state(weights))
+
+    def _set_params(self, params: dict[str, Any]) -> None:
+        """Check ``params`` against ``_expected_shapes()`` (names, shapes, float, finite) and adopt them."""
         expected = self._expected_shapes()
         extra = sorted(set(params) - set(expected))
         if extra:
-            raise ConfigError(f"weights: unexpected tensor {extra[0]!r}; expected {', '.join(sorted(expected))}")
+            hint = " (this layer has bias=False)" if extra[0].endswith(".bias") and getattr(self, "bias", True) is False else ""
+            raise ConfigError(f"weights: unexpected tensor {extra[0]!r}{hint}; expected {', '.join(sorted(expected))}")
         new: dict[str, np.ndarray] = {}
         for key, shape in expected.items():
             if key not in params:
@@ -76,12 +80,6 @@ class LearnedParams:
         key = (type(like), str(getattr(like, "device", "cpu")), str(like.dtype))
         cached = self._cache.get("converted")
         if cached is None or cached[0] != key:
-            if isinstance(like, np.ndarray):
-                conv = {k: v.astype(like.dtype, copy=False) for k, v in self._params.items()}
-            else:
-                xp = namespace(like)
-                dev = array_api_compat.device(like)
-                conv = {k: xp.asarray(v, dtype=like.dtype, device=dev) for k, v in self._params.items()}
-            cached = (key, conv)
+            cached = (key, numpy_params(self._params, like))
             self._cache["converted"] = cached
         return cached[1]

@@ -16,7 +16,6 @@ A key-padding mask is a mask of shape ``(..., 1, 1, Lk)``.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import array_api_compat
@@ -37,7 +36,8 @@ from ..errors import AttentionError, ConfigError, ShapeError
 from ..kernels.dense import attention_weights, sdpa
 from ..kernels.masks import prepare_mask, unflatten_mask
 from ..kernels.projection import linear, merge_heads, split_heads
-from ..weights import PROJECTIONS, load_state, save_state, to_attnkit
+from ..weights import PROJECTIONS, load_state, to_attnkit
+from ._learned import LearnedParams
 from .base import Mechanism
 from .registry import register
 
@@ -45,7 +45,7 @@ __all__ = ["MultiHeadAttention", "CrossAttention", "SelfAttention"]
 
 
 @register
-class MultiHeadAttention(Mechanism):
+class MultiHeadAttention(LearnedParams, Mechanism):
     """Multi-head attention with W_q, W_k, W_v, W_o (the spec's ``MHAOptions``).
 
     ``model_dim`` (E) must be divisible by ``heads``; ``kdim``/``vdim`` are the key/value widths
@@ -126,47 +126,7 @@ class MultiHeadAttention(Mechanism):
         form) or Hugging Face BERT self-attention weights (``prefix`` picks the layer).
         """
         self._check_alive()
-        params = to_attnkit(load_state(weights), prefix=prefix)
-        expected = self._expected_shapes()
-        extra = sorted(set(params) - set(expected))
-        if extra:
-            hint = " (this layer has bias=False)" if any(k.endswith(".bias") for k in extra) else ""
-            raise ConfigError(f"weights: unexpected tensor {extra[0]!r}{hint}")
-        for key, shape in expected.items():
-            if key not in params:
-                raise ConfigError(f"weights: tensor {key!r} is missing (expected shape {shape_str(shape)})")
-            arr = np.asarray(params[key])
-            if tuple(arr.shape) != shape:
-                raise ShapeError(f"weights: {key} expected shape {shape_str(shape)}, got {shape_str(arr.shape)}")
-            if arr.dtype.kind != "f":
-                raise ConfigError(f"weights: {key} expected a float tensor, got {arr.dtype}")
-            if not np.isfinite(arr).all():
-                raise ConfigError(f"weights: {key} holds NaN or infinity")
-        self._params = {k: np.array(params[k], dtype=np.float32 if params[k].dtype != np.float64 else np.float64)
-                        for k in expected}
-        self._cache.pop("converted", None)
-
-    def save_weights(self, path: str | Path | None = None) -> bytes:
-        """The projections as safetensors bytes (attnkit layout); also written to ``path`` if given."""
-        self._check_alive()
-        data = save_state(self._params)
-        if path is not None:
-            Path(path).write_bytes(data)
-        return data
-
-    def _weights_like(self, like: Array) -> dict[str, Array]:
-        key = (type(like), str(getattr(like, "device", "cpu")), str(like.dtype))
-        cached = self._cache.get("converted")
-        if cached is None or cached[0] != key:
-            if isinstance(like, np.ndarray):
-                conv = {k: v.astype(like.dtype, copy=False) for k, v in self._params.items()}
-            else:
-                xp = namespace(like)
-                dev = array_api_compat.device(like)
-                conv = {k: xp.asarray(v, dtype=like.dtype, device=dev) for k, v in self._params.items()}
-            cached = (key, conv)
-            self._cache["converted"] = cached
-        return cached[1]
+        self._set_params(to_attnkit(load_state(weights), prefix=prefix))
 
     # ------------------------------------------------------------------ forward
     def _input(self, x: Any, name: str, width: int, xp: Any) -> Array:
