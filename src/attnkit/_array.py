@@ -68,7 +68,7 @@ def namespace(*arrays: object) -> Namespace:
 
 
 def is_numpy(xp: Namespace) -> bool:
-    return array_api_compat.is_numpy_namespace(xp)
+    return xp is _NUMPY_NS or array_api_compat.is_numpy_namespace(xp)
 
 
 def is_torch(xp: Namespace) -> bool:
@@ -127,14 +127,16 @@ def compute_dtype(xp: Namespace, dtype: Any) -> Any:
 
 def check_finite(x: Array, name: str, xp: Namespace) -> None:
     """Raise ``NonFiniteError`` naming ``name`` if ``x`` holds NaN or infinity."""
-    if is_torch(xp) and x.device.type == "cpu" and str(x.dtype) in ("torch.float32", "torch.float64"):
+    if type(x) is np.ndarray:
+        xp = np
+    elif is_torch(xp) and x.device.type == "cpu" and str(x.dtype) in ("torch.float32", "torch.float64"):
         # the NumPy check on a shared view: each torch reduction opens a parallel region, which
         # costs a scheduler time slice whenever another process holds a core
         try:
             x, xp = x.detach().numpy(), np
         except (RuntimeError, TypeError):  # e.g. a tensor with the negative bit set
             pass
-    if is_numpy(xp):
+    if xp is np or is_numpy(xp):
         # one BLAS pass without a temporary mask: a finite sum of squares proves every element
         # finite; only a non-finite one (NaN/inf present, or an overflow) needs the elementwise check
         if x.size and not np.isfinite(np.vdot(x, x)) and not np.isfinite(x).all():
