@@ -30,19 +30,14 @@ import numpy as np
 
 from .._array import (
     Array,
-    as_float_array,
-    check_finite,
     finite_float,
-    namespace,
     one_of,
     positive_float,
     positive_int,
-    shape_str,
 )
-from ..errors import ShapeError
 from ..kernels import poincare as pc
-from ..kernels.masks import prepare_mask
 from ..kernels.softmax import safe_softmax
+from ._headless import prepare_headless
 from .base import Mechanism
 from .registry import register
 
@@ -97,63 +92,8 @@ class HyperbolicAttention(Mechanism):
 
     # ------------------------------------------------------------------ input handling
     def _prepare(self, q: Any, keys: Any, values: Any, mask: Any) -> tuple:
-        if keys is None and values is not None:
-            raise ShapeError("keys: expected an array of keys when values are given, got None")
-        xp = namespace(q, keys, values)
-        # the device of the first real array; Python sequences given beside it are put there
-        device = next((array_api_compat.device(a) for a in (q, keys, values) if array_api_compat.is_array_api_obj(a)), None)
-
-        def take(x: Any, name: str) -> Array:
-            # Python sequences become NumPy first (as_float_array checks them with NumPy, not with xp)
-            a = as_float_array(x, name, xp if array_api_compat.is_array_api_obj(x) else None)
-            if isinstance(a, np.ndarray) and not array_api_compat.is_numpy_namespace(xp):
-                a = xp.asarray(a, device=device)
-            return a
-
-        qa = take(q, "q")
-        if qa.ndim < 1:
-            raise ShapeError(f"q: expected shape (..., Lq, {self.dim}) or ({self.dim},), got a scalar")
-        single = qa.ndim == 1
-        if single:
-            qa = xp.expand_dims(qa, axis=0)
-        ka = qa if keys is None else take(keys, "keys")
-        va = ka if values is None else take(values, "values")
-        if ka.ndim == 1:  # the spec's flat keys: Lk * D
-            n = int(ka.shape[0])
-            if n == 0 or n % self.dim:
-                raise ShapeError(f"keys: a flat array needs a length that is a positive multiple of dim = {self.dim}, got {n}")
-            ka = xp.reshape(ka, (n // self.dim, self.dim))
-        if va.ndim == 1 and ka.ndim >= 2:  # flat values: Lk * Dv
-            n, lk = int(va.shape[0]), int(ka.shape[-2])
-            if lk == 0 or n == 0 or n % lk:
-                raise ShapeError(f"values: a flat array needs a length that is a positive multiple of Lk = {lk}, got {n}")
-            va = xp.reshape(va, (lk, n // lk))
-        if qa.shape[-1] != self.dim:
-            raise ShapeError(f"q: expected shape (..., Lq, D = dim = {self.dim}), got {shape_str(qa.shape)}")
-        if ka.ndim < 2 or ka.shape[-1] != self.dim:
-            raise ShapeError(f"keys: expected shape (..., Lk, D = dim = {self.dim}), got {shape_str(ka.shape)}")
-        if ka.shape[-2] == 0:
-            raise ShapeError("keys: expected at least one key (Lk >= 1), got an empty key set")
-        if va.ndim < 2 or va.shape[-2] != ka.shape[-2]:
-            raise ShapeError(f"values: expected shape (..., Lk = {ka.shape[-2]}, Dv), got {shape_str(va.shape)}")
-        if va.shape[-1] < 1:
-            raise ShapeError(f"values: expected vectors of width Dv >= 1, got shape {shape_str(va.shape)}")
-        try:
-            batch = np.broadcast_shapes(tuple(qa.shape[:-2]), tuple(ka.shape[:-2]), tuple(va.shape[:-2]))
-        except ValueError:
-            raise ShapeError(
-                f"q, keys, values: batch dimensions {shape_str(qa.shape[:-2])}, {shape_str(ka.shape[:-2])}, "
-                f"{shape_str(va.shape[:-2])} do not broadcast"
-            ) from None
-        if self.check_finite:
-            check_finite(qa, "q", xp)
-            if keys is not None:
-                check_finite(ka, "keys", xp)
-            if values is not None:
-                check_finite(va, "values", xp)
-        out_dtype = xp.result_type(qa, ka, va)
-        cdt = pc.geometry_dtype(xp, out_dtype)
-        qa, ka, va = (x if x.dtype == cdt else xp.astype(x, cdt) for x in (qa, ka, va))
+        h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, compute=pc.geometry_dtype)
+        xp, qa, ka, va, out_dtype = h.xp, h.q, h.k, h.v, h.out_dtype
         c = self._c
         eps = pc.margin(out_dtype)
         if self.input_space == "tangent":
@@ -165,20 +105,7 @@ class HyperbolicAttention(Mechanism):
             pc.check_in_ball(ka, "keys", c, xp)
         if values is not None:
             pc.check_in_ball(va, "values", c, xp)
-        m = None
-        if mask is not None:
-            if single:
-                if not array_api_compat.is_array_api_obj(mask):
-                    try:
-                        mask = np.asarray(mask)
-                    except (ValueError, TypeError) as exc:
-                        raise ShapeError(f"mask: expected a rectangular array ({exc})") from exc
-                if mask.ndim < 1:
-                    raise ShapeError(f"mask: expected shape (..., Lk = {ka.shape[-2]}) for a single query, got a scalar")
-                mask = array_api_compat.array_namespace(mask).expand_dims(mask, axis=-2)
-            target = (*batch, int(qa.shape[-2]), int(ka.shape[-2]))
-            m = prepare_mask(mask, xp, target, cdt, device=array_api_compat.device(qa), layout="(..., Lq, Lk)")
-        return xp, qa, ka, va, m, out_dtype, single
+        return xp, qa, ka, va, h.mask, out_dtype, h.single
 
     def _weights(self, xp: Any, q: Array, k: Array, m: Array | None) -> Array:
         logits = pc.pairwise_dist_kernel(q, k, self._c, xp) * (-1.0 / self.temperature)

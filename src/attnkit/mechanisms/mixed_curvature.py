@@ -48,66 +48,12 @@ from .._array import (
 )
 from ..errors import ConfigError, ShapeError
 from ..kernels import poincare as pc
-from ..kernels.masks import prepare_mask
 from ..kernels.softmax import safe_softmax
+from ._headless import prepare_headless
 from .base import Mechanism
 from .registry import register
 
 __all__ = ["MixedCurvatureAttention", "DualSpaceAttention"]
-
-
-def _prepare_headless(
-    q: Any, keys: Any, values: Any, mask: Any, dim: int, check: bool, values_width: int | None = None
-) -> tuple[Namespace, Array, Array, Array, Array | None, Any, bool]:
-    """Validate head-less inputs; returns ``xp, q (..., Lq, D), k, v, mask, out_dtype, single``."""
-    if keys is None and values is not None:
-        raise ShapeError("keys: expected an array of keys when values are given, got None")
-    xp = namespace(q, keys, values)
-    qa = as_float_array(q, "q", xp)
-    ka = qa if keys is None else as_float_array(keys, "keys", xp)
-    va = ka if values is None else as_float_array(values, "values", xp)
-    if qa.ndim < 1 or qa.shape[-1] != dim:
-        raise ShapeError(f"q: expected shape (..., Lq, dim = {dim}) or ({dim},), got {shape_str(qa.shape)}")
-    single = qa.ndim == 1
-    if single:
-        qa = xp.expand_dims(qa, axis=0)
-        if keys is None:
-            ka = va = qa
-    if ka.ndim < 2 or ka.shape[-1] != dim:
-        raise ShapeError(f"keys: expected shape (..., Lk, dim = {dim}), got {shape_str(ka.shape)}")
-    if ka.shape[-2] == 0:
-        raise ShapeError("keys: expected at least one key (Lk >= 1), got an empty key set")
-    if va.ndim < 2 or va.shape[-2] != ka.shape[-2] or va.shape[-1] < 1:
-        raise ShapeError(f"values: expected shape (..., Lk = {ka.shape[-2]}, Dv), got {shape_str(va.shape)}")
-    if values_width is not None and va.shape[-1] != values_width:
-        raise ShapeError(f"values: expected points of the same space as the keys, width {values_width}, got {va.shape[-1]}")
-    try:
-        batch = np.broadcast_shapes(tuple(qa.shape[:-2]), tuple(ka.shape[:-2]), tuple(va.shape[:-2]))
-    except ValueError:
-        raise ShapeError(
-            f"q, keys, values: batch dimensions {shape_str(qa.shape[:-2])}, {shape_str(ka.shape[:-2])}, "
-            f"{shape_str(va.shape[:-2])} do not broadcast"
-        ) from None
-    if check:
-        check_finite(qa, "q", xp)
-        if keys is not None:
-            check_finite(ka, "keys", xp)
-        if values is not None:
-            check_finite(va, "values", xp)
-    out_dtype = xp.result_type(qa, ka, va)
-    cdt = xp.float32 if str(out_dtype).replace("torch.", "") in ("float16", "bfloat16") else out_dtype
-    qa, ka, va = (x if x.dtype == cdt else xp.astype(x, cdt) for x in (qa, ka, va))
-    m = None
-    if mask is not None:
-        if single:
-            if not array_api_compat.is_array_api_obj(mask):
-                mask = np.asarray(mask)
-            if mask.ndim < 1:
-                raise ShapeError(f"mask: expected shape (..., Lk = {ka.shape[-2]}) for a single query, got a scalar")
-            mask = array_api_compat.array_namespace(mask).expand_dims(mask, axis=-2)
-        target = (*batch, int(qa.shape[-2]), int(ka.shape[-2]))
-        m = prepare_mask(mask, xp, target, cdt, device=array_api_compat.device(qa), layout="(..., Lq, Lk)")
-    return xp, qa, ka, va, m, out_dtype, single
 
 
 def _apply_mask(logits: Array, m: Array | None, xp: Namespace) -> Array:
@@ -208,7 +154,8 @@ class MixedCurvatureAttention(Mechanism):
         return _safe_sqrt(sq, xp)
 
     def _weights(self, q: Any, keys: Any, values: Any, mask: Any) -> tuple:
-        xp, q, k, v, m, out_dtype, single = _prepare_headless(q, keys, values, mask, self.dim, self.check_finite, self.dim)
+        h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, values_width=self.dim, compute=pc.geometry_dtype)
+        xp, q, k, v, m, out_dtype, single = h.xp, h.q, h.k, h.v, h.mask, h.out_dtype, h.single
         eps = pc.margin(out_dtype)
         qe, qh = self._split(q, "q", xp, eps, True)
         ke, kh = self._split(k, "keys", xp, eps, keys is not None)
@@ -321,7 +268,8 @@ class DualSpaceAttention(Mechanism):
     def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
         """Output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query): the mixed Euclidean and hyperbolic results."""
         self._check_alive()
-        xp, qa, ka, va, m, out_dtype, single = _prepare_headless(q, keys, values, mask, self.dim, self.check_finite)
+        h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, compute=pc.geometry_dtype)
+        xp, qa, ka, va, m, out_dtype, single = h.xp, h.q, h.k, h.v, h.mask, h.out_dtype, h.single
         parts = []
         if self.mix < 1.0:
             logits = _apply_mask((qa * self.effective_scale) @ xp.matrix_transpose(ka), m, xp)

@@ -23,9 +23,6 @@ import numpy as np
 from .._array import (
     Array,
     as_float_array,
-    check_finite,
-    common_float_dtype,
-    compute_dtype,
     namespace,
     one_of,
     positive_float,
@@ -39,6 +36,7 @@ from ..kernels.masks import prepare_mask
 from ..kernels.moe import expert_capacity, load_balancing_loss, top_k_routing
 from ..kernels.segment import segment_sum
 from ..kernels.softmax import safe_softmax
+from ._headless import prepare_headless
 from ._learned import LearnedParams, glorot
 from .base import Mechanism
 from .registry import register
@@ -271,38 +269,11 @@ class MoEAttention(LearnedParams, Mechanism):
 
     # ------------------------------------------------------------------ forward
     def _prepare(self, q: Any, keys: Any, values: Any, mask: Any) -> tuple:
-        if keys is None and values is not None:
-            raise ShapeError("keys: expected an array of keys when values are given, got None")
-        xp = namespace(q, keys, values)
-        qa = as_float_array(q, "q", xp)
-        ka = qa if keys is None else as_float_array(keys, "keys", xp)
-        va = ka if values is None else as_float_array(values, "values", xp)
-        if qa.ndim < 1 or qa.shape[-1] != self.dim:
-            raise ShapeError(f"q: expected shape (..., Lq, dim = {self.dim}) or ({self.dim},), got {shape_str(qa.shape)}")
-        single = qa.ndim == 1
-        if single:
-            qa = xp.expand_dims(qa, axis=0)
-        if ka.ndim < 2 or ka.shape[-1] != self.dim:
-            raise ShapeError(f"keys: expected shape (..., Lk, dim = {self.dim}), got {shape_str(ka.shape)}")
-        if ka.shape[-2] == 0:
-            raise ShapeError("keys: expected at least one key (Lk >= 1), got an empty key set")
-        if va.ndim < 2 or va.shape[-2] != ka.shape[-2]:
-            raise ShapeError(f"values: expected shape (..., Lk = {ka.shape[-2]}, Dv), got {shape_str(va.shape)}")
+        h = prepare_headless(q, keys, values, None, dim=self.dim, check=self.check_finite)
+        xp, qa, ka, va, batch, single, out_dtype = h.xp, h.q, h.k, h.v, h.batch, h.single, h.out_dtype
         if self.overflow == "pass_through" and va.shape[-1] != self.dim:
             raise ShapeError(f"values: overflow='pass_through' returns queries, so Dv must equal dim = {self.dim}, got {va.shape[-1]}")
-        try:
-            batch = tuple(np.broadcast_shapes(tuple(qa.shape[:-2]), tuple(ka.shape[:-2]), tuple(va.shape[:-2])))
-        except ValueError:
-            raise ShapeError(
-                f"q, keys, values: batch dimensions {shape_str(qa.shape[:-2])}, {shape_str(ka.shape[:-2])}, "
-                f"{shape_str(va.shape[:-2])} do not broadcast"
-            ) from None
-        if self.check_finite:
-            for name, x in (("q", qa), ("keys", ka), ("values", va)):
-                check_finite(x, name, xp)
-        out_dtype = common_float_dtype(xp, qa, ka, va)
-        cdt = compute_dtype(xp, out_dtype)
-        qa, ka, va = (x if x.dtype == cdt else xp.astype(x, cdt) for x in (qa, ka, va))
+        cdt = qa.dtype
         lk = int(ka.shape[-2])
         dev = array_api_compat.device(qa)
         m = None
