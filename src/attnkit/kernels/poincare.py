@@ -634,8 +634,3 @@ def frechet_mean(x: Any, weights: Any = None, c: float = 1.0, iters: int = 100, 
     out = frechet_aggregate(xp.expand_dims(w, axis=-2), p.arrays[0], cv, e, xp, iters, tolv if tolv is not None else default_tol(p.cdtype))
     return p.finish(out[..., 0, :])
 
-
-# earlier private names of the kernels above, still imported by mechanisms/mixed_curvature.py
-_compute_dtype = geometry_dtype
-_expmap0 = expmap0_kernel
-_pairwise_dist = pairwise_dist_kernel
