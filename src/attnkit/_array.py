@@ -212,6 +212,14 @@ def finite_float(value: object, name: str) -> float:
     return f
 
 
+def non_negative_float(value: object, name: str) -> float:
+    """A finite number >= 0 (a learning rate, a weight decay, a slope), or ``ConfigError``."""
+    f = finite_float(value, name)
+    if f < 0:
+        raise ConfigError(f"{name}: expected a number >= 0, got {value!r}")
+    return f
+
+
 def one_of(value: object, name: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value.lower() not in choices:
         raise ConfigError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")

@@ -40,6 +40,7 @@ from .._array import (
     compute_dtype,
     finite_float,
     namespace,
+    non_negative_float,
     non_negative_int,
     one_of,
     positive_float,
@@ -137,9 +138,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         if self.concat and self.out_dim % self.heads:
             raise ConfigError(f"out_dim: with concat=True it must be a multiple of heads = {self.heads}, got {self.out_dim}")
         self.version = one_of(version, "version", ("v1", "v2"))
-        self.negative_slope = finite_float(negative_slope, "negative_slope")
-        if self.negative_slope < 0:
-            raise ConfigError(f"negative_slope: expected a number >= 0, got {negative_slope!r}")
+        self.negative_slope = non_negative_float(negative_slope, "negative_slope")
         self.self_loops = bool(self_loops)
         self.bias = bool(bias)
         self.seed = seed

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import finite_float, positive_float, shape_str
+from .._array import finite_float, non_negative_float, positive_float, shape_str
 from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
@@ -40,19 +40,12 @@ def _beta(value: Any, name: str) -> float:
     return b
 
 
-def _non_negative(value: Any, name: str) -> float:
-    f = finite_float(value, name)
-    if f < 0:
-        raise ConfigError(f"{name}: expected a number >= 0, got {value!r}")
-    return f
-
-
 class Optimizer:
     """Base class: validation, per-parameter state, ``state_dict``/``load_state_dict``."""
 
     def __init__(self, lr: float, weight_decay: float = 0.0) -> None:
-        self.lr = _non_negative(lr, "lr")
-        self.weight_decay = _non_negative(weight_decay, "weight_decay")
+        self.lr = non_negative_float(lr, "lr")
+        self.weight_decay = non_negative_float(weight_decay, "weight_decay")
         self.state: dict[Any, dict[str, Any]] = {}
         self.step_count = 0
 
@@ -62,7 +55,7 @@ class Optimizer:
 
     def step(self, params: Any, grads: Any) -> Any:
         """Apply one update to ``params`` (in place) from ``grads``; returns ``params``."""
-        lr = _non_negative(self.lr, "lr")
+        lr = non_negative_float(self.lr, "lr")
         p_items = _items(params, "params")
         g_map = dict(_items(grads, "grads"))
         if set(g_map) != {k for k, _ in p_items}:
@@ -105,7 +98,7 @@ class Optimizer:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.state = copy.deepcopy(dict(state["state"]))
         self.step_count = int(state["step_count"])
-        self.lr = _non_negative(state.get("lr", self.lr), "lr")
+        self.lr = non_negative_float(state.get("lr", self.lr), "lr")
 
 
 class SGD(Optimizer):
@@ -118,9 +111,9 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                  dampening: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
-        self.momentum = _non_negative(momentum, "momentum")
+        self.momentum = non_negative_float(momentum, "momentum")
         self.nesterov = bool(nesterov)
-        self.dampening = _non_negative(dampening, "dampening")
+        self.dampening = non_negative_float(dampening, "dampening")
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ConfigError(f"nesterov: needs momentum > 0 and dampening = 0, got momentum={momentum!r}, dampening={dampening!r}")
 

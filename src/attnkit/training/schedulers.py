@@ -12,20 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from .._array import non_negative_int, one_of, positive_float, positive_int
+from .._array import non_negative_float, non_negative_int, one_of, positive_float, positive_int
 from ..errors import ConfigError, ShapeError
 from ._checks import matrix
 
 __all__ = ["WarmupCosineScheduler", "TemperatureScheduler", "CurriculumScheduler"]
-
-
-def _non_negative_float(value: Any, name: str) -> float:
-    from .._array import finite_float
-
-    f = finite_float(value, name)
-    if f < 0:
-        raise ConfigError(f"{name}: expected a number >= 0, got {value!r}")
-    return f
 
 
 def _step_arg(step: Any) -> int:
@@ -48,13 +39,13 @@ class WarmupCosineScheduler:
 
     def __init__(self, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0,
                  warmup_start_lr: float = 0.0, optimizer: Any = None) -> None:
-        self.base_lr = _non_negative_float(base_lr, "base_lr")
+        self.base_lr = non_negative_float(base_lr, "base_lr")
         self.warmup_steps = non_negative_int(warmup_steps, "warmup_steps")
         self.total_steps = positive_int(total_steps, "total_steps")
         if self.warmup_steps > self.total_steps:
             raise ConfigError(f"warmup_steps: expected at most total_steps = {self.total_steps}, got {warmup_steps!r}")
-        self.min_lr = _non_negative_float(min_lr, "min_lr")
-        self.warmup_start_lr = _non_negative_float(warmup_start_lr, "warmup_start_lr")
+        self.min_lr = non_negative_float(min_lr, "min_lr")
+        self.warmup_start_lr = non_negative_float(warmup_start_lr, "warmup_start_lr")
         self.optimizer = optimizer
         self.last_step = 0
         if optimizer is not None:
