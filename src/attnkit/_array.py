@@ -212,6 +212,14 @@ def finite_float(value: object, name: str) -> float:
     return f
 
 
+def nonzero_float(value: object, name: str) -> float:
+    """A finite number other than 0 (an attention ``scale``), or ``ConfigError``."""
+    f = finite_float(value, name)
+    if f == 0.0:
+        raise ConfigError(f"{name}: expected a non-zero number, got 0")
+    return f
+
+
 def non_negative_float(value: object, name: str) -> float:
     """A finite number >= 0 (a learning rate, a weight decay, a slope), or ``ConfigError``."""
     f = finite_float(value, name)

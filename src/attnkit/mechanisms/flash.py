@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import Array, finite_float, positive_int, probability
-from ..errors import ConfigError
+from .._array import Array, nonzero_float, positive_int, probability
 from ..kernels.dense import attention_weights, sdpa
 from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
 from ._sequence import prepare_sequence
@@ -58,11 +57,7 @@ class FlashAttention(Mechanism):
         self.block_size = positive_int(block_size, "block_size")
         self.causal = bool(causal)
         self.dropout = probability(dropout, "dropout")
-        if scale is not None:
-            scale = finite_float(scale, "scale")
-            if scale == 0.0:
-                raise ConfigError("scale: expected a non-zero number, got 0")
-        self.scale = scale
+        self.scale = None if scale is None else nonzero_float(scale, "scale")
         self.simd = bool(simd)
         self.seed = seed
         self.check_finite = bool(check_finite)

@@ -38,10 +38,10 @@ from .._array import (
     check_finite,
     common_float_dtype,
     compute_dtype,
-    finite_float,
     namespace,
     non_negative_float,
     non_negative_int,
+    nonzero_float,
     one_of,
     positive_float,
     positive_int,
@@ -381,11 +381,7 @@ class GraphRoPEAttention(Mechanism):
         self.scaling = positive_float(scaling, "scaling")
         self.layout = one_of(layout, "layout", ("half", "interleaved"))
         self.rope = RotaryEmbedding(self.dim, self.base, self.scaling, self.layout)
-        if scale is not None:
-            scale = finite_float(scale, "scale")
-            if scale == 0.0:
-                raise ConfigError("scale: expected a non-zero number, got 0")
-        self.scale = scale
+        self.scale = None if scale is None else nonzero_float(scale, "scale")
         self.self_loops = bool(self_loops)
         self.check_finite = bool(check_finite)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import Array, finite_float, positive_int
+from .._array import Array, nonzero_float, positive_int
 from ..errors import ConfigError, ShapeError
 from ..kernels.dense import attention_weights
 from ..kernels.local import local_global_attention, local_global_mask
@@ -94,11 +94,7 @@ class LocalGlobalAttention(Mechanism):
         self.window = positive_int(window, "window")
         self.global_tokens = _parse_globals(global_tokens)
         self.causal = bool(causal)
-        if scale is not None:
-            scale = finite_float(scale, "scale")
-            if scale == 0.0:
-                raise ConfigError("scale: expected a non-zero number, got 0")
-        self.scale = scale
+        self.scale = None if scale is None else nonzero_float(scale, "scale")
         self.rope = as_rope(rope, self.dim)
         self.block_size = None if block_size is None else positive_int(block_size, "block_size")
         self.check_finite = bool(check_finite)

@@ -41,6 +41,7 @@ from .._array import (
     finite_float,
     namespace,
     non_negative_int,
+    nonzero_float,
     one_of,
     positive_float,
     positive_int,
@@ -251,11 +252,7 @@ class DualSpaceAttention(Mechanism):
         self.mix = finite_float(mix, "mix")
         if not 0.0 <= self.mix <= 1.0:
             raise ConfigError(f"mix: expected a value in [0, 1], got {mix!r}")
-        if scale is not None:
-            scale = finite_float(scale, "scale")
-            if scale == 0.0:
-                raise ConfigError("scale: expected a non-zero number, got 0")
-        self.scale = scale
+        self.scale = None if scale is None else nonzero_float(scale, "scale")
         self.aggregation = one_of(aggregation, "aggregation", ("einstein", "frechet"))
         self.check_finite = bool(check_finite)
         self._hyp = HyperbolicAttention(self.dim, curvature=self.curvature, temperature=self.temperature,

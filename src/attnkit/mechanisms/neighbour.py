@@ -14,8 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from .._array import Array, as_float_array, check_finite, common_float_dtype, compute_dtype, finite_float, namespace, positive_int, shape_str
-from ..errors import ConfigError, ShapeError
+from .._array import (
+    Array,
+    as_float_array,
+    check_finite,
+    common_float_dtype,
+    compute_dtype,
+    namespace,
+    nonzero_float,
+    positive_int,
+    shape_str,
+)
+from ..errors import ShapeError
 from ..kernels.neighbour import neighbour_attention, neighbour_weights
 from .base import Mechanism
 from .registry import register
@@ -36,11 +46,7 @@ class ScaledDotProduct(Mechanism):
     def __init__(self, dim: int, scale: float | None = None, check_finite: bool = True) -> None:
         super().__init__()
         self.dim = positive_int(dim, "dim")
-        if scale is not None:
-            scale = finite_float(scale, "scale")
-            if scale == 0.0:
-                raise ConfigError("scale: expected a non-zero number, got 0")
-        self.scale = scale
+        self.scale = None if scale is None else nonzero_float(scale, "scale")
         self.check_finite = bool(check_finite)
 
     @property
