@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace, as_float_array, check_finite, common_float_dtype, compute_dtype, namespace, shape_str
@@ -76,20 +77,23 @@ def prepare_sequence(
     ``k`` and ``v`` default to ``q`` (self-attention). ``dim=None`` accepts any head width.
     ``same_length`` requires ``Lq == Lk`` (mechanisms defined on one sequence).
     """
-    if k is None and v is None:
-        k = v = q
-    elif k is None or v is None:
+    self_attention = k is None and v is None
+    if not self_attention and (k is None or v is None):
         raise ShapeError("k, v: pass both keys and values, or neither (self-attention)")
     xp = namespace(q, k, v)
     q = as_float_array(q, "q", xp)
-    k = as_float_array(k, "k", xp)
-    v = as_float_array(v, "v", xp)
+    if not self_attention:
+        k = as_float_array(k, "k", xp)
+        v = as_float_array(v, "v", xp)
     flat = q.ndim == 1
     if flat:
         d = dim or q.shape[0] // heads
         q = _unflatten(q, "q", heads, d, xp)
-        k = _unflatten(k, "k", heads, d, xp) if k.ndim == 1 else k
-        v = _unflatten(v, "v", heads, d, xp) if v.ndim == 1 else v
+        if not self_attention:
+            k = _unflatten(k, "k", heads, d, xp) if k.ndim == 1 else k
+            v = _unflatten(v, "v", heads, d, xp) if v.ndim == 1 else v
+    if self_attention:  # one array serves as q, k and v: converted, reshaped and checked once
+        k = v = q
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.ndim < 3:
             raise ShapeError(f"{name}: expected shape (..., L, H={heads}, D) or a flat array, got {shape_str(x.shape)}")
@@ -112,12 +116,14 @@ def prepare_sequence(
             f"q, k, v: batch dimensions {shape_str(q.shape[:-3])}, {shape_str(k.shape[:-3])}, {shape_str(v.shape[:-3])} do not broadcast"
         ) from None
     if check:
-        for name, x in (("q", q), ("k", k), ("v", v)):
-            check_finite(x, name, xp)
+        # each distinct array once (q is k is v in self-attention; k is v is common)
+        check_finite(q, "q", xp)
+        if k is not q:
+            check_finite(k, "k", xp)
+        if v is not q and v is not k:
+            check_finite(v, "v", xp)
     out_dtype = common_float_dtype(xp, q, k, v)
     cdt = compute_dtype(xp, out_dtype)
-    import array_api_compat
-
     device = array_api_compat.device(q)
     qh, kh, vh = (xp.moveaxis(xp.astype(x, cdt) if x.dtype != cdt else x, -3, -2) for x in (q, k, v))
     lq, lk = int(q.shape[-3]), int(k.shape[-3])
