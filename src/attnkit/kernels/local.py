@@ -34,7 +34,7 @@ import numpy as np
 from .._array import Array, Namespace
 from ._threads import BlasOneThread, blas_limiter_available
 from .dense import sdpa
-from .masks import apply_mask_tile, mask_tile
+from .masks import apply_mask, apply_mask_tile, mask_tile
 
 __all__ = ["local_global_mask", "local_global_attention", "default_block"]
 
@@ -119,7 +119,7 @@ def local_global_attention(
                 mt = mask_tile(mask, q0, q1, 0, length)
                 if mt.shape[-1] != 1:
                     mt = xp.take(mt, g_dev, axis=-1)
-                sg = xp.where(mt, sg, neg_inf) if xp.isdtype(mt.dtype, "bool") else sg + mt
+                sg = apply_mask(sg, mt, xp)
         # one softmax over [local keys | global keys] without concatenating (strided slices of a
         # concatenated tile would again keep NumPy's matmul off BLAS)
         m = xp.max(s, axis=-1, keepdims=True)

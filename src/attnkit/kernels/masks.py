@@ -18,7 +18,7 @@ import numpy as np
 from .._array import Array, Namespace, shape_str
 from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
 
-__all__ = ["create_mask", "prepare_mask", "unflatten_mask", "causal_allowed", "mask_tile", "apply_mask_tile"]
+__all__ = ["create_mask", "prepare_mask", "unflatten_mask", "causal_allowed", "mask_tile", "apply_mask", "apply_mask_tile"]
 
 
 def create_mask(kind: str, seq_len: int, positions: Sequence[int] | None = None) -> np.ndarray:
@@ -147,11 +147,18 @@ def mask_tile(mask: Array, q0: int, q1: int, k0: int, k1: int) -> Array:
     return mask[..., qs, ks]
 
 
+def apply_mask(s: Array, mask: Array | None, xp: Namespace) -> Array:
+    """Apply a prepared mask to scores ``s``: a bool mask sets the scores it hides (False) to ``-inf``,
+    a float mask is added."""
+    if mask is None:
+        return s
+    if xp.isdtype(mask.dtype, "bool"):
+        return xp.where(mask, s, xp.asarray(-xp.inf, dtype=s.dtype, device=array_api_compat.device(s)))
+    return s + mask
+
+
 def apply_mask_tile(s: Array, mask: Array | None, xp: Namespace, q0: int, q1: int, k0: int, k1: int) -> Array:
     """Apply a prepared mask to a score tile ``s`` of shape ``(..., q1-q0, k1-k0)``."""
     if mask is None:
         return s
-    t = mask_tile(mask, q0, q1, k0, k1)
-    if xp.isdtype(t.dtype, "bool"):
-        return xp.where(t, s, xp.asarray(-xp.inf, dtype=s.dtype))
-    return s + t
+    return apply_mask(s, mask_tile(mask, q0, q1, k0, k1), xp)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._array import Array, Namespace, is_numpy
+from .masks import apply_mask
 from .softmax import safe_softmax
 
 __all__ = ["neighbour_attention", "neighbour_weights"]
@@ -23,11 +24,7 @@ def neighbour_weights(q: Array, keys: Array, *, xp: Namespace, scale: float, mas
         s = keys @ (q * scale)  # one query, one key set: a GEMV
     else:
         s = (q[..., None, :] @ xp.matrix_transpose(keys))[..., 0, :] * scale
-    if mask is not None:
-        if xp.isdtype(mask.dtype, "bool"):
-            s = xp.where(mask, s, xp.asarray(-xp.inf, dtype=s.dtype))
-        else:
-            s = s + mask
+    s = apply_mask(s, mask, xp)
     if is_numpy(xp):
         return _softmax_numpy(s)
     return safe_softmax(s, xp)

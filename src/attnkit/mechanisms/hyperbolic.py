@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
 from .._array import (
@@ -36,6 +35,7 @@ from .._array import (
     positive_int,
 )
 from ..kernels import poincare as pc
+from ..kernels.masks import apply_mask
 from ..kernels.softmax import safe_softmax
 from ._headless import prepare_headless
 from .base import Mechanism
@@ -109,13 +109,7 @@ class HyperbolicAttention(Mechanism):
 
     def _weights(self, xp: Any, q: Array, k: Array, m: Array | None) -> Array:
         logits = pc.pairwise_dist_kernel(q, k, self._c, xp) * (-1.0 / self.temperature)
-        if m is not None:
-            if xp.isdtype(m.dtype, "bool"):
-                neg_inf = xp.asarray(-math.inf, dtype=logits.dtype, device=array_api_compat.device(logits))
-                logits = xp.where(m, logits, neg_inf)
-            else:
-                logits = logits + m
-        return safe_softmax(logits, xp, axis=-1)
+        return safe_softmax(apply_mask(logits, m, xp), xp, axis=-1)
 
     # ------------------------------------------------------------------ public API
     def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:

@@ -49,20 +49,13 @@ from .._array import (
 )
 from ..errors import ConfigError, ShapeError
 from ..kernels import poincare as pc
+from ..kernels.masks import apply_mask
 from ..kernels.softmax import safe_softmax
 from ._headless import prepare_headless
 from .base import Mechanism
 from .registry import register
 
 __all__ = ["MixedCurvatureAttention", "DualSpaceAttention"]
-
-
-def _apply_mask(logits: Array, m: Array | None, xp: Namespace) -> Array:
-    if m is None:
-        return logits
-    if xp.isdtype(m.dtype, "bool"):
-        return xp.where(m, logits, xp.asarray(-math.inf, dtype=logits.dtype))
-    return logits + m
 
 
 def _safe_sqrt(x: Array, xp: Namespace) -> Array:
@@ -161,7 +154,7 @@ class MixedCurvatureAttention(Mechanism):
         qe, qh = self._split(q, "q", xp, eps, True)
         ke, kh = self._split(k, "keys", xp, eps, keys is not None)
         ve, vh = self._split(v, "values", xp, eps, values is not None)
-        logits = _apply_mask(self._distances(qe, qh, ke, kh, xp) * (-1.0 / self.temperature), m, xp)
+        logits = apply_mask(self._distances(qe, qh, ke, kh, xp) * (-1.0 / self.temperature), m, xp)
         return xp, safe_softmax(logits, xp, axis=-1), ve, vh, out_dtype, single, eps
 
     def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
@@ -269,7 +262,7 @@ class DualSpaceAttention(Mechanism):
         xp, qa, ka, va, m, out_dtype, single = h.xp, h.q, h.k, h.v, h.mask, h.out_dtype, h.single
         parts = []
         if self.mix < 1.0:
-            logits = _apply_mask((qa * self.effective_scale) @ xp.matrix_transpose(ka), m, xp)
+            logits = apply_mask((qa * self.effective_scale) @ xp.matrix_transpose(ka), m, xp)
             parts.append((1.0 - self.mix) * (safe_softmax(logits, xp) @ va))
         if self.mix > 0.0:
             hyp = self._hyp.forward(qa, ka, va, mask=m)
