@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import inspect
 import json
 import logging
 import os
@@ -295,50 +294,17 @@ def create_mechanism(name: str, explicit: Mapping[str, Any], config: Any = None,
 
 
 # ---------------------------------------------------------------------------------------------- weights
-_WEIGHT_METHODS = ("attention_weights", "attention_scores", "get_attention_weights")
-#: parameter names that mark a weights method as taking (query, keys) like forward
-_QUERY_NAMES = ("q", "query", "queries", "x")
-_KEY_NAMES = ("k", "key", "keys", "neighbours", "neighbors")
-
-
-def _weights_method(mech: Any) -> tuple[Any, list[str]] | None:
-    """The method giving attention weights for forward-style inputs, and its positional parameter
-    names; ``None`` when the mechanism has none (a method with another signature, like a graph form
-    taking ``edge_index``, does not count)."""
-    for meth in _WEIGHT_METHODS:
-        f = getattr(mech, meth, None)
-        if not callable(f):
-            continue
-        params = inspect.signature(f).parameters
-        positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        names = [p.name for p in positional]
-        if not positional:
-            return f, names
-        if names[0] in _QUERY_NAMES and (len(names) == 1 or names[1] in _KEY_NAMES or positional[1].default is not positional[1].empty):
-            return f, names
-    return None
-
-
 def has_weights(mech: Any) -> bool:
     """Whether :func:`attention_weights` can get weights from ``mech``."""
-    return _weights_method(mech) is not None
+    from ..mechanisms._weights_access import has_weights as _has
+
+    return _has(mech)
 
 
 def attention_weights(mech: Any, q: Any, k: Any = None, mask: Any = None) -> Any:
-    """The attention probabilities of ``mech`` for these inputs, found generically: a method
-    ``attention_weights``/``attention_scores`` taking the query (and keys), or ``get_attention_weights()``
-    returning those of the last forward (call ``forward`` first)."""
-    found = _weights_method(mech)
-    if found is None:
-        raise ConfigError(
-            f"heatmap: mechanism {getattr(mech, 'name', type(mech).__name__)!r} exposes no attention weights "
-            f"for its forward inputs (no method {', '.join(_WEIGHT_METHODS)} taking (query, keys))"
-        )
-    f, names = found
-    if not names:
-        return f()
-    args: list[Any] = [q]
-    if len(names) >= 2 and k is not None and names[1] in _KEY_NAMES:
-        args.append(k)
-    kwargs = {"mask": mask} if mask is not None and "mask" in inspect.signature(f).parameters else {}
-    return f(*args, **kwargs)
+    """The attention probabilities of ``mech`` for these inputs, found generically (see
+    :func:`attnkit.mechanisms._weights_access.attention_weights`); for mechanisms that keep the weights
+    of their last forward, call ``forward`` with the same inputs first."""
+    from ..mechanisms._weights_access import attention_weights as _weights
+
+    return _weights(mech, q, k, mask, field="heatmap")
