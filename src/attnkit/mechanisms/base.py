@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .._array import Array, as_float_array, check_finite, namespace
+from .._array import Array, namespace
 from ..errors import DisposedError, ShapeError
 
 __all__ = ["Mechanism", "MemoryInfo", "BenchmarkResult"]
@@ -139,12 +139,6 @@ class Mechanism:
         raise NotImplementedError  # pragma: no cover
 
     # ---------------------------------------------------------------- shared helpers
-    def _float_input(self, x: Any, name: str, xp: Any, check: bool = True) -> Array:
-        x = as_float_array(x, name, xp)
-        if check and getattr(self, "check_finite", True):
-            check_finite(x, name, xp)
-        return x
-
     def _rng(self) -> np.random.Generator:
         rng = self._cache.get("rng")
         if rng is None:
