@@ -35,6 +35,12 @@ class HeadlessInputs:
     single: bool
     batch: tuple[int, ...]
 
+    def finish(self, out: Array) -> Array:
+        """A result ``(..., Lq, X)`` -> the caller's dtype, with the query axis dropped for a single query."""
+        if out.dtype != self.out_dtype:
+            out = self.xp.astype(out, self.out_dtype)
+        return out[..., 0, :] if self.single else out
+
 
 def _unflatten(x: Array, name: str, per: int, what: str, xp: Namespace) -> Array:
     n = int(x.shape[0])

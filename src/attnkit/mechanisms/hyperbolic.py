@@ -37,7 +37,7 @@ from .._array import (
 from ..kernels import poincare as pc
 from ..kernels.masks import apply_mask
 from ..kernels.softmax import safe_softmax
-from ._headless import prepare_headless
+from ._headless import HeadlessInputs, prepare_headless
 from .base import Mechanism
 from .registry import register
 
@@ -91,25 +91,24 @@ class HyperbolicAttention(Mechanism):
         return self._c
 
     # ------------------------------------------------------------------ input handling
-    def _prepare(self, q: Any, keys: Any, values: Any, mask: Any) -> tuple:
+    def _prepare(self, q: Any, keys: Any, values: Any, mask: Any) -> HeadlessInputs:
         h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, compute=pc.geometry_dtype)
-        xp, qa, ka, va, out_dtype = h.xp, h.q, h.k, h.v, h.out_dtype
-        c = self._c
-        eps = pc.margin(out_dtype)
+        xp, c = h.xp, self._c
         if self.input_space == "tangent":
-            qa, ka, va = (pc.expmap0_kernel(x, c, eps, xp) for x in (qa, ka, va))
+            eps = pc.margin(h.out_dtype)
+            h.q, h.k, h.v = (pc.expmap0_kernel(x, c, eps, xp) for x in (h.q, h.k, h.v))
         # finite tangent vectors always land inside; checked anyway, so NaN let through by
         # check_finite=False is still an error naming the argument rather than a NaN output
-        pc.check_in_ball(qa, "q", c, xp)
+        pc.check_in_ball(h.q, "q", c, xp)
         if keys is not None:
-            pc.check_in_ball(ka, "keys", c, xp)
+            pc.check_in_ball(h.k, "keys", c, xp)
         if values is not None:
-            pc.check_in_ball(va, "values", c, xp)
-        return xp, qa, ka, va, h.mask, out_dtype, h.single
+            pc.check_in_ball(h.v, "values", c, xp)
+        return h
 
-    def _weights(self, xp: Any, q: Array, k: Array, m: Array | None) -> Array:
-        logits = pc.pairwise_dist_kernel(q, k, self._c, xp) * (-1.0 / self.temperature)
-        return safe_softmax(apply_mask(logits, m, xp), xp, axis=-1)
+    def _weights(self, h: HeadlessInputs) -> Array:
+        logits = pc.pairwise_dist_kernel(h.q, h.k, self._c, h.xp) * (-1.0 / self.temperature)
+        return safe_softmax(apply_mask(logits, h.mask, h.xp), h.xp, axis=-1)
 
     # ------------------------------------------------------------------ public API
     def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
@@ -118,25 +117,20 @@ class HyperbolicAttention(Mechanism):
         ``keys`` default to ``q`` (self-attention) and ``values`` to ``keys``.
         """
         self._check_alive()
-        xp, q, k, v, m, out_dtype, single = self._prepare(q, keys, values, mask)
-        w = self._weights(xp, q, k, m)
-        eps = pc.margin(out_dtype)
-        out = pc.einstein_aggregate(w, v, self._c, eps, xp)
+        h = self._prepare(q, keys, values, mask)
+        w = self._weights(h)
+        eps = pc.margin(h.out_dtype)
+        out = pc.einstein_aggregate(w, h.v, self._c, eps, h.xp)
         if self.aggregation == "frechet":
             tol = self.frechet_tol if self.frechet_tol is not None else pc.default_tol(out.dtype)
-            out = pc.frechet_aggregate(w, v, self._c, eps, xp, self.frechet_iters, tol, init=out)
-        if out.dtype != out_dtype:
-            out = xp.astype(out, out_dtype)
-        return out[..., 0, :] if single else out
+            out = pc.frechet_aggregate(w, h.v, self._c, eps, h.xp, self.frechet_iters, tol, init=out)
+        return h.finish(out)
 
     def attention_weights(self, q: Any, keys: Any = None, mask: Any = None) -> Array:
         """The attention probabilities ``softmax(-d_c(q, k)/T)``: ``(..., Lq, Lk)`` (``(Lk,)`` for one query)."""
         self._check_alive()
-        xp, q, k, _, m, out_dtype, single = self._prepare(q, keys, None, mask)
-        w = self._weights(xp, q, k, m)
-        if w.dtype != out_dtype:
-            w = xp.astype(w, out_dtype)
-        return w[..., 0, :] if single else w
+        h = self._prepare(q, keys, None, mask)
+        return h.finish(self._weights(h))
 
     def poincare_distance(self, x: Any, y: Any) -> Array:
         """``d_c(x, y)`` at this layer's curvature (the spec's ``poincareDistance``)."""

@@ -149,18 +149,19 @@ class MixedCurvatureAttention(Mechanism):
 
     def _weights(self, q: Any, keys: Any, values: Any, mask: Any) -> tuple:
         h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, values_width=self.dim, compute=pc.geometry_dtype)
-        xp, q, k, v, m, out_dtype, single = h.xp, h.q, h.k, h.v, h.mask, h.out_dtype, h.single
-        eps = pc.margin(out_dtype)
-        qe, qh = self._split(q, "q", xp, eps, True)
-        ke, kh = self._split(k, "keys", xp, eps, keys is not None)
-        ve, vh = self._split(v, "values", xp, eps, values is not None)
-        logits = apply_mask(self._distances(qe, qh, ke, kh, xp) * (-1.0 / self.temperature), m, xp)
-        return xp, safe_softmax(logits, xp, axis=-1), ve, vh, out_dtype, single, eps
+        xp = h.xp
+        eps = pc.margin(h.out_dtype)
+        qe, qh = self._split(h.q, "q", xp, eps, True)
+        ke, kh = self._split(h.k, "keys", xp, eps, keys is not None)
+        ve, vh = self._split(h.v, "values", xp, eps, values is not None)
+        logits = apply_mask(self._distances(qe, qh, ke, kh, xp) * (-1.0 / self.temperature), h.mask, xp)
+        return h, safe_softmax(logits, xp, axis=-1), ve, vh, eps
 
     def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
         """Output points ``(..., Lq, dim)`` (``(dim,)`` for a single query)."""
         self._check_alive()
-        xp, w, ve, vh, out_dtype, single, eps = self._weights(q, keys, values, mask)
+        h, w, ve, vh, eps = self._weights(q, keys, values, mask)
+        xp = h.xp
         parts = []
         if self.euclidean_dim:
             parts.append(w @ ve)
@@ -171,17 +172,13 @@ class MixedCurvatureAttention(Mechanism):
             if self.input_space == "tangent":
                 oh = pc.from_poincare(oh, c=self._c)
             parts.append(oh)
-        out = parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1)
-        if out.dtype != out_dtype:
-            out = xp.astype(out, out_dtype)
-        return out[..., 0, :] if single else out
+        return h.finish(parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1))
 
     def attention_weights(self, q: Any, keys: Any = None, mask: Any = None) -> Array:
         """``softmax(-d(q, k)/T)``: ``(..., Lq, Lk)`` (``(Lk,)`` for a single query)."""
         self._check_alive()
-        xp, w, _, _, out_dtype, single, _ = self._weights(q, keys, None, mask)
-        w = w if w.dtype == out_dtype else xp.astype(w, out_dtype)
-        return w[..., 0, :] if single else w
+        h, w, _, _, _ = self._weights(q, keys, None, mask)
+        return h.finish(w)
 
     def distance(self, x: Any, y: Any) -> Array:
         """The product-space distance ``d(x, y)`` between points ``(..., dim)`` (broadcast)."""
@@ -259,7 +256,7 @@ class DualSpaceAttention(Mechanism):
         """Output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query): the mixed Euclidean and hyperbolic results."""
         self._check_alive()
         h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, compute=pc.geometry_dtype)
-        xp, qa, ka, va, m, out_dtype, single = h.xp, h.q, h.k, h.v, h.mask, h.out_dtype, h.single
+        xp, qa, ka, va, m = h.xp, h.q, h.k, h.v, h.mask
         parts = []
         if self.mix < 1.0:
             logits = apply_mask((qa * self.effective_scale) @ xp.matrix_transpose(ka), m, xp)
@@ -267,10 +264,7 @@ class DualSpaceAttention(Mechanism):
         if self.mix > 0.0:
             hyp = self._hyp.forward(qa, ka, va, mask=m)
             parts.append(self.mix * pc.from_poincare(hyp, c=self._hyp.c))
-        out = parts[0] if len(parts) == 1 else parts[0] + parts[1]
-        if out.dtype != out_dtype:
-            out = xp.astype(out, out_dtype)
-        return out[..., 0, :] if single else out
+        return h.finish(parts[0] if len(parts) == 1 else parts[0] + parts[1])
 
     def dispose(self) -> None:
         self._hyp.dispose()

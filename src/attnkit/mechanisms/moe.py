@@ -270,7 +270,7 @@ class MoEAttention(LearnedParams, Mechanism):
     # ------------------------------------------------------------------ forward
     def _prepare(self, q: Any, keys: Any, values: Any, mask: Any) -> tuple:
         h = prepare_headless(q, keys, values, None, dim=self.dim, check=self.check_finite)
-        xp, qa, ka, va, batch, single, out_dtype = h.xp, h.q, h.k, h.v, h.batch, h.single, h.out_dtype
+        xp, qa, ka, va, batch = h.xp, h.q, h.k, h.v, h.batch
         if self.overflow == "pass_through" and va.shape[-1] != self.dim:
             raise ShapeError(f"values: overflow='pass_through' returns queries, so Dv must equal dim = {self.dim}, got {va.shape[-1]}")
         cdt = qa.dtype
@@ -288,7 +288,7 @@ class MoEAttention(LearnedParams, Mechanism):
         va = xp.reshape(xp.broadcast_to(va, (*batch, lk, int(va.shape[-1]))), (nb, lk, int(va.shape[-1])))
         if m is not None:
             m = xp.reshape(xp.broadcast_to(m, (*batch, lk)), (nb, lk))
-        return xp, qa, ka, va, m, batch, single, out_dtype, dev
+        return h, qa, ka, va, m, dev
 
     def router_probs(self, q: Any) -> Array:
         """Router probabilities ``softmax(W_r q + b_r)``, shape ``(..., E)`` (no jitter)."""
@@ -303,7 +303,8 @@ class MoEAttention(LearnedParams, Mechanism):
     def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
         """Routed attention output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query)."""
         self._check_alive()
-        xp, qa, ka, va, m, batch, single, out_dtype, dev = self._prepare(q, keys, values, mask)
+        h, qa, ka, va, m, dev = self._prepare(q, keys, values, mask)
+        xp = h.xp
         nb, lq, d = int(qa.shape[0]), int(qa.shape[1]), self.dim
         dv = int(va.shape[-1])
         t = nb * lq
@@ -352,10 +353,7 @@ class MoEAttention(LearnedParams, Mechanism):
         st["kept"] += np.bincount(chosen[keep], minlength=self.num_experts)
         st["dropped_tokens"] += int(dropped.sum())
         self.last_routing = {"experts": chosen, "keep": keep, "probs": probs_np, "capacity": np.asarray(cap)}
-        out = xp.reshape(out, (*batch, lq, dv))
-        if out.dtype != out_dtype:
-            out = xp.astype(out, out_dtype)
-        return out[..., 0, :] if single else out
+        return h.finish(xp.reshape(out, (*h.batch, lq, dv)))
 
     def dispose(self) -> None:
         for ex in self._experts:
