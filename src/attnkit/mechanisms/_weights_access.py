@@ -29,14 +29,20 @@ _KEY_NAMES = ("k", "key", "keys", "neighbours", "neighbors")
 
 
 def weights_method(mech: Any) -> tuple[Any, list[str]] | None:
-    """The bound method giving attention weights for forward-style inputs and its positional
-    parameter names (empty for ``get_attention_weights()``), or ``None`` when the mechanism has none."""
+    """The method giving attention weights for forward-style inputs and its positional parameter
+    names (empty for ``get_attention_weights()``), or ``None`` when the mechanism has none.
+
+    ``mech`` is an instance (the method comes back bound) or a mechanism class (the function comes
+    back unbound, and ``self`` is not among the names)."""
+    is_class = inspect.isclass(mech)
     for meth in WEIGHT_METHODS:
         f = getattr(mech, meth, None)
         if not callable(f):
             continue
         params = inspect.signature(f).parameters
         positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if is_class and not isinstance(inspect.getattr_static(mech, meth), (staticmethod, classmethod)):
+            positional = positional[1:]
         names = [p.name for p in positional]
         if not positional:
             return f, names
@@ -46,7 +52,7 @@ def weights_method(mech: Any) -> tuple[Any, list[str]] | None:
 
 
 def has_weights(mech: Any) -> bool:
-    """Whether :func:`attention_weights` can get weights from ``mech``."""
+    """Whether :func:`attention_weights` can get weights from ``mech`` (an instance or a class)."""
     return weights_method(mech) is not None
 
 
@@ -73,7 +79,7 @@ def attention_weights(
     """The attention probabilities of ``mech`` for these inputs.
 
     A method ``attention_weights``/``attention_scores`` taking the query (and keys) is called with
-    ``q``, ``k`` (when given) and ``mask``. For mechanisms that keep the weights of their last forward
+    ``q``, ``k`` and ``mask``; keys left out default to the query. For mechanisms that keep the weights of their last forward
     (``get_attention_weights()``): with ``run_forward=False`` those are returned as they are (call
     ``forward`` with the same inputs first); with ``run_forward=True``, ``forward(q, k, values, mask)``
     runs first on a private shallow copy of ``mech``, which makes the call safe while other threads use
@@ -93,8 +99,11 @@ def attention_weights(
         view.forward(q, k, values, mask=mask)
         return getattr(view, f.__name__)()
     args: list[Any] = [q]
-    if len(names) >= 2 and k is not None and names[1] in _KEY_NAMES:
-        args.append(k)
+    if len(names) >= 2 and names[1] in _KEY_NAMES:
+        if k is None and inspect.signature(f).parameters[names[1]].default is inspect.Parameter.empty:
+            k = q  # keys default to the query (self-attention), also where the method requires them
+        if k is not None:
+            args.append(k)
     kwargs: dict[str, Any] = {}
     if mask is not None:
         if "mask" not in inspect.signature(f).parameters:

@@ -1,8 +1,9 @@
 """The attnkit HTTP API (FastAPI): routes, limits, error model, authentication and metrics.
 
-Routes: ``GET /health``, ``GET /v1/mechanisms``, ``POST /v1/attention/{mechanism}``, ``POST /v1/batch``,
-``GET /metrics`` (Prometheus text) and the OpenAPI docs at ``/docs``. Body formats are described in
-:mod:`attnkit.server.codec`.
+Routes: ``GET /health``, ``GET /v1/mechanisms``, ``POST /v1/attention/{mechanism}``,
+``POST /v1/attention/{mechanism}/scores`` (the attention weights, the spec's ``attentionScores``),
+``POST /v1/batch``, ``GET /metrics`` (Prometheus text) and the OpenAPI docs at ``/docs``. Body formats
+are described in :mod:`attnkit.server.codec`.
 
 Every computation (decoding the body, the forward pass, encoding the answer) runs on a thread pool of
 ``max_concurrency`` threads, off the event loop; NumPy releases the GIL, so computations overlap.
@@ -26,6 +27,7 @@ import math
 import re
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -42,10 +44,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import AttentionError, ConfigError, DTypeError, NonFiniteError, ShapeError
 from ..mechanisms import registry
+from ..mechanisms._weights_access import attention_weights, has_weights
 from . import codec
 from .codec import ApiError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .scores import WeightsLayout, estimate_elements, probe_layout
 from .settings import Settings
 
 __all__ = ["create_app", "app_factory", "ServerState"]
@@ -93,6 +97,22 @@ class AttentionRequest(BaseModel):
     dtype: Literal["float32", "float64"] = Field("float32", description="dtype that nested lists are read as")
 
 
+class ScoresRequest(BaseModel):
+    """``POST /v1/attention/{mechanism}/scores`` as JSON: the attention weights for query and keys.
+
+    Keys default to the query. ``values`` is only read by mechanisms whose weights come from a forward
+    pass (multi-head attention with ``vdim`` different from ``kdim``) and defaults to the keys.
+    """
+
+    query: Tensor
+    keys: Tensor | None = None
+    values: Tensor | None = None
+    mask: Tensor | None = Field(None, description="bool: True = may attend; numbers: added to the scores")
+    options: dict[str, Any] = Field(default_factory=dict, description="constructor options of the mechanism")
+    encoding: Literal["list", "base64"] = Field("list", description="how the JSON answer carries the weights")
+    dtype: Literal["float32", "float64"] = Field("float32", description="dtype that nested lists are read as")
+
+
 class BatchItem(AttentionRequest):
     mechanism: str
 
@@ -112,13 +132,13 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-def _binary_body_doc() -> dict[str, Any]:
+def _binary_body_doc(model: type[BaseModel] = AttentionRequest, what: str = "the attention output") -> dict[str, Any]:
     binary = {"schema": {"type": "string", "format": "binary"}}
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": AttentionRequest.model_json_schema()},
+                "application/json": {"schema": model.model_json_schema()},
                 "application/x-npy": binary,
                 "application/x-safetensors": binary,
                 "application/octet-stream": binary,
@@ -126,14 +146,14 @@ def _binary_body_doc() -> dict[str, Any]:
         },
         "responses": {
             "200": {
-                "description": "the attention output (format from Accept)",
+                "description": f"{what} (format from Accept)",
                 "content": {"application/json": {}, "application/octet-stream": {}, "application/x-npy": {},
                             "application/x-safetensors": {}},
             },
             **{str(s): {"description": d, "content": {"application/json": {"schema": ErrorBody.model_json_schema()}}}
                for s, d in ((400, "malformed body"), (401, "missing or wrong API key"), (404, "unknown mechanism"),
                             (413, "body, tensor or batch too large"), (415, "unsupported Content-Type"),
-                            (422, "invalid shapes, dtypes, values or options"), (503, "overloaded; retry"),
+                            (422, "invalid shapes, dtypes, values or options; a mechanism without weights (scores)"), (503, "overloaded; retry"),
                             (504, "timed out"))},
         },
     }
@@ -176,6 +196,8 @@ class ServerState:
         self._slots: asyncio.Semaphore | None = None
         self._cache: collections.OrderedDict[tuple[str, str], Any] = collections.OrderedDict()
         self._cache_lock = threading.Lock()
+        self._layouts: weakref.WeakKeyDictionary[Any, WeightsLayout] = weakref.WeakKeyDictionary()
+        self._layouts_lock = threading.Lock()
 
     # ------------------------------------------------------------ concurrency
     @property
@@ -285,8 +307,12 @@ class ServerState:
         if (k is None) != (v is None):
             missing = "values" if v is None else "keys"
             raise ApiError(422, "bad_request", f"{where}{missing}: pass both keys and values, or neither (self-attention)", f"{where}{missing}")
+        return self._call(mech, lambda: mech.forward(q, k, v, mask=mask), names, where)
+
+    def _call(self, mech: Any, fn: Callable[[], Any], names: set[str], where: str = "") -> np.ndarray:
+        """Run ``fn`` (a forward or weights call of ``mech``), mapping its errors to API errors."""
         try:
-            out = mech.forward(q, k, v, mask=mask)
+            out = fn()
         except AttentionError as exc:
             err = attention_error(exc, names)
             if where and err.field:
@@ -305,10 +331,55 @@ class ServerState:
             )
         return out
 
+    def layout(self, mech: Any) -> WeightsLayout:
+        """The weights layout of ``mech`` (probed once per constructed mechanism, see :mod:`.scores`)."""
+        with self._layouts_lock:
+            found = self._layouts.get(mech)
+        if found is None:
+            try:
+                found = probe_layout(mech)
+            except AttentionError as exc:
+                raise ApiError(
+                    422, "no_weights", f"mechanism: {mech.name!r} gives no attention weights with these options ({exc})", "mechanism"
+                ) from None
+            with self._layouts_lock:
+                self._layouts[mech] = found
+        return found
+
+    def scores(self, mech: Any, tensors: Mapping[str, np.ndarray], names: set[str]) -> np.ndarray:
+        """The attention weights of ``mech`` for the request's query, keys (default: the query) and mask,
+        refused (413) before any work when they would hold more than ``max_elements`` numbers."""
+        q, k, v, mask = (tensors.get(f) for f in codec.TENSOR_FIELDS)
+        if q is None:
+            raise ApiError(422, "bad_request", "query: required", "query")
+        if not has_weights(mech):
+            with_weights = [n for n in registry.names() if has_weights(registry.get(n))]
+            raise ApiError(
+                422, "no_weights",
+                f"mechanism: {mech.name!r} exposes no attention weights; mechanisms with weights: {', '.join(with_weights)}", "mechanism",
+            )
+        limit = self.settings.max_elements
+        n = estimate_elements(self.layout(mech), q.shape, (q if k is None else k).shape, None if mask is None else mask.shape)
+        if n > limit:
+            raise ApiError(
+                413, "too_many_elements",
+                f"query, keys: the attention weights would hold {n} elements (batch x heads x Lq x Lk), "
+                f"at most {limit} (max_elements) on this server; send shorter sequences", "query",
+            )
+        out = self._call(mech, lambda: attention_weights(mech, q, k, mask, values=v, run_forward=True), names)
+        if out.size > limit:  # a layout the probe did not foresee: still never answer more than the limit
+            raise ApiError(
+                413, "too_many_elements", f"query, keys: the attention weights hold {out.size} elements, at most {limit} (max_elements)",
+                "query",
+            )
+        return out
+
     # ------------------------------------------------------------ one request
     def attention(
-        self, name: str, media: str, body: bytes, headers: Mapping[str, str], query: Mapping[str, str], accept: str
+        self, name: str, media: str, body: bytes, headers: Mapping[str, str], query: Mapping[str, str], accept: str,
+        scores: bool = False,
     ) -> tuple[bytes, dict[str, str]]:
+        """One request to ``/v1/attention/{name}`` (``scores=False``) or ``/v1/attention/{name}/scores``."""
         t0 = time.perf_counter()
         s = self.settings
         encoding = "list"
@@ -324,7 +395,7 @@ class ServerState:
         else:
             tensors = codec.decode_octet(body, headers, s.max_elements)
         mech, names = self.mechanism(name, options)
-        out = self.forward(mech, tensors, names)
+        out = self.scores(mech, tensors, names) if scores else self.forward(mech, tensors, names)
         elapsed = (time.perf_counter() - t0) * 1e3
         content, out_headers = codec.encode_output(out, accept, encoding=encoding, extra={"mechanism": mech.name, "elapsed_ms": elapsed})
         out_headers["X-Attnkit-Elapsed-Ms"] = f"{elapsed:.3f}"
@@ -558,6 +629,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "class": cls.__name__,
                 "summary": getattr(cls, "summary", ""),
                 "options": [spec.as_dict() for spec in registry.option_specs(cls)],
+                "has_scores": has_weights(cls),
             })
         return Response(json.dumps({"mechanisms": items}, default=_jsonable), media_type="application/json")
 
@@ -569,6 +641,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_class=Response,
     )
     async def attention(mechanism: str, request: Request) -> Response:
+        return await _attention(mechanism, request, scores=False)
+
+    @app.post(
+        "/v1/attention/{mechanism}/scores",
+        summary="the attention weights softmax(scores + mask) for query and keys: (..., heads, Lq, Lk)",
+        description="The spec's attentionScores. Same bodies, options, limits and errors as /v1/attention/{mechanism}; keys "
+        "default to the query. The weights are O(Lq*Lk): a request whose weights would exceed max_elements is refused (413) "
+        "before any computation, and a mechanism without weights (has_scores false in /v1/mechanisms) is 422 no_weights.",
+        openapi_extra=_binary_body_doc(ScoresRequest, "the attention weights"),
+        response_class=Response,
+    )
+    async def attention_scores(mechanism: str, request: Request) -> Response:
+        return await _attention(mechanism, request, scores=True)
+
+    async def _attention(mechanism: str, request: Request, scores: bool) -> Response:
         media = codec.media_type(request.headers.get("content-type"))
         if media is None:
             raise ApiError(
@@ -578,7 +665,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         accept = codec.choose_response_type(request.headers.get("accept"))
         body = await read_body(request, settings.max_body_bytes)
-        work = functools.partial(state.attention, mechanism, media, body, request.headers, request.query_params, accept)
+        work = functools.partial(state.attention, mechanism, media, body, request.headers, request.query_params, accept, scores)
         content, headers = await state.run(work)
         return Response(content, media_type=accept, headers=headers)
 

@@ -1,0 +1,113 @@
+"""Bounding the size of attention weights before computing them (``POST /v1/attention/{m}/scores``).
+
+Attention weights hold ``batch * heads * Lq * Lk`` numbers, quadratic in the sequence length, so a
+request with tensors well inside ``max_elements`` can ask for an answer far beyond it. The server
+estimates the size from the request's shapes first, without knowing each mechanism's layout by name:
+it probes the mechanism once (per constructed instance) with its own ``sample_inputs`` at sequence
+lengths 2 and 3, which reveals
+
+* the sequence axis of the query and of the keys (the one axis whose length changes) and how many
+  elements one position takes (``width``), so a flat spec array of ``seqLen * heads * dim`` numbers
+  counts as ``seqLen`` positions;
+* how many weights one (query, key) pair gets (the heads), from the size of the probe's weights.
+
+The estimate is ``prod(broadcast batch of query, keys, mask) * heads * Lq * Lk``. The size of the
+computed weights is checked again afterwards, for a layout the probe could not foresee.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from ..mechanisms._weights_access import attention_weights
+
+__all__ = ["AxisInfo", "WeightsLayout", "probe_layout", "estimate_elements"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisInfo:
+    """Where the sequence runs in one input: ``axis`` (negative, from the end) of an input of ``ndim``
+    dimensions, ``unit`` elements of that axis per position, ``width`` elements per position."""
+
+    axis: int
+    ndim: int
+    unit: int
+    width: int
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsLayout:
+    """What the probe found: the query's and the keys' :class:`AxisInfo` (``None``: not found, every
+    element then counts as a position) and ``per_pair``, the weights one (query, key) pair gets."""
+
+    query: AxisInfo | None
+    keys: AxisInfo | None
+    per_pair: int
+
+
+def _axis_info(a2: np.ndarray, a3: np.ndarray) -> AxisInfo | None:
+    if a2.ndim != a3.ndim:
+        return None
+    changed = [i for i in range(a2.ndim) if a2.shape[i] != a3.shape[i]]
+    if len(changed) != 1:
+        return None
+    i = changed[0]
+    unit = a3.shape[i] - a2.shape[i]
+    width = a3.size - a2.size
+    if unit <= 0 or width <= 0:
+        return None
+    return AxisInfo(axis=i - a2.ndim, ndim=a2.ndim, unit=unit, width=width)
+
+
+def _inputs(sample: tuple[Any, ...]) -> tuple[Any, Any, Any]:
+    """(query, keys, values) of a sample; keys and values ``None`` when the sample has only a query."""
+    q = sample[0]
+    k = sample[1] if len(sample) > 1 else None
+    v = sample[2] if len(sample) > 2 else None
+    return q, k, v
+
+
+def probe_layout(mech: Any) -> WeightsLayout:
+    """Probe ``mech`` with its sample inputs at sequence lengths 2 and 3 (see the module docstring).
+
+    Raises what the mechanism raises (an :class:`attnkit.AttentionError` when, with these options, it
+    keeps no weights).
+    """
+    rng = np.random.default_rng(0)
+    s2 = tuple(np.asarray(x) for x in mech.sample_inputs(2, rng))
+    s3 = tuple(np.asarray(x) for x in mech.sample_inputs(3, rng))
+    (q2, k2, v2), (q3, k3, _) = _inputs(s2), _inputs(s3)
+    qi = _axis_info(q2, q3)
+    ki = qi if k2 is None or k3 is None else _axis_info(k2, k3)
+    w2 = np.asarray(attention_weights(mech, q2, k2, values=v2, run_forward=True))
+    per_pair = max(1, math.ceil(w2.size / 4))
+    return WeightsLayout(query=qi, keys=ki, per_pair=per_pair)
+
+
+def _positions(shape: tuple[int, ...], info: AxisInfo | None) -> tuple[tuple[int, ...], int]:
+    """(batch shape, sequence length) of an input of ``shape`` under ``info``."""
+    size = math.prod(shape)
+    if info is None:
+        return (), size
+    if len(shape) >= info.ndim:
+        return tuple(shape[: len(shape) - info.ndim]), math.ceil(shape[len(shape) + info.axis] / info.unit)
+    return (), math.ceil(size / info.width)
+
+
+def estimate_elements(layout: WeightsLayout, query: tuple[int, ...], keys: tuple[int, ...], mask: tuple[int, ...] | None) -> int:
+    """Elements of the weights for inputs of these shapes: ``batch * per_pair * Lq * Lk``."""
+    qb, lq = _positions(tuple(query), layout.query)
+    kb, lk = _positions(tuple(keys), layout.keys)
+    batches = [qb, kb]
+    if mask is not None and len(mask) > 2:
+        # a mask is (..., [heads,] Lq, Lk): what lies before can widen the batch
+        batches.append(tuple(mask[: len(mask) - 2 - (1 if layout.per_pair > 1 else 0)]))
+    try:
+        batch = math.prod(np.broadcast_shapes(*batches))
+    except ValueError:  # the mechanism will refuse these shapes; bound generously until it does
+        batch = math.prod(math.prod(b) for b in batches)
+    return batch * layout.per_pair * lq * lk
