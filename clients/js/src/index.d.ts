@@ -36,6 +36,8 @@ export interface MechanismInfo {
   class: string;
   summary: string;
   options: OptionSpec[];
+  /** Whether `POST /v1/attention/{name}/scores` gives this mechanism's attention weights. */
+  has_scores: boolean;
 }
 
 export interface BenchmarkResult {
@@ -74,6 +76,14 @@ declare class RemoteMechanism {
   /** The attention output, flat (as the spec's WASM classes return it). */
   forward(Q: Tensor, K?: Tensor | null, V?: Tensor | null, mask?: Mask | null): Promise<Float32Array>;
   forwardWithShape(Q: Tensor, K?: Tensor | null, V?: Tensor | null, mask?: Mask | null): Promise<TensorResult>;
+  /**
+   * The spec's `attentionScores(Q, K)`: the attention weights, flat (`heads * Lq * Lk` for one sequence,
+   * rows of `Lk` summing to 1); `K` defaults to `Q`. Rejects with code `no_weights` for a mechanism
+   * without weights and status 413 when they would exceed the server's `max_elements`.
+   */
+  attentionScores(Q: Tensor, K?: Tensor | null, mask?: Mask | null): Promise<Float32Array>;
+  /** Like `attentionScores`, with the shape `(..., heads, Lq, Lk)`. */
+  attentionScoresWithShape(Q: Tensor, K?: Tensor | null, mask?: Mask | null): Promise<TensorResult>;
   /** Median round-trip time of `forward` on random inputs. */
   benchmark(seqLen?: number, repeats?: number): Promise<BenchmarkResult>;
   dispose(): void;
@@ -102,6 +112,9 @@ export interface LinearAttentionOptions {
 }
 export class LinearAttention extends FlashAttention {
   constructor(options: LinearAttentionOptions, client: AttnkitClient);
+  /** Always rejects (code `no_weights`): linear attention never forms the `Lq x Lk` weights. */
+  attentionScores(Q: Tensor, K?: Tensor | null, mask?: Mask | null): Promise<never>;
+  attentionScoresWithShape(Q: Tensor, K?: Tensor | null, mask?: Mask | null): Promise<never>;
 }
 
 export interface MHAOptions {
@@ -168,6 +181,13 @@ export class AttnkitClient {
   health(): Promise<{ status: string; version: string }>;
   mechanisms(): Promise<MechanismInfo[]>;
   attention(
+    mechanism: string,
+    tensors: { query: Tensor; keys?: Tensor | null; values?: Tensor | null; mask?: Mask | null },
+    options?: Record<string, OptionValue>,
+    init?: { transport?: 'binary' | 'json' },
+  ): Promise<TensorResult>;
+  /** `POST /v1/attention/{mechanism}/scores`: the attention weights, shape `(..., heads, Lq, Lk)`. */
+  scores(
     mechanism: string,
     tensors: { query: Tensor; keys?: Tensor | null; values?: Tensor | null; mask?: Mask | null },
     options?: Record<string, OptionValue>,

@@ -1,5 +1,6 @@
 // attnkit JavaScript client: the spec's attention classes (FlashAttention, MultiHeadAttention,
-// CrossAttention, LinearAttention, HyperbolicAttention, createMask) computed by an attnkit server.
+// CrossAttention, LinearAttention, HyperbolicAttention, createMask) computed by an attnkit server,
+// with `forward` and `attentionScores` (the attention weights, `POST /v1/attention/{m}/scores`).
 //
 // No dependencies: it needs only `fetch` (Node >= 18, every current browser). Float32Array in,
 // Float32Array out. Tensors travel as raw little-endian float32 (application/octet-stream with shape
@@ -183,10 +184,24 @@ export class AttnkitClient {
    * Resolves to `{data: Float32Array, shape: number[]}`.
    */
   async attention(mechanism, { query, keys = null, values = null, mask = null } = {}, options = {}, { transport } = {}) {
+    return this._compute(`/v1/attention/${encodeURIComponent(mechanism)}`, { query, keys, values, mask }, options, transport);
+  }
+
+  /**
+   * The attention weights `softmax(scores + mask)` of `mechanism` (`POST /v1/attention/{mechanism}/scores`):
+   * `{data, shape}` with shape `(..., heads, Lq, Lk)` (mechanisms without heads: `(..., Lq, Lk)`).
+   * Keys default to the query; `values` is read only by mechanisms whose weights come from a forward
+   * pass (multi-head attention with `vdim` different from `kdim`). A mechanism without weights (linear)
+   * rejects with code `no_weights`, weights larger than the server's `max_elements` with status 413.
+   */
+  async scores(mechanism, { query, keys = null, values = null, mask = null } = {}, options = {}, { transport } = {}) {
+    return this._compute(`/v1/attention/${encodeURIComponent(mechanism)}/scores`, { query, keys, values, mask }, options, transport);
+  }
+
+  async _compute(path, { query, keys, values, mask }, options, transport) {
     const tensors = { query: asTensor(query, 'query'), keys: asTensor(keys, 'keys'), values: asTensor(values, 'values'), mask: asTensor(mask, 'mask') };
     if (!tensors.query) throw new AttnkitError('query: required', { code: 'bad_request', field: 'query' });
     const opts = { ...options };
-    const path = `/v1/attention/${encodeURIComponent(mechanism)}`;
     let mode = transport || this.transport;
     const params = new URLSearchParams();
     for (const [k, v] of Object.entries(opts)) {
@@ -269,6 +284,26 @@ class RemoteMechanism {
     return {};
   }
 
+  /** A flat mask of `lq * lk` numbers as `(lq, lk)`; anything else is sent as it is. */
+  shapeMask(mask, s) {
+    if (mask !== null && mask !== undefined && !mask.shape && s.lq && s.lk && mask.length === s.lq * s.lk) {
+      return { data: mask, shape: [s.lq, s.lk] };
+    }
+    return mask;
+  }
+
+  _checkAlive() {
+    if (this.disposed) throw new AttnkitError(`${this.constructor.name}: this object was disposed; create a new one`, { code: 'disposed' });
+  }
+
+  /** The request's tensors: flat arrays get the subclass's shapes. */
+  _tensors(Q, K, V, mask) {
+    const flat = (x) => x instanceof Float32Array || x instanceof Float64Array || Array.isArray(x);
+    const s = this.shapes(Q, K, V);
+    const shaped = (x, shape) => (x !== null && x !== undefined && flat(x) && shape && product(shape) === x.length ? { data: x, shape } : x);
+    return { query: shaped(Q, s.query), keys: shaped(K, s.keys), values: shaped(V, s.values), mask: this.shapeMask(mask, s) };
+  }
+
   /** `forward(Q, K, V, mask?)`: the attention output as a Float32Array (flat, like the spec). */
   async forward(Q, K = null, V = null, mask = null) {
     return (await this.forwardWithShape(Q, K, V, mask)).data;
@@ -276,16 +311,22 @@ class RemoteMechanism {
 
   /** Like `forward`, but resolves to `{data, shape}`. */
   async forwardWithShape(Q, K = null, V = null, mask = null) {
-    if (this.disposed) throw new AttnkitError(`${this.constructor.name}: this object was disposed; create a new one`, { code: 'disposed' });
-    const flat = (x) => x instanceof Float32Array || x instanceof Float64Array || Array.isArray(x);
-    const s = this.shapes(Q, K, V);
-    const shaped = (x, shape) => (x !== null && x !== undefined && flat(x) && shape && product(shape) === x.length ? { data: x, shape } : x);
-    const q = shaped(Q, s.query);
-    const k = shaped(K, s.keys);
-    const v = shaped(V, s.values);
-    let m = mask;
-    if (mask !== null && mask !== undefined && !(mask.shape) && s.lq && s.lk && mask.length === s.lq * s.lk) m = { data: mask, shape: [s.lq, s.lk] };
-    return this.client.attention(this.mechanism, { query: q, keys: k, values: v, mask: m }, this.serverOptions());
+    this._checkAlive();
+    return this.client.attention(this.mechanism, this._tensors(Q, K, V, mask), this.serverOptions());
+  }
+
+  /**
+   * The spec's `attentionScores(Q, K)`: the attention weights, flat (`heads * Lq * Lk` for one
+   * sequence, each row of `Lk` summing to 1). `K` defaults to `Q`; `mask` as in `forward`.
+   */
+  async attentionScores(Q, K = null, mask = null) {
+    return (await this.attentionScoresWithShape(Q, K, mask)).data;
+  }
+
+  /** Like `attentionScores`, but resolves to `{data, shape}` (`shape` is `(..., heads, Lq, Lk)`). */
+  async attentionScoresWithShape(Q, K = null, mask = null) {
+    this._checkAlive();
+    return this.client.scores(this.mechanism, this._tensors(Q, K, null, mask), this.serverOptions());
   }
 
   /** Time `forward` round trips on random inputs of `seqLen` (the spec's benchmark, over HTTP). */
@@ -430,10 +471,9 @@ export class ScaledDotProduct extends RemoteMechanism {
     return { query: Q && Q.length === d ? [d] : null, keys: k && [k, d], values: dv && [k, dv] };
   }
 
-  async forwardWithShape(Q, K, V, mask = null) {
-    const s = this.shapes(Q, K, V);
-    const m = mask && !mask.shape && s.keys && mask.length === s.keys[0] ? { data: mask, shape: [s.keys[0]] } : mask;
-    return super.forwardWithShape(Q, K, V, m);
+  /** A flat mask of `k` numbers is one entry per neighbour. */
+  shapeMask(mask, s) {
+    return mask && !mask.shape && s.keys && mask.length === s.keys[0] ? { data: mask, shape: [s.keys[0]] } : mask;
   }
 
   sampleInputs(seqLen) {

@@ -1,11 +1,12 @@
 // The JS client against a live `attnkit serve` on 127.0.0.1, checked against float64 references.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 
 import {
   AttnkitClient, AttnkitError, createBoolMask, createMask, CrossAttention, FlashAttention,
 } from '../src/index.js';
-import { maxAbsDiff, randn, refAttention, startServer } from './helpers.js';
+import { maxAbsDiff, randn, refAttention, refScores, startServer } from './helpers.js';
 
 const KEY = 'js-test-key';
 let server;
@@ -233,6 +234,176 @@ describe('model-level and other mechanisms', () => {
     assert.ok(maxAbsDiff(res[0].data, refAttention(Q, Q, Q, { heads: 2, dim: 4 })) < 1e-5);
     assert.ok(res[1] instanceof AttnkitError && res[1].code === 'shape_error' && res[1].field === 'requests[1].query');
     assert.ok(maxAbsDiff(res[2].data, refAttention(Q, Q, Q, { heads: 2, dim: 4, mask: (i, j) => j <= i })) < 1e-5);
+  });
+});
+
+describe('attentionScores', () => {
+  const heads = 2;
+  const dim = 8;
+  const L = 7;
+  const S = 11;
+  const Q = randn(L * heads * dim, 61);
+  const K = randn(S * heads * dim, 62);
+
+  function rowSums(w, lk) {
+    const out = [];
+    for (let r = 0; r < w.length / lk; r++) out.push(w.subarray(r * lk, (r + 1) * lk).reduce((a, b) => a + b, 0));
+    return out;
+  }
+
+  // The library's own weights for the same float32 inputs, computed directly in Python (no server).
+  const python = process.env.ATTNKIT_PYTHON || 'python3';
+  const hasLibrary = spawnSync(python, ['-c', 'import attnkit'], { encoding: 'utf8' }).status === 0;
+  function libraryWeights(mechanism, options, tensors) {
+    const script = [
+      'import json, sys',
+      'import numpy as np',
+      'from attnkit.mechanisms import registry',
+      'from attnkit.mechanisms._weights_access import attention_weights',
+      'd = json.load(sys.stdin)',
+      'm = registry.create(d["mechanism"], **d["options"])',
+      'a = {k: np.asarray(t["data"], dtype=np.float32).reshape(t["shape"]) for k, t in d["tensors"].items()}',
+      'w = attention_weights(m, a["query"], a.get("keys"), run_forward=True)',
+      'print(json.dumps(np.asarray(w, dtype=np.float64).ravel().tolist()))',
+    ].join('\n');
+    const input = JSON.stringify({
+      mechanism, options, tensors: Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, { data: Array.from(t.data), shape: t.shape }])),
+    });
+    const r = spawnSync(python, ['-c', script], { input, encoding: 'utf8', timeout: 120000 });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout);
+  }
+
+  test('FlashAttention: binary weights match the float64 reference, rows sum to 1', async () => {
+    const flash = new client.FlashAttention({ heads, dim });
+    const w = await flash.attentionScores(Q, K);
+    assert.ok(w instanceof Float32Array);
+    assert.equal(w.length, heads * L * S); // the spec's heads * seqLen * seqLen
+    assert.ok(maxAbsDiff(w, refScores(Q, K, { heads, dim })) < 1e-6);
+    for (const s of rowSums(w, S)) assert.ok(Math.abs(s - 1) < 1e-5);
+    const { shape } = await flash.attentionScoresWithShape(Q, K);
+    assert.deepEqual(shape, [heads, L, S]);
+  });
+
+  test('FlashAttention: keys default to the query; json transport is bit-identical', async () => {
+    const self = await new client.FlashAttention({ heads, dim }).attentionScores(Q);
+    assert.ok(maxAbsDiff(self, refScores(Q, Q, { heads, dim })) < 1e-6);
+    const jsonClient = new AttnkitClient({ baseUrl: server.url, apiKey: KEY, transport: 'json' });
+    const viaJson = await new jsonClient.FlashAttention({ heads, dim }).attentionScores(Q, K);
+    const viaBinary = await new client.FlashAttention({ heads, dim }).attentionScores(Q, K);
+    assert.deepEqual(Array.from(viaJson), Array.from(viaBinary));
+  });
+
+  test('FlashAttention: causal option, additive and bool masks agree with the reference; a fully masked row is zeros', async () => {
+    const Ks = randn(L * heads * dim, 63);
+    const ref = refScores(Q, Ks, { heads, dim, mask: (i, j) => j <= i });
+    const viaOption = await new client.FlashAttention({ heads, dim, causal: true }).attentionScores(Q, Ks);
+    const viaMask = await new client.FlashAttention({ heads, dim }).attentionScores(Q, Ks, createMask('causal', L));
+    const viaBool = await new client.FlashAttention({ heads, dim }).attentionScores(Q, Ks, createBoolMask('causal', L));
+    for (const w of [viaOption, viaMask, viaBool]) assert.ok(maxAbsDiff(w, ref) < 1e-6);
+    const all = new Float32Array(L * L).fill(-Infinity);
+    all.fill(0, 0, L); // only row 0 may attend
+    const w = await new client.FlashAttention({ heads, dim }).attentionScores(Q, Ks, all);
+    for (let h = 0; h < heads; h++) {
+      assert.ok(Math.abs(w.subarray(h * L * L, h * L * L + L).reduce((a, b) => a + b, 0) - 1) < 1e-5);
+      assert.ok(w.subarray(h * L * L + L, (h + 1) * L * L).every((x) => x === 0));
+    }
+  });
+
+  test('MultiHeadAttention and SelfAttention: the library\'s weights, rows sum to 1, permutation equivariant', async (t) => {
+    if (!hasLibrary) return t.skip(`${python} cannot import attnkit (set ATTNKIT_PYTHON)`);
+    const modelDim = 8;
+    const n = 5;
+    const X = randn(n * modelDim, 64);
+    const mha = new client.MultiHeadAttention({ modelDim, heads: 2, seed: 7 });
+    const w = await mha.attentionScores(X);
+    assert.equal(w.length, 2 * n * n);
+    const lib = libraryWeights('multi_head', { model_dim: modelDim, heads: 2, seed: 7 }, { query: { data: X, shape: [n, modelDim] } });
+    assert.ok(maxAbsDiff(w, lib) < 1e-6);
+    for (const s of rowSums(w, n)) assert.ok(Math.abs(s - 1) < 1e-5);
+    const self = await new client.SelfAttention({ modelDim, heads: 2, seed: 7 }).attentionScores(X);
+    assert.ok(maxAbsDiff(self, w) < 1e-6);
+    const perm = [3, 0, 4, 1, 2];
+    const Xp = new Float32Array(X.length);
+    perm.forEach((src, dst) => Xp.set(X.subarray(src * modelDim, (src + 1) * modelDim), dst * modelDim));
+    const wp = await mha.attentionScores(Xp);
+    for (let h = 0; h < 2; h++) {
+      for (let i = 0; i < n; i++) {
+        for (let j = 0; j < n; j++) assert.ok(Math.abs(wp[(h * n + i) * n + j] - w[(h * n + perm[i]) * n + perm[j]]) < 1e-5);
+      }
+    }
+  });
+
+  test('CrossAttention: the library\'s weights for queries and keys of different widths', async (t) => {
+    if (!hasLibrary) return t.skip(`${python} cannot import attnkit (set ATTNKIT_PYTHON)`);
+    const Qx = randn(3 * 6, 65);
+    const Kx = randn(5 * 4, 66);
+    const w = await new client.CrossAttention({ queryDim: 6, keyDim: 4, heads: 2, seed: 1 }).attentionScores(Qx, Kx);
+    assert.equal(w.length, 2 * 3 * 5);
+    const lib = libraryWeights('cross', { query_dim: 6, key_dim: 4, heads: 2, seed: 1 },
+      { query: { data: Qx, shape: [3, 6] }, keys: { data: Kx, shape: [5, 4] } });
+    assert.ok(maxAbsDiff(w, lib) < 1e-6);
+  });
+
+  test('HyperbolicAttention: softmax of negative Poincaré distances (float64 reference)', async () => {
+    const d = 4;
+    const c = 1;
+    const small = (n, seed) => randn(n, seed).map((x) => x * 0.2);
+    const Qh = small(3 * d, 67);
+    const Kh = small(6 * d, 68);
+    const w = await new client.HyperbolicAttention({ dim: d, curvature: c }).attentionScores(Qh, Kh);
+    assert.equal(w.length, 3 * 6);
+    const norm2 = (x, i) => { let s = 0; for (let e = 0; e < d; e++) s += x[i * d + e] ** 2; return s; };
+    for (let i = 0; i < 3; i++) {
+      const logits = Array.from({ length: 6 }, (_, j) => {
+        let diff = 0;
+        for (let e = 0; e < d; e++) diff += (Qh[i * d + e] - Kh[j * d + e]) ** 2;
+        return -Math.acosh(1 + (2 * c * diff) / ((1 - c * norm2(Qh, i)) * (1 - c * norm2(Kh, j)))) / Math.sqrt(c);
+      });
+      const mx = Math.max(...logits);
+      const p = logits.map((x) => Math.exp(x - mx));
+      const z = p.reduce((a, b) => a + b, 0);
+      assert.ok(maxAbsDiff(w.subarray(i * 6, (i + 1) * 6), p.map((x) => x / z)) < 1e-5);
+    }
+  });
+
+  test('ScaledDotProduct: one query\'s weights over its neighbours', async () => {
+    const d = 8;
+    const k = 10;
+    const q = randn(d, 69);
+    const keys = randn(k * d, 70);
+    const w = await new client.ScaledDotProduct({ dim: d }).attentionScores(q, keys);
+    const s = Array.from({ length: k }, (_, j) => {
+      let acc = 0;
+      for (let i = 0; i < d; i++) acc += q[i] * keys[j * d + i];
+      return acc / Math.sqrt(d);
+    });
+    const mx = Math.max(...s);
+    const p = s.map((x) => Math.exp(x - mx));
+    const z = p.reduce((a, b) => a + b, 0);
+    assert.equal(w.length, k);
+    assert.ok(maxAbsDiff(w, p.map((x) => x / z)) < 1e-6);
+    const masked = await new client.ScaledDotProduct({ dim: d }).attentionScores(q, keys, Uint8Array.from({ length: k }, (_, j) => (j % 2)));
+    assert.ok(masked.every((x, j) => (j % 2 ? x > 0 : x === 0)));
+  });
+
+  test('errors: no weights (linear) is 422 no_weights, too many weights is 413, disposed rejects', async () => {
+    const info = Object.fromEntries((await client.mechanisms()).map((m) => [m.name, m.has_scores]));
+    assert.equal(info.flash, true);
+    if (names.includes('linear')) {
+      assert.equal(info.linear, false);
+      await assert.rejects(new client.LinearAttention({ dim: 4, heads: 2 }).attentionScores(randn(16, 71)),
+        (err) => err instanceof AttnkitError && err.status === 422 && err.code === 'no_weights' && err.field === 'mechanism' && /linear/.test(err.message));
+    }
+    // 500 positions: the query is 500 numbers, its weights 250000 > this server's max_elements of 200000
+    const long = randn(500, 72);
+    await assert.rejects(new client.FlashAttention({ heads: 1, dim: 1 }).attentionScores(long),
+      (err) => err.status === 413 && err.code === 'too_many_elements' && /250000/.test(err.message));
+    const ok = await new client.FlashAttention({ heads: 1, dim: 1 }).attentionScores(long.subarray(0, 400));
+    assert.equal(ok.length, 160000);
+    const flash = new client.FlashAttention({ heads, dim });
+    flash.dispose();
+    await assert.rejects(flash.attentionScores(Q, K), { code: 'disposed' });
   });
 });
 

@@ -81,13 +81,14 @@ export function randn(n, seed = 1) {
 }
 
 /**
- * float64 reference of softmax(scale q k^T + mask) v for flat (L, H, D) arrays; `mask(i, j)` returns
- * true / false (bool) or a number to add. A fully masked row gives zeros.
+ * float64 reference of the attention weights softmax(scale q k^T + mask) for flat (L, H, D) arrays, as a
+ * flat (H, Lq, Lk) Float64Array; `mask(i, j)` returns true / false (bool) or a number to add. A fully
+ * masked row gives zeros.
  */
-export function refAttention(Q, K, V, { heads, dim, dv = dim, mask = null, scale = 1 / Math.sqrt(dim) }) {
+export function refScores(Q, K, { heads, dim, mask = null, scale = 1 / Math.sqrt(dim) }) {
   const lq = Q.length / (heads * dim);
   const lk = K.length / (heads * dim);
-  const out = new Float64Array(lq * heads * dv);
+  const out = new Float64Array(heads * lq * lk);
   for (let h = 0; h < heads; h++) {
     for (let i = 0; i < lq; i++) {
       const s = new Float64Array(lk);
@@ -105,8 +106,26 @@ export function refAttention(Q, K, V, { heads, dim, dv = dim, mask = null, scale
       if (mx === -Infinity) continue;
       let z = 0;
       const p = s.map((x) => { const e = Math.exp(x - mx); z += e; return e; });
+      for (let j = 0; j < lk; j++) out[(h * lq + i) * lk + j] = p[j] / z;
+    }
+  }
+  return out;
+}
+
+/**
+ * float64 reference of softmax(scale q k^T + mask) v for flat (L, H, D) arrays (weights from
+ * `refScores`); values are (Lk, H, dv).
+ */
+export function refAttention(Q, K, V, { heads, dim, dv = dim, mask = null, scale = 1 / Math.sqrt(dim) }) {
+  const lq = Q.length / (heads * dim);
+  const lk = K.length / (heads * dim);
+  const p = refScores(Q, K, { heads, dim, mask, scale });
+  const out = new Float64Array(lq * heads * dv);
+  for (let h = 0; h < heads; h++) {
+    for (let i = 0; i < lq; i++) {
       for (let j = 0; j < lk; j++) {
-        for (let d = 0; d < dv; d++) out[(i * heads + h) * dv + d] += (p[j] / z) * V[(j * heads + h) * dv + d];
+        const w = p[(h * lq + i) * lk + j];
+        for (let d = 0; d < dv; d++) out[(i * heads + h) * dv + d] += w * V[(j * heads + h) * dv + d];
       }
     }
   }

@@ -20,10 +20,12 @@ test('index.d.ts accepts the documented API', { skip, timeout: 150000 }, () => {
   assert.equal(r.status, 0, r.stdout + r.stderr);
 });
 
-test('index.d.ts rejects wrong option types, missing required options and sync use of forward', { skip, timeout: 150000 }, () => {
+test('index.d.ts rejects wrong option types, missing required options and sync use of forward and attentionScores', { skip, timeout: 150000 }, () => {
   const r = check('misuse.ts');
   assert.notEqual(r.status, 0);
   assert.match(r.stdout, /misuse\.ts\(3,\d+\): error TS2322/); // heads: 'two'
   assert.match(r.stdout, /misuse\.ts\(4,\d+\): error TS2322/); // Promise is not a number
   assert.match(r.stdout, /misuse\.ts\(5,\d+\): error TS2345.*modelDim|modelDim/s); // modelDim is required
+  assert.match(r.stdout, /misuse\.ts\(6,\d+\): error TS2740/); // attentionScores resolves later: a Promise, not weights
+  assert.match(r.stdout, /misuse\.ts\(7,\d+\): error TS2554/); // attentionScores(Q, K?, mask?) takes no fourth argument
 });

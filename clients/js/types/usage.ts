@@ -14,6 +14,15 @@ async function main(): Promise<void> {
   const m: Uint8Array = createBoolMask('block', 4, [2]);
   const res = await client.batch([{ mechanism: 'flash', query: new Float32Array(8), options: { heads: 2, dim: 4 } }]);
   for (const x of res) if (x instanceof AttnkitError) console.log(x.code, x.field, x.status);
+  const w: Float32Array = await flash.attentionScores(new Float32Array(8), new Float32Array(8), createBoolMask('causal', 1));
+  const ws: TensorResult = await mha.attentionScoresWithShape([1, 2, 3]);
+  const wc: Float32Array = await cross.attentionScores(new Float32Array(4), new Float32Array(6));
+  const wh: Float32Array = await hyp.attentionScores(new Float32Array(4));
+  const sdp = new client.ScaledDotProduct({ dim: 4 });
+  const wn: Float32Array = await sdp.attentionScores(new Float32Array(4), new Float32Array(8));
+  const raw: TensorResult = await client.scores('flash', { query: new Float32Array(8) }, { heads: 2, dim: 4 }, { transport: 'json' });
+  const withScores: boolean = (await client.mechanisms())[0].has_scores;
+  console.log(w, ws.shape, wc, wh, wn, raw.shape, withScores);
   const b = await flash.benchmark(16);
   console.log(out.length, r.shape, cross, lin, hyp, m, b.latencyMs, (await client.mechanisms())[0].options[0].type);
 }
