@@ -9,17 +9,13 @@ only what they use.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _pkg_version
 from typing import Any
 
 from .errors import AttentionError, ConfigError, DisposedError, DTypeError, NonFiniteError, ShapeError
-
-try:
-    __version__ = _pkg_version("attnkit")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.1.0"
 
 #: public name -> module that defines it
 _LAZY: dict[str, str] = {
@@ -63,7 +59,17 @@ _LAZY: dict[str, str] = {
 }
 
 
+@functools.cache
+def _installed_version() -> str:
+    try:
+        return _pkg_version("attnkit")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.1.0"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # read from the package metadata on first use (it costs ~28 ms at import)
+        return _installed_version()
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'attnkit' has no attribute {name!r}")
@@ -78,7 +84,7 @@ def __dir__() -> list[str]:
 
 def version() -> str:
     """The installed attnkit version (the spec's ``version()``)."""
-    return __version__
+    return _installed_version()
 
 
 def supported_features() -> list[str]:
