@@ -27,7 +27,7 @@ import attnkit  # noqa: E402
 from attnkit.mechanisms import registry  # noqa: E402
 from attnkit.mechanisms._weights_access import attention_weights, has_weights  # noqa: E402
 from attnkit.server import Settings  # noqa: E402
-from attnkit.server.scores import estimate_elements, probe_layout  # noqa: E402
+from attnkit.server.scores import ProbeTooLarge, estimate_elements, probe_layout  # noqa: E402
 
 MAX_ELEMENTS = 20_000
 FLASH = {"heads": 2, "dim": 4}
@@ -247,7 +247,7 @@ def test_estimates_are_exact_for_each_layout() -> None:
     weights and each layout it accepts (sequence, with a batch dimension, the spec's flat arrays)."""
     for name in WITH_WEIGHTS:
         mech = registry.create(name, **minimal_options(name))
-        layout = probe_layout(mech)
+        layout = probe_layout(mech, 10**6)
         checked = 0
         for L, S in ((4, 7), (9, 2), (5, 5)):
             q = np.asarray(mech.sample_inputs(L, np.random.default_rng(1))[0])
@@ -262,6 +262,20 @@ def test_estimates_are_exact_for_each_layout() -> None:
                 assert estimate_elements(layout, qv.shape, (qv if kv is None else kv).shape, None) == w.size, (name, qv.shape)
                 checked += 1
         assert checked >= 3, (name, checked)
+
+
+def test_the_probe_never_draws_more_than_a_valid_request_could_need(http: httpx.Client) -> None:
+    """Options that make one position 16 M numbers wide (heads = dim = 4096) with a tiny query: the probe
+    refuses to draw its samples, and the mechanism's own validation answers."""
+    with pytest.raises(ProbeTooLarge):
+        probe_layout(attnkit.FlashAttention(heads=4096, dim=4096), budget=3 * 10_000)
+    r = http.post(SCORES.format("flash"), json={"query": [[[1.0]]], "options": {"heads": 4096, "dim": 4096}})
+    assert_error(r, 422, "shape_error", "query")
+    # a valid request of one position always fits the budget (3 x its largest tensor per position)
+    mech = attnkit.FlashAttention(heads=64, dim=64)
+    assert probe_layout(mech, budget=3 * 64 * 64).per_pair == 64
+    w = decode(http.post(SCORES.format("flash"), json={"query": rand(64 * 64).tolist(), "options": {"heads": 64, "dim": 64}}))
+    assert w.shape == (64,) and np.allclose(w, 1.0)
 
 
 def test_mechanism_without_weights_is_422_no_weights(http: httpx.Client) -> None:

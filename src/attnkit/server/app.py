@@ -49,7 +49,7 @@ from . import codec
 from .codec import ApiError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
-from .scores import WeightsLayout, estimate_elements, probe_layout
+from .scores import ProbeTooLarge, WeightsLayout, estimate_elements, probe_layout
 from .settings import Settings
 
 __all__ = ["create_app", "app_factory", "ServerState"]
@@ -331,13 +331,17 @@ class ServerState:
             )
         return out
 
-    def layout(self, mech: Any) -> WeightsLayout:
-        """The weights layout of ``mech`` (probed once per constructed mechanism, see :mod:`.scores`)."""
+    def layout(self, mech: Any, budget: int) -> WeightsLayout | None:
+        """The weights layout of ``mech`` (probed once per constructed mechanism, see :mod:`.scores`);
+        ``None`` when the probe would draw more than ``budget`` numbers per position (then no request
+        holding at most ``budget / 3`` numbers per tensor can be valid for these options)."""
         with self._layouts_lock:
             found = self._layouts.get(mech)
         if found is None:
             try:
-                found = probe_layout(mech)
+                found = probe_layout(mech, budget)
+            except ProbeTooLarge:
+                return None
             except AttentionError as exc:
                 raise ApiError(
                     422, "no_weights", f"mechanism: {mech.name!r} gives no attention weights with these options ({exc})", "mechanism"
@@ -359,7 +363,14 @@ class ServerState:
                 f"mechanism: {mech.name!r} exposes no attention weights; mechanisms with weights: {', '.join(with_weights)}", "mechanism",
             )
         limit = self.settings.max_elements
-        n = estimate_elements(self.layout(mech), q.shape, (q if k is None else k).shape, None if mask is None else mask.shape)
+        kk = q if k is None else k
+        layout = self.layout(mech, 3 * max(q.size, kk.size, 0 if v is None else v.size, 1))
+        if layout is None:
+            # one position of these options is wider than the request's tensors: the mechanism refuses
+            # them while validating, before any work (an unexpected success is still bounded below)
+            n = 0
+        else:
+            n = estimate_elements(layout, q.shape, kk.shape, None if mask is None else mask.shape)
         if n > limit:
             raise ApiError(
                 413, "too_many_elements",

@@ -13,6 +13,11 @@ lengths 2 and 3, which reveals
 
 The estimate is ``prod(broadcast batch of query, keys, mask) * heads * Lq * Lk``. The size of the
 computed weights is checked again afterwards, for a layout the probe could not foresee.
+
+The probe itself must not become the expensive part: options such as ``heads=4096, dim=4096`` make
+one sample position 16 M numbers. It therefore draws its samples through a generator with a budget
+(:class:`ProbeTooLarge` when a sample would exceed it): ``seq_len * 3 * (the largest request tensor)``,
+which every valid request fits, since each of its tensors holds at least one position.
 """
 
 from __future__ import annotations
@@ -25,7 +30,42 @@ import numpy as np
 
 from ..mechanisms._weights_access import attention_weights
 
-__all__ = ["AxisInfo", "WeightsLayout", "probe_layout", "estimate_elements"]
+__all__ = ["AxisInfo", "WeightsLayout", "ProbeTooLarge", "probe_layout", "estimate_elements"]
+
+#: generator methods whose first argument is the size; the others take it third or as ``size=``
+_SIZE_FIRST = frozenset({"standard_normal", "random", "standard_exponential", "standard_cauchy"})
+
+
+class ProbeTooLarge(Exception):
+    """The mechanism's sample inputs would exceed the probe's budget (the options imply positions
+    wider than any tensor of the request: the request cannot be valid for them)."""
+
+
+class _BudgetRng:
+    """A NumPy generator that refuses (:class:`ProbeTooLarge`) to draw more than ``budget`` numbers in
+    all, checked from the requested size before anything is allocated."""
+
+    def __init__(self, rng: np.random.Generator, budget: int) -> None:
+        self._rng = rng
+        self._left = budget
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._rng, name)
+        if not callable(attr):
+            return attr
+
+        def draw(*args: Any, **kwargs: Any) -> Any:
+            size = kwargs.get("size")
+            if size is None:
+                pos = 0 if name in _SIZE_FIRST else 2
+                size = args[pos] if len(args) > pos else None
+            n = 1 if size is None else math.prod(size) if isinstance(size, (tuple, list)) else int(size)
+            if n > self._left:
+                raise ProbeTooLarge(f"sample inputs of {n} numbers exceed the probe's budget of {self._left}")
+            self._left -= n
+            return attr(*args, **kwargs)
+
+        return draw
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,15 +111,16 @@ def _inputs(sample: tuple[Any, ...]) -> tuple[Any, Any, Any]:
     return q, k, v
 
 
-def probe_layout(mech: Any) -> WeightsLayout:
-    """Probe ``mech`` with its sample inputs at sequence lengths 2 and 3 (see the module docstring).
+def probe_layout(mech: Any, budget: int) -> WeightsLayout:
+    """Probe ``mech`` with its sample inputs at sequence lengths 2 and 3 (see the module docstring),
+    drawing at most ``budget`` numbers per sequence position (:class:`ProbeTooLarge` otherwise).
 
     Raises what the mechanism raises (an :class:`attnkit.AttentionError` when, with these options, it
     keeps no weights).
     """
     rng = np.random.default_rng(0)
-    s2 = tuple(np.asarray(x) for x in mech.sample_inputs(2, rng))
-    s3 = tuple(np.asarray(x) for x in mech.sample_inputs(3, rng))
+    s2 = tuple(np.asarray(x) for x in mech.sample_inputs(2, _BudgetRng(rng, 2 * budget)))
+    s3 = tuple(np.asarray(x) for x in mech.sample_inputs(3, _BudgetRng(rng, 3 * budget)))
     (q2, k2, v2), (q3, k3, _) = _inputs(s2), _inputs(s3)
     qi = _axis_info(q2, q3)
     ki = qi if k2 is None or k3 is None else _axis_info(k2, k3)
