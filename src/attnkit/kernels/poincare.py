@@ -228,7 +228,7 @@ def _norm(x: Array, xp: Namespace) -> Array:
 
 def _one_minus(sq: Array, c: float, xp: Namespace) -> Array:
     """``1 - c|x|^2`` from ``|x|^2``, kept positive (inputs are checked to be inside the ball)."""
-    tiny = float(xp.finfo(sq.dtype).tiny)
+    tiny = float(xp.finfo(sq.dtype).smallest_normal)
     return xp.clip(1.0 - c * sq, min=tiny)
 
 
@@ -245,7 +245,7 @@ def _mobius_add(x: Array, y: Array, c: float, xp: Namespace) -> Array:
     bx = _one_minus(_sqnorm(x, xp), c, xp)
     by = xp.clip(1.0 - c * _sqnorm(y, xp), min=0.0)
     den = c * ss + bx * by
-    return (bx * s + (c * ss) * x) / xp.clip(den, min=float(xp.finfo(den.dtype).tiny))
+    return (bx * s + (c * ss) * x) / xp.clip(den, min=float(xp.finfo(den.dtype).smallest_normal))
 
 
 def _arcosh1p(t: Array, xp: Namespace) -> Array:
@@ -362,7 +362,7 @@ def einstein_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace) 
     lam = 2.0 / _one_minus(_sqnorm(x, xp), c, xp)  # (..., N, 1)
     num = xp.matmul(w, lam * x)
     den = xp.matmul(w, lam - 1.0)
-    k = num / xp.clip(den, min=float(xp.finfo(den.dtype).tiny))
+    k = num / xp.clip(den, min=float(xp.finfo(den.dtype).smallest_normal))
     return _from_klein(k, c, eps, xp)
 
 

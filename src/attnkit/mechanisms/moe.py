@@ -330,8 +330,8 @@ class MoEAttention(LearnedParams, Mechanism):
             for b in np.unique(sel_t // lq):
                 rows = sel_t // lq == b
                 tt, rr = sel_t[rows], sel_r[rows]
-                out_e = self._call_expert(e, xp.take(qf, xp.asarray(tt, device=dev), axis=0), ka[int(b)], va[int(b)],
-                                          None if m is None else m[int(b)])
+                out_e = self._call_expert(e, xp.take(qf, xp.asarray(tt, device=dev), axis=0), ka[int(b), ...], va[int(b), ...],
+                                          None if m is None else m[int(b), ...])
                 g = xp.take(gates, xp.asarray(tt * self.top_k + rr, device=dev), axis=0)
                 contribs.append(out_e * g[:, None])
                 ids.append(tt)
