@@ -97,20 +97,14 @@ class AttentionRequest(BaseModel):
     dtype: Literal["float32", "float64"] = Field("float32", description="dtype that nested lists are read as")
 
 
-class ScoresRequest(BaseModel):
+class ScoresRequest(AttentionRequest):
     """``POST /v1/attention/{mechanism}/scores`` as JSON: the attention weights for query and keys.
 
     Keys default to the query. ``values`` is only read by mechanisms whose weights come from a forward
     pass (multi-head attention with ``vdim`` different from ``kdim``) and defaults to the keys.
     """
 
-    query: Tensor
-    keys: Tensor | None = None
-    values: Tensor | None = None
-    mask: Tensor | None = Field(None, description="bool: True = may attend; numbers: added to the scores")
-    options: dict[str, Any] = Field(default_factory=dict, description="constructor options of the mechanism")
     encoding: Literal["list", "base64"] = Field("list", description="how the JSON answer carries the weights")
-    dtype: Literal["float32", "float64"] = Field("float32", description="dtype that nested lists are read as")
 
 
 class BatchItem(AttentionRequest):
