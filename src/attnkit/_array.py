@@ -31,8 +31,6 @@ __all__ = [
     "common_float_dtype",
     "compute_dtype",
     "check_finite",
-    "require_ndim",
-    "require_dim",
     "positive_int",
     "non_negative_int",
     "probability",
@@ -155,20 +153,6 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
 
 def shape_str(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(int(s)) for s in shape) + ")"
-
-
-def require_ndim(x: Array, name: str, min_ndim: int, layout: str) -> None:
-    """Raise ``ShapeError`` unless ``x`` has at least ``min_ndim`` dimensions (layout is e.g. '(..., L, H, D)')."""
-    if x.ndim < min_ndim:
-        raise ShapeError(f"{name}: expected shape {layout}, got {shape_str(x.shape)}")
-
-
-def require_dim(x: Array, name: str, axis: int, expected: int, what: str) -> None:
-    """Raise ``ShapeError`` unless ``x.shape[axis] == expected``."""
-    if x.shape[axis] != expected:
-        raise ShapeError(
-            f"{name}: expected {what} = {expected} along axis {axis}, got {x.shape[axis]} (shape {shape_str(x.shape)})"
-        )
 
 
 def _real_number(value: object, name: str) -> float:
