@@ -124,12 +124,9 @@ def sdpa(
         if out is not None:
             return out
     if backend in ("auto", "numpy") and is_numpy(xp) and dropout_p == 0.0:
-        try:
-            from .dense_numpy import sdpa_numpy
-        except ImportError:  # pragma: no cover - the fast path is optional during development
-            sdpa_numpy = None
-        if sdpa_numpy is not None:
-            out = sdpa_numpy(q, k, v, block_size=block_size, **kw)
-            if out is not None:
-                return out
+        from .dense_numpy import sdpa_numpy
+
+        out = sdpa_numpy(q, k, v, block_size=block_size, **kw)
+        if out is not None:
+            return out
     return sdpa_generic(q, k, v, xp=xp, dropout_p=dropout_p, rng=rng, block_size=block_size, **kw)
