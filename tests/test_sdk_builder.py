@@ -8,7 +8,7 @@ import pytest
 from attnkit import ConfigError
 from attnkit.mechanisms import registry
 from attnkit.sdk import AttentionBuilder, AttentionConfig, AttentionType, flash, hyperbolic, linear, multi_head
-from attnkit.sdk.builder import SETTING_TARGETS
+
 
 #: a value for each named setting that differs from every mechanism's default
 VALUES = {"dim": 24, "heads": 4, "dropout": 0.25, "causal": True, "block_size": 32, "curvature": 0.5, "feature_map": "relu"}
@@ -18,10 +18,9 @@ EXTRA = {"cross": {"key_dim": 12}}
 
 def targets(name: str) -> dict[str, str]:
     """setting -> constructor option of mechanism ``name`` (from its option specs)."""
-    specs = {s.name for s in registry.option_specs(name)}
     out = {}
-    for setting, names in SETTING_TARGETS.items():
-        t = next((n for n in names if n in specs), None)
+    for setting in VALUES:
+        t = registry.find_option(name, setting)
         if t is not None:
             out[setting] = t
     return out
@@ -188,7 +187,7 @@ def test_a_causal_builder_gives_a_causal_mechanism(name: str) -> None:
 
 def test_config_round_trip_builds_the_same_object() -> None:
     b = AttentionBuilder().type("flash").heads(2).dim(8).causal().block_size(16).seed(5)
-    again = AttentionConfig.from_toml(b.config.to_toml()).builder()
+    again = AttentionBuilder.from_config(AttentionConfig.from_toml(b.config.to_toml()))
     assert again.build().options() == b.build().options()
     assert AttentionBuilder.from_config(b.config).config == b.config
 

@@ -3,6 +3,11 @@
 A mechanism class registers itself with :func:`register`; front ends call :func:`names`,
 :func:`get`, :func:`create` and :func:`option_specs` and never list mechanisms by hand.
 Option specs come from the constructor's signature and type hints.
+
+:data:`OPTION_ALIASES` is the one table of option names and their aliases. The SDK builder, the
+SDK config, the CLI (flags, ``-O``, the config file) and the server resolve every option name through
+:func:`resolve_option`, so every name works in every front end. :func:`canonical_options` resolves a
+whole set of options and rejects one option given under two names.
 """
 
 from __future__ import annotations
@@ -10,11 +15,25 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import typing
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["register", "get", "names", "create", "option_specs", "OptionSpec", "coerce_option"]
+__all__ = [
+    "register",
+    "get",
+    "names",
+    "create",
+    "option_specs",
+    "OptionSpec",
+    "coerce_option",
+    "OPTION_ALIASES",
+    "resolve_option",
+    "find_option",
+    "canonical_options",
+    "setting_name",
+]
 
 _REGISTRY: dict[str, type] = {}
 
@@ -30,6 +49,94 @@ class OptionSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.type, "default": self.default, "required": self.required}
+
+
+#: generic name -> every name that means it, in the order a mechanism's option is looked for.
+#: A name given to a mechanism resolves to itself if the mechanism has such an option, else to the
+#: first name of the first group that holds it and that the mechanism has. So ``dim`` reaches
+#: ``model_dim`` on multi_head and self (the model width), ``query_dim`` on cross, and ``dim`` on the
+#: others (flash, linear, local_global: the width of one head; hyperbolic, scaled_dot_product,
+#: graph mechanisms: the embedding width); ``head_dim`` reaches only a per-head ``dim``.
+OPTION_ALIASES: dict[str, tuple[str, ...]] = {
+    "dim": ("model_dim", "query_dim", "dim", "embed_dim", "d_model", "hidden_dim", "hidden_size"),
+    "head_dim": ("dim", "head_dim"),
+    "key_dim": ("key_dim", "kdim"),
+    "value_dim": ("vdim", "value_dim"),
+    "heads": ("heads", "num_heads", "n_heads", "nhead", "num_attention_heads"),
+    "dropout": ("dropout", "dropout_p", "attention_dropout"),
+    "causal": ("causal", "is_causal"),
+    "block_size": ("block_size", "block"),
+    "curvature": ("curvature", "c"),
+    "feature_map": ("feature_map", "kernel"),
+    "nb_features": ("nb_features", "num_features", "n_features"),
+    "window": ("window", "window_size"),
+    "top_k": ("top_k", "k"),
+    "simd": ("simd", "use_simd"),
+}
+
+
+def _norm(name: str) -> str:
+    return str(name).strip().replace("-", "_")
+
+
+def setting_name(name: str) -> str | None:
+    """The generic name (a key of :data:`OPTION_ALIASES`) that ``name`` spells, or None."""
+    key = _norm(name)
+    if key in OPTION_ALIASES:
+        return key
+    return next((g for g, spellings in OPTION_ALIASES.items() if key in spellings), None)
+
+
+def _option_names(mechanism: str | type | Iterable[str]) -> tuple[str, set[str]]:
+    if isinstance(mechanism, (str, type)):
+        cls = get(mechanism) if isinstance(mechanism, str) else mechanism
+        return str(getattr(cls, "name", cls.__name__)), {s.name for s in option_specs(cls)}
+    names_ = set(mechanism)
+    return "", names_
+
+
+def find_option(mechanism: str | type | Iterable[str], name: str) -> str | None:
+    """The constructor option of ``mechanism`` (a registry name, a class, or a set of option names)
+    that ``name`` or one of its aliases names; None if there is none."""
+    _, specs = _option_names(mechanism)
+    key = _norm(name)
+    if key in specs:
+        return key
+    for generic, spellings in OPTION_ALIASES.items():
+        if key == generic or key in spellings:
+            hit = next((n for n in spellings if n in specs), None)
+            if hit is not None:
+                return hit
+    return None
+
+
+def resolve_option(mechanism: str | type | Iterable[str], name: str) -> str:
+    """The canonical constructor option of ``mechanism`` that ``name`` means (see :data:`OPTION_ALIASES`).
+
+    Raises :class:`~attnkit.errors.ConfigError` naming ``name`` when the mechanism has no such option.
+    """
+    found = find_option(mechanism, name)
+    if found is None:
+        label, specs = _option_names(mechanism)
+        raise ConfigError(
+            f"{name}: not an option of {label or 'this mechanism'!r}; its options are {', '.join(sorted(specs)) or '(none)'}"
+        )
+    return found
+
+
+def canonical_options(mechanism: str | type | Iterable[str], options: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """``options`` under the mechanism's own option names. An unknown name, or one option given under
+    two names (``heads`` and ``num_heads``), raises :class:`~attnkit.errors.ConfigError` naming them."""
+    pairs = options.items() if isinstance(options, Mapping) else options
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for name, value in pairs:
+        target = resolve_option(mechanism, name)
+        if target in out:
+            raise ConfigError(f"{target}: given twice, as {given[target]!r} and as {name!r}")
+        out[target] = value
+        given[target] = name
+    return out
 
 
 def register(cls: type) -> type:
@@ -112,12 +219,14 @@ def coerce_option(spec: OptionSpec, value: Any) -> Any:
 
 
 def create(name: str, **options: Any) -> Any:
-    """Construct the mechanism ``name`` with ``options``; unknown options raise ``ConfigError``."""
+    """Construct the mechanism ``name`` with ``options`` (any name of :data:`OPTION_ALIASES` works);
+    unknown options and one option under two names raise ``ConfigError``."""
     cls = get(name)
     specs = {s.name: s for s in option_specs(cls)}
-    unknown = sorted(set(options) - set(specs))
+    unknown = sorted(k for k in options if find_option(specs, k) is None)
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown option for {cls.name!r}; expected one of {', '.join(specs)}")
+    options = canonical_options(specs, options)
     missing = [s.name for s in specs.values() if s.required and s.name not in options]
     if missing:
         raise ConfigError(f"{missing[0]}: required option of {cls.name!r} is missing")

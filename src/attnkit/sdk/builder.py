@@ -1,29 +1,22 @@
 """``AttentionBuilder``: fluent construction of any registered mechanism, and the spec's free functions.
 
-Every setting reaches the built object. The builder maps each named setting to the constructor
-option of the chosen mechanism that carries it, read from the registry's option specs:
+Every setting reaches the built object. Each named setting (``dim``, ``heads``, ``dropout``,
+``causal``, ``block_size``, ``curvature``, ``feature_map``) and each ``.option(name, value)`` goes to
+the constructor option of the chosen mechanism that the registry's one alias table
+(:data:`attnkit.mechanisms.registry.OPTION_ALIASES`) gives it: ``dim`` is ``model_dim`` on
+multi_head and self (the model width), ``query_dim`` on cross, and ``dim`` on the others (flash,
+linear, local_global: the width of one head; hyperbolic, scaled_dot_product: the embedding width);
+``heads`` is ``heads``; ``curvature`` is ``curvature``; and any alias (``num_heads``, ``embed_dim``,
+``c``, ``kernel``, ...) works through ``.option``. One option given under two names raises
+:class:`~attnkit.errors.ConfigError` naming both.
 
-============  ==============================================================
-setting       constructor option
-============  ==============================================================
-``dim``       ``model_dim`` if the mechanism has one (multi_head, self: the
-              model width), else ``query_dim`` (cross), else ``dim`` (flash,
-              linear, local_global: the width of one head; hyperbolic,
-              scaled_dot_product: the embedding width)
-``heads``     ``heads`` (or ``num_heads``)
-``dropout``   ``dropout``
-``causal``    ``causal``
-``block_size``  ``block_size``
-``curvature``   ``curvature`` (or ``c``)
-``feature_map`` ``feature_map``
-============  ==============================================================
-
-``.option(name, value)`` passes any other constructor option by its own name. A setting the chosen
-mechanism does not take raises :class:`~attnkit.errors.ConfigError` naming the setting, with two
-exceptions that change nothing: ``causal(False)`` and ``dropout(0.0)`` on a mechanism that has no
-such option (it is already non-causal and dropout-free). With ``AttentionType.AUTO`` the settings that
-only the candidate not chosen takes (``feature_map`` when flash is chosen, ``block_size`` when linear
-is) are left out instead, and :meth:`AttentionBuilder.explain` lists them.
+A setting the chosen mechanism does not take raises :class:`~attnkit.errors.ConfigError` naming the
+setting, with two exceptions that change nothing: ``causal(False)`` and ``dropout(0.0)`` on a mechanism
+that has no such option (it is already non-causal and dropout-free). With ``AttentionType.AUTO`` the
+settings that only the candidate not chosen takes (``feature_map`` when flash is chosen,
+``block_size`` when linear is) are left out instead, and :meth:`AttentionBuilder.explain` lists them.
+The resolution itself is :meth:`AttentionConfig.plan <attnkit.sdk.AttentionConfig.plan>`; the builder
+only collects settings.
 """
 
 from __future__ import annotations
@@ -34,41 +27,11 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..mechanisms import registry
-from .config import SETTINGS, AttentionConfig
-from .selection import Selection, select_sequence_mechanism
-from .types import AttentionType, normalize_name
+from .config import AttentionConfig
+from .selection import Selection
+from .types import AttentionType
 
 __all__ = ["AttentionBuilder", "multi_head", "flash", "linear", "hyperbolic"]
-
-#: named setting -> constructor option names that carry it, in order of preference
-SETTING_TARGETS: dict[str, tuple[str, ...]] = {
-    "dim": ("model_dim", "query_dim", "dim", "embed_dim"),
-    "heads": ("heads", "num_heads"),
-    "dropout": ("dropout",),
-    "causal": ("causal",),
-    "block_size": ("block_size",),
-    "curvature": ("curvature", "c"),
-    "feature_map": ("feature_map",),
-}
-
-#: the candidates of automatic selection
-_AUTO_CANDIDATES = ("flash", "linear")
-
-
-def _no_op(setting: str, value: Any) -> bool:
-    return (setting == "causal" and value is False) or (setting == "dropout" and value == 0.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-    """What :meth:`AttentionBuilder.build` will construct."""
-
-    name: str
-    kwargs: dict[str, Any]
-    mapping: list[tuple[str, Any, str]]  # (setting, value, constructor option)
-    ignored: list[tuple[str, Any]]
-    selection: Selection | None
-    reason: str
 
 
 class AttentionBuilder:
@@ -187,96 +150,11 @@ class AttentionBuilder:
     # ---------------------------------------------------------------- resolution
     def selection(self) -> Selection | None:
         """The automatic-selection outcome for ``AUTO`` (``None`` for an explicit type)."""
-        cfg = self._config
-        if cfg.type != AttentionType.AUTO:
-            return None
-        defaults = {s.name: s.default for s in registry.option_specs("flash")}
-        head_dim = cfg.dim or defaults.get("dim", 64)
-        try:
-            from ..kernels.linear import feature_dim
-
-            features: int | None = feature_dim(
-                cfg.feature_map or "favor", head_dim, cfg.options.get("nu", 1), cfg.options.get("nb_features")
-            )
-        except (ImportError, ValueError, TypeError):
-            features = None  # the estimate falls back to F = D
-        return select_sequence_mechanism(
-            max_len=cfg.max_len,
-            heads=cfg.heads or defaults.get("heads", 8),
-            head_dim=head_dim,
-            batch=cfg.batch or 1,
-            memory_budget=cfg.memory_budget,
-            exact_max_len=cfg.exact_max_len,
-            need_scores=bool(cfg.need_scores),
-            block_size=cfg.block_size or defaults.get("block_size", 256),
-            features=features,
-        )
-
-    def _plan(self) -> _Plan:
-        cfg = self._config
-        selection = self.selection()
-        if selection is not None:
-            name = selection.type.value
-            reason = (self._reason + " " if self._reason else "") + selection.reason
-        else:
-            name = normalize_name(cfg.type)
-            reason = self._reason or f"{name}: chosen explicitly with .type({name!r})"
-        cls = registry.get(name)  # ConfigError if that mechanism is not available
-        specs = {s.name: s for s in registry.option_specs(cls)}
-        others: set[str] = set()
-        if selection is not None:
-            for cand in _AUTO_CANDIDATES:
-                if cand != name and cand in registry.names():
-                    others |= {s.name for s in registry.option_specs(cand)}
-        kwargs: dict[str, Any] = {}
-        mapping: list[tuple[str, Any, str]] = []
-        ignored: list[tuple[str, Any]] = []
-        taken_by: dict[str, str] = {}
-        for setting in SETTINGS:
-            value = getattr(cfg, setting)
-            if value is None:
-                continue
-            target = next((t for t in SETTING_TARGETS[setting] if t in specs), None)
-            if target is None:
-                if _no_op(setting, value):
-                    ignored.append((setting, value))
-                    continue
-                if any(t in others for t in SETTING_TARGETS[setting]):
-                    ignored.append((setting, value))
-                    continue
-                raise ConfigError(
-                    f"{setting}: the {name!r} mechanism does not take this setting (got {value!r}); "
-                    f"its options are {', '.join(specs)}"
-                )
-            kwargs[target] = value
-            taken_by[target] = setting
-            mapping.append((setting, value, target))
-        for opt, value in cfg.options.items():
-            if opt not in specs:
-                if opt in others:
-                    ignored.append((opt, value))
-                    continue
-                raise ConfigError(f"{opt}: the {name!r} mechanism has no such option; its options are {', '.join(specs)}")
-            if opt in taken_by:
-                raise ConfigError(f"{opt}: given twice, as option({opt!r}) and as the setting {taken_by[opt]!r}")
-            kwargs[opt] = value
-            mapping.append((opt, value, opt))
-        if selection is not None and selection.type == AttentionType.LINEAR and "feature_map" not in kwargs and "feature_map" in specs:
-            kwargs["feature_map"] = "favor"
-            mapping.append(("feature_map", "favor", "feature_map"))
-            reason += " Its feature map is FAVOR+ (it estimates the softmax attention exact attention computes)."
-        for spec in specs.values():
-            if spec.required and spec.name not in kwargs:
-                setting = next((s for s, ts in SETTING_TARGETS.items() if spec.name in ts), None)
-                how = f".{setting}(...)" if setting else f".option({spec.name!r}, ...)"
-                raise ConfigError(
-                    f"{setting or spec.name}: the {name!r} mechanism needs it (its option {spec.name!r}); call {how}"
-                )
-        return _Plan(name, kwargs, mapping, ignored, selection, reason)
+        return self._config.selection()
 
     def resolved_type(self) -> AttentionType | str:
         """The mechanism :meth:`build` will construct (``AUTO`` resolved)."""
-        name = self._plan().name
+        name = self._config.plan(self._reason).name
         try:
             return AttentionType(name)
         except ValueError:  # pragma: no cover - a mechanism newer than the enum
@@ -284,7 +162,7 @@ class AttentionBuilder:
 
     def explain(self) -> str:
         """What :meth:`build` will construct and why, with each setting and where it goes."""
-        plan = self._plan()
+        plan = self._config.plan(self._reason)
         lines = [f"chosen: {plan.name}", f"why: {plan.reason}"]
         if plan.mapping:
             lines.append("settings: " + ", ".join(
@@ -297,7 +175,7 @@ class AttentionBuilder:
 
     def build(self) -> Any:
         """Construct the mechanism; every setting given reaches it as the option of the table above."""
-        plan = self._plan()
+        plan = self._config.plan(self._reason)
         return registry.create(plan.name, **plan.kwargs)
 
 

@@ -4,8 +4,13 @@ TOML is read with the standard library's ``tomllib`` (``tomli`` on Python 3.10) 
 ``tomli-w`` (in the ``cli`` extra); the SDK imports without either and only writing TOML needs
 ``tomli-w``. A TOML document is read from its ``[attention]`` table when it has one (so the CLI's
 config file, which also holds ``[server]`` and others, works as is), else from its top level. The
-spec's key names are accepted: ``default_type`` for ``type``, ``num_heads`` for ``heads``,
-``hidden_dim`` for ``dim``.
+spec's key names are accepted (``default_type`` for ``type``), and every option name of the registry's
+alias table (:data:`attnkit.mechanisms.registry.OPTION_ALIASES`): ``num_heads`` for ``heads``,
+``hidden_dim`` for ``dim``, and any other mechanism option or alias (kept in ``options``).
+
+:meth:`AttentionConfig.plan` resolves a config into the mechanism and constructor options
+:meth:`AttentionConfig.build` constructs; :class:`~attnkit.sdk.AttentionBuilder` only collects settings
+into a config, so this module does not import the builder.
 """
 
 from __future__ import annotations
@@ -20,14 +25,36 @@ from typing import Any
 
 from .._array import positive_int, probability
 from ..errors import ConfigError
+from ..mechanisms import registry
+from .selection import Selection, select_sequence_mechanism
 from .types import AttentionType, normalize_name
 
-__all__ = ["AttentionConfig", "parse_bytes", "SETTINGS"]
+__all__ = ["AttentionConfig", "Plan", "parse_bytes", "SETTINGS"]
 
-#: the named builder settings, in the order they are applied
+#: the named builder settings, in the order they are applied (each a key of ``registry.OPTION_ALIASES``)
 SETTINGS = ("dim", "heads", "dropout", "causal", "block_size", "curvature", "feature_map")
 
-_KEY_ALIASES = {"default_type": "type", "attention_type": "type", "num_heads": "heads", "hidden_dim": "dim"}
+#: the names of the ``type`` key in a config document (the spec calls it ``default_type``)
+_TYPE_KEYS = ("type", "default_type", "attention_type")
+
+#: the candidates of automatic selection
+_AUTO_CANDIDATES = ("flash", "linear")
+
+
+def _no_op(setting: str, value: Any) -> bool:
+    return (setting == "causal" and value is False) or (setting == "dropout" and value == 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What :meth:`AttentionConfig.build` constructs: the mechanism, its options and why."""
+
+    name: str
+    kwargs: dict[str, Any]
+    mapping: list[tuple[str, Any, str]]  # (setting or option as given, value, constructor option)
+    ignored: list[tuple[str, Any]]
+    selection: Selection | None
+    reason: str
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
           "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tb": 1000**4, "tib": 1024**4}
@@ -75,8 +102,6 @@ def _type(value: object) -> AttentionType | str:
     try:
         return AttentionType.parse(value)
     except ConfigError:
-        from ..mechanisms import registry
-
         key = normalize_name(value)
         if key in registry.names():  # a mechanism registered after this enum was written
             return key
@@ -166,13 +191,26 @@ class AttentionConfig:
             raise ConfigError(f"config: expected a table of settings, got {type(data).__name__}")
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
+        options: dict[str, Any] = {}
+        given: dict[str, str] = {}
         for raw_key, value in data.items():
-            key = _KEY_ALIASES.get(str(raw_key), str(raw_key))
+            raw = str(raw_key)
+            key = "type" if raw in _TYPE_KEYS else raw if raw in fields else registry.setting_name(raw)
             if key not in fields:
-                raise ConfigError(f"{raw_key}: unknown config key; expected one of {', '.join(sorted(fields))}")
-            if key in kwargs:
-                raise ConfigError(f"{raw_key}: given twice (as {key!r} and an alias of it)")
+                if key is None and not any(registry.find_option(n, raw) for n in registry.names()):
+                    raise ConfigError(
+                        f"{raw}: unknown config key; expected one of {', '.join(sorted(fields))} or a mechanism option"
+                    )
+                options[raw] = value  # a mechanism option (or alias), resolved when the mechanism is known
+                continue
+            if key in given:
+                raise ConfigError(f"{key}: given twice, as {given[key]!r} and as {raw!r}")
+            given[key] = raw
             kwargs[key] = value
+        if options:
+            if not isinstance(kwargs.get("options", {}), Mapping):
+                raise ConfigError(f"options: expected a table of option names to values, got {kwargs['options']!r}")
+            kwargs["options"] = {**options, **kwargs.get("options", {})}
         return cls(**kwargs)
 
     # ---------------------------------------------------------------- TOML
@@ -227,12 +265,89 @@ class AttentionConfig:
         return cls.from_toml(raw)
 
     # ---------------------------------------------------------------- building
-    def builder(self) -> Any:
-        """An :class:`~attnkit.sdk.AttentionBuilder` holding a copy of this config."""
-        from .builder import AttentionBuilder
+    def selection(self) -> Selection | None:
+        """The automatic-selection outcome for ``AUTO`` (``None`` for an explicit type)."""
+        if self.type != AttentionType.AUTO:
+            return None
+        defaults = {s.name: s.default for s in registry.option_specs("flash")}
+        head_dim = self.dim or defaults.get("dim", 64)
+        try:
+            from ..kernels.linear import feature_dim
 
-        return AttentionBuilder.from_config(self)
+            features: int | None = feature_dim(
+                self.feature_map or "favor", head_dim, self.options.get("nu", 1), self.options.get("nb_features")
+            )
+        except (ImportError, ValueError, TypeError):
+            features = None  # the estimate falls back to F = D
+        return select_sequence_mechanism(
+            max_len=self.max_len,
+            heads=self.heads or defaults.get("heads", 8),
+            head_dim=head_dim,
+            batch=self.batch or 1,
+            memory_budget=self.memory_budget,
+            exact_max_len=self.exact_max_len,
+            need_scores=bool(self.need_scores),
+            block_size=self.block_size or defaults.get("block_size", 256),
+            features=features,
+        )
+
+    def plan(self, reason: str | None = None) -> Plan:
+        """The mechanism this config builds and its constructor options, each setting and option
+        resolved through the registry's alias table (one option under two names is a ConfigError)."""
+        selection = self.selection()
+        if selection is not None:
+            name = selection.type.value
+            why = (reason + " " if reason else "") + selection.reason
+        else:
+            name = normalize_name(self.type)
+            why = reason or f"{name}: chosen explicitly with .type({name!r})"
+        cls = registry.get(name)  # ConfigError if that mechanism is not available
+        specs = {s.name: s for s in registry.option_specs(cls)}
+        others: set[str] = set()
+        if selection is not None:
+            for cand in _AUTO_CANDIDATES:
+                if cand != name and cand in registry.names():
+                    others |= {s.name for s in registry.option_specs(cand)}
+        given: list[tuple[str, Any]] = []
+        mapping: list[tuple[str, Any, str]] = []
+        ignored: list[tuple[str, Any]] = []
+        for setting in SETTINGS:
+            value = getattr(self, setting)
+            if value is None:
+                continue
+            target = registry.find_option(specs, setting)
+            if target is None:
+                if _no_op(setting, value) or registry.find_option(others, setting) is not None:
+                    ignored.append((setting, value))
+                    continue
+                raise ConfigError(
+                    f"{setting}: the {name!r} mechanism does not take this setting (got {value!r}); its options are {', '.join(specs)}"
+                )
+            given.append((setting, value))
+            mapping.append((setting, value, target))
+        for opt, value in self.options.items():
+            target = registry.find_option(specs, opt)
+            if target is None:
+                if registry.find_option(others, opt) is not None:
+                    ignored.append((opt, value))
+                    continue
+                raise ConfigError(f"{opt}: the {name!r} mechanism has no such option; its options are {', '.join(specs)}")
+            given.append((opt, value))
+            mapping.append((opt, value, target))
+        kwargs = registry.canonical_options(specs, given)
+        if selection is not None and selection.type == AttentionType.LINEAR and "feature_map" not in kwargs and "feature_map" in specs:
+            kwargs["feature_map"] = "favor"
+            mapping.append(("feature_map", "favor", "feature_map"))
+            why += " Its feature map is FAVOR+ (it estimates the softmax attention exact attention computes)."
+        for spec in specs.values():
+            if spec.required and spec.name not in kwargs:
+                setting = registry.setting_name(spec.name)
+                setting = setting if setting in SETTINGS else None
+                how = f".{setting}(...)" if setting else f".option({spec.name!r}, ...)"
+                raise ConfigError(f"{setting or spec.name}: the {name!r} mechanism needs it (its option {spec.name!r}); call {how}")
+        return Plan(name, kwargs, mapping, ignored, selection, why)
 
     def build(self) -> Any:
-        """Build the mechanism this config describes (same as ``self.builder().build()``)."""
-        return self.builder().build()
+        """Build the mechanism this config describes (:meth:`plan`, then ``registry.create``)."""
+        plan = self.plan()
+        return registry.create(plan.name, **plan.kwargs)
