@@ -9,7 +9,7 @@ import pytest
 from test_cli_support import Runner, clean_env, ok, one_error_line
 
 from attnkit import ConfigError
-from attnkit.config import SCHEMA, default_config_text, find_config, load_config, parse_config, user_config_path
+from attnkit.cli.config import SCHEMA, default_config_text, find_config, load_config, parse_config, user_config_path
 
 # the platform spec's example config.toml, verbatim: it must load
 SPEC_CONFIG = """

@@ -43,7 +43,7 @@ class State:
     @property
     def config(self) -> Any:
         if self._config is None:
-            from ..config import load_config
+            from .config import load_config
 
             self._config = load_config(self.config_path)
             setup_logging(self.verbose, self.log_format, self._config)
@@ -167,27 +167,11 @@ def array_stats(x: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- mechanism options
-#: names that mean the same thing across mechanisms: a flag given under one of them reaches the
-#: mechanism's option of any other name in its group (the first the mechanism has).
-ALIASES: tuple[tuple[str, ...], ...] = (
-    ("heads", "num_heads", "n_heads"),
-    ("dim", "model_dim", "embed_dim", "hidden_dim", "d_model"),
-    ("num_neighbors", "neighbors", "k", "top_k"),
-    ("threads", "num_threads", "n_threads"),
-    ("curvature", "c"),
-    ("feature_map", "kernel"),
-)
-
-
 def resolve_option(key: str, specs: Mapping[str, Any]) -> str | None:
-    """The mechanism option ``key`` names: itself, or an alias the mechanism has; None if neither."""
-    key = key.replace("-", "_")
-    if key in specs:
-        return key
-    for group in ALIASES:
-        if key in group:
-            return next((n for n in group if n in specs), None)
-    return None
+    """The option of ``specs`` that ``key`` names (itself or an alias, from the registry's one table)."""
+    from ..mechanisms import registry
+
+    return registry.find_option(specs, key)
 
 
 def parse_pairs(pairs: Iterable[str], what: str = "--opt") -> dict[str, str]:
@@ -204,7 +188,8 @@ def parse_pairs(pairs: Iterable[str], what: str = "--opt") -> dict[str, str]:
 
 def parse_extra_args(args: Sequence[str], specs: Mapping[str, Any], mechanism: str) -> dict[str, Any]:
     """Options of the chosen mechanism given as flags: ``--name VALUE``, ``--name=VALUE``, ``--flag``,
-    ``--no-flag`` (booleans). Anything else is an error naming the token."""
+    ``--no-flag`` (booleans), under any name of the registry's alias table; the keys are the names as
+    given (resolved by :func:`mechanism_options`). Anything else is an error naming the token."""
     out: dict[str, Any] = {}
     i = 0
     while i < len(args):
@@ -218,6 +203,8 @@ def parse_extra_args(args: Sequence[str], specs: Mapping[str, Any], mechanism: s
         if target is None and name.startswith("no-"):
             target = resolve_option(name[3:], specs)
             negate = target is not None
+            name = name[3:] if negate else name
+        key = name.replace("-", "_")
         if target is None:
             raise UsageError(
                 f"{'--' + name}: no such option for {mechanism!r}; its options are "
@@ -227,20 +214,22 @@ def parse_extra_args(args: Sequence[str], specs: Mapping[str, Any], mechanism: s
         kinds = str(getattr(specs[target], "type", "")).split("|")
         if negate:
             if "bool" not in kinds:
-                raise UsageError(f"--{name}: {target!r} is not a boolean option of {mechanism!r}")
-            out[target] = False
+                raise UsageError(f"--no-{name}: {target!r} is not a boolean option of {mechanism!r}")
+            out[key] = False
             i += 1
             continue
+        if key in out:
+            raise UsageError(f"--{name}: given twice")
         if eq:
-            out[target] = value
+            out[key] = value
             i += 1
         elif "bool" in kinds and (i + 1 >= len(args) or args[i + 1].lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off")):
-            out[target] = True
+            out[key] = True
             i += 1
         else:
             if i + 1 >= len(args):
                 raise UsageError(f"--{name}: expected a value")
-            out[target] = args[i + 1]
+            out[key] = args[i + 1]
             i += 2
     return out
 
@@ -254,8 +243,9 @@ def mechanism_options(
 ) -> tuple[str, dict[str, Any]]:
     """The registry name of ``name`` and its options: config soft defaults, then ``explicit`` flags.
 
-    Config values apply only where the mechanism has such an option; an explicit flag the mechanism
-    does not have is an error. ``fill_required`` gives required dimension options a small default
+    Names resolve through the registry's alias table. Config values apply only where the mechanism has
+    such an option; an explicit flag the mechanism does not have, or one option under two names, is an
+    error. ``fill_required`` gives required dimension options a small default
     (32), which is what ``demo`` and ``benchmark`` need to run every mechanism without flags.
     """
     from ..mechanisms import registry
@@ -268,14 +258,8 @@ def mechanism_options(
             target = resolve_option(key, specs)
             if target is not None:
                 opts[target] = value
-    for key, value in explicit.items():
-        if value is None:
-            continue
-        target = resolve_option(key, specs)
-        if target is None:
-            raise ConfigError(
-                f"{key}: not an option of {cls.name!r}; its options are {', '.join(specs) or '(none)'}"
-            )
+    given = [(key, value) for key, value in explicit.items() if value is not None]
+    for target, value in registry.canonical_options(cls, given).items():  # ConfigError: unknown, or given twice
         opts[target] = registry.coerce_option(specs[target], value) if isinstance(value, str) else value
     if fill_required:
         for s in specs.values():

@@ -18,7 +18,7 @@ def run_show(state: State, *, as_json: bool) -> None:
 
 
 def run_init(state: State, path: str | None, *, user: bool, force: bool) -> None:
-    from ..config import default_config_text, user_config_path
+    from .config import default_config_text, user_config_path
 
     if user and path is not None:
         raise UsageError("config init: give a PATH or --user, not both")

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "SCHEMA",
@@ -175,7 +175,7 @@ def _check_value(where: str, key: Key, value: Any) -> Any:
 
 def _check_option(where: str, spec: Any, value: Any) -> Any:
     """Check a ``[attention.<mechanism>]`` value against the option's type name from the registry."""
-    from .mechanisms.registry import coerce_option
+    from ..mechanisms.registry import coerce_option
 
     kinds = spec.type.split("|")
     if isinstance(value, str) and "str" not in kinds:
@@ -214,15 +214,20 @@ def parse_config(text: str, where: str = "config") -> dict[str, Any]:
             raise ConfigError(f"{where}: {section}: expected a [{section}] table, got {body!r}")
         keys = SCHEMA[section]
         sec: dict[str, Any] = {}
-        for key, value in body.items():
+        spelled: dict[str, str] = {}
+        for raw_key, value in body.items():
             if section == "attention" and isinstance(value, dict):
-                sec[key] = _parse_mechanism_table(where, key, value)
+                sec[raw_key] = _parse_mechanism_table(where, raw_key, value)
                 continue
-            if key not in keys:
-                raise ConfigError(f"{where}: [{section}] {key}: unknown key; expected one of {', '.join(keys)}")
-            sec[key] = _check_value(f"{where}: [{section}] {key}", keys[key], value)
+            key = _schema_key(section, raw_key)
+            if key is None:
+                raise ConfigError(f"{where}: [{section}] {raw_key}: unknown key; expected one of {', '.join(keys)}")
+            if key in spelled:
+                raise ConfigError(f"{where}: [{section}] {key}: given twice, as {spelled[key]!r} and as {raw_key!r}")
+            spelled[key] = raw_key
+            sec[key] = _check_value(f"{where}: [{section}] {raw_key}", keys[key], value)
         if section == "attention" and "default_type" in sec:
-            from .mechanisms import registry
+            from ..mechanisms import registry
 
             try:
                 sec["default_type"] = registry.get(sec["default_type"]).name
@@ -233,7 +238,7 @@ def parse_config(text: str, where: str = "config") -> dict[str, Any]:
 
 
 def _parse_mechanism_table(where: str, name: str, table: dict[str, Any]) -> dict[str, Any]:
-    from .mechanisms import registry
+    from ..mechanisms import registry
 
     try:
         cls = registry.get(name)
@@ -242,13 +247,31 @@ def _parse_mechanism_table(where: str, name: str, table: dict[str, Any]) -> dict
             f"{where}: [attention.{name}]: unknown mechanism {name!r}; expected one of {', '.join(registry.names())}"
         ) from None
     specs = {s.name: s for s in registry.option_specs(cls)}
-    out = {}
-    for key, value in table.items():
-        opt = key.replace("-", "_")
-        if opt not in specs:
+    for key in table:
+        if registry.find_option(specs, key) is None:
             raise ConfigError(f"{where}: [attention.{name}] {key}: unknown option of {cls.name!r}; expected one of {', '.join(specs)}")
-        out[opt] = _check_option(f"{where}: [attention.{name}] {key}", specs[opt], value)
-    return out
+    try:
+        options = registry.canonical_options(specs, table)  # any name of the registry's alias table
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: [attention.{name}] {exc}") from None
+    given = {registry.find_option(specs, key): key for key in table}
+    return {opt: _check_option(f"{where}: [attention.{name}] {given[opt]}", specs[opt], value) for opt, value in options.items()}
+
+
+def _schema_key(section: str, key: str) -> str | None:
+    """The schema key of ``section`` that ``key`` spells: itself, or (in ``[attention]``) an alias from the
+    registry's table (``heads``/``n_heads`` for ``num_heads``, ``dim``/``model_dim`` for ``hidden_dim``, ...)."""
+    keys = SCHEMA[section]
+    if key in keys:
+        return key
+    if section != "attention":
+        return None
+    from ..mechanisms import registry
+
+    generic = registry.setting_name(key)
+    if generic is None:
+        return None
+    return next((k for k in keys if registry.setting_name(k) == generic), None)
 
 
 @dataclasses.dataclass
