@@ -246,8 +246,15 @@ class ServerState:
         specs = _specs(cls)
         names = set(specs)
         clean: dict[str, Any] = {}
-        for key, value in options.items():
-            field = f"{where}options.{key}"
+        spelled: dict[str, str] = {}
+        for raw_key, value in options.items():
+            field = f"{where}options.{raw_key}"
+            # any name of the registry's alias table (num_heads, embed_dim, ...); unknown names are left
+            # for registry.create to reject
+            key = registry.find_option(specs, raw_key) or raw_key
+            if key in spelled:
+                raise ApiError(422, "config_error", f"{key}: given twice, as {spelled[key]!r} and as {raw_key!r}", field)
+            spelled[key] = raw_key
             if not _option_value_ok(value):
                 raise ApiError(
                     422, "config_error",
