@@ -150,8 +150,8 @@ def test_cli_flags(tmp_path: Path) -> None:
     def one(pack: list[tuple[str, str, Any, str]]) -> Any:
         mech = pack[0][0]
         options = {k: v for k, v in BASE[mech].items() if k not in {c[3] for c in pack}}
-        for _, name, value, target in pack:
-            options.update(NEEDS.get(target, {}))
+        for row in pack:
+            options.update(NEEDS.get(row[3], {}))
         options.update({name: value for _, name, value, _ in pack})
         return run("compute", "-t", mech, "--random", "4", "--json", *_flags(options), timeout=240)
 

@@ -9,7 +9,6 @@ from attnkit import ConfigError
 from attnkit.mechanisms import registry
 from attnkit.sdk import AttentionBuilder, AttentionConfig, AttentionType, flash, hyperbolic, linear, multi_head
 
-
 #: a value for each named setting that differs from every mechanism's default
 VALUES = {"dim": 24, "heads": 4, "dropout": 0.25, "causal": True, "block_size": 32, "curvature": 0.5, "feature_map": "relu"}
 #: required options no named setting carries

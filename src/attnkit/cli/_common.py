@@ -285,7 +285,6 @@ def has_weights(mech: Any) -> bool:
 
 def attention_weights(mech: Any, q: Any, k: Any = None, mask: Any = None, **extras: Any) -> Any:
     """The attention probabilities of ``mech`` for these inputs (``mech.attention_weights``)."""
-    from ..errors import ConfigError
 
     if not has_weights(mech):
         raise ConfigError(f"heatmap: mechanism {getattr(mech, 'name', type(mech).__name__)!r} has no attention weights")
