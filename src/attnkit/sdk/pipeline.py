@@ -35,40 +35,12 @@ import numpy as np
 
 from .._array import Array, as_float_array, namespace, non_negative_int, one_of, positive_float, positive_int, probability
 from ..errors import ConfigError, ShapeError
+from ..kernels.norm import ACTIVATIONS, NORMS, feed_forward, layer_norm, rms_norm
 
 __all__ = ["Pipeline", "FeedForward", "layer_norm", "rms_norm"]
 
-_NORMS = ("layer", "rms")
-_ACTIVATIONS = ("gelu", "relu", "silu")
-
-
-def _axes(x: Array, axes: int) -> tuple[int, ...]:
-    if x.ndim < axes:
-        raise ShapeError(f"x: normalising over the last {axes} axes needs at least {axes} dimensions, got shape {tuple(x.shape)}")
-    return tuple(range(-axes, 0))
-
-
-def layer_norm(x: Array, *, eps: float = 1e-5, axes: int = 1, weight: Array | None = None, bias: Array | None = None) -> Array:
-    """Layer normalisation over the last ``axes`` axes (Ba, Kiros & Hinton 2016)."""
-    xp = namespace(x)
-    ax = _axes(x, axes)
-    mean = xp.mean(x, axis=ax, keepdims=True)
-    centred = x - mean
-    var = xp.mean(centred * centred, axis=ax, keepdims=True)
-    out = centred / xp.sqrt(var + eps)
-    if weight is not None:
-        out = out * weight
-    if bias is not None:
-        out = out + bias
-    return out
-
-
-def rms_norm(x: Array, *, eps: float = 1e-5, axes: int = 1, weight: Array | None = None) -> Array:
-    """Root-mean-square normalisation over the last ``axes`` axes (Zhang & Sennrich 2019)."""
-    xp = namespace(x)
-    ax = _axes(x, axes)
-    out = x / xp.sqrt(xp.mean(x * x, axis=ax, keepdims=True) + eps)
-    return out if weight is None else out * weight
+_NORMS = NORMS
+_ACTIVATIONS = ACTIVATIONS
 
 
 def _like(arr: np.ndarray | None, x: Array) -> Array | None:
@@ -101,20 +73,11 @@ class FeedForward:
         self.w2 = rng.uniform(-lim, lim, (self.hidden, self.dim))
         self.b2 = np.zeros(self.dim)
 
-    def _act(self, h: Array, xp: Any) -> Array:
-        if self.activation == "relu":
-            return xp.maximum(h, xp.zeros_like(h))
-        if self.activation == "silu":
-            return h / (1.0 + xp.exp(-h))
-        return 0.5 * h * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * h * h * h)))
-
     def __call__(self, x: Array) -> Array:
         x = as_float_array(x, "x")
         if x.shape[-1] != self.dim:
             raise ShapeError(f"x: expected last axis = dim = {self.dim}, got shape {tuple(x.shape)}")
-        xp = namespace(x)
-        h = self._act(x @ _like(self.w1, x) + _like(self.b1, x), xp)
-        return h @ _like(self.w2, x) + _like(self.b2, x)
+        return feed_forward(x, _like(self.w1, x), _like(self.b1, x), _like(self.w2, x), _like(self.b2, x), self.activation)
 
     def __repr__(self) -> str:
         return f"FeedForward(dim={self.dim}, hidden={self.hidden}, activation={self.activation!r})"
