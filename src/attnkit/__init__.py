@@ -4,7 +4,9 @@ Exact (flash-tiled), multi-head, cross, self, linear, hyperbolic and neighbour a
 by default and on any Python array-API library (PyTorch, JAX, CuPy, Dask).
 
 Public names are imported lazily (PEP 562), so ``import attnkit`` stays cheap and front ends load
-only what they use.
+only what they use; so are the subpackages (``attnkit.sdk``, ``attnkit.training``, ... work after a plain
+``import attnkit``). Type checkers see the real names through the ``TYPE_CHECKING`` block below, which
+mirrors ``_LAZY`` (a test keeps the two equal).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import functools
 import importlib
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _pkg_version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import AttentionError, ConfigError, DisposedError, DTypeError, NonFiniteError, ShapeError
 
@@ -60,6 +62,31 @@ _LAZY: dict[str, str] = {
 }
 
 
+#: subpackages and modules reached as attributes of ``attnkit`` (imported on first use)
+_SUBMODULES: frozenset[str] = frozenset(
+    {"sdk", "io", "weights", "kernels", "mechanisms", "training", "cli", "server", "system", "errors", "torch"}
+)
+
+if TYPE_CHECKING:  # the names of _LAZY, for mypy and IDEs; at run time they load on first use
+    from . import cli, errors, io, kernels, mechanisms, sdk, server, system, training, weights
+    from .kernels.masks import create_mask
+    from .kernels.poincare import exp_map, from_poincare, log_map, mobius_add, poincare_distance, project, to_poincare
+    from .kernels.rope import RotaryEmbedding
+    from .mechanisms.base import BenchmarkResult, Mechanism, MemoryInfo
+    from .mechanisms.flash import FlashAttention
+    from .mechanisms.functional import functional_call
+    from .mechanisms.graph import EdgeFeaturedAttention, GraphRoPEAttention
+    from .mechanisms.hyperbolic import HyperbolicAttention
+    from .mechanisms.linear import LinearAttention
+    from .mechanisms.local_global import LocalGlobalAttention
+    from .mechanisms.mixed_curvature import DualSpaceAttention, MixedCurvatureAttention
+    from .mechanisms.moe import MoEAttention
+    from .mechanisms.multihead import CrossAttention, MultiHeadAttention, SelfAttention
+    from .mechanisms.neighbour import ScaledDotProduct
+    from .sdk import AttentionBuilder, AttentionConfig, AttentionType, Pipeline
+    from .system import check_simd_support, check_thread_support
+
+
 @functools.cache
 def _installed_version() -> str:
     try:
@@ -73,10 +100,20 @@ def __getattr__(name: str) -> Any:
         return _installed_version()
     module = _LAZY.get(name)
     if module is None:
+        if name in _SUBMODULES:
+            return _submodule(name)
         raise AttributeError(f"module 'attnkit' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def _submodule(name: str) -> Any:
+    """``attnkit.<name>`` imported on first attribute access (``attnkit.training`` after ``import attnkit``)."""
+    try:
+        return importlib.import_module(f"{__name__}.{name}")  # the import binds it in this module's globals
+    except ImportError as exc:  # an optional front end without its extra (cli, server, torch)
+        raise AttributeError(f"module 'attnkit' has no attribute {name!r}: importing attnkit.{name} failed ({exc})") from exc
 
 
 def __dir__() -> list[str]:
