@@ -43,7 +43,7 @@ def test_forward_and_weights_take_the_contract_names(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_metadata_is_declared_and_consistent(name: str) -> None:
     cls = registry.get(name)
-    assert cls.layout in LAYOUTS and cls.summary and cls.example_options
+    assert cls.input_layout in LAYOUTS and cls.summary and cls.example_options
     specs = {s.name for s in registry.option_specs(name)}
     assert set(cls.example_options) <= specs
     assert set(cls.shape_options) <= specs, "shape_options name constructor options"
@@ -159,5 +159,5 @@ def test_a_class_breaking_the_contract_is_refused_when_defined() -> None:
         type("Bad", (Mechanism,), {"forward": lambda self, q, k=None, v=None, *, mask=None: q})
     with pytest.raises(TypeError, match="mask as a keyword-only"):
         type("Bad2", (Mechanism,), {"forward": lambda self, query, key=None, value=None, **kw: query})
-    with pytest.raises(TypeError, match="layout"):
-        type("Bad3", (Mechanism,), {"layout": "grid"})
+    with pytest.raises(TypeError, match="input_layout"):
+        type("Bad3", (Mechanism,), {"input_layout": "grid"})
