@@ -64,7 +64,7 @@ _LAZY: dict[str, str] = {
 
 #: subpackages and modules reached as attributes of ``attnkit`` (imported on first use)
 _SUBMODULES: frozenset[str] = frozenset(
-    {"sdk", "io", "weights", "kernels", "mechanisms", "training", "cli", "server", "system", "errors", "torch"}
+    {"sdk", "io", "weights", "kernels", "mechanisms", "training", "cli", "server", "system", "errors", "dask", "torch"}
 )
 
 if TYPE_CHECKING:  # the names of _LAZY, for mypy and IDEs; at run time they load on first use

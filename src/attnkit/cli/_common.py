@@ -167,13 +167,6 @@ def array_stats(x: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- mechanism options
-def resolve_option(key: str, specs: Mapping[str, Any]) -> str | None:
-    """The option of ``specs`` that ``key`` names (itself or an alias, from the registry's one table)."""
-    from ..mechanisms import registry
-
-    return registry.find_option(specs, key)
-
-
 def parse_pairs(pairs: Iterable[str], what: str = "--opt") -> dict[str, str]:
     """``["heads=4", "causal=true"]`` -> ``{"heads": "4", "causal": "true"}``."""
     out: dict[str, str] = {}
@@ -190,6 +183,8 @@ def parse_extra_args(args: Sequence[str], specs: Mapping[str, Any], mechanism: s
     """Options of the chosen mechanism given as flags: ``--name VALUE``, ``--name=VALUE``, ``--flag``,
     ``--no-flag`` (booleans), under any name of the registry's alias table; the keys are the names as
     given (resolved by :func:`mechanism_options`). Anything else is an error naming the token."""
+    from ..mechanisms.registry import find_option
+
     out: dict[str, Any] = {}
     i = 0
     while i < len(args):
@@ -199,9 +194,9 @@ def parse_extra_args(args: Sequence[str], specs: Mapping[str, Any], mechanism: s
         body = tok[2:]
         name, eq, value = body.partition("=")
         negate = False
-        target = resolve_option(name, specs)
+        target = find_option(specs, name)
         if target is None and name.startswith("no-"):
-            target = resolve_option(name[3:], specs)
+            target = find_option(specs, name[3:])
             negate = target is not None
             name = name[3:] if negate else name
         key = name.replace("-", "_")
@@ -255,7 +250,7 @@ def mechanism_options(
     opts: dict[str, Any] = {}
     if config is not None:
         for key, value in config.mechanism_defaults(cls.name).items():
-            target = resolve_option(key, specs)
+            target = registry.find_option(specs, key)
             if target is not None:
                 opts[target] = value
     given = [(key, value) for key, value in explicit.items() if value is not None]

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import AttentionError
 from ..mechanisms import registry
-from ._common import MissingExtra, State, UsageError, console, create_mechanism, emit_json, parse_pairs, resolve_option
+from ._common import MissingExtra, State, UsageError, console, create_mechanism, emit_json, parse_pairs
 
 log = logging.getLogger("attnkit.cli")
 
@@ -51,7 +51,7 @@ def dim_options(name: str, dim: int) -> dict[str, int]:
     """The options of mechanism ``name`` that take the grid's dimension (empty if it has none)."""
     specs = {s.name: s for s in registry.option_specs(name)}
     out = {}
-    target = resolve_option("dim", specs)
+    target = registry.find_option(specs, "dim")
     if target is not None:
         out[target] = dim
     for s in specs.values():
@@ -97,7 +97,7 @@ def bench_cell(
     row: dict[str, Any] = {"type": name, "dim": dim, "length": length, "batch": batch}
     explicit: dict[str, Any] = dim_options(name, dim) if dim is not None else {}
     for k, v in extra.items():
-        target = resolve_option(k, specs)
+        target = registry.find_option(specs, k)
         if target is not None:
             explicit[target] = v
     if "seed" in specs:
@@ -193,7 +193,7 @@ def run_benchmark(
         raise UsageError(f"--batch: expected a positive integer, got {batch}")
     extra = parse_pairs(opt)
     for k in extra:
-        if not any(resolve_option(k, {s.name: s for s in registry.option_specs(n)}) for n in names):
+        if not any(registry.find_option(n, k) for n in names):
             raise UsageError(f"--opt {k}: none of {', '.join(names)} has an option {k!r}")
     if output is not None and Path(output).suffix.lower() not in (".json", ".csv"):
         raise UsageError(f"--output: expected a .json or .csv file, got {output!r}")
