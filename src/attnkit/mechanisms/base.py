@@ -241,8 +241,16 @@ class Mechanism:
         return cast_params(params, like)
 
     # ---------------------------------------------------------------- the contract
-    def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, **extras: Any) -> Array:
-        """The attention output for ``query`` over ``key``/``value`` (see the class's docstring for shapes)."""
+    def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None) -> Array:
+        """The attention output for ``query`` over ``key``/``value`` (see the class's docstring for shapes).
+
+        A mechanism with keyword-only extras overrides this with its own signature (so type checkers
+        see them) and calls :meth:`_run_forward` with them.
+        """
+        return self._run_forward(query, key, value, mask=mask)
+
+    def _run_forward(self, query: Any, key: Any, value: Any, *, mask: Any = None, **extras: Any) -> Array:
+        """Liveness, then ``_forward`` with this object's parameters (or the lazy Dask adapter)."""
         self._check_alive()
         if _lazy(query, key, value):
             from ..dask import lazy_forward  # the Dask adapter: a graph over the chunks, nothing computed here
@@ -250,8 +258,11 @@ class Mechanism:
             return lazy_forward(self, self._own_params(), query, key, value, mask=mask, **extras)
         return self._forward(self._own_params(), query, key, value, mask=mask, **extras)
 
-    def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None, **extras: Any) -> Array:
+    def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None) -> Array:
         """The attention probabilities of ``query`` over ``key`` (rows sum to 1; masked rows are zeros)."""
+        return self._run_weights(query, key, mask=mask)
+
+    def _run_weights(self, query: Any, key: Any, *, mask: Any = None, **extras: Any) -> Array:
         self._check_alive()
         if not self.has_attention_weights:
             raise ConfigError(f"mechanism: {self.name!r} has no attention weights (its output is not a softmax-weighted sum)")
@@ -265,10 +276,11 @@ class Mechanism:
         """The parameters ``forward`` passes to ``_forward``: this object's own (a composite adds its parts')."""
         return self._params
 
-    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, **extras: Any) -> Array:
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
+        """The math, with ``params`` in any array library; a mechanism adds its own keyword-only extras."""
         raise NotImplementedError  # pragma: no cover
 
-    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, **extras: Any) -> Array:
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
         raise NotImplementedError  # pragma: no cover
 
     def __call__(self, *args: Any, **kwargs: Any) -> Array:

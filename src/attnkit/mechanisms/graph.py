@@ -231,12 +231,12 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         dimensions broadcast. Returns ``(..., out_dim)``; a target with no neighbour left (and no self
         loop) gets zeros (plus the bias).
         """
-        return super().forward(query, key, value, mask=mask, edge_features=edge_features)
+        return self._run_forward(query, key, value, mask=mask, edge_features=edge_features)
 
     def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None, edge_features: Any = None) -> Array:
         """Neighbour form: the attention ``(..., H, k')`` of each target over its neighbours, with its self
         loop first when ``self_loops`` (``k' = k + 1``); each row sums to 1."""
-        return super().attention_weights(query, key, mask=mask, edge_features=edge_features)
+        return self._run_weights(query, key, mask=mask, edge_features=edge_features)
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, edge_features: Any = None) -> Array:
         alpha, msg, p, xp, out_dtype = self._neighbour_attention(params, query, key, value, mask, edge_features)
@@ -447,13 +447,13 @@ class GraphRoPEAttention(Mechanism):
         ``key_positions`` are ``(k,)`` or broadcast to ``key.shape[:-1]`` (default ``0..k-1``, the
         neighbours' rank). Returns ``(..., dv)``.
         """
-        return super().forward(query, key, value, mask=mask, query_positions=query_positions, key_positions=key_positions)
+        return self._run_forward(query, key, value, mask=mask, query_positions=query_positions, key_positions=key_positions)
 
     def attention_weights(
         self, query: Any, key: Any = None, *, mask: Any = None, query_positions: Any = None, key_positions: Any = None
     ) -> Array:
         """The softmax weights ``(..., k)`` of each query over its rotated neighbours."""
-        return super().attention_weights(query, key, mask=mask, query_positions=query_positions, key_positions=key_positions)
+        return self._run_weights(query, key, mask=mask, query_positions=query_positions, key_positions=key_positions)
 
     def _rotated(self, query: Any, key: Any, query_positions: Any, key_positions: Any) -> tuple[Array, Array, Array]:
         if key is None:

@@ -139,11 +139,11 @@ class LocalGlobalAttention(Mechanism):
 
         ``positions``: token positions for ``rope`` (default ``0..L-1``); ignored without ``rope``.
         """
-        return super().forward(query, key, value, mask=mask, positions=positions)
+        return self._run_forward(query, key, value, mask=mask, positions=positions)
 
     def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None, positions: Any = None) -> Array:
         """Dense probabilities ``(..., H, L, L)`` (zeros outside the pattern); O(L^2), for inspection."""
-        return super().attention_weights(query, key, mask=mask, positions=positions)
+        return self._run_weights(query, key, mask=mask, positions=positions)
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, positions: Any = None) -> Array:
         s = self._prepare(query, key, value, mask, positions)

@@ -121,11 +121,11 @@ class ScaledDotProduct(Mechanism):
         ``key (..., k, d)`` are each query's neighbours, ``value (..., k, dv)`` (default ``key``);
         ``num_neighbors`` reads flat keys/values of the spec as ``k`` rows.
         """
-        return super().forward(query, key, value, mask=mask, num_neighbors=num_neighbors)
+        return self._run_forward(query, key, value, mask=mask, num_neighbors=num_neighbors)
 
     def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None, num_neighbors: int | None = None) -> Array:
         """The softmax weights ``(..., k)`` of each query over its neighbours."""
-        return super().attention_weights(query, key, mask=mask, num_neighbors=num_neighbors)
+        return self._run_weights(query, key, mask=mask, num_neighbors=num_neighbors)
 
     def _forward(
         self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, num_neighbors: int | None = None
