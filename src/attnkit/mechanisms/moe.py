@@ -152,7 +152,7 @@ class MoEAttention(LearnedParams, Mechanism):
             raise ConfigError(f"experts: expected num_experts = {self.num_experts} mechanism instances, got {len(items)}")
         built: list[Any] = []
         for i in range(self.num_experts):
-            item = items[i % len(items)]
+            item: Any = items[i % len(items)]
             if isinstance(item, str):
                 key = item.lower().replace("-", "_")
                 try:
@@ -163,11 +163,12 @@ class MoEAttention(LearnedParams, Mechanism):
                 raise ConfigError(f"experts: expected a registry name or an attnkit mechanism, got {item!r}")
             if getattr(item, "causal", False):
                 raise ConfigError(f"experts: expert {i} ({type(item).__name__}) is causal; routed queries leave their sequence")
+            width, heads = getattr(item, "dim", None), getattr(item, "heads", 1)
             if _expert_kind(item) == "sequence":
-                if item.dim * item.heads != self.dim:
-                    raise ConfigError(f"experts: expert {i} has heads*dim = {item.heads}*{item.dim}, expected dim = {self.dim}")
-            elif isinstance(getattr(item, "dim", None), int) and item.dim != self.dim:
-                raise ConfigError(f"experts: expert {i} has dim = {item.dim}, expected {self.dim}")
+                if width * heads != self.dim:
+                    raise ConfigError(f"experts: expert {i} has heads*dim = {heads}*{width}, expected dim = {self.dim}")
+            elif isinstance(width, int) and width != self.dim:
+                raise ConfigError(f"experts: expert {i} has dim = {width}, expected {self.dim}")
             built.append(item)
         return built
 
@@ -239,7 +240,7 @@ class MoEAttention(LearnedParams, Mechanism):
     # ------------------------------------------------------------------ statistics
     def reset_stats(self) -> None:
         """Zero the cumulative usage counters."""
-        self._stats = {
+        self._stats: dict[str, Any] = {
             "calls": 0,
             "tokens": 0,
             "assignments": np.zeros(self.num_experts, dtype=np.int64),
@@ -283,7 +284,7 @@ class MoEAttention(LearnedParams, Mechanism):
         m = None
         if mask is not None:
             m = prepare_mask(mask, xp, (*batch, lk), cdt, device=dev, layout="(..., Lk)")
-            if not xp.isdtype(m.dtype, "bool"):
+            if m is not None and not xp.isdtype(m.dtype, "bool"):
                 raise DTypeError(f"mask: expected a bool key mask (True = attend), got {m.dtype}")
         nb = math.prod(batch)
         lq = int(qa.shape[-2])
@@ -348,13 +349,12 @@ class MoEAttention(LearnedParams, Mechanism):
             out = segment_sum(xp.concat(contribs, axis=0), xp.asarray(np.concatenate(ids), device=dev), t, xp)
         else:  # pragma: no cover - capacity >= 1 always serves someone
             out = xp.zeros((t, dv), dtype=qf.dtype, device=dev)
-        dropped = ~keep.any(axis=1)
+        dropped = np.asarray(~keep.any(axis=1))
         if self.overflow == "pass_through" and dropped.any():
             out = xp.where(xp.asarray(dropped[:, None], device=dev), qf, out)
         # statistics and the auxiliary loss
-        self.last_aux_loss = load_balancing_loss(probs, chosen[:, 0], self.num_experts, xp)
-        if isinstance(self.last_aux_loss, np.ndarray) or np.isscalar(self.last_aux_loss):
-            self.last_aux_loss = float(self.last_aux_loss)
+        aux = load_balancing_loss(probs, chosen[:, 0], self.num_experts, xp)
+        self.last_aux_loss = float(np.asarray(aux)) if isinstance(aux, np.ndarray) or np.isscalar(aux) else aux
         st = self._stats
         st["calls"] += 1
         st["tokens"] += t

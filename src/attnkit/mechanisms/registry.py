@@ -16,9 +16,14 @@ import dataclasses
 import inspect
 import typing
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .base import Mechanism
+
+_M = TypeVar("_M", bound=type)
 
 __all__ = [
     "register",
@@ -35,7 +40,7 @@ __all__ = [
     "setting_name",
 ]
 
-_REGISTRY: dict[str, type] = {}
+_REGISTRY: dict[str, type[Mechanism]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,8 +144,8 @@ def canonical_options(mechanism: str | type | Iterable[str], options: Mapping[st
     return out
 
 
-def register(cls: type) -> type:
-    """Class decorator: register ``cls`` under ``cls.name``."""
+def register(cls: _M) -> _M:
+    """Class decorator: register ``cls`` (a :class:`~attnkit.mechanisms.base.Mechanism`) under ``cls.name``."""
     key = getattr(cls, "name", "")
     if not key:
         raise TypeError(f"{cls.__name__}: set a class attribute 'name' to register it")
@@ -158,7 +163,7 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str) -> type:
+def get(name: str) -> type[Mechanism]:
     """The class registered as ``name`` (case-insensitive; '-' and '_' are the same)."""
     _load_all()
     key = str(name).strip().lower().replace("-", "_")
@@ -181,9 +186,10 @@ def _type_name(tp: Any) -> str:
 def option_specs(name_or_cls: str | type) -> list[OptionSpec]:
     """The constructor options of a mechanism, with types and defaults."""
     cls = get(name_or_cls) if isinstance(name_or_cls, str) else name_or_cls
-    hints = typing.get_type_hints(cls.__init__)
+    init = vars(cls).get("__init__") or next(vars(c)["__init__"] for c in cls.__mro__ if "__init__" in vars(c))
+    hints = typing.get_type_hints(init)
     out = []
-    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+    for p in list(inspect.signature(init).parameters.values())[1:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         required = p.default is inspect.Parameter.empty
@@ -218,7 +224,7 @@ def coerce_option(spec: OptionSpec, value: Any) -> Any:
     raise ConfigError(f"{spec.name}: expected {spec.type}, got {value!r}")
 
 
-def create(name: str, **options: Any) -> Any:
+def create(name: str, **options: Any) -> Mechanism:
     """Construct the mechanism ``name`` with ``options`` (any name of :data:`OPTION_ALIASES` works);
     unknown options and one option under two names raise ``ConfigError``."""
     cls = get(name)
