@@ -468,8 +468,8 @@ def test_serve_without_the_server_extra_says_how_to_install_it(tmp_path: Path):
 
 
 def test_serve_settings_from_config_and_flags(tmp_path: Path):
-    from attnkit.cli.serve import server_arguments
     from attnkit.cli.config import load_config
+    from attnkit.cli.serve import server_arguments
 
     p = tmp_path / "c.toml"
     p.write_text("[server]\nhost = '0.0.0.0'\nport = 9000\nmax_batch_size = 7\ntimeout_ms = 2500\n"

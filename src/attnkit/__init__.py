@@ -67,24 +67,50 @@ _SUBMODULES: frozenset[str] = frozenset(
     {"sdk", "io", "weights", "kernels", "mechanisms", "training", "cli", "server", "system", "errors", "dask", "torch"}
 )
 
-if TYPE_CHECKING:  # the names of _LAZY, for mypy and IDEs; at run time they load on first use
-    from . import cli, errors, io, kernels, mechanisms, sdk, server, system, training, weights
-    from .kernels.masks import create_mask
-    from .kernels.poincare import exp_map, from_poincare, log_map, mobius_add, poincare_distance, project, to_poincare
-    from .kernels.rope import RotaryEmbedding
-    from .mechanisms.base import BenchmarkResult, Mechanism, MemoryInfo
-    from .mechanisms.flash import FlashAttention
-    from .mechanisms.functional import functional_call
-    from .mechanisms.graph import EdgeFeaturedAttention, GraphRoPEAttention
-    from .mechanisms.hyperbolic import HyperbolicAttention
-    from .mechanisms.linear import LinearAttention
-    from .mechanisms.local_global import LocalGlobalAttention
-    from .mechanisms.mixed_curvature import DualSpaceAttention, MixedCurvatureAttention
-    from .mechanisms.moe import MoEAttention
-    from .mechanisms.multihead import CrossAttention, MultiHeadAttention, SelfAttention
-    from .mechanisms.neighbour import ScaledDotProduct
-    from .sdk import AttentionBuilder, AttentionConfig, AttentionType, Pipeline
-    from .system import check_simd_support, check_thread_support
+if TYPE_CHECKING:  # the names of _LAZY (and the subpackages), for mypy and IDEs; at run time they load on first use
+    from . import cli as cli
+    from . import dask as dask
+    from . import errors as errors
+    from . import io as io
+    from . import kernels as kernels
+    from . import mechanisms as mechanisms
+    from . import sdk as sdk
+    from . import server as server
+    from . import system as system
+    from . import training as training
+    from . import weights as weights
+    from .kernels.masks import create_mask as create_mask
+    from .kernels.poincare import exp_map as exp_map
+    from .kernels.poincare import from_poincare as from_poincare
+    from .kernels.poincare import log_map as log_map
+    from .kernels.poincare import mobius_add as mobius_add
+    from .kernels.poincare import poincare_distance as poincare_distance
+    from .kernels.poincare import project as project
+    from .kernels.poincare import to_poincare as to_poincare
+    from .kernels.rope import RotaryEmbedding as RotaryEmbedding
+    from .mechanisms.base import BenchmarkResult as BenchmarkResult
+    from .mechanisms.base import Mechanism as Mechanism
+    from .mechanisms.base import MemoryInfo as MemoryInfo
+    from .mechanisms.flash import FlashAttention as FlashAttention
+    from .mechanisms.functional import functional_call as functional_call
+    from .mechanisms.graph import EdgeFeaturedAttention as EdgeFeaturedAttention
+    from .mechanisms.graph import GraphRoPEAttention as GraphRoPEAttention
+    from .mechanisms.hyperbolic import HyperbolicAttention as HyperbolicAttention
+    from .mechanisms.linear import LinearAttention as LinearAttention
+    from .mechanisms.local_global import LocalGlobalAttention as LocalGlobalAttention
+    from .mechanisms.mixed_curvature import DualSpaceAttention as DualSpaceAttention
+    from .mechanisms.mixed_curvature import MixedCurvatureAttention as MixedCurvatureAttention
+    from .mechanisms.moe import MoEAttention as MoEAttention
+    from .mechanisms.multihead import CrossAttention as CrossAttention
+    from .mechanisms.multihead import MultiHeadAttention as MultiHeadAttention
+    from .mechanisms.multihead import SelfAttention as SelfAttention
+    from .mechanisms.neighbour import ScaledDotProduct as ScaledDotProduct
+    from .sdk import AttentionBuilder as AttentionBuilder
+    from .sdk import AttentionConfig as AttentionConfig
+    from .sdk import AttentionType as AttentionType
+    from .sdk import Pipeline as Pipeline
+    from .system import check_simd_support as check_simd_support
+    from .system import check_thread_support as check_thread_support
 
 
 @functools.cache

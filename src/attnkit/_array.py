@@ -77,7 +77,7 @@ def _dtype_name(dtype: object) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def as_float_array(x: object, name: str, xp: Namespace | None = None) -> Array:
+def as_float_array(x: Any, name: str, xp: Namespace | None = None) -> Array:
     """Return ``x`` as a floating array of ``xp`` (NumPy for Python sequences).
 
     Raises ``DTypeError`` for integer, bool, complex or object data and ``ShapeError`` for ragged

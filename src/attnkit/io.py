@@ -100,17 +100,17 @@ def parse_shape(text: str | Sequence[int], name: str = "shape") -> tuple[int, ..
     return tuple(dims)
 
 
-def _reshape(arr: np.ndarray, shape: Sequence[int] | None, name: str, where: str) -> np.ndarray:
+def _reshape(arr: np.ndarray, shape: str | Sequence[int] | None, name: str, where: str) -> np.ndarray:
     if shape is None:
         return arr
-    shape = parse_shape(shape, name)
-    known = math.prod(d for d in shape if d != -1)
-    if -1 in shape:
+    dims = parse_shape(shape, name)
+    known = math.prod(d for d in dims if d != -1)
+    if -1 in dims:
         if known == 0 or arr.size % known:
-            raise ShapeError(f"{name}: {where} holds {arr.size} values, which do not fill shape {_fmt_shape(shape)}")
+            raise ShapeError(f"{name}: {where} holds {arr.size} values, which do not fill shape {_fmt_shape(dims)}")
     elif known != arr.size:
-        raise ShapeError(f"{name}: {where} holds {arr.size} values, expected {known} for shape {_fmt_shape(shape)}")
-    return arr.reshape(shape)
+        raise ShapeError(f"{name}: {where} holds {arr.size} values, expected {known} for shape {_fmt_shape(dims)}")
+    return arr.reshape(dims)
 
 
 def _fmt_shape(shape: Sequence[int]) -> str:
@@ -466,7 +466,7 @@ def dumps(arrays: np.ndarray | Mapping[str, Any], fmt: str, *, name: str = "outp
         return buf.getvalue()
     if fmt == "npz":
         buf = _io.BytesIO()
-        np.savez(buf, **named)
+        np.savez(buf, **named)  # type: ignore[arg-type]  # numpy's stub matches **kwds against allow_pickle: bool
         return buf.getvalue()
     if fmt == "safetensors":
         from safetensors.numpy import save as st_save

@@ -51,9 +51,9 @@ class ThreadInfo:
 
 def _umath() -> Any:
     try:
-        from numpy._core import _multiarray_umath as m
+        from numpy._core import _multiarray_umath as m  # type: ignore[attr-defined]  # private module, not in numpy's stubs
     except ImportError:  # pragma: no cover - NumPy 1.x
-        from numpy.core import _multiarray_umath as m  # type: ignore[no-redef]
+        from numpy.core import _multiarray_umath as m
     return m
 
 

@@ -197,7 +197,7 @@ def run_benchmark(
             raise UsageError(f"--opt {k}: none of {', '.join(names)} has an option {k!r}")
     if output is not None and Path(output).suffix.lower() not in (".json", ".csv"):
         raise UsageError(f"--output: expected a .json or .csv file, got {output!r}")
-    torch_mod = None
+    torch_mod: Any = None
     if compare is not None:
         if compare.strip().lower() != "torch":
             raise UsageError(f"--compare: expected 'torch', got {compare!r}")

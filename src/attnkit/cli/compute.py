@@ -124,10 +124,10 @@ def run_compute(
     specs = {s.name: s for s in registry.option_specs(name)}
     explicit: dict[str, Any] = {k: v for k, v in common.items() if v is not None}
     for source in (parse_pairs(opt), parse_extra_args(list(extra_args), specs, name)):
-        for k, v in source.items():
-            if k in explicit:
-                raise UsageError(f"--{k.replace('_', '-')}: given twice")
-            explicit[k] = v
+        for flag, value in source.items():
+            if flag in explicit:
+                raise UsageError(f"--{flag.replace('_', '-')}: given twice")
+            explicit[flag] = value
     if seed is None:
         seed = config.get("attention", "seed")
         seed = 0 if seed is None else seed

@@ -15,6 +15,7 @@ import logging
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,7 +153,7 @@ def run_convert(
         if dst_key is not None:
             raise UsageError(f"OUT: {dest!r} names one array but there are {len(out)}")
         fmt = aio.write_arrays(dst, out, output_format, name="output")
-    summary = {
+    summary: dict[str, Any] = {
         "input": src,
         "output": dst,
         "format": fmt,

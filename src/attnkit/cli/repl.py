@@ -325,7 +325,7 @@ def _interactive(session: Session, history: bool) -> int:
         except OSError:
             pass
     words = [*HELP, "exit", *registry.names()]
-    prompt = PromptSession(history=hist, completer=WordCompleter(words, sentence=True))
+    prompt: PromptSession[str] = PromptSession(history=hist, completer=WordCompleter(words, sentence=True))
     while True:
         try:
             line = prompt.prompt("attnkit> ")

@@ -233,7 +233,8 @@ def split_k_attention(q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: fl
     for arr, label in ((q, "query"), (k, "key"), (v, "value")):
         cname = f"attnkit-finite-{label}-{token}"
         for idx in np.ndindex(*arr.numblocks):
-            layer[(cname, *idx)] = (_check, (arr.name, *idx), label)
+            ckey = (cname, *idx)
+            layer[ckey] = (_check, (arr.name, *idx), label)
         chk[label] = cname
     for bi in np.ndindex(*q.numblocks[:nb]):
         for i in range(q.numblocks[-3]):
@@ -257,11 +258,12 @@ def split_k_attention(q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: fl
                 if len(parts) % 2:
                     nxt.append(parts[-1])
                 parts, level = nxt, level + 1
+            okey = (name, *bi, i, 0, 0)
             if not parts:  # causal with Lq > Lk: a block that sees no key at all returns zeros
                 shape = tuple(bchunks[d][bi[d]] for d in range(nb)) + (q1 - q0, heads, int(v.shape[-1]))
-                layer[(name, *bi, i, 0, 0)] = (np.zeros, shape, dtype)
+                layer[okey] = (np.zeros, shape, dtype)
             else:
-                layer[(name, *bi, i, 0, 0)] = (_finish, parts[0], dtype)
+                layer[okey] = (_finish, parts[0], dtype)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[q, k, v])
     chunks = bchunks + (q.chunks[-3], (heads,), (int(v.shape[-1]),))
     return da.Array(graph, name, chunks, dtype=dtype)

@@ -325,8 +325,9 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
     nbuf = sc.get("nmask", tq * width, np.dtype(np.bool_)) if plan.mask_kind == "bool" else None
     kt_all = sc.get("kt", d * lk, dt).reshape(d, lk)
     sc.kt_key = None  # the buffer may hold another call's keys at a reused address
-    tri_mul = _tri(tq, dt, bias=False) if plan.causal else None
-    tri_bias = _tri(tq, dt, bias=True) if plan.causal else None
+    no_tile = np.empty((0, 0), dt)  # stands for "no causal tile": only read when plan.causal
+    tri_mul = _tri(tq, dt, bias=False) if plan.causal else no_tile
+    tri_bias = _tri(tq, dt, bias=True) if plan.causal else no_tile
     use_exp2 = plan.use_exp2
     expf = np.exp2 if use_exp2 else np.exp
 

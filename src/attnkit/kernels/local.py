@@ -98,7 +98,7 @@ def local_global_attention(
         if isinstance(q, np.ndarray):
             kg_t = np.ascontiguousarray(kg_t)
 
-    def block(q0: int, q1: int) -> Array:
+    def query_block(q0: int, q1: int) -> Array:
         k0 = max(0, q0 - w)
         k1 = min(length, q1 + w) if not causal else min(length, q1)
         rows = np.arange(q0, q1)[:, None]
@@ -137,7 +137,7 @@ def local_global_attention(
         return o
 
     with _blas_limit(isinstance(q, np.ndarray)):
-        parts = [block(q0, min(q0 + b, length)) for q0 in range(0, length, b)]
+        parts = [query_block(q0, min(q0 + b, length)) for q0 in range(0, length, b)]
     out = parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2)
     if n_glob:
         out = _global_rows(q, k, v, out, xp=xp, scale=scale, gidx=gidx, causal=causal, mask=mask, dev=dev)

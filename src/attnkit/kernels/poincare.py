@@ -433,7 +433,8 @@ def mobius_add(x: Any, y: Any, c: float = 1.0) -> Array:
     """
     cv = curvature_value(c)
     p = _prepare([("x", x), ("y", y)], c=cv, points=("x", "y"))
-    return p.finish(_project(_mobius_add(*p.arrays, cv, p.xp), cv, margin(p.out_dtype), p.xp))
+    xa, ya = p.arrays
+    return p.finish(_project(_mobius_add(xa, ya, cv, p.xp), cv, margin(p.out_dtype), p.xp))
 
 
 def mobius_scalar_mul(r: Any, x: Any, c: float = 1.0) -> Array:
@@ -469,7 +470,8 @@ def exp_map(x: Any, u: Any, c: float = 1.0) -> Array:
     """
     cv = curvature_value(c)
     p = _prepare([("x", x), ("u", u)], c=cv, points=("x",))
-    return p.finish(_expmap(*p.arrays, cv, margin(p.out_dtype), p.xp))
+    xa, ua = p.arrays
+    return p.finish(_expmap(xa, ua, cv, margin(p.out_dtype), p.xp))
 
 
 def log_map(x: Any, y: Any, c: float = 1.0) -> Array:
@@ -482,7 +484,8 @@ def log_map(x: Any, y: Any, c: float = 1.0) -> Array:
     """
     cv = curvature_value(c)
     p = _prepare([("x", x), ("y", y)], c=cv, points=("x", "y"))
-    return p.finish(_logmap(*p.arrays, cv, p.xp))
+    xa, ya = p.arrays
+    return p.finish(_logmap(xa, ya, cv, p.xp))
 
 
 def poincare_distance(x: Any, y: Any, c: float = 1.0) -> Array:
@@ -493,7 +496,8 @@ def poincare_distance(x: Any, y: Any, c: float = 1.0) -> Array:
     """
     cv = curvature_value(c)
     p = _prepare([("x", x), ("y", y)], c=cv, points=("x", "y"))
-    return p.finish(_dist(*p.arrays, cv, p.xp))
+    xa, ya = p.arrays
+    return p.finish(_dist(xa, ya, cv, p.xp))
 
 
 def pairwise_distance(x: Any, y: Any, c: float = 1.0) -> Array:

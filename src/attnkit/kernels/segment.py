@@ -35,10 +35,10 @@ def segment_sum(x: Array, seg: Any, num: int, xp: Namespace) -> Array:
         out = torch.zeros((num, *x.shape[1:]), dtype=x.dtype, device=x.device)
         return out.index_add(0, idx.to(device=x.device, dtype=torch.int64), x)
     if is_numpy(xp):
-        out = np.zeros((num, *x.shape[1:]), dtype=x.dtype)
-        np.add.at(out, np.asarray(seg, dtype=np.int64), x)
-        return out
-    res = segment_sum(to_numpy(x), to_numpy(seg), num, array_api_compat.numpy)
+        acc = np.zeros((num, *x.shape[1:]), dtype=x.dtype)
+        np.add.at(acc, np.asarray(seg, dtype=np.int64), x)
+        return acc
+    res = segment_sum(to_numpy(x), to_numpy(seg), num, np)
     return xp.asarray(res, device=array_api_compat.device(x))
 
 
@@ -52,10 +52,10 @@ def segment_max(x: Array, seg: Any, num: int, xp: Namespace) -> Array:
         out = torch.full((num, *x.shape[1:]), -torch.inf, dtype=x.dtype, device=x.device)
         return out.scatter_reduce(0, idx, x, reduce="amax", include_self=True)
     if is_numpy(xp):
-        out = np.full((num, *x.shape[1:]), -np.inf, dtype=x.dtype)
-        np.maximum.at(out, np.asarray(seg, dtype=np.int64), x)
-        return out
-    res = segment_max(to_numpy(x), to_numpy(seg), num, array_api_compat.numpy)
+        top = np.full((num, *x.shape[1:]), -np.inf, dtype=x.dtype)
+        np.maximum.at(top, np.asarray(seg, dtype=np.int64), x)
+        return top
+    res = segment_max(to_numpy(x), to_numpy(seg), num, np)
     return xp.asarray(res, device=array_api_compat.device(x))
 
 

@@ -10,7 +10,7 @@ finite; ``save_weights`` returns safetensors bytes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,18 +31,24 @@ class LearnedParams:
     _params: dict[str, np.ndarray]
     _cache: dict[str, Any]
 
+    if TYPE_CHECKING:  # provided by Mechanism, which every user of this mixin also derives from
+
+        def _check_alive(self) -> None: ...
+
+        def _set_params(self, params: Any) -> None: ...
+
     def load_weights(self, weights: Any) -> None:
         """Load parameters from safetensors bytes, a path or a dict of arrays (see the module docstring)."""
         from ..weights import load_state
 
-        self._check_alive()  # type: ignore[attr-defined]
+        self._check_alive()
         self._set_params(load_state(weights))
 
     def save_weights(self, path: str | Path | None = None) -> bytes:
         """The parameters as safetensors bytes; also written to ``path`` if given."""
         from ..weights import save_state
 
-        self._check_alive()  # type: ignore[attr-defined]
+        self._check_alive()
         data = save_state(self._params)
         if path is not None:
             Path(path).write_bytes(data)

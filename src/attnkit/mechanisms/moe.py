@@ -165,7 +165,7 @@ class MoEAttention(LearnedParams, Mechanism):
                 raise ConfigError(f"experts: expert {i} ({type(item).__name__}) is causal; routed queries leave their sequence")
             width, heads = getattr(item, "dim", None), getattr(item, "heads", 1)
             if _expert_kind(item) == "sequence":
-                if width * heads != self.dim:
+                if width is None or width * heads != self.dim:
                     raise ConfigError(f"experts: expert {i} has heads*dim = {heads}*{width}, expected dim = {self.dim}")
             elif isinstance(width, int) and width != self.dim:
                 raise ConfigError(f"experts: expert {i} has dim = {width}, expected {self.dim}")

@@ -118,7 +118,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         e = self.model_dim
-        shapes = {f"{n}.weight": (e, d) for n, d in self._in_dims().items()}
+        shapes: dict[str, tuple[int, ...]] = {f"{n}.weight": (e, d) for n, d in self._in_dims().items()}
         if self.bias:
             shapes.update({f"{n}.bias": (e,) for n in PROJECTIONS})
         return shapes

@@ -20,6 +20,7 @@ import math
 import numbers
 import os
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -230,11 +231,11 @@ class AttentionConfig:
     @classmethod
     def from_toml(cls, text: str | bytes) -> AttentionConfig:
         """Parse a TOML document (its ``[attention]`` table if present, else its top level)."""
-        try:
+        if sys.version_info >= (3, 11):
             import tomllib
-        except ImportError:  # pragma: no cover - Python 3.10
+        else:  # pragma: no cover - Python 3.10
             try:
-                import tomli as tomllib  # type: ignore[no-redef]
+                import tomli as tomllib
             except ImportError:
                 raise ImportError("reading TOML on Python 3.10 needs 'tomli': pip install 'attnkit[cli]'") from None
         if isinstance(text, bytes):
@@ -341,10 +342,10 @@ class AttentionConfig:
             why += " Its feature map is FAVOR+ (it estimates the softmax attention exact attention computes)."
         for spec in specs.values():
             if spec.required and spec.name not in kwargs:
-                setting = registry.setting_name(spec.name)
-                setting = setting if setting in SETTINGS else None
-                how = f".{setting}(...)" if setting else f".option({spec.name!r}, ...)"
-                raise ConfigError(f"{setting or spec.name}: the {name!r} mechanism needs it (its option {spec.name!r}); call {how}")
+                named = registry.setting_name(spec.name)
+                named = named if named in SETTINGS else None
+                how = f".{named}(...)" if named else f".option({spec.name!r}, ...)"
+                raise ConfigError(f"{named or spec.name}: the {name!r} mechanism needs it (its option {spec.name!r}); call {how}")
         return Plan(name, kwargs, mapping, ignored, selection, why)
 
     def build(self) -> Any:

@@ -243,7 +243,7 @@ class ServerState:
             ) from None
         if not isinstance(options, dict):
             raise ApiError(422, "bad_request", f"{where}options: expected a JSON object, got {type(options).__name__}", f"{where}options")
-        specs = _specs(cls)
+        specs = _specs(cls.name)
         names = set(specs)
         clean: dict[str, Any] = {}
         spelled: dict[str, str] = {}
@@ -433,9 +433,9 @@ class ServerState:
 
 
 @functools.lru_cache(maxsize=256)
-def _specs(cls: type) -> dict[str, registry.OptionSpec]:
-    """Option specs of a mechanism class by name (cached: building them reads type hints)."""
-    return {sp.name: sp for sp in registry.option_specs(cls)}
+def _specs(name: str) -> dict[str, registry.OptionSpec]:
+    """Option specs of a mechanism by name (cached: building them reads type hints)."""
+    return {sp.name: sp for sp in registry.option_specs(name)}
 
 
 def _option_value_ok(value: Any, depth: int = 0) -> bool:

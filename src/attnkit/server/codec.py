@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+_orjson: Any
 try:  # optional: about five times faster than the standard library on number-heavy bodies
     import orjson as _orjson
 except ImportError:  # pragma: no cover - depends on the environment

@@ -93,7 +93,9 @@ class InfoNCELoss:
             if neg is not None:
                 nh, nn = _normalise(neg)
         else:
-            ah, ph, nh = a, p, neg
+            ah, ph = a, p
+            if neg is not None:
+                nh = neg
         scale = 1.0 / b if self.reduction == "mean" else 1.0
         if neg is None:  # in-batch: logits (B, B), target the diagonal
             z = (ah @ ph.T) / t
