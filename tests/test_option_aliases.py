@@ -200,6 +200,19 @@ def test_server_numheads_like_the_cli(client: Any) -> None:
     assert r.status_code == 200, r.text
 
 
+def test_listings_show_the_aliases(client: Any, tmp_path: Path) -> None:
+    """``GET /v1/mechanisms`` and ``attnkit mechanisms NAME --json`` list, per option, the names that reach it."""
+    listed = {m["name"]: {o["name"]: o["aliases"] for o in m["options"]} for m in client.get("/v1/mechanisms").json()["mechanisms"]}
+    assert set(listed) == set(registry.names())
+    for mech, options in listed.items():
+        for option, aliases in options.items():
+            assert all(registry.resolve_option(mech, a) == option for a in aliases), (mech, option, aliases)
+    assert "dim" in listed["cross"]["query_dim"] and "dim" in listed["multi_head"]["model_dim"] and "head_dim" in listed["flash"]["dim"]
+    proc = Runner(tmp_path)("mechanisms", "cross", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert {o["name"]: o["aliases"] for o in json.loads(proc.stdout)["options"]} == listed["cross"]
+
+
 # ------------------------------------------------------------------------------------- conflicts
 def test_conflict_registry_and_builder() -> None:
     for call in (

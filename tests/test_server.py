@@ -138,7 +138,8 @@ def test_mechanisms_lists_registry_with_option_types_and_defaults(http: httpx.Cl
     by_name = {m["name"]: m for m in body["mechanisms"]}
     assert sorted(by_name) == registry.names()
     flash = {o["name"]: o for o in by_name["flash"]["options"]}
-    assert flash["heads"] == {"name": "heads", "type": "int", "default": 8, "required": False}
+    assert flash["heads"] == {"name": "heads", "type": "int", "default": 8, "required": False,
+                              "aliases": ["num_heads", "n_heads", "nhead", "num_attention_heads"]}
     assert flash["scale"]["type"] == "float|None" and flash["scale"]["default"] is None
     assert flash["causal"]["default"] is False
     sdp = {o["name"]: o for o in by_name["scaled_dot_product"]["options"]}

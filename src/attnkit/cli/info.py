@@ -89,7 +89,8 @@ def run_mechanisms(state: State, name: str | None, *, as_json: bool) -> None:
 
     if name is not None:
         cls = registry.get(name)
-        specs = [s.as_dict() for s in registry.option_specs(cls)]
+        aliases = registry.option_aliases(cls)
+        specs = [{**s.as_dict(), "aliases": aliases[s.name]} for s in registry.option_specs(cls)]
         data: Any = {"name": cls.name, "class": cls.__name__, "summary": getattr(cls, "summary", ""), "options": specs}
         if as_json:
             emit_json(data)
@@ -102,8 +103,10 @@ def run_mechanisms(state: State, name: str | None, *, as_json: bool) -> None:
         t.add_column("flag")
         t.add_column("type")
         t.add_column("default")
+        t.add_column("also")
         for s in specs:
-            t.add_row("--" + s["name"].replace("_", "-"), s["type"], "required" if s["required"] else repr(s["default"]))
+            t.add_row("--" + s["name"].replace("_", "-"), s["type"], "required" if s["required"] else repr(s["default"]),
+                      ", ".join("--" + a.replace("_", "-") for a in s["aliases"]))
         con.print(t)
         return
     rows = [{"name": n, "class": registry.get(n).__name__, "summary": getattr(registry.get(n), "summary", "")}

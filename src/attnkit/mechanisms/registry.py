@@ -37,6 +37,7 @@ __all__ = [
     "resolve_option",
     "find_option",
     "canonical_options",
+    "option_aliases",
     "setting_name",
 ]
 
@@ -127,6 +128,18 @@ def resolve_option(mechanism: str | type | Iterable[str], name: str) -> str:
             f"{name}: not an option of {label or 'this mechanism'!r}; its options are {', '.join(sorted(specs)) or '(none)'}"
         )
     return found
+
+
+def option_aliases(mechanism: str | type | Iterable[str]) -> dict[str, list[str]]:
+    """Each option of ``mechanism`` -> the other names of :data:`OPTION_ALIASES` that reach it."""
+    _, specs = _option_names(mechanism)
+    out: dict[str, list[str]] = {name: [] for name in sorted(specs)}
+    spellings = dict.fromkeys(n for generic, names_ in OPTION_ALIASES.items() for n in (generic, *names_))
+    for spelling in spellings:
+        target = find_option(specs, spelling)
+        if target is not None and target != spelling:
+            out[target].append(spelling)
+    return out
 
 
 def canonical_options(mechanism: str | type | Iterable[str], options: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> dict[str, Any]:

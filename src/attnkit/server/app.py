@@ -619,11 +619,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         items = []
         for name in registry.names():
             cls = registry.get(name)
+            aliases = registry.option_aliases(cls)
             items.append({
                 "name": name,
                 "class": cls.__name__,
                 "summary": getattr(cls, "summary", ""),
-                "options": [spec.as_dict() for spec in registry.option_specs(cls)],
+                "options": [{**spec.as_dict(), "aliases": aliases[spec.name]} for spec in registry.option_specs(cls)],
                 "has_scores": cls.has_attention_weights,
             })
         return Response(json.dumps({"mechanisms": items}, default=_jsonable), media_type="application/json")
