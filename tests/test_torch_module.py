@@ -253,7 +253,7 @@ def test_torch_compile_fullgraph_matches_eager(name: str) -> None:
     inputs = _torch_inputs(mech.example_inputs(seq_len=4, rng=np.random.default_rng(0)))
     eager = module(*inputs)
     torch._dynamo.reset()
-    compiled = torch.compile(module, fullgraph=True, backend="eager" if name != "multi_head" else "aot_eager")
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     got = compiled(*inputs)
     torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-6)
     if any(True for _ in module.parameters()):  # gradients flow through the compiled module too
