@@ -22,6 +22,15 @@ from attnkit.mechanisms import registry  # noqa: E402
 from attnkit.torch import AttentionModule  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():  # type: ignore[no-untyped-def]
+    """These tensors are tiny: torch's thread pool only adds waits on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _build(name: str, **overrides: object) -> attnkit.Mechanism:
     cls = registry.get(name)
     return cls(**{**cls.example_options, **overrides})
