@@ -49,7 +49,10 @@ def _torch_inputs(xs: object, dtype: torch.dtype | None = None) -> object:
 
 # ---------------------------------------------------------------------------- structure
 def test_import_attnkit_does_not_import_torch() -> None:
-    code = "import sys, attnkit; attnkit.MultiHeadAttention; assert 'torch' not in sys.modules; m = attnkit.torch; assert 'torch' in sys.modules; print(m.AttentionModule.__name__)"
+    code = (
+        "import sys, attnkit; attnkit.MultiHeadAttention; assert 'torch' not in sys.modules; "
+        "m = attnkit.torch; assert 'torch' in sys.modules; print(m.AttentionModule.__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "AttentionModule"
