@@ -271,3 +271,40 @@ def test_torch_compile_fullgraph_matches_eager(name: str) -> None:
     if any(True for _ in module.parameters()):  # gradients flow through the compiled module too
         got.square().sum().backward()
         assert all(p.grad is not None for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "mask"),
+    [
+        ("flash", {"causal": True}, [[True, False, True, True]] * 4),  # mask + causal: a fully hidden row
+        ("linear", {"causal": True}, [True, True, False, True]),  # causal linear with a key mask
+        ("multi_head", {}, np.tril(np.ones((4, 4), dtype=bool))),
+    ],
+)
+def test_torch_compile_fullgraph_with_masks_and_causal(name: str, options: dict, mask: object) -> None:
+    # dynamo tracing only (backend="eager"): what attnkit controls is that the graph has no data-dependent branch
+    mech = _build(name, **options)
+    module = AttentionModule(mech).eval()
+    inputs = _torch_inputs(mech.example_inputs(seq_len=4, rng=np.random.default_rng(0)))
+    m = torch.tensor(np.asarray(mask))
+    eager = module(*inputs, mask=m)
+    torch._dynamo.reset()
+    got = torch.compile(module, fullgraph=True, backend="eager")(*inputs, mask=m)
+    torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(eager.detach().numpy(), mech.forward(*(x.numpy() for x in inputs), mask=np.asarray(mask)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [(), ((2, 3), (3,)), ((1, 0), (5, 1)), ((2, 1, 4), (3, 1)), ((2,), (3,)), ((0,), (1,)), ((3, 0), (3, 1)), ((4, 1), (1, 5), (1,))],
+)
+def test_broadcast_shapes_is_numpys(shapes: tuple) -> None:
+    from attnkit._array import broadcast_shapes
+
+    try:
+        expected: object = np.broadcast_shapes(*shapes)
+    except ValueError:
+        with pytest.raises(ValueError):
+            broadcast_shapes(*shapes)
+        return
+    assert broadcast_shapes(*shapes) == expected
