@@ -308,3 +308,24 @@ def test_broadcast_shapes_is_numpys(shapes: tuple) -> None:
             broadcast_shapes(*shapes)
         return
     assert broadcast_shapes(*shapes) == expected
+
+
+@pytest.mark.parametrize("name", ["multi_head", "moe"])
+def test_deepcopy_and_pickle_after_a_backward(name: str) -> None:
+    import copy
+    import io
+
+    mech = _build(name)
+    module = AttentionModule(mech).eval()
+    inputs = _torch_inputs(mech.example_inputs(rng=np.random.default_rng(0)))
+    module(*inputs).square().sum().backward()  # leaves graph tensors in the mechanism's caches
+    twin = copy.deepcopy(module)
+    assert twin.mechanism is not mech
+    with torch.no_grad():
+        twin.get_parameter(next(iter(twin.state_dict()))).add_(1.0)  # the copy owns its parameters
+    assert not torch.equal(twin.state_dict()[next(iter(twin.state_dict()))], module.state_dict()[next(iter(module.state_dict()))])
+    buf = io.BytesIO()
+    torch.save(module, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    torch.testing.assert_close(loaded(*inputs), module(*inputs))

@@ -14,6 +14,7 @@ Importing ``attnkit`` never imports torch; ``import attnkit.torch`` (or the attr
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,6 +95,31 @@ class AttentionModule(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return repr(self._mechanism)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For ``copy.deepcopy`` and pickling: the mechanism without autograd graphs.
+
+        A forward leaves tensors of the graph in the mechanism (cached attention weights, MoE's auxiliary
+        loss), and torch refuses to deep-copy non-leaf tensors; the copy holds them detached.
+        """
+        state = super().__getstate__()
+        state["_mechanism"] = _without_graph(self._mechanism)
+        return state
+
+
+def _without_graph(x: Any) -> Any:
+    """``x`` with every torch tensor that has a ``grad_fn`` detached (mechanisms and containers shallow-copied)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach() if x.grad_fn is not None else x
+    if isinstance(x, Mechanism):
+        twin = copy.copy(x)
+        twin.__dict__.update({k: _without_graph(v) for k, v in x.__dict__.items()})
+        return twin
+    if isinstance(x, dict):
+        return {k: _without_graph(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_without_graph(v) for v in x) if type(x) in (list, tuple) else x
+    return x
 
 
 def _host_copies(params: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
