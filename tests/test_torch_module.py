@@ -108,6 +108,22 @@ def test_to_dtype_and_device() -> None:
     assert all(p.dtype == torch.float32 for p in module.parameters())
 
 
+def test_bfloat16_module_trains_and_comes_back_as_float32() -> None:
+    mech = _build("multi_head")
+    (x,) = mech.example_inputs(rng=np.random.default_rng(0))
+    ref = mech.forward(x)
+    module = AttentionModule(mech).to(torch.bfloat16)
+    out = module(torch.from_numpy(x).bfloat16())
+    assert out.dtype == torch.bfloat16
+    np.testing.assert_allclose(out.detach().float().numpy(), ref, rtol=0, atol=2e-2 * max(1.0, float(np.abs(ref).max())))
+    out.float().square().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in module.parameters())
+    back = module.mechanism.parameters()
+    assert all(v.dtype == np.float32 for v in back.values())
+    for k, v in module.state_dict().items():
+        np.testing.assert_array_equal(back[k], v.float().numpy())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_to_cuda_trains_there() -> None:
     mech = _build("multi_head")
