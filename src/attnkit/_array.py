@@ -126,8 +126,8 @@ def compute_dtype(xp: Namespace, dtype: Any) -> Any:
 
 def torch_compiling() -> bool:
     """Whether ``torch.compile`` (dynamo) is tracing this call (never imports torch itself)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and bool(torch.compiler.is_compiling())
+    is_compiling = getattr(getattr(sys.modules.get("torch"), "compiler", None), "is_compiling", None)  # torch >= 2.3
+    return is_compiling is not None and bool(is_compiling())
 
 
 def check_finite(x: Array, name: str, xp: Namespace) -> None:
