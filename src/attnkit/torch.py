@@ -34,7 +34,8 @@ class AttentionModule(torch.nn.Module):
     ``mechanism``: any attnkit mechanism (parameter-free ones give a module with no parameters).
     The parameters start as copies of ``mechanism.parameters()`` (same dtype: float32 or float64);
     ``.to(device, dtype)`` moves and casts them like any module's. ``module.train()`` /
-    ``module.eval()`` switch the mechanism's dropout too.
+    ``module.eval()`` switch the mechanism's dropout too (a new module is in training mode, like
+    every torch module, and so is its mechanism from then on).
 
     ``forward(query, key=None, value=None, *, mask=None, **extras)`` is
     ``attnkit.functional_call(mechanism, dict(parameters), query, key, value, mask=mask, **extras)``:
