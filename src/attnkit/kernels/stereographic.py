@@ -166,6 +166,12 @@ def _norm(x: Array, xp: Namespace) -> Array:
     return xp.sqrt(xp.clip(_sq(x, xp), min=_MIN_SQ))
 
 
+def _sqrt0(t: Array, xp: Namespace) -> Array:
+    """``sqrt(t)`` for ``t >= 0``, exactly 0 at 0 with a zero (not infinite) gradient there."""
+    pos = t > 0
+    return xp.where(pos, xp.sqrt(xp.where(pos, t, xp.ones_like(t))), xp.zeros_like(t))
+
+
 # --------------------------------------------------------------------------------------------------
 # kernels: arrays in the compute dtype, k an array (or number) broadcasting against (..., 1)
 # --------------------------------------------------------------------------------------------------
@@ -275,7 +281,7 @@ def _dist_from(sq: Array, x2: Array, y2: Array, xy: Array, k: Array, xp: Namespa
     """``d_κ`` from ``|x - y|^2``, ``|x|^2``, ``|y|^2``, ``<x, y>`` (any broadcast shape)."""
     den = _den(x2, y2, -xy, k, xp)
     w2 = xp.clip(sq, min=0.0) / den
-    wn = xp.sqrt(xp.clip(w2, min=_MIN_SQ))
+    wn = _sqrt0(w2, xp)
     # 1 + κ|w|^2 = (1 + κ|x|^2)(1 + κ|y|^2) / den, without cancellation for κ < 0
     return 2.0 * wn * _A(k * w2, xp, _one_plus(x2, k, xp) * _one_plus(y2, k, xp) / den)
 
@@ -295,7 +301,7 @@ def dist0(x: Array, k: Any, xp: Namespace | None = None) -> Array:
     xp = xp or namespace(x)
     k = _k(k, x, xp)
     x2 = _sq(x, xp)
-    return 2.0 * xp.sqrt(xp.clip(x2, min=_MIN_SQ)) * _A(k * x2, xp, 1.0 + k * x2)
+    return 2.0 * _sqrt0(x2, xp) * _A(k * x2, xp, 1.0 + k * x2)
 
 
 def pairwise_sqdist(a: Array, b: Array, xp: Namespace) -> Array:
