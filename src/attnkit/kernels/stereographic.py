@@ -150,9 +150,10 @@ def _A(s: Array, xp: Namespace, one_plus: Array | None = None) -> Array:
     return xp.where(pos, xp.atan(rp) / rp, xp.where(neg, artanh / rn, _poly(s, _A_COEF)))
 
 
-def _den(x2: Array, y2: Array, xy: Array, k: Array, xp: Namespace) -> Array:
-    """``1 - 2κ<x,y> + κ^2|x|^2|y|^2`` (the denominator of ``x (+) y``) without cancellation, >= 0."""
-    hyp = -k * (x2 + 2.0 * xy + y2) + (1.0 + k * x2) * (1.0 + k * y2)
+def _den(x2: Array, y2: Array, xy: Array, ss: Array, k: Array, xp: Namespace) -> Array:
+    """``1 - 2κ<x,y> + κ^2|x|^2|y|^2`` (the denominator of ``x (+) y``) without cancellation, >= 0;
+    ``ss`` is ``|x + y|^2``, computed by the caller from the sum itself."""
+    hyp = -k * ss + (1.0 + k * x2) * (1.0 + k * y2)
     sph = (1.0 - k * xy) ** 2 + (k * k) * xp.clip(x2 * y2 - xy * xy, min=0.0)
     return xp.clip(xp.where(k < 0, hyp, sph), min=_tiny(x2, xp))
 
@@ -199,8 +200,8 @@ def _add(x: Array, y: Array, x2: Array, y2: Array, xy: Array, k: Array, xp: Name
     # ((1 + κ|x|^2) s - κ|s|^2 x) / den with s = x + y: identical to the textbook numerator, and for
     # y close to -x it is computed from the small s rather than by cancellation
     s = x + y
-    ss = x2 + 2.0 * xy + y2
-    return ((1.0 + k * x2) * s - (k * xp.clip(ss, min=0.0)) * x) / _den(x2, y2, xy, k, xp)
+    ss = _sq(s, xp)
+    return ((1.0 + k * x2) * s - (k * ss) * x) / _den(x2, y2, xy, ss, k, xp)
 
 
 def mobius_add(x: Array, y: Array, k: Any, xp: Namespace | None = None) -> Array:
@@ -227,7 +228,7 @@ def gyration(u: Array, v: Array, w: Array, k: Any, xp: Namespace | None = None) 
     kk = k * k
     a = -kk * uw * v2 - k * vw + 2.0 * kk * uv * vw
     b = -kk * vw * u2 + k * uw
-    return w + 2.0 * (a * u + b * v) / _den(u2, v2, uv, k, xp)
+    return w + 2.0 * (a * u + b * v) / _den(u2, v2, uv, _sq(u + v, xp), k, xp)
 
 
 def mobius_scalar_mul(r: Any, x: Array, k: Any, xp: Namespace | None = None) -> Array:
@@ -272,15 +273,16 @@ def logmap(x: Array, y: Array, k: Any, xp: Namespace | None = None) -> Array:
     k = _k(k, x, xp)
     x2, y2, xy = _sq(x, xp), _sq(y, xp), _dot(x, y, xp)
     w = _add(-x, y, x2, y2, -xy, k, xp)
-    den = _den(x2, y2, -xy, k, xp)
-    w2 = xp.clip(x2 - 2.0 * xy + y2, min=0.0) / den  # |(-x) (+) y|^2 = |x - y|^2 / den
+    sq = _sq(y - x, xp)
+    den = _den(x2, y2, -xy, sq, k, xp)
+    w2 = sq / den  # |(-x) (+) y|^2 = |x - y|^2 / den
     return _one_plus(x2, k, xp) * _A(k * w2, xp, _one_plus(x2, k, xp) * _one_plus(y2, k, xp) / den) * w
 
 
 def _dist_from(sq: Array, x2: Array, y2: Array, xy: Array, k: Array, xp: Namespace) -> Array:
     """``d_κ`` from ``|x - y|^2``, ``|x|^2``, ``|y|^2``, ``<x, y>`` (any broadcast shape)."""
-    den = _den(x2, y2, -xy, k, xp)
-    w2 = xp.clip(sq, min=0.0) / den
+    den = _den(x2, y2, -xy, sq, k, xp)
+    w2 = sq / den
     wn = _sqrt0(w2, xp)
     # 1 + κ|w|^2 = (1 + κ|x|^2)(1 + κ|y|^2) / den, without cancellation for κ < 0
     return 2.0 * wn * _A(k * w2, xp, _one_plus(x2, k, xp) * _one_plus(y2, k, xp) / den)
