@@ -613,5 +613,7 @@ def test_pairwise_blocks_match_unblocked(monkeypatch):
     rng = np.random.default_rng(22)
     x, y = points(rng, 37, 1.0, "interior"), points(rng, 11, 1.0, "interior")
     full = P.pairwise_distance(x, y)
-    monkeypatch.setattr(P, "_PAIR_BLOCK", 3 * 11 * D)  # 3 query rows per block
+    from attnkit.kernels import stereographic
+
+    monkeypatch.setattr(stereographic, "_PAIR_BLOCK", 3 * 11 * D)  # 3 query rows per block (the kernel lives there)
     np.testing.assert_array_equal(P.pairwise_distance(x, y), full)

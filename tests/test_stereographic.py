@@ -370,3 +370,35 @@ def test_scalar_mul_scales_distance(a, b, k, r):
     if k > 0:  # keep r * distance below pi R/2 so the point does not wrap round the sphere
         r = r * 0.5
     np.testing.assert_allclose(S.dist0(S.mobius_scalar_mul(r, x, k), k)[0], abs(r) * S.dist0(x, k)[0], rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_frechet_mean_is_stationary(k):
+    """At the Fréchet mean the weighted sum of logarithms (minus the gradient of the objective) vanishes;
+    at κ = 0 it is the weighted mean, and for κ < 0 it agrees with the expanded (M, N, D) computation."""
+    rng = np.random.default_rng(12)
+    x, _ = sample(rng, 6, k, "interior")
+    x = x * 0.5
+    w = rng.uniform(0.1, 1.0, (3, 6))
+    w = w / w.sum(-1, keepdims=True)
+    mu = S.frechet_aggregate(w, x, k, iters=200, tol=1e-14)
+    grad = np.einsum("mn,mnd->md", w, S.logmap(mu[:, None, :], x[None], k))
+    assert np.max(np.abs(grad)) < 1e-10
+    if k == 0:
+        np.testing.assert_allclose(mu, w @ x, rtol=1e-12, atol=1e-14)
+    # the Fréchet mean minimises the weighted sum of squared distances: nudging it only increases it
+    f = lambda m: np.sum(w * S.pairwise_dist(m, x, k) ** 2, -1)  # noqa: E731
+    for _ in range(5):
+        nudged = S.expmap(mu, rng.standard_normal(mu.shape) * 1e-3, k)
+        assert np.all(f(nudged) >= f(mu) - 1e-12)
+
+
+def test_frechet_traces_under_jit_with_fixed_steps():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 5, D)) * 0.15  # inside the unit ball
+    w = rng.dirichlet(np.ones(5), size=(2, 3))
+    ks = np.asarray([-1.0, 1.0])[:, None, None]
+    f = jax.jit(lambda w, x, k: S.frechet_aggregate(w, x, k, iters=30))
+    np.testing.assert_allclose(np.asarray(f(w, x, ks)), S.frechet_aggregate(w, x, ks, iters=30), rtol=1e-10, atol=1e-13)

@@ -334,28 +334,8 @@ def frechet_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace, i
     ``z = sqrt(c)|(-mu) (+) x|`` and ``g(z) = artanh(z)/z``, where ``alpha = c|mu - x|^2 + (1 - c|mu|^2)``
     and ``delta = c|mu - x|^2 + (1 - c|mu|^2)(1 - c|x|^2)`` avoid cancellation.
     """
-    sc = math.sqrt(c)
     mu = einstein_aggregate(w, x, c, eps, xp) if init is None else init
-    bxn = xp.expand_dims(_one_minus(_sqnorm(x, xp, False), c, xp), axis=-2)  # (..., 1, N)
-    zmax = 1.0 - float(xp.finfo(x.dtype).eps)
-    for _ in range(iters):
-        sq = pairwise_sqdist(mu, x, xp)  # (..., M, N)
-        bmu = _one_minus(_sqnorm(mu, xp), c, xp)  # (..., M, 1)
-        alpha = c * sq + bmu
-        delta = c * sq + bmu * bxn
-        z = xp.clip(xp.sqrt(xp.clip(c * sq / delta, min=_MIN_SQ)), max=zmax)
-        g = xp.atanh(z) / z
-        a = w * g / delta
-        v = bmu * (bmu * xp.matmul(a, x) - xp.sum(a * alpha, axis=-1, keepdims=True) * mu)
-        sd = xp.clip(sc * _dist_from_sq(sq, bmu, bxn, c, xp), min=1e-4)
-        lip = xp.sum(w * (sd / xp.tanh(sd)), axis=-1, keepdims=True)
-        step = v / xp.clip(lip, min=1.0)
-        # Riemannian length of the step: lambda_mu |step|
-        moved = 2.0 * _norm(step, xp) / bmu
-        mu = _expmap(mu, step, c, eps, xp)
-        if math.prod(moved.shape) == 0 or not bool(xp.max(moved) > tol):
-            break
-    return mu
+    return st.frechet_aggregate(w, x, -c, xp, iters=iters, tol=tol, init=mu, eps=eps)
 
 
 # --------------------------------------------------------------------------------------------------
