@@ -162,6 +162,8 @@ def test_bad_input() -> None:
     with pytest.raises(ConfigError, match="factor_weights"):
         MixedCurvatureAttention(dim=4, factors="2:0,2:-1", factor_weights="1")
     with pytest.raises(ConfigError, match="factor_weights"):
+        MixedCurvatureAttention(dim=4, factors="2:0,2:-1", factor_weights="1,x")
+    with pytest.raises(ConfigError, match="factor_weights"):
         MixedCurvatureAttention(dim=4, factor_weights="1,1")
     with pytest.raises(ConfigError, match="hyperbolic_weight"):
         MixedCurvatureAttention(euclidean_weight=0, hyperbolic_weight=0)

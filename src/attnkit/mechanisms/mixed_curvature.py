@@ -151,7 +151,10 @@ class MixedCurvatureAttention(Mechanism):
                 weights = [1.0] * len(self.factors)
             else:
                 raw = factor_weights.split(",") if isinstance(factor_weights, str) else list(factor_weights)
-                weights = [finite_float(v, "factor_weights") for v in raw]
+                try:
+                    weights = [finite_float(float(v) if isinstance(v, str) else v, "factor_weights") for v in raw]
+                except ValueError as exc:
+                    raise ConfigError(f"factor_weights: expected numbers separated by commas, got {factor_weights!r}") from exc
                 if len(weights) != len(self.factors) or min(weights) < 0 or max(weights) == 0:
                     raise ConfigError(
                         f"factor_weights: expected {len(self.factors)} numbers >= 0 (one per factor), not all 0, got {factor_weights!r}"

@@ -1,0 +1,125 @@
+"""HyperbolicAttention at any curvature and MixedCurvatureAttention with Euclidean, hyperbolic and
+spherical factors, against geoopt's Stereographic(k) and plain float64 references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from attnkit import HyperbolicAttention, MixedCurvatureAttention
+
+torch = pytest.importorskip("torch")
+geoopt = pytest.importorskip("geoopt")
+
+KS = [-2.0, -1.0, -0.1, 0.0, 0.1, 1.0, 2.0]
+
+
+def man(k):
+    return geoopt.Stereographic(k=torch.tensor(k, dtype=torch.float64))
+
+
+def softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def pts(rng, shape, k, scale=0.4):
+    """Points of the κ-model near the origin (inside a hemisphere for κ > 0)."""
+    u = rng.standard_normal(shape) * scale
+    return man(k).expmap0(torch.tensor(u)).numpy() if k else u
+
+
+def reference(q, keys, values, k, temperature):
+    """softmax(-d_κ/T) with geoopt's distances and, row by row, geoopt's weighted gyromidpoint."""
+    m = man(k)
+    d = m.dist(torch.tensor(q)[:, None], torch.tensor(keys)[None]).numpy()
+    w = softmax(-d / temperature)
+    out = np.stack([m.weighted_midpoint(torch.tensor(values), torch.tensor(wi), reducedim=[0]).numpy() for wi in w])
+    return w, out
+
+
+@pytest.mark.parametrize("k", KS)
+def test_hyperbolic_attention_any_curvature_matches_geoopt(k):
+    rng = np.random.default_rng(int(abs(k) * 10) + (k > 0))
+    q, keys, values = pts(rng, (5, 3), k), pts(rng, (7, 3), k), pts(rng, (7, 3), k)
+    mech = HyperbolicAttention(3, kappa=k, temperature=0.7)
+    w, out = reference(q, keys, values, k, 0.7)
+    np.testing.assert_allclose(mech.attention_weights(q, keys), w, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(mech(q, keys, values), out, rtol=1e-8, atol=1e-10)  # geoopt clamps by 1e-10
+    if k == 0:  # flat: softmax(-2|q - k|/T) @ v
+        d = 2 * np.linalg.norm(q[:, None] - keys[None], axis=-1)
+        np.testing.assert_allclose(mech(q, keys, values), softmax(-d / 0.7) @ values, rtol=1e-12)
+    # the Fréchet aggregation is a critical point of the weighted squared distances
+    fr = HyperbolicAttention(3, kappa=k, temperature=0.7, aggregation="frechet", frechet_tol=1e-13)
+    mu = fr(q, keys, values)
+    grad = np.einsum("mn,mnd->md", w, man(k).logmap(torch.tensor(mu)[:, None], torch.tensor(values)[None]).numpy())
+    assert np.max(np.abs(grad)) < 1e-9
+
+
+def test_hyperbolic_curvature_signs():
+    rng = np.random.default_rng(1)
+    q, keys, values = pts(rng, (4, 3), -2.0), pts(rng, (6, 3), -2.0), pts(rng, (6, 3), -2.0)
+    same = [HyperbolicAttention(3, curvature=2.0), HyperbolicAttention(3, curvature=-2.0), HyperbolicAttention(3, kappa=-2.0)]
+    outs = [m(q, keys, values) for m in same]
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+    assert [m.kappa for m in same] == [-2.0, -2.0, -2.0]
+    flat = HyperbolicAttention(3, curvature=0.0)
+    assert flat.kappa == 0.0
+    np.testing.assert_array_equal(flat(q, keys, values), HyperbolicAttention(3, kappa=0.0)(q, keys, values))
+    # κ = 1 is the sphere: no curvature value selects it, kappa does
+    assert HyperbolicAttention(3, curvature=1.0, kappa=1.0).kappa == 1.0
+
+
+@pytest.mark.parametrize("sign", [-1.0, 1.0])
+def test_hyperbolic_attention_continuous_through_zero(sign):
+    rng = np.random.default_rng(2)
+    q, keys, values = (rng.standard_normal((4, 3)) * 0.3 for _ in range(3))
+    flat = HyperbolicAttention(3, kappa=0.0)(q, keys, values)
+    prev = np.inf
+    for mag in [1e-1, 1e-2, 1e-4, 1e-6, 1e-9]:
+        err = np.max(np.abs(HyperbolicAttention(3, kappa=sign * mag)(q, keys, values) - flat))
+        assert err <= 10 * mag and err <= prev
+        prev = err
+
+
+def test_spherical_attention_torch_gradients():
+    rng = np.random.default_rng(3)
+    q = torch.tensor(pts(rng, (4, 3), 1.0), requires_grad=True)
+    keys = torch.tensor(pts(rng, (6, 3), 1.0), requires_grad=True)
+    out = HyperbolicAttention(3, kappa=1.0)(q, keys, keys)
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all() and torch.isfinite(keys.grad).all() and q.grad.abs().sum() > 0
+
+
+def test_mixed_product_of_three_kinds_matches_reference():
+    rng = np.random.default_rng(4)
+    factors = [(3, 0.0), (2, -1.0), (3, 1.5)]
+    fw = [0.5, 1.0, 2.0]
+    mech = MixedCurvatureAttention(dim=8, factors="3:0, 2:-1, 3:1.5", factor_weights="0.5,1,2", temperature=0.9)
+    assert mech.factors == factors and mech.factor_weights == fw
+    parts = lambda n: [pts(rng, (n, w), k) for w, k in factors]  # noqa: E731
+    qp, kp, vp = parts(4), parts(6), parts(6)
+    sq = sum(
+        f * man(k).dist(torch.tensor(a)[:, None], torch.tensor(b)[None]).numpy() ** 2 for (_, k), f, a, b in zip(factors, fw, qp, kp, strict=True)
+    )
+    w = softmax(-np.sqrt(sq) / 0.9)
+    ref = []
+    for (_, k), v in zip(factors, vp, strict=True):
+        ref.append(np.stack([man(k).weighted_midpoint(torch.tensor(v), torch.tensor(wi), reducedim=[0]).numpy() for wi in w]))
+    cat = lambda ps: np.concatenate(ps, -1)  # noqa: E731
+    np.testing.assert_allclose(mech.attention_weights(cat(qp), cat(kp)), w, rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(mech(cat(qp), cat(kp), cat(vp)), cat(ref), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(mech.distance(cat(qp), cat(kp)[:4]), np.sqrt(np.diag(sq[:, :4])), rtol=1e-12)
+
+
+def test_mixed_legacy_options_are_a_two_factor_product():
+    rng = np.random.default_rng(5)
+    legacy = MixedCurvatureAttention(dim=6, euclidean_dim=2, curvature=-1.5, euclidean_weight=0.7, hyperbolic_weight=0.4)
+    explicit = MixedCurvatureAttention(dim=6, factors=[(2, 0.0), (4, -1.5)], factor_weights=[0.7 / 4, 0.4])
+    x = np.concatenate([rng.standard_normal((5, 2)), pts(rng, (5, 4), -1.5)], -1)
+    np.testing.assert_allclose(legacy(x), explicit(x), rtol=1e-13)
+    # w_E |x_E - y_E|^2 + w_H d^2: the Euclidean factor keeps its plain distance
+    d = legacy.distance(x[:1], x[1:2])
+    dh = man(-1.5).dist(torch.tensor(x[0, 2:]), torch.tensor(x[1, 2:])).item()
+    np.testing.assert_allclose(d, np.sqrt(0.7 * np.sum((x[0, :2] - x[1, :2]) ** 2) + 0.4 * dh**2), rtol=1e-12)
