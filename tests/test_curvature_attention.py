@@ -100,7 +100,9 @@ def test_mixed_product_of_three_kinds_matches_reference():
     assert mech.factors == factors and mech.factor_weights == fw
     parts = lambda n: [pts(rng, (n, w), k) for w, k in factors]  # noqa: E731
     qp, kp, vp = parts(4), parts(6), parts(6)
-    sq = sum(
+    sq = 0.0
+    for (_, k), f, a, b in zip(factors, fw, qp, kp, strict=True):
+        sq = sq + f * man(k).dist(torch.tensor(a)[:, None], torch.tensor(b)[None]).numpy() ** 2
         f * man(k).dist(torch.tensor(a)[:, None], torch.tensor(b)[None]).numpy() ** 2 for (_, k), f, a, b in zip(factors, fw, qp, kp, strict=True)
     )
     w = softmax(-np.sqrt(sq) / 0.9)
