@@ -103,8 +103,6 @@ def test_mixed_product_of_three_kinds_matches_reference():
     sq = 0.0
     for (_, k), f, a, b in zip(factors, fw, qp, kp, strict=True):
         sq = sq + f * man(k).dist(torch.tensor(a)[:, None], torch.tensor(b)[None]).numpy() ** 2
-        f * man(k).dist(torch.tensor(a)[:, None], torch.tensor(b)[None]).numpy() ** 2 for (_, k), f, a, b in zip(factors, fw, qp, kp, strict=True)
-    )
     w = softmax(-np.sqrt(sq) / 0.9)
     ref = []
     for (_, k), v in zip(factors, vp, strict=True):
