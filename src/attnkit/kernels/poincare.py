@@ -9,7 +9,7 @@ Every function here takes arrays of any array-API library (NumPy, torch, JAX, Cu
 that library's namespace, broadcasts over the leading dimensions and treats the **last axis as the
 vector**. The curvature is the keyword ``c``: ``c > 0`` is the ball of sectional curvature ``-c``; a
 negative value, as the spec's bindings give it (``curvature = -1``), means the same ball, so ``|c|`` is
-used; ``c == 0`` or a non-finite value raises :class:`~attnkit.errors.ConfigError`.
+used; ``c == 0`` is the flat limit (κ = 0) and a non-finite value raises :class:`~attnkit.errors.ConfigError`.
 
 Formulas (Ganea, Bécigneul & Hofmann 2018, "Hyperbolic Neural Networks"; Ungar 2008, "Analytic
 Hyperbolic Geometry and Albert Einstein's Special Theory of Relativity" for Möbius gyrovector spaces):
@@ -99,18 +99,13 @@ _MIN_SQ = _MIN_NORM * _MIN_NORM
 # validation
 # --------------------------------------------------------------------------------------------------
 def curvature_value(c: object, name: str = "c") -> float:
-    """The ball parameter ``|c| > 0`` from a curvature as given (positive, or negative as in the spec).
+    """The ball parameter ``|c|`` from a curvature as given (positive, or negative as in the spec).
 
-    ``c == 0`` (the Euclidean limit, which has no ball), non-numbers and non-finite values raise
+    ``c == 0`` is the flat limit (κ = 0 of :mod:`~attnkit.kernels.stereographic`: Möbius addition is
+    ``+``, the distance ``2|x - y|``, the ball all of ``R^D``). Non-numbers and non-finite values raise
     :class:`~attnkit.errors.ConfigError` naming ``name``.
     """
-    value = finite_float(c, name)
-    if value == 0.0:
-        raise ConfigError(
-            f"{name}: expected a non-zero finite curvature (c > 0 is the Poincaré ball of curvature -c; "
-            f"a negative value means the same ball), got {c!r}"
-        )
-    return abs(value)
+    return abs(finite_float(c, name))
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -206,7 +201,7 @@ def check_in_ball(x: Array, name: str, c: float, xp: Namespace) -> None:
     if math.prod(x.shape) == 0:
         return
     sq = c * _sqnorm(x, xp)
-    if not bool(xp.all(sq < 1.0)):
+    if c > 0 and not bool(xp.all(sq < 1.0)):
         inf = xp.asarray(math.inf, dtype=sq.dtype, device=array_api_compat.device(sq))
         worst = float(xp.max(xp.where(xp.isnan(sq), inf, sq)))
         radius = 1.0 / math.sqrt(c)
@@ -224,11 +219,6 @@ def _sqnorm(x: Array, xp: Namespace, keepdims: bool = True) -> Array:
     return xp.sum(x * x, axis=-1, keepdims=keepdims)
 
 
-def _norm(x: Array, xp: Namespace) -> Array:
-    """|x| along the last axis (keepdims), at least ``_MIN_NORM``; gradient 0 (not NaN) at 0."""
-    return xp.sqrt(xp.clip(_sqnorm(x, xp), min=_MIN_SQ))
-
-
 def _one_minus(sq: Array, c: float, xp: Namespace) -> Array:
     """``1 - c|x|^2`` from ``|x|^2``, kept positive (inputs are checked to be inside the ball)."""
     tiny = float(xp.finfo(sq.dtype).smallest_normal)
@@ -236,27 +226,12 @@ def _one_minus(sq: Array, c: float, xp: Namespace) -> Array:
 
 
 def _project(x: Array, c: float, eps: float, xp: Namespace) -> Array:
-    maxnorm = (1.0 - eps) / math.sqrt(c)
-    n = _norm(x, xp)
-    return x * (maxnorm / xp.clip(n, min=maxnorm))
+    return st.project(x, -c, eps, xp)
 
 
 def _mobius_add(x: Array, y: Array, c: float, xp: Namespace) -> Array:
     """``x (+) y`` in the cancellation-free form (module docstring): the κ-stereographic kernel at κ = -c."""
     return st.mobius_add(x, y, -c, xp)
-
-
-def _arcosh1p(t: Array, xp: Namespace) -> Array:
-    """``arcosh(1 + t) = log1p(t + sqrt(t (t + 2)))`` for ``t >= 0``, accurate for small ``t``;
-    exactly 0 at ``t = 0``, with a zero gradient there (not the NaN of ``sqrt`` at 0)."""
-    pos = t > 0.0
-    ts = xp.where(pos, t, xp.ones_like(t))
-    return xp.where(pos, xp.log1p(ts + xp.sqrt(ts * (ts + 2.0))), xp.zeros_like(t))
-
-
-def _dist_from_sq(sq: Array, bx: Array, by: Array, c: float, xp: Namespace) -> Array:
-    """``d_c`` from ``|x - y|^2`` and ``1 - c|x|^2``, ``1 - c|y|^2`` (arcosh form)."""
-    return _arcosh1p(2.0 * c * sq / (bx * by), xp) / math.sqrt(c)
 
 
 def _dist(x: Array, y: Array, c: float, xp: Namespace) -> Array:
