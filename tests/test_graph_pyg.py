@@ -202,3 +202,25 @@ def test_bad_options():
         m.forward_graph(np.zeros((3, 4)), np.zeros((2, 0), dtype=np.int64))
     with pytest.raises(Exception, match="target indices"):
         m.forward_graph((np.zeros((3, 4)), np.zeros((2, 5))), np.array([[0], [2]]))
+
+
+@pytest.mark.parametrize("fill", ["mean", "add", "max", "min", 0.75, "vector"])
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_neighbour_form_equals_graph_form_for_every_fill(fill, version):
+    """The neighbour form (each target with its own k sources, a mask dropping some) computes what the
+    graph form computes on the same edges, self loops and their fill_value included."""
+    rng = np.random.default_rng(21)
+    n, k, fdim = 5, 3, 2
+    fill_value = rng.standard_normal(fdim) if fill == "vector" else fill
+    mech = EdgeFeaturedAttention(dim=4, edge_dim=fdim, heads=2, out_dim=6, version=version, fill_value=fill_value, residual=True)
+    mech.load_weights({key: rng.standard_normal(v.shape) for key, v in mech.parameters().items()})
+    x = rng.standard_normal((n, 4))
+    srcs = np.stack([rng.choice([j for j in range(n) if j != i], size=k, replace=False) for i in range(n)])
+    ef = rng.standard_normal((n, k, fdim))
+    mask = np.ones((n, k), dtype=bool)
+    mask[0, 1] = mask[3, :] = False  # node 3 keeps only its self loop
+    keep = mask.reshape(-1)
+    ei = np.stack([srcs.reshape(-1), np.repeat(np.arange(n), k)])[:, keep]
+    graph_out = mech.forward_graph(x, ei, ef.reshape(-1, fdim)[keep])
+    neigh_out = mech.forward(x, x[srcs], ef, mask=mask)
+    np.testing.assert_allclose(neigh_out, graph_out, rtol=1e-12, atol=1e-12)
