@@ -224,3 +224,17 @@ def test_neighbour_form_equals_graph_form_for_every_fill(fill, version):
     graph_out = mech.forward_graph(x, ei, ef.reshape(-1, fdim)[keep])
     neigh_out = mech.forward(x, x[srcs], ef, mask=mask)
     np.testing.assert_allclose(neigh_out, graph_out, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["v1-bipartite", "v2-residual-mean-heads"])
+def test_float32_matches_pyg_float32(name):
+    o, layer, ours = build(CASES[name])
+    layer = layer.float()
+    ours.load_weights(layer.state_dict())
+    xs, xd, ei, ea = inputs(o, np.random.default_rng(5))
+    xs, xd = xs.detach().float(), xd.detach().float()
+    ea = None if ea is None else ea.detach().float()
+    x = (xs, xd) if o["bipartite"] else xs
+    out = ours.forward_graph(x, ei, ea)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, layer(x, ei, ea), rtol=1e-5, atol=1e-5)
