@@ -137,7 +137,7 @@ def run_both(o, layer, ours, rng):
     out = ours.forward_graph(x2 if o["bipartite"] else x2[0], ei, ea2)
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float64
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
-    edges, alpha = ours.attention_weights(x2 if o["bipartite"] else x2[0], ei, ea2)
+    edges, alpha = ours.graph_attention_weights(x2 if o["bipartite"] else x2[0], ei, ea2)
     np.testing.assert_array_equal(edges, ref_ei.numpy())
     torch.testing.assert_close(alpha, ref_alpha, rtol=1e-10, atol=1e-12)
     # gradients of the same loss through both
@@ -222,7 +222,7 @@ def test_neighbour_form_equals_graph_form_for_every_fill(fill, version):
     keep = mask.reshape(-1)
     ei = np.stack([srcs.reshape(-1), np.repeat(np.arange(n), k)])[:, keep]
     graph_out = mech.forward_graph(x, ei, ef.reshape(-1, fdim)[keep])
-    neigh_out = mech.forward(x, x[srcs], ef, mask=mask)
+    neigh_out = mech.forward(x, x[srcs], edge_features=ef, mask=mask)
     np.testing.assert_allclose(neigh_out, graph_out, rtol=1e-12, atol=1e-12)
 
 

@@ -26,6 +26,7 @@ rows: messages flow from ``src`` to ``dst``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import array_api_compat
@@ -106,7 +107,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
     Options: ``dim`` source node width (64; a pair ``(src, dst)`` as PyG's ``in_channels`` tuple sets
     ``dst_dim`` too); ``dst_dim`` target node width for bipartite graphs (default ``dim``: one node set;
     given, GAT uses separate ``lin_src``/``lin_dst`` as PyG does for a tuple ``in_channels``);
-    ``edge_dim`` edge feature width (16; 0 = none); ``heads`` (1); ``out_dim`` output width (default
+    ``edge_dim`` edge feature width (0, as PyG's ``edge_dim=None``: none); ``heads`` (1); ``out_dim`` output width (default
     ``dim``; with ``concat=True`` each head has ``out_dim // heads`` channels, which must divide);
     ``version`` ``"v1"``/``"v2"``; ``negative_slope`` (0.2); ``self_loops`` (PyG's ``add_self_loops``,
     True): existing ``i -> i`` edges are dropped and a loop added for every node ``i < min(N_src, N_dst)``;
@@ -125,11 +126,15 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
 
     name = "edge_featured"
     summary = "graph attention (GAT v1/v2, PyG GATConv/GATv2Conv options) with edge features, edge-list or neighbour form"
+    layout = "graph"
+    key_required = True
+    shape_options = {"dim": ("key", -1), "edge_dim": ("edge_features", -1)}
+    example_options = {"dim": 4, "edge_dim": 2, "heads": 2}
 
     def __init__(
         self,
         dim: int = 64,
-        edge_dim: int = 16,
+        edge_dim: int = 0,
         heads: int = 1,
         out_dim: int | None = None,
         version: str = "v1",
@@ -189,7 +194,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         """Channels per head ``C``."""
         return self.out_dim // self.heads if self.concat else self.out_dim
 
-    def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
         h, c = self.heads, self.channels
         hc = h * c
         shapes: dict[str, tuple[int, ...]] = {}
@@ -220,7 +225,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
 
     def _init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         p: dict[str, np.ndarray] = {}
-        for key, shape in self._expected_shapes().items():
+        for key, shape in self.param_shapes().items():
             if key.endswith("bias"):
                 p[key] = np.zeros(shape, dtype=np.float32)
             elif key.endswith(".weight"):
@@ -263,19 +268,41 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         return x
 
     # ------------------------------------------------------------------ neighbour form
-    def forward(self, query: Any, neighbours: Any = None, edge_features: Any = None, mask: Any = None) -> Array:
-        """Neighbour form: ``query (..., dst_dim)`` target node(s), ``neighbours (..., k, dim)`` their
-        sources, ``edge_features (..., k, edge_dim)`` of the edges neighbour -> target, ``mask (..., k)``
-        (True = a real neighbour). Batch dimensions broadcast. Returns ``(..., out_dim)``; a target with no
-        neighbour left (and no self loop) gets zeros (plus residual and bias). The self loop takes the
-        query as its own source (so it needs ``dst_dim == dim``) with the ``fill_value`` edge features.
+    def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, edge_features: Any = None) -> Array:
+        """Neighbour form: ``query (..., dst_dim)`` target node(s), ``key (..., k, dim)`` their neighbours
+        (the sources, which also carry the messages, so ``value`` must be left out), ``edge_features
+        (..., k, edge_dim)`` of the edges neighbour -> target, ``mask (..., k)`` (True = a real
+        neighbour). Batch dimensions broadcast. Returns ``(..., out_dim)``; a target with no neighbour
+        left (and no self loop) gets zeros (plus residual and bias). The self loop takes the query as its
+        own source (so it needs ``dst_dim == dim``) with the ``fill_value`` edge features.
         """
-        self._check_alive()
+        return super().forward(query, key, value, mask=mask, edge_features=edge_features)
+
+    def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None, edge_features: Any = None) -> Array:
+        """Neighbour form: the attention ``(..., H, k')`` of each target over its neighbours, with its self
+        loop first when ``self_loops`` (``k' = k + 1``); each row sums to 1."""
+        return super().attention_weights(query, key, mask=mask, edge_features=edge_features)
+
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, edge_features: Any = None) -> Array:
+        alpha, hs, qb, p, xp, out_dtype = self._neighbour_attention(params, query, key, value, mask, edge_features)
+        out = gat.finish(p, xp.sum(alpha[..., None] * hs, axis=-3), qb, self.concat, xp)
+        return xp.astype(out, out_dtype) if out.dtype != out_dtype else out
+
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, edge_features: Any = None) -> Array:
+        alpha, _, _, _, xp, out_dtype = self._neighbour_attention(params, query, key, None, mask, edge_features)
+        alpha = xp.moveaxis(alpha, -1, -2)  # (..., H, k'): each row sums to 1, as every mechanism's weights
+        return xp.astype(alpha, out_dtype) if alpha.dtype != out_dtype else alpha
+
+    def _neighbour_attention(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, mask: Any, edge_features: Any) -> tuple:
+        """``(alpha (..., k', H), source projections (..., k', H, C), targets, params, xp, out_dtype)``."""
+        neighbours = key
         if neighbours is None:
-            raise ShapeError(f"neighbours: expected an array of shape (..., k, {self.dim}), got None")
+            raise ShapeError(f"key: expected the neighbours, an array of shape (..., k, {self.dim}), got None")
+        if value is not None:
+            raise ShapeError("value: graph attention sends messages from the neighbours (key); pass no value")
         xp = namespace(query, neighbours, edge_features)
         q = self._input(query, "query", self.dst_dim, xp, 1, "(..., dst_dim)")
-        nb = self._input(neighbours, "neighbours", self.dim, xp, 2, "(..., k, dim)")
+        nb = self._input(neighbours, "key", self.dim, xp, 2, "(..., k, dim)")
         k = int(nb.shape[-2])
         ef = None
         if self.edge_dim:
@@ -293,7 +320,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
             batch = np.broadcast_shapes(tuple(q.shape[:-1]), tuple(nb.shape[:-2]), *([tuple(ef.shape[:-2])] if ef is not None else []))
         except ValueError:
             raise ShapeError(
-                f"query, neighbours, edge_features: batch dimensions {shape_str(q.shape[:-1])}, {shape_str(nb.shape[:-2])}"
+                f"query, key, edge_features: batch dimensions {shape_str(q.shape[:-1])}, {shape_str(nb.shape[:-2])}"
                 f"{', ' + shape_str(ef.shape[:-2]) if ef is not None else ''} do not broadcast"
             ) from None
         out_dtype = common_float_dtype(xp, *arrays)
@@ -305,7 +332,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         m = prepare_mask(mask, xp, (*batch, k), cdt, device=dev, layout="(..., k)") if mask is not None else None
         if m is not None and not xp.isdtype(m.dtype, "bool"):
             raise DTypeError(f"mask: expected a bool mask (True = a real neighbour), got {m.dtype}")
-        p = self._weights_like(q)
+        p = self._params_like(params, q)
         nb = xp.broadcast_to(nb, (*batch, k, self.dim))
         qb = xp.broadcast_to(q, (*batch, self.dst_dim))
         if ef is not None:
@@ -322,9 +349,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         s = gat.edge_logits(p, hs, hd, ef, self.heads, self.negative_slope, xp)  # (..., k', H)
         if m is not None:
             s = xp.where(m[..., None], s, xp.asarray(-xp.inf, dtype=s.dtype, device=dev))
-        alpha = safe_softmax(s, xp, axis=-2)
-        out = gat.finish(p, xp.sum(alpha[..., None] * hs, axis=-3), qb, self.concat, xp)
-        return xp.astype(out, out_dtype) if out.dtype != out_dtype else out
+        return safe_softmax(s, xp, axis=-2), hs, qb, p, xp, out_dtype
 
     def _neighbour_loop_attr(self, ef: Array, m: Array | None, xp: Namespace) -> Array:
         """The self loop's edge features ``(..., 1, edge_dim)`` from the (unmasked) neighbours' ones."""
@@ -393,9 +418,9 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
             ef = xp.astype(ef, cdt)
         return xp, xs, xd, src, dst, ef, out_dtype
 
-    def _graph(self, x: Any, edge_index: Any, edge_attr: Any) -> tuple:
+    def _graph(self, params: Mapping[str, Array], x: Any, edge_index: Any, edge_attr: Any) -> tuple:
         xp, xs, xd, src, dst, ef, out_dtype = self._graph_inputs(x, edge_index, edge_attr)
-        p = self._weights_like(xs)
+        p = self._params_like(params, xs)
         hs, hd = gat.project(p, xs, xd, self.heads, xp)
         src_x, dst_x = gat.index(src, xs, xp), gat.index(dst, xs, xp)
         hs_e = xp.take(hs, src_x, axis=0)
@@ -410,26 +435,31 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         out_dim)``, as PyG's ``GATConv``/``GATv2Conv`` ``forward(x, edge_index, edge_attr)``.
         """
         self._check_alive()
-        xp, p, xd, _, _, _, agg, out_dtype = self._graph(x, edge_index, edge_attr)
+        xp, p, xd, _, _, _, agg, out_dtype = self._graph(self._params, x, edge_index, edge_attr)
         out = gat.finish(p, agg, xd, self.concat, xp)
         return xp.astype(out, out_dtype) if out.dtype != out_dtype else out
 
-    def attention_weights(self, x: Any, edge_index: Any, edge_attr: Any = None) -> tuple[np.ndarray, Array]:
+    def graph_attention_weights(self, x: Any, edge_index: Any, edge_attr: Any = None) -> tuple[np.ndarray, Array]:
         """``(edges, alpha)``: the edges actually used (``(2, E')`` NumPy, self loops appended after the
         kept edges, as PyG's ``return_attention_weights``) and their attention ``(E', H)``; for each target
         node the weights of its incoming edges sum to 1."""
         self._check_alive()
-        xp, _, _, src, dst, alpha, _, out_dtype = self._graph(x, edge_index, edge_attr)
+        xp, _, _, src, dst, alpha, _, out_dtype = self._graph(self._params, x, edge_index, edge_attr)
         return np.stack([src, dst]), (xp.astype(alpha, out_dtype) if alpha.dtype != out_dtype else alpha)
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
-        """``seq_len`` target nodes sharing ``seq_len`` neighbours, with edge features (neighbour form)."""
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+        """``seq_len`` target nodes sharing ``seq_len`` neighbours (neighbour form; see :meth:`example_extras`)."""
         rng = rng or np.random.default_rng()
         q = rng.standard_normal((seq_len, self.dst_dim), dtype=np.float32)
         nb = rng.standard_normal((seq_len, self.dim), dtype=np.float32)
+        return (q, nb)
+
+    def example_extras(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """The edge features of the example neighbours (when ``edge_dim > 0``)."""
         if not self.edge_dim:
-            return (q, nb)
-        return (q, nb, rng.standard_normal((seq_len, self.edge_dim), dtype=np.float32))
+            return {}
+        rng = rng or np.random.default_rng()
+        return {"edge_features": rng.standard_normal((seq_len, self.edge_dim), dtype=np.float32)}
 
 
 @register
@@ -443,6 +473,10 @@ class GraphRoPEAttention(Mechanism):
 
     name = "graph_rope"
     summary = "scaled dot-product graph attention with rotary embeddings of node positions"
+    layout = "graph"
+    key_required = True
+    shape_options = {"dim": ("query", -1)}
+    example_options = {"dim": 4}
 
     def __init__(
         self,
@@ -484,26 +518,46 @@ class GraphRoPEAttention(Mechanism):
         return x
 
     def forward(
-        self, query: Any, keys: Any = None, values: Any = None, mask: Any = None, *,
-        query_positions: Any = None, key_positions: Any = None,
+        self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, query_positions: Any = None, key_positions: Any = None
     ) -> Array:
-        """Neighbour form: ``query (..., dim)``, ``keys (..., k, dim)``, ``values (..., k, dv)`` (default
-        ``keys``), ``mask (..., k)``. ``query_positions`` broadcast to ``query.shape[:-1]`` (default 0);
-        ``key_positions`` are ``(k,)`` or broadcast to ``keys.shape[:-1]`` (default ``0..k-1``, the
+        """Neighbour form: ``query (..., dim)``, ``key (..., k, dim)``, ``value (..., k, dv)`` (default
+        ``key``), ``mask (..., k)``. ``query_positions`` broadcast to ``query.shape[:-1]`` (default 0);
+        ``key_positions`` are ``(k,)`` or broadcast to ``key.shape[:-1]`` (default ``0..k-1``, the
         neighbours' rank). Returns ``(..., dv)``.
         """
-        self._check_alive()
-        if keys is None:
-            raise ShapeError(f"keys: expected an array of shape (..., k, {self.dim}), got None")
-        xp = namespace(query, keys, values)
+        return super().forward(query, key, value, mask=mask, query_positions=query_positions, key_positions=key_positions)
+
+    def attention_weights(
+        self, query: Any, key: Any = None, *, mask: Any = None, query_positions: Any = None, key_positions: Any = None
+    ) -> Array:
+        """The softmax weights ``(..., k)`` of each query over its rotated neighbours."""
+        return super().attention_weights(query, key, mask=mask, query_positions=query_positions, key_positions=key_positions)
+
+    def _rotated(self, query: Any, key: Any, query_positions: Any, key_positions: Any) -> tuple[Array, Array, Array]:
+        if key is None:
+            raise ShapeError(f"key: expected the neighbours, an array of shape (..., k, {self.dim}), got None")
+        xp = namespace(query, key)
         q = self._check_width(query, "query", 1, "(..., dim)", xp)
-        k = self._check_width(keys, "keys", 2, "(..., k, dim)", xp)
+        k = self._check_width(key, "key", 2, "(..., k, dim)", xp)
         if self.check_finite:
             check_finite(q, "query", xp)
-            check_finite(k, "keys", xp)
+            check_finite(k, "key", xp)
         qr = self.rope.apply(q, 0.0 if query_positions is None else query_positions)
         kr = self.rope.apply(k, key_positions, seq_axis=-2)
-        return self._sdp().forward(qr, kr, k if values is None else values, mask=mask)
+        return qr, kr, k
+
+    def _forward(
+        self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None,
+        query_positions: Any = None, key_positions: Any = None,
+    ) -> Array:
+        qr, kr, k = self._rotated(query, key, query_positions, key_positions)
+        return self._sdp()._forward({}, qr, kr, k if value is None else value, mask=mask)
+
+    def _attention_weights(
+        self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, query_positions: Any = None, key_positions: Any = None
+    ) -> Array:
+        qr, kr, _ = self._rotated(query, key, query_positions, key_positions)
+        return self._sdp()._attention_weights({}, qr, kr, mask=mask)
 
     def forward_graph(self, q: Any, edge_index: Any, k: Any = None, v: Any = None, positions: Any = None) -> Array:
         """Whole-graph form: node arrays ``q (N, dim)``, ``k (N, dim)``, ``v (N, dv)`` (``k``, ``v`` default
@@ -540,7 +594,7 @@ class GraphRoPEAttention(Mechanism):
         out = segment_sum(alpha[:, None] * xp.take(v, src_x, axis=0), dst_x, n, xp)
         return xp.astype(out, out_dtype) if out.dtype != out_dtype else out
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         """``seq_len`` queries sharing ``seq_len`` neighbours (ranked 0..seq_len-1)."""
         rng = rng or np.random.default_rng()
         return tuple(rng.standard_normal((seq_len, self.dim), dtype=np.float32) for _ in range(3))

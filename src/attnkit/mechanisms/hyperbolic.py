@@ -32,6 +32,7 @@ The output is a point of the ball, in the caller's library and float dtype.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,9 @@ class HyperbolicAttention(Mechanism):
 
     name = "hyperbolic"
     summary = "attention in the Poincaré ball: hyperbolic-distance weights, Einstein-midpoint or Fréchet-mean aggregation"
+    layout = "headless"
+    shape_options = {"dim": ("query", -1)}
+    example_options = {"dim": 4}
 
     def __init__(
         self,
@@ -118,11 +122,11 @@ class HyperbolicAttention(Mechanism):
         if k < 0:
             # finite tangent vectors always land inside; checked anyway, so NaN let through by
             # check_finite=False is still an error naming the argument rather than a NaN output
-            pc.check_in_ball(h.q, "q", -k, xp)
+            pc.check_in_ball(h.q, "query", -k, xp)
             if keys is not None:
-                pc.check_in_ball(h.k, "keys", -k, xp)
+                pc.check_in_ball(h.k, "key", -k, xp)
             if values is not None:
-                pc.check_in_ball(h.v, "values", -k, xp)
+                pc.check_in_ball(h.v, "value", -k, xp)
         return h
 
     def _weights(self, h: HeadlessInputs) -> Array:
@@ -130,13 +134,12 @@ class HyperbolicAttention(Mechanism):
         return safe_softmax(apply_mask(logits, h.mask, h.xp), h.xp, axis=-1)
 
     # ------------------------------------------------------------------ public API
-    def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """The hyperbolic attention output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query).
 
-        ``keys`` default to ``q`` (self-attention) and ``values`` to ``keys``.
+        ``key`` defaults to ``query`` (self-attention) and ``value`` to ``key``.
         """
-        self._check_alive()
-        h = self._prepare(q, keys, values, mask)
+        h = self._prepare(query, key, value, mask)
         w = self._weights(h)
         eps = pc.margin(h.out_dtype)
         out = st.project(st.midpoint_aggregate(w, h.v, self.kappa, h.xp), self.kappa, eps, h.xp)
@@ -145,10 +148,9 @@ class HyperbolicAttention(Mechanism):
             out = st.frechet_aggregate(w, h.v, self.kappa, h.xp, iters=self.frechet_iters, tol=tol, init=out, eps=eps)
         return h.finish(out)
 
-    def attention_weights(self, q: Any, keys: Any = None, mask: Any = None) -> Array:
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
         """The attention probabilities ``softmax(-d_c(q, k)/T)``: ``(..., Lq, Lk)`` (``(Lk,)`` for one query)."""
-        self._check_alive()
-        h = self._prepare(q, keys, None, mask)
+        h = self._prepare(query, key, None, mask)
         return h.finish(self._weights(h))
 
     def _checked(self, *arrays: tuple[str, Any]) -> tuple[Namespace, list[Array]]:
@@ -188,7 +190,7 @@ class HyperbolicAttention(Mechanism):
         xp, (xa,) = self._checked(("x", x))
         return st.logmap0(xa, self.kappa, xp)
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         """``seq_len`` queries, keys and values (float32), inside the ball (or tangent vectors)."""
         rng = rng or np.random.default_rng()
         seq_len = positive_int(seq_len, "seq_len")
