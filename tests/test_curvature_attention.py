@@ -123,3 +123,98 @@ def test_mixed_legacy_options_are_a_two_factor_product():
     d = legacy.distance(x[:1], x[1:2])
     dh = man(-1.5).dist(torch.tensor(x[0, 2:]), torch.tensor(x[1, 2:])).item()
     np.testing.assert_allclose(d, np.sqrt(0.7 * np.sum((x[0, :2] - x[1, :2]) ** 2) + 0.4 * dh**2), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# learnable curvature (a parameter through functional_call)
+# ------------------------------------------------------------------------------------------------
+def test_learnable_curvature_is_a_parameter_kept_in_range():
+    import attnkit
+    from attnkit import ConfigError
+    from attnkit.kernels import stereographic as S
+
+    rng = np.random.default_rng(6)
+    q, keys = pts(rng, (4, 3), -1.0, scale=0.1), pts(rng, (6, 3), -1.0, scale=0.1)  # inside every ball of the range
+    m = HyperbolicAttention(3, kappa=-1.0, learn_curvature=True)
+    assert m.param_shapes() == {"curvature_raw": (1,)} and (m.kappa_min, m.kappa_max) == (-4.0, 4.0)
+    assert abs(m.kappa + 1.0) < 1e-15
+    np.testing.assert_allclose(m(q, keys, keys), HyperbolicAttention(3, kappa=-1.0)(q, keys, keys), rtol=1e-13)
+    # any raw value maps into (kappa_min, kappa_max)
+    for raw in (-50.0, -3.0, 0.0, 3.0, 50.0):
+        m.load_parameters({"curvature_raw": np.array([raw])})
+        assert -4.0 <= m.kappa <= 4.0
+        np.testing.assert_allclose(m(q, keys, keys), HyperbolicAttention(3, kappa=m.kappa)(q, keys, keys), rtol=1e-12, atol=1e-14)
+    # functional_call with another raw value computes at that curvature without changing the layer
+    before = m.kappa
+    raw = np.array([S.raw_from_curvature(0.5, -4.0, 4.0)])
+    np.testing.assert_allclose(
+        attnkit.functional_call(m, {"curvature_raw": raw}, q, keys, keys), HyperbolicAttention(3, kappa=0.5)(q, keys, keys), rtol=1e-12
+    )
+    assert m.kappa == before
+    with pytest.raises(ConfigError, match="kappa_min, kappa_max"):
+        HyperbolicAttention(3, kappa=-1.0, learn_curvature=True, kappa_max=-2.0)
+
+
+@pytest.mark.parametrize("k0", [-1.0, 0.0, 0.7])
+def test_learnable_curvature_gradient_matches_finite_differences(k0):
+    """d(loss)/d(raw) through torch equals the chain rule over a central difference in κ (also at κ = 0)."""
+    import attnkit
+
+    rng = np.random.default_rng(7)
+    q, keys, vals = (rng.standard_normal((n, 3)) * 0.3 for n in (4, 6, 6))
+    m = HyperbolicAttention(3, kappa=k0, learn_curvature=True, input_space="tangent")
+    raw = torch.tensor(m.parameters()["curvature_raw"], requires_grad=True)
+    out = attnkit.functional_call(m, {"curvature_raw": raw}, torch.tensor(q), torch.tensor(keys), torch.tensor(vals))
+    wts = rng.standard_normal(tuple(out.shape))
+    (out * torch.tensor(wts)).sum().backward()
+    h = 1e-6
+
+    def loss(k):
+        return float(np.sum(HyperbolicAttention(3, kappa=k, input_space="tangent")(q, keys, vals) * wts))
+
+    sig = 1.0 / (1.0 + np.exp(-float(raw.detach()[0])))
+    dk_draw = (m.kappa_max - m.kappa_min) * sig * (1.0 - sig)
+    fd = (loss(k0 + h) - loss(k0 - h)) / (2 * h) * dk_draw
+    assert torch.isfinite(raw.grad).all()
+    np.testing.assert_allclose(float(raw.grad[0]), fd, rtol=1e-5, atol=1e-8)
+
+
+def test_learnable_curvature_under_jax_grad():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    import attnkit
+
+    rng = np.random.default_rng(8)
+    q, keys = (rng.standard_normal((n, 3)) * 0.3 for n in (4, 6))
+    # check_finite tests data in Python, which a jit trace cannot: off here
+    m = HyperbolicAttention(3, kappa=-0.5, learn_curvature=True, input_space="tangent", check_finite=False)
+    raw0 = m.parameters()["curvature_raw"]
+    f = jax.jit(jax.grad(lambda r: jnp.sum(attnkit.functional_call(m, {"curvature_raw": r}, q, keys, keys) ** 2)))
+    g = f(jnp.asarray(raw0))
+    rt = torch.tensor(raw0, requires_grad=True)
+    (attnkit.functional_call(m, {"curvature_raw": rt}, torch.tensor(q), torch.tensor(keys), torch.tensor(keys)) ** 2).sum().backward()
+    np.testing.assert_allclose(np.asarray(g), rt.grad.numpy(), rtol=1e-9)
+
+
+def test_mixed_learnable_curvatures_keep_their_kind():
+    import attnkit
+    from attnkit import ConfigError
+
+    rng = np.random.default_rng(9)
+    m = MixedCurvatureAttention(dim=8, factors="3:0,2:-1,3:1.5", learn_curvature=True, input_space="tangent")
+    assert m.param_shapes() == {"curvature_raw": (2,)}
+    np.testing.assert_allclose(m.curvatures(), [0.0, -1.0, 1.5], rtol=1e-14)
+    x = rng.standard_normal((5, 8)) * 0.3
+    fixed = MixedCurvatureAttention(dim=8, factors="3:0,2:-1,3:1.5", input_space="tangent")
+    np.testing.assert_allclose(m(x), fixed(x), rtol=1e-12)
+    for raw in ([-60.0, 60.0], [60.0, -60.0]):
+        m.load_parameters({"curvature_raw": np.array(raw)})
+        ks = m.curvatures()
+        assert ks[0] == 0.0 and -4.0 <= ks[1] <= 0.0 and 0.0 <= ks[2] <= 6.0
+    raw = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    attnkit.functional_call(m, {"curvature_raw": raw}, torch.tensor(x)).sum().backward()
+    assert torch.isfinite(raw.grad).all() and (raw.grad != 0).all()
+    with pytest.raises(ConfigError, match="learn_curvature"):
+        MixedCurvatureAttention(dim=4, factors="4:0", learn_curvature=True)

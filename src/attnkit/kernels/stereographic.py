@@ -82,6 +82,8 @@ __all__ = [
     "weighted_midpoint",
     "midpoint_aggregate",
     "frechet_aggregate",
+    "curvature_from_raw",
+    "raw_from_curvature",
     "margin",
 ]
 
@@ -464,3 +466,17 @@ def frechet_aggregate(
             if math.prod(moved.shape) == 0 or not bool(xp.max(moved) > tol):
                 break
     return mu
+
+
+def curvature_from_raw(raw: Array, lo: float, hi: float, xp: Namespace | None = None) -> Array:
+    """A learnable curvature: the unconstrained parameter ``raw`` mapped into the open interval ``(lo, hi)``
+    by ``κ = lo + (hi - lo) sigmoid(raw)`` (smooth, and since every formula here is smooth through κ = 0,
+    an interval may contain 0 and κ may change sign while it learns)."""
+    xp = xp or namespace(raw)
+    return lo + (hi - lo) / (1.0 + xp.exp(-raw))
+
+
+def raw_from_curvature(k: float, lo: float, hi: float) -> float:
+    """The inverse of :func:`curvature_from_raw` for a number ``lo < k < hi``: ``logit((k - lo)/(hi - lo))``."""
+    t = (k - lo) / (hi - lo)
+    return math.log(t / (1.0 - t))

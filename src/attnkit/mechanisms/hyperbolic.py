@@ -48,7 +48,7 @@ from .._array import (
     positive_float,
     positive_int,
 )
-from ..errors import ShapeError
+from ..errors import ConfigError, ShapeError
 from ..kernels import poincare as pc
 from ..kernels import stereographic as st
 from ..kernels.masks import apply_mask
@@ -57,7 +57,18 @@ from ._headless import HeadlessInputs, prepare_headless
 from .base import Mechanism
 from .registry import register
 
-__all__ = ["HyperbolicAttention"]
+__all__ = ["HyperbolicAttention", "curvature_range"]
+
+
+def curvature_range(kappa: float, lo: float | None, hi: float | None, learn: bool) -> tuple[float, float]:
+    """The open interval ``(kappa_min, kappa_max)`` a learnable κ is kept in (defaults ``(-R, R)``,
+    ``R = 4 max(1, |κ|)``); it must contain the initial ``kappa``."""
+    r = 4.0 * max(1.0, abs(kappa))
+    lo_v = -r if lo is None else finite_float(lo, "kappa_min")
+    hi_v = r if hi is None else finite_float(hi, "kappa_max")
+    if learn and not lo_v < kappa < hi_v:
+        raise ConfigError(f"kappa_min, kappa_max: the learnable curvature starts at {kappa:g}, which must lie strictly inside ({lo_v:g}, {hi_v:g})")
+    return lo_v, hi_v
 
 
 @register
@@ -74,6 +85,15 @@ class HyperbolicAttention(Mechanism):
     (inputs are points of the ball; points outside raise an ``AttentionError`` naming the argument)
     or ``"tangent"`` (inputs are Euclidean vectors, mapped into the ball by ``to_poincare`` first).
     ``check_finite`` rejects NaN/inf input.
+
+    ``learn_curvature`` (False) makes κ a parameter: ``param_shapes()`` gains ``curvature_raw (1,)``, an
+    unconstrained number mapped into ``(kappa_min, kappa_max)`` by
+    ``κ = kappa_min + (kappa_max - kappa_min) sigmoid(raw)`` (:func:`~attnkit.kernels.stereographic.curvature_from_raw`),
+    so :func:`attnkit.functional_call` (and a torch module over it) trains it and κ stays in range. The
+    range defaults to ``(-R, R)`` with ``R = 4 max(1, |κ|)``: it contains the flat space, and the
+    formulas are smooth there, so κ may change sign while it learns; give ``kappa_max < 0`` to stay in
+    the ball. With a learnable κ the ball check (a test on data) gives way to projecting ``"ball"``
+    inputs onto the current ball (a no-op for κ >= 0); ``input_space="tangent"`` suits it best.
     """
 
     name = "hyperbolic"
@@ -93,11 +113,19 @@ class HyperbolicAttention(Mechanism):
         input_space: str = "ball",
         check_finite: bool = True,
         kappa: float | None = None,
+        learn_curvature: bool = False,
+        kappa_min: float | None = None,
+        kappa_max: float | None = None,
     ) -> None:
         super().__init__()
         self.dim = positive_int(dim, "dim")
         self.curvature = finite_float(curvature, "curvature")
-        self.kappa = -abs(self.curvature) if kappa is None else finite_float(kappa, "kappa")
+        self._kappa = -abs(self.curvature) if kappa is None else finite_float(kappa, "kappa")
+        self.learn_curvature = bool(learn_curvature)
+        self.kappa_min, self.kappa_max = curvature_range(self._kappa, kappa_min, kappa_max, self.learn_curvature)
+        if self.learn_curvature:
+            raw = st.raw_from_curvature(self._kappa, self.kappa_min, self.kappa_max)
+            self._params = {"curvature_raw": np.array([raw], dtype=np.float64)}
         self.temperature = positive_float(temperature, "temperature")
         self.aggregation = one_of(aggregation, "aggregation", ("einstein", "frechet"))
         self.frechet_iters = positive_int(frechet_iters, "frechet_iters")
@@ -108,18 +136,36 @@ class HyperbolicAttention(Mechanism):
         self.check_finite = bool(check_finite)
 
     @property
+    def kappa(self) -> float:
+        """The signed sectional curvature κ (the learned value with ``learn_curvature``)."""
+        if not self.learn_curvature:
+            return self._kappa
+        raw = np.asarray(self._params["curvature_raw"], dtype=np.float64)
+        return float(st.curvature_from_raw(raw, self.kappa_min, self.kappa_max, namespace(raw))[0])
+
+    def _kappa_of(self, params: Mapping[str, Array], like: Array, xp: Namespace) -> Any:
+        """κ for one call: a number, or with ``learn_curvature`` an array ``(1,)`` from ``params``."""
+        if not self.learn_curvature:
+            return self._kappa
+        raw = self._params_like(params, like)["curvature_raw"]
+        return st.curvature_from_raw(raw, self.kappa_min, self.kappa_max, xp)
+
+    @property
     def c(self) -> float:
         """``-κ``: the ball parameter ``|curvature|`` (the ball has radius ``1/sqrt(c)``); <= 0 off the ball."""
         return -self.kappa
 
     # ------------------------------------------------------------------ input handling
-    def _prepare(self, q: Any, keys: Any, values: Any, mask: Any) -> HeadlessInputs:
+    def _prepare(self, params: Mapping[str, Array], q: Any, keys: Any, values: Any, mask: Any) -> tuple[HeadlessInputs, Any]:
         h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, compute=pc.geometry_dtype)
-        xp, k = h.xp, self.kappa
+        xp = h.xp
+        k = self._kappa_of(params, h.q, xp)
+        eps = pc.margin(h.out_dtype)
         if self.input_space == "tangent":
-            eps = pc.margin(h.out_dtype)
             h.q, h.k, h.v = (st.project(st.expmap0(x, k, xp), k, eps, xp) for x in (h.q, h.k, h.v))
-        if k < 0:
+        elif self.learn_curvature:  # no test on data: ball inputs are projected onto the current ball
+            h.q, h.k, h.v = (st.project(x, k, eps, xp) for x in (h.q, h.k, h.v))
+        if not self.learn_curvature and k < 0:
             # finite tangent vectors always land inside; checked anyway, so NaN let through by
             # check_finite=False is still an error naming the argument rather than a NaN output
             pc.check_in_ball(h.q, "query", -k, xp)
@@ -127,10 +173,10 @@ class HyperbolicAttention(Mechanism):
                 pc.check_in_ball(h.k, "key", -k, xp)
             if values is not None:
                 pc.check_in_ball(h.v, "value", -k, xp)
-        return h
+        return h, k
 
-    def _weights(self, h: HeadlessInputs) -> Array:
-        logits = st.pairwise_dist(h.q, h.k, self.kappa, h.xp) * (-1.0 / self.temperature)
+    def _weights(self, h: HeadlessInputs, k: Any) -> Array:
+        logits = st.pairwise_dist(h.q, h.k, k, h.xp) * (-1.0 / self.temperature)
         return safe_softmax(apply_mask(logits, h.mask, h.xp), h.xp, axis=-1)
 
     # ------------------------------------------------------------------ public API
@@ -139,19 +185,19 @@ class HyperbolicAttention(Mechanism):
 
         ``key`` defaults to ``query`` (self-attention) and ``value`` to ``key``.
         """
-        h = self._prepare(query, key, value, mask)
-        w = self._weights(h)
+        h, k = self._prepare(params, query, key, value, mask)
+        w = self._weights(h, k)
         eps = pc.margin(h.out_dtype)
-        out = st.project(st.midpoint_aggregate(w, h.v, self.kappa, h.xp), self.kappa, eps, h.xp)
+        out = st.project(st.midpoint_aggregate(w, h.v, k, h.xp), k, eps, h.xp)
         if self.aggregation == "frechet":
             tol = self.frechet_tol if self.frechet_tol is not None else pc.default_tol(out.dtype)
-            out = st.frechet_aggregate(w, h.v, self.kappa, h.xp, iters=self.frechet_iters, tol=tol, init=out, eps=eps)
+            out = st.frechet_aggregate(w, h.v, k, h.xp, iters=self.frechet_iters, tol=tol, init=out, eps=eps)
         return h.finish(out)
 
     def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
         """The attention probabilities ``softmax(-d_c(q, k)/T)``: ``(..., Lq, Lk)`` (``(Lk,)`` for one query)."""
-        h = self._prepare(query, key, None, mask)
-        return h.finish(self._weights(h))
+        h, k = self._prepare(params, query, key, None, mask)
+        return h.finish(self._weights(h, k))
 
     def _checked(self, *arrays: tuple[str, Any]) -> tuple[Namespace, list[Array]]:
         """Float arrays of one library and dtype, finite (the flat and spherical cases, which have no ball to check)."""

@@ -99,6 +99,13 @@ class MixedCurvatureAttention(Mechanism):
     factors; ``input_space``: ``"ball"`` (points of the factors, ball points checked) or ``"tangent"``
     (tangent vectors at the origin, mapped in by ``exp_0`` and the output mapped back by ``log_0``);
     ``check_finite``. Values are points of the same space (width ``dim``); the output too.
+
+    ``learn_curvature`` (False) makes the curved factors' κ parameters: ``param_shapes()`` gains
+    ``curvature_raw (n,)``, one unconstrained number per curved factor, mapped by
+    :func:`~attnkit.kernels.stereographic.curvature_from_raw` into ``(-R, 0)`` for a hyperbolic factor and
+    ``(0, R)`` for a spherical one (``R = 4 max(1, |κ|)``): each factor keeps its kind, as the fixed
+    signature of Gu et al. 2019, and flat factors stay flat. Ball inputs are then projected onto the
+    current balls instead of checked.
     """
 
     name = "mixed_curvature"
@@ -121,6 +128,7 @@ class MixedCurvatureAttention(Mechanism):
         check_finite: bool = True,
         factors: str | None = None,
         factor_weights: str | None = None,
+        learn_curvature: bool = False,
     ) -> None:
         super().__init__()
         self.dim = positive_int(dim, "dim")
@@ -165,6 +173,40 @@ class MixedCurvatureAttention(Mechanism):
                     )
         self.euclidean_dim = de
         self.factor_weights = weights
+        self.learn_curvature = bool(learn_curvature)
+        # a learnable curved factor keeps its sign (Gu et al. 2019 learn curvatures of a fixed signature):
+        # κ < 0 in (-R, 0), κ > 0 in (0, R), R = 4 max(1, |κ|); flat factors stay flat
+        self._ranges = [(-4.0 * max(1.0, -k), 0.0) if k < 0 else (0.0, 4.0 * max(1.0, k)) for _, k in self.factors if k != 0.0]
+        if self.learn_curvature:
+            if not self._ranges:
+                raise ConfigError("learn_curvature: this product has no curved factor (every κ is 0) to learn")
+            curved = [k for _, k in self.factors if k != 0.0]
+            raw = [st.raw_from_curvature(k, lo, hi) for k, (lo, hi) in zip(curved, self._ranges, strict=True)]
+            self._params = {"curvature_raw": np.asarray(raw, dtype=np.float64)}
+
+    def curvatures(self) -> list[float]:
+        """Each factor's κ (the learned values with ``learn_curvature``)."""
+        if not self.learn_curvature:
+            return [k for _, k in self.factors]
+        raw = np.asarray(self._params["curvature_raw"], dtype=np.float64)
+        return [float(np.asarray(k).reshape(-1)[0]) for k in self._factor_kappas(raw, np)]
+
+    def _factor_kappas(self, raw: Any, xp: Namespace) -> list[Any]:
+        """κ of every factor: numbers, or (``learn_curvature``) arrays ``(1,)`` mapped from ``raw``."""
+        out, i = [], 0
+        for _, k in self.factors:
+            if k == 0.0 or not self.learn_curvature:
+                out.append(k)
+                continue
+            lo, hi = self._ranges[i]
+            out.append(st.curvature_from_raw(raw[i : i + 1], lo, hi, xp))
+            i += 1
+        return out
+
+    def _kappas_for(self, params: Mapping[str, Array], like: Array, xp: Namespace) -> list[Any]:
+        if not self.learn_curvature:
+            return [k for _, k in self.factors]
+        return self._factor_kappas(self._params_like(params, like)["curvature_raw"], xp)
 
     @property
     def c(self) -> float:
@@ -175,23 +217,25 @@ class MixedCurvatureAttention(Mechanism):
     def hyperbolic_dim(self) -> int:
         return self.dim - self.euclidean_dim
 
-    def _split(self, x: Array, name: str, xp: Namespace, given: bool) -> list[Array]:
+    def _split(self, x: Array, name: str, xp: Namespace, given: bool, kappas: list[Any]) -> list[Array]:
         """The factors' coordinates of ``x``, mapped in from the tangent space (``input_space="tangent"``)
-        and, for the balls, checked to lie inside."""
+        and, for the balls, checked to lie inside (projected onto them when κ is learned)."""
         parts, start = [], 0
-        for width, k in self.factors:
+        for (width, _), k in zip(self.factors, kappas, strict=True):
             part = x[..., start : start + width]
             if self.input_space == "tangent":
                 part = st.project(st.expmap0(part, k, xp), k, pc.margin(part.dtype), xp)
+            elif self.learn_curvature:
+                part = st.project(part, k, pc.margin(part.dtype), xp)
             elif given and k < 0:
                 pc.check_in_ball(part, f"{name} (factor of curvature {k:g}, coordinates {start}..{start + width - 1})", -k, xp)
             parts.append(part)
             start += width
         return parts
 
-    def _distances(self, qs: list[Array], ks: list[Array], xp: Namespace) -> Array:
+    def _distances(self, qs: list[Array], ks: list[Array], kappas: list[Any], xp: Namespace) -> Array:
         sq = None
-        for (_, k), fw, qf, kf in zip(self.factors, self.factor_weights, qs, ks, strict=True):
+        for k, fw, qf, kf in zip(kappas, self.factor_weights, qs, ks, strict=True):
             if fw:
                 d = st.pairwise_dist(qf, kf, k, xp)
                 sq = fw * d * d if sq is None else sq + fw * d * d
@@ -199,23 +243,24 @@ class MixedCurvatureAttention(Mechanism):
             raise ConfigError("factor_weights: every factor has weight 0")
         return _safe_sqrt(sq, xp)
 
-    def _weights(self, q: Any, keys: Any, values: Any, mask: Any) -> tuple:
+    def _weights(self, params: Mapping[str, Array], q: Any, keys: Any, values: Any, mask: Any) -> tuple:
         h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, values_width=self.dim, compute=pc.geometry_dtype)
         xp = h.xp
-        qs = self._split(h.q, "query", xp, True)
-        ks = self._split(h.k, "key", xp, keys is not None)
-        vs = self._split(h.v, "value", xp, values is not None)
-        logits = apply_mask(self._distances(qs, ks, xp) * (-1.0 / self.temperature), h.mask, xp)
-        return h, safe_softmax(logits, xp, axis=-1), vs
+        kappas = self._kappas_for(params, h.q, xp)
+        qs = self._split(h.q, "query", xp, True, kappas)
+        ks = self._split(h.k, "key", xp, keys is not None, kappas)
+        vs = self._split(h.v, "value", xp, values is not None, kappas)
+        logits = apply_mask(self._distances(qs, ks, kappas, xp) * (-1.0 / self.temperature), h.mask, xp)
+        return h, safe_softmax(logits, xp, axis=-1), vs, kappas
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Output points ``(..., Lq, dim)`` (``(dim,)`` for a single query)."""
-        h, w, vs = self._weights(query, key, value, mask)
+        h, w, vs, kappas = self._weights(params, query, key, value, mask)
         xp = h.xp
         eps = pc.margin(h.out_dtype)
         parts = []
-        for (_, k), vf in zip(self.factors, vs, strict=True):
-            if k == 0.0:
+        for (_, k0), k, vf in zip(self.factors, kappas, vs, strict=True):
+            if k0 == 0.0:
                 parts.append(w @ vf)  # the gyromidpoint at κ = 0 (rows of w sum to 1, or are 0)
                 continue
             o = st.project(st.midpoint_aggregate(w, vf, k, xp), k, eps, xp)
@@ -228,7 +273,7 @@ class MixedCurvatureAttention(Mechanism):
 
     def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
         """``softmax(-d(q, k)/T)``: ``(..., Lq, Lk)`` (``(Lk,)`` for a single query)."""
-        h, w, _ = self._weights(query, key, None, mask)
+        h, w, _, _ = self._weights(params, query, key, None, mask)
         return h.finish(w)
 
     def distance(self, x: Any, y: Any) -> Array:
@@ -243,7 +288,8 @@ class MixedCurvatureAttention(Mechanism):
             check_finite(a, name, xp)
         dt = xp.result_type(xa, ya)
         xa, ya = xp.astype(xa, dt), xp.astype(ya, dt)
-        return self._distances(self._split(xa, "x", xp, True), self._split(ya, "y", xp, True), xp)[..., 0, 0]
+        kappas = self._kappas_for(self._params, xa, xp)
+        return self._distances(self._split(xa, "x", xp, True, kappas), self._split(ya, "y", xp, True, kappas), kappas, xp)[..., 0, 0]
 
     def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         """``seq_len`` product points (float32): Gaussian flat parts, ball/sphere (or tangent) curved parts."""
