@@ -6,18 +6,21 @@
 ``GATConv``/``GATv2Conv(edge_dim=...)``. For target node ``i``, neighbour ``j`` (an edge ``j -> i``) with
 edge features ``e_ij`` and head ``h``:
 
-* v1: ``s_ij = LeakyReLU(a_dst . W x_i + a_src . W x_j + a_edge . W_e e_ij)``, message ``W x_j``;
-* v2: ``s_ij = a . LeakyReLU(W_r x_i + W_l x_j + W_e e_ij)``, message ``W_l x_j``;
+* v1: ``s_ij = LeakyReLU(a_dst . W_dst x_i + a_src . W_src x_j + a_edge . W_e e_ij)``, message ``W_src x_j``;
+* v2: ``s_ij = a . LeakyReLU(W_r x_i + b_r + W_l x_j + b_l + W_e e_ij)``, message ``W_l x_j + b_l``;
 
 ``alpha_ij = softmax_j(s_ij)`` over the incoming edges of ``i`` (a segment softmax over the edge list),
-``out_i = sum_j alpha_ij m_j`` per head, heads concatenated (``concat=True``) or averaged, plus a bias.
+``out_i = sum_j alpha_ij m_j`` per head, heads concatenated (``concat=True``) or averaged, plus the
+residual ``W_res x_i`` (``residual=True``) and a bias. The formulas live in :mod:`attnkit.kernels.gat`
+with PyG's semantics (self loops and their ``fill_value``, bipartite inputs, 1-D edge weights), and
+the layer is tested against PyG's layers option by option.
 
 :class:`GraphRoPEAttention` is parameter-free scaled dot-product attention over graph neighbours in which
 queries and keys are rotated by their nodes' positions with a rotary embedding (Su et al. 2021), so a
 score depends on the features and the *difference* of the positions (hop distance, order in a
 traversal, a coordinate along a path, ...): ``s_ij = scale <R(p_i) q_i, R(p_j) k_j>``.
 
-Both take two forms: the neighbour form ``forward(query, neighbours, third, mask)`` (one or many
+Both take two forms: the neighbour form ``forward(query, key, ...)`` with ``key`` the neighbours (one or many
 target nodes, each with its own or a shared set of ``k`` neighbours, like ``ScaledDotProduct``), and the
 whole-graph form ``forward_graph(..., edge_index)`` with ``edge_index (2, E)`` holding ``(src, dst)``
 rows: messages flow from ``src`` to ``dst``.
