@@ -54,6 +54,9 @@ CASES = {
     # more targets than sources: PyG adds loops for i < min(N_src, N_dst) (its "mean" fill cannot index
     # targets past that, so a constant fill)
     "v1-bipartite-more-targets": dict(bipartite="wide", fill_value=0.5),
+    # a pair (x_src, x_dst) of one width and different sizes: PyG's int in_channels, one shared lin
+    "v1-pair-one-width": dict(bipartite="shared"),
+    "v2-pair-one-width-residual": dict(version="v2", bipartite="shared", residual=True),
     "v1-residual": dict(residual=True),
     "v2-residual-mean-heads": dict(version="v2", residual=True, concat=False, heads=3),
     "v2-bipartite-residual-no-loops": dict(version="v2", bipartite=True, residual=True, self_loops=False),
@@ -69,7 +72,7 @@ F_SRC, F_DST = 5, 6
 def build(case: dict):
     o = {**BASE, **case}
     edge_dim = 1 if o["edge_dim"] == "1d" else o["edge_dim"]
-    bip = o["bipartite"]
+    bip = o["bipartite"] not in (False, "shared")
     in_ch = (F_SRC, F_DST) if bip else F_SRC
     cls = GATConv if o["version"] == "v1" else GATv2Conv
     kw = dict(
@@ -110,7 +113,7 @@ def build(case: dict):
 
 def inputs(o: dict, rng: np.random.Generator):
     ns = 7
-    nd = {False: 7, True: 4, "wide": 9}[o["bipartite"]]
+    nd = {False: 7, True: 4, "wide": 9, "shared": 4}[o["bipartite"]]
     e = 16
     ei = np.stack([rng.integers(0, ns, e), rng.integers(0, nd, e)])
     if not o["bipartite"]:
@@ -118,7 +121,7 @@ def inputs(o: dict, rng: np.random.Generator):
     ei[:, 1] = ei[:, 2] = [0, 3]  # a duplicate edge
     ei[1, ei[1] == nd - 1] = 0  # the last target has no incoming edge
     xs = torch.tensor(rng.standard_normal((ns, F_SRC)), requires_grad=True)
-    xd = torch.tensor(rng.standard_normal((nd, F_DST if o["bipartite"] else F_SRC)), requires_grad=True)
+    xd = torch.tensor(rng.standard_normal((nd, F_DST if o["bipartite"] not in (False, "shared") else F_SRC)), requires_grad=True)
     if o["edge_dim"] is None:
         ea = None
     elif o["edge_dim"] == "1d":
@@ -188,6 +191,16 @@ def test_state_dict_errors():
     sd["att_src"] = torch.zeros(2, 2, C, dtype=torch.float64)
     with pytest.raises(Exception, match="att_src"):
         ours.load_weights(sd)
+
+
+def test_dim_pair_is_dim_and_dst_dim():
+    a = EdgeFeaturedAttention(dim=(5, 6), edge_dim=2, heads=2, out_dim=4, self_loops=False)
+    b = EdgeFeaturedAttention(dim=5, dst_dim=6, edge_dim=2, heads=2, out_dim=4, self_loops=False)
+    assert a.param_shapes() == b.param_shapes() and "lin_src.weight" in a.param_shapes()
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((4, 5)), rng.standard_normal((3, 6)))
+    ei, ea = np.array([[0, 1, 3], [2, 0, 2]]), rng.standard_normal((3, 2))
+    np.testing.assert_array_equal(a.forward_graph(x, ei, ea), b.forward_graph(x, ei, ea))
 
 
 def test_bad_options():
