@@ -402,3 +402,25 @@ def test_frechet_traces_under_jit_with_fixed_steps():
     ks = np.asarray([-1.0, 1.0])[:, None, None]
     f = jax.jit(lambda w, x, k: S.frechet_aggregate(w, x, k, iters=30))
     np.testing.assert_allclose(np.asarray(f(w, x, ks)), S.frechet_aggregate(w, x, ks, iters=30), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_number_and_array_curvature_agree(k):
+    """A Python-number κ evaluates only its sign's branch; an array κ picks per element: the same values."""
+    rng = np.random.default_rng(14)
+    x, y = sample(rng, 9, k, "interior")
+    u = rng.standard_normal((9, D)) * 0.3
+    w = rng.uniform(0, 1, (4, 9))
+    ka = np.asarray(k)
+    pairs = [
+        (S.mobius_add(x, y, k), S.mobius_add(x, y, ka)),
+        (S.dist(x, y, k), S.dist(x, y, ka)),
+        (S.expmap(x, u, k), S.expmap(x, u, ka)),
+        (S.logmap(x, y, k), S.logmap(x, y, ka)),
+        (S.mobius_scalar_mul(1.3, x, k), S.mobius_scalar_mul(1.3, x, ka)),
+        (S.gyration(x, y, u, k), S.gyration(x, y, u, ka)),
+        (S.pairwise_dist(x, y, k), S.pairwise_dist(x, y, ka)),
+        (S.frechet_aggregate(w / w.sum(-1, keepdims=True), x, k, iters=5), S.frechet_aggregate(w / w.sum(-1, keepdims=True), x, ka, iters=5)),
+    ]
+    for a, b in pairs:
+        np.testing.assert_allclose(a, b, rtol=1e-14, atol=1e-15)

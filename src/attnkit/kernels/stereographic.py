@@ -129,8 +129,26 @@ def _poly(s: Array, coef: tuple[float, ...]) -> Array:
     return out
 
 
-def _T(s: Array, xp: Namespace) -> Array:
+def _sign(k: Any) -> int | None:
+    """The sign of a curvature given as a Python number (a configuration value, not data), else None.
+
+    With it the kernels evaluate only the branch of that sign (half the transcendental functions);
+    an array ``k`` (per row, learnable, traced) takes every branch and picks per element."""
+    if array_api_compat.is_array_api_obj(k):
+        return None
+    v = float(k)
+    return (v > 0) - (v < 0)
+
+
+def _T(s: Array, xp: Namespace, sign: int | None = None) -> Array:
     """``tan_κ(r)/r`` as a function of ``s = κ r^2``: ``tan(sqrt s)/sqrt s`` (s > 0), ``tanh(sqrt -s)/sqrt -s`` (s < 0)."""
+    if sign == 0:
+        return xp.ones_like(s)
+    if sign is not None:
+        big = s * sign >= _SERIES
+        r = xp.sqrt(xp.where(big, s * sign, xp.ones_like(s)))
+        closed = (xp.tan(r) if sign > 0 else xp.tanh(r)) / r
+        return xp.where(big, closed, _poly(s, _T_COEF))
     pos = s >= _SERIES
     neg = s <= -_SERIES
     one = xp.ones_like(s)
@@ -139,9 +157,22 @@ def _T(s: Array, xp: Namespace) -> Array:
     return xp.where(pos, xp.tan(rp) / rp, xp.where(neg, xp.tanh(rn) / rn, _poly(s, _T_COEF)))
 
 
-def _A(s: Array, xp: Namespace, one_plus: Array | None = None) -> Array:
+def _A(s: Array, xp: Namespace, one_plus: Array | None = None, sign: int | None = None) -> Array:
     """``artan_κ(r)/r`` as a function of ``s = κ r^2``; ``one_plus`` is ``1 + s`` when the caller can form
     it without cancellation (it is ``1 - z^2`` of the ``artanh(z)`` for ``s < 0``)."""
+    if sign == 0:
+        return xp.ones_like(s)
+    if sign is not None:
+        big = s * sign >= _SERIES
+        one = xp.ones_like(s)
+        r = xp.sqrt(xp.where(big, s * sign, one))
+        if sign > 0:
+            closed = xp.atan(r) / r
+        else:
+            opl = 1.0 + s if one_plus is None else one_plus
+            opl = xp.where(big, xp.clip(opl, min=_tiny(s, xp)), one)
+            closed = (xp.log1p(r) - 0.5 * xp.log(opl)) / r
+        return xp.where(big, closed, _poly(s, _A_COEF))
     pos = s >= _SERIES
     neg = s <= -_SERIES
     one = xp.ones_like(s)
@@ -153,10 +184,12 @@ def _A(s: Array, xp: Namespace, one_plus: Array | None = None) -> Array:
     return xp.where(pos, xp.atan(rp) / rp, xp.where(neg, artanh / rn, _poly(s, _A_COEF)))
 
 
-def _den(x2: Array, y2: Array, xy: Array, ss: Array, k: Array, xp: Namespace) -> Array:
+def _den(x2: Array, y2: Array, xy: Array | None, ss: Array, k: Array, xp: Namespace, sign: int | None = None) -> Array:
     """``1 - 2κ<x,y> + κ^2|x|^2|y|^2`` (the denominator of ``x (+) y``) without cancellation, >= 0;
-    ``ss`` is ``|x + y|^2``, computed by the caller from the sum itself."""
+    ``ss`` is ``|x + y|^2``, computed by the caller from the sum itself (``xy`` is not needed for κ <= 0)."""
     hyp = -k * ss + (1.0 + k * x2) * (1.0 + k * y2)
+    if sign is not None and sign <= 0:
+        return xp.clip(hyp, min=_tiny(x2, xp))
     sph = (1.0 - k * xy) ** 2 + (k * k) * xp.clip(x2 * y2 - xy * xy, min=0.0)
     return xp.clip(xp.where(k < 0, hyp, sph), min=_tiny(x2, xp))
 
@@ -182,15 +215,15 @@ def _sqrt0(t: Array, xp: Namespace) -> Array:
 def tan_k(r: Array, k: Any, xp: Namespace | None = None) -> Array:
     """``tan_κ(r) = tan(sqrt κ r)/sqrt κ`` (κ > 0), ``tanh(sqrt -κ r)/sqrt -κ`` (κ < 0), ``r`` (κ = 0), elementwise."""
     xp = xp or namespace(r)
-    k = _k(k, r, xp)
-    return r * _T(k * r * r, xp)
+    sg, k = _sign(k), _k(k, r, xp)
+    return r * _T(k * r * r, xp, sg)
 
 
 def artan_k(r: Array, k: Any, xp: Namespace | None = None) -> Array:
     """Inverse of :func:`tan_k`: ``atan``/``artanh`` scaled by ``sqrt|κ|``, ``r`` at κ = 0, elementwise."""
     xp = xp or namespace(r)
-    k = _k(k, r, xp)
-    return r * _A(k * r * r, xp)
+    sg, k = _sign(k), _k(k, r, xp)
+    return r * _A(k * r * r, xp, None, sg)
 
 
 def lambda_x(x: Array, k: Any, xp: Namespace | None = None) -> Array:
@@ -199,20 +232,20 @@ def lambda_x(x: Array, k: Any, xp: Namespace | None = None) -> Array:
     return 2.0 / _one_plus(_sq(x, xp), _k(k, x, xp), xp)
 
 
-def _add(x: Array, y: Array, x2: Array, y2: Array, xy: Array, k: Array, xp: Namespace) -> Array:
+def _add(x: Array, y: Array, x2: Array, y2: Array, xy: Array, k: Array, xp: Namespace, sg: int | None = None) -> Array:
     # ((1 + κ|x|^2) s - κ|s|^2 x) / den with s = x + y: identical to the textbook numerator, and for
     # y close to -x it is computed from the small s rather than by cancellation
     s = x + y
     ss = _sq(s, xp)
-    return ((1.0 + k * x2) * s - (k * ss) * x) / _den(x2, y2, xy, ss, k, xp)
+    return ((1.0 + k * x2) * s - (k * ss) * x) / _den(x2, y2, xy, ss, k, xp, sg)
 
 
 def mobius_add(x: Array, y: Array, k: Any, xp: Namespace | None = None) -> Array:
     """Möbius addition ``x (+)_κ y`` (Ungar 2008; Bachmann et al. 2020, eq. 2). ``(-x) (+) x = 0``;
     at κ = 0 it is ``x + y``. Not commutative, not associative (see :func:`gyration`)."""
     xp = xp or namespace(x, y)
-    k = _k(k, x, xp)
-    return _add(x, y, _sq(x, xp), _sq(y, xp), _dot(x, y, xp), k, xp)
+    sg, k = _sign(k), _k(k, x, xp)
+    return _add(x, y, _sq(x, xp), _sq(y, xp), _dot(x, y, xp), k, xp, sg)
 
 
 def mobius_sub(x: Array, y: Array, k: Any, xp: Namespace | None = None) -> Array:
@@ -226,69 +259,69 @@ def gyration(u: Array, v: Array, w: Array, k: Any, xp: Namespace | None = None) 
     ``b = -κ^2<v,w>|u|^2 + κ<u,w>`` and ``d`` the denominator of ``u (+) v``. It gives gyrocommutativity
     ``u (+) v = gyr[u, v](v (+) u)`` and is the identity at κ = 0."""
     xp = xp or namespace(u, v, w)
-    k = _k(k, u, xp)
+    sg, k = _sign(k), _k(k, u, xp)
     u2, v2, uv, uw, vw = _sq(u, xp), _sq(v, xp), _dot(u, v, xp), _dot(u, w, xp), _dot(v, w, xp)
     kk = k * k
     a = -kk * uw * v2 - k * vw + 2.0 * kk * uv * vw
     b = -kk * vw * u2 + k * uw
-    return w + 2.0 * (a * u + b * v) / _den(u2, v2, uv, _sq(u + v, xp), k, xp)
+    return w + 2.0 * (a * u + b * v) / _den(u2, v2, uv, _sq(u + v, xp), k, xp, sg)
 
 
 def mobius_scalar_mul(r: Any, x: Array, k: Any, xp: Namespace | None = None) -> Array:
     """``r (x)_κ x = tan_κ(r artan_κ|x|) x/|x|`` (Ganea et al. 2018, eq. 3): scales the distance from the
     origin by ``r`` (a number or an array broadcasting against ``(..., 1)``). ``r x`` at κ = 0."""
     xp = xp or namespace(x)
-    k = _k(k, x, xp)
+    sg, k = _sign(k), _k(k, x, xp)
     x2 = _sq(x, xp)
-    ra = r * _A(k * x2, xp, 1.0 + k * x2)  # r artan_κ|x| / |x|
-    return _T(k * ra * ra * x2, xp) * ra * x
+    ra = r * _A(k * x2, xp, 1.0 + k * x2, sg)  # r artan_κ|x| / |x|
+    return _T(k * ra * ra * x2, xp, sg) * ra * x
 
 
 def expmap0(u: Array, k: Any, xp: Namespace | None = None) -> Array:
     """``exp_0(u) = tan_κ(|u|) u/|u|`` (``λ_0 = 2``)."""
     xp = xp or namespace(u)
-    k = _k(k, u, xp)
-    return _T(k * _sq(u, xp), xp) * u
+    sg, k = _sign(k), _k(k, u, xp)
+    return _T(k * _sq(u, xp), xp, sg) * u
 
 
 def logmap0(y: Array, k: Any, xp: Namespace | None = None) -> Array:
     """``log_0(y) = artan_κ(|y|) y/|y|``, the inverse of :func:`expmap0`."""
     xp = xp or namespace(y)
-    k = _k(k, y, xp)
+    sg, k = _sign(k), _k(k, y, xp)
     y2 = _sq(y, xp)
-    return _A(k * y2, xp, 1.0 + k * y2) * y
+    return _A(k * y2, xp, 1.0 + k * y2, sg) * y
 
 
 def expmap(x: Array, u: Array, k: Any, xp: Namespace | None = None) -> Array:
     """``exp_x(u) = x (+) tan_κ(λ_x|u|/2) u/|u|`` (Bachmann et al. 2020, eq. 4): the end of the geodesic
     leaving ``x`` with velocity ``u``. Not projected (see :func:`project`)."""
     xp = xp or namespace(x, u)
-    k = _k(k, x, xp)
+    sg, k = _sign(k), _k(k, x, xp)
     x2 = _sq(x, xp)
     half = 1.0 / _one_plus(x2, k, xp)  # λ_x / 2
-    second = _T(k * half * half * _sq(u, xp), xp) * half * u
-    return _add(x, second, x2, _sq(second, xp), _dot(x, second, xp), k, xp)
+    second = _T(k * half * half * _sq(u, xp), xp, sg) * half * u
+    return _add(x, second, x2, _sq(second, xp), _dot(x, second, xp), k, xp, sg)
 
 
 def logmap(x: Array, y: Array, k: Any, xp: Namespace | None = None) -> Array:
     """``log_x(y) = 2/λ_x artan_κ|w| w/|w|``, ``w = (-x) (+) y``; inverse of :func:`expmap` at ``x``."""
     xp = xp or namespace(x, y)
-    k = _k(k, x, xp)
+    sg, k = _sign(k), _k(k, x, xp)
     x2, y2, xy = _sq(x, xp), _sq(y, xp), _dot(x, y, xp)
-    w = _add(-x, y, x2, y2, -xy, k, xp)
+    w = _add(-x, y, x2, y2, -xy, k, xp, sg)
     sq = _sq(y - x, xp)
-    den = _den(x2, y2, -xy, sq, k, xp)
+    den = _den(x2, y2, -xy, sq, k, xp, sg)
     w2 = sq / den  # |(-x) (+) y|^2 = |x - y|^2 / den
-    return _one_plus(x2, k, xp) * _A(k * w2, xp, _one_plus(x2, k, xp) * _one_plus(y2, k, xp) / den) * w
+    return _one_plus(x2, k, xp) * _A(k * w2, xp, _one_plus(x2, k, xp) * _one_plus(y2, k, xp) / den, sg) * w
 
 
-def _dist_from(sq: Array, x2: Array, y2: Array, xy: Array, k: Array, xp: Namespace) -> Array:
-    """``d_κ`` from ``|x - y|^2``, ``|x|^2``, ``|y|^2``, ``<x, y>`` (any broadcast shape)."""
-    den = _den(x2, y2, -xy, sq, k, xp)
+def _dist_from(sq: Array, x2: Array, y2: Array, xy: Array | None, k: Array, xp: Namespace, sg: int | None = None) -> Array:
+    """``d_κ`` from ``|x - y|^2``, ``|x|^2``, ``|y|^2``, ``<x, y>`` (any broadcast shape; None for κ <= 0)."""
+    den = _den(x2, y2, None if xy is None else -xy, sq, k, xp, sg)
     w2 = sq / den
     wn = _sqrt0(w2, xp)
     # 1 + κ|w|^2 = (1 + κ|x|^2)(1 + κ|y|^2) / den, without cancellation for κ < 0
-    return 2.0 * wn * _A(k * w2, xp, _one_plus(x2, k, xp) * _one_plus(y2, k, xp) / den)
+    return 2.0 * wn * _A(k * w2, xp, _one_plus(x2, k, xp) * _one_plus(y2, k, xp) / den, sg)
 
 
 def dist(x: Array, y: Array, k: Any, xp: Namespace | None = None) -> Array:
@@ -296,17 +329,17 @@ def dist(x: Array, y: Array, k: Any, xp: Namespace | None = None) -> Array:
     Exactly 0 for ``x = y``. At κ = 0 it is ``2|x - y|``: the metric is ``λ_x^2 g_E = 4 g_E`` there
     (as geoopt's ``Stereographic(0)``), so the κ -> 0 limit is the Euclidean distance scaled by 2."""
     xp = xp or namespace(x, y)
-    k = _k(k, x, xp)
+    sg, k = _sign(k), _k(k, x, xp)
     d = x - y
-    return _dist_from(_sq(d, xp), _sq(x, xp), _sq(y, xp), _dot(x, y, xp), k, xp)
+    return _dist_from(_sq(d, xp), _sq(x, xp), _sq(y, xp), _dot(x, y, xp), k, xp, sg)
 
 
 def dist0(x: Array, k: Any, xp: Namespace | None = None) -> Array:
     """``d_κ(0, x) = 2 artan_κ|x|``, shape ``(..., 1)``."""
     xp = xp or namespace(x)
-    k = _k(k, x, xp)
+    sg, k = _sign(k), _k(k, x, xp)
     x2 = _sq(x, xp)
-    return 2.0 * _sqrt0(x2, xp) * _A(k * x2, xp, 1.0 + k * x2)
+    return 2.0 * _sqrt0(x2, xp) * _A(k * x2, xp, 1.0 + k * x2, sg)
 
 
 def pairwise_sqdist(a: Array, b: Array, xp: Namespace) -> Array:
@@ -321,11 +354,11 @@ def pairwise_sqdist(a: Array, b: Array, xp: Namespace) -> Array:
     bb = xp.expand_dims(b, axis=-3)
     if rows >= m:
         diff = xp.expand_dims(a, axis=-2) - bb
-        return xp.sum(diff * diff, axis=-1)
+        return xp.vecdot(diff, diff, axis=-1)
     parts = []
     for i in range(0, m, rows):
         diff = xp.expand_dims(a[..., i : i + rows, :], axis=-2) - bb
-        parts.append(xp.sum(diff * diff, axis=-1))
+        parts.append(xp.vecdot(diff, diff, axis=-1))
     return xp.concat(parts, axis=-2)
 
 
@@ -333,12 +366,12 @@ def pairwise_dist(a: Array, b: Array, k: Any, xp: Namespace | None = None) -> Ar
     """``d_κ(a_i, b_j)`` for ``a (..., M, D)``, ``b (..., N, D)`` -> ``(..., M, N)``; ``k`` broadcasts
     against ``(..., M, N)`` (a per-batch curvature has shape ``(..., 1, 1)``)."""
     xp = xp or namespace(a, b)
-    k = _k(k, a, xp)
+    sg, k = _sign(k), _k(k, a, xp)
     sq = pairwise_sqdist(a, b, xp)
     a2 = _sq(a, xp)  # (..., M, 1)
     b2 = xp.expand_dims(xp.sum(b * b, axis=-1), axis=-2)  # (..., 1, N)
-    ab = xp.matmul(a, xp.matrix_transpose(b))
-    return _dist_from(sq, a2, b2, ab, k, xp)
+    ab = None if sg is not None and sg <= 0 else xp.matmul(a, xp.matrix_transpose(b))
+    return _dist_from(sq, a2, b2, ab, k, xp, sg)
 
 
 def project(x: Array, k: Any, eps: float | None = None, xp: Namespace | None = None) -> Array:
@@ -438,7 +471,7 @@ def frechet_aggregate(
     For κ < 0 every step is projected into the ball with the margin ``eps`` (default :func:`margin`).
     """
     xp = xp or namespace(w, x)
-    k = _k(k, x, xp)
+    sg, k = _sign(k), _k(k, x, xp)
     e = margin(x.dtype) if eps is None else float(eps)
     mu = midpoint_aggregate(w, x, k, xp) if init is None else init
     mu = project(mu, k, e, xp)
@@ -449,13 +482,13 @@ def frechet_aggregate(
         mu2 = _sq(mu, xp)  # (..., M, 1)
         mux = xp.matmul(mu, xp.matrix_transpose(x))
         beta = _one_plus(mu2, k, xp)
-        den = _den(mu2, x2, -mux, sq, k, xp)
+        den = _den(mu2, x2, -mux, sq, k, xp, sg)
         w2 = sq / den
-        a = w * _A(k * w2, xp, beta * opx / den) / den
+        a = w * _A(k * w2, xp, beta * opx / den, sg) / den
         alpha = beta - k * sq
         v = beta * (beta * xp.matmul(a, x) - xp.sum(a * alpha, axis=-1, keepdims=True) * mu)
         # step size from the curvature bound h(d), d = 2|w| A(κ|w|^2)
-        d = 2.0 * _sqrt0(w2, xp) * _A(k * w2, xp, beta * opx / den)
+        d = 2.0 * _sqrt0(w2, xp) * _A(k * w2, xp, beta * opx / den, sg)
         r = xp.sqrt(xp.clip(-k * d * d, min=1e-8))
         h = xp.where(k < 0, r / xp.tanh(r), xp.ones_like(r))
         lip = xp.sum(w * h, axis=-1, keepdims=True)
