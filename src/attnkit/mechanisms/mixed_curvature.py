@@ -110,7 +110,7 @@ class MixedCurvatureAttention(Mechanism):
 
     name = "mixed_curvature"
     summary = "attention in a product of Euclidean, hyperbolic and spherical factors (product-metric distance weights)"
-    layout = "headless"
+    input_layout = "headless"
     shape_options = {"dim": ("query", -1)}
     example_options = {"dim": 4}
 
@@ -320,7 +320,7 @@ class DualSpaceAttention(Mechanism):
 
     name = "dual_space"
     summary = "Euclidean dot-product and Poincaré-ball attention on the same inputs, mixed"
-    layout = "headless"
+    input_layout = "headless"
     shape_options = {"dim": ("query", -1)}
     example_options = {"dim": 4}
 
