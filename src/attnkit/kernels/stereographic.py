@@ -55,7 +55,7 @@ These kernels do not validate: the public wrappers and mechanisms check shapes, 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import array_api_compat
 
@@ -190,6 +190,7 @@ def _den(x2: Array, y2: Array, xy: Array | None, ss: Array, k: Array, xp: Namesp
     hyp = -k * ss + (1.0 + k * x2) * (1.0 + k * y2)
     if sign is not None and sign <= 0:
         return xp.clip(hyp, min=_tiny(x2, xp))
+    xy = cast(Array, xy)  # given by every caller that may meet κ > 0
     sph = (1.0 - k * xy) ** 2 + (k * k) * xp.clip(x2 * y2 - xy * xy, min=0.0)
     return xp.clip(xp.where(k < 0, hyp, sph), min=_tiny(x2, xp))
 

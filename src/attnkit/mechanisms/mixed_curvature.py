@@ -181,8 +181,8 @@ class MixedCurvatureAttention(Mechanism):
             if not self._ranges:
                 raise ConfigError("learn_curvature: this product has no curved factor (every κ is 0) to learn")
             curved = [k for _, k in self.factors if k != 0.0]
-            raw = [st.raw_from_curvature(k, lo, hi) for k, (lo, hi) in zip(curved, self._ranges, strict=True)]
-            self._params = {"curvature_raw": np.asarray(raw, dtype=np.float64)}
+            raws = [st.raw_from_curvature(k, lo, hi) for k, (lo, hi) in zip(curved, self._ranges, strict=True)]
+            self._params = {"curvature_raw": np.asarray(raws, dtype=np.float64)}
 
     def curvatures(self) -> list[float]:
         """Each factor's κ (the learned values with ``learn_curvature``)."""
