@@ -15,7 +15,6 @@ from ._common import (
     State,
     UsageError,
     array_stats,
-    attention_weights,
     console,
     create_mechanism,
     emit_json,
@@ -176,9 +175,9 @@ def run_compute(
     heat = None
     if heatmap is not None:
         from ._plot import heatmap as draw
+        from ._plot import pooled_weights
 
-        w = attention_weights(mech, q, k, m)
-        heat = draw(w, heatmap, title=f"{name} attention weights")
+        heat = draw(pooled_weights(mech, q, k, m), heatmap, title=f"{name} attention weights")
 
     summary = {
         "type": name,
