@@ -52,10 +52,16 @@ _CLI_MODULES = ("typer", "rich")
 
 
 def missing_cli_modules() -> list[str]:
-    """The modules of the ``cli`` extra that are not installed (empty when the command line can run)."""
-    import importlib.util
+    """The modules of the ``cli`` extra that cannot be imported (empty when the command line can run)."""
+    import importlib
 
-    return [m for m in _CLI_MODULES if importlib.util.find_spec(m) is None]
+    missing = []
+    for m in _CLI_MODULES:
+        try:
+            importlib.import_module(m)
+        except ImportError:
+            missing.append(m)
+    return missing
 
 
 def main(argv: list[str] | None = None) -> int:

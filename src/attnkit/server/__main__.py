@@ -13,9 +13,15 @@ from .settings import Settings
 
 
 def _missing_server_modules() -> list[str]:
-    import importlib.util
+    import importlib
 
-    return [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    missing = []
+    for m in ("fastapi", "uvicorn"):
+        try:
+            importlib.import_module(m)
+        except ImportError:
+            missing.append(m)
+    return missing
 
 
 def main(argv: list[str] | None = None) -> int:
