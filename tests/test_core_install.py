@@ -23,6 +23,8 @@ except ModuleNotFoundError:  # Python 3.10: the cli extra brings tomli
 
 import pytest
 
+pytestmark = pytest.mark.install
+
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ("numpy", "array-api-compat", "safetensors")
 #: the environment of every process run in the fresh venv: no PYTHONPATH (it would show the source tree)
