@@ -140,18 +140,41 @@ def _layout(mech: Any, q: Any) -> str:
     return "sequence" if np.ndim(q) == 3 else "headless"
 
 
-def _probe_tiles(mech: Any, q: Any, k: Any, mask: Any, block: int) -> Iterator[tuple[np.ndarray, int]]:
-    """Columns ``c0:c0+B`` of the weights of a sequence mechanism, ``(H, Lq, B)``, from one-hot values."""
+def _probe(mech: Any, q: Any, k: Any, mask: Any, lq: int, lk: int, heads: int, size: int, max_heads: int) -> PooledWeights:
+    """Pooled weights from one-hot values: ``forward(q, k, V)`` with ``V[j, (h,) c] = [j == c0 + c]`` for
+    the keys of one block returns those columns of the weights, ``(Lq, H, B)`` (sequence) or ``(Lq, B)``
+    (head-less). Checked: a weighted average of the values has rows summing to 1 (0 where all is masked)."""
+    from ..errors import AttentionError, ConfigError
+
+    name = getattr(mech, "name", type(mech).__name__)
+    no_weights = f"heatmap: mechanism {name!r} exposes no attention weights, and its output is not a weighted average of its values"
     qa = np.asarray(to_numpy(q))
     ka = qa if k is None else np.asarray(to_numpy(k))
-    lk, heads = ka.shape[0], ka.shape[1]
     dtype = np.float64 if qa.dtype == np.float64 else np.float32
+    block = max(1, min(lk, _TILE_ELEMENTS // max(lq * heads, 1)))
+    p = _Pooler(min(heads, max_heads), lq, lk, size)
+    sums = np.zeros((heads, lq))
     for c0 in range(0, lk, block):
         b = min(block, lk - c0)
-        v = np.zeros((lk, heads, b), dtype=dtype)
-        v[np.arange(c0, c0 + b), :, np.arange(b)] = 1.0
-        out = np.asarray(to_numpy(mech.forward(q, ka, v, mask=mask)), dtype=np.float64)  # (Lq, H, B)
-        yield np.moveaxis(out, 1, 0), c0
+        rows, cols = np.arange(c0, c0 + b), np.arange(b)
+        if qa.ndim == 3:
+            v = np.zeros((lk, heads, b), dtype=dtype)
+            v[rows, :, cols] = 1.0
+        else:
+            v = np.zeros((lk, b), dtype=dtype)
+            v[rows, cols] = 1.0
+        try:
+            out = np.asarray(to_numpy(mech.forward(q, ka, v, mask=mask)), dtype=np.float64)
+        except AttentionError:
+            raise ConfigError(no_weights) from None
+        tile = np.moveaxis(out, 1, 0) if qa.ndim == 3 else out[None]  # (H, Lq, B)
+        if tile.shape != (heads, lq, b):
+            raise ConfigError(no_weights)
+        sums += tile.sum(axis=2)
+        p.add(tile[: p.grid.shape[0]], 0, c0)
+    if not np.all((np.abs(sums - 1) < 1e-3) | (np.abs(sums) < 1e-6)):
+        raise ConfigError(no_weights)
+    return PooledWeights(p.grid, lq, lk, heads)
 
 
 def _row_tiles_exact(mech: Any) -> bool:
@@ -208,18 +231,11 @@ def pooled_weights(mech: Any, q: Any, k: Any = None, mask: Any = None, *, size: 
             return pool_array(attention_weights(mech, q, k, mask), size, max_heads)
         if has_weights(mech) and mask is None and _row_tiles_exact(mech):
             return _row_tiles(mech, q, k, lq, lk, heads, size, max_heads)
-        block = max(1, min(lk, _TILE_ELEMENTS // max(lq * heads, 1)))
-        p = _Pooler(min(heads, max_heads), lq, lk, size)
-        sums = np.zeros((heads, lq))
-        for tile, c0 in _probe_tiles(mech, q, k, mask, block):
-            sums += tile.sum(axis=2)
-            p.add(tile[: p.grid.shape[0]], 0, c0)
-        # a weighted average of the values has rows summing to 1 (0 where every key is masked)
-        if not np.all((np.abs(sums - 1) < 1e-3) | (np.abs(sums) < 1e-6)):
-            raise ConfigError(f"heatmap: {name}'s output is not a weighted average of its values and it exposes no weights")
-        return PooledWeights(p.grid, lq, lk, heads)
+        return _probe(mech, q, k, mask, lq, lk, heads, size, max_heads)
     if not has_weights(mech):
-        raise ConfigError(f"heatmap: mechanism {name!r} exposes no attention weights for its forward inputs")
+        if qa.ndim != 2:
+            raise ConfigError(f"heatmap: mechanism {name!r} exposes no attention weights for its forward inputs")
+        return _probe(mech, q, k, mask, lq, lk, 1, size, max_heads)
     if np.ndim(qa) == 1 or mask is not None:
         return pool_array(attention_weights(mech, q, k, mask), size, max_heads)
     # head-less: weights do not depend on query positions, so one block of queries at a time
@@ -354,6 +370,7 @@ PICTURES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("hyperbolic", "hyperbolic", {"dim": 16}),
     ("scaled_dot_product", "scaled_dot_product", {"dim": 32}),
     ("mixed_curvature", "mixed_curvature", {"dim": 32}),
+    ("graph_rope (rotary positions 0..L-1)", "graph_rope", {"dim": 32}),
     ("multi_head", "multi_head", {"model_dim": 32, "heads": 4, "seed": 0}),
     ("self", "self", {"model_dim": 32, "heads": 4, "seed": 0}),
     ("cross", "cross", {"query_dim": 32, "key_dim": 32, "heads": 4, "seed": 0}),
