@@ -6,6 +6,7 @@
 * Formulas: a display formula between ``$$`` lines is rendered to SVG by matplotlib's mathtext (no
   JavaScript, no network) and inlined.
 * Tables: ``<!-- perf:NAME -->`` is replaced by a table built from ``benchmarks/results/*.json``.
+* Docstrings: Sphinx roles such as ``:class:`~attnkit.X``` are shown as code (``X``).
 """
 
 from __future__ import annotations
@@ -58,7 +59,12 @@ def _graph_picture(path: Path) -> None:
     dense = np.zeros((alpha.shape[1], n, n))
     for e, (s, d) in enumerate(used.T):
         dense[:, d, s] = alpha[e]  # row: target node (the query), column: source node (the key)
-    _plot.heatmap(dense, path, title="edge_featured on an 8 x 8 grid graph")
+    _plot.heatmap(
+        dense,
+        path,
+        title="edge_featured on an 8 x 8 grid graph: attention of each node over its incoming edges",
+        labels=("source node", "target node"),
+    )
 
 
 def _draw_pictures(out: Path) -> None:
@@ -68,7 +74,7 @@ def _draw_pictures(out: Path) -> None:
     for label, _name, compute in _plot.pictures(PICTURE_LENGTH, seed=0):
         pw = compute()
         items.append((label, pw))
-        _plot.heatmap(pw, out / f"{slug(label)}.png", title=f"{label}: self-attention on a repeated 8-position motif")
+        _plot.heatmap(pw, out / f"{slug(label)}.png", title=f"{label}, self-attention on a repeated 8-position motif")
     _plot.heatmap_grid(items, out / "demo.png", title=f"attnkit demo: attention weights on a repeated 8-position motif (L={PICTURE_LENGTH})")
     _graph_picture(out / "edge-featured.png")
 
@@ -136,17 +142,19 @@ def _perf_dense() -> str:
 def _perf_other() -> str:
     data = json.loads((RESULTS / "dev-2core.json").read_text())
     m, lin, nb = data["memory"], data["linear"], data["neighbour"]
-    return "\n".join([
-        "| measurement | result | target met |",
-        "|---|---|:--:|",
-        f"| memory, L = {m['length']}, {m['heads']} heads, d {m['dim']} | {m['traced_peak_beyond_output_mb']:.1f} MB traced beyond the "
-        f"{m['output_mb']:.0f} MB output (dense scores would be {m['naive_scores_mb']:.0f} MB) | {'yes' if m['passed'] else 'no'} |",
-        f"| linear attention, L = {lin['length']} | {lin['linear_s'] * 1e3:.0f} ms against {lin['exact_s']:.1f} s exact "
-        f"({lin['speedup']:.0f}x) | {'yes' if lin['passed'] else 'no'} |",
-        f"| neighbour attention, {nb['queries']} queries x {nb['neighbours']} neighbours, d {nb['dim']} | one call "
-        f"{nb['one_call_s'] * 1e3:.0f} ms, Python loop {nb['python_loop_s'] * 1e3:.0f} ms ({nb['speedup']:.1f}x) | "
-        f"{'yes' if nb['passed'] else 'no'} |",
-    ])
+    return "\n".join(
+        [
+            "| measurement | result | target met |",
+            "|---|---|:--:|",
+            f"| memory, L = {m['length']}, {m['heads']} heads, d {m['dim']} | {m['traced_peak_beyond_output_mb']:.1f} MB traced beyond the "
+            f"{m['output_mb']:.0f} MB output (dense scores would be {m['naive_scores_mb']:.0f} MB) | {'yes' if m['passed'] else 'no'} |",
+            f"| linear attention, L = {lin['length']} | {lin['linear_s'] * 1e3:.0f} ms against {lin['exact_s']:.1f} s exact "
+            f"({lin['speedup']:.0f}x) | {'yes' if lin['passed'] else 'no'} |",
+            f"| neighbour attention, {nb['queries']} queries x {nb['neighbours']} neighbours, d {nb['dim']} | one call "
+            f"{nb['one_call_s'] * 1e3:.0f} ms, Python loop {nb['python_loop_s'] * 1e3:.0f} ms ({nb['speedup']:.1f}x) | "
+            f"{'yes' if nb['passed'] else 'no'} |",
+        ]
+    )
 
 
 def _perf_server() -> str:
@@ -155,7 +163,9 @@ def _perf_server() -> str:
         data = json.loads((RESULTS / name).read_text())
         stack = f"{data['json_parser']}, {data['http_parser']}, {data['event_loop']}"
         for r in data["results"]:
-            out.append(f"| {stack} | {r['format']} | {r['concurrency']} | {r['req_per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |")
+            out.append(
+                f"| {stack} | {r['format']} | {r['concurrency']} | {r['req_per_s']:.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |"
+            )
     data = json.loads((RESULTS / "server_load.json").read_text())
     out.append("")
     out.append(f"*Request: {data['request']}; server {data['server']}; client: {data['client']}.*")
@@ -163,6 +173,19 @@ def _perf_server() -> str:
 
 
 _TABLES = {"dense": _perf_dense, "other": _perf_other, "server": _perf_server}
+
+
+# the docstrings use Sphinx roles (:class:`~attnkit.X`); Markdown renders them as ":class:<code>~attnkit.X</code>"
+_ROLE = re.compile(r":(?:py:)?(?:class|meth|func|mod|attr|obj|data|exc|const):<code>(~?)([^<]+)</code>")
+
+
+def _role(m: re.Match[str]) -> str:
+    target = m.group(2)
+    return f"<code>{target.rsplit('.', 1)[-1] if m.group(1) else target}</code>"
+
+
+def on_page_content(html_text: str, page: Any, config: Any, files: Files) -> str:
+    return _ROLE.sub(_role, html_text)
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str:

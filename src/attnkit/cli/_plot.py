@@ -282,12 +282,14 @@ def _cmap() -> Any:
     return matplotlib.colormaps["magma"].with_extremes(under="#d9d9d9", bad="#d9d9d9")
 
 
-def _draw_panel(ax: Any, grid: np.ndarray, pw: PooledWeights, norm: Any, cmap: Any, title: str) -> Any:
+def _draw_panel(
+    ax: Any, grid: np.ndarray, pw: PooledWeights, norm: Any, cmap: Any, title: str, labels: tuple[str, str] = ("key position", "query position")
+) -> Any:
     img = np.where(grid > 0, grid, np.nan)
     im = ax.imshow(img, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest", extent=(0, pw.lk, pw.lq, 0))
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel("key position", fontsize=8)
-    ax.set_ylabel("query position", fontsize=8)
+    ax.set_xlabel(labels[0], fontsize=8)
+    ax.set_ylabel(labels[1], fontsize=8)
     ax.tick_params(labelsize=7)
     return im
 
@@ -311,27 +313,46 @@ def _save(fig: Any, plt: Any, path: str | os.PathLike[str]) -> str:
     return os.fspath(path)
 
 
-def heatmap(weights: Any, path: str | os.PathLike[str], title: str = "attention weights", *, size: int = 256, max_heads: int = 16) -> str:
+def _wrap(text: str, width_in: float, fontsize: float = 10) -> str:
+    """``text`` wrapped to lines that fit a figure ``width_in`` inches wide."""
+    import textwrap
+
+    chars = max(20, int(width_in * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
+
+
+def heatmap(
+    weights: Any,
+    path: str | os.PathLike[str],
+    title: str = "attention weights",
+    *,
+    size: int = 256,
+    max_heads: int = 16,
+    labels: tuple[str, str] = ("key position", "query position"),
+) -> str:
     """Draw attention weights, one panel per head (at most ``max_heads``; the title says which are drawn),
     to the PNG/SVG/PDF ``path``; returns the path. ``weights`` is a :class:`PooledWeights` or an array
-    ``(Lk,)``, ``(Lq, Lk)`` or ``(..., H, Lq, Lk)`` (pooled here to ``size`` cells a side)."""
+    ``(Lk,)``, ``(Lq, Lk)`` or ``(..., H, Lq, Lk)`` (pooled here to ``size`` cells a side). ``labels``
+    names the x (key) and y (query) axes."""
     plt = _pyplot("--heatmap")
     pw = weights if isinstance(weights, PooledWeights) else pool_array(weights, size, max_heads)
     n = pw.drawn
     cols = min(n, 4)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols + 1.2, 2.8 * rows + 0.9), squeeze=False)
+    width = 3.0 * cols + 1.4
+    fig, axes = plt.subplots(rows, cols, figsize=(width, 2.9 * rows + 1.0), squeeze=False, layout="constrained")
     norm, cmap = _norm(list(pw.grid)), _cmap()
     im = None
     for i, ax in enumerate(axes.flat):
         if i >= n:
             ax.axis("off")
             continue
-        im = _draw_panel(ax, pw.grid[i], pw, norm, cmap, f"head {i}" if pw.heads > 1 else "")
+        im = _draw_panel(ax, pw.grid[i], pw, norm, cmap, f"head {i}" if pw.heads > 1 else "", labels)
     heads = f"all {pw.heads} heads" if n == pw.heads else f"heads 0-{n - 1} of {pw.heads}"
+    if pw.heads == 1:
+        heads = "one head"
     note = _pooling_note(pw)
-    fig.suptitle(f"{title} ({heads}; Lq={pw.lq}, Lk={pw.lk})" + (f"\n{note}" if note else ""), fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(_wrap(title, width) + f"\n({heads}; Lq={pw.lq}, Lk={pw.lk})" + (f"\n{note}" if note else ""), fontsize=10)
     if im is not None:
         cb = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.9, label="attention weight (log scale; grey = 0)")
         cb.ax.tick_params(which="both", labelsize=8)
@@ -346,7 +367,7 @@ def heatmap_grid(items: Sequence[tuple[str, Any]], path: str | os.PathLike[str],
     n = len(pooled)
     cols = min(max(n, 1), 4)
     rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.1 * rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.1 * rows + 0.6), squeeze=False, layout="constrained")
     cmap = _cmap()
     for i, ax in enumerate(axes.flat):
         if i >= n:
@@ -356,7 +377,6 @@ def heatmap_grid(items: Sequence[tuple[str, Any]], path: str | os.PathLike[str],
         im = _draw_panel(ax, pw.grid[0], pw, _norm([pw.grid[0]]), cmap, label + (f"\n(head 0 of {pw.heads})" if pw.heads > 1 else ""))
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(which="both", labelsize=7)
     fig.suptitle(title + "\ncolour: attention weight, log scale, one scale per panel; grey = exactly 0 (masked)", fontsize=10)
-    fig.tight_layout()
     return _save(fig, plt, path)
 
 
@@ -370,7 +390,7 @@ PICTURES: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("hyperbolic", "hyperbolic", {"dim": 16}),
     ("scaled_dot_product", "scaled_dot_product", {"dim": 32}),
     ("mixed_curvature", "mixed_curvature", {"dim": 32}),
-    ("graph_rope (rotary positions 0..L-1)", "graph_rope", {"dim": 32}),
+    ("graph_rope (query at position 0, keys at ranks 0..L-1)", "graph_rope", {"dim": 32}),
     ("multi_head", "multi_head", {"model_dim": 32, "heads": 4, "seed": 0}),
     ("self", "self", {"model_dim": 32, "heads": 4, "seed": 0}),
     ("cross", "cross", {"query_dim": 32, "key_dim": 32, "heads": 4, "seed": 0}),
