@@ -337,7 +337,7 @@ def heatmap(
     plt = _pyplot("--heatmap")
     pw = weights if isinstance(weights, PooledWeights) else pool_array(weights, size, max_heads)
     n = pw.drawn
-    cols = min(n, 4)
+    cols = min(4, math.ceil(math.sqrt(n)))  # 4 heads: 2 x 2; 16: 4 x 4
     rows = math.ceil(n / cols)
     width = 3.0 * cols + 1.4
     fig, axes = plt.subplots(rows, cols, figsize=(width, 2.9 * rows + 1.0), squeeze=False, layout="constrained")
