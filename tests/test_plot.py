@@ -182,3 +182,13 @@ def test_demo_writes_to_temp_dir_not_cwd(tmp_path: Path):
     pic = tmp / "attnkit" / "attnkit-demo.png"
     assert str(pic) in proc.stdout.replace("\n", "")
     _assert_picture(pic, 1200, 900)
+
+
+def test_compute_motif_heatmap_and_its_errors(tmp_path: Path):
+    from test_cli_support import one_error_line
+
+    run = Runner(tmp_path)
+    ok(run("compute", "-t", "flash", "--heads", "2", "--dim", "8", "--random", "48", "--motif", "8", "--causal", "--heatmap", "m.png"))
+    _assert_picture(tmp_path / "m.png", 500, 400)
+    assert "--motif" in one_error_line(run("compute", "-t", "flash", "--motif", "8"))
+    assert "--motif" in one_error_line(run("compute", "-t", "flash", "--random", "8", "--motif", "0"))

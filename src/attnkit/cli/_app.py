@@ -86,6 +86,14 @@ def compute(
         str | None,
         typer.Option("--output", "-o", help="Write the output; format from the extension ('-' = JSON on stdout).", metavar="FILE"),
     ] = None,
+    motif: Annotated[
+        int | None,
+        typer.Option(
+            "--motif",
+            help="With --random: repeat a motif of this many positions, keys = query (structured inputs for --heatmap).",
+            metavar="PERIOD",
+        ),
+    ] = None,
     shape: Annotated[
         list[str] | None,
         typer.Option("--shape", help="Reshape inputs (needed for raw .bin): DIMS for all, or ROLE=DIMS (q=8,2,16).", metavar="[ROLE=]DIMS"),
@@ -124,7 +132,7 @@ def compute(
 
     run_compute(
         STATE, ctx.args, type_=type_, inputs=inputs, query=query, keys=keys, values=values, mask=mask,
-        random=random, output=output, shape=shape or [], input_format=input_format, output_format=output_format,
+        random=random, output=output, motif=motif, shape=shape or [], input_format=input_format, output_format=output_format,
         dtype=dtype,
         common={"heads": heads, "dim": dim, "causal": causal, "block_size": block_size, "curvature": curvature,
                 "feature_map": feature_map, "scale": scale},

@@ -374,7 +374,8 @@ def heatmap_grid(items: Sequence[tuple[str, Any]], path: str | os.PathLike[str],
             ax.axis("off")
             continue
         label, pw = pooled[i]
-        im = _draw_panel(ax, pw.grid[0], pw, _norm([pw.grid[0]]), cmap, label + (f"\n(head 0 of {pw.heads})" if pw.heads > 1 else ""))
+        head = f" (head 0 of {pw.heads})" if pw.heads > 1 else ""
+        im = _draw_panel(ax, pw.grid[0], pw, _norm([pw.grid[0]]), cmap, _wrap(label + head, 3.0, 9))
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).ax.tick_params(which="both", labelsize=7)
     fig.suptitle(title + "\ncolour: attention weight, log scale, one scale per panel; grey = exactly 0 (masked)", fontsize=10)
     return _save(fig, plt, path)

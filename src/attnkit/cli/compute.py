@@ -105,6 +105,7 @@ def run_compute(
     mask: str | None,
     random: int | None,
     output: str | None,
+    motif: int | None = None,
     shape: Sequence[str],
     input_format: str | None,
     output_format: str | None,
@@ -134,6 +135,8 @@ def run_compute(
         raise UsageError(f"--dtype: expected float32, float64 or float16, got {dtype!r}")
     if random is not None and random < 1:
         raise UsageError(f"--random: expected a positive length, got {random}")
+    if motif is not None and (random is None or motif < 1):
+        raise UsageError(f"--motif: expected a positive period together with --random LENGTH, got {motif}" + ("" if random else " without --random"))
     if random is not None and (inputs or query):
         raise UsageError("--random: give either --random LENGTH or input files (-q/--inputs), not both")
     if random is None and not (inputs or query):
@@ -149,6 +152,12 @@ def run_compute(
 
     if random is not None:
         drawn = mech.sample_inputs(random, np.random.default_rng(seed))
+        if motif is not None:
+            from ._plot import motif_inputs
+
+            drawn = motif_inputs(mech, random, motif=motif, seed=seed)
+            if len(drawn) > 1 and drawn[1].shape == drawn[0].shape:
+                drawn = (drawn[0], drawn[0], *drawn[2:])  # keys = query: the motif meets itself
         arrays = dict(zip(("q", "k", "v", "mask"), drawn, strict=False))
         if dtype is not None:
             arrays = {r: (a.astype(dtype) if a.dtype.kind == "f" else a) for r, a in arrays.items()}
