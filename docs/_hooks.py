@@ -54,7 +54,7 @@ def _graph_picture(path: Path) -> None:
     x = rng.standard_normal((n, 16)).astype(np.float32)
     ef = rng.standard_normal((edges.shape[1], 4)).astype(np.float32)
     mech = attnkit.EdgeFeaturedAttention(dim=16, edge_dim=4, heads=2, seed=0)
-    used, alpha = mech.attention_weights(x, edges, ef)
+    used, alpha = mech.graph_attention_weights(x, edges, ef)
     alpha = np.asarray(alpha)
     dense = np.zeros((alpha.shape[1], n, n))
     for e, (s, d) in enumerate(used.T):

@@ -1,18 +1,20 @@
 """Pictures for the command line and the docs: attention-weight heatmaps and benchmark curves
 (matplotlib, ``plot`` extra).
 
-Heatmaps never hold a full ``(H, Lq, Lk)`` weight tensor for long inputs. :func:`pooled_weights` walks
-the weights tile by tile and max-pools each tile into a grid of at most ``size x size`` cells per head
-before anything is drawn, so the memory is O(H * L * block) plus the grid:
+Heatmaps never hold a full ``(H, Lq, Lk)`` weight tensor for long inputs when they can avoid it.
+:func:`pooled_weights` walks the weights tile by tile and max-pools each tile into a grid of at most
+``size x size`` cells per head before anything is drawn, so the memory is O(H * L * block) plus the grid:
 
-* sequence mechanisms whose output is a weighted average of the values (flash, local-global, linear...)
+* mechanisms whose weights do not depend on query positions (flash without rotary embeddings,
+  multi-head and cross attention, the head-less and neighbour mechanisms) are asked for the weights of
+  one block of queries at a time, ``mech.attention_weights(q[r0:r1], k[:r1 + Lk - Lq])`` (with the
+  bottom-right causal alignment, those keys keep each row's own mask);
+* sequence mechanisms that need the whole sequence (local-global, which requires ``Lq == Lk``) and
+  those without attention weights whose output is a weighted average of the values (linear attention)
   are probed with one-hot values: ``forward(q, k, V)`` with ``V[j, h, :] = e_j`` for the keys ``j`` of
-  one block returns exactly those columns of the attention weights (for linear attention the implicit
-  weights ``phi(q_i) . phi(k_j) / sum_j' phi(q_i) . phi(k_j')``), through the mechanism's own forward;
-* head-less mechanisms with a weights method (hyperbolic, scaled dot-product, mixed curvature) are asked
-  for the weights of one block of queries at a time (they do not depend on query positions);
-* model-level layers (multi-head, self, cross) keep the weights of their last forward, which is the
-  only place they exist: those are pooled as they come.
+  one block returns exactly those columns of the weights (for linear attention the implicit weights
+  ``phi(q_i) . phi(k_j) / sum_j' phi(q_i) . phi(k_j')``); every row must sum to 1, which is checked;
+* ``SelfAttention`` (one sequence, model width) is the exception: its weights are computed whole.
 
 The colour scale is logarithmic (weights that are exactly 0, masked keys, are drawn grey), so the
 small weights of a band or a causal triangle stay visible next to the large ones.
@@ -24,7 +26,7 @@ import dataclasses
 import math
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -128,26 +130,16 @@ def pool_array(w: Any, size: int = 256, max_heads: int = 16) -> PooledWeights:
     return PooledWeights(p.grid, lq, lk, heads)
 
 
-def _layout(mech: Any, q: Any) -> str:
-    layout = getattr(type(mech), "layout", None)
-    if isinstance(layout, str):
-        return layout
-    from ..mechanisms._weights_access import weights_from_forward
-    from ._common import has_weights
-
-    if has_weights(mech) and weights_from_forward(mech):
-        return "model"
-    return "sequence" if np.ndim(q) == 3 else "headless"
-
-
-def _probe(mech: Any, q: Any, k: Any, mask: Any, lq: int, lk: int, heads: int, size: int, max_heads: int) -> PooledWeights:
+def _probe(
+    mech: Any, q: Any, k: Any, mask: Any, extras: Mapping[str, Any], lq: int, lk: int, heads: int, size: int, max_heads: int
+) -> PooledWeights:
     """Pooled weights from one-hot values: ``forward(q, k, V)`` with ``V[j, (h,) c] = [j == c0 + c]`` for
     the keys of one block returns those columns of the weights, ``(Lq, H, B)`` (sequence) or ``(Lq, B)``
     (head-less). Checked: a weighted average of the values has rows summing to 1 (0 where all is masked)."""
     from ..errors import AttentionError, ConfigError
 
     name = getattr(mech, "name", type(mech).__name__)
-    no_weights = f"heatmap: mechanism {name!r} exposes no attention weights, and its output is not a weighted average of its values"
+    no_weights = f"heatmap: mechanism {name!r} has no attention weights, and its output is not a weighted average of its values"
     qa = np.asarray(to_numpy(q))
     ka = qa if k is None else np.asarray(to_numpy(k))
     dtype = np.float64 if qa.dtype == np.float64 else np.float32
@@ -164,7 +156,7 @@ def _probe(mech: Any, q: Any, k: Any, mask: Any, lq: int, lk: int, heads: int, s
             v = np.zeros((lk, b), dtype=dtype)
             v[rows, cols] = 1.0
         try:
-            out = np.asarray(to_numpy(mech.forward(q, ka, v, mask=mask)), dtype=np.float64)
+            out = np.asarray(to_numpy(mech.forward(q, ka, v, mask=mask, **extras)), dtype=np.float64)
         except AttentionError:
             raise ConfigError(no_weights) from None
         tile = np.moveaxis(out, 1, 0) if qa.ndim == 3 else out[None]  # (H, Lq, B)
@@ -179,7 +171,10 @@ def _probe(mech: Any, q: Any, k: Any, mask: Any, lq: int, lk: int, heads: int, s
 
 def _row_tiles_exact(mech: Any) -> bool:
     """Whether a block of queries, with the keys a causal mask lets it see, gets the same weights as in
-    the whole: true unless the mechanism uses positions (rotary embeddings, a local window)."""
+    the whole: not where ``Lq == Lk`` is required, nor where positions matter (rotary embeddings on
+    sequences, a local window)."""
+    if getattr(mech, "same_length", False):
+        return False
     try:
         opts = mech.options()
     except Exception:  # noqa: BLE001 - no options: do not assume
@@ -187,64 +182,64 @@ def _row_tiles_exact(mech: Any) -> bool:
     return not opts.get("rope") and "window" not in opts and "global_tokens" not in opts
 
 
-def _row_tiles(mech: Any, q: Any, k: Any, lq: int, lk: int, heads: int, size: int, max_heads: int) -> PooledWeights:
-    """Weights of one block of queries at a time from the mechanism's weights method. Causal masks are
+def _row_tiles(mech: Any, q: Any, k: Any, extras: Mapping[str, Any], lq: int, lk: int, size: int, max_heads: int) -> PooledWeights:
+    """Weights of one block of queries at a time from ``mech.attention_weights``. Causal masks are
     aligned bottom-right (query ``i`` sees keys ``j <= i + Lk - Lq``), so rows ``r0:r1`` with the keys
     ``:r1 + Lk - Lq`` keep exactly their own mask; the keys after those get weight 0 in the whole."""
-    from ._common import attention_weights
-
     qa = np.asarray(to_numpy(q))
     ka = qa if k is None else np.asarray(to_numpy(k))
     causal = bool(getattr(mech, "causal", False))
+    heads = qa.shape[-2] if qa.ndim == 3 else int(getattr(mech, "heads", 1) or 1)
     step = max(1, _TILE_ELEMENTS // max(lk * heads, 1))
-    p = _Pooler(min(heads, max_heads), lq, lk, size)
+    p: _Pooler | None = None
+    total = heads
     for r0 in range(0, lq, step):
         r1 = min(lq, r0 + step)
         kk = ka[: max(0, r1 + lk - lq)] if causal else ka
         if kk.shape[0] == 0:
             continue  # rows that see no key: all weights 0
-        w = np.asarray(to_numpy(attention_weights(mech, qa[r0:r1], kk)), dtype=np.float64)  # (H, r1-r0, Lk')
+        w = _as_heads(mech.attention_weights(qa[r0:r1], kk, **extras))  # (H, r1 - r0, Lk')
+        if p is None:
+            total = w.shape[0]
+            p = _Pooler(min(total, max_heads), lq, lk, size)
         p.add(w[: p.grid.shape[0]], r0, 0)
-    return PooledWeights(p.grid, lq, lk, heads)
+    if p is None:
+        p = _Pooler(min(total, max_heads), lq, lk, size)
+    return PooledWeights(p.grid, lq, lk, total)
 
 
-def pooled_weights(mech: Any, q: Any, k: Any = None, mask: Any = None, *, size: int = 256, max_heads: int = 16) -> PooledWeights:
+def pooled_weights(
+    mech: Any, q: Any, k: Any = None, mask: Any = None, *, extras: Mapping[str, Any] | None = None, size: int = 256, max_heads: int = 16
+) -> PooledWeights:
     """The attention weights of ``mech`` for ``(q, k)``, max-pooled to at most ``size x size`` per head,
-    computed tile by tile (see the module docstring). Heads beyond ``max_heads`` are not computed.
+    computed tile by tile where that is exact (see the module docstring). ``extras`` are forward's
+    keyword inputs (edge features). Heads beyond ``max_heads`` are computed but not kept.
 
-    Raises :class:`attnkit.errors.ConfigError` for a mechanism whose output is not a weighted average of
-    its values and that exposes no weights (mixtures, graph layers)."""
+    Raises :class:`attnkit.errors.ConfigError` for a mechanism that has no attention weights and whose
+    output is not a weighted average of its values (mixtures)."""
     from ..errors import ConfigError
     from ._common import attention_weights, has_weights
 
-    layout = _layout(mech, q)
+    extras = dict(extras or {})
     name = getattr(mech, "name", type(mech).__name__)
-    if layout == "model":
-        mech.forward(q, k, k, mask=mask)
-        return pool_array(attention_weights(mech, q, k, mask), size, max_heads)
+    layout = getattr(mech, "input_layout", "sequence")
     qa = np.asarray(to_numpy(q))
-    lq = qa.shape[0]
+    lq = 1 if qa.ndim == 1 else qa.shape[0]
     lk = lq if k is None else np.asarray(to_numpy(k)).shape[0]
-    if layout == "sequence" and qa.ndim == 3:
-        heads = qa.shape[1]
-        if has_weights(mech) and heads * lq * lk <= _FULL_ELEMENTS:
-            return pool_array(attention_weights(mech, q, k, mask), size, max_heads)
-        if has_weights(mech) and mask is None and _row_tiles_exact(mech):
-            return _row_tiles(mech, q, k, lq, lk, heads, size, max_heads)
-        return _probe(mech, q, k, mask, lq, lk, heads, size, max_heads)
+    seq_heads = qa.shape[1] if layout == "sequence" and qa.ndim == 3 else 1
     if not has_weights(mech):
-        if qa.ndim != 2:
-            raise ConfigError(f"heatmap: mechanism {name!r} exposes no attention weights for its forward inputs")
-        return _probe(mech, q, k, mask, lq, lk, 1, size, max_heads)
-    if np.ndim(qa) == 1 or mask is not None:
-        return pool_array(attention_weights(mech, q, k, mask), size, max_heads)
-    # head-less: weights do not depend on query positions, so one block of queries at a time
-    ka = qa if k is None else k
-    step = max(1, _TILE_ELEMENTS // max(lk, 1))
-    p = _Pooler(1, lq, lk, size)
-    for r0 in range(0, lq, step):
-        p.add(_as_heads(attention_weights(mech, qa[r0 : r0 + step], ka)), r0, 0)
-    return PooledWeights(p.grid, lq, lk, 1)
+        if layout in ("sequence", "headless") and qa.ndim >= 2:
+            return _probe(mech, q, k, mask, extras, lq, lk, seq_heads, size, max_heads)
+        raise ConfigError(f"heatmap: mechanism {name!r} has no attention weights")
+    heads = seq_heads if layout == "sequence" else int(getattr(mech, "heads", 1) or 1)
+    small = heads * lq * lk <= _FULL_ELEMENTS
+    if small or mask is not None or qa.ndim == 1:
+        return pool_array(attention_weights(mech, q, k, mask, **extras), size, max_heads)
+    if _row_tiles_exact(mech) and not extras:
+        return _row_tiles(mech, q, k, extras, lq, lk, size, max_heads)
+    if layout == "sequence":
+        return _probe(mech, q, k, mask, extras, lq, lk, seq_heads, size, max_heads)
+    return pool_array(attention_weights(mech, q, k, mask, **extras), size, max_heads)  # O(H Lq Lk): no exact tiling
 
 
 # ------------------------------------------------------------------------------------- structured data

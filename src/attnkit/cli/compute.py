@@ -150,8 +150,10 @@ def run_compute(
     if weights is not None:
         _load_weights(mech, weights)
 
+    extras: dict[str, Any] = {}
     if random is not None:
-        drawn = mech.sample_inputs(random, np.random.default_rng(seed))
+        drawn = mech.example_inputs(random, np.random.default_rng(seed))
+        extras = mech.example_extras(random, np.random.default_rng(seed + 1))
         if motif is not None:
             from ._plot import motif_inputs
 
@@ -169,7 +171,7 @@ def run_compute(
 
     q, k, v, m = arrays.get("q"), arrays.get("k"), arrays.get("v"), arrays.get("mask")
     t0 = time.perf_counter()
-    out = mech.forward(q, k, v, mask=m)
+    out = mech.forward(q, k, v, mask=m, **extras)
     elapsed = time.perf_counter() - t0
     from .._array import to_numpy
 
@@ -186,7 +188,7 @@ def run_compute(
         from ._plot import heatmap as draw
         from ._plot import pooled_weights
 
-        heat = draw(pooled_weights(mech, q, k, m), heatmap, title=f"{name} attention weights")
+        heat = draw(pooled_weights(mech, q, k, m, extras=extras), heatmap, title=f"{name} attention weights")
 
     summary = {
         "type": name,
