@@ -130,9 +130,7 @@ def pool_array(w: Any, size: int = 256, max_heads: int = 16) -> PooledWeights:
     return PooledWeights(p.grid, lq, lk, heads)
 
 
-def _probe(
-    mech: Any, q: Any, k: Any, mask: Any, extras: Mapping[str, Any], lq: int, lk: int, heads: int, size: int, max_heads: int
-) -> PooledWeights:
+def _probe(mech: Any, q: Any, k: Any, mask: Any, extras: Mapping[str, Any], lq: int, lk: int, heads: int, size: int, max_heads: int) -> PooledWeights:
     """Pooled weights from one-hot values: ``forward(q, k, V)`` with ``V[j, (h,) c] = [j == c0 + c]`` for
     the keys of one block returns those columns of the weights, ``(Lq, H, B)`` (sequence) or ``(Lq, B)``
     (head-less). Checked: a weighted average of the values has rows summing to 1 (0 where all is masked)."""
