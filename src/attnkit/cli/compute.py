@@ -21,6 +21,7 @@ from ._common import (
     fmt_shape,
     parse_extra_args,
     parse_pairs,
+    progress_after,
 )
 
 log = logging.getLogger("attnkit.cli")
@@ -170,8 +171,11 @@ def run_compute(
         )
 
     q, k, v, m = arrays.get("q"), arrays.get("k"), arrays.get("v"), arrays.get("mask")
+    if k is not None and v is None:
+        v = k  # as --values documents: the values default to the keys
     t0 = time.perf_counter()
-    out = mech.forward(q, k, v, mask=m, **extras)
+    with progress_after(1.0, f"computing {name} ..."):
+        out = mech.forward(q, k, v, mask=m, **extras)
     elapsed = time.perf_counter() - t0
     from .._array import to_numpy
 
