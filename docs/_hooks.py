@@ -16,6 +16,7 @@ import html
 import io
 import json
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))  # draw with this checkout's attnkit, installed or not
 RESULTS = ROOT / "benchmarks" / "results"
 PICTURE_LENGTH = 96
 _OUT: dict[str, Path] = {}
