@@ -23,6 +23,7 @@ small weights of a band or a causal triangle stay visible next to the large ones
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import tempfile
@@ -406,7 +407,7 @@ def pictures(length: int, seed: int = 0, names: Sequence[str] | None = None) -> 
     """``(label, mechanism, compute)`` for each entry of :data:`PICTURES` (restricted to ``names``)."""
     for label, name, options in PICTURES:
         if names is None or name in names:
-            yield label, name, (lambda n=name, o=options: picture_weights(n, dict(o), length, seed))
+            yield label, name, functools.partial(picture_weights, name, dict(options), length, seed)
 
 
 def benchmark_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> str:

@@ -384,7 +384,8 @@ def split_linear_attention(mech: Any, params: Mapping[str, Any], q: Any, k: Any,
     for arr, label in ((q, "query"), (k, "key"), (v, "value")):
         cname = f"attnkit-finite-{label}-{token}"
         for idx in np.ndindex(*arr.numblocks):
-            layer[(cname, *idx)] = (_check, (arr.name, *idx), label)
+            ckey = (cname, *idx)
+            layer[ckey] = (_check, (arr.name, *idx), label)
         chk[label] = cname
     for bi in np.ndindex(*q.numblocks[:nb]):
         states = []
@@ -395,7 +396,8 @@ def split_linear_attention(mech: Any, params: Mapping[str, Any], q: Any, k: Any,
         if mech.causal:
             prev: Any = None
             for i in range(q.numblocks[-3]):
-                layer[(name, *bi, i, 0, 0)] = (_lin_causal, (chk["query"], *bi, i, 0, 0), (chk["key"], *bi, i, 0, 0),
+                okey = (name, *bi, i, 0, 0)
+                layer[okey] = (_lin_causal, (chk["query"], *bi, i, 0, 0), (chk["key"], *bi, i, 0, 0),
                                                (chk["value"], *bi, i, 0, 0), prev, kw, mech.eps, mech.chunk_size, dtype)
                 pkey = (f"{name}-prefix", *bi, i)
                 layer[pkey] = (_lin_merge, prev, states[i])  # the scan: state of shards 0..i
@@ -412,6 +414,7 @@ def split_linear_attention(mech: Any, params: Mapping[str, Any], q: Any, k: Any,
                 nxt.append(parts[-1])
             parts, level = nxt, level + 1
         for i in range(q.numblocks[-3]):
-            layer[(name, *bi, i, 0, 0)] = (_lin_query, (chk["query"], *bi, i, 0, 0), parts[0], kw, mech.eps, dtype)
+            okey = (name, *bi, i, 0, 0)
+            layer[okey] = (_lin_query, (chk["query"], *bi, i, 0, 0), parts[0], kw, mech.eps, dtype)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[q, k, v])
     return da.Array(graph, name, bchunks + (q.chunks[-3], (heads,), (dv,)), dtype=dtype)

@@ -237,10 +237,11 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
                 p[key] = glorot(rng, shape, shape[0], shape[1])
         return p
 
-    def _set_params(self, params: dict[str, Any]) -> None:
+    def _set_params(self, params: Mapping[str, Any]) -> None:
         """Accept PyG's ``(1, H, C)`` attention vectors and a ``share_weights`` GATv2's duplicate ``lin_r``."""
         from ..weights import from_pyg_gat, is_pyg_gat
 
+        params = dict(params)
         if is_pyg_gat(params):
             params = from_pyg_gat(params)
             if self.share_weights and "lin_r.weight" in params:
