@@ -79,10 +79,18 @@ def sdpa_torch(q: Any, k: Any, v: Any, *, scale: float, mask: Any = None, causal
 
 
 def _call(sdpa: Any, q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, scale: float) -> Any:
-    """torch SDPA with broadcasting batch dimensions (torch wants them equal)."""
-    if attn_mask is not None and getattr(attn_mask, "ndim", 2) < 2:
-        attn_mask = attn_mask.reshape(1, -1)  # a mask over keys only
-    mshape = attn_mask.shape[:-2] if attn_mask is not None and attn_mask.ndim > 2 else ()
+    """torch SDPA with broadcasting batch dimensions (torch wants them equal).
+
+    ``attn_mask`` is a tensor or torch's ``CausalBias``; the latter is a tensor subclass whose
+    ``shape`` is not a mask shape, so it takes no part in broadcasting.
+    """
+    from torch.nn.attention.bias import CausalBias
+
+    mshape: tuple[int, ...] = ()
+    if attn_mask is not None and not isinstance(attn_mask, CausalBias):
+        if attn_mask.ndim < 2:
+            attn_mask = attn_mask.reshape(1, -1)  # a mask over keys only
+        mshape = tuple(attn_mask.shape[:-2])
     if q.shape[:-2] != k.shape[:-2] or q.shape[:-2] != v.shape[:-2] or len(mshape) > q.ndim - 2:
         import torch
 
