@@ -45,3 +45,44 @@ def test_multihead_torch_causal_broadcast_batch(rng: np.random.Generator) -> Non
     assert tuple(out.shape) == (2, 3, 16)
     assert_close(to_np(out), ref, 1e-5)  # float32 parameters
     assert_close(to_np(mha.forward(x_q, x_kv, x_kv)), ref, 1e-5)
+
+
+# ----------------------------------------------- defect 2: LinearAttention reads (Lq, Lk) masks as key masks
+
+
+def _ref_linear_elu(q: np.ndarray, k: np.ndarray, v: np.ndarray, keep: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """float64 elu+1 linear attention, sequence layout, ``keep`` a bool key mask broadcasting to (..., H, 1, Lk)."""
+    phi = lambda x: np.where(x > 0, x + 1.0, np.exp(x))  # noqa: E731 - elu(x) + 1
+    qh, kh, vh = (np.moveaxis(x, -3, -2) for x in (q, k, v))
+    a = np.einsum("...id,...jd->...ij", phi(qh), phi(kh)) * keep
+    out = (a @ vh) / (a.sum(-1, keepdims=True) + eps)
+    return np.moveaxis(out, -3, -2)
+
+
+def test_linear_padding_mask_with_one_batch_dim(rng: np.random.Generator) -> None:
+    b, length, h, d = 3, 6, 2, 8
+    q, k, v = (randn(rng, b, length, h, d) for _ in range(3))
+    pad = create_mask("padding", length, [5])
+    attn = LinearAttention(d, h)
+    out = attn(q, k, v, mask=pad)
+    assert_close(out, _ref_linear_elu(q, k, v, pad[0]), TOL64)
+    out_t = attn(*(torch.from_numpy(x) for x in (q, k, v)), mask=torch.from_numpy(pad))
+    assert_close(to_np(out_t), _ref_linear_elu(q, k, v, pad[0]), TOL64)
+
+
+def test_linear_causal_mask_with_batch_equal_to_length_raises(rng: np.random.Generator) -> None:
+    length, h, d = 6, 2, 8
+    q, k, v = (randn(rng, length, length, h, d) for _ in range(3))
+    with pytest.raises(ShapeError, match=r"^mask:.*causal=True"):
+        LinearAttention(d, h)(q, k, v, mask=create_mask("causal", length))
+    # the padding mask in the same (Lq, Lk) layout is accepted and means the same for every batch entry
+    pad = create_mask("padding", length, [1, 4])
+    assert_close(LinearAttention(d, h)(q, k, v, mask=pad), _ref_linear_elu(q, k, v, pad[0]), TOL64)
+    # per-batch key masks stay expressible, and (B, Lk) with B != Lq is still read as one per batch entry
+    keep = rng.random((length, length)) > 0.3
+    keep[:, 0] = True
+    ref = _ref_linear_elu(q, k, v, keep[:, None, None, :])
+    assert_close(LinearAttention(d, h)(q, k, v, mask=keep[:, None, None, :]), ref, TOL64)
+    q5 = q[:, :5]
+    ref5 = _ref_linear_elu(q5, k, v, keep[:, None, None, :])
+    assert_close(LinearAttention(d, h)(q5, k, v, mask=keep), ref5, TOL64)
