@@ -7,9 +7,12 @@ FlashAttention (Dao et al., "FlashAttention: Fast and Memory-Efficient Exact Att
 IO-Awareness", NeurIPS 2022; Milakov & Gimelshein 2018 for the online softmax), so memory is
 O(Lq * block) per head and never O(Lq * Lk).
 
-Layout here is heads-first, ``q: (..., H, Lq, D)``, ``k: (..., H, Lk, D)``, ``v: (..., H, Lk, Dv)``.
-Batch dimensions broadcast. Causal masking is bottom-right aligned (see :mod:`.masks`). Rows whose
-keys are all masked give zeros. This module is generic over the array API; backend fast paths
+Layout here is heads-first, ``q: (..., H, Lq, D)``, ``k: (..., Hkv, Lk, D)``, ``v: (..., Hkv, Lk, Dv)``.
+Batch dimensions broadcast. ``Hkv`` may divide ``H`` (grouped-query attention, Ainslie et al. 2023,
+"GQA"; multi-query attention when ``Hkv = 1``, Shazeer 2019): query head ``h`` then attends with
+key/value head ``h // (H / Hkv)``, as torch's ``scaled_dot_product_attention(..., enable_gqa=True)``
+(see :mod:`.gqa`). Causal masking is bottom-right aligned (see :mod:`.masks`). Rows whose keys are
+all masked give zeros. This module is generic over the array API; backend fast paths
 (:mod:`.dense_numpy`, torch's fused kernel) are chosen by :func:`sdpa` and must agree with
 :func:`sdpa_generic`.
 """
@@ -22,6 +25,7 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace, is_numpy, is_torch
+from .gqa import group_keys, group_queries, needs_grouping, ungroup
 from .masks import apply_mask_tile, causal_allowed
 from .softmax import safe_softmax
 
@@ -84,10 +88,12 @@ def sdpa_generic(
     return out_parts[0] if len(out_parts) == 1 else xp.concat(out_parts, axis=-2)
 
 
-def attention_weights(
-    q: Array, k: Array, *, xp: Namespace, scale: float, mask: Array | None = None, causal: bool = False
-) -> Array:
+def attention_weights(q: Array, k: Array, *, xp: Namespace, scale: float, mask: Array | None = None, causal: bool = False) -> Array:
     """The dense probabilities ``softmax(scale q k^T + bias)``, shape ``(..., H, Lq, Lk)`` (O(Lq*Lk) memory)."""
+    if needs_grouping(q, k):  # grouped-query attention (see .gqa): key heads broadcast over their group
+        hk = int(k.shape[-3])
+        w = attention_weights(group_queries(q, hk, xp), group_keys(k, xp), xp=xp, scale=scale, mask=group_queries(mask, hk, xp), causal=causal)
+        return ungroup(w, xp)
     lq, lk = q.shape[-2], k.shape[-2]
     s = (q * scale) @ xp.matrix_transpose(k)
     if causal:
@@ -117,12 +123,31 @@ def sdpa(
     (torch's fused ``scaled_dot_product_attention``).
     """
     kw: dict[str, Any] = dict(scale=scale, mask=mask, causal=causal)
+    grouped = needs_grouping(q, k, v)
     if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0:
         from .dense_torch import sdpa_torch
 
-        out = sdpa_torch(q, k, v, **kw)
+        out = sdpa_torch(q, k, v, **kw)  # grouped heads go to torch's kernel with enable_gqa=True
         if out is not None:
             return out
+    if grouped:
+        # grouped-query attention (see .gqa) as attention over (..., Hkv, G, L, D) with K/V
+        # broadcast along the group axis (views, never copies): every kernel below serves it as is
+        hk = int(k.shape[-3])
+        out = sdpa(
+            group_queries(q, hk, xp),
+            group_keys(k, xp),
+            group_keys(v, xp),
+            xp=xp,
+            scale=scale,
+            mask=group_queries(mask, hk, xp),
+            causal=causal,
+            dropout_p=dropout_p,
+            rng=rng,
+            block_size=block_size,
+            backend="generic" if backend == "torch" else backend,
+        )
+        return ungroup(out, xp)
     if backend in ("auto", "numpy") and is_numpy(xp) and dropout_p == 0.0:
         from .dense_numpy import sdpa_numpy
 

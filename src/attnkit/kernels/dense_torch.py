@@ -13,6 +13,10 @@ but differ in three conventions, each handled here so the result is attnkit's:
 * ``causal`` together with a mask: torch takes one or the other, so the two are combined into one
   mask.
 
+Grouped-query attention (``k``/``v`` with fewer heads than ``q``, axis -3) goes to torch's kernel
+with ``enable_gqa=True``; the bottom-right causal mask is then given as a bool mask (torch's
+``CausalBias`` kernels take equal head counts).
+
 Autograd flows through every branch. Returns ``None`` only for inputs torch cannot take (the
 caller then uses the generic path).
 """
@@ -44,6 +48,7 @@ def sdpa_torch(q: Any, k: Any, v: Any, *, scale: float, mask: Any = None, causal
     if lq == 0 or lk == 0:
         return None
     sdpa = F.scaled_dot_product_attention
+    gqa = q.ndim >= 3 and k.ndim >= 3 and v.ndim >= 3 and q.shape[-3] != k.shape[-3]
 
     if mask is None:
         if not causal or lq == lk:
@@ -51,7 +56,8 @@ def sdpa_torch(q: Any, k: Any, v: Any, *, scale: float, mask: Any = None, causal
         if lq < lk:
             from torch.nn.attention.bias import causal_lower_right
 
-            return _call(sdpa, q, k, v, causal_lower_right(lq, lk), False, scale)
+            bias = _causal_keep(torch, lq, lk, q.device) if gqa else causal_lower_right(lq, lk)
+            return _call(sdpa, q, k, v, bias, False, scale)
         # Lq > Lk: the first Lq - Lk queries see no key; the last Lk form a square causal problem
         tail = _call(sdpa, q[..., lq - lk :, :], k, v, None, True, scale)
         head = tail.new_zeros((*tail.shape[:-2], lq - lk, tail.shape[-1]))
@@ -91,9 +97,15 @@ def _call(sdpa: Any, q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, sc
         if attn_mask.ndim < 2:
             attn_mask = attn_mask.reshape(1, -1)  # a mask over keys only
         mshape = tuple(attn_mask.shape[:-2])
-    if q.shape[:-2] != k.shape[:-2] or q.shape[:-2] != v.shape[:-2] or len(mshape) > q.ndim - 2:
+    # grouped-query attention: heads (axis -3) differ and stay out of the broadcast
+    gqa = q.ndim >= 3 and k.ndim >= 3 and q.shape[-3] != k.shape[-3]
+    core = 3 if gqa else 2
+    lead = (q.shape[:-core], k.shape[:-core], v.shape[:-core], mshape[: max(len(mshape) - core + 2, 0)])
+    if lead[0] != lead[1] or lead[0] != lead[2] or len(lead[3]) > len(lead[0]):
         import torch
 
-        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], mshape)
-        q, k, v = (t.expand(*batch, *t.shape[-2:]) for t in (q, k, v))
+        batch = torch.broadcast_shapes(*lead)
+        q, k, v = (t.expand(*batch, *t.shape[-core:]) for t in (q, k, v))
+    if gqa:
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=True)
     return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)

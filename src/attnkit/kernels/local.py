@@ -34,6 +34,7 @@ import numpy as np
 from .._array import Array, Namespace
 from ._threads import BlasOneThread, blas_limiter_available
 from .dense import sdpa
+from .gqa import group_keys, group_queries, needs_grouping, ungroup
 from .masks import apply_mask, apply_mask_tile, mask_tile
 
 __all__ = ["local_global_mask", "local_global_attention", "default_block"]
@@ -72,9 +73,26 @@ def local_global_attention(
 ) -> Array:
     """Local-global attention on heads-first arrays ``q, k: (..., H, L, D)``, ``v: (..., H, L, Dv)``.
 
+    ``k, v`` may have ``Hkv`` heads dividing ``H`` (grouped-query attention, see :mod:`.gqa`).
+
     ``radius`` is ``w`` (keys ``i - w .. i + w``); ``global_idx`` a sorted array of distinct positions in
     ``[0, L)``; ``mask`` an already prepared mask (see :func:`attnkit.kernels.masks.prepare_mask`).
     """
+    if needs_grouping(q, k, v):  # grouped-query attention (see .gqa): k/v heads broadcast over their group
+        hk = int(k.shape[-3])
+        out = local_global_attention(
+            group_queries(q, hk, xp),
+            group_keys(k, xp),
+            group_keys(v, xp),
+            xp=xp,
+            scale=scale,
+            radius=radius,
+            global_idx=global_idx,
+            causal=causal,
+            mask=group_queries(mask, hk, xp),
+            block=block,
+        )
+        return ungroup(out, xp)
     length = int(q.shape[-2])
     dev = array_api_compat.device(q)
     w = int(radius)

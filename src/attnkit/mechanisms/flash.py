@@ -73,12 +73,20 @@ class FlashAttention(Mechanism):
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``."""
-        s = prepare_sequence(query, key, value, mask, heads=self.heads, dim=self.dim, check=self.check_finite)
+        s = prepare_sequence(query, key, value, mask, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True)
         s.q, s.k = apply_rope_qk(self.rope, s.q, s.k)
         p = self.dropout if self.training else 0.0
         out = sdpa(
-            s.q, s.k, s.v, xp=s.xp, scale=self.effective_scale, mask=s.mask, causal=self.causal,
-            dropout_p=p, rng=self._rng(), block_size=self.block_size,
+            s.q,
+            s.k,
+            s.v,
+            xp=s.xp,
+            scale=self.effective_scale,
+            mask=s.mask,
+            causal=self.causal,
+            dropout_p=p,
+            rng=self._rng(),
+            block_size=self.block_size,
             backend="auto" if self.simd else "generic",
         )
         return s.finish(out)
@@ -86,7 +94,7 @@ class FlashAttention(Mechanism):
     def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
         """The attention probabilities ``(..., H, Lq, Lk)`` (the spec's ``attentionScores``; O(Lq*Lk))."""
         kk = query if key is None else key
-        s = prepare_sequence(query, kk, kk, mask, heads=self.heads, dim=self.dim, check=self.check_finite)
+        s = prepare_sequence(query, kk, kk, mask, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True)
         s.q, s.k = apply_rope_qk(self.rope, s.q, s.k)
         w = attention_weights(s.q, s.k, xp=s.xp, scale=self.effective_scale, mask=s.mask, causal=self.causal)
         if w.dtype != s.out_dtype:

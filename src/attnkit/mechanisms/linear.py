@@ -127,7 +127,7 @@ class LinearAttention(Mechanism):
     # ------------------------------------------------------------------ forward
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Linear attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``."""
-        s = prepare_sequence(query, key, value, None, heads=self.heads, dim=self.dim, check=self.check_finite)
+        s = prepare_sequence(query, key, value, None, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True)
         key_mask = self._key_mask(mask, s)
         projection = None
         if self.feature_map == "favor":
