@@ -1,0 +1,149 @@
+"""Grouped-query / multi-query attention (issue 11): key/value heads Hkv dividing the query heads H.
+
+Oracles: torch's ``scaled_dot_product_attention(..., enable_gqa=True)`` and a float64 reference on
+key/value heads repeated ``G = H / Hkv`` times (``np.repeat`` along the head axis: query head ``h``
+uses key/value head ``h // G``, torch's convention).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TOL32, TOL64, assert_close, lower_right_mask, randn, ref_seq_attention, ref_weights, to_np
+from test_linear import MAPS, TINY, make, ref_for
+
+import attnkit
+from attnkit import FlashAttention, LinearAttention, LocalGlobalAttention
+from attnkit.errors import ShapeError
+from attnkit.kernels.dense import sdpa
+
+H = 6
+
+
+def _rep(x: np.ndarray, g: int) -> np.ndarray:
+    """Sequence layout ``(..., L, Hkv, X)`` -> ``(..., L, Hkv * g, X)`` (each head g times, in order)."""
+    return np.repeat(x, g, axis=-2)
+
+
+def _torch_gqa(q: np.ndarray, k: np.ndarray, v: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    """torch SDPA with enable_gqa on sequence-layout inputs; rows that see no key -> 0 (attnkit's rule)."""
+    qt, kt, vt = (torch.from_numpy(np.ascontiguousarray(x)).movedim(-3, -2) for x in (q, k, v))
+    mt = None if keep is None else torch.from_numpy(np.array(keep))
+    out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mt, enable_gqa=True).movedim(-2, -3)
+    return out.nan_to_num(0.0).numpy()
+
+
+@pytest.mark.parametrize("hk", [1, 2, 3])
+@pytest.mark.parametrize("lq,lk", [(5, 5), (4, 11), (11, 4)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_flash_gqa_matches_torch_and_reference(rng: np.random.Generator, hk: int, lq: int, lk: int, causal: bool, with_mask: bool) -> None:
+    g = H // hk
+    q, k, v = randn(rng, 2, lq, H, 8), randn(rng, 2, lk, hk, 8), randn(rng, 2, lk, hk, 5)
+    mask = rng.random((H, lq, lk)) > 0.25 if with_mask else None  # differs per query head
+    ref = ref_seq_attention(q, _rep(k, g), _rep(v, g), mask=mask, causal=causal)
+    keep = None
+    if causal or with_mask:
+        keep = (lower_right_mask(lq, lk) if causal else True) & (mask if with_mask else True)
+        keep = np.broadcast_to(keep, (H, lq, lk))
+    assert_close(_torch_gqa(q, k, v, keep), ref, TOL64)
+    for simd in (True, False):  # NumPy fast path and the generic kernel
+        fa = FlashAttention(heads=H, dim=8, causal=causal, block_size=3, simd=simd)
+        assert_close(fa(q, k, v, mask=mask), ref, TOL64)
+    fa = FlashAttention(heads=H, dim=8, causal=causal)
+    out_t = fa(*(torch.from_numpy(x) for x in (q, k, v)), mask=None if mask is None else torch.from_numpy(mask))
+    assert_close(to_np(out_t), ref, TOL64)
+    w = fa.attention_weights(q, k, mask=mask)
+    qh, kh = np.moveaxis(q, -3, -2), np.moveaxis(_rep(k, g), -3, -2)
+    assert_close(w, ref_weights(qh, kh, mask=mask, causal=causal), TOL64)
+
+
+def test_flash_gqa_float32_and_kernel_backends_agree(rng: np.random.Generator) -> None:
+    q, k, v = randn(rng, 3, 40, H, 16), randn(rng, 3, 70, 2, 16), randn(rng, 3, 70, 2, 16)
+    ref = ref_seq_attention(q, _rep(k, 3), _rep(v, 3), causal=True)
+    out = FlashAttention(heads=H, dim=16, causal=True, block_size=16)(*(x.astype(np.float32) for x in (q, k, v)))
+    assert out.dtype == np.float32
+    assert_close(out, ref, TOL32)
+    qh, kh, vh = (np.moveaxis(x, -3, -2) for x in (q, k, v))
+    outs = [sdpa(qh, kh, vh, xp=np, scale=0.25, causal=True, block_size=16, backend=b) for b in ("numpy", "generic")]
+    assert_close(outs[0], outs[1], TOL64)
+    assert_close(np.moveaxis(outs[0], -3, -2), ref_seq_attention(q, _rep(k, 3), _rep(v, 3), causal=True, scale=0.25), TOL64)
+
+
+@pytest.mark.parametrize("lq,lk,causal", [(7, 7, True), (3, 9, True), (9, 3, True), (5, 8, False)])
+def test_flash_gqa_torch_reaches_fused_kernel_with_enable_gqa(monkeypatch: pytest.MonkeyPatch, lq: int, lk: int, causal: bool) -> None:
+    calls: list[dict] = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - a pass-through recorder
+        calls.append({"kv_heads": args[1].shape[-3], "enable_gqa": kwargs.get("enable_gqa", False)})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    q, k = torch.randn(2, lq, H, 8, dtype=torch.float64), torch.randn(2, lk, 2, 8, dtype=torch.float64)
+    q.requires_grad_(True)
+    k.requires_grad_(True)
+    out = FlashAttention(heads=H, dim=8, causal=causal)(q, k, k)
+    assert calls and all(c["enable_gqa"] and c["kv_heads"] == 2 for c in calls)  # no repeated K/V
+    # autograd through the fused kernel reaches the shared key heads
+    monkeypatch.setattr(F, "scaled_dot_product_attention", real)
+    out.square().sum().backward()
+    q2, k2 = q.detach().clone().requires_grad_(True), k.detach().clone().requires_grad_(True)
+    keep = torch.from_numpy(lower_right_mask(lq, lk)) if causal else None
+    ref = real(q2.movedim(-3, -2), k2.movedim(-3, -2), k2.movedim(-3, -2), attn_mask=keep, enable_gqa=True).movedim(-2, -3)
+    ref = ref.nan_to_num(0.0)
+    ref.square().sum().backward()
+    assert_close(to_np(out.detach()), to_np(ref.detach()), TOL64)
+    assert_close(to_np(k.grad), to_np(k2.grad), 1e-10)
+    assert_close(to_np(q.grad), to_np(q2.grad), 1e-10)
+
+
+def test_flash_gqa_bad_head_counts_raise() -> None:
+    fa = FlashAttention(heads=H, dim=4)
+    q = np.zeros((5, H, 4))
+    with pytest.raises(ShapeError, match=r"^key:.*divides heads = 6.*got 4"):
+        fa(q, np.zeros((5, 4, 4)), np.zeros((5, 4, 4)))
+    with pytest.raises(ShapeError, match=r"^value: expected 2 heads \(as key\).*got 3"):
+        fa(q, np.zeros((5, 2, 4)), np.zeros((5, 3, 4)))
+    with pytest.raises(ShapeError, match=r"^key:"):
+        attnkit.kernels.dense.sdpa(np.zeros((4, 3, 2)), np.zeros((3, 3, 2)), np.zeros((3, 3, 2)), xp=np, scale=1.0)
+
+
+@pytest.mark.parametrize("fm", MAPS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_linear_gqa_matches_reference(rng: np.random.Generator, fm: str, causal: bool) -> None:
+    q, k, v = randn(rng, 2, 7, H, 4), randn(rng, 2, 9, 2, 4), randn(rng, 2, 9, 2, 3)
+    attn = make(fm, 4, H, causal=causal, eps=TINY)
+    keep = rng.random((2, 9)) > 0.3
+    keep[:, 0] = True
+    ref = ref_for(attn, q, _rep(k, 3), _rep(v, 3), keep=keep[:, None, None, :])
+    assert_close(attn(q, k, v, mask=keep), ref, TOL64)
+    out_t = attn(*(torch.from_numpy(x) for x in (q, k, v)), mask=torch.from_numpy(keep))
+    assert_close(to_np(out_t), ref, TOL64)
+    # one key/value head (multi-query) over long sequences: the NumPy tile path
+    q, k, v = randn(rng, 300, H, 4), randn(rng, 300, 1, 4), randn(rng, 300, 1, 4)
+    assert_close(attn(q, k, v), ref_for(attn, q, _rep(k, H), _rep(v, H)), 1e-10)
+
+
+@pytest.mark.parametrize("hk", [1, 3])
+@pytest.mark.parametrize("causal", [False, True])
+def test_local_global_gqa_matches_reference(rng: np.random.Generator, hk: int, causal: bool) -> None:
+    length, g = 23, H // hk
+    lg = LocalGlobalAttention(dim=4, heads=H, window=5, global_tokens=[0, 9], causal=causal, block_size=4)
+    q, k, v = randn(rng, 2, length, H, 4), randn(rng, 2, length, hk, 4), randn(rng, 2, length, hk, 4)
+    mask = rng.random((H, length, length)) > 0.2
+    ref = ref_seq_attention(q, _rep(k, g), _rep(v, g), mask=lg.dense_mask(length) & mask)
+    assert_close(lg(q, k, v, mask=mask), ref, TOL64)
+    out_t = lg(*(torch.from_numpy(x) for x in (q, k, v)), mask=torch.from_numpy(mask))
+    assert_close(to_np(out_t), ref, TOL64)
+    w = lg.attention_weights(q, k, mask=mask)
+    assert_close(w, ref_weights(np.moveaxis(q, -3, -2), np.moveaxis(_rep(k, g), -3, -2), mask=lg.dense_mask(length) & mask), TOL64)
+
+
+def test_linear_and_local_global_reject_non_dividing_heads() -> None:
+    with pytest.raises(ShapeError, match=r"^key:.*divides heads = 6"):
+        LinearAttention(4, H)(np.ones((5, H, 4)), np.ones((5, 4, 4)), np.ones((5, 4, 4)))
+    with pytest.raises(ShapeError, match=r"^key:.*divides heads = 6"):
+        LocalGlobalAttention(dim=4, heads=H, window=3)(np.ones((5, H, 4)), np.ones((5, 5, 4)), np.ones((5, 5, 4)))
