@@ -147,3 +147,89 @@ def test_linear_and_local_global_reject_non_dividing_heads() -> None:
         LinearAttention(4, H)(np.ones((5, H, 4)), np.ones((5, 4, 4)), np.ones((5, 4, 4)))
     with pytest.raises(ShapeError, match=r"^key:.*divides heads = 6"):
         LocalGlobalAttention(dim=4, heads=H, window=3)(np.ones((5, H, 4)), np.ones((5, 5, 4)), np.ones((5, 5, 4)))
+
+
+# ------------------------------------------------------------------ MultiHeadAttention(kv_heads=...)
+
+
+def _ref_mha_gqa(xq: np.ndarray, xk: np.ndarray, xv: np.ndarray, p: dict, heads: int, kv_heads: int, mask=None, causal=False):
+    """float64 GQA multi-head attention: k/v projected to kv_heads heads, each repeated heads/kv_heads times."""
+    p = {n: np.asarray(a, dtype=np.float64) for n, a in p.items()}
+
+    def proj(x: np.ndarray, name: str) -> np.ndarray:
+        return x @ p[f"{name}.weight"].T + p.get(f"{name}.bias", 0.0)
+
+    def split(y: np.ndarray, h: int) -> np.ndarray:
+        return np.moveaxis(y.reshape(*y.shape[:-1], h, y.shape[-1] // h), -2, -3)
+
+    g = heads // kv_heads
+    qh = split(proj(xq, "q_proj"), heads)
+    kh = np.repeat(split(proj(xk, "k_proj"), kv_heads), g, axis=-3)
+    vh = np.repeat(split(proj(xv, "v_proj"), kv_heads), g, axis=-3)
+    w = ref_weights(qh, kh, mask, causal)
+    o = np.moveaxis(w @ vh, -3, -2)
+    return proj(o.reshape(*o.shape[:-2], -1), "out_proj"), w
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("keep_weights", [True, False])
+def test_multihead_kv_heads_matches_reference(rng: np.random.Generator, kv_heads: int, causal: bool, keep_weights: bool) -> None:
+    e, h = 16, 4
+    mha = attnkit.MultiHeadAttention(e, h, kv_heads=kv_heads, causal=causal, keep_weights=keep_weights, seed=1)
+    assert mha.param_shapes()["k_proj.weight"] == (kv_heads * 4, e) and mha.param_shapes()["v_proj.bias"] == (kv_heads * 4,)
+    params = {n: randn(rng, *shape) for n, shape in mha.param_shapes().items()}  # float64, non-zero biases
+    mha.load_weights(params)
+    xq, xkv = randn(rng, 2, 5, e), randn(rng, 2, 7, e)
+    mask = rng.random((h, 5, 7)) > 0.2
+    ref, w = _ref_mha_gqa(xq, xkv, xkv, params, h, kv_heads, mask=mask, causal=causal)
+    assert_close(mha(xq, xkv, xkv, mask=mask), ref, TOL64)
+    assert_close(mha.attention_weights(xq, xkv, mask=mask), w, TOL64)
+    out_t = mha(torch.from_numpy(xq), torch.from_numpy(xkv), torch.from_numpy(xkv), mask=torch.from_numpy(mask))
+    assert_close(to_np(out_t), ref, TOL64)
+    # functional_call with torch parameters: gradients reach the smaller k/v projections
+    tp = {n: torch.from_numpy(a).requires_grad_(True) for n, a in params.items()}
+    out_f = attnkit.functional_call(mha, tp, torch.from_numpy(xq), torch.from_numpy(xkv), torch.from_numpy(xkv))
+    out_f.sum().backward()
+    assert tp["k_proj.weight"].grad is not None and tuple(tp["k_proj.weight"].grad.shape) == (kv_heads * 4, e)
+    assert_close(to_np(out_f.detach()), _ref_mha_gqa(xq, xkv, xkv, params, h, kv_heads, causal=causal)[0], TOL64)
+
+
+def test_multihead_kv_heads_equals_mha_with_repeated_kv_weights(rng: np.random.Generator) -> None:
+    """GQA is MHA whose key/value projections repeat per group: the second, independent oracle."""
+    e, h, kvh, d = 12, 6, 2, 2
+    gqa = attnkit.MultiHeadAttention(e, h, kv_heads=kvh, seed=3)
+    p = {n: randn(rng, *s) for n, s in gqa.param_shapes().items()}
+    gqa.load_weights(p)
+    full = dict(p)
+    for name in ("k_proj", "v_proj"):
+        wt = p[f"{name}.weight"].reshape(kvh, d, e)
+        full[f"{name}.weight"] = np.repeat(wt, h // kvh, axis=0).reshape(e, e)
+        full[f"{name}.bias"] = np.repeat(p[f"{name}.bias"].reshape(kvh, d), h // kvh, axis=0).reshape(e)
+    mha = attnkit.MultiHeadAttention(e, h, seed=3)
+    mha.load_weights(full)
+    x = randn(rng, 3, 9, e)
+    assert_close(gqa(x), mha(x), TOL64)
+    # and torch's MultiheadAttention, loaded with the repeated weights, agrees too
+    tm = torch.nn.MultiheadAttention(e, h, batch_first=True, dtype=torch.float64)
+    with torch.no_grad():
+        tm.in_proj_weight.copy_(torch.from_numpy(np.concatenate([full[f"{n}.weight"] for n in ("q_proj", "k_proj", "v_proj")])))
+        tm.in_proj_bias.copy_(torch.from_numpy(np.concatenate([full[f"{n}.bias"] for n in ("q_proj", "k_proj", "v_proj")])))
+        tm.out_proj.weight.copy_(torch.from_numpy(full["out_proj.weight"]))
+        tm.out_proj.bias.copy_(torch.from_numpy(full["out_proj.bias"]))
+    xt = torch.from_numpy(x)
+    assert_close(gqa(x), tm(xt, xt, xt, need_weights=False)[0].detach().numpy(), TOL64)
+    # saved and loaded with its own shapes
+    again = attnkit.MultiHeadAttention(e, h, kv_heads=kvh)
+    again.load_weights(gqa.save_weights())
+    assert_close(again(x), gqa(x), 0.0)
+
+
+def test_multihead_kv_heads_must_divide_heads() -> None:
+    with pytest.raises(attnkit.errors.ConfigError, match=r"^kv_heads: expected a divisor of heads = 4.*got 3"):
+        attnkit.MultiHeadAttention(16, 4, kv_heads=3)
+    m = attnkit.MultiHeadAttention(16, 4, kv_heads=2)
+    with pytest.raises(ShapeError, match=r"k_proj.weight expected shape \(8, 16\)"):
+        m.load_weights(attnkit.MultiHeadAttention(16, 4).parameters())
+    assert attnkit.SelfAttention(16, 4, kv_heads=1).param_shapes()["v_proj.weight"] == (4, 16)
+    assert attnkit.CrossAttention(16, 6, heads=4, kv_heads=2).param_shapes()["k_proj.weight"] == (8, 6)
