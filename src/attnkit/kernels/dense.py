@@ -25,11 +25,11 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace, is_numpy, is_torch
-from .gqa import group_keys, group_queries, needs_grouping, ungroup
-from .masks import apply_mask_tile, causal_allowed
+from .gqa import group_keys, group_queries, group_slopes, needs_grouping, ungroup
+from .masks import alibi_bias, apply_mask_tile, causal_allowed, window_allowed, window_skips
 from .softmax import safe_softmax
 
-__all__ = ["sdpa", "sdpa_generic", "attention_weights", "DEFAULT_Q_BLOCK"]
+__all__ = ["sdpa", "sdpa_generic", "attention_weights", "DEFAULT_Q_BLOCK", "NO_WINDOW"]
 
 DEFAULT_Q_BLOCK = 256
 
@@ -37,6 +37,49 @@ DEFAULT_Q_BLOCK = 256
 def _dropout_keep(rng: np.random.Generator, shape: tuple[int, ...], p: float, xp: Namespace, like: Array) -> Array:
     keep = (rng.random(shape) >= p).astype(np.float64) / (1.0 - p)
     return xp.asarray(keep, dtype=like.dtype, device=array_api_compat.device(like))
+
+
+NO_WINDOW = (-1, -1)
+
+
+def _slopes4(slopes: Array | None, like: Array, xp: Namespace) -> Array | None:
+    """ALiBi slopes ``(..., H)`` -> ``(..., H, 1, 1)`` in ``like``'s dtype and device."""
+    if slopes is None:
+        return None
+    slopes = xp.asarray(slopes, dtype=like.dtype, device=array_api_compat.device(like))
+    return slopes[..., None, None]
+
+
+def _scores(
+    s: Array,
+    xp: Namespace,
+    q0: int,
+    q1: int,
+    k0: int,
+    k1: int,
+    offset: int,
+    causal: bool,
+    window: tuple[int, int],
+    slopes: Array | None,
+    softcap: float | None,
+) -> Array:
+    """A tile of scaled scores ``s = scale q k^T`` -> ``softcap``, ALiBi, causal and window applied.
+
+    Order as FlashAttention-2: ``cap * tanh(s / cap)`` (logit soft-capping, Gemma 2), then the ALiBi
+    bias ``-slope * |i + offset - j|``, then the causal and window masks (``-inf``).
+    """
+    dev = array_api_compat.device(s)
+    if softcap is not None:
+        s = softcap * xp.tanh(s / softcap)
+    if slopes is not None:
+        s = s + alibi_bias(xp, slopes, q0, q1, k0, k1, offset)
+    neg_inf = xp.asarray(-xp.inf, dtype=s.dtype, device=dev)
+    if causal and k1 - 1 > q0 + offset:
+        s = xp.where(causal_allowed(xp, q0, q1, k0, k1, offset, dev), s, neg_inf)
+    allowed = window_allowed(xp, q0, q1, k0, k1, offset, window, dev)
+    if allowed is not None:
+        s = xp.where(allowed, s, neg_inf)
+    return s
 
 
 def sdpa_generic(
@@ -52,15 +95,23 @@ def sdpa_generic(
     rng: np.random.Generator | None = None,
     block_size: int = 256,
     q_block: int = DEFAULT_Q_BLOCK,
+    window: tuple[int, int] = NO_WINDOW,
+    alibi_slopes: Array | None = None,
+    softcap: float | None = None,
 ) -> Array:
-    """Tiled online-softmax attention in any array-API namespace (heads-first layout)."""
+    """Tiled online-softmax attention in any array-API namespace (heads-first layout).
+
+    ``window``, ``alibi_slopes`` (``(..., H)``) and ``softcap``: see :func:`sdpa`. Key blocks wholly
+    outside the window (or the causal triangle) are skipped, so a window costs O(Lq * (left + right)).
+    """
     lq, lk = q.shape[-2], k.shape[-2]
     dev = array_api_compat.device(q)
     offset = lk - lq
-    batch = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+    slopes = _slopes4(alibi_slopes, q, xp)
+    shapes = [tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2])]
+    batch = np.broadcast_shapes(*shapes, *([tuple(slopes.shape[:-2])] if slopes is not None else []))
     out_parts = []
     qs = q * scale
-    neg_inf = xp.asarray(-xp.inf, dtype=q.dtype, device=dev)
     for q0 in range(0, lq, q_block):
         q1 = min(q0 + q_block, lq)
         qt = qs[..., q0:q1, :]
@@ -71,9 +122,9 @@ def sdpa_generic(
             k1 = min(k0 + block_size, lk)
             if causal and k0 > q1 - 1 + offset:
                 break  # every later key block is hidden from this query tile
-            s = qt @ xp.matrix_transpose(k[..., k0:k1, :])
-            if causal and k1 - 1 > q0 + offset:
-                s = xp.where(causal_allowed(xp, q0, q1, k0, k1, offset, dev), s, neg_inf)
+            if window_skips(q0, q1, k0, k1, offset, window):
+                continue  # the whole block lies outside every query's window
+            s = _scores(qt @ xp.matrix_transpose(k[..., k0:k1, :]), xp, q0, q1, k0, k1, offset, causal, window, slopes, softcap)
             s = apply_mask_tile(s, mask, xp, q0, q1, k0, k1)
             m_new = xp.maximum(m, xp.max(s, axis=-1, keepdims=True))
             m_safe = xp.where(xp.isinf(m_new), xp.zeros_like(m_new), m_new)
@@ -88,19 +139,64 @@ def sdpa_generic(
     return out_parts[0] if len(out_parts) == 1 else xp.concat(out_parts, axis=-2)
 
 
-def attention_weights(q: Array, k: Array, *, xp: Namespace, scale: float, mask: Array | None = None, causal: bool = False) -> Array:
+def attention_weights(
+    q: Array,
+    k: Array,
+    *,
+    xp: Namespace,
+    scale: float,
+    mask: Array | None = None,
+    causal: bool = False,
+    window: tuple[int, int] = NO_WINDOW,
+    alibi_slopes: Array | None = None,
+    softcap: float | None = None,
+) -> Array:
     """The dense probabilities ``softmax(scale q k^T + bias)``, shape ``(..., H, Lq, Lk)`` (O(Lq*Lk) memory)."""
     if needs_grouping(q, k):  # grouped-query attention (see .gqa): key heads broadcast over their group
         hk = int(k.shape[-3])
-        w = attention_weights(group_queries(q, hk, xp), group_keys(k, xp), xp=xp, scale=scale, mask=group_queries(mask, hk, xp), causal=causal)
+        w = attention_weights(
+            group_queries(q, hk, xp),
+            group_keys(k, xp),
+            xp=xp,
+            scale=scale,
+            mask=group_queries(mask, hk, xp),
+            causal=causal,
+            window=window,
+            alibi_slopes=group_slopes(alibi_slopes, hk, xp),
+            softcap=softcap,
+        )
         return ungroup(w, xp)
     lq, lk = q.shape[-2], k.shape[-2]
     s = (q * scale) @ xp.matrix_transpose(k)
-    if causal:
-        allowed = causal_allowed(xp, 0, lq, 0, lk, lk - lq, array_api_compat.device(q))
-        s = xp.where(allowed, s, xp.asarray(-xp.inf, dtype=s.dtype))
+    s = _scores(s, xp, 0, lq, 0, lk, lk - lq, causal, window, _slopes4(alibi_slopes, q, xp), softcap)
     s = apply_mask_tile(s, mask, xp, 0, lq, 0, lk)
     return safe_softmax(s, xp)
+
+
+def _with_positional(mask: Array | None, xp: Namespace, like: Array, lq: int, lk: int, window: tuple[int, int], slopes: Array | None) -> Array | None:
+    """``mask`` combined with the window (bool) and ALiBi bias (float) into one ``(..., H, Lq, Lk)`` mask.
+
+    Materialises O(Lq * Lk) per head: used only to hand these options to a backend that takes a mask
+    (torch's fused kernel) instead of computing them per tile.
+    """
+    dev = array_api_compat.device(like)
+    allowed = window_allowed(xp, 0, lq, 0, lk, lk - lq, window, dev)
+    s4 = _slopes4(slopes, like, xp)
+    if s4 is None:
+        if allowed is None or mask is None:
+            return allowed if mask is None else mask
+        if xp.isdtype(mask.dtype, "bool"):
+            return xp.logical_and(mask, allowed)
+        return xp.where(allowed, mask, xp.asarray(-xp.inf, dtype=mask.dtype, device=dev))
+    bias = alibi_bias(xp, s4, 0, lq, 0, lk, lk - lq)
+    neg_inf = xp.asarray(-xp.inf, dtype=bias.dtype, device=dev)
+    if allowed is not None:
+        bias = xp.where(allowed, bias, neg_inf)
+    if mask is None:
+        return bias
+    if xp.isdtype(mask.dtype, "bool"):
+        return xp.where(mask, bias, neg_inf)
+    return bias + xp.astype(mask, bias.dtype)
 
 
 def sdpa(
@@ -116,12 +212,69 @@ def sdpa(
     rng: np.random.Generator | None = None,
     block_size: int = 256,
     backend: str = "auto",
+    window: tuple[int, int] = NO_WINDOW,
+    alibi_slopes: Array | None = None,
+    softcap: float | None = None,
 ) -> Array:
     """Dispatch to the fastest exact kernel whose semantics match; all agree with :func:`sdpa_generic`.
 
     ``backend``: ``"auto"`` (default), ``"generic"``, ``"numpy"`` (the NumPy fast path) or ``"torch"``
     (torch's fused ``scaled_dot_product_attention``).
+
+    Options of FlashAttention-2 (Dao 2023), all aligned bottom-right when ``Lq != Lk`` (query ``i``
+    sits at key position ``i + Lk - Lq``):
+
+    * ``window = (left, right)``: query ``i`` sees keys ``i - left .. i + right``; a negative side is
+      unbounded, ``(-1, -1)`` is no window (Beltagy et al. 2020, Longformer's sliding window);
+    * ``alibi_slopes`` ``(..., H)``: the bias ``-slope_h * |i - j|`` is added to the scores of head
+      ``h`` (Press et al. 2022, ALiBi);
+    * ``softcap``: the scaled scores become ``softcap * tanh(s / softcap)`` before the biases (logit
+      soft-capping, Gemma 2, Gemma Team 2024).
+
+    These run in the generic tiled kernel (skipping key blocks outside the window); with torch
+    inputs and no ``softcap``, the window and ALiBi go to torch's fused kernel as one mask.
     """
+    positional = tuple(window) != NO_WINDOW or alibi_slopes is not None
+    if positional or softcap is not None:
+        if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0 and softcap is None:
+            from .dense_torch import sdpa_torch
+
+            pm = _with_positional(mask, xp, q, int(q.shape[-2]), int(k.shape[-2]), tuple(window), alibi_slopes)
+            out = sdpa_torch(q, k, v, scale=scale, mask=pm, causal=causal)
+            if out is not None:
+                return out
+        extra: dict[str, Any] = dict(window=tuple(window), softcap=softcap)
+        if needs_grouping(q, k, v):
+            hk = int(k.shape[-3])
+            out = sdpa_generic(
+                group_queries(q, hk, xp),
+                group_keys(k, xp),
+                group_keys(v, xp),
+                xp=xp,
+                scale=scale,
+                mask=group_queries(mask, hk, xp),
+                causal=causal,
+                dropout_p=dropout_p,
+                rng=rng,
+                block_size=block_size,
+                alibi_slopes=group_slopes(alibi_slopes, hk, xp),
+                **extra,
+            )
+            return ungroup(out, xp)
+        return sdpa_generic(
+            q,
+            k,
+            v,
+            xp=xp,
+            scale=scale,
+            mask=mask,
+            causal=causal,
+            dropout_p=dropout_p,
+            rng=rng,
+            block_size=block_size,
+            alibi_slopes=alibi_slopes,
+            **extra,
+        )
     kw: dict[str, Any] = dict(scale=scale, mask=mask, causal=causal)
     grouped = needs_grouping(q, k, v)
     if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from .._array import Array, Namespace, shape_str
 from ..errors import ShapeError
 
-__all__ = ["kv_groups", "needs_grouping", "group_queries", "group_keys", "ungroup"]
+__all__ = ["kv_groups", "needs_grouping", "group_queries", "group_keys", "group_slopes", "ungroup"]
 
 
 def kv_groups(q: Array, k: Array, v: Array | None = None) -> int:
@@ -64,3 +64,13 @@ def group_keys(x: Array, xp: Namespace) -> Array:
 def ungroup(x: Array, xp: Namespace) -> Array:
     """``(..., Hkv, G, L, X)`` -> ``(..., H, L, X)``."""
     return xp.reshape(x, (*x.shape[:-4], int(x.shape[-4]) * int(x.shape[-3]), *x.shape[-2:]))
+
+
+def group_slopes(slopes: Array | None, hk: int, xp: Namespace) -> Array | None:
+    """Per-query-head values ``(..., H)`` (ALiBi slopes) -> ``(..., Hkv, G)``; ``(..., 1)`` -> ``(..., 1, 1)``."""
+    if slopes is None:
+        return None
+    slopes = xp.asarray(slopes)
+    if slopes.ndim == 0 or int(slopes.shape[-1]) == 1:
+        return xp.reshape(slopes, (*slopes.shape[:-1], 1, 1)) if slopes.ndim else slopes
+    return xp.reshape(slopes, (*slopes.shape[:-1], hk, int(slopes.shape[-1]) // hk))

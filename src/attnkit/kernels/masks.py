@@ -18,7 +18,18 @@ import numpy as np
 from .._array import Array, Namespace, shape_str
 from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
 
-__all__ = ["create_mask", "prepare_mask", "unflatten_mask", "causal_allowed", "mask_tile", "apply_mask", "apply_mask_tile"]
+__all__ = [
+    "window_skips",
+    "create_mask",
+    "prepare_mask",
+    "unflatten_mask",
+    "causal_allowed",
+    "window_allowed",
+    "alibi_bias",
+    "mask_tile",
+    "apply_mask",
+    "apply_mask_tile",
+]
 
 
 def create_mask(kind: str, seq_len: int, positions: Sequence[int] | None = None) -> np.ndarray:
@@ -101,9 +112,7 @@ def prepare_mask(
     try:
         np.broadcast_shapes(tuple(mask.shape), tuple(target))
     except ValueError:
-        raise ShapeError(
-            f"{name}: expected a shape that broadcasts to {shape_str(target)} {layout}, got {shape_str(mask.shape)}"
-        ) from None
+        raise ShapeError(f"{name}: expected a shape that broadcasts to {shape_str(target)} {layout}, got {shape_str(mask.shape)}") from None
     full = np.broadcast_shapes(tuple(mask.shape), tuple(target))
     if tuple(full) != tuple(target):
         raise ShapeError(f"{name}: shape {shape_str(mask.shape)} would enlarge the scores {shape_str(target)}")
@@ -136,6 +145,43 @@ def causal_allowed(xp: Namespace, q0: int, q1: int, k0: int, k1: int, offset: in
     rows = xp.arange(q0, q1, device=device)
     cols = xp.arange(k0, k1, device=device)
     return cols[None, :] <= rows[:, None] + offset
+
+
+def window_allowed(xp: Namespace, q0: int, q1: int, k0: int, k1: int, offset: int, window: tuple[int, int], device: Any) -> Array | None:
+    """Bool ``(q1-q0, k1-k0)`` tile of a sliding window ``(left, right)`` (FlashAttention-2's ``window_size``).
+
+    Query ``i`` sees key ``j`` iff ``i + offset - left <= j <= i + offset + right`` (offset = Lk - Lq:
+    bottom-right aligned, as the causal mask); a negative ``left``/``right`` leaves that side
+    unbounded. ``None`` when neither side is bounded.
+    """
+    left, right = int(window[0]), int(window[1])
+    if left < 0 and right < 0:
+        return None
+    rel = xp.arange(k0, k1, device=device)[None, :] - (xp.arange(q0, q1, device=device)[:, None] + offset)  # j - i - offset
+    if left < 0:
+        return rel <= right
+    if right < 0:
+        return rel >= -left
+    return xp.logical_and(rel >= -left, rel <= right)
+
+
+def window_skips(q0: int, q1: int, k0: int, k1: int, offset: int, window: tuple[int, int]) -> bool:
+    """True when no query of ``q0..q1-1`` sees any key of ``k0..k1-1`` under :func:`window_allowed`."""
+    left, right = int(window[0]), int(window[1])
+    if right >= 0 and k0 > q1 - 1 + offset + right:
+        return True
+    return left >= 0 and k1 - 1 < q0 + offset - left
+
+
+def alibi_bias(xp: Namespace, slopes: Array, q0: int, q1: int, k0: int, k1: int, offset: int) -> Array:
+    """ALiBi tile ``-slope * |i + offset - j|`` (Press et al. 2022, "Train Short, Test Long"), bottom-right aligned.
+
+    ``slopes`` is ``(..., H, 1, 1)`` in the score dtype; the result is ``(..., H, q1-q0, k1-k0)``.
+    """
+    dev = array_api_compat.device(slopes)
+    rows = xp.arange(q0, q1, dtype=slopes.dtype, device=dev) + offset
+    cols = xp.arange(k0, k1, dtype=slopes.dtype, device=dev)
+    return -slopes * xp.abs(rows[:, None] - cols[None, :])
 
 
 def mask_tile(mask: Array, q0: int, q1: int, k0: int, k1: int) -> Array:
