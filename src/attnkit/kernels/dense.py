@@ -29,7 +29,7 @@ from .gqa import group_keys, group_queries, group_slopes, needs_grouping, ungrou
 from .masks import alibi_bias, apply_mask_tile, causal_allowed, window_allowed, window_skips
 from .softmax import safe_softmax
 
-__all__ = ["sdpa", "sdpa_generic", "attention_weights", "DEFAULT_Q_BLOCK", "NO_WINDOW"]
+__all__ = ["sdpa", "sdpa_generic", "merge_partials", "attention_weights", "DEFAULT_Q_BLOCK", "NO_WINDOW"]
 
 DEFAULT_Q_BLOCK = 256
 
@@ -98,15 +98,24 @@ def sdpa_generic(
     window: tuple[int, int] = NO_WINDOW,
     alibi_slopes: Array | None = None,
     softcap: float | None = None,
-) -> Array:
+    offset: int | None = None,
+    return_lse: bool = False,
+) -> Any:
     """Tiled online-softmax attention in any array-API namespace (heads-first layout).
 
     ``window``, ``alibi_slopes`` (``(..., H)``) and ``softcap``: see :func:`sdpa`. Key blocks wholly
     outside the window (or the causal triangle) are skipped, so a window costs O(Lq * (left + right)).
+
+    ``offset``: causal masking lets query ``i`` see key ``j`` when ``j <= i + offset`` (default
+    ``Lk - Lq``, bottom-right aligned); a block of a longer sequence passes its own (the window and
+    ALiBi distances use the same offset). With ``return_lse=True`` the result is ``(out, lse)``,
+    ``lse = log sum_j exp(s_ij)`` per query row (``-inf`` for a row with no visible key), which
+    :func:`merge_partials` needs.
     """
     lq, lk = q.shape[-2], k.shape[-2]
     dev = array_api_compat.device(q)
-    offset = lk - lq
+    offset = lk - lq if offset is None else int(offset)
+    lse_parts = []
     slopes = _slopes4(alibi_slopes, q, xp)
     shapes = [tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2])]
     batch = np.broadcast_shapes(*shapes, *([tuple(slopes.shape[:-2])] if slopes is not None else []))
@@ -136,7 +145,33 @@ def sdpa_generic(
             acc = alpha * acc + p @ v[..., k0:k1, :]
             m = m_new
         out_parts.append(acc / xp.where(l == 0, xp.ones_like(l), l))
-    return out_parts[0] if len(out_parts) == 1 else xp.concat(out_parts, axis=-2)
+        if return_lse:
+            m_fin = xp.where(xp.isinf(m), xp.zeros_like(m), m)
+            lse_parts.append(xp.where(l == 0, xp.full_like(l, -xp.inf), m_fin + xp.log(xp.where(l == 0, xp.ones_like(l), l)))[..., 0])
+    out = out_parts[0] if len(out_parts) == 1 else xp.concat(out_parts, axis=-2)
+    if return_lse:
+        return out, (lse_parts[0] if len(lse_parts) == 1 else xp.concat(lse_parts, axis=-1))
+    return out
+
+
+def merge_partials(out_a: Array, lse_a: Array, out_b: Array, lse_b: Array, xp: Namespace) -> tuple[Array, Array]:
+    """Combine two partial attentions over disjoint key sets (the split-K rule of flash-decoding).
+
+    With ``o_x = sum_{j in X} p_j v_j / sum_{j in X} p_j`` and ``lse_x = log sum_{j in X} exp(s_j)``:
+    ``lse = logaddexp(lse_a, lse_b)`` and ``o = o_a exp(lse_a - lse) + o_b exp(lse_b - lse)``. Rows
+    that see no key in either part stay zero with ``lse = -inf``. ``out``: ``(..., Lq, Dv)``, ``lse``:
+    ``(..., Lq)``.
+    """
+    hi = xp.maximum(lse_a, lse_b)
+    none = xp.isinf(hi) & (hi < 0)
+    hi_safe = xp.where(none, xp.zeros_like(hi), hi)
+    wa = xp.exp(lse_a - hi_safe)
+    wb = xp.exp(lse_b - hi_safe)
+    tot = wa + wb
+    tot_safe = xp.where(none, xp.ones_like(tot), tot)
+    out = out_a * (wa / tot_safe)[..., None] + out_b * (wb / tot_safe)[..., None]
+    lse = xp.where(none, hi, hi_safe + xp.log(tot_safe))
+    return out, lse
 
 
 def attention_weights(
