@@ -156,3 +156,15 @@ def test_options_from_strings_and_bad_values() -> None:
     for bad in (0, -1.0, float("inf")):
         with pytest.raises(ConfigError, match=r"^softcap:"):
             FlashAttention(heads=2, dim=4, softcap=bad)
+
+
+@pytest.mark.parametrize("heads", [1, 4, 6, 8, 12])
+def test_default_alibi_slopes_are_blooms(heads: int) -> None:
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    expected = build_alibi_tensor(torch.ones(1, 2, dtype=torch.long), heads, torch.float64)[:, 0, 1].numpy()
+    fa = FlashAttention(heads=heads, dim=4, alibi_slopes=True)
+    assert_close(fa.alibi_slopes, expected, 1e-7)  # BLOOM computes its slopes in float32
+    assert_close(FlashAttention(heads=heads, dim=4, alibi_slopes="default").alibi_slopes, fa.alibi_slopes, 0.0)
+    if heads & (heads - 1) == 0:  # a power of two: exactly 2^(-8 i / n)
+        assert_close(fa.alibi_slopes, 2.0 ** (-8.0 * np.arange(1, heads + 1) / heads), 1e-15)

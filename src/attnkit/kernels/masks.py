@@ -26,6 +26,7 @@ __all__ = [
     "causal_allowed",
     "window_allowed",
     "alibi_bias",
+    "alibi_slopes",
     "mask_tile",
     "apply_mask",
     "apply_mask_tile",
@@ -182,6 +183,23 @@ def alibi_bias(xp: Namespace, slopes: Array, q0: int, q1: int, k0: int, k1: int,
     rows = xp.arange(q0, q1, dtype=slopes.dtype, device=dev) + offset
     cols = xp.arange(k0, k1, dtype=slopes.dtype, device=dev)
     return -slopes * xp.abs(rows[:, None] - cols[None, :])
+
+
+def alibi_slopes(heads: int) -> np.ndarray:
+    """The ALiBi slopes of Press et al. 2022 for ``heads`` heads (float64, ``(heads,)``).
+
+    For ``n`` a power of two, ``2^(-8 i / n)``, ``i = 1..n``; otherwise the slopes of the closest
+    smaller power of two ``m``, followed by every other slope of ``2m`` (the paper's reference code,
+    as BLOOM's ``build_alibi_tensor``).
+    """
+    n = int(heads)
+    m = 2 ** int(np.floor(np.log2(n)))
+    base = 2.0 ** (-8.0 / m)
+    out = base ** np.arange(1, m + 1, dtype=np.float64)
+    if m < n:
+        extra = (2.0 ** (-4.0 / m)) ** np.arange(1, 2 * (n - m), 2, dtype=np.float64)
+        out = np.concatenate([out, extra])
+    return out
 
 
 def mask_tile(mask: Array, q0: int, q1: int, k0: int, k1: int) -> Array:

@@ -21,6 +21,7 @@ import numpy as np
 from .._array import Array, nonzero_float, positive_float, positive_int, probability
 from ..errors import ConfigError
 from ..kernels.dense import NO_WINDOW, attention_weights, sdpa
+from ..kernels.masks import alibi_slopes
 from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
 from ._sequence import prepare_sequence
 from .base import Mechanism
@@ -43,7 +44,8 @@ class FlashAttention(Mechanism):
     FlashAttention-2's options (Dao 2023), bottom-right aligned when ``Lq != Lk`` like ``causal``:
     ``window=(left, right)`` (``window_size``): query ``i`` sees keys ``i-left .. i+right``, a negative
     side unbounded, ``(-1, -1)`` no window (a string ``"left,right"`` is accepted); ``alibi_slopes``:
-    ``heads`` slopes, the score of head ``h`` gets ``-slope_h * |i - j|`` (Press et al. 2022, ALiBi);
+    ``heads`` slopes, the score of head ``h`` gets ``-slope_h * |i - j|`` (Press et al. 2022, ALiBi;
+    ``True`` takes the paper's geometric slopes);
     ``softcap``: scores become ``softcap * tanh(s / softcap)`` before biases and masks (Gemma 2).
     """
 
@@ -66,7 +68,7 @@ class FlashAttention(Mechanism):
         check_finite: bool = True,
         rope: RotaryEmbedding | str | bool | None = None,
         window: tuple[int, int] | str | None = NO_WINDOW,
-        alibi_slopes: Sequence[float] | str | None = None,
+        alibi_slopes: Sequence[float] | str | bool | None = None,
         softcap: float | None = None,
     ) -> None:
         super().__init__()
@@ -149,9 +151,12 @@ def _window(value: object) -> tuple[int, int]:
 
 
 def _slopes(value: object, heads: int) -> np.ndarray | None:
-    """``alibi_slopes`` as a float64 array of ``heads`` finite numbers (or ``"s1,s2,..."``), or ``None``."""
-    if value is None:
+    """``alibi_slopes`` as a float64 array of ``heads`` finite numbers (or ``"s1,s2,..."``), or ``None``;
+    ``True`` (or ``"default"``) gives the paper's geometric slopes (:func:`~attnkit.kernels.masks.alibi_slopes`)."""
+    if value is None or value is False:
         return None
+    if value is True or (isinstance(value, str) and value.strip().lower() in ("true", "default")):
+        return alibi_slopes(heads)
     if isinstance(value, str):
         try:
             value = [float(p) for p in value.split(",")]
