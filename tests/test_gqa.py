@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TOL32, TOL64, assert_close, lower_right_mask, randn, ref_seq_attention, ref_weights, to_np
+from test_flash_options import reference
 from test_linear import MAPS, TINY, make, ref_for
 
 import attnkit
@@ -233,3 +234,38 @@ def test_multihead_kv_heads_must_divide_heads() -> None:
         m.load_weights(attnkit.MultiHeadAttention(16, 4).parameters())
     assert attnkit.SelfAttention(16, 4, kv_heads=1).param_shapes()["v_proj.weight"] == (4, 16)
     assert attnkit.CrossAttention(16, 6, heads=4, kv_heads=2).param_shapes()["k_proj.weight"] == (8, 6)
+
+
+# ------------------------------------------------------------------ through the array API alone (strict, JAX)
+
+
+def test_gqa_and_flash_options_through_array_api_strict(rng: np.random.Generator) -> None:
+    xp = pytest.importorskip("array_api_strict")
+    h, hk, lq, lk = 4, 2, 6, 9
+    q, k, v = randn(rng, 2, lq, h, 4), randn(rng, 2, lk, hk, 4), randn(rng, 2, lk, hk, 4)
+    conv = [xp.asarray(x) for x in (q, k, v)]
+    slopes = [0.5, 0.25, 0.125, 0.0625]
+    fa = FlashAttention(heads=h, dim=4, causal=True, window=(3, -1), alibi_slopes=slopes, softcap=4.0, block_size=4)
+    w_ref, ref = reference(q, k, v, causal=True, window=(3, -1), slopes=np.array(slopes), softcap=4.0)
+    assert_close(np.asarray(fa(*conv)), ref, TOL64)
+    assert_close(np.asarray(fa.attention_weights(conv[0], conv[1])), w_ref, TOL64)
+    plain = ref_seq_attention(q, _rep(k, 2), _rep(v, 2))
+    assert_close(np.asarray(FlashAttention(heads=h, dim=4)(*conv)), plain, TOL64)
+    lin = LinearAttention(4, h, eps=TINY)
+    assert_close(np.asarray(lin(*conv)), ref_for(lin, q, _rep(k, 2), _rep(v, 2)), TOL64)
+    lg = LocalGlobalAttention(dim=4, heads=h, window=3, global_tokens=1)
+    qs, ks, vs = (x[:, :lq] for x in (q, k, v))
+    out = lg(*(xp.asarray(x) for x in (qs, ks, vs)))
+    assert_close(np.asarray(out), ref_seq_attention(qs, _rep(ks, 2), _rep(vs, 2), mask=lg.dense_mask(lq)), TOL64)
+
+
+def test_gqa_and_flash_options_on_jax(rng: np.random.Generator) -> None:
+    jnp = pytest.importorskip("jax.numpy")
+    h, hk, lq, lk = 4, 2, 6, 9
+    q, k, v = randn(rng, 2, lq, h, 4), randn(rng, 2, lk, hk, 4), randn(rng, 2, lk, hk, 4)
+    slopes = [0.5, 0.25, 0.125, 0.0625]
+    fa = FlashAttention(heads=h, dim=4, causal=True, window=(3, -1), alibi_slopes=slopes, softcap=4.0)
+    _, ref = reference(q, k, v, causal=True, window=(3, -1), slopes=np.array(slopes), softcap=4.0)
+    out = fa(*(jnp.asarray(x, dtype=jnp.float32) for x in (q, k, v)))
+    assert out.dtype == jnp.float32
+    assert_close(np.asarray(out), ref, TOL32)
