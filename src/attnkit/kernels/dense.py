@@ -19,12 +19,14 @@ all masked give zeros. This module is generic over the array API; backend fast p
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace, is_numpy, is_torch
+from ._threads import BlasOneThread, blas_limiter_available
 from .gqa import group_keys, group_queries, group_slopes, needs_grouping, ungroup
 from .masks import alibi_bias, apply_mask_tile, causal_allowed, window_allowed, window_skips
 from .softmax import safe_softmax
@@ -234,6 +236,47 @@ def _with_positional(mask: Array | None, xp: Namespace, like: Array, lq: int, lk
     return bias + xp.astype(mask, bias.dtype)
 
 
+def _blas_one_thread(active: bool) -> Any:
+    """Hold BLAS to one thread around the generic kernel's many small per-tile GEMMs (NumPy only).
+
+    Multi-threaded BLAS gains nothing on ``q_block x block_size`` tiles, and on a loaded machine its
+    spinning threads made a windowed forward ~10x slower. No-op without threadpoolctl.
+    """
+    if not active or not blas_limiter_available():
+        return contextlib.nullcontext()
+    return BlasOneThread()
+
+
+def _positional_generic(
+    q: Array,
+    k: Array,
+    v: Array,
+    xp: Namespace,
+    scale: float,
+    mask: Array | None,
+    causal: bool,
+    dropout_p: float,
+    rng: np.random.Generator | None,
+    block_size: int,
+    alibi_slopes: Array | None,
+    extra: dict[str, Any],
+) -> Array:
+    """:func:`sdpa_generic` with the window / ALiBi / softcap options, key/value heads grouped if needed."""
+    kw: dict[str, Any] = dict(xp=xp, scale=scale, causal=causal, dropout_p=dropout_p, rng=rng, block_size=block_size, **extra)
+    if needs_grouping(q, k, v):
+        hk = int(k.shape[-3])
+        out = sdpa_generic(
+            group_queries(q, hk, xp),
+            group_keys(k, xp),
+            group_keys(v, xp),
+            mask=group_queries(mask, hk, xp),
+            alibi_slopes=group_slopes(alibi_slopes, hk, xp),
+            **kw,
+        )
+        return ungroup(out, xp)
+    return sdpa_generic(q, k, v, mask=mask, alibi_slopes=alibi_slopes, **kw)
+
+
 def sdpa(
     q: Array,
     k: Array,
@@ -279,37 +322,12 @@ def sdpa(
             if out is not None:
                 return out
         extra: dict[str, Any] = dict(window=tuple(window), softcap=softcap)
-        if needs_grouping(q, k, v):
-            hk = int(k.shape[-3])
-            out = sdpa_generic(
-                group_queries(q, hk, xp),
-                group_keys(k, xp),
-                group_keys(v, xp),
-                xp=xp,
-                scale=scale,
-                mask=group_queries(mask, hk, xp),
-                causal=causal,
-                dropout_p=dropout_p,
-                rng=rng,
-                block_size=block_size,
-                alibi_slopes=group_slopes(alibi_slopes, hk, xp),
-                **extra,
-            )
-            return ungroup(out, xp)
-        return sdpa_generic(
-            q,
-            k,
-            v,
-            xp=xp,
-            scale=scale,
-            mask=mask,
-            causal=causal,
-            dropout_p=dropout_p,
-            rng=rng,
-            block_size=block_size,
-            alibi_slopes=alibi_slopes,
-            **extra,
-        )
+        if is_numpy(xp):
+            # BLAS wants each tile contiguous: the (..., L, H, D) -> (..., H, L, D) views make NumPy's
+            # matmul fall back to a loop 10-100x slower. One O(L * D) copy each.
+            q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
+        with _blas_one_thread(is_numpy(xp)):
+            return _positional_generic(q, k, v, xp, scale, mask, causal, dropout_p, rng, block_size, alibi_slopes, extra)
     kw: dict[str, Any] = dict(scale=scale, mask=mask, causal=causal)
     grouped = needs_grouping(q, k, v)
     if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0:
