@@ -269,3 +269,21 @@ def test_gqa_and_flash_options_on_jax(rng: np.random.Generator) -> None:
     out = fa(*(jnp.asarray(x, dtype=jnp.float32) for x in (q, k, v)))
     assert out.dtype == jnp.float32
     assert_close(np.asarray(out), ref, TOL32)
+
+
+def test_flash_gqa_numpy_reaches_the_fast_path_without_copying_kv(monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator) -> None:
+    import attnkit.kernels.dense_numpy as dn
+
+    seen: list[tuple] = []
+    real = dn.sdpa_numpy
+
+    def spy(q, k, v, **kw):  # noqa: ANN001, ANN003, ANN202 - a pass-through recorder
+        out = real(q, k, v, **kw)
+        seen.append((q.shape, k.shape, np.shares_memory(k, k_in), out is not None))
+        return out
+
+    monkeypatch.setattr(dn, "sdpa_numpy", spy)
+    q, k_in, v = randn(rng, 2, 33, H, 8), randn(rng, 2, 40, 3, 8), randn(rng, 2, 40, 3, 8)
+    out = FlashAttention(heads=H, dim=8, causal=True, block_size=8)(q, k_in, v)
+    assert seen == [((2, 3, 2, 33, 8), (2, 3, 1, 40, 8), True, True)]  # (..., Hkv, G, L, D), K a view
+    assert_close(out, ref_seq_attention(q, _rep(k_in, 2), _rep(v, 2), causal=True), TOL64)
