@@ -168,3 +168,17 @@ def test_default_alibi_slopes_are_blooms(heads: int) -> None:
     assert_close(FlashAttention(heads=heads, dim=4, alibi_slopes="default").alibi_slopes, fa.alibi_slopes, 0.0)
     if heads & (heads - 1) == 0:  # a power of two: exactly 2^(-8 i / n)
         assert_close(fa.alibi_slopes, 2.0 ** (-8.0 * np.arange(1, heads + 1) / heads), 1e-15)
+
+
+def test_window_skips_key_blocks_outside_it(monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator) -> None:
+    """Work, not time: with 16-row query tiles and 16-key blocks, window (16, 0) computes 2 blocks per tile, not 16."""
+    import attnkit.kernels.dense as dense
+
+    calls: list[int] = []
+    real = dense._scores
+    monkeypatch.setattr(dense, "_scores", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k, v = (np.moveaxis(randn(rng, 256, 2, 8), -3, -2) for _ in range(3))
+    out = dense.sdpa_generic(q, k, v, xp=np, scale=0.5, block_size=16, q_block=16, window=(16, 0))
+    assert len(calls) == 16 * 2 - 1  # the first tile has no block to its left
+    _, ref = reference(np.moveaxis(q, -3, -2) * np.sqrt(8) * 0.5, np.moveaxis(k, -3, -2), np.moveaxis(v, -3, -2), window=(16, 0))
+    assert_close(np.moveaxis(out, -3, -2), ref, TOL64)
