@@ -182,3 +182,18 @@ def test_window_skips_key_blocks_outside_it(monkeypatch: pytest.MonkeyPatch, rng
     assert len(calls) == 16 * 2 - 1  # the first tile has no block to its left
     _, ref = reference(np.moveaxis(q, -3, -2) * np.sqrt(8) * 0.5, np.moveaxis(k, -3, -2), np.moveaxis(v, -3, -2), window=(16, 0))
     assert_close(np.moveaxis(out, -3, -2), ref, TOL64)
+
+
+def test_alibi_distances_exact_in_bfloat16_far_from_the_start(rng: np.random.Generator) -> None:
+    """Positions ~1000 are not exact in bfloat16, their distance 1 is: the bias must come from integers."""
+    lq, lk, h, d = 4, 1030, 2, 8
+    q, k, v = randn(rng, lq, h, d), randn(rng, lk, h, d), randn(rng, lk, h, d)
+    slopes = np.array([2.0, 1.0])  # steep: only the last few keys matter
+    _, ref = reference(q, k, v, causal=True, slopes=slopes)
+    fa = FlashAttention(heads=h, dim=d, causal=True, alibi_slopes=slopes, softcap=50.0, block_size=256)
+    _, ref_cap = reference(q, k, v, causal=True, slopes=slopes, softcap=50.0)
+    out = fa(*(torch.from_numpy(x).to(torch.bfloat16) for x in (q, k, v)))  # softcap: the generic kernel
+    assert out.dtype == torch.bfloat16
+    assert_close(to_np(out.float()), ref_cap, 3e-2)
+    out = FlashAttention(heads=h, dim=d, causal=True, alibi_slopes=slopes)(*(torch.from_numpy(x).to(torch.bfloat16) for x in (q, k, v)))
+    assert_close(to_np(out.float()), ref, 3e-2)  # the fused kernel with the bias as a mask

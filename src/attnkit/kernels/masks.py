@@ -180,9 +180,11 @@ def alibi_bias(xp: Namespace, slopes: Array, q0: int, q1: int, k0: int, k1: int,
     ``slopes`` is ``(..., H, 1, 1)`` in the score dtype; the result is ``(..., H, q1-q0, k1-k0)``.
     """
     dev = array_api_compat.device(slopes)
-    rows = xp.arange(q0, q1, dtype=slopes.dtype, device=dev) + offset
-    cols = xp.arange(k0, k1, dtype=slopes.dtype, device=dev)
-    return -slopes * xp.abs(rows[:, None] - cols[None, :])
+    # distances in integers, then cast: positions past 256 (bfloat16) or 2048 (float16) are not
+    # exact in a half type, their small differences near the diagonal are
+    rows = xp.arange(q0 + offset, q1 + offset, device=dev)
+    cols = xp.arange(k0, k1, device=dev)
+    return -slopes * xp.astype(xp.abs(rows[:, None] - cols[None, :]), slopes.dtype)
 
 
 def alibi_slopes(heads: int) -> np.ndarray:
