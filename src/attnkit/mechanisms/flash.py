@@ -45,7 +45,7 @@ class FlashAttention(Mechanism):
     ``window=(left, right)`` (``window_size``): query ``i`` sees keys ``i-left .. i+right``, a negative
     side unbounded, ``(-1, -1)`` no window (a string ``"left,right"`` is accepted); ``alibi_slopes``:
     ``heads`` slopes, the score of head ``h`` gets ``-slope_h * |i - j|`` (Press et al. 2022, ALiBi;
-    ``True`` takes the paper's geometric slopes);
+    ``"default"`` or ``True`` takes the paper's geometric slopes);
     ``softcap``: scores become ``softcap * tanh(s / softcap)`` before biases and masks (Gemma 2).
     """
 
@@ -68,7 +68,7 @@ class FlashAttention(Mechanism):
         check_finite: bool = True,
         rope: RotaryEmbedding | str | bool | None = None,
         window: tuple[int, int] | str | None = NO_WINDOW,
-        alibi_slopes: Sequence[float] | str | bool | None = None,
+        alibi_slopes: Sequence[float] | str | None = None,
         softcap: float | None = None,
     ) -> None:
         super().__init__()
