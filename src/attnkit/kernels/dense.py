@@ -317,7 +317,7 @@ def sdpa(
         if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0 and softcap is None:
             from .dense_torch import sdpa_torch
 
-            pm = _with_positional(mask, xp, q, int(q.shape[-2]), int(k.shape[-2]), tuple(window), alibi_slopes)
+            pm = _with_positional(mask, xp, q, int(q.shape[-2]), int(k.shape[-2]), window, alibi_slopes)
             out = sdpa_torch(q, k, v, scale=scale, mask=pm, causal=causal)
             if out is not None:
                 return out

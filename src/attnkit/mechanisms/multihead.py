@@ -138,7 +138,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         outs = self._out_dims()
-        shapes = {f"{n}.weight": (outs[n], d) for n, d in self._in_dims().items()}
+        shapes: dict[str, tuple[int, ...]] = {f"{n}.weight": (outs[n], d) for n, d in self._in_dims().items()}
         if self.bias:
             shapes.update({f"{n}.bias": (outs[n],) for n in PROJECTIONS})
         return shapes
