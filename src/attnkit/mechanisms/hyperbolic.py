@@ -118,8 +118,10 @@ class HyperbolicAttention(Mechanism):
         """
         self._check_alive()
         h = self._prepare(q, keys, values, mask)
-        w = self._weights(h)
         eps = pc.margin(h.out_dtype)
+        if self.aggregation == "einstein":  # tiled over queries: two GEMMs a tile, O(Lk) memory a query
+            return h.finish(pc.einstein_attention(h.q, h.k, h.v, self._c, self.temperature, h.mask, eps, h.xp))
+        w = self._weights(h)
         out = pc.einstein_aggregate(w, h.v, self._c, eps, h.xp)
         if self.aggregation == "frechet":
             tol = self.frechet_tol if self.frechet_tol is not None else pc.default_tol(out.dtype)
