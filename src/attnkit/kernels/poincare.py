@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -353,7 +354,9 @@ def wide_dtype(xp: Namespace, dtype: Any) -> Any:
     if _dtype_name(dtype) != "float32" or not hasattr(xp, "float64"):
         return None
     try:
-        probe = xp.astype(xp.zeros((1,), dtype=dtype), xp.float64)
+        with warnings.catch_warnings():  # JAX without x64 warns, then truncates to float32
+            warnings.simplefilter("ignore")
+            probe = xp.astype(xp.zeros((1,), dtype=dtype), xp.float64)
     except (TypeError, RuntimeError, ValueError):  # a device without float64
         return None
     return xp.float64 if probe.dtype == xp.float64 else None
