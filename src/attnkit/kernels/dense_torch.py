@@ -19,6 +19,7 @@ caller then uses the generic path).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = ["sdpa_torch"]
@@ -79,13 +80,29 @@ def sdpa_torch(q: Any, k: Any, v: Any, *, scale: float, mask: Any = None, causal
 
 
 def _call(sdpa: Any, q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, scale: float) -> Any:
-    """torch SDPA with broadcasting batch dimensions (torch wants them equal)."""
+    """torch SDPA with broadcasting batch dimensions (torch wants them equal), always on 4-D tensors.
+
+    torch's fused kernels (flash attention on CPU; flash / memory-efficient on CUDA) take only
+    ``(B, H, L, D)``: a 3-D ``(H, L, D)`` call, as a sequence ``(L, H, D)`` without a batch dim gives, or
+    a 5-D one runs the unfused math path (5.5x slower on CPU). Other ranks are viewed as 4-D here
+    (a leading 1, or the batch dimensions merged, which stays a view for the strided heads-first
+    layouts attnkit passes) and the result is viewed back.
+    """
+    import torch
+
     if attn_mask is not None and getattr(attn_mask, "ndim", 2) < 2:
         attn_mask = attn_mask.reshape(1, -1)  # a mask over keys only
-    mshape = attn_mask.shape[:-2] if attn_mask is not None and attn_mask.ndim > 2 else ()
-    if q.shape[:-2] != k.shape[:-2] or q.shape[:-2] != v.shape[:-2] or len(mshape) > q.ndim - 2:
-        import torch
-
-        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], mshape)
+    mshape = tuple(attn_mask.shape[:-2]) if attn_mask is not None and attn_mask.ndim > 2 else ()
+    batch = tuple(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], mshape))
+    if q.shape[:-2] != batch or k.shape[:-2] != batch or v.shape[:-2] != batch:
         q, k, v = (t.expand(*batch, *t.shape[-2:]) for t in (q, k, v))
-    return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+    if len(batch) == 2:
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+    lead = (1, *batch) if len(batch) < 2 else (math.prod(batch[:-1]), batch[-1])
+    lead = (1, *lead) if len(lead) < 2 else lead
+    q4, k4, v4 = (t.reshape(*lead, *t.shape[-2:]) for t in (q, k, v))
+    if attn_mask is not None and len(mshape) > 0:
+        full = (*batch, *attn_mask.shape[-2:])
+        attn_mask = attn_mask.expand(*full).reshape(*lead, *attn_mask.shape[-2:])
+    out = sdpa(q4, k4, v4, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+    return out.reshape(*batch, *out.shape[-2:])
