@@ -90,9 +90,13 @@ def _call(sdpa: Any, q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, sc
     """
     import torch
 
-    if attn_mask is not None and getattr(attn_mask, "ndim", 2) < 2:
+    from torch.nn.attention.bias import CausalBias
+
+    # a tensor mask, not torch's CausalBias (a tensor subclass that applies to the last two dims only)
+    tensor_mask = isinstance(attn_mask, torch.Tensor) and not isinstance(attn_mask, CausalBias)
+    if tensor_mask and attn_mask.ndim < 2:
         attn_mask = attn_mask.reshape(1, -1)  # a mask over keys only
-    mshape = tuple(attn_mask.shape[:-2]) if attn_mask is not None and attn_mask.ndim > 2 else ()
+    mshape = tuple(attn_mask.shape[:-2]) if tensor_mask and attn_mask.ndim > 2 else ()
     batch = tuple(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], mshape))
     if q.shape[:-2] != batch or k.shape[:-2] != batch or v.shape[:-2] != batch:
         q, k, v = (t.expand(*batch, *t.shape[-2:]) for t in (q, k, v))
