@@ -89,7 +89,6 @@ def _call(sdpa: Any, q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, sc
     layouts attnkit passes) and the result is viewed back.
     """
     import torch
-
     from torch.nn.attention.bias import CausalBias
 
     # a tensor mask, not torch's CausalBias (a tensor subclass that applies to the last two dims only)
