@@ -16,6 +16,7 @@ keys are all masked give zeros. This module is generic over the array API; backe
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import array_api_compat
@@ -84,9 +85,7 @@ def sdpa_generic(
     return out_parts[0] if len(out_parts) == 1 else xp.concat(out_parts, axis=-2)
 
 
-def attention_weights(
-    q: Array, k: Array, *, xp: Namespace, scale: float, mask: Array | None = None, causal: bool = False
-) -> Array:
+def attention_weights(q: Array, k: Array, *, xp: Namespace, scale: float, mask: Array | None = None, causal: bool = False) -> Array:
     """The dense probabilities ``softmax(scale q k^T + bias)``, shape ``(..., H, Lq, Lk)`` (O(Lq*Lk) memory)."""
     lq, lk = q.shape[-2], k.shape[-2]
     s = (q * scale) @ xp.matrix_transpose(k)
@@ -110,13 +109,24 @@ def sdpa(
     rng: np.random.Generator | None = None,
     block_size: int = 256,
     backend: str = "auto",
+    engine: str = "auto",
 ) -> Array:
     """Dispatch to the fastest exact kernel whose semantics match; all agree with :func:`sdpa_generic`.
 
     ``backend``: ``"auto"`` (default), ``"generic"``, ``"numpy"`` (the NumPy fast path) or ``"torch"``
-    (torch's fused ``scaled_dot_product_attention``).
+    (torch's fused ``scaled_dot_product_attention``). ``engine`` (for NumPy inputs under
+    ``backend="auto"``): ``"numpy"``, ``"torch"`` (torch's fused kernel on zero-copy views) or ``"auto"``
+    (calibrated per machine; see :mod:`.engine`).
     """
     kw: dict[str, Any] = dict(scale=scale, mask=mask, causal=causal)
+    if backend == "auto" and is_numpy(xp) and dropout_p == 0.0 and engine != "numpy":
+        from .engine import choose_engine, sdpa_torch_numpy
+
+        work = 4.0 * math.prod(np.broadcast_shapes(q.shape[:-2], k.shape[:-2])) * q.shape[-2] * k.shape[-2] * q.shape[-1]
+        if choose_engine(engine, work=work, dtype=q.dtype) == "torch":
+            out = sdpa_torch_numpy(q, k, v, **kw)
+            if out is not None:
+                return out
     if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0:
         from .dense_torch import sdpa_torch
 

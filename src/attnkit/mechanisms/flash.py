@@ -15,6 +15,7 @@ import numpy as np
 
 from .._array import Array, nonzero_float, positive_int, probability
 from ..kernels.dense import attention_weights, sdpa
+from ..kernels.engine import check_engine
 from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
 from ._sequence import prepare_sequence
 from .base import Mechanism
@@ -33,6 +34,10 @@ class FlashAttention(Mechanism):
     ``seed`` seeds the dropout generator; ``check_finite`` rejects NaN/inf input; ``rope``: a
     :class:`~attnkit.RotaryEmbedding` (or ``True``/``"half"``/``"interleaved"``) applied to q and k
     (keys at positions ``0..Lk-1``, queries bottom-right aligned at ``Lk-Lq..Lk-1``).
+    ``engine`` (NumPy inputs): ``"auto"`` (default: torch's fused kernel through zero-copy views where
+    a cached per-machine calibration finds it faster and torch is already imported or the call is
+    large), ``"numpy"`` (attnkit's NumPy path) or ``"torch"``; ``$ATTNKIT_ENGINE`` overrides ``"auto"``.
+    See :mod:`attnkit.kernels.engine`.
     """
 
     name = "flash"
@@ -50,6 +55,7 @@ class FlashAttention(Mechanism):
         seed: int | None = None,
         check_finite: bool = True,
         rope: RotaryEmbedding | str | bool | None = None,
+        engine: str = "auto",
     ) -> None:
         super().__init__()
         self.heads = positive_int(heads, "heads")
@@ -62,6 +68,7 @@ class FlashAttention(Mechanism):
         self.seed = seed
         self.check_finite = bool(check_finite)
         self.rope = as_rope(rope, self.dim)  # rotary embedding of q/k (see attnkit.kernels.rope.apply_rope_qk)
+        self.engine = check_engine(engine)
 
     @property
     def effective_scale(self) -> float:
@@ -74,9 +81,18 @@ class FlashAttention(Mechanism):
         s.q, s.k = apply_rope_qk(self.rope, s.q, s.k)
         p = self.dropout if self.training else 0.0
         out = sdpa(
-            s.q, s.k, s.v, xp=s.xp, scale=self.effective_scale, mask=s.mask, causal=self.causal,
-            dropout_p=p, rng=self._rng(), block_size=self.block_size,
+            s.q,
+            s.k,
+            s.v,
+            xp=s.xp,
+            scale=self.effective_scale,
+            mask=s.mask,
+            causal=self.causal,
+            dropout_p=p,
+            rng=self._rng(),
+            block_size=self.block_size,
             backend="auto" if self.simd else "generic",
+            engine=self.engine,
         )
         return s.finish(out)
 
