@@ -95,7 +95,8 @@ def _machine_key() -> str:
 
     from ._threads import get_num_threads
 
-    return f"v{_VERSION}|{cpu_model()}|threads={get_num_threads()}|torch_threads={torch.get_num_threads()}|numpy={np.__version__}|torch={torch.__version__}"
+    threads = f"threads={get_num_threads()}|torch_threads={torch.get_num_threads()}"
+    return f"v{_VERSION}|{cpu_model()}|{threads}|numpy={np.__version__}|torch={torch.__version__}"
 
 
 def _work(b: int, h: int, lq: int, lk: int, d: int) -> float:
