@@ -137,9 +137,10 @@ class MixedCurvatureAttention(Mechanism):
     def _distances(self, qe: Array, qh: Array, ke: Array, kh: Array, xp: Namespace) -> Array:
         sq = None
         if self.euclidean_dim and self.euclidean_weight:
-            sq = self.euclidean_weight * pc.pairwise_sqdist(qe, ke, xp)
+            sq = self.euclidean_weight * pc.pairwise_sqdist_gemm(qe, ke, xp)
         if self.hyperbolic_dim and self.hyperbolic_weight:
-            dh = pc.pairwise_distance(qh, kh, c=self._c)
+            # (the points were checked by _split: the kernel, one GEMM, without validating them again)
+            dh = pc.pairwise_dist_kernel(qh, kh, self._c, xp)
             part = self.hyperbolic_weight * dh * dh
             sq = part if sq is None else sq + part
         if sq is None:  # the only non-empty factor has weight 0: every key is equally far
