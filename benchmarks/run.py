@@ -194,12 +194,18 @@ def bench_dense(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     rate = sgemm_rate()
     log("\n== dense exact attention, fp32 (ratio = torch / attnkit; > 1 means attnkit is faster)")
-    log("attnkit with NumPy inputs on each engine: numpy (its NumPy path), torch (torch's fused kernel on zero-copy views), "
-        "auto (the calibrated choice); auto/best = the faster engine's time / auto's (target >= 0.97)")
-    log(f"limit = the point's FLOPs at this machine's best sgemm rate, {rate['best'] / 1e9:.0f} GFLOP/s (numpy "
-        f"{rate['numpy'] / 1e9:.0f}, torch {rate.get('torch', float('nan')) / 1e9:.0f}), as a fraction of each time")
-    log(f"{'B':>2} {'H':>2} {'L':>6} {'D':>4} {'causal':>6} | {'numpy ms':>9} {'torch-eng':>9} {'auto ms':>8} {'torch ms':>9} | "
-        f"{'ratio np':>8} {'ratio au':>8} {'au/best':>7} | {'lim np':>6} {'lim te':>6} {'lim th':>6} | {'naive ms':>9}")
+    log(
+        "attnkit with NumPy inputs on each engine: numpy (its NumPy path), torch (torch's fused kernel on zero-copy views), "
+        "auto (the calibrated choice); auto/best = the faster engine's time / auto's (target >= 0.97)"
+    )
+    log(
+        f"limit = the point's FLOPs at this machine's best sgemm rate, {rate['best'] / 1e9:.0f} GFLOP/s (numpy "
+        f"{rate['numpy'] / 1e9:.0f}, torch {rate.get('torch', float('nan')) / 1e9:.0f}), as a fraction of each time"
+    )
+    log(
+        f"{'B':>2} {'H':>2} {'L':>6} {'D':>4} {'causal':>6} | {'numpy ms':>9} {'torch-eng':>9} {'auto ms':>8} {'torch ms':>9} | "
+        f"{'ratio np':>8} {'ratio au':>8} {'au/best':>7} | {'lim np':>6} {'lim te':>6} {'lim th':>6} | {'naive ms':>9}"
+    )
     for b, h, length, d, qscale in configs:
         for causal in (False, True):
             x = [rng.standard_normal((b, length, h, d), dtype=np.float32) for _ in range(3)]
@@ -221,30 +227,58 @@ def bench_dense(args: argparse.Namespace) -> dict[str, Any]:
             flops = 4.0 * scores * d
             limit = flops / rate["best"]
             best = min(t["attnkit_numpy"], t["attnkit_torch"])
-            row = dict(batch=b, heads=h, length=length, dim=d, causal=causal, q_scale=qscale,
-                       attnkit_s=t["attnkit_numpy"], attnkit_numpy_s=t["attnkit_numpy"], attnkit_torch_engine_s=t["attnkit_torch"],
-                       attnkit_auto_s=t["attnkit_auto"], torch_s=t["torch"], naive_s=t.get("naive"),
-                       ratio=t["torch"] / t["attnkit_numpy"], ratio_auto=t["torch"] / t["attnkit_auto"], auto_vs_best=best / t["attnkit_auto"],
-                       flops=flops, limit_s=limit, limit_fraction_numpy=limit / t["attnkit_numpy"],
-                       limit_fraction_torch_engine=limit / t["attnkit_torch"], limit_fraction_torch=limit / t["torch"],
-                       max_abs_diff_vs_torch=err)
+            row = dict(
+                batch=b,
+                heads=h,
+                length=length,
+                dim=d,
+                causal=causal,
+                q_scale=qscale,
+                attnkit_s=t["attnkit_numpy"],
+                attnkit_numpy_s=t["attnkit_numpy"],
+                attnkit_torch_engine_s=t["attnkit_torch"],
+                attnkit_auto_s=t["attnkit_auto"],
+                torch_s=t["torch"],
+                naive_s=t.get("naive"),
+                ratio=t["torch"] / t["attnkit_numpy"],
+                ratio_auto=t["torch"] / t["attnkit_auto"],
+                auto_vs_best=best / t["attnkit_auto"],
+                flops=flops,
+                limit_s=limit,
+                limit_fraction_numpy=limit / t["attnkit_numpy"],
+                limit_fraction_torch_engine=limit / t["attnkit_torch"],
+                limit_fraction_torch=limit / t["torch"],
+                max_abs_diff_vs_torch=err,
+            )
             rows.append(row)
             naive = f"{t['naive'] * 1e3:9.2f}" if "naive" in t else f"{'-':>9}"
             note = "  (q x 8: large logits, online softmax)" if qscale != 1.0 else ""
-            log(f"{b:>2} {h:>2} {length:>6} {d:>4} {causal!s:>6} | {t['attnkit_numpy'] * 1e3:9.2f} {t['attnkit_torch'] * 1e3:9.2f} "
+            log(
+                f"{b:>2} {h:>2} {length:>6} {d:>4} {causal!s:>6} | {t['attnkit_numpy'] * 1e3:9.2f} {t['attnkit_torch'] * 1e3:9.2f} "
                 f"{t['attnkit_auto'] * 1e3:8.2f} {t['torch'] * 1e3:9.2f} | {row['ratio']:8.2f} {row['ratio_auto']:8.2f} "
                 f"{row['auto_vs_best']:7.2f} | {row['limit_fraction_numpy']:6.2f} {row['limit_fraction_torch_engine']:6.2f} "
-                f"{row['limit_fraction_torch']:6.2f} | {naive}{note}")
+                f"{row['limit_fraction_torch']:6.2f} | {naive}{note}"
+            )
             for fa in engines.values():
                 fa.dispose()
     main = [r for r in rows if (r["batch"], r["heads"], r["dim"], r["q_scale"]) == (1, 8, 64, 1.0)]
     ratios = [r["ratio"] for r in main]
     auto = [r["auto_vs_best"] for r in rows]
-    summary = dict(geomean_ratio=geomean(ratios), min_ratio=min(ratios), target_geomean=1.0, target_min=0.8,
-                   geomean_ratio_auto=geomean([r["ratio_auto"] for r in main]), min_auto_vs_best=min(auto), target_auto_vs_best=0.97,
-                   sgemm_rate=rate, passed=geomean(ratios) >= 1.0 and min(ratios) >= 0.8)
-    log(f"NumPy engine: geometric mean ratio {summary['geomean_ratio']:.2f}, minimum {summary['min_ratio']:.2f}; "
-        f"auto: geometric mean ratio {summary['geomean_ratio_auto']:.2f}, worst auto/best {summary['min_auto_vs_best']:.2f} (target >= 0.97)")
+    summary = dict(
+        geomean_ratio=geomean(ratios),
+        min_ratio=min(ratios),
+        target_geomean=1.0,
+        target_min=0.8,
+        geomean_ratio_auto=geomean([r["ratio_auto"] for r in main]),
+        min_auto_vs_best=min(auto),
+        target_auto_vs_best=0.97,
+        sgemm_rate=rate,
+        passed=geomean(ratios) >= 1.0 and min(ratios) >= 0.8,
+    )
+    log(
+        f"NumPy engine: geometric mean ratio {summary['geomean_ratio']:.2f}, minimum {summary['min_ratio']:.2f}; "
+        f"auto: geometric mean ratio {summary['geomean_ratio_auto']:.2f}, worst auto/best {summary['min_auto_vs_best']:.2f} (target >= 0.97)"
+    )
     return dict(rows=rows, summary=summary)
 
 
@@ -273,15 +307,24 @@ def bench_hyperbolic(args: argparse.Namespace) -> dict[str, Any]:
     rate = sgemm_rate()
     t = interleaved(fns, args.repeats)
     flops = 4.0 * length * length * d
-    log(f"\n== hyperbolic attention, Lq = Lk = {length}, d {d}, one head, fp32 NumPy in (ratio = time / FlashAttention's "
-        f"NumPy-engine time; target <= 3 for hyperbolic); limit = 4 L^2 d FLOPs at {rate['best'] / 1e9:.0f} GFLOP/s")
+    log(
+        f"\n== hyperbolic attention, Lq = Lk = {length}, d {d}, one head, fp32 NumPy in (ratio = time / FlashAttention's "
+        f"NumPy-engine time; target <= 3 for hyperbolic); limit = 4 L^2 d FLOPs at {rate['best'] / 1e9:.0f} GFLOP/s"
+    )
     rows = []
     for name, sec in t.items():
-        row = dict(name=name, seconds=sec, ratio_to_flash_numpy=sec / t["flash_numpy"],
-                   ratio_to_flash_torch_engine=sec / t["flash_torch_engine"], limit_fraction=flops / rate["best"] / sec)
+        row = dict(
+            name=name,
+            seconds=sec,
+            ratio_to_flash_numpy=sec / t["flash_numpy"],
+            ratio_to_flash_torch_engine=sec / t["flash_torch_engine"],
+            limit_fraction=flops / rate["best"] / sec,
+        )
         rows.append(row)
-        log(f"{name:<20} {sec * 1e3:9.2f} ms   x{row['ratio_to_flash_numpy']:5.2f} flash(numpy)   "
-            f"x{row['ratio_to_flash_torch_engine']:5.2f} flash(torch engine)   limit fraction {row['limit_fraction']:.2f}")
+        log(
+            f"{name:<20} {sec * 1e3:9.2f} ms   x{row['ratio_to_flash_numpy']:5.2f} flash(numpy)   "
+            f"x{row['ratio_to_flash_torch_engine']:5.2f} flash(torch engine)   limit fraction {row['limit_fraction']:.2f}"
+        )
     ratio = t["hyperbolic"] / t["flash_numpy"]
     return dict(rows=rows, length=length, dim=d, sgemm_rate=rate, ratio=ratio, target=3.0, passed=ratio <= 3.0)
 
@@ -298,8 +341,11 @@ def bench_local(args: argparse.Namespace) -> dict[str, Any]:
     fa = FlashAttention(heads=heads, dim=d, engine="numpy")
     fa_t = FlashAttention(heads=heads, dim=d, engine="torch")
     rate = sgemm_rate()
-    fns: dict[str, Callable[[], object]] = {"local_global": lambda: lg.forward(*x), "dense_masked_numpy": lambda: fa.forward(*x, mask=mask),
-                                            "dense_masked_torch_engine": lambda: fa_t.forward(*x, mask=mask)}
+    fns: dict[str, Callable[[], object]] = {
+        "local_global": lambda: lg.forward(*x),
+        "dense_masked_numpy": lambda: fa.forward(*x, mask=mask),
+        "dense_masked_torch_engine": lambda: fa_t.forward(*x, mask=mask),
+    }
     t = interleaved(fns, args.local_repeats, warmup=0)
     w = lg.radius
     band = sum(min(length, i + w + 1) - max(0, i - w) for i in range(length))  # keys each query sees
@@ -307,13 +353,25 @@ def bench_local(args: argparse.Namespace) -> dict[str, Any]:
     limit = flops / rate["best"]
     speedup = t["dense_masked_numpy"] / t["local_global"]
     log(f"\n== local-global attention, L = {length}, window {window}, {heads} heads, d {d}, fp32 NumPy in")
-    log(f"local_global {t['local_global'] * 1e3:.1f} ms; dense with the equivalent mask: numpy engine "
+    log(
+        f"local_global {t['local_global'] * 1e3:.1f} ms; dense with the equivalent mask: numpy engine "
         f"{t['dense_masked_numpy'] * 1e3:.1f} ms (x{speedup:.1f}, target >= 8), torch engine {t['dense_masked_torch_engine'] * 1e3:.1f} ms "
         f"(x{t['dense_masked_torch_engine'] / t['local_global']:.1f}); band FLOPs at {rate['best'] / 1e9:.0f} GFLOP/s take "
-        f"{limit * 1e3:.1f} ms: local-global at x{t['local_global'] / limit:.2f} of that (target <= 1.5)")
-    return dict(length=length, window=window, heads=heads, dim=d, seconds=t, sgemm_rate=rate, band_flops=flops, limit_s=limit,
-                speedup_vs_dense=speedup, time_over_limit=t["local_global"] / limit,
-                passed=speedup >= 8 and t["local_global"] / limit <= 1.5)
+        f"{limit * 1e3:.1f} ms: local-global at x{t['local_global'] / limit:.2f} of that (target <= 1.5)"
+    )
+    return dict(
+        length=length,
+        window=window,
+        heads=heads,
+        dim=d,
+        seconds=t,
+        sgemm_rate=rate,
+        band_flops=flops,
+        limit_s=limit,
+        speedup_vs_dense=speedup,
+        time_over_limit=t["local_global"] / limit,
+        passed=speedup >= 8 and t["local_global"] / limit <= 1.5,
+    )
 
 
 def _rss_hwm_reset() -> bool:
@@ -357,13 +415,24 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
     traced_extra = (peak - out_bytes) / 2**20
     rss_growth = (hwm - rss_before) / 1024 if (rss_ok and hwm and rss_before) else None
     naive = h * length * length * 4 / 2**20
-    res = dict(length=length, heads=h, dim=d, seconds=seconds, output_mb=out_bytes / 2**20,
-               traced_peak_beyond_output_mb=traced_extra, rss_peak_growth_mb=rss_growth, naive_scores_mb=naive,
-               target_mb=64.0, passed=traced_extra <= 64.0 and (rss_growth is None or rss_growth <= 64.0 + out_bytes / 2**20))
+    res = dict(
+        length=length,
+        heads=h,
+        dim=d,
+        seconds=seconds,
+        output_mb=out_bytes / 2**20,
+        traced_peak_beyond_output_mb=traced_extra,
+        rss_peak_growth_mb=rss_growth,
+        naive_scores_mb=naive,
+        target_mb=64.0,
+        passed=traced_extra <= 64.0 and (rss_growth is None or rss_growth <= 64.0 + out_bytes / 2**20),
+    )
     log(f"\n== memory: one forward at L={length}, {h} heads, d {d} ({seconds:.1f} s)")
-    log(f"tracemalloc: peak {traced_extra:.1f} MB beyond the {out_bytes / 2**20:.0f} MB output; process peak RSS grew "
+    log(
+        f"tracemalloc: peak {traced_extra:.1f} MB beyond the {out_bytes / 2**20:.0f} MB output; process peak RSS grew "
         f"{'n/a' if rss_growth is None else f'{rss_growth:.1f} MB'} (output included); target <= 64 MB beyond inputs and "
-        f"output (the L x L scores alone would be {naive:.0f} MB)")
+        f"output (the L x L scores alone would be {naive:.0f} MB)"
+    )
     fa.dispose()
     return res
 
@@ -380,10 +449,14 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(2)
     rows = []
     log("\n== torch tensors in: attnkit's dispatch to torch's fused kernel vs calling torch directly")
-    log("sdpa = attnkit.kernels.dense.sdpa on (B, H, L, D) tensors; Flash = FlashAttention.forward on (B, L, H, D) tensors "
-        "(input checks included), against torch on the same layout; 'no check' = FlashAttention(check_finite=False)")
-    log(f"{'L':>6} {'causal':>6} | {'torch ms':>9} {'sdpa ms':>9} {'overhead':>8} | {'torch(BLHD) ms':>14} {'Flash ms':>9} {'overhead':>8} | "
-        f"{'no check':>9} {'overhead':>8} | {'Flash 3-D':>9} {'overhead':>8}")
+    log(
+        "sdpa = attnkit.kernels.dense.sdpa on (B, H, L, D) tensors; Flash = FlashAttention.forward on (B, L, H, D) tensors "
+        "(input checks included), against torch on the same layout; 'no check' = FlashAttention(check_finite=False)"
+    )
+    log(
+        f"{'L':>6} {'causal':>6} | {'torch ms':>9} {'sdpa ms':>9} {'overhead':>8} | {'torch(BLHD) ms':>14} {'Flash ms':>9} {'overhead':>8} | "
+        f"{'no check':>9} {'overhead':>8} | {'Flash 3-D':>9} {'overhead':>8}"
+    )
     for length in args.torch_lengths:
         for causal in (False, True):
             th = [torch.from_numpy(rng.standard_normal((1, 8, length, 64), dtype=np.float32)) for _ in range(3)]
@@ -393,21 +466,32 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
             fns = {
                 "torch": lambda th=th, c=causal: F.scaled_dot_product_attention(*th, is_causal=c),
                 "sdpa": lambda th=th, c=causal: sdpa(*th, xp=txp, scale=0.125, causal=c),
-                "torch_blhd": lambda tl=tl, c=causal: F.scaled_dot_product_attention(
-                    *(t.transpose(1, 2) for t in tl), is_causal=c).transpose(1, 2),
+                "torch_blhd": lambda tl=tl, c=causal: F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in tl), is_causal=c).transpose(1, 2),
                 "flash": lambda tl=tl, fa=fa: fa.forward(*tl),
                 "flash_3d": lambda tl=tl, fa=fa: fa.forward(*(t[0] for t in tl)),  # (L, H, D): no batch dim
                 "flash_nocheck": lambda tl=tl, fa=fa_nc: fa.forward(*tl),
             }
             t = interleaved(fns, args.torch_repeats)
-            row = dict(length=length, causal=causal, torch_s=t["torch"], sdpa_s=t["sdpa"], torch_blhd_s=t["torch_blhd"],
-                       flash_s=t["flash"], flash_nocheck_s=t["flash_nocheck"], sdpa_overhead=t["sdpa"] / t["torch"] - 1,
-                       flash_overhead=t["flash"] / t["torch_blhd"] - 1, flash_nocheck_overhead=t["flash_nocheck"] / t["torch_blhd"] - 1,
-                       flash_3d_s=t["flash_3d"], flash_3d_overhead=t["flash_3d"] / t["torch_blhd"] - 1)
+            row = dict(
+                length=length,
+                causal=causal,
+                torch_s=t["torch"],
+                sdpa_s=t["sdpa"],
+                torch_blhd_s=t["torch_blhd"],
+                flash_s=t["flash"],
+                flash_nocheck_s=t["flash_nocheck"],
+                sdpa_overhead=t["sdpa"] / t["torch"] - 1,
+                flash_overhead=t["flash"] / t["torch_blhd"] - 1,
+                flash_nocheck_overhead=t["flash_nocheck"] / t["torch_blhd"] - 1,
+                flash_3d_s=t["flash_3d"],
+                flash_3d_overhead=t["flash_3d"] / t["torch_blhd"] - 1,
+            )
             rows.append(row)
-            log(f"{length:>6} {causal!s:>6} | {t['torch'] * 1e3:9.2f} {t['sdpa'] * 1e3:9.2f} {row['sdpa_overhead']:8.1%} | "
+            log(
+                f"{length:>6} {causal!s:>6} | {t['torch'] * 1e3:9.2f} {t['sdpa'] * 1e3:9.2f} {row['sdpa_overhead']:8.1%} | "
                 f"{t['torch_blhd'] * 1e3:14.2f} {t['flash'] * 1e3:9.2f} {row['flash_overhead']:8.1%} | "
-                f"{t['flash_nocheck'] * 1e3:9.2f} {row['flash_nocheck_overhead']:8.1%} | {t['flash_3d'] * 1e3:9.2f} {row['flash_3d_overhead']:8.1%}")
+                f"{t['flash_nocheck'] * 1e3:9.2f} {row['flash_nocheck_overhead']:8.1%} | {t['flash_3d'] * 1e3:9.2f} {row['flash_3d_overhead']:8.1%}"
+            )
             fa.dispose()
             fa_nc.dispose()
     # the dispatch's own cost, free of timing noise: torch's kernel replaced by a stub that returns q
@@ -422,23 +506,31 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
     calls = 2000
     F.scaled_dot_product_attention = stub
     try:
-        cost = interleaved({
-            "direct": lambda: [F.scaled_dot_product_attention(*th, scale=0.125) for _ in range(calls)],
-            "sdpa": lambda: [sdpa(*th, xp=txp, scale=0.125) for _ in range(calls)],
-            "direct_blhd": lambda: [F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in tl)).transpose(1, 2)
-                                    for _ in range(calls)],
-            "flash": lambda: [fa.forward(*tl) for _ in range(calls)],
-            "flash_nocheck": lambda: [fa_nc.forward(*tl) for _ in range(calls)],
-        }, 5)
+        cost = interleaved(
+            {
+                "direct": lambda: [F.scaled_dot_product_attention(*th, scale=0.125) for _ in range(calls)],
+                "sdpa": lambda: [sdpa(*th, xp=txp, scale=0.125) for _ in range(calls)],
+                "direct_blhd": lambda: [F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in tl)).transpose(1, 2) for _ in range(calls)],
+                "flash": lambda: [fa.forward(*tl) for _ in range(calls)],
+                "flash_nocheck": lambda: [fa_nc.forward(*tl) for _ in range(calls)],
+            },
+            5,
+        )
     finally:
         F.scaled_dot_product_attention = real
     us = {k: v / calls * 1e6 for k, v in cost.items()}
-    dispatch = dict(sdpa_us=us["sdpa"] - us["direct"], flash_us=us["flash"] - us["direct_blhd"],
-                    flash_nocheck_us=us["flash_nocheck"] - us["direct_blhd"], inputs="1 x 8 x 512 x 64 float32")
+    dispatch = dict(
+        sdpa_us=us["sdpa"] - us["direct"],
+        flash_us=us["flash"] - us["direct_blhd"],
+        flash_nocheck_us=us["flash_nocheck"] - us["direct_blhd"],
+        inputs="1 x 8 x 512 x 64 float32",
+    )
     t512 = min(r["torch_s"] for r in rows if r["length"] == min(args.torch_lengths)) * 1e6
-    log(f"dispatch cost with torch's kernel stubbed out (L={min(args.torch_lengths)}): sdpa {dispatch['sdpa_us']:.1f} us, "
+    log(
+        f"dispatch cost with torch's kernel stubbed out (L={min(args.torch_lengths)}): sdpa {dispatch['sdpa_us']:.1f} us, "
         f"FlashAttention.forward {dispatch['flash_us']:.1f} us ({dispatch['flash_nocheck_us']:.1f} us without checks) "
-        f"= {dispatch['sdpa_us'] / t512:.1%} / {dispatch['flash_us'] / t512:.1%} of torch's fastest call here ({t512 / 1e3:.2f} ms)")
+        f"= {dispatch['sdpa_us'] / t512:.1%} / {dispatch['flash_us'] / t512:.1%} of torch's fastest call here ({t512 / 1e3:.2f} ms)"
+    )
     fa.dispose()
     fa_nc.dispose()
     worst = max(r["sdpa_overhead"] for r in rows)
@@ -446,11 +538,20 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
     worst_nc = max(r["flash_nocheck_overhead"] for r in rows)
     worst_3d = max(r["flash_3d_overhead"] for r in rows)
     log(f"worst overhead of FlashAttention.forward on 3-D (L, H, D) tensors: {worst_3d:.1%}")
-    log(f"worst overhead: kernel dispatch {worst:.1%}, FlashAttention.forward {worst_flash:.1%} "
-        f"({worst_nc:.1%} without the finiteness checks) (target <= 5%)")
-    return dict(rows=rows, worst_sdpa_overhead=worst, worst_flash_overhead=worst_flash, worst_flash_nocheck_overhead=worst_nc,
-                worst_flash_3d_overhead=worst_3d,
-                dispatch_cost=dispatch, target=0.05, passed=dispatch["sdpa_us"] / t512 <= 0.05)
+    log(
+        f"worst overhead: kernel dispatch {worst:.1%}, FlashAttention.forward {worst_flash:.1%} "
+        f"({worst_nc:.1%} without the finiteness checks) (target <= 5%)"
+    )
+    return dict(
+        rows=rows,
+        worst_sdpa_overhead=worst,
+        worst_flash_overhead=worst_flash,
+        worst_flash_nocheck_overhead=worst_nc,
+        worst_flash_3d_overhead=worst_3d,
+        dispatch_cost=dispatch,
+        target=0.05,
+        passed=dispatch["sdpa_us"] / t512 <= 0.05,
+    )
 
 
 def bench_neighbour(args: argparse.Namespace) -> dict[str, Any]:
@@ -492,14 +593,21 @@ def bench_neighbour(args: argparse.Namespace) -> dict[str, Any]:
         return run
 
     s = interleaved({"attnkit_single": many(sdp.forward), "bare_numpy": many(bare)}, args.repeats)
-    res = dict(queries=n, neighbours=kn, dim=d, one_call_s=t["one_call"], python_loop_s=t["python_loop"],
-               speedup=t["python_loop"] / t["one_call"], single_call_us=s["attnkit_single"] / calls * 1e6,
-               bare_numpy_us=s["bare_numpy"] / calls * 1e6, single_vs_bare=s["attnkit_single"] / s["bare_numpy"])
+    res = dict(
+        queries=n,
+        neighbours=kn,
+        dim=d,
+        one_call_s=t["one_call"],
+        python_loop_s=t["python_loop"],
+        speedup=t["python_loop"] / t["one_call"],
+        single_call_us=s["attnkit_single"] / calls * 1e6,
+        bare_numpy_us=s["bare_numpy"] / calls * 1e6,
+        single_vs_bare=s["attnkit_single"] / s["bare_numpy"],
+    )
     res["passed"] = res["speedup"] >= 20 and res["single_vs_bare"] <= 2
     log(f"\n== neighbour attention (ScaledDotProduct, {n} queries x {kn} neighbours, d {d})")
     log(f"one call {t['one_call'] * 1e3:.1f} ms vs Python loop {t['python_loop'] * 1e3:.0f} ms: {res['speedup']:.0f}x (target >= 20x)")
-    log(f"single query {res['single_call_us']:.1f} us vs bare NumPy {res['bare_numpy_us']:.1f} us: "
-        f"{res['single_vs_bare']:.2f}x (target <= 2x)")
+    log(f"single query {res['single_call_us']:.1f} us vs bare NumPy {res['bare_numpy_us']:.1f} us: {res['single_vs_bare']:.2f}x (target <= 2x)")
     sdp.dispose()
     return res
 
@@ -528,8 +636,14 @@ def bench_linear(args: argparse.Namespace) -> dict[str, Any]:
     fa.forward(*x)
     exact = time.perf_counter() - t0
     growth = [times[base] / times[base // 2], times[base * 2] / times[base]]
-    res = dict(length=base, linear_s=times[base], exact_s=exact, speedup=exact / times[base],
-               times={str(k): v for k, v in times.items()}, doubling_ratios=growth)
+    res = dict(
+        length=base,
+        linear_s=times[base],
+        exact_s=exact,
+        speedup=exact / times[base],
+        times={str(k): v for k, v in times.items()},
+        doubling_ratios=growth,
+    )
     res["passed"] = res["speedup"] >= 20 and max(growth) <= 2.2
     log(f"exact attention at L={base}: {exact:.1f} s (one run) -> linear is {res['speedup']:.0f}x faster (target >= 20x)")
     log(f"time ratio for doubling L: {growth[0]:.2f}, {growth[1]:.2f} (target <= 2.2)")
@@ -547,8 +661,13 @@ def bench_profile(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"length": length}
     log(f"\n== profile of the NumPy fast path at L={length} (8 heads, d 64; one thread, seconds per phase)")
     for causal in (False, True):
-        t = interleaved({"one": lambda c=causal: sdpa_numpy(q, k, v, scale=0.125, causal=c, num_threads=1),
-                         "threads": lambda c=causal: sdpa_numpy(q, k, v, scale=0.125, causal=c)}, 3)
+        t = interleaved(
+            {
+                "one": lambda c=causal: sdpa_numpy(q, k, v, scale=0.125, causal=c, num_threads=1),
+                "threads": lambda c=causal: sdpa_numpy(q, k, v, scale=0.125, causal=c),
+            },
+            3,
+        )
         t2 = t["threads"]
         prof: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -557,11 +676,14 @@ def bench_profile(args: argparse.Namespace) -> dict[str, Any]:
         scores = 8 * length * (length + 1) / 2 if causal else 8 * length * length
         flops = 4 * scores * 64
         gemm = prof.get("GEMM q k^T", 0.0) + prof.get("GEMM p v", 0.0)
-        out["causal" if causal else "full"] = dict(total_1thread_s=total, median_1thread_s=t["one"], phases_s=prof, threaded_s=t2,
-                                                     gemm_gflops_1thread=flops / gemm / 1e9 if gemm else None)
-        log(f"causal={causal}: one thread {t['one'] * 1e3:.1f} ms, {args.threads} threads {t2 * 1e3:.1f} ms "
+        out["causal" if causal else "full"] = dict(
+            total_1thread_s=total, median_1thread_s=t["one"], phases_s=prof, threaded_s=t2, gemm_gflops_1thread=flops / gemm / 1e9 if gemm else None
+        )
+        log(
+            f"causal={causal}: one thread {t['one'] * 1e3:.1f} ms, {args.threads} threads {t2 * 1e3:.1f} ms "
             f"(speed-up {t['one'] / t2:.2f}); profiled one-thread run {total * 1e3:.1f} ms, "
-            f"its GEMMs at {flops / gemm / 1e9:.0f} GFLOP/s")
+            f"its GEMMs at {flops / gemm / 1e9:.0f} GFLOP/s"
+        )
         for name, sec in sorted(prof.items(), key=lambda kv: -kv[1]):
             log(f"    {name:<14} {sec * 1e3:8.1f} ms  {sec / total:6.1%}")
     return out
@@ -579,8 +701,13 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         return False
     rows = [r for r in results["dense"]["rows"] if (r["batch"], r["heads"], r["dim"], r["q_scale"]) == (1, 8, 64, 1.0)]
     fig, ax = plt.subplots(figsize=(7, 5))
-    styles = {"attnkit_s": ("attnkit (numpy engine)", "tab:blue"), "attnkit_torch_engine_s": ("attnkit (torch engine)", "tab:green"),
-              "attnkit_auto_s": ("attnkit (auto)", "tab:purple"), "torch_s": ("torch SDPA", "tab:orange"), "naive_s": ("naive NumPy", "tab:gray")}
+    styles = {
+        "attnkit_s": ("attnkit (numpy engine)", "tab:blue"),
+        "attnkit_torch_engine_s": ("attnkit (torch engine)", "tab:green"),
+        "attnkit_auto_s": ("attnkit (auto)", "tab:purple"),
+        "torch_s": ("torch SDPA", "tab:orange"),
+        "naive_s": ("naive NumPy", "tab:gray"),
+    }
     for causal, ls in ((False, "-"), (True, "--")):
         sub = [r for r in rows if r["causal"] == causal]
         for key, (label, color) in styles.items():
@@ -696,12 +823,21 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"name": args.name, "environment": environment(args.threads), "argv": sys.argv[1:]}
     env = results["environment"]
     if env["OPENBLAS_CORETYPE"] or env["OPENBLAS_L2_SIZE"]:
-        log(f"note: OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']} OPENBLAS_L2_SIZE={env['OPENBLAS_L2_SIZE']} are set and "
-            "pin an older BLAS kernel; unset both for this command (see the module docstring)")
-    log(f"numpy {env['numpy']}, torch {env.get('torch')}, BLAS {env['blas']}, {args.threads} threads, "
-        f"load average {env['load_average_at_start']}")
-    runners = {"dense": bench_dense, "memory": bench_memory, "torch": bench_torch, "neighbour": bench_neighbour,
-               "linear": bench_linear, "profile": bench_profile, "hyperbolic": bench_hyperbolic, "local": bench_local}
+        log(
+            f"note: OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']} OPENBLAS_L2_SIZE={env['OPENBLAS_L2_SIZE']} are set and "
+            "pin an older BLAS kernel; unset both for this command (see the module docstring)"
+        )
+    log(f"numpy {env['numpy']}, torch {env.get('torch')}, BLAS {env['blas']}, {args.threads} threads, load average {env['load_average_at_start']}")
+    runners = {
+        "dense": bench_dense,
+        "memory": bench_memory,
+        "torch": bench_torch,
+        "neighbour": bench_neighbour,
+        "linear": bench_linear,
+        "profile": bench_profile,
+        "hyperbolic": bench_hyperbolic,
+        "local": bench_local,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     for section in SECTIONS:
         if section in args.only:
