@@ -49,6 +49,7 @@ from .._array import (
 )
 from ..errors import ConfigError, ShapeError
 from ..kernels import poincare as pc
+from ..kernels.dense import sdpa
 from ..kernels.masks import apply_mask
 from ..kernels.softmax import safe_softmax
 from ._headless import prepare_headless
@@ -259,9 +260,12 @@ class DualSpaceAttention(Mechanism):
         h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, compute=pc.geometry_dtype)
         xp, qa, ka, va, m = h.xp, h.q, h.k, h.v, h.mask
         parts = []
-        if self.mix < 1.0:
-            logits = apply_mask((qa * self.effective_scale) @ xp.matrix_transpose(ka), m, xp)
-            parts.append((1.0 - self.mix) * (safe_softmax(logits, xp) @ va))
+        if self.mix < 1.0:  # the dense kernel (NumPy's fast path, torch's fused SDPA), one head
+            e = sdpa(
+                xp.expand_dims(qa, axis=-3), xp.expand_dims(ka, axis=-3), xp.expand_dims(va, axis=-3), xp=xp,
+                scale=self.effective_scale, mask=None if m is None else xp.expand_dims(m, axis=-3),
+            )
+            parts.append((1.0 - self.mix) * e[..., 0, :, :])
         if self.mix > 0.0:
             hyp = self._hyp.forward(qa, ka, va, mask=m)
             parts.append(self.mix * pc.from_poincare(hyp, c=self._hyp.c))
