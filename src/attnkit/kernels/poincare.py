@@ -59,6 +59,7 @@ import numpy as np
 
 from .._array import Array, Namespace, as_float_array, check_finite, finite_float, namespace, positive_int, shape_str
 from ..errors import AttentionError, ConfigError, ShapeError
+from ._threads import small_gemms
 from .masks import apply_mask_tile
 from .softmax import safe_softmax
 
@@ -494,14 +495,15 @@ def einstein_attention(q: Array, k: Array, v: Array, c: float, temperature: floa
     fk = None if wide is None else xp.matrix_transpose(key_factor(k, c, xp, wide))
     scale = -1.0 / (temperature * math.sqrt(c))
     parts = []
-    for i0 in range(0, m, rows):
-        i1 = min(m, i0 + rows)
-        if fq is None or fk is None:
-            t = pairwise_arg(q[..., i0:i1, :], k, c, xp)
-        else:
-            t = xp.clip(xp.astype(xp.matmul(fq[..., i0:i1, :], fk), q.dtype), min=0.0)
-        logits = apply_mask_tile(_arcosh1p(t, xp) * scale, mask, xp, i0, i1, 0, n)
-        parts.append(xp.matmul(safe_softmax(logits, xp, axis=-1), vf))
+    with small_gemms(xp):
+        for i0 in range(0, m, rows):
+            i1 = min(m, i0 + rows)
+            if fq is None or fk is None:
+                t = pairwise_arg(q[..., i0:i1, :], k, c, xp)
+            else:
+                t = xp.clip(xp.astype(xp.matmul(fq[..., i0:i1, :], fk), q.dtype), min=0.0)
+            logits = apply_mask_tile(_arcosh1p(t, xp) * scale, mask, xp, i0, i1, 0, n)
+            parts.append(xp.matmul(safe_softmax(logits, xp, axis=-1), vf))
     nd = parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2)
     return klein_ratio(nd, c, eps, xp)
 

@@ -49,14 +49,18 @@ from .._array import (
 )
 from ..errors import ConfigError, ShapeError
 from ..kernels import poincare as pc
+from ..kernels._threads import small_gemms
 from ..kernels.dense import sdpa
-from ..kernels.masks import apply_mask
+from ..kernels.masks import apply_mask, mask_tile
 from ..kernels.softmax import safe_softmax
 from ._headless import prepare_headless
 from .base import Mechanism
 from .registry import register
 
 __all__ = ["MixedCurvatureAttention", "DualSpaceAttention"]
+
+#: scores in one query tile of MixedCurvatureAttention.forward (all batch items together)
+_TILE = 1 << 16
 
 
 def _safe_sqrt(x: Array, xp: Namespace) -> Array:
@@ -149,31 +153,61 @@ class MixedCurvatureAttention(Mechanism):
             return xp.zeros(shape, dtype=qe.dtype, device=array_api_compat.device(qe))
         return _safe_sqrt(sq, xp)
 
-    def _weights(self, q: Any, keys: Any, values: Any, mask: Any) -> tuple:
+    def _inputs(self, q: Any, keys: Any, values: Any, mask: Any) -> tuple:
         h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, values_width=self.dim, compute=pc.geometry_dtype)
         xp = h.xp
         eps = pc.margin(h.out_dtype)
         qe, qh = self._split(h.q, "q", xp, eps, True)
         ke, kh = self._split(h.k, "keys", xp, eps, keys is not None)
         ve, vh = self._split(h.v, "values", xp, eps, values is not None)
-        logits = apply_mask(self._distances(qe, qh, ke, kh, xp) * (-1.0 / self.temperature), h.mask, xp)
-        return h, safe_softmax(logits, xp, axis=-1), ve, vh, eps
+        return h, (qe, qh, ke, kh, ve, vh), eps
+
+    def _tile_weights(self, qe: Array, qh: Array, ke: Array, kh: Array, mask: Array | None, xp: Namespace) -> Array:
+        return safe_softmax(apply_mask(self._distances(qe, qh, ke, kh, xp) * (-1.0 / self.temperature), mask, xp), xp, axis=-1)
+
+    def _weights(self, q: Any, keys: Any, values: Any, mask: Any) -> tuple:
+        h, (qe, qh, ke, kh, ve, vh), eps = self._inputs(q, keys, values, mask)
+        return h, self._tile_weights(qe, qh, ke, kh, h.mask, h.xp), ve, vh, eps
 
     def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
-        """Output points ``(..., Lq, dim)`` (``(dim,)`` for a single query)."""
+        """Output points ``(..., Lq, dim)`` (``(dim,)`` for a single query).
+
+        With Einstein aggregation the queries are processed in tiles of about ``2^16 / Lk`` rows (all
+        batch items together): per tile one weight matrix and one GEMM with ``[v_E, lambda v_H,
+        lambda - 1]`` give the Euclidean mean and the Klein-model numerator and denominator, so memory
+        is ``O(Lk)`` a query and the temporaries stay in cache.
+        """
         self._check_alive()
-        h, w, ve, vh, eps = self._weights(q, keys, values, mask)
-        xp = h.xp
-        parts = []
-        if self.euclidean_dim:
-            parts.append(w @ ve)
-        if self.hyperbolic_dim:
-            oh = pc.einstein_aggregate(w, vh, self._c, eps, xp)
-            if self.aggregation == "frechet":
+        if self.aggregation == "frechet":
+            h, w, ve, vh, eps = self._weights(q, keys, values, mask)
+            xp = h.xp
+            parts = [w @ ve] if self.euclidean_dim else []
+            if self.hyperbolic_dim:
+                oh = pc.einstein_aggregate(w, vh, self._c, eps, xp)
                 oh = pc.frechet_aggregate(w, vh, self._c, eps, xp, self.frechet_iters, pc.default_tol(oh.dtype), init=oh)
-            if self.input_space == "tangent":
-                oh = pc.from_poincare(oh, c=self._c)
-            parts.append(oh)
+                parts.append(pc.from_poincare(oh, c=self._c) if self.input_space == "tangent" else oh)
+            return h.finish(parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1))
+        h, (qe, qh, ke, kh, ve, vh), eps = self._inputs(q, keys, values, mask)
+        xp = h.xp
+        de = self.euclidean_dim
+        factors = [ve] if de else []
+        if self.hyperbolic_dim:
+            factors.append(pc.value_factors(vh, self._c, xp))
+        vf = factors[0] if len(factors) == 1 else xp.concat(factors, axis=-1)
+        m, n = int(qe.shape[-2]), int(ke.shape[-2])
+        rows = max(1, _TILE // max(1, math.prod(h.batch) * n))
+        nds = []
+        with small_gemms(xp):
+            for i0 in range(0, m, rows):
+                i1 = min(m, i0 + rows)
+                mt = None if h.mask is None else mask_tile(h.mask, i0, i1, 0, n)
+                w = self._tile_weights(qe[..., i0:i1, :], qh[..., i0:i1, :], ke, kh, mt, xp)
+                nds.append(xp.matmul(w, vf))
+        nd = nds[0] if len(nds) == 1 else xp.concat(nds, axis=-2)
+        parts = [nd[..., :de]] if de else []
+        if self.hyperbolic_dim:
+            oh = pc.klein_ratio(nd[..., de:], self._c, eps, xp)
+            parts.append(pc.from_poincare(oh, c=self._c) if self.input_space == "tangent" else oh)
         return h.finish(parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1))
 
     def attention_weights(self, q: Any, keys: Any = None, mask: Any = None) -> Array:
