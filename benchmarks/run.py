@@ -289,11 +289,11 @@ def bench_hyperbolic(args: argparse.Namespace) -> dict[str, Any]:
     length, d = args.hyperbolic_len, 64
     rng = np.random.default_rng(11)
     hyp = HyperbolicAttention(d)
-    hq, hk, hv = hyp.sample_inputs(length, rng)
+    hq, hk, hv = hyp.example_inputs(length, rng)
     mixed = MixedCurvatureAttention(dim=d)
-    mq, mk, mv = mixed.sample_inputs(length, rng)
+    mq, mk, mv = mixed.example_inputs(length, rng)
     dual = DualSpaceAttention(dim=d)
-    dq, dk, dv = dual.sample_inputs(length, rng)
+    dq, dk, dv = dual.example_inputs(length, rng)
     x = [rng.standard_normal((length, 1, d), dtype=np.float32) for _ in range(3)]
     fa_np, fa_t = FlashAttention(heads=1, dim=d, engine="numpy"), FlashAttention(heads=1, dim=d, engine="torch")
     fns: dict[str, Callable[[], object]] = {

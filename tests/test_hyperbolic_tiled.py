@@ -157,7 +157,7 @@ def test_mixed_curvature_tiles_match_its_untiled_weights(dtype, tol, monkeypatch
 
     rng = np.random.default_rng(8)
     m = MixedCurvatureAttention(dim=8, euclidean_dim=3, curvature=1.5, temperature=0.8)
-    q, k, v = (np.asarray(a, dtype=dtype) for a in m.sample_inputs(120, rng))
+    q, k, v = (np.asarray(a, dtype=dtype) for a in m.example_inputs(120, rng))
     keep = rng.random((120, 120)) < 0.8
     keep[7] = False
     monkeypatch.setattr(mc, "_TILE", 25 * 120)  # five tiles

@@ -148,8 +148,10 @@ def run_compute(
     if weights is not None:
         _load_weights(mech, weights)
 
+    extras: dict[str, Any] = {}
     if random is not None:
-        drawn = mech.sample_inputs(random, np.random.default_rng(seed))
+        drawn = mech.example_inputs(random, np.random.default_rng(seed))
+        extras = mech.example_extras(random, np.random.default_rng(seed + 1))
         arrays = dict(zip(("q", "k", "v", "mask"), drawn, strict=False))
         if dtype is not None:
             arrays = {r: (a.astype(dtype) if a.dtype.kind == "f" else a) for r, a in arrays.items()}
@@ -161,7 +163,7 @@ def run_compute(
 
     q, k, v, m = arrays.get("q"), arrays.get("k"), arrays.get("v"), arrays.get("mask")
     t0 = time.perf_counter()
-    out = mech.forward(q, k, v, mask=m)
+    out = mech.forward(q, k, v, mask=m, **extras)
     elapsed = time.perf_counter() - t0
     from .._array import to_numpy
 
@@ -177,7 +179,7 @@ def run_compute(
     if heatmap is not None:
         from ._plot import heatmap as draw
 
-        w = attention_weights(mech, q, k, m)
+        w = attention_weights(mech, q, k, m, **extras)
         heat = draw(w, heatmap, title=f"{name} attention weights")
 
     summary = {

@@ -28,6 +28,7 @@ parts) and the origin (hyperbolic parts).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import array_api_compat
@@ -85,6 +86,9 @@ class MixedCurvatureAttention(Mechanism):
 
     name = "mixed_curvature"
     summary = "attention in a Euclidean x hyperbolic product space (product-metric distance weights)"
+    input_layout = "headless"
+    shape_options = {"dim": ("query", -1)}
+    example_options = {"dim": 4}
 
     def __init__(
         self,
@@ -157,9 +161,9 @@ class MixedCurvatureAttention(Mechanism):
         h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, values_width=self.dim, compute=pc.geometry_dtype)
         xp = h.xp
         eps = pc.margin(h.out_dtype)
-        qe, qh = self._split(h.q, "q", xp, eps, True)
-        ke, kh = self._split(h.k, "keys", xp, eps, keys is not None)
-        ve, vh = self._split(h.v, "values", xp, eps, values is not None)
+        qe, qh = self._split(h.q, "query", xp, eps, True)
+        ke, kh = self._split(h.k, "key", xp, eps, keys is not None)
+        ve, vh = self._split(h.v, "value", xp, eps, values is not None)
         return h, (qe, qh, ke, kh, ve, vh), eps
 
     def _tile_weights(self, qe: Array, qh: Array, ke: Array, kh: Array, mask: Array | None, xp: Namespace) -> Array:
@@ -169,7 +173,7 @@ class MixedCurvatureAttention(Mechanism):
         h, (qe, qh, ke, kh, ve, vh), eps = self._inputs(q, keys, values, mask)
         return h, self._tile_weights(qe, qh, ke, kh, h.mask, h.xp), ve, vh, eps
 
-    def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Output points ``(..., Lq, dim)`` (``(dim,)`` for a single query).
 
         With Einstein aggregation the queries are processed in tiles of about ``2^16 / Lk`` rows (all
@@ -177,9 +181,8 @@ class MixedCurvatureAttention(Mechanism):
         lambda - 1]`` give the Euclidean mean and the Klein-model numerator and denominator, so memory
         is ``O(Lk)`` a query and the temporaries stay in cache.
         """
-        self._check_alive()
         if self.aggregation == "frechet":
-            h, w, ve, vh, eps = self._weights(q, keys, values, mask)
+            h, w, ve, vh, eps = self._weights(query, key, value, mask)
             xp = h.xp
             parts = [w @ ve] if self.euclidean_dim else []
             if self.hyperbolic_dim:
@@ -187,7 +190,7 @@ class MixedCurvatureAttention(Mechanism):
                 oh = pc.frechet_aggregate(w, vh, self._c, eps, xp, self.frechet_iters, pc.default_tol(oh.dtype), init=oh)
                 parts.append(pc.from_poincare(oh, c=self._c) if self.input_space == "tangent" else oh)
             return h.finish(parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1))
-        h, (qe, qh, ke, kh, ve, vh), eps = self._inputs(q, keys, values, mask)
+        h, (qe, qh, ke, kh, ve, vh), eps = self._inputs(query, key, value, mask)
         xp = h.xp
         de = self.euclidean_dim
         factors = [ve] if de else []
@@ -210,10 +213,9 @@ class MixedCurvatureAttention(Mechanism):
             parts.append(pc.from_poincare(oh, c=self._c) if self.input_space == "tangent" else oh)
         return h.finish(parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1))
 
-    def attention_weights(self, q: Any, keys: Any = None, mask: Any = None) -> Array:
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
         """``softmax(-d(q, k)/T)``: ``(..., Lq, Lk)`` (``(Lk,)`` for a single query)."""
-        self._check_alive()
-        h, w, _, _, _ = self._weights(q, keys, None, mask)
+        h, w, _, _, _ = self._weights(query, key, None, mask)
         return h.finish(w)
 
     def distance(self, x: Any, y: Any) -> Array:
@@ -233,7 +235,7 @@ class MixedCurvatureAttention(Mechanism):
         ye, yh = self._split(ya, "y", xp, eps, True)
         return self._distances(xe, xh, ye, yh, xp)[..., 0, 0]
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         """``seq_len`` product points (float32): Gaussian Euclidean parts, ball (or tangent) hyperbolic parts."""
         rng = rng or np.random.default_rng()
         seq_len = positive_int(seq_len, "seq_len")
@@ -258,6 +260,9 @@ class DualSpaceAttention(Mechanism):
 
     name = "dual_space"
     summary = "Euclidean dot-product and Poincaré-ball attention on the same inputs, mixed"
+    input_layout = "headless"
+    shape_options = {"dim": ("query", -1)}
+    example_options = {"dim": 4}
 
     def __init__(
         self,
@@ -288,10 +293,9 @@ class DualSpaceAttention(Mechanism):
     def effective_scale(self) -> float:
         return self.scale if self.scale is not None else 1.0 / math.sqrt(self.dim)
 
-    def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query): the mixed Euclidean and hyperbolic results."""
-        self._check_alive()
-        h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, compute=pc.geometry_dtype)
+        h = prepare_headless(query, key, value, mask, dim=self.dim, check=self.check_finite, compute=pc.geometry_dtype)
         xp, qa, ka, va, m = h.xp, h.q, h.k, h.v, h.mask
         parts = []
         if self.mix < 1.0:  # the dense kernel (NumPy's fast path, torch's fused SDPA), one head
@@ -309,7 +313,7 @@ class DualSpaceAttention(Mechanism):
         self._hyp.dispose()
         super().dispose()
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         rng = rng or np.random.default_rng()
         seq_len = positive_int(seq_len, "seq_len")
         scale = np.float32(1.0 / math.sqrt(self.dim))

@@ -27,7 +27,6 @@ import math
 import re
 import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -44,12 +43,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import AttentionError, ConfigError, DTypeError, NonFiniteError, ShapeError
 from ..mechanisms import registry
-from ..mechanisms._weights_access import attention_weights, has_weights
 from . import codec
 from .codec import ApiError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
-from .scores import ProbeTooLarge, WeightsLayout, estimate_elements, probe_layout
+from .scores import WeightsLayout, estimate_elements, weights_layout
 from .settings import Settings
 
 __all__ = ["create_app", "app_factory", "ServerState"]
@@ -190,8 +188,6 @@ class ServerState:
         self._slots: asyncio.Semaphore | None = None
         self._cache: collections.OrderedDict[tuple[str, str], Any] = collections.OrderedDict()
         self._cache_lock = threading.Lock()
-        self._layouts: weakref.WeakKeyDictionary[Any, WeightsLayout] = weakref.WeakKeyDictionary()
-        self._layouts_lock = threading.Lock()
 
     # ------------------------------------------------------------ concurrency
     @property
@@ -326,23 +322,8 @@ class ServerState:
         return out
 
     def layout(self, mech: Any, budget: int) -> WeightsLayout | None:
-        """The weights layout of ``mech`` (probed once per constructed mechanism, see :mod:`.scores`);
-        ``None`` when the probe would draw more than ``budget`` numbers per position (then no request
-        holding at most ``budget / 3`` numbers per tensor can be valid for these options)."""
-        with self._layouts_lock:
-            found = self._layouts.get(mech)
-        if found is None:
-            try:
-                found = probe_layout(mech, budget)
-            except ProbeTooLarge:
-                return None
-            except AttentionError as exc:
-                raise ApiError(
-                    422, "no_weights", f"mechanism: {mech.name!r} gives no attention weights with these options ({exc})", "mechanism"
-                ) from None
-            with self._layouts_lock:
-                self._layouts[mech] = found
-        return found
+        """The weights layout of ``mech``, from the layout it declares (see :mod:`.scores`)."""
+        return weights_layout(mech)
 
     def scores(self, mech: Any, tensors: Mapping[str, np.ndarray], names: set[str]) -> np.ndarray:
         """The attention weights of ``mech`` for the request's query, keys (default: the query) and mask,
@@ -350,8 +331,10 @@ class ServerState:
         q, k, v, mask = (tensors.get(f) for f in codec.TENSOR_FIELDS)
         if q is None:
             raise ApiError(422, "bad_request", "query: required", "query")
-        if not has_weights(mech):
-            with_weights = [n for n in registry.names() if has_weights(registry.get(n))]
+        if v is not None and k is None:
+            raise ApiError(422, "shape_error", "keys: pass keys when values are given (weights depend on the keys only)", "keys")
+        if not mech.has_attention_weights:
+            with_weights = [n for n in registry.names() if registry.get(n).has_attention_weights]
             raise ApiError(
                 422, "no_weights",
                 f"mechanism: {mech.name!r} exposes no attention weights; mechanisms with weights: {', '.join(with_weights)}", "mechanism",
@@ -371,7 +354,7 @@ class ServerState:
                 f"query, keys: the attention weights would hold {n} elements (batch x heads x Lq x Lk), "
                 f"at most {limit} (max_elements) on this server; send shorter sequences", "query",
             )
-        out = self._call(mech, lambda: attention_weights(mech, q, k, mask, values=v, run_forward=True), names)
+        out = self._call(mech, lambda: mech.attention_weights(q, k, mask=mask), names)
         if out.size > limit:  # a layout the probe did not foresee: still never answer more than the limit
             raise ApiError(
                 413, "too_many_elements", f"query, keys: the attention weights hold {out.size} elements, at most {limit} (max_elements)",
@@ -634,7 +617,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "class": cls.__name__,
                 "summary": getattr(cls, "summary", ""),
                 "options": [spec.as_dict() for spec in registry.option_specs(cls)],
-                "has_scores": has_weights(cls),
+                "has_scores": cls.has_attention_weights,
             })
         return Response(json.dumps({"mechanisms": items}, default=_jsonable), media_type="application/json")
 
