@@ -116,3 +116,10 @@ def test_auto_does_not_import_torch_for_small_work():
 def test_bad_engine_raises_config_error_naming_it(bad):
     with pytest.raises(ConfigError, match="engine"):
         FlashAttention(heads=2, dim=8, engine=bad)
+
+
+def test_torch_engine_without_torch_raises_config_error(monkeypatch):
+    monkeypatch.setattr(eng, "torch_available", lambda: False)
+    with pytest.raises(ConfigError, match="engine: 'torch' needs torch"):
+        FlashAttention(heads=2, dim=8, engine="torch")
+    assert FlashAttention(heads=2, dim=8, engine="auto").engine == "auto"

@@ -60,7 +60,10 @@ def check_engine(engine: object, name: str = "engine") -> str:
     """Validate an engine name (``"auto"``, ``"numpy"`` or ``"torch"``)."""
     if not isinstance(engine, str) or engine.strip().lower() not in ENGINES:
         raise ConfigError(f"{name}: expected one of {', '.join(map(repr, ENGINES))}, got {engine!r}")
-    return engine.strip().lower()
+    value = engine.strip().lower()
+    if value == "torch" and not torch_available():
+        raise ConfigError(f"{name}: 'torch' needs torch installed (pip install attnkit[torch]); use 'auto' or 'numpy'")
+    return value
 
 
 def cpu_model() -> str:
