@@ -143,6 +143,8 @@ def environment(threads: int) -> dict[str, Any]:
         "attnkit": attnkit.__version__,
         "platform": platform.platform(),
         "cpu": _cpu_model(),
+        "cpu_family_model": _cpu_field(("cpu family", "model")),
+        "cpu_simd": _cpu_simd(),
         "cpus": os.cpu_count(),
         "threads": threads,
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
@@ -166,6 +168,31 @@ def environment(threads: int) -> dict[str, Any]:
     except ImportError:
         env["blas"] = None
     return env
+
+
+def _cpu_field(names: tuple[str, ...]) -> str | None:
+    """``/proc/cpuinfo`` fields of the first CPU (family and model tell Zen 3 from Zen 4, Skylake from Sapphire Rapids)."""
+    try:
+        found = {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key = line.split(":", 1)[0].strip()
+            if key in names and key not in found:
+                found[key] = line.split(":", 1)[1].strip()
+        return " ".join(f"{k} {found[k]}" for k in names if k in found) or None
+    except OSError:
+        return None
+
+
+def _cpu_simd() -> list[str] | None:
+    """The vector extensions that decide NumPy's and torch's kernels (AVX2, AVX-512, AMX)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return sorted(f for f in flags if f in {"avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_tile", "amx_bf16"})
+    except OSError:
+        pass
+    return None
 
 
 def _cpu_model() -> str:
