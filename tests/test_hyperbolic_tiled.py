@@ -146,25 +146,3 @@ def test_the_generic_kernel_traces_under_jax_jit(monkeypatch):
     monkeypatch.setattr(pc, "_ATTN_TILE", 16 * 90)  # three tiles
     f = jax.jit(lambda a, b, c: pc.einstein_attention(a, b, c, 1.0, 0.8, None, 4e-3, xp))
     close(np.asarray(f(q, k, v)), ref_attention(q, k, v, 1.0, 0.8), 1e-5, 1.0)
-
-
-@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
-def test_mixed_curvature_tiles_match_its_untiled_weights(dtype, tol, monkeypatch):
-    """MixedCurvatureAttention's tiled Einstein forward equals the mean of the values under its own
-    (untiled) attention_weights, aggregated here in float64: Euclidean mean and Einstein midpoint."""
-    from attnkit import MixedCurvatureAttention
-    from attnkit.mechanisms import mixed_curvature as mc
-
-    rng = np.random.default_rng(8)
-    m = MixedCurvatureAttention(dim=8, euclidean_dim=3, curvature=1.5, temperature=0.8)
-    q, k, v = (np.asarray(a, dtype=dtype) for a in m.example_inputs(120, rng))
-    keep = rng.random((120, 120)) < 0.8
-    keep[7] = False
-    monkeypatch.setattr(mc, "_TILE", 25 * 120)  # five tiles
-    out = m(q, k, v, mask=keep)
-    w = np.asarray(m.attention_weights(q, k, mask=keep), dtype=np.float64)
-    v64 = v.astype(np.float64)
-    ref = np.concatenate([w @ v64[:, :3], pc.einstein_aggregate(w, v64[:, 3:], 1.5, 1e-5, np)], axis=-1)
-    assert out.dtype == dtype
-    np.testing.assert_allclose(out, ref, rtol=0, atol=tol)
-    np.testing.assert_array_equal(out[7], np.zeros(8, dtype))

@@ -92,7 +92,7 @@ class FlashAttention(Mechanism):
             mask=s.mask,
             causal=self.causal,
             dropout_p=p,
-            rng=self._rng(),
+            rng=self._rng() if p > 0 else None,
             block_size=self.block_size,
             backend="auto" if self.simd else "generic",
             engine=self.engine,
