@@ -238,8 +238,15 @@ class MixedCurvatureAttention(Mechanism):
         sq = None
         for k, fw, qf, kf in zip(kappas, self.factor_weights, qs, ks, strict=True):
             if fw:
-                d = st.pairwise_dist(qf, kf, k, xp)
-                sq = fw * d * d if sq is None else sq + fw * d * d
+                if isinstance(k, float) and k < 0:  # a fixed ball: one GEMM of width D + 2 (float64 for float32)
+                    d = pc.pairwise_dist_kernel(qf, kf, -k, xp)
+                    d2 = d * d
+                elif isinstance(k, float) and k == 0:  # flat: d = 2|x - y| (the stereographic metric at κ = 0)
+                    d2 = 4.0 * pc.pairwise_sqdist_gemm(qf, kf, xp)
+                else:
+                    d = st.pairwise_dist(qf, kf, k, xp)
+                    d2 = d * d
+                sq = fw * d2 if sq is None else sq + fw * d2
         if sq is None:  # unreachable: some weight is > 0
             raise ConfigError("factor_weights: every factor has weight 0")
         return _safe_sqrt(sq, xp)
