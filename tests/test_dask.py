@@ -227,3 +227,24 @@ def test_linear_shards_equal_the_single_machine_form(feature_map: str, causal: b
     out64 = ref64.forward(da.from_array(q.astype(np.float64), chunks=(1, 40, 2, 4)), k.astype(np.float64), v.astype(np.float64))
     np.testing.assert_allclose(out64.compute(scheduler="sync"), ref64.forward(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64)),
                                rtol=1e-12, atol=1e-13)
+
+
+def test_readme_dask_snippet_runs_and_computes_only_what_it_needs() -> None:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Past one machine: Dask") :]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    scope: dict[str, object] = {"__name__": "__readme__"}
+    exec(compile(code, "README.md dask snippet", "exec"), scope)
+    out = scope["out"]
+    first = scope["first"]
+    assert first.shape == (16, 8, 64) and np.isfinite(first).all()  # type: ignore[attr-defined]
+    from dask.core import flatten
+    from dask.optimization import cull
+
+    head = out[:16]  # type: ignore[index]
+    culled, _ = cull(dict(head.__dask_graph__()), list(flatten(head.__dask_keys__())))
+    parts = lambda g: sum(1 for k in g if isinstance(k, tuple) and str(k[0]).endswith("-part"))  # noqa: E731
+    assert parts(culled) == 1 and parts(dict(out.__dask_graph__())) == 10  # type: ignore[attr-defined]  # causal 4x4: 10 tiles
