@@ -20,6 +20,7 @@ all masked give zeros. This module is generic over the array API; backend fast p
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import array_api_compat
@@ -293,6 +294,7 @@ def sdpa(
     window: tuple[int, int] = NO_WINDOW,
     alibi_slopes: Array | None = None,
     softcap: float | None = None,
+    engine: str = "auto",
 ) -> Array:
     """Dispatch to the fastest exact kernel whose semantics match; all agree with :func:`sdpa_generic`.
 
@@ -311,6 +313,9 @@ def sdpa(
 
     These run in the generic tiled kernel (skipping key blocks outside the window); with torch
     inputs and no ``softcap``, the window and ALiBi go to torch's fused kernel as one mask.
+
+    ``engine`` (for NumPy inputs under ``backend="auto"``): ``"numpy"``, ``"torch"`` (torch's fused
+    kernel on zero-copy views) or ``"auto"`` (calibrated per machine; see :mod:`.engine`).
     """
     positional = tuple(window) != NO_WINDOW or alibi_slopes is not None
     if positional or softcap is not None:
@@ -330,6 +335,14 @@ def sdpa(
             return _positional_generic(q, k, v, xp, scale, mask, causal, dropout_p, rng, block_size, alibi_slopes, extra)
     kw: dict[str, Any] = dict(scale=scale, mask=mask, causal=causal)
     grouped = needs_grouping(q, k, v)
+    if backend == "auto" and is_numpy(xp) and dropout_p == 0.0 and engine != "numpy" and not grouped:
+        from .engine import choose_engine, sdpa_torch_numpy
+
+        work = 4.0 * math.prod(np.broadcast_shapes(q.shape[:-2], k.shape[:-2])) * q.shape[-2] * k.shape[-2] * q.shape[-1]
+        if choose_engine(engine, work=work, dtype=q.dtype) == "torch":
+            out = sdpa_torch_numpy(q, k, v, **kw)
+            if out is not None:
+                return out
     if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0:
         from .dense_torch import sdpa_torch
 
@@ -352,6 +365,7 @@ def sdpa(
             rng=rng,
             block_size=block_size,
             backend="generic" if backend == "torch" else backend,
+            engine=engine,
         )
         return ungroup(out, xp)
     if backend in ("auto", "numpy") and is_numpy(xp) and dropout_p == 0.0:

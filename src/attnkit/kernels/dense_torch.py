@@ -23,6 +23,7 @@ caller then uses the generic path).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .._array import torch_compiling
@@ -93,27 +94,46 @@ def _all(flags: Any) -> bool:
 
 
 def _call(sdpa: Any, q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, scale: float) -> Any:
-    """torch SDPA with broadcasting batch dimensions (torch wants them equal).
+    """torch SDPA with broadcasting batch dimensions (torch wants them equal), always on 4-D tensors.
 
-    ``attn_mask`` is a tensor or torch's ``CausalBias``; the latter is a tensor subclass whose
-    ``shape`` is not a mask shape, so it takes no part in broadcasting.
+    torch's fused kernels (flash attention on CPU; flash / memory-efficient on CUDA) take only
+    ``(B, H, L, D)``: a 3-D ``(H, L, D)`` call, as a sequence ``(L, H, D)`` without a batch dim gives, or
+    a 5-D one runs the unfused math path (5.5x slower on CPU). Other ranks are viewed as 4-D here
+    (a leading 1, or the batch dimensions merged, which stays a view for the strided heads-first
+    layouts attnkit passes) and the result is viewed back. ``attn_mask`` is a tensor or torch's
+    ``CausalBias`` (a tensor subclass whose ``shape`` is not a mask shape: it takes no part in
+    broadcasting). Grouped-query attention (key heads dividing the query heads, axis -3) keeps the
+    heads out of the broadcast and calls torch with ``enable_gqa=True``.
     """
+    import torch
     from torch.nn.attention.bias import CausalBias
 
-    mshape: tuple[int, ...] = ()
-    if attn_mask is not None and not isinstance(attn_mask, CausalBias):
-        if attn_mask.ndim < 2:
-            attn_mask = attn_mask.reshape(1, -1)  # a mask over keys only
-        mshape = tuple(attn_mask.shape[:-2])
-    # grouped-query attention: heads (axis -3) differ and stay out of the broadcast
+    tensor_mask = isinstance(attn_mask, torch.Tensor) and not isinstance(attn_mask, CausalBias)
+    if tensor_mask and attn_mask.ndim < 2:
+        attn_mask = attn_mask.reshape(1, -1)  # a mask over keys only
     gqa = q.ndim >= 3 and k.ndim >= 3 and q.shape[-3] != k.shape[-3]
-    core = 3 if gqa else 2
-    lead = (q.shape[:-core], k.shape[:-core], v.shape[:-core], mshape[: max(len(mshape) - core + 2, 0)])
-    if lead[0] != lead[1] or lead[0] != lead[2] or len(lead[3]) > len(lead[0]):
-        import torch
-
-        batch = torch.broadcast_shapes(*lead)
-        q, k, v = (t.expand(*batch, *t.shape[-core:]) for t in (q, k, v))
     if gqa:
-        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=True)
-    return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+        mshape = tuple(attn_mask.shape[:-3]) if tensor_mask and attn_mask.ndim > 3 else ()
+        batch = tuple(torch.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3], mshape))
+        if q.shape[:-3] != batch or k.shape[:-3] != batch or v.shape[:-3] != batch:
+            q, k, v = (t.expand(*batch, *t.shape[-3:]) for t in (q, k, v))
+        n = math.prod(batch)
+        q4, k4, v4 = (t.reshape(n, *t.shape[-3:]) for t in (q, k, v))
+        if tensor_mask and attn_mask.ndim > 3:
+            attn_mask = attn_mask.expand(*batch, *attn_mask.shape[-3:]).reshape(n, *attn_mask.shape[-3:])
+        out = sdpa(q4, k4, v4, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=True)
+        return out.reshape(*batch, *out.shape[-3:])
+    mshape = tuple(attn_mask.shape[:-2]) if tensor_mask and attn_mask.ndim > 2 else ()
+    batch = tuple(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], mshape))
+    if q.shape[:-2] != batch or k.shape[:-2] != batch or v.shape[:-2] != batch:
+        q, k, v = (t.expand(*batch, *t.shape[-2:]) for t in (q, k, v))
+    if len(batch) == 2:
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+    lead = (1, *batch) if len(batch) < 2 else (math.prod(batch[:-1]), batch[-1])
+    lead = (1, *lead) if len(lead) < 2 else lead
+    q4, k4, v4 = (t.reshape(*lead, *t.shape[-2:]) for t in (q, k, v))
+    if attn_mask is not None and len(mshape) > 0:
+        full = (*batch, *attn_mask.shape[-2:])
+        attn_mask = attn_mask.expand(*full).reshape(*lead, *attn_mask.shape[-2:])
+    out = sdpa(q4, k4, v4, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+    return out.reshape(*batch, *out.shape[-2:])

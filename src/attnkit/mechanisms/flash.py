@@ -21,6 +21,7 @@ import numpy as np
 from .._array import Array, nonzero_float, positive_float, positive_int, probability
 from ..errors import ConfigError
 from ..kernels.dense import NO_WINDOW, attention_weights, sdpa
+from ..kernels.engine import check_engine
 from ..kernels.masks import alibi_slopes
 from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
 from ._sequence import prepare_sequence
@@ -47,6 +48,11 @@ class FlashAttention(Mechanism):
     ``heads`` slopes, the score of head ``h`` gets ``-slope_h * |i - j|`` (Press et al. 2022, ALiBi;
     ``"default"`` or ``True`` takes the paper's geometric slopes);
     ``softcap``: scores become ``softcap * tanh(s / softcap)`` before biases and masks (Gemma 2).
+
+    ``engine`` (NumPy inputs): ``"auto"`` (default: torch's fused kernel through zero-copy views where
+    a cached per-machine calibration finds it faster and torch is already imported or the call is
+    large), ``"numpy"`` (attnkit's NumPy path) or ``"torch"``; ``$ATTNKIT_ENGINE`` overrides ``"auto"``.
+    See :mod:`attnkit.kernels.engine`.
     """
 
     name = "flash"
@@ -70,6 +76,7 @@ class FlashAttention(Mechanism):
         window: tuple[int, int] | str | None = NO_WINDOW,
         alibi_slopes: Sequence[float] | str | None = None,
         softcap: float | None = None,
+        engine: str = "auto",
     ) -> None:
         super().__init__()
         self.heads = positive_int(heads, "heads")
@@ -85,6 +92,7 @@ class FlashAttention(Mechanism):
         self.window = _window(window)
         self.alibi_slopes = _slopes(alibi_slopes, self.heads)
         self.softcap = None if softcap is None else positive_float(softcap, "softcap")
+        self.engine = check_engine(engine)
 
     def _extras(self) -> dict[str, Any]:
         return dict(window=self.window, alibi_slopes=self.alibi_slopes, softcap=self.softcap)
@@ -111,6 +119,7 @@ class FlashAttention(Mechanism):
             block_size=self.block_size,
             backend="auto" if self.simd else "generic",
             **self._extras(),
+            engine=self.engine,
         )
         return s.finish(out)
 
