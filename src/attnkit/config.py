@@ -206,6 +206,8 @@ def parse_config(text: str, where: str = "config") -> dict[str, Any]:
         raw = _toml_loads(text)
     except _toml_error_type() as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid TOML: arrays or tables nested too deeply") from None
     out: dict[str, Any] = {}
     for section, body in raw.items():
         if section not in SCHEMA:
@@ -312,7 +314,8 @@ def load_config(
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{source}: cannot read {str(path)!r}: {exc}") from None
+            what = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "cannot be read"
+            raise ConfigError(f"{source}: {str(path)!r} {what}: {exc}") from None
         parsed = parse_config(text, str(path))
         for section, body in parsed.items():
             for key, value in body.items():
