@@ -300,3 +300,27 @@ def test_stdin_bound_message_names_the_argument(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("ATTNKIT_MAX_INPUT_BYTES", "zero")
     _raises(lambda: aio.stream_limit(), "ATTNKIT_MAX_INPUT_BYTES")
     assert os.environ["ATTNKIT_MAX_INPUT_BYTES"] == "zero"
+
+
+# ------------------------------------------------------------------ option validators (_array)
+def test_option_validators() -> None:
+    from attnkit._array import bool_option, check_allocation, int_option, seed_option
+    from attnkit.errors import ConfigError
+
+    assert bool_option(True, "causal") is True and bool_option(np.bool_(False), "causal") is False
+    for bad in ("false", "true", 0, 1, None, 1.0):
+        with pytest.raises(ConfigError, match="causal"):
+            bool_option(bad, "causal")
+    assert int_option(np.int64(3), "heads", minimum=1) == 3
+    for bad in (True, 2.0, "2", None, 0):
+        with pytest.raises(ConfigError, match="heads"):
+            int_option(bad, "heads", minimum=1)
+    assert seed_option(None) is None and seed_option(2**64 - 1) == 2**64 - 1
+    for bad in (-1, 2**64, 1.5, True, "7"):
+        with pytest.raises(ConfigError, match="seed"):
+            seed_option(bad)
+    assert check_allocation(1000, "heads", "weights", limit=1000) == 1000
+    with pytest.raises(ConfigError, match=r"heads, dim: projection weights would need about 16\.0 GiB"):
+        check_allocation(4 * 4 * 2**16 * 2**14, "heads, dim", "projection weights", limit=2**30)
+    with pytest.raises(ConfigError, match="nb_features"):
+        check_allocation(float("nan"), "nb_features", "features", limit=1)
