@@ -285,7 +285,7 @@ def check_allocation(nbytes: int | float, name: str, what: str, limit: int | Non
     limit = allocation_limit() if limit is None else int(limit)
     if not nbytes <= limit:  # also refuses NaN
         raise ConfigError(
-            f"{name}: {what} would need about {_fmt_bytes(float(nbytes))} ({int(nbytes)} bytes), more than the "
+            f"{name}: {what} would need about {_fmt_bytes(float(nbytes))} ({nbytes:.0f} bytes), more than the "
             f"{_fmt_bytes(float(limit))} allowed (ATTNKIT_MAX_ALLOC_BYTES); choose smaller values"
         )
     return int(nbytes)
