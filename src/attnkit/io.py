@@ -79,7 +79,7 @@ MAX_JSON_DEPTH = 64
 MAX_INT_DIGITS = 4300
 #: most bytes read from standard input, a pipe or a device file (``/dev/zero`` never ends); regular
 #: files are read whole. ``ATTNKIT_MAX_INPUT_BYTES`` overrides it.
-MAX_STREAM_BYTES = 1 << 30
+MAX_STREAM_BYTES = 512 << 20
 
 
 class FileFormatError(AttentionError):
@@ -180,7 +180,7 @@ def detect_format(path: str | os.PathLike[str] | None, fmt: str | None = None, h
 
 
 def stream_limit() -> int:
-    """Most bytes read from a stream (stdin, a pipe, a device): ``ATTNKIT_MAX_INPUT_BYTES`` or 1 GiB."""
+    """Most bytes read from a stream (stdin, a pipe, a device): ``ATTNKIT_MAX_INPUT_BYTES`` or 512 MiB."""
     raw = os.environ.get("ATTNKIT_MAX_INPUT_BYTES", "").strip()
     if not raw:
         return MAX_STREAM_BYTES
@@ -218,6 +218,8 @@ def _read_bytes(path: str | os.PathLike[str], name: str) -> bytes:
             if stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                 return fh.read()
             return read_stream(fh, name, repr(p))  # a pipe, socket or device: it may never end
+    except FileFormatError:
+        raise
     except FileNotFoundError:
         raise FileFormatError(f"{name}: file not found: {p!r}") from None
     except IsADirectoryError:
