@@ -7,10 +7,8 @@ the status, the error code and field, and the verdict (clean 4xx with a field / 
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -72,8 +70,21 @@ def main() -> int:
     ap.add_argument("--isolation", default="process")
     args = ap.parse_args()
     port = free_port()
-    proc = start(port, "--isolation", args.isolation, "--request-timeout-s", "2", "--max-concurrency", "1", "--queue", "4",
-                 "--header-timeout-s", "1", "--body-timeout-s", "1")
+    proc = start(
+        port,
+        "--isolation",
+        args.isolation,
+        "--request-timeout-s",
+        "2",
+        "--max-concurrency",
+        "1",
+        "--queue",
+        "4",
+        "--header-timeout-s",
+        "1",
+        "--body-timeout-s",
+        "1",
+    )
     base = f"http://127.0.0.1:{port}"
     q = np.random.default_rng(0).standard_normal((6, 2, 4)).astype("f4")
     good = {"query": q.tolist(), "options": {"heads": 2, "dim": 4}}
@@ -83,28 +94,55 @@ def main() -> int:
         ("lone surrogate option", "POST", "/v1/attention/flash", {"content": b'{"query": [[[1.0]]], "options": {"\\udc00x": 1}}', "headers": H}),
         ("lone surrogate mechanism", "POST", "/v1/attention/%ED%A0%80", {"json": good}),
         ("lone surrogate value", "POST", "/v1/attention/flash", {"content": b'{"query": [[[1.0]]], "options": {"heads": "\\ud800"}}', "headers": H}),
-        ("npy header tokenize", "POST", "/v1/attention/flash?heads=2&dim=4",
-         {"content": b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4',\n", "headers": {"Content-Type": "application/x-npy"}}),
-        ("npy header unclosed", "POST", "/v1/attention/flash?heads=2&dim=4",
-         {"content": b"\x93NUMPY\x01\x00\x10\x00{'descr': (((((\n", "headers": {"Content-Type": "application/x-npy"}}),
+        (
+            "npy header tokenize",
+            "POST",
+            "/v1/attention/flash?heads=2&dim=4",
+            {"content": b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4',\n", "headers": {"Content-Type": "application/x-npy"}},
+        ),
+        (
+            "npy header unclosed",
+            "POST",
+            "/v1/attention/flash?heads=2&dim=4",
+            {"content": b"\x93NUMPY\x01\x00\x10\x00{'descr': (((((\n", "headers": {"Content-Type": "application/x-npy"}},
+        ),
         ("b64 shape overflow", "POST", "/v1/attention/flash", {"json": {"query": {"data": "", "shape": [2**63, 2**63, 0], "dtype": "float32"}}}),
         ("b64 shape 2^64", "POST", "/v1/attention/flash", {"json": {"query": {"data": "", "shape": [0, 2**64], "dtype": "float32"}}}),
         ("int 0/1 mask", "POST", "/v1/attention/flash", {"json": {**good, "mask": [[1, 0] * 3] * 6}}),
         ("float mask unmarked", "POST", "/v1/attention/flash", {"json": {**good, "mask": [[0.0, -1e9] * 3] * 6}}),
-        ("huge int in JSON", "POST", "/v1/attention/flash", {"content": b'{"query": [[[' + b"9" * 5000 + b']]]}', "headers": H}),
+        ("huge int in JSON", "POST", "/v1/attention/flash", {"content": b'{"query": [[[' + b"9" * 5000 + b"]]]}", "headers": H}),
         ("deep JSON", "POST", "/v1/attention/flash", {"content": b"[" * 100000 + b"]" * 100000, "headers": H}),
-        ("too much work", "POST", "/v1/attention/flash?heads=1&dim=1",
-         {"content": bytes(12_000_000), "headers": {"Content-Type": "application/octet-stream", "X-Attnkit-Query-Shape": "1,1000000,1,1",
-                                                    "X-Attnkit-Keys-Shape": "1,1000000,1,1", "X-Attnkit-Values-Shape": "1,1000000,1,1"}}),
+        (
+            "too much work",
+            "POST",
+            "/v1/attention/flash?heads=1&dim=1",
+            {
+                "content": bytes(12_000_000),
+                "headers": {
+                    "Content-Type": "application/octet-stream",
+                    "X-Attnkit-Query-Shape": "1,1000000,1,1",
+                    "X-Attnkit-Keys-Shape": "1,1000000,1,1",
+                    "X-Attnkit-Values-Shape": "1,1000000,1,1",
+                },
+            },
+        ),
         ("huge options", "POST", "/v1/attention/multi_head", {"json": {"query": [[1.0] * 8], "options": {"heads": 4096, "model_dim": 4096}}}),
         ("bool option as string", "POST", "/v1/attention/flash", {"json": {**good, "options": {"heads": 2, "dim": 4, "causal": "maybe"}}}),
         ("unknown route", "GET", "/v2/nothing", {}),
         ("wrong method", "DELETE", "/v1/attention/flash", {}),
-        ("empty-query flash (0,2^20,2,4)", "POST", "/v1/attention/flash?heads=2&dim=4",
-         {"content": b"", "headers": {"Content-Type": "application/octet-stream", "X-Attnkit-Query-Shape": "0,1048576,2,4"}}),
+        (
+            "empty-query flash (0,2^20,2,4)",
+            "POST",
+            "/v1/attention/flash?heads=2&dim=4",
+            {"content": b"", "headers": {"Content-Type": "application/octet-stream", "X-Attnkit-Query-Shape": "0,1048576,2,4"}},
+        ),
         ("after it: normal request", "POST", "/v1/attention/flash", {"json": good}),
-        ("batch with bad items", "POST", "/v1/batch",
-         {"content": json.dumps({"requests": [{"mechanism": "flash", **good}, {"mechanism": "\udc80"}, 3]}).encode(), "headers": H}),
+        (
+            "batch with bad items",
+            "POST",
+            "/v1/batch",
+            {"content": json.dumps({"requests": [{"mechanism": "flash", **good}, {"mechanism": "\udc80"}, 3]}).encode(), "headers": H},
+        ),
     ]
     rows = []
     with httpx.Client(base_url=base, timeout=30) as c:

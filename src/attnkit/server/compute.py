@@ -119,9 +119,7 @@ def _json_request(doc: Any, max_elements: int, where: str = "") -> tuple[dict[st
         raise ApiError(422, "bad_request", f"{where}encoding: expected 'list' or 'base64', got {codec._short(encoding)}", where + "encoding")
     mask_kind = doc.get("mask_kind")
     if mask_kind is not None and mask_kind not in MASK_KINDS:
-        raise ApiError(
-            422, "bad_request", f"{where}mask_kind: expected 'bool' or 'additive', got {codec._short(mask_kind)}", where + "mask_kind"
-        )
+        raise ApiError(422, "bad_request", f"{where}mask_kind: expected 'bool' or 'additive', got {codec._short(mask_kind)}", where + "mask_kind")
     options = doc.get("options", {})
     if options is None:
         options = {}
@@ -393,9 +391,7 @@ class Compute:
         if not isinstance(items, list):
             raise ApiError(422, "bad_request", "requests: expected a list of request objects", "requests")
         if len(items) > self.settings.max_batch_items:
-            raise ApiError(
-                413, "too_many_items", f"requests: at most {self.settings.max_batch_items} items per batch, got {len(items)}", "requests"
-            )
+            raise ApiError(413, "too_many_items", f"requests: at most {self.settings.max_batch_items} items per batch, got {len(items)}", "requests")
         encoding = doc.get("encoding", "list")
         if encoding not in ("list", "base64"):
             raise ApiError(422, "bad_request", f"encoding: expected 'list' or 'base64', got {codec._short(encoding)}", "encoding")
