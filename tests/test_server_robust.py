@@ -295,7 +295,7 @@ tensors = st.one_of(
         {
             "data": st.text(max_size=12),
             "shape": st.lists(st.integers(-1, 2**64), max_size=4),
-            "dtype": st.sampled_from(["float32", "bool", "float16", "int8"]),
+            "dtype": st.sampled_from(["float32", "bool", "float16", "int8"]) | st.just({}) | st.just([1]),
         }
     ),
     st.text(max_size=4),
@@ -315,7 +315,7 @@ requests_ = st.fixed_dictionaries(
             st.sampled_from(["heads", "dim", "causal", "scale", "block_size", "seed", "dropout", "x\udc80", "nope"]), option_values, max_size=4
         ),
         "encoding": st.sampled_from(["list", "base64", "hex"]),
-        "dtype": st.sampled_from(["float32", "float64", "int8"]),
+        "dtype": st.sampled_from(["float32", "float64", "int8"]) | st.just({}),
     },
 )
 

@@ -133,14 +133,23 @@ def _binary_body_doc(model: type[BaseModel] = AttentionRequest, what: str = "the
                 "content": {"application/json": {}, "application/octet-stream": {}, "application/x-npy": {},
                             "application/x-safetensors": {}},
             },
-            **{str(s): {"description": d, "content": {"application/json": {"schema": ref(ErrorBody)}}}
-               for s, d in ((400, "malformed body"), (401, "missing or wrong API key"), (404, "unknown mechanism"),
-                            (413, "body, tensor or batch too large"), (415, "unsupported Content-Type"),
-                            (408, "request head or body not received in time"),
-                            (422, "invalid shapes, dtypes, values or options; a mechanism without weights (scores)"), (503, "overloaded; retry"),
-                            (504, "timed out"))},
+            **error_responses(400, 401, 404, 406, 408, 413, 415, 422, 503, 504),
         },
     }
+
+
+_ERROR_DOCS = {
+    400: "malformed body or request", 401: "missing or wrong API key", 404: "unknown mechanism or route",
+    406: "no acceptable answer format (Accept)", 408: "request head or body not received in time",
+    413: "body, tensor or batch too large, or too much work", 415: "unsupported Content-Type",
+    422: "invalid shapes, dtypes, values or options; a mechanism without weights (scores)", 503: "overloaded or worker lost; retry",
+    504: "timed out",
+}  # fmt: skip
+
+
+def error_responses(*statuses: int) -> dict[str, Any]:
+    """OpenAPI ``responses`` entries for these error statuses, each with the JSON error body."""
+    return {str(s): {"description": _ERROR_DOCS[s], "content": {"application/json": {"schema": ref(ErrorBody)}}} for s in statuses}
 
 
 # ---------------------------------------------------------------------- errors
@@ -343,7 +352,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/v1/mechanisms", summary="registered mechanisms, with their options, types and defaults")
+    @app.get("/v1/mechanisms", summary="registered mechanisms, with their options, types and defaults",
+             openapi_extra={"responses": error_responses(401)})
     async def mechanisms() -> Response:
         items = []
         for name in registry.names():
@@ -396,7 +406,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(
         "/v1/batch",
         summary="many attention requests in one body; results in order, each with its own status",
-        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": ref(BatchRequest)}}}},
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": ref(BatchRequest)}}},
+            "responses": {"200": {"description": "one result per request, each with its own status"},
+                          **error_responses(400, 401, 406, 408, 413, 415, 422, 503, 504)},
+        },  # fmt: skip
         response_class=Response,
     )
     async def batch(request: Request) -> Response:
@@ -408,7 +422,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         content = await state.run("batch", body)
         return Response(content, media_type="application/json")
 
-    @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response)
+    @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response, openapi_extra={"responses": error_responses(401)})
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 

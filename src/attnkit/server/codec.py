@@ -270,7 +270,7 @@ def _decode_b64(value: dict[str, Any], field: str, max_elements: int) -> np.ndar
     if unknown:
         raise ApiError(422, "bad_tensor", f"{field}.{unknown[0]}: unknown key; a base64 tensor has data, shape, dtype", field)
     dtype_name = value.get("dtype", "float32")
-    if dtype_name not in _WIRE_DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in _WIRE_DTYPES:
         raise ApiError(
             422, "bad_dtype", f"{field}.dtype: expected one of {', '.join(_WIRE_DTYPES)}, got {_short(dtype_name)}", f"{field}.dtype"
         )
