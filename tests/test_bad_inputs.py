@@ -81,15 +81,15 @@ def _nonfinite_cases():
     out = []
     for tag, val in _NONFINITE:
         out += [
-            pytest.param(lambda val=val: flash().forward(with_value(Q, val), K, V), NonFiniteError, r"^q:", id=f"flash-q-{tag}"),
-            pytest.param(lambda val=val: flash().forward(Q, with_value(K, val), V), NonFiniteError, r"^k:", id=f"flash-k-{tag}"),
-            pytest.param(lambda val=val: flash().forward(Q, K, with_value(V, val)), NonFiniteError, r"^v:", id=f"flash-v-{tag}"),
+            pytest.param(lambda val=val: flash().forward(with_value(Q, val), K, V), NonFiniteError, r"^query:", id=f"flash-q-{tag}"),
+            pytest.param(lambda val=val: flash().forward(Q, with_value(K, val), V), NonFiniteError, r"^key:", id=f"flash-k-{tag}"),
+            pytest.param(lambda val=val: flash().forward(Q, K, with_value(V, val)), NonFiniteError, r"^value:", id=f"flash-v-{tag}"),
             pytest.param(lambda val=val: mha().forward(with_value(X, val)), NonFiniteError, r"^query:", id=f"mha-query-{tag}"),
             pytest.param(lambda val=val: mha().forward(X, with_value(MEM, val), MEM), NonFiniteError, r"^key:", id=f"mha-key-{tag}"),
             pytest.param(lambda val=val: mha().forward(X, MEM, with_value(MEM, val)), NonFiniteError, r"^value:", id=f"mha-value-{tag}"),
             pytest.param(lambda val=val: sdp().forward(with_value(NQ, val), NK, NV), NonFiniteError, r"^query:", id=f"sdp-query-{tag}"),
-            pytest.param(lambda val=val: sdp().forward(NQ, with_value(NK, val), NV), NonFiniteError, r"^keys:", id=f"sdp-keys-{tag}"),
-            pytest.param(lambda val=val: sdp().forward(NQ, NK, with_value(NV, val)), NonFiniteError, r"^values:", id=f"sdp-values-{tag}"),
+            pytest.param(lambda val=val: sdp().forward(NQ, with_value(NK, val), NV), NonFiniteError, r"^key:", id=f"sdp-keys-{tag}"),
+            pytest.param(lambda val=val: sdp().forward(NQ, NK, with_value(NV, val)), NonFiniteError, r"^value:", id=f"sdp-values-{tag}"),
         ]
     return out
 
@@ -107,17 +107,17 @@ _BAD_DTYPES = [
 def _dtype_cases():
     out = []
     for tag, bad in _BAD_DTYPES:
-        out.append(pytest.param(lambda bad=bad: flash().forward(bad, K, V), DTypeError, r"^q:", id=f"flash-q-dtype-{tag}"))
+        out.append(pytest.param(lambda bad=bad: flash().forward(bad, K, V), DTypeError, r"^query:", id=f"flash-q-dtype-{tag}"))
     out += [
-        pytest.param(lambda: flash().forward(Q, K.astype(np.int32), V), DTypeError, r"^k:", id="flash-k-dtype-int32"),
-        pytest.param(lambda: flash().forward(Q, K, V.astype(np.complex64)), DTypeError, r"^v:", id="flash-v-dtype-complex"),
-        pytest.param(lambda: flash().forward(torch.from_numpy(Q).long(), torch.from_numpy(K), torch.from_numpy(V)), DTypeError, r"^q:",
+        pytest.param(lambda: flash().forward(Q, K.astype(np.int32), V), DTypeError, r"^key:", id="flash-k-dtype-int32"),
+        pytest.param(lambda: flash().forward(Q, K, V.astype(np.complex64)), DTypeError, r"^value:", id="flash-v-dtype-complex"),
+        pytest.param(lambda: flash().forward(torch.from_numpy(Q).long(), torch.from_numpy(K), torch.from_numpy(V)), DTypeError, r"^query:",
                      id="flash-q-torch-int64"),
         pytest.param(lambda: mha().forward(X.astype(np.int16)), DTypeError, r"^query:", id="mha-query-dtype-int"),
         pytest.param(lambda: mha().forward(X, MEM > 0, MEM), DTypeError, r"^key:", id="mha-key-dtype-bool"),
         pytest.param(lambda: sdp().forward("abcd", NK, NV), DTypeError, r"^query:", id="sdp-query-dtype-str"),
-        pytest.param(lambda: sdp().forward(NQ, NK.astype(object), NV), DTypeError, r"^keys:", id="sdp-keys-dtype-object"),
-        pytest.param(lambda: sdp().forward(NQ, NK, NV.astype(np.uint8)), DTypeError, r"^values:", id="sdp-values-dtype-uint8"),
+        pytest.param(lambda: sdp().forward(NQ, NK.astype(object), NV), DTypeError, r"^key:", id="sdp-keys-dtype-object"),
+        pytest.param(lambda: sdp().forward(NQ, NK, NV.astype(np.uint8)), DTypeError, r"^value:", id="sdp-values-dtype-uint8"),
         pytest.param(mixed_query, DTypeError, r"mix array libraries", id="flash-mixed-libraries"),
     ]
     return out
@@ -140,8 +140,8 @@ def _linear_cases():
         pytest.param(lambda: lin(eps=float("nan")), ConfigError, r"^eps:", id="linear-eps-nan"),
         pytest.param(lambda: LinearAttention(4, heads=0), ConfigError, r"^heads:", id="linear-heads-zero"),
         pytest.param(lambda: lin(nu=2), ConfigError, r"^nu:", id="linear-nu-without-dpfp"),
-        pytest.param(lambda: lin().forward(with_value(Q, np.nan), K, V), NonFiniteError, r"^q:", id="linear-q-nan"),
-        pytest.param(lambda: lin().forward(Q, K[..., :3], V), ShapeError, r"^k:", id="linear-k-width"),
+        pytest.param(lambda: lin().forward(with_value(Q, np.nan), K, V), NonFiniteError, r"^query:", id="linear-q-nan"),
+        pytest.param(lambda: lin().forward(Q, K[..., :3], V), ShapeError, r"^key:", id="linear-k-width"),
     ]
 
 
@@ -160,34 +160,34 @@ def _hyperbolic_cases():
         pytest.param(lambda: hyp(curvature="1"), ConfigError, r"^curvature:", id="hyperbolic-curvature-str"),
         pytest.param(lambda: hyp(temperature=0.0), ConfigError, r"^temperature:", id="hyperbolic-temperature-zero"),
         pytest.param(lambda: hyp(aggregation="mean"), ConfigError, r"^aggregation:", id="hyperbolic-unknown-aggregation"),
-        pytest.param(lambda: hyp().forward(np.array([[0.9, 0.9]]), PK, PK), AttentionError, r"^q:.*ball", id="hyperbolic-q-outside-ball"),
-        pytest.param(lambda: hyp().forward(PQ, np.array([[0.6, 0.8]]), np.array([[0.1, 0.1]])), AttentionError, r"^keys:.*ball",
+        pytest.param(lambda: hyp().forward(np.array([[0.9, 0.9]]), PK, PK), AttentionError, r"^query:.*ball", id="hyperbolic-q-outside-ball"),
+        pytest.param(lambda: hyp().forward(PQ, np.array([[0.6, 0.8]]), np.array([[0.1, 0.1]])), AttentionError, r"^key:.*ball",
                      id="hyperbolic-keys-on-boundary"),
         pytest.param(lambda: hyp(curvature=4.0).forward(PQ, np.array([[0.55, 0.0]]), np.array([[0.1, 0.1]])), AttentionError,
-                     r"^keys:.*ball", id="hyperbolic-keys-outside-smaller-ball"),
-        pytest.param(lambda: hyp().forward(with_value(PQ, np.nan), PK, PK), NonFiniteError, r"^q:", id="hyperbolic-q-nan"),
-        pytest.param(lambda: hyp().forward(PQ, PK[:, :1], PK), ShapeError, r"^keys:", id="hyperbolic-keys-width"),
+                     r"^key:.*ball", id="hyperbolic-keys-outside-smaller-ball"),
+        pytest.param(lambda: hyp().forward(with_value(PQ, np.nan), PK, PK), NonFiniteError, r"^query:", id="hyperbolic-q-nan"),
+        pytest.param(lambda: hyp().forward(PQ, PK[:, :1], PK), ShapeError, r"^key:", id="hyperbolic-keys-width"),
     ]
 
 
 CASES = [
     # ---- FlashAttention: shapes
-    pytest.param(lambda: flash().forward(Q[:, :1], K, V), ShapeError, r"^q:.*heads", id="flash-q-wrong-heads"),
-    pytest.param(lambda: flash().forward(np.zeros((3, 2, 5)), K, V), ShapeError, r"^q:.*dim", id="flash-q-wrong-dim"),
-    pytest.param(lambda: flash().forward(Q, K[..., :3], V), ShapeError, r"^k:", id="flash-k-wrong-dim"),
-    pytest.param(lambda: flash().forward(Q, K, V[:4]), ShapeError, r"^v:", id="flash-v-length-mismatch"),
-    pytest.param(lambda: flash().forward(Q, K[:, :1], V), ShapeError, r"^k:.*heads", id="flash-k-wrong-heads"),
-    pytest.param(lambda: flash().forward(np.zeros((3, 8)), K, V), ShapeError, r"^q:", id="flash-q-2d"),
+    pytest.param(lambda: flash().forward(Q[:, :1], K, V), ShapeError, r"^query:.*heads", id="flash-q-wrong-heads"),
+    pytest.param(lambda: flash().forward(np.zeros((3, 2, 5)), K, V), ShapeError, r"^query:.*dim", id="flash-q-wrong-dim"),
+    pytest.param(lambda: flash().forward(Q, K[..., :3], V), ShapeError, r"^key:", id="flash-k-wrong-dim"),
+    pytest.param(lambda: flash().forward(Q, K, V[:4]), ShapeError, r"^value:", id="flash-v-length-mismatch"),
+    pytest.param(lambda: flash().forward(Q, K[:, :1], V), ShapeError, r"^key:.*heads", id="flash-k-wrong-heads"),
+    pytest.param(lambda: flash().forward(np.zeros((3, 8)), K, V), ShapeError, r"^query:", id="flash-q-2d"),
     pytest.param(lambda: flash().forward(np.zeros((2, 3, 2, 4)), np.zeros((3, 5, 2, 4)), np.zeros((3, 5, 2, 4))), ShapeError,
-                 r"^q, k, v:.*broadcast", id="flash-batch-no-broadcast"),
-    pytest.param(lambda: flash().forward(Q, K[:0], V[:0]), ShapeError, r"^k:.*empty", id="flash-empty-keys"),
-    pytest.param(lambda: flash().forward(Q, K), ShapeError, r"^k, v:", id="flash-k-without-v"),
-    pytest.param(lambda: flash().forward(np.zeros(7), np.zeros(8), np.zeros(8)), ShapeError, r"^q:.*flat", id="flash-flat-q-length"),
-    pytest.param(lambda: flash().forward(np.zeros(8), np.zeros(12), np.zeros(8)), ShapeError, r"^k:.*flat", id="flash-flat-k-length"),
+                 r"^query, key, value:.*broadcast", id="flash-batch-no-broadcast"),
+    pytest.param(lambda: flash().forward(Q, K[:0], V[:0]), ShapeError, r"^key:.*empty", id="flash-empty-keys"),
+    pytest.param(lambda: flash().forward(Q, K), ShapeError, r"^key, value:", id="flash-k-without-v"),
+    pytest.param(lambda: flash().forward(np.zeros(7), np.zeros(8), np.zeros(8)), ShapeError, r"^query:.*flat", id="flash-flat-q-length"),
+    pytest.param(lambda: flash().forward(np.zeros(8), np.zeros(12), np.zeros(8)), ShapeError, r"^key:.*flat", id="flash-flat-k-length"),
     pytest.param(lambda: flash().forward(np.zeros(8), np.zeros(8), np.zeros(8), mask=np.ones(3, dtype=bool)), ShapeError, r"^mask:",
                  id="flash-flat-mask-length"),
-    pytest.param(lambda: flash().forward([[1.0, 2.0], [3.0]], K, V), ShapeError, r"^q:", id="flash-ragged-list"),
-    pytest.param(lambda: flash().attention_scores(Q, K[..., :2]), ShapeError, r"^k:", id="flash-scores-k-wrong-dim"),
+    pytest.param(lambda: flash().forward([[1.0, 2.0], [3.0]], K, V), ShapeError, r"^query:", id="flash-ragged-list"),
+    pytest.param(lambda: flash().attention_scores(Q, K[..., :2]), ShapeError, r"^key:", id="flash-scores-k-wrong-dim"),
     # ---- FlashAttention: masks
     pytest.param(lambda: flash().forward(Q, K, V, mask=np.ones((3, 7), dtype=bool)), ShapeError, r"^mask:", id="flash-mask-shape"),
     pytest.param(lambda: flash().forward(Q, K, V, mask=np.ones((4, 2, 3, 5), dtype=bool)), ShapeError, r"^mask:",
@@ -260,17 +260,17 @@ CASES = [
     pytest.param(lambda: ScaledDotProduct(0), ConfigError, r"^dim:", id="sdp-dim-zero"),
     pytest.param(lambda: sdp(scale=0.0), ConfigError, r"^scale:", id="sdp-scale-zero"),
     pytest.param(lambda: sdp().forward(NQ[:3], NK, NV), ShapeError, r"^query:", id="sdp-query-width"),
-    pytest.param(lambda: sdp().forward(NQ, NK[:, :3], NV), ShapeError, r"^keys:", id="sdp-keys-width"),
-    pytest.param(lambda: sdp().forward(NQ, NK, NV[:5]), ShapeError, r"^values:", id="sdp-values-length"),
-    pytest.param(lambda: sdp().forward(NQ), ShapeError, r"^keys:", id="sdp-keys-missing"),
-    pytest.param(lambda: sdp().forward(NQ, NK[:0], NV[:0]), ShapeError, r"^keys:.*empty", id="sdp-empty-keys"),
+    pytest.param(lambda: sdp().forward(NQ, NK[:, :3], NV), ShapeError, r"^key:", id="sdp-keys-width"),
+    pytest.param(lambda: sdp().forward(NQ, NK, NV[:5]), ShapeError, r"^value:", id="sdp-values-length"),
+    pytest.param(lambda: sdp().forward(NQ), ShapeError, r"^key:", id="sdp-keys-missing"),
+    pytest.param(lambda: sdp().forward(NQ, NK[:0], NV[:0]), ShapeError, r"^key:.*empty", id="sdp-empty-keys"),
     pytest.param(lambda: sdp().forward(np.zeros((2, 4)), np.zeros((3, 6, 4)), np.zeros((3, 6, 3))), ShapeError,
-                 r"^query, keys, values:.*broadcast", id="sdp-batch-no-broadcast"),
+                 r"^query, key, value:.*broadcast"),
     pytest.param(lambda: sdp().forward(NQ, NK.ravel(), NV.ravel(), num_neighbors=0), ConfigError, r"^num_neighbors:",
                  id="sdp-num-neighbors-zero"),
-    pytest.param(lambda: sdp().forward(NQ, NK.ravel()[:-1], NV.ravel(), num_neighbors=6), ShapeError, r"^keys:.*num_neighbors",
+    pytest.param(lambda: sdp().forward(NQ, NK.ravel()[:-1], NV.ravel(), num_neighbors=6), ShapeError, r"^key:.*num_neighbors",
                  id="sdp-flat-keys-length"),
-    pytest.param(lambda: sdp().forward(NQ, NK.ravel(), NV.ravel()[:-1], num_neighbors=6), ShapeError, r"^values:",
+    pytest.param(lambda: sdp().forward(NQ, NK.ravel(), NV.ravel()[:-1], num_neighbors=6), ShapeError, r"^value:",
                  id="sdp-flat-values-length"),
     pytest.param(lambda: sdp().forward(NQ, NK, NV, mask=np.ones(5, dtype=bool)), ShapeError, r"^mask:", id="sdp-mask-shape"),
     pytest.param(lambda: sdp().forward(NQ, NK, NV, mask=with_value(np.zeros(6), np.nan)), NonFiniteError, r"^mask:", id="sdp-mask-nan"),
@@ -302,7 +302,7 @@ CASES = [
     pytest.param(lambda: disposed(flash()).forward_batch([Q], K, V), DisposedError, r"disposed", id="disposed-forward-batch"),
     pytest.param(lambda: flash().benchmark(0), ConfigError, r"^seq_len:", id="benchmark-seq-len-zero"),
     pytest.param(lambda: flash().forward_batch(Q, K, V), ShapeError, r"^queries:", id="forward-batch-not-a-list"),
-    pytest.param(lambda: flash().forward_batch([Q, Q], [K], [V]), ShapeError, r"^keys:.*list of 2", id="forward-batch-keys-length"),
+    pytest.param(lambda: flash().forward_batch([Q, Q], [K], [V]), ShapeError, r"^key:.*list of 2", id="forward-batch-keys-length"),
     pytest.param(lambda: flash().forward_batch([Q, Q], K, V, mask=[None, None, None]), ShapeError, r"^mask:", id="forward-batch-masks-length"),
     *_nonfinite_cases(),
     *_dtype_cases(),

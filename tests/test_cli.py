@@ -188,32 +188,31 @@ def test_compute_heatmap(tmp_path: Path):
     ok(run("compute", "--random", "6", "-t", "flash", "--heads", "2", "--dim", "4", "--heatmap", "w.png"))
     assert (tmp_path / "w.png").read_bytes()[:8] == PNG_MAGIC
     line = one_error_line(run("compute", "--random", "6", "-t", "linear", "--dim", "4", "--heatmap", "x.png"))
-    assert "exposes no attention weights" in line
+    assert "has no attention weights" in line
 
 
-def test_weights_are_found_generically_for_each_kind_of_method():
-    """attention_scores(q, k) (flash), get_attention_weights() after forward (multi-head),
-    attention_weights(q, keys) (hyperbolic): each matches the float64 softmax of its scores."""
+def test_weights_come_from_the_one_contract_method():
+    """Every mechanism with weights answers ``attention_weights(query, key)``: flash, multi-head (from its
+    projections, no forward needed) and hyperbolic each match their own reference; linear declares none."""
     from conftest import ref_weights
 
     from attnkit.cli._common import attention_weights, create_mechanism, has_weights
 
     rng = np.random.default_rng(6)
     flash = create_mechanism("flash", {"heads": 2, "dim": 4})
-    q, k, v = flash.sample_inputs(5, rng)
+    q, k, v = flash.example_inputs(5, rng)
     w = attention_weights(flash, q, k)
     assert rel(w, ref_weights(np.moveaxis(q, -2, -3), np.moveaxis(k, -2, -3))) < 1e-5
     mha = create_mechanism("multi_head", {"dim": 8, "heads": 2, "seed": 0})
-    (x,) = mha.sample_inputs(5, rng)
+    (x,) = mha.example_inputs(5, rng)
+    w_direct = np.asarray(attention_weights(mha, x))
     mha.forward(x)
-    assert np.asarray(attention_weights(mha, x)).shape == (2, 5, 5)
+    np.testing.assert_allclose(w_direct, mha.get_attention_weights(), rtol=1e-6, atol=1e-7)
     hyp = create_mechanism("hyperbolic", {"dim": 3})
-    hq, hk, _ = hyp.sample_inputs(4, rng)
+    hq, hk, _ = hyp.example_inputs(4, rng)
     hw = np.asarray(attention_weights(hyp, hq, hk))
     assert hw.shape == (4, 4) and np.allclose(hw.sum(-1), 1.0, atol=1e-5)
     assert not has_weights(create_mechanism("linear", {"dim": 4}))
-    if "edge_featured" in registry.names():  # its attention_weights takes a graph (edge_index), not forward's inputs
-        assert not has_weights(create_mechanism("edge_featured", {}))
 
 
 def test_compute_loads_torch_mha_weights_and_matches_torch(tmp_path: Path):

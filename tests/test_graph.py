@@ -79,8 +79,7 @@ def graph(rng, n=7, e=14, edge_dim=3):
 def test_graph_form_matches_loop_reference(version, heads, concat, self_loops, edge_dim) -> None:
     rng = np.random.default_rng(hash((version, heads, self_loops, edge_dim)) % 2**32)
     x, ei, ea = graph(rng, edge_dim=edge_dim)
-    mech = EdgeFeaturedAttention(dim=5, edge_dim=edge_dim, heads=heads, out_dim=6, version=version, concat=concat,
-                                 self_loops=self_loops, seed=3)
+    mech = EdgeFeaturedAttention(dim=5, edge_dim=edge_dim, heads=heads, out_dim=6, version=version, concat=concat, self_loops=self_loops, seed=3)
     mech.load_weights({k: rng.standard_normal(v.shape) for k, v in mech.parameters().items()})  # non-zero bias too
     out = mech.forward_graph(x, ei, ea)
     np.testing.assert_allclose(out, gat_reference(mech, x, ei, ea), rtol=1e-10, atol=1e-12)
@@ -98,7 +97,7 @@ def test_neighbour_form_equals_graph_form(version) -> None:
         idx = np.where((ei[1] == i) & (ei[0] != i))[0]
         if idx.size == 0:
             continue
-        np.testing.assert_allclose(mech(x[i], x[ei[0, idx]], ea[idx]), full[i], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(mech(x[i], x[ei[0, idx]], edge_features=ea[idx]), full[i], rtol=1e-10, atol=1e-12)
     # padded, batched neighbour lists with a mask give the same rows
     k = 6
     nb = np.zeros((x.shape[0], k, 5))
@@ -107,7 +106,7 @@ def test_neighbour_form_equals_graph_form(version) -> None:
     for i in range(x.shape[0]):
         idx = np.where((ei[1] == i) & (ei[0] != i))[0][:k]
         nb[i, : idx.size], ef[i, : idx.size], m[i, : idx.size] = x[ei[0, idx]], ea[idx], True
-    batched = mech(x, nb, ef, mask=m)
+    batched = mech(x, nb, edge_features=ef, mask=m)
     np.testing.assert_allclose(batched, full, rtol=1e-10, atol=1e-12)
 
 
@@ -116,8 +115,8 @@ def test_self_loop_option_is_honoured() -> None:
     x, ei, ea = graph(rng)
     on = EdgeFeaturedAttention(dim=5, edge_dim=3, self_loops=True, seed=1)
     off = EdgeFeaturedAttention(dim=5, edge_dim=3, self_loops=False, seed=1)
-    edges_on, a_on = on.attention_weights(x, ei, ea)
-    edges_off, a_off = off.attention_weights(x, ei, ea)
+    edges_on, a_on = on.graph_attention_weights(x, ei, ea)
+    edges_off, a_off = off.graph_attention_weights(x, ei, ea)
     loops_on = edges_on[0] == edges_on[1]
     assert loops_on.sum() == x.shape[0]  # exactly one self loop per node, the input's own loop replaced
     assert (edges_off[0] == edges_off[1]).sum() == (ei[0] == ei[1]).sum() >= 1  # the input's loops kept as given
@@ -131,9 +130,12 @@ def test_self_loop_option_is_honoured() -> None:
     np.testing.assert_allclose(on.forward_graph(x, ei, ea)[6], p["lin.weight"] @ x[6] + p["bias"], rtol=1e-6)
     # neighbour form: with no neighbour left the output is the bias (no loop) or the node's own message
     single = rng.standard_normal(5)
-    none_left = np.zeros((1, 5)), np.zeros((1, 3))
-    np.testing.assert_allclose(off(single, *none_left, mask=np.array([False])), p["bias"], atol=0)
-    np.testing.assert_allclose(on(single, *none_left, mask=np.array([False])), p["lin.weight"] @ single + p["bias"], rtol=1e-6)
+    none_left = np.zeros((1, 5))
+    none_left_e = np.zeros((1, 3))
+    np.testing.assert_allclose(off(single, none_left, edge_features=none_left_e, mask=np.array([False])), p["bias"], atol=0)
+    np.testing.assert_allclose(
+        on(single, none_left, edge_features=none_left_e, mask=np.array([False])), p["lin.weight"] @ single + p["bias"], rtol=1e-6
+    )
 
 
 def test_v1_and_v2_differ_and_heads_average() -> None:
@@ -154,7 +156,7 @@ def test_torch_in_torch_out_and_autograd() -> None:
     np.testing.assert_allclose(out.detach().numpy(), gat_reference(mech, x, ei, ea), atol=1e-5)
     out.sum().backward()
     assert tx.grad is not None and torch.isfinite(tx.grad).all() and tx.grad.abs().sum() > 0
-    nb = mech(torch.tensor(x[0]), torch.tensor(x[1:4]), torch.tensor(ea[:3]))
+    nb = mech(torch.tensor(x[0]), torch.tensor(x[1:4]), edge_features=torch.tensor(ea[:3]))
     assert isinstance(nb, torch.Tensor) and nb.dtype == torch.float64
     assert mech.forward_graph(x.astype(np.float32), ei, ea.astype(np.float32)).dtype == np.float32
 
@@ -222,8 +224,9 @@ def test_graph_rope_neighbour_form_and_relative_positions() -> None:
     for i in range(3):
         np.testing.assert_allclose(batch[i], rope_sdp_reference(qs[i], ks[i], vs[i], i, kp[i], rope, 1 / np.sqrt(8)), atol=1e-12)
     m = np.array([True, False, True, True, False])
-    np.testing.assert_allclose(mech(q, k, v, m, key_positions=kpos, query_positions=4),
-                               rope_sdp_reference(q, k[m], v[m], 4, kpos[m], rope, 1 / np.sqrt(8)), atol=1e-12)
+    np.testing.assert_allclose(
+        mech(q, k, v, mask=m, key_positions=kpos, query_positions=4), rope_sdp_reference(q, k[m], v[m], 4, kpos[m], rope, 1 / np.sqrt(8)), atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("self_loops", [False, True])
@@ -252,7 +255,7 @@ def test_registry_features_and_sample_inputs() -> None:
     assert "edge_featured" in feats and "graph_rope" in feats
     for name in ("edge_featured", "graph_rope"):
         mech = registry.create(name, dim="8")
-        out = mech(*mech.sample_inputs(6, np.random.default_rng(0)))
+        out = mech(*mech.example_inputs(6, np.random.default_rng(0)), **mech.example_extras(6, np.random.default_rng(1)))
         assert out.shape == (6, 8) and out.dtype == np.float32
     assert attnkit.EdgeFeaturedAttention is EdgeFeaturedAttention and attnkit.GraphRoPEAttention is GraphRoPEAttention
     assert EdgeFeaturedAttention(dim=8, edge_dim=0).sample_inputs(3)[1].shape == (3, 8)
@@ -284,30 +287,30 @@ def test_bad_input() -> None:
         mech.forward_graph(x, np.array([[0, 1], [1, 2]]), np.zeros((3, 2)))
     with pytest.raises(ShapeError, match="x"):
         mech.forward_graph(np.zeros((3, 5)), np.array([[0, 1], [1, 2]]), ea)
-    with pytest.raises(ShapeError, match="neighbours"):
+    with pytest.raises(ShapeError, match="key"):
         mech(np.zeros(4))
     with pytest.raises(ShapeError, match="edge_features"):
         mech(np.zeros(4), np.zeros((2, 4)))
     with pytest.raises(ShapeError, match="edge_features"):
-        mech(np.zeros(4), np.zeros((2, 4)), np.zeros((3, 2)))
+        mech(np.zeros(4), np.zeros((2, 4)), edge_features=np.zeros((3, 2)))
     with pytest.raises(ShapeError, match="query"):
-        mech(np.zeros(5), np.zeros((2, 4)), ea)
+        mech(np.zeros(5), np.zeros((2, 4)), edge_features=ea)
     with pytest.raises(ShapeError, match="mask"):
-        mech(np.zeros(4), np.zeros((2, 4)), ea, mask=np.ones(3, dtype=bool))
-    with pytest.raises(NonFiniteError, match="neighbours"):
-        mech(np.zeros(4), np.full((2, 4), np.nan), ea)
+        mech(np.zeros(4), np.zeros((2, 4)), edge_features=ea, mask=np.ones(3, dtype=bool))
+    with pytest.raises(NonFiniteError, match="key"):
+        mech(np.zeros(4), np.full((2, 4), np.nan), edge_features=ea)
     with pytest.raises(TypeError, match="query"):
-        mech(np.zeros(4, dtype=np.int64), np.zeros((2, 4)), ea)
+        mech(np.zeros(4, dtype=np.int64), np.zeros((2, 4)), edge_features=ea)
     g = GraphRoPEAttention(dim=4)
     with pytest.raises(ConfigError, match="dim"):
         GraphRoPEAttention(dim=5)
-    with pytest.raises(ShapeError, match="keys"):
+    with pytest.raises(ShapeError, match="key"):
         g(np.zeros(4))
     with pytest.raises(ShapeError, match="query"):
         g(np.zeros(3), np.zeros((2, 4)))
     with pytest.raises(ShapeError, match="positions"):
         g.forward_graph(np.zeros((3, 4)), np.array([[0], [1]]), positions=[0, 1])
-    with pytest.raises(NonFiniteError, match="keys"):
+    with pytest.raises(NonFiniteError, match="key"):
         g(np.zeros(4), np.full((2, 4), np.inf))
     mech.dispose()
     with pytest.raises(DisposedError):

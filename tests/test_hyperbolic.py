@@ -288,7 +288,7 @@ def test_tangent_input_space_maps_with_to_poincare():
     ball = HyperbolicAttention(3, curvature=c)
     out = tangent(q, k, v)
     np.testing.assert_allclose(out, ball(P.to_poincare(q, c=c), P.to_poincare(k, c=c), P.to_poincare(v, c=c)), rtol=0, atol=1e-15)
-    with pytest.raises(AttentionError, match="^q: expected points strictly inside"):
+    with pytest.raises(AttentionError, match="^query: expected points strictly inside"):
         ball(q, k, v)
 
 
@@ -446,22 +446,22 @@ INF_V[2, 0] = np.inf
 @pytest.mark.parametrize(
     "args, kwargs, error, name",
     [
-        ((np.array([[0.9, 0.9, 0.0]]), K, V), {}, AttentionError, "q"),
-        ((Q, np.full((4, 3), 0.6), V), {}, AttentionError, "keys"),
-        ((Q, K, np.full((4, 2), 0.8)), {}, AttentionError, "values"),
-        ((np.zeros((2, 4)), K, V), {}, ShapeError, "q"),
-        ((Q, np.zeros((4, 2)), V), {}, ShapeError, "keys"),
-        ((Q, K, np.zeros((5, 2))), {}, ShapeError, "values"),
-        ((Q, np.zeros((0, 3)), np.zeros((0, 2))), {}, ShapeError, "keys"),
-        ((Q, np.zeros(7), V), {}, ShapeError, "keys"),
-        ((Q, K, np.zeros(7)), {}, ShapeError, "values"),
-        ((np.float64(0.1), K, V), {}, ShapeError, "q"),
-        ((np.zeros((2, 2, 3)), np.zeros((3, 4, 3)), np.zeros((4, 2))), {}, ShapeError, "q, keys, values"),
-        ((Q, None, V), {}, ShapeError, "keys"),
-        ((NAN_Q, K, V), {}, NonFiniteError, "q"),
-        ((Q, K, INF_V), {}, NonFiniteError, "values"),
-        ((Q, np.where(np.eye(4, 3) > 0, np.nan, K), V), {}, NonFiniteError, "keys"),
-        ((Q.astype(np.int64), K, V), {}, DTypeError, "q"),
+        ((np.array([[0.9, 0.9, 0.0]]), K, V), {}, AttentionError, "query"),
+        ((Q, np.full((4, 3), 0.6), V), {}, AttentionError, "key"),
+        ((Q, K, np.full((4, 2), 0.8)), {}, AttentionError, "value"),
+        ((np.zeros((2, 4)), K, V), {}, ShapeError, "query"),
+        ((Q, np.zeros((4, 2)), V), {}, ShapeError, "key"),
+        ((Q, K, np.zeros((5, 2))), {}, ShapeError, "value"),
+        ((Q, np.zeros((0, 3)), np.zeros((0, 2))), {}, ShapeError, "key"),
+        ((Q, np.zeros(7), V), {}, ShapeError, "key"),
+        ((Q, K, np.zeros(7)), {}, ShapeError, "value"),
+        ((np.float64(0.1), K, V), {}, ShapeError, "query"),
+        ((np.zeros((2, 2, 3)), np.zeros((3, 4, 3)), np.zeros((4, 2))), {}, ShapeError, "query, key, value"),
+        ((Q, None, V), {}, ShapeError, "key"),
+        ((NAN_Q, K, V), {}, NonFiniteError, "query"),
+        ((Q, K, INF_V), {}, NonFiniteError, "value"),
+        ((Q, np.where(np.eye(4, 3) > 0, np.nan, K), V), {}, NonFiniteError, "key"),
+        ((Q.astype(np.int64), K, V), {}, DTypeError, "query"),
         ((Q, K, torch.zeros(4, 2)), {}, DTypeError, "inputs"),
         ((Q, K, V), {"mask": np.ones((3, 4), dtype=bool)}, ShapeError, "mask"),
         ((Q, K, V), {"mask": np.ones((2, 5), dtype=bool)}, ShapeError, "mask"),
@@ -479,9 +479,9 @@ def test_bad_inputs_raise_naming_the_argument(args, kwargs, error, name):
 
 def test_nan_is_rejected_even_without_the_finite_check():
     m = HyperbolicAttention(3, check_finite=False)
-    with pytest.raises(AttentionError, match="^q:"):
+    with pytest.raises(AttentionError, match="^query:"):
         m(NAN_Q, K, V)
-    with pytest.raises(AttentionError, match="^q:"):
+    with pytest.raises(AttentionError, match="^query:"):
         HyperbolicAttention(3, check_finite=False, input_space="tangent")(NAN_Q, K, V)
 
 

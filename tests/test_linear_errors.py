@@ -83,7 +83,7 @@ def _bad_forward_cases():
         ("k-dim", (q, np.zeros((L, H, D + 1), np.float32), v), {}, ShapeError, "k"),
         ("k-heads", (q, np.zeros((L, 1, D), np.float32), v), {}, ShapeError, "k"),
         ("v-length", (q, k, np.zeros((L + 1, H, D), np.float32)), {}, ShapeError, "v"),
-        ("k-without-v", (q, k, None), {}, ShapeError, "k, v"),
+        ("k-without-v", (q, k, None), {}, ShapeError, "key, value"),
         ("empty-keys", (q, k[:0], v[:0]), {}, ShapeError, "k"),
         ("batch-mismatch", (np.zeros((2, L, H, D), np.float32), np.zeros((3, L, H, D), np.float32),
                             np.zeros((3, L, H, D), np.float32)), {}, ShapeError, "batch"),
@@ -157,7 +157,7 @@ def test_forward_batch_bad_lists():
     attn = LinearAttention(D, H)
     with pytest.raises(ShapeError, match="queries"):
         attn.forward_batch(q, k, v)
-    with pytest.raises(ShapeError, match="keys"):
+    with pytest.raises(ShapeError, match="key"):
         attn.forward_batch([q, q], [k, k, k], v)
 
 

@@ -169,13 +169,13 @@ def test_bad_input() -> None:
     outside = np.array([[0.0, 0.0, 0.9, 0.9]])
     with pytest.raises(AttentionError, match="q"):
         mech(outside, np.zeros((2, 4)))
-    with pytest.raises(ShapeError, match="values"):
+    with pytest.raises(ShapeError, match="value"):
         mech(np.zeros((1, 4)), np.zeros((2, 4)), np.zeros((2, 3)))
-    with pytest.raises(ShapeError, match="keys"):
+    with pytest.raises(ShapeError, match="key"):
         mech(np.zeros((1, 4)), np.zeros((2, 3)))
     with pytest.raises(ShapeError, match="mask"):
         mech(np.zeros((1, 4)), np.zeros((2, 4)), mask=np.ones((1, 3), dtype=bool))
-    with pytest.raises(NonFiniteError, match="keys"):
+    with pytest.raises(NonFiniteError, match="key"):
         mech(np.zeros((1, 4)), np.full((2, 4), np.nan))
     dual = DualSpaceAttention(dim=4)
     with pytest.raises(ShapeError, match="q"):

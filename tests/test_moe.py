@@ -61,7 +61,7 @@ def reference(moe, q, k, v):
             if used[j] < cap:
                 used[j] += 1
                 kept[i, r] = True
-    outs = [moe._call_expert(j, q, k, v, None) for j in range(e)]
+    outs = [moe._call_expert(j, moe.expert_modules[j].parameters(), q, k, v, None) for j in range(e)]
     out = np.zeros((t, v.shape[1]))
     for i in range(t):
         z = sum(probs[i, j] for j in order[i])
@@ -209,17 +209,17 @@ def test_bad_input() -> None:
     moe = MoEAttention(dim=8)
     with pytest.raises(ShapeError, match="q"):
         moe(np.zeros((3, 7)))
-    with pytest.raises(ShapeError, match="keys"):
+    with pytest.raises(ShapeError, match="key"):
         moe(np.zeros((3, 8)), np.zeros((3, 7)))
-    with pytest.raises(ShapeError, match="values"):
+    with pytest.raises(ShapeError, match="value"):
         moe(np.zeros((3, 8)), np.zeros((3, 8)), np.zeros((4, 8)))
     with pytest.raises(ShapeError, match="mask"):
         moe(np.zeros((3, 8)), np.zeros((4, 8)), mask=np.ones(3, dtype=bool))
     with pytest.raises(DTypeError, match="mask"):
         moe(np.zeros((3, 8)), np.zeros((4, 8)), mask=np.zeros(4))
-    with pytest.raises(NonFiniteError, match="keys"):
+    with pytest.raises(NonFiniteError, match="key"):
         moe(np.zeros((3, 8)), np.full((4, 8), np.nan))
-    with pytest.raises(ShapeError, match="values"):
+    with pytest.raises(ShapeError, match="value"):
         MoEAttention(dim=8, overflow="pass_through")(np.zeros((3, 8)), np.zeros((4, 8)), np.zeros((4, 5)))
     with pytest.raises(TypeError, match="q"):
         moe(np.zeros((3, 8), dtype=np.int64))

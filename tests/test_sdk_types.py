@@ -68,8 +68,8 @@ def test_attention_protocol() -> None:
     assert not isinstance(object(), Attention)
 
     class OnlyForward:
-        def forward(self, a, b=None, c=None, mask=None):
-            return a
+        def forward(self, query, key=None, value=None, *, mask=None):
+            return query
 
     assert not isinstance(OnlyForward(), Attention)
 

@@ -401,9 +401,9 @@ class _Gate(Mechanism):
         super().__init__()
         self.tag = tag
 
-    def forward(self, a: Any, b: Any = None, c: Any = None, mask: Any = None) -> np.ndarray:
+    def _forward(self, params: Any, query: Any, key: Any = None, value: Any = None, *, mask: Any = None) -> np.ndarray:
         _Gate.gate.wait(20)
-        return np.asarray(a, dtype=np.float32)
+        return np.asarray(query, dtype=np.float32)
 
 
 @pytest.fixture()

@@ -25,9 +25,8 @@ from test_server import assert_error, b64, live_server, npy_bytes, rand  # noqa:
 
 import attnkit  # noqa: E402
 from attnkit.mechanisms import registry  # noqa: E402
-from attnkit.mechanisms._weights_access import attention_weights, has_weights  # noqa: E402
 from attnkit.server import Settings  # noqa: E402
-from attnkit.server.scores import ProbeTooLarge, estimate_elements, probe_layout  # noqa: E402
+from attnkit.server.scores import estimate_elements, weights_layout  # noqa: E402
 
 MAX_ELEMENTS = 20_000
 FLASH = {"heads": 2, "dim": 4}
@@ -87,8 +86,8 @@ def minimal_options(name: str) -> dict[str, Any]:
     return opts
 
 
-WITH_WEIGHTS = [n for n in registry.names() if has_weights(registry.get(n))]
-WITHOUT_WEIGHTS = [n for n in registry.names() if not has_weights(registry.get(n))]
+WITH_WEIGHTS = [n for n in registry.names() if registry.get(n).has_attention_weights]
+WITHOUT_WEIGHTS = [n for n in registry.names() if not registry.get(n).has_attention_weights]
 
 
 # ---------------------------------------------------------------------- values
@@ -114,8 +113,10 @@ def test_every_mechanism_with_weights_answers_the_librarys_own_weights(http: htt
     if keys is not None:
         doc["keys"] = b64(keys)
     w = decode(http.post(SCORES.format(name), json=doc))
-    direct = np.asarray(attention_weights(registry.create(name, **opts), sample[0], keys, run_forward=True))
-    assert w.shape == direct.shape and w.shape[-2:] == (5, 5)
+    direct = np.asarray(registry.create(name, **opts).attention_weights(sample[0], keys))
+    assert w.shape == direct.shape
+    if registry.get(name).input_layout != "graph":  # graph layers: each target over its own neighbours (+ self loop)
+        assert w.shape[-2:] == (5, 5)
     np.testing.assert_allclose(w, direct, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
     assert (w >= 0).all()
@@ -213,13 +214,13 @@ def test_neighbour_single_query_weights(http: httpx.Client) -> None:
 def test_too_many_weights_is_413_before_any_computation(http: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """The weights' size is bounded before computing: the kernel never sees the long sequences."""
     seen: list[tuple[int, ...]] = []
-    original = attnkit.FlashAttention.attention_scores
+    original = attnkit.FlashAttention._attention_weights
 
-    def spy(self: Any, q: Any, k: Any = None, mask: Any = None) -> Any:
+    def spy(self: Any, params: Any, q: Any, k: Any = None, *, mask: Any = None) -> Any:
         seen.append(tuple(np.shape(q)))
-        return original(self, q, k, mask)
+        return original(self, params, q, k, mask=mask)
 
-    monkeypatch.setattr(attnkit.FlashAttention, "attention_scores", spy)
+    monkeypatch.setattr(attnkit.FlashAttention, "_attention_weights", spy)
     opts = {"heads": 2, "dim": 4, "seed": 5}  # options of their own: a fresh mechanism, probed here
     n = 101  # 2 * 101 * 101 = 20402 weights > 20000, from inputs of 808 numbers
     q = rand(n, 2, 4, seed=41)
@@ -230,7 +231,7 @@ def test_too_many_weights_is_413_before_any_computation(http: httpx.Client, monk
     ]:
         err = assert_error(http.post(path, json=doc), 413, "too_many_elements", "query")
         assert "max_elements" in err["message"]
-    assert all(s[0] <= 3 for s in seen), seen  # only the layout probe (sequence lengths 2 and 3) ran
+    assert not seen, seen  # nothing was computed
     # the same inputs one position shorter fit: 2 * 100 * 100 = 20000
     w = decode(http.post(SCORES.format("flash"), json={"query": q[:100].tolist(), "options": opts}))
     assert w.shape == (2, 100, 100)
@@ -247,7 +248,7 @@ def test_estimates_are_exact_for_each_layout() -> None:
     weights and each layout it accepts (sequence, with a batch dimension, the spec's flat arrays)."""
     for name in WITH_WEIGHTS:
         mech = registry.create(name, **minimal_options(name))
-        layout = probe_layout(mech, 10**6)
+        layout = weights_layout(mech)
         checked = 0
         for L, S in ((4, 7), (9, 2), (5, 5)):
             q = np.asarray(mech.sample_inputs(L, np.random.default_rng(1))[0])
@@ -256,7 +257,7 @@ def test_estimates_are_exact_for_each_layout() -> None:
             variants = [(q, k), (np.stack([q, q]), k), (q.reshape(-1), None if k is None else k.reshape(-1))]
             for qv, kv in variants:
                 try:
-                    w = np.asarray(attention_weights(mech, qv, kv, run_forward=True))
+                    w = np.asarray(mech.attention_weights(qv, kv))
                 except attnkit.ShapeError:  # a layout or length this mechanism does not take (self: Lk = Lq)
                     continue
                 assert estimate_elements(layout, qv.shape, (qv if kv is None else kv).shape, None) == w.size, (name, qv.shape)
@@ -264,16 +265,12 @@ def test_estimates_are_exact_for_each_layout() -> None:
         assert checked >= 3, (name, checked)
 
 
-def test_the_probe_never_draws_more_than_a_valid_request_could_need(http: httpx.Client) -> None:
-    """Options that make one position 16 M numbers wide (heads = dim = 4096) with a tiny query: the probe
-    refuses to draw its samples, and the mechanism's own validation answers."""
-    with pytest.raises(ProbeTooLarge):
-        probe_layout(attnkit.FlashAttention(heads=4096, dim=4096), budget=3 * 10_000)
+def test_the_layout_is_declared_not_probed(http: httpx.Client) -> None:
+    """Options that make one position 16 M numbers wide (heads = dim = 4096) with a tiny query: the
+    layout comes from the class's metadata without drawing anything, and the mechanism's own validation answers."""
+    assert weights_layout(attnkit.FlashAttention(heads=4096, dim=4096)).per_pair == 4096
     r = http.post(SCORES.format("flash"), json={"query": [[[1.0]]], "options": {"heads": 4096, "dim": 4096}})
     assert_error(r, 422, "shape_error", "query")
-    # a valid request of one position always fits the budget (3 x its largest tensor per position)
-    mech = attnkit.FlashAttention(heads=64, dim=64)
-    assert probe_layout(mech, budget=3 * 64 * 64).per_pair == 64
     w = decode(http.post(SCORES.format("flash"), json={"query": rand(64 * 64).tolist(), "options": {"heads": 64, "dim": 64}}))
     assert w.shape == (64,) and np.allclose(w, 1.0)
 
@@ -287,10 +284,9 @@ def test_mechanism_without_weights_is_422_no_weights(http: httpx.Client) -> None
         r = http.post(SCORES.format(name), json={"query": rand(4, 8, seed=1).tolist(), "options": minimal_options(name)})
         err = assert_error(r, 422, "no_weights", "mechanism")
         assert repr(name) in err["message"] and "flash" in err["message"]
-    # weights switched off by an option
+    # multi-head computes its weights from the projections, whatever keep_weights says
     r = http.post(SCORES.format("multi_head"), json={"query": rand(4, 8).tolist(), "options": {"model_dim": 8, "heads": 2, "keep_weights": False}})
-    err = assert_error(r, 422, "no_weights", "mechanism")
-    assert "keep_weights" in err["message"]
+    assert decode(r).shape == (2, 4, 4)
 
 
 # ---------------------------------------------------------------------- bad requests
@@ -373,14 +369,14 @@ def test_weights_from_forward_are_per_request_under_concurrency(live: Any) -> No
     assert not failures, failures
 
 
-def test_run_forward_leaves_the_shared_mechanism_untouched() -> None:
-    """Deterministic form of the above: the weights of a run_forward call live on a private copy."""
+def test_attention_weights_leave_the_shared_mechanism_untouched() -> None:
+    """attention_weights computes from the projections: the weights kept from the last forward stay."""
     mha = registry.create("multi_head", model_dim=8, heads=2, seed=1)
     x1, x2 = rand(4, 8, seed=1), rand(6, 8, seed=2)
     mha.forward(x1)
     before = np.asarray(mha.get_attention_weights()).copy()
-    w2 = np.asarray(attention_weights(mha, x2, run_forward=True))
+    w2 = np.asarray(mha.attention_weights(x2))
     assert w2.shape == (2, 6, 6)
     np.testing.assert_array_equal(mha.get_attention_weights(), before)
     mha.forward(x2)
-    np.testing.assert_array_equal(mha.get_attention_weights(), w2)
+    np.testing.assert_allclose(mha.get_attention_weights(), w2, rtol=1e-6, atol=1e-7)

@@ -27,6 +27,7 @@ _LAZY: dict[str, str] = {
     "Mechanism": "attnkit.mechanisms.base",
     "MemoryInfo": "attnkit.mechanisms.base",
     "BenchmarkResult": "attnkit.mechanisms.base",
+    "functional_call": "attnkit.mechanisms.functional",
     # core mechanisms
     "FlashAttention": "attnkit.mechanisms.flash",
     "MultiHeadAttention": "attnkit.mechanisms.multihead",

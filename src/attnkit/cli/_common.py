@@ -338,16 +338,14 @@ def check_finite_output(x: Any, what: str = "output") -> None:
 
 # ---------------------------------------------------------------------------------------------- weights
 def has_weights(mech: Any) -> bool:
-    """Whether :func:`attention_weights` can get weights from ``mech``."""
-    from ..mechanisms._weights_access import has_weights as _has
-
-    return _has(mech)
+    """Whether ``mech`` (an instance or a class) declares attention weights."""
+    return bool(getattr(mech, "has_attention_weights", False))
 
 
-def attention_weights(mech: Any, q: Any, k: Any = None, mask: Any = None) -> Any:
-    """The attention probabilities of ``mech`` for these inputs, found generically (see
-    :func:`attnkit.mechanisms._weights_access.attention_weights`); for mechanisms that keep the weights
-    of their last forward, call ``forward`` with the same inputs first."""
-    from ..mechanisms._weights_access import attention_weights as _weights
+def attention_weights(mech: Any, q: Any, k: Any = None, mask: Any = None, **extras: Any) -> Any:
+    """The attention probabilities of ``mech`` for these inputs (``mech.attention_weights``)."""
+    from ..errors import ConfigError
 
-    return _weights(mech, q, k, mask, field="heatmap")
+    if not has_weights(mech):
+        raise ConfigError(f"heatmap: mechanism {getattr(mech, 'name', type(mech).__name__)!r} has no attention weights")
+    return mech.attention_weights(q, k, mask=mask, **extras)

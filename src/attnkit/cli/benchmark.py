@@ -104,11 +104,13 @@ def bench_cell(
         explicit.setdefault("seed", seed)
     try:
         mech = create_mechanism(name, explicit, config, fill_required=True)
-        inputs = mech.sample_inputs(length, np.random.default_rng(seed))
+        inputs = mech.example_inputs(length, np.random.default_rng(seed))
+        extras = mech.example_extras(length, np.random.default_rng(seed + 1))
         if batch > 1:
             inputs = tuple(np.ascontiguousarray(np.broadcast_to(x, (batch, *x.shape))) for x in inputs)
+            extras = {n: np.ascontiguousarray(np.broadcast_to(x, (batch, *x.shape))) for n, x in extras.items()}
         row["shapes"] = [list(x.shape) for x in inputs]
-        times = _time(lambda: mech.forward(*inputs), iterations, max_time, warmup)
+        times = _time(lambda: mech.forward(*inputs, **extras), iterations, max_time, warmup)
     except AttentionError as exc:
         row["error"] = str(exc)
         return row

@@ -158,9 +158,11 @@ def run_compute(
     if weights is not None:
         _load_weights(mech, weights)
 
+    extras: dict[str, Any] = {}
     if random is not None:
         _check_random_size(mech, random, dtype)
-        drawn = mech.sample_inputs(random, np.random.default_rng(seed))
+        drawn = mech.example_inputs(random, np.random.default_rng(seed))
+        extras = mech.example_extras(random, np.random.default_rng(seed + 1))
         arrays = dict(zip(("q", "k", "v", "mask"), drawn, strict=False))
         if dtype is not None:
             arrays = {r: (a.astype(dtype) if a.dtype.kind == "f" else a) for r, a in arrays.items()}
@@ -172,7 +174,7 @@ def run_compute(
 
     q, k, v, m = arrays.get("q"), arrays.get("k"), arrays.get("v"), arrays.get("mask")
     t0 = time.perf_counter()
-    out = mech.forward(q, k, v, mask=m)
+    out = mech.forward(q, k, v, mask=m, **extras)
     elapsed = time.perf_counter() - t0
     from .._array import to_numpy
 
@@ -189,7 +191,7 @@ def run_compute(
     if heatmap is not None:
         from ._plot import heatmap as draw
 
-        w = attention_weights(mech, q, k, m)
+        w = attention_weights(mech, q, k, m, **extras)
         heat = draw(w, heatmap, title=f"{name} attention weights")
 
     summary = {
@@ -225,8 +227,8 @@ def _check_random_size(mech: Any, length: int, dtype: str | None) -> None:
     (the size of one position comes from a draw of length 1)."""
     from .._array import check_allocation
 
-    one = mech.sample_inputs(1, np.random.default_rng(0))
-    per_position = sum(int(np.size(a)) for a in one)
+    one = [*mech.example_inputs(1, np.random.default_rng(0)), *mech.example_extras(1, np.random.default_rng(1)).values()]
+    per_position = sum(int(np.size(a)) for a in one if a is not None)
     itemsize = np.dtype(dtype or "float32").itemsize
     check_allocation(float(per_position) * length * itemsize, "--random", f"random inputs of length {length}")
 

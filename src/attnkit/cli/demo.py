@@ -17,7 +17,7 @@ import numpy as np
 
 from .._array import to_numpy
 from ..mechanisms import registry
-from ._common import State, attention_weights, console, create_mechanism, emit_json, has_weights
+from ._common import State, console, create_mechanism, emit_json, has_weights
 
 log = logging.getLogger("attnkit.cli")
 
@@ -50,13 +50,14 @@ def demo_one(name: str, length: int, seed: int, config: Any, repeats: int = 3) -
     try:
         mech = create_mechanism(name, explicit, None, fill_required=True)
         row["options"] = mech.options()
-        inputs = mech.sample_inputs(length, np.random.default_rng(seed))
+        inputs = mech.example_inputs(length, np.random.default_rng(seed))
+        extras = mech.example_extras(length, np.random.default_rng(seed + 1))
         row["inputs"] = [list(x.shape) for x in inputs]
-        out = mech.forward(*inputs)  # warm-up, and the output we check
+        out = mech.forward(*inputs, **extras)  # warm-up, and the output we check
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            mech.forward(*inputs)
+            mech.forward(*inputs, **extras)
             times.append(time.perf_counter() - t0)
         out_np = np.asarray(to_numpy(out))
         row.update(
@@ -68,7 +69,7 @@ def demo_one(name: str, length: int, seed: int, config: Any, repeats: int = 3) -
         )
         row["weights"] = None
         if has_weights(mech):
-            w = attention_weights(mech, inputs[0], inputs[1] if len(inputs) > 1 else None)
+            w = mech.attention_weights(inputs[0], inputs[1] if len(inputs) > 1 else None, **extras)
             row["weights"] = to_numpy(w)
             row["row_sum_error"] = _row_sum_error(w)
         ok = row["finite"] and (row.get("row_sum_error") is None or row["row_sum_error"] < 1e-4)

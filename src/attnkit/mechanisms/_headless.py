@@ -46,7 +46,7 @@ def _unflatten(x: Array, name: str, per: int, what: str, xp: Namespace) -> Array
     n = int(x.shape[0])
     if per == 0 or n == 0 or n % per:
         raise ShapeError(f"{name}: a flat array needs a length that is a positive multiple of {what} = {per}, got {n}")
-    return xp.reshape(x, (n // per, per) if name == "keys" else (per, n // per))
+    return xp.reshape(x, (n // per, per) if name == "key" else (per, n // per))
 
 
 def prepare_headless(
@@ -66,41 +66,41 @@ def prepare_headless(
     result dtype to the dtype of the computation (default: NumPy half precision -> float32).
     """
     if keys is None and values is not None:
-        raise ShapeError("keys: expected an array of keys when values are given, got None")
+        raise ShapeError("key: expected an array of keys when value is given, got None")
     xp = namespace(q, keys, values)
-    qa = as_float_array(q, "q", xp)
+    qa = as_float_array(q, "query", xp)
     if qa.ndim < 1 or qa.shape[-1] != dim:
-        raise ShapeError(f"q: expected shape (..., Lq, dim = {dim}) or ({dim},), got {shape_str(qa.shape)}")
+        raise ShapeError(f"query: expected shape (..., Lq, dim = {dim}) or ({dim},), got {shape_str(qa.shape)}")
     single = qa.ndim == 1
     if single:
         qa = xp.expand_dims(qa, axis=0)
-    ka = qa if keys is None else as_float_array(keys, "keys", xp)
-    va = ka if values is None else as_float_array(values, "values", xp)
+    ka = qa if keys is None else as_float_array(keys, "key", xp)
+    va = ka if values is None else as_float_array(values, "value", xp)
     if ka.ndim == 1:
-        ka = _unflatten(ka, "keys", dim, "dim", xp)
+        ka = _unflatten(ka, "key", dim, "dim", xp)
     if va.ndim == 1 and ka.ndim >= 2:
-        va = _unflatten(va, "values", int(ka.shape[-2]), "Lk", xp)
+        va = _unflatten(va, "value", int(ka.shape[-2]), "Lk", xp)
     if ka.ndim < 2 or ka.shape[-1] != dim:
-        raise ShapeError(f"keys: expected shape (..., Lk, dim = {dim}), got {shape_str(ka.shape)}")
+        raise ShapeError(f"key: expected shape (..., Lk, dim = {dim}), got {shape_str(ka.shape)}")
     if ka.shape[-2] == 0:
-        raise ShapeError("keys: expected at least one key (Lk >= 1), got an empty key set")
+        raise ShapeError("key: expected at least one key (Lk >= 1), got an empty key set")
     if va.ndim < 2 or va.shape[-2] != ka.shape[-2] or va.shape[-1] < 1:
-        raise ShapeError(f"values: expected shape (..., Lk = {ka.shape[-2]}, Dv >= 1), got {shape_str(va.shape)}")
+        raise ShapeError(f"value: expected shape (..., Lk = {ka.shape[-2]}, Dv >= 1), got {shape_str(va.shape)}")
     if values_width is not None and va.shape[-1] != values_width:
-        raise ShapeError(f"values: expected points of the same space as the keys, width {values_width}, got {va.shape[-1]}")
+        raise ShapeError(f"value: expected points of the same space as the keys, width {values_width}, got {va.shape[-1]}")
     try:
         batch = tuple(np.broadcast_shapes(tuple(qa.shape[:-2]), tuple(ka.shape[:-2]), tuple(va.shape[:-2])))
     except ValueError:
         raise ShapeError(
-            f"q, keys, values: batch dimensions {shape_str(qa.shape[:-2])}, {shape_str(ka.shape[:-2])}, "
+            f"query, key, value: batch dimensions {shape_str(qa.shape[:-2])}, {shape_str(ka.shape[:-2])}, "
             f"{shape_str(va.shape[:-2])} do not broadcast"
         ) from None
     if check:
-        check_finite(qa, "q", xp)
+        check_finite(qa, "query", xp)
         if keys is not None:
-            check_finite(ka, "keys", xp)
+            check_finite(ka, "key", xp)
         if values is not None:
-            check_finite(va, "values", xp)
+            check_finite(va, "value", xp)
     out_dtype = common_float_dtype(xp, qa, ka, va)
     cdt = compute(xp, out_dtype)
     qa, ka, va = (x if x.dtype == cdt else xp.astype(x, cdt) for x in (qa, ka, va))

@@ -79,49 +79,49 @@ def prepare_sequence(
     """
     self_attention = k is None and v is None
     if not self_attention and (k is None or v is None):
-        raise ShapeError("k, v: pass both keys and values, or neither (self-attention)")
+        raise ShapeError("key, value: pass both keys and values, or neither (self-attention)")
     xp = namespace(q, k, v)
-    q = as_float_array(q, "q", xp)
+    q = as_float_array(q, "query", xp)
     if not self_attention:
-        k = as_float_array(k, "k", xp)
-        v = as_float_array(v, "v", xp)
+        k = as_float_array(k, "key", xp)
+        v = as_float_array(v, "value", xp)
     flat = q.ndim == 1
     if flat:
         d = dim or q.shape[0] // heads
-        q = _unflatten(q, "q", heads, d, xp)
+        q = _unflatten(q, "query", heads, d, xp)
         if not self_attention:
-            k = _unflatten(k, "k", heads, d, xp) if k.ndim == 1 else k
-            v = _unflatten(v, "v", heads, d, xp) if v.ndim == 1 else v
+            k = _unflatten(k, "key", heads, d, xp) if k.ndim == 1 else k
+            v = _unflatten(v, "value", heads, d, xp) if v.ndim == 1 else v
     if self_attention:  # one array serves as q, k and v: converted, reshaped and checked once
         k = v = q
-    for name, x in (("q", q), ("k", k), ("v", v)):
+    for name, x in (("query", q), ("key", k), ("value", v)):
         if x.ndim < 3:
             raise ShapeError(f"{name}: expected shape (..., L, H={heads}, D) or a flat array, got {shape_str(x.shape)}")
         if x.shape[-2] != heads:
             raise ShapeError(f"{name}: expected H = heads = {heads} along axis -2, got {x.shape[-2]} (shape {shape_str(x.shape)})")
     if dim is not None and q.shape[-1] != dim:
-        raise ShapeError(f"q: expected head dim D = dim = {dim} along the last axis, got {q.shape[-1]} (shape {shape_str(q.shape)})")
+        raise ShapeError(f"query: expected head dim D = dim = {dim} along the last axis, got {q.shape[-1]} (shape {shape_str(q.shape)})")
     if k.shape[-1] != q.shape[-1]:
-        raise ShapeError(f"k: expected head dim {q.shape[-1]} (as q) along the last axis, got {k.shape[-1]}")
+        raise ShapeError(f"key: expected head dim {q.shape[-1]} (as query) along the last axis, got {k.shape[-1]}")
     if v.shape[-3] != k.shape[-3]:
-        raise ShapeError(f"v: expected Lk = {k.shape[-3]} (as k) along axis -3, got {v.shape[-3]}")
+        raise ShapeError(f"value: expected Lk = {k.shape[-3]} (as key) along axis -3, got {v.shape[-3]}")
     if k.shape[-3] == 0:
-        raise ShapeError("k: expected at least one key (Lk >= 1), got an empty key set")
+        raise ShapeError("key: expected at least one key (Lk >= 1), got an empty key set")
     if same_length and k.shape[-3] != q.shape[-3]:
-        raise ShapeError(f"k: expected Lk = Lq = {q.shape[-3]}, got {k.shape[-3]}")
+        raise ShapeError(f"key: expected Lk = Lq = {q.shape[-3]}, got {k.shape[-3]}")
     try:
         batch = np.broadcast_shapes(tuple(q.shape[:-3]), tuple(k.shape[:-3]), tuple(v.shape[:-3]))
     except ValueError:
         raise ShapeError(
-            f"q, k, v: batch dimensions {shape_str(q.shape[:-3])}, {shape_str(k.shape[:-3])}, {shape_str(v.shape[:-3])} do not broadcast"
+            f"query, key, value: batch dimensions {shape_str(q.shape[:-3])}, {shape_str(k.shape[:-3])}, {shape_str(v.shape[:-3])} do not broadcast"
         ) from None
     if check:
         # each distinct array once (q is k is v in self-attention; k is v is common)
-        check_finite(q, "q", xp)
+        check_finite(q, "query", xp)
         if k is not q:
-            check_finite(k, "k", xp)
+            check_finite(k, "key", xp)
         if v is not q and v is not k:
-            check_finite(v, "v", xp)
+            check_finite(v, "value", xp)
     out_dtype = common_float_dtype(xp, q, k, v)
     cdt = compute_dtype(xp, out_dtype)
     device = array_api_compat.device(q)

@@ -15,15 +15,18 @@ import inspect
 import os
 import statistics
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from typing import Any, ClassVar
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .._array import Array, namespace
-from ..errors import DisposedError, ShapeError
+from .._array import Array, namespace, shape_str, to_numpy
+from ..errors import ConfigError, DisposedError, ShapeError
 
-__all__ = ["Mechanism", "MemoryInfo", "BenchmarkResult"]
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = ["Mechanism", "MemoryInfo", "BenchmarkResult", "LAYOUTS", "cast_params"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,17 +67,62 @@ def _rss_bytes() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-class Mechanism:
-    """Base class of attnkit's attention mechanisms.
+#: the input layouts a mechanism can declare (see :attr:`Mechanism.input_layout`)
+LAYOUTS = ("sequence", "model", "headless", "graph")
 
-    Subclasses set ``name`` (the registry key), implement ``forward(a, b, c, mask=None)`` and
-    ``sample_inputs(seq_len, rng)``, and keep learned parameters in ``self._params`` (a dict of
-    NumPy arrays).
+
+class Mechanism:
+    """Base class of attnkit's attention mechanisms: the one contract every mechanism keeps.
+
+    **Calling.** ``forward(query, key=None, value=None, *, mask=None, **extras)`` under those names
+    (``extras`` are a mechanism's own keyword-only arguments, such as ``positions=``), and, where
+    the mechanism has them, ``attention_weights(query, key=None, *, mask=None, **extras)``: the
+    attention probabilities for those inputs. Liveness is checked here, once, for every entry point.
+
+    **Parameters.** Learned (or drawn) arrays live in ``self._params`` as NumPy arrays, under the
+    names :meth:`param_shapes` declares. A subclass computes only through
+    ``_forward(params, query, key, value, *, mask, **extras)`` (and ``_attention_weights``), which
+    read parameters from ``params``, never from ``self._params``: so
+    :func:`attnkit.functional_call` runs the same code with any parameter arrays (torch tensors that
+    require grad, JAX tracers), and nothing in the mechanism changes.
+
+    **Metadata** (class attributes, read by the CLI, the server, the SDK and the tests instead of
+    guessing):
+
+    * ``name`` (registry key) and ``summary`` (one line);
+    * ``input_layout``: ``"sequence"`` (``query (..., Lq, H, D)``, ``key (..., Lk, H, D)``, ``value (..., Lk,
+      H, Dv)``), ``"model"`` (``(..., L, E)`` like ``torch.nn.MultiheadAttention(batch_first=True)``),
+      ``"headless"`` (``(..., Lq, D)`` or one query ``(D,)`` over ``(..., Lk, D)``) or ``"graph"``
+      (the neighbour form: each target node or query ``(..., D)`` over its own neighbours ``(..., k,
+      D)``; graph layers add ``forward_graph`` over an edge list);
+    * ``has_attention_weights``: whether :meth:`attention_weights` is available (set automatically
+      from whether the class implements ``_attention_weights``);
+    * ``key_required``: whether ``key`` must be given (it defaults to the query otherwise);
+    * ``same_length``: whether ``Lq == Lk`` is required (one sequence);
+    * ``shape_options``: option name -> ``(input name, axis)`` for options the input shapes
+      determine (``heads`` of a sequence query is its axis -2), so front ends can infer them;
+    * ``example_options``: small options that build a working instance (tests, docs, server probes);
+    * :meth:`param_shapes` (per instance, since shapes follow the options) and :meth:`example_inputs`.
     """
 
     name: ClassVar[str] = ""
     #: a one-line description for listings (CLI ``info``, server ``/v1/mechanisms``)
     summary: ClassVar[str] = ""
+    input_layout: ClassVar[str] = "sequence"
+    has_attention_weights: ClassVar[bool] = False
+    key_required: ClassVar[bool] = False
+    same_length: ClassVar[bool] = False
+    shape_options: ClassVar[dict[str, tuple[str, int]]] = {}
+    example_options: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.input_layout not in LAYOUTS:
+            raise TypeError(f"{cls.__name__}.input_layout: expected one of {LAYOUTS}, got {cls.input_layout!r}")
+        if "has_attention_weights" not in cls.__dict__:
+            cls.has_attention_weights = getattr(cls, "_attention_weights", None) is not Mechanism._attention_weights
+        _check_signature(cls, "forward", ("query", "key", "value"))
+        _check_signature(cls, "attention_weights", ("query", "key"))
 
     def __init__(self) -> None:
         self._disposed = False
@@ -97,19 +145,19 @@ class Mechanism:
     def disposed(self) -> bool:
         return self._disposed
 
-    def __enter__(self) -> Mechanism:
+    def __enter__(self) -> Self:
         self._check_alive()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.dispose()
 
-    def train(self, mode: bool = True) -> Mechanism:
+    def train(self, mode: bool = True) -> Self:
         """Switch dropout on (``mode=True``) or off, like ``torch.nn.Module.train``."""
         self.training = bool(mode)
         return self
 
-    def eval(self) -> Mechanism:
+    def eval(self) -> Self:
         return self.train(False)
 
     # ---------------------------------------------------------------- description
@@ -122,21 +170,121 @@ class Mechanism:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
 
+    # ---------------------------------------------------------------- parameters
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The parameters this instance has: name -> shape (empty for parameter-free mechanisms)."""
+        return {k: tuple(int(d) for d in v.shape) for k, v in self._params.items()}
+
     def parameters(self) -> dict[str, np.ndarray]:
-        """Learned parameters by name (empty for parameter-free mechanisms)."""
+        """The parameters by name, in this object's own storage (NumPy arrays, not copies).
+
+        The names are those of :meth:`param_shapes`; :func:`attnkit.functional_call` takes a dict with
+        the same names in any array library.
+        """
         self._check_alive()
         return dict(self._params)
 
+    def load_parameters(self, params: Mapping[str, Any]) -> None:
+        """Adopt ``params`` (any array library; copied to NumPy) after checking names, shapes, dtypes, finiteness."""
+        self._check_alive()
+        self._set_params({k: to_numpy(v) for k, v in params.items()})
+
+    def _set_params(self, params: Mapping[str, Any]) -> None:
+        """Check ``params`` against :meth:`param_shapes` (names, shapes, float, finite) and adopt them."""
+        expected = self.param_shapes()
+        extra = sorted(set(params) - set(expected))
+        if extra:
+            hint = " (this layer has bias=False)" if extra[0].endswith(".bias") and getattr(self, "bias", True) is False else ""
+            listed = ", ".join(sorted(expected)) or "none (this mechanism has no parameters)"
+            raise ConfigError(f"weights: unexpected tensor {extra[0]!r}{hint}; expected {listed}")
+        new: dict[str, np.ndarray] = {}
+        for key, shape in expected.items():
+            if key not in params:
+                raise ConfigError(f"weights: tensor {key!r} is missing (expected shape {shape_str(shape)})")
+            arr = np.asarray(params[key])
+            if tuple(arr.shape) != tuple(shape):
+                raise ShapeError(f"weights: {key} expected shape {shape_str(shape)}, got {shape_str(arr.shape)}")
+            if arr.dtype.kind != "f":
+                raise ConfigError(f"weights: {key} expected a float tensor, got {arr.dtype}")
+            if not np.isfinite(arr).all():
+                raise ConfigError(f"weights: {key} holds NaN or infinity")
+            new[key] = np.array(arr, dtype=np.float64 if arr.dtype == np.float64 else np.float32)
+        self._params = new
+        self._cache.pop("converted", None)
+
+    def _check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``params`` for :func:`functional_call`: exactly the names of :meth:`param_shapes`, those shapes."""
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"params: expected a dict of arrays by name, got {type(params).__name__}")
+        expected = self.param_shapes()
+        extra = sorted(set(params) - set(expected))
+        if extra:
+            raise ConfigError(f"params: unexpected name {extra[0]!r}; expected {', '.join(sorted(expected)) or 'none'}")
+        missing = sorted(set(expected) - set(params))
+        if missing:
+            raise ConfigError(f"params: {missing[0]!r} is missing (expected shape {shape_str(expected[missing[0]])})")
+        for key, shape in expected.items():
+            got = tuple(int(d) for d in getattr(params[key], "shape", ()))
+            if got != tuple(shape):
+                raise ShapeError(f"params: {key} expected shape {shape_str(shape)}, got {shape_str(got)}")
+        return dict(params)
+
+    def _params_like(self, params: Mapping[str, Any], like: Array) -> dict[str, Array]:
+        """``params`` in ``like``'s library, device and dtype (this object's own are converted once and cached)."""
+        if params is self._params:
+            key = (type(like), str(getattr(like, "device", "cpu")), str(like.dtype))
+            cached = self._cache.get("converted")
+            if cached is None or cached[0] != key:
+                cached = (key, cast_params(self._params, like))
+                self._cache["converted"] = cached
+            return cached[1]
+        return cast_params(params, like)
+
     # ---------------------------------------------------------------- the contract
-    def forward(self, a: Any, b: Any = None, c: Any = None, mask: Any = None) -> Array:  # pragma: no cover
-        raise NotImplementedError
+    def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, **extras: Any) -> Array:
+        """The attention output for ``query`` over ``key``/``value`` (see the class's docstring for shapes)."""
+        self._check_alive()
+        if _lazy(query, key, value):
+            from ..dask import lazy_forward  # the Dask adapter: a graph over the chunks, nothing computed here
+
+            return lazy_forward(self, self._own_params(), query, key, value, mask=mask, **extras)
+        return self._forward(self._own_params(), query, key, value, mask=mask, **extras)
+
+    def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None, **extras: Any) -> Array:
+        """The attention probabilities of ``query`` over ``key`` (rows sum to 1; masked rows are zeros)."""
+        self._check_alive()
+        if not self.has_attention_weights:
+            raise ConfigError(f"mechanism: {self.name!r} has no attention weights (its output is not a softmax-weighted sum)")
+        return self._attention_weights(self._own_params(), query, key, mask=mask, **extras)
+
+    def attention_scores(self, query: Any, key: Any = None, *, mask: Any = None, **extras: Any) -> Array:
+        """The spec's name (``attentionScores``) for :meth:`attention_weights`."""
+        return self.attention_weights(query, key, mask=mask, **extras)
+
+    def _own_params(self) -> Mapping[str, Array]:
+        """The parameters ``forward`` passes to ``_forward``: this object's own (a composite adds its parts')."""
+        return self._params
+
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, **extras: Any) -> Array:
+        raise NotImplementedError  # pragma: no cover
+
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, **extras: Any) -> Array:
+        raise NotImplementedError  # pragma: no cover
 
     def __call__(self, *args: Any, **kwargs: Any) -> Array:
         return self.forward(*args, **kwargs)
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
-        """Random float32 inputs of length ``seq_len`` that ``forward`` accepts (benchmark, demo)."""
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+        """Random float32 inputs ``(query[, key[, value]])`` of length ``seq_len`` that ``forward`` accepts."""
         raise NotImplementedError  # pragma: no cover
+
+    def example_extras(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """Keyword-only inputs that ``forward`` needs beside :meth:`example_inputs` (e.g. edge features); usually none."""
+        return {}
+
+    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+        """Alias of :meth:`example_inputs` (benchmark, demo)."""
+        return self.example_inputs(seq_len, rng)
 
     # ---------------------------------------------------------------- shared helpers
     def _rng(self) -> np.random.Generator:
@@ -165,13 +313,14 @@ class Mechanism:
         seq_len = positive_int(seq_len, "seq_len")
         repeats = positive_int(repeats, "repeats")
         inputs = self.sample_inputs(seq_len, np.random.default_rng(0))
+        extras = self.example_extras(seq_len, np.random.default_rng(1))
         out = None
         for _ in range(warmup):
-            out = self.forward(*inputs)
+            out = self.forward(*inputs, **extras)
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            out = self.forward(*inputs)
+            out = self.forward(*inputs, **extras)
             times.append(time.perf_counter() - t0)
         lat = statistics.median(times)
         nbytes = sum(int(getattr(x, "nbytes", 0)) for x in inputs) + int(getattr(out, "nbytes", 0))
@@ -184,8 +333,8 @@ class Mechanism:
         )
 
     # ---------------------------------------------------------------- batch, async, stream
-    def forward_batch(self, queries: Sequence[Any], keys: Any = None, values: Any = None, mask: Any = None) -> list[Array]:
-        """``[forward(q_i, k_i, v_i, mask_i) for i]``; keys/values/mask are shared or per-item lists."""
+    def forward_batch(self, queries: Sequence[Any], key: Any = None, value: Any = None, *, mask: Any = None) -> list[Array]:
+        """``[forward(q_i, k_i, v_i, mask=mask_i) for i]``; key/value/mask are shared or per-item lists."""
         self._check_alive()
         if not isinstance(queries, (list, tuple)):
             raise ShapeError(f"queries: expected a list of arrays, got {type(queries).__name__}")
@@ -199,15 +348,15 @@ class Mechanism:
             return x
 
         return [
-            self.forward(q, item(keys, "keys", i), item(values, "values", i), mask=item(mask, "mask", i))
+            self.forward(q, item(key, "key", i), item(value, "value", i), mask=item(mask, "mask", i))
             for i, q in enumerate(queries)
         ]
 
-    async def forward_async(self, a: Any, b: Any = None, c: Any = None, mask: Any = None) -> Array:
+    async def forward_async(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, **extras: Any) -> Array:
         """``forward`` on a worker thread, off the event loop (NumPy releases the GIL, so calls overlap)."""
         self._check_alive()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, lambda: self.forward(a, b, c, mask=mask))
+        return await loop.run_in_executor(None, lambda: self.forward(query, key, value, mask=mask, **extras))
 
     async def forward_stream(self, inputs: AsyncIterable[tuple[Any, ...]], max_pending: int = 2) -> AsyncIterator[Array]:
         """Yield ``forward(*item)`` for each tuple ``(q, k, v[, mask])`` of ``inputs``, in order.
@@ -223,7 +372,8 @@ class Mechanism:
             async for item in inputs:
                 if not isinstance(item, (tuple, list)) or not 1 <= len(item) <= 4:
                     raise ShapeError(f"inputs: expected tuples (q, k, v[, mask]), got {type(item).__name__}")
-                pending.append(asyncio.ensure_future(self.forward_async(*item)))
+                args, item_mask = (item[:3], item[3]) if len(item) == 4 else (item, None)
+                pending.append(asyncio.ensure_future(self.forward_async(*args, mask=item_mask)))
                 if len(pending) >= max_pending:
                     yield await pending.popleft()
             while pending:
@@ -247,12 +397,50 @@ def _is_number_list(x: Sequence[Any]) -> bool:
     return isinstance(first, (int, float, np.number)) and not isinstance(first, bool)
 
 
-def numpy_params(params: dict[str, np.ndarray], like: Array) -> dict[str, Array]:
-    """The parameters converted to the library, device and dtype of ``like`` (no copy for NumPy)."""
+def _lazy(*arrays: object) -> bool:
+    """Whether any of ``arrays`` is a Dask array (checked by type name: Dask need not be imported)."""
+    return any(type(a).__module__.startswith("dask.") and type(a).__name__ == "Array" for a in arrays)
+
+
+def _check_signature(cls: type, method: str, names: tuple[str, ...]) -> None:
+    """The contract's argument names: ``method(self, *names, *, mask=None, ...)`` (checked when a class is defined)."""
+    f = cls.__dict__.get(method)
+    if f is None:
+        return
+    params = list(inspect.signature(f).parameters.values())[1:]
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if tuple(positional) != names:
+        raise TypeError(f"{cls.__name__}.{method}: positional arguments must be {names}, got {tuple(positional)}")
+    m = next((p for p in params if p.name == "mask"), None)
+    if m is None or m.kind is not m.KEYWORD_ONLY:
+        raise TypeError(f"{cls.__name__}.{method}: takes mask as a keyword-only argument")
+
+
+def cast_params(params: Mapping[str, Any], like: Array) -> dict[str, Array]:
+    """The parameters in the library, device and dtype of ``like``.
+
+    NumPy parameters are converted (no copy when ``like`` is NumPy of the same dtype); parameters already
+    in ``like``'s library are cast with ``astype``, which keeps them in the autograd graph (torch) or
+    traced (JAX).
+    """
     if isinstance(like, np.ndarray):
-        return {k: v.astype(like.dtype, copy=False) for k, v in params.items()}
+        return {k: np.asarray(v).astype(like.dtype, copy=False) for k, v in params.items()}
     import array_api_compat
 
     xp = namespace(like)
     dev = array_api_compat.device(like)
-    return {k: xp.asarray(v, dtype=like.dtype, device=dev) for k, v in params.items()}
+    out: dict[str, Array] = {}
+    for k, v in params.items():
+        if isinstance(v, np.ndarray) or not array_api_compat.is_array_api_obj(v):
+            out[k] = xp.asarray(np.asarray(v), dtype=like.dtype, device=dev)
+            continue
+        if v.dtype != like.dtype:
+            v = xp.astype(v, like.dtype)
+        if array_api_compat.device(v) != dev:
+            v = array_api_compat.to_device(v, dev)
+        out[k] = v
+    return out
+
+
+#: the old name of :func:`cast_params`
+numpy_params = cast_params

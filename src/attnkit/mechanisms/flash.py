@@ -9,6 +9,7 @@ arrays of length ``L*H*D``. ``causal=True`` is bottom-right aligned when ``Lq !=
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,9 @@ class FlashAttention(Mechanism):
 
     name = "flash"
     summary = "exact multi-head attention, tiled with the online softmax (O(L) memory)"
+    input_layout = "sequence"
+    shape_options = {"heads": ("query", -2), "dim": ("query", -1)}
+    example_options = {"heads": 2, "dim": 4}
 
     def __init__(
         self,
@@ -67,10 +71,9 @@ class FlashAttention(Mechanism):
     def effective_scale(self) -> float:
         return self.scale if self.scale is not None else 1.0 / math.sqrt(self.dim)
 
-    def forward(self, q: Any, k: Any = None, v: Any = None, mask: Any = None) -> Array:
-        """Attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``k, v`` default to ``q``."""
-        self._check_alive()
-        s = prepare_sequence(q, k, v, mask, heads=self.heads, dim=self.dim, check=self.check_finite)
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
+        """Attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``."""
+        s = prepare_sequence(query, key, value, mask, heads=self.heads, dim=self.dim, check=self.check_finite)
         s.q, s.k = apply_rope_qk(self.rope, s.q, s.k)
         p = self.dropout if self.training else 0.0
         out = sdpa(
@@ -80,18 +83,17 @@ class FlashAttention(Mechanism):
         )
         return s.finish(out)
 
-    def attention_scores(self, q: Any, k: Any = None, mask: Any = None) -> Array:
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
         """The attention probabilities ``(..., H, Lq, Lk)`` (the spec's ``attentionScores``; O(Lq*Lk))."""
-        self._check_alive()
-        kk = q if k is None else k
-        s = prepare_sequence(q, kk, kk, mask, heads=self.heads, dim=self.dim, check=self.check_finite)
+        kk = query if key is None else key
+        s = prepare_sequence(query, kk, kk, mask, heads=self.heads, dim=self.dim, check=self.check_finite)
         s.q, s.k = apply_rope_qk(self.rope, s.q, s.k)
         w = attention_weights(s.q, s.k, xp=s.xp, scale=self.effective_scale, mask=s.mask, causal=self.causal)
         if w.dtype != s.out_dtype:
             w = s.xp.astype(w, s.out_dtype)
         return s.xp.reshape(w, (-1,)) if s.flat else w
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         rng = rng or np.random.default_rng()
         shape = (seq_len, self.heads, self.dim)
         return tuple(rng.standard_normal(shape, dtype=np.float32) for _ in range(3))

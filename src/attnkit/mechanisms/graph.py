@@ -26,6 +26,7 @@ rows: messages flow from ``src`` to ``dst``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import array_api_compat
@@ -99,7 +100,7 @@ def _leaky_relu(x: Array, slope: float, xp: Namespace) -> Array:
 class EdgeFeaturedAttention(LearnedParams, Mechanism):
     """Graph attention (GAT v1 / GATv2) with edge features; learned, seeded weights.
 
-    Options: ``dim`` node feature width (64); ``edge_dim`` edge feature width (16; 0 = no edge features);
+    Options: ``dim`` node feature width (64); ``edge_dim`` edge feature width (0, as PyG's ``edge_dim=None``: no edge features);
     ``heads`` (1); ``out_dim`` output width (default ``dim``; with ``concat=True`` each head has
     ``out_dim // heads`` channels, which must divide); ``version`` ``"v1"`` or ``"v2"``;
     ``negative_slope`` of the LeakyReLU (0.2); ``self_loops`` (True): every node also attends to itself,
@@ -114,11 +115,15 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
 
     name = "edge_featured"
     summary = "graph attention (GAT v1/v2) with edge features, edge-list or neighbour form"
+    input_layout = "graph"
+    key_required = True
+    shape_options = {"dim": ("query", -1), "edge_dim": ("edge_features", -1)}
+    example_options = {"dim": 4, "edge_dim": 2, "heads": 2}
 
     def __init__(
         self,
         dim: int = 64,
-        edge_dim: int = 16,
+        edge_dim: int = 0,
         heads: int = 1,
         out_dim: int | None = None,
         version: str = "v1",
@@ -150,7 +155,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         """Channels per head ``C``."""
         return self.out_dim // self.heads if self.concat else self.out_dim
 
-    def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
         h, c = self.heads, self.channels
         shapes: dict[str, tuple[int, ...]] = {}
         if self.version == "v1":
@@ -167,7 +172,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
 
     def _init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         p: dict[str, np.ndarray] = {}
-        for key, shape in self._expected_shapes().items():
+        for key, shape in self.param_shapes().items():
             if key == "bias":
                 p[key] = np.zeros(shape, dtype=np.float32)
             elif key.endswith(".weight"):
@@ -219,18 +224,40 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         return xp.sum(_leaky_relu(z, self.negative_slope, xp) * p["att"], axis=-1), wj
 
     # ------------------------------------------------------------------ neighbour form
-    def forward(self, query: Any, neighbours: Any = None, edge_features: Any = None, mask: Any = None) -> Array:
-        """Neighbour form: ``query (..., dim)`` target node(s), ``neighbours (..., k, dim)``,
-        ``edge_features (..., k, edge_dim)`` of the edges neighbour -> target, ``mask (..., k)`` (True =
-        a real neighbour). Batch dimensions broadcast. Returns ``(..., out_dim)``; a target with no
-        neighbour left (and no self loop) gets zeros (plus the bias).
+    def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, edge_features: Any = None) -> Array:
+        """Neighbour form: ``query (..., dim)`` target node(s), ``key (..., k, dim)`` their neighbours
+        (which also carry the messages, so ``value`` must be left out), ``edge_features (..., k,
+        edge_dim)`` of the edges neighbour -> target, ``mask (..., k)`` (True = a real neighbour). Batch
+        dimensions broadcast. Returns ``(..., out_dim)``; a target with no neighbour left (and no self
+        loop) gets zeros (plus the bias).
         """
-        self._check_alive()
+        return super().forward(query, key, value, mask=mask, edge_features=edge_features)
+
+    def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None, edge_features: Any = None) -> Array:
+        """Neighbour form: the attention ``(..., H, k')`` of each target over its neighbours, with its self
+        loop first when ``self_loops`` (``k' = k + 1``); each row sums to 1."""
+        return super().attention_weights(query, key, mask=mask, edge_features=edge_features)
+
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, edge_features: Any = None) -> Array:
+        alpha, msg, p, xp, out_dtype = self._neighbour_attention(params, query, key, value, mask, edge_features)
+        out = self._finish(xp.sum(alpha[..., None] * msg, axis=-3), p, xp)
+        return xp.astype(out, out_dtype) if out.dtype != out_dtype else out
+
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, edge_features: Any = None) -> Array:
+        alpha, _, _, xp, out_dtype = self._neighbour_attention(params, query, key, None, mask, edge_features)
+        alpha = xp.moveaxis(alpha, -1, -2)  # (..., H, k'): each row sums to 1, as every mechanism's weights
+        return xp.astype(alpha, out_dtype) if alpha.dtype != out_dtype else alpha
+
+    def _neighbour_attention(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, mask: Any, edge_features: Any) -> tuple:
+        """``(alpha (..., k', H), messages (..., k', H, C), params, xp, out_dtype)`` of the neighbour form."""
+        neighbours = key
         if neighbours is None:
-            raise ShapeError(f"neighbours: expected an array of shape (..., k, {self.dim}), got None")
+            raise ShapeError(f"key: expected the neighbours, an array of shape (..., k, {self.dim}), got None")
+        if value is not None:
+            raise ShapeError("value: graph attention sends messages from the neighbours (key); pass no value")
         xp = namespace(query, neighbours, edge_features)
         q = self._input(query, "query", self.dim, xp, 1, "(..., dim)")
-        nb = self._input(neighbours, "neighbours", self.dim, xp, 2, "(..., k, dim)")
+        nb = self._input(neighbours, "key", self.dim, xp, 2, "(..., k, dim)")
         k = int(nb.shape[-2])
         ef = None
         if self.edge_dim:
@@ -258,7 +285,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         m = prepare_mask(mask, xp, (*batch, k), cdt, device=dev, layout="(..., k)") if mask is not None else None
         if m is not None and not xp.isdtype(m.dtype, "bool"):
             raise DTypeError(f"mask: expected a bool mask (True = a real neighbour), got {m.dtype}")
-        p = self._weights_like(q)
+        p = self._params_like(params, q)
         nb = xp.broadcast_to(nb, (*batch, k, self.dim))
         qb = xp.broadcast_to(q, (*batch, self.dim))
         if ef is not None:
@@ -281,8 +308,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         if m is not None:
             s = xp.where(m[..., None], s, xp.asarray(-xp.inf, dtype=s.dtype, device=dev))
         alpha = safe_softmax(s, xp, axis=-2)
-        out = self._finish(xp.sum(alpha[..., None] * msg, axis=-3), p, xp)
-        return xp.astype(out, out_dtype) if out.dtype != out_dtype else out
+        return alpha, msg, p, xp, out_dtype
 
     # ------------------------------------------------------------------ whole-graph form
     def _graph_inputs(self, x: Any, edge_index: Any, edge_attr: Any) -> tuple:
@@ -332,7 +358,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         out = self._finish(segment_sum(alpha[..., None] * msg, dst_x, n, xp), p, xp)
         return xp.astype(out, out_dtype) if out.dtype != out_dtype else out
 
-    def attention_weights(self, x: Any, edge_index: Any, edge_attr: Any = None) -> tuple[np.ndarray, Array]:
+    def graph_attention_weights(self, x: Any, edge_index: Any, edge_attr: Any = None) -> tuple[np.ndarray, Array]:
         """``(edges, alpha)``: the edges actually used (``(2, E')`` NumPy, self loops included) and their
         attention ``(E', H)``; for each target node the weights of its incoming edges sum to 1."""
         self._check_alive()
@@ -343,14 +369,19 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         alpha = segment_softmax(s, dst_x, int(x.shape[0]), xp)
         return np.stack([src, dst]), (xp.astype(alpha, out_dtype) if alpha.dtype != out_dtype else alpha)
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
-        """``seq_len`` target nodes sharing ``seq_len`` neighbours, with edge features (neighbour form)."""
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+        """``seq_len`` target nodes sharing ``seq_len`` neighbours (neighbour form; see :meth:`example_extras`)."""
         rng = rng or np.random.default_rng()
         q = rng.standard_normal((seq_len, self.dim), dtype=np.float32)
         nb = rng.standard_normal((seq_len, self.dim), dtype=np.float32)
+        return (q, nb)
+
+    def example_extras(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """The edge features of the example neighbours (when ``edge_dim > 0``)."""
         if not self.edge_dim:
-            return (q, nb)
-        return (q, nb, rng.standard_normal((seq_len, self.edge_dim), dtype=np.float32))
+            return {}
+        rng = rng or np.random.default_rng()
+        return {"edge_features": rng.standard_normal((seq_len, self.edge_dim), dtype=np.float32)}
 
 
 @register
@@ -364,6 +395,10 @@ class GraphRoPEAttention(Mechanism):
 
     name = "graph_rope"
     summary = "scaled dot-product graph attention with rotary embeddings of node positions"
+    input_layout = "graph"
+    key_required = True
+    shape_options = {"dim": ("query", -1)}
+    example_options = {"dim": 4}
 
     def __init__(
         self,
@@ -405,26 +440,46 @@ class GraphRoPEAttention(Mechanism):
         return x
 
     def forward(
-        self, query: Any, keys: Any = None, values: Any = None, mask: Any = None, *,
-        query_positions: Any = None, key_positions: Any = None,
+        self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, query_positions: Any = None, key_positions: Any = None
     ) -> Array:
-        """Neighbour form: ``query (..., dim)``, ``keys (..., k, dim)``, ``values (..., k, dv)`` (default
-        ``keys``), ``mask (..., k)``. ``query_positions`` broadcast to ``query.shape[:-1]`` (default 0);
-        ``key_positions`` are ``(k,)`` or broadcast to ``keys.shape[:-1]`` (default ``0..k-1``, the
+        """Neighbour form: ``query (..., dim)``, ``key (..., k, dim)``, ``value (..., k, dv)`` (default
+        ``key``), ``mask (..., k)``. ``query_positions`` broadcast to ``query.shape[:-1]`` (default 0);
+        ``key_positions`` are ``(k,)`` or broadcast to ``key.shape[:-1]`` (default ``0..k-1``, the
         neighbours' rank). Returns ``(..., dv)``.
         """
-        self._check_alive()
-        if keys is None:
-            raise ShapeError(f"keys: expected an array of shape (..., k, {self.dim}), got None")
-        xp = namespace(query, keys, values)
+        return super().forward(query, key, value, mask=mask, query_positions=query_positions, key_positions=key_positions)
+
+    def attention_weights(
+        self, query: Any, key: Any = None, *, mask: Any = None, query_positions: Any = None, key_positions: Any = None
+    ) -> Array:
+        """The softmax weights ``(..., k)`` of each query over its rotated neighbours."""
+        return super().attention_weights(query, key, mask=mask, query_positions=query_positions, key_positions=key_positions)
+
+    def _rotated(self, query: Any, key: Any, query_positions: Any, key_positions: Any) -> tuple[Array, Array, Array]:
+        if key is None:
+            raise ShapeError(f"key: expected the neighbours, an array of shape (..., k, {self.dim}), got None")
+        xp = namespace(query, key)
         q = self._check_width(query, "query", 1, "(..., dim)", xp)
-        k = self._check_width(keys, "keys", 2, "(..., k, dim)", xp)
+        k = self._check_width(key, "key", 2, "(..., k, dim)", xp)
         if self.check_finite:
             check_finite(q, "query", xp)
-            check_finite(k, "keys", xp)
+            check_finite(k, "key", xp)
         qr = self.rope.apply(q, 0.0 if query_positions is None else query_positions)
         kr = self.rope.apply(k, key_positions, seq_axis=-2)
-        return self._sdp().forward(qr, kr, k if values is None else values, mask=mask)
+        return qr, kr, k
+
+    def _forward(
+        self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None,
+        query_positions: Any = None, key_positions: Any = None,
+    ) -> Array:
+        qr, kr, k = self._rotated(query, key, query_positions, key_positions)
+        return self._sdp()._forward({}, qr, kr, k if value is None else value, mask=mask)
+
+    def _attention_weights(
+        self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, query_positions: Any = None, key_positions: Any = None
+    ) -> Array:
+        qr, kr, _ = self._rotated(query, key, query_positions, key_positions)
+        return self._sdp()._attention_weights({}, qr, kr, mask=mask)
 
     def forward_graph(self, q: Any, edge_index: Any, k: Any = None, v: Any = None, positions: Any = None) -> Array:
         """Whole-graph form: node arrays ``q (N, dim)``, ``k (N, dim)``, ``v (N, dv)`` (``k``, ``v`` default
@@ -461,7 +516,7 @@ class GraphRoPEAttention(Mechanism):
         out = segment_sum(alpha[:, None] * xp.take(v, src_x, axis=0), dst_x, n, xp)
         return xp.astype(out, out_dtype) if out.dtype != out_dtype else out
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         """``seq_len`` queries sharing ``seq_len`` neighbours (ranked 0..seq_len-1)."""
         rng = rng or np.random.default_rng()
         return tuple(rng.standard_normal((seq_len, self.dim), dtype=np.float32) for _ in range(3))

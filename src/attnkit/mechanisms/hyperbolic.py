@@ -23,6 +23,7 @@ The output is a point of the ball, in the caller's library and float dtype.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,9 @@ class HyperbolicAttention(Mechanism):
 
     name = "hyperbolic"
     summary = "attention in the Poincaré ball: hyperbolic-distance weights, Einstein-midpoint or Fréchet-mean aggregation"
+    input_layout = "headless"
+    shape_options = {"dim": ("query", -1)}
+    example_options = {"dim": 4}
 
     def __init__(
         self,
@@ -99,11 +103,11 @@ class HyperbolicAttention(Mechanism):
             h.q, h.k, h.v = (pc.expmap0_kernel(x, c, eps, xp) for x in (h.q, h.k, h.v))
         # finite tangent vectors always land inside; checked anyway, so NaN let through by
         # check_finite=False is still an error naming the argument rather than a NaN output
-        pc.check_in_ball(h.q, "q", c, xp)
+        pc.check_in_ball(h.q, "query", c, xp)
         if keys is not None:
-            pc.check_in_ball(h.k, "keys", c, xp)
+            pc.check_in_ball(h.k, "key", c, xp)
         if values is not None:
-            pc.check_in_ball(h.v, "values", c, xp)
+            pc.check_in_ball(h.v, "value", c, xp)
         return h
 
     def _weights(self, h: HeadlessInputs) -> Array:
@@ -111,13 +115,12 @@ class HyperbolicAttention(Mechanism):
         return safe_softmax(apply_mask(logits, h.mask, h.xp), h.xp, axis=-1)
 
     # ------------------------------------------------------------------ public API
-    def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """The hyperbolic attention output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query).
 
-        ``keys`` default to ``q`` (self-attention) and ``values`` to ``keys``.
+        ``key`` defaults to ``query`` (self-attention) and ``value`` to ``key``.
         """
-        self._check_alive()
-        h = self._prepare(q, keys, values, mask)
+        h = self._prepare(query, key, value, mask)
         w = self._weights(h)
         eps = pc.margin(h.out_dtype)
         out = pc.einstein_aggregate(w, h.v, self._c, eps, h.xp)
@@ -126,10 +129,9 @@ class HyperbolicAttention(Mechanism):
             out = pc.frechet_aggregate(w, h.v, self._c, eps, h.xp, self.frechet_iters, tol, init=out)
         return h.finish(out)
 
-    def attention_weights(self, q: Any, keys: Any = None, mask: Any = None) -> Array:
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
         """The attention probabilities ``softmax(-d_c(q, k)/T)``: ``(..., Lq, Lk)`` (``(Lk,)`` for one query)."""
-        self._check_alive()
-        h = self._prepare(q, keys, None, mask)
+        h = self._prepare(query, key, None, mask)
         return h.finish(self._weights(h))
 
     def poincare_distance(self, x: Any, y: Any) -> Array:
@@ -147,7 +149,7 @@ class HyperbolicAttention(Mechanism):
         self._check_alive()
         return pc.from_poincare(x, c=self._c)
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         """``seq_len`` queries, keys and values (float32), inside the ball (or tangent vectors)."""
         rng = rng or np.random.default_rng()
         seq_len = positive_int(seq_len, "seq_len")

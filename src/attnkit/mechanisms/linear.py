@@ -14,6 +14,7 @@ Inputs follow the sequence layout of DESIGN.md: ``q: (..., Lq, H, D)``, ``k: (..
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import array_api_compat
@@ -24,7 +25,7 @@ from ..errors import ConfigError, ShapeError
 from ..kernels.linear import DEFAULT_CHUNK_SIZE, FEATURE_MAPS, default_nb_features, feature_dim, linear_attention, orthogonal_random_features
 from ..kernels.masks import prepare_mask
 from ._sequence import SequenceInputs, prepare_sequence
-from .base import Mechanism, numpy_params
+from .base import Mechanism
 from .registry import register
 
 __all__ = ["LinearAttention"]
@@ -60,6 +61,9 @@ class LinearAttention(Mechanism):
 
     name = "linear"
     summary = "linear attention phi(q) (phi(k)^T v) with elu/relu/dpfp/FAVOR+ feature maps: O(L) time and memory"
+    input_layout = "sequence"
+    shape_options = {"heads": ("query", -2), "dim": ("query", -1)}
+    example_options = {"dim": 4, "heads": 2}
 
     def __init__(
         self,
@@ -115,17 +119,17 @@ class LinearAttention(Mechanism):
         assert self.nb_features is not None
         w = orthogonal_random_features(self.nb_features, self.dim, self._rng())
         self._params[_PROJECTION] = w
+        self._cache.pop("converted", None)
         return w
 
     # ------------------------------------------------------------------ forward
-    def forward(self, q: Any, k: Any = None, v: Any = None, mask: Any = None) -> Array:
-        """Linear attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``k, v`` default to ``q``."""
-        self._check_alive()
-        s = prepare_sequence(q, k, v, None, heads=self.heads, dim=self.dim, check=self.check_finite)
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
+        """Linear attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``."""
+        s = prepare_sequence(query, key, value, None, heads=self.heads, dim=self.dim, check=self.check_finite)
         key_mask = self._key_mask(mask, s)
         projection = None
         if self.feature_map == "favor":
-            projection = numpy_params({_PROJECTION: self._params[_PROJECTION]}, s.q)[_PROJECTION]
+            projection = self._params_like(params, s.q)[_PROJECTION]
         out = linear_attention(
             s.q, s.k, s.v, xp=s.xp, feature_map=self.feature_map, eps=self.eps, causal=self.causal,
             chunk_size=self.chunk_size, key_mask=key_mask, nu=self.nu, projection=projection,
@@ -170,7 +174,7 @@ class LinearAttention(Mechanism):
             pm = pm[..., :1, :]
         return xp.matrix_transpose(pm)
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         rng = rng or np.random.default_rng()
         shape = (seq_len, self.heads, self.dim)
         return tuple(rng.standard_normal(shape, dtype=np.float32) for _ in range(3))

@@ -10,7 +10,7 @@ attention with the equivalent boolean mask (:meth:`LocalGlobalAttention.dense_ma
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,10 @@ class LocalGlobalAttention(Mechanism):
 
     name = "local_global"
     summary = "sliding-window + global-token attention (Longformer), O(L*window) memory"
+    input_layout = "sequence"
+    same_length = True
+    shape_options = {"heads": ("query", -2), "dim": ("query", -1)}
+    example_options = {"dim": 4, "heads": 2, "window": 4, "global_tokens": 1}
 
     def __init__(
         self,
@@ -130,24 +134,28 @@ class LocalGlobalAttention(Mechanism):
             s.k = self.rope.apply(s.k, positions, seq_axis=-2)
         return s
 
-    def forward(self, q: Any, k: Any = None, v: Any = None, mask: Any = None, *, positions: Any = None) -> Array:
-        """Output ``(..., L, H, Dv)`` (flat in, flat out). ``k, v`` default to ``q``.
+    def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, positions: Any = None) -> Array:
+        """Output ``(..., L, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``.
 
         ``positions``: token positions for ``rope`` (default ``0..L-1``); ignored without ``rope``.
         """
-        self._check_alive()
-        s = self._prepare(q, k, v, mask, positions)
+        return super().forward(query, key, value, mask=mask, positions=positions)
+
+    def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None, positions: Any = None) -> Array:
+        """Dense probabilities ``(..., H, L, L)`` (zeros outside the pattern); O(L^2), for inspection."""
+        return super().attention_weights(query, key, mask=mask, positions=positions)
+
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, positions: Any = None) -> Array:
+        s = self._prepare(query, key, value, mask, positions)
         out = local_global_attention(
             s.q, s.k, s.v, xp=s.xp, scale=self.effective_scale, radius=self.radius,
             global_idx=self.global_indices(s.lq), causal=self.causal, mask=s.mask, block=self.block_size,
         )
         return s.finish(out)
 
-    def attention_scores(self, q: Any, k: Any = None, mask: Any = None, *, positions: Any = None) -> Array:
-        """Dense probabilities ``(..., H, L, L)`` (zeros outside the pattern); O(L^2), for inspection."""
-        self._check_alive()
-        kk = q if k is None else k
-        s = self._prepare(q, kk, kk, mask, positions)
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, positions: Any = None) -> Array:
+        kk = query if key is None else key
+        s = self._prepare(query, kk, kk, mask, positions)
         xp = s.xp
         pattern = xp.asarray(self.dense_mask(s.lq), device=s.device)
         m = pattern if s.mask is None else (
@@ -159,7 +167,7 @@ class LocalGlobalAttention(Mechanism):
             w = xp.astype(w, s.out_dtype)
         return xp.reshape(w, (-1,)) if s.flat else w
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         rng = rng or np.random.default_rng()
         shape = (seq_len, self.heads, self.dim)
         return tuple(rng.standard_normal(shape, dtype=np.float32) for _ in range(3))

@@ -28,6 +28,7 @@ parts) and the origin (hyperbolic parts).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import array_api_compat
@@ -80,6 +81,9 @@ class MixedCurvatureAttention(Mechanism):
 
     name = "mixed_curvature"
     summary = "attention in a Euclidean x hyperbolic product space (product-metric distance weights)"
+    input_layout = "headless"
+    shape_options = {"dim": ("query", -1)}
+    example_options = {"dim": 4}
 
     def __init__(
         self,
@@ -151,16 +155,15 @@ class MixedCurvatureAttention(Mechanism):
         h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, values_width=self.dim, compute=pc.geometry_dtype)
         xp = h.xp
         eps = pc.margin(h.out_dtype)
-        qe, qh = self._split(h.q, "q", xp, eps, True)
-        ke, kh = self._split(h.k, "keys", xp, eps, keys is not None)
-        ve, vh = self._split(h.v, "values", xp, eps, values is not None)
+        qe, qh = self._split(h.q, "query", xp, eps, True)
+        ke, kh = self._split(h.k, "key", xp, eps, keys is not None)
+        ve, vh = self._split(h.v, "value", xp, eps, values is not None)
         logits = apply_mask(self._distances(qe, qh, ke, kh, xp) * (-1.0 / self.temperature), h.mask, xp)
         return h, safe_softmax(logits, xp, axis=-1), ve, vh, eps
 
-    def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Output points ``(..., Lq, dim)`` (``(dim,)`` for a single query)."""
-        self._check_alive()
-        h, w, ve, vh, eps = self._weights(q, keys, values, mask)
+        h, w, ve, vh, eps = self._weights(query, key, value, mask)
         xp = h.xp
         parts = []
         if self.euclidean_dim:
@@ -174,10 +177,9 @@ class MixedCurvatureAttention(Mechanism):
             parts.append(oh)
         return h.finish(parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1))
 
-    def attention_weights(self, q: Any, keys: Any = None, mask: Any = None) -> Array:
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
         """``softmax(-d(q, k)/T)``: ``(..., Lq, Lk)`` (``(Lk,)`` for a single query)."""
-        self._check_alive()
-        h, w, _, _, _ = self._weights(q, keys, None, mask)
+        h, w, _, _, _ = self._weights(query, key, None, mask)
         return h.finish(w)
 
     def distance(self, x: Any, y: Any) -> Array:
@@ -197,7 +199,7 @@ class MixedCurvatureAttention(Mechanism):
         ye, yh = self._split(ya, "y", xp, eps, True)
         return self._distances(xe, xh, ye, yh, xp)[..., 0, 0]
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         """``seq_len`` product points (float32): Gaussian Euclidean parts, ball (or tangent) hyperbolic parts."""
         rng = rng or np.random.default_rng()
         seq_len = positive_int(seq_len, "seq_len")
@@ -222,6 +224,9 @@ class DualSpaceAttention(Mechanism):
 
     name = "dual_space"
     summary = "Euclidean dot-product and Poincaré-ball attention on the same inputs, mixed"
+    input_layout = "headless"
+    shape_options = {"dim": ("query", -1)}
+    example_options = {"dim": 4}
 
     def __init__(
         self,
@@ -252,10 +257,9 @@ class DualSpaceAttention(Mechanism):
     def effective_scale(self) -> float:
         return self.scale if self.scale is not None else 1.0 / math.sqrt(self.dim)
 
-    def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query): the mixed Euclidean and hyperbolic results."""
-        self._check_alive()
-        h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, compute=pc.geometry_dtype)
+        h = prepare_headless(query, key, value, mask, dim=self.dim, check=self.check_finite, compute=pc.geometry_dtype)
         xp, qa, ka, va, m = h.xp, h.q, h.k, h.v, h.mask
         parts = []
         if self.mix < 1.0:
@@ -270,7 +274,7 @@ class DualSpaceAttention(Mechanism):
         self._hyp.dispose()
         super().dispose()
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         rng = rng or np.random.default_rng()
         seq_len = positive_int(seq_len, "seq_len")
         scale = np.float32(1.0 / math.sqrt(self.dim))

@@ -14,7 +14,7 @@ queries independently: non-causal ones). Capacity, overflow, jitter and the load
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import array_api_compat
@@ -96,6 +96,10 @@ class MoEAttention(LearnedParams, Mechanism):
 
     name = "moe"
     summary = "mixture of attention experts: learned top-k router, capacity, load-balancing loss"
+    input_layout = "headless"
+    has_attention_weights = False
+    shape_options = {"dim": ("query", -1)}
+    example_options = {"dim": 4, "num_experts": 2, "top_k": 1}
 
     def __init__(
         self,
@@ -172,13 +176,13 @@ class MoEAttention(LearnedParams, Mechanism):
         """The expert mechanism instances."""
         return list(self._experts)
 
-    def _call_expert(self, e: int, q: Array, k: Array, v: Array, m: Array | None) -> Array:
+    def _call_expert(self, e: int, params: Mapping[str, Array], q: Array, k: Array, v: Array, m: Array | None) -> Array:
         """Expert ``e`` on queries ``q (n, D)`` over ``k (Lk, D)``, ``v (Lk, Dv)``, key mask ``m (Lk,)`` -> ``(n, Dv)``."""
         expert = self._experts[e]
         kind = _expert_kind(expert)
         xp = namespace(q)
         if kind == "hyperbolic":
-            out = expert.forward(q, k, v, mask=None if m is None else xp.expand_dims(m, axis=0))
+            out = expert._forward(params, q, k, v, mask=None if m is None else xp.expand_dims(m, axis=0))
             if expert.input_space == "tangent":
                 from ..kernels import poincare as pc
 
@@ -189,12 +193,12 @@ class MoEAttention(LearnedParams, Mechanism):
             n, lk, dv = int(q.shape[0]), int(k.shape[0]), int(v.shape[-1])
             if dv % h:
                 raise ShapeError(f"values: expert {e} has {h} heads, which must divide Dv = {dv}")
-            out = expert.forward(xp.reshape(q, (n, h, -1)), xp.reshape(k, (lk, h, -1)), xp.reshape(v, (lk, h, dv // h)), mask=m)
+            out = expert._forward(params, xp.reshape(q, (n, h, -1)), xp.reshape(k, (lk, h, -1)), xp.reshape(v, (lk, h, dv // h)), mask=m)
             return xp.reshape(out, (n, dv))
-        return expert.forward(q, k, v, mask=m)
+        return expert._forward(params, q, k, v, mask=m)
 
     # ------------------------------------------------------------------ weights
-    def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
         shapes: dict[str, tuple[int, ...]] = {"router.weight": (self.num_experts, self.dim), "router.bias": (self.num_experts,)}
         for i, ex in enumerate(self._experts):
             for key, val in ex.parameters().items():
@@ -209,9 +213,9 @@ class MoEAttention(LearnedParams, Mechanism):
             out.update({f"experts.{i}.{k}": v for k, v in ex.parameters().items()})
         return out
 
-    def load_weights(self, weights: Any) -> None:
-        """Load router (and expert) parameters from safetensors bytes, a path or a dict of arrays."""
-        super().load_weights(weights)
+    def _set_params(self, params: Mapping[str, Any]) -> None:
+        """Check router and expert parameters together, then hand each expert its own."""
+        super()._set_params(params)
         loaded = self._params
         self._params = {k: v for k, v in loaded.items() if k.startswith("router.")}
         for i, ex in enumerate(self._experts):
@@ -300,16 +304,21 @@ class MoEAttention(LearnedParams, Mechanism):
         p = self._weights_like(qa)
         return safe_softmax(qa @ xp.matrix_transpose(p["router.weight"]) + p["router.bias"], xp)
 
-    def forward(self, q: Any, keys: Any = None, values: Any = None, mask: Any = None) -> Array:
+    def _own_params(self) -> Mapping[str, Array]:
+        return self.parameters()
+
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Routed attention output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query)."""
-        self._check_alive()
-        h, qa, ka, va, m, dev = self._prepare(q, keys, values, mask)
+        h, qa, ka, va, m, dev = self._prepare(query, key, value, mask)
         xp = h.xp
         nb, lq, d = int(qa.shape[0]), int(qa.shape[1]), self.dim
         dv = int(va.shape[-1])
         t = nb * lq
         qf = xp.reshape(qa, (t, d))
-        p = self._weights_like(qf)
+        p = self._params_like({k: v for k, v in params.items() if k.startswith("router.")}, qf)
+        expert_params = [
+            {k[len(f"experts.{i}."):]: v for k, v in params.items() if k.startswith(f"experts.{i}.")} for i in range(self.num_experts)
+        ]
         xr = qf
         if self.training and self.jitter_noise > 0:
             noise = self._rng().uniform(1.0 - self.jitter_noise, 1.0 + self.jitter_noise, size=(t, d))
@@ -330,7 +339,7 @@ class MoEAttention(LearnedParams, Mechanism):
             for b in np.unique(sel_t // lq):
                 rows = sel_t // lq == b
                 tt, rr = sel_t[rows], sel_r[rows]
-                out_e = self._call_expert(e, xp.take(qf, xp.asarray(tt, device=dev), axis=0), ka[int(b), ...], va[int(b), ...],
+                out_e = self._call_expert(e, expert_params[e], xp.take(qf, xp.asarray(tt, device=dev), axis=0), ka[int(b), ...], va[int(b), ...],
                                           None if m is None else m[int(b), ...])
                 g = xp.take(gates, xp.asarray(tt * self.top_k + rr, device=dev), axis=0)
                 contribs.append(out_e * g[:, None])
@@ -360,7 +369,7 @@ class MoEAttention(LearnedParams, Mechanism):
             ex.dispose()
         super().dispose()
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         """``seq_len`` queries over ``seq_len`` keys and values (float32, scaled to unit norm on average)."""
         rng = rng or np.random.default_rng()
         scale = np.float32(1.0 / math.sqrt(self.dim))

@@ -16,6 +16,7 @@ A key-padding mask is a mask of shape ``(..., 1, 1, Lk)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import array_api_compat
@@ -58,6 +59,9 @@ class MultiHeadAttention(LearnedParams, Mechanism):
 
     name = "multi_head"
     summary = "multi-head attention with learned Q/K/V/O projections (torch-compatible weights)"
+    input_layout = "model"
+    shape_options = {"model_dim": ("query", -1), "kdim": ("key", -1), "vdim": ("value", -1)}
+    example_options = {"model_dim": 8, "heads": 2}
 
     def __init__(
         self,
@@ -112,7 +116,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
                 p[f"{name}.bias"] = np.zeros(e, dtype=np.float32)
         return p
 
-    def _expected_shapes(self) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
         e = self.model_dim
         shapes = {f"{n}.weight": (e, d) for n, d in self._in_dims().items()}
         if self.bias:
@@ -141,9 +145,9 @@ class MultiHeadAttention(LearnedParams, Mechanism):
             check_finite(x, name, xp)
         return x
 
-    def forward(self, query: Any, key: Any = None, value: Any = None, mask: Any = None) -> Array:
-        """Output ``(..., Lq, model_dim)``; ``key``/``value`` default to ``query``; flat in, flat out."""
-        self._check_alive()
+    def _project(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, mask: Any, with_value: bool = True) -> tuple:
+        """Validated inputs projected and split into heads: ``(qh, kh, vh, mask, w, out_dtype, flat, xp)``
+        (``vh`` is ``None`` when ``with_value`` is false: attention weights need no values)."""
         if key is None and value is None:
             key = value = query
         elif value is None:
@@ -155,7 +159,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         flat = np.ndim(query) == 1
         q = self._input(query, "query", self.model_dim, xp)
         k = self._input(key, "key", dims["k_proj"], xp)
-        v = self._input(value, "value", dims["v_proj"], xp)
+        v = self._input(value, "value", dims["v_proj"], xp) if with_value else k
         if k.shape[-2] != v.shape[-2]:
             raise ShapeError(f"value: expected Lk = {k.shape[-2]} (as key) along axis -2, got {v.shape[-2]}")
         if k.shape[-2] == 0:
@@ -170,14 +174,21 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         out_dtype = common_float_dtype(xp, q, k, v)
         cdt = compute_dtype(xp, out_dtype)
         q, k, v = (xp.astype(x, cdt) if x.dtype != cdt else x for x in (q, k, v))
-        w = self._weights_like(q)
+        w = self._params_like(params, q)
+        if not with_value:
+            v = None
         lq, lk = int(q.shape[-2]), int(k.shape[-2])
         if flat:
             mask = unflatten_mask(mask, lq, lk)
         pm = prepare_mask(mask, xp, (*batch, self.heads, lq, lk), cdt, device=array_api_compat.device(q))
         qh = split_heads(linear(q, w["q_proj.weight"], w.get("q_proj.bias"), xp), self.heads, xp)
         kh = split_heads(linear(k, w["k_proj.weight"], w.get("k_proj.bias"), xp), self.heads, xp)
-        vh = split_heads(linear(v, w["v_proj.weight"], w.get("v_proj.bias"), xp), self.heads, xp)
+        vh = None if v is None else split_heads(linear(v, w["v_proj.weight"], w.get("v_proj.bias"), xp), self.heads, xp)
+        return qh, kh, vh, pm, w, out_dtype, flat, xp
+
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
+        """Output ``(..., Lq, model_dim)``; ``key``/``value`` default to ``query``; flat in, flat out."""
+        qh, kh, vh, pm, w, out_dtype, flat, xp = self._project(params, query, key, value, mask)
         scale = 1.0 / math.sqrt(self.head_dim)
         p = self.dropout if self.training else 0.0
         if self.keep_weights:
@@ -195,6 +206,14 @@ class MultiHeadAttention(LearnedParams, Mechanism):
             out = xp.astype(out, out_dtype)
         return xp.reshape(out, (-1,)) if flat else out
 
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
+        """The attention probabilities ``(..., H, Lq, Lk)`` of the projected ``query`` over ``key``."""
+        qh, kh, _, pm, _, out_dtype, flat, xp = self._project(params, query, key, None, mask, with_value=False)
+        probs = attention_weights(qh, kh, xp=xp, scale=1.0 / math.sqrt(self.head_dim), mask=pm, causal=self.causal)
+        if probs.dtype != out_dtype:
+            probs = xp.astype(probs, out_dtype)
+        return xp.reshape(probs, (-1,)) if flat else probs
+
     def get_attention_weights(self) -> Array:
         """Attention probabilities of the last forward, shape ``(..., H, Lq, Lk)`` (before dropout)."""
         self._check_alive()
@@ -203,7 +222,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
             raise AttentionError(f"get_attention_weights: no weights stored; {why}")
         return self._cache["weights"]
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         rng = rng or np.random.default_rng()
         dims = self._in_dims()
         x = rng.standard_normal((seq_len, self.model_dim), dtype=np.float32)
@@ -223,6 +242,9 @@ class CrossAttention(MultiHeadAttention):
 
     name = "cross"
     summary = "multi-head attention of one sequence over another of a different width"
+    key_required = True
+    shape_options = {"query_dim": ("query", -1), "key_dim": ("key", -1)}
+    example_options = {"query_dim": 8, "key_dim": 6, "heads": 2}
 
     def __init__(
         self,
@@ -245,12 +267,17 @@ class CrossAttention(MultiHeadAttention):
         e = self.model_dim
         return {"q_proj": e, "k_proj": self.key_dim, "v_proj": self.key_dim, "out_proj": e}
 
-    def forward(self, query: Any, key: Any = None, value: Any = None, mask: Any = None) -> Array:
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         if key is None:
             raise ShapeError(f"key: CrossAttention needs keys of width key_dim = {self.key_dim}")
-        return super().forward(query, key, key if value is None else value, mask=mask)
+        return super()._forward(params, query, key, key if value is None else value, mask=mask)
 
-    def sample_inputs(self, seq_len: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
+        if key is None:
+            raise ShapeError(f"key: CrossAttention needs keys of width key_dim = {self.key_dim}")
+        return super()._attention_weights(params, query, key, mask=mask)
+
+    def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         rng = rng or np.random.default_rng()
         q = rng.standard_normal((seq_len, self.query_dim), dtype=np.float32)
         kv = rng.standard_normal((seq_len, self.key_dim), dtype=np.float32)
@@ -266,6 +293,9 @@ class SelfAttention(MultiHeadAttention):
 
     name = "self"
     summary = "multi-head self-attention of a sequence over itself"
+    same_length = True
+    shape_options = {"model_dim": ("query", -1)}
+    example_options = {"model_dim": 8, "heads": 2}
 
     def __init__(
         self,
@@ -281,7 +311,12 @@ class SelfAttention(MultiHeadAttention):
         super().__init__(model_dim, heads=heads, dropout=dropout, bias=bias, causal=causal,
                          keep_weights=keep_weights, seed=seed, check_finite=check_finite)
 
-    def forward(self, x: Any, key: Any = None, value: Any = None, mask: Any = None) -> Array:
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         if key is not None or value is not None:
-            raise ConfigError("key: SelfAttention attends x over itself; use MultiHeadAttention or CrossAttention for other keys")
-        return super().forward(x, mask=mask)
+            raise ConfigError("key: SelfAttention attends the query over itself; use MultiHeadAttention or CrossAttention for other keys")
+        return super()._forward(params, query, None, None, mask=mask)
+
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
+        if key is not None:
+            raise ConfigError("key: SelfAttention attends the query over itself; use MultiHeadAttention or CrossAttention for other keys")
+        return super()._attention_weights(params, query, None, mask=mask)

@@ -97,16 +97,16 @@ class AttentionType(str, enum.Enum):
 class Attention(Protocol):
     """What every attnkit mechanism offers, so front ends drive any of them through one code path.
 
-    ``forward(a, b=None, c=None, mask=None)`` takes query, keys, values and mask; ``forward_batch``,
+    ``forward(query, key=None, value=None, *, mask=None)`` (the contract of :class:`attnkit.Mechanism`); ``forward_batch``,
     ``forward_async`` and ``forward_stream`` return exactly what ``forward`` returns for the same
     inputs. :class:`attnkit.Mechanism` implements it; ``isinstance(obj, Attention)`` checks the methods.
     """
 
-    def forward(self, a: Any, b: Any = None, c: Any = None, mask: Any = None) -> Any: ...
+    def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None) -> Any: ...
 
     def forward_batch(self, queries: Sequence[Any], keys: Any = None, values: Any = None, mask: Any = None) -> list[Any]: ...
 
-    async def forward_async(self, a: Any, b: Any = None, c: Any = None, mask: Any = None) -> Any: ...
+    async def forward_async(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None) -> Any: ...
 
     def forward_stream(self, inputs: AsyncIterable[tuple[Any, ...]], max_pending: int = 2) -> AsyncIterator[Any]: ...
 

@@ -41,7 +41,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import AttentionError
 from ..mechanisms import registry
-from ..mechanisms._weights_access import has_weights
 from . import codec, protocol
 from .codec import ApiError
 from .compute import attention_error
@@ -363,7 +362,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "class": cls.__name__,
                 "summary": getattr(cls, "summary", ""),
                 "options": [spec.as_dict() for spec in registry.option_specs(cls)],
-                "has_scores": has_weights(cls),
+                "has_scores": cls.has_attention_weights,
             })
         return Response(json.dumps({"mechanisms": items}, default=_jsonable), media_type="application/json")
 
