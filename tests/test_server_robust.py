@@ -23,9 +23,10 @@ pytest.importorskip("uvicorn")
 from test_server import live_server  # noqa: E402
 
 from attnkit.server import Settings  # noqa: E402
-from attnkit.server.admission import estimate_work, probe_axes  # noqa: E402
+from attnkit.server.admission import estimate_work  # noqa: E402
 from attnkit.server.cache import MechanismCache, held_bytes  # noqa: E402
 from attnkit.server.compute import Compute  # noqa: E402
+from attnkit.server.scores import weights_layout  # noqa: E402
 
 FLASH = "/v1/attention/flash"
 RNG = np.random.default_rng(3)
@@ -274,11 +275,11 @@ def test_work_estimate_matches_the_flop_count_of_dense_attention() -> None:
     mech = attnkit.FlashAttention(heads=4, dim=8)
     q = np.zeros((3, 100, 4, 8), np.float32)
     k = np.zeros((3, 60, 4, 8), np.float32)
-    axes = probe_axes(mech, 10_000)
-    work = estimate_work(mech, axes, q, k, k, None)
+    layout = weights_layout(mech)
+    work = estimate_work(mech, layout, q, k, k, None)
     assert (work.batch, work.lq, work.lk) == (3, 100, 60)
     assert work.flops == pytest.approx(2 * 3 * 4 * 100 * 60 * 8 * 2)  # Q K^T and P V over 4 heads of dim 8
-    empty = estimate_work(mech, axes, np.zeros((0, 2**20, 4, 8), np.float32), None, None, None)
+    empty = estimate_work(mech, layout, np.zeros((0, 2**20, 4, 8), np.float32), None, None, None)
     assert empty.flops == 0
 
 

@@ -13,9 +13,7 @@ import json
 import logging
 import math
 import re
-import threading
 import time
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,12 +21,11 @@ import numpy as np
 
 from ..errors import AttentionError, ConfigError, DTypeError, NonFiniteError, ShapeError
 from ..mechanisms import registry
-from ..mechanisms._weights_access import attention_weights, has_weights
 from . import codec
-from .admission import Axes, estimate_work, probe_or_none
+from .admission import estimate_work
 from .cache import MechanismCache
 from .codec import ApiError
-from .scores import ProbeTooLarge, WeightsLayout, estimate_elements, probe_layout
+from .scores import WeightsLayout, estimate_elements, weights_layout
 from .settings import Settings
 
 __all__ = ["Compute", "attention_error", "MASK_KINDS"]
@@ -164,9 +161,6 @@ class Compute:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cache = MechanismCache(settings.cache_size, settings.cache_bytes)
-        self._layouts: weakref.WeakKeyDictionary[Any, WeightsLayout] = weakref.WeakKeyDictionary()
-        self._axes: weakref.WeakKeyDictionary[Any, Axes | None] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------ mechanisms
     def mechanism(self, name: Any, options: Any, where: str = "") -> tuple[Any, set[str], Any]:
@@ -227,26 +221,12 @@ class Compute:
         return mech, names, cache_key
 
     # ------------------------------------------------------------ admission
-    def axes(self, mech: Any, budget: int) -> Axes | None:
-        with self._lock:
-            if mech in self._axes:
-                return self._axes[mech]
-        try:
-            found = probe_or_none(mech, budget)
-        except Exception:  # noqa: BLE001 - a mechanism whose samples cannot be drawn: count every row as a position
-            found = None
-        with self._lock:
-            self._axes[mech] = found
-        return found
-
     def admit(self, mech: Any, tensors: Mapping[str, np.ndarray], where: str = "") -> None:
         """Refuse (413) a forward pass whose estimated FLOPs or bytes exceed the server's bounds."""
         q, k, v, mask = (tensors.get(f) for f in codec.TENSOR_FIELDS)
         if q is None:
             return
-        kk = q if k is None else k
-        axes = self.axes(mech, 3 * max(q.size, kk.size, 0 if v is None else v.size, 1))
-        work = estimate_work(mech, axes, q, k, v, mask)
+        work = estimate_work(mech, self.layout(mech), q, k, v, mask)
         s = self.settings
         if work.flops > s.max_flops or work.nbytes > s.max_work_bytes:
             what = (
@@ -293,24 +273,14 @@ class Compute:
             )  # fmt: skip
         return out
 
-    def layout(self, mech: Any, budget: int) -> WeightsLayout | None:
-        """The weights layout of ``mech`` (probed once per constructed mechanism, see :mod:`.scores`);
-        ``None`` when the probe would draw more than ``budget`` numbers per position (then no request
-        holding at most ``budget / 3`` numbers per tensor can be valid for these options)."""
-        with self._lock:
-            found = self._layouts.get(mech)
-        if found is None:
-            try:
-                found = probe_layout(mech, budget)
-            except ProbeTooLarge:
-                return None
-            except AttentionError as exc:
-                raise ApiError(
-                    422, "no_weights", f"mechanism: {mech.name!r} gives no attention weights with these options ({exc})", "mechanism"
-                ) from None
-            with self._lock:
-                self._layouts[mech] = found
-        return found
+    def layout(self, mech: Any) -> WeightsLayout | None:
+        """Where the sequence runs in ``mech``'s inputs, from the layout it declares (see :mod:`.scores`);
+        ``None`` for a mechanism whose declared layout the server cannot read (every row then counts as a
+        position)."""
+        try:
+            return weights_layout(mech)
+        except Exception:  # noqa: BLE001 - e.g. a layout without the options it implies
+            return None
 
     def scores(self, mech: Any, tensors: Mapping[str, np.ndarray], names: set[str]) -> np.ndarray:
         """The attention weights of ``mech`` for the request's query, keys (default: the query) and mask,
@@ -318,16 +288,17 @@ class Compute:
         q, k, v, mask = (tensors.get(f) for f in codec.TENSOR_FIELDS)
         if q is None:
             raise ApiError(422, "bad_request", "query: required", "query")
-        if not has_weights(mech):
-            with_weights = [n for n in registry.names() if has_weights(registry.get(n))]
+        if v is not None and k is None:
+            raise ApiError(422, "shape_error", "keys: pass keys when values are given (weights depend on the keys only)", "keys")
+        if not mech.has_attention_weights:
+            with_weights = [n for n in registry.names() if registry.get(n).has_attention_weights]
             raise ApiError(
                 422, "no_weights",
                 f"mechanism: {mech.name!r} exposes no attention weights; mechanisms with weights: {', '.join(with_weights)}", "mechanism",
             )  # fmt: skip
         limit = self.settings.max_elements
         kk = q if k is None else k
-        layout = self.layout(mech, 3 * max(q.size, kk.size, 0 if v is None else v.size, 1))
-        # one position of these options wider than the request's tensors: the mechanism refuses them
+        layout = self.layout(mech)
         n = 0 if layout is None else estimate_elements(layout, q.shape, kk.shape, None if mask is None else mask.shape)
         if n > limit:
             raise ApiError(
@@ -336,7 +307,7 @@ class Compute:
                 f"at most {limit} (max_elements) on this server; send shorter sequences", "query",
             )  # fmt: skip
         self.admit(mech, {"query": q, "keys": kk, "values": v if v is not None else kk, "mask": mask})
-        out = self._call(mech, lambda: attention_weights(mech, q, k, mask, values=v, run_forward=True), names)
+        out = self._call(mech, lambda: mech.attention_weights(q, k, mask=mask), names)
         if out.size > limit:  # a layout the probe did not foresee: still never answer more than the limit
             raise ApiError(
                 413, "too_many_elements", f"query, keys: the attention weights hold {out.size} elements, at most {limit} (max_elements)",
