@@ -1,7 +1,7 @@
 #!/bin/bash
 # usage: probe_cli.sh ; prints rc, stderr line count, first stderr line per case
-PY=/work/main/.venv/bin/python
-D=/tmp/rb/cli; cd $D
+PY=${PYTHON:-python}
+D=$(mktemp -d); cd $D
 $PY -c "import numpy as np; np.save('q.npy', np.random.rand(4,2,8).astype('f4')); np.save('big.npy', (np.random.randn(4,2,8)*1e20).astype('f4'))"
 ln -sf q.npy link.npy
 export ATTNKIT_MAX_INPUT_BYTES=${ATTNKIT_MAX_INPUT_BYTES:-67108864}
