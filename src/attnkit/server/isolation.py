@@ -86,10 +86,10 @@ def _worker_main(conn: Any, settings_json: str) -> None:
     from .compute import Compute
 
     settings = Settings.from_mapping(json.loads(settings_json))
-    if settings.worker_memory_bytes:
+    limit = settings.worker_memory_limit()
+    if limit:
         import resource
 
-        limit = int(settings.worker_memory_bytes)
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     compute = Compute(settings)

@@ -48,7 +48,9 @@ class Settings:
       free again at once; ``"thread"`` runs them on threads of the server process, which cannot be
       stopped (a timed-out computation keeps its slot until it ends).
     * ``worker_memory_bytes``: with process isolation, the most memory (``RLIMIT_DATA``) a worker may
-      allocate; a computation past it gets 413 instead of exhausting the machine (0: no limit).
+      allocate; a request past it (options whose weights need gigabytes, say) gets 413 instead of
+      exhausting the machine. ``-1`` (the default): half the physical memory shared among the
+      ``max_concurrency`` workers (at least 1 GiB each); ``0``: no limit.
     * ``header_timeout_s``: a client must send a request's headers within this time (else the
       connection is answered 408 and closed); ``body_timeout_s``: the most time between two chunks of
       a request body (408).
@@ -68,7 +70,7 @@ class Settings:
     max_flops: float = 2e11
     max_work_bytes: int = 2 * 1024**3
     isolation: str = "process"
-    worker_memory_bytes: int = 0
+    worker_memory_bytes: int = -1
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
 
@@ -89,7 +91,8 @@ class Settings:
             positive(name)
         positive("max_concurrency", allow_zero=True)
         positive("queue", allow_zero=True)
-        positive("worker_memory_bytes", allow_zero=True)
+        if self.worker_memory_bytes != -1:
+            positive("worker_memory_bytes", allow_zero=True)
         if self.isolation not in ("process", "thread"):
             raise ConfigError(f"isolation: expected 'process' or 'thread', got {self.isolation!r}")
         if self.max_concurrency == 0:
@@ -148,6 +151,14 @@ class Settings:
             if bad in from_env and bad not in explicit:  # say where the bad value came from
                 raise ConfigError(f"{ENV_PREFIX}{bad.upper()} ({bad}): {str(exc).split(':', 1)[1].strip()}") from None
             raise
+
+    def worker_memory_limit(self) -> int:
+        """Bytes one compute worker may allocate (``worker_memory_bytes``, ``-1`` resolved; 0: no limit)."""
+        if self.worker_memory_bytes != -1:
+            return int(self.worker_memory_bytes)
+        from .._array import allocation_limit
+
+        return max(1 << 30, allocation_limit() // max(1, self.max_concurrency))
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
