@@ -232,3 +232,17 @@ def test_a_killed_uvicorn_worker_is_replaced() -> None:
         _wait_for(lambda: victim not in uvicorn_workers() and len(uvicorn_workers()) == 2, "uvicorn to replace the worker", 60)
         for _ in range(6):
             assert c.post("/v1/attention/flash", json=SMALL).status_code == 200
+
+
+def test_options_past_the_worker_memory_cap_are_a_413_not_a_dead_machine() -> None:
+    heavy = {"query": np.ones((2, 4096)).tolist(), "options": {"heads": 2, "model_dim": 4096}}  # four 64 MiB matrices
+    with (
+        server("--max-concurrency", "1", "--worker-memory-bytes", str(400 << 20)) as (proc, url),
+        httpx.Client(base_url=url, timeout=60) as c,
+    ):
+        r = c.post("/v1/attention/multi_head", json=heavy)
+        assert r.status_code == 413 and r.json()["error"]["code"] in ("too_large",) and r.json()["error"]["field"], r.text
+        assert c.post("/v1/attention/flash", json=SMALL).status_code == 200
+        assert (
+            c.post("/v1/attention/multi_head", json={"query": np.ones((2, 16)).tolist(), "options": {"heads": 2, "model_dim": 16}}).status_code == 200
+        )
