@@ -48,10 +48,10 @@ body = {
 }
 times = {k: [] for k in procs}
 clients = {k: httpx.Client(base_url=u, timeout=30) for k, (p, u) in procs.items()}
-for k, c in clients.items():
+for c in clients.values():
     for _ in range(30):
         c.post("/v1/attention/flash", json=body)
-for rep in range(7):
+for _rep in range(7):
     for k, c in clients.items():
         t = time.perf_counter()
         for _ in range(100):
@@ -59,7 +59,7 @@ for rep in range(7):
         times[k].append((time.perf_counter() - t) / 100 * 1e3)
 for k in times:
     print(k, "median ms/request", round(statistics.median(times[k]), 3))
-print("process/thread ratio", round(statistics.median([p / t for p, t in zip(times["process"], times["thread"])]), 3))
-for pr, u in procs.values():
+print("process/thread ratio", round(statistics.median([p / t for p, t in zip(times["process"], times["thread"], strict=False)]), 3))
+for pr, _u in procs.values():
     pr.send_signal(signal.SIGTERM)
     pr.wait(30)
