@@ -12,6 +12,7 @@ back; other libraries compute half precision as given. Integer, bool, complex an
 from __future__ import annotations
 
 import numbers
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -128,8 +129,21 @@ def compute_dtype(xp: Namespace, dtype: Any) -> Any:
     return dtype
 
 
+def torch_compiling() -> bool:
+    """Whether ``torch.compile`` (dynamo) is tracing this call (never imports torch itself)."""
+    is_compiling = getattr(getattr(sys.modules.get("torch"), "compiler", None), "is_compiling", None)  # torch >= 2.3
+    return is_compiling is not None and bool(is_compiling())
+
+
 def check_finite(x: Array, name: str, xp: Namespace) -> None:
-    """Raise ``NonFiniteError`` naming ``name`` if ``x`` holds NaN or infinity."""
+    """Raise ``NonFiniteError`` naming ``name`` if ``x`` holds NaN or infinity.
+
+    Skipped while ``torch.compile`` traces (:func:`torch_compiling`): the check branches on the
+    array's values, which a traced graph cannot (``fullgraph=True`` would fail, and otherwise the
+    graph would break at every input); eager calls of the same module still check.
+    """
+    if torch_compiling():
+        return
     if type(x) is np.ndarray:
         xp = np
     elif is_torch(xp) and x.device.type == "cpu" and str(x.dtype) in ("torch.float32", "torch.float64"):
@@ -154,6 +168,25 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         return
     if not bool(xp.all(xp.isfinite(x))):
         raise NonFiniteError(f"{name}: expected finite values, found NaN or infinity")
+
+
+def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """``np.broadcast_shapes`` in plain Python (``ValueError`` when they do not broadcast).
+
+    ``torch.compile`` traces plain integer arithmetic, where NumPy's version is opaque to it.
+    """
+    ndim = 0
+    for s in shapes:
+        ndim = max(ndim, len(s))
+    out = [1] * ndim
+    for s in shapes:
+        for i, d in enumerate(s, start=ndim - len(s)):
+            d = int(d)
+            if d != 1 and out[i] not in (1, d):
+                raise ValueError(f"shapes {[tuple(x) for x in shapes]} do not broadcast")
+            if d != 1:
+                out[i] = d
+    return tuple(out)
 
 
 def shape_str(shape: Sequence[int]) -> str:

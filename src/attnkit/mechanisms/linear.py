@@ -20,7 +20,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, as_float_array, non_negative_int, one_of, positive_float, positive_int, shape_str
+from .._array import Array, as_float_array, broadcast_shapes, non_negative_int, one_of, positive_float, positive_int, shape_str, torch_compiling
 from ..errors import ConfigError, ShapeError
 from ..kernels.linear import DEFAULT_CHUNK_SIZE, FEATURE_MAPS, default_nb_features, feature_dim, linear_attention, orthogonal_random_features
 from ..kernels.masks import prepare_mask
@@ -142,7 +142,7 @@ class LinearAttention(Mechanism):
             return None
         xp = s.xp
         lq, lk, heads = s.lq, s.lk, self.heads
-        batch = tuple(np.broadcast_shapes(tuple(s.q.shape[:-3]), tuple(s.k.shape[:-3]), tuple(s.v.shape[:-3])))
+        batch = broadcast_shapes(tuple(s.q.shape[:-3]), tuple(s.k.shape[:-3]), tuple(s.v.shape[:-3]))
         if not hasattr(mask, "shape") or not hasattr(mask, "dtype"):
             try:
                 mask = np.asarray(mask)
@@ -165,7 +165,8 @@ class LinearAttention(Mechanism):
         pm = prepare_mask(mask, xp, target, s.q.dtype, device=s.device)
         assert pm is not None
         if int(pm.shape[-2]) != 1:
-            if not bool(xp.all(pm == pm[..., :1, :])):
+            # a value check: skipped while torch.compile traces (it cannot branch on values); the first row is used
+            if not torch_compiling() and not bool(xp.all(pm == pm[..., :1, :])):
                 raise ShapeError(
                     f"mask: linear attention can only drop or weight keys for all queries at once (a key mask of shape "
                     f"(Lk,), (*batch, Lk) or (..., H, 1, Lk)); got a mask of shape {shape_str(mshape)} whose query rows differ. "
