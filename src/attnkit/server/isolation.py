@@ -73,7 +73,9 @@ class ThreadRunner:
             raise _TimedOut from None
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        # not waiting: a runaway computation must not hold up the shutdown of the server (its thread
+        # still runs until it ends, which is why "process" isolation is the default)
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------- processes
