@@ -37,6 +37,8 @@ log = logging.getLogger("attnkit.server")
 
 #: methods of Compute a runner may call
 METHODS = frozenset({"attention", "batch"})
+#: what a worker answers first, on receiving a request
+_ACK = b"\x06"
 
 
 class _TimedOut(Exception):
@@ -98,6 +100,7 @@ def _worker_main(conn: Any, settings_json: str) -> None:
     while True:
         try:
             data = conn.recv_bytes()
+            conn.send_bytes(_ACK)  # the request has arrived: from here on, losing this worker loses the request
         except (EOFError, OSError):
             return
         try:
@@ -125,15 +128,12 @@ class _Worker:
         self.process = ctx.Process(target=_worker_main, args=(child, settings_json), daemon=True, name="attnkit-worker")
         self.process.start()
         child.close()
-        self.killed = False
+        self.killed = False  # killed by the server (a timeout)
+        self.dead = False  # found dead (its pipe broke)
 
     @property
     def alive(self) -> bool:
-        return not self.killed and self.process.is_alive()
-
-    def call(self, payload: bytes) -> tuple[str, Any]:
-        self.conn.send_bytes(payload)
-        return pickle.loads(self.conn.recv_bytes())
+        return not self.killed and not self.dead and self.process.is_alive()
 
     def kill(self) -> None:
         self.killed = True
@@ -184,6 +184,7 @@ class ProcessRunner:
         self._lock = threading.Lock()
         self._closed = False
         self.replaced = 0  # workers started in place of killed or dead ones
+        self._missing = 0  # workers that died and are not replaced yet
         self.executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="attnkit-dispatch")
 
     def start(self) -> None:
@@ -197,56 +198,91 @@ class ProcessRunner:
         with self._lock:
             return [w.process.pid for w in self._all if w.process.pid is not None]
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self, replacing: bool = False) -> _Worker:
         w = _Worker(self._ctx, self._settings_json)
         with self._lock:
             self._all.add(w)
+            if replacing and self._missing > 0:
+                self._missing -= 1
         return w
 
     def _take(self) -> _Worker:
+        dead: list[_Worker] = []
         with self._lock:
+            found = None
             while self._idle:
                 w = self._idle.pop()
                 if w.alive:
-                    return w
+                    found = w
+                    break
+                dead.append(w)  # died while idle (killed from outside): replaced below
                 self._all.discard(w)
                 self.replaced += 1
-        return self._spawn()
+                self._missing += 1
+        for w in dead:
+            w.close(timeout=0.1)
+        return found if found is not None else self._spawn(replacing=True)
 
     def _give_back(self, w: _Worker) -> None:
         with self._lock:
-            if w.alive and not self._closed:
+            alive = w.alive and not self._closed
+            if alive:
                 self._idle.append(w)
-                return
-            self._all.discard(w)
-            if w.killed or not w.process.is_alive():
-                self.replaced += 1
-        w.close(timeout=0.5)
-        if not self._closed:
-            replacement = self._spawn()  # in the dispatch thread: ready before the next request needs it
+            else:
+                self._all.discard(w)
+                if w.killed or w.dead or not w.process.is_alive():
+                    self.replaced += 1
+                self._missing += 1
+        if not alive:
+            w.close(timeout=0.5)
+        self._refill()
+
+    def _refill(self) -> None:
+        """Start workers in place of the ones that died, after the request that found them (in the
+        dispatch thread), so that the pool is whole again before the next request needs it."""
+        while not self._closed:
+            with self._lock:
+                if self._missing <= 0:
+                    return
+                self._missing -= 1
+            replacement = self._spawn()
             with self._lock:
                 self._idle.append(replacement)
 
     def _dispatch(self, job: _Job, payload: bytes) -> tuple[str, Any]:
-        w = self._take()
-        with job.lock:
-            if job.cancelled:
+        for _ in range(3):
+            w = self._take()
+            with job.lock:
+                if job.cancelled:
+                    self._give_back(w)
+                    raise _TimedOut
+                job.worker = w
+            try:
+                try:
+                    w.conn.send_bytes(payload)
+                    if w.conn.recv_bytes() != _ACK:
+                        raise EOFError("no acknowledgement")
+                except (OSError, ValueError, EOFError):
+                    # the worker died before it took the request (a broken pipe, or it went away before its
+                    # acknowledgement): nothing ran, so another worker may take it
+                    if job.cancelled or w.killed:
+                        raise _TimedOut from None
+                    w.dead = True
+                    continue
+                try:
+                    return pickle.loads(w.conn.recv_bytes())
+                except (EOFError, OSError, ConnectionError) as exc:
+                    if job.cancelled or w.killed:
+                        raise _TimedOut from None
+                    code = w.process.exitcode
+                    log.error("compute worker %s died (exit code %s) during a request", w.process.pid, code)
+                    raise ApiError(
+                        503, "worker_lost", f"query: the computation's worker process ended unexpectedly (exit code {code}); retry",
+                        "query", headers={"Retry-After": "1"},
+                    ) from exc  # fmt: skip
+            finally:
                 self._give_back(w)
-                raise _TimedOut
-            job.worker = w
-        try:
-            return w.call(payload)
-        except (EOFError, OSError, ConnectionError) as exc:
-            if job.cancelled or w.killed:
-                raise _TimedOut from None
-            code = w.process.exitcode
-            log.error("compute worker %s died (exit code %s) during a request", w.process.pid, code)
-            raise ApiError(
-                503, "worker_lost", f"query: the computation's worker process ended unexpectedly (exit code {code}); retry", "query",
-                headers={"Retry-After": "1"},
-            ) from exc  # fmt: skip
-        finally:
-            self._give_back(w)
+        raise ApiError(503, "worker_lost", "query: no compute worker could take the request; retry", "query", headers={"Retry-After": "1"})
 
     async def call(self, method: str, args: tuple[Any, ...], timeout: float, release: Callable[[], None]) -> Any:
         payload = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
