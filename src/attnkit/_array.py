@@ -12,6 +12,7 @@ back; other libraries compute half precision as given. Integer, bool, complex an
 from __future__ import annotations
 
 import numbers
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,7 @@ __all__ = [
     "common_float_dtype",
     "compute_dtype",
     "check_finite",
+    "is_traced",
     "positive_int",
     "non_negative_int",
     "probability",
@@ -123,8 +125,42 @@ def compute_dtype(xp: Namespace, dtype: Any) -> Any:
     return dtype
 
 
+def is_traced(x: object) -> bool:
+    """Whether ``x`` is a traced value whose contents are unknown while Python runs.
+
+    True for a JAX tracer (under ``jax.jit``, ``jax.grad``, ``jax.vmap``), for any torch tensor while
+    ``torch.compile`` traces (``torch.compiler.is_compiling()``), and for torch fake or meta tensors.
+    A traced value cannot be converted to a Python ``bool``/``float`` and a check on it cannot raise
+    inside the compiled graph, so checks on data values are skipped for it. Neither library is
+    imported here: each is consulted only when already loaded (``sys.modules``).
+    """
+    if type(x) is np.ndarray or x is None:
+        return False
+    mod = type(x).__module__
+    if mod.startswith("jax") or mod.startswith("jaxlib"):
+        jax = sys.modules.get("jax")
+        return jax is not None and isinstance(x, jax.core.Tracer)
+    if mod.startswith("torch"):
+        torch = sys.modules.get("torch")
+        if torch is None:  # pragma: no cover - a torch type without torch loaded
+            return False
+        if torch.compiler.is_compiling():
+            return True
+        if getattr(x, "is_meta", False):
+            return True
+        fake = sys.modules.get("torch._subclasses.fake_tensor")
+        return fake is not None and isinstance(x, fake.FakeTensor)
+    return False
+
+
 def check_finite(x: Array, name: str, xp: Namespace) -> None:
-    """Raise ``NonFiniteError`` naming ``name`` if ``x`` holds NaN or infinity."""
+    """Raise ``NonFiniteError`` naming ``name`` if ``x`` holds NaN or infinity.
+
+    This is the one input check skipped on traced values (:func:`is_traced`: JAX tracers under
+    ``jax.jit``/``jax.grad``, torch tensors under ``torch.compile``, fake and meta tensors): their
+    values are unknown while Python runs, and a check cannot raise from inside a compiled graph.
+    Check concrete inputs before tracing if non-finite values are possible.
+    """
     if type(x) is np.ndarray:
         xp = np
     elif is_torch(xp) and x.device.type == "cpu" and str(x.dtype) in ("torch.float32", "torch.float64"):
@@ -142,6 +178,8 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
             raise NonFiniteError(
                 f"{name}: expected finite values, found {float(x[tuple(bad)])} at index {tuple(int(i) for i in bad)}"
             )
+        return
+    if is_traced(x):
         return
     # one reduction first (a finite sum proves every element finite; NaN/inf or an overflow falls
     # through to the elementwise check): torch's isfinite + all costs 10-100x more
