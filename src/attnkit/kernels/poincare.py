@@ -56,7 +56,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, as_float_array, check_finite, finite_float, namespace, positive_int, shape_str
+from .._array import Array, Namespace, as_float_array, check_finite, finite_float, is_traced, namespace, positive_int, shape_str
 from ..errors import AttentionError, ConfigError, ShapeError
 
 __all__ = [
@@ -111,7 +111,10 @@ def curvature_value(c: object, name: str = "c") -> float:
 
 
 def _dtype_name(dtype: Any) -> str:
-    return str(dtype).replace("torch.", "").replace("<class 'numpy.", "").rstrip("'>")
+    """The bare name of a dtype of any library: ``float32`` for ``numpy.float32``, ``torch.float32``,
+    ``<class 'jax.numpy.float32'>`` or ``array_api_strict.float32``."""
+    text = str(dtype).replace("<class ", "").strip("<>' ")
+    return text.rsplit(".", 1)[-1]
 
 
 def margin(dtype: Any) -> float:
@@ -199,8 +202,13 @@ def _prepare(
 
 def check_in_ball(x: Array, name: str, c: float, xp: Namespace) -> None:
     """Raise :class:`~attnkit.errors.AttentionError` naming ``name`` unless every vector of ``x``
-    satisfies ``c |x|^2 < 1`` (strictly inside the ball of radius ``1/sqrt(c)``); NaN fails too."""
-    if math.prod(x.shape) == 0:
+    satisfies ``c |x|^2 < 1`` (strictly inside the ball of radius ``1/sqrt(c)``); NaN fails too.
+
+    Skipped for traced values (:func:`attnkit._array.is_traced`: ``jax.jit``, ``torch.compile``),
+    whose contents are unknown while Python runs; the kernels stay finite for such points anyway,
+    since every ``1 - c|x|^2`` they divide by is clipped to a positive number (:func:`_one_minus`).
+    """
+    if math.prod(x.shape) == 0 or is_traced(x):
         return
     sq = c * _sqnorm(x, xp)
     if not bool(xp.all(sq < 1.0)):
@@ -379,6 +387,10 @@ def frechet_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace, i
     step ``t = 1`` overshoots and diverges once points are spread more than about 2/sqrt(c) apart,
     which negative curvature makes common. Starts at the Einstein midpoint (``init``), a close
     guess, and stops when the longest step is shorter than ``tol`` (in distance) or after ``iters``.
+    On traced values (``jax.jit``, ``torch.compile``) the stopping test cannot end a Python loop: all
+    ``iters`` steps are traced (compile time grows with ``iters``; lower ``frechet_iters`` there), and
+    the means are frozen from the step on which the test would have stopped, so the result equals
+    the untraced one.
 
     The sum of logarithms is assembled from ``(..., M, N)`` scalars and one matrix product:
     ``log_mu(x) = (1 - c|mu|^2) g(z) / delta * ((1 - c|mu|^2) x - alpha mu)`` with
@@ -390,6 +402,10 @@ def frechet_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace, i
     mu = einstein_aggregate(w, x, c, eps, xp) if init is None else init
     bxn = xp.expand_dims(_one_minus(_sqnorm(x, xp, False), c, xp), axis=-2)  # (..., 1, N)
     zmax = 1.0 - float(xp.finfo(x.dtype).eps)
+    if math.prod(mu.shape) == 0:
+        return mu
+    traced = is_traced(w) or is_traced(x) or is_traced(mu)
+    done = xp.asarray(False, device=array_api_compat.device(mu))
     for _ in range(iters):
         sq = pairwise_sqdist(mu, x, xp)  # (..., M, N)
         bmu = _one_minus(_sqnorm(mu, xp), c, xp)  # (..., M, 1)
@@ -404,8 +420,14 @@ def frechet_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace, i
         step = v / xp.clip(lip, min=1.0)
         # Riemannian length of the step: lambda_mu |step|
         moved = 2.0 * _norm(step, xp) / bmu
+        if traced:
+            # no early exit inside a graph: every one of the ``iters`` steps is traced, and the
+            # means stop moving at the step that would have ended the loop (the same result)
+            mu = xp.where(done, mu, _expmap(mu, step, c, eps, xp))
+            done = done | ~(xp.max(moved) > tol)
+            continue
         mu = _expmap(mu, step, c, eps, xp)
-        if math.prod(moved.shape) == 0 or not bool(xp.max(moved) > tol):
+        if not bool(xp.max(moved) > tol):
             break
     return mu
 
@@ -582,7 +604,7 @@ def _points_and_weights(x: Any, weights: Any, c: float) -> tuple[_Prepared, Arra
             raise ShapeError(
                 f"weights: leading dimensions {shape_str(w.shape[:-1])} do not broadcast with those of x {shape_str(a.shape[:-2])}"
             ) from None
-        if not bool(p.xp.all(w >= 0.0)):
+        if not is_traced(w) and not bool(p.xp.all(w >= 0.0)):
             raise AttentionError(f"weights: expected non-negative weights, got a minimum of {float(p.xp.min(w)):.6g}")
     if a.shape[-2] == 0:
         raise ShapeError("x: expected at least one point (N >= 1), got an empty set")
