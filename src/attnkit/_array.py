@@ -175,9 +175,7 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         # finite; only a non-finite one (NaN/inf present, or an overflow) needs the elementwise check
         if x.size and not np.isfinite(np.vdot(x, x)) and not np.isfinite(x).all():
             bad = np.argwhere(~np.isfinite(x))[0]
-            raise NonFiniteError(
-                f"{name}: expected finite values, found {float(x[tuple(bad)])} at index {tuple(int(i) for i in bad)}"
-            )
+            raise NonFiniteError(f"{name}: expected finite values, found {float(x[tuple(bad)])} at index {tuple(int(i) for i in bad)}")
         return
     if is_traced(x):
         return
@@ -257,11 +255,19 @@ def one_of(value: object, name: str, choices: Sequence[str]) -> str:
 
 
 def to_numpy(x: Array) -> np.ndarray:
-    """Copy any array-API array to a NumPy array on the host (detaching torch tensors)."""
+    """Copy any array-API array to a NumPy array on the host (detaching torch tensors).
+
+    For output and host bookkeeping only (statistics, plots, files): computations stay in the
+    caller's library and on its device.
+    """
     if isinstance(x, np.ndarray):
         return x
     if hasattr(x, "detach"):
         x = x.detach()
     if hasattr(x, "cpu"):
         x = x.cpu()
+    if array_api_compat.is_array_api_strict_namespace(array_api_compat.array_namespace(x)):
+        import array_api_strict
+
+        x = x.to_device(array_api_strict.Device("CPU_DEVICE"))  # a simulated second device
     return np.asarray(x)

@@ -655,4 +655,3 @@ def frechet_mean(x: Any, weights: Any = None, c: float = 1.0, iters: int = 100, 
     e = margin(p.out_dtype)
     out = frechet_aggregate(xp.expand_dims(w, axis=-2), p.arrays[0], cv, e, xp, iters, tolv if tolv is not None else default_tol(p.cdtype))
     return p.finish(out[..., 0, :])
-
