@@ -20,7 +20,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, as_float_array, non_negative_int, one_of, positive_float, positive_int, shape_str
+from .._array import Array, as_float_array, is_traced, non_negative_int, one_of, positive_float, positive_int, shape_str
 from ..errors import ConfigError, ShapeError
 from ..kernels.linear import DEFAULT_CHUNK_SIZE, FEATURE_MAPS, default_nb_features, feature_dim, linear_attention, orthogonal_random_features
 from ..kernels.masks import prepare_mask
@@ -131,8 +131,17 @@ class LinearAttention(Mechanism):
         if self.feature_map == "favor":
             projection = self._params_like(params, s.q)[_PROJECTION]
         out = linear_attention(
-            s.q, s.k, s.v, xp=s.xp, feature_map=self.feature_map, eps=self.eps, causal=self.causal,
-            chunk_size=self.chunk_size, key_mask=key_mask, nu=self.nu, projection=projection,
+            s.q,
+            s.k,
+            s.v,
+            xp=s.xp,
+            feature_map=self.feature_map,
+            eps=self.eps,
+            causal=self.causal,
+            chunk_size=self.chunk_size,
+            key_mask=key_mask,
+            nu=self.nu,
+            projection=projection,
         )
         return s.finish(out)
 
@@ -165,7 +174,8 @@ class LinearAttention(Mechanism):
         pm = prepare_mask(mask, xp, target, s.q.dtype, device=s.device)
         assert pm is not None
         if int(pm.shape[-2]) != 1:
-            if not bool(xp.all(pm == pm[..., :1, :])):
+            # skipped on traced masks (no value to compare); the first query row is used for all
+            if not is_traced(pm) and not bool(xp.all(pm == pm[..., :1, :])):
                 raise ShapeError(
                     f"mask: linear attention can only drop or weight keys for all queries at once (a key mask of shape "
                     f"(Lk,), (*batch, Lk) or (..., H, 1, Lk)); got a mask of shape {shape_str(mshape)} whose query rows differ. "
