@@ -255,7 +255,8 @@ def one_of(value: object, name: str, choices: Sequence[str]) -> str:
 
 
 def to_numpy(x: Array) -> np.ndarray:
-    """Copy any array-API array to a NumPy array on the host (detaching torch tensors).
+    """Copy any array-API array to a NumPy array on the host (detaching torch tensors; torch
+    bfloat16, which NumPy lacks, comes as float32).
 
     For output and host bookkeeping only (statistics, plots, files): computations stay in the
     caller's library and on its device.
@@ -266,6 +267,8 @@ def to_numpy(x: Array) -> np.ndarray:
         x = x.detach()
     if hasattr(x, "cpu"):
         x = x.cpu()
+        if str(x.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: widen (exactly) to float32
+            x = x.float()
     if array_api_compat.is_array_api_strict_namespace(array_api_compat.array_namespace(x)):
         import array_api_strict
 

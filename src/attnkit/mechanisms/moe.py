@@ -51,11 +51,6 @@ _EXPERT_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _is_half(x: Array) -> bool:
-    """Whether ``x`` is float16/bfloat16 (bfloat16 has no NumPy dtype: widen before a host copy)."""
-    return str(x.dtype).rsplit(".", 1)[-1] in ("float16", "bfloat16")
-
-
 def _expert_kind(expert: Any) -> str:
     """How to call an expert: 'hyperbolic', 'sequence' ((L, H, D) layout) or 'vectors' ((n, D) queries)."""
     from .flash import FlashAttention
@@ -377,7 +372,7 @@ class MoEAttention(LearnedParams, Mechanism):
             st["assignments"] += np.bincount(chosen_np.reshape(-1), minlength=self.num_experts)
             st["kept"] += np.bincount(chosen_np[keep_np], minlength=self.num_experts)
             st["dropped_tokens"] += int((~keep_np.any(axis=1)).sum())
-            probs_np = to_numpy(xp.astype(probs, xp.float32) if _is_half(probs) else probs).astype(np.float64)
+            probs_np = to_numpy(probs).astype(np.float64)
             self.last_routing = {"experts": chosen_np, "keep": keep_np, "probs": probs_np, "capacity": np.asarray(cap)}
         return h.finish(xp.reshape(out, (*h.batch, lq, dv)))
 
