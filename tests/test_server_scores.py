@@ -115,7 +115,7 @@ def test_every_mechanism_with_weights_answers_the_librarys_own_weights(http: htt
     w = decode(http.post(SCORES.format(name), json=doc))
     direct = np.asarray(registry.create(name, **opts).attention_weights(sample[0], keys))
     assert w.shape == direct.shape
-    if registry.get(name).layout != "graph":  # graph layers: each target over its own neighbours (+ self loop)
+    if registry.get(name).input_layout != "graph":  # graph layers: each target over its own neighbours (+ self loop)
         assert w.shape[-2:] == (5, 5)
     np.testing.assert_allclose(w, direct, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)

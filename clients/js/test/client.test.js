@@ -259,11 +259,10 @@ describe('attentionScores', () => {
       'import json, sys',
       'import numpy as np',
       'from attnkit.mechanisms import registry',
-      'from attnkit.mechanisms._weights_access import attention_weights',
       'd = json.load(sys.stdin)',
       'm = registry.create(d["mechanism"], **d["options"])',
       'a = {k: np.asarray(t["data"], dtype=np.float32).reshape(t["shape"]) for k, t in d["tensors"].items()}',
-      'w = attention_weights(m, a["query"], a.get("keys"), run_forward=True)',
+      'w = m.attention_weights(a["query"], a.get("keys"))',
       'print(json.dumps(np.asarray(w, dtype=np.float64).ravel().tolist()))',
     ].join('\n');
     const input = JSON.stringify({

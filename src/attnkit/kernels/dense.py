@@ -25,7 +25,7 @@ from .._array import Array, Namespace, is_numpy, is_torch
 from .masks import apply_mask_tile, causal_allowed
 from .softmax import safe_softmax
 
-__all__ = ["sdpa", "sdpa_generic", "attention_weights", "DEFAULT_Q_BLOCK"]
+__all__ = ["sdpa", "sdpa_generic", "merge_partials", "attention_weights", "DEFAULT_Q_BLOCK"]
 
 DEFAULT_Q_BLOCK = 256
 
@@ -48,11 +48,20 @@ def sdpa_generic(
     rng: np.random.Generator | None = None,
     block_size: int = 256,
     q_block: int = DEFAULT_Q_BLOCK,
-) -> Array:
-    """Tiled online-softmax attention in any array-API namespace (heads-first layout)."""
+    offset: int | None = None,
+    return_lse: bool = False,
+) -> Any:
+    """Tiled online-softmax attention in any array-API namespace (heads-first layout).
+
+    ``offset``: causal masking lets query ``i`` see key ``j`` when ``j <= i + offset`` (default
+    ``Lk - Lq``, bottom-right aligned); a block of a longer sequence passes its own. With
+    ``return_lse=True`` the result is ``(out, lse)``, ``lse = log sum_j exp(s_ij)`` per query row
+    (``-inf`` for a row with no visible key), which :func:`merge_partials` needs.
+    """
     lq, lk = q.shape[-2], k.shape[-2]
     dev = array_api_compat.device(q)
-    offset = lk - lq
+    offset = lk - lq if offset is None else int(offset)
+    lse_parts = []
     batch = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
     out_parts = []
     qs = q * scale
@@ -81,7 +90,33 @@ def sdpa_generic(
             acc = alpha * acc + p @ v[..., k0:k1, :]
             m = m_new
         out_parts.append(acc / xp.where(l == 0, xp.ones_like(l), l))
-    return out_parts[0] if len(out_parts) == 1 else xp.concat(out_parts, axis=-2)
+        if return_lse:
+            m_fin = xp.where(xp.isinf(m), xp.zeros_like(m), m)
+            lse_parts.append(xp.where(l == 0, xp.full_like(l, -xp.inf), m_fin + xp.log(xp.where(l == 0, xp.ones_like(l), l)))[..., 0])
+    out = out_parts[0] if len(out_parts) == 1 else xp.concat(out_parts, axis=-2)
+    if return_lse:
+        return out, (lse_parts[0] if len(lse_parts) == 1 else xp.concat(lse_parts, axis=-1))
+    return out
+
+
+def merge_partials(out_a: Array, lse_a: Array, out_b: Array, lse_b: Array, xp: Namespace) -> tuple[Array, Array]:
+    """Combine two partial attentions over disjoint key sets (the split-K rule of flash-decoding).
+
+    With ``o_x = sum_{j in X} p_j v_j / sum_{j in X} p_j`` and ``lse_x = log sum_{j in X} exp(s_j)``:
+    ``lse = logaddexp(lse_a, lse_b)`` and ``o = o_a exp(lse_a - lse) + o_b exp(lse_b - lse)``. Rows
+    that see no key in either part stay zero with ``lse = -inf``. ``out``: ``(..., Lq, Dv)``, ``lse``:
+    ``(..., Lq)``.
+    """
+    hi = xp.maximum(lse_a, lse_b)
+    none = xp.isinf(hi) & (hi < 0)
+    hi_safe = xp.where(none, xp.zeros_like(hi), hi)
+    wa = xp.exp(lse_a - hi_safe)
+    wb = xp.exp(lse_b - hi_safe)
+    tot = wa + wb
+    tot_safe = xp.where(none, xp.ones_like(tot), tot)
+    out = out_a * (wa / tot_safe)[..., None] + out_b * (wb / tot_safe)[..., None]
+    lse = xp.where(none, hi, hi_safe + xp.log(tot_safe))
+    return out, lse
 
 
 def attention_weights(

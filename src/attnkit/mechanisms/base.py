@@ -67,7 +67,7 @@ def _rss_bytes() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-#: the input layouts a mechanism can declare (see :attr:`Mechanism.layout`)
+#: the input layouts a mechanism can declare (see :attr:`Mechanism.input_layout`)
 LAYOUTS = ("sequence", "model", "headless", "graph")
 
 
@@ -90,10 +90,11 @@ class Mechanism:
     guessing):
 
     * ``name`` (registry key) and ``summary`` (one line);
-    * ``layout``: ``"sequence"`` (``query (..., Lq, H, D)``, ``key (..., Lk, H, D)``, ``value (..., Lk,
+    * ``input_layout``: ``"sequence"`` (``query (..., Lq, H, D)``, ``key (..., Lk, H, D)``, ``value (..., Lk,
       H, Dv)``), ``"model"`` (``(..., L, E)`` like ``torch.nn.MultiheadAttention(batch_first=True)``),
       ``"headless"`` (``(..., Lq, D)`` or one query ``(D,)`` over ``(..., Lk, D)``) or ``"graph"``
-      (target nodes ``(..., D)`` over neighbours ``(..., k, D)``, plus ``forward_graph``);
+      (the neighbour form: each target node or query ``(..., D)`` over its own neighbours ``(..., k,
+      D)``; graph layers add ``forward_graph`` over an edge list);
     * ``has_attention_weights``: whether :meth:`attention_weights` is available (set automatically
       from whether the class implements ``_attention_weights``);
     * ``key_required``: whether ``key`` must be given (it defaults to the query otherwise);
@@ -107,7 +108,7 @@ class Mechanism:
     name: ClassVar[str] = ""
     #: a one-line description for listings (CLI ``info``, server ``/v1/mechanisms``)
     summary: ClassVar[str] = ""
-    layout: ClassVar[str] = "sequence"
+    input_layout: ClassVar[str] = "sequence"
     has_attention_weights: ClassVar[bool] = False
     key_required: ClassVar[bool] = False
     same_length: ClassVar[bool] = False
@@ -116,8 +117,8 @@ class Mechanism:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.layout not in LAYOUTS:
-            raise TypeError(f"{cls.__name__}.layout: expected one of {LAYOUTS}, got {cls.layout!r}")
+        if cls.input_layout not in LAYOUTS:
+            raise TypeError(f"{cls.__name__}.input_layout: expected one of {LAYOUTS}, got {cls.input_layout!r}")
         if "has_attention_weights" not in cls.__dict__:
             cls.has_attention_weights = getattr(cls, "_attention_weights", None) is not Mechanism._attention_weights
         _check_signature(cls, "forward", ("query", "key", "value"))
@@ -243,18 +244,26 @@ class Mechanism:
     def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, **extras: Any) -> Array:
         """The attention output for ``query`` over ``key``/``value`` (see the class's docstring for shapes)."""
         self._check_alive()
-        return self._forward(self._params, query, key, value, mask=mask, **extras)
+        if _lazy(query, key, value):
+            from ..dask import lazy_forward  # the Dask adapter: a graph over the chunks, nothing computed here
+
+            return lazy_forward(self, self._own_params(), query, key, value, mask=mask, **extras)
+        return self._forward(self._own_params(), query, key, value, mask=mask, **extras)
 
     def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None, **extras: Any) -> Array:
         """The attention probabilities of ``query`` over ``key`` (rows sum to 1; masked rows are zeros)."""
         self._check_alive()
         if not self.has_attention_weights:
             raise ConfigError(f"mechanism: {self.name!r} has no attention weights (its output is not a softmax-weighted sum)")
-        return self._attention_weights(self._params, query, key, mask=mask, **extras)
+        return self._attention_weights(self._own_params(), query, key, mask=mask, **extras)
 
     def attention_scores(self, query: Any, key: Any = None, *, mask: Any = None, **extras: Any) -> Array:
         """The spec's name (``attentionScores``) for :meth:`attention_weights`."""
         return self.attention_weights(query, key, mask=mask, **extras)
+
+    def _own_params(self) -> Mapping[str, Array]:
+        """The parameters ``forward`` passes to ``_forward``: this object's own (a composite adds its parts')."""
+        return self._params
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, **extras: Any) -> Array:
         raise NotImplementedError  # pragma: no cover
@@ -386,6 +395,11 @@ def _is_number_list(x: Sequence[Any]) -> bool:
     """A flat list of numbers is one array, not a list of per-item arrays."""
     first = x[0]
     return isinstance(first, (int, float, np.number)) and not isinstance(first, bool)
+
+
+def _lazy(*arrays: object) -> bool:
+    """Whether any of ``arrays`` is a Dask array (checked by type name: Dask need not be imported)."""
+    return any(type(a).__module__.startswith("dask.") and type(a).__name__ == "Array" for a in arrays)
 
 
 def _check_signature(cls: type, method: str, names: tuple[str, ...]) -> None:

@@ -38,7 +38,7 @@ class FlashAttention(Mechanism):
 
     name = "flash"
     summary = "exact multi-head attention, tiled with the online softmax (O(L) memory)"
-    layout = "sequence"
+    input_layout = "sequence"
     shape_options = {"heads": ("query", -2), "dim": ("query", -1)}
     example_options = {"heads": 2, "dim": 4}
 

@@ -115,7 +115,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
 
     name = "edge_featured"
     summary = "graph attention (GAT v1/v2) with edge features, edge-list or neighbour form"
-    layout = "graph"
+    input_layout = "graph"
     key_required = True
     shape_options = {"dim": ("query", -1), "edge_dim": ("edge_features", -1)}
     example_options = {"dim": 4, "edge_dim": 2, "heads": 2}
@@ -395,7 +395,7 @@ class GraphRoPEAttention(Mechanism):
 
     name = "graph_rope"
     summary = "scaled dot-product graph attention with rotary embeddings of node positions"
-    layout = "graph"
+    input_layout = "graph"
     key_required = True
     shape_options = {"dim": ("query", -1)}
     example_options = {"dim": 4}

@@ -61,7 +61,7 @@ class HyperbolicAttention(Mechanism):
 
     name = "hyperbolic"
     summary = "attention in the Poincaré ball: hyperbolic-distance weights, Einstein-midpoint or Fréchet-mean aggregation"
-    layout = "headless"
+    input_layout = "headless"
     shape_options = {"dim": ("query", -1)}
     example_options = {"dim": 4}
 

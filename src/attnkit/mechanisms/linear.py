@@ -61,7 +61,7 @@ class LinearAttention(Mechanism):
 
     name = "linear"
     summary = "linear attention phi(q) (phi(k)^T v) with elu/relu/dpfp/FAVOR+ feature maps: O(L) time and memory"
-    layout = "sequence"
+    input_layout = "sequence"
     shape_options = {"heads": ("query", -2), "dim": ("query", -1)}
     example_options = {"dim": 4, "heads": 2}
 

@@ -75,7 +75,7 @@ class LocalGlobalAttention(Mechanism):
 
     name = "local_global"
     summary = "sliding-window + global-token attention (Longformer), O(L*window) memory"
-    layout = "sequence"
+    input_layout = "sequence"
     same_length = True
     shape_options = {"heads": ("query", -2), "dim": ("query", -1)}
     example_options = {"dim": 4, "heads": 2, "window": 4, "global_tokens": 1}

@@ -81,7 +81,7 @@ class MixedCurvatureAttention(Mechanism):
 
     name = "mixed_curvature"
     summary = "attention in a Euclidean x hyperbolic product space (product-metric distance weights)"
-    layout = "headless"
+    input_layout = "headless"
     shape_options = {"dim": ("query", -1)}
     example_options = {"dim": 4}
 
@@ -224,7 +224,7 @@ class DualSpaceAttention(Mechanism):
 
     name = "dual_space"
     summary = "Euclidean dot-product and Poincaré-ball attention on the same inputs, mixed"
-    layout = "headless"
+    input_layout = "headless"
     shape_options = {"dim": ("query", -1)}
     example_options = {"dim": 4}
 

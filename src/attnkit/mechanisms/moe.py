@@ -96,7 +96,7 @@ class MoEAttention(LearnedParams, Mechanism):
 
     name = "moe"
     summary = "mixture of attention experts: learned top-k router, capacity, load-balancing loss"
-    layout = "headless"
+    input_layout = "headless"
     has_attention_weights = False
     shape_options = {"dim": ("query", -1)}
     example_options = {"dim": 4, "num_experts": 2, "top_k": 1}
@@ -304,12 +304,11 @@ class MoEAttention(LearnedParams, Mechanism):
         p = self._weights_like(qa)
         return safe_softmax(qa @ xp.matrix_transpose(p["router.weight"]) + p["router.bias"], xp)
 
-    def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None) -> Array:
-        """Routed attention output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query)."""
-        self._check_alive()
-        return self._forward(self.parameters(), query, key, value, mask=mask)
+    def _own_params(self) -> Mapping[str, Array]:
+        return self.parameters()
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
+        """Routed attention output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query)."""
         h, qa, ka, va, m, dev = self._prepare(query, key, value, mask)
         xp = h.xp
         nb, lq, d = int(qa.shape[0]), int(qa.shape[1]), self.dim

@@ -59,7 +59,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
 
     name = "multi_head"
     summary = "multi-head attention with learned Q/K/V/O projections (torch-compatible weights)"
-    layout = "model"
+    input_layout = "model"
     shape_options = {"model_dim": ("query", -1), "kdim": ("key", -1), "vdim": ("value", -1)}
     example_options = {"model_dim": 8, "heads": 2}
 

@@ -43,7 +43,7 @@ class ScaledDotProduct(Mechanism):
 
     name = "scaled_dot_product"
     summary = "scaled dot-product attention of queries over their own neighbour sets"
-    layout = "headless"
+    input_layout = "graph"  # each query over its own neighbour set: (..., D) over (..., k, D)
     key_required = True
     shape_options = {"dim": ("query", -1)}
     example_options = {"dim": 4}

@@ -3,7 +3,7 @@
 Attention weights hold ``batch * heads * Lq * Lk`` numbers, quadratic in the sequence length, so a
 request with tensors well inside ``max_elements`` can ask for an answer far beyond it. The server
 estimates the size from the request's shapes first, from the layout each mechanism declares
-(:attr:`attnkit.Mechanism.layout`), without running anything:
+(:attr:`attnkit.Mechanism.input_layout`), without running anything:
 
 * ``sequence``: ``query (..., Lq, H, D)`` (or the spec's flat ``Lq*H*D``), weights ``(..., H, Lq, Lk)``;
 * ``model``: ``query (..., Lq, E)``, weights ``(..., H, Lq, Lk)``;
@@ -52,11 +52,11 @@ class WeightsLayout:
 def weights_layout(mech: Any) -> WeightsLayout:
     """The weights layout of ``mech`` from its declared ``layout`` and options (nothing is computed)."""
     heads = int(getattr(mech, "heads", 1) or 1)
-    if mech.layout == "sequence":
+    if mech.input_layout == "sequence":
         width = heads * int(mech.dim)
         axis = AxisInfo(axis=-3, ndim=3, unit=1, width=width)
         return WeightsLayout(query=axis, keys=axis, per_pair=heads)
-    if mech.layout == "model":
+    if mech.input_layout == "model":
         kdim = int(getattr(mech, "key_dim", None) or getattr(mech, "kdim", None) or mech.model_dim)
         return WeightsLayout(
             query=AxisInfo(axis=-2, ndim=2, unit=1, width=int(mech.model_dim)),
@@ -64,7 +64,7 @@ def weights_layout(mech: Any) -> WeightsLayout:
             per_pair=heads,
         )
     dim = int(mech.dim)
-    if mech.layout == "graph":  # one target per row, each over its k neighbours (+ its self loop)
+    if mech.input_layout == "graph":  # one target per row, each over its k neighbours (+ its self loop)
         loops = 1 if getattr(mech, "self_loops", False) else 0
         return WeightsLayout(
             query=AxisInfo(axis=-1, ndim=1, unit=dim, width=dim),

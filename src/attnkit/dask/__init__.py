@@ -1,0 +1,267 @@
+"""attnkit on Dask: lazy graphs over chunked arrays, from a laptop to a cluster.
+
+Any mechanism given Dask arrays returns a Dask array and computes nothing in ``forward``
+(:func:`lazy_forward`, called by :meth:`attnkit.Mechanism.forward`):
+
+* batch dimensions keep their chunks; each block runs the mechanism's NumPy code (its fast path,
+  its validation and its finiteness check), so a chunk holding NaN raises
+  :class:`~attnkit.errors.NonFiniteError` when *it* is computed and the other chunks stay computable;
+* exact attention (``flash``) over a sequence split into several chunks runs split-K
+  (:func:`split_k_attention`): each task computes one query block against one key shard, giving a
+  partial output and its log-sum-exp, and a tree reduction merges the partials with the rule of
+  :func:`attnkit.kernels.dense.merge_partials` (flash-decoding's split-K combine). No task holds more
+  than one query block and one key shard, so memory per worker follows the chunk sizes, not ``L``.
+  Causal attention skips the shards above the diagonal.
+
+Other mechanisms need the sequence axes in one chunk per block (they are rechunked so); their batch
+chunks are mapped. Requires the ``dask`` extra (``pip install 'attnkit[dask]'``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, ShapeError
+
+__all__ = ["is_dask", "lazy_forward", "split_k_attention"]
+
+#: dimensions at the end of each input that belong to one item (the rest are batch dimensions)
+_CORE = {"sequence": 3, "model": 2, "headless": 2, "graph": 2}
+_QUERY_CORE = {"sequence": 3, "model": 2, "headless": 2, "graph": 1}
+_MASK_CORE = {"sequence": 3, "model": 3, "headless": 2, "graph": 1}
+
+
+def is_dask(x: object) -> bool:
+    """Whether ``x`` is a Dask array (without importing Dask when it is not loaded)."""
+    mod = type(x).__module__
+    return mod.startswith("dask.") and type(x).__name__ == "Array"
+
+
+def _da() -> Any:
+    try:
+        import dask.array as da
+    except ImportError as exc:  # pragma: no cover - the extra is missing
+        raise ConfigError("query: Dask arrays need the dask extra: pip install 'attnkit[dask]'") from exc
+    return da
+
+
+def _as_dask(x: Any, da: Any) -> Any:
+    return x if x is None or is_dask(x) else da.asarray(np.asarray(x))
+
+
+def _split(x: Any, core: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    core = min(core, x.ndim)
+    return tuple(x.shape[: x.ndim - core]), tuple(x.shape[x.ndim - core :])
+
+
+def _probe_shape(core_shape: tuple[int, ...], layout: str, role: str) -> tuple[int, ...]:
+    """The core shape with its sequence axis cut to one position (cheap to run)."""
+    if not core_shape:
+        return core_shape
+    seq_axis = {"sequence": -3, "model": -2, "headless": -2, "graph": -2}[layout]
+    if role == "query" and layout == "graph":
+        return core_shape
+    if len(core_shape) < -seq_axis:  # a single head-less query (D,)
+        return core_shape
+    out = list(core_shape)
+    out[seq_axis] = 1
+    return tuple(out)
+
+
+def _out_width(mech: Any, params: Mapping[str, Any], cores: dict[str, tuple[int, ...]], dtype: Any) -> int:
+    """The width of the output's last axis, from one forward on zeros with one position (validates the widths)."""
+    arrays = {name: np.zeros(_probe_shape(shape, mech.input_layout, name), dtype=dtype) for name, shape in cores.items()}
+    extras = {n: a for n, a in arrays.items() if n not in ("query", "key", "value")}
+    out = mech._forward(params, arrays["query"], arrays.get("key"), arrays.get("value"), mask=None, **extras)
+    return int(np.shape(out)[-1])
+
+
+def lazy_forward(
+    mech: Any, params: Mapping[str, Any], query: Any, key: Any = None, value: Any = None, *, mask: Any = None, **extras: Any
+) -> Any:
+    """``mech``'s forward as a Dask graph over the batch chunks (split-K for chunked exact attention).
+
+    Computes nothing but a one-position probe that checks the widths; everything else (the finiteness
+    check included) runs per block when the result is computed.
+    """
+    da = _da()
+    if mech.name == "flash" and getattr(mech, "rope", None) is None and not (mech.training and mech.dropout > 0) and mask is None:
+        q = _as_dask(query, da)
+        k = q if key is None else _as_dask(key, da)
+        v = k if value is None else _as_dask(value, da)
+        if q.ndim >= 3 and (q.numblocks[-3] > 1 or k.numblocks[-3] > 1):
+            return split_k_attention(q, k, v, heads=mech.heads, dim=mech.dim, scale=mech.effective_scale, causal=mech.causal)
+    layout = mech.input_layout
+    named: dict[str, Any] = {"query": query, "key": key, "value": value, **extras}
+    named = {n: _as_dask(x, da) for n, x in named.items() if x is not None}
+    qx = named["query"]
+    batch_q, core_q = _split(qx, _QUERY_CORE[layout])
+    if layout == "headless" and qx.ndim == 1:
+        batch_q, core_q = (), tuple(qx.shape)
+    cores = {"query": core_q}
+    batches = [batch_q]
+    for name, x in named.items():
+        if name == "query":
+            continue
+        b, c = _split(x, _CORE[layout])
+        cores[name] = c
+        batches.append(b)
+    try:
+        batch = tuple(np.broadcast_shapes(*batches))
+    except ValueError:
+        shapes = ", ".join(f"{n} {tuple(x.shape)}" for n, x in named.items())
+        raise ShapeError(f"query, key, value: batch dimensions do not broadcast ({shapes})") from None
+    dtype = np.result_type(*(x.dtype for x in named.values()))
+    if dtype.kind != "f":
+        raise ShapeError(f"query: expected float arrays, got {dtype}")
+    width = _out_width(mech, params, cores, dtype)
+    nb = len(batch)
+    # batch chunks: the query's where it has the dimension, else one chunk
+    q_chunks = qx.chunks[: len(batch_q)]
+    batch_chunks = tuple(
+        q_chunks[i - (nb - len(batch_q))] if i >= nb - len(batch_q) and batch_q[i - (nb - len(batch_q))] == batch[i] else (batch[i],)
+        for i in range(nb)
+    )
+    bidx = "".join(chr(ord("a") + i) for i in range(nb))
+    letters = iter("nopqrstuvwxyz")
+    args: list[Any] = []
+    names: list[str] = []
+    for name, x in named.items():
+        core = cores[name]
+        x = da.broadcast_to(x, batch + core)
+        x = x.rechunk(batch_chunks + tuple((c,) for c in core))
+        ind = bidx + "".join(next(letters) for _ in core)
+        args += [x, ind]
+        names.append(name)
+    if mask is not None:
+        m = _as_dask(mask, da)
+        mb, mc = _split(m, _MASK_CORE[layout])
+        if len(mb) > nb:
+            raise ShapeError(f"mask: expected at most {nb} batch dimensions before its last {len(mc)}, got shape {tuple(m.shape)}")
+        m = m.reshape((1,) * (nb - len(mb)) + tuple(m.shape))
+        chunks = tuple(batch_chunks[i] if m.shape[i] == batch[i] else (m.shape[i],) for i in range(nb)) + tuple((c,) for c in mc)
+        m = m.rechunk(chunks)
+        args += [m, bidx + "".join(next(letters) for _ in mc)]
+        names.append("mask")
+    out_core = (*core_q[:-1], width)
+    out_ind = bidx + "".join(next(letters) for _ in out_core)
+
+    def block(*arrays: np.ndarray) -> np.ndarray:
+        got = dict(zip(names, arrays, strict=True))
+        m = got.pop("mask", None)  # its batch dimensions of size 1 broadcast inside the mechanism
+        q = got.pop("query")
+        return np.asarray(mech._forward(params, q, got.pop("key", None), got.pop("value", None), mask=m, **got))
+
+    return da.blockwise(
+        block, out_ind, *args, new_axes={c: s for c, s in zip(out_ind[nb:], out_core, strict=True)},
+        concatenate=True, dtype=dtype, meta=np.empty((0,) * (nb + len(out_core)), dtype=dtype),
+    )
+
+
+# ------------------------------------------------------------------------------------------- split-K
+def _partial(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """One query block against one key shard: heads-last blocks in, (out heads-first, lse) out."""
+    from ..kernels.dense import sdpa_generic
+
+    qh, kh, vh = (np.moveaxis(x, -2, -3) for x in (q, k, v))
+    cdt = np.result_type(q.dtype, np.float32)
+    qh, kh, vh = (x.astype(cdt, copy=False) for x in (qh, kh, vh))
+    return sdpa_generic(qh, kh, vh, xp=np, scale=scale, causal=causal, offset=offset, return_lse=True)
+
+
+def _merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    from ..kernels.dense import merge_partials
+
+    return merge_partials(a[0], a[1], b[0], b[1], np)
+
+
+def _finish(part: tuple[np.ndarray, np.ndarray], dtype: np.dtype) -> np.ndarray:
+    return np.moveaxis(part[0], -3, -2).astype(dtype, copy=False)
+
+
+def _check(x: np.ndarray, name: str) -> np.ndarray:
+    from .._array import check_finite
+
+    check_finite(x, name, np)
+    return x
+
+
+def split_k_attention(q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: float | None = None, causal: bool = False) -> Any:
+    """Exact attention of Dask arrays ``q (..., Lq, H, D)``, ``k (..., Lk, H, D)``, ``v (..., Lk, H, Dv)``,
+    split into query blocks (``q``'s chunks along ``Lq``) and key shards (``k``'s chunks along ``Lk``).
+
+    Each task holds one query block and one key shard; partials merge in a binary tree with the
+    log-sum-exp rule. ``causal`` (bottom-right aligned) skips the shards entirely above the diagonal.
+    Each input block is checked for NaN/inf when computed.
+    """
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+    from dask.tokenize import tokenize
+
+    for name, x in (("query", q), ("key", k), ("value", v)):
+        if x.ndim < 3 or x.shape[-2] != heads:
+            raise ShapeError(f"{name}: expected shape (..., L, H={heads}, D), got {tuple(x.shape)}")
+    if q.shape[-1] != dim or k.shape[-1] != dim:
+        raise ShapeError(f"key: expected head dim {dim} in query and key, got {q.shape[-1]} and {k.shape[-1]}")
+    if v.shape[-3] != k.shape[-3]:
+        raise ShapeError(f"value: expected Lk = {k.shape[-3]} (as key) along axis -3, got {v.shape[-3]}")
+    if k.shape[-3] == 0:
+        raise ShapeError("key: expected at least one key (Lk >= 1), got an empty key set")
+    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    batch = tuple(np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3]))
+    nb = len(batch)
+    dtype = np.result_type(q.dtype, k.dtype, v.dtype)
+    q = da.broadcast_to(q, batch + tuple(q.shape[-3:]))
+    k = da.broadcast_to(k, batch + tuple(k.shape[-3:]))
+    v = da.broadcast_to(v, batch + tuple(v.shape[-3:]))
+    bchunks = q.chunks[:nb]
+    q = q.rechunk(bchunks + (q.chunks[-3], (heads,), (dim,)))
+    k = k.rechunk(bchunks + (k.chunks[-3], (heads,), (dim,)))
+    v = v.rechunk(bchunks + (k.chunks[-3], (heads,), (int(v.shape[-1]),)))
+    lq, lk = int(q.shape[-3]), int(k.shape[-3])
+    offset = lk - lq
+    qs = np.cumsum((0,) + q.chunks[-3])
+    ks = np.cumsum((0,) + k.chunks[-3])
+    token = tokenize(q, k, v, scale, causal)
+    name = f"attnkit-splitk-{token}"
+    layer: dict[Any, Any] = {}
+    chk = {}
+    for arr, label in ((q, "query"), (k, "key"), (v, "value")):
+        cname = f"attnkit-finite-{label}-{token}"
+        for idx in np.ndindex(*arr.numblocks):
+            layer[(cname, *idx)] = (_check, (arr.name, *idx), label)
+        chk[label] = cname
+    for bi in np.ndindex(*q.numblocks[:nb]):
+        for i in range(q.numblocks[-3]):
+            q0, q1 = int(qs[i]), int(qs[i + 1])
+            parts = []
+            for j in range(k.numblocks[-3]):
+                k0, k1 = int(ks[j]), int(ks[j + 1])
+                if causal and k0 > q1 - 1 + offset:
+                    continue  # every key of this shard is in the future of every query of the block
+                pkey = (f"{name}-part", *bi, i, j)
+                layer[pkey] = (_partial, (chk["query"], *bi, i, 0, 0), (chk["key"], *bi, j, 0, 0), (chk["value"], *bi, j, 0, 0),
+                               scale, causal and k1 - 1 > q0 + offset, q0 - k0 + offset)
+                parts.append(pkey)
+            level = 0
+            while len(parts) > 1:  # a binary tree of merges
+                nxt = []
+                for t in range(0, len(parts) - 1, 2):
+                    mkey = (f"{name}-merge{level}", *bi, i, t)
+                    layer[mkey] = (_merge, parts[t], parts[t + 1])
+                    nxt.append(mkey)
+                if len(parts) % 2:
+                    nxt.append(parts[-1])
+                parts, level = nxt, level + 1
+            if not parts:  # causal with Lq > Lk: a block that sees no key at all returns zeros
+                shape = tuple(bchunks[d][bi[d]] for d in range(nb)) + (q1 - q0, heads, int(v.shape[-1]))
+                layer[(name, *bi, i, 0, 0)] = (np.zeros, shape, dtype)
+            else:
+                layer[(name, *bi, i, 0, 0)] = (_finish, parts[0], dtype)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[q, k, v])
+    chunks = bchunks + (q.chunks[-3], (heads,), (int(v.shape[-1]),))
+    return da.Array(graph, name, chunks, dtype=dtype)
