@@ -159,7 +159,9 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
     This is the one input check skipped on traced values (:func:`is_traced`: JAX tracers under
     ``jax.jit``/``jax.grad``, torch tensors under ``torch.compile``, fake and meta tensors): their
     values are unknown while Python runs, and a check cannot raise from inside a compiled graph.
-    Check concrete inputs before tracing if non-finite values are possible.
+    A concrete array used inside a traced function (a constant captured by ``jax.jit``) is skipped
+    too, since its reductions are traced there. Check concrete inputs before tracing if non-finite
+    values are possible.
     """
     if type(x) is np.ndarray:
         xp = np
@@ -181,7 +183,10 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         return
     # one reduction first (a finite sum proves every element finite; NaN/inf or an overflow falls
     # through to the elementwise check): torch's isfinite + all costs 10-100x more
-    if bool(xp.isfinite(xp.sum(x))):
+    total_ok = xp.isfinite(xp.sum(x))
+    if is_traced(total_ok):  # a concrete array used inside a traced function: its reduction is traced
+        return
+    if bool(total_ok):
         return
     if not bool(xp.all(xp.isfinite(x))):
         raise NonFiniteError(f"{name}: expected finite values, found NaN or infinity")

@@ -211,7 +211,10 @@ def check_in_ball(x: Array, name: str, c: float, xp: Namespace) -> None:
     if math.prod(x.shape) == 0 or is_traced(x):
         return
     sq = c * _sqnorm(x, xp)
-    if not bool(xp.all(sq < 1.0)):
+    inside = xp.all(sq < 1.0)
+    if is_traced(inside):  # a constant inside a traced function
+        return
+    if not bool(inside):
         inf = xp.asarray(math.inf, dtype=sq.dtype, device=array_api_compat.device(sq))
         worst = float(xp.max(xp.where(xp.isnan(sq), inf, sq)))
         radius = 1.0 / math.sqrt(c)
@@ -235,9 +238,13 @@ def _norm(x: Array, xp: Namespace) -> Array:
 
 
 def _one_minus(sq: Array, c: float, xp: Namespace) -> Array:
-    """``1 - c|x|^2`` from ``|x|^2``, kept positive (inputs are checked to be inside the ball)."""
-    tiny = float(xp.finfo(sq.dtype).smallest_normal)
-    return xp.clip(1.0 - c * sq, min=tiny)
+    """``1 - c|x|^2`` from ``|x|^2``, at least the dtype's ``eps``.
+
+    Checked inputs are inside the ball, where the floor only touches points within rounding of the
+    boundary; for a traced input (unchecked, :func:`check_in_ball`) outside the ball it keeps every
+    conformal factor, quotient and ``arcosh`` argument finite (``1/eps^2`` does not overflow).
+    """
+    return xp.clip(1.0 - c * sq, min=float(xp.finfo(sq.dtype).eps))
 
 
 def _project(x: Array, c: float, eps: float, xp: Namespace) -> Array:
@@ -404,7 +411,6 @@ def frechet_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace, i
     zmax = 1.0 - float(xp.finfo(x.dtype).eps)
     if math.prod(mu.shape) == 0:
         return mu
-    traced = is_traced(w) or is_traced(x) or is_traced(mu)
     done = xp.asarray(False, device=array_api_compat.device(mu))
     for _ in range(iters):
         sq = pairwise_sqdist(mu, x, xp)  # (..., M, N)
@@ -420,14 +426,15 @@ def frechet_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace, i
         step = v / xp.clip(lip, min=1.0)
         # Riemannian length of the step: lambda_mu |step|
         moved = 2.0 * _norm(step, xp) / bmu
-        if traced:
+        going = xp.max(moved) > tol
+        if is_traced(going):
             # no early exit inside a graph: every one of the ``iters`` steps is traced, and the
             # means stop moving at the step that would have ended the loop (the same result)
             mu = xp.where(done, mu, _expmap(mu, step, c, eps, xp))
-            done = done | ~(xp.max(moved) > tol)
+            done = done | ~going
             continue
         mu = _expmap(mu, step, c, eps, xp)
-        if not bool(xp.max(moved) > tol):
+        if not bool(going):
             break
     return mu
 
@@ -604,7 +611,8 @@ def _points_and_weights(x: Any, weights: Any, c: float) -> tuple[_Prepared, Arra
             raise ShapeError(
                 f"weights: leading dimensions {shape_str(w.shape[:-1])} do not broadcast with those of x {shape_str(a.shape[:-2])}"
             ) from None
-        if not is_traced(w) and not bool(p.xp.all(w >= 0.0)):
+        nonneg = p.xp.all(w >= 0.0)
+        if not is_traced(nonneg) and not bool(nonneg):
             raise AttentionError(f"weights: expected non-negative weights, got a minimum of {float(p.xp.min(w)):.6g}")
     if a.shape[-2] == 0:
         raise ShapeError("x: expected at least one point (N >= 1), got an empty set")

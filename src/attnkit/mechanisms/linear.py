@@ -175,7 +175,8 @@ class LinearAttention(Mechanism):
         assert pm is not None
         if int(pm.shape[-2]) != 1:
             # skipped on traced masks (no value to compare); the first query row is used for all
-            if not is_traced(pm) and not bool(xp.all(pm == pm[..., :1, :])):
+            same = xp.all(pm == pm[..., :1, :])
+            if not is_traced(same) and not bool(same):
                 raise ShapeError(
                     f"mask: linear attention can only drop or weight keys for all queries at once (a key mask of shape "
                     f"(Lk,), (*batch, Lk) or (..., H, 1, Lk)); got a mask of shape {shape_str(mshape)} whose query rows differ. "
