@@ -147,6 +147,16 @@ def test_is_traced_and_check_finite_skips_tracers_only() -> None:
         check_finite(jnp.asarray([1.0, math.nan]), "x", jnp)  # concrete values are still checked
 
 
+def test_torch_values_count_as_traced_while_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torch.compile`` traces real-looking tensors: ``torch.compiler.is_compiling()`` decides."""
+    x = torch.tensor([1.0, math.nan])
+    with pytest.raises(NonFiniteError, match="x"):
+        check_finite(x, "x", namespace(x))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert is_traced(x) and not is_traced(np.asarray([1.0]))
+    check_finite(x, "x", namespace(x))  # skipped: it could not raise from inside the graph
+
+
 def test_nan_input_is_still_refused_outside_jit() -> None:
     mech = attnkit.FlashAttention(**registry.get("flash").example_options)
     q = np.asarray(mech.example_inputs(SEQ, np.random.default_rng(0))[0], dtype=np.float64)

@@ -165,6 +165,8 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
     """
     if type(x) is np.ndarray:
         xp = np
+    elif is_traced(x):
+        return
     elif is_torch(xp) and x.device.type == "cpu" and str(x.dtype) in ("torch.float32", "torch.float64"):
         # the NumPy check on a shared view: each torch reduction opens a parallel region, which
         # costs a scheduler time slice whenever another process holds a core
@@ -178,8 +180,6 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         if x.size and not np.isfinite(np.vdot(x, x)) and not np.isfinite(x).all():
             bad = np.argwhere(~np.isfinite(x))[0]
             raise NonFiniteError(f"{name}: expected finite values, found {float(x[tuple(bad)])} at index {tuple(int(i) for i in bad)}")
-        return
-    if is_traced(x):
         return
     # one reduction first (a finite sum proves every element finite; NaN/inf or an overflow falls
     # through to the elementwise check): torch's isfinite + all costs 10-100x more
