@@ -130,6 +130,44 @@ def test_jit_grad_over_params_equals_torch_autograd(name: str) -> None:
         assert all(float(np.abs(np.asarray(got[k])).max()) > 0 for k in got)
 
 
+#: option variants whose forward paths the example options do not reach: (name, options, mask kind)
+VARIANTS = [
+    ("linear", {"dim": 4, "heads": 2, "causal": True, "chunk_size": 2}, None),  # the causal scan (spread estimate)
+    ("linear", {"dim": 4, "heads": 2, "feature_map": "dpfp"}, "key"),  # key mask (equal-rows check)
+    ("flash", {"dim": 4, "heads": 2, "causal": True}, "float"),  # float mask (NaN/+inf check)
+    ("hyperbolic", {"dim": 4, "input_space": "tangent"}, "key"),
+    ("moe", {"dim": 4, "num_experts": 3, "top_k": 2, "expert_capacity": 0.5}, "key"),
+]
+
+
+def _mask(kind: str | None, mech: Any, query: np.ndarray) -> np.ndarray | None:
+    rng = np.random.default_rng(9)
+    if kind is None:
+        return None
+    if kind == "key":
+        m = rng.random(SEQ) > 0.3
+        m[0] = True
+        return m
+    return np.where(rng.random((SEQ, SEQ)) > 0.2, rng.standard_normal((SEQ, SEQ)), -np.inf)
+
+
+@pytest.mark.parametrize(("name", "options", "kind"), VARIANTS, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(VARIANTS)])
+def test_option_variants_under_jit_and_grad(name: str, options: dict[str, Any], kind: str | None) -> None:
+    mech = registry.create(name, **options)
+    inputs = tuple(np.asarray(x, dtype=np.float64) for x in mech.example_inputs(SEQ, np.random.default_rng(0)))
+    mask = _mask(kind, mech, inputs[0])
+    ref = mech.forward(*inputs, mask=mask)
+    jmask = None if mask is None else jnp.asarray(mask)
+    out = jax.jit(lambda *a: mech.forward(*a[:-1], mask=a[-1]))(*(jnp.asarray(x) for x in inputs), jmask)
+    _close(out, ref, 1e-12)
+    probe = np.random.default_rng(2).standard_normal(ref.shape)
+    g = jax.jit(jax.grad(lambda q, *r: jnp.sum(mech.forward(q, *r[:-1], mask=r[-1]) * probe)))(*(jnp.asarray(x) for x in inputs), jmask)
+    tq = torch.tensor(inputs[0], requires_grad=True)
+    tm = None if mask is None else torch.tensor(mask)
+    (mech.forward(tq, *(torch.tensor(x) for x in inputs[1:]), mask=tm) * torch.tensor(probe)).sum().backward()
+    _close(g, tq.grad.numpy())
+
+
 # ------------------------------------------------------------------ is_traced / check_finite
 def test_is_traced_and_check_finite_skips_tracers_only() -> None:
     assert not is_traced(np.ones(2)) and not is_traced(jnp.ones(2)) and not is_traced(torch.ones(2))
