@@ -96,7 +96,7 @@ def test_forward_batch_shares_keys_and_values() -> None:
     out = mech.forward_batch(qs, k, v)
     for q, o in zip(qs, out, strict=True):
         assert same(o, mech.forward(q, k, v))
-    with pytest.raises(ShapeError, match="keys"):
+    with pytest.raises(ShapeError, match="key"):
         mech.forward_batch(qs, [k, k], v)
     with pytest.raises(ShapeError, match="queries"):
         mech.forward_batch(qs[0], k, v)

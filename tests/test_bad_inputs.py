@@ -155,7 +155,8 @@ def _hyperbolic_cases():
         return HyperbolicAttention(2, **kw)
 
     return [
-        pytest.param(lambda: hyp(curvature=0.0), ConfigError, r"^curvature:", id="hyperbolic-curvature-zero"),
+        pytest.param(lambda: hyp(curvature=float("nan")), ConfigError, r"^curvature:", id="hyperbolic-curvature-nan"),
+        pytest.param(lambda: hyp(kappa="sphere"), ConfigError, r"^kappa:", id="hyperbolic-kappa-str"),
         pytest.param(lambda: hyp(curvature=float("inf")), ConfigError, r"^curvature:", id="hyperbolic-curvature-inf"),
         pytest.param(lambda: hyp(curvature="1"), ConfigError, r"^curvature:", id="hyperbolic-curvature-str"),
         pytest.param(lambda: hyp(temperature=0.0), ConfigError, r"^temperature:", id="hyperbolic-temperature-zero"),

@@ -49,8 +49,8 @@ def gat_reference(mech, x, edge_index, edge_attr):
                     sc = sc + (ew * p["att_edge"]).sum(-1)
                 logits.append(leaky(sc, slope))
             else:
-                wj = (p["lin_l.weight"] @ x[s]).reshape(h, c)
-                z = wj + (p["lin_r.weight"] @ x[i]).reshape(h, c) + ew
+                wj = (p["lin_l.weight"] @ x[s] + p.get("lin_l.bias", 0)).reshape(h, c)
+                z = wj + (p["lin_r.weight"] @ x[i] + p.get("lin_r.bias", 0)).reshape(h, c) + ew
                 logits.append((leaky(z, slope) * p["att"]).sum(-1))
             msgs.append(wj)
         lg = np.array(logits)  # (deg, H)

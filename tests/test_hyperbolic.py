@@ -406,11 +406,10 @@ def test_registry_batch_and_lifecycle():
 @pytest.mark.parametrize(
     "kwargs, name",
     [
-        ({"curvature": 0}, "curvature"),
-        ({"curvature": 0.0}, "curvature"),
         ({"curvature": float("nan")}, "curvature"),
         ({"curvature": float("inf")}, "curvature"),
         ({"curvature": "one"}, "curvature"),
+        ({"kappa": float("nan")}, "kappa"),
         ({"temperature": 0.0}, "temperature"),
         ({"temperature": -1.0}, "temperature"),
         ({"temperature": float("inf")}, "temperature"),

@@ -154,7 +154,17 @@ def test_bad_input() -> None:
     with pytest.raises(ConfigError, match="euclidean_dim"):
         MixedCurvatureAttention(dim=4, euclidean_dim=5)
     with pytest.raises(ConfigError, match="curvature"):
-        MixedCurvatureAttention(curvature=0)
+        MixedCurvatureAttention(curvature=float("nan"))
+    with pytest.raises(ConfigError, match="factors"):
+        MixedCurvatureAttention(dim=4, factors="2:0,1:-1")
+    with pytest.raises(ConfigError, match="factors"):
+        MixedCurvatureAttention(dim=4, factors="2:zero,2:-1")
+    with pytest.raises(ConfigError, match="factor_weights"):
+        MixedCurvatureAttention(dim=4, factors="2:0,2:-1", factor_weights="1")
+    with pytest.raises(ConfigError, match="factor_weights"):
+        MixedCurvatureAttention(dim=4, factors="2:0,2:-1", factor_weights="1,x")
+    with pytest.raises(ConfigError, match="factor_weights"):
+        MixedCurvatureAttention(dim=4, factor_weights="1,1")
     with pytest.raises(ConfigError, match="hyperbolic_weight"):
         MixedCurvatureAttention(euclidean_weight=0, hyperbolic_weight=0)
     with pytest.raises(ConfigError, match="euclidean_weight"):

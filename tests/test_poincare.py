@@ -527,7 +527,7 @@ def test_half_precision_and_lists():
 X = np.array([[0.1, 0.2], [0.3, 0.1]])
 
 
-@pytest.mark.parametrize("c", [0, 0.0, -0.0, float("nan"), float("inf"), -float("inf"), "1", True, None])
+@pytest.mark.parametrize("c", [float("nan"), float("inf"), -float("inf"), "1", True, None])
 @pytest.mark.parametrize(
     "call",
     [
@@ -545,6 +545,21 @@ X = np.array([[0.1, 0.2], [0.3, 0.1]])
 def test_bad_curvature_raises_config_error_naming_c(call, c):
     with pytest.raises(ConfigError, match=r"^c:"):
         call(c)
+
+
+@pytest.mark.parametrize("c", [0, 0.0, -0.0])
+def test_zero_curvature_is_the_flat_limit(c):
+    """c = 0 is κ = 0 of the stereographic model: Euclidean operations, distance 2|x - y| (metric 4 g_E)."""
+    y = X[::-1] * 3.0  # far outside any unit ball: there is no ball at c = 0
+    np.testing.assert_array_equal(attnkit.mobius_add(X, y, c=c), X + y)
+    np.testing.assert_allclose(attnkit.poincare_distance(X, y, c=c), 2 * np.linalg.norm(X - y, axis=-1), rtol=1e-15)
+    np.testing.assert_allclose(attnkit.exp_map(X, y, c=c), X + y, rtol=1e-15)
+    np.testing.assert_allclose(attnkit.log_map(X, y, c=c), y - X, rtol=1e-15)
+    np.testing.assert_array_equal(attnkit.to_poincare(y, c=c), y)
+    np.testing.assert_array_equal(attnkit.from_poincare(y, c=c), y)
+    np.testing.assert_array_equal(attnkit.project(y, c=c), y)
+    np.testing.assert_allclose(P.einstein_midpoint(y, None, c=c), y.mean(0), rtol=1e-15)
+    np.testing.assert_allclose(P.frechet_mean(y, None, c=c), y.mean(0), rtol=1e-14)
 
 
 @pytest.mark.parametrize(
@@ -613,5 +628,7 @@ def test_pairwise_blocks_match_unblocked(monkeypatch):
     rng = np.random.default_rng(22)
     x, y = points(rng, 37, 1.0, "interior"), points(rng, 11, 1.0, "interior")
     full = P.pairwise_distance(x, y)
-    monkeypatch.setattr(P, "_PAIR_BLOCK", 3 * 11 * D)  # 3 query rows per block
+    from attnkit.kernels import stereographic
+
+    monkeypatch.setattr(stereographic, "_PAIR_BLOCK", 3 * 11 * D)  # 3 query rows per block (the kernel lives there)
     np.testing.assert_array_equal(P.pairwise_distance(x, y), full)

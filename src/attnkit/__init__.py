@@ -60,6 +60,10 @@ _LAZY: dict[str, str] = {
 }
 
 
+#: optional front-end submodules reachable as attributes without importing them with attnkit
+_SUBMODULES = frozenset({"torch"})
+
+
 @functools.cache
 def _installed_version() -> str:
     try:
@@ -71,6 +75,8 @@ def _installed_version() -> str:
 def __getattr__(name: str) -> Any:
     if name == "__version__":  # read from the package metadata on first use (it costs ~28 ms at import)
         return _installed_version()
+    if name in _SUBMODULES:  # e.g. attnkit.torch: imported on first use (it imports PyTorch)
+        return importlib.import_module(f"attnkit.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'attnkit' has no attribute {name!r}")

@@ -125,6 +125,12 @@ def compute_dtype(xp: Namespace, dtype: Any) -> Any:
     return dtype
 
 
+def torch_compiling() -> bool:
+    """Whether ``torch.compile`` (dynamo) is tracing this call (never imports torch itself)."""
+    is_compiling = getattr(getattr(sys.modules.get("torch"), "compiler", None), "is_compiling", None)  # torch >= 2.3
+    return is_compiling is not None and bool(is_compiling())
+
+
 def is_traced(x: object) -> bool:
     """Whether ``x`` is a traced value whose contents are unknown while Python runs.
 
@@ -144,7 +150,7 @@ def is_traced(x: object) -> bool:
         torch = sys.modules.get("torch")
         if torch is None:  # pragma: no cover - a torch type without torch loaded
             return False
-        if torch.compiler.is_compiling():
+        if torch_compiling():
             return True
         if getattr(x, "is_meta", False):
             return True
@@ -163,6 +169,8 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
     too, since its reductions are traced there. Check concrete inputs before tracing if non-finite
     values are possible.
     """
+    if torch_compiling():
+        return
     if type(x) is np.ndarray:
         xp = np
     elif is_traced(x):
@@ -190,6 +198,25 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         return
     if not bool(xp.all(xp.isfinite(x))):
         raise NonFiniteError(f"{name}: expected finite values, found NaN or infinity")
+
+
+def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """``np.broadcast_shapes`` in plain Python (``ValueError`` when they do not broadcast).
+
+    ``torch.compile`` traces plain integer arithmetic, where NumPy's version is opaque to it.
+    """
+    ndim = 0
+    for s in shapes:
+        ndim = max(ndim, len(s))
+    out = [1] * ndim
+    for s in shapes:
+        for i, d in enumerate(s, start=ndim - len(s)):
+            d = int(d)
+            if d != 1 and out[i] not in (1, d):
+                raise ValueError(f"shapes {[tuple(x) for x in shapes]} do not broadcast")
+            if d != 1:
+                out[i] = d
+    return tuple(out)
 
 
 def shape_str(shape: Sequence[int]) -> str:

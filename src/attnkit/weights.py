@@ -12,6 +12,12 @@ key                 shape            meaning
 ``*.bias``          (E,)             biases (absent when ``bias=False``)
 ==================  ===============  =====================================
 
+Graph attention (:class:`~attnkit.EdgeFeaturedAttention`) keeps PyTorch Geometric's own names
+(``lin.weight`` or ``lin_src.weight``/``lin_dst.weight`` for GAT, ``lin_l.*``/``lin_r.*`` for GATv2,
+``lin_edge.weight``, ``res.weight``, ``bias``); only the attention vectors differ in shape: attnkit's
+``att_src``/``att_dst``/``att_edge``/``att`` are ``(H, C)`` where PyG's are ``(1, H, C)``.
+:func:`from_pyg_gat` and :func:`to_pyg_gat` convert ``GATConv``/``GATv2Conv`` state dicts both ways.
+
 Converters read ``torch.nn.MultiheadAttention`` state dicts (packed ``in_proj_weight`` or the
 ``q_proj_weight``/``k_proj_weight``/``v_proj_weight`` form used with kdim/vdim) and Hugging Face
 BERT self-attention state dicts (``...attention.self.query.weight`` etc. and
@@ -40,6 +46,10 @@ __all__ = [
     "to_torch_mha",
     "from_hf_bert",
     "to_hf_bert",
+    "GAT_ATTENTION",
+    "is_pyg_gat",
+    "from_pyg_gat",
+    "to_pyg_gat",
 ]
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -212,4 +222,57 @@ def to_hf_bert(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndar
             key = f"{ours}.{part}"
             if key in params:
                 out[f"{prefix}{theirs}.{part}"] = to_numpy(params[key])
+    return out
+
+
+#: the attention vectors of PyG's GATConv (``att_src``, ``att_dst``, ``att_edge``) and GATv2Conv (``att``)
+GAT_ATTENTION = ("att_src", "att_dst", "att_edge", "att")
+_GAT_LINEAR = ("lin", "lin_src", "lin_dst", "lin_l", "lin_r", "lin_edge", "res")
+_GAT_KEYS = (*GAT_ATTENTION, "bias", *(f"{m}.{p}" for m in _GAT_LINEAR for p in ("weight", "bias")))
+
+
+def is_pyg_gat(state: Mapping[str, Any]) -> bool:
+    """True for a GATConv / GATv2Conv state dict (PyG's or attnkit's): it has ``att_src`` or ``att`` with ``lin_l``."""
+    keys = set(state)
+    return "att_src" in keys or ("att" in keys and "lin_l.weight" in keys)
+
+
+def from_pyg_gat(state: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """A PyG ``GATConv``/``GATv2Conv`` state dict (keys under ``prefix``, e.g. ``"convs.0."``) -> attnkit's
+    :class:`~attnkit.EdgeFeaturedAttention` parameters: attention vectors ``(1, H, C)`` -> ``(H, C)``, the
+    other tensors as they are. A GATv2Conv saved with ``share_weights=True`` holds ``lin_r`` equal to
+    ``lin_l`` (one module under two names), which is what attnkit's separate ``lin_l``/``lin_r`` compute.
+    Tensors that are not part of the layer (other keys, PyG's ``_alpha`` buffers) raise ``ConfigError``."""
+    sd = {k[len(prefix) :]: to_numpy(v) for k, v in load_state(state).items() if k.startswith(prefix)}
+    if not is_pyg_gat(sd):
+        raise ConfigError(
+            f"weights: not a GATConv/GATv2Conv state dict under prefix {prefix!r} (keys: {', '.join(sorted(sd)[:6])}); "
+            "expected att_src/att_dst (GATConv) or att with lin_l (GATv2Conv)"
+        )
+    extra = sorted(set(sd) - set(_GAT_KEYS))
+    if extra:
+        raise ConfigError(f"weights: unexpected tensor {extra[0]!r} in a GAT state dict; expected some of {', '.join(_GAT_KEYS)}")
+    out: dict[str, np.ndarray] = {}
+    for key, value in sd.items():
+        if key in GAT_ATTENTION:
+            if value.ndim == 3:
+                if value.shape[0] != 1:
+                    raise ShapeError(f"{key}: expected PyG's shape (1, H, C), got {tuple(value.shape)}")
+                value = value[0]
+            elif value.ndim != 2:
+                raise ShapeError(f"{key}: expected shape (1, H, C) (PyG) or (H, C) (attnkit), got {tuple(value.shape)}")
+        out[key] = np.asarray(value)
+    return out
+
+
+def to_pyg_gat(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """attnkit :class:`~attnkit.EdgeFeaturedAttention` parameters -> a PyG ``GATConv``/``GATv2Conv`` state dict
+    (attention vectors ``(H, C)`` -> ``(1, H, C)``), keys under ``prefix``; loads with ``load_state_dict``
+    into a PyG layer built with the same options."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in params.items():
+        arr = to_numpy(value)
+        if key in GAT_ATTENTION and arr.ndim == 2:
+            arr = arr[None]
+        out[f"{prefix}{key}"] = arr
     return out

@@ -114,6 +114,16 @@ def compute(
         typer.Option("--heatmap", help="Draw the attention weights to this PNG (needs matplotlib).", metavar="FILE"),
     ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary for scripts.")] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="Run on Dask: 'local' (a cluster of processes here), a scheduler ADDRESS, or 'threads'.",
+                     metavar="ADDRESS"),
+    ] = None,
+    chunks: Annotated[
+        str | None,
+        typer.Option("--chunks", help="With --scheduler: chunk sizes of the inputs' leading axes, N[,N...] (e.g. 1,4096).",
+                     metavar="N[,N...]"),
+    ] = None,
 ) -> None:
     """Run one mechanism on arrays from files (or random ones) and write the output.
 
@@ -128,7 +138,7 @@ def compute(
         dtype=dtype,
         common={"heads": heads, "dim": dim, "causal": causal, "block_size": block_size, "curvature": curvature,
                 "feature_map": feature_map, "scale": scale},
-        seed=seed, opt=opt or [], weights=weights, heatmap=heatmap, as_json=json_,
+        seed=seed, opt=opt or [], weights=weights, heatmap=heatmap, as_json=json_, scheduler=scheduler, chunks=chunks,
     )
 
 
@@ -233,11 +243,16 @@ def repl(
 
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
-def info(json_: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
-    """Version, Python, NumPy and its BLAS, SIMD, threads, optional backends, config file in use."""
+def info(
+    json_: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="Also describe this Dask cluster ('local' or a scheduler ADDRESS).", metavar="ADDRESS")
+    ] = None,
+) -> None:
+    """Version, Python, NumPy and its BLAS, SIMD, threads, optional backends, config file in use (and a Dask cluster)."""
     from .info import run_info
 
-    run_info(STATE, as_json=json_)
+    run_info(STATE, as_json=json_, scheduler=scheduler)
 
 
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -116,6 +116,8 @@ def run_compute(
     weights: str | None,
     heatmap: str | None,
     as_json: bool,
+    scheduler: str | None = None,
+    chunks: str | None = None,
 ) -> None:
     config = state.config
     name = registry.get(type_ or config.get("attention", "default_type")).name
@@ -147,6 +149,15 @@ def run_compute(
     mech = create_mechanism(name, explicit, config)
     if weights is not None:
         _load_weights(mech, weights)
+    if scheduler is not None or chunks is not None:
+        if scheduler is None:
+            raise UsageError("--chunks: give --scheduler too (local, threads or a scheduler address)")
+        if random is not None or inputs is not None or mask is not None or heatmap is not None:
+            raise UsageError("--scheduler: give -q/-k/-v files (.zarr or .npy); --random, --inputs, --mask and --heatmap are not supported there")
+        from .cluster import run_cluster_compute
+
+        run_cluster_compute(mech, scheduler=scheduler, chunks=chunks, query=query, keys=keys, values=values, output=output, as_json=as_json)
+        return
 
     extras: dict[str, Any] = {}
     if random is not None:

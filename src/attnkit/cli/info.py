@@ -34,8 +34,17 @@ def collect_info(state: State) -> dict[str, Any]:
     }
 
 
-def run_info(state: State, *, as_json: bool) -> None:
+def run_info(state: State, *, as_json: bool, scheduler: str | None = None) -> None:
     data = collect_info(state)
+    if scheduler is not None:
+        try:
+            from ..dask.cluster import connect, describe
+        except ImportError:  # pragma: no cover - the extra is missing
+            from ._common import UsageError
+
+            raise UsageError("--scheduler: needs the dask extra: pip install 'attnkit[dask]'") from None
+        with connect(scheduler) as client:
+            data["cluster"] = describe(client)
     if as_json:
         emit_json(data)
         return
@@ -66,6 +75,12 @@ def run_info(state: State, *, as_json: bool) -> None:
     cfg = data["config"]
     t.add_row("config", f"{cfg['path']} ({cfg['source']})" if cfg["path"] else cfg["source"])
     t.add_row("mechanisms", ", ".join(data["mechanisms"]))
+    if "cluster" in data:
+        cl = data["cluster"]
+        t.add_row("cluster", f"{cl['scheduler']}: {len(cl['workers'])} workers, {cl.get('threads', 0)} threads, "
+                  f"{cl.get('memory_limit', 0) / 2**30:.1f} GiB memory limit")
+        for w in cl["workers"]:
+            t.add_row("  worker", f"{w['address']} ({w['threads']} threads, {(w['memory_limit'] or 0) / 2**30:.1f} GiB)")
     con.print(t)
 
 

@@ -165,12 +165,17 @@ def lazy_forward(
 # ------------------------------------------------------------------------------------------- split-K
 def _partial(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool, offset: int) -> tuple[np.ndarray, np.ndarray]:
     """One query block against one key shard: heads-last blocks in, (out heads-first, lse) out."""
+    from ..kernels._threads import BlasOneThread
     from ..kernels.dense import sdpa_generic
 
     qh, kh, vh = (np.moveaxis(x, -2, -3) for x in (q, k, v))
     cdt = np.result_type(q.dtype, np.float32)
     qh, kh, vh = (x.astype(cdt, copy=False) for x in (qh, kh, vh))
-    return sdpa_generic(qh, kh, vh, xp=np, scale=scale, causal=causal, offset=offset, return_lse=True)
+    # whole-shard key blocks and 512-row query tiles: few, large GEMMs (a tile's scores stay within L2/L3 sizes)
+    # Dask runs one task per worker thread: BLAS held to one thread, so workers do not oversubscribe the cores
+    with BlasOneThread():
+        return sdpa_generic(qh, kh, vh, xp=np, scale=scale, causal=causal, offset=offset, return_lse=True,
+                            block_size=max(1, int(kh.shape[-2])), q_block=512)
 
 
 def _merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._array import torch_compiling
+
 __all__ = ["sdpa_torch"]
 
 
@@ -61,14 +63,14 @@ def sdpa_torch(q: Any, k: Any, v: Any, *, scale: float, mask: Any = None, causal
     if mask.dtype == torch.bool:
         keep = mask & _causal_keep(torch, lq, lk, mask.device) if causal else mask
         row_ok = keep.any(dim=-1, keepdim=True)
-        all_ok = bool(row_ok.all())
+        all_ok = _all(row_ok)
         attn_mask = keep if all_ok else keep | ~row_ok
     elif mask.dtype.is_floating_point:
         bias = mask.to(q.dtype)
         if causal:
             bias = bias.masked_fill(~_causal_keep(torch, lq, lk, bias.device), float("-inf"))
         row_ok = (bias != float("-inf")).any(dim=-1, keepdim=True)
-        all_ok = bool(row_ok.all())
+        all_ok = _all(row_ok)
         attn_mask = bias if all_ok else bias.masked_fill(~row_ok, 0.0)
     else:
         return None
@@ -76,6 +78,12 @@ def sdpa_torch(q: Any, k: Any, v: Any, *, scale: float, mask: Any = None, causal
     if not all_ok:
         out = out.masked_fill(~row_ok, 0.0)
     return out
+
+
+def _all(flags: Any) -> bool:
+    """``bool(flags.all())``; ``False`` while torch.compile traces (a graph cannot branch on values, and the
+    ``False`` path, which unmasks fully hidden rows and zeroes them afterwards, is right either way)."""
+    return False if torch_compiling() else bool(flags.all())
 
 
 def _call(sdpa: Any, q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, scale: float) -> Any:

@@ -9,7 +9,7 @@ Every function here takes arrays of any array-API library (NumPy, torch, JAX, Cu
 that library's namespace, broadcasts over the leading dimensions and treats the **last axis as the
 vector**. The curvature is the keyword ``c``: ``c > 0`` is the ball of sectional curvature ``-c``; a
 negative value, as the spec's bindings give it (``curvature = -1``), means the same ball, so ``|c|`` is
-used; ``c == 0`` or a non-finite value raises :class:`~attnkit.errors.ConfigError`.
+used; ``c == 0`` is the flat limit (κ = 0) and a non-finite value raises :class:`~attnkit.errors.ConfigError`.
 
 Formulas (Ganea, Bécigneul & Hofmann 2018, "Hyperbolic Neural Networks"; Ungar 2008, "Analytic
 Hyperbolic Geometry and Albert Einstein's Special Theory of Relativity" for Möbius gyrovector spaces):
@@ -42,6 +42,11 @@ strictly inside the ball (``c |x|^2 < 1``, checked in the compute dtype) or an
 :class:`~attnkit.errors.AttentionError` names the argument. NaN or infinity in an input raises
 :class:`~attnkit.errors.NonFiniteError`. Nothing returns NaN at the origin or near the boundary.
 
+The formulas themselves live once, in :mod:`attnkit.kernels.stereographic` (the κ-stereographic model,
+which at ``κ = -c`` is this ball, evaluated in the same cancellation-free forms); this module is the
+validated Poincaré-ball face of it with the spec's sign convention (``c`` and ``-c`` both mean the ball
+of curvature ``-|c|``), plus the ball-only Klein model and Fréchet mean.
+
 Half precision (float16, bfloat16) is computed in float32 and cast back: hyperbolic geometry near the
 boundary is hopeless in 11 bits of mantissa.
 """
@@ -58,6 +63,7 @@ import numpy as np
 
 from .._array import Array, Namespace, as_float_array, check_finite, finite_float, is_traced, namespace, positive_int, shape_str
 from ..errors import AttentionError, ConfigError, ShapeError
+from . import stereographic as st
 
 __all__ = [
     "curvature_value",
@@ -88,26 +94,18 @@ _MARGINS = {"float64": 1e-5, "float32": 4e-3, "float16": 1e-2, "bfloat16": 4e-2}
 _MIN_NORM = 1e-15
 _MIN_SQ = _MIN_NORM * _MIN_NORM
 
-#: elements of one (rows, Lk, D) block of pairwise differences
-_PAIR_BLOCK = 1 << 21
-
 
 # --------------------------------------------------------------------------------------------------
 # validation
 # --------------------------------------------------------------------------------------------------
 def curvature_value(c: object, name: str = "c") -> float:
-    """The ball parameter ``|c| > 0`` from a curvature as given (positive, or negative as in the spec).
+    """The ball parameter ``|c|`` from a curvature as given (positive, or negative as in the spec).
 
-    ``c == 0`` (the Euclidean limit, which has no ball), non-numbers and non-finite values raise
+    ``c == 0`` is the flat limit (κ = 0 of :mod:`~attnkit.kernels.stereographic`: Möbius addition is
+    ``+``, the distance ``2|x - y|``, the ball all of ``R^D``). Non-numbers and non-finite values raise
     :class:`~attnkit.errors.ConfigError` naming ``name``.
     """
-    value = finite_float(c, name)
-    if value == 0.0:
-        raise ConfigError(
-            f"{name}: expected a non-zero finite curvature (c > 0 is the Poincaré ball of curvature -c; "
-            f"a negative value means the same ball), got {c!r}"
-        )
-    return abs(value)
+    return abs(finite_float(c, name))
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -204,11 +202,12 @@ def check_in_ball(x: Array, name: str, c: float, xp: Namespace) -> None:
     """Raise :class:`~attnkit.errors.AttentionError` naming ``name`` unless every vector of ``x``
     satisfies ``c |x|^2 < 1`` (strictly inside the ball of radius ``1/sqrt(c)``); NaN fails too.
 
-    Skipped for traced values (:func:`attnkit._array.is_traced`: ``jax.jit``, ``torch.compile``),
-    whose contents are unknown while Python runs; the kernels stay finite for such points anyway,
-    since every ``1 - c|x|^2`` they divide by is clipped to a positive number (:func:`_one_minus`).
+    Skipped for traced values (:func:`attnkit._array.is_traced`: ``jax.jit``, ``torch.compile``, and
+    constants whose reductions are traced there), whose contents are unknown while Python runs; the
+    kernels stay finite for such points anyway, since every ``1 - c|x|^2`` they divide by is floored
+    at a positive number (:func:`_one_minus`, and the stereographic kernels' clips).
     """
-    if math.prod(x.shape) == 0 or is_traced(x):
+    if c <= 0 or math.prod(x.shape) == 0 or is_traced(x):
         return
     sq = c * _sqnorm(x, xp)
     inside = xp.all(sq < 1.0)
@@ -232,11 +231,6 @@ def _sqnorm(x: Array, xp: Namespace, keepdims: bool = True) -> Array:
     return xp.sum(x * x, axis=-1, keepdims=keepdims)
 
 
-def _norm(x: Array, xp: Namespace) -> Array:
-    """|x| along the last axis (keepdims), at least ``_MIN_NORM``; gradient 0 (not NaN) at 0."""
-    return xp.sqrt(xp.clip(_sqnorm(x, xp), min=_MIN_SQ))
-
-
 def _one_minus(sq: Array, c: float, xp: Namespace) -> Array:
     """``1 - c|x|^2`` from ``|x|^2``, at least the dtype's ``eps``.
 
@@ -248,84 +242,38 @@ def _one_minus(sq: Array, c: float, xp: Namespace) -> Array:
 
 
 def _project(x: Array, c: float, eps: float, xp: Namespace) -> Array:
-    maxnorm = (1.0 - eps) / math.sqrt(c)
-    n = _norm(x, xp)
-    return x * (maxnorm / xp.clip(n, min=maxnorm))
+    return st.project(x, -c, eps, xp)
 
 
 def _mobius_add(x: Array, y: Array, c: float, xp: Namespace) -> Array:
-    """``x (+) y`` in the cancellation-free form (module docstring); ``y`` may lie on the closed ball."""
-    s = x + y
-    ss = _sqnorm(s, xp)
-    bx = _one_minus(_sqnorm(x, xp), c, xp)
-    by = xp.clip(1.0 - c * _sqnorm(y, xp), min=0.0)
-    den = c * ss + bx * by
-    return (bx * s + (c * ss) * x) / xp.clip(den, min=float(xp.finfo(den.dtype).smallest_normal))
-
-
-def _arcosh1p(t: Array, xp: Namespace) -> Array:
-    """``arcosh(1 + t) = log1p(t + sqrt(t (t + 2)))`` for ``t >= 0``, accurate for small ``t``;
-    exactly 0 at ``t = 0``, with a zero gradient there (not the NaN of ``sqrt`` at 0)."""
-    pos = t > 0.0
-    ts = xp.where(pos, t, xp.ones_like(t))
-    return xp.where(pos, xp.log1p(ts + xp.sqrt(ts * (ts + 2.0))), xp.zeros_like(t))
-
-
-def _dist_from_sq(sq: Array, bx: Array, by: Array, c: float, xp: Namespace) -> Array:
-    """``d_c`` from ``|x - y|^2`` and ``1 - c|x|^2``, ``1 - c|y|^2`` (arcosh form)."""
-    return _arcosh1p(2.0 * c * sq / (bx * by), xp) / math.sqrt(c)
+    """``x (+) y`` in the cancellation-free form (module docstring): the κ-stereographic kernel at κ = -c."""
+    return st.mobius_add(x, y, -c, xp)
 
 
 def _dist(x: Array, y: Array, c: float, xp: Namespace) -> Array:
     """Elementwise (broadcast) distance, shape ``(...,)``."""
-    d = x - y
-    bx = _one_minus(_sqnorm(x, xp, False), c, xp)
-    by = _one_minus(_sqnorm(y, xp, False), c, xp)
-    return _dist_from_sq(_sqnorm(d, xp, False), bx, by, c, xp)
+    return st.dist(x, y, -c, xp)[..., 0]
 
 
 def _expmap(x: Array, u: Array, c: float, eps: float, xp: Namespace) -> Array:
-    sc = math.sqrt(c)
-    un = _norm(u, xp)
-    lam = 2.0 / _one_minus(_sqnorm(x, xp), c, xp)
-    second = xp.tanh(sc * lam * un / 2.0) * u / (sc * un)
-    return _project(_mobius_add(x, second, c, xp), c, eps, xp)
+    return _project(st.expmap(x, u, -c, xp), c, eps, xp)
 
 
 def _logmap(x: Array, y: Array, c: float, xp: Namespace) -> Array:
-    """``log_x(y) = d_c(x, y) / lambda_x * w / |w|`` with ``w = (-x) (+) y`` (same direction as
-    ``(1 - c|x|^2)(y - x) - c|y - x|^2 x``, computed without cancellation)."""
-    s = y - x
-    ss = _sqnorm(s, xp)
-    bx = _one_minus(_sqnorm(x, xp), c, xp)
-    by = _one_minus(_sqnorm(y, xp), c, xp)
-    w = bx * s - (c * ss) * x
-    d = _dist_from_sq(ss, bx, by, c, xp)
-    return (d * bx / 2.0) * w / _norm(w, xp)
-
-
-def _artanh_norm(x: Array, c: float, xp: Namespace) -> tuple[Array, Array]:
-    """``(artanh(sqrt(c)|x|), |x|)`` using ``artanh(r) = log1p(r) - log(1 - r^2)/2`` with
-    ``1 - r^2 = 1 - c|x|^2`` (no clamping of the argument near the boundary)."""
-    sq = _sqnorm(x, xp)
-    n = xp.sqrt(xp.clip(sq, min=_MIN_SQ))
-    return xp.log1p(math.sqrt(c) * n) - 0.5 * xp.log(_one_minus(sq, c, xp)), n
+    """``log_x(y) = 2/(sqrt(c) lambda_x) artanh(sqrt(c)|w|) w/|w|`` with ``w = (-x) (+) y``."""
+    return st.logmap(x, y, -c, xp)
 
 
 def expmap0_kernel(u: Array, c: float, eps: float, xp: Namespace) -> Array:
-    sc = math.sqrt(c)
-    un = _norm(u, xp)
-    return _project(xp.tanh(sc * un) * u / (sc * un), c, eps, xp)
+    return _project(st.expmap0(u, -c, xp), c, eps, xp)
 
 
 def _logmap0(x: Array, c: float, xp: Namespace) -> Array:
-    a, n = _artanh_norm(x, c, xp)
-    return a * x / (math.sqrt(c) * n)
+    return st.logmap0(x, -c, xp)
 
 
 def _mobius_scalar_mul(r: Any, x: Array, c: float, eps: float, xp: Namespace) -> Array:
-    a, n = _artanh_norm(x, c, xp)
-    return _project(xp.tanh(r * a) * x / (math.sqrt(c) * n), c, eps, xp)
+    return _project(st.mobius_scalar_mul(r, x, -c, xp), c, eps, xp)
 
 
 def _to_klein(x: Array, c: float, xp: Namespace) -> Array:
@@ -337,33 +285,13 @@ def _from_klein(k: Array, c: float, eps: float, xp: Namespace) -> Array:
     return _project(k / (1.0 + root), c, eps, xp)
 
 
-def pairwise_sqdist(a: Array, b: Array, xp: Namespace) -> Array:
-    """``|a_i - b_j|^2`` for ``a (..., M, D)``, ``b (..., N, D)`` -> ``(..., M, N)``.
-
-    Computed from the differences themselves (in blocks of rows, so memory stays bounded), not from
-    ``|a|^2 + |b|^2 - 2<a, b>``, whose cancellation would give distances of order ``sqrt(eps)``
-    (about 3e-4 in float32) between a query and an equal key, as in self-attention.
-    """
-    m, n, d = int(a.shape[-2]), int(b.shape[-2]), int(a.shape[-1])
-    batch = math.prod(np.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2])))
-    rows = max(1, _PAIR_BLOCK // max(1, batch * n * d))
-    bb = xp.expand_dims(b, axis=-3)
-    if rows >= m:
-        diff = xp.expand_dims(a, axis=-2) - bb
-        return xp.vecdot(diff, diff, axis=-1)
-    parts = []
-    for i in range(0, m, rows):
-        diff = xp.expand_dims(a[..., i : i + rows, :], axis=-2) - bb
-        parts.append(xp.vecdot(diff, diff, axis=-1))
-    return xp.concat(parts, axis=-2)
+#: ``|a_i - b_j|^2`` for ``a (..., M, D)``, ``b (..., N, D)`` -> ``(..., M, N)`` (see the stereographic module)
+pairwise_sqdist = st.pairwise_sqdist
 
 
 def pairwise_dist_kernel(a: Array, b: Array, c: float, xp: Namespace) -> Array:
     """``d_c(a_i, b_j)`` for ``a (..., M, D)``, ``b (..., N, D)`` -> ``(..., M, N)``."""
-    sq = pairwise_sqdist(a, b, xp)
-    ba = _one_minus(_sqnorm(a, xp), c, xp)  # (..., M, 1)
-    bb = xp.expand_dims(_one_minus(_sqnorm(b, xp, False), c, xp), axis=-2)  # (..., 1, N)
-    return _dist_from_sq(sq, ba, bb, c, xp)
+    return st.pairwise_dist(a, b, -c, xp)
 
 
 def einstein_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace) -> Array:
@@ -374,11 +302,7 @@ def einstein_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace) 
     ``m_K = (w @ (lambda x)) / (w @ (lambda - 1))``: two matrix products. A row of zero weights
     (a fully masked query) gives the origin.
     """
-    lam = 2.0 / _one_minus(_sqnorm(x, xp), c, xp)  # (..., N, 1)
-    num = xp.matmul(w, lam * x)
-    den = xp.matmul(w, lam - 1.0)
-    k = num / xp.clip(den, min=float(xp.finfo(den.dtype).smallest_normal))
-    return _from_klein(k, c, eps, xp)
+    return _project(st.midpoint_aggregate(w, x, -c, xp), c, eps, xp)
 
 
 def frechet_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace, iters: int, tol: float, init: Array | None = None) -> Array:
@@ -394,10 +318,6 @@ def frechet_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace, i
     step ``t = 1`` overshoots and diverges once points are spread more than about 2/sqrt(c) apart,
     which negative curvature makes common. Starts at the Einstein midpoint (``init``), a close
     guess, and stops when the longest step is shorter than ``tol`` (in distance) or after ``iters``.
-    On traced values (``jax.jit``, ``torch.compile``) the stopping test cannot end a Python loop: all
-    ``iters`` steps are traced (compile time grows with ``iters``; lower ``frechet_iters`` there), and
-    the means are frozen from the step on which the test would have stopped, so the result equals
-    the untraced one.
 
     The sum of logarithms is assembled from ``(..., M, N)`` scalars and one matrix product:
     ``log_mu(x) = (1 - c|mu|^2) g(z) / delta * ((1 - c|mu|^2) x - alpha mu)`` with
@@ -405,38 +325,8 @@ def frechet_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace, i
     ``z = sqrt(c)|(-mu) (+) x|`` and ``g(z) = artanh(z)/z``, where ``alpha = c|mu - x|^2 + (1 - c|mu|^2)``
     and ``delta = c|mu - x|^2 + (1 - c|mu|^2)(1 - c|x|^2)`` avoid cancellation.
     """
-    sc = math.sqrt(c)
     mu = einstein_aggregate(w, x, c, eps, xp) if init is None else init
-    bxn = xp.expand_dims(_one_minus(_sqnorm(x, xp, False), c, xp), axis=-2)  # (..., 1, N)
-    zmax = 1.0 - float(xp.finfo(x.dtype).eps)
-    if math.prod(mu.shape) == 0:
-        return mu
-    done = xp.asarray(False, device=array_api_compat.device(mu))
-    for _ in range(iters):
-        sq = pairwise_sqdist(mu, x, xp)  # (..., M, N)
-        bmu = _one_minus(_sqnorm(mu, xp), c, xp)  # (..., M, 1)
-        alpha = c * sq + bmu
-        delta = c * sq + bmu * bxn
-        z = xp.clip(xp.sqrt(xp.clip(c * sq / delta, min=_MIN_SQ)), max=zmax)
-        g = xp.atanh(z) / z
-        a = w * g / delta
-        v = bmu * (bmu * xp.matmul(a, x) - xp.sum(a * alpha, axis=-1, keepdims=True) * mu)
-        sd = xp.clip(sc * _dist_from_sq(sq, bmu, bxn, c, xp), min=1e-4)
-        lip = xp.sum(w * (sd / xp.tanh(sd)), axis=-1, keepdims=True)
-        step = v / xp.clip(lip, min=1.0)
-        # Riemannian length of the step: lambda_mu |step|
-        moved = 2.0 * _norm(step, xp) / bmu
-        going = xp.max(moved) > tol
-        if is_traced(going):
-            # no early exit inside a graph: every one of the ``iters`` steps is traced, and the
-            # means stop moving at the step that would have ended the loop (the same result)
-            mu = xp.where(done, mu, _expmap(mu, step, c, eps, xp))
-            done = done | ~going
-            continue
-        mu = _expmap(mu, step, c, eps, xp)
-        if not bool(going):
-            break
-    return mu
+    return st.frechet_aggregate(w, x, -c, xp, iters=iters, tol=tol, init=mu, eps=eps)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ class FlashAttention(Mechanism):
         p = self.dropout if self.training else 0.0
         out = sdpa(
             s.q, s.k, s.v, xp=s.xp, scale=self.effective_scale, mask=s.mask, causal=self.causal,
-            dropout_p=p, rng=self._rng(), block_size=self.block_size,
+            dropout_p=p, rng=self._rng() if p > 0 else None, block_size=self.block_size,
             backend="auto" if self.simd else "generic",
         )
         return s.finish(out)

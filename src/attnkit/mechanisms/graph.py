@@ -6,18 +6,21 @@
 ``GATConv``/``GATv2Conv(edge_dim=...)``. For target node ``i``, neighbour ``j`` (an edge ``j -> i``) with
 edge features ``e_ij`` and head ``h``:
 
-* v1: ``s_ij = LeakyReLU(a_dst . W x_i + a_src . W x_j + a_edge . W_e e_ij)``, message ``W x_j``;
-* v2: ``s_ij = a . LeakyReLU(W_r x_i + W_l x_j + W_e e_ij)``, message ``W_l x_j``;
+* v1: ``s_ij = LeakyReLU(a_dst . W_dst x_i + a_src . W_src x_j + a_edge . W_e e_ij)``, message ``W_src x_j``;
+* v2: ``s_ij = a . LeakyReLU(W_r x_i + b_r + W_l x_j + b_l + W_e e_ij)``, message ``W_l x_j + b_l``;
 
 ``alpha_ij = softmax_j(s_ij)`` over the incoming edges of ``i`` (a segment softmax over the edge list),
-``out_i = sum_j alpha_ij m_j`` per head, heads concatenated (``concat=True``) or averaged, plus a bias.
+``out_i = sum_j alpha_ij m_j`` per head, heads concatenated (``concat=True``) or averaged, plus the
+residual ``W_res x_i`` (``residual=True``) and a bias. The formulas live in :mod:`attnkit.kernels.gat`
+with PyG's semantics (self loops and their ``fill_value``, bipartite inputs, 1-D edge weights), and
+the layer is tested against PyG's layers option by option.
 
 :class:`GraphRoPEAttention` is parameter-free scaled dot-product attention over graph neighbours in which
 queries and keys are rotated by their nodes' positions with a rotary embedding (Su et al. 2021), so a
 score depends on the features and the *difference* of the positions (hop distance, order in a
 traversal, a coordinate along a path, ...): ``s_ij = scale <R(p_i) q_i, R(p_j) k_j>``.
 
-Both take two forms: the neighbour form ``forward(query, neighbours, third, mask)`` (one or many
+Both take two forms: the neighbour form ``forward(query, key, ...)`` with ``key`` the neighbours (one or many
 target nodes, each with its own or a shared set of ``k`` neighbours, like ``ScaledDotProduct``), and the
 whole-graph form ``forward_graph(..., edge_index)`` with ``edge_index (2, E)`` holding ``(src, dst)``
 rows: messages flow from ``src`` to ``dst``.
@@ -39,6 +42,7 @@ from .._array import (
     check_finite,
     common_float_dtype,
     compute_dtype,
+    finite_float,
     namespace,
     non_negative_float,
     non_negative_int,
@@ -50,6 +54,7 @@ from .._array import (
     to_numpy,
 )
 from ..errors import ConfigError, DTypeError, ShapeError
+from ..kernels import gat
 from ..kernels.masks import prepare_mask
 from ..kernels.rope import RotaryEmbedding
 from ..kernels.segment import segment_softmax, segment_sum
@@ -61,12 +66,8 @@ from .registry import register
 __all__ = ["EdgeFeaturedAttention", "GraphRoPEAttention", "edge_list"]
 
 
-def edge_list(edge_index: Any, num_nodes: int, self_loops: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate ``edge_index (2, E)`` and return ``(src, dst, original)`` int64 NumPy arrays.
-
-    With ``self_loops`` every existing ``i -> i`` edge is removed and one self loop per node appended;
-    ``original`` indexes the kept input edges (the appended loops come after them).
-    """
+def _edge_index(edge_index: Any, num_src: int, num_dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``edge_index (2, E)`` (rows ``src``, ``dst``) against the node counts; int64 NumPy rows."""
     try:
         raw = to_numpy(edge_index) if array_api_compat.is_array_api_obj(edge_index) else np.asarray(edge_index)
     except (TypeError, ValueError) as exc:
@@ -78,46 +79,59 @@ def edge_list(edge_index: Any, num_nodes: int, self_loops: bool) -> tuple[np.nda
     if raw.size and raw.dtype.kind not in "iu":
         raise DTypeError(f"edge_index: expected integer node indices, got dtype {raw.dtype}")
     ei = raw.astype(np.int64)
-    if ei.size and (ei.min() < 0 or ei.max() >= num_nodes):
-        bad = int(ei.min()) if ei.min() < 0 else int(ei.max())
-        raise ShapeError(f"edge_index: node indices must lie in [0, {num_nodes}) (the number of nodes), got {bad}")
-    src, dst = ei[0], ei[1]
-    original = np.arange(src.shape[0])
+    for row, name, n in ((0, "source", num_src), (1, "target", num_dst)):
+        r = ei[row]
+        if r.size and (r.min() < 0 or r.max() >= n):
+            bad = int(r.min()) if r.min() < 0 else int(r.max())
+            raise ShapeError(f"edge_index: {name} indices (row {row}) must lie in [0, {n}) (the number of {name} nodes), got {bad}")
+    return ei[0], ei[1]
+
+
+def edge_list(edge_index: Any, num_nodes: int, self_loops: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate ``edge_index (2, E)`` and return ``(src, dst, original)`` int64 NumPy arrays.
+
+    With ``self_loops`` every existing ``i -> i`` edge is removed and one self loop per node appended
+    (PyG's ``remove_self_loops`` + ``add_self_loops``); ``original`` indexes the kept input edges.
+    """
+    src, dst = _edge_index(edge_index, num_nodes, num_nodes)
     if self_loops:
-        keep = src != dst
-        src, dst, original = src[keep], dst[keep], original[keep]
-        loops = np.arange(num_nodes, dtype=np.int64)
-        src = np.concatenate([src, loops])
-        dst = np.concatenate([dst, loops])
-    return src, dst, original
-
-
-def _leaky_relu(x: Array, slope: float, xp: Namespace) -> Array:
-    return xp.where(x >= 0, x, x * slope)
+        return gat.remove_and_add_self_loops(src, dst, num_nodes)
+    return src, dst, np.arange(src.shape[0])
 
 
 @register
 class EdgeFeaturedAttention(LearnedParams, Mechanism):
-    """Graph attention (GAT v1 / GATv2) with edge features; learned, seeded weights.
+    """Graph attention (GAT v1 / GATv2) with edge features and PyTorch Geometric's options; learned, seeded weights.
 
-    Options: ``dim`` node feature width (64); ``edge_dim`` edge feature width (0, as PyG's ``edge_dim=None``: no edge features);
-    ``heads`` (1); ``out_dim`` output width (default ``dim``; with ``concat=True`` each head has
-    ``out_dim // heads`` channels, which must divide); ``version`` ``"v1"`` or ``"v2"``;
-    ``negative_slope`` of the LeakyReLU (0.2); ``self_loops`` (True): every node also attends to itself,
-    with the mean of its incoming edges' features as the loop's edge features (zeros if it has none),
-    and existing self loops in an edge list are replaced; ``concat`` heads (True) or average them;
-    ``bias`` (True); ``seed`` for the Glorot initialisation; ``check_finite``.
+    It computes what PyG's ``GATConv`` (``version="v1"``) and ``GATv2Conv`` (``version="v2"``) compute,
+    with the same parameter names (see :mod:`attnkit.kernels.gat` for the formulas), so their state dicts
+    load as they are (:func:`attnkit.weights.from_pyg_gat` / :func:`~attnkit.weights.to_pyg_gat`).
 
-    Parameters (``torch.nn.Linear`` layout, ``C`` channels per head): v1 ``lin.weight (H*C, dim)``,
-    ``att_src``, ``att_dst``, ``att_edge (H, C)``; v2 ``lin_l.weight``, ``lin_r.weight (H*C, dim)``,
-    ``att (H, C)``; both ``lin_edge.weight (H*C, edge_dim)`` (when ``edge_dim > 0``) and ``bias``.
+    Options: ``dim`` source node width (64; a pair ``(src, dst)`` as PyG's ``in_channels`` tuple sets
+    ``dst_dim`` too); ``dst_dim`` target node width for bipartite graphs (default ``dim``: one node set;
+    given, GAT uses separate ``lin_src``/``lin_dst`` as PyG does for a tuple ``in_channels``);
+    ``edge_dim`` edge feature width (0, as PyG's ``edge_dim=None``: none); ``heads`` (1); ``out_dim`` output width (default
+    ``dim``; with ``concat=True`` each head has ``out_dim // heads`` channels, which must divide);
+    ``version`` ``"v1"``/``"v2"``; ``negative_slope`` (0.2); ``self_loops`` (PyG's ``add_self_loops``,
+    True): existing ``i -> i`` edges are dropped and a loop added for every node ``i < min(N_src, N_dst)``;
+    ``fill_value`` the loops' edge features: ``"mean"`` (PyG's default), ``"add"``, ``"max"``, ``"min"`` of
+    the node's incoming edge features, or a number (or, from Python, a length-``edge_dim`` vector);
+    ``concat`` heads (True) or average them; ``bias`` (True: the output bias, and for v2 the biases of
+    ``lin_l``/``lin_r``, as PyG); ``residual`` (False: adds ``res.weight @ x_dst``); ``share_weights`` (v2
+    only, False: one ``lin_l`` for sources and targets); ``seed`` of the Glorot initialisation; ``check_finite``.
+
+    Parameters (``C`` channels per head, ``O`` = ``H*C`` with concat, else ``C``): v1 ``lin.weight
+    (H*C, dim)`` (or ``lin_src.weight (H*C, dim)`` and ``lin_dst.weight (H*C, dst_dim)``), ``att_src``,
+    ``att_dst``, ``att_edge`` ``(H, C)``; v2 ``lin_l.weight (H*C, dim)``, ``lin_r.weight (H*C, dst_dim)``,
+    ``lin_l.bias``, ``lin_r.bias`` ``(H*C,)``, ``att (H, C)``; both ``lin_edge.weight (H*C, edge_dim)``,
+    ``res.weight (O, dst_dim)``, ``bias (O,)``.
     """
 
     name = "edge_featured"
-    summary = "graph attention (GAT v1/v2) with edge features, edge-list or neighbour form"
+    summary = "graph attention (GAT v1/v2, PyG GATConv/GATv2Conv options) with edge features, edge-list or neighbour form"
     input_layout = "graph"
     key_required = True
-    shape_options = {"dim": ("query", -1), "edge_dim": ("edge_features", -1)}
+    shape_options = {"dim": ("key", -1), "edge_dim": ("edge_features", -1)}
     example_options = {"dim": 4, "edge_dim": 2, "heads": 2}
 
     def __init__(
@@ -133,9 +147,19 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         bias: bool = True,
         seed: int | None = 0,
         check_finite: bool = True,
+        dst_dim: int | None = None,
+        fill_value: float | str = "mean",
+        residual: bool = False,
+        share_weights: bool = False,
     ) -> None:
         super().__init__()
+        if isinstance(dim, (tuple, list)):
+            if len(dim) != 2 or dst_dim is not None:
+                raise ConfigError(f"dim: expected an int or a pair (src_dim, dst_dim) (and then no dst_dim), got {dim!r}")
+            dim, dst_dim = dim
         self.dim = positive_int(dim, "dim")
+        self.bipartite = dst_dim is not None
+        self.dst_dim = self.dim if dst_dim is None else positive_int(dst_dim, "dst_dim")
         self.edge_dim = non_negative_int(edge_dim, "edge_dim")
         self.heads = positive_int(heads, "heads")
         self.out_dim = self.dim if out_dim is None else positive_int(out_dim, "out_dim")
@@ -145,10 +169,28 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         self.version = one_of(version, "version", ("v1", "v2"))
         self.negative_slope = non_negative_float(negative_slope, "negative_slope")
         self.self_loops = bool(self_loops)
+        self.fill_value = self._fill(fill_value)
         self.bias = bool(bias)
+        self.residual = bool(residual)
+        self.share_weights = bool(share_weights)
+        if self.share_weights and (self.version != "v2" or self.dst_dim != self.dim):
+            raise ConfigError("share_weights: needs version='v2' and sources and targets of one width (dst_dim == dim)")
         self.seed = seed
         self.check_finite = bool(check_finite)
         self._params = self._init_params(np.random.default_rng(seed))
+
+    def _fill(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return one_of(value, "fill_value", gat.LOOP_REDUCTIONS)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return finite_float(value, "fill_value")
+        arr = np.asarray(to_numpy(value) if array_api_compat.is_array_api_obj(value) else value, dtype=np.float64)
+        if arr.shape != (self.edge_dim,) or not np.isfinite(arr).all():
+            raise ConfigError(
+                f"fill_value: expected 'mean', 'add', 'max', 'min', a finite number or a finite vector of length "
+                f"edge_dim = {self.edge_dim}, got {value!r}"
+            )
+        return arr
 
     @property
     def channels(self) -> int:
@@ -157,15 +199,29 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         h, c = self.heads, self.channels
+        hc = h * c
         shapes: dict[str, tuple[int, ...]] = {}
         if self.version == "v1":
-            shapes.update({"lin.weight": (h * c, self.dim), "att_src": (h, c), "att_dst": (h, c)})
+            if self.bipartite:
+                shapes.update({"lin_src.weight": (hc, self.dim), "lin_dst.weight": (hc, self.dst_dim)})
+            else:
+                shapes["lin.weight"] = (hc, self.dim)
+            shapes.update({"att_src": (h, c), "att_dst": (h, c)})
             if self.edge_dim:
                 shapes["att_edge"] = (h, c)
         else:
-            shapes.update({"lin_l.weight": (h * c, self.dim), "lin_r.weight": (h * c, self.dim), "att": (h, c)})
+            shapes["lin_l.weight"] = (hc, self.dim)
+            if self.bias:
+                shapes["lin_l.bias"] = (hc,)
+            if not self.share_weights:
+                shapes["lin_r.weight"] = (hc, self.dst_dim)
+                if self.bias:
+                    shapes["lin_r.bias"] = (hc,)
+            shapes["att"] = (h, c)
         if self.edge_dim:
-            shapes["lin_edge.weight"] = (h * c, self.edge_dim)
+            shapes["lin_edge.weight"] = (hc, self.edge_dim)
+        if self.residual:
+            shapes["res.weight"] = (self.out_dim if self.concat else c, self.dst_dim)
         if self.bias:
             shapes["bias"] = (self.out_dim,)
         return shapes
@@ -173,30 +229,39 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
     def _init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         p: dict[str, np.ndarray] = {}
         for key, shape in self.param_shapes().items():
-            if key == "bias":
+            if key.endswith("bias"):
                 p[key] = np.zeros(shape, dtype=np.float32)
             elif key.endswith(".weight"):
                 p[key] = glorot(rng, shape, shape[1], shape[0])
-            else:  # attention vectors (H, C), Glorot over (1, C) like PyG
-                p[key] = glorot(rng, shape, 1, shape[1])
+            else:  # attention vectors (H, C): PyG's Glorot over (1, H, C)
+                p[key] = glorot(rng, shape, shape[0], shape[1])
         return p
 
+    def _set_params(self, params: dict[str, Any]) -> None:
+        """Accept PyG's ``(1, H, C)`` attention vectors and a ``share_weights`` GATv2's duplicate ``lin_r``."""
+        from ..weights import from_pyg_gat, is_pyg_gat
+
+        if is_pyg_gat(params):
+            params = from_pyg_gat(params)
+            if self.share_weights and "lin_r.weight" in params:
+                for part in ("weight", "bias"):
+                    r = params.pop(f"lin_r.{part}", None)
+                    if r is not None and not np.array_equal(np.asarray(r), np.asarray(params.get(f"lin_l.{part}"))):
+                        raise ConfigError(f"weights: lin_r.{part} differs from lin_l.{part}, but this layer has share_weights=True")
+        super()._set_params(params)
+
+    def pyg_state_dict(self) -> dict[str, np.ndarray]:
+        """The parameters as a PyG ``GATConv``/``GATv2Conv`` state dict (``att_*`` of shape ``(1, H, C)``;
+        with ``share_weights`` PyG's ``lin_r`` is ``lin_l`` again)."""
+        from ..weights import to_pyg_gat
+
+        self._check_alive()
+        p = dict(self._params)
+        if self.share_weights:
+            p.update({k.replace("lin_l.", "lin_r."): v for k, v in self._params.items() if k.startswith("lin_l.")})
+        return to_pyg_gat(p)
+
     # ------------------------------------------------------------------ helpers
-    def _lin(self, x: Array, w: Array, xp: Namespace) -> Array:
-        """``x W^T`` reshaped to ``(..., H, C)``."""
-        y = x @ xp.matrix_transpose(w)
-        return xp.reshape(y, (*y.shape[:-1], self.heads, self.channels))
-
-    def _finish(self, out: Array, p: dict[str, Array], xp: Namespace) -> Array:
-        """``(..., H, C)`` -> concatenated or averaged heads, plus bias."""
-        if self.concat:
-            out = xp.reshape(out, (*out.shape[:-2], self.heads * self.channels))
-        else:
-            out = xp.mean(out, axis=-2)
-        if self.bias:
-            out = out + p["bias"]
-        return out
-
     def _input(self, x: Any, name: str, width: int, xp: Namespace, min_ndim: int, layout: str) -> Array:
         x = as_float_array(x, name, xp)
         if x.ndim < min_ndim or x.shape[-1] != width:
@@ -205,31 +270,14 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
             check_finite(x, name, xp)
         return x
 
-    def _logits_and_messages(
-        self, xi: Array, xj: Array, ef: Array | None, p: dict[str, Array], xp: Namespace
-    ) -> tuple[Array, Array]:
-        """Per-edge logits ``(..., H)`` and messages ``(..., H, C)`` from target ``xi`` / source ``xj`` rows."""
-        ew = self._lin(ef, p["lin_edge.weight"], xp) if ef is not None else None
-        if self.version == "v1":
-            wj = self._lin(xj, p["lin.weight"], xp)
-            wi = self._lin(xi, p["lin.weight"], xp)
-            s = xp.sum(wj * p["att_src"], axis=-1) + xp.sum(wi * p["att_dst"], axis=-1)
-            if ew is not None:
-                s = s + xp.sum(ew * p["att_edge"], axis=-1)
-            return _leaky_relu(s, self.negative_slope, xp), wj
-        wj = self._lin(xj, p["lin_l.weight"], xp)
-        z = wj + self._lin(xi, p["lin_r.weight"], xp)
-        if ew is not None:
-            z = z + ew
-        return xp.sum(_leaky_relu(z, self.negative_slope, xp) * p["att"], axis=-1), wj
-
     # ------------------------------------------------------------------ neighbour form
     def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, edge_features: Any = None) -> Array:
-        """Neighbour form: ``query (..., dim)`` target node(s), ``key (..., k, dim)`` their neighbours
-        (which also carry the messages, so ``value`` must be left out), ``edge_features (..., k,
-        edge_dim)`` of the edges neighbour -> target, ``mask (..., k)`` (True = a real neighbour). Batch
-        dimensions broadcast. Returns ``(..., out_dim)``; a target with no neighbour left (and no self
-        loop) gets zeros (plus the bias).
+        """Neighbour form: ``query (..., dst_dim)`` target node(s), ``key (..., k, dim)`` their neighbours
+        (the sources, which also carry the messages, so ``value`` must be left out), ``edge_features
+        (..., k, edge_dim)`` of the edges neighbour -> target, ``mask (..., k)`` (True = a real
+        neighbour). Batch dimensions broadcast. Returns ``(..., out_dim)``; a target with no neighbour
+        left (and no self loop) gets zeros (plus residual and bias). The self loop takes the query as its
+        own source (so it needs ``dst_dim == dim``) with the ``fill_value`` edge features.
         """
         return super().forward(query, key, value, mask=mask, edge_features=edge_features)
 
@@ -239,24 +287,24 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         return super().attention_weights(query, key, mask=mask, edge_features=edge_features)
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, edge_features: Any = None) -> Array:
-        alpha, msg, p, xp, out_dtype = self._neighbour_attention(params, query, key, value, mask, edge_features)
-        out = self._finish(xp.sum(alpha[..., None] * msg, axis=-3), p, xp)
+        alpha, hs, qb, p, xp, out_dtype = self._neighbour_attention(params, query, key, value, mask, edge_features)
+        out = gat.finish(p, xp.sum(alpha[..., None] * hs, axis=-3), qb, self.concat, xp)
         return xp.astype(out, out_dtype) if out.dtype != out_dtype else out
 
     def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, edge_features: Any = None) -> Array:
-        alpha, _, _, xp, out_dtype = self._neighbour_attention(params, query, key, None, mask, edge_features)
+        alpha, _, _, _, xp, out_dtype = self._neighbour_attention(params, query, key, None, mask, edge_features)
         alpha = xp.moveaxis(alpha, -1, -2)  # (..., H, k'): each row sums to 1, as every mechanism's weights
         return xp.astype(alpha, out_dtype) if alpha.dtype != out_dtype else alpha
 
     def _neighbour_attention(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, mask: Any, edge_features: Any) -> tuple:
-        """``(alpha (..., k', H), messages (..., k', H, C), params, xp, out_dtype)`` of the neighbour form."""
+        """``(alpha (..., k', H), source projections (..., k', H, C), targets, params, xp, out_dtype)``."""
         neighbours = key
         if neighbours is None:
             raise ShapeError(f"key: expected the neighbours, an array of shape (..., k, {self.dim}), got None")
         if value is not None:
             raise ShapeError("value: graph attention sends messages from the neighbours (key); pass no value")
         xp = namespace(query, neighbours, edge_features)
-        q = self._input(query, "query", self.dim, xp, 1, "(..., dim)")
+        q = self._input(query, "query", self.dst_dim, xp, 1, "(..., dst_dim)")
         nb = self._input(neighbours, "key", self.dim, xp, 2, "(..., k, dim)")
         k = int(nb.shape[-2])
         ef = None
@@ -268,12 +316,14 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
                 raise ShapeError(f"edge_features: expected k = {k} rows along axis -2 (as neighbours), got {ef.shape[-2]}")
         elif edge_features is not None:
             raise ShapeError("edge_features: this layer has edge_dim = 0; pass None or build it with edge_dim > 0")
+        if self.self_loops and self.dst_dim != self.dim:
+            raise ConfigError("self_loops: a bipartite layer (dst_dim != dim) has self loops only in forward_graph; build it with self_loops=False")
         arrays = [q, nb] + ([ef] if ef is not None else [])
         try:
             batch = np.broadcast_shapes(tuple(q.shape[:-1]), tuple(nb.shape[:-2]), *([tuple(ef.shape[:-2])] if ef is not None else []))
         except ValueError:
             raise ShapeError(
-                f"query, neighbours, edge_features: batch dimensions {shape_str(q.shape[:-1])}, {shape_str(nb.shape[:-2])}"
+                f"query, key, edge_features: batch dimensions {shape_str(q.shape[:-1])}, {shape_str(nb.shape[:-2])}"
                 f"{', ' + shape_str(ef.shape[:-2]) if ef is not None else ''} do not broadcast"
             ) from None
         out_dtype = common_float_dtype(xp, *arrays)
@@ -287,7 +337,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
             raise DTypeError(f"mask: expected a bool mask (True = a real neighbour), got {m.dtype}")
         p = self._params_like(params, q)
         nb = xp.broadcast_to(nb, (*batch, k, self.dim))
-        qb = xp.broadcast_to(q, (*batch, self.dim))
+        qb = xp.broadcast_to(q, (*batch, self.dst_dim))
         if ef is not None:
             ef = xp.broadcast_to(ef, (*batch, k, self.edge_dim))
         if m is not None:
@@ -295,84 +345,115 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         if self.self_loops:
             nb = xp.concat([xp.expand_dims(qb, axis=-2), nb], axis=-2)
             if ef is not None:
-                if m is None:
-                    loop_e = xp.mean(ef, axis=-2, keepdims=True)
-                else:
-                    w = xp.astype(m, cdt)[..., None]
-                    cnt = xp.sum(w, axis=-2, keepdims=True)
-                    loop_e = xp.sum(ef * w, axis=-2, keepdims=True) / xp.where(cnt == 0, xp.ones_like(cnt), cnt)
-                ef = xp.concat([loop_e, ef], axis=-2)
+                ef = xp.concat([self._neighbour_loop_attr(ef, m, xp), ef], axis=-2)
             if m is not None:
                 m = xp.concat([xp.ones((*batch, 1), dtype=xp.bool, device=dev), m], axis=-1)
-        s, msg = self._logits_and_messages(xp.expand_dims(qb, axis=-2), nb, ef, p, xp)  # (..., k', H), (..., k', H, C)
+        hs, hd = gat.project(p, nb, xp.expand_dims(qb, axis=-2), self.heads, xp)  # (..., k', H, C), (..., 1, H, C)
+        s = gat.edge_logits(p, hs, hd, ef, self.heads, self.negative_slope, xp)  # (..., k', H)
         if m is not None:
             s = xp.where(m[..., None], s, xp.asarray(-xp.inf, dtype=s.dtype, device=dev))
-        alpha = safe_softmax(s, xp, axis=-2)
-        return alpha, msg, p, xp, out_dtype
+        return safe_softmax(s, xp, axis=-2), hs, qb, p, xp, out_dtype
+
+    def _neighbour_loop_attr(self, ef: Array, m: Array | None, xp: Namespace) -> Array:
+        """The self loop's edge features ``(..., 1, edge_dim)`` from the (unmasked) neighbours' ones."""
+        fv = self.fill_value
+        if not isinstance(fv, str):
+            fill = xp.asarray(fv, dtype=ef.dtype, device=array_api_compat.device(ef))
+            return xp.zeros_like(ef[..., :1, :]) + fill
+        w = xp.ones_like(ef[..., :1]) if m is None else xp.astype(m, ef.dtype)[..., None]
+        if fv in ("mean", "add", "sum"):
+            tot = xp.sum(ef * w, axis=-2, keepdims=True)
+            if fv != "mean":
+                return tot
+            cnt = xp.sum(w, axis=-2, keepdims=True)
+            return tot / xp.where(cnt == 0, xp.ones_like(cnt), cnt)
+        sign = 1.0 if fv == "max" else -1.0
+        neg = xp.asarray(-xp.inf, dtype=ef.dtype, device=array_api_compat.device(ef))
+        best = xp.max(xp.where(w > 0, sign * ef, neg), axis=-2, keepdims=True)
+        return xp.where(xp.isinf(best), xp.zeros_like(best), sign * best)
 
     # ------------------------------------------------------------------ whole-graph form
     def _graph_inputs(self, x: Any, edge_index: Any, edge_attr: Any) -> tuple:
-        xp = namespace(x, edge_attr)
-        x = self._input(x, "x", self.dim, xp, 2, "(N, dim)")
-        if x.ndim != 2:
-            raise ShapeError(f"x: expected node features of shape (N, {self.dim}), got {shape_str(x.shape)}")
-        n = int(x.shape[0])
-        src, dst, orig = edge_list(edge_index, n, self.self_loops)
-        e_in = int(np.asarray(to_numpy(edge_index) if array_api_compat.is_array_api_obj(edge_index) else edge_index).reshape(2, -1).shape[1])
+        pair = isinstance(x, (tuple, list))
+        if pair and len(x) != 2:
+            raise ShapeError(f"x: expected node features (N, dim) or a pair (x_src, x_dst), got a sequence of {len(x)}")
+        xs_in, xd_in = (x[0], x[1]) if pair else (x, None)
+        xp = namespace(xs_in, xd_in, edge_attr)
+        xs = self._input(xs_in, "x_src" if pair else "x", self.dim, xp, 2, "(N, dim)")
+        if xs.ndim != 2:
+            raise ShapeError(f"{'x_src' if pair else 'x'}: expected node features of shape (N, {self.dim}), got {shape_str(xs.shape)}")
+        if xd_in is None:
+            if self.dst_dim != self.dim:
+                raise ShapeError(f"x: this layer is bipartite (dim {self.dim}, dst_dim {self.dst_dim}); pass x = (x_src, x_dst)")
+            xd = xs
+        else:
+            xd = self._input(xd_in, "x_dst", self.dst_dim, xp, 2, "(N_dst, dst_dim)")
+            if xd.ndim != 2:
+                raise ShapeError(f"x_dst: expected node features of shape (N_dst, {self.dst_dim}), got {shape_str(xd.shape)}")
+        ns, nd = int(xs.shape[0]), int(xd.shape[0])
+        src, dst = _edge_index(edge_index, ns, nd)
+        e_in = int(src.shape[0])
         ef = None
         if self.edge_dim:
             if edge_attr is None:
                 raise ShapeError(f"edge_attr: expected an array of shape (E={e_in}, {self.edge_dim}) (edge_dim = {self.edge_dim}), got None")
-            ef = self._input(edge_attr, "edge_attr", self.edge_dim, xp, 2, "(E, edge_dim)")
-            if ef.ndim != 2 or ef.shape[0] != e_in:
+            ef = as_float_array(edge_attr, "edge_attr", xp)
+            if ef.ndim == 1 and self.edge_dim == 1:  # PyG: 1-D edge weights for edge_dim = 1
+                ef = xp.reshape(ef, (-1, 1))
+            if ef.ndim != 2 or ef.shape[0] != e_in or ef.shape[1] != self.edge_dim:
                 raise ShapeError(f"edge_attr: expected shape (E={e_in}, {self.edge_dim}) (one row per edge), got {shape_str(ef.shape)}")
+            if self.check_finite:
+                check_finite(ef, "edge_attr", xp)
         elif edge_attr is not None:
             raise ShapeError("edge_attr: this layer has edge_dim = 0; pass None or build it with edge_dim > 0")
-        out_dtype = common_float_dtype(xp, *([x] + ([ef] if ef is not None else [])))
+        out_dtype = common_float_dtype(xp, *([xs, xd] + ([ef] if ef is not None else [])))
         cdt = compute_dtype(xp, out_dtype)
-        x = xp.astype(x, cdt) if x.dtype != cdt else x
-        dev = array_api_compat.device(x)
-        if ef is not None:
-            ef = xp.astype(ef, cdt) if ef.dtype != cdt else ef
-            ef = xp.take(ef, xp.asarray(orig, device=dev), axis=0)
-            if self.self_loops:  # loop features: mean of each node's incoming (kept) edge features
-                kept_dst = xp.asarray(dst[: orig.shape[0]], device=dev)
-                tot = segment_sum(ef, kept_dst, n, xp)
-                cnt = np.bincount(dst[: orig.shape[0]], minlength=n).astype(np.float64)
-                cnt_x = xp.asarray(np.maximum(cnt, 1.0)[:, None], dtype=cdt, device=dev)
-                ef = xp.concat([ef, tot / cnt_x], axis=0)
-        return xp, x, src, dst, ef, out_dtype, dev
+        xs, xd = (xp.astype(a, cdt) if a.dtype != cdt else a for a in (xs, xd))
+        if self.self_loops:
+            nloops = min(ns, nd)
+            src, dst, kept = gat.remove_and_add_self_loops(src, dst, nloops)
+            if ef is not None:
+                ef = xp.astype(ef, cdt) if ef.dtype != cdt else ef
+                ef = xp.take(ef, gat.index(kept, ef, xp), axis=0)
+                loops = gat.loop_edge_attr(ef, dst[: kept.shape[0]], nloops, self.fill_value, xp)
+                ef = xp.concat([ef, loops], axis=0)
+        elif ef is not None and ef.dtype != cdt:
+            ef = xp.astype(ef, cdt)
+        return xp, xs, xd, src, dst, ef, out_dtype
+
+    def _graph(self, params: Mapping[str, Array], x: Any, edge_index: Any, edge_attr: Any) -> tuple:
+        xp, xs, xd, src, dst, ef, out_dtype = self._graph_inputs(x, edge_index, edge_attr)
+        p = self._params_like(params, xs)
+        hs, hd = gat.project(p, xs, xd, self.heads, xp)
+        src_x, dst_x = gat.index(src, xs, xp), gat.index(dst, xs, xp)
+        hs_e = xp.take(hs, src_x, axis=0)
+        s = gat.edge_logits(p, hs_e, xp.take(hd, dst_x, axis=0), ef, self.heads, self.negative_slope, xp)
+        alpha, agg = gat.aggregate(s, hs_e, dst_x, int(xd.shape[0]), xp)
+        return xp, p, xd, src, dst, alpha, agg, out_dtype
 
     def forward_graph(self, x: Any, edge_index: Any, edge_attr: Any = None) -> Array:
-        """Whole-graph form: ``x (N, dim)`` node features, ``edge_index (2, E)`` rows ``(src, dst)``
-        (messages flow ``src -> dst``), ``edge_attr (E, edge_dim)``. Returns ``(N, out_dim)``; the
-        attention of node ``i`` is a segment softmax over its incoming edges.
+        """Whole-graph form: ``x (N, dim)`` node features, or a pair ``(x_src (N_src, dim), x_dst (N_dst,
+        dst_dim))`` for a bipartite graph; ``edge_index (2, E)`` rows ``(src, dst)`` (messages flow ``src
+        -> dst``); ``edge_attr (E, edge_dim)`` (or ``(E,)`` when ``edge_dim = 1``). Returns ``(N_dst,
+        out_dim)``, as PyG's ``GATConv``/``GATv2Conv`` ``forward(x, edge_index, edge_attr)``.
         """
         self._check_alive()
-        xp, x, src, dst, ef, out_dtype, dev = self._graph_inputs(x, edge_index, edge_attr)
-        n = int(x.shape[0])
-        p = self._weights_like(x)
-        src_x, dst_x = xp.asarray(src, device=dev), xp.asarray(dst, device=dev)
-        s, msg = self._logits_and_messages(xp.take(x, dst_x, axis=0), xp.take(x, src_x, axis=0), ef, p, xp)
-        alpha = segment_softmax(s, dst_x, n, xp)  # (E, H)
-        out = self._finish(segment_sum(alpha[..., None] * msg, dst_x, n, xp), p, xp)
+        xp, p, xd, _, _, _, agg, out_dtype = self._graph(self._params, x, edge_index, edge_attr)
+        out = gat.finish(p, agg, xd, self.concat, xp)
         return xp.astype(out, out_dtype) if out.dtype != out_dtype else out
 
     def graph_attention_weights(self, x: Any, edge_index: Any, edge_attr: Any = None) -> tuple[np.ndarray, Array]:
-        """``(edges, alpha)``: the edges actually used (``(2, E')`` NumPy, self loops included) and their
-        attention ``(E', H)``; for each target node the weights of its incoming edges sum to 1."""
+        """``(edges, alpha)``: the edges actually used (``(2, E')`` NumPy, self loops appended after the
+        kept edges, as PyG's ``return_attention_weights``) and their attention ``(E', H)``; for each target
+        node the weights of its incoming edges sum to 1."""
         self._check_alive()
-        xp, x, src, dst, ef, out_dtype, dev = self._graph_inputs(x, edge_index, edge_attr)
-        p = self._weights_like(x)
-        dst_x = xp.asarray(dst, device=dev)
-        s, _ = self._logits_and_messages(xp.take(x, dst_x, axis=0), xp.take(x, xp.asarray(src, device=dev), axis=0), ef, p, xp)
-        alpha = segment_softmax(s, dst_x, int(x.shape[0]), xp)
+        xp, _, _, src, dst, alpha, _, out_dtype = self._graph(self._params, x, edge_index, edge_attr)
         return np.stack([src, dst]), (xp.astype(alpha, out_dtype) if alpha.dtype != out_dtype else alpha)
 
     def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         """``seq_len`` target nodes sharing ``seq_len`` neighbours (neighbour form; see :meth:`example_extras`)."""
         rng = rng or np.random.default_rng()
-        q = rng.standard_normal((seq_len, self.dim), dtype=np.float32)
+        q = rng.standard_normal((seq_len, self.dst_dim), dtype=np.float32)
         nb = rng.standard_normal((seq_len, self.dim), dtype=np.float32)
         return (q, nb)
 

@@ -20,7 +20,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, as_float_array, is_traced, non_negative_int, one_of, positive_float, positive_int, shape_str
+from .._array import Array, as_float_array, broadcast_shapes, is_traced, non_negative_int, one_of, positive_float, positive_int, shape_str
 from ..errors import ConfigError, ShapeError
 from ..kernels.linear import DEFAULT_CHUNK_SIZE, FEATURE_MAPS, default_nb_features, feature_dim, linear_attention, orthogonal_random_features
 from ..kernels.masks import prepare_mask
@@ -151,7 +151,7 @@ class LinearAttention(Mechanism):
             return None
         xp = s.xp
         lq, lk, heads = s.lq, s.lk, self.heads
-        batch = tuple(np.broadcast_shapes(tuple(s.q.shape[:-3]), tuple(s.k.shape[:-3]), tuple(s.v.shape[:-3])))
+        batch = broadcast_shapes(tuple(s.q.shape[:-3]), tuple(s.k.shape[:-3]), tuple(s.v.shape[:-3]))
         if not hasattr(mask, "shape") or not hasattr(mask, "dtype"):
             try:
                 mask = np.asarray(mask)
@@ -174,7 +174,7 @@ class LinearAttention(Mechanism):
         pm = prepare_mask(mask, xp, target, s.q.dtype, device=s.device)
         assert pm is not None
         if int(pm.shape[-2]) != 1:
-            # skipped on traced masks (no value to compare); the first query row is used for all
+            # skipped on traced masks (jax.jit, torch.compile: no value to compare); the first row is used
             same = xp.all(pm == pm[..., :1, :])
             if not is_traced(same) and not bool(same):
                 raise ShapeError(

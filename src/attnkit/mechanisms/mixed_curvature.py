@@ -31,7 +31,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
 from .._array import (
@@ -50,6 +49,7 @@ from .._array import (
 )
 from ..errors import ConfigError, ShapeError
 from ..kernels import poincare as pc
+from ..kernels import stereographic as st
 from ..kernels.masks import apply_mask
 from ..kernels.softmax import safe_softmax
 from ._headless import prepare_headless
@@ -65,22 +65,51 @@ def _safe_sqrt(x: Array, xp: Namespace) -> Array:
     return xp.where(pos, xp.sqrt(xp.where(pos, x, xp.ones_like(x))), xp.zeros_like(x))
 
 
+def _parse_factors(factors: Any, dim: int) -> list[tuple[int, float]]:
+    """``factors`` as a list of ``(width, κ)``: a sequence of pairs, or a string ``"w:κ,w:κ,..."``."""
+    if isinstance(factors, str):
+        try:
+            pairs = [tuple(part.split(":")) for part in factors.replace(" ", "").split(",") if part]
+            items = [(int(a), float(b)) for a, b in pairs]
+        except ValueError:
+            raise ConfigError(f"factors: expected 'width:kappa,width:kappa,...' (e.g. '8:0,8:-1,8:1'), got {factors!r}") from None
+    else:
+        try:
+            items = [(w, k) for w, k in factors]
+        except (TypeError, ValueError):
+            raise ConfigError(f"factors: expected a sequence of (width, kappa) pairs, got {factors!r}") from None
+    out = [(positive_int(w, "factors (width)"), finite_float(k, "factors (kappa)")) for w, k in items]
+    if not out or sum(w for w, _ in out) != dim:
+        raise ConfigError(f"factors: the widths must be at least one and add up to dim = {dim}, got {factors!r}")
+    return out
+
+
 @register
 class MixedCurvatureAttention(Mechanism):
-    """Distance attention in the product space ``E^{d_E} x B_c^{d_H}`` (see the module docstring).
+    """Distance attention in a product of constant-curvature spaces (see the module docstring).
 
-    Options: ``dim`` total width (64); ``euclidean_dim`` ``d_E`` leading Euclidean coordinates (default
-    ``dim // 2``; ``0`` gives pure hyperbolic, ``dim`` pure Euclidean attention); ``curvature`` ``c`` of the
-    hyperbolic factor (a negative value means the same ball); ``temperature`` ``T`` (1.0);
-    ``euclidean_weight`` ``w_E`` and ``hyperbolic_weight`` ``w_H`` (1.0 each, >= 0, not both 0);
-    ``aggregation`` ``"einstein"`` or ``"frechet"`` in the hyperbolic factor; ``input_space``: ``"ball"``
-    (hyperbolic coordinates are points of the ball, checked) or ``"tangent"`` (they are tangent vectors at
-    the origin, mapped in by ``exp_0``; the output's hyperbolic part is mapped back by ``log_0``);
+    Options: ``dim`` total width (64); ``factors``: the product ``[(width, κ), ...]`` (or the string
+    ``"w:κ,w:κ"``), widths adding up to ``dim``, each κ signed (κ < 0 a Poincaré ball, 0 Euclidean, κ > 0 a
+    projected sphere); ``factor_weights`` (one per factor, >= 0, not all 0; default 1 each). Without
+    ``factors`` the layer is ``E^{d_E} x B_c^{d_H}`` from the earlier options: ``euclidean_dim`` ``d_E``
+    (default ``dim // 2``; ``0`` pure hyperbolic, ``dim`` pure Euclidean), ``curvature`` ``c`` of the
+    hyperbolic factor (the ball parameter: ``c`` and ``-c`` both mean κ = ``-|c|``; 0 makes it flat),
+    ``euclidean_weight`` ``w_E`` and ``hyperbolic_weight`` ``w_H`` (1.0 each, >= 0, not both 0). Also
+    ``temperature`` ``T`` (1.0); ``aggregation`` ``"einstein"`` (gyromidpoint) or ``"frechet"`` in the curved
+    factors; ``input_space``: ``"ball"`` (points of the factors, ball points checked) or ``"tangent"``
+    (tangent vectors at the origin, mapped in by ``exp_0`` and the output mapped back by ``log_0``);
     ``check_finite``. Values are points of the same space (width ``dim``); the output too.
+
+    ``learn_curvature`` (False) makes the curved factors' κ parameters: ``param_shapes()`` gains
+    ``curvature_raw (n,)``, one unconstrained number per curved factor, mapped by
+    :func:`~attnkit.kernels.stereographic.curvature_from_raw` into ``(-R, 0)`` for a hyperbolic factor and
+    ``(0, R)`` for a spherical one (``R = 4 max(1, |κ|)``): each factor keeps its kind, as the fixed
+    signature of Gu et al. 2019, and flat factors stay flat. Ball inputs are then projected onto the
+    current balls instead of checked.
     """
 
     name = "mixed_curvature"
-    summary = "attention in a Euclidean x hyperbolic product space (product-metric distance weights)"
+    summary = "attention in a product of Euclidean, hyperbolic and spherical factors (product-metric distance weights)"
     input_layout = "headless"
     shape_options = {"dim": ("query", -1)}
     example_options = {"dim": 4}
@@ -97,14 +126,12 @@ class MixedCurvatureAttention(Mechanism):
         input_space: str = "ball",
         frechet_iters: int = 100,
         check_finite: bool = True,
+        factors: str | None = None,
+        factor_weights: str | None = None,
+        learn_curvature: bool = False,
     ) -> None:
         super().__init__()
         self.dim = positive_int(dim, "dim")
-        de = self.dim // 2 if euclidean_dim is None else non_negative_int(euclidean_dim, "euclidean_dim")
-        if de > self.dim:
-            raise ConfigError(f"euclidean_dim: expected at most dim = {self.dim}, got {euclidean_dim!r}")
-        self.euclidean_dim = de
-        self._c = pc.curvature_value(curvature, "curvature")
         self.curvature = finite_float(curvature, "curvature")
         self.temperature = positive_float(temperature, "temperature")
         self.euclidean_weight = finite_float(euclidean_weight, "euclidean_weight")
@@ -119,67 +146,134 @@ class MixedCurvatureAttention(Mechanism):
         self.input_space = one_of(input_space, "input_space", ("ball", "tangent"))
         self.frechet_iters = positive_int(frechet_iters, "frechet_iters")
         self.check_finite = bool(check_finite)
+        if factors is None:
+            de = self.dim // 2 if euclidean_dim is None else non_negative_int(euclidean_dim, "euclidean_dim")
+            if de > self.dim:
+                raise ConfigError(f"euclidean_dim: expected at most dim = {self.dim}, got {euclidean_dim!r}")
+            # d_0 = 2|x - y| in the κ-stereographic model, so w_E |x_E - y_E|^2 is the weight w_E / 4
+            legacy = [(de, 0.0, self.euclidean_weight / 4.0), (self.dim - de, -abs(self.curvature), self.hyperbolic_weight)]
+            self.factors = [(w, k) for w, k, _ in legacy if w]
+            weights = [fw for w, _, fw in legacy if w]
+            if factor_weights is not None:
+                raise ConfigError("factor_weights: given without factors; use euclidean_weight/hyperbolic_weight, or give factors")
+        else:
+            self.factors = _parse_factors(factors, self.dim)
+            de = sum(w for w, k in self.factors if k == 0.0)
+            if factor_weights is None:
+                weights = [1.0] * len(self.factors)
+            else:
+                raw = factor_weights.split(",") if isinstance(factor_weights, str) else list(factor_weights)
+                try:
+                    weights = [finite_float(float(v) if isinstance(v, str) else v, "factor_weights") for v in raw]
+                except ValueError as exc:
+                    raise ConfigError(f"factor_weights: expected numbers separated by commas, got {factor_weights!r}") from exc
+                if len(weights) != len(self.factors) or min(weights) < 0 or max(weights) == 0:
+                    raise ConfigError(
+                        f"factor_weights: expected {len(self.factors)} numbers >= 0 (one per factor), not all 0, got {factor_weights!r}"
+                    )
+        self.euclidean_dim = de
+        self.factor_weights = weights
+        self.learn_curvature = bool(learn_curvature)
+        # a learnable curved factor keeps its sign (Gu et al. 2019 learn curvatures of a fixed signature):
+        # κ < 0 in (-R, 0), κ > 0 in (0, R), R = 4 max(1, |κ|); flat factors stay flat
+        self._ranges = [(-4.0 * max(1.0, -k), 0.0) if k < 0 else (0.0, 4.0 * max(1.0, k)) for _, k in self.factors if k != 0.0]
+        if self.learn_curvature:
+            if not self._ranges:
+                raise ConfigError("learn_curvature: this product has no curved factor (every κ is 0) to learn")
+            curved = [k for _, k in self.factors if k != 0.0]
+            raws = [st.raw_from_curvature(k, lo, hi) for k, (lo, hi) in zip(curved, self._ranges, strict=True)]
+            self._params = {"curvature_raw": np.asarray(raws, dtype=np.float64)}
+
+    def curvatures(self) -> list[float]:
+        """Each factor's κ (the learned values with ``learn_curvature``)."""
+        if not self.learn_curvature:
+            return [k for _, k in self.factors]
+        raw = np.asarray(self._params["curvature_raw"], dtype=np.float64)
+        return [float(np.asarray(k).reshape(-1)[0]) for k in self._factor_kappas(raw, np)]
+
+    def _factor_kappas(self, raw: Any, xp: Namespace) -> list[Any]:
+        """κ of every factor: numbers, or (``learn_curvature``) arrays ``(1,)`` mapped from ``raw``."""
+        out, i = [], 0
+        for _, k in self.factors:
+            if k == 0.0 or not self.learn_curvature:
+                out.append(k)
+                continue
+            lo, hi = self._ranges[i]
+            out.append(st.curvature_from_raw(raw[i : i + 1], lo, hi, xp))
+            i += 1
+        return out
+
+    def _kappas_for(self, params: Mapping[str, Array], like: Array, xp: Namespace) -> list[Any]:
+        if not self.learn_curvature:
+            return [k for _, k in self.factors]
+        return self._factor_kappas(self._params_like(params, like)["curvature_raw"], xp)
 
     @property
     def c(self) -> float:
-        return self._c
+        """The ball parameter ``|curvature|`` of the legacy hyperbolic factor."""
+        return abs(self.curvature)
 
     @property
     def hyperbolic_dim(self) -> int:
         return self.dim - self.euclidean_dim
 
-    def _split(self, x: Array, name: str, xp: Namespace, eps: float, given: bool) -> tuple[Array, Array]:
-        de = self.euclidean_dim
-        e, h = x[..., :de], x[..., de:]
-        if h.shape[-1]:
+    def _split(self, x: Array, name: str, xp: Namespace, given: bool, kappas: list[Any]) -> list[Array]:
+        """The factors' coordinates of ``x``, mapped in from the tangent space (``input_space="tangent"``)
+        and, for the balls, checked to lie inside (projected onto them when κ is learned)."""
+        parts, start = [], 0
+        for (width, _), k in zip(self.factors, kappas, strict=True):
+            part = x[..., start : start + width]
             if self.input_space == "tangent":
-                h = pc.to_poincare(h, c=self._c)
-            elif given:
-                pc.check_in_ball(h, f"{name} (hyperbolic part, coordinates {de}..{self.dim - 1})", self._c, xp)
-        return e, h
+                part = st.project(st.expmap0(part, k, xp), k, pc.margin(part.dtype), xp)
+            elif self.learn_curvature:
+                part = st.project(part, k, pc.margin(part.dtype), xp)
+            elif given and k < 0:
+                pc.check_in_ball(part, f"{name} (factor of curvature {k:g}, coordinates {start}..{start + width - 1})", -k, xp)
+            parts.append(part)
+            start += width
+        return parts
 
-    def _distances(self, qe: Array, qh: Array, ke: Array, kh: Array, xp: Namespace) -> Array:
+    def _distances(self, qs: list[Array], ks: list[Array], kappas: list[Any], xp: Namespace) -> Array:
         sq = None
-        if self.euclidean_dim and self.euclidean_weight:
-            sq = self.euclidean_weight * pc.pairwise_sqdist(qe, ke, xp)
-        if self.hyperbolic_dim and self.hyperbolic_weight:
-            dh = pc.pairwise_distance(qh, kh, c=self._c)
-            part = self.hyperbolic_weight * dh * dh
-            sq = part if sq is None else sq + part
-        if sq is None:  # the only non-empty factor has weight 0: every key is equally far
-            shape = (*np.broadcast_shapes(tuple(qe.shape[:-2]), tuple(ke.shape[:-2])), int(qe.shape[-2]), int(ke.shape[-2]))
-            return xp.zeros(shape, dtype=qe.dtype, device=array_api_compat.device(qe))
+        for k, fw, qf, kf in zip(kappas, self.factor_weights, qs, ks, strict=True):
+            if fw:
+                d = st.pairwise_dist(qf, kf, k, xp)
+                sq = fw * d * d if sq is None else sq + fw * d * d
+        if sq is None:  # unreachable: some weight is > 0
+            raise ConfigError("factor_weights: every factor has weight 0")
         return _safe_sqrt(sq, xp)
 
-    def _weights(self, q: Any, keys: Any, values: Any, mask: Any) -> tuple:
+    def _weights(self, params: Mapping[str, Array], q: Any, keys: Any, values: Any, mask: Any) -> tuple:
         h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, values_width=self.dim, compute=pc.geometry_dtype)
         xp = h.xp
-        eps = pc.margin(h.out_dtype)
-        qe, qh = self._split(h.q, "query", xp, eps, True)
-        ke, kh = self._split(h.k, "key", xp, eps, keys is not None)
-        ve, vh = self._split(h.v, "value", xp, eps, values is not None)
-        logits = apply_mask(self._distances(qe, qh, ke, kh, xp) * (-1.0 / self.temperature), h.mask, xp)
-        return h, safe_softmax(logits, xp, axis=-1), ve, vh, eps
+        kappas = self._kappas_for(params, h.q, xp)
+        qs = self._split(h.q, "query", xp, True, kappas)
+        ks = self._split(h.k, "key", xp, keys is not None, kappas)
+        vs = self._split(h.v, "value", xp, values is not None, kappas)
+        logits = apply_mask(self._distances(qs, ks, kappas, xp) * (-1.0 / self.temperature), h.mask, xp)
+        return h, safe_softmax(logits, xp, axis=-1), vs, kappas
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Output points ``(..., Lq, dim)`` (``(dim,)`` for a single query)."""
-        h, w, ve, vh, eps = self._weights(query, key, value, mask)
+        h, w, vs, kappas = self._weights(params, query, key, value, mask)
         xp = h.xp
+        eps = pc.margin(h.out_dtype)
         parts = []
-        if self.euclidean_dim:
-            parts.append(w @ ve)
-        if self.hyperbolic_dim:
-            oh = pc.einstein_aggregate(w, vh, self._c, eps, xp)
+        for (_, k0), k, vf in zip(self.factors, kappas, vs, strict=True):
+            if k0 == 0.0:
+                parts.append(w @ vf)  # the gyromidpoint at κ = 0 (rows of w sum to 1, or are 0)
+                continue
+            o = st.project(st.midpoint_aggregate(w, vf, k, xp), k, eps, xp)
             if self.aggregation == "frechet":
-                oh = pc.frechet_aggregate(w, vh, self._c, eps, xp, self.frechet_iters, pc.default_tol(oh.dtype), init=oh)
+                o = st.frechet_aggregate(w, vf, k, xp, iters=self.frechet_iters, tol=pc.default_tol(o.dtype), init=o, eps=eps)
             if self.input_space == "tangent":
-                oh = pc.from_poincare(oh, c=self._c)
-            parts.append(oh)
+                o = st.logmap0(o, k, xp)
+            parts.append(o)
         return h.finish(parts[0] if len(parts) == 1 else xp.concat(parts, axis=-1))
 
     def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
         """``softmax(-d(q, k)/T)``: ``(..., Lq, Lk)`` (``(Lk,)`` for a single query)."""
-        h, w, _, _, _ = self._weights(query, key, None, mask)
+        h, w, _, _ = self._weights(params, query, key, None, mask)
         return h.finish(w)
 
     def distance(self, x: Any, y: Any) -> Array:
@@ -194,20 +288,22 @@ class MixedCurvatureAttention(Mechanism):
             check_finite(a, name, xp)
         dt = xp.result_type(xa, ya)
         xa, ya = xp.astype(xa, dt), xp.astype(ya, dt)
-        eps = pc.margin(dt)
-        xe, xh = self._split(xa, "x", xp, eps, True)
-        ye, yh = self._split(ya, "y", xp, eps, True)
-        return self._distances(xe, xh, ye, yh, xp)[..., 0, 0]
+        kappas = self._kappas_for(self._params, xa, xp)
+        return self._distances(self._split(xa, "x", xp, True, kappas), self._split(ya, "y", xp, True, kappas), kappas, xp)[..., 0, 0]
 
     def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
-        """``seq_len`` product points (float32): Gaussian Euclidean parts, ball (or tangent) hyperbolic parts."""
+        """``seq_len`` product points (float32): Gaussian flat parts, ball/sphere (or tangent) curved parts."""
         rng = rng or np.random.default_rng()
         seq_len = positive_int(seq_len, "seq_len")
         out = []
         for _ in range(3):
             u = rng.standard_normal((seq_len, self.dim)) / math.sqrt(self.dim)
-            if self.hyperbolic_dim and self.input_space == "ball":
-                u[:, self.euclidean_dim :] = pc.to_poincare(u[:, self.euclidean_dim :], c=self._c)
+            if self.input_space == "ball":
+                start = 0
+                for width, k in self.factors:
+                    if k != 0.0:
+                        u[:, start : start + width] = st.project(st.expmap0(u[:, start : start + width], k), k)
+                    start += width
             out.append(u.astype(np.float32))
         return tuple(out)
 
@@ -267,7 +363,7 @@ class DualSpaceAttention(Mechanism):
             parts.append((1.0 - self.mix) * (safe_softmax(logits, xp) @ va))
         if self.mix > 0.0:
             hyp = self._hyp.forward(qa, ka, va, mask=m)
-            parts.append(self.mix * pc.from_poincare(hyp, c=self._hyp.c))
+            parts.append(self.mix * self._hyp.from_poincare(hyp))
         return h.finish(parts[0] if len(parts) == 1 else parts[0] + parts[1])
 
     def dispose(self) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 from .._array import (
     Array,
     as_float_array,
+    broadcast_shapes,
     check_finite,
     common_float_dtype,
     compute_dtype,
@@ -156,7 +157,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
             raise ShapeError("key: pass key when value is given")
         xp = namespace(query, key, value)
         dims = self._in_dims()
-        flat = np.ndim(query) == 1
+        flat = (query.ndim if hasattr(query, "ndim") else np.ndim(query)) == 1  # np.ndim is not traceable by dynamo
         q = self._input(query, "query", self.model_dim, xp)
         k = self._input(key, "key", dims["k_proj"], xp)
         v = self._input(value, "value", dims["v_proj"], xp) if with_value else k
@@ -165,7 +166,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         if k.shape[-2] == 0:
             raise ShapeError("key: expected at least one key (Lk >= 1), got an empty key set")
         try:
-            batch = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+            batch = broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
         except ValueError:
             raise ShapeError(
                 f"query, key, value: batch dimensions {shape_str(q.shape[:-2])}, {shape_str(k.shape[:-2])}, "

@@ -1,0 +1,207 @@
+"""attnkit on Dask (issue 15): lazy graphs that equal NumPy, per-chunk finiteness, split-K exact
+attention against a float64 dense reference, and the same on a ``dask.distributed`` LocalCluster of two
+worker processes (loopback only), with worker memory bounded by the chunk sizes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+dask = pytest.importorskip("dask")
+
+import attnkit  # noqa: E402
+from attnkit.dask import split_k_attention  # noqa: E402
+from attnkit.mechanisms import registry  # noqa: E402
+
+NAMES = registry.names()
+
+
+def _no_compute(*args: object, **kwargs: object) -> None:
+    raise AssertionError("something was computed")
+
+
+def batched(mech: attnkit.Mechanism, n: int, batch: int, seed: int) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """The example inputs stacked ``batch`` times with different values (graph layouts: neighbours per target)."""
+    rng = np.random.default_rng(seed)
+    items = [mech.example_inputs(n, rng) for _ in range(batch)]
+    extras = [mech.example_extras(n, rng) for _ in range(batch)]
+    arrays = [np.stack([it[i] for it in items]) for i in range(len(items[0]))]
+    ex = {k: np.stack([e[k] for e in extras])[:, None] for k in extras[0]}
+    if mech.input_layout == "graph":
+        arrays = [arrays[0]] + [x[:, None] for x in arrays[1:]]
+    return arrays, ex
+
+
+def chunked(x: np.ndarray) -> da.Array:
+    return da.from_array(x, chunks=(1,) + x.shape[1:])
+
+
+def build(name: str) -> attnkit.Mechanism:
+    opts = dict(registry.get(name).example_options)
+    if name == "moe":
+        opts["expert_capacity"] = None  # capacity is per call: with it, each chunk routes within its own tokens
+    return registry.create(name, **opts)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_mechanism_is_lazy_keeps_batch_chunks_and_equals_numpy(name: str) -> None:
+    mech = build(name)
+    arrays, extras = batched(mech, 6, 4, seed=1)
+    expected = np.asarray(mech.forward(*arrays, **extras))
+    with dask.config.set(scheduler=_no_compute):
+        lazy = mech.forward(*(chunked(x) for x in arrays), **{k: chunked(v) for k, v in extras.items()})
+    assert isinstance(lazy, da.Array)
+    assert lazy.chunks[0] == (1, 1, 1, 1), lazy.chunks
+    out = lazy.compute(scheduler="sync")
+    assert out.shape == expected.shape and out.dtype == expected.dtype
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_moe_with_capacity_routes_each_chunk_like_a_separate_call() -> None:
+    mech = attnkit.MoEAttention(dim=4, num_experts=2, top_k=1, expert_capacity=0.5)
+    arrays, _ = batched(mech, 8, 3, seed=2)
+    lazy = mech.forward(*(chunked(x) for x in arrays)).compute(scheduler="sync")
+    for b in range(3):
+        np.testing.assert_allclose(lazy[b], mech.forward(*(x[b] for x in arrays)), rtol=1e-6, atol=1e-7)
+
+
+def test_a_chunk_with_nan_raises_when_computed_and_the_others_stay_computable() -> None:
+    mech = attnkit.FlashAttention(heads=2, dim=4)
+    q = np.random.default_rng(3).standard_normal((3, 5, 2, 4)).astype(np.float32)
+    q[1, 2, 0, 1] = np.nan
+    with dask.config.set(scheduler=_no_compute):
+        lazy = mech.forward(chunked(q))
+    with pytest.raises(attnkit.NonFiniteError, match="^query:"):
+        lazy.compute(scheduler="sync")
+    np.testing.assert_allclose(lazy[0].compute(scheduler="sync"), mech.forward(q[0]), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(lazy[2].compute(scheduler="sync"), mech.forward(q[2]), rtol=1e-6, atol=1e-7)
+
+
+def dense_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> np.ndarray:
+    """float64 softmax(q k^T / sqrt(D)) v, causal bottom-right aligned, rows with no key -> 0."""
+    q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
+    s = np.einsum("...qhd,...khd->...hqk", q64, k64) / math.sqrt(q.shape[-1])
+    lq, lk = q.shape[-3], k.shape[-3]
+    if causal:
+        allowed = np.arange(lk)[None, :] <= np.arange(lq)[:, None] + (lk - lq)
+        s = np.where(allowed, s, -np.inf)
+    m = s.max(-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    p = np.exp(s - m)
+    tot = p.sum(-1, keepdims=True)
+    p = p / np.where(tot == 0, 1.0, tot)
+    return np.einsum("...hqk,...khd->...qhd", p, v64)
+
+
+@pytest.mark.parametrize(("lq", "lk", "qc", "kc", "causal"), [
+    (37, 53, 10, 12, False), (37, 53, 10, 12, True), (53, 37, 9, 11, True), (64, 64, 16, 16, True), (5, 70, 5, 7, False),
+])
+def test_split_k_equals_dense_with_shards_that_do_not_divide_l(lq: int, lk: int, qc: int, kc: int, causal: bool) -> None:
+    rng = np.random.default_rng(lq * lk)
+    q = rng.standard_normal((2, lq, 3, 4)).astype(np.float32)
+    k = rng.standard_normal((2, lk, 3, 4)).astype(np.float32)
+    v = rng.standard_normal((2, lk, 3, 5)).astype(np.float32)
+    mech = attnkit.FlashAttention(heads=3, dim=4, causal=causal)
+    with dask.config.set(scheduler=_no_compute):
+        lazy = mech.forward(da.from_array(q, chunks=(1, qc, 3, 4)), da.from_array(k, chunks=(1, kc, 3, 4)), da.from_array(v, chunks=(1, kc, 3, 5)))
+    assert lazy.chunks[1] == da.from_array(q, chunks=(1, qc, 3, 4)).chunks[1]
+    out = lazy.compute(scheduler="sync")
+    ref = dense_reference(q, k, v, causal)
+    assert np.abs(out - ref).max() / max(1.0, np.abs(ref).max()) < 1e-5
+    np.testing.assert_allclose(out, mech.forward(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+def test_causal_split_k_skips_the_shards_above_the_diagonal() -> None:
+    q = da.zeros((64, 2, 4), chunks=(16, 2, 4), dtype=np.float32)
+    full = split_k_attention(q, q, q, heads=2, dim=4, causal=False)
+    causal = split_k_attention(q, q, q, heads=2, dim=4, causal=True)
+    parts = lambda a: sum(1 for key in a.__dask_graph__() if isinstance(key, tuple) and key[0].endswith("-part"))  # noqa: E731
+    assert parts(full) == 16 and parts(causal) == 10  # 4 x 4 tiles; causal keeps the 10 on or below the diagonal
+
+
+def test_split_k_bad_inputs_are_named() -> None:
+    q = da.zeros((8, 2, 4), chunks=(4, 2, 4))
+    with pytest.raises(attnkit.ShapeError, match="^query:"):
+        split_k_attention(q, q, q, heads=3, dim=4)
+    with pytest.raises(attnkit.ShapeError, match="^value:"):
+        split_k_attention(q, q, q[:5], heads=2, dim=4)
+
+
+# ----------------------------------------------------------------------------- a real cluster
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, memory_limit="2GiB") as lc, distributed.Client(lc) as client:
+        yield client
+
+
+def test_on_a_local_cluster_of_two_processes(cluster) -> None:
+    for name in ("flash", "multi_head", "hyperbolic", "moe", "edge_featured"):
+        mech = build(name)
+        arrays, extras = batched(mech, 6, 4, seed=5)
+        lazy = mech.forward(*(chunked(x) for x in arrays), **{k: chunked(v) for k, v in extras.items()})
+        np.testing.assert_allclose(cluster.compute(lazy).result(), mech.forward(*arrays, **extras), rtol=1e-6, atol=1e-6)
+    rng = np.random.default_rng(6)
+    q = rng.standard_normal((300, 2, 8)).astype(np.float32)
+    mech = attnkit.FlashAttention(heads=2, dim=8, causal=True)
+    lazy = mech.forward(da.from_array(q, chunks=(64, 2, 8)))
+    np.testing.assert_allclose(cluster.compute(lazy).result(), dense_reference(q, q, q, True), rtol=1e-5, atol=1e-5)
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def test_worker_memory_follows_the_chunks_not_l() -> None:
+    """Split-K at two sequence lengths, 4x apart, on fresh workers: the workers' peak memory above their
+    start-up stays under a bound set from the chunk sizes (it would grow 16x with L for dense scores)."""
+    distributed = pytest.importorskip("distributed")
+    h, d, chunk = 4, 32, 256
+    per_task = 4 * (3 * chunk * h * d + 2 * chunk * h * d) + 4 * h * 256 * 256 * 4  # blocks, partials, tile scratch
+    growth = {}
+    for L in (1024, 4096):
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                      dashboard_address=None, memory_limit="2GiB") as lc, distributed.Client(lc) as client:
+            base = max(client.run(_peak_rss).values())
+            q = da.random.default_rng(0).standard_normal((L, h, d), chunks=(chunk, h, d), dtype=np.float32)
+            out = attnkit.FlashAttention(heads=h, dim=d).forward(q)
+            total = float(client.compute(out.sum()).result())
+            assert math.isfinite(total)
+            growth[L] = max(client.run(_peak_rss).values()) - base
+    bound = 64 * 2**20 + 8 * per_task  # allocator and Dask overheads + a few tasks' worth of arrays
+    assert growth[1024] < bound and growth[4096] < bound, (growth, bound)
+
+
+def test_cli_runs_against_the_cluster_zarr_in_and_zarr_out(cluster, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    zarr = pytest.importorskip("zarr")
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((2, 300, 2, 8)).astype(np.float32)
+    k = rng.standard_normal((2, 200, 2, 8)).astype(np.float32)
+    zarr.save_array(str(tmp_path / "q.zarr"), q)
+    np.save(tmp_path / "k.npy", k)
+    cmd = [sys.executable, "-m", "attnkit.cli", "compute", "-t", "flash", "--heads", "2", "--dim", "8", "--causal",
+           "-q", "q.zarr", "-k", "k.npy", "-v", "k.npy", "--scheduler", cluster.scheduler.address, "--chunks", "1,128",
+           "-o", "out.zarr", "--json"]
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["scheduler"]["scheduler"] == cluster.scheduler.address and len(summary["scheduler"]["workers"]) == 2
+    assert summary["output"]["chunks"][:2] == [[1, 1], [128, 128, 44]]
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
+    np.testing.assert_allclose(out, dense_reference(q, k, k, True), rtol=1e-5, atol=1e-5)
+    # the output is never overwritten, and bad arguments exit 2 with one line
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "exists" in r.stderr
+    r = subprocess.run(cmd[:-5] + ["--chunks", "0", "-o", "x.zarr"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "chunks" in r.stderr
