@@ -274,6 +274,28 @@ def test_moe_routing_traced_equals_numpy_loops() -> None:
         np.testing.assert_array_equal(tg[1].numpy(), ref[1])
 
 
+def test_moe_equals_per_token_mixture() -> None:
+    """``out_t = sum_{kept r} g_{t,r} expert_{e(t,r)}(q_t)``, each expert called on one query at a time."""
+    moe = attnkit.MoEAttention(dim=8, num_experts=3, top_k=2, expert_capacity=0.6)
+    rng = np.random.default_rng(10)
+    q, k, v = (rng.standard_normal((2, 5, 8)) for _ in range(3))
+    out = moe.forward(q, k, v)
+    routing = moe.last_routing
+    probs = routing["probs"]
+    ref = np.zeros_like(out)
+    for t in range(10):
+        b, i = divmod(t, 5)
+        chosen = routing["experts"][t]
+        gates = probs[t, chosen] / probs[t, chosen].sum()
+        for r, e in enumerate(chosen):
+            if routing["keep"][t, r]:
+                ref[b, i] += gates[r] * moe._call_expert(int(e), moe.expert_modules[int(e)].parameters(), q[b, i : i + 1], k[b], v[b], None)[0]
+    _, keep = _numpy_routing(probs, 2, int(routing["capacity"]))
+    np.testing.assert_array_equal(routing["keep"], keep)
+    assert not keep.all()  # some assignments overflow
+    _close(out, ref, 1e-12)
+
+
 def test_moe_under_jit_equals_numpy_with_drops_and_leaves_stats_alone() -> None:
     moe = attnkit.MoEAttention(dim=8, num_experts=3, top_k=2, expert_capacity=0.6, overflow="pass_through")
     rng = np.random.default_rng(5)
