@@ -168,6 +168,23 @@ def test_option_variants_under_jit_and_grad(name: str, options: dict[str, Any], 
     _close(g, tq.grad.numpy())
 
 
+@pytest.mark.parametrize("name", ["hyperbolic", "mixed_curvature"])
+def test_learned_curvature_gradient_under_jit_equals_torch(name: str) -> None:
+    mech = registry.create(name, dim=4, learn_curvature=True)
+    inputs = tuple(np.asarray(x, dtype=np.float64) for x in mech.example_inputs(SEQ, np.random.default_rng(0)))
+    probe = np.random.default_rng(2).standard_normal(np.shape(mech.forward(*inputs)))
+    params = {k: np.asarray(v, dtype=np.float64) for k, v in mech.parameters().items()}
+    assert params
+    got = jax.jit(jax.grad(lambda p: jnp.sum(attnkit.functional_call(mech, p, *map(jnp.asarray, inputs)) * probe)))(
+        {k: jnp.asarray(v) for k, v in params.items()}
+    )
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    (attnkit.functional_call(mech, tp, *map(torch.tensor, inputs)) * torch.tensor(probe)).sum().backward()
+    for k in params:
+        _close(got[k], tp[k].grad.numpy())
+        assert float(np.abs(np.asarray(got[k])).max()) > 0
+
+
 # ------------------------------------------------------------------ is_traced / check_finite
 def test_is_traced_and_check_finite_skips_tracers_only() -> None:
     assert not is_traced(np.ones(2)) and not is_traced(jnp.ones(2)) and not is_traced(torch.ones(2))
