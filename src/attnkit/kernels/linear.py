@@ -73,6 +73,10 @@ __all__ = [
     "favor_log_features",
     "log_features",
     "linear_attention",
+    "key_state",
+    "merge_key_states",
+    "query_out",
+    "causal_shard",
 ]
 
 FEATURE_MAPS = ("elu", "relu", "dpfp", "favor")
@@ -541,3 +545,45 @@ def _numpy_tasks(q: Array, k: Array, v: Array, key_mask: Array | None, *, xp: Na
         for f in [get_pool(threads).submit(task, idx) for idx in indices]:
             f.result()
     return out
+
+
+# --------------------------------------------------------------------------- shards (distributed forms)
+def key_state(
+    k: Array, v: Array, *, xp: Namespace, feature_map: str, nu: int = 1, projection: Array | None = None
+) -> tuple[Array, Array]:
+    """The key state of one shard of keys: ``(S, M)`` with ``S = sum_j exp(log phi(k_j) - M) [v_j, 1]^T``
+    ``(..., F, Dv + 1)`` and ``M`` the per-feature maximum ``(..., 1, F)`` (heads-first layout).
+
+    States of disjoint shards combine with :func:`merge_key_states`; :func:`query_out` reads them.
+    """
+    lk = log_features(k, feature_map, xp, nu=nu, projection=projection)
+    return _key_state(lk, _ones_column(v, xp), xp)
+
+
+def merge_key_states(a: tuple[Array, Array], b: tuple[Array, Array], xp: Namespace) -> tuple[Array, Array]:
+    """``(S, M)`` of the union of two disjoint key sets: both states rescaled to ``M = max(M_a, M_b)``."""
+    (sa, ma), (sb, mb) = a, b
+    m = xp.maximum(ma, mb)
+    safe = _finite_or(m, 0.0, xp)
+    return sa * xp.matrix_transpose(xp.exp(ma - safe)) + sb * xp.matrix_transpose(xp.exp(mb - safe)), m
+
+
+def query_out(
+    q: Array, state: tuple[Array, Array], *, xp: Namespace, feature_map: str, eps: float, nu: int = 1, projection: Array | None = None
+) -> Array:
+    """Non-causal linear attention of the queries ``q`` against a key state (see :func:`key_state`)."""
+    lq = log_features(q, feature_map, xp, nu=nu, projection=projection)
+    return _query_out(lq, state[0], state[1], eps, xp)
+
+
+def causal_shard(
+    q: Array, k: Array, v: Array, prefix: tuple[Array, Array] | None, *, xp: Namespace, feature_map: str, eps: float,
+    chunk: int = DEFAULT_CHUNK_SIZE, nu: int = 1, projection: Array | None = None,
+) -> Array:
+    """Causal linear attention of one shard of aligned rows (query ``i`` sees keys ``<= i`` of the shard)
+    after the ``prefix`` state of every earlier shard (``None`` for the first)."""
+    lq = log_features(q, feature_map, xp, nu=nu, projection=projection)
+    lk = log_features(k, feature_map, xp, nu=nu, projection=projection)
+    state, scale = (None, None) if prefix is None else prefix
+    res, r_q, _, _ = _causal_block(lq, lk, _ones_column(v, xp), state, scale, xp=xp, chunk=max(1, int(chunk)))
+    return _divide(res, _row_eps(eps, r_q, xp), xp)
