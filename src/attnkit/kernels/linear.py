@@ -60,6 +60,7 @@ import numpy as np
 from .._array import Array, Namespace, broadcast_shapes, is_numpy, is_torch, is_traced
 from ..errors import ConfigError
 from ._threads import BlasOneThread, get_num_threads, get_pool
+from .gqa import group_keys, group_queries, needs_grouping, ungroup
 
 __all__ = [
     "FEATURE_MAPS",
@@ -481,6 +482,8 @@ def linear_attention(
 ) -> Array:
     """Linear attention ``(..., H, Lq, Dv)`` (see the module docstring for the formula and stability).
 
+    ``k, v`` may have ``Hkv`` heads dividing ``H`` (grouped-query attention, see :mod:`.gqa`).
+
     ``key_mask`` (optional) broadcasts to ``(..., H, Lk, 1)``: bool, False drops a key for every
     query; float, added to ``log phi(k_j)`` (multiplies the key's weight by ``exp(mask_j)``; ``-inf``
     drops it), which for ``favor`` is exactly an additive key bias on the softmax scores.
@@ -490,6 +493,23 @@ def linear_attention(
     """
     if feature_map not in FEATURE_MAPS:
         raise ConfigError(f"feature_map: expected one of {', '.join(FEATURE_MAPS)}, got {feature_map!r}")
+    if needs_grouping(q, k, v):  # grouped-query attention (see .gqa): k/v heads broadcast over their group
+        hk = int(k.shape[-3])
+        out = linear_attention(
+            group_queries(q, hk, xp),
+            group_keys(k, xp),
+            group_keys(v, xp),
+            xp=xp,
+            feature_map=feature_map,
+            eps=eps,
+            causal=causal,
+            chunk_size=chunk_size,
+            key_mask=group_queries(key_mask, hk, xp),
+            nu=nu,
+            projection=projection,
+            backend=backend,
+        )
+        return ungroup(out, xp)
     chunk = max(1, int(chunk_size))
     kw: dict[str, Any] = dict(feature_map=feature_map, nu=int(nu), projection=projection, eps=float(eps), causal=bool(causal), chunk=chunk)
     if is_numpy(xp) and backend in ("auto", "numpy"):
