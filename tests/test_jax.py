@@ -397,3 +397,25 @@ def test_linear_gradients_finite_at_exact_zeros(feature_map: str) -> None:
     for t, r, j in zip(ts, rs, jg, strict=True):
         _close(t.grad.numpy(), r.grad.numpy(), 1e-9)
         _close(np.asarray(j), r.grad.numpy(), 1e-9)
+
+
+def test_segment_reductions_in_the_callers_namespace() -> None:
+    """Generic (array_api_strict, second device) and JAX segment sums/maxima equal NumPy's ``ufunc.at``,
+    with an empty segment (max -inf, sum 0) and an empty edge list."""
+    from attnkit.kernels.segment import segment_max, segment_softmax, segment_sum
+
+    xs = pytest.importorskip("array_api_strict")
+    dev, cpu = xs.Device("device1"), xs.Device("CPU_DEVICE")
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((7, 2, 3))
+    seg = np.array([0, 2, 2, 4, 0, 4, 4])  # segments 1 and 3 are empty
+    for f in (segment_sum, segment_max):
+        ref = f(x, seg, 5, namespace(x))
+        got = f(xs.asarray(x, device=dev), xs.asarray(seg, device=dev), 5, xs)
+        assert got.device == dev
+        np.testing.assert_allclose(np.asarray(got.to_device(cpu)), ref, rtol=1e-15, atol=0)
+        np.testing.assert_allclose(np.asarray(jax.jit(lambda a, f=f: f(a, jnp.asarray(seg), 5, jnp))(jnp.asarray(x))), ref, rtol=1e-15)
+        empty = f(xs.asarray(np.zeros((0, 3)), device=dev), xs.asarray(np.zeros(0, dtype=np.int64), device=dev), 2, xs)
+        np.testing.assert_array_equal(np.asarray(empty.to_device(cpu)), f(np.zeros((0, 3)), np.zeros(0, dtype=np.int64), 2, np))
+    soft = segment_softmax(xs.asarray(x, device=dev), xs.asarray(seg, device=dev), 5, xs)
+    np.testing.assert_allclose(np.asarray(soft.to_device(cpu)), segment_softmax(x, seg, 5, namespace(x)), rtol=1e-13)

@@ -64,7 +64,7 @@ def segment_sum(x: Array, seg: Any, num: int, xp: Namespace) -> Array:
     if _is_jax(x):
         return xp.zeros((num, *x.shape[1:]), dtype=x.dtype).at[idx].add(x)
     dev = array_api_compat.device(x)
-    flat = xp.reshape(x, (int(x.shape[0]), -1))
+    flat = xp.reshape(x, (int(x.shape[0]), math.prod(x.shape[1:])))
     return xp.reshape(_onehot(idx, num, x.dtype, xp, dev) @ flat, (num, *x.shape[1:]))
 
 
@@ -85,7 +85,7 @@ def segment_max(x: Array, seg: Any, num: int, xp: Namespace) -> Array:
     if _is_jax(x):
         return xp.full((num, *x.shape[1:]), -math.inf, dtype=x.dtype).at[idx].max(x)
     dev = array_api_compat.device(x)
-    flat = xp.reshape(x, (int(x.shape[0]), -1))
+    flat = xp.reshape(x, (int(x.shape[0]), math.prod(x.shape[1:])))
     hit = _onehot(idx, num, None, xp, dev)[:, :, None]  # (num, E, 1)
     masked = xp.where(hit, flat[None, :, :], xp.full_like(flat[None, :, :], -math.inf))
     return (
