@@ -15,7 +15,6 @@ from ._common import (
     State,
     UsageError,
     array_stats,
-    attention_weights,
     check_finite_output,
     check_not_input,
     console,
@@ -24,6 +23,7 @@ from ._common import (
     fmt_shape,
     parse_extra_args,
     parse_pairs,
+    progress_after,
 )
 
 log = logging.getLogger("attnkit.cli")
@@ -108,6 +108,7 @@ def run_compute(
     mask: str | None,
     random: int | None,
     output: str | None,
+    motif: int | None = None,
     shape: Sequence[str],
     input_format: str | None,
     output_format: str | None,
@@ -142,6 +143,8 @@ def run_compute(
         raise UsageError(f"--dtype: expected float32, float64 or float16, got {dtype!r}")
     if random is not None and random < 1:
         raise UsageError(f"--random: expected a positive length, got {random}")
+    if motif is not None and (random is None or motif < 1):
+        raise UsageError(f"--motif: expected a positive period together with --random LENGTH, got {motif}" + ("" if random else " without --random"))
     if random is not None and (inputs or query):
         raise UsageError("--random: give either --random LENGTH or input files (-q/--inputs), not both")
     if random is None and not (inputs or query):
@@ -174,6 +177,12 @@ def run_compute(
         _check_random_size(mech, random, dtype)
         drawn = mech.example_inputs(random, np.random.default_rng(seed))
         extras = mech.example_extras(random, np.random.default_rng(seed + 1))
+        if motif is not None:
+            from ._plot import motif_inputs
+
+            drawn = motif_inputs(mech, random, motif=motif, seed=seed)
+            if len(drawn) > 1 and drawn[1].shape == drawn[0].shape:
+                drawn = (drawn[0], drawn[0], *drawn[2:])  # keys = query: the motif meets itself
         arrays = dict(zip(("q", "k", "v", "mask"), drawn, strict=False))
         if dtype is not None:
             arrays = {r: (a.astype(dtype) if a.dtype.kind == "f" else a) for r, a in arrays.items()}
@@ -184,8 +193,11 @@ def run_compute(
         )
 
     q, k, v, m = arrays.get("q"), arrays.get("k"), arrays.get("v"), arrays.get("mask")
+    if k is not None and v is None:
+        v = k  # as --values documents: the values default to the keys
     t0 = time.perf_counter()
-    out = mech.forward(q, k, v, mask=m, **extras)
+    with progress_after(1.0, f"computing {name} ..."):
+        out = mech.forward(q, k, v, mask=m, **extras)
     elapsed = time.perf_counter() - t0
     from .._array import to_numpy
 
@@ -201,9 +213,9 @@ def run_compute(
     heat = None
     if heatmap is not None:
         from ._plot import heatmap as draw
+        from ._plot import pooled_weights
 
-        w = attention_weights(mech, q, k, m, **extras)
-        heat = draw(w, heatmap, title=f"{name} attention weights")
+        heat = draw(pooled_weights(mech, q, k, m, extras=extras), heatmap, title=f"{name} attention weights")
 
     summary = {
         "type": name,
