@@ -15,7 +15,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, shape_str
+from .._array import Array, Namespace, is_traced, shape_str
 from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
 
 __all__ = [
@@ -118,7 +118,8 @@ def prepare_mask(
     if tuple(full) != tuple(target):
         raise ShapeError(f"{name}: shape {shape_str(mask.shape)} would enlarge the scores {shape_str(target)}")
     if kind == "float":
-        if bool(mxp.any(xp.isnan(mask))) or bool(mxp.any(mask == mxp.inf)):
+        bad = mxp.any(xp.isnan(mask)) | mxp.any(mask == mxp.inf)
+        if not is_traced(bad) and bool(bad):
             raise NonFiniteError(f"{name}: a float mask may hold -inf but not NaN or +inf")
         mask = xp.astype(mask, dtype) if mask.dtype != dtype else mask
     return mask
