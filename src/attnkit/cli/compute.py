@@ -136,7 +136,7 @@ def run_compute(
         seed = 0 if seed is None else seed
     from .._array import seed_option
 
-    seed = seed_option(seed, "--seed")
+    seed = seed_option(seed, "--seed") or 0  # never None here (filled in above); seed_option checks the range
     if "seed" in specs and "seed" not in explicit:
         explicit["seed"] = seed
     if dtype is not None and dtype not in ("float32", "float64", "float16"):

@@ -362,9 +362,8 @@ class MoEAttention(LearnedParams, Mechanism):
         # statistics and the auxiliary loss: host bookkeeping, only for concrete values (inside a
         # jax.jit / torch.compile graph they would leak tracers; they are left untouched there)
         if not traced:
-            self.last_aux_loss = load_balancing_loss(probs, chosen[:, 0], self.num_experts, xp)
-            if isinstance(self.last_aux_loss, np.ndarray) or np.isscalar(self.last_aux_loss):
-                self.last_aux_loss = float(self.last_aux_loss)
+            aux = load_balancing_loss(probs, chosen[:, 0], self.num_experts, xp)
+            self.last_aux_loss = float(np.asarray(aux)) if isinstance(aux, np.ndarray) or np.isscalar(aux) else aux
             chosen_np, keep_np = to_numpy(chosen).astype(np.int64), to_numpy(keep).astype(bool)
             st = self._stats
             st["calls"] += 1

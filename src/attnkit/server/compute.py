@@ -226,7 +226,7 @@ class Compute:
         return mech, names, cache_key
 
     # ------------------------------------------------------------ admission
-    def admit(self, mech: Any, tensors: Mapping[str, np.ndarray], where: str = "") -> None:
+    def admit(self, mech: Any, tensors: Mapping[str, np.ndarray | None], where: str = "") -> None:
         """Refuse (413) a forward pass whose estimated FLOPs or bytes exceed the server's bounds."""
         q, k, v, mask = (tensors.get(f) for f in codec.TENSOR_FIELDS)
         if q is None:

@@ -62,7 +62,7 @@ class JsonH11Protocol(H11Protocol):
     def _between_requests(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._arm_head_timer()
 
