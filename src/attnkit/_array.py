@@ -39,6 +39,9 @@ __all__ = [
     "one_of",
     "is_numpy",
     "is_torch",
+    "is_graph",
+    "broadcast_shapes",
+    "length",
     "to_numpy",
     "shape_str",
 ]
@@ -71,6 +74,45 @@ def is_numpy(xp: Namespace) -> bool:
 
 def is_torch(xp: Namespace) -> bool:
     return array_api_compat.is_torch_namespace(xp)
+
+
+def is_graph(xp: Namespace) -> bool:
+    """Whether ``xp`` builds a graph instead of computing (``ndonnx``, used by :func:`attnkit.export_onnx`).
+
+    Values are unknown there and lengths may be symbolic (``None`` in ``shape``): kernels take their
+    whole-sequence (non-tiled) form, so no Python loop over tiles is unrolled for one length, and
+    checks that read values (finiteness) are skipped.
+    """
+    return array_api_compat.is_ndonnx_namespace(xp)
+
+
+def length(d: Any) -> int | None:
+    """An axis length as an int, or ``None`` where it is symbolic (a graph being exported)."""
+    return None if d is None else int(d)
+
+
+def broadcast_shapes(*shapes: Sequence[int | None]) -> tuple[int | None, ...]:
+    """``np.broadcast_shapes`` that also takes unknown (``None``, symbolic) lengths.
+
+    An unknown axis broadcasts against anything and stays unknown unless the other side is known and
+    not 1. Raises ``ValueError`` like NumPy when known lengths disagree.
+    """
+    if all(d is not None for s in shapes for d in s):
+        return tuple(np.broadcast_shapes(*(tuple(s) for s in shapes)))
+    n = max((len(s) for s in shapes), default=0)
+    out: list[int | None] = []
+    for i in range(n):
+        dims = [s[len(s) - n + i] for s in shapes if len(s) - n + i >= 0]
+        known = {int(d) for d in dims if d is not None and int(d) != 1}
+        if len(known) > 1:
+            raise ValueError(f"shapes {shapes} do not broadcast")
+        if known:
+            out.append(known.pop())
+        elif any(d is None for d in dims):
+            out.append(None)
+        else:
+            out.append(1)
+    return tuple(out)
 
 
 def _dtype_name(dtype: object) -> str:
@@ -127,6 +169,8 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
     """Raise ``NonFiniteError`` naming ``name`` if ``x`` holds NaN or infinity."""
     if type(x) is np.ndarray:
         xp = np
+    elif is_graph(xp):
+        return  # a graph being built (ONNX export) has no values to check
     elif is_torch(xp) and x.device.type == "cpu" and str(x.dtype) in ("torch.float32", "torch.float64"):
         # the NumPy check on a shared view: each torch reduction opens a parallel region, which
         # costs a scheduler time slice whenever another process holds a core
@@ -151,8 +195,8 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         raise NonFiniteError(f"{name}: expected finite values, found NaN or infinity")
 
 
-def shape_str(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+def shape_str(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("?" if s is None else str(int(s)) for s in shape) + ")"
 
 
 def _real_number(value: object, name: str) -> float:

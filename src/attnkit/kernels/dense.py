@@ -21,8 +21,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, is_numpy, is_torch
-from .masks import apply_mask_tile, causal_allowed
+from .._array import Array, Namespace, is_graph, is_numpy, is_torch
+from .masks import apply_mask_tile, causal_allowed, causal_allowed_like
 from .softmax import safe_softmax
 
 __all__ = ["sdpa", "sdpa_generic", "merge_partials", "attention_weights", "DEFAULT_Q_BLOCK"]
@@ -126,7 +126,10 @@ def attention_weights(
     lq, lk = q.shape[-2], k.shape[-2]
     s = (q * scale) @ xp.matrix_transpose(k)
     if causal:
-        allowed = causal_allowed(xp, 0, lq, 0, lk, lk - lq, array_api_compat.device(q))
+        if lq is None or lk is None:  # symbolic lengths (a graph being exported): indices from the scores
+            allowed = causal_allowed_like(s, xp)
+        else:
+            allowed = causal_allowed(xp, 0, lq, 0, lk, lk - lq, array_api_compat.device(q))
         s = xp.where(allowed, s, xp.asarray(-xp.inf, dtype=s.dtype))
     s = apply_mask_tile(s, mask, xp, 0, lq, 0, lk)
     return safe_softmax(s, xp)
@@ -149,8 +152,16 @@ def sdpa(
     """Dispatch to the fastest exact kernel whose semantics match; all agree with :func:`sdpa_generic`.
 
     ``backend``: ``"auto"`` (default), ``"generic"``, ``"numpy"`` (the NumPy fast path) or ``"torch"``
-    (torch's fused ``scaled_dot_product_attention``).
+    (torch's fused ``scaled_dot_product_attention``). In a graph-building namespace (``ndonnx``, for
+    :func:`attnkit.export_onnx`) the whole-sequence form ``attention_weights(q, k) @ v`` is used: the
+    same formula without the Python loop over tiles, so an exported graph takes any length.
     """
+    if is_graph(xp):
+        if dropout_p > 0.0:
+            from ..errors import ConfigError
+
+            raise ConfigError("dropout: a random dropout mask cannot be exported; export in eval mode (dropout off)")
+        return attention_weights(q, k, xp=xp, scale=scale, mask=mask, causal=causal) @ v
     kw: dict[str, Any] = dict(scale=scale, mask=mask, causal=causal)
     if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0:
         from .dense_torch import sdpa_torch

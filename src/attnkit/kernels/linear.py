@@ -57,6 +57,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from .._array import broadcast_shapes as _bshapes
 from .._array import Array, Namespace, is_numpy, is_torch
 from ..errors import ConfigError
 from ._threads import BlasOneThread, get_num_threads, get_pool
@@ -318,7 +319,7 @@ def _causal_block(
     m_chunks = _max_rows(lk_c, xp)[..., 0, :]  # (..., n_chunks, F)
     if scale is None:
         scale = xp.full((*m_chunks.shape[:-2], 1, m_chunks.shape[-1]), -math.inf, dtype=lk.dtype, device=dev)
-    shape = np.broadcast_shapes(tuple(m_chunks.shape[:-2]), tuple(scale.shape[:-2]))
+    shape = _bshapes(tuple(m_chunks.shape[:-2]), tuple(scale.shape[:-2]))
     run_raw = _cummax(
         xp.concat([xp.broadcast_to(scale, (*shape, *scale.shape[-2:])), xp.broadcast_to(m_chunks, (*shape, *m_chunks.shape[-2:]))], axis=-2),
         -2,
@@ -368,7 +369,7 @@ def _prefix_states(state: Array | None, kv: Array, run: Array, xp: Namespace) ->
         return csum * xp.exp(ref - r)[..., :, None]
     # NumPy (whose cumsum along an outer axis is slow) and wide-ranging scales: step by step,
     # S[t+1] = (S[t] + kv[t]) * exp(r[t] - r[t+1]); factors <= 1, nothing underflows needlessly
-    shape = np.broadcast_shapes(tuple(kv.shape[:-3]), tuple(run.shape[:-2]))
+    shape = _bshapes(tuple(kv.shape[:-3]), tuple(run.shape[:-2]))
     cur = xp.zeros((*shape, *kv.shape[-2:]), dtype=dt, device=dev)
     if state is not None:
         cur = cur + state * xp.exp(start - r[..., :1, :])[..., 0, :, None]
@@ -433,7 +434,7 @@ def _rows(
         skip = max(-offset, 0)  # leading queries that see no key at all
         prefix = max(offset, 0)  # leading keys that every query sees
         if skip:
-            batch = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+            batch = _bshapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
             emit(0, skip, xp.zeros((*batch, skip, int(v.shape[-1])), dtype=q.dtype, device=dev))
         for s in range(0, prefix, tile):
             state, scale = _key_state(*lk_vv_of(s, min(s + tile, prefix)), xp, state, scale)
@@ -500,9 +501,9 @@ def _numpy_tasks(q: Array, k: Array, v: Array, key_mask: Array | None, *, xp: Na
     The output is allocated in the caller's sequence layout ``(..., Lq, H, Dv)`` and returned as a
     heads-first view, so handing it back costs no copy.
     """
-    lead = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+    lead = _bshapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
     if key_mask is not None:
-        lead = np.broadcast_shapes(lead, tuple(key_mask.shape[:-2]))
+        lead = _bshapes(lead, tuple(key_mask.shape[:-2]))
     n_q, dv = int(q.shape[-2]), int(v.shape[-1])
     if len(lead) >= 1:
         out_seq = np.empty((*lead[:-1], n_q, lead[-1], dv), dtype=q.dtype)

@@ -15,6 +15,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from .._array import broadcast_shapes as _bshapes
 from .._array import Array, Namespace, shape_str
 from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
 
@@ -99,12 +100,12 @@ def prepare_mask(
     if mask.ndim < 1 or mask.ndim > len(target):
         raise ShapeError(f"{name}: expected a shape that broadcasts to {shape_str(target)}, got {shape_str(mask.shape)}")
     try:
-        np.broadcast_shapes(tuple(mask.shape), tuple(target))
+        _bshapes(tuple(mask.shape), tuple(target))
     except ValueError:
         raise ShapeError(
             f"{name}: expected a shape that broadcasts to {shape_str(target)} {layout}, got {shape_str(mask.shape)}"
         ) from None
-    full = np.broadcast_shapes(tuple(mask.shape), tuple(target))
+    full = _bshapes(tuple(mask.shape), tuple(target))
     if tuple(full) != tuple(target):
         raise ShapeError(f"{name}: shape {shape_str(mask.shape)} would enlarge the scores {shape_str(target)}")
     if kind == "float":
@@ -138,8 +139,25 @@ def causal_allowed(xp: Namespace, q0: int, q1: int, k0: int, k1: int, offset: in
     return cols[None, :] <= rows[:, None] + offset
 
 
+def causal_allowed_like(s: Array, xp: Namespace) -> Array:
+    """Bool ``(Lq, Lk)``: key j visible to query i iff ``j <= i + (Lk - Lq)``, for scores ``s (..., Lq, Lk)``.
+
+    The same rule as :func:`causal_allowed` over the whole score matrix, with the indices counted from
+    ``s`` itself (cumulative sums of ones) instead of from Python lengths, so it holds when the lengths
+    are symbolic (an exported graph).
+    """
+    ones = xp.ones_like(s[(0,) * (s.ndim - 2)])
+    rows = xp.cumulative_sum(ones, axis=0)  # i + 1 in every column
+    cols = xp.cumulative_sum(ones, axis=1)  # j + 1 in every row
+    lq = xp.sum(ones[:, :1])
+    lk = xp.sum(ones[:1, :])
+    return cols <= rows + (lk - lq)
+
+
 def mask_tile(mask: Array, q0: int, q1: int, k0: int, k1: int) -> Array:
     """Slice the (broadcastable) mask to a query/key tile, leaving size-1 axes alone."""
+    if mask.shape[-1] is None or (mask.ndim > 1 and mask.shape[-2] is None):
+        return mask  # symbolic lengths (a graph being exported): the whole-sequence form, one tile
     ks = slice(None) if mask.shape[-1] == 1 else slice(k0, k1)
     if mask.ndim == 1:  # a key mask (Lk,): no query axis to slice
         return mask[ks]

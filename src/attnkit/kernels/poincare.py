@@ -61,6 +61,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from .._array import broadcast_shapes as _bshapes
 from .._array import Array, Namespace, as_float_array, check_finite, finite_float, namespace, positive_int, shape_str
 from ..errors import AttentionError, ConfigError, ShapeError
 from . import stereographic as st
@@ -179,7 +180,7 @@ def _prepare(
                     f"got {a.shape[-1]} (shape {shape_str(a.shape)})"
                 )
         try:
-            np.broadcast_shapes(*(tuple(a.shape) for a in arrays))
+            _bshapes(*(tuple(a.shape) for a in arrays))
         except ValueError:
             shapes = ", ".join(f"{n} {shape_str(a.shape)}" for (n, _), a in zip(named, arrays, strict=True))
             raise ShapeError(f"{', '.join(n for n, _ in named)}: shapes do not broadcast ({shapes})") from None
@@ -353,7 +354,7 @@ def mobius_scalar_mul(r: Any, x: Any, c: float = 1.0) -> Array:
         p = _prepare([("x", x), ("r", r)], c=cv, points=("x",), same_dim=False)
         rr = p.arrays[1]
         try:
-            np.broadcast_shapes((*rr.shape, 1), tuple(p.arrays[0].shape))
+            _bshapes((*rr.shape, 1), tuple(p.arrays[0].shape))
         except ValueError:
             raise ShapeError(
                 f"r: expected a number or an array broadcasting to the leading dimensions of x "
@@ -410,7 +411,7 @@ def pairwise_distance(x: Any, y: Any, c: float = 1.0) -> Array:
     if a.shape[-1] != b.shape[-1]:
         raise ShapeError(f"y: expected vectors of width D = {a.shape[-1]} (as x) along the last axis, got {b.shape[-1]}")
     try:
-        np.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+        _bshapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
     except ValueError:
         raise ShapeError(f"x, y: leading dimensions {shape_str(a.shape[:-2])} and {shape_str(b.shape[:-2])} do not broadcast") from None
     return p.finish(pairwise_dist_kernel(a, b, cv, p.xp))
@@ -480,7 +481,7 @@ def _points_and_weights(x: Any, weights: Any, c: float) -> tuple[_Prepared, Arra
         if w.ndim < 1 or w.shape[-1] != a.shape[-2]:
             raise ShapeError(f"weights: expected shape (..., N) with N = {a.shape[-2]} (the points of x), got {shape_str(w.shape)}")
         try:
-            np.broadcast_shapes(tuple(w.shape[:-1]), tuple(a.shape[:-2]))
+            _bshapes(tuple(w.shape[:-1]), tuple(a.shape[:-2]))
         except ValueError:
             raise ShapeError(
                 f"weights: leading dimensions {shape_str(w.shape[:-1])} do not broadcast with those of x {shape_str(a.shape[:-2])}"

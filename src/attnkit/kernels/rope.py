@@ -29,6 +29,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from .._array import broadcast_shapes as _bshapes
 from .._array import Array, as_float_array, finite_float, namespace, one_of, positive_float, positive_int, shape_str, to_numpy
 from ..errors import ConfigError, DTypeError, ShapeError
 
@@ -145,7 +146,7 @@ class RotaryEmbedding:
             sin = sin.reshape((*shape, -1))
         else:
             try:
-                np.broadcast_shapes(p.shape, tuple(x.shape[:-1]))
+                _bshapes(p.shape, tuple(x.shape[:-1]))
             except ValueError:
                 raise ShapeError(
                     f"positions: expected a 1-D array of {length} positions or a shape that broadcasts to "

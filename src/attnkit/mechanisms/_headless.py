@@ -15,6 +15,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from .._array import broadcast_shapes as _bshapes
 from .._array import Array, Namespace, as_float_array, check_finite, common_float_dtype, compute_dtype, namespace, shape_str
 from ..errors import ShapeError
 from ..kernels.masks import prepare_mask
@@ -89,7 +90,7 @@ def prepare_headless(
     if values_width is not None and va.shape[-1] != values_width:
         raise ShapeError(f"value: expected points of the same space as the keys, width {values_width}, got {va.shape[-1]}")
     try:
-        batch = tuple(np.broadcast_shapes(tuple(qa.shape[:-2]), tuple(ka.shape[:-2]), tuple(va.shape[:-2])))
+        batch = tuple(_bshapes(tuple(qa.shape[:-2]), tuple(ka.shape[:-2]), tuple(va.shape[:-2])))
     except ValueError:
         raise ShapeError(
             f"query, key, value: batch dimensions {shape_str(qa.shape[:-2])}, {shape_str(ka.shape[:-2])}, "

@@ -20,6 +20,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from .._array import broadcast_shapes as _bshapes
 from .._array import Array, as_float_array, non_negative_int, one_of, positive_float, positive_int, shape_str
 from ..errors import ConfigError, ShapeError
 from ..kernels.linear import DEFAULT_CHUNK_SIZE, FEATURE_MAPS, default_nb_features, feature_dim, linear_attention, orthogonal_random_features
@@ -142,7 +143,7 @@ class LinearAttention(Mechanism):
             return None
         xp = s.xp
         lq, lk, heads = s.lq, s.lk, self.heads
-        batch = tuple(np.broadcast_shapes(tuple(s.q.shape[:-3]), tuple(s.k.shape[:-3]), tuple(s.v.shape[:-3])))
+        batch = tuple(_bshapes(tuple(s.q.shape[:-3]), tuple(s.k.shape[:-3]), tuple(s.v.shape[:-3])))
         if not hasattr(mask, "shape") or not hasattr(mask, "dtype"):
             try:
                 mask = np.asarray(mask)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .._array import broadcast_shapes as _bshapes
 from .._array import (
     Array,
     as_float_array,
@@ -89,7 +90,7 @@ class ScaledDotProduct(Mechanism):
             raise ShapeError("key: expected at least one neighbour (k >= 1), got an empty key set")
         try:
             lead = (tuple(q.shape[:-1]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
-            batch = np.broadcast_shapes(*lead) if any(lead) else ()
+            batch = _bshapes(*lead) if any(lead) else ()
         except ValueError:
             raise ShapeError(
                 f"query, key, value: batch dimensions {shape_str(q.shape[:-1])}, {shape_str(k.shape[:-2])}, "
