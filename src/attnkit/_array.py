@@ -41,6 +41,7 @@ __all__ = [
     "is_torch",
     "is_graph",
     "broadcast_shapes",
+    "reshape_lead",
     "length",
     "to_numpy",
     "shape_str",
@@ -89,6 +90,22 @@ def is_graph(xp: Namespace) -> bool:
 def length(d: Any) -> int | None:
     """An axis length as an int, or ``None`` where it is symbolic (a graph being exported)."""
     return None if d is None else int(d)
+
+
+def reshape_lead(x: Array, keep: int, tail: Sequence[int], xp: Namespace) -> Array:
+    """``reshape(x, (*x.shape[:keep], *tail))``: keep the first ``keep`` axes, give the rest the shape ``tail``.
+
+    Works when kept axes are symbolic (``None``, a graph being exported): one unknown becomes ``-1``;
+    more read the graph's dynamic shape.
+    """
+    lead = tuple(x.shape[:keep])
+    unknown = sum(d is None for d in lead)
+    if unknown == 0:
+        return xp.reshape(x, (*lead, *tail))
+    if unknown == 1 and -1 not in tail:
+        return xp.reshape(x, tuple(-1 if d is None else int(d) for d in lead) + tuple(tail))
+    dyn = x.dynamic_shape[:keep]  # ndonnx: the runtime shape as an int64 array
+    return xp.reshape(x, xp.concat([dyn, xp.asarray(list(tail), dtype=dyn.dtype)]))
 
 
 def broadcast_shapes(*shapes: Sequence[int | None]) -> tuple[int | None, ...]:
@@ -183,9 +200,7 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         # finite; only a non-finite one (NaN/inf present, or an overflow) needs the elementwise check
         if x.size and not np.isfinite(np.vdot(x, x)) and not np.isfinite(x).all():
             bad = np.argwhere(~np.isfinite(x))[0]
-            raise NonFiniteError(
-                f"{name}: expected finite values, found {float(x[tuple(bad)])} at index {tuple(int(i) for i in bad)}"
-            )
+            raise NonFiniteError(f"{name}: expected finite values, found {float(x[tuple(bad)])} at index {tuple(int(i) for i in bad)}")
         return
     # one reduction first (a finite sum proves every element finite; NaN/inf or an overflow falls
     # through to the elementwise check): torch's isfinite + all costs 10-100x more

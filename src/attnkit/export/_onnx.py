@@ -166,9 +166,7 @@ def export_onnx(
     except AttentionError:
         raise
     except Exception as exc:  # an operation the mechanism's code uses that does not trace into a graph
-        raise ConfigError(
-            f"mechanism: {mechanism.name!r} could not be traced into an ONNX graph ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise ConfigError(f"mechanism: {mechanism.name!r} could not be traced into an ONNX graph ({type(exc).__name__}: {exc})") from exc
     model = ndx.build({**graph_inputs, **params}, {"output": out})
     model = _params_to_initializers(model, own)
     if opset is not None:
@@ -217,5 +215,3 @@ def _convert_opset(model: Any, opset: int) -> Any:
         return version_converter.convert_version(model, opset)
     except Exception as exc:
         raise ConfigError(f"opset: the graph cannot be converted to opset {opset} ({exc}); try {_opset_of(model)}") from None
-
-

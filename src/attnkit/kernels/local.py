@@ -32,6 +32,7 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace
+from .._array import length as _dim
 from ._threads import BlasOneThread, blas_limiter_available
 from .dense import sdpa
 from .masks import apply_mask, apply_mask_tile, mask_tile
@@ -75,7 +76,7 @@ def local_global_attention(
     ``radius`` is ``w`` (keys ``i - w .. i + w``); ``global_idx`` a sorted array of distinct positions in
     ``[0, L)``; ``mask`` an already prepared mask (see :func:`attnkit.kernels.masks.prepare_mask`).
     """
-    length = int(q.shape[-2])
+    length = _dim(q.shape[-2])
     dev = array_api_compat.device(q)
     w = int(radius)
     b = int(block) if block else default_block(w, length)
@@ -160,7 +161,7 @@ def _global_rows(
     q: Array, k: Array, v: Array, out: Array, *, xp: Namespace, scale: float, gidx: np.ndarray, causal: bool, mask: Array | None, dev: Any
 ) -> Array:
     """Replace the rows of the global queries by dense attention over every key."""
-    length = int(q.shape[-2])
+    length = _dim(q.shape[-2])
     g_dev = xp.asarray(gidx, device=dev)
     qg = xp.take(q, g_dev, axis=-2)
     m = None

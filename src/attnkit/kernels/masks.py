@@ -15,8 +15,9 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import broadcast_shapes as _bshapes
 from .._array import Array, Namespace, shape_str
+from .._array import broadcast_shapes as _bshapes
+from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
 
 __all__ = ["create_mask", "prepare_mask", "unflatten_mask", "causal_allowed", "mask_tile", "apply_mask", "apply_mask_tile"]
@@ -127,8 +128,8 @@ def unflatten_mask(mask: Any, lq: int, lk: int, name: str = "mask") -> Any:
         return mask
     if not array_api_compat.is_array_api_obj(mask):
         mask = np.asarray(mask)
-    if int(mask.shape[0]) != lq * lk:
-        raise ShapeError(f"{name}: a flat mask needs length Lq*Lk = {lq * lk}, got {int(mask.shape[0])}")
+    if _dim(mask.shape[0]) != lq * lk:
+        raise ShapeError(f"{name}: a flat mask needs length Lq*Lk = {lq * lk}, got {_dim(mask.shape[0])}")
     return array_api_compat.array_namespace(mask).reshape(mask, (lq, lk))
 
 

@@ -29,8 +29,9 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import broadcast_shapes as _bshapes
 from .._array import Array, as_float_array, finite_float, namespace, one_of, positive_float, positive_int, shape_str, to_numpy
+from .._array import broadcast_shapes as _bshapes
+from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, ShapeError
 
 __all__ = ["RotaryEmbedding", "rope_angles"]
@@ -132,7 +133,7 @@ class RotaryEmbedding:
             if not -x.ndim <= ax < x.ndim or (ax % x.ndim) == x.ndim - 1:
                 raise ConfigError(f"seq_axis: expected an axis of x other than the feature axis, in [{-x.ndim}, {x.ndim - 2}], got {seq_axis}")
             ax = ax % x.ndim
-            length = int(x.shape[ax])
+            length = _dim(x.shape[ax])
         p = self._positions(positions, length, ax, lead)
         if p is None or p.ndim == 1 and lead > 0:
             if p is not None and p.shape[0] != length:
@@ -189,7 +190,7 @@ class RotaryEmbedding:
         """Undo :meth:`apply` (rotation by the negated angles)."""
         xp = namespace(x)
         x = as_float_array(x, "x", xp)
-        length = int(x.shape[seq_axis]) if x.ndim > 1 else 1
+        length = _dim(x.shape[seq_axis]) if x.ndim > 1 else 1
         p = self._positions(positions, length, seq_axis, x.ndim - 1)
         if p is None:
             p = np.arange(length, dtype=np.float64)
@@ -227,6 +228,6 @@ def apply_rope_qk(rope: RotaryEmbedding | None, q: Array, k: Array) -> tuple[Arr
     key/value cache). ``rope=None`` returns ``q, k`` unchanged."""
     if rope is None:
         return q, k
-    lq, lk = int(q.shape[-2]), int(k.shape[-2])
+    lq, lk = _dim(q.shape[-2]), _dim(k.shape[-2])
     qpos = None if lq == lk else np.arange(lk - lq, lk, dtype=np.float64)
     return rope.apply(q, qpos, seq_axis=-2), rope.apply(k, None, seq_axis=-2)

@@ -12,10 +12,9 @@ import dataclasses
 from typing import Any
 
 import array_api_compat
-import numpy as np
 
-from .._array import broadcast_shapes as _bshapes
 from .._array import Array, Namespace, as_float_array, check_finite, common_float_dtype, compute_dtype, length, namespace, shape_str
+from .._array import broadcast_shapes as _bshapes
 from ..errors import ShapeError
 from ..kernels.masks import prepare_mask, unflatten_mask
 

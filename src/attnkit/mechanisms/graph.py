@@ -53,6 +53,8 @@ from .._array import (
     shape_str,
     to_numpy,
 )
+from .._array import broadcast_shapes as _bshapes
+from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, ShapeError
 from ..kernels import gat
 from ..kernels.masks import prepare_mask
@@ -306,7 +308,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         xp = namespace(query, neighbours, edge_features)
         q = self._input(query, "query", self.dst_dim, xp, 1, "(..., dst_dim)")
         nb = self._input(neighbours, "key", self.dim, xp, 2, "(..., k, dim)")
-        k = int(nb.shape[-2])
+        k = _dim(nb.shape[-2])
         ef = None
         if self.edge_dim:
             if edge_features is None:
@@ -320,7 +322,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
             raise ConfigError("self_loops: a bipartite layer (dst_dim != dim) has self loops only in forward_graph; build it with self_loops=False")
         arrays = [q, nb] + ([ef] if ef is not None else [])
         try:
-            batch = np.broadcast_shapes(tuple(q.shape[:-1]), tuple(nb.shape[:-2]), *([tuple(ef.shape[:-2])] if ef is not None else []))
+            batch = _bshapes(tuple(q.shape[:-1]), tuple(nb.shape[:-2]), *([tuple(ef.shape[:-2])] if ef is not None else []))
         except ValueError:
             raise ShapeError(
                 f"query, key, edge_features: batch dimensions {shape_str(q.shape[:-1])}, {shape_str(nb.shape[:-2])}"
@@ -390,9 +392,9 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
             xd = self._input(xd_in, "x_dst", self.dst_dim, xp, 2, "(N_dst, dst_dim)")
             if xd.ndim != 2:
                 raise ShapeError(f"x_dst: expected node features of shape (N_dst, {self.dst_dim}), got {shape_str(xd.shape)}")
-        ns, nd = int(xs.shape[0]), int(xd.shape[0])
+        ns, nd = _dim(xs.shape[0]), _dim(xd.shape[0])
         src, dst = _edge_index(edge_index, ns, nd)
-        e_in = int(src.shape[0])
+        e_in = _dim(src.shape[0])
         ef = None
         if self.edge_dim:
             if edge_attr is None:
@@ -428,7 +430,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         src_x, dst_x = gat.index(src, xs, xp), gat.index(dst, xs, xp)
         hs_e = xp.take(hs, src_x, axis=0)
         s = gat.edge_logits(p, hs_e, xp.take(hd, dst_x, axis=0), ef, self.heads, self.negative_slope, xp)
-        alpha, agg = gat.aggregate(s, hs_e, dst_x, int(xd.shape[0]), xp)
+        alpha, agg = gat.aggregate(s, hs_e, dst_x, _dim(xd.shape[0]), xp)
         return xp, p, xd, src, dst, alpha, agg, out_dtype
 
     def forward_graph(self, x: Any, edge_index: Any, edge_attr: Any = None) -> Array:
@@ -574,7 +576,7 @@ class GraphRoPEAttention(Mechanism):
         q = self._check_width(q, "q", 2, "(N, dim)", xp)
         k = self._check_width(k, "k", 2, "(N, dim)", xp)
         v = as_float_array(v, "v", xp)
-        n = int(q.shape[0])
+        n = _dim(q.shape[0])
         for name, x in (("q", q), ("k", k), ("v", v)):
             if x.ndim != 2 or x.shape[0] != n:
                 raise ShapeError(f"{name}: expected node rows (N={n}, width), got {shape_str(x.shape)}")

@@ -20,8 +20,9 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import broadcast_shapes as _bshapes
 from .._array import Array, as_float_array, non_negative_int, one_of, positive_float, positive_int, shape_str
+from .._array import broadcast_shapes as _bshapes
+from .._array import length as _dim
 from ..errors import ConfigError, ShapeError
 from ..kernels.linear import DEFAULT_CHUNK_SIZE, FEATURE_MAPS, default_nb_features, feature_dim, linear_attention, orthogonal_random_features
 from ..kernels.masks import prepare_mask
@@ -165,7 +166,7 @@ class LinearAttention(Mechanism):
         target = (*batch, heads, lq, lk)
         pm = prepare_mask(mask, xp, target, s.q.dtype, device=s.device)
         assert pm is not None
-        if int(pm.shape[-2]) != 1:
+        if _dim(pm.shape[-2]) != 1:
             if not bool(xp.all(pm == pm[..., :1, :])):
                 raise ShapeError(
                     f"mask: linear attention can only drop or weight keys for all queries at once (a key mask of shape "

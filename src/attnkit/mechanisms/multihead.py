@@ -33,6 +33,8 @@ from .._array import (
     probability,
     shape_str,
 )
+from .._array import broadcast_shapes as _bshapes
+from .._array import length as _dim
 from ..errors import AttentionError, ConfigError, ShapeError
 from ..kernels.dense import attention_weights, sdpa
 from ..kernels.masks import prepare_mask, unflatten_mask
@@ -165,7 +167,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         if k.shape[-2] == 0:
             raise ShapeError("key: expected at least one key (Lk >= 1), got an empty key set")
         try:
-            batch = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+            batch = _bshapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
         except ValueError:
             raise ShapeError(
                 f"query, key, value: batch dimensions {shape_str(q.shape[:-2])}, {shape_str(k.shape[:-2])}, "
@@ -177,7 +179,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         w = self._params_like(params, q)
         if not with_value:
             v = None
-        lq, lk = int(q.shape[-2]), int(k.shape[-2])
+        lq, lk = _dim(q.shape[-2]), _dim(k.shape[-2])
         if flat:
             mask = unflatten_mask(mask, lq, lk)
         pm = prepare_mask(mask, xp, (*batch, self.heads, lq, lk), cdt, device=array_api_compat.device(q))

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from .._array import broadcast_shapes as _bshapes
 from .._array import (
     Array,
     as_float_array,
@@ -27,6 +26,8 @@ from .._array import (
     positive_int,
     shape_str,
 )
+from .._array import broadcast_shapes as _bshapes
+from .._array import length as _dim
 from ..errors import ShapeError
 from ..kernels.neighbour import neighbour_attention, neighbour_weights
 from .base import Mechanism
@@ -103,7 +104,7 @@ class ScaledDotProduct(Mechanism):
         out_dtype = common_float_dtype(xp, q, k, v)
         cdt = compute_dtype(xp, out_dtype)
         q, k, v = (xp.astype(x, cdt) if x.dtype != cdt else x for x in (q, k, v))
-        m = self._mask(mask, xp, (*batch, int(k.shape[-2])), cdt, q)
+        m = self._mask(mask, xp, (*batch, _dim(k.shape[-2])), cdt, q)
         return xp, q, k, v, m, out_dtype
 
     @staticmethod
