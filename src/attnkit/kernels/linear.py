@@ -258,14 +258,13 @@ def _query_out(lq: Array, state: Array, scale: Array, eps: float, xp: Namespace)
 
 
 def _ones_column(v: Array, xp: Namespace) -> Array:
-    ones = xp.ones((*v.shape[:-1], 1), dtype=v.dtype, device=array_api_compat.device(v))
+    ones = xp.ones_like(v[..., :1])
     return xp.concat([v, ones], axis=-1)
 
 
 def _divide(res: Array, eps: Array | float, xp: Namespace) -> Array:
     """Split the ``[numerator | denominator]`` GEMM result and divide, adding ``eps`` (per row)."""
-    dv = _dim(res.shape[-1]) - 1
-    return res[..., :dv] / (res[..., dv:] + eps)
+    return res[..., :-1] / (res[..., -1:] + eps)
 
 
 # --------------------------------------------------------------------------- causal blocks
@@ -423,6 +422,14 @@ def _rows(
             parts.append(block)
 
     state = scale = None
+    if n_q is None or n_k is None:  # symbolic lengths (a graph being exported): one whole-sequence tile
+        if causal:
+            raise ConfigError(
+                "causal: causal linear attention is a scan over chunks whose count depends on the sequence length, "
+                "which an ONNX graph cannot unroll; export causal=False, or FlashAttention(causal=True) for causal attention"
+            )
+        state, scale = _key_state(*lk_vv_of(0, n_k), xp, state, scale)
+        return _query_out(lq_of(0, n_q), state, scale, eps, xp)
     if not causal:
         for s in range(0, n_k, tile):
             state, scale = _key_state(*lk_vv_of(s, min(s + tile, n_k)), xp, state, scale)
@@ -484,6 +491,8 @@ def linear_attention(
         tile = _numpy_tile(f_dim, _dim(v.shape[-1]), np.dtype(q.dtype).itemsize, chunk)
         if backend == "numpy" or _dim(q.shape[-2]) + _dim(k.shape[-2]) > 2 * tile:
             return _numpy_tasks(q, k, v, key_mask, xp=xp, tile=tile, **kw)
+    if q.shape[-2] is None or k.shape[-2] is None:  # symbolic lengths (a graph being exported)
+        return _rows(q, k, v, key_mask, xp=xp, tile=chunk, **kw)
     n = max(_dim(q.shape[-2]), _dim(k.shape[-2]), 1)
     return _rows(q, k, v, key_mask, xp=xp, tile=-(-n // chunk) * chunk, **kw)
 

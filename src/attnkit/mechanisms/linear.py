@@ -152,7 +152,7 @@ class LinearAttention(Mechanism):
                 raise ShapeError(f"mask: expected a rectangular array ({exc})") from exc
             if mask.dtype.kind not in "biuf":
                 mask = as_float_array(mask, "mask", None)
-        mshape = tuple(int(d) for d in mask.shape)
+        mshape = tuple(_dim(d) for d in mask.shape)
         reshape = array_api_compat.array_namespace(mask)  # the mask's own library (prepare_mask checks it)
         if s.flat and len(mshape) == 1 and lq > 1 and mshape[0] == lq * lk:
             mask = reshape.reshape(mask, (lq, lk))  # the spec's flat (Lq*Lk) mask
@@ -162,10 +162,12 @@ class LinearAttention(Mechanism):
         if len(mshape) == 1 or (batch and len(mshape) == len(batch) + 1):
             if mshape[-1] != lk:
                 raise ShapeError(f"mask: expected a key mask with Lk = {lk} entries along the last axis, got shape {shape_str(mshape)}")
-            mask = reshape.reshape(mask, (*mshape[:-1], 1, 1, lk) if len(mshape) > 1 else (1, lk))
+            mask = reshape.reshape(mask, (*mshape[:-1], 1, 1, -1) if len(mshape) > 1 else (1, -1))
         target = (*batch, heads, lq, lk)
         pm = prepare_mask(mask, xp, target, s.q.dtype, device=s.device)
         assert pm is not None
+        if pm.shape[-2] is None:  # symbolic (a graph being exported): values cannot be compared
+            raise ConfigError("mask: linear attention exports key masks only (shape (Lk,) or (*batch, Lk)); got a mask with a query axis")
         if _dim(pm.shape[-2]) != 1:
             if not bool(xp.all(pm == pm[..., :1, :])):
                 raise ShapeError(
