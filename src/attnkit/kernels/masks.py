@@ -20,7 +20,7 @@ from .._array import broadcast_shapes as _bshapes
 from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
 
-__all__ = ["create_mask", "prepare_mask", "unflatten_mask", "causal_allowed", "mask_tile", "apply_mask", "apply_mask_tile"]
+__all__ = ["create_mask", "prepare_mask", "unflatten_mask", "causal_allowed", "causal_allowed_like", "index_grid", "mask_tile", "apply_mask", "apply_mask_tile"]
 
 
 def create_mask(kind: str, seq_len: int, positions: Sequence[int] | None = None) -> np.ndarray:
@@ -140,18 +140,22 @@ def causal_allowed(xp: Namespace, q0: int, q1: int, k0: int, k1: int, offset: in
     return cols[None, :] <= rows[:, None] + offset
 
 
-def causal_allowed_like(s: Array, xp: Namespace) -> Array:
-    """Bool ``(Lq, Lk)``: key j visible to query i iff ``j <= i + (Lk - Lq)``, for scores ``s (..., Lq, Lk)``.
+def index_grid(s: Array, xp: Namespace) -> tuple[Array, Array]:
+    """Query and key indices ``(i, j)`` (as ``s``'s float dtype, each ``(Lq, Lk)``) for scores ``s (..., Lq, Lk)``.
 
-    The same rule as :func:`causal_allowed` over the whole score matrix, with the indices counted from
-    ``s`` itself (cumulative sums of ones) instead of from Python lengths, so it holds when the lengths
-    are symbolic (an exported graph).
+    Counted from ``s`` itself (cumulative sums of ones) instead of from Python lengths, so they hold when
+    the lengths are symbolic (a graph being exported).
     """
-    ones = xp.ones_like(s[(0,) * (s.ndim - 2)])
-    rows = xp.cumulative_sum(ones, axis=0)  # i + 1 in every column
-    cols = xp.cumulative_sum(ones, axis=1)  # j + 1 in every row
-    lq = xp.sum(ones[:, :1])
-    lk = xp.sum(ones[:1, :])
+    ones = xp.ones_like(s[(0,) * (s.ndim - 2) + (...,)])
+    return xp.cumulative_sum(ones, axis=0) - 1.0, xp.cumulative_sum(ones, axis=1) - 1.0
+
+
+def causal_allowed_like(s: Array, xp: Namespace) -> Array:
+    """Bool ``(Lq, Lk)``: key j visible to query i iff ``j <= i + (Lk - Lq)``, for scores ``s (..., Lq, Lk)``:
+    the rule of :func:`causal_allowed` over the whole score matrix, with indices from :func:`index_grid`."""
+    rows, cols = index_grid(s, xp)
+    lq = xp.max(rows[:, :1]) + 1.0
+    lk = xp.max(cols[:1, :]) + 1.0
     return cols <= rows + (lk - lq)
 
 
