@@ -168,13 +168,13 @@ def _prepare(
             a = xp.asarray(a, device=device)
         if a.ndim < 1:
             raise ShapeError(f"{name}: expected a vector or an array of vectors (..., D), got a scalar of shape ()")
-        if a.shape[-1] < 1:
+        if a.shape[-1] is not None and a.shape[-1] < 1:
             raise ShapeError(f"{name}: expected vectors of width D >= 1 along the last axis, got shape {shape_str(a.shape)}")
         arrays.append(a)
     if same_dim:
         first = named[0][0]
         for (name, _), a in zip(named[1:], arrays[1:], strict=True):
-            if a.shape[-1] != arrays[0].shape[-1]:
+            if None not in (a.shape[-1], arrays[0].shape[-1]) and a.shape[-1] != arrays[0].shape[-1]:
                 raise ShapeError(
                     f"{name}: expected vectors of width D = {arrays[0].shape[-1]} (as {first}) along the last axis, "
                     f"got {a.shape[-1]} (shape {shape_str(a.shape)})"

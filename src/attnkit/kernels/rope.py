@@ -29,7 +29,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, as_float_array, finite_float, namespace, one_of, positive_float, positive_int, shape_str, to_numpy
+from .._array import Array, as_float_array, finite_float, is_graph, namespace, one_of, positive_float, positive_int, shape_str, to_numpy
 from .._array import broadcast_shapes as _bshapes
 from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, ShapeError
@@ -134,6 +134,8 @@ class RotaryEmbedding:
                 raise ConfigError(f"seq_axis: expected an axis of x other than the feature axis, in [{-x.ndim}, {x.ndim - 2}], got {seq_axis}")
             ax = ax % x.ndim
             length = _dim(x.shape[ax])
+        if is_graph(xp):  # a graph being exported: the angles are computed in the graph (any length)
+            return self._apply_graph(x, positions, ax, lead, xp)
         p = self._positions(positions, length, ax, lead)
         if p is None or p.ndim == 1 and lead > 0:
             if p is not None and p.shape[0] != length:
@@ -171,6 +173,26 @@ class RotaryEmbedding:
         return out
 
     __call__ = apply
+
+    def _apply_graph(self, x: Array, positions: Any, ax: int, lead: int, xp: Any) -> Array:
+        """:meth:`apply` in a graph-building namespace: positions (default ``0..L-1`` along ``ax``, counted by
+        cumulative sums, since ``L`` is symbolic) and ``cos``/``sin`` of ``positions[..., None] * inv_freq``
+        are graph operations; the rotation is :meth:`_rotate`, as in every other namespace."""
+        base = xp.ones_like(x[..., 0])  # x.shape[:-1]
+        if positions is None:
+            p = xp.cumulative_sum(base, axis=ax) - 1.0 if lead else xp.zeros_like(base)
+        elif isinstance(positions, (int, float, np.integer, np.floating)) and not isinstance(positions, bool):
+            p = base * finite_float(positions, "positions")
+        else:
+            p = xp.asarray(positions)
+            p = xp.astype(p, x.dtype) if p.dtype != x.dtype else p
+            if p.ndim == 1 and lead > 1:
+                shape = [1] * lead
+                shape[ax] = -1
+                p = xp.reshape(p, tuple(shape))
+        inv = xp.asarray(self.inv_freq, dtype=x.dtype)
+        ang = xp.expand_dims(p / self.scaling, axis=-1) * inv
+        return self._rotate(x, xp.cos(ang), xp.sin(ang), xp)
 
     def _rotate(self, x: Array, cos: Array, sin: Array, xp: Any) -> Array:
         d, h = self.dim, self.dim // 2
