@@ -129,6 +129,7 @@ def export_onnx(
         raise ShapeError(f"example_inputs: expected query[, key[, value]], got {len(example_inputs)} arrays")
     if not example_inputs:
         example_inputs = mechanism.example_inputs(8, np.random.default_rng(0))
+        extras = extras or mechanism.example_extras(8, np.random.default_rng(1))
     arrays = [np.asarray(as_float_array(x, n), dtype=np.float32) for x, n in zip(example_inputs, INPUT_NAMES, strict=False)]
     np_mask = None if mask is None else np.asarray(mask)
     if np_mask is not None and np_mask.dtype.kind not in "bf":
@@ -158,6 +159,18 @@ def export_onnx(
             mshape[0] = "Lq" if same else "Lk"
         graph_inputs["mask"] = ndx.argument(shape=tuple(mshape), dtype=ndx.bool if np_mask.dtype == bool else ndx.float32)
 
+    for n, x in extras.items():  # the mechanism's own keyword-only array inputs (e.g. edge features), after the mask
+        if x is None or isinstance(x, (bool, int, float, str)):
+            continue
+        arr = np.asarray(x)
+        xshape: list[int | str] = [int(d) for d in arr.shape]
+        if dynamic and len(xshape) >= 2:
+            xshape[-2] = "Lq" if same else "Lk"
+            for ax in range(len(xshape) - 2):
+                xshape[ax] = f"{n}_batch{ax}"
+        dt = ndx.bool if arr.dtype == bool else (ndx.int64 if arr.dtype.kind in "iu" else ndx.float32)
+        graph_inputs[n] = ndx.argument(shape=tuple(xshape), dtype=dt)
+        extras = {**extras, n: graph_inputs[n]}
     own = {k: np.asarray(v, dtype=np.float32) for k, v in mechanism._own_params().items()}
     params = {k: ndx.argument(shape=v.shape, dtype=ndx.float32) for k, v in own.items()}
     args = [graph_inputs.get(n) for n in INPUT_NAMES]

@@ -338,18 +338,23 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         if m is not None and not xp.isdtype(m.dtype, "bool"):
             raise DTypeError(f"mask: expected a bool mask (True = a real neighbour), got {m.dtype}")
         p = self._params_like(params, q)
-        nb = xp.broadcast_to(nb, (*batch, k, self.dim))
-        qb = xp.broadcast_to(q, (*batch, self.dst_dim))
+        zero = None
+        if None in batch or k is None:  # symbolic lengths (a graph being exported): broadcast by adding zeros
+            zero = xp.zeros_like(q[..., 0]) + xp.zeros_like(nb[..., 0, 0])
+            if ef is not None:
+                zero = zero + xp.zeros_like(ef[..., 0, 0])
+        nb = _broadcast(nb, (*batch, k, self.dim), xp, zero)
+        qb = _broadcast(q, (*batch, self.dst_dim), xp, zero)
         if ef is not None:
-            ef = xp.broadcast_to(ef, (*batch, k, self.edge_dim))
+            ef = _broadcast(ef, (*batch, k, self.edge_dim), xp, zero)
         if m is not None:
-            m = xp.broadcast_to(m, (*batch, k))
+            m = _broadcast(m, (*batch, k), xp, zero)
         if self.self_loops:
             nb = xp.concat([xp.expand_dims(qb, axis=-2), nb], axis=-2)
             if ef is not None:
                 ef = xp.concat([self._neighbour_loop_attr(ef, m, xp), ef], axis=-2)
             if m is not None:
-                m = xp.concat([xp.ones((*batch, 1), dtype=xp.bool, device=dev), m], axis=-1)
+                m = xp.concat([xp.ones_like(m[..., :1]), m], axis=-1)
         hs, hd = gat.project(p, nb, xp.expand_dims(qb, axis=-2), self.heads, xp)  # (..., k', H, C), (..., 1, H, C)
         s = gat.edge_logits(p, hs, hd, ef, self.heads, self.negative_slope, xp)  # (..., k', H)
         if m is not None:
@@ -603,3 +608,14 @@ class GraphRoPEAttention(Mechanism):
         """``seq_len`` queries sharing ``seq_len`` neighbours (ranked 0..seq_len-1)."""
         rng = rng or np.random.default_rng()
         return tuple(rng.standard_normal((seq_len, self.dim), dtype=np.float32) for _ in range(3))
+
+
+def _broadcast(x: Array, shape: tuple[int | None, ...], xp: Namespace, zero: Array | None) -> Array:
+    """``broadcast_to(x, shape)``; with symbolic lengths (a graph being exported) by adding ``zero``, the
+    zeros of the broadcast batch shape, with as many trailing axes as ``shape`` has beyond the batch."""
+    if zero is None:
+        return xp.broadcast_to(x, shape)
+    z = zero
+    for _ in range(len(shape) - zero.ndim):
+        z = xp.expand_dims(z, axis=-1)
+    return xp.logical_and(x, z == 0) if xp.isdtype(x.dtype, "bool") else x + z

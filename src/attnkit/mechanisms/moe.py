@@ -308,6 +308,14 @@ class MoEAttention(LearnedParams, Mechanism):
     def _own_params(self) -> Mapping[str, Array]:
         return self.parameters()
 
+    def _export_blocker(self) -> str | None:
+        """Why this mechanism does not export to ONNX (see :func:`attnkit.export_onnx`)."""
+        return (
+            "routing picks each token's top-k experts and drops tokens over the expert capacity in NumPy, "
+            "a data-dependent choice of which rows each expert computes that an ONNX graph cannot trace; "
+            "export the experts themselves (e.g. FlashAttention or ScaledDotProduct) instead"
+        )
+
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Routed attention output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query)."""
         h, qa, ka, va, m, dev = self._prepare(query, key, value, mask)
