@@ -20,9 +20,10 @@ extra (``pip install attnkit[onnx]``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -175,7 +176,8 @@ def export_onnx(
     params = {k: ndx.argument(shape=v.shape, dtype=ndx.float32) for k, v in own.items()}
     args = [graph_inputs.get(n) for n in INPUT_NAMES]
     try:
-        out = mechanism._forward(params, *args, mask=graph_inputs.get("mask"), **extras)
+        with _plain_matmul():
+            out = mechanism._forward(params, *args, mask=graph_inputs.get("mask"), **extras)
     except AttentionError:
         raise
     except Exception as exc:  # an operation the mechanism's code uses that does not trace into a graph
@@ -197,6 +199,37 @@ def export_onnx(
         opset=_opset_of(model),
         size_bytes=os.path.getsize(path),
     )
+
+
+@contextlib.contextmanager
+def _plain_matmul() -> Iterator[None]:
+    """Build ``a @ b`` as one ONNX ``MatMul`` while tracing.
+
+    ndonnx wraps every matmul in an ``If`` over "is either input empty" with a zeros branch (a workaround
+    for an ONNX Runtime bug with 0-length inputs), inlined from a sub-model whose constants spox evaluates
+    one by one: ~3 s of build time per matmul and a branch in the hot path at run time. attnkit's
+    mechanisms refuse empty key sets (and an empty query gives an empty output either way), so the plain
+    ``MatMul`` is used here; ndonnx's function is restored afterwards.
+    """
+    try:
+        from ndonnx._typed_array import onnx as typed
+        from spox import Var  # noqa: F401
+    except ImportError:  # pragma: no cover - another ndonnx layout: keep its matmul
+        yield
+        return
+    original = getattr(typed, "_matmul_mitigate_zero_sized", None)
+    if original is None:  # pragma: no cover
+        yield
+        return
+
+    def matmul(a: Any, b: Any) -> Any:
+        return type(a)(typed.op.matmul(a._var, b._var))
+
+    typed._matmul_mitigate_zero_sized = matmul
+    try:
+        yield
+    finally:
+        typed._matmul_mitigate_zero_sized = original
 
 
 def _params_to_initializers(model: Any, params: dict[str, np.ndarray]) -> Any:
