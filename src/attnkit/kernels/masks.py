@@ -20,7 +20,10 @@ from .._array import broadcast_shapes as _bshapes
 from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
 
-__all__ = ["create_mask", "prepare_mask", "unflatten_mask", "causal_allowed", "causal_allowed_like", "index_grid", "mask_tile", "apply_mask", "apply_mask_tile"]
+__all__ = [
+    "create_mask", "prepare_mask", "unflatten_mask", "causal_allowed", "causal_allowed_like", "index_grid",
+    "mask_tile", "apply_mask", "apply_mask_tile",
+]  # fmt: skip
 
 
 def create_mask(kind: str, seq_len: int, positions: Sequence[int] | None = None) -> np.ndarray:

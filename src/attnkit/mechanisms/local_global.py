@@ -116,7 +116,8 @@ class LocalGlobalAttention(Mechanism):
         """The sorted global positions for a sequence of ``seq_len`` tokens (``None``: a symbolic length,
         every position given; those past the end of a sequence never match)."""
         if seq_len is None:
-            return np.arange(self.global_tokens, dtype=np.int64) if isinstance(self.global_tokens, int) else np.asarray(self.global_tokens, dtype=np.int64)
+            g = self.global_tokens
+            return np.arange(g, dtype=np.int64) if isinstance(g, int) else np.asarray(g, dtype=np.int64)
         if isinstance(self.global_tokens, int):
             return np.arange(min(self.global_tokens, seq_len), dtype=np.int64)
         idx = np.asarray(self.global_tokens, dtype=np.int64)
