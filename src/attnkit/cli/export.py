@@ -144,8 +144,14 @@ def run_export(
     extras: dict[str, Any] = {}
     if inputs or query:
         arrays = load_inputs(
-            inputs=inputs, query=query, keys=keys, values=values, mask=mask, shapes=parse_shapes(shape),
-            input_format=input_format, dtype=dtype,
+            inputs=inputs,
+            query=query,
+            keys=keys,
+            values=values,
+            mask=mask,
+            shapes=parse_shapes(shape),
+            input_format=input_format,
+            dtype=dtype,
         )
         example = [arrays[r] for r in ("q", "k", "v") if arrays.get(r) is not None]
         example_mask = arrays.get("mask")
