@@ -140,6 +140,28 @@ def test_flash_batched_rope_and_linear_key_mask(tmp_path) -> None:
     np.testing.assert_allclose(got, lin.forward(q, k, v, mask=km), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("hyperbolic", {"aggregation": "frechet", "frechet_tol": 0.0, "frechet_iters": 8}),
+        ("mixed_curvature", {"aggregation": "frechet", "frechet_tol": 0.0, "frechet_iters": 8}),
+        ("flash", {"rope": "interleaved", "causal": True}),
+        ("linear", {"feature_map": "favor"}),
+    ],
+)
+def test_exporting_forms_of_options(name: str, options: dict, tmp_path) -> None:
+    """Fréchet aggregation with a fixed iteration count (frechet_tol=0), interleaved RoPE, FAVOR+ weights."""
+    m = _make(name, **options)
+    path = str(tmp_path / "m.onnx")
+    info = attnkit.export_onnx(m, path)
+    x = m.example_inputs(270, np.random.default_rng(4))
+    got = _session(path).run(None, _feeds(info, list(x)))[0]
+    np.testing.assert_allclose(got, m.forward(*x), rtol=RTOL, atol=ATOL)
+    if name != "flash" and name != "linear":  # the default tolerance stops on data: refused, with the way out
+        with pytest.raises(ConfigError, match="frechet_tol=0"):
+            attnkit.export_onnx(_make(name, aggregation="frechet"), path)
+
+
 def test_swapped_initializers_give_the_mechanism_with_those_weights(tmp_path) -> None:
     m = attnkit.CrossAttention(query_dim=8, key_dim=6, heads=2)
     path = str(tmp_path / "cross.onnx")

@@ -29,7 +29,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, as_float_array, finite_float, is_graph, namespace, one_of, positive_float, positive_int, shape_str, to_numpy
+from .._array import Array, as_float_array, finite_float, is_graph, namespace, one_of, positive_float, positive_int, reshape_lead, shape_str, to_numpy
 from .._array import broadcast_shapes as _bshapes
 from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, ShapeError
@@ -201,9 +201,9 @@ class RotaryEmbedding:
             a, b = rot[..., :h], rot[..., h:]
             out = xp.concat([a * cos - b * sin, a * sin + b * cos], axis=-1)
         else:
-            pairs = xp.reshape(rot, (*rot.shape[:-1], h, 2))
+            pairs = reshape_lead(rot, rot.ndim - 1, (h, 2), xp)
             a, b = pairs[..., 0], pairs[..., 1]
-            out = xp.reshape(xp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1), rot.shape)
+            out = reshape_lead(xp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1), rot.ndim - 1, (d,), xp)
         if rest.shape[-1]:
             out = xp.concat([out, rest], axis=-1)
         return out

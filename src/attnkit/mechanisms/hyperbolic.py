@@ -44,6 +44,7 @@ from .._array import (
     check_finite,
     finite_float,
     namespace,
+    non_negative_float,
     one_of,
     positive_float,
     positive_int,
@@ -81,7 +82,8 @@ class HyperbolicAttention(Mechanism):
     radius ``1/sqrt κ`` in stereographic coordinates, which no ``curvature`` value can select).
     ``temperature`` ``T > 0`` divides the negative distances. ``aggregation``: ``"einstein"`` (closed
     form, default) or ``"frechet"`` (iterative; ``frechet_iters`` steps at most, stopping when a step
-    is shorter than ``frechet_tol``, by default 100 eps of the dtype). ``input_space``: ``"ball"``
+    is shorter than ``frechet_tol``, by default 100 eps of the dtype; ``frechet_tol=0`` runs exactly
+    ``frechet_iters`` steps, the form that traces into a graph and exports to ONNX). ``input_space``: ``"ball"``
     (inputs are points of the ball; points outside raise an ``AttentionError`` naming the argument)
     or ``"tangent"`` (inputs are Euclidean vectors, mapped into the ball by ``to_poincare`` first).
     ``check_finite`` rejects NaN/inf input.
@@ -129,8 +131,8 @@ class HyperbolicAttention(Mechanism):
         self.temperature = positive_float(temperature, "temperature")
         self.aggregation = one_of(aggregation, "aggregation", ("einstein", "frechet"))
         self.frechet_iters = positive_int(frechet_iters, "frechet_iters")
-        if frechet_tol is not None:
-            frechet_tol = positive_float(frechet_tol, "frechet_tol")
+        if frechet_tol is not None:  # 0: exactly frechet_iters steps (traceable: jax.jit, ONNX export)
+            frechet_tol = non_negative_float(frechet_tol, "frechet_tol")
         self.frechet_tol = frechet_tol
         self.input_space = one_of(input_space, "input_space", ("ball", "tangent"))
         self.check_finite = bool(check_finite)
@@ -235,6 +237,15 @@ class HyperbolicAttention(Mechanism):
             return pc.from_poincare(x, c=-self.kappa)
         xp, (xa,) = self._checked(("x", x))
         return st.logmap0(xa, self.kappa, xp)
+
+    def _export_blocker(self) -> str | None:
+        if self.aggregation == "frechet" and (self.frechet_tol is None or self.frechet_tol > 0):
+            return (
+                "aggregation='frechet' stops iterating once a step is shorter than frechet_tol, an iteration count that "
+                "depends on the data; build it with frechet_tol=0 to run exactly frechet_iters steps (e.g. frechet_iters=20), "
+                "which exports"
+            )
+        return None
 
     def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         """``seq_len`` queries, keys and values (float32), inside the ball (or tangent vectors)."""
