@@ -61,17 +61,39 @@ _LAZY: dict[str, str] = {
 }
 
 
+#: optional front-end submodules reachable as attributes without importing them with attnkit
+_SUBMODULES = frozenset({"torch"})
+
+
 @functools.cache
 def _installed_version() -> str:
+    """The version in the installed package's metadata, which pyproject.toml's ``version`` sets (the one place
+    it is written); from a source tree that is not installed, read from that pyproject.toml."""
     try:
         return _pkg_version("attnkit")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0.1.0"
+        return _source_version()
+
+
+def _source_version() -> str:
+    """``[project] version`` of the pyproject.toml beside ``src/`` (``0+unknown`` when there is none)."""
+    import re
+    from pathlib import Path
+
+    try:
+        text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return "0+unknown"
+    project = text.split("[project]", 1)[-1].split("\n[", 1)[0]
+    found = re.search(r'^version\s*=\s*"([^"]+)"', project, re.MULTILINE)
+    return found.group(1) if found else "0+unknown"
 
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":  # read from the package metadata on first use (it costs ~28 ms at import)
         return _installed_version()
+    if name in _SUBMODULES:  # e.g. attnkit.torch: imported on first use (it imports PyTorch)
+        return importlib.import_module(f"attnkit.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'attnkit' has no attribute {name!r}")

@@ -12,6 +12,7 @@ back; other libraries compute half precision as given. Integer, bool, complex an
 from __future__ import annotations
 
 import numbers
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,27 +110,28 @@ def reshape_lead(x: Array, keep: int, tail: Sequence[int], xp: Namespace) -> Arr
 
 
 def broadcast_shapes(*shapes: Sequence[int | None]) -> tuple[int | None, ...]:
-    """``np.broadcast_shapes`` that also takes unknown (``None``, symbolic) lengths.
+    """``np.broadcast_shapes`` in plain Python (``ValueError`` when they do not broadcast).
 
-    An unknown axis broadcasts against anything and stays unknown unless the other side is known and
-    not 1. Raises ``ValueError`` like NumPy when known lengths disagree.
+    ``torch.compile`` traces plain integer arithmetic, where NumPy's version is opaque to it. An unknown
+    (``None``, symbolic: a graph being exported) length broadcasts against anything and stays unknown
+    unless a known length other than 1 meets it.
     """
-    if all(d is not None for s in shapes for d in s):
-        return tuple(np.broadcast_shapes(*(tuple(s) for s in shapes)))
-    n = max((len(s) for s in shapes), default=0)
-    out: list[int | None] = []
-    for i in range(n):
-        dims = [s[len(s) - n + i] for s in shapes if len(s) - n + i >= 0]
-        known = {int(d) for d in dims if d is not None and int(d) != 1}
-        if len(known) > 1:
-            raise ValueError(f"shapes {shapes} do not broadcast")
-        if known:
-            out.append(known.pop())
-        elif any(d is None for d in dims):
-            out.append(None)
-        else:
-            out.append(1)
-    return tuple(out)
+    ndim = 0
+    for s in shapes:
+        ndim = max(ndim, len(s))
+    out: list[int | None] = [1] * ndim
+    unknown = [False] * ndim
+    for s in shapes:
+        for i, d in enumerate(s, start=ndim - len(s)):
+            if d is None:
+                unknown[i] = True
+                continue
+            d = int(d)
+            if d != 1 and out[i] not in (1, d):
+                raise ValueError(f"shapes {[tuple(x) for x in shapes]} do not broadcast")
+            if d != 1:
+                out[i] = d
+    return tuple(None if unknown[i] and out[i] == 1 else out[i] for i in range(ndim))
 
 
 def _dtype_name(dtype: object) -> str:
@@ -182,8 +184,21 @@ def compute_dtype(xp: Namespace, dtype: Any) -> Any:
     return dtype
 
 
+def torch_compiling() -> bool:
+    """Whether ``torch.compile`` (dynamo) is tracing this call (never imports torch itself)."""
+    is_compiling = getattr(getattr(sys.modules.get("torch"), "compiler", None), "is_compiling", None)  # torch >= 2.3
+    return is_compiling is not None and bool(is_compiling())
+
+
 def check_finite(x: Array, name: str, xp: Namespace) -> None:
-    """Raise ``NonFiniteError`` naming ``name`` if ``x`` holds NaN or infinity."""
+    """Raise ``NonFiniteError`` naming ``name`` if ``x`` holds NaN or infinity.
+
+    Skipped while ``torch.compile`` traces (:func:`torch_compiling`): the check branches on the
+    array's values, which a traced graph cannot (``fullgraph=True`` would fail, and otherwise the
+    graph would break at every input); eager calls of the same module still check.
+    """
+    if torch_compiling():
+        return
     if type(x) is np.ndarray:
         xp = np
     elif is_graph(xp):

@@ -188,8 +188,11 @@ class HyperbolicAttention(Mechanism):
         ``key`` defaults to ``query`` (self-attention) and ``value`` to ``key``.
         """
         h, k = self._prepare(params, query, key, value, mask)
-        w = self._weights(h, k)
         eps = pc.margin(h.out_dtype)
+        if self.aggregation == "einstein" and not self.learn_curvature and k < 0:
+            # the ball at a fixed curvature: tiled over queries, two GEMMs a tile, O(Lk) memory a query
+            return h.finish(pc.einstein_attention(h.q, h.k, h.v, -float(k), self.temperature, h.mask, eps, h.xp))
+        w = self._weights(h, k)
         out = st.project(st.midpoint_aggregate(w, h.v, k, h.xp), k, eps, h.xp)
         if self.aggregation == "frechet":
             tol = self.frechet_tol if self.frechet_tol is not None else pc.default_tol(out.dtype)
