@@ -427,17 +427,20 @@ def einstein_attention(q: Array, k: Array, v: Array, c: float, temperature: floa
     fast = einstein_attention_numpy(q, k, v, c, temperature, mask, eps) if c > 0 else None
     if fast is not None:
         return fast
-    m, n = int(q.shape[-2]), int(k.shape[-2])
-    batch = math.prod(np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2])))
-    rows = max(1, _ATTN_TILE // max(1, batch * n))
+    m, n = q.shape[-2], k.shape[-2]
+    lead = _bshapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+    if m is None or n is None or None in lead:  # symbolic lengths (a graph being exported): one whole tile
+        tiles: list[tuple[int, int | None]] = [(0, None)]
+    else:
+        rows = max(1, _ATTN_TILE // max(1, math.prod(lead) * int(n)))
+        tiles = [(i0, min(int(m), i0 + rows)) for i0 in range(0, int(m), rows)]
     vf = value_factors(v, c, xp)
     wide = wide_dtype(xp, q.dtype) if c > 0 else None
     fq = None if wide is None else query_factor(q, c, xp, wide)
     fk = None if wide is None else xp.matrix_transpose(key_factor(k, c, xp, wide))
     parts = []
     with small_gemms(xp):
-        for i0 in range(0, m, rows):
-            i1 = min(m, i0 + rows)
+        for i0, i1 in tiles:
             if fq is None or fk is None:  # float64 (or c = 0, the flat limit): the stereographic kernel
                 d = pairwise_dist_kernel(q[..., i0:i1, :], k, c, xp)
             else:
