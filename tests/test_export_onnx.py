@@ -147,6 +147,8 @@ def test_flash_batched_rope_and_linear_key_mask(tmp_path) -> None:
         ("mixed_curvature", {"aggregation": "frechet", "frechet_tol": 0.0, "frechet_iters": 8}),
         ("flash", {"rope": "interleaved", "causal": True}),
         ("linear", {"feature_map": "favor"}),
+        ("flash", {"window": (3, 1), "alibi_slopes": "default", "softcap": 5.0}),
+        ("flash", {"window": (4, -1), "causal": True}),
     ],
 )
 def test_exporting_forms_of_options(name: str, options: dict, tmp_path) -> None:
@@ -210,6 +212,10 @@ def test_errors_name_the_argument(tmp_path) -> None:
         attnkit.export_onnx(attnkit.LinearAttention(heads=2, dim=4, causal=True), path)
     with pytest.raises(ConfigError, match="dropout"):
         attnkit.export_onnx(attnkit.FlashAttention(heads=2, dim=4, dropout=0.1).train(), path)
+    gqa = attnkit.FlashAttention(heads=4, dim=4)
+    q, kv = np.zeros((8, 4, 4), np.float32), np.zeros((8, 2, 4), np.float32)
+    with pytest.raises(ConfigError, match="grouped-query"):
+        attnkit.export_onnx(gqa, path, q, kv, kv)
     disposed = attnkit.FlashAttention(heads=2, dim=4)
     disposed.dispose()
     with pytest.raises(attnkit.DisposedError):
