@@ -54,7 +54,8 @@ def main() -> None:
 
     torch.set_num_threads(threads)
     heads, dim = 8, 64
-    mech = attnkit.FlashAttention(heads=heads, dim=dim, check_finite=False)
+    # engine="numpy": attnkit's own NumPy kernel (engine="auto" may hand NumPy inputs to torch's kernel)
+    mech = attnkit.FlashAttention(heads=heads, dim=dim, check_finite=False, engine="numpy")
     tmp = Path(tempfile.mkdtemp())
     info = attnkit.export_onnx(mech, tmp / "flash.onnx")
     so = ort.SessionOptions()
