@@ -116,7 +116,8 @@ def run_export(
     from .compute import _load_weights, load_inputs, parse_shapes
 
     config = STATE.config
-    name = registry.get(type_ or config.get("attention", "default_type")).name
+    cls: Any = registry.get(type_ or config.get("attention", "default_type"))
+    name = str(cls.name)
     specs = {s.name: s for s in registry.option_specs(name)}
     explicit: dict[str, Any] = {k: v for k, v in common.items() if v is not None}
     for source in (parse_pairs(opt), parse_extra_args(list(extra_args), specs, name)):
