@@ -28,7 +28,7 @@ import numpy as np
 
 from .._array import Array, Namespace, is_graph, is_numpy, is_torch
 from ._threads import BlasOneThread, blas_limiter_available
-from .gqa import group_keys, group_queries, group_slopes, needs_grouping, ungroup
+from .gqa import group_keys, group_queries, group_slopes, kv_groups, needs_grouping, ungroup
 from .masks import alibi_bias, apply_mask_tile, causal_allowed, index_grid, window_allowed, window_skips
 from .softmax import safe_softmax
 
@@ -347,8 +347,11 @@ def sdpa(
             from ..errors import ConfigError
 
             raise ConfigError("dropout: a random dropout mask cannot be exported; export in eval mode (dropout off)")
+        if needs_grouping(q, k, v):  # grouped-query attention: query head h reads key/value head h // G
+            g = kv_groups(q, k, v)
+            k, v = xp.repeat(k, g, axis=-3), xp.repeat(v, g, axis=-3)
         w = attention_weights(q, k, xp=xp, scale=scale, mask=mask, causal=causal, window=window, alibi_slopes=alibi_slopes, softcap=softcap)
-        return w @ (group_keys(v, xp) if needs_grouping(q, k) else v)
+        return w @ v
     positional = tuple(window) != NO_WINDOW or alibi_slopes is not None
     if positional or softcap is not None:
         if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0 and softcap is None:

@@ -35,13 +35,6 @@ def kv_groups(q: Array, k: Array, v: Array | None = None) -> int:
         raise ShapeError(f"value: expected {hk} heads (as key), got {int(v.shape[-3])} (shape {shape_str(v.shape)})")
     if hk == hq:
         return 1
-    if hk not in (1, hq) and (q.shape[-2] is None or k.shape[-2] is None):  # a graph being exported
-        from ..errors import ConfigError
-
-        raise ConfigError(
-            f"key: grouped-query attention ({hk} key heads for {hq} query heads) does not export to ONNX yet; "
-            f"export with the key/value heads repeated to {hq} (numpy.repeat(k, {hq // max(hk, 1)}, axis=-2)), which computes the same"
-        )
     if hk == 0 or hq % hk:
         raise ShapeError(
             f"key: expected a number of key/value heads that divides the {hq} query heads (grouped-query attention), "
