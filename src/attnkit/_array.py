@@ -32,12 +32,18 @@ __all__ = [
     "common_float_dtype",
     "compute_dtype",
     "check_finite",
+    "is_traced",
     "positive_int",
     "non_negative_int",
     "probability",
     "positive_float",
     "finite_float",
     "one_of",
+    "bool_option",
+    "int_option",
+    "seed_option",
+    "allocation_limit",
+    "check_allocation",
     "is_numpy",
     "is_torch",
     "is_graph",
@@ -190,12 +196,46 @@ def torch_compiling() -> bool:
     return is_compiling is not None and bool(is_compiling())
 
 
+def is_traced(x: object) -> bool:
+    """Whether ``x`` is a traced value whose contents are unknown while Python runs.
+
+    True for a JAX tracer (under ``jax.jit``, ``jax.grad``, ``jax.vmap``), for an ``ndonnx`` array (a
+    graph being exported, :func:`is_graph`), for any torch tensor while
+    ``torch.compile`` traces (``torch.compiler.is_compiling()``), and for torch fake or meta tensors.
+    A traced value cannot be converted to a Python ``bool``/``float`` and a check on it cannot raise
+    inside the compiled graph, so checks on data values are skipped for it. Neither library is
+    imported here: each is consulted only when already loaded (``sys.modules``).
+    """
+    if type(x) is np.ndarray or x is None:
+        return False
+    mod = type(x).__module__
+    if mod.startswith("ndonnx"):  # an ONNX graph being built (attnkit.export_onnx): no values at all
+        return True
+    if mod.startswith("jax") or mod.startswith("jaxlib"):
+        jax = sys.modules.get("jax")
+        return jax is not None and isinstance(x, jax.core.Tracer)
+    if mod.startswith("torch"):
+        torch = sys.modules.get("torch")
+        if torch is None:  # pragma: no cover - a torch type without torch loaded
+            return False
+        if torch_compiling():
+            return True
+        if getattr(x, "is_meta", False):
+            return True
+        fake = sys.modules.get("torch._subclasses.fake_tensor")
+        return fake is not None and isinstance(x, fake.FakeTensor)
+    return False
+
+
 def check_finite(x: Array, name: str, xp: Namespace) -> None:
     """Raise ``NonFiniteError`` naming ``name`` if ``x`` holds NaN or infinity.
 
-    Skipped while ``torch.compile`` traces (:func:`torch_compiling`): the check branches on the
-    array's values, which a traced graph cannot (``fullgraph=True`` would fail, and otherwise the
-    graph would break at every input); eager calls of the same module still check.
+    This is the one input check skipped on traced values (:func:`is_traced`: JAX tracers under
+    ``jax.jit``/``jax.grad``, torch tensors under ``torch.compile``, fake and meta tensors): their
+    values are unknown while Python runs, and a check cannot raise from inside a compiled graph.
+    A concrete array used inside a traced function (a constant captured by ``jax.jit``) is skipped
+    too, since its reductions are traced there. Check concrete inputs before tracing if non-finite
+    values are possible.
     """
     if torch_compiling():
         return
@@ -203,6 +243,8 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         xp = np
     elif is_graph(xp):
         return  # a graph being built (ONNX export) has no values to check
+    elif is_traced(x):
+        return
     elif is_torch(xp) and x.device.type == "cpu" and str(x.dtype) in ("torch.float32", "torch.float64"):
         # the NumPy check on a shared view: each torch reduction opens a parallel region, which
         # costs a scheduler time slice whenever another process holds a core
@@ -219,7 +261,10 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         return
     # one reduction first (a finite sum proves every element finite; NaN/inf or an overflow falls
     # through to the elementwise check): torch's isfinite + all costs 10-100x more
-    if bool(xp.isfinite(xp.sum(x))):
+    total_ok = xp.isfinite(xp.sum(x))
+    if is_traced(total_ok):  # a concrete array used inside a traced function: its reduction is traced
+        return
+    if bool(total_ok):
         return
     if not bool(xp.all(xp.isfinite(x))):
         raise NonFiniteError(f"{name}: expected finite values, found NaN or infinity")
@@ -286,6 +331,80 @@ def non_negative_float(value: object, name: str) -> float:
     return f
 
 
+def bool_option(value: object, name: str) -> bool:
+    """A bool option: ``True``/``False`` (or a NumPy bool) only. ``"false"``, ``0`` and ``1`` are refused,
+    since ``bool("false")`` is True and an integer may be a mistyped count."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ConfigError(f"{name}: expected True or False, got {value!r}")
+
+
+def int_option(value: object, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer option: Python or NumPy integers only (bools and floats, even ``2.0``, are refused),
+    within ``[minimum, maximum]`` where given."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    v = int(value)
+    if minimum is not None and v < minimum:
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ConfigError(f"{name}: expected an integer <= {maximum}, got {v}")
+    return v
+
+
+def seed_option(value: object, name: str = "seed") -> int | None:
+    """A random seed: ``None`` or an integer in ``[0, 2**64)`` (what ``numpy.random.default_rng`` takes)."""
+    if value is None:
+        return None
+    return int_option(value, name, minimum=0, maximum=2**64 - 1)
+
+
+#: default bound on what one option set may allocate; ``ATTNKIT_MAX_ALLOC_BYTES`` overrides it
+_DEFAULT_ALLOC_FRACTION = 0.5
+
+
+def allocation_limit() -> int:
+    """Most bytes one mechanism may allocate for its options: ``ATTNKIT_MAX_ALLOC_BYTES``, else half of
+    the physical memory (8 GiB where it cannot be read)."""
+    import os
+
+    raw = os.environ.get("ATTNKIT_MAX_ALLOC_BYTES", "").strip()
+    if raw:
+        try:
+            value = int(float(raw))
+        except ValueError:
+            raise ConfigError(f"ATTNKIT_MAX_ALLOC_BYTES: expected a number of bytes, got {raw!r}") from None
+        if value < 1:
+            raise ConfigError(f"ATTNKIT_MAX_ALLOC_BYTES: expected a positive number of bytes, got {raw!r}")
+        return value
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 16 << 30
+    return int(total * _DEFAULT_ALLOC_FRACTION)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def check_allocation(nbytes: int | float, name: str, what: str, limit: int | None = None) -> int:
+    """Refuse, before allocating, options whose memory cost ``nbytes`` exceeds ``limit`` (default
+    :func:`allocation_limit`). ``name`` is the option(s) to blame and ``what`` what would be allocated,
+    e.g. ``check_allocation(4 * heads * dim * dim, "heads, dim", "projection weights")``."""
+    limit = allocation_limit() if limit is None else int(limit)
+    if not nbytes <= limit:  # also refuses NaN
+        raise ConfigError(
+            f"{name}: {what} would need about {_fmt_bytes(float(nbytes))} ({nbytes:.0f} bytes), more than the "
+            f"{_fmt_bytes(float(limit))} allowed (ATTNKIT_MAX_ALLOC_BYTES); choose smaller values"
+        )
+    return int(nbytes)
+
+
 def one_of(value: object, name: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value.lower() not in choices:
         raise ConfigError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
@@ -293,11 +412,22 @@ def one_of(value: object, name: str, choices: Sequence[str]) -> str:
 
 
 def to_numpy(x: Array) -> np.ndarray:
-    """Copy any array-API array to a NumPy array on the host (detaching torch tensors)."""
+    """Copy any array-API array to a NumPy array on the host (detaching torch tensors; torch
+    bfloat16, which NumPy lacks, comes as float32).
+
+    For output and host bookkeeping only (statistics, plots, files): computations stay in the
+    caller's library and on its device.
+    """
     if isinstance(x, np.ndarray):
         return x
     if hasattr(x, "detach"):
         x = x.detach()
     if hasattr(x, "cpu"):
         x = x.cpu()
+        if str(x.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: widen (exactly) to float32
+            x = x.float()
+    if array_api_compat.is_array_api_strict_namespace(array_api_compat.array_namespace(x)):
+        import array_api_strict
+
+        x = x.to_device(array_api_strict.Device("CPU_DEVICE"))  # a simulated second device
     return np.asarray(x)

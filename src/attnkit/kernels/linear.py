@@ -57,7 +57,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, broadcast_shapes, is_numpy, is_torch, torch_compiling
+from .._array import Array, Namespace, broadcast_shapes, is_numpy, is_torch, is_traced
 from .._array import length as _dim
 from ..errors import ConfigError
 from ._threads import BlasOneThread, get_num_threads, get_pool
@@ -129,8 +129,15 @@ def orthogonal_random_features(nb_features: int, dim: int, rng: np.random.Genera
 
 
 def _log_relu(x: Array, xp: Namespace) -> Array:
-    with np.errstate(divide="ignore"):
-        return xp.log(xp.maximum(x, xp.zeros_like(x)))  # log 0 = -inf: an exact zero feature
+    """``log(max(x, 0))``: ``-inf`` (an exact zero feature) where ``x <= 0``.
+
+    Computed as ``where(x > 0, log(where(x > 0, x, 1)), -inf)``, so the logarithm never sees 0: its
+    gradient is ``1/x`` where ``x > 0`` and exactly 0 elsewhere (the subgradient of relu at 0), never
+    the ``inf * 0 = NaN`` that ``log(maximum(x, 0))`` gives for entries exactly 0 (zero padding).
+    """
+    pos = x > 0
+    one = xp.ones_like(x)
+    return xp.where(pos, xp.log(xp.where(pos, x, one)), xp.full_like(x, -math.inf))
 
 
 def elu_log_features(x: Array, xp: Namespace) -> Array:
@@ -362,9 +369,13 @@ def _prefix_states(state: Array | None, kv: Array, run: Array, xp: Namespace) ->
     start = run[..., :1, :]  # (..., 1, F)
     r = run[..., 1:, :]  # (..., n_chunks, F)
     spread = xp.max(r[..., -1:, :] - start)
-    # under torch.compile the choice cannot depend on a value: the step-by-step form (always safe) is traced
-    vectorise = not is_numpy(xp) and not torch_compiling()
-    if vectorise and float(spread.detach() if hasattr(spread, "detach") else spread) <= _SCAN_RANGE[8 if "float64" in str(dt) else 4]:
+    # a traced spread (jax.jit, torch.compile) has no value to choose by: take the step-by-step form,
+    # which is exact for any range of scales
+    if (
+        not is_numpy(xp)
+        and not is_traced(spread)
+        and float(spread.detach() if hasattr(spread, "detach") else spread) <= _SCAN_RANGE[8 if "float64" in str(dt) else 4]
+    ):
         # vectorised: express everything at the final scale, cumulative sum, then rescale back
         ref = r[..., -1:, :]
         scaled = kv * xp.exp(r - ref)[..., :, None]

@@ -15,7 +15,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, is_graph, shape_str
+from .._array import Array, Namespace, is_traced, shape_str
 from .._array import broadcast_shapes as _bshapes
 from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
@@ -123,7 +123,8 @@ def prepare_mask(
     if tuple(full) != tuple(target):
         raise ShapeError(f"{name}: shape {shape_str(mask.shape)} would enlarge the scores {shape_str(target)}")
     if kind == "float":
-        if not is_graph(xp) and (bool(mxp.any(xp.isnan(mask))) or bool(mxp.any(mask == mxp.inf))):  # a graph has no values
+        bad = mxp.any(xp.isnan(mask)) | mxp.any(mask == mxp.inf)
+        if not is_traced(bad) and bool(bad):
             raise NonFiniteError(f"{name}: a float mask may hold -inf but not NaN or +inf")
         mask = xp.astype(mask, dtype) if mask.dtype != dtype else mask
     return mask

@@ -62,7 +62,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, as_float_array, check_finite, finite_float, is_graph, namespace, positive_int, shape_str
+from .._array import Array, Namespace, as_float_array, check_finite, finite_float, is_traced, namespace, positive_int, shape_str
 from .._array import broadcast_shapes as _bshapes
 from ..errors import AttentionError, ConfigError, ShapeError
 from . import stereographic as st
@@ -115,7 +115,10 @@ def curvature_value(c: object, name: str = "c") -> float:
 
 
 def _dtype_name(dtype: Any) -> str:
-    return str(dtype).replace("torch.", "").replace("<class 'numpy.", "").rstrip("'>")
+    """The bare name of a dtype of any library: ``float32`` for ``numpy.float32``, ``torch.float32``,
+    ``<class 'jax.numpy.float32'>`` or ``array_api_strict.float32``."""
+    text = str(dtype).replace("<class ", "").strip("<>' ")
+    return text.rsplit(".", 1)[-1]
 
 
 def margin(dtype: Any) -> float:
@@ -203,13 +206,20 @@ def _prepare(
 
 def check_in_ball(x: Array, name: str, c: float, xp: Namespace) -> None:
     """Raise :class:`~attnkit.errors.AttentionError` naming ``name`` unless every vector of ``x``
-    satisfies ``c |x|^2 < 1`` (strictly inside the ball of radius ``1/sqrt(c)``); NaN fails too."""
-    if is_graph(xp):
-        return  # a graph being exported has no values to check
-    if math.prod(x.shape) == 0:
+    satisfies ``c |x|^2 < 1`` (strictly inside the ball of radius ``1/sqrt(c)``); NaN fails too.
+
+    Skipped for traced values (:func:`attnkit._array.is_traced`: ``jax.jit``, ``torch.compile``, and
+    constants whose reductions are traced there), whose contents are unknown while Python runs; the
+    kernels stay finite for such points anyway, since every ``1 - c|x|^2`` they divide by is floored
+    at a positive number (:func:`_one_minus`, and the stereographic kernels' clips).
+    """
+    if c <= 0 or is_traced(x) or math.prod(x.shape) == 0:
         return
     sq = c * _sqnorm(x, xp)
-    if c > 0 and not bool(xp.all(sq < 1.0)):
+    inside = xp.all(sq < 1.0)
+    if is_traced(inside):  # a constant inside a traced function
+        return
+    if not bool(inside):
         inf = xp.asarray(math.inf, dtype=sq.dtype, device=array_api_compat.device(sq))
         worst = float(xp.max(xp.where(xp.isnan(sq), inf, sq)))
         radius = 1.0 / math.sqrt(c)
@@ -228,9 +238,13 @@ def _sqnorm(x: Array, xp: Namespace, keepdims: bool = True) -> Array:
 
 
 def _one_minus(sq: Array, c: float, xp: Namespace) -> Array:
-    """``1 - c|x|^2`` from ``|x|^2``, kept positive (inputs are checked to be inside the ball)."""
-    tiny = float(xp.finfo(sq.dtype).smallest_normal)
-    return xp.clip(1.0 - c * sq, min=tiny)
+    """``1 - c|x|^2`` from ``|x|^2``, at least the dtype's ``eps``.
+
+    Checked inputs are inside the ball, where the floor only touches points within rounding of the
+    boundary; for a traced input (unchecked, :func:`check_in_ball`) outside the ball it keeps every
+    conformal factor, quotient and ``arcosh`` argument finite (``1/eps^2`` does not overflow).
+    """
+    return xp.clip(1.0 - c * sq, min=float(xp.finfo(sq.dtype).eps))
 
 
 def _project(x: Array, c: float, eps: float, xp: Namespace) -> Array:
@@ -647,7 +661,8 @@ def _points_and_weights(x: Any, weights: Any, c: float) -> tuple[_Prepared, Arra
             raise ShapeError(
                 f"weights: leading dimensions {shape_str(w.shape[:-1])} do not broadcast with those of x {shape_str(a.shape[:-2])}"
             ) from None
-        if not bool(p.xp.all(w >= 0.0)):
+        nonneg = p.xp.all(w >= 0.0)
+        if not is_traced(nonneg) and not bool(nonneg):
             raise AttentionError(f"weights: expected non-negative weights, got a minimum of {float(p.xp.min(w)):.6g}")
     if a.shape[-2] == 0:
         raise ShapeError("x: expected at least one point (N >= 1), got an empty set")

@@ -82,8 +82,10 @@ class HyperbolicAttention(Mechanism):
     radius ``1/sqrt κ`` in stereographic coordinates, which no ``curvature`` value can select).
     ``temperature`` ``T > 0`` divides the negative distances. ``aggregation``: ``"einstein"`` (closed
     form, default) or ``"frechet"`` (iterative; ``frechet_iters`` steps at most, stopping when a step
-    is shorter than ``frechet_tol``, by default 100 eps of the dtype; ``frechet_tol=0`` runs exactly
-    ``frechet_iters`` steps, the form that traces into a graph and exports to ONNX). ``input_space``: ``"ball"``
+    is shorter than ``frechet_tol``, by default 100 eps of the dtype; under ``jax.jit`` /
+    ``torch.compile`` all ``frechet_iters`` steps are traced and the mean is frozen where the rule
+    stops, the same result, so a smaller ``frechet_iters`` compiles faster; ONNX export traces them
+    the same way; ``frechet_tol=0`` runs exactly ``frechet_iters`` steps). ``input_space``: ``"ball"``
     (inputs are points of the ball; points outside raise an ``AttentionError`` naming the argument)
     or ``"tangent"`` (inputs are Euclidean vectors, mapped into the ball by ``to_poincare`` first).
     ``check_finite`` rejects NaN/inf input.

@@ -20,7 +20,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, as_float_array, broadcast_shapes, non_negative_int, one_of, positive_float, positive_int, shape_str, torch_compiling
+from .._array import Array, as_float_array, broadcast_shapes, is_traced, non_negative_int, one_of, positive_float, positive_int, shape_str
 from .._array import length as _dim
 from ..errors import ConfigError, ShapeError
 from ..kernels.linear import DEFAULT_CHUNK_SIZE, FEATURE_MAPS, default_nb_features, feature_dim, linear_attention, orthogonal_random_features
@@ -179,8 +179,9 @@ class LinearAttention(Mechanism):
         if pm.shape[-2] is None:  # symbolic (a graph being exported): values cannot be compared
             raise ConfigError("mask: linear attention exports key masks only (shape (Lk,) or (*batch, Lk)); got a mask with a query axis")
         if int(pm.shape[-2]) != 1:
-            # a value check: skipped while torch.compile traces (it cannot branch on values); the first row is used
-            if not torch_compiling() and not bool(xp.all(pm == pm[..., :1, :])):
+            # skipped on traced masks (jax.jit, torch.compile: no value to compare); the first row is used
+            same = xp.all(pm == pm[..., :1, :])
+            if not is_traced(same) and not bool(same):
                 raise ShapeError(
                     f"mask: linear attention can only drop or weight keys for all queries at once (a key mask of shape "
                     f"(Lk,), (*batch, Lk) or (..., H, 1, Lk)); got a mask of shape {shape_str(mshape)} whose query rows differ. "
