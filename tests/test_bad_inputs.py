@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import attnkit.io as attnkit_io
 from attnkit import (
     AttentionError,
     ConfigError,
@@ -248,7 +249,7 @@ CASES = [
                  id="weights-missing-key"),
     pytest.param(lambda: mha().load_weights(mha_weights(**{"k_proj.weight": np.zeros((8, 7), np.float32)})), ShapeError,
                  r"^weights:.*k_proj\.weight", id="weights-wrong-shape"),
-    pytest.param(lambda: mha().load_weights(b"\x00garbage bytes that are not safetensors"), ConfigError, r"^weights:",
+    pytest.param(lambda: mha().load_weights(b"\x00garbage bytes that are not safetensors"), attnkit_io.FileFormatError, r"^weights:",
                  id="weights-garbage-bytes"),
     pytest.param(lambda: mha().load_weights("/nonexistent/w.safetensors"), ConfigError, r"^weights:.*no such file",
                  id="weights-missing-file"),

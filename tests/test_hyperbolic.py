@@ -418,7 +418,7 @@ def test_registry_batch_and_lifecycle():
         ({"input_space": "euclidean"}, "input_space"),
         ({"frechet_iters": 0}, "frechet_iters"),
         ({"frechet_iters": 2.5}, "frechet_iters"),
-        ({"frechet_tol": 0.0}, "frechet_tol"),
+        ({"frechet_tol": -1e-3}, "frechet_tol"),  # 0 is allowed: exactly frechet_iters steps
         ({"dim": 0}, "dim"),
         ({"dim": -3}, "dim"),
     ],

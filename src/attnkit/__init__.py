@@ -30,6 +30,7 @@ _LAZY: dict[str, str] = {
     "MemoryInfo": "attnkit.mechanisms.base",
     "BenchmarkResult": "attnkit.mechanisms.base",
     "functional_call": "attnkit.mechanisms.functional",
+    "export_onnx": "attnkit.export",
     # core mechanisms
     "FlashAttention": "attnkit.mechanisms.flash",
     "MultiHeadAttention": "attnkit.mechanisms.multihead",

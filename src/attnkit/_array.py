@@ -46,6 +46,10 @@ __all__ = [
     "check_allocation",
     "is_numpy",
     "is_torch",
+    "is_graph",
+    "broadcast_shapes",
+    "reshape_lead",
+    "length",
     "to_numpy",
     "shape_str",
 ]
@@ -78,6 +82,62 @@ def is_numpy(xp: Namespace) -> bool:
 
 def is_torch(xp: Namespace) -> bool:
     return array_api_compat.is_torch_namespace(xp)
+
+
+def is_graph(xp: Namespace) -> bool:
+    """Whether ``xp`` builds a graph instead of computing (``ndonnx``, used by :func:`attnkit.export_onnx`).
+
+    Values are unknown there and lengths may be symbolic (``None`` in ``shape``): kernels take their
+    whole-sequence (non-tiled) form, so no Python loop over tiles is unrolled for one length, and
+    checks that read values (finiteness) are skipped.
+    """
+    return array_api_compat.is_ndonnx_namespace(xp)
+
+
+def length(d: Any) -> int | None:
+    """An axis length as an int, or ``None`` where it is symbolic (a graph being exported)."""
+    return None if d is None else int(d)
+
+
+def reshape_lead(x: Array, keep: int, tail: Sequence[int], xp: Namespace) -> Array:
+    """``reshape(x, (*x.shape[:keep], *tail))``: keep the first ``keep`` axes, give the rest the shape ``tail``.
+
+    Works when kept axes are symbolic (``None``, a graph being exported): one unknown becomes ``-1``;
+    more read the graph's dynamic shape.
+    """
+    lead = tuple(x.shape[:keep])
+    unknown = sum(d is None for d in lead)
+    if unknown == 0:
+        return xp.reshape(x, (*lead, *tail))
+    if unknown == 1 and -1 not in tail:
+        return xp.reshape(x, tuple(-1 if d is None else int(d) for d in lead) + tuple(tail))
+    dyn = x.dynamic_shape[:keep]  # ndonnx: the runtime shape as an int64 array
+    return xp.reshape(x, xp.concat([dyn, xp.asarray(list(tail), dtype=dyn.dtype)]))
+
+
+def broadcast_shapes(*shapes: Sequence[int | None]) -> tuple[int | None, ...]:
+    """``np.broadcast_shapes`` in plain Python (``ValueError`` when they do not broadcast).
+
+    ``torch.compile`` traces plain integer arithmetic, where NumPy's version is opaque to it. An unknown
+    (``None``, symbolic: a graph being exported) length broadcasts against anything and stays unknown
+    unless a known length other than 1 meets it.
+    """
+    ndim = 0
+    for s in shapes:
+        ndim = max(ndim, len(s))
+    out: list[int | None] = [1] * ndim
+    unknown = [False] * ndim
+    for s in shapes:
+        for i, d in enumerate(s, start=ndim - len(s)):
+            if d is None:
+                unknown[i] = True
+                continue
+            d = int(d)
+            if d != 1 and out[i] not in (1, d):
+                raise ValueError(f"shapes {[tuple(x) for x in shapes]} do not broadcast")
+            if d != 1:
+                out[i] = d
+    return tuple(None if unknown[i] and out[i] == 1 else out[i] for i in range(ndim))
 
 
 def _dtype_name(dtype: object) -> str:
@@ -139,7 +199,8 @@ def torch_compiling() -> bool:
 def is_traced(x: object) -> bool:
     """Whether ``x`` is a traced value whose contents are unknown while Python runs.
 
-    True for a JAX tracer (under ``jax.jit``, ``jax.grad``, ``jax.vmap``), for any torch tensor while
+    True for a JAX tracer (under ``jax.jit``, ``jax.grad``, ``jax.vmap``), for an ``ndonnx`` array (a
+    graph being exported, :func:`is_graph`), for any torch tensor while
     ``torch.compile`` traces (``torch.compiler.is_compiling()``), and for torch fake or meta tensors.
     A traced value cannot be converted to a Python ``bool``/``float`` and a check on it cannot raise
     inside the compiled graph, so checks on data values are skipped for it. Neither library is
@@ -148,6 +209,8 @@ def is_traced(x: object) -> bool:
     if type(x) is np.ndarray or x is None:
         return False
     mod = type(x).__module__
+    if mod.startswith("ndonnx"):  # an ONNX graph being built (attnkit.export_onnx): no values at all
+        return True
     if mod.startswith("jax") or mod.startswith("jaxlib"):
         jax = sys.modules.get("jax")
         return jax is not None and isinstance(x, jax.core.Tracer)
@@ -178,6 +241,8 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         return
     if type(x) is np.ndarray:
         xp = np
+    elif is_graph(xp):
+        return  # a graph being built (ONNX export) has no values to check
     elif is_traced(x):
         return
     elif is_torch(xp) and x.device.type == "cpu" and str(x.dtype) in ("torch.float32", "torch.float64"):
@@ -205,27 +270,8 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         raise NonFiniteError(f"{name}: expected finite values, found NaN or infinity")
 
 
-def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
-    """``np.broadcast_shapes`` in plain Python (``ValueError`` when they do not broadcast).
-
-    ``torch.compile`` traces plain integer arithmetic, where NumPy's version is opaque to it.
-    """
-    ndim = 0
-    for s in shapes:
-        ndim = max(ndim, len(s))
-    out = [1] * ndim
-    for s in shapes:
-        for i, d in enumerate(s, start=ndim - len(s)):
-            d = int(d)
-            if d != 1 and out[i] not in (1, d):
-                raise ValueError(f"shapes {[tuple(x) for x in shapes]} do not broadcast")
-            if d != 1:
-                out[i] = d
-    return tuple(out)
-
-
-def shape_str(shape: Sequence[int]) -> str:
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+def shape_str(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("?" if s is None else str(int(s)) for s in shape) + ")"
 
 
 def _real_number(value: object, name: str) -> float:

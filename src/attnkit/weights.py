@@ -141,21 +141,25 @@ def check_params(params: Mapping[str, Any], where: str = "weights") -> dict[str,
     for name in PROJECTIONS:
         w = p[f"{name}.weight"]
         if w.ndim != 2:
-            raise ShapeError(f"{name}.weight: expected a 2-D (out, in) matrix, got shape {w.shape}")
+            raise ShapeError(f"{where}: {name}.weight expected a 2-D (out, in) matrix, got shape {w.shape}")
         if w.dtype.kind != "f":
-            raise ShapeError(f"{name}.weight: expected float values, got dtype {w.dtype}")
+            raise ConfigError(f"{where}: {name}.weight expected float values, got dtype {w.dtype}")
     e = p["q_proj.weight"].shape[0]
     expect = {"q_proj.weight": (e, e), "out_proj.weight": (e, e)}
     for name, want in expect.items():
         if p[name].shape != want:
-            raise ShapeError(f"{name}: expected shape {want} (E = {e} from q_proj.weight), got {p[name].shape}")
+            raise ShapeError(f"{where}: {name} expected shape {want} (E = {e} from q_proj.weight), got {p[name].shape}")
+    rows = {}
     for name in ("k_proj.weight", "v_proj.weight"):
-        if p[name].shape[0] != e:
-            raise ShapeError(f"{name}: expected {e} rows (E from q_proj.weight), got shape {p[name].shape}")
+        r = p[name].shape[0]
+        if r < 1 or e % r:  # E itself, or kv_heads * head_dim for grouped-query attention
+            raise ShapeError(f"{where}: {name} expected E = {e} rows or a divisor of it (grouped-query), got shape {p[name].shape}")
+        rows[name.split(".")[0]] = r
     for name in PROJECTIONS:
         b = p.get(f"{name}.bias")
-        if b is not None and b.shape != (e,):
-            raise ShapeError(f"{name}.bias: expected shape ({e},), got {b.shape}")
+        want_b = (rows.get(name, e),)
+        if b is not None and b.shape != want_b:
+            raise ShapeError(f"{where}: {name}.bias expected shape {want_b}, got {b.shape}")
     return p
 
 

@@ -150,6 +150,12 @@ def compute(
     )
 
 
+# `attnkit export` (ONNX) lives in its own module, with compute's option flags
+from .export import register as _register_export  # noqa: E402
+
+_register_export(app)
+
+
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def benchmark(
     types: Annotated[

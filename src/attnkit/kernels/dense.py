@@ -26,10 +26,10 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, is_numpy, is_torch
+from .._array import Array, Namespace, is_graph, is_numpy, is_torch
 from ._threads import BlasOneThread, blas_limiter_available
-from .gqa import group_keys, group_queries, group_slopes, needs_grouping, ungroup
-from .masks import alibi_bias, apply_mask_tile, causal_allowed, window_allowed, window_skips
+from .gqa import group_keys, group_queries, group_slopes, kv_groups, needs_grouping, ungroup
+from .masks import alibi_bias, apply_mask_tile, causal_allowed, index_grid, window_allowed, window_skips
 from .softmax import safe_softmax
 
 __all__ = ["sdpa", "sdpa_generic", "merge_partials", "attention_weights", "DEFAULT_Q_BLOCK", "NO_WINDOW"]
@@ -74,6 +74,8 @@ def _scores(
     dev = array_api_compat.device(s)
     if softcap is not None:
         s = softcap * xp.tanh(s / softcap)
+    if offset is None or q1 is None or k1 is None:  # symbolic lengths (a graph being exported): one whole tile
+        return _scores_symbolic(s, xp, causal, window, slopes)
     if slopes is not None:
         s = s + alibi_bias(xp, slopes, q0, q1, k0, k1, offset)
     neg_inf = xp.asarray(-xp.inf, dtype=s.dtype, device=dev)
@@ -82,6 +84,25 @@ def _scores(
     allowed = window_allowed(xp, q0, q1, k0, k1, offset, window, dev)
     if allowed is not None:
         s = xp.where(allowed, s, neg_inf)
+    return s
+
+
+def _scores_symbolic(s: Array, xp: Namespace, causal: bool, window: tuple[int, int], slopes: Array | None) -> Array:
+    """:func:`_scores` over the whole score matrix when the lengths are symbolic: the same ALiBi, causal and
+    window rules, with the indices ``i, j`` and ``offset = Lk - Lq`` counted from the scores (:func:`.masks.index_grid`)."""
+    i, j = index_grid(s, xp)
+    offset = (xp.max(j[:1, :]) + 1.0) - (xp.max(i[:, :1]) + 1.0)
+    rel = j - (i + offset)  # j - i - offset
+    if slopes is not None:
+        s = s - slopes * xp.astype(xp.abs(rel), slopes.dtype)
+    neg_inf = xp.asarray(-xp.inf, dtype=s.dtype)
+    if causal:
+        s = xp.where(rel <= 0.0, s, neg_inf)
+    left, right = int(window[0]), int(window[1])
+    if left >= 0:
+        s = xp.where(rel >= -float(left), s, neg_inf)
+    if right >= 0:
+        s = xp.where(rel <= float(right), s, neg_inf)
     return s
 
 
@@ -206,7 +227,7 @@ def attention_weights(
         return ungroup(w, xp)
     lq, lk = q.shape[-2], k.shape[-2]
     s = (q * scale) @ xp.matrix_transpose(k)
-    s = _scores(s, xp, 0, lq, 0, lk, lk - lq, causal, window, _slopes4(alibi_slopes, q, xp), softcap)
+    s = _scores(s, xp, 0, lq, 0, lk, None if lq is None or lk is None else lk - lq, causal, window, _slopes4(alibi_slopes, q, xp), softcap)
     s = apply_mask_tile(s, mask, xp, 0, lq, 0, lk)
     return safe_softmax(s, xp)
 
@@ -316,7 +337,21 @@ def sdpa(
 
     ``engine`` (for NumPy inputs under ``backend="auto"``): ``"numpy"``, ``"torch"`` (torch's fused
     kernel on zero-copy views) or ``"auto"`` (calibrated per machine; see :mod:`.engine`).
+
+    In a graph-building namespace (``ndonnx``, for :func:`attnkit.export_onnx`) the whole-sequence form
+    ``attention_weights(q, k) @ v`` is used: the same formula without the Python loop over tiles, so an
+    exported graph takes any length.
     """
+    if is_graph(xp):
+        if dropout_p > 0.0:
+            from ..errors import ConfigError
+
+            raise ConfigError("dropout: a random dropout mask cannot be exported; export in eval mode (dropout off)")
+        if needs_grouping(q, k, v):  # grouped-query attention: query head h reads key/value head h // G
+            g = kv_groups(q, k, v)
+            k, v = xp.repeat(k, g, axis=-3), xp.repeat(v, g, axis=-3)
+        w = attention_weights(q, k, xp=xp, scale=scale, mask=mask, causal=causal, window=window, alibi_slopes=alibi_slopes, softcap=softcap)
+        return w @ v
     lead = tuple(q.shape[:-2]) if needs_grouping(q, k, v) else np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
     out_shape = (*lead, int(q.shape[-2]), int(v.shape[-1]))
     if 0 in out_shape:  # an empty batch or query: nothing to compute (and no tile loop over a long empty axis)

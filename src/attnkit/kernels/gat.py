@@ -30,7 +30,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, is_torch
+from .._array import Array, Namespace, is_torch, reshape_lead
+from .._array import length as _dim
 from .segment import segment_max, segment_softmax, segment_sum
 
 __all__ = [
@@ -85,7 +86,7 @@ def _lin(x: Array, w: Array, b: Array | None, heads: int, xp: Namespace) -> Arra
     y = x @ xp.matrix_transpose(w)
     if b is not None:
         y = y + b
-    return xp.reshape(y, (*y.shape[:-1], heads, int(w.shape[0]) // heads))
+    return reshape_lead(y, y.ndim - 1, (heads, _dim(w.shape[0]) // heads), xp)
 
 
 def project(p: Mapping[str, Array], x_src: Array, x_dst: Array, heads: int, xp: Namespace) -> tuple[Array, Array]:
@@ -127,7 +128,7 @@ def aggregate(scores: Array, messages: Array, dst: Any, num_dst: int, xp: Namesp
 def finish(p: Mapping[str, Array], agg: Array, x_dst: Array, concat: bool, xp: Namespace) -> Array:
     """``(..., H, C)`` -> heads concatenated ``(..., H*C)`` or averaged ``(..., C)``, plus the residual
     ``x_dst W_res^T`` (when ``res.weight`` is present) and the bias (when ``bias`` is)."""
-    out = xp.reshape(agg, (*agg.shape[:-2], int(agg.shape[-2]) * int(agg.shape[-1]))) if concat else xp.mean(agg, axis=-2)
+    out = reshape_lead(agg, agg.ndim - 2, (-1,), xp) if concat else xp.mean(agg, axis=-2)
     if "res.weight" in p:
         out = out + x_dst @ xp.matrix_transpose(p["res.weight"])
     if "bias" in p:

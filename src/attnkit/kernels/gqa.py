@@ -28,6 +28,8 @@ def kv_groups(q: Array, k: Array, v: Array | None = None) -> int:
     """
     if q.ndim < 3 or k.ndim < 3:
         return 1
+    if q.shape[-3] is None or k.shape[-3] is None:  # unknown in a graph being exported: only from equal-head projections
+        return 1
     hq, hk = int(q.shape[-3]), int(k.shape[-3])
     if v is not None and v.ndim >= 3 and int(v.shape[-3]) != hk:
         raise ShapeError(f"value: expected {hk} heads (as key), got {int(v.shape[-3])} (shape {shape_str(v.shape)})")

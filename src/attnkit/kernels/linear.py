@@ -58,6 +58,7 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace, broadcast_shapes, is_numpy, is_torch, is_traced
+from .._array import length as _dim
 from ..errors import ConfigError
 from ._threads import BlasOneThread, get_num_threads, get_pool
 from .gqa import group_keys, group_queries, needs_grouping, ungroup
@@ -165,8 +166,8 @@ def favor_log_features(x: Array, projection: Array, xp: Namespace) -> Array:
     ``phi(x) = exp(W x' - |x'|^2 / 2) / sqrt(m)`` with ``x' = x * D**-0.25`` and ``W = projection``
     (m x D), so ``E[phi(q).phi(k)] = exp(q.k / sqrt(D))``.
     """
-    d = int(x.shape[-1])
-    m = int(projection.shape[0])
+    d = _dim(x.shape[-1])
+    m = _dim(projection.shape[0])
     xs = x * (d**-0.25)
     sq = (xs * xs) @ xp.ones((d, 1), dtype=xs.dtype, device=array_api_compat.device(xs))  # |x'|^2 (a GEMV: fast)
     return xs @ xp.matrix_transpose(projection) - 0.5 * sq - 0.5 * math.log(m)
@@ -209,7 +210,7 @@ def _max_rows(x: Array, xp: Namespace) -> Array:
     """``max`` over axis -2, keepdims (NumPy: pairwise halving over contiguous blocks, ~2x faster)."""
     if not is_numpy(xp):
         return xp.max(x, axis=-2, keepdims=True)
-    n = int(x.shape[-2])
+    n = _dim(x.shape[-2])
     while n > 1:
         h = n // 2
         m = np.maximum(x[..., :h, :], x[..., h : 2 * h, :])
@@ -268,14 +269,13 @@ def _query_out(lq: Array, state: Array, scale: Array, eps: float, xp: Namespace)
 
 
 def _ones_column(v: Array, xp: Namespace) -> Array:
-    ones = xp.ones((*v.shape[:-1], 1), dtype=v.dtype, device=array_api_compat.device(v))
+    ones = xp.ones_like(v[..., :1])
     return xp.concat([v, ones], axis=-1)
 
 
 def _divide(res: Array, eps: Array | float, xp: Namespace) -> Array:
     """Split the ``[numerator | denominator]`` GEMM result and divide, adding ``eps`` (per row)."""
-    dv = int(res.shape[-1]) - 1
-    return res[..., :dv] / (res[..., dv:] + eps)
+    return res[..., :-1] / (res[..., -1:] + eps)
 
 
 # --------------------------------------------------------------------------- causal blocks
@@ -299,7 +299,7 @@ def _cummax(x: Array, axis: int, xp: Namespace) -> Array:
         import torch
 
         return torch.cummax(x, dim=axis).values
-    n = int(x.shape[axis])
+    n = _dim(x.shape[axis])
     parts = []
     run = None
     for i in range(n):
@@ -317,7 +317,7 @@ def _causal_block(
     Query row ``i`` sees the prefix and keys ``0..i`` of this block. Returns the ``[num | den]`` rows
     ``(..., n, Dv + 1)``, the log scale of each query row ``(..., n, 1)`` and the state after the block.
     """
-    n = int(lq.shape[-2])
+    n = _dim(lq.shape[-2])
     dev = array_api_compat.device(lq)
     c = max(1, min(chunk, n))
     n_chunks = -(-n // c)
@@ -363,7 +363,7 @@ def _prefix_states(state: Array | None, kv: Array, run: Array, xp: Namespace) ->
     ``kv[t]`` is at scale ``run[t + 1]`` (per feature), ``state`` at ``run[0]``. Returns
     ``S[t] = exp(-run[t+1]) * (exp(run[0]) state + sum_{s < t} exp(run[s+1]) kv[s])`` for every chunk.
     """
-    n_chunks = int(kv.shape[-3])
+    n_chunks = _dim(kv.shape[-3])
     dt = kv.dtype
     dev = array_api_compat.device(kv)
     start = run[..., :1, :]  # (..., 1, F)
@@ -419,7 +419,7 @@ def _rows(
     The one algorithm behind every backend: the generic path calls it once on whole arrays, the
     NumPy path once per (batch, head) with cache-sized tiles on a thread pool.
     """
-    n_q, n_k = int(q.shape[-2]), int(k.shape[-2])
+    n_q, n_k = _dim(q.shape[-2]), _dim(k.shape[-2])
     dev = array_api_compat.device(q)
 
     def lq_of(s: int, e: int) -> Array:
@@ -439,6 +439,14 @@ def _rows(
             parts.append(block)
 
     state = scale = None
+    if n_q is None or n_k is None:  # symbolic lengths (a graph being exported): one whole-sequence tile
+        if causal:
+            raise ConfigError(
+                "causal: causal linear attention is a scan over chunks whose count depends on the sequence length, "
+                "which an ONNX graph cannot unroll; export causal=False, or FlashAttention(causal=True) for causal attention"
+            )
+        state, scale = _key_state(*lk_vv_of(0, n_k), xp, state, scale)
+        return _query_out(lq_of(0, n_q), state, scale, eps, xp)
     if not causal:
         for s in range(0, n_k, tile):
             state, scale = _key_state(*lk_vv_of(s, min(s + tile, n_k)), xp, state, scale)
@@ -515,11 +523,13 @@ def linear_attention(
     if is_numpy(xp) and backend in ("auto", "numpy"):
         if projection is not None:
             kw["projection"] = np.asarray(projection, dtype=q.dtype)
-        f_dim = feature_dim(feature_map, int(q.shape[-1]), int(nu), None if projection is None else int(projection.shape[0]))
-        tile = _numpy_tile(f_dim, int(v.shape[-1]), np.dtype(q.dtype).itemsize, chunk)
-        if backend == "numpy" or int(q.shape[-2]) + int(k.shape[-2]) > 2 * tile:
+        f_dim = feature_dim(feature_map, _dim(q.shape[-1]), int(nu), None if projection is None else _dim(projection.shape[0]))
+        tile = _numpy_tile(f_dim, _dim(v.shape[-1]), np.dtype(q.dtype).itemsize, chunk)
+        if backend == "numpy" or _dim(q.shape[-2]) + _dim(k.shape[-2]) > 2 * tile:
             return _numpy_tasks(q, k, v, key_mask, xp=xp, tile=tile, **kw)
-    n = max(int(q.shape[-2]), int(k.shape[-2]), 1)
+    if q.shape[-2] is None or k.shape[-2] is None:  # symbolic lengths (a graph being exported)
+        return _rows(q, k, v, key_mask, xp=xp, tile=chunk, **kw)
+    n = max(_dim(q.shape[-2]), _dim(k.shape[-2]), 1)
     return _rows(q, k, v, key_mask, xp=xp, tile=-(-n // chunk) * chunk, **kw)
 
 

@@ -34,10 +34,11 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace
+from .._array import length as _dim
 from ._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool
 from .dense import sdpa
 from .gqa import group_keys, group_queries, needs_grouping, ungroup
-from .masks import apply_mask, apply_mask_tile, mask_tile
+from .masks import apply_mask, apply_mask_tile, index_grid, mask_tile
 
 __all__ = ["local_global_mask", "local_global_attention", "default_block"]
 
@@ -53,6 +54,28 @@ def local_global_mask(length: int, radius: int, global_idx: Any = (), causal: bo
     if causal:
         allowed &= j <= i
     return allowed
+
+
+def _graph_form(
+    q: Array, k: Array, v: Array, *, xp: Namespace, scale: float, radius: int, global_idx: Any, causal: bool, mask: Array | None
+) -> Array:
+    """Dense attention with the pattern of :func:`local_global_mask` built from index grids (any length).
+
+    The equivalence the module docstring states, used when the length is symbolic: a Python loop over
+    query blocks would be unrolled for one length.
+    """
+    s0 = q[..., :, :1] @ xp.matrix_transpose(k[..., :, :1])  # (..., L, L): only its shape is used
+    i, j = index_grid(s0, xp)
+    allowed = xp.abs(i - j) <= float(radius)
+    for g in np.asarray(global_idx, dtype=np.int64).reshape(-1).tolist():
+        allowed = allowed | (j == float(g)) | (i == float(g))
+    if causal:
+        allowed = allowed & (j <= i)
+    if mask is not None:
+        allowed = (
+            allowed & mask if xp.isdtype(mask.dtype, "bool") else xp.where(allowed, mask, xp.asarray(-xp.inf, dtype=mask.dtype))
+        )
+    return sdpa(q, k, v, xp=xp, scale=scale, mask=allowed)
 
 
 def default_block(radius: int, length: int) -> int:
@@ -80,6 +103,8 @@ def local_global_attention(
     ``radius`` is ``w`` (keys ``i - w .. i + w``); ``global_idx`` a sorted array of distinct positions in
     ``[0, L)``; ``mask`` an already prepared mask (see :func:`attnkit.kernels.masks.prepare_mask`).
     """
+    if _dim(q.shape[-2]) is None:  # symbolic length (a graph being exported): the whole-sequence form
+        return _graph_form(q, k, v, xp=xp, scale=scale, radius=int(radius), global_idx=global_idx, causal=causal, mask=mask)
     if needs_grouping(q, k, v):  # grouped-query attention (see .gqa): k/v heads broadcast over their group
         hk = int(k.shape[-3])
         out = local_global_attention(
@@ -369,7 +394,7 @@ def _global_rows(
     q: Array, k: Array, v: Array, out: Array, *, xp: Namespace, scale: float, gidx: np.ndarray, causal: bool, mask: Array | None, dev: Any
 ) -> Array:
     """Replace the rows of the global queries by dense attention over every key."""
-    length = int(q.shape[-2])
+    length = _dim(q.shape[-2])
     g_dev = xp.asarray(gidx, device=dev)
     qg = xp.take(q, g_dev, axis=-2)
     m = None

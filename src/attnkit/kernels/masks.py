@@ -16,6 +16,8 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace, is_traced, shape_str
+from .._array import broadcast_shapes as _bshapes
+from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "prepare_mask",
     "unflatten_mask",
     "causal_allowed",
+    "index_grid",
     "window_allowed",
     "alibi_bias",
     "alibi_slopes",
@@ -111,10 +114,12 @@ def prepare_mask(
     if mask.ndim < 1 or mask.ndim > len(target):
         raise ShapeError(f"{name}: expected a shape that broadcasts to {shape_str(target)}, got {shape_str(mask.shape)}")
     try:
-        np.broadcast_shapes(tuple(mask.shape), tuple(target))
+        _bshapes(tuple(mask.shape), tuple(target))
     except ValueError:
-        raise ShapeError(f"{name}: expected a shape that broadcasts to {shape_str(target)} {layout}, got {shape_str(mask.shape)}") from None
-    full = np.broadcast_shapes(tuple(mask.shape), tuple(target))
+        raise ShapeError(
+            f"{name}: expected a shape that broadcasts to {shape_str(target)} {layout}, got {shape_str(mask.shape)}"
+        ) from None
+    full = _bshapes(tuple(mask.shape), tuple(target))
     if tuple(full) != tuple(target):
         raise ShapeError(f"{name}: shape {shape_str(mask.shape)} would enlarge the scores {shape_str(target)}")
     if kind == "float":
@@ -137,8 +142,8 @@ def unflatten_mask(mask: Any, lq: int, lk: int, name: str = "mask") -> Any:
         return mask
     if not array_api_compat.is_array_api_obj(mask):
         mask = np.asarray(mask)
-    if int(mask.shape[0]) != lq * lk:
-        raise ShapeError(f"{name}: a flat mask needs length Lq*Lk = {lq * lk}, got {int(mask.shape[0])}")
+    if _dim(mask.shape[0]) != lq * lk:
+        raise ShapeError(f"{name}: a flat mask needs length Lq*Lk = {lq * lk}, got {_dim(mask.shape[0])}")
     return array_api_compat.array_namespace(mask).reshape(mask, (lq, lk))
 
 
@@ -147,6 +152,16 @@ def causal_allowed(xp: Namespace, q0: int, q1: int, k0: int, k1: int, offset: in
     rows = xp.arange(q0, q1, device=device)
     cols = xp.arange(k0, k1, device=device)
     return cols[None, :] <= rows[:, None] + offset
+
+
+def index_grid(s: Array, xp: Namespace) -> tuple[Array, Array]:
+    """Query and key indices ``(i, j)`` (as ``s``'s float dtype, each ``(Lq, Lk)``) for scores ``s (..., Lq, Lk)``.
+
+    Counted from ``s`` itself (cumulative sums of ones) instead of from Python lengths, so they hold when
+    the lengths are symbolic (a graph being exported).
+    """
+    ones = xp.ones_like(s[(0,) * (s.ndim - 2) + (...,)])
+    return xp.cumulative_sum(ones, axis=0) - 1.0, xp.cumulative_sum(ones, axis=1) - 1.0
 
 
 def window_allowed(xp: Namespace, q0: int, q1: int, k0: int, k1: int, offset: int, window: tuple[int, int], device: Any) -> Array | None:
@@ -207,6 +222,8 @@ def alibi_slopes(heads: int) -> np.ndarray:
 
 def mask_tile(mask: Array, q0: int, q1: int, k0: int, k1: int) -> Array:
     """Slice the (broadcastable) mask to a query/key tile, leaving size-1 axes alone."""
+    if mask.shape[-1] is None or (mask.ndim > 1 and mask.shape[-2] is None):
+        return mask  # symbolic lengths (a graph being exported): the whole-sequence form, one tile
     ks = slice(None) if mask.shape[-1] == 1 else slice(k0, k1)
     if mask.ndim == 1:  # a key mask (Lk,): no query axis to slice
         return mask[ks]

@@ -63,6 +63,7 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace, as_float_array, check_finite, finite_float, is_traced, namespace, positive_int, shape_str
+from .._array import broadcast_shapes as _bshapes
 from ..errors import AttentionError, ConfigError, ShapeError
 from . import stereographic as st
 from ._threads import small_gemms
@@ -175,19 +176,19 @@ def _prepare(
             a = xp.asarray(a, device=device)
         if a.ndim < 1:
             raise ShapeError(f"{name}: expected a vector or an array of vectors (..., D), got a scalar of shape ()")
-        if a.shape[-1] < 1:
+        if a.shape[-1] is not None and a.shape[-1] < 1:
             raise ShapeError(f"{name}: expected vectors of width D >= 1 along the last axis, got shape {shape_str(a.shape)}")
         arrays.append(a)
     if same_dim:
         first = named[0][0]
         for (name, _), a in zip(named[1:], arrays[1:], strict=True):
-            if a.shape[-1] != arrays[0].shape[-1]:
+            if None not in (a.shape[-1], arrays[0].shape[-1]) and a.shape[-1] != arrays[0].shape[-1]:
                 raise ShapeError(
                     f"{name}: expected vectors of width D = {arrays[0].shape[-1]} (as {first}) along the last axis, "
                     f"got {a.shape[-1]} (shape {shape_str(a.shape)})"
                 )
         try:
-            np.broadcast_shapes(*(tuple(a.shape) for a in arrays))
+            _bshapes(*(tuple(a.shape) for a in arrays))
         except ValueError:
             shapes = ", ".join(f"{n} {shape_str(a.shape)}" for (n, _), a in zip(named, arrays, strict=True))
             raise ShapeError(f"{', '.join(n for n, _ in named)}: shapes do not broadcast ({shapes})") from None
@@ -212,7 +213,7 @@ def check_in_ball(x: Array, name: str, c: float, xp: Namespace) -> None:
     kernels stay finite for such points anyway, since every ``1 - c|x|^2`` they divide by is floored
     at a positive number (:func:`_one_minus`, and the stereographic kernels' clips).
     """
-    if c <= 0 or math.prod(x.shape) == 0 or is_traced(x):
+    if c <= 0 or is_traced(x) or math.prod(x.shape) == 0:
         return
     sq = c * _sqnorm(x, xp)
     inside = xp.all(sq < 1.0)
@@ -440,17 +441,20 @@ def einstein_attention(q: Array, k: Array, v: Array, c: float, temperature: floa
     fast = einstein_attention_numpy(q, k, v, c, temperature, mask, eps) if c > 0 else None
     if fast is not None:
         return fast
-    m, n = int(q.shape[-2]), int(k.shape[-2])
-    batch = math.prod(np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2])))
-    rows = max(1, _ATTN_TILE // max(1, batch * n))
+    m, n = q.shape[-2], k.shape[-2]
+    lead = _bshapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+    if m is None or n is None or None in lead:  # symbolic lengths (a graph being exported): one whole tile
+        tiles: list[tuple[int, int | None]] = [(0, None)]
+    else:
+        rows = max(1, _ATTN_TILE // max(1, math.prod(lead) * int(n)))
+        tiles = [(i0, min(int(m), i0 + rows)) for i0 in range(0, int(m), rows)]
     vf = value_factors(v, c, xp)
     wide = wide_dtype(xp, q.dtype) if c > 0 else None
     fq = None if wide is None else query_factor(q, c, xp, wide)
     fk = None if wide is None else xp.matrix_transpose(key_factor(k, c, xp, wide))
     parts = []
     with small_gemms(xp):
-        for i0 in range(0, m, rows):
-            i1 = min(m, i0 + rows)
+        for i0, i1 in tiles:
             if fq is None or fk is None:  # float64 (or c = 0, the flat limit): the stereographic kernel
                 d = pairwise_dist_kernel(q[..., i0:i1, :], k, c, xp)
             else:
@@ -526,7 +530,7 @@ def mobius_scalar_mul(r: Any, x: Any, c: float = 1.0) -> Array:
         p = _prepare([("x", x), ("r", r)], c=cv, points=("x",), same_dim=False)
         rr = p.arrays[1]
         try:
-            np.broadcast_shapes((*rr.shape, 1), tuple(p.arrays[0].shape))
+            _bshapes((*rr.shape, 1), tuple(p.arrays[0].shape))
         except ValueError:
             raise ShapeError(
                 f"r: expected a number or an array broadcasting to the leading dimensions of x "
@@ -586,7 +590,7 @@ def pairwise_distance(x: Any, y: Any, c: float = 1.0) -> Array:
     if a.shape[-1] != b.shape[-1]:
         raise ShapeError(f"y: expected vectors of width D = {a.shape[-1]} (as x) along the last axis, got {b.shape[-1]}")
     try:
-        np.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
+        _bshapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
     except ValueError:
         raise ShapeError(f"x, y: leading dimensions {shape_str(a.shape[:-2])} and {shape_str(b.shape[:-2])} do not broadcast") from None
     return p.finish(pairwise_dist_kernel(a, b, cv, p.xp))
@@ -656,7 +660,7 @@ def _points_and_weights(x: Any, weights: Any, c: float) -> tuple[_Prepared, Arra
         if w.ndim < 1 or w.shape[-1] != a.shape[-2]:
             raise ShapeError(f"weights: expected shape (..., N) with N = {a.shape[-2]} (the points of x), got {shape_str(w.shape)}")
         try:
-            np.broadcast_shapes(tuple(w.shape[:-1]), tuple(a.shape[:-2]))
+            _bshapes(tuple(w.shape[:-1]), tuple(a.shape[:-2]))
         except ValueError:
             raise ShapeError(
                 f"weights: leading dimensions {shape_str(w.shape[:-1])} do not broadcast with those of x {shape_str(a.shape[:-2])}"

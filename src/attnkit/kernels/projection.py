@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from .._array import Array, Namespace
+from .._array import Array, Namespace, reshape_lead
 
 __all__ = ["linear", "split_heads", "merge_heads"]
 
@@ -18,12 +18,12 @@ def linear(x: Array, w: Array, b: Array | None, xp: Namespace) -> Array:
 
 def split_heads(x: Array, heads: int, xp: Namespace) -> Array:
     """``(..., L, H*d) -> (..., H, L, d)``."""
-    *lead, length, width = x.shape
-    return xp.moveaxis(xp.reshape(x, (*lead, length, heads, width // heads)), -2, -3)
+    width = int(x.shape[-1])
+    return xp.moveaxis(reshape_lead(x, x.ndim - 1, (heads, width // heads), xp), -2, -3)
 
 
 def merge_heads(x: Array, xp: Namespace) -> Array:
     """``(..., H, L, d) -> (..., L, H*d)``."""
     x = xp.moveaxis(x, -3, -2)
-    *lead, length, heads, d = x.shape
-    return xp.reshape(x, (*lead, length, heads * d))
+    heads, d = x.shape[-2], x.shape[-1]
+    return reshape_lead(x, x.ndim - 2, (-1,) if heads is None or d is None else (int(heads) * int(d),), xp)

@@ -29,7 +29,9 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, as_float_array, finite_float, namespace, one_of, positive_float, positive_int, shape_str, to_numpy
+from .._array import Array, as_float_array, finite_float, is_graph, namespace, one_of, positive_float, positive_int, reshape_lead, shape_str, to_numpy
+from .._array import broadcast_shapes as _bshapes
+from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, ShapeError
 
 __all__ = ["RotaryEmbedding", "rope_angles"]
@@ -131,7 +133,9 @@ class RotaryEmbedding:
             if not -x.ndim <= ax < x.ndim or (ax % x.ndim) == x.ndim - 1:
                 raise ConfigError(f"seq_axis: expected an axis of x other than the feature axis, in [{-x.ndim}, {x.ndim - 2}], got {seq_axis}")
             ax = ax % x.ndim
-            length = int(x.shape[ax])
+            length = _dim(x.shape[ax])
+        if is_graph(xp):  # a graph being exported: the angles are computed in the graph (any length)
+            return self._apply_graph(x, positions, ax, lead, xp)
         p = self._positions(positions, length, ax, lead)
         if p is None or p.ndim == 1 and lead > 0:
             if p is not None and p.shape[0] != length:
@@ -145,7 +149,7 @@ class RotaryEmbedding:
             sin = sin.reshape((*shape, -1))
         else:
             try:
-                np.broadcast_shapes(p.shape, tuple(x.shape[:-1]))
+                _bshapes(p.shape, tuple(x.shape[:-1]))
             except ValueError:
                 raise ShapeError(
                     f"positions: expected a 1-D array of {length} positions or a shape that broadcasts to "
@@ -170,6 +174,26 @@ class RotaryEmbedding:
 
     __call__ = apply
 
+    def _apply_graph(self, x: Array, positions: Any, ax: int, lead: int, xp: Any) -> Array:
+        """:meth:`apply` in a graph-building namespace: positions (default ``0..L-1`` along ``ax``, counted by
+        cumulative sums, since ``L`` is symbolic) and ``cos``/``sin`` of ``positions[..., None] * inv_freq``
+        are graph operations; the rotation is :meth:`_rotate`, as in every other namespace."""
+        base = xp.ones_like(x[..., 0])  # x.shape[:-1]
+        if positions is None:
+            p = xp.cumulative_sum(base, axis=ax) - 1.0 if lead else xp.zeros_like(base)
+        elif isinstance(positions, (int, float, np.integer, np.floating)) and not isinstance(positions, bool):
+            p = base * finite_float(positions, "positions")
+        else:
+            p = xp.asarray(positions)
+            p = xp.astype(p, x.dtype) if p.dtype != x.dtype else p
+            if p.ndim == 1 and lead > 1:
+                shape = [1] * lead
+                shape[ax] = -1
+                p = xp.reshape(p, tuple(shape))
+        inv = xp.asarray(self.inv_freq, dtype=x.dtype)
+        ang = xp.expand_dims(p / self.scaling, axis=-1) * inv
+        return self._rotate(x, xp.cos(ang), xp.sin(ang), xp)
+
     def _rotate(self, x: Array, cos: Array, sin: Array, xp: Any) -> Array:
         d, h = self.dim, self.dim // 2
         rot, rest = x[..., :d], x[..., d:]
@@ -177,9 +201,9 @@ class RotaryEmbedding:
             a, b = rot[..., :h], rot[..., h:]
             out = xp.concat([a * cos - b * sin, a * sin + b * cos], axis=-1)
         else:
-            pairs = xp.reshape(rot, (*rot.shape[:-1], h, 2))
+            pairs = reshape_lead(rot, rot.ndim - 1, (h, 2), xp)
             a, b = pairs[..., 0], pairs[..., 1]
-            out = xp.reshape(xp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1), rot.shape)
+            out = reshape_lead(xp.stack([a * cos - b * sin, a * sin + b * cos], axis=-1), rot.ndim - 1, (d,), xp)
         if rest.shape[-1]:
             out = xp.concat([out, rest], axis=-1)
         return out
@@ -188,7 +212,7 @@ class RotaryEmbedding:
         """Undo :meth:`apply` (rotation by the negated angles)."""
         xp = namespace(x)
         x = as_float_array(x, "x", xp)
-        length = int(x.shape[seq_axis]) if x.ndim > 1 else 1
+        length = _dim(x.shape[seq_axis]) if x.ndim > 1 else 1
         p = self._positions(positions, length, seq_axis, x.ndim - 1)
         if p is None:
             p = np.arange(length, dtype=np.float64)
@@ -226,6 +250,6 @@ def apply_rope_qk(rope: RotaryEmbedding | None, q: Array, k: Array) -> tuple[Arr
     key/value cache). ``rope=None`` returns ``q, k`` unchanged."""
     if rope is None:
         return q, k
-    lq, lk = int(q.shape[-2]), int(k.shape[-2])
+    lq, lk = _dim(q.shape[-2]), _dim(k.shape[-2])
     qpos = None if lq == lk else np.arange(lk - lq, lk, dtype=np.float64)
     return rope.apply(q, qpos, seq_axis=-2), rope.apply(k, None, seq_axis=-2)

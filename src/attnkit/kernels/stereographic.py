@@ -60,6 +60,8 @@ from typing import Any, cast
 import array_api_compat
 
 from .._array import Array, Namespace, finite_float, is_traced, namespace
+from .._array import broadcast_shapes as _bshapes
+from .._array import length as _dim
 
 __all__ = [
     "tan_k",
@@ -347,12 +349,14 @@ def pairwise_sqdist(a: Array, b: Array, xp: Namespace) -> Array:
     """``|a_i - b_j|^2`` for ``a (..., M, D)``, ``b (..., N, D)`` -> ``(..., M, N)``, from the differences
     (in blocks of rows, so memory stays bounded), not from ``|a|^2 + |b|^2 - 2<a, b>``, whose
     cancellation gives distances of order ``sqrt(eps)`` between equal points (self-attention)."""
-    import numpy as np
 
-    m, n, d = int(a.shape[-2]), int(b.shape[-2]), int(a.shape[-1])
-    batch = math.prod(np.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2])))
-    rows = max(1, _PAIR_BLOCK // max(1, batch * n * d))
+    m, n, d = _dim(a.shape[-2]), _dim(b.shape[-2]), _dim(a.shape[-1])
+    shape = (*_bshapes(tuple(a.shape[:-2]), tuple(b.shape[:-2])), n, d)
     bb = xp.expand_dims(b, axis=-3)
+    if None in shape or m is None:  # symbolic lengths (a graph being exported): the whole-matrix form
+        diff = xp.expand_dims(a, axis=-2) - bb
+        return xp.vecdot(diff, diff, axis=-1)
+    rows = max(1, _PAIR_BLOCK // max(1, math.prod(shape)))
     if rows >= m:
         diff = xp.expand_dims(a, axis=-2) - bb
         return xp.vecdot(diff, diff, axis=-1)

@@ -16,6 +16,8 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace, as_float_array, check_finite, common_float_dtype, compute_dtype, namespace, shape_str
+from .._array import broadcast_shapes as _bshapes
+from .._array import length as _dim
 from ..errors import ShapeError
 from ..kernels.masks import prepare_mask
 
@@ -43,7 +45,7 @@ class HeadlessInputs:
 
 
 def _unflatten(x: Array, name: str, per: int, what: str, xp: Namespace) -> Array:
-    n = int(x.shape[0])
+    n = _dim(x.shape[0])
     if per == 0 or n == 0 or n % per:
         raise ShapeError(f"{name}: a flat array needs a length that is a positive multiple of {what} = {per}, got {n}")
     return xp.reshape(x, (n // per, per) if name == "key" else (per, n // per))
@@ -79,7 +81,7 @@ def prepare_headless(
     if ka.ndim == 1:
         ka = _unflatten(ka, "key", dim, "dim", xp)
     if va.ndim == 1 and ka.ndim >= 2:
-        va = _unflatten(va, "value", int(ka.shape[-2]), "Lk", xp)
+        va = _unflatten(va, "value", _dim(ka.shape[-2]), "Lk", xp)
     if ka.ndim < 2 or ka.shape[-1] != dim:
         raise ShapeError(f"key: expected shape (..., Lk, dim = {dim}), got {shape_str(ka.shape)}")
     if ka.shape[-2] == 0:
@@ -89,7 +91,7 @@ def prepare_headless(
     if values_width is not None and va.shape[-1] != values_width:
         raise ShapeError(f"value: expected points of the same space as the keys, width {values_width}, got {va.shape[-1]}")
     try:
-        batch = tuple(np.broadcast_shapes(tuple(qa.shape[:-2]), tuple(ka.shape[:-2]), tuple(va.shape[:-2])))
+        batch = tuple(_bshapes(tuple(qa.shape[:-2]), tuple(ka.shape[:-2]), tuple(va.shape[:-2])))
     except ValueError:
         raise ShapeError(
             f"query, key, value: batch dimensions {shape_str(qa.shape[:-2])}, {shape_str(ka.shape[:-2])}, "
@@ -115,6 +117,6 @@ def prepare_headless(
             if mask.ndim < 1:
                 raise ShapeError(f"mask: expected shape (..., Lk = {ka.shape[-2]}) for a single query, got a scalar")
             mask = array_api_compat.array_namespace(mask).expand_dims(mask, axis=-2)
-        target = (*batch, int(qa.shape[-2]), int(ka.shape[-2]))
+        target = (*batch, _dim(qa.shape[-2]), _dim(ka.shape[-2]))
         m = prepare_mask(mask, xp, target, cdt, device=array_api_compat.device(qa), layout="(..., Lq, Lk)")
     return HeadlessInputs(xp=xp, q=qa, k=ka, v=va, mask=m, out_dtype=out_dtype, single=single, batch=batch)

@@ -12,9 +12,9 @@ import dataclasses
 from typing import Any
 
 import array_api_compat
-import numpy as np
 
-from .._array import Array, Namespace, as_float_array, check_finite, common_float_dtype, compute_dtype, namespace, shape_str
+from .._array import Array, Namespace, as_float_array, check_finite, common_float_dtype, compute_dtype, length, namespace, shape_str
+from .._array import broadcast_shapes as _bshapes
 from ..errors import ShapeError
 from ..kernels.masks import prepare_mask, unflatten_mask
 
@@ -35,12 +35,12 @@ class SequenceInputs:
     device: Any
 
     @property
-    def lq(self) -> int:
-        return int(self.q.shape[-2])
+    def lq(self) -> int | None:
+        return length(self.q.shape[-2])
 
     @property
-    def lk(self) -> int:
-        return int(self.k.shape[-2])
+    def lk(self) -> int | None:
+        return length(self.k.shape[-2])
 
     def finish(self, out: Array) -> Array:
         """Heads-first ``(..., H, Lq, Dv)`` result -> caller layout ``(..., Lq, H, Dv)``, dtype and flatness."""
@@ -122,7 +122,7 @@ def prepare_sequence(
     if same_length and k.shape[-3] != q.shape[-3]:
         raise ShapeError(f"key: expected Lk = Lq = {q.shape[-3]}, got {k.shape[-3]}")
     try:
-        batch = np.broadcast_shapes(tuple(q.shape[:-3]), tuple(k.shape[:-3]), tuple(v.shape[:-3]))
+        batch = _bshapes(tuple(q.shape[:-3]), tuple(k.shape[:-3]), tuple(v.shape[:-3]))
     except ValueError:
         raise ShapeError(
             f"query, key, value: batch dimensions {shape_str(q.shape[:-3])}, {shape_str(k.shape[:-3])}, {shape_str(v.shape[:-3])} do not broadcast"
@@ -138,7 +138,7 @@ def prepare_sequence(
     cdt = compute_dtype(xp, out_dtype)
     device = array_api_compat.device(q)
     qh, kh, vh = (xp.moveaxis(xp.astype(x, cdt) if x.dtype != cdt else x, -3, -2) for x in (q, k, v))
-    lq, lk = int(q.shape[-3]), int(k.shape[-3])
+    lq, lk = length(q.shape[-3]), length(k.shape[-3])
     if flat:
         mask = unflatten_mask(mask, lq, lk)
     target = (*batch, heads, lq, lk)

@@ -272,6 +272,10 @@ class Mechanism:
         """The spec's name (``attentionScores``) for :meth:`attention_weights`."""
         return self.attention_weights(query, key, mask=mask, **extras)
 
+    def _export_blocker(self) -> str | None:
+        """``None`` when this mechanism (as configured) exports to ONNX, else why not (:func:`attnkit.export_onnx`)."""
+        return None
+
     def _own_params(self) -> Mapping[str, Array]:
         """The parameters ``forward`` passes to ``_forward``: this object's own (a composite adds its parts')."""
         return self._params

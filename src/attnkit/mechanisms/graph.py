@@ -53,6 +53,8 @@ from .._array import (
     shape_str,
     to_numpy,
 )
+from .._array import broadcast_shapes as _bshapes
+from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, ShapeError
 from ..kernels import gat
 from ..kernels.masks import prepare_mask
@@ -307,7 +309,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         xp = namespace(query, neighbours, edge_features)
         q = self._input(query, "query", self.dst_dim, xp, 1, "(..., dst_dim)")
         nb = self._input(neighbours, "key", self.dim, xp, 2, "(..., k, dim)")
-        k = int(nb.shape[-2])
+        k = _dim(nb.shape[-2])
         ef = None
         if self.edge_dim:
             if edge_features is None:
@@ -321,7 +323,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
             raise ConfigError("self_loops: a bipartite layer (dst_dim != dim) has self loops only in forward_graph; build it with self_loops=False")
         arrays = [q, nb] + ([ef] if ef is not None else [])
         try:
-            batch = np.broadcast_shapes(tuple(q.shape[:-1]), tuple(nb.shape[:-2]), *([tuple(ef.shape[:-2])] if ef is not None else []))
+            batch = _bshapes(tuple(q.shape[:-1]), tuple(nb.shape[:-2]), *([tuple(ef.shape[:-2])] if ef is not None else []))
         except ValueError:
             raise ShapeError(
                 f"query, key, edge_features: batch dimensions {shape_str(q.shape[:-1])}, {shape_str(nb.shape[:-2])}"
@@ -337,18 +339,23 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         if m is not None and not xp.isdtype(m.dtype, "bool"):
             raise DTypeError(f"mask: expected a bool mask (True = a real neighbour), got {m.dtype}")
         p = self._params_like(params, q)
-        nb = xp.broadcast_to(nb, (*batch, k, self.dim))
-        qb = xp.broadcast_to(q, (*batch, self.dst_dim))
+        zero = None
+        if None in batch or k is None:  # symbolic lengths (a graph being exported): broadcast by adding zeros
+            zero = xp.zeros_like(q[..., 0]) + xp.zeros_like(nb[..., 0, 0])
+            if ef is not None:
+                zero = zero + xp.zeros_like(ef[..., 0, 0])
+        nb = _broadcast(nb, (*batch, k, self.dim), xp, zero)
+        qb = _broadcast(q, (*batch, self.dst_dim), xp, zero)
         if ef is not None:
-            ef = xp.broadcast_to(ef, (*batch, k, self.edge_dim))
+            ef = _broadcast(ef, (*batch, k, self.edge_dim), xp, zero)
         if m is not None:
-            m = xp.broadcast_to(m, (*batch, k))
+            m = _broadcast(m, (*batch, k), xp, zero)
         if self.self_loops:
             nb = xp.concat([xp.expand_dims(qb, axis=-2), nb], axis=-2)
             if ef is not None:
                 ef = xp.concat([self._neighbour_loop_attr(ef, m, xp), ef], axis=-2)
             if m is not None:
-                m = xp.concat([xp.ones((*batch, 1), dtype=xp.bool, device=dev), m], axis=-1)
+                m = xp.concat([xp.ones_like(m[..., :1]), m], axis=-1)
         hs, hd = gat.project(p, nb, xp.expand_dims(qb, axis=-2), self.heads, xp)  # (..., k', H, C), (..., 1, H, C)
         s = gat.edge_logits(p, hs, hd, ef, self.heads, self.negative_slope, xp)  # (..., k', H)
         if m is not None:
@@ -391,9 +398,9 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
             xd = self._input(xd_in, "x_dst", self.dst_dim, xp, 2, "(N_dst, dst_dim)")
             if xd.ndim != 2:
                 raise ShapeError(f"x_dst: expected node features of shape (N_dst, {self.dst_dim}), got {shape_str(xd.shape)}")
-        ns, nd = int(xs.shape[0]), int(xd.shape[0])
+        ns, nd = _dim(xs.shape[0]), _dim(xd.shape[0])
         src, dst = _edge_index(edge_index, ns, nd)
-        e_in = int(src.shape[0])
+        e_in = _dim(src.shape[0])
         ef = None
         if self.edge_dim:
             if edge_attr is None:
@@ -429,7 +436,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
         src_x, dst_x = gat.index(src, xs, xp), gat.index(dst, xs, xp)
         hs_e = xp.take(hs, src_x, axis=0)
         s = gat.edge_logits(p, hs_e, xp.take(hd, dst_x, axis=0), ef, self.heads, self.negative_slope, xp)
-        alpha, agg = gat.aggregate(s, hs_e, dst_x, int(xd.shape[0]), xp)
+        alpha, agg = gat.aggregate(s, hs_e, dst_x, _dim(xd.shape[0]), xp)
         return xp, p, xd, src, dst, alpha, agg, out_dtype
 
     def forward_graph(self, x: Any, edge_index: Any, edge_attr: Any = None) -> Array:
@@ -575,7 +582,7 @@ class GraphRoPEAttention(Mechanism):
         q = self._check_width(q, "q", 2, "(N, dim)", xp)
         k = self._check_width(k, "k", 2, "(N, dim)", xp)
         v = as_float_array(v, "v", xp)
-        n = int(q.shape[0])
+        n = _dim(q.shape[0])
         for name, x in (("q", q), ("k", k), ("v", v)):
             if x.ndim != 2 or x.shape[0] != n:
                 raise ShapeError(f"{name}: expected node rows (N={n}, width), got {shape_str(x.shape)}")
@@ -602,3 +609,14 @@ class GraphRoPEAttention(Mechanism):
         """``seq_len`` queries sharing ``seq_len`` neighbours (ranked 0..seq_len-1)."""
         rng = rng or np.random.default_rng()
         return tuple(rng.standard_normal((seq_len, self.dim), dtype=np.float32) for _ in range(3))
+
+
+def _broadcast(x: Array, shape: tuple[int | None, ...], xp: Namespace, zero: Array | None) -> Array:
+    """``broadcast_to(x, shape)``; with symbolic lengths (a graph being exported) by adding ``zero``, the
+    zeros of the broadcast batch shape, with as many trailing axes as ``shape`` has beyond the batch."""
+    if zero is None:
+        return xp.broadcast_to(x, shape)
+    z = zero
+    for _ in range(len(shape) - zero.ndim):
+        z = xp.expand_dims(z, axis=-1)
+    return xp.logical_and(x, z == 0) if xp.isdtype(x.dtype, "bool") else x + z

@@ -44,6 +44,7 @@ from .._array import (
     check_finite,
     finite_float,
     namespace,
+    non_negative_float,
     one_of,
     positive_float,
     positive_int,
@@ -83,7 +84,8 @@ class HyperbolicAttention(Mechanism):
     form, default) or ``"frechet"`` (iterative; ``frechet_iters`` steps at most, stopping when a step
     is shorter than ``frechet_tol``, by default 100 eps of the dtype; under ``jax.jit`` /
     ``torch.compile`` all ``frechet_iters`` steps are traced and the mean is frozen where the rule
-    stops, the same result, so a smaller ``frechet_iters`` compiles faster). ``input_space``: ``"ball"``
+    stops, the same result, so a smaller ``frechet_iters`` compiles faster; ONNX export traces them
+    the same way; ``frechet_tol=0`` runs exactly ``frechet_iters`` steps). ``input_space``: ``"ball"``
     (inputs are points of the ball; points outside raise an ``AttentionError`` naming the argument)
     or ``"tangent"`` (inputs are Euclidean vectors, mapped into the ball by ``to_poincare`` first).
     ``check_finite`` rejects NaN/inf input.
@@ -131,8 +133,8 @@ class HyperbolicAttention(Mechanism):
         self.temperature = positive_float(temperature, "temperature")
         self.aggregation = one_of(aggregation, "aggregation", ("einstein", "frechet"))
         self.frechet_iters = positive_int(frechet_iters, "frechet_iters")
-        if frechet_tol is not None:
-            frechet_tol = positive_float(frechet_tol, "frechet_tol")
+        if frechet_tol is not None:  # 0: exactly frechet_iters steps (traceable: jax.jit, ONNX export)
+            frechet_tol = non_negative_float(frechet_tol, "frechet_tol")
         self.frechet_tol = frechet_tol
         self.input_space = one_of(input_space, "input_space", ("ball", "tangent"))
         self.check_finite = bool(check_finite)
@@ -240,6 +242,15 @@ class HyperbolicAttention(Mechanism):
             return pc.from_poincare(x, c=-self.kappa)
         xp, (xa,) = self._checked(("x", x))
         return st.logmap0(xa, self.kappa, xp)
+
+    def _export_blocker(self) -> str | None:
+        if self.aggregation == "frechet" and (self.frechet_tol is None or self.frechet_tol > 0):
+            return (
+                "aggregation='frechet' stops iterating once a step is shorter than frechet_tol, an iteration count that "
+                "depends on the data; build it with frechet_tol=0 to run exactly frechet_iters steps (e.g. frechet_iters=20), "
+                "which exports"
+            )
+        return None
 
     def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         """``seq_len`` queries, keys and values (float32), inside the ball (or tangent vectors)."""

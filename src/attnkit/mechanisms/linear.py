@@ -21,6 +21,7 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, as_float_array, broadcast_shapes, is_traced, non_negative_int, one_of, positive_float, positive_int, shape_str
+from .._array import length as _dim
 from ..errors import ConfigError, ShapeError
 from ..kernels.linear import DEFAULT_CHUNK_SIZE, FEATURE_MAPS, default_nb_features, feature_dim, linear_attention, orthogonal_random_features
 from ..kernels.masks import prepare_mask
@@ -161,7 +162,7 @@ class LinearAttention(Mechanism):
                 raise ShapeError(f"mask: expected a rectangular array ({exc})") from exc
             if mask.dtype.kind not in "biuf":
                 mask = as_float_array(mask, "mask", None)
-        mshape = tuple(int(d) for d in mask.shape)
+        mshape = tuple(_dim(d) for d in mask.shape)
         reshape = array_api_compat.array_namespace(mask)  # the mask's own library (prepare_mask checks it)
         if s.flat and len(mshape) == 1 and lq > 1 and mshape[0] == lq * lk:
             mask = reshape.reshape(mask, (lq, lk))  # the spec's flat (Lq*Lk) mask
@@ -171,10 +172,12 @@ class LinearAttention(Mechanism):
         if len(mshape) == 1 or self._is_batch_key_mask(mshape, batch, lq):
             if mshape[-1] != lk:
                 raise ShapeError(f"mask: expected a key mask with Lk = {lk} entries along the last axis, got shape {shape_str(mshape)}")
-            mask = reshape.reshape(mask, (*mshape[:-1], 1, 1, lk) if len(mshape) > 1 else (1, lk))
+            mask = reshape.reshape(mask, (*mshape[:-1], 1, 1, -1) if len(mshape) > 1 else (1, -1))
         target = (*batch, heads, lq, lk)
         pm = prepare_mask(mask, xp, target, s.q.dtype, device=s.device)
         assert pm is not None
+        if pm.shape[-2] is None:  # symbolic (a graph being exported): values cannot be compared
+            raise ConfigError("mask: linear attention exports key masks only (shape (Lk,) or (*batch, Lk)); got a mask with a query axis")
         if int(pm.shape[-2]) != 1:
             # skipped on traced masks (jax.jit, torch.compile: no value to compare); the first row is used
             same = xp.all(pm == pm[..., :1, :])

@@ -112,8 +112,12 @@ class LocalGlobalAttention(Mechanism):
     def effective_scale(self) -> float:
         return self.scale if self.scale is not None else 1.0 / math.sqrt(self.dim)
 
-    def global_indices(self, seq_len: int) -> np.ndarray:
-        """The sorted global positions for a sequence of ``seq_len`` tokens."""
+    def global_indices(self, seq_len: int | None) -> np.ndarray:
+        """The sorted global positions for a sequence of ``seq_len`` tokens (``None``: a symbolic length,
+        every position given; those past the end of a sequence never match)."""
+        if seq_len is None:
+            g = self.global_tokens
+            return np.arange(g, dtype=np.int64) if isinstance(g, int) else np.asarray(g, dtype=np.int64)
         if isinstance(self.global_tokens, int):
             return np.arange(min(self.global_tokens, seq_len), dtype=np.int64)
         idx = np.asarray(self.global_tokens, dtype=np.int64)

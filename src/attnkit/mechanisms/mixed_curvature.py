@@ -40,6 +40,7 @@ from .._array import (
     check_finite,
     finite_float,
     namespace,
+    non_negative_float,
     non_negative_int,
     nonzero_float,
     one_of,
@@ -100,6 +101,8 @@ class MixedCurvatureAttention(Mechanism):
     factors; ``input_space``: ``"ball"`` (points of the factors, ball points checked) or ``"tangent"``
     (tangent vectors at the origin, mapped in by ``exp_0`` and the output mapped back by ``log_0``);
     ``check_finite``. Values are points of the same space (width ``dim``); the output too.
+    ``frechet_tol``: the Fréchet iteration stops once a step is shorter (default 100 eps of the dtype);
+    ``0`` runs exactly ``frechet_iters`` steps, the form that exports to ONNX.
 
     ``learn_curvature`` (False) makes the curved factors' κ parameters: ``param_shapes()`` gains
     ``curvature_raw (n,)``, one unconstrained number per curved factor, mapped by
@@ -130,6 +133,7 @@ class MixedCurvatureAttention(Mechanism):
         factors: str | None = None,
         factor_weights: str | None = None,
         learn_curvature: bool = False,
+        frechet_tol: float | None = None,
     ) -> None:
         super().__init__()
         self.dim = positive_int(dim, "dim")
@@ -146,6 +150,8 @@ class MixedCurvatureAttention(Mechanism):
         self.aggregation = one_of(aggregation, "aggregation", ("einstein", "frechet"))
         self.input_space = one_of(input_space, "input_space", ("ball", "tangent"))
         self.frechet_iters = positive_int(frechet_iters, "frechet_iters")
+        # None: stop once a step is shorter than 100 eps of the dtype; 0: exactly frechet_iters steps (exports)
+        self.frechet_tol = None if frechet_tol is None else non_negative_float(frechet_tol, "frechet_tol")
         self.check_finite = bool(check_finite)
         if factors is None:
             de = self.dim // 2 if euclidean_dim is None else non_negative_int(euclidean_dim, "euclidean_dim")
@@ -273,7 +279,7 @@ class MixedCurvatureAttention(Mechanism):
                 continue
             o = st.project(st.midpoint_aggregate(w, vf, k, xp), k, eps, xp)
             if self.aggregation == "frechet":
-                o = st.frechet_aggregate(w, vf, k, xp, iters=self.frechet_iters, tol=pc.default_tol(o.dtype), init=o, eps=eps)
+                o = st.frechet_aggregate(w, vf, k, xp, iters=self.frechet_iters, tol=self._frechet_tol(o.dtype), init=o, eps=eps)
             if self.input_space == "tangent":
                 o = st.logmap0(o, k, xp)
             parts.append(o)
@@ -299,6 +305,17 @@ class MixedCurvatureAttention(Mechanism):
         kappas = self._kappas_for(self._params, xa, xp)
         return self._distances(self._split(xa, "x", xp, True, kappas), self._split(ya, "y", xp, True, kappas), kappas, xp)[..., 0, 0]
 
+    def _frechet_tol(self, dtype: Any) -> float:
+        return pc.default_tol(dtype) if self.frechet_tol is None else self.frechet_tol
+
+    def _export_blocker(self) -> str | None:
+        if self.aggregation == "frechet" and (self.frechet_tol is None or self.frechet_tol > 0):
+            return (
+                "aggregation='frechet' stops iterating once a step is shorter than frechet_tol, an iteration count that "
+                "depends on the data; build it with frechet_tol=0 to run exactly frechet_iters steps, which exports"
+            )
+        return None
+
     def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         """``seq_len`` product points (float32): Gaussian flat parts, ball/sphere (or tangent) curved parts."""
         rng = rng or np.random.default_rng()
@@ -323,7 +340,8 @@ class DualSpaceAttention(Mechanism):
     Options: ``dim`` query/key width (64); ``curvature`` (1.0; negative = the same ball);
     ``temperature`` ``T`` of the hyperbolic branch (1.0); ``mix`` in ``[0, 1]`` (0.5): the hyperbolic
     branch's share; ``scale`` of the Euclidean branch (``1/sqrt(dim)``); ``aggregation`` of the
-    hyperbolic branch (``"einstein"``/``"frechet"``); ``check_finite``. Inputs are Euclidean vectors.
+    hyperbolic branch (``"einstein"``/``"frechet"``; ``frechet_tol=0``: exactly 100 steps, which exports to
+    ONNX); ``check_finite``. Inputs are Euclidean vectors.
     """
 
     name = "dual_space"
@@ -341,6 +359,7 @@ class DualSpaceAttention(Mechanism):
         scale: float | None = None,
         aggregation: str = "einstein",
         check_finite: bool = True,
+        frechet_tol: float | None = None,
     ) -> None:
         super().__init__()
         from .hyperbolic import HyperbolicAttention
@@ -354,8 +373,13 @@ class DualSpaceAttention(Mechanism):
         self.scale = None if scale is None else nonzero_float(scale, "scale")
         self.aggregation = one_of(aggregation, "aggregation", ("einstein", "frechet"))
         self.check_finite = bool(check_finite)
+        self.frechet_tol = None if frechet_tol is None else non_negative_float(frechet_tol, "frechet_tol")
         self._hyp = HyperbolicAttention(self.dim, curvature=self.curvature, temperature=self.temperature,
-                                        aggregation=self.aggregation, input_space="tangent", check_finite=False)
+                                        aggregation=self.aggregation, input_space="tangent", check_finite=False,
+                                        frechet_tol=self.frechet_tol)
+
+    def _export_blocker(self) -> str | None:
+        return self._hyp._export_blocker()
 
     @property
     def effective_scale(self) -> float:

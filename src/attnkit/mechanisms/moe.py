@@ -32,6 +32,7 @@ from .._array import (
     shape_str,
     to_numpy,
 )
+from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, ShapeError
 from ..kernels.masks import prepare_mask
 from ..kernels.moe import expert_capacity, load_balancing_loss, top_k_routing
@@ -191,7 +192,7 @@ class MoEAttention(LearnedParams, Mechanism):
             return out
         if kind == "sequence":
             h = expert.heads
-            n, lk, dv = int(q.shape[0]), int(k.shape[0]), int(v.shape[-1])
+            n, lk, dv = _dim(q.shape[0]), _dim(k.shape[0]), _dim(v.shape[-1])
             if dv % h:
                 raise ShapeError(f"values: expert {e} has {h} heads, which must divide Dv = {dv}")
             out = expert._forward(params, xp.reshape(q, (n, h, -1)), xp.reshape(k, (lk, h, -1)), xp.reshape(v, (lk, h, dv // h)), mask=m)
@@ -279,7 +280,7 @@ class MoEAttention(LearnedParams, Mechanism):
         if self.overflow == "pass_through" and va.shape[-1] != self.dim:
             raise ShapeError(f"values: overflow='pass_through' returns queries, so Dv must equal dim = {self.dim}, got {va.shape[-1]}")
         cdt = qa.dtype
-        lk = int(ka.shape[-2])
+        lk = _dim(ka.shape[-2])
         dev = array_api_compat.device(qa)
         m = None
         if mask is not None:
@@ -287,10 +288,10 @@ class MoEAttention(LearnedParams, Mechanism):
             if m is not None and not xp.isdtype(m.dtype, "bool"):
                 raise DTypeError(f"mask: expected a bool key mask (True = attend), got {m.dtype}")
         nb = math.prod(batch)
-        lq = int(qa.shape[-2])
+        lq = _dim(qa.shape[-2])
         qa = xp.reshape(xp.broadcast_to(qa, (*batch, lq, self.dim)), (nb, lq, self.dim))
         ka = xp.reshape(xp.broadcast_to(ka, (*batch, lk, self.dim)), (nb, lk, self.dim))
-        va = xp.reshape(xp.broadcast_to(va, (*batch, lk, int(va.shape[-1]))), (nb, lk, int(va.shape[-1])))
+        va = xp.reshape(xp.broadcast_to(va, (*batch, lk, _dim(va.shape[-1]))), (nb, lk, _dim(va.shape[-1])))
         if m is not None:
             m = xp.reshape(xp.broadcast_to(m, (*batch, lk)), (nb, lk))
         return h, qa, ka, va, m, dev
@@ -308,12 +309,20 @@ class MoEAttention(LearnedParams, Mechanism):
     def _own_params(self) -> Mapping[str, Array]:
         return self.parameters()
 
+    def _export_blocker(self) -> str | None:
+        """Why this mechanism does not export to ONNX (see :func:`attnkit.export_onnx`)."""
+        return (
+            "routing picks each token's top-k experts and drops tokens over the expert capacity in NumPy, "
+            "a data-dependent choice of which rows each expert computes that an ONNX graph cannot trace; "
+            "export the experts themselves (e.g. FlashAttention or ScaledDotProduct) instead"
+        )
+
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Routed attention output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query)."""
         h, qa, ka, va, m, dev = self._prepare(query, key, value, mask)
         xp = h.xp
-        nb, lq, d = int(qa.shape[0]), int(qa.shape[1]), self.dim
-        dv = int(va.shape[-1])
+        nb, lq, d = _dim(qa.shape[0]), _dim(qa.shape[1]), self.dim
+        dv = _dim(va.shape[-1])
         t = nb * lq
         qf = xp.reshape(qa, (t, d))
         p = self._params_like({k: v for k, v in params.items() if k.startswith("router.")}, qf)

@@ -34,6 +34,7 @@ from .._array import (
     probability,
     shape_str,
 )
+from .._array import length as _dim
 from ..errors import AttentionError, ConfigError, ShapeError
 from ..kernels.dense import attention_weights, sdpa
 from ..kernels.gqa import group_keys, group_queries, ungroup
@@ -198,7 +199,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         w = self._params_like(params, q)
         if not with_value:
             v = None
-        lq, lk = int(q.shape[-2]), int(k.shape[-2])
+        lq, lk = _dim(q.shape[-2]), _dim(k.shape[-2])
         if flat:
             mask = unflatten_mask(mask, lq, lk)
         pm = prepare_mask(mask, xp, (*batch, self.heads, lq, lk), cdt, device=array_api_compat.device(q))

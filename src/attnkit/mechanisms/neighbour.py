@@ -26,6 +26,8 @@ from .._array import (
     positive_int,
     shape_str,
 )
+from .._array import broadcast_shapes as _bshapes
+from .._array import length as _dim
 from ..errors import ShapeError
 from ..kernels.neighbour import neighbour_attention, neighbour_weights
 from .base import Mechanism
@@ -89,7 +91,7 @@ class ScaledDotProduct(Mechanism):
             raise ShapeError("key: expected at least one neighbour (k >= 1), got an empty key set")
         try:
             lead = (tuple(q.shape[:-1]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
-            batch = np.broadcast_shapes(*lead) if any(lead) else ()
+            batch = _bshapes(*lead) if any(lead) else ()
         except ValueError:
             raise ShapeError(
                 f"query, key, value: batch dimensions {shape_str(q.shape[:-1])}, {shape_str(k.shape[:-2])}, "
@@ -102,7 +104,7 @@ class ScaledDotProduct(Mechanism):
         out_dtype = common_float_dtype(xp, q, k, v)
         cdt = compute_dtype(xp, out_dtype)
         q, k, v = (xp.astype(x, cdt) if x.dtype != cdt else x for x in (q, k, v))
-        m = self._mask(mask, xp, (*batch, int(k.shape[-2])), cdt, q)
+        m = self._mask(mask, xp, (*batch, _dim(k.shape[-2])), cdt, q)
         return xp, q, k, v, m, out_dtype
 
     @staticmethod
