@@ -73,9 +73,18 @@ def dask_run(L: int, H: int, D: int, chunk: int, workers: int) -> dict[str, obje
 
     import attnkit
 
-    with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, silence_logs=logging.ERROR, memory_limit="8GiB") as lc, \
-            distributed.Client(lc) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+            memory_limit="8GiB",
+        ) as lc,
+        distributed.Client(lc) as client,
+    ):
         base = client.run(_peak_rss)
         q = da.random.default_rng(0).standard_normal((L, H, D), chunks=(chunk, H, D), dtype=np.float32)
         q = client.persist(q)
@@ -112,13 +121,16 @@ def main() -> None:
     target_L, machines, cores = 10**6, 16, 2
     tasks = math.ceil(target_L / args.chunk) ** 2
     estimate = {
-        "L": target_L, "machines": machines, "cores_per_machine": cores, "chunk": args.chunk, "partial_tasks": tasks,
+        "L": target_L,
+        "machines": machines,
+        "cores_per_machine": cores,
+        "chunk": args.chunk,
+        "partial_tasks": tasks,
         "seconds_per_task_measured": per_task,
         "seconds_estimate": tasks * per_task / (machines * cores),
         "note": "compute only, perfect scaling of independent partial tasks; merges and transfers of (chunk x H x Dv) partials excluded",
     }
-    result = {"cpu": cpu_model(), "blas": blas(), "heads": args.heads, "dim": args.dim, "chunk": args.chunk, "rows": rows,
-              "estimate": estimate}
+    result = {"cpu": cpu_model(), "blas": blas(), "heads": args.heads, "dim": args.dim, "chunk": args.chunk, "rows": rows, "estimate": estimate}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(estimate, indent=2))

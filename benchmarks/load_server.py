@@ -38,8 +38,21 @@ def free_port() -> int:
 
 
 def start_server(port: int, workers: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "attnkit.server", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-           "--log-level", "warning", "--queue", "1024"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "attnkit.server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--queue",
+        "1024",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -81,8 +94,17 @@ def requests_for(fmt: str, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple
         body = json.dumps({"query": q.tolist(), "keys": k.tolist(), "values": v.tolist()}).encode()
         return url, body, {"Content-Type": "application/json", "Accept": "application/json"}
     body = q.tobytes() + k.tobytes() + v.tobytes()
-    return url, body, {"Content-Type": "application/octet-stream", "Accept": "application/octet-stream",
-                       "X-Attnkit-Query-Shape": str(D), "X-Attnkit-Keys-Shape": f"{K},{D}", "X-Attnkit-Values-Shape": f"{K},{D}"}
+    return (
+        url,
+        body,
+        {
+            "Content-Type": "application/octet-stream",
+            "Accept": "application/octet-stream",
+            "X-Attnkit-Query-Shape": str(D),
+            "X-Attnkit-Keys-Shape": f"{K},{D}",
+            "X-Attnkit-Values-Shape": f"{K},{D}",
+        },
+    )
 
 
 def decode(fmt: str, r: httpx.Response) -> np.ndarray:
@@ -91,8 +113,9 @@ def decode(fmt: str, r: httpx.Response) -> np.ndarray:
     return np.frombuffer(r.content, dtype="<f4").reshape([int(s) for s in r.headers["x-attnkit-shape"].split(",")])
 
 
-async def run_format(server_pid: int, base: str, fmt: str, n: int, concurrency: int, expected: np.ndarray, q: np.ndarray, k: np.ndarray,
-                     v: np.ndarray) -> dict[str, Any]:
+async def run_format(
+    server_pid: int, base: str, fmt: str, n: int, concurrency: int, expected: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray
+) -> dict[str, Any]:
     url, body, headers = requests_for(fmt, q, k, v)
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -167,8 +190,10 @@ def main() -> int:
     port = free_port()
     proc = start_server(port, ns.workers)
     try:
-        results = [asyncio.run(run_format(proc.pid, f"http://127.0.0.1:{port}", fmt, ns.requests, ns.concurrency, expected, q, k, v))
-                   for fmt in ns.formats.split(",")]
+        results = [
+            asyncio.run(run_format(proc.pid, f"http://127.0.0.1:{port}", fmt, ns.requests, ns.concurrency, expected, q, k, v))
+            for fmt in ns.formats.split(",")
+        ]
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -78,8 +78,7 @@ def lower_right_mask(lq: int, lk: int) -> np.ndarray:
     return m
 
 
-def ref_weights(q: np.ndarray, k: np.ndarray, mask: np.ndarray | None = None, causal: bool = False,
-                scale: float | None = None) -> np.ndarray:
+def ref_weights(q: np.ndarray, k: np.ndarray, mask: np.ndarray | None = None, causal: bool = False, scale: float | None = None) -> np.ndarray:
     """Attention probabilities ``(..., Lq, Lk)`` for heads-first ``q (..., Lq, D)``, ``k (..., Lk, D)``."""
     q = np.asarray(q, dtype=np.float64)
     k = np.asarray(k, dtype=np.float64)
@@ -110,8 +109,9 @@ def ref_weights(q: np.ndarray, k: np.ndarray, mask: np.ndarray | None = None, ca
     return out
 
 
-def ref_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None,
-                  causal: bool = False, scale: float | None = None) -> np.ndarray:
+def ref_attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None, causal: bool = False, scale: float | None = None
+) -> np.ndarray:
     """float64 attention for heads-first ``q (..., Lq, D)``, ``k (..., Lk, D)``, ``v (..., Lk, Dv)``.
 
     Batch dimensions (and the mask, against ``(..., Lq, Lk)``) broadcast as in NumPy.
@@ -120,15 +120,17 @@ def ref_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray 
     return np.einsum("...ij,...jd->...id", w, np.asarray(v, dtype=np.float64))
 
 
-def ref_seq_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None,
-                      causal: bool = False, scale: float | None = None) -> np.ndarray:
+def ref_seq_attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None, causal: bool = False, scale: float | None = None
+) -> np.ndarray:
     """The reference in attnkit's sequence layout ``(..., L, H, D)`` (mask against ``(..., H, Lq, Lk)``)."""
     qh, kh, vh = (np.moveaxis(np.asarray(x, dtype=np.float64), -3, -2) for x in (q, k, v))
     return np.moveaxis(ref_attention(qh, kh, vh, mask, causal, scale), -3, -2)
 
 
-def ref_mha(x_q: np.ndarray, x_k: np.ndarray, x_v: np.ndarray, params: dict[str, np.ndarray], heads: int,
-            mask: np.ndarray | None = None, causal: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def ref_mha(
+    x_q: np.ndarray, x_k: np.ndarray, x_v: np.ndarray, params: dict[str, np.ndarray], heads: int, mask: np.ndarray | None = None, causal: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """float64 multi-head attention with attnkit-layout weights; returns (output, per-head weights)."""
     p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
 
@@ -159,13 +161,13 @@ def randn(rng: np.random.Generator, *shape: int, dtype: object = np.float64) -> 
     return rng.standard_normal(shape).astype(dtype)
 
 
-def seq_inputs(rng: np.random.Generator, lq: int, lk: int, heads: int, dim: int, dv: int | None = None,
-               batch: Iterable[int] = (), dtype: object = np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def seq_inputs(
+    rng: np.random.Generator, lq: int, lk: int, heads: int, dim: int, dv: int | None = None, batch: Iterable[int] = (), dtype: object = np.float64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Random ``q (*batch, Lq, H, D)``, ``k (*batch, Lk, H, D)``, ``v (*batch, Lk, H, Dv)``."""
     b = tuple(batch)
     dv = dim if dv is None else dv
-    return (randn(rng, *b, lq, heads, dim, dtype=dtype), randn(rng, *b, lk, heads, dim, dtype=dtype),
-            randn(rng, *b, lk, heads, dv, dtype=dtype))
+    return (randn(rng, *b, lq, heads, dim, dtype=dtype), randn(rng, *b, lk, heads, dim, dtype=dtype), randn(rng, *b, lk, heads, dv, dtype=dtype))
 
 
 # Keep hypothesis quick and deterministic on the shared 2-core machine.
@@ -173,7 +175,10 @@ try:
     from hypothesis import HealthCheck, settings
 
     settings.register_profile(
-        "attnkit", max_examples=40, deadline=None, derandomize=True,
+        "attnkit",
+        max_examples=40,
+        deadline=None,
+        derandomize=True,
         suppress_health_check=[HealthCheck.too_slow],
     )
     # HYPOTHESIS_PROFILE=thorough for a longer, randomised hunt

@@ -49,15 +49,16 @@ def test_help_version_and_no_args(tmp_path: Path):
 
 
 def test_import_is_light():
-    code = ("import sys, attnkit.cli, attnkit.cli._app; "
-            "print(sorted(m for m in ('torch', 'fastapi', 'matplotlib', 'uvicorn', 'numpy') if m in sys.modules))")
+    code = (
+        "import sys, attnkit.cli, attnkit.cli._app; "
+        "print(sorted(m for m in ('torch', 'fastapi', 'matplotlib', 'uvicorn', 'numpy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out.replace("'", '"')) == []
 
 
 def test_module_entry_point(tmp_path: Path):
-    proc = subprocess.run([sys.executable, "-m", "attnkit.cli", "--version"], capture_output=True, text=True,
-                          env=clean_env(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "attnkit.cli", "--version"], capture_output=True, text=True, env=clean_env(tmp_path))
     assert proc.returncode == 0 and proc.stdout.startswith("attnkit ")
 
 
@@ -68,8 +69,7 @@ def test_compute_flash_from_npy_matches_float64_reference(tmp_path: Path):
     q, k, v = seq(rng, 7, 2, 4), seq(rng, 9, 2, 4), seq(rng, 9, 2, 4)
     for n, a in (("q", q), ("k", k), ("v", v)):
         np.save(tmp_path / f"{n}.npy", a)
-    proc = ok(run("compute", "--type", "flash", "-q", "q.npy", "-k", "k.npy", "-v", "v.npy", "-o", "out.npy",
-                  "--heads", "2", "--dim", "4", "--json"))
+    proc = ok(run("compute", "--type", "flash", "-q", "q.npy", "-k", "k.npy", "-v", "v.npy", "-o", "out.npy", "--heads", "2", "--dim", "4", "--json"))
     summary = json.loads(proc.stdout)
     assert summary["type"] == "flash" and summary["output"]["shape"] == [7, 2, 4]
     assert summary["inputs"]["query"] == {"shape": [7, 2, 4], "dtype": "float32"}
@@ -102,8 +102,9 @@ def test_compute_float_mask_file_and_scale_option(tmp_path: Path):
     bias = rng.standard_normal((2, 4, 6)).astype(np.float32)
     for n, a in (("q", q), ("k", k), ("v", v), ("bias", bias)):
         aio.write_array(tmp_path / f"{n}.json", a)
-    proc = ok(run("compute", "-q", "q.json", "-k", "k.json", "-v", "v.json", "-m", "bias.json", "--heads", "2",
-                  "--dim", "8", "--scale", "0.25", "-o", "-"))
+    proc = ok(
+        run("compute", "-q", "q.json", "-k", "k.json", "-v", "v.json", "-m", "bias.json", "--heads", "2", "--dim", "8", "--scale", "0.25", "-o", "-")
+    )
     out = aio.loads(proc.stdout.encode(), "json")["data"]
     assert rel(out, ref_seq_attention(q, k, v, mask=bias, scale=0.25)) < 1e-5
 
@@ -124,13 +125,33 @@ def test_compute_csv_and_raw_inputs_with_shape(tmp_path: Path):
     aio.write_array(tmp_path / "q.csv", q.reshape(6, 4))
     (tmp_path / "k.bin").write_bytes(k.astype("<f4").tobytes())
     aio.write_array(tmp_path / "v.csv", v.reshape(6, 4))
-    ok(run("compute", "-q", "q.csv", "-k", "k.bin", "-v", "v.csv", "--shape", "6,1,4", "--heads", "1", "--dim", "4",
-           "-o", "out.csv"))
+    ok(run("compute", "-q", "q.csv", "-k", "k.bin", "-v", "v.csv", "--shape", "6,1,4", "--heads", "1", "--dim", "4", "-o", "out.csv"))
     out = aio.read_array(tmp_path / "out.csv", shape="6,1,4")
     assert rel(out, ref_seq_attention(q, k, v)) < 1e-5
     # per-role shapes
-    ok(run("compute", "-q", "q.csv", "-k", "k.bin", "-v", "k.bin", "--shape", "q=6,1,4", "--shape", "k=6,1,4",
-           "--shape", "v=6,1,4", "--heads", "1", "--dim", "4", "-o", "self.npy"))
+    ok(
+        run(
+            "compute",
+            "-q",
+            "q.csv",
+            "-k",
+            "k.bin",
+            "-v",
+            "k.bin",
+            "--shape",
+            "q=6,1,4",
+            "--shape",
+            "k=6,1,4",
+            "--shape",
+            "v=6,1,4",
+            "--heads",
+            "1",
+            "--dim",
+            "4",
+            "-o",
+            "self.npy",
+        )
+    )
     assert rel(np.load(tmp_path / "self.npy"), ref_seq_attention(q, k, k)) < 1e-5
 
 
@@ -148,8 +169,7 @@ def test_compute_output_format_follows_extension(tmp_path: Path, fmt: str):
 def test_compute_every_mechanism_option_is_a_flag(tmp_path: Path):
     run = Runner(tmp_path)
     base = ["compute", "--random", "6", "--json"]
-    s = json.loads(ok(run(*base, "-t", "linear", "--dim", "4", "--heads", "2", "--feature-map", "relu", "--eps", "1e-4",
-                          "--chunk-size=3")).stdout)
+    s = json.loads(ok(run(*base, "-t", "linear", "--dim", "4", "--heads", "2", "--feature-map", "relu", "--eps", "1e-4", "--chunk-size=3")).stdout)
     assert s["options"]["feature_map"] == "relu" and s["options"]["eps"] == 1e-4 and s["options"]["chunk_size"] == 3
     s = json.loads(ok(run(*base, "-t", "hyperbolic", "--dim", "3", "--curvature", "-2.0", "--aggregation", "frechet")).stdout)
     assert s["options"]["aggregation"] == "frechet" and abs(s["options"]["curvature"]) == 2.0
@@ -225,8 +245,7 @@ def test_compute_loads_torch_mha_weights_and_matches_torch(tmp_path: Path):
     aio.write_arrays(tmp_path / "mha.safetensors", {k: v.detach().numpy() for k, v in mha.state_dict().items()})
     x = torch.randn(1, 5, 8)
     np.save(tmp_path / "x.npy", x[0].numpy())
-    ok(run("compute", "-t", "multi_head", "--dim", "8", "--heads", "2", "-q", "x.npy", "--weights", "mha.safetensors",
-           "-o", "o.npy"))
+    ok(run("compute", "-t", "multi_head", "--dim", "8", "--heads", "2", "-q", "x.npy", "--weights", "mha.safetensors", "-o", "o.npy"))
     with torch.no_grad():
         expected = mha(x, x, x, need_weights=False)[0][0].numpy()
     assert rel(np.load(tmp_path / "o.npy"), expected) < 1e-5
@@ -329,20 +348,55 @@ def test_convert_hf_bert_weights_both_ways(tmp_path: Path):
 # ------------------------------------------------------------------------------------------ benchmark
 def test_benchmark_grid_json_csv_plot(tmp_path: Path):
     run = Runner(tmp_path)
-    proc = ok(run("benchmark", "-t", "flash,scaled-dot-product", "--dims", "4,8", "-n", "8,16", "--iterations", "3",
-                  "--max-time", "0.01", "--warmup", "1", "-o", "r.json", "--json"))
+    proc = ok(
+        run(
+            "benchmark",
+            "-t",
+            "flash,scaled-dot-product",
+            "--dims",
+            "4,8",
+            "-n",
+            "8,16",
+            "--iterations",
+            "3",
+            "--max-time",
+            "0.01",
+            "--warmup",
+            "1",
+            "-o",
+            "r.json",
+            "--json",
+        )
+    )
     data = json.loads(proc.stdout)
     rows = data["results"]
-    assert [(r["type"], r["dim"], r["length"]) for r in rows] == [
-        (t, d, n) for t in ("flash", "scaled_dot_product") for d in (4, 8) for n in (8, 16)
-    ]
+    assert [(r["type"], r["dim"], r["length"]) for r in rows] == [(t, d, n) for t in ("flash", "scaled_dot_product") for d in (4, 8) for n in (8, 16)]
     for r in rows:
         assert 1 <= r["runs"] <= 3 and r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"]
     assert rows[0]["shapes"][0] == [8, 8, 4]  # flash: (length, heads, dim)
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["results"] == json.loads(json.dumps(rows)) and "blas" in saved["meta"]
-    ok(run("benchmark", "-t", "hyperbolic", "--dims", "4", "-n", "8", "--iterations", "2", "--max-time", "0.01",
-           "-o", "r.csv", "--plot", "p.png", "--batch", "2"))
+    ok(
+        run(
+            "benchmark",
+            "-t",
+            "hyperbolic",
+            "--dims",
+            "4",
+            "-n",
+            "8",
+            "--iterations",
+            "2",
+            "--max-time",
+            "0.01",
+            "-o",
+            "r.csv",
+            "--plot",
+            "p.png",
+            "--batch",
+            "2",
+        )
+    )
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert lines[0].startswith("type,dim,length,batch,runs,median_ms") and lines[1].startswith("hyperbolic,4,8,2,2,")
     if (tmp_path / "p.png").exists():
@@ -352,8 +406,7 @@ def test_benchmark_grid_json_csv_plot(tmp_path: Path):
 def test_benchmark_table_and_compare_torch(tmp_path: Path):
     run = Runner(tmp_path)
     pytest.importorskip("torch")
-    out = ok(run("benchmark", "-t", "flash", "--dims", "4", "-n", "8", "--iterations", "3", "--max-time", "0.01",
-                 "--compare", "torch")).stdout
+    out = ok(run("benchmark", "-t", "flash", "--dims", "4", "-n", "8", "--iterations", "3", "--max-time", "0.01", "--compare", "torch")).stdout
     assert "torch ms" in out and "flash" in out and "median ms" in out
 
 
@@ -431,8 +484,7 @@ def test_serve_starts_the_server_and_stops_on_sigint(tmp_path: Path):
 
     port = _free_port()
     (tmp_path / "attnkit.toml").write_text(f"[server]\nport = {port}\nmax_batch_size = 3\n")
-    proc = subprocess.Popen([*command(), "serve"], cwd=tmp_path, env=clean_env(tmp_path),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*command(), "serve"], cwd=tmp_path, env=clean_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         body = None
         deadline = time.time() + 60
@@ -462,8 +514,7 @@ def test_serve_starts_the_server_and_stops_on_sigint(tmp_path: Path):
 
 
 def test_serve_without_the_server_extra_says_how_to_install_it(tmp_path: Path):
-    code = ("import sys; sys.modules['uvicorn'] = None; from attnkit.cli import main; "
-            "raise SystemExit(main(['serve', '--port', '0']))")
+    code = "import sys; sys.modules['uvicorn'] = None; from attnkit.cli import main; raise SystemExit(main(['serve', '--port', '0']))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=clean_env(tmp_path))
     line = one_error_line(proc)
     assert "pip install 'attnkit[server]'" in line
@@ -474,10 +525,8 @@ def test_serve_settings_from_config_and_flags(tmp_path: Path):
     from attnkit.cli.serve import server_arguments
 
     p = tmp_path / "c.toml"
-    p.write_text("[server]\nhost = '0.0.0.0'\nport = 9000\nmax_batch_size = 7\ntimeout_ms = 2500\n"
-                 "max_connections = 10\nmax_concurrency = 4\n")
-    host, port, workers, limits = server_arguments(load_config(p), host=None, port=9100, workers=None,
-                                                   limits={"queue": None}, extra=["cache_size=5"])
+    p.write_text("[server]\nhost = '0.0.0.0'\nport = 9000\nmax_batch_size = 7\ntimeout_ms = 2500\nmax_connections = 10\nmax_concurrency = 4\n")
+    host, port, workers, limits = server_arguments(load_config(p), host=None, port=9100, workers=None, limits={"queue": None}, extra=["cache_size=5"])
     assert (host, port, workers) == ("0.0.0.0", 9100, 1)
     assert limits == {"max_concurrency": 4, "max_batch_items": 7, "request_timeout_s": 2.5, "cache_size": "5", "queue": 6}
     assert math.isclose(limits["request_timeout_s"], 2.5)

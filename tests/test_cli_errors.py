@@ -37,10 +37,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "header.csv").write_text("a,b,c\n1,2,3\n")
     np.savez(d / "two.npz", a=np.ones(2, np.float32), b=np.zeros(2, np.float32))
     np.savez(d / "nokeys.npz", x=q)
-    aio.write_arrays(d / "mha16.safetensors", {  # weights of a model_dim=16 layer
-        f"{p}.{w}": np.zeros((16, 16) if w == "weight" else (16,), np.float32)
-        for p in ("q_proj", "k_proj", "v_proj", "out_proj") for w in ("weight", "bias")
-    })
+    aio.write_arrays(
+        d / "mha16.safetensors",
+        {  # weights of a model_dim=16 layer
+            f"{p}.{w}": np.zeros((16, 16) if w == "weight" else (16,), np.float32)
+            for p in ("q_proj", "k_proj", "v_proj", "out_proj")
+            for w in ("weight", "bias")
+        },
+    )
     (d / "attnkit.toml").write_text("")
     return d
 
@@ -149,15 +153,19 @@ def test_verbose_shows_the_traceback(tmp_path: Path):
 
 
 def test_internal_error_is_exit_1_without_traceback(tmp_path: Path):
-    code = ("import attnkit.cli.compute as c\n"
-            "def boom(*a, **k):\n    raise RuntimeError('simulated bug')\n"
-            "c.run_compute = boom\n"
-            "from attnkit.cli import main\nraise SystemExit(main({argv}))\n")
+    code = (
+        "import attnkit.cli.compute as c\n"
+        "def boom(*a, **k):\n    raise RuntimeError('simulated bug')\n"
+        "c.run_compute = boom\n"
+        "from attnkit.cli import main\nraise SystemExit(main({argv}))\n"
+    )
     env = clean_env(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", code.format(argv=["compute", "--random", "4"])],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code.format(argv=["compute", "--random", "4"])], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     line = one_error_line(proc, code=1)
     assert "internal error: RuntimeError: simulated bug" in line and "-v" in line
-    proc = subprocess.run([sys.executable, "-c", code.format(argv=["-v", "compute", "--random", "4"])],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code.format(argv=["-v", "compute", "--random", "4"])], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert proc.returncode == 1 and "Traceback" in proc.stderr

@@ -32,11 +32,21 @@ def test_readme_session_runs(tmp_path: Path):
         pytest.importorskip("torch")
     env = clean_env(tmp_path)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    proc = subprocess.run(["bash", "-e", "-c", "\n".join(body)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(["bash", "-e", "-c", "\n".join(body)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    for f in ("attnkit-demo.png", "out.npy", "out.json", "out.safetensors", "lin.csv", "back.npy", "attn.safetensors",
-              "bert.safetensors", "bench.csv", "attnkit.toml", "repl.npy"):
+    for f in (
+        "attnkit-demo.png",
+        "out.npy",
+        "out.json",
+        "out.safetensors",
+        "lin.csv",
+        "back.npy",
+        "attn.safetensors",
+        "bert.safetensors",
+        "bench.csv",
+        "attnkit.toml",
+        "repl.npy",
+    ):
         assert (tmp_path / f).is_file(), f
     import numpy as np
 

@@ -15,27 +15,32 @@ def test_repl_session_create_load_run_save_inspect(tmp_path: Path):
     rng = np.random.default_rng(0)
     q = rng.standard_normal((5, 2, 4)).astype(np.float32)
     np.savez(tmp_path / "in.npz", q=q, k=q[::-1].copy(), v=q * 2)
-    script = "\n".join([
-        "help",
-        "help run",
-        "mechanisms",
-        "create flash heads=2 dim=4 causal=true",
-        "options",
-        "load in.npz",             # every array of the archive becomes a variable
-        "show",
-        "run",                     # q k v by default -> out
-        "save out out.npy",
-        "weights",
-        "set causal=false",
-        "run q k v out=free",
-        "save all.safetensors",
-        "random 3 seed=1",
-        "run",
-        "print out",
-        "history",
-        "quit",
-        "show",                    # after quit: never runs
-    ]) + "\n"
+    script = (
+        "\n".join(
+            [
+                "help",
+                "help run",
+                "mechanisms",
+                "create flash heads=2 dim=4 causal=true",
+                "options",
+                "load in.npz",  # every array of the archive becomes a variable
+                "show",
+                "run",  # q k v by default -> out
+                "save out out.npy",
+                "weights",
+                "set causal=false",
+                "run q k v out=free",
+                "save all.safetensors",
+                "random 3 seed=1",
+                "run",
+                "print out",
+                "history",
+                "quit",
+                "show",  # after quit: never runs
+            ]
+        )
+        + "\n"
+    )
     proc = ok(Runner(tmp_path)("repl", input=script))
     out = proc.stdout
     assert proc.stderr == ""
@@ -55,19 +60,24 @@ def test_repl_session_create_load_run_save_inspect(tmp_path: Path):
 
 
 def test_repl_errors_keep_the_session_and_set_exit_code(tmp_path: Path):
-    script = "\n".join([
-        "run",                      # no mechanism yet
-        "create nope",              # unknown mechanism
-        "create hyperbolic dim=3 curvature=abc",
-        "create hyperbolic dim=3",
-        "run",                      # no q yet
-        "load q missing.npy",
-        "frobnicate",
-        "random 4",
-        "run",
-        "weights w.png",
-        "show out",
-    ]) + "\n"
+    script = (
+        "\n".join(
+            [
+                "run",  # no mechanism yet
+                "create nope",  # unknown mechanism
+                "create hyperbolic dim=3 curvature=abc",
+                "create hyperbolic dim=3",
+                "run",  # no q yet
+                "load q missing.npy",
+                "frobnicate",
+                "random 4",
+                "run",
+                "weights w.png",
+                "show out",
+            ]
+        )
+        + "\n"
+    )
     proc = Runner(tmp_path)("repl", input=script)
     assert proc.returncode == 2  # some commands failed
     errors = proc.stderr.strip().splitlines()
@@ -119,8 +129,7 @@ def test_repl_on_a_terminal_uses_prompt_toolkit_with_history(tmp_path: Path):
 
     try:
         wait_for(b"attnkit>")
-        for line, marker in ((b"create flash heads=1 dim=2", b"created FlashAttention"), (b"random 3", b"q(3, 1, 2)"),
-                             (b"run", b"out(3, 1, 2)")):
+        for line, marker in ((b"create flash heads=1 dim=2", b"created FlashAttention"), (b"random 3", b"q(3, 1, 2)"), (b"run", b"out(3, 1, 2)")):
             os.write(fd, line + b"\r")
             wait_for(marker)
         os.write(fd, b"quit\r")

@@ -39,8 +39,9 @@ class Runner:
     def __init__(self, cwd: Path) -> None:
         self.cwd = cwd
 
-    def __call__(self, *args: str, input: str | bytes | None = None, env: dict[str, str] | None = None,
-                 timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    def __call__(
+        self, *args: str, input: str | bytes | None = None, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             [*command(), *map(str, args)],
             input=input,

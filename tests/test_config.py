@@ -86,8 +86,7 @@ def test_bad_config_names_the_key(text, needle):
 
 def test_mechanism_tables_and_soft_defaults(tmp_path):
     p = tmp_path / "c.toml"
-    p.write_text("[attention]\nnum_heads = 2\nhidden_dim = 16\n[attention.linear]\nfeature_map = 'relu'\n"
-                 "[optimization]\nuse_simd = false\n")
+    p.write_text("[attention]\nnum_heads = 2\nhidden_dim = 16\n[attention.linear]\nfeature_map = 'relu'\n[optimization]\nuse_simd = false\n")
     cfg = load_config(p)
     assert cfg.mechanisms == {"linear": {"feature_map": "relu"}}
     d = cfg.mechanism_defaults("linear")
@@ -138,6 +137,7 @@ def test_flags_override_config_which_overrides_defaults(tmp_path: Path):
 
 def test_config_sources_in_order(tmp_path: Path):
     run = Runner(tmp_path)
+
     def source(*args, env=None):
         return json.loads(ok(run(*args, "config", "show", "--json", env=env)).stdout)
 

@@ -28,11 +28,17 @@ from attnkit import (
 from attnkit.mechanisms import registry
 from attnkit.mechanisms.base import Mechanism
 
-CORE = {"flash": FlashAttention, "multi_head": MultiHeadAttention, "cross": CrossAttention, "self": SelfAttention,
-        "scaled_dot_product": ScaledDotProduct}
+CORE = {
+    "flash": FlashAttention,
+    "multi_head": MultiHeadAttention,
+    "cross": CrossAttention,
+    "self": SelfAttention,
+    "scaled_dot_product": ScaledDotProduct,
+}
 
 
 # ------------------------------------------------------------------ package-level functions
+
 
 def test_version():
     assert attnkit.version() == attnkit.__version__ == importlib.metadata.version("attnkit")
@@ -89,6 +95,7 @@ def test_options_and_repr_round_trip():
 
 # ------------------------------------------------------------------ memory_usage
 
+
 def test_memory_usage_counts_parameters():
     e = 16
     info = MultiHeadAttention(e, heads=4).memory_usage()
@@ -112,6 +119,7 @@ def test_memory_usage_includes_kept_attention_weights(rng):
 
 # ------------------------------------------------------------------ benchmark
 
+
 def test_benchmark_measures_real_forwards(monkeypatch):
     f = FlashAttention(heads=2, dim=4)
     calls = []
@@ -134,9 +142,13 @@ def test_benchmark_measures_real_forwards(monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(CORE))
 def test_benchmark_every_core_mechanism(name):
-    obj = {"flash": lambda: FlashAttention(heads=2, dim=4), "multi_head": lambda: MultiHeadAttention(8, heads=2),
-           "cross": lambda: CrossAttention(8, 4, heads=2), "self": lambda: SelfAttention(8, heads=2),
-           "scaled_dot_product": lambda: ScaledDotProduct(4)}[name]()
+    obj = {
+        "flash": lambda: FlashAttention(heads=2, dim=4),
+        "multi_head": lambda: MultiHeadAttention(8, heads=2),
+        "cross": lambda: CrossAttention(8, 4, heads=2),
+        "self": lambda: SelfAttention(8, heads=2),
+        "scaled_dot_product": lambda: ScaledDotProduct(4),
+    }[name]()
     res = obj.benchmark(8, repeats=2, warmup=1)
     assert res.latency_ms > 0 and np.isfinite(res.ops_per_second) and res.throughput_gbps > 0
     assert res.simd_enabled == bool(check_simd_support())
@@ -147,6 +159,7 @@ def test_benchmark_simd_flag_follows_option():
 
 
 # ------------------------------------------------------------------ dispose and context manager
+
 
 def test_context_manager_disposes(rng):
     q, k, v = seq_inputs(rng, 3, 3, 2, 4)
@@ -167,8 +180,16 @@ def test_dispose_frees_weights_and_blocks_every_method(rng):
     m.forward(x)
     m.dispose()
     assert m._params == {} and m._cache == {}
-    for call in (lambda: m.forward(x), m.get_attention_weights, m.save_weights, m.memory_usage, m.parameters,
-                 lambda: m.benchmark(4), lambda: m.forward_batch([x]), lambda: asyncio.run(m.forward_async(x))):
+    for call in (
+        lambda: m.forward(x),
+        m.get_attention_weights,
+        m.save_weights,
+        m.memory_usage,
+        m.parameters,
+        lambda: m.benchmark(4),
+        lambda: m.forward_batch([x]),
+        lambda: asyncio.run(m.forward_async(x)),
+    ):
         with pytest.raises(DisposedError, match="MultiHeadAttention"):
             call()
     m.dispose()  # disposing twice is harmless
@@ -183,6 +204,7 @@ def test_exception_inside_context_still_disposes():
 
 
 # ------------------------------------------------------------------ batch and async forms
+
 
 def test_forward_batch_flash_with_masks(rng):
     f = FlashAttention(heads=2, dim=4, causal=True)
@@ -239,6 +261,7 @@ def test_train_eval_switch():
 
 
 # ------------------------------------------------------------------ registry
+
 
 def test_registry_names_and_get():
     names = registry.names()

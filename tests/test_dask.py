@@ -97,9 +97,16 @@ def dense_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -
     return np.einsum("...hqk,...khd->...qhd", p, v64)
 
 
-@pytest.mark.parametrize(("lq", "lk", "qc", "kc", "causal"), [
-    (37, 53, 10, 12, False), (37, 53, 10, 12, True), (53, 37, 9, 11, True), (64, 64, 16, 16, True), (5, 70, 5, 7, False),
-])
+@pytest.mark.parametrize(
+    ("lq", "lk", "qc", "kc", "causal"),
+    [
+        (37, 53, 10, 12, False),
+        (37, 53, 10, 12, True),
+        (53, 37, 9, 11, True),
+        (64, 64, 16, 16, True),
+        (5, 70, 5, 7, False),
+    ],
+)
 def test_split_k_equals_dense_with_shards_that_do_not_divide_l(lq: int, lk: int, qc: int, kc: int, causal: bool) -> None:
     rng = np.random.default_rng(lq * lk)
     q = rng.standard_normal((2, lq, 3, 4)).astype(np.float32)
@@ -135,8 +142,12 @@ def test_split_k_bad_inputs_are_named() -> None:
 @pytest.fixture(scope="module")
 def cluster():
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, memory_limit="2GiB") as lc, distributed.Client(lc) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, memory_limit="2GiB"
+        ) as lc,
+        distributed.Client(lc) as client,
+    ):
         yield client
 
 
@@ -167,8 +178,12 @@ def test_worker_memory_follows_the_chunks_not_l() -> None:
     per_task = 4 * (3 * chunk * h * d + 2 * chunk * h * d) + 4 * h * 256 * 256 * 4  # blocks, partials, tile scratch
     growth = {}
     for L in (1024, 4096):
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                      dashboard_address=None, memory_limit="2GiB") as lc, distributed.Client(lc) as client:
+        with (
+            distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, memory_limit="2GiB"
+            ) as lc,
+            distributed.Client(lc) as client,
+        ):
             base = max(client.run(_peak_rss).values())
             q = da.random.default_rng(0).standard_normal((L, h, d), chunks=(chunk, h, d), dtype=np.float32)
             out = attnkit.FlashAttention(heads=h, dim=d).forward(q)
@@ -190,9 +205,32 @@ def test_cli_runs_against_the_cluster_zarr_in_and_zarr_out(cluster, tmp_path) ->
     k = rng.standard_normal((2, 200, 2, 8)).astype(np.float32)
     zarr.save_array(str(tmp_path / "q.zarr"), q)
     np.save(tmp_path / "k.npy", k)
-    cmd = [sys.executable, "-m", "attnkit.cli", "compute", "-t", "flash", "--heads", "2", "--dim", "8", "--causal",
-           "-q", "q.zarr", "-k", "k.npy", "-v", "k.npy", "--scheduler", cluster.scheduler.address, "--chunks", "1,128",
-           "-o", "out.zarr", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "attnkit.cli",
+        "compute",
+        "-t",
+        "flash",
+        "--heads",
+        "2",
+        "--dim",
+        "8",
+        "--causal",
+        "-q",
+        "q.zarr",
+        "-k",
+        "k.npy",
+        "-v",
+        "k.npy",
+        "--scheduler",
+        cluster.scheduler.address,
+        "--chunks",
+        "1,128",
+        "-o",
+        "out.zarr",
+        "--json",
+    ]
     r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
@@ -225,8 +263,9 @@ def test_linear_shards_equal_the_single_machine_form(feature_map: str, causal: b
     np.testing.assert_allclose(lazy.compute(scheduler="sync"), mech.forward(q, k, v), rtol=1e-5, atol=1e-6)
     ref64 = attnkit.LinearAttention(dim=4, heads=2, feature_map=feature_map, causal=causal, seed=0, chunk_size=16)
     out64 = ref64.forward(da.from_array(q.astype(np.float64), chunks=(1, 40, 2, 4)), k.astype(np.float64), v.astype(np.float64))
-    np.testing.assert_allclose(out64.compute(scheduler="sync"), ref64.forward(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64)),
-                               rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(
+        out64.compute(scheduler="sync"), ref64.forward(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64)), rtol=1e-12, atol=1e-13
+    )
 
 
 def test_readme_dask_snippet_runs_and_computes_only_what_it_needs() -> None:

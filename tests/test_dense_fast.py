@@ -50,8 +50,9 @@ def test_exp_choice_is_timed_once_or_set_by_env(monkeypatch: pytest.MonkeyPatch)
     assert isinstance(dn._prefer_exp2(np.dtype(np.float32)), bool)
 
 
-def _inputs(rng: np.random.Generator, qb: tuple, kb: tuple, vb: tuple, lq: int, lk: int, d: int, dv: int,
-            dtype: type = np.float32, qscale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _inputs(
+    rng: np.random.Generator, qb: tuple, kb: tuple, vb: tuple, lq: int, lk: int, d: int, dv: int, dtype: type = np.float32, qscale: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     q = (rng.standard_normal((*qb, lq, d)) * qscale).astype(dtype)
     k = rng.standard_normal((*kb, lk, d)).astype(dtype)
     v = rng.standard_normal((*vb, lk, dv)).astype(dtype)

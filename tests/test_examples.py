@@ -12,8 +12,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 CASES = {
-    "basic.py": ["flash: FlashAttention(", "causal=True", "gpt2 preset: heads=16, causal=True", "chosen: flash",
-                 "chosen: linear", "[attention]", "built from TOML: LinearAttention(", "finite=True"],
+    "basic.py": [
+        "flash: FlashAttention(",
+        "causal=True",
+        "gpt2 preset: heads=16, causal=True",
+        "chosen: flash",
+        "chosen: linear",
+        "[attention]",
+        "built from TOML: LinearAttention(",
+        "finite=True",
+    ],
     "async_forward.py": ["4 requests of shape (512, 8, 64)", "largest difference from forward", "the event loop ran"],
     "streaming.py": ["chosen: flash", "chunk 6: output (144, 4, 64)", "streamed 6 chunks in order"],
 }
@@ -22,8 +30,7 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_example_runs(name: str) -> None:
     env = dict(os.environ, PYTHONWARNINGS="error::RuntimeWarning")
-    r = subprocess.run([sys.executable, str(ROOT / "examples" / name)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300, env=env)
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / name)], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, f"{name} failed:\n{r.stdout}\n{r.stderr}"
     for text in CASES[name]:
         assert text in r.stdout, f"{name}: {text!r} not in output:\n{r.stdout}"

@@ -116,6 +116,7 @@ def test_attention_scores_flat(rng):
 
 # ------------------------------------------------------------------ torch SDPA oracle
 
+
 def _torch_sdpa(q, k, v, **kw):
     """torch SDPA on attnkit's (..., L, H, D) layout."""
     qt, kt, vt = (x.transpose(-3, -2) for x in (q, k, v))
@@ -266,6 +267,7 @@ def test_requires_grad_tensors_flow_through_autograd(rng):
 
 
 # ------------------------------------------------------------------ robustness
+
 
 @pytest.mark.parametrize("simd", [True, False])
 def test_fully_masked_rows_give_zeros(rng, simd):

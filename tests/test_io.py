@@ -32,9 +32,23 @@ def nasty_float32(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 2**32, size=n, dtype=np.uint64).astype(np.uint32).view(np.float32)
     x = x[np.isfinite(x)]
-    edge = np.array([0.0, -0.0, 1.0, -1.0, 0.1, 1 / 3, np.finfo(np.float32).max, -np.finfo(np.float32).max,
-                     np.finfo(np.float32).tiny, np.finfo(np.float32).smallest_subnormal, 16777217.0, 3.4e-38],
-                    dtype=np.float32)
+    edge = np.array(
+        [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.1,
+            1 / 3,
+            np.finfo(np.float32).max,
+            -np.finfo(np.float32).max,
+            np.finfo(np.float32).tiny,
+            np.finfo(np.float32).smallest_subnormal,
+            16777217.0,
+            3.4e-38,
+        ],
+        dtype=np.float32,
+    )
     return np.concatenate([edge, x])
 
 
@@ -267,7 +281,10 @@ def test_property_round_trip_any_2d_float32(x, fmt):
 
 
 @settings(max_examples=40, deadline=None)
-@given(x=hnp.arrays(dtype=np.float64, shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=4),
-                    elements=st.floats(allow_nan=False, allow_infinity=False)))
+@given(
+    x=hnp.arrays(
+        dtype=np.float64, shape=hnp.array_shapes(min_dims=1, max_dims=3, max_side=4), elements=st.floats(allow_nan=False, allow_infinity=False)
+    )
+)
 def test_property_json_float64_exact(x):
     assert same(x, aio.loads(aio.dumps(x, "json"), "json")["data"])

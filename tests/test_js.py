@@ -32,8 +32,12 @@ def _attnkit_bin() -> str:
 def test_js_client_npm_test() -> None:
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
-    env = {**os.environ, "ATTNKIT_BIN": _attnkit_bin(), "ATTNKIT_PYTHON": sys.executable,
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    env = {
+        **os.environ,
+        "ATTNKIT_BIN": _attnkit_bin(),
+        "ATTNKIT_PYTHON": sys.executable,
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+    }
     r = subprocess.run(["npm", "test", "--silent"], cwd=JS, env=env, capture_output=True, text=True, timeout=540)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:]

@@ -18,10 +18,10 @@ def test_norms_match_torch(axes: int) -> None:
     shape = x.shape[-axes:]
     w, b = rng.standard_normal(shape), rng.standard_normal(shape)
     tx, tw, tb = (torch.from_numpy(a) for a in (x, w, b))
-    np.testing.assert_allclose(norm.layer_norm(x, eps=1e-5, axes=axes, weight=w, bias=b),
-                               F.layer_norm(tx, shape, tw, tb, eps=1e-5).numpy(), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(norm.rms_norm(x, eps=1e-6, axes=axes, weight=w),
-                               F.rms_norm(tx, shape, tw, eps=1e-6).numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        norm.layer_norm(x, eps=1e-5, axes=axes, weight=w, bias=b), F.layer_norm(tx, shape, tw, tb, eps=1e-5).numpy(), rtol=1e-12, atol=1e-12
+    )
+    np.testing.assert_allclose(norm.rms_norm(x, eps=1e-6, axes=axes, weight=w), F.rms_norm(tx, shape, tw, eps=1e-6).numpy(), rtol=1e-12, atol=1e-12)
     # the same function on torch tensors, in torch
     got = norm.layer_norm(tx, axes=axes, weight=tw, bias=tb)
     assert isinstance(got, torch.Tensor)

@@ -298,8 +298,7 @@ def test_favor_estimates_softmax_and_error_shrinks_with_features(rng):
         signal = np.linalg.norm(exact - uniform)  # what distinguishes softmax from plain averaging
         errs = {}
         for m in (128, 1024, 8192):
-            e = [np.linalg.norm(LinearAttention(d, h, feature_map="favor", nb_features=m, seed=s, causal=causal)(q, k, v) - exact)
-                 for s in range(3)]
+            e = [np.linalg.norm(LinearAttention(d, h, feature_map="favor", nb_features=m, seed=s, causal=causal)(q, k, v) - exact) for s in range(3)]
             errs[m] = float(np.mean(e))
         assert errs[128] > errs[1024] > errs[8192], errs
         assert errs[8192] < 0.4 * errs[128], errs  # ~ 1/sqrt(m): 8x fewer features, ~2.8x more error

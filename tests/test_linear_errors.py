@@ -15,8 +15,11 @@ L, H, D = 6, 2, 4
 
 def inputs(lq: int = L, lk: int = L, dtype: object = np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
-    return (rng.standard_normal((lq, H, D)).astype(dtype), rng.standard_normal((lk, H, D)).astype(dtype),
-            rng.standard_normal((lk, H, D)).astype(dtype))
+    return (
+        rng.standard_normal((lq, H, D)).astype(dtype),
+        rng.standard_normal((lk, H, D)).astype(dtype),
+        rng.standard_normal((lk, H, D)).astype(dtype),
+    )
 
 
 BAD_OPTIONS = [
@@ -85,8 +88,13 @@ def _bad_forward_cases():
         ("v-length", (q, k, np.zeros((L + 1, H, D), np.float32)), {}, ShapeError, "v"),
         ("k-without-v", (q, k, None), {}, ShapeError, "key, value"),
         ("empty-keys", (q, k[:0], v[:0]), {}, ShapeError, "k"),
-        ("batch-mismatch", (np.zeros((2, L, H, D), np.float32), np.zeros((3, L, H, D), np.float32),
-                            np.zeros((3, L, H, D), np.float32)), {}, ShapeError, "batch"),
+        (
+            "batch-mismatch",
+            (np.zeros((2, L, H, D), np.float32), np.zeros((3, L, H, D), np.float32), np.zeros((3, L, H, D), np.float32)),
+            {},
+            ShapeError,
+            "batch",
+        ),
         ("flat-length", (np.zeros(H * D + 1, np.float32), None, None), {}, ShapeError, "q"),
         ("q-int", (q.astype(np.int32), k, v), {}, DTypeError, "q"),
         ("k-bool", (q, k > 0, v), {}, DTypeError, "k"),
@@ -141,8 +149,15 @@ def test_disposed_object_raises_everywhere():
     q, k, v = inputs()
     attn = LinearAttention(D, H, feature_map="favor", seed=1)
     attn.dispose()
-    for call in (lambda: attn(q, k, v), lambda: attn.forward(q), lambda: attn.forward_batch([q]), attn.memory_usage,
-                 lambda: attn.benchmark(8), attn.redraw_features, attn.parameters):
+    for call in (
+        lambda: attn(q, k, v),
+        lambda: attn.forward(q),
+        lambda: attn.forward_batch([q]),
+        attn.memory_usage,
+        lambda: attn.benchmark(8),
+        attn.redraw_features,
+        attn.parameters,
+    ):
         with pytest.raises(DisposedError):
             call()
 

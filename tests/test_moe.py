@@ -75,8 +75,7 @@ def reference(moe, q, k, v):
 def test_matches_float64_reference(top_k, capacity) -> None:
     rng = np.random.default_rng(1)
     q, k, v = inputs(rng, lq=20)
-    moe = MoEAttention(dim=8, num_experts=4, top_k=top_k, expert_capacity=capacity, seed=5,
-                       experts="scaled_dot_product,linear,hyperbolic,flash")
+    moe = MoEAttention(dim=8, num_experts=4, top_k=top_k, expert_capacity=capacity, seed=5, experts="scaled_dot_product,linear,hyperbolic,flash")
     moe.load_weights({"router.weight": rng.standard_normal((4, 8)) * 3, "router.bias": rng.standard_normal(4)})
     out = moe(q, k, v)
     ref, kept = reference(moe, q, k, v)
@@ -164,8 +163,7 @@ def test_weights_roundtrip_with_expert_parameters() -> None:
     params = moe.parameters()
     assert set(params) == {"router.weight", "router.bias", "experts.0.favor_projection", "experts.1.favor_projection"}
     blob = moe.save_weights()
-    other = MoEAttention(dim=8, num_experts=2, top_k=1,
-                         experts=[LinearAttention(8, heads=1, feature_map="favor", seed=s) for s in (7, 8)], seed=9)
+    other = MoEAttention(dim=8, num_experts=2, top_k=1, experts=[LinearAttention(8, heads=1, feature_map="favor", seed=s) for s in (7, 8)], seed=9)
     rng = np.random.default_rng(5)
     q, k, v = inputs(rng)
     assert not np.allclose(other(q, k, v), moe(q, k, v))

@@ -11,8 +11,9 @@ from attnkit import ConfigError, CrossAttention, MultiHeadAttention, SelfAttenti
 from attnkit.weights import from_torch_mha, to_torch_mha
 
 
-def torch_mha(e: int, h: int, *, bias: bool = True, kdim: int | None = None, vdim: int | None = None,
-              dtype=torch.float32, seed: int = 0) -> torch.nn.MultiheadAttention:
+def torch_mha(
+    e: int, h: int, *, bias: bool = True, kdim: int | None = None, vdim: int | None = None, dtype=torch.float32, seed: int = 0
+) -> torch.nn.MultiheadAttention:
     """A torch MHA with random (non-zero) weights and biases, in eval mode."""
     torch.manual_seed(seed)
     m = torch.nn.MultiheadAttention(e, h, bias=bias, kdim=kdim, vdim=vdim, batch_first=True).to(dtype)
@@ -24,15 +25,19 @@ def torch_mha(e: int, h: int, *, bias: bool = True, kdim: int | None = None, vdi
 
 def torch_out(m: torch.nn.MultiheadAttention, q, k, v, attn_mask=None, key_padding_mask=None, need_weights=False):
     with torch.no_grad():
-        out, w = m(q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                   need_weights=need_weights, average_attn_weights=False)
+        out, w = m(q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=need_weights, average_attn_weights=False)
     return out, w
 
 
 def loaded(m: torch.nn.MultiheadAttention, **kw) -> MultiHeadAttention:
-    ours = MultiHeadAttention(m.embed_dim, heads=m.num_heads, bias=m.in_proj_bias is not None,
-                              kdim=m.kdim if m.kdim != m.embed_dim else None,
-                              vdim=m.vdim if m.vdim != m.embed_dim else None, **kw)
+    ours = MultiHeadAttention(
+        m.embed_dim,
+        heads=m.num_heads,
+        bias=m.in_proj_bias is not None,
+        kdim=m.kdim if m.kdim != m.embed_dim else None,
+        vdim=m.vdim if m.vdim != m.embed_dim else None,
+        **kw,
+    )
     ours.load_weights(m.state_dict())
     return ours
 
@@ -180,6 +185,7 @@ def test_flat_inputs(rng):
 
 # ------------------------------------------------------------------ weights round trips
 
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kdim,vdim", [(None, None), (6, 10)])
 def test_save_load_round_trip(rng, tmp_path, bias, kdim, vdim):
@@ -240,6 +246,7 @@ def test_initialisation_is_seeded_and_torch_like():
 
 # ------------------------------------------------------------------ dropout
 
+
 def test_dropout_only_in_training_and_seeded(rng):
     x = randn(rng, 6, 8)
     base = MultiHeadAttention(8, heads=2, seed=1).forward(x)
@@ -270,6 +277,7 @@ def test_dropout_is_unbiased_and_weights_are_pre_dropout(rng):
 
 
 # ------------------------------------------------------------------ cross and self
+
 
 def test_cross_attention_vs_torch(rng):
     ours = CrossAttention(12, 5, heads=3, seed=2)

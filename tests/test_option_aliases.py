@@ -133,9 +133,7 @@ def _cli_packs() -> list[list[tuple[str, str, Any, str]]]:
     packs: list[list[tuple[str, str, Any, str]]] = []
     for row in rows:
         for pack in packs:
-            if pack[0][0] == row[0] and all(
-                c[3] != row[3] and c[3] not in NEEDS.get(row[3], {}) and row[3] not in NEEDS.get(c[3], {}) for c in pack
-            ):
+            if pack[0][0] == row[0] and all(c[3] != row[3] and c[3] not in NEEDS.get(row[3], {}) and row[3] not in NEEDS.get(c[3], {}) for c in pack):
                 pack.append(row)
                 break
         else:

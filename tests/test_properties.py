@@ -29,8 +29,17 @@ def bool_mask(seed, shape, p_keep):
 
 # ------------------------------------------------------------------ rows of weights sum to 1 (or 0)
 
-@given(seed=seeds, lq=lengths, lk=lengths, h=st.integers(1, 3), d=st.integers(1, 6), mag=magnitudes,
-       p_keep=st.sampled_from([0.0, 0.3, 1.0]), causal=st.booleans())
+
+@given(
+    seed=seeds,
+    lq=lengths,
+    lk=lengths,
+    h=st.integers(1, 3),
+    d=st.integers(1, 6),
+    mag=magnitudes,
+    p_keep=st.sampled_from([0.0, 0.3, 1.0]),
+    causal=st.booleans(),
+)
 def test_flash_scores_rows_sum_to_one_or_zero(seed, lq, lk, h, d, mag, p_keep, causal):
     q, k = arrays(seed, mag, (lq, h, d), (lk, h, d))
     mask = bool_mask(seed, (h, lq, lk), p_keep)
@@ -42,8 +51,7 @@ def test_flash_scores_rows_sum_to_one_or_zero(seed, lq, lk, h, d, mag, p_keep, c
     assert (w[~seen] == 0).all()  # nothing leaks to hidden keys
 
 
-@given(seed=seeds, n=st.integers(1, 5), kk=st.integers(1, 10), d=st.integers(1, 6), mag=magnitudes,
-       p_keep=st.sampled_from([0.0, 0.5, 1.0]))
+@given(seed=seeds, n=st.integers(1, 5), kk=st.integers(1, 10), d=st.integers(1, 6), mag=magnitudes, p_keep=st.sampled_from([0.0, 0.5, 1.0]))
 def test_neighbour_weights_rows_sum_to_one_or_zero(seed, n, kk, d, mag, p_keep):
     q, k = arrays(seed, mag, (n, d), (n, kk, d))
     mask = bool_mask(seed, (n, kk), p_keep)
@@ -64,8 +72,8 @@ def test_mha_weights_rows_sum_to_one_or_zero(seed, lq, lk, h, causal):
 
 # ------------------------------------------------------------------ permuting keys and values together
 
-@given(seed=seeds, lq=lengths, lk=lengths, h=st.integers(1, 3), d=st.integers(1, 5), mag=magnitudes,
-       block=st.integers(1, 8), masked=st.booleans())
+
+@given(seed=seeds, lq=lengths, lk=lengths, h=st.integers(1, 3), d=st.integers(1, 5), mag=magnitudes, block=st.integers(1, 8), masked=st.booleans())
 def test_flash_key_permutation_invariance(seed, lq, lk, h, d, mag, block, masked):
     q, k, v = arrays(seed, mag, (lq, h, d), (lk, h, d), (lk, h, d))
     mask = bool_mask(seed, (h, lq, lk), 0.6) if masked else None
@@ -95,8 +103,8 @@ def test_mha_key_permutation_invariance(seed, lq, lk):
 
 # ------------------------------------------------------------------ causal flag == explicit lower-right mask
 
-@given(seed=seeds, lq=lengths, lk=lengths, h=st.integers(1, 3), d=st.integers(1, 5), block=st.integers(1, 8),
-       simd=st.booleans())
+
+@given(seed=seeds, lq=lengths, lk=lengths, h=st.integers(1, 3), d=st.integers(1, 5), block=st.integers(1, 8), simd=st.booleans())
 def test_flash_causal_flag_equals_lower_right_mask(seed, lq, lk, h, d, block, simd):
     q, k, v = arrays(seed, 1.0, (lq, h, d), (lk, h, d), (lk, h, d))
     a = FlashAttention(heads=h, dim=d, block_size=block, causal=True, simd=simd).forward(q, k, v)
@@ -115,8 +123,8 @@ def test_mha_causal_flag_equals_lower_right_mask(seed, lq, lk):
 
 # ------------------------------------------------------------------ a single query == its row of a batch
 
-@given(seed=seeds, lq=lengths, lk=lengths, h=st.integers(1, 3), d=st.integers(1, 5), block=st.integers(1, 8),
-       causal=st.booleans())
+
+@given(seed=seeds, lq=lengths, lk=lengths, h=st.integers(1, 3), d=st.integers(1, 5), block=st.integers(1, 8), causal=st.booleans())
 def test_flash_single_query_equals_row(seed, lq, lk, h, d, block, causal):
     q, k, v = arrays(seed, 1.0, (lq, h, d), (lk, h, d), (lk, h, d))
     batched = FlashAttention(heads=h, dim=d, block_size=block, causal=causal).forward(q, k, v)
@@ -139,6 +147,7 @@ def test_neighbour_single_query_equals_row(seed, n, kk, d, shared):
 
 
 # ------------------------------------------------------------------ forward_batch == per-item forwards
+
 
 @given(seed=seeds, n=st.integers(1, 4), lk=lengths, shared=st.booleans())
 def test_forward_batch_equals_forwards(seed, n, lk, shared):

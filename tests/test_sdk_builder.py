@@ -46,8 +46,7 @@ def test_every_named_setting_reaches_the_built_object(name: str) -> None:
 
 
 def test_flash_path() -> None:
-    m = AttentionBuilder().type(AttentionType.FLASH).heads(2).dim(16).dropout(0.1).causal().block_size(8) \
-        .option("scale", 0.5).seed(11).build()
+    m = AttentionBuilder().type(AttentionType.FLASH).heads(2).dim(16).dropout(0.1).causal().block_size(8).option("scale", 0.5).seed(11).build()
     assert (m.heads, m.dim, m.dropout, m.causal, m.block_size, m.scale, m.seed) == (2, 16, 0.1, True, 8, 0.5, 11)
 
 
@@ -113,11 +112,18 @@ def test_free_functions() -> None:
 
 def test_setters_validate_at_once() -> None:
     b = AttentionBuilder()
-    for call, field in [(lambda: b.heads(0), "heads"), (lambda: b.dim(-1), "dim"), (lambda: b.dropout(1.0), "dropout"),
-                        (lambda: b.block_size(0), "block_size"), (lambda: b.curvature(0), "curvature"),
-                        (lambda: b.causal("yes"), "causal"), (lambda: b.type("nope"), "type"),
-                        (lambda: b.option("not a name", 1), "option"), (lambda: b.max_len(0), "max_len"),
-                        (lambda: b.memory_budget("much"), "memory_budget")]:
+    for call, field in [
+        (lambda: b.heads(0), "heads"),
+        (lambda: b.dim(-1), "dim"),
+        (lambda: b.dropout(1.0), "dropout"),
+        (lambda: b.block_size(0), "block_size"),
+        (lambda: b.curvature(0), "curvature"),
+        (lambda: b.causal("yes"), "causal"),
+        (lambda: b.type("nope"), "type"),
+        (lambda: b.option("not a name", 1), "option"),
+        (lambda: b.max_len(0), "max_len"),
+        (lambda: b.memory_budget("much"), "memory_budget"),
+    ]:
         with pytest.raises(ConfigError, match=field):
             call()
     assert b.config == AttentionConfig()  # failed calls changed nothing
@@ -168,9 +174,17 @@ def _perturb_last(inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
 @pytest.mark.parametrize("name", [n for n in registry.names() if "causal" in targets(n)])
 def test_a_causal_builder_gives_a_causal_mechanism(name: str) -> None:
     """``.causal()`` sets ``.causal`` and the mechanism really hides later positions."""
+
     def build(causal: bool):
-        return AttentionBuilder().type(name).dim(8).heads(2).causal(causal).options(**EXTRA.get(name, {"seed": 0} if "seed" in {
-            s.name for s in registry.option_specs(name)} else {})).build()
+        return (
+            AttentionBuilder()
+            .type(name)
+            .dim(8)
+            .heads(2)
+            .causal(causal)
+            .options(**EXTRA.get(name, {"seed": 0} if "seed" in {s.name for s in registry.option_specs(name)} else {}))
+            .build()
+        )
 
     causal, plain = build(True), build(False)
     assert causal.causal is True and plain.causal is False

@@ -13,9 +13,20 @@ from attnkit import ConfigError
 from attnkit.sdk import AttentionConfig, AttentionType, parse_bytes
 
 FULL = AttentionConfig(
-    type="linear", dim=32, heads=4, dropout=0.1, causal=True, block_size=64, curvature=-1.5,
-    feature_map="FAVOR", options={"nb_features": 48, "seed": 3}, max_len=4096, memory_budget="256MiB",
-    batch=2, exact_max_len=2048, need_scores=False,
+    type="linear",
+    dim=32,
+    heads=4,
+    dropout=0.1,
+    causal=True,
+    block_size=64,
+    curvature=-1.5,
+    feature_map="FAVOR",
+    options={"nb_features": 48, "seed": 3},
+    max_len=4096,
+    memory_budget="256MiB",
+    batch=2,
+    exact_max_len=2048,
+    need_scores=False,
 )
 
 
@@ -36,10 +47,28 @@ def test_values_are_normalised() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("type", "nope"), ("dim", 0), ("dim", 2.5), ("heads", -1), ("heads", True), ("dropout", 1.0), ("dropout", -0.1),
-     ("causal", "yes"), ("block_size", 0), ("curvature", 0.0), ("curvature", float("nan")), ("feature_map", 3),
-     ("feature_map", " "), ("max_len", 0), ("memory_budget", "lots"), ("memory_budget", 0), ("batch", 0),
-     ("exact_max_len", -5), ("need_scores", 1), ("options", [1, 2])],
+    [
+        ("type", "nope"),
+        ("dim", 0),
+        ("dim", 2.5),
+        ("heads", -1),
+        ("heads", True),
+        ("dropout", 1.0),
+        ("dropout", -0.1),
+        ("causal", "yes"),
+        ("block_size", 0),
+        ("curvature", 0.0),
+        ("curvature", float("nan")),
+        ("feature_map", 3),
+        ("feature_map", " "),
+        ("max_len", 0),
+        ("memory_budget", "lots"),
+        ("memory_budget", 0),
+        ("batch", 0),
+        ("exact_max_len", -5),
+        ("need_scores", 1),
+        ("options", [1, 2]),
+    ],
 )
 def test_bad_values_raise_config_error_naming_the_field(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
@@ -103,9 +132,13 @@ def test_top_level_document_without_attention_table() -> None:
 
 @pytest.mark.parametrize(
     ("text", "match"),
-    [("[attention\n", "invalid TOML"), ('[attention]\ncolour = "red"\n', "colour"),
-     ('[attention]\nheads = 2\nnum_heads = 3\n', "num_heads"), ("[attention]\nheads = 0\n", "heads"),
-     ('[attention]\ntype = "unknown_thing"\n', "type")],
+    [
+        ("[attention\n", "invalid TOML"),
+        ('[attention]\ncolour = "red"\n', "colour"),
+        ("[attention]\nheads = 2\nnum_heads = 3\n", "num_heads"),
+        ("[attention]\nheads = 0\n", "heads"),
+        ('[attention]\ntype = "unknown_thing"\n', "type"),
+    ],
 )
 def test_bad_toml(text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

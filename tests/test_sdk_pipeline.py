@@ -35,7 +35,7 @@ def ref_softmax_attention(q, k, v, causal=False):
     for i in range(q.shape[0]):
         s = np.array([q[i] @ k[j] for j in range(k.shape[0])]) / math.sqrt(q.shape[1])
         if causal:
-            s[i + 1:] = -np.inf
+            s[i + 1 :] = -np.inf
         w = np.exp(s - s.max())
         out[i] = (w / w.sum()) @ v
     return out
@@ -54,8 +54,9 @@ def ref_mha(x, params, heads, context=None, causal=False):
     v = c @ p["v_proj.weight"].T + p["v_proj.bias"]
     dh = q.shape[1] // heads
     o = np.concatenate(
-        [ref_softmax_attention(q[:, h * dh:(h + 1) * dh], k[:, h * dh:(h + 1) * dh], v[:, h * dh:(h + 1) * dh], causal)
-         for h in range(heads)], axis=1)
+        [ref_softmax_attention(q[:, h * dh : (h + 1) * dh], k[:, h * dh : (h + 1) * dh], v[:, h * dh : (h + 1) * dh], causal) for h in range(heads)],
+        axis=1,
+    )
     return o @ p["out_proj.weight"].T + p["out_proj.bias"]
 
 
@@ -115,8 +116,7 @@ def test_two_pre_norm_blocks_chain_their_residuals() -> None:
 def test_norm_weights_and_custom_stage() -> None:
     x = np.random.default_rng(3).standard_normal((L, E))
     w, b = np.linspace(0.5, 2.0, E), np.linspace(-1, 1, E)
-    got = (Pipeline().add_norm("layer", weight=w, bias=b, eps=1e-3).add_custom(np.tanh, name="tanh")
-           .add_norm("rms", weight=w).run(x))
+    got = Pipeline().add_norm("layer", weight=w, bias=b, eps=1e-3).add_custom(np.tanh, name="tanh").add_norm("rms", weight=w).run(x)
     want = ref_rms_norm(np.tanh(ref_layer_norm(x, eps=1e-3, weight=w, bias=b)), weight=w)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
@@ -202,18 +202,20 @@ def test_dispose_and_context_manager() -> None:
 
 @pytest.mark.parametrize(
     ("make", "match"),
-    [(lambda: Pipeline().run(np.zeros((2, 2))), "no stages"),
-     (lambda: Pipeline().add_attention(object()), "mechanism"),
-     (lambda: Pipeline().add_norm("batch"), "norm"),
-     (lambda: Pipeline().add_norm("layer", eps=0), "eps"),
-     (lambda: Pipeline().add_norm("rms", bias=np.zeros(2)), "bias"),
-     (lambda: Pipeline().add_dropout(1.0), "p"),
-     (lambda: Pipeline().add_custom(3), "fn"),
-     (lambda: Pipeline(seed=-1), "seed"),
-     (lambda: Pipeline().add_transformer_block(create("flash"), norm_first="yes"), "norm_first"),
-     (lambda: Pipeline().add_custom(lambda t: t[:1]).add_residual().run(np.zeros((3, 2))), "residual"),
-     (lambda: Pipeline().add_norm("layer", axes=3).run(np.zeros((3, 2))), "x"),
-     (lambda: Pipeline().add_norm("layer").run(np.zeros((3, 2), dtype=np.int64)), "x")],
+    [
+        (lambda: Pipeline().run(np.zeros((2, 2))), "no stages"),
+        (lambda: Pipeline().add_attention(object()), "mechanism"),
+        (lambda: Pipeline().add_norm("batch"), "norm"),
+        (lambda: Pipeline().add_norm("layer", eps=0), "eps"),
+        (lambda: Pipeline().add_norm("rms", bias=np.zeros(2)), "bias"),
+        (lambda: Pipeline().add_dropout(1.0), "p"),
+        (lambda: Pipeline().add_custom(3), "fn"),
+        (lambda: Pipeline(seed=-1), "seed"),
+        (lambda: Pipeline().add_transformer_block(create("flash"), norm_first="yes"), "norm_first"),
+        (lambda: Pipeline().add_custom(lambda t: t[:1]).add_residual().run(np.zeros((3, 2))), "residual"),
+        (lambda: Pipeline().add_norm("layer", axes=3).run(np.zeros((3, 2))), "x"),
+        (lambda: Pipeline().add_norm("layer").run(np.zeros((3, 2), dtype=np.int64)), "x"),
+    ],
 )
 def test_errors_name_the_argument(make, match: str) -> None:
     with pytest.raises((ConfigError, ShapeError, TypeError), match=match):

@@ -72,10 +72,21 @@ def test_hyperbolic_tree() -> None:
 
 @pytest.mark.parametrize(
     ("model", "preset"),
-    [("bert-base-uncased", "bert"), ("roberta-large", "bert"), ("distilbert-base-cased", "bert"), ("gpt2-medium", "gpt2"),
-     ("openai-gpt", "gpt"), ("GPT", "gpt"), ("google/vit-base-patch16-224", "vit"), ("t5-small", "t5"),
-     ("google/flan-t5-base", "t5"), ("allenai/longformer-base-4096", "longformer"), ("Flash-Optimized", "flash_optimized"),
-     ("hyperbolic-tree", "hyperbolic_tree"), ("performer", "performer")],
+    [
+        ("bert-base-uncased", "bert"),
+        ("roberta-large", "bert"),
+        ("distilbert-base-cased", "bert"),
+        ("gpt2-medium", "gpt2"),
+        ("openai-gpt", "gpt"),
+        ("GPT", "gpt"),
+        ("google/vit-base-patch16-224", "vit"),
+        ("t5-small", "t5"),
+        ("google/flan-t5-base", "t5"),
+        ("allenai/longformer-base-4096", "longformer"),
+        ("Flash-Optimized", "flash_optimized"),
+        ("hyperbolic-tree", "hyperbolic_tree"),
+        ("performer", "performer"),
+    ],
 )
 def test_from_model_name_recognises_model_identifiers(model: str, preset: str) -> None:
     b = from_model_name(model, W)
@@ -104,9 +115,17 @@ def test_a_preset_builder_can_still_be_changed() -> None:
 
 @pytest.mark.parametrize(
     ("model", "width", "heads"),
-    [("bert-large-uncased", 1024, 16), ("gpt2-medium", 1024, 16), ("gpt2-large", 1280, 20), ("gpt2-xl", 1600, 25),
-     ("google/vit-huge-patch14-224-in21k", 1280, 16), ("t5-small", 512, 8), ("t5-large", 1024, 16), ("gpt2", 768, 12),
-     ("bert-base-uncased", 768, 12)],
+    [
+        ("bert-large-uncased", 1024, 16),
+        ("gpt2-medium", 1024, 16),
+        ("gpt2-large", 1280, 20),
+        ("gpt2-xl", 1600, 25),
+        ("google/vit-huge-patch14-224-in21k", 1280, 16),
+        ("t5-small", 512, 8),
+        ("t5-large", 1024, 16),
+        ("gpt2", 768, 12),
+        ("bert-base-uncased", 768, 12),
+    ],
 )
 def test_size_words_set_the_published_heads(model: str, width: int, heads: int) -> None:
     m = from_model_name(model, width).build()

@@ -65,8 +65,7 @@ def test_memory_threshold(need_scores: bool, batch: int) -> None:
 def test_scores_move_the_memory_threshold() -> None:
     budget = 64 << 20
     assert select_sequence_mechanism(max_len=2048, heads=8, head_dim=64, memory_budget=budget).type is AttentionType.FLASH
-    assert select_sequence_mechanism(max_len=2048, heads=8, head_dim=64, memory_budget=budget,
-                                     need_scores=True).type is AttentionType.LINEAR
+    assert select_sequence_mechanism(max_len=2048, heads=8, head_dim=64, memory_budget=budget, need_scores=True).type is AttentionType.LINEAR
 
 
 def test_nothing_fits() -> None:

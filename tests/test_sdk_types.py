@@ -21,8 +21,22 @@ def test_members_are_upper_case_with_lower_case_values() -> None:
 
 
 def test_covers_the_issue_list() -> None:
-    wanted = {"scaled_dot_product", "multi_head", "flash", "linear", "hyperbolic", "cross", "self", "auto",
-              "local_global", "moe", "edge_featured", "graph_rope", "mixed_curvature", "dual_space"}
+    wanted = {
+        "scaled_dot_product",
+        "multi_head",
+        "flash",
+        "linear",
+        "hyperbolic",
+        "cross",
+        "self",
+        "auto",
+        "local_global",
+        "moe",
+        "edge_featured",
+        "graph_rope",
+        "mixed_curvature",
+        "dual_space",
+    }
     assert wanted <= {m.value for m in AttentionType}
 
 
@@ -36,9 +50,15 @@ def test_every_registered_mechanism_has_a_member_and_every_member_a_mechanism() 
 
 @pytest.mark.parametrize(
     ("spelling", "member"),
-    [("multi-head", AttentionType.MULTI_HEAD), ("Multi-Head", AttentionType.MULTI_HEAD),
-     ("scaled-dot-product", AttentionType.SCALED_DOT_PRODUCT), ("MHA", AttentionType.MULTI_HEAD),
-     ("neighbour", AttentionType.SCALED_DOT_PRODUCT), ("FLASH", AttentionType.FLASH), ("auto", AttentionType.AUTO)],
+    [
+        ("multi-head", AttentionType.MULTI_HEAD),
+        ("Multi-Head", AttentionType.MULTI_HEAD),
+        ("scaled-dot-product", AttentionType.SCALED_DOT_PRODUCT),
+        ("MHA", AttentionType.MULTI_HEAD),
+        ("neighbour", AttentionType.SCALED_DOT_PRODUCT),
+        ("FLASH", AttentionType.FLASH),
+        ("auto", AttentionType.AUTO),
+    ],
 )
 def test_spec_spellings(spelling: str, member: AttentionType) -> None:
     assert AttentionType(spelling) is member

@@ -140,8 +140,13 @@ def test_mechanisms_lists_registry_with_option_types_and_defaults(http: httpx.Cl
     by_name = {m["name"]: m for m in body["mechanisms"]}
     assert sorted(by_name) == registry.names()
     flash = {o["name"]: o for o in by_name["flash"]["options"]}
-    assert flash["heads"] == {"name": "heads", "type": "int", "default": 8, "required": False,
-                              "aliases": ["num_heads", "n_heads", "nhead", "num_attention_heads"]}
+    assert flash["heads"] == {
+        "name": "heads",
+        "type": "int",
+        "default": 8,
+        "required": False,
+        "aliases": ["num_heads", "n_heads", "nhead", "num_attention_heads"],
+    }
     assert flash["scale"]["type"] == "float|None" and flash["scale"]["default"] is None
     assert flash["causal"]["default"] is False
     sdp = {o["name"]: o for o in by_name["scaled_dot_product"]["options"]}
@@ -174,8 +179,9 @@ def test_json_base64_in_and_out_is_exact(http: httpx.Client) -> None:
     # the masked-out keys really do not matter
     V2 = V.copy()
     V2[5:] = 100.0
-    r2 = http.post("/v1/attention/flash", json={"query": b64(Q), "keys": b64(K), "values": b64(V2), "mask": b64(mask),
-                                                "options": FLASH, "encoding": "base64"})
+    r2 = http.post(
+        "/v1/attention/flash", json={"query": b64(Q), "keys": b64(K), "values": b64(V2), "mask": b64(mask), "options": FLASH, "encoding": "base64"}
+    )
     np.testing.assert_array_equal(np.frombuffer(base64.b64decode(r2.json()["output"]["data"]), "<f4").reshape(o["shape"]), out)
 
 
@@ -191,8 +197,11 @@ def test_npy_body_and_npy_answer_with_additive_mask(http: httpx.Client) -> None:
     mask = np.zeros((6, 9), dtype=np.float32)
     mask[:, ::2] = -np.inf
     mask[:, 1] = 0.5
-    r = http.post("/v1/attention/flash?heads=2&dim=4", content=npy_bytes(Q, K, V, mask),
-                  headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy", "X-Attnkit-Mask-Kind": "additive"})
+    r = http.post(
+        "/v1/attention/flash?heads=2&dim=4",
+        content=npy_bytes(Q, K, V, mask),
+        headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy", "X-Attnkit-Mask-Kind": "additive"},
+    )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/x-npy")
     out = np.load(io.BytesIO(r.content), allow_pickle=False)
@@ -201,8 +210,9 @@ def test_npy_body_and_npy_answer_with_additive_mask(http: httpx.Client) -> None:
 
 def test_npy_float64_stays_float64(http: httpx.Client) -> None:
     q = Q.astype(np.float64)
-    r = http.post("/v1/attention/flash?heads=2&dim=4", content=npy_bytes(q), headers={"Content-Type": "application/x-npy",
-                                                                                      "Accept": "application/x-npy"})
+    r = http.post(
+        "/v1/attention/flash?heads=2&dim=4", content=npy_bytes(q), headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy"}
+    )
     out = np.load(io.BytesIO(r.content))
     assert out.dtype == np.float64
     np.testing.assert_allclose(out, ref_attention(q, q, q), rtol=1e-12, atol=1e-13)
@@ -212,8 +222,11 @@ def test_safetensors_in_and_out(http: httpx.Client) -> None:
     from safetensors.numpy import load, save
 
     body = save({"query": Q, "keys": K, "values": V})
-    r = http.post("/v1/attention/flash?heads=2&dim=4&causal=true", content=body,
-                  headers={"Content-Type": "application/x-safetensors", "Accept": "application/x-safetensors"})
+    r = http.post(
+        "/v1/attention/flash?heads=2&dim=4&causal=true",
+        content=body,
+        headers={"Content-Type": "application/x-safetensors", "Accept": "application/x-safetensors"},
+    )
     assert r.status_code == 200, r.text
     out = load(r.content)["output"]
     # causal with Lq=6 < Lk=9 is bottom-right aligned: query i sees keys j <= i + 3
@@ -225,10 +238,19 @@ def test_raw_float32_with_shape_headers(http: httpx.Client) -> None:
     mask = np.ones((6, 9), dtype=bool)
     mask[2, :] = False  # a fully masked row comes back as zeros
     body = Q.tobytes() + K.tobytes() + V.tobytes() + mask.astype(np.uint8).tobytes()
-    r = http.post("/v1/attention/flash?heads=2&dim=4", content=body, headers={
-        "Content-Type": "application/octet-stream", "Accept": "application/octet-stream",
-        "X-Attnkit-Query-Shape": "6,2,4", "X-Attnkit-Keys-Shape": "9,2,4", "X-Attnkit-Values-Shape": "9,2,3",
-        "X-Attnkit-Mask-Shape": "6,9", "X-Attnkit-Mask-Dtype": "bool"})
+    r = http.post(
+        "/v1/attention/flash?heads=2&dim=4",
+        content=body,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Accept": "application/octet-stream",
+            "X-Attnkit-Query-Shape": "6,2,4",
+            "X-Attnkit-Keys-Shape": "9,2,4",
+            "X-Attnkit-Values-Shape": "9,2,3",
+            "X-Attnkit-Mask-Shape": "6,9",
+            "X-Attnkit-Mask-Dtype": "bool",
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.headers["x-attnkit-shape"] == "6,2,3" and r.headers["x-attnkit-dtype"] == "float32"
     out = np.frombuffer(r.content, dtype="<f4").reshape(6, 2, 3)
@@ -239,8 +261,11 @@ def test_raw_float32_with_shape_headers(http: httpx.Client) -> None:
 
 def test_flat_spec_arrays_round_trip(http: httpx.Client) -> None:
     q = Q.reshape(-1)
-    r = http.post("/v1/attention/flash?heads=2&dim=4", content=q.tobytes(), headers={
-        "Content-Type": "application/octet-stream", "Accept": "application/octet-stream", "X-Attnkit-Query-Shape": str(q.size)})
+    r = http.post(
+        "/v1/attention/flash?heads=2&dim=4",
+        content=q.tobytes(),
+        headers={"Content-Type": "application/octet-stream", "Accept": "application/octet-stream", "X-Attnkit-Query-Shape": str(q.size)},
+    )
     assert r.status_code == 200 and r.headers["x-attnkit-shape"] == str(q.size)
     np.testing.assert_allclose(np.frombuffer(r.content, "<f4"), ref_attention(Q, Q, Q).reshape(-1), rtol=2e-5, atol=2e-6)
 
@@ -259,8 +284,7 @@ def test_neighbour_request(http: httpx.Client) -> None:
     q = rng.standard_normal(8).astype(np.float32)
     k = rng.standard_normal((10, 8)).astype(np.float32)
     v = rng.standard_normal((10, 3)).astype(np.float32)
-    r = http.post("/v1/attention/scaled_dot_product", json={"query": q.tolist(), "keys": k.tolist(), "values": v.tolist(),
-                                                           "options": {"dim": 8}})
+    r = http.post("/v1/attention/scaled_dot_product", json={"query": q.tolist(), "keys": k.tolist(), "values": v.tolist(), "options": {"dim": 8}})
     assert r.status_code == 200, r.text
     s = k.astype(np.float64) @ q.astype(np.float64) / math.sqrt(8)
     p = np.exp(s - s.max())
@@ -280,6 +304,7 @@ def test_multi_head_matches_library_and_torch_layout(http: httpx.Client) -> None
 def test_mechanisms_are_cached_per_options_with_lru_bound() -> None:
     x = rand(4, 8, seed=2)
     with live_server(Settings(cache_size=2)) as srv, srv.client() as c:
+
         def out(seed_free_opts: dict[str, Any]) -> np.ndarray:
             r = c.post("/v1/attention/multi_head", json={"query": x.tolist(), "options": seed_free_opts})
             assert r.status_code == 200, r.text
@@ -294,13 +319,15 @@ def test_mechanisms_are_cached_per_options_with_lru_bound() -> None:
 
 
 def test_batch_results_in_order_with_per_item_errors(http: httpx.Client) -> None:
-    doc = {"requests": [
-        {"mechanism": "flash", "query": Q.tolist(), "keys": K.tolist(), "values": V.tolist(), "options": FLASH},
-        {"mechanism": "flash", "query": Q.tolist(), "options": {"heads": 3, "dim": 4}},
-        {"mechanism": "nope", "query": [1.0]},
-        {"mechanism": "flash", "query": b64(K), "options": FLASH, "encoding": "base64"},
-        "not an object",
-    ]}
+    doc = {
+        "requests": [
+            {"mechanism": "flash", "query": Q.tolist(), "keys": K.tolist(), "values": V.tolist(), "options": FLASH},
+            {"mechanism": "flash", "query": Q.tolist(), "options": {"heads": 3, "dim": 4}},
+            {"mechanism": "nope", "query": [1.0]},
+            {"mechanism": "flash", "query": b64(K), "options": FLASH, "encoding": "base64"},
+            "not an object",
+        ]
+    }
     r = http.post("/v1/batch", json=doc)
     assert r.status_code == 200, r.text
     res = r.json()["results"]
@@ -309,8 +336,7 @@ def test_batch_results_in_order_with_per_item_errors(http: httpx.Client) -> None
     assert res[1]["error"]["code"] == "shape_error" and res[1]["error"]["field"] == "requests[1].query"
     assert res[2]["error"]["code"] == "unknown_mechanism" and res[2]["error"]["field"] == "requests[2].mechanism"
     o = res[3]["output"]
-    np.testing.assert_allclose(np.frombuffer(base64.b64decode(o["data"]), "<f4").reshape(o["shape"]), ref_attention(K, K, K),
-                               rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(np.frombuffer(base64.b64decode(o["data"]), "<f4").reshape(o["shape"]), ref_attention(K, K, K), rtol=2e-5, atol=2e-6)
 
 
 def test_unknown_route_and_method_are_json_errors(http: httpx.Client) -> None:
@@ -358,15 +384,15 @@ def test_metrics_prometheus_text() -> None:
 def test_body_size_limit_with_and_without_content_length() -> None:
     with live_server(Settings(max_body_bytes=1000)) as srv, srv.client() as c:
         big = npy_bytes(rand(40, 2, 4))
-        assert_error(c.post("/v1/attention/flash?heads=2&dim=4", content=big, headers={"Content-Type": "application/x-npy"}),
-                     413, "body_too_large")
+        assert_error(c.post("/v1/attention/flash?heads=2&dim=4", content=big, headers={"Content-Type": "application/x-npy"}), 413, "body_too_large")
 
         def chunks() -> Iterator[bytes]:  # no Content-Length: chunked transfer
             for i in range(0, len(big), 256):
                 yield big[i : i + 256]
 
-        assert_error(c.post("/v1/attention/flash?heads=2&dim=4", content=chunks(), headers={"Content-Type": "application/x-npy"}),
-                     413, "body_too_large")
+        assert_error(
+            c.post("/v1/attention/flash?heads=2&dim=4", content=chunks(), headers={"Content-Type": "application/x-npy"}), 413, "body_too_large"
+        )
         small = npy_bytes(rand(2, 2, 4))
         assert c.post("/v1/attention/flash?heads=2&dim=4", content=small, headers={"Content-Type": "application/x-npy"}).status_code == 200
         assert c.get("/health").status_code == 200
@@ -374,22 +400,36 @@ def test_body_size_limit_with_and_without_content_length() -> None:
 
 def test_element_and_batch_limits() -> None:
     with live_server(Settings(max_elements=100, max_batch_items=2)) as srv, srv.client() as c:
-        assert_error(c.post("/v1/attention/flash", json={"query": rand(13, 2, 4).tolist(), "options": FLASH}), 413,
-                     "too_many_elements", "query")
+        assert_error(c.post("/v1/attention/flash", json={"query": rand(13, 2, 4).tolist(), "options": FLASH}), 413, "too_many_elements", "query")
         # a header that claims a huge shape is refused before anything is allocated
-        assert_error(c.post("/v1/attention/flash", content=b"", headers={"Content-Type": "application/octet-stream",
-                                                                         "X-Attnkit-Query-Shape": "100000,100000,1000"}),
-                     413, "too_many_elements", "query")
+        assert_error(
+            c.post(
+                "/v1/attention/flash",
+                content=b"",
+                headers={"Content-Type": "application/octet-stream", "X-Attnkit-Query-Shape": "100000,100000,1000"},
+            ),
+            413,
+            "too_many_elements",
+            "query",
+        )
         item = {"mechanism": "flash", "query": rand(2, 2, 4).tolist(), "options": FLASH}
         assert c.post("/v1/batch", json={"requests": [item, item]}).status_code == 200
         assert_error(c.post("/v1/batch", json={"requests": [item, item, item]}), 413, "too_many_items", "requests")
 
 
 def test_option_limit_protects_memory(http: httpx.Client) -> None:
-    assert_error(http.post("/v1/attention/multi_head", json={"query": [[1.0, 2.0]], "options": {"model_dim": 10**6}}), 422,
-                 "option_too_large", "options.model_dim")
-    assert_error(http.post("/v1/attention/multi_head?model_dim=1000000", content=npy_bytes(rand(1, 2)),
-                           headers={"Content-Type": "application/x-npy"}), 422, "option_too_large", "options.model_dim")
+    assert_error(
+        http.post("/v1/attention/multi_head", json={"query": [[1.0, 2.0]], "options": {"model_dim": 10**6}}),
+        422,
+        "option_too_large",
+        "options.model_dim",
+    )
+    assert_error(
+        http.post("/v1/attention/multi_head?model_dim=1000000", content=npy_bytes(rand(1, 2)), headers={"Content-Type": "application/x-npy"}),
+        422,
+        "option_too_large",
+        "options.model_dim",
+    )
 
 
 class _Gate(Mechanism):
@@ -510,11 +550,16 @@ def test_cors_off_by_default_and_on_for_configured_origins(http: httpx.Client) -
     r = http.get("/health", headers={"Origin": "http://127.0.0.1:9"})
     assert "access-control-allow-origin" not in r.headers
     with live_server(Settings(cors_origins=("http://127.0.0.1:9",), api_key="k")) as srv, srv.client() as c:
-        pre = c.options("/v1/attention/flash", headers={"Origin": "http://127.0.0.1:9", "Access-Control-Request-Method": "POST",
-                                                       "Access-Control-Request-Headers": "content-type,x-attnkit-query-shape"})
+        pre = c.options(
+            "/v1/attention/flash",
+            headers={
+                "Origin": "http://127.0.0.1:9",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,x-attnkit-query-shape",
+            },
+        )
         assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://127.0.0.1:9"
-        r = c.post("/v1/attention/flash", json={"query": Q.tolist(), "options": FLASH},
-                   headers={"Origin": "http://127.0.0.1:9", "X-API-Key": "k"})
+        r = c.post("/v1/attention/flash", json={"query": Q.tolist(), "options": FLASH}, headers={"Origin": "http://127.0.0.1:9", "X-API-Key": "k"})
         assert r.headers["access-control-allow-origin"] == "http://127.0.0.1:9"
         assert "x-attnkit-shape" in r.headers["access-control-expose-headers"].lower()
         other = c.options("/v1/attention/flash", headers={"Origin": "http://evil.test", "Access-Control-Request-Method": "POST"})
@@ -523,8 +568,10 @@ def test_cors_off_by_default_and_on_for_configured_origins(http: httpx.Client) -
 
 # ---------------------------------------------------------------------- settings
 def test_settings_from_env_and_validation() -> None:
-    s = Settings.from_env({"ATTNKIT_SERVER_MAX_BODY_BYTES": "123", "ATTNKIT_SERVER_CORS_ORIGINS": "http://a, http://b",
-                           "ATTNKIT_SERVER_REQUEST_TIMEOUT_S": "2.5"}, queue=3)
+    s = Settings.from_env(
+        {"ATTNKIT_SERVER_MAX_BODY_BYTES": "123", "ATTNKIT_SERVER_CORS_ORIGINS": "http://a, http://b", "ATTNKIT_SERVER_REQUEST_TIMEOUT_S": "2.5"},
+        queue=3,
+    )
     assert (s.max_body_bytes, s.cors_origins, s.request_timeout_s, s.queue) == (123, ("http://a", "http://b"), 2.5, 3)
     assert Settings.from_mapping(json.loads(s.to_json())) == s
     with pytest.raises(attnkit.ConfigError, match="max_body_bytes"):

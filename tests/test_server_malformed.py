@@ -80,18 +80,29 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str | None]] = [
     ("strings-in-tensor", "POST", FLASH, js(with_(query=[["a", "b"]])), 422, "bad_tensor"),
     ("query-is-string", "POST", FLASH, js(with_(query="1,2,3")), 422, "bad_tensor"),
     ("query-is-bool", "POST", FLASH, js(with_(query=True)), 422, "bad_tensor"),
-    ("nan-in-query", "POST", FLASH, raw(json.dumps(with_(query=[[[float("nan")] * 4] * 2] * 3)).encode(), "application/json"),
-     422, "non_finite"),
-    ("inf-in-keys", "POST", FLASH, raw(json.dumps(with_(keys=[[[float("inf")] * 4] * 2] * 3, values=Q.tolist())).encode(),
-                                       "application/json"), 422, "non_finite"),
+    ("nan-in-query", "POST", FLASH, raw(json.dumps(with_(query=[[[float("nan")] * 4] * 2] * 3)).encode(), "application/json"), 422, "non_finite"),
+    (
+        "inf-in-keys",
+        "POST",
+        FLASH,
+        raw(json.dumps(with_(keys=[[[float("inf")] * 4] * 2] * 3, values=Q.tolist())).encode(), "application/json"),
+        422,
+        "non_finite",
+    ),
     ("huge-number-overflows", "POST", FLASH, js(with_(query=[[[1e300] * 4] * 2] * 3)), 422, "non_finite"),
     ("wrong-heads", "POST", FLASH, js(with_(options={"heads": 3, "dim": 4})), 422, "shape_error"),
     ("wrong-head-dim", "POST", FLASH, js(with_(options={"heads": 2, "dim": 5})), 422, "shape_error"),
     ("keys-without-values", "POST", FLASH, js(with_(keys=Q.tolist())), 422, "bad_request"),
     ("keys-values-length-mismatch", "POST", FLASH, js(with_(keys=Q.tolist(), values=Q[:2].tolist())), 422, "shape_error"),
     ("mask-wrong-shape", "POST", FLASH, js(with_(mask=[[True, False]])), 422, "shape_error"),
-    ("mask-nan", "POST", FLASH, raw(json.dumps(with_(mask=[[float("nan")] * 3] * 3, mask_kind="additive")).encode(), "application/json"),
-     422, "non_finite"),
+    (
+        "mask-nan",
+        "POST",
+        FLASH,
+        raw(json.dumps(with_(mask=[[float("nan")] * 3] * 3, mask_kind="additive")).encode(), "application/json"),
+        422,
+        "non_finite",
+    ),
     ("mask-int-01", "POST", FLASH, js(with_(mask=[[1, 0, 1]] * 3)), 422, "bad_mask"),
     ("mask-float-unmarked", "POST", FLASH, js(with_(mask=[[0.0, -1e9, 0.0]] * 3)), 422, "bad_mask"),
     ("mask-bool-marked-additive", "POST", FLASH, js(with_(mask=[[True] * 3] * 3, mask_kind="additive")), 422, "bad_mask"),
@@ -99,18 +110,29 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str | None]] = [
     ("too-many-dims", "POST", FLASH, js(with_(query=[[[[[[[[[[1.0]]]]]]]]]])), 400, "bad_shape"),
     ("empty-query", "POST", FLASH, js(with_(query=[])), 422, None),
     ("scalar-query", "POST", FLASH, js(with_(query=1.5)), 422, "shape_error"),
-    ("neighbour-dim-mismatch", "POST", "/v1/attention/scaled_dot_product",
-     js({"query": [1.0, 2.0], "keys": [[1.0, 2.0, 3.0]], "values": [[1.0]], "options": {"dim": 2}}), 422, "shape_error"),
+    (
+        "neighbour-dim-mismatch",
+        "POST",
+        "/v1/attention/scaled_dot_product",
+        js({"query": [1.0, 2.0], "keys": [[1.0, 2.0, 3.0]], "values": [[1.0]], "options": {"dim": 2}}),
+        422,
+        "shape_error",
+    ),
     # --- bad options
     ("unknown-option", "POST", FLASH, js(with_(options={"heads": 2, "dim": 4, "colour": "red"})), 422, "config_error"),
     ("negative-heads", "POST", FLASH, js(with_(options={"heads": -2, "dim": 4})), 422, "config_error"),
     ("string-heads", "POST", FLASH, js(with_(options={"heads": "two", "dim": 4})), 422, "config_error"),
     ("object-option", "POST", FLASH, js(with_(options={"heads": {"n": 2}, "dim": 4})), 422, "config_error"),
-    ("nan-scale", "POST", FLASH, raw(json.dumps(with_(options={"heads": 2, "dim": 4, "scale": float("nan")})).encode(),
-                                     "application/json"), 422, "config_error"),
+    (
+        "nan-scale",
+        "POST",
+        FLASH,
+        raw(json.dumps(with_(options={"heads": 2, "dim": 4, "scale": float("nan")})).encode(), "application/json"),
+        422,
+        "config_error",
+    ),
     ("huge-dim-option", "POST", FLASH, js(with_(options={"heads": 2, "dim": 10**12})), 422, "option_too_large"),
-    ("huge-int-option-in-query", "POST", FLASH + "?heads=99999999999999999999", raw(GOOD_NPY, "application/x-npy"), 422,
-     "option_too_large"),
+    ("huge-int-option-in-query", "POST", FLASH + "?heads=99999999999999999999", raw(GOOD_NPY, "application/x-npy"), 422, "option_too_large"),
     ("dropout-out-of-range", "POST", FLASH, js(with_(options={"heads": 2, "dim": 4, "dropout": 1.5})), 422, "config_error"),
     ("missing-required-option", "POST", "/v1/attention/multi_head", js({"query": [[1.0, 2.0]]}), 422, "config_error"),
     ("unknown-mechanism", "POST", "/v1/attention/does-not-exist", js(GOOD), 404, "unknown_mechanism"),
@@ -121,15 +143,20 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str | None]] = [
     ("b64-bad-dtype", "POST", FLASH, js(with_(query=b64(Q, dtype="complex64"))), 422, "bad_dtype"),
     ("b64-huge-shape", "POST", FLASH, js(with_(query=b64(Q, shape=[10**9, 10**9]))), 413, "too_many_elements"),
     ("b64-no-shape", "POST", FLASH, js(with_(query={"data": base64.b64encode(Q.tobytes()).decode()})), 422, "bad_tensor"),
-    ("b64-bool-not-01", "POST", FLASH, js(with_(mask={"data": base64.b64encode(bytes([2] * 9)).decode(), "shape": [3, 3],
-                                                      "dtype": "bool"})), 422, "bad_tensor"),
+    (
+        "b64-bool-not-01",
+        "POST",
+        FLASH,
+        js(with_(mask={"data": base64.b64encode(bytes([2] * 9)).decode(), "shape": [3, 3], "dtype": "bool"})),
+        422,
+        "bad_tensor",
+    ),
     # --- content types
     ("no-content-type", "POST", FLASH, {"content": json.dumps(GOOD)}, 415, "unsupported_media_type"),
     ("text-plain", "POST", FLASH, raw(json.dumps(GOOD).encode(), "text/plain"), 415, "unsupported_media_type"),
     ("form-urlencoded", "POST", FLASH, {"data": {"query": "1"}}, 415, "unsupported_media_type"),
     ("multipart", "POST", FLASH, {"files": {"query": ("q.npy", GOOD_NPY)}}, 415, "unsupported_media_type"),
-    ("bad-accept", "POST", FLASH, {**js(GOOD), "headers": {"Content-Type": "application/json", "Accept": "image/png"}}, 406,
-     "not_acceptable"),
+    ("bad-accept", "POST", FLASH, {**js(GOOD), "headers": {"Content-Type": "application/json", "Accept": "image/png"}}, 406, "not_acceptable"),
     ("batch-as-npy", "POST", "/v1/batch", raw(GOOD_NPY, "application/x-npy"), 415, "unsupported_media_type"),
     # --- npy
     ("npy-empty", "POST", FLASH + OPTS, raw(b"", "application/x-npy"), 400, "bad_npy"),
@@ -152,14 +179,38 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str | None]] = [
     ("octet-no-shape", "POST", FLASH + OPTS, raw(Q.tobytes(), "application/octet-stream"), 400, "missing_shape"),
     ("octet-truncated", "POST", FLASH + OPTS, raw(Q.tobytes()[:-4], "application/octet-stream", **_octet), 400, "truncated_body"),
     ("octet-extra-bytes", "POST", FLASH + OPTS, raw(Q.tobytes() + b"\0" * 4, "application/octet-stream", **_octet), 400, "bad_body"),
-    ("octet-bad-shape-header", "POST", FLASH + OPTS, raw(Q.tobytes(), "application/octet-stream", **{"X-Attnkit-Query-Shape": "a,b"}),
-     400, "bad_shape"),
-    ("octet-bad-dtype", "POST", FLASH + OPTS, raw(Q.tobytes(), "application/octet-stream", **_octet, **{"X-Attnkit-Dtype": "int8"}),
-     422, "bad_dtype"),
-    ("octet-huge-shape", "POST", FLASH + OPTS, raw(b"", "application/octet-stream", **{"X-Attnkit-Query-Shape": "99999,99999,99"}),
-     413, "too_many_elements"),
-    ("octet-nan", "POST", FLASH + OPTS, raw(np.full((3, 2, 4), np.nan, np.float32).tobytes(), "application/octet-stream", **_octet),
-     422, "non_finite"),
+    (
+        "octet-bad-shape-header",
+        "POST",
+        FLASH + OPTS,
+        raw(Q.tobytes(), "application/octet-stream", **{"X-Attnkit-Query-Shape": "a,b"}),
+        400,
+        "bad_shape",
+    ),
+    (
+        "octet-bad-dtype",
+        "POST",
+        FLASH + OPTS,
+        raw(Q.tobytes(), "application/octet-stream", **_octet, **{"X-Attnkit-Dtype": "int8"}),
+        422,
+        "bad_dtype",
+    ),
+    (
+        "octet-huge-shape",
+        "POST",
+        FLASH + OPTS,
+        raw(b"", "application/octet-stream", **{"X-Attnkit-Query-Shape": "99999,99999,99"}),
+        413,
+        "too_many_elements",
+    ),
+    (
+        "octet-nan",
+        "POST",
+        FLASH + OPTS,
+        raw(np.full((3, 2, 4), np.nan, np.float32).tobytes(), "application/octet-stream", **_octet),
+        422,
+        "non_finite",
+    ),
     ("json-null-body", "POST", FLASH, js(None), 422, "bad_request"),
     # --- batch
     ("batch-not-list", "POST", "/v1/batch", js({"requests": {"a": 1}}), 422, "bad_request"),
@@ -185,8 +236,7 @@ def test_enough_cases() -> None:
 
 
 @pytest.mark.parametrize(("method", "path", "kwargs", "status", "code"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_malformed_request_is_a_json_4xx(client: httpx.Client, method: str, path: str, kwargs: dict[str, Any], status: int,
-                                         code: str | None) -> None:
+def test_malformed_request_is_a_json_4xx(client: httpx.Client, method: str, path: str, kwargs: dict[str, Any], status: int, code: str | None) -> None:
     r = client.request(method, path, **kwargs)
     assert 400 <= r.status_code < 500
     assert r.status_code == status, r.text
@@ -217,9 +267,19 @@ def test_errors_name_the_field(client: httpx.Client) -> None:
     assert r.status_code == 422 and r.json()["error"]["field"] == "query"
 
 
-@pytest.mark.parametrize("body", [b'{"a": NaN}', b"[1e999, -Infinity]", b'{"n": 123456789012345678901234567890}', b'{"x": [1.5, 2]}',
-                                  b"[18446744073709551615, 18446744073709551616, -9223372036854775808, -9223372036854775809]",
-                                  b"[" * 3000 + b"]" * 3000, b'{"a": 1', b"\xff"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": NaN}',
+        b"[1e999, -Infinity]",
+        b'{"n": 123456789012345678901234567890}',
+        b'{"x": [1.5, 2]}',
+        b"[18446744073709551615, 18446744073709551616, -9223372036854775808, -9223372036854775809]",
+        b"[" * 3000 + b"]" * 3000,
+        b'{"a": 1',
+        b"\xff",
+    ],
+)
 def test_json_parsing_does_not_depend_on_orjson(body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     from attnkit.server import codec
 

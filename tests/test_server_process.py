@@ -42,9 +42,25 @@ def test_two_workers_serve_and_stop_cleanly_on_sigterm() -> None:
     port = _free_port()
     env = {**os.environ, "ATTNKIT_SERVER_MAX_BATCH_ITEMS": "3"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "attnkit.server", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-         "--api-key", "k", "--log-level", "warning"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "attnkit.server",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--api-key",
+            "k",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -75,6 +91,5 @@ def test_two_workers_serve_and_stop_cleanly_on_sigterm() -> None:
 
 
 def test_bad_settings_exit_with_code_2() -> None:
-    r = subprocess.run([sys.executable, "-m", "attnkit.server", "--port", "1", "--queue", "many"], capture_output=True, text=True,
-                       timeout=60)
+    r = subprocess.run([sys.executable, "-m", "attnkit.server", "--port", "1", "--queue", "many"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "queue" in r.stderr

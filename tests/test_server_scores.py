@@ -143,8 +143,7 @@ def test_multi_head_and_cross_weights_are_those_of_the_librarys_forward(http: ht
     # multi_head with vdim != kdim reads the optional values (its weights come from a forward pass)
     vopts = {"model_dim": 8, "heads": 2, "kdim": 4, "vdim": 6, "seed": 2}
     k4, v6 = rand(7, 4, seed=24), rand(7, 6, seed=25)
-    wv = decode(http.post(SCORES.format("multi_head"), json={"query": x.tolist(), "keys": k4.tolist(), "values": v6.tolist(),
-                                                             "options": vopts}))
+    wv = decode(http.post(SCORES.format("multi_head"), json={"query": x.tolist(), "keys": k4.tolist(), "values": v6.tolist(), "options": vopts}))
     m = registry.create("multi_head", **vopts)
     m.forward(x, k4, v6)
     np.testing.assert_allclose(wv, m.get_attention_weights(), rtol=1e-6, atol=1e-7)
@@ -162,8 +161,13 @@ def test_masks_keys_default_and_float64(http: httpx.Client) -> None:
     additive = np.zeros((6, 9), dtype=np.float32)
     additive[:, 1] = 0.75
     additive[:, 3] = -np.inf
-    w = decode(http.post(SCORES.format("flash") + "?heads=2&dim=4", content=npy_bytes(Q, K, K, additive),
-                         headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy", "X-Attnkit-Mask-Kind": "additive"}))
+    w = decode(
+        http.post(
+            SCORES.format("flash") + "?heads=2&dim=4",
+            content=npy_bytes(Q, K, K, additive),
+            headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy", "X-Attnkit-Mask-Kind": "additive"},
+        )
+    )
     np.testing.assert_allclose(w, ref_scores(Q, K, additive), rtol=2e-5, atol=1e-7)
     # keys default to the query; causal option
     w = decode(http.post(SCORES.format("flash"), json={"query": Q.tolist(), "options": {**FLASH, "causal": True}}))
@@ -194,12 +198,19 @@ def test_body_formats_and_accept_types_agree(http: httpx.Client) -> None:
         np.testing.assert_allclose(decode(r), expected, rtol=1e-6, atol=1e-7)
     # the spec's flat arrays: seqLen*heads*dim in, heads*seqLen*seqLen out
     q = Q.reshape(-1)
-    r = http.post(SCORES.format("flash") + "?heads=2&dim=4", content=q.tobytes(), headers={
-        "Content-Type": "application/octet-stream", "Accept": "application/octet-stream", "X-Attnkit-Query-Shape": str(q.size)})
+    r = http.post(
+        SCORES.format("flash") + "?heads=2&dim=4",
+        content=q.tobytes(),
+        headers={"Content-Type": "application/octet-stream", "Accept": "application/octet-stream", "X-Attnkit-Query-Shape": str(q.size)},
+    )
     assert r.headers["x-attnkit-shape"] == str(2 * 6 * 6)
     np.testing.assert_allclose(decode(r), ref_scores(Q, Q).reshape(-1), rtol=2e-5, atol=1e-7)
-    assert_error(http.post(SCORES.format("flash"), json={"query": Q.tolist(), "options": FLASH}, headers={"Accept": "text/html"}),
-                 406, "not_acceptable", "Accept")
+    assert_error(
+        http.post(SCORES.format("flash"), json={"query": Q.tolist(), "options": FLASH}, headers={"Accept": "text/html"}),
+        406,
+        "not_acceptable",
+        "Accept",
+    )
 
 
 def test_neighbour_single_query_weights(http: httpx.Client) -> None:
@@ -237,8 +248,11 @@ def test_too_many_weights_is_413_before_any_computation(http: httpx.Client, monk
     assert w.shape == (2, 100, 100)
     # multi-head: heads * Lq * Lk from (L, model_dim) inputs; batch dimensions count too
     x = rand(2, 71, 8, seed=43)  # 2 * 2 * 71 * 71 = 20164
-    assert_error(http.post(SCORES.format("multi_head"), json={"query": x.tolist(), "options": {"model_dim": 8, "heads": 2, "seed": 0}}),
-                 413, "too_many_elements")
+    assert_error(
+        http.post(SCORES.format("multi_head"), json={"query": x.tolist(), "options": {"model_dim": 8, "heads": 2, "seed": 0}}),
+        413,
+        "too_many_elements",
+    )
     w = decode(http.post(SCORES.format("multi_head"), json={"query": x[:, :70].tolist(), "options": {"model_dim": 8, "heads": 2, "seed": 0}}))
     assert w.shape == (2, 2, 70, 70)
 
@@ -301,8 +315,16 @@ BAD: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("wrong-heads", "flash", {"json": {"query": Q.tolist(), "options": {"heads": 3, "dim": 4}}}, 422, "shape_error"),
     ("keys-wrong-dim", "flash", {"json": {"query": Q.tolist(), "keys": rand(9, 2, 5).tolist(), "options": FLASH}}, 422, "shape_error"),
     ("mask-wrong-shape", "flash", {"json": {"query": Q.tolist(), "mask": [[True, False]], "options": FLASH}}, 422, "shape_error"),
-    ("nan-query", "flash", {"content": json.dumps({"query": np.full((6, 2, 4), np.nan).tolist(), "options": FLASH}).encode(),
-                            "headers": {"Content-Type": "application/json"}}, 422, "non_finite"),
+    (
+        "nan-query",
+        "flash",
+        {
+            "content": json.dumps({"query": np.full((6, 2, 4), np.nan).tolist(), "options": FLASH}).encode(),
+            "headers": {"Content-Type": "application/json"},
+        },
+        422,
+        "non_finite",
+    ),
     ("bad-option", "flash", {"json": {"query": Q.tolist(), "options": {"heads": 2, "dim": 4, "colour": 1}}}, 422, "config_error"),
     ("huge-option", "flash", {"json": {"query": Q.tolist(), "options": {"heads": 2, "dim": 10**9}}}, 422, "option_too_large"),
     ("unknown-mechanism", "nope", {"json": {"query": Q.tolist()}}, 404, "unknown_mechanism"),
@@ -310,12 +332,27 @@ BAD: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("npy-garbage", "flash", {"content": b"not an array", "headers": {"Content-Type": "application/x-npy"}}, 400, "bad_npy"),
     ("octet-no-shape", "flash", {"content": Q.tobytes(), "headers": {"Content-Type": "application/octet-stream"}}, 400, "missing_shape"),
     ("octet-truncated", "flash", {"content": Q.tobytes()[:-4], "headers": _octet}, 400, "truncated_body"),
-    ("sdp-no-keys-shape", "scaled_dot_product", {"json": {"query": [1.0, 2.0], "keys": [[1.0, 2.0, 3.0]], "options": {"dim": 2}}},
-     422, "shape_error"),
-    ("cross-keys-wrong-width", "cross", {"json": {"query": rand(3, 6).tolist(), "keys": rand(4, 5).tolist(),
-                                                 "options": {"query_dim": 6, "key_dim": 4, "heads": 2}}}, 422, "shape_error"),
-    ("mha-values-without-keys", "multi_head", {"json": {"query": rand(3, 8).tolist(), "values": rand(3, 8).tolist(),
-                                                        "options": {"model_dim": 8, "heads": 2}}}, 422, "shape_error"),
+    (
+        "sdp-no-keys-shape",
+        "scaled_dot_product",
+        {"json": {"query": [1.0, 2.0], "keys": [[1.0, 2.0, 3.0]], "options": {"dim": 2}}},
+        422,
+        "shape_error",
+    ),
+    (
+        "cross-keys-wrong-width",
+        "cross",
+        {"json": {"query": rand(3, 6).tolist(), "keys": rand(4, 5).tolist(), "options": {"query_dim": 6, "key_dim": 4, "heads": 2}}},
+        422,
+        "shape_error",
+    ),
+    (
+        "mha-values-without-keys",
+        "multi_head",
+        {"json": {"query": rand(3, 8).tolist(), "values": rand(3, 8).tolist(), "options": {"model_dim": 8, "heads": 2}}},
+        422,
+        "shape_error",
+    ),
 ]
 
 

@@ -91,6 +91,7 @@ def test_infonce_hand_value_single_anchor_and_sum_reduction() -> None:
 
 def triplet_reference(a, p, n, margin, distance):
     """Loop over every (anchor, positive, negative) triplet, float64."""
+
     def dist(x, y):
         if distance == "euclidean":
             return np.linalg.norm(x - y)

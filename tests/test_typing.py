@@ -41,8 +41,18 @@ def _mypy(tmp_path: Path, **files: str) -> subprocess.CompletedProcess[str]:
     for name, text in files.items():
         (tmp_path / f"{name}.py").write_text(text)
     env = {**os.environ, "MYPYPATH": str(SRC)}
-    cmd = [sys.executable, "-m", "mypy", "--python-version", "3.10", "--no-error-summary", "--show-error-codes",
-           "--config-file", str(ROOT / "pyproject.toml"), *(str(tmp_path / f"{n}.py") for n in files)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mypy",
+        "--python-version",
+        "3.10",
+        "--no-error-summary",
+        "--show-error-codes",
+        "--config-file",
+        str(ROOT / "pyproject.toml"),
+        *(str(tmp_path / f"{n}.py") for n in files),
+    ]
     # run from the repository root so the warm .mypy_cache is reused (a cold analysis of attnkit takes a while)
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
 

@@ -34,8 +34,7 @@ def assert_same_dict(a, b):
 
 
 def test_save_state_load_state_bytes_keep_dtypes():
-    state = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, dtype=np.float64),
-             "c": np.arange(3, dtype=np.int64)}
+    state = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, dtype=np.float64), "c": np.arange(3, dtype=np.int64)}
     blob = save_state(state)
     assert isinstance(blob, bytes)
     assert_same_dict(load_state(blob), state)
@@ -134,8 +133,12 @@ def test_hf_bert_semantics_match_a_bert_style_torch_layer(rng):
     torch.manual_seed(0)
     query, key, value, dense = (torch.nn.Linear(e, e).double() for _ in range(4))
     sd = {}
-    for name, mod in (("attention.self.query", query), ("attention.self.key", key),
-                      ("attention.self.value", value), ("attention.output.dense", dense)):
+    for name, mod in (
+        ("attention.self.query", query),
+        ("attention.self.key", key),
+        ("attention.self.value", value),
+        ("attention.output.dense", dense),
+    ):
         for part in ("weight", "bias"):
             sd[f"encoder.layer.5.{name}.{part}"] = getattr(mod, part).detach()
     x = to_torch(randn(rng, 2, 6, e))

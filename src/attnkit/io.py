@@ -174,8 +174,7 @@ def detect_format(path: str | os.PathLike[str] | None, fmt: str | None = None, h
             return guess
     where = f"{os.fspath(path)!r}" if path is not None else "the data"
     raise FileFormatError(
-        f"format: cannot tell the format of {where}; use an extension "
-        f"({', '.join(sorted(_EXTENSIONS))}) or give the format explicitly"
+        f"format: cannot tell the format of {where}; use an extension ({', '.join(sorted(_EXTENSIONS))}) or give the format explicitly"
     )
 
 
@@ -205,8 +204,7 @@ def read_stream(fh: Any, name: str, where: str, limit: int | None = None) -> byt
         size += len(chunk)
         if size > limit:
             raise FileFormatError(
-                f"{name}: {where} holds more than {limit} bytes, the most read from a stream or device "
-                "(set ATTNKIT_MAX_INPUT_BYTES to raise it)"
+                f"{name}: {where} holds more than {limit} bytes, the most read from a stream or device (set ATTNKIT_MAX_INPUT_BYTES to raise it)"
             )
         chunks.append(chunk)
 
@@ -290,13 +288,7 @@ def _check_writable_dtype(arr: np.ndarray, name: str, fmt: str) -> np.ndarray:
 def _json_one(arr: np.ndarray, indent: int) -> str:
     pad = " " * indent
     data = _nested_text(arr, indent + 10)
-    return (
-        "{\n"
-        f'{pad}  "shape": {json.dumps([int(d) for d in arr.shape])},\n'
-        f'{pad}  "dtype": "{_json_dtype(arr)}",\n'
-        f'{pad}  "data": {data}\n'
-        f"{pad}}}"
-    )
+    return f'{{\n{pad}  "shape": {json.dumps([int(d) for d in arr.shape])},\n{pad}  "dtype": "{_json_dtype(arr)}",\n{pad}  "data": {data}\n{pad}}}'
 
 
 def _json_dumps(arrays: Mapping[str, np.ndarray], single: bool) -> bytes:
@@ -316,9 +308,7 @@ def _json_array(obj: Any, name: str, where: str) -> np.ndarray:
     if isinstance(obj, dict):
         extra = set(obj) - {"data", "shape", "dtype"}
         if "data" not in obj or extra:
-            raise FileFormatError(
-                f"{name}: {where}: expected an array object with keys data, shape, dtype, got keys {', '.join(sorted(obj))}"
-            )
+            raise FileFormatError(f"{name}: {where}: expected an array object with keys data, shape, dtype, got keys {', '.join(sorted(obj))}")
         shape, dtype, obj = obj.get("shape"), obj.get("dtype"), obj["data"]
         if dtype is not None and dtype not in _JSON_DTYPES:
             raise FileFormatError(f"{name}: {where}: dtype: expected one of {', '.join(sorted(_JSON_DTYPES))}, got {dtype!r}")
@@ -580,9 +570,7 @@ def dumps(arrays: np.ndarray | Mapping[str, Any], fmt: str, *, name: str = "outp
         raise FileFormatError(f"{name}: nothing to write (no arrays)")
     named = {str(k): _check_writable_dtype(np.asarray(_host(v)), name, fmt) for k, v in named.items()}
     if fmt not in MULTI_ARRAY_FORMATS and len(named) > 1:
-        raise FileFormatError(
-            f"{name}: {fmt} holds one array, got {len(named)} ({', '.join(named)}); pick one or write .npz/.safetensors/.json"
-        )
+        raise FileFormatError(f"{name}: {fmt} holds one array, got {len(named)} ({', '.join(named)}); pick one or write .npz/.safetensors/.json")
     if fmt == "npy":
         buf = _io.BytesIO()
         np.save(buf, next(iter(named.values())), allow_pickle=False)

@@ -54,8 +54,7 @@ __all__ = [
 ]
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
-_BERT = {"q_proj": "attention.self.query", "k_proj": "attention.self.key", "v_proj": "attention.self.value",
-         "out_proj": "attention.output.dense"}
+_BERT = {"q_proj": "attention.self.query", "k_proj": "attention.self.key", "v_proj": "attention.self.value", "out_proj": "attention.output.dense"}
 
 
 def load_state(source: Any) -> dict[str, np.ndarray]:
@@ -248,9 +247,7 @@ def _bert_prefix(keys: set[str], prefix: str | None) -> str:
         return prefix
     found = sorted(k[: -len("attention.self.query.weight")] for k in keys if k.endswith("attention.self.query.weight"))
     if len(found) != 1:
-        raise ConfigError(
-            f"prefix: the state dict holds {len(found)} BERT attention layers ({', '.join(found[:4])}); pass prefix= to pick one"
-        )
+        raise ConfigError(f"prefix: the state dict holds {len(found)} BERT attention layers ({', '.join(found[:4])}); pass prefix= to pick one")
     return found[0]
 
 

@@ -124,13 +124,11 @@ def compute(
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary for scripts.")] = False,
     scheduler: Annotated[
         str | None,
-        typer.Option("--scheduler", help="Run on Dask: 'local' (a cluster of processes here), a scheduler ADDRESS, or 'threads'.",
-                     metavar="ADDRESS"),
+        typer.Option("--scheduler", help="Run on Dask: 'local' (a cluster of processes here), a scheduler ADDRESS, or 'threads'.", metavar="ADDRESS"),
     ] = None,
     chunks: Annotated[
         str | None,
-        typer.Option("--chunks", help="With --scheduler: chunk sizes of the inputs' leading axes, N[,N...] (e.g. 1,4096).",
-                     metavar="N[,N...]"),
+        typer.Option("--chunks", help="With --scheduler: chunk sizes of the inputs' leading axes, N[,N...] (e.g. 1,4096).", metavar="N[,N...]"),
     ] = None,
 ) -> None:
     """Run one mechanism on arrays from files (or random ones) and write the output.
@@ -141,12 +139,37 @@ def compute(
     from .compute import run_compute
 
     run_compute(
-        STATE, ctx.args, type_=type_, inputs=inputs, query=query, keys=keys, values=values, mask=mask,
-        random=random, output=output, motif=motif, shape=shape or [], input_format=input_format, output_format=output_format,
+        STATE,
+        ctx.args,
+        type_=type_,
+        inputs=inputs,
+        query=query,
+        keys=keys,
+        values=values,
+        mask=mask,
+        random=random,
+        output=output,
+        motif=motif,
+        shape=shape or [],
+        input_format=input_format,
+        output_format=output_format,
         dtype=dtype,
-        common={"heads": heads, "dim": dim, "causal": causal, "block_size": block_size, "curvature": curvature,
-                "feature_map": feature_map, "scale": scale},
-        seed=seed, opt=opt or [], weights=weights, heatmap=heatmap, as_json=json_, scheduler=scheduler, chunks=chunks,
+        common={
+            "heads": heads,
+            "dim": dim,
+            "causal": causal,
+            "block_size": block_size,
+            "curvature": curvature,
+            "feature_map": feature_map,
+            "scale": scale,
+        },
+        seed=seed,
+        opt=opt or [],
+        weights=weights,
+        heatmap=heatmap,
+        as_json=json_,
+        scheduler=scheduler,
+        chunks=chunks,
     )
 
 
@@ -188,8 +211,20 @@ def benchmark(
     from .benchmark import run_benchmark
 
     run_benchmark(
-        STATE, types=types, dims=dims, lengths=neighbors, iterations=iterations, max_time=max_time, warmup=warmup,
-        batch=batch, opt=opt or [], output=output, plot=plot, compare=compare, seed=seed, as_json=json_,
+        STATE,
+        types=types,
+        dims=dims,
+        lengths=neighbors,
+        iterations=iterations,
+        max_time=max_time,
+        warmup=warmup,
+        batch=batch,
+        opt=opt or [],
+        output=output,
+        plot=plot,
+        compare=compare,
+        seed=seed,
+        as_json=json_,
     )
 
 
@@ -211,8 +246,17 @@ def convert(
     from .convert import run_convert
 
     run_convert(
-        STATE, source, dest, from_=from_, to=to, prefix=prefix, unpacked=unpacked, shape=shape,
-        input_format=input_format, output_format=output_format, as_json=json_,
+        STATE,
+        source,
+        dest,
+        from_=from_,
+        to=to,
+        prefix=prefix,
+        unpacked=unpacked,
+        shape=shape,
+        input_format=input_format,
+        output_format=output_format,
+        as_json=json_,
     )
 
 
@@ -238,9 +282,17 @@ def serve(
     from .serve import run_serve
 
     run_serve(
-        STATE, host=host, port=port, workers=workers,
-        limits={"max_body_bytes": max_body_bytes, "max_batch_items": max_batch_items,
-                "request_timeout_s": request_timeout_s, "max_concurrency": max_concurrency, "queue": queue},
+        STATE,
+        host=host,
+        port=port,
+        workers=workers,
+        limits={
+            "max_body_bytes": max_body_bytes,
+            "max_batch_items": max_batch_items,
+            "request_timeout_s": request_timeout_s,
+            "max_concurrency": max_concurrency,
+            "queue": queue,
+        },
         extra=limit or [],
     )
 

@@ -146,8 +146,22 @@ def _write_results(path: str, rows: list[dict[str, Any]], meta: dict[str, Any]) 
     elif suffix == ".csv":
         import io
 
-        cols = ["type", "dim", "length", "batch", "runs", "median_ms", "mean_ms", "std_ms", "min_ms", "ops_per_s",
-                "torch_runs", "torch_median_ms", "torch_speedup", "error"]
+        cols = [
+            "type",
+            "dim",
+            "length",
+            "batch",
+            "runs",
+            "median_ms",
+            "mean_ms",
+            "std_ms",
+            "min_ms",
+            "ops_per_s",
+            "torch_runs",
+            "torch_median_ms",
+            "torch_speedup",
+            "error",
+        ]
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
@@ -209,7 +223,7 @@ def run_benchmark(
     cells: list[tuple[str, int | None, int]] = []
     for n in names:
         has_dim = bool(dim_options(n, 1))
-        for d in (dim_list if has_dim else [None]):
+        for d in dim_list if has_dim else [None]:
             for L in len_list:
                 cells.append((n, d, L))
 
@@ -218,14 +232,32 @@ def run_benchmark(
     err = console(stderr=True)
     rows: list[dict[str, Any]] = []
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, transient=True, disable=as_json or not err.is_terminal,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=as_json or not err.is_terminal,
     ) as progress:
         task = progress.add_task("benchmark", total=len(cells))
         for n, d, L in cells:
             progress.update(task, description=f"{n} dim={d if d is not None else '-'} n={L}")
-            rows.append(bench_cell(n, d, L, config=config, extra=extra, iterations=iterations, max_time=max_time,
-                                   warmup=warmup, batch=batch, seed=seed, torch_mod=torch_mod))
+            rows.append(
+                bench_cell(
+                    n,
+                    d,
+                    L,
+                    config=config,
+                    extra=extra,
+                    iterations=iterations,
+                    max_time=max_time,
+                    warmup=warmup,
+                    batch=batch,
+                    seed=seed,
+                    torch_mod=torch_mod,
+                )
+            )
             log.info("benchmark %s", rows[-1])
             progress.advance(task)
 

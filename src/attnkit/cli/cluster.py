@@ -13,8 +13,16 @@ log = logging.getLogger("attnkit.cli")
 
 
 def run_cluster_compute(
-    mech: Any, *, scheduler: str, chunks: str | None, query: str | None, keys: str | None, values: str | None,
-    output: str | None, as_json: bool, quiet: bool = False,
+    mech: Any,
+    *,
+    scheduler: str,
+    chunks: str | None,
+    query: str | None,
+    keys: str | None,
+    values: str | None,
+    output: str | None,
+    as_json: bool,
+    quiet: bool = False,
 ) -> Mapping[str, Any]:
     """Read ``query``/``keys``/``values`` lazily, build the graph, compute it into ``output`` (.zarr)."""
     try:
@@ -66,7 +74,9 @@ def run_cluster_compute(
         emit_json(summary)
     elif not quiet:
         con = console()
-        con.print(f"{mech.name}: {tuple(lazy.shape)} in {summary['tasks']} tasks on {cluster['scheduler']} "
-                  f"({len(cluster['workers'])} workers), {summary['time_ms']:.0f} ms")
+        con.print(
+            f"{mech.name}: {tuple(lazy.shape)} in {summary['tasks']} tasks on {cluster['scheduler']} "
+            f"({len(cluster['workers'])} workers), {summary['time_ms']:.0f} ms"
+        )
         con.print(f"wrote {output}")
     return summary

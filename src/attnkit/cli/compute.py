@@ -82,14 +82,16 @@ def load_inputs(
                     arr = aio._reshape(arr, shapes[role], f"inputs[{hit!r}]", repr(path))
                 found[role] = arr
         if "q" not in found:
-            raise aio.FileFormatError(
-                f"inputs: {path!r} has no query array (named q or query); it holds {', '.join(arrays)}"
-            )
+            raise aio.FileFormatError(f"inputs: {path!r} has no query array (named q or query); it holds {', '.join(arrays)}")
     for role, spec in (("q", query), ("k", keys), ("v", values), ("mask", mask)):
         if spec is None:
             continue
         found[role] = aio.read_array(
-            spec, input_format, shape=shapes.get(role), name=_ROLE_NAMES[role], prefer=ROLE_KEYS[role],
+            spec,
+            input_format,
+            shape=shapes.get(role),
+            name=_ROLE_NAMES[role],
+            prefer=ROLE_KEYS[role],
             dtype=dtype if role != "mask" else None,
         )
         log.info("%s: %s %s from %s", _ROLE_NAMES[role], fmt_shape(found[role].shape), found[role].dtype, spec)
@@ -188,8 +190,14 @@ def run_compute(
             arrays = {r: (a.astype(dtype) if a.dtype.kind == "f" else a) for r, a in arrays.items()}
     else:
         arrays = load_inputs(
-            inputs=inputs, query=query, keys=keys, values=values, mask=mask, shapes=parse_shapes(shape),
-            input_format=input_format, dtype=dtype,
+            inputs=inputs,
+            query=query,
+            keys=keys,
+            values=values,
+            mask=mask,
+            shapes=parse_shapes(shape),
+            input_format=input_format,
+            dtype=dtype,
         )
 
     q, k, v, m = arrays.get("q"), arrays.get("k"), arrays.get("v"), arrays.get("mask")

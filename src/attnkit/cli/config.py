@@ -254,9 +254,7 @@ def _parse_mechanism_table(where: str, name: str, table: dict[str, Any]) -> dict
     try:
         cls = registry.get(name)
     except ConfigError:
-        raise ConfigError(
-            f"{where}: [attention.{name}]: unknown mechanism {name!r}; expected one of {', '.join(registry.names())}"
-        ) from None
+        raise ConfigError(f"{where}: [attention.{name}]: unknown mechanism {name!r}; expected one of {', '.join(registry.names())}") from None
     specs = {s.name: s for s in registry.option_specs(cls)}
     for key in table:
         if registry.find_option(specs, key) is None:
@@ -375,11 +373,27 @@ def default_config_text() -> str:
         "# Found through --config, $ATTNKIT_CONFIG, ./attnkit.toml or the user config dir.",
         "# Commented keys are unset: the mechanism's own default applies.",
     ]
-    examples = {"num_heads": 8, "hidden_dim": 64, "dropout": 0.0, "causal": False, "block_size": 256, "seed": 0,
-                "max_body_bytes": 16 << 20, "max_batch_items": 64, "max_elements": 4 << 20, "max_option_int": 4096,
-                "request_timeout_s": 30.0, "max_concurrency": 0, "queue": 64, "api_key": "change-me",
-                "cors_origins": ["http://localhost:5173"], "cache_size": 32, "max_batch_size": 256, "timeout_ms": 5000,
-                "max_connections": 1000}
+    examples = {
+        "num_heads": 8,
+        "hidden_dim": 64,
+        "dropout": 0.0,
+        "causal": False,
+        "block_size": 256,
+        "seed": 0,
+        "max_body_bytes": 16 << 20,
+        "max_batch_items": 64,
+        "max_elements": 4 << 20,
+        "max_option_int": 4096,
+        "request_timeout_s": 30.0,
+        "max_concurrency": 0,
+        "queue": 64,
+        "api_key": "change-me",
+        "cors_origins": ["http://localhost:5173"],
+        "cache_size": 32,
+        "max_batch_size": 256,
+        "timeout_ms": 5000,
+        "max_connections": 1000,
+    }
     for section, keys in SCHEMA.items():
         lines += ["", f"[{section}]"]
         for name, key in keys.items():

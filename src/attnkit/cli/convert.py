@@ -171,4 +171,3 @@ def run_convert(
     con.print(f"converted {src} -> {dst} ({fmt}; {what})")
     for k, info in summary["arrays"].items():
         con.print(f"  {k}: {fmt_shape(info['shape'])} {info['dtype']}")
-

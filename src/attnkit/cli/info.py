@@ -60,13 +60,14 @@ def run_info(state: State, *, as_json: bool, scheduler: str | None = None) -> No
     t.add_row("numpy", data["numpy"])
     for lib in data["blas"] or [{"note": "no BLAS reported"}]:
         if "internal_api" in lib:
-            t.add_row("  blas", f"{lib.get('internal_api')} {lib.get('version')} ({lib.get('architecture')}, "
-                      f"{lib.get('num_threads')} threads)")
+            t.add_row("  blas", f"{lib.get('internal_api')} {lib.get('version')} ({lib.get('architecture')}, {lib.get('num_threads')} threads)")
         else:
             t.add_row("  blas", str(lib.get("note", lib)))
     simd = data["simd"]
-    t.add_row("simd", f"{'on' if simd['enabled'] else 'off'}; baseline {' '.join(simd['baseline']) or '-'}; "
-              f"dispatched {' '.join(simd['dispatched']) or '-'}")
+    t.add_row(
+        "simd",
+        f"{'on' if simd['enabled'] else 'off'}; baseline {' '.join(simd['baseline']) or '-'}; dispatched {' '.join(simd['dispatched']) or '-'}",
+    )
     th = data["threads"]
     t.add_row("threads", f"{th['cpus']} CPUs usable, threading {'yes' if th['threading'] else 'no'}")
     backends = ", ".join(f"{k} {v}" for k, v in data["backends"].items() if v) or "none"
@@ -77,8 +78,11 @@ def run_info(state: State, *, as_json: bool, scheduler: str | None = None) -> No
     t.add_row("mechanisms", ", ".join(data["mechanisms"]))
     if "cluster" in data:
         cl = data["cluster"]
-        t.add_row("cluster", f"{cl['scheduler']}: {len(cl['workers'])} workers, {cl.get('threads', 0)} threads, "
-                  f"{cl.get('memory_limit', 0) / 2**30:.1f} GiB memory limit")
+        t.add_row(
+            "cluster",
+            f"{cl['scheduler']}: {len(cl['workers'])} workers, {cl.get('threads', 0)} threads, "
+            f"{cl.get('memory_limit', 0) / 2**30:.1f} GiB memory limit",
+        )
         for w in cl["workers"]:
             t.add_row("  worker", f"{w['address']} ({w['threads']} threads, {(w['memory_limit'] or 0) / 2**30:.1f} GiB)")
     con.print(t)
@@ -105,12 +109,15 @@ def run_mechanisms(state: State, name: str | None, *, as_json: bool) -> None:
         t.add_column("default")
         t.add_column("also")
         for s in specs:
-            t.add_row("--" + s["name"].replace("_", "-"), s["type"], "required" if s["required"] else repr(s["default"]),
-                      ", ".join("--" + a.replace("_", "-") for a in s["aliases"]))
+            t.add_row(
+                "--" + s["name"].replace("_", "-"),
+                s["type"],
+                "required" if s["required"] else repr(s["default"]),
+                ", ".join("--" + a.replace("_", "-") for a in s["aliases"]),
+            )
         con.print(t)
         return
-    rows = [{"name": n, "class": registry.get(n).__name__, "summary": getattr(registry.get(n), "summary", "")}
-            for n in registry.names()]
+    rows = [{"name": n, "class": registry.get(n).__name__, "summary": getattr(registry.get(n), "summary", "")} for n in registry.names()]
     if as_json:
         emit_json(rows)
         return

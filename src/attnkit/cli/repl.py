@@ -257,7 +257,7 @@ class Session:
             return
         for n in names:
             s = array_stats(self._var(n))
-            stats = (f" min {s['min']:.4g} max {s['max']:.4g} mean {s['mean']:.4g} std {s['std']:.4g}" if "mean" in s else "")
+            stats = f" min {s['min']:.4g} max {s['max']:.4g} mean {s['mean']:.4g} std {s['std']:.4g}" if "mean" in s else ""
             finite = "" if s.get("finite", True) else " (has NaN/inf)"
             self.out(f"  {n:<8} {fmt_shape(s['shape']):<16} {s['dtype']:<8}{stats}{finite}")
 

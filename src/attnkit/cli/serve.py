@@ -14,9 +14,23 @@ log = logging.getLogger("attnkit.cli")
 
 #: [server] keys that are server settings under the same name
 SETTING_KEYS = (
-    "max_body_bytes", "max_batch_items", "max_elements", "max_option_int", "request_timeout_s",
-    "max_concurrency", "queue", "api_key", "cors_origins", "cache_size", "cache_bytes", "max_flops", "max_work_bytes",
-    "isolation", "worker_memory_bytes", "header_timeout_s", "body_timeout_s",
+    "max_body_bytes",
+    "max_batch_items",
+    "max_elements",
+    "max_option_int",
+    "request_timeout_s",
+    "max_concurrency",
+    "queue",
+    "api_key",
+    "cors_origins",
+    "cache_size",
+    "cache_bytes",
+    "max_flops",
+    "max_work_bytes",
+    "isolation",
+    "worker_memory_bytes",
+    "header_timeout_s",
+    "body_timeout_s",
 )
 
 

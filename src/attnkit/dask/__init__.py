@@ -84,9 +84,7 @@ def _out_width(mech: Any, params: Mapping[str, Any], cores: dict[str, tuple[int,
     return int(np.shape(out)[-1])
 
 
-def lazy_forward(
-    mech: Any, params: Mapping[str, Any], query: Any, key: Any = None, value: Any = None, *, mask: Any = None, **extras: Any
-) -> Any:
+def lazy_forward(mech: Any, params: Mapping[str, Any], query: Any, key: Any = None, value: Any = None, *, mask: Any = None, **extras: Any) -> Any:
     """``mech``'s forward as a Dask graph over the batch chunks (split-K for chunked exact attention).
 
     Computes nothing but a one-position probe that checks the widths; everything else (the finiteness
@@ -167,8 +165,13 @@ def lazy_forward(
         return np.asarray(mech._forward(params, q, got.pop("key", None), got.pop("value", None), mask=m, **got))
 
     return da.blockwise(
-        block, out_ind, *args, new_axes={c: s for c, s in zip(out_ind[nb:], out_core, strict=True)},
-        concatenate=True, dtype=dtype, meta=np.empty((0,) * (nb + len(out_core)), dtype=dtype),
+        block,
+        out_ind,
+        *args,
+        new_axes={c: s for c, s in zip(out_ind[nb:], out_core, strict=True)},
+        concatenate=True,
+        dtype=dtype,
+        meta=np.empty((0,) * (nb + len(out_core)), dtype=dtype),
     )
 
 
@@ -184,8 +187,9 @@ def _partial(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: 
     # whole-shard key blocks and 512-row query tiles: few, large GEMMs (a tile's scores stay within L2/L3 sizes)
     # Dask runs one task per worker thread: BLAS held to one thread, so workers do not oversubscribe the cores
     with BlasOneThread():
-        return sdpa_generic(qh, kh, vh, xp=np, scale=scale, causal=causal, offset=offset, return_lse=True,
-                            block_size=max(1, int(kh.shape[-2])), q_block=512)
+        return sdpa_generic(
+            qh, kh, vh, xp=np, scale=scale, causal=causal, offset=offset, return_lse=True, block_size=max(1, int(kh.shape[-2])), q_block=512
+        )
 
 
 def _merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -260,8 +264,15 @@ def split_k_attention(q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: fl
                 if causal and k0 > q1 - 1 + offset:
                     continue  # every key of this shard is in the future of every query of the block
                 pkey = (f"{name}-part", *bi, i, j)
-                layer[pkey] = (_partial, (chk["query"], *bi, i, 0, 0), (chk["key"], *bi, j, 0, 0), (chk["value"], *bi, j, 0, 0),
-                               scale, causal and k1 - 1 > q0 + offset, q0 - k0 + offset)
+                layer[pkey] = (
+                    _partial,
+                    (chk["query"], *bi, i, 0, 0),
+                    (chk["key"], *bi, j, 0, 0),
+                    (chk["value"], *bi, j, 0, 0),
+                    scale,
+                    causal and k1 - 1 > q0 + offset,
+                    q0 - k0 + offset,
+                )
                 parts.append(pkey)
             level = 0
             while len(parts) > 1:  # a binary tree of merges
@@ -299,8 +310,14 @@ def _lin_state(k: np.ndarray, v: np.ndarray, kw: dict[str, Any]) -> tuple[np.nda
 
     kh = _heads_first(k)
     pr = kw["projection"]
-    return key_state(kh, _heads_first(v).astype(kh.dtype, copy=False), xp=np, feature_map=kw["feature_map"], nu=kw["nu"],
-                     projection=None if pr is None else pr.astype(kh.dtype))
+    return key_state(
+        kh,
+        _heads_first(v).astype(kh.dtype, copy=False),
+        xp=np,
+        feature_map=kw["feature_map"],
+        nu=kw["nu"],
+        projection=None if pr is None else pr.astype(kh.dtype),
+    )
 
 
 def _lin_merge(a: Any, b: Any) -> Any:
@@ -320,14 +337,23 @@ def _lin_query(q: np.ndarray, state: Any, kw: dict[str, Any], eps: float, dtype:
     return np.moveaxis(out, -3, -2).astype(dtype, copy=False)
 
 
-def _lin_causal(q: np.ndarray, k: np.ndarray, v: np.ndarray, prefix: Any, kw: dict[str, Any], eps: float, chunk: int,
-                dtype: np.dtype) -> np.ndarray:
+def _lin_causal(q: np.ndarray, k: np.ndarray, v: np.ndarray, prefix: Any, kw: dict[str, Any], eps: float, chunk: int, dtype: np.dtype) -> np.ndarray:
     from ..kernels.linear import causal_shard
 
     qh, kh = _heads_first(q), _heads_first(k)
     pr = kw["projection"]
-    out = causal_shard(qh, kh, _heads_first(v).astype(kh.dtype, copy=False), prefix, xp=np, feature_map=kw["feature_map"], eps=eps,
-                       chunk=chunk, nu=kw["nu"], projection=None if pr is None else pr.astype(qh.dtype))
+    out = causal_shard(
+        qh,
+        kh,
+        _heads_first(v).astype(kh.dtype, copy=False),
+        prefix,
+        xp=np,
+        feature_map=kw["feature_map"],
+        eps=eps,
+        chunk=chunk,
+        nu=kw["nu"],
+        projection=None if pr is None else pr.astype(qh.dtype),
+    )
     return np.moveaxis(out, -3, -2).astype(dtype, copy=False)
 
 
@@ -397,8 +423,17 @@ def split_linear_attention(mech: Any, params: Mapping[str, Any], q: Any, k: Any,
             prev: Any = None
             for i in range(q.numblocks[-3]):
                 okey = (name, *bi, i, 0, 0)
-                layer[okey] = (_lin_causal, (chk["query"], *bi, i, 0, 0), (chk["key"], *bi, i, 0, 0),
-                                               (chk["value"], *bi, i, 0, 0), prev, kw, mech.eps, mech.chunk_size, dtype)
+                layer[okey] = (
+                    _lin_causal,
+                    (chk["query"], *bi, i, 0, 0),
+                    (chk["key"], *bi, i, 0, 0),
+                    (chk["value"], *bi, i, 0, 0),
+                    prev,
+                    kw,
+                    mech.eps,
+                    mech.chunk_size,
+                    dtype,
+                )
                 pkey = (f"{name}-prefix", *bi, i)
                 layer[pkey] = (_lin_merge, prev, states[i])  # the scan: state of shards 0..i
                 prev = pkey

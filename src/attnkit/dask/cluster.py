@@ -97,8 +97,10 @@ def connect(scheduler: str) -> Iterator[Any]:
     except ImportError as exc:  # pragma: no cover - the extra is missing
         raise ConfigError("scheduler: a cluster needs the dask extra: pip install 'attnkit[dask]'") from exc
     if scheduler == "local":
-        with distributed.LocalCluster(processes=True, host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR) as lc, \
-                distributed.Client(lc) as client:
+        with (
+            distributed.LocalCluster(processes=True, host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR) as lc,
+            distributed.Client(lc) as client,
+        ):
             yield client
         return
     try:
@@ -117,8 +119,7 @@ def describe(client: Any) -> dict[str, Any]:
         return {"scheduler": dask.config.get("scheduler", "threads"), "workers": []}
     info = client.scheduler_info()
     workers = [
-        {"address": addr, "threads": w.get("nthreads"), "memory_limit": w.get("memory_limit")}
-        for addr, w in sorted(info.get("workers", {}).items())
+        {"address": addr, "threads": w.get("nthreads"), "memory_limit": w.get("memory_limit")} for addr, w in sorted(info.get("workers", {}).items())
     ]
     return {
         "scheduler": info.get("address"),

@@ -173,8 +173,6 @@ class BlasOneThread:
                 _limiter = None
 
 
-
-
 def small_gemms(xp: Any) -> Any:
     """A context for a loop of small GEMMs (tiles) on arrays of namespace ``xp``: BLAS held to one
     thread for NumPy (multi-threaded OpenBLAS gains nothing on tiles and, on a loaded machine, its

@@ -461,9 +461,7 @@ class _Feed:
 # small problems: one batched pass
 
 
-def _sdpa_small(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, scale: float, causal: bool
-) -> np.ndarray:
+def _sdpa_small(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, scale: float, causal: bool) -> np.ndarray:
     lq, lk = q.shape[-2], k.shape[-2]
     s = (q * np.asarray(scale, q.dtype)) @ np.swapaxes(k, -1, -2)
     if causal:

@@ -578,9 +578,7 @@ def _numpy_tasks(q: Array, k: Array, v: Array, key_mask: Array | None, *, xp: Na
 
 
 # --------------------------------------------------------------------------- shards (distributed forms)
-def key_state(
-    k: Array, v: Array, *, xp: Namespace, feature_map: str, nu: int = 1, projection: Array | None = None
-) -> tuple[Array, Array]:
+def key_state(k: Array, v: Array, *, xp: Namespace, feature_map: str, nu: int = 1, projection: Array | None = None) -> tuple[Array, Array]:
     """The key state of one shard of keys: ``(S, M)`` with ``S = sum_j exp(log phi(k_j) - M) [v_j, 1]^T``
     ``(..., F, Dv + 1)`` and ``M`` the per-feature maximum ``(..., 1, F)`` (heads-first layout).
 
@@ -607,8 +605,17 @@ def query_out(
 
 
 def causal_shard(
-    q: Array, k: Array, v: Array, prefix: tuple[Array, Array] | None, *, xp: Namespace, feature_map: str, eps: float,
-    chunk: int = DEFAULT_CHUNK_SIZE, nu: int = 1, projection: Array | None = None,
+    q: Array,
+    k: Array,
+    v: Array,
+    prefix: tuple[Array, Array] | None,
+    *,
+    xp: Namespace,
+    feature_map: str,
+    eps: float,
+    chunk: int = DEFAULT_CHUNK_SIZE,
+    nu: int = 1,
+    projection: Array | None = None,
 ) -> Array:
     """Causal linear attention of one shard of aligned rows (query ``i`` sees keys ``<= i`` of the shard)
     after the ``prefix`` state of every earlier shard (``None`` for the first)."""

@@ -72,9 +72,7 @@ def _graph_form(
     if causal:
         allowed = allowed & (j <= i)
     if mask is not None:
-        allowed = (
-            allowed & mask if xp.isdtype(mask.dtype, "bool") else xp.where(allowed, mask, xp.asarray(-xp.inf, dtype=mask.dtype))
-        )
+        allowed = allowed & mask if xp.isdtype(mask.dtype, "bool") else xp.where(allowed, mask, xp.asarray(-xp.inf, dtype=mask.dtype))
     return sdpa(q, k, v, xp=xp, scale=scale, mask=allowed)
 
 

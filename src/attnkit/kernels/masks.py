@@ -116,9 +116,7 @@ def prepare_mask(
     try:
         _bshapes(tuple(mask.shape), tuple(target))
     except ValueError:
-        raise ShapeError(
-            f"{name}: expected a shape that broadcasts to {shape_str(target)} {layout}, got {shape_str(mask.shape)}"
-        ) from None
+        raise ShapeError(f"{name}: expected a shape that broadcasts to {shape_str(target)} {layout}, got {shape_str(mask.shape)}") from None
     full = _bshapes(tuple(mask.shape), tuple(target))
     if tuple(full) != tuple(target):
         raise ShapeError(f"{name}: shape {shape_str(mask.shape)} would enlarge the scores {shape_str(target)}")

@@ -42,9 +42,7 @@ def _softmax_numpy(s: np.ndarray) -> np.ndarray:
     return s
 
 
-def neighbour_attention(
-    q: Array, keys: Array, values: Array, *, xp: Namespace, scale: float, mask: Array | None = None
-) -> Array:
+def neighbour_attention(q: Array, keys: Array, values: Array, *, xp: Namespace, scale: float, mask: Array | None = None) -> Array:
     """Output ``(..., dv)``: each query's softmax-weighted average of its neighbour values."""
     w = neighbour_weights(q, keys, xp=xp, scale=scale, mask=mask)
     if is_numpy(xp) and w.ndim == 1 and values.ndim == 2:

@@ -94,8 +94,7 @@ def prepare_headless(
         batch = tuple(_bshapes(tuple(qa.shape[:-2]), tuple(ka.shape[:-2]), tuple(va.shape[:-2])))
     except ValueError:
         raise ShapeError(
-            f"query, key, value: batch dimensions {shape_str(qa.shape[:-2])}, {shape_str(ka.shape[:-2])}, "
-            f"{shape_str(va.shape[:-2])} do not broadcast"
+            f"query, key, value: batch dimensions {shape_str(qa.shape[:-2])}, {shape_str(ka.shape[:-2])}, {shape_str(va.shape[:-2])} do not broadcast"
         ) from None
     if check:
         check_finite(qa, "query", xp)

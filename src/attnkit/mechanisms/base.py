@@ -363,10 +363,7 @@ class Mechanism:
                 return x[i]
             return x
 
-        return [
-            self.forward(q, item(key, "key", i), item(value, "value", i), mask=item(mask, "mask", i))
-            for i, q in enumerate(queries)
-        ]
+        return [self.forward(q, item(key, "key", i), item(value, "value", i), mask=item(mask, "mask", i)) for i, q in enumerate(queries)]
 
     async def forward_async(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, **extras: Any) -> Array:
         """``forward`` on a worker thread, off the event loop (NumPy releases the GIL, so calls overlap)."""

@@ -538,9 +538,7 @@ class GraphRoPEAttention(Mechanism):
         """
         return self._run_forward(query, key, value, mask=mask, query_positions=query_positions, key_positions=key_positions)
 
-    def attention_weights(
-        self, query: Any, key: Any = None, *, mask: Any = None, query_positions: Any = None, key_positions: Any = None
-    ) -> Array:
+    def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None, query_positions: Any = None, key_positions: Any = None) -> Array:
         """The softmax weights ``(..., k)`` of each query over its rotated neighbours."""
         return self._run_weights(query, key, mask=mask, query_positions=query_positions, key_positions=key_positions)
 
@@ -558,8 +556,15 @@ class GraphRoPEAttention(Mechanism):
         return qr, kr, k
 
     def _forward(
-        self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None,
-        query_positions: Any = None, key_positions: Any = None,
+        self,
+        params: Mapping[str, Array],
+        query: Any,
+        key: Any,
+        value: Any,
+        *,
+        mask: Any = None,
+        query_positions: Any = None,
+        key_positions: Any = None,
     ) -> Array:
         qr, kr, k = self._rotated(query, key, query_positions, key_positions)
         return self._sdp()._forward({}, qr, kr, k if value is None else value, mask=mask)

@@ -142,9 +142,7 @@ class MixedCurvatureAttention(Mechanism):
         self.euclidean_weight = finite_float(euclidean_weight, "euclidean_weight")
         self.hyperbolic_weight = finite_float(hyperbolic_weight, "hyperbolic_weight")
         if self.euclidean_weight < 0 or self.hyperbolic_weight < 0:
-            raise ConfigError(
-                f"euclidean_weight, hyperbolic_weight: expected numbers >= 0, got {euclidean_weight!r}, {hyperbolic_weight!r}"
-            )
+            raise ConfigError(f"euclidean_weight, hyperbolic_weight: expected numbers >= 0, got {euclidean_weight!r}, {hyperbolic_weight!r}")
         if self.euclidean_weight == 0 and self.hyperbolic_weight == 0:
             raise ConfigError("euclidean_weight, hyperbolic_weight: at least one must be > 0, got both 0")
         self.aggregation = one_of(aggregation, "aggregation", ("einstein", "frechet"))
@@ -374,9 +372,15 @@ class DualSpaceAttention(Mechanism):
         self.aggregation = one_of(aggregation, "aggregation", ("einstein", "frechet"))
         self.check_finite = bool(check_finite)
         self.frechet_tol = None if frechet_tol is None else non_negative_float(frechet_tol, "frechet_tol")
-        self._hyp = HyperbolicAttention(self.dim, curvature=self.curvature, temperature=self.temperature,
-                                        aggregation=self.aggregation, input_space="tangent", check_finite=False,
-                                        frechet_tol=self.frechet_tol)
+        self._hyp = HyperbolicAttention(
+            self.dim,
+            curvature=self.curvature,
+            temperature=self.temperature,
+            aggregation=self.aggregation,
+            input_space="tangent",
+            check_finite=False,
+            frechet_tol=self.frechet_tol,
+        )
 
     def _export_blocker(self) -> str | None:
         return self._hyp._export_blocker()

@@ -129,16 +129,12 @@ class ScaledDotProduct(Mechanism):
         """The softmax weights ``(..., k)`` of each query over its neighbours."""
         return self._run_weights(query, key, mask=mask, num_neighbors=num_neighbors)
 
-    def _forward(
-        self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, num_neighbors: int | None = None
-    ) -> Array:
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, num_neighbors: int | None = None) -> Array:
         xp, q, k, v, m, out_dtype = self._prepare(query, key, value, mask, num_neighbors)
         out = neighbour_attention(q, k, v, xp=xp, scale=self.effective_scale, mask=m)
         return xp.astype(out, out_dtype) if out.dtype != out_dtype else out
 
-    def _attention_weights(
-        self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, num_neighbors: int | None = None
-    ) -> Array:
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, num_neighbors: int | None = None) -> Array:
         xp, q, k, _, m, out_dtype = self._prepare(query, key, key, mask, num_neighbors)
         w = neighbour_weights(q, k, xp=xp, scale=self.effective_scale, mask=m)
         return xp.astype(w, out_dtype) if w.dtype != out_dtype else w

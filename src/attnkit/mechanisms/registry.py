@@ -124,9 +124,7 @@ def resolve_option(mechanism: str | type | Iterable[str], name: str) -> str:
     found = find_option(mechanism, name)
     if found is None:
         label, specs = _option_names(mechanism)
-        raise ConfigError(
-            f"{name}: not an option of {label or 'this mechanism'!r}; its options are {', '.join(sorted(specs)) or '(none)'}"
-        )
+        raise ConfigError(f"{name}: not an option of {label or 'this mechanism'!r}; its options are {', '.join(sorted(specs)) or '(none)'}")
     return found
 
 

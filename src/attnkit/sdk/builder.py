@@ -165,12 +165,12 @@ class AttentionBuilder:
         plan = self._config.plan(self._reason)
         lines = [f"chosen: {plan.name}", f"why: {plan.reason}"]
         if plan.mapping:
-            lines.append("settings: " + ", ".join(
-                f"{s}={v!r}" + (f" -> {t}" if t != s else "") for s, v, t in plan.mapping
-            ))
+            lines.append("settings: " + ", ".join(f"{s}={v!r}" + (f" -> {t}" if t != s else "") for s, v, t in plan.mapping))
         if plan.ignored:
-            lines.append("left out (the chosen mechanism does not take them and they change nothing for it): "
-                         + ", ".join(f"{s}={v!r}" for s, v in plan.ignored))
+            lines.append(
+                "left out (the chosen mechanism does not take them and they change nothing for it): "
+                + ", ".join(f"{s}={v!r}" for s, v in plan.ignored)
+            )
         return "\n".join(lines)
 
     def build(self) -> Any:

@@ -57,8 +57,22 @@ class Plan:
     selection: Selection | None
     reason: str
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tb": 1000**4, "tib": 1024**4}
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
 
 
 def parse_bytes(value: object, name: str = "memory_budget") -> int:
@@ -106,9 +120,7 @@ def _type(value: object) -> AttentionType | str:
         key = normalize_name(value)
         if key in registry.names():  # a mechanism registered after this enum was written
             return key
-        raise ConfigError(
-            f"type: expected 'auto' or one of {', '.join(registry.names())}, got {value!r}"
-        ) from None
+        raise ConfigError(f"type: expected 'auto' or one of {', '.join(registry.names())}, got {value!r}") from None
 
 
 @dataclasses.dataclass
@@ -199,9 +211,7 @@ class AttentionConfig:
             key = "type" if raw in _TYPE_KEYS else raw if raw in fields else registry.setting_name(raw)
             if key not in fields:
                 if key is None and not any(registry.find_option(n, raw) for n in registry.names()):
-                    raise ConfigError(
-                        f"{raw}: unknown config key; expected one of {', '.join(sorted(fields))} or a mechanism option"
-                    )
+                    raise ConfigError(f"{raw}: unknown config key; expected one of {', '.join(sorted(fields))} or a mechanism option")
                 options[raw] = value  # a mechanism option (or alias), resolved when the mechanism is known
                 continue
             if key in given:
@@ -220,9 +230,7 @@ class AttentionConfig:
         try:
             import tomli_w
         except ImportError:
-            raise ImportError(
-                "writing TOML needs the 'tomli-w' package: pip install 'attnkit[cli]' (or pip install tomli-w)"
-            ) from None
+            raise ImportError("writing TOML needs the 'tomli-w' package: pip install 'attnkit[cli]' (or pip install tomli-w)") from None
         try:
             return tomli_w.dumps({"attention": self.to_dict()})
         except TypeError as exc:
@@ -275,9 +283,7 @@ class AttentionConfig:
         try:
             from ..kernels.linear import feature_dim
 
-            features: int | None = feature_dim(
-                self.feature_map or "favor", head_dim, self.options.get("nu", 1), self.options.get("nb_features")
-            )
+            features: int | None = feature_dim(self.feature_map or "favor", head_dim, self.options.get("nu", 1), self.options.get("nb_features"))
         except (ImportError, ValueError, TypeError):
             features = None  # the estimate falls back to F = D
         return select_sequence_mechanism(
@@ -321,9 +327,7 @@ class AttentionConfig:
                 if _no_op(setting, value) or registry.find_option(others, setting) is not None:
                     ignored.append((setting, value))
                     continue
-                raise ConfigError(
-                    f"{setting}: the {name!r} mechanism does not take this setting (got {value!r}); its options are {', '.join(specs)}"
-                )
+                raise ConfigError(f"{setting}: the {name!r} mechanism does not take this setting (got {value!r}); its options are {', '.join(specs)}")
             given.append((setting, value))
             mapping.append((setting, value, target))
         for opt, value in self.options.items():

@@ -276,8 +276,7 @@ class Pipeline:
             elif kind == "residual":
                 if tuple(x.shape) != tuple(block_input.shape):
                     raise ShapeError(
-                        f"x: the residual adds the block input of shape {tuple(block_input.shape)} "
-                        f"to activations of shape {tuple(x.shape)}"
+                        f"x: the residual adds the block input of shape {tuple(block_input.shape)} to activations of shape {tuple(x.shape)}"
                     )
                 x = block_input + x
                 if stage is not None:

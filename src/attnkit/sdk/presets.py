@@ -93,9 +93,7 @@ class AttentionPreset(str, enum.Enum):
         try:
             registry.get(kind.value)
         except ConfigError:
-            raise ConfigError(
-                f"preset: {self.value!r} needs the {kind.value!r} mechanism, which is not available in this build"
-            ) from None
+            raise ConfigError(f"preset: {self.value!r} needs the {kind.value!r} mechanism, which is not available in this build") from None
         b = AttentionBuilder().type(kind)
         for name, value in {**settings, **model_width_settings(kind.value, dim, settings.get("heads"))}.items():
             b.option(name, value)
@@ -105,46 +103,72 @@ class AttentionPreset(str, enum.Enum):
 
 _PRESETS: dict[AttentionPreset, tuple[AttentionType, dict[str, Any], str]] = {
     AttentionPreset.BERT: (
-        AttentionType.MULTI_HEAD, {"heads": 12, "dropout": 0.1, "causal": False},
-        "bidirectional multi-head self-attention, 12 heads, attention dropout 0.1 (BERT, Devlin et al. 2019)"),
+        AttentionType.MULTI_HEAD,
+        {"heads": 12, "dropout": 0.1, "causal": False},
+        "bidirectional multi-head self-attention, 12 heads, attention dropout 0.1 (BERT, Devlin et al. 2019)",
+    ),
     AttentionPreset.GPT: (
-        AttentionType.MULTI_HEAD, {"heads": 12, "dropout": 0.1, "causal": True},
-        "causal multi-head self-attention, 12 heads, attention dropout 0.1 (GPT, Radford et al. 2018)"),
+        AttentionType.MULTI_HEAD,
+        {"heads": 12, "dropout": 0.1, "causal": True},
+        "causal multi-head self-attention, 12 heads, attention dropout 0.1 (GPT, Radford et al. 2018)",
+    ),
     AttentionPreset.GPT2: (
-        AttentionType.MULTI_HEAD, {"heads": 12, "dropout": 0.1, "causal": True},
-        "causal multi-head self-attention, 12 heads, attention dropout 0.1 (GPT-2, Radford et al. 2019)"),
+        AttentionType.MULTI_HEAD,
+        {"heads": 12, "dropout": 0.1, "causal": True},
+        "causal multi-head self-attention, 12 heads, attention dropout 0.1 (GPT-2, Radford et al. 2019)",
+    ),
     AttentionPreset.LONGFORMER: (
-        AttentionType.LOCAL_GLOBAL, {"heads": 12, "window": 512, "global_tokens": 1},
+        AttentionType.LOCAL_GLOBAL,
+        {"heads": 12, "window": 512, "global_tokens": 1},
         "sliding-window attention over 256 keys each side plus one global token, 12 heads "
-        "(Longformer-base, Beltagy et al. 2020); memory O(L * window)"),
+        "(Longformer-base, Beltagy et al. 2020); memory O(L * window)",
+    ),
     AttentionPreset.PERFORMER: (
-        AttentionType.LINEAR, {"heads": 8, "feature_map": "favor"},
+        AttentionType.LINEAR,
+        {"heads": 8, "feature_map": "favor"},
         "linear attention with FAVOR+ positive orthogonal random features, 8 heads: an O(L) estimate of "
-        "softmax attention (Performer, Choromanski et al. 2021)"),
+        "softmax attention (Performer, Choromanski et al. 2021)",
+    ),
     AttentionPreset.FLASH_OPTIMIZED: (
-        AttentionType.FLASH, {"block_size": 256},
-        "exact attention tiled with the online softmax, heads of width 64, key blocks of 256 "
-        "(FlashAttention, Dao et al. 2022); memory O(L)"),
+        AttentionType.FLASH,
+        {"block_size": 256},
+        "exact attention tiled with the online softmax, heads of width 64, key blocks of 256 (FlashAttention, Dao et al. 2022); memory O(L)",
+    ),
     AttentionPreset.VIT: (
-        AttentionType.MULTI_HEAD, {"heads": 12, "dropout": 0.0, "causal": False},
-        "bidirectional multi-head self-attention over image patches, 12 heads, no attention dropout "
-        "(ViT-Base, Dosovitskiy et al. 2021)"),
+        AttentionType.MULTI_HEAD,
+        {"heads": 12, "dropout": 0.0, "causal": False},
+        "bidirectional multi-head self-attention over image patches, 12 heads, no attention dropout (ViT-Base, Dosovitskiy et al. 2021)",
+    ),
     AttentionPreset.T5: (
-        AttentionType.MULTI_HEAD, {"heads": 12, "dropout": 0.1, "bias": False},
-        "multi-head attention without projection biases, 12 heads, dropout 0.1 (T5, Raffel et al. 2020)"),
+        AttentionType.MULTI_HEAD,
+        {"heads": 12, "dropout": 0.1, "bias": False},
+        "multi-head attention without projection biases, 12 heads, dropout 0.1 (T5, Raffel et al. 2020)",
+    ),
     AttentionPreset.HYPERBOLIC_TREE: (
-        AttentionType.HYPERBOLIC, {"curvature": 1.0},
+        AttentionType.HYPERBOLIC,
+        {"curvature": 1.0},
         "attention on the Poincaré ball of curvature -1, where trees and hierarchies embed with low "
-        "distortion (Nickel & Kiela 2017; Ganea et al. 2018)"),
+        "distortion (Nickel & Kiela 2017; Ganea et al. 2018)",
+    ),
 }
 
 #: model-family words in model identifiers -> preset
 _FAMILIES = {
-    "bert": AttentionPreset.BERT, "roberta": AttentionPreset.BERT, "distilbert": AttentionPreset.BERT,
-    "albert": AttentionPreset.BERT, "gpt": AttentionPreset.GPT, "openai": AttentionPreset.GPT,
-    "gpt2": AttentionPreset.GPT2, "distilgpt2": AttentionPreset.GPT2, "longformer": AttentionPreset.LONGFORMER,
-    "performer": AttentionPreset.PERFORMER, "flash": AttentionPreset.FLASH_OPTIMIZED, "vit": AttentionPreset.VIT,
-    "deit": AttentionPreset.VIT, "t5": AttentionPreset.T5, "mt5": AttentionPreset.T5,
+    "bert": AttentionPreset.BERT,
+    "roberta": AttentionPreset.BERT,
+    "distilbert": AttentionPreset.BERT,
+    "albert": AttentionPreset.BERT,
+    "gpt": AttentionPreset.GPT,
+    "openai": AttentionPreset.GPT,
+    "gpt2": AttentionPreset.GPT2,
+    "distilgpt2": AttentionPreset.GPT2,
+    "longformer": AttentionPreset.LONGFORMER,
+    "performer": AttentionPreset.PERFORMER,
+    "flash": AttentionPreset.FLASH_OPTIMIZED,
+    "vit": AttentionPreset.VIT,
+    "deit": AttentionPreset.VIT,
+    "t5": AttentionPreset.T5,
+    "mt5": AttentionPreset.T5,
     "hyperbolic": AttentionPreset.HYPERBOLIC_TREE,
 }
 
@@ -175,8 +199,7 @@ def _preset_of(name: str) -> AttentionPreset:
         if token in _FAMILIES:
             return _FAMILIES[token]
     raise ConfigError(
-        f"name: no preset for model {name!r}; expected one of {', '.join(p.value for p in AttentionPreset)} "
-        f"or a model identifier of those families"
+        f"name: no preset for model {name!r}; expected one of {', '.join(p.value for p in AttentionPreset)} or a model identifier of those families"
     )
 
 
@@ -231,8 +254,14 @@ def for_sequences(
     """
     head_dim = _head_split(dim, heads)
     return AttentionBuilder(
-        type=AttentionType.AUTO, dim=head_dim, heads=heads, max_len=max_len, batch=batch,
-        memory_budget=memory_budget, exact_max_len=exact_max_len, need_scores=need_scores,
+        type=AttentionType.AUTO,
+        dim=head_dim,
+        heads=heads,
+        max_len=max_len,
+        batch=batch,
+        memory_budget=memory_budget,
+        exact_max_len=exact_max_len,
+        need_scores=need_scores,
     )
 
 
@@ -252,8 +281,14 @@ def for_generation(
     """
     head_dim = _head_split(dim, heads)
     b = AttentionBuilder(
-        type=AttentionType.AUTO, dim=head_dim, heads=heads, causal=True, max_len=max_len, batch=batch,
-        memory_budget=memory_budget, exact_max_len=exact_max_len,
+        type=AttentionType.AUTO,
+        dim=head_dim,
+        heads=heads,
+        causal=True,
+        max_len=max_len,
+        batch=batch,
+        memory_budget=memory_budget,
+        exact_max_len=exact_max_len,
     )
     b._reason = "for_generation: causal attention (each token sees itself and earlier tokens)."
     return b

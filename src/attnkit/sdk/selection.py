@@ -73,9 +73,7 @@ def _io_bytes(max_len: int, heads: int, head_dim: int, batch: int) -> int:
     return 4 * batch * max_len * heads * head_dim * _S
 
 
-def exact_attention_bytes(
-    max_len: int, heads: int, head_dim: int, *, batch: int = 1, block_size: int = 256, need_scores: bool = False
-) -> int:
+def exact_attention_bytes(max_len: int, heads: int, head_dim: int, *, batch: int = 1, block_size: int = 256, need_scores: bool = False) -> int:
     """Estimated peak bytes of exact attention (see the module docstring for the formula)."""
     io = _io_bytes(max_len, heads, head_dim, batch)
     if need_scores:

@@ -81,9 +81,7 @@ class AttentionType(str, enum.Enum):
         try:
             return cls(normalize_name(value))
         except ValueError:
-            raise ConfigError(
-                f"type: expected one of {', '.join(m.value for m in cls)}, got {value!r}"
-            ) from None
+            raise ConfigError(f"type: expected one of {', '.join(m.value for m in cls)}, got {value!r}") from None
 
     @property
     def is_registered(self) -> bool:

@@ -129,8 +129,7 @@ def _binary_body_doc(model: type[BaseModel] = AttentionRequest, what: str = "the
         "responses": {
             "200": {
                 "description": f"{what} (format from Accept)",
-                "content": {"application/json": {}, "application/octet-stream": {}, "application/x-npy": {},
-                            "application/x-safetensors": {}},
+                "content": {"application/json": {}, "application/octet-stream": {}, "application/x-npy": {}, "application/x-safetensors": {}},
             },
             **error_responses(400, 401, 404, 406, 408, 413, 415, 422, 503, 504),
         },
@@ -204,9 +203,7 @@ class ServerState:
             return await self.runner.call(method, args, max(deadline - loop.time(), 0.001), release)
         except _TimedOut:
             stopped = "stopped" if isinstance(self.runner, ProcessRunner) else "still running; its slot frees when it ends"
-            raise ApiError(
-                504, "timeout", f"body: the computation did not finish within {s.request_timeout_s:g} s ({stopped})", "body"
-            ) from None
+            raise ApiError(504, "timeout", f"body: the computation did not finish within {s.request_timeout_s:g} s ({stopped})", "body") from None
 
 
 async def read_body(request: Request, limit: int, chunk_timeout_s: float = 30.0) -> bytes:
@@ -229,8 +226,13 @@ async def read_body(request: Request, limit: int, chunk_timeout_s: float = 30.0)
         except StopAsyncIteration:
             break
         except asyncio.TimeoutError:
-            raise ApiError(408, "body_timeout", f"body: no data for {chunk_timeout_s:g} s while reading the request body", "body",
-                           headers={"Connection": "close"}) from None
+            raise ApiError(
+                408,
+                "body_timeout",
+                f"body: no data for {chunk_timeout_s:g} s while reading the request body",
+                "body",
+                headers={"Connection": "close"},
+            ) from None
         size += len(chunk)
         if size > limit:
             raise ApiError(413, "body_too_large", f"body: at most {limit} bytes, got more", "body")
@@ -265,8 +267,13 @@ class _Guard:
         try:
             is_open = path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES)
             if self.key is not None and not is_open and not self._authorised(scope):
-                err = ApiError(401, "unauthorized", "Authorization: missing or wrong API key: send 'Authorization: Bearer <key>' or "
-                               "'X-API-Key: <key>'", "Authorization", headers={"WWW-Authenticate": "Bearer"})
+                err = ApiError(
+                    401,
+                    "unauthorized",
+                    "Authorization: missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                    "Authorization",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
                 self.state.metrics.error(_route_of(scope), err.code)
                 await error_response(err)(scope, receive, send_wrapper)
                 return
@@ -351,20 +358,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/v1/mechanisms", summary="registered mechanisms, with their options, types and defaults",
-             openapi_extra={"responses": error_responses(401)})
+    @app.get(
+        "/v1/mechanisms", summary="registered mechanisms, with their options, types and defaults", openapi_extra={"responses": error_responses(401)}
+    )
     async def mechanisms() -> Response:
         items = []
         for name in registry.names():
             cls = registry.get(name)
             aliases = registry.option_aliases(cls)
-            items.append({
-                "name": name,
-                "class": cls.__name__,
-                "summary": getattr(cls, "summary", ""),
-                "options": [{**spec.as_dict(), "aliases": aliases[spec.name]} for spec in registry.option_specs(cls)],
-                "has_scores": cls.has_attention_weights,
-            })
+            items.append(
+                {
+                    "name": name,
+                    "class": cls.__name__,
+                    "summary": getattr(cls, "summary", ""),
+                    "options": [{**spec.as_dict(), "aliases": aliases[spec.name]} for spec in registry.option_specs(cls)],
+                    "has_scores": cls.has_attention_weights,
+                }
+            )
         return Response(json.dumps({"mechanisms": items}, default=_jsonable), media_type="application/json")
 
     @app.post(
@@ -393,9 +403,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         media = codec.media_type(request.headers.get("content-type"))
         if media is None:
             raise ApiError(
-                415, "unsupported_media_type",
+                415,
+                "unsupported_media_type",
                 f"Content-Type: expected application/json, application/x-npy, application/x-safetensors or application/octet-stream, "
-                f"got {(request.headers.get('content-type') or 'none')[:80]!r}", "Content-Type",
+                f"got {(request.headers.get('content-type') or 'none')[:80]!r}",
+                "Content-Type",
             )
         accept = codec.choose_response_type(request.headers.get("accept"))
         body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
@@ -408,8 +420,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="many attention requests in one body; results in order, each with its own status",
         openapi_extra={
             "requestBody": {"required": True, "content": {"application/json": {"schema": ref(BatchRequest)}}},
-            "responses": {"200": {"description": "one result per request, each with its own status"},
-                          **error_responses(400, 401, 406, 408, 413, 415, 422, 503, 504)},
+            "responses": {
+                "200": {"description": "one result per request, each with its own status"},
+                **error_responses(400, 401, 406, 408, 413, 415, 422, 503, 504),
+            },
         },  # fmt: skip
         response_class=Response,
     )

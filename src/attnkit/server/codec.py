@@ -96,9 +96,7 @@ class ApiError(Exception):
     ``body``, ``path``); it defaults to ``"body"``.
     """
 
-    def __init__(
-        self, status: int, code: str, message: str, field: str | None = None, headers: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str, field: str | None = None, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -149,9 +147,7 @@ def choose_response_type(accept: str | None, allowed: tuple[str, ...] = (JSON, O
         if best is None or key < best:
             best = key
     if best is None:
-        raise ApiError(
-            406, "not_acceptable", f"Accept: expected one of {', '.join(allowed)}, got {accept[:200]!r}", field="Accept"
-        )
+        raise ApiError(406, "not_acceptable", f"Accept: expected one of {', '.join(allowed)}, got {accept[:200]!r}", field="Accept")
     return best[2]
 
 
@@ -170,9 +166,7 @@ def _check_shape(shape: Any, field: str, max_elements: int) -> tuple[int, ...]:
         out.append(int(s))
     n = math.prod(out)
     if n > max_elements:
-        raise ApiError(
-            413, "too_many_elements", f"{field}: at most {max_elements} elements per tensor, got {n} (shape {tuple(out)})", field
-        )
+        raise ApiError(413, "too_many_elements", f"{field}: at most {max_elements} elements per tensor, got {n} (shape {tuple(out)})", field)
     return tuple(out)
 
 
@@ -243,17 +237,13 @@ def decode_json_tensor(value: Any, field: str, max_elements: int, list_dtype: An
     if isinstance(value, dict):
         return _decode_b64(value, field, max_elements)
     if isinstance(value, bool) or not isinstance(value, (list, int, float)):
-        raise ApiError(
-            422, "bad_tensor", f"{field}: expected nested lists of numbers or a base64 tensor object, got {type(value).__name__}", field
-        )
+        raise ApiError(422, "bad_tensor", f"{field}: expected nested lists of numbers or a base64 tensor object, got {type(value).__name__}", field)
     try:
         arr = np.array(value)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise ApiError(422, "bad_tensor", f"{field}: expected a rectangular array of numbers ({str(exc)[:160]})", field) from None
     if arr.dtype == object or arr.dtype.kind in "USV":
-        raise ApiError(
-            422, "bad_tensor", f"{field}: expected a rectangular array of numbers (ragged, or holding strings or objects)", field
-        )
+        raise ApiError(422, "bad_tensor", f"{field}: expected a rectangular array of numbers (ragged, or holding strings or objects)", field)
     if arr.ndim > MAX_NDIM:
         raise ApiError(400, "bad_shape", f"{field}: expected at most {MAX_NDIM} dimensions, got {arr.ndim}", field)
     if arr.size > max_elements:
@@ -272,9 +262,7 @@ def _decode_b64(value: dict[str, Any], field: str, max_elements: int) -> np.ndar
         raise ApiError(422, "bad_tensor", f"{field}.{unknown[0]}: unknown key; a base64 tensor has data, shape, dtype", field)
     dtype_name = value.get("dtype", "float32")
     if not isinstance(dtype_name, str) or dtype_name not in _WIRE_DTYPES:
-        raise ApiError(
-            422, "bad_dtype", f"{field}.dtype: expected one of {', '.join(_WIRE_DTYPES)}, got {_short(dtype_name)}", f"{field}.dtype"
-        )
+        raise ApiError(422, "bad_dtype", f"{field}.dtype: expected one of {', '.join(_WIRE_DTYPES)}, got {_short(dtype_name)}", f"{field}.dtype")
     if "shape" not in value:
         raise ApiError(422, "bad_tensor", f"{field}.shape: required with base64 data", f"{field}.shape")
     shape = _check_shape(value["shape"], f"{field}.shape", max_elements)
@@ -284,17 +272,13 @@ def _decode_b64(value: dict[str, Any], field: str, max_elements: int) -> np.ndar
     dtype = np.dtype(_WIRE_DTYPES[dtype_name]).newbyteorder("<")
     expected = math.prod(shape) * dtype.itemsize
     if len(data) > 4 * (expected // 3 + 2) + 8:
-        raise ApiError(
-            400, "bad_tensor", f"{field}.data: {len(data)} base64 characters is too long for shape {shape} {dtype_name}", f"{field}.data"
-        )
+        raise ApiError(400, "bad_tensor", f"{field}.data: {len(data)} base64 characters is too long for shape {shape} {dtype_name}", f"{field}.data")
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ApiError(400, "bad_base64", f"{field}.data: invalid base64 ({exc})", f"{field}.data") from None
     if len(raw) != expected:
-        raise ApiError(
-            400, "bad_tensor", f"{field}.data: expected {expected} bytes for shape {shape} {dtype_name}, got {len(raw)}", f"{field}.data"
-        )
+        raise ApiError(400, "bad_tensor", f"{field}.data: expected {expected} bytes for shape {shape} {dtype_name}, got {len(raw)}", f"{field}.data")
     if dtype_name == "bool":
         u8 = np.frombuffer(raw, dtype=np.uint8)
         if u8.size and u8.max() > 1:
@@ -341,8 +325,10 @@ def _read_npy(body: bytes, pos: int, field: str, max_elements: int) -> tuple[np.
         raise ApiError(400, "bad_npy", f"{field}: truncated or oversized .npy header ({hlen} bytes)", field)
     header_bytes = body[start : start + hlen]
     try:
-        header = np.lib.format.read_array_header_1_0(io.BytesIO(body[pos + 8 : pos + 10] + header_bytes)) if major == 1 else (
-            np.lib.format.read_array_header_2_0(io.BytesIO(body[pos + 8 : pos + 12] + header_bytes))
+        header = (
+            np.lib.format.read_array_header_1_0(io.BytesIO(body[pos + 8 : pos + 10] + header_bytes))
+            if major == 1
+            else (np.lib.format.read_array_header_2_0(io.BytesIO(body[pos + 8 : pos + 12] + header_bytes)))
         )
     except Exception as exc:  # noqa: BLE001 - the header parser raises ValueError, SyntaxError, tokenize errors...
         raise ApiError(400, "bad_npy", f"{field}: invalid .npy header ({type(exc).__name__}: {str(exc)[:160]})", field) from None
@@ -353,9 +339,7 @@ def _read_npy(body: bytes, pos: int, field: str, max_elements: int) -> tuple[np.
     nbytes = math.prod(shape) * dtype.itemsize
     data_start = start + hlen
     if data_start + nbytes > len(body):
-        raise ApiError(
-            400, "bad_npy", f"{field}: truncated .npy data: expected {nbytes} bytes, got {len(body) - data_start}", field
-        )
+        raise ApiError(400, "bad_npy", f"{field}: truncated .npy data: expected {nbytes} bytes, got {len(body) - data_start}", field)
     arr = np.frombuffer(body, dtype=dtype, count=math.prod(shape), offset=data_start)
     arr = arr.reshape(shape, order="F" if fortran else "C")
     arr = np.ascontiguousarray(arr).astype(dtype.newbyteorder("="), copy=True)
@@ -406,9 +390,7 @@ def _header_shape(headers: Mapping[str, str], field: str, max_elements: int) -> 
     try:
         dims = [int(p) for p in text.replace("x", ",").split(",") if p.strip()] if text else []
     except ValueError:
-        raise ApiError(
-            400, "bad_shape", f"X-Attnkit-{field.title()}-Shape: expected comma-separated integers, got {raw[:80]!r}", field
-        ) from None
+        raise ApiError(400, "bad_shape", f"X-Attnkit-{field.title()}-Shape: expected comma-separated integers, got {raw[:80]!r}", field) from None
     return _check_shape(dims, field, max_elements)
 
 
@@ -419,9 +401,7 @@ def decode_octet(body: bytes, headers: Mapping[str, str], max_elements: int) -> 
         raise ApiError(422, "bad_dtype", f"X-Attnkit-Dtype: expected float32 or float64, got {dtype_name[:40]!r}", "dtype")
     mask_dtype_name = (headers.get("x-attnkit-mask-dtype") or dtype_name).strip().lower()
     if mask_dtype_name not in ("float32", "float64", "bool"):
-        raise ApiError(
-            422, "bad_dtype", f"X-Attnkit-Mask-Dtype: expected bool, float32 or float64, got {mask_dtype_name[:40]!r}", "mask"
-        )
+        raise ApiError(422, "bad_dtype", f"X-Attnkit-Mask-Dtype: expected bool, float32 or float64, got {mask_dtype_name[:40]!r}", "mask")
     shapes = {f: _header_shape(headers, f, max_elements) for f in TENSOR_FIELDS}
     if shapes["query"] is None:
         raise ApiError(400, "missing_shape", "X-Attnkit-Query-Shape: required with application/octet-stream", "query")
@@ -437,7 +417,9 @@ def decode_octet(body: bytes, headers: Mapping[str, str], max_elements: int) -> 
         nbytes = count * dt.itemsize
         if pos + nbytes > len(body):
             raise ApiError(
-                400, "truncated_body", f"{field}: expected {nbytes} bytes for shape {shape} {name} at byte {pos}, body has {len(body)}",
+                400,
+                "truncated_body",
+                f"{field}: expected {nbytes} bytes for shape {shape} {name} at byte {pos}, body has {len(body)}",
                 field,
             )
         if name == "bool":
@@ -464,8 +446,11 @@ def encode_output(arr: np.ndarray, media: str, *, encoding: str = "list", extra:
     if media == JSON:
         body: dict[str, Any] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
         if encoding == "base64":
-            body["output"] = {"data": base64.b64encode(arr.astype(arr.dtype.newbyteorder("<")).tobytes()).decode("ascii"),
-                              "shape": list(arr.shape), "dtype": str(arr.dtype)}
+            body["output"] = {
+                "data": base64.b64encode(arr.astype(arr.dtype.newbyteorder("<")).tobytes()).decode("ascii"),
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+            }
         else:
             body["output"] = arr.tolist()
         body.update(extra or {})

@@ -86,8 +86,19 @@ class Settings:
             if name not in _FLOAT_FIELDS:
                 object.__setattr__(self, name, int(value))
 
-        for name in ("max_body_bytes", "max_batch_items", "max_elements", "max_option_int", "request_timeout_s", "cache_size",
-                     "cache_bytes", "max_flops", "max_work_bytes", "header_timeout_s", "body_timeout_s"):
+        for name in (
+            "max_body_bytes",
+            "max_batch_items",
+            "max_elements",
+            "max_option_int",
+            "request_timeout_s",
+            "cache_size",
+            "cache_bytes",
+            "max_flops",
+            "max_work_bytes",
+            "header_timeout_s",
+            "body_timeout_s",
+        ):
             positive(name)
         positive("max_concurrency", allow_zero=True)
         positive("queue", allow_zero=True)

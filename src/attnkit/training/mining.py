@@ -55,8 +55,16 @@ def gather(candidates: Any, indices: Any) -> np.ndarray:
 class NegativeMiner:
     """Pick negatives for each anchor (see the module docstring for the strategies)."""
 
-    def __init__(self, strategy: str = "hard", num_negatives: int = 5, margin: float = 0.2, distance: str = "euclidean",
-                 cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        strategy: str = "hard",
+        num_negatives: int = 5,
+        margin: float = 0.2,
+        distance: str = "euclidean",
+        cutoff: float = 0.5,
+        nonzero_loss_cutoff: float = 1.4,
+        seed: int | None = None,
+    ) -> None:
         self.strategy = one_of(strategy.replace("-", "_") if isinstance(strategy, str) else strategy, "strategy", STRATEGIES)
         self.num_negatives = positive_int(num_negatives, "num_negatives")
         self.margin = finite_float(margin, "margin")
@@ -85,8 +93,10 @@ class NegativeMiner:
         allowed = np.ones((b, n), dtype=bool)
         if exclude is None:
             return allowed
-        if isinstance(exclude, np.ndarray) and exclude.ndim == 1 or (
-            isinstance(exclude, (list, tuple)) and exclude and all(isinstance(e, (int, np.integer)) for e in exclude)
+        if (
+            isinstance(exclude, np.ndarray)
+            and exclude.ndim == 1
+            or (isinstance(exclude, (list, tuple)) and exclude and all(isinstance(e, (int, np.integer)) for e in exclude))
         ):
             ex = np.asarray(exclude)
             if ex.dtype.kind not in "iu" or ex.shape != (b,):

@@ -108,8 +108,7 @@ class SGD(Optimizer):
     ``g <- g + mu b`` (Nesterov, Sutskever et al. 2013) or ``g <- b``; ``p <- p - lr g``.
     """
 
-    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-                 dampening: float = 0.0) -> None:
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, dampening: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
         self.momentum = non_negative_float(momentum, "momentum")
         self.nesterov = bool(nesterov)
@@ -137,8 +136,9 @@ class Adam(Optimizer):
 
     decoupled = False
 
-    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False) -> None:
+    def __init__(
+        self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False
+    ) -> None:
         super().__init__(lr, weight_decay)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ConfigError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
@@ -175,6 +175,7 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01, amsgrad: bool = False) -> None:
+    def __init__(
+        self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01, amsgrad: bool = False
+    ) -> None:
         super().__init__(lr, betas, eps, weight_decay, amsgrad)

@@ -37,8 +37,9 @@ class WarmupCosineScheduler:
     ``optimizer``: if given, :meth:`step` sets its ``lr``; at construction it gets ``get_lr(0)``.
     """
 
-    def __init__(self, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0,
-                 warmup_start_lr: float = 0.0, optimizer: Any = None) -> None:
+    def __init__(
+        self, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0, warmup_start_lr: float = 0.0, optimizer: Any = None
+    ) -> None:
         self.base_lr = non_negative_float(base_lr, "base_lr")
         self.warmup_steps = non_negative_int(warmup_steps, "warmup_steps")
         self.total_steps = positive_int(total_steps, "total_steps")
@@ -95,8 +96,9 @@ class TemperatureScheduler:
     :class:`~attnkit.training.InfoNCELoss`, or a mechanism with a ``temperature`` option).
     """
 
-    def __init__(self, initial: float, final: float, total_steps: int, schedule: str = "linear",
-                 decay_steps: int | None = None, target: Any = None) -> None:
+    def __init__(
+        self, initial: float, final: float, total_steps: int, schedule: str = "linear", decay_steps: int | None = None, target: Any = None
+    ) -> None:
         self.initial = positive_float(initial, "initial")
         self.final = positive_float(final, "final")
         self.total_steps = positive_int(total_steps, "total_steps")
@@ -149,8 +151,7 @@ class CurriculumScheduler:
     (``floor(c * num_stages)`` clipped), handy to switch, e.g., to harder negative mining.
     """
 
-    def __init__(self, total_steps: int, initial_competence: float = 0.1, pacing: str = "sqrt",
-                 num_stages: int = 4, seed: int | None = None) -> None:
+    def __init__(self, total_steps: int, initial_competence: float = 0.1, pacing: str = "sqrt", num_stages: int = 4, seed: int | None = None) -> None:
         self.total_steps = positive_int(total_steps, "total_steps")
         c0 = positive_float(initial_competence, "initial_competence")
         if c0 > 1.0:
