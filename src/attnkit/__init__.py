@@ -81,6 +81,7 @@ if TYPE_CHECKING:  # the names of _LAZY (and the subpackages), for mypy and IDEs
     from . import torch as torch
     from . import training as training
     from . import weights as weights
+    from .export import export_onnx as export_onnx
     from .kernels.masks import create_mask as create_mask
     from .kernels.poincare import exp_map as exp_map
     from .kernels.poincare import from_poincare as from_poincare
