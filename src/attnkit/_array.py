@@ -14,7 +14,7 @@ from __future__ import annotations
 import numbers
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import array_api_compat
 import numpy as np
@@ -94,8 +94,18 @@ def is_graph(xp: Namespace) -> bool:
     return array_api_compat.is_ndonnx_namespace(xp)
 
 
+@overload
+def length(d: None) -> None: ...
+@overload
+def length(d: int) -> int: ...
+@overload
+def length(d: Any) -> int | None: ...
 def length(d: Any) -> int | None:
-    """An axis length as an int, or ``None`` where it is symbolic (a graph being exported)."""
+    """An axis length as an int, or ``None`` where it is symbolic (a graph being exported).
+
+    Typed by its argument: an ``int`` gives an ``int``, ``None`` gives ``None``; an entry of an array's
+    ``shape`` (``Array`` is ``Any``) gives what the array library says.
+    """
     return None if d is None else int(d)
 
 
