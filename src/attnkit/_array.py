@@ -125,8 +125,11 @@ def reshape_lead(x: Array, keep: int, tail: Sequence[int], xp: Namespace) -> Arr
     return xp.reshape(x, xp.concat([dyn, xp.asarray(list(tail), dtype=dyn.dtype)]))
 
 
-def broadcast_shapes(*shapes: Sequence[int | None]) -> tuple[int | None, ...]:
+def broadcast_shapes(*shapes: Sequence[int | None]) -> tuple[Any, ...]:
     """``np.broadcast_shapes`` in plain Python (``ValueError`` when they do not broadcast).
+
+    The result's entries are ``int``, or ``None`` for a symbolic length while a graph is exported
+    (typed ``Any`` so that the eager code, where every length is an ``int``, reads them as ints).
 
     ``torch.compile`` traces plain integer arithmetic, where NumPy's version is opaque to it. An unknown
     (``None``, symbolic: a graph being exported) length broadcasts against anything and stays unknown

@@ -218,7 +218,7 @@ def alibi_slopes(heads: int) -> np.ndarray:
     return out
 
 
-def mask_tile(mask: Array, q0: int, q1: int, k0: int, k1: int) -> Array:
+def mask_tile(mask: Array, q0: int, q1: int | None, k0: int, k1: int | None) -> Array:
     """Slice the (broadcastable) mask to a query/key tile, leaving size-1 axes alone."""
     if mask.shape[-1] is None or (mask.ndim > 1 and mask.shape[-2] is None):
         return mask  # symbolic lengths (a graph being exported): the whole-sequence form, one tile
@@ -239,7 +239,7 @@ def apply_mask(s: Array, mask: Array | None, xp: Namespace) -> Array:
     return s + mask
 
 
-def apply_mask_tile(s: Array, mask: Array | None, xp: Namespace, q0: int, q1: int, k0: int, k1: int) -> Array:
+def apply_mask_tile(s: Array, mask: Array | None, xp: Namespace, q0: int, q1: int | None, k0: int, k1: int | None) -> Array:
     """Apply a prepared mask to a score tile ``s`` of shape ``(..., q1-q0, k1-k0)``."""
     if mask is None:
         return s

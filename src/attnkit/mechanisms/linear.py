@@ -164,7 +164,7 @@ class LinearAttention(Mechanism):
                 mask = as_float_array(mask, "mask", None)
         mshape = tuple(_dim(d) for d in mask.shape)
         reshape = array_api_compat.array_namespace(mask)  # the mask's own library (prepare_mask checks it)
-        if s.flat and len(mshape) == 1 and lq > 1 and mshape[0] == lq * lk:
+        if s.flat and lq is not None and lk is not None and len(mshape) == 1 and lq > 1 and mshape[0] == lq * lk:
             mask = reshape.reshape(mask, (lq, lk))  # the spec's flat (Lq*Lk) mask
             mshape = (lq, lk)
         if len(mshape) == 0:
@@ -197,7 +197,7 @@ class LinearAttention(Mechanism):
         return xp.matrix_transpose(pm)
 
     @staticmethod
-    def _is_batch_key_mask(mshape: tuple[int, ...], batch: tuple[int, ...], lq: int) -> bool:
+    def _is_batch_key_mask(mshape: tuple[int, ...], batch: tuple[int, ...], lq: int | None) -> bool:
         """Whether a mask of shape ``mshape`` is read as ``(*batch, Lk)``, one key mask per batch entry.
 
         It is when it has one axis more than ``batch``, its leading axes broadcast to ``batch``, and
@@ -209,7 +209,7 @@ class LinearAttention(Mechanism):
             return False
         if any(m not in (1, b) for m, b in zip(mshape[:-1], batch, strict=True)):
             return False
-        return not (lq > 1 and mshape[-2] == lq)
+        return not (lq is not None and lq > 1 and mshape[-2] == lq)
 
     def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         rng = rng or np.random.default_rng()
