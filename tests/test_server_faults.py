@@ -216,7 +216,7 @@ def test_a_dead_compute_worker_is_replaced() -> None:
         for th in both:
             th.join(60)
         assert pair == [200, 200]
-        _wait_for(lambda: len(_compute_workers(proc.pid)) == 2, "the pool to be full again")
+        _wait_for(lambda: len(_compute_workers(proc.pid)) == 2, "the pool to be full again", timeout=120.0)
         assert busy not in _compute_workers(proc.pid)
 
 
