@@ -1,4 +1,4 @@
-"""Hostile files: every reader in attnkit.io / attnkit.weights / attnkit.config either returns arrays or
+"""Hostile files: every reader in attnkit.io / attnkit.weights / attnkit.cli.config either returns arrays or
 raises an attnkit error naming the argument (issue 13). Oracles: torch and ml_dtypes for BF16/FP8
 decoding; the fuzz part checks only the error contract (no other exception type escapes)."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from attnkit.config import load_config
+from attnkit.cli.config import load_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -1,4 +1,4 @@
-"""Hostile files against attnkit.io, attnkit.weights and attnkit.config: named cases, then mutated
+"""Hostile files against attnkit.io, attnkit.weights and attnkit.cli.config: named cases, then mutated
 valid files in every format. Each outcome is counted as clean (an attnkit error naming the argument),
 raw (any other exception), hang (over 10 s) or ok.
 
@@ -20,7 +20,7 @@ import zipfile
 from collections import Counter
 
 import numpy as np
-from attnkit.config import load_config
+from attnkit.cli.config import load_config
 
 from attnkit import io as aio
 from attnkit import weights as W
