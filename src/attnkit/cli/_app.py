@@ -219,6 +219,15 @@ def serve(
         list[str] | None,
         typer.Option("--limit", "-L", help="Any server setting KEY=VALUE (repeatable).", metavar="KEY=VALUE"),
     ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option("--models", help="Model repository: a directory of NAME.toml (+ NAME.safetensors) loaded at start.",
+                     metavar="DIR"),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="One model NAME=TYPE[:weights.safetensors] (repeatable).", metavar="NAME=TYPE[:WEIGHTS]"),
+    ] = None,
 ) -> None:
     """Start the HTTP server (needs the `server` extra). Stop it with Ctrl-C."""
     from .serve import run_serve
@@ -226,7 +235,8 @@ def serve(
     run_serve(
         STATE, host=host, port=port, workers=workers,
         limits={"max_body_bytes": max_body_bytes, "max_batch_items": max_batch_items,
-                "request_timeout_s": request_timeout_s, "max_concurrency": max_concurrency, "queue": queue},
+                "request_timeout_s": request_timeout_s, "max_concurrency": max_concurrency, "queue": queue,
+                "models_dir": models, "models": tuple(model) if model else None},
         extra=limit or [],
     )
 

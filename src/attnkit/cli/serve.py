@@ -15,7 +15,7 @@ log = logging.getLogger("attnkit.cli")
 #: [server] keys that are server settings under the same name
 SETTING_KEYS = (
     "max_body_bytes", "max_batch_items", "max_elements", "max_option_int", "request_timeout_s",
-    "max_concurrency", "queue", "api_key", "cors_origins", "cache_size",
+    "max_concurrency", "queue", "api_key", "cors_origins", "cache_size", "models_dir", "models",
 )
 
 
@@ -77,6 +77,10 @@ def run_serve(
     from ..server.settings import Settings
 
     settings = Settings.from_env(**lim)  # checks every limit (ConfigError names a bad one) before binding
+    if settings.models_dir or settings.models:
+        from ..server.models import ModelRepository
+
+        ModelRepository(settings.models_dir, settings.models)  # a bad model file exits 2 before binding
     level = "debug" if state.verbose >= 2 else "info" if state.verbose == 1 else config.get("logging", "level")
     sys.stderr.write(f"attnkit: serving on http://{h}:{p} (API docs at /docs); Ctrl-C stops\n")
     sys.stderr.flush()

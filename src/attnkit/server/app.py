@@ -45,8 +45,11 @@ from ..errors import AttentionError, ConfigError, DTypeError, NonFiniteError, Sh
 from ..mechanisms import registry
 from . import codec
 from .codec import ApiError
+from .kserve import router as kserve_router
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .models import DEFAULT_SEED, ModelRepository, adhoc_options
+from .models import router as models_router
 from .scores import WeightsLayout, estimate_elements, weights_layout
 from .settings import Settings
 
@@ -54,7 +57,7 @@ __all__ = ["create_app", "app_factory", "ServerState"]
 
 log = logging.getLogger("attnkit.server")
 
-_OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+_OPEN_PATHS = frozenset({"/health", "/v2/health/live", "/v2/health/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 _REQUEST_KEYS = frozenset({"query", "keys", "values", "mask", "options", "encoding", "dtype"})
 _FIELD_ALIASES = {
     "q": "query", "query": "query", "a": "query", "x": "query",
@@ -264,6 +267,8 @@ class ServerState:
                     field,
                 )
             clean[key] = value
+        if "seed" in specs and clean.get("seed") is None:
+            clean["seed"] = DEFAULT_SEED  # issue 14: the same answer across restarts, workers and evictions
         try:
             cache_key = (cls.name, json.dumps(clean, sort_keys=True, default=repr))
         except (TypeError, ValueError):  # pragma: no cover - values were checked above
@@ -382,6 +387,7 @@ class ServerState:
             tensors = codec.decode_safetensors(body, s.max_elements)
         else:
             tensors = codec.decode_octet(body, headers, s.max_elements)
+        options = _inferred_options(name, options, tensors)
         mech, names = self.mechanism(name, options)
         out = self.scores(mech, tensors, names) if scores else self.forward(mech, tensors, names)
         elapsed = (time.perf_counter() - t0) * 1e3
@@ -414,6 +420,8 @@ class ServerState:
                     raise ApiError(422, "bad_request", f"{where[:-1]}: expected an object, got {type(item).__name__}", where[:-1])
                 rest = {k: v for k, v in item.items() if k != "mechanism"}
                 tensors, options, item_enc = _json_request(rest, self.settings.max_elements, where)
+                if isinstance(item.get("mechanism"), str):
+                    options = _inferred_options(item["mechanism"], options, tensors, where)
                 mech, names = self.mechanism(item.get("mechanism"), options, where)
                 out = self.forward(mech, tensors, names, where)
                 body_i, _ = codec.encode_output(out, codec.JSON, encoding=item_enc if "encoding" in item else encoding)
@@ -423,6 +431,17 @@ class ServerState:
                     err.field = where + err.field
                 results.append({"status": err.status, **err.body()})
         return codec.dumps({"results": results})
+
+
+def _inferred_options(name: str, options: dict[str, Any], tensors: Mapping[str, np.ndarray], where: str = "") -> dict[str, Any]:
+    """Options the tensors' shapes determine, filled in (issue 14); a conflict is a 422 naming both."""
+    try:
+        return adhoc_options(name, options, tensors)
+    except AttentionError as exc:
+        err = attention_error(exc, set(options) | {"heads", "dim"})
+        if where and err.field:
+            err.field = where + err.field
+        raise err from None
 
 
 @functools.lru_cache(maxsize=256)
@@ -573,6 +592,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.attnkit = state
+    # issue 14: the model repository and the Open Inference Protocol (routes in .models and .kserve)
+    app.state.models = ModelRepository(settings.models_dir, settings.models)
+    app.include_router(models_router)
+    app.include_router(kserve_router)
 
     def record(request: Request, err: ApiError) -> JSONResponse:
         state.metrics.error(_route_of(request.scope), err.code)

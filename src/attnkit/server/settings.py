@@ -50,6 +50,10 @@ class Settings:
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     cache_size: int = 32
+    #: issue 14: a model repository directory (``NAME.toml`` + ``NAME.safetensors``) and single models
+    #: ``NAME=TYPE[:weights.safetensors]``, loaded at start-up (see :mod:`attnkit.server.models`)
+    models_dir: str | None = None
+    models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_zero: bool = False) -> None:
@@ -69,6 +73,9 @@ class Settings:
         if isinstance(origins, str):
             origins = tuple(o.strip() for o in origins.split(",") if o.strip())
         object.__setattr__(self, "cors_origins", tuple(origins or ()))
+        if isinstance(self.models, str):
+            object.__setattr__(self, "models", tuple(m.strip() for m in self.models.split(",") if m.strip()))
+        object.__setattr__(self, "models", tuple(self.models or ()))
         if self.api_key is not None and not str(self.api_key):
             object.__setattr__(self, "api_key", None)
 
@@ -111,6 +118,7 @@ class Settings:
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
         d["cors_origins"] = list(self.cors_origins)
+        d["models"] = list(self.models)
         return json.dumps(d)
 
 
@@ -122,8 +130,14 @@ def _convert(name: str, value: Any) -> Any:
         if isinstance(value, (list, tuple)) and all(isinstance(o, str) for o in value):
             return tuple(value)
         raise ConfigError(f"cors_origins: expected a list of origins, got {value!r}")
-    if name == "api_key":
+    if name in ("api_key", "models_dir"):
         return str(value)
+    if name == "models":
+        if isinstance(value, str):
+            return tuple(m.strip() for m in value.split(",") if m.strip())
+        if isinstance(value, (list, tuple)) and all(isinstance(m, str) for m in value):
+            return tuple(value)
+        raise ConfigError(f"models: expected a list of NAME=TYPE[:weights] specs, got {value!r}")
     if isinstance(value, str):
         try:
             return float(value) if name == "request_timeout_s" else int(value)
