@@ -174,7 +174,8 @@ def test_adhoc_options_are_inferred_from_shapes_and_conflicts_name_both() -> Non
     bad = c.post("/v1/attention/flash", json={"query": q.tolist(), "options": {"heads": 4}}, headers=KEY)
     assert bad.status_code == 422
     err = bad.json()["error"]
-    assert err["field"] == "options.heads" and "4" in err["message"] and "size 3" in err["message"]
+    assert err["code"] == "shape_error" and err["field"] == "query"
+    assert "options.heads is 4" in err["message"] and "size 3" in err["message"]
     # query-string options of a binary body are compared after conversion: ?dim=4 agrees with the shape
     buf = q.tobytes()
     ok = c.post(

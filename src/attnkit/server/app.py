@@ -387,7 +387,7 @@ class ServerState:
             tensors = codec.decode_safetensors(body, s.max_elements)
         else:
             tensors = codec.decode_octet(body, headers, s.max_elements)
-        options = _inferred_options(name, options, tensors)
+        options = _inferred_options(name, options, tensors, s.max_option_int)
         mech, names = self.mechanism(name, options)
         out = self.scores(mech, tensors, names) if scores else self.forward(mech, tensors, names)
         elapsed = (time.perf_counter() - t0) * 1e3
@@ -421,7 +421,7 @@ class ServerState:
                 rest = {k: v for k, v in item.items() if k != "mechanism"}
                 tensors, options, item_enc = _json_request(rest, self.settings.max_elements, where)
                 if isinstance(item.get("mechanism"), str):
-                    options = _inferred_options(item["mechanism"], options, tensors, where)
+                    options = _inferred_options(item["mechanism"], options, tensors, self.settings.max_option_int, where)
                 mech, names = self.mechanism(item.get("mechanism"), options, where)
                 out = self.forward(mech, tensors, names, where)
                 body_i, _ = codec.encode_output(out, codec.JSON, encoding=item_enc if "encoding" in item else encoding)
@@ -433,10 +433,12 @@ class ServerState:
         return codec.dumps({"results": results})
 
 
-def _inferred_options(name: str, options: dict[str, Any], tensors: Mapping[str, np.ndarray], where: str = "") -> dict[str, Any]:
+def _inferred_options(
+    name: str, options: dict[str, Any], tensors: Mapping[str, np.ndarray], max_option: int, where: str = ""
+) -> dict[str, Any]:
     """Options the tensors' shapes determine, filled in (issue 14); a conflict is a 422 naming both."""
     try:
-        return adhoc_options(name, options, tensors)
+        return adhoc_options(name, options, tensors, max_option)
     except AttentionError as exc:
         err = attention_error(exc, set(options) | {"heads", "dim"})
         if where and err.field:

@@ -36,7 +36,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..errors import AttentionError, ConfigError
+from ..errors import AttentionError, ConfigError, ShapeError
 
 try:
     import tomllib
@@ -128,25 +128,31 @@ def input_specs(mech: Any) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- options from shapes
-def infer_options_from_shapes(cls: type, options: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+def infer_options_from_shapes(
+    cls: type, options: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], max_option: int = 2**62
+) -> dict[str, Any]:
     """``options`` with the class's ``shape_options`` filled in from the input ``shapes`` (by contract name).
 
-    An option given with a different value than the shape says raises :class:`ConfigError` naming both.
-    Inputs that are absent, or of too low a rank for the axis, leave the option as it is.
+    An option given with a different value than the shape says raises :class:`ShapeError` naming both
+    (options larger than ``max_option`` are left for the caller's own limit check).
+    Inputs that are absent, or of a lower rank than the class's layout (flat arrays), leave the option as it is.
     """
     out = dict(options)
+    layout = cls.input_layout
     for opt, (inp, axis) in cls.shape_options.items():
         shape = shapes.get(inp)
-        if shape is None or len(shape) < (-axis if axis < 0 else axis + 1):
-            continue
+        full = (1 if inp == "query" else 2) if layout == "graph" else _NDIM.get(layout, 2)
+        if inp not in INPUT_NAMES[:3]:
+            full = 1
+        if shape is None or len(shape) < max(full, -axis if axis < 0 else axis + 1):
+            continue  # absent, or the spec's flat form (``(L*H*D,)``): the mechanism reads it with its options
         size = int(shape[axis])
         given = out.get(opt)
         if given is None:
             out[opt] = size
-        elif not isinstance(given, bool) and isinstance(given, int) and given != size:
-            raise ConfigError(
-                f"{opt}: options.{opt} is {given} but {inp} axis {axis} has size {size} ({inp} shape {tuple(shape)}); "
-                f"leave options.{opt} out to take it from the shape"
+        elif not isinstance(given, bool) and isinstance(given, int) and given != size and 0 < given <= max_option:
+            raise ShapeError(
+                f"{inp}: axis {axis} has size {size} (shape {tuple(shape)}) but options.{opt} is {given}; leave {opt} out to take it from the shape"
             )
     return out
 
@@ -154,7 +160,7 @@ def infer_options_from_shapes(cls: type, options: Mapping[str, Any], shapes: Map
 _CONTRACT_NAMES = {"query": "query", "keys": "key", "values": "value", "mask": "mask"}
 
 
-def adhoc_options(name: str, options: Mapping[str, Any], tensors: Mapping[str, Any]) -> dict[str, Any]:
+def adhoc_options(name: str, options: Mapping[str, Any], tensors: Mapping[str, Any], max_option: int = 2**62) -> dict[str, Any]:
     """The ad-hoc route's options: shape options inferred from the request's tensors (server field names).
 
     An unknown mechanism is left to the caller (it answers 404); string values (query strings) are
@@ -170,7 +176,7 @@ def adhoc_options(name: str, options: Mapping[str, Any], tensors: Mapping[str, A
         if k in opts and k in specs and isinstance(opts[k], str):
             opts[k] = registry.coerce_option(specs[k], opts[k])
     shapes = {_CONTRACT_NAMES[f]: tuple(t.shape) for f, t in tensors.items() if f in _CONTRACT_NAMES and t is not None}
-    return infer_options_from_shapes(cls, opts, shapes)
+    return infer_options_from_shapes(cls, opts, shapes, max_option)
 
 
 # ---------------------------------------------------------------------- options from weights
