@@ -34,7 +34,7 @@ from attnkit.server.settings import Settings  # noqa: E402
 KEY = {"X-API-Key": "secret"}
 
 
-def ref_mha(params: dict[str, np.ndarray], heads: int, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+def ref_mha(params: dict[str, np.ndarray], heads: int, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Multi-head attention in float64 (torch.nn.MultiheadAttention's math, batch first)."""
     p = {n: a.astype(np.float64) for n, a in params.items()}
 
@@ -49,6 +49,8 @@ def ref_mha(params: dict[str, np.ndarray], heads: int, q: np.ndarray, k: np.ndar
         return x.reshape(*x.shape[:-1], heads, d).swapaxes(-2, -3)
 
     s = split(qp) @ split(kp).swapaxes(-1, -2) / np.sqrt(d)
+    if mask is not None:  # (batch, Lq, Lk) bool, True = may attend, the same for every head
+        s = np.where(mask[..., None, :, :], s, -np.inf)
     w = np.exp(s - s.max(-1, keepdims=True))
     w /= w.sum(-1, keepdims=True)
     o = (w @ split(vp)).swapaxes(-2, -3).reshape(*qp.shape[:-1], e)
@@ -304,6 +306,15 @@ def test_tritonclient_infers_like_the_library(repo: Path, binary: bool) -> None:
             assert rel(got, ref_mha(params, 2, q, k, v)) < 1e-5
             # no requested outputs: tritonclient asks for binary output (binary_data_output)
             np.testing.assert_array_equal(tc.infer("mha", inputs, headers=KEY).as_numpy("output"), got)
+            # a BOOL mask (batch, Lq, Lk) for every head: batch items see different key prefixes
+            mask = np.arange(6)[None, None, :] < np.array([2, 4, 6])[:, None, None]
+            mask = np.broadcast_to(mask, (3, 4, 6)).copy()
+            m = httpclient.InferInput("mask", list(mask.shape), "BOOL")
+            m.set_data_from_numpy(mask, binary_data=binary)
+            masked = tc.infer("mha", [*inputs, m], outputs=outputs, headers=KEY).as_numpy("output")
+            np.testing.assert_array_equal(masked, lib.forward(q, k, v, mask=mask[:, None]))
+            assert rel(masked, ref_mha(params, 2, q, k, v, mask)) < 1e-5
+            assert rel(masked[0], ref_mha(params, 2, q[:1], k[:1, :2], v[:1, :2])[0]) < 1e-5
             bad = httpclient.InferInput("query", [3, 4, 7], "FP32")
             bad.set_data_from_numpy(rand(3, 4, 7), binary_data=binary)
             with pytest.raises(InferenceServerException, match="query"):

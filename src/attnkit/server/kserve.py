@@ -8,7 +8,8 @@ An inference request is JSON ``{"id", "parameters", "inputs": [{"name", "shape",
 "outputs": [{"name": "output", "parameters": {"binary_data": true}}]}``. The inputs are the contract's
 ``query``, ``key``, ``value`` and ``mask`` with a leading batch axis (``query`` of a ``multi_head``
 model is ``(batch, L, model_dim)``); ``key`` and ``value`` may be left out (self-attention) and
-``mask`` is passed to the mechanism as given (``BOOL``: True = may attend; floats: added to the scores).
+``mask`` is ``(batch, Lq, Lk)`` and applies to every head (``BOOL``: True = may attend; floats: added to
+the scores).
 ``data`` is the tensor in row-major order, flat or nested.
 
 The binary tensor extension: with the header ``Inference-Header-Content-Length: N`` the body is N bytes
@@ -241,7 +242,10 @@ def _metadata(model: Model) -> dict[str, Any]:
                     "name": "mask",
                     "datatype": "BOOL",
                     "shape": [-1, -1, -1],
-                    "parameters": {"optional": True, "note": "True = may attend; FP32/FP64 masks are added to the scores"},
+                    "parameters": {
+                        "optional": True,
+                        "note": "(batch, Lq, Lk), every head; True = may attend; FP32/FP64 masks are added to the scores",
+                    },
                 }
             )
         else:
@@ -313,6 +317,8 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
                 raise _bad("inputs: 'query' is required")
             mech = model.mechanism
             q, k, v, mask = (tensors.get(n) for n in INPUT_NAMES)
+            if mask is not None and type(mech).input_layout in ("model", "sequence") and mask.ndim >= 3:
+                mask = mask[..., None, :, :]  # (batch, Lq, Lk): the same mask for every head
             out = state._call(mech, lambda: mech.forward(q, k, v, mask=mask), set(model.options))
             return infer_response(model, doc, out, binary)
 
