@@ -253,6 +253,18 @@ def test_protocol_health_metadata_and_errors(repo: Path) -> None:
     assert r.status_code == 400 and "JSON" in r.json()["error"]
     r = c.post("/v2/models/nope/infer", json=cases[0][0], headers=KEY)
     assert r.status_code == 404 and set(r.json()) == {"error"}
+    # the versioned forms: the one version is "1"
+    assert c.get("/v2/models/mha/versions/1", headers=KEY).json() == meta
+    assert c.get("/v2/models/mha/versions/1/ready", headers=KEY).status_code == 200
+    good = {"inputs": [{"name": "query", "shape": [1, 2, 8], "datatype": "FP32", "data": q.ravel().tolist()}]}
+    assert c.post("/v2/models/plain/versions/1/infer", json=good, headers=KEY).json() == (
+        c.post("/v2/models/plain/infer", json=good, headers=KEY).json()
+    )
+    r = c.post("/v2/models/plain/versions/2/infer", json=good, headers=KEY)
+    assert r.status_code == 404 and "version" in r.json()["error"]
+    paths = c.get("/openapi.json").json()["paths"]
+    assert "/v2/models/{name}/infer" in paths and "/v1/models/{name}/weights" in paths
+    assert all(p["name"] != "version" for p in paths["/v2/models/{name}/infer"]["post"]["parameters"])
 
 
 @contextlib.contextmanager

@@ -261,8 +261,16 @@ def _metadata(model: Model) -> dict[str, Any]:
 
 
 @router.get("/v2/models/{name}", summary="model metadata: inputs and outputs (Open Inference Protocol)")
+async def model_metadata(name: str, request: Request) -> JSONResponse:
+    return await _model_metadata(name, request, None)
+
+
 @router.get("/v2/models/{name}/versions/{version}", include_in_schema=False)
-async def model_metadata(name: str, request: Request, version: str | None = None) -> JSONResponse:
+async def model_version_metadata(name: str, version: str, request: Request) -> JSONResponse:
+    return await _model_metadata(name, request, version)
+
+
+async def _model_metadata(name: str, request: Request, version: str | None) -> JSONResponse:
     try:
         if not _version_ok(version):
             raise ApiError(404, "unknown_version", f"model {name!r} has only version {VERSION}, got {version!r}")
@@ -272,8 +280,16 @@ async def model_metadata(name: str, request: Request, version: str | None = None
 
 
 @router.get("/v2/models/{name}/ready", summary="whether the model is ready (Open Inference Protocol)")
+async def model_ready(name: str, request: Request) -> JSONResponse:
+    return await _model_ready(name, request, None)
+
+
 @router.get("/v2/models/{name}/versions/{version}/ready", include_in_schema=False)
-async def model_ready(name: str, request: Request, version: str | None = None) -> JSONResponse:
+async def model_version_ready(name: str, version: str, request: Request) -> JSONResponse:
+    return await _model_ready(name, request, version)
+
+
+async def _model_ready(name: str, request: Request, version: str | None) -> JSONResponse:
     try:
         if not _version_ok(version):
             raise ApiError(404, "unknown_version", f"model {name!r} has only version {VERSION}, got {version!r}")
@@ -298,8 +314,16 @@ async def model_ready(name: str, request: Request, version: str | None = None) -
     },
     response_class=Response,
 )
+async def infer(name: str, request: Request) -> Response:
+    return await _infer(name, request, None)
+
+
 @router.post("/v2/models/{name}/versions/{version}/infer", include_in_schema=False, response_class=Response)
-async def infer(name: str, request: Request, version: str | None = None) -> Response:
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    return await _infer(name, request, version)
+
+
+async def _infer(name: str, request: Request, version: str | None) -> Response:
     from .app import read_body
 
     state = request.app.state.attnkit
