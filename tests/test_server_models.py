@@ -352,3 +352,20 @@ def test_settings_carry_models_to_workers(repo: Path) -> None:
     assert again.models_dir == str(repo) and again.models == ("a=flash",)
     assert json.loads(s.to_json())["models"] == ["a=flash"]
     assert os.fspath(repo) in s.to_json()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["-m", "attnkit.server", "--models", "/nonexistent-dir"], "no such directory"),
+        (["-m", "attnkit.cli", "serve", "--model", "x=multi_head:/nonexistent.safetensors"], "no such weights file"),
+        (["-m", "attnkit.cli", "serve", "--model", "bogus"], "NAME=TYPE"),
+    ],
+)
+def test_bad_models_exit_2_with_one_line_before_binding(args: list[str], words: str) -> None:
+    import subprocess
+    import sys
+
+    pytest.importorskip("typer")
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
