@@ -20,6 +20,16 @@ from other processes hits them alike). Sections (``--only`` picks some):
 * ``linear``: ``LinearAttention(dim=64, heads=8)`` at L = 65536 against exact attention at the same
   L, and its time for L, 2L, 4L.
 * ``profile`` (run second, on a fresh process state): where the time goes in the NumPy fast path at L = 4096 (one thread, per phase).
+* ``hyperbolic``: ``HyperbolicAttention`` (T = 1 and T = 0.7), ``MixedCurvatureAttention`` and ``DualSpaceAttention``
+  at Lq = Lk = 2048, d 64, one head, against ``FlashAttention`` on each engine (target: hyperbolic <= 3x flash).
+* ``local``: ``LocalGlobalAttention`` at L = 16384, window 512, 8 heads, d 64, against ``FlashAttention`` with the
+  equivalent dense mask (target >= 8x faster) and against its band's FLOPs at the sgemm rate (target <= 1.5x).
+
+Every section also goes to ``<name>-<section>.json`` (and ``.png`` where it has a figure) with the
+environment: CPU model, BLAS, thread counts and attnkit's engine calibration. Points are reported also
+as a fraction of this machine's own limit: their FLOPs at the best sgemm rate (NumPy's BLAS or torch's)
+measured in the same run (:func:`sgemm_rate`). The dense section times attnkit on NumPy inputs on each
+engine (``numpy``, ``torch``, ``auto``; see :mod:`attnkit.kernels.engine`).
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, where a machine sets them, pin OpenBLAS to an older kernel
 (Haswell instead of SkylakeX on this AVX-512 machine) and slow every GEMM; unset both for this
@@ -45,7 +55,7 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("dense", "profile", "memory", "torch", "neighbour", "linear")
+SECTIONS = ("dense", "profile", "memory", "torch", "neighbour", "linear", "hyperbolic", "local")
 
 
 # ---------------------------------------------------------------------------------------------- timing
@@ -87,6 +97,31 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def sgemm_rate(repeats: int = 5) -> dict[str, float]:
+    """This machine's best float32 GEMM rate now (FLOP/s): 1024^3 products through NumPy's BLAS and
+    through torch (MKL), best of ``repeats``; ``best`` is the limit each point is measured against."""
+    rng = np.random.default_rng(7)
+    a, b = (rng.standard_normal((1024, 1024), dtype=np.float32) for _ in range(2))
+    flops = 2.0 * 1024**3
+    fns: dict[str, Callable[[], object]] = {"numpy": lambda: a @ b}
+    try:
+        import torch
+
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        fns["torch"] = lambda: ta @ tb
+    except ImportError:
+        pass
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    rates = {name: flops / t for name, t in best.items()}
+    rates["best"] = max(rates.values())
+    return rates
+
+
 # ---------------------------------------------------------------------------------------------- contenders
 def naive_numpy(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool) -> np.ndarray:
     """The textbook ``softmax(scale q k^T) v`` with the whole L x L score matrix in memory."""
@@ -108,6 +143,8 @@ def environment(threads: int) -> dict[str, Any]:
         "attnkit": attnkit.__version__,
         "platform": platform.platform(),
         "cpu": _cpu_model(),
+        "cpu_family_model": _cpu_field(("cpu family", "model")),
+        "cpu_simd": _cpu_simd(),
         "cpus": os.cpu_count(),
         "threads": threads,
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
@@ -131,6 +168,31 @@ def environment(threads: int) -> dict[str, Any]:
     except ImportError:
         env["blas"] = None
     return env
+
+
+def _cpu_field(names: tuple[str, ...]) -> str | None:
+    """``/proc/cpuinfo`` fields of the first CPU (family and model tell Zen 3 from Zen 4, Skylake from Sapphire Rapids)."""
+    try:
+        found = {}
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key = line.split(":", 1)[0].strip()
+            if key in names and key not in found:
+                found[key] = line.split(":", 1)[1].strip()
+        return " ".join(f"{k} {found[k]}" for k in names if k in found) or None
+    except OSError:
+        return None
+
+
+def _cpu_simd() -> list[str] | None:
+    """The vector extensions that decide NumPy's and torch's kernels (AVX2, AVX-512, AMX)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return sorted(f for f in flags if f in {"avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_tile", "amx_bf16"})
+    except OSError:
+        pass
+    return None
 
 
 def _cpu_model() -> str:
@@ -157,45 +219,184 @@ def bench_dense(args: argparse.Namespace) -> dict[str, Any]:
     # online softmax (running maximum) - the general path, shown apart from the target table
     configs += [(1, 8, args.profile_len, 64, 8.0)]
     rows = []
+    from attnkit.kernels import engine
+
+    calibration = engine.calibration(refresh=True)  # measured now, under this run's load, and cached for "auto"
+    rate = sgemm_rate()
     log("\n== dense exact attention, fp32 (ratio = torch / attnkit; > 1 means attnkit is faster)")
-    log("ratio: interleaved repeats (the target); b2b: each library run back to back, for comparison (torch's OpenMP "
-        "workers spin for a few ms after each call and slow whatever runs next on the other core)")
-    log(f"{'B':>2} {'H':>2} {'L':>6} {'D':>4} {'causal':>6} | {'attnkit ms':>10} {'torch ms':>9} {'ratio':>6} | {'b2b':>6} | {'naive ms':>9}")
+    log(f"engine calibration (log work -> numpy time / torch time): {calibration}")
+    log(
+        "attnkit with NumPy inputs on each engine: numpy (its NumPy path), torch (torch's fused kernel on zero-copy views), "
+        "auto (the calibrated choice); auto/best = the faster engine's time / auto's (target >= 0.97)"
+    )
+    log(
+        f"limit = the point's FLOPs at this machine's best sgemm rate, {rate['best'] / 1e9:.0f} GFLOP/s (numpy "
+        f"{rate['numpy'] / 1e9:.0f}, torch {rate.get('torch', float('nan')) / 1e9:.0f}), as a fraction of each time"
+    )
+    log(
+        f"{'B':>2} {'H':>2} {'L':>6} {'D':>4} {'causal':>6} | {'numpy ms':>9} {'torch-eng':>9} {'auto ms':>8} {'torch ms':>9} | "
+        f"{'ratio np':>8} {'ratio au':>8} {'au/best':>7} | {'lim np':>6} {'lim te':>6} {'lim th':>6} | {'naive ms':>9}"
+    )
     for b, h, length, d, qscale in configs:
         for causal in (False, True):
             x = [rng.standard_normal((b, length, h, d), dtype=np.float32) for _ in range(3)]
             x[0] *= np.float32(qscale)
             th = [torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, 1, 2))) for a in x]
-            fa = FlashAttention(heads=h, dim=d, causal=causal)
+            engines = {e: FlashAttention(heads=h, dim=d, causal=causal, engine=e) for e in ("numpy", "torch", "auto")}
             scale = 1.0 / math.sqrt(d)
-            fns: dict[str, Callable[[], object]] = {
-                "attnkit": lambda fa=fa, x=x: fa.forward(*x),
-                "torch": lambda th=th, c=causal: F.scaled_dot_product_attention(*th, is_causal=c),
-            }
+            fns: dict[str, Callable[[], object]] = {f"attnkit_{e}": (lambda fa=fa, x=x: fa.forward(*x)) for e, fa in engines.items()}
+            fns["torch"] = lambda th=th, c=causal: F.scaled_dot_product_attention(*th, is_causal=c)
             naive_ok = length <= args.naive_max_len and (b, h, d, qscale) == (1, 8, 64, 1.0)
             if naive_ok:
                 hx = [np.ascontiguousarray(np.moveaxis(a, 1, 2)) for a in x]
                 fns["naive"] = lambda hx=hx, c=causal, s=scale: naive_numpy(*hx, s, c)
-            # correctness of what is timed: attnkit against torch on the same numbers
+            # correctness of what is timed: attnkit (each engine) against torch on the same numbers
             ref = F.scaled_dot_product_attention(*th, is_causal=causal).numpy()
-            err = float(np.max(np.abs(np.moveaxis(np.asarray(fa.forward(*x)), 1, 2) - ref)))
+            err = max(float(np.max(np.abs(np.moveaxis(np.asarray(fa.forward(*x)), 1, 2) - ref))) for fa in engines.values())
             t = interleaved(fns, args.repeats)
-            seq = back_to_back({"attnkit": fns["attnkit"], "torch": fns["torch"]}, args.repeats)
-            row = dict(batch=b, heads=h, length=length, dim=d, causal=causal, q_scale=qscale, attnkit_s=t["attnkit"], torch_s=t["torch"],
-                       naive_s=t.get("naive"), ratio=t["torch"] / t["attnkit"], max_abs_diff_vs_torch=err,
-                       attnkit_back_to_back_s=seq["attnkit"], torch_back_to_back_s=seq["torch"],
-                       ratio_back_to_back=seq["torch"] / seq["attnkit"])
+            scores = b * h * (length * (length + 1) / 2 if causal else length * length)
+            flops = 4.0 * scores * d
+            limit = flops / rate["best"]
+            best = min(t["attnkit_numpy"], t["attnkit_torch"])
+            row = dict(
+                batch=b,
+                heads=h,
+                length=length,
+                dim=d,
+                causal=causal,
+                q_scale=qscale,
+                attnkit_s=t["attnkit_numpy"],
+                attnkit_numpy_s=t["attnkit_numpy"],
+                attnkit_torch_engine_s=t["attnkit_torch"],
+                attnkit_auto_s=t["attnkit_auto"],
+                torch_s=t["torch"],
+                naive_s=t.get("naive"),
+                ratio=t["torch"] / t["attnkit_numpy"],
+                ratio_auto=t["torch"] / t["attnkit_auto"],
+                auto_vs_best=best / t["attnkit_auto"],
+                flops=flops,
+                limit_s=limit,
+                limit_fraction_numpy=limit / t["attnkit_numpy"],
+                limit_fraction_torch_engine=limit / t["attnkit_torch"],
+                limit_fraction_torch=limit / t["torch"],
+                max_abs_diff_vs_torch=err,
+            )
             rows.append(row)
             naive = f"{t['naive'] * 1e3:9.2f}" if "naive" in t else f"{'-':>9}"
             note = "  (q x 8: large logits, online softmax)" if qscale != 1.0 else ""
-            log(f"{b:>2} {h:>2} {length:>6} {d:>4} {causal!s:>6} | {t['attnkit'] * 1e3:10.2f} {t['torch'] * 1e3:9.2f} "
-                f"{row['ratio']:6.2f} | {row['ratio_back_to_back']:6.2f} | {naive}{note}")
-            fa.dispose()
-    main = [r["ratio"] for r in rows if (r["batch"], r["heads"], r["dim"], r["q_scale"]) == (1, 8, 64, 1.0)]
-    summary = dict(geomean_ratio=geomean(main), min_ratio=min(main), target_geomean=1.0, target_min=0.8,
-                   passed=geomean(main) >= 1.0 and min(main) >= 0.8)
-    log(f"geometric mean ratio {summary['geomean_ratio']:.2f} (target >= 1.0), minimum {summary['min_ratio']:.2f} (target >= 0.8)")
+            log(
+                f"{b:>2} {h:>2} {length:>6} {d:>4} {causal!s:>6} | {t['attnkit_numpy'] * 1e3:9.2f} {t['attnkit_torch'] * 1e3:9.2f} "
+                f"{t['attnkit_auto'] * 1e3:8.2f} {t['torch'] * 1e3:9.2f} | {row['ratio']:8.2f} {row['ratio_auto']:8.2f} "
+                f"{row['auto_vs_best']:7.2f} | {row['limit_fraction_numpy']:6.2f} {row['limit_fraction_torch_engine']:6.2f} "
+                f"{row['limit_fraction_torch']:6.2f} | {naive}{note}"
+            )
+            for fa in engines.values():
+                fa.dispose()
+    main = [r for r in rows if (r["batch"], r["heads"], r["dim"], r["q_scale"]) == (1, 8, 64, 1.0)]
+    ratios = [r["ratio"] for r in main]
+    auto = [r["auto_vs_best"] for r in rows]
+    summary = dict(
+        geomean_ratio=geomean(ratios),
+        min_ratio=min(ratios),
+        target_geomean=1.0,
+        target_min=0.8,
+        geomean_ratio_auto=geomean([r["ratio_auto"] for r in main]),
+        min_auto_vs_best=min(auto),
+        target_auto_vs_best=0.97,
+        sgemm_rate=rate,
+        passed=geomean(ratios) >= 1.0 and min(ratios) >= 0.8,
+    )
+    log(
+        f"NumPy engine: geometric mean ratio {summary['geomean_ratio']:.2f}, minimum {summary['min_ratio']:.2f}; "
+        f"auto: geometric mean ratio {summary['geomean_ratio_auto']:.2f}, worst auto/best {summary['min_auto_vs_best']:.2f} (target >= 0.97)"
+    )
     return dict(rows=rows, summary=summary)
+
+
+def bench_hyperbolic(args: argparse.Namespace) -> dict[str, Any]:
+    """Hyperbolic attention (and the mechanisms built on it) against FlashAttention at the same shape."""
+    from attnkit import DualSpaceAttention, FlashAttention, HyperbolicAttention, MixedCurvatureAttention
+
+    length, d = args.hyperbolic_len, 64
+    rng = np.random.default_rng(11)
+    hyp = HyperbolicAttention(d)
+    hq, hk, hv = hyp.example_inputs(length, rng)
+    mixed = MixedCurvatureAttention(dim=d)
+    mq, mk, mv = mixed.example_inputs(length, rng)
+    dual = DualSpaceAttention(dim=d)
+    dq, dk, dv = dual.example_inputs(length, rng)
+    x = [rng.standard_normal((length, 1, d), dtype=np.float32) for _ in range(3)]
+    fa_np, fa_t = FlashAttention(heads=1, dim=d, engine="numpy"), FlashAttention(heads=1, dim=d, engine="torch")
+    fns: dict[str, Callable[[], object]] = {
+        "hyperbolic": lambda: hyp.forward(hq, hk, hv),
+        "hyperbolic_T0.7": lambda h=HyperbolicAttention(d, temperature=0.7): h.forward(hq, hk, hv),
+        "mixed_curvature": lambda: mixed.forward(mq, mk, mv),
+        "dual_space": lambda: dual.forward(dq, dk, dv),
+        "flash_numpy": lambda: fa_np.forward(*x),
+        "flash_torch_engine": lambda: fa_t.forward(*x),
+    }
+    rate = sgemm_rate()
+    t = interleaved(fns, args.repeats)
+    flops = 4.0 * length * length * d
+    log(
+        f"\n== hyperbolic attention, Lq = Lk = {length}, d {d}, one head, fp32 NumPy in (ratio = time / FlashAttention's "
+        f"NumPy-engine time; target <= 3 for hyperbolic); limit = 4 L^2 d FLOPs at {rate['best'] / 1e9:.0f} GFLOP/s"
+    )
+    rows = []
+    for name, sec in t.items():
+        row = dict(
+            name=name,
+            seconds=sec,
+            ratio_to_flash_numpy=sec / t["flash_numpy"],
+            ratio_to_flash_torch_engine=sec / t["flash_torch_engine"],
+            limit_fraction=flops / rate["best"] / sec,
+        )
+        rows.append(row)
+        log(
+            f"{name:<20} {sec * 1e3:9.2f} ms   x{row['ratio_to_flash_numpy']:5.2f} flash(numpy)   "
+            f"x{row['ratio_to_flash_torch_engine']:5.2f} flash(torch engine)   limit fraction {row['limit_fraction']:.2f}"
+        )
+    ratio = t["hyperbolic"] / t["flash_numpy"]
+    return dict(rows=rows, length=length, dim=d, sgemm_rate=rate, ratio=ratio, target=3.0, passed=ratio <= 3.0)
+
+
+def bench_local(args: argparse.Namespace) -> dict[str, Any]:
+    """Local-global attention against dense attention with the equivalent mask."""
+    from attnkit import FlashAttention, LocalGlobalAttention
+
+    length, window, heads, d = args.local_len, 512, 8, 64
+    rng = np.random.default_rng(12)
+    x = [rng.standard_normal((length, heads, d), dtype=np.float32) for _ in range(3)]
+    lg = LocalGlobalAttention(dim=d, heads=heads, window=window)
+    mask = lg.dense_mask(length)
+    fa = FlashAttention(heads=heads, dim=d, engine="numpy")
+    rate = sgemm_rate()
+    fns: dict[str, Callable[[], object]] = {"local_global": lambda: lg.forward(*x), "dense_masked_numpy": lambda: fa.forward(*x, mask=mask)}
+    t = interleaved(fns, args.local_repeats, warmup=0)
+    w = lg.radius
+    band = sum(min(length, i + w + 1) - max(0, i - w) for i in range(length))  # keys each query sees
+    flops = 4.0 * heads * band * d
+    limit = flops / rate["best"]
+    speedup = t["dense_masked_numpy"] / t["local_global"]
+    log(f"\n== local-global attention, L = {length}, window {window}, {heads} heads, d {d}, fp32 NumPy in")
+    log(
+        f"local_global {t['local_global'] * 1e3:.1f} ms; dense with the equivalent mask: numpy engine "
+        f"{t['dense_masked_numpy'] * 1e3:.1f} ms (x{speedup:.1f}, target >= 8); band FLOPs at {rate['best'] / 1e9:.0f} GFLOP/s take "
+        f"{limit * 1e3:.1f} ms: local-global at x{t['local_global'] / limit:.2f} of that (target <= 1.5)"
+    )
+    return dict(
+        length=length,
+        window=window,
+        heads=heads,
+        dim=d,
+        seconds=t,
+        sgemm_rate=rate,
+        band_flops=flops,
+        limit_s=limit,
+        speedup_vs_dense=speedup,
+        time_over_limit=t["local_global"] / limit,
+        passed=speedup >= 8 and t["local_global"] / limit <= 1.5,
+    )
 
 
 def _rss_hwm_reset() -> bool:
@@ -239,13 +440,24 @@ def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
     traced_extra = (peak - out_bytes) / 2**20
     rss_growth = (hwm - rss_before) / 1024 if (rss_ok and hwm and rss_before) else None
     naive = h * length * length * 4 / 2**20
-    res = dict(length=length, heads=h, dim=d, seconds=seconds, output_mb=out_bytes / 2**20,
-               traced_peak_beyond_output_mb=traced_extra, rss_peak_growth_mb=rss_growth, naive_scores_mb=naive,
-               target_mb=64.0, passed=traced_extra <= 64.0 and (rss_growth is None or rss_growth <= 64.0 + out_bytes / 2**20))
+    res = dict(
+        length=length,
+        heads=h,
+        dim=d,
+        seconds=seconds,
+        output_mb=out_bytes / 2**20,
+        traced_peak_beyond_output_mb=traced_extra,
+        rss_peak_growth_mb=rss_growth,
+        naive_scores_mb=naive,
+        target_mb=64.0,
+        passed=traced_extra <= 64.0 and (rss_growth is None or rss_growth <= 64.0 + out_bytes / 2**20),
+    )
     log(f"\n== memory: one forward at L={length}, {h} heads, d {d} ({seconds:.1f} s)")
-    log(f"tracemalloc: peak {traced_extra:.1f} MB beyond the {out_bytes / 2**20:.0f} MB output; process peak RSS grew "
+    log(
+        f"tracemalloc: peak {traced_extra:.1f} MB beyond the {out_bytes / 2**20:.0f} MB output; process peak RSS grew "
         f"{'n/a' if rss_growth is None else f'{rss_growth:.1f} MB'} (output included); target <= 64 MB beyond inputs and "
-        f"output (the L x L scores alone would be {naive:.0f} MB)")
+        f"output (the L x L scores alone would be {naive:.0f} MB)"
+    )
     fa.dispose()
     return res
 
@@ -262,10 +474,14 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(2)
     rows = []
     log("\n== torch tensors in: attnkit's dispatch to torch's fused kernel vs calling torch directly")
-    log("sdpa = attnkit.kernels.dense.sdpa on (B, H, L, D) tensors; Flash = FlashAttention.forward on (B, L, H, D) tensors "
-        "(input checks included), against torch on the same layout; 'no check' = FlashAttention(check_finite=False)")
-    log(f"{'L':>6} {'causal':>6} | {'torch ms':>9} {'sdpa ms':>9} {'overhead':>8} | {'torch(BLHD) ms':>14} {'Flash ms':>9} {'overhead':>8} | "
-        f"{'no check':>9} {'overhead':>8}")
+    log(
+        "sdpa = attnkit.kernels.dense.sdpa on (B, H, L, D) tensors; Flash = FlashAttention.forward on (B, L, H, D) tensors "
+        "(input checks included), against torch on the same layout; 'no check' = FlashAttention(check_finite=False)"
+    )
+    log(
+        f"{'L':>6} {'causal':>6} | {'torch ms':>9} {'sdpa ms':>9} {'overhead':>8} | {'torch(BLHD) ms':>14} {'Flash ms':>9} {'overhead':>8} | "
+        f"{'no check':>9} {'overhead':>8} | {'Flash 3-D':>9} {'overhead':>8}"
+    )
     for length in args.torch_lengths:
         for causal in (False, True):
             th = [torch.from_numpy(rng.standard_normal((1, 8, length, 64), dtype=np.float32)) for _ in range(3)]
@@ -275,19 +491,32 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
             fns = {
                 "torch": lambda th=th, c=causal: F.scaled_dot_product_attention(*th, is_causal=c),
                 "sdpa": lambda th=th, c=causal: sdpa(*th, xp=txp, scale=0.125, causal=c),
-                "torch_blhd": lambda tl=tl, c=causal: F.scaled_dot_product_attention(
-                    *(t.transpose(1, 2) for t in tl), is_causal=c).transpose(1, 2),
+                "torch_blhd": lambda tl=tl, c=causal: F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in tl), is_causal=c).transpose(1, 2),
                 "flash": lambda tl=tl, fa=fa: fa.forward(*tl),
+                "flash_3d": lambda tl=tl, fa=fa: fa.forward(*(t[0] for t in tl)),  # (L, H, D): no batch dim
                 "flash_nocheck": lambda tl=tl, fa=fa_nc: fa.forward(*tl),
             }
             t = interleaved(fns, args.torch_repeats)
-            row = dict(length=length, causal=causal, torch_s=t["torch"], sdpa_s=t["sdpa"], torch_blhd_s=t["torch_blhd"],
-                       flash_s=t["flash"], flash_nocheck_s=t["flash_nocheck"], sdpa_overhead=t["sdpa"] / t["torch"] - 1,
-                       flash_overhead=t["flash"] / t["torch_blhd"] - 1, flash_nocheck_overhead=t["flash_nocheck"] / t["torch_blhd"] - 1)
+            row = dict(
+                length=length,
+                causal=causal,
+                torch_s=t["torch"],
+                sdpa_s=t["sdpa"],
+                torch_blhd_s=t["torch_blhd"],
+                flash_s=t["flash"],
+                flash_nocheck_s=t["flash_nocheck"],
+                sdpa_overhead=t["sdpa"] / t["torch"] - 1,
+                flash_overhead=t["flash"] / t["torch_blhd"] - 1,
+                flash_nocheck_overhead=t["flash_nocheck"] / t["torch_blhd"] - 1,
+                flash_3d_s=t["flash_3d"],
+                flash_3d_overhead=t["flash_3d"] / t["torch_blhd"] - 1,
+            )
             rows.append(row)
-            log(f"{length:>6} {causal!s:>6} | {t['torch'] * 1e3:9.2f} {t['sdpa'] * 1e3:9.2f} {row['sdpa_overhead']:8.1%} | "
+            log(
+                f"{length:>6} {causal!s:>6} | {t['torch'] * 1e3:9.2f} {t['sdpa'] * 1e3:9.2f} {row['sdpa_overhead']:8.1%} | "
                 f"{t['torch_blhd'] * 1e3:14.2f} {t['flash'] * 1e3:9.2f} {row['flash_overhead']:8.1%} | "
-                f"{t['flash_nocheck'] * 1e3:9.2f} {row['flash_nocheck_overhead']:8.1%}")
+                f"{t['flash_nocheck'] * 1e3:9.2f} {row['flash_nocheck_overhead']:8.1%} | {t['flash_3d'] * 1e3:9.2f} {row['flash_3d_overhead']:8.1%}"
+            )
             fa.dispose()
             fa_nc.dispose()
     # the dispatch's own cost, free of timing noise: torch's kernel replaced by a stub that returns q
@@ -302,32 +531,52 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
     calls = 2000
     F.scaled_dot_product_attention = stub
     try:
-        cost = interleaved({
-            "direct": lambda: [F.scaled_dot_product_attention(*th, scale=0.125) for _ in range(calls)],
-            "sdpa": lambda: [sdpa(*th, xp=txp, scale=0.125) for _ in range(calls)],
-            "direct_blhd": lambda: [F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in tl)).transpose(1, 2)
-                                    for _ in range(calls)],
-            "flash": lambda: [fa.forward(*tl) for _ in range(calls)],
-            "flash_nocheck": lambda: [fa_nc.forward(*tl) for _ in range(calls)],
-        }, 5)
+        cost = interleaved(
+            {
+                "direct": lambda: [F.scaled_dot_product_attention(*th, scale=0.125) for _ in range(calls)],
+                "sdpa": lambda: [sdpa(*th, xp=txp, scale=0.125) for _ in range(calls)],
+                "direct_blhd": lambda: [F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in tl)).transpose(1, 2) for _ in range(calls)],
+                "flash": lambda: [fa.forward(*tl) for _ in range(calls)],
+                "flash_nocheck": lambda: [fa_nc.forward(*tl) for _ in range(calls)],
+            },
+            5,
+        )
     finally:
         F.scaled_dot_product_attention = real
     us = {k: v / calls * 1e6 for k, v in cost.items()}
-    dispatch = dict(sdpa_us=us["sdpa"] - us["direct"], flash_us=us["flash"] - us["direct_blhd"],
-                    flash_nocheck_us=us["flash_nocheck"] - us["direct_blhd"], inputs="1 x 8 x 512 x 64 float32")
+    dispatch = dict(
+        sdpa_us=us["sdpa"] - us["direct"],
+        flash_us=us["flash"] - us["direct_blhd"],
+        flash_nocheck_us=us["flash_nocheck"] - us["direct_blhd"],
+        inputs="1 x 8 x 512 x 64 float32",
+    )
     t512 = min(r["torch_s"] for r in rows if r["length"] == min(args.torch_lengths)) * 1e6
-    log(f"dispatch cost with torch's kernel stubbed out (L={min(args.torch_lengths)}): sdpa {dispatch['sdpa_us']:.1f} us, "
+    log(
+        f"dispatch cost with torch's kernel stubbed out (L={min(args.torch_lengths)}): sdpa {dispatch['sdpa_us']:.1f} us, "
         f"FlashAttention.forward {dispatch['flash_us']:.1f} us ({dispatch['flash_nocheck_us']:.1f} us without checks) "
-        f"= {dispatch['sdpa_us'] / t512:.1%} / {dispatch['flash_us'] / t512:.1%} of torch's fastest call here ({t512 / 1e3:.2f} ms)")
+        f"= {dispatch['sdpa_us'] / t512:.1%} / {dispatch['flash_us'] / t512:.1%} of torch's fastest call here ({t512 / 1e3:.2f} ms)"
+    )
     fa.dispose()
     fa_nc.dispose()
     worst = max(r["sdpa_overhead"] for r in rows)
     worst_flash = max(r["flash_overhead"] for r in rows)
     worst_nc = max(r["flash_nocheck_overhead"] for r in rows)
-    log(f"worst overhead: kernel dispatch {worst:.1%}, FlashAttention.forward {worst_flash:.1%} "
-        f"({worst_nc:.1%} without the finiteness checks) (target <= 5%)")
-    return dict(rows=rows, worst_sdpa_overhead=worst, worst_flash_overhead=worst_flash, worst_flash_nocheck_overhead=worst_nc,
-                dispatch_cost=dispatch, target=0.05, passed=dispatch["sdpa_us"] / t512 <= 0.05)
+    worst_3d = max(r["flash_3d_overhead"] for r in rows)
+    log(f"worst overhead of FlashAttention.forward on 3-D (L, H, D) tensors: {worst_3d:.1%}")
+    log(
+        f"worst overhead: kernel dispatch {worst:.1%}, FlashAttention.forward {worst_flash:.1%} "
+        f"({worst_nc:.1%} without the finiteness checks) (target <= 5%)"
+    )
+    return dict(
+        rows=rows,
+        worst_sdpa_overhead=worst,
+        worst_flash_overhead=worst_flash,
+        worst_flash_nocheck_overhead=worst_nc,
+        worst_flash_3d_overhead=worst_3d,
+        dispatch_cost=dispatch,
+        target=0.05,
+        passed=dispatch["sdpa_us"] / t512 <= 0.05,
+    )
 
 
 def bench_neighbour(args: argparse.Namespace) -> dict[str, Any]:
@@ -369,14 +618,21 @@ def bench_neighbour(args: argparse.Namespace) -> dict[str, Any]:
         return run
 
     s = interleaved({"attnkit_single": many(sdp.forward), "bare_numpy": many(bare)}, args.repeats)
-    res = dict(queries=n, neighbours=kn, dim=d, one_call_s=t["one_call"], python_loop_s=t["python_loop"],
-               speedup=t["python_loop"] / t["one_call"], single_call_us=s["attnkit_single"] / calls * 1e6,
-               bare_numpy_us=s["bare_numpy"] / calls * 1e6, single_vs_bare=s["attnkit_single"] / s["bare_numpy"])
+    res = dict(
+        queries=n,
+        neighbours=kn,
+        dim=d,
+        one_call_s=t["one_call"],
+        python_loop_s=t["python_loop"],
+        speedup=t["python_loop"] / t["one_call"],
+        single_call_us=s["attnkit_single"] / calls * 1e6,
+        bare_numpy_us=s["bare_numpy"] / calls * 1e6,
+        single_vs_bare=s["attnkit_single"] / s["bare_numpy"],
+    )
     res["passed"] = res["speedup"] >= 20 and res["single_vs_bare"] <= 2
     log(f"\n== neighbour attention (ScaledDotProduct, {n} queries x {kn} neighbours, d {d})")
     log(f"one call {t['one_call'] * 1e3:.1f} ms vs Python loop {t['python_loop'] * 1e3:.0f} ms: {res['speedup']:.0f}x (target >= 20x)")
-    log(f"single query {res['single_call_us']:.1f} us vs bare NumPy {res['bare_numpy_us']:.1f} us: "
-        f"{res['single_vs_bare']:.2f}x (target <= 2x)")
+    log(f"single query {res['single_call_us']:.1f} us vs bare NumPy {res['bare_numpy_us']:.1f} us: {res['single_vs_bare']:.2f}x (target <= 2x)")
     sdp.dispose()
     return res
 
@@ -405,8 +661,14 @@ def bench_linear(args: argparse.Namespace) -> dict[str, Any]:
     fa.forward(*x)
     exact = time.perf_counter() - t0
     growth = [times[base] / times[base // 2], times[base * 2] / times[base]]
-    res = dict(length=base, linear_s=times[base], exact_s=exact, speedup=exact / times[base],
-               times={str(k): v for k, v in times.items()}, doubling_ratios=growth)
+    res = dict(
+        length=base,
+        linear_s=times[base],
+        exact_s=exact,
+        speedup=exact / times[base],
+        times={str(k): v for k, v in times.items()},
+        doubling_ratios=growth,
+    )
     res["passed"] = res["speedup"] >= 20 and max(growth) <= 2.2
     log(f"exact attention at L={base}: {exact:.1f} s (one run) -> linear is {res['speedup']:.0f}x faster (target >= 20x)")
     log(f"time ratio for doubling L: {growth[0]:.2f}, {growth[1]:.2f} (target <= 2.2)")
@@ -424,8 +686,13 @@ def bench_profile(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"length": length}
     log(f"\n== profile of the NumPy fast path at L={length} (8 heads, d 64; one thread, seconds per phase)")
     for causal in (False, True):
-        t = interleaved({"one": lambda c=causal: sdpa_numpy(q, k, v, scale=0.125, causal=c, num_threads=1),
-                         "threads": lambda c=causal: sdpa_numpy(q, k, v, scale=0.125, causal=c)}, 3)
+        t = interleaved(
+            {
+                "one": lambda c=causal: sdpa_numpy(q, k, v, scale=0.125, causal=c, num_threads=1),
+                "threads": lambda c=causal: sdpa_numpy(q, k, v, scale=0.125, causal=c),
+            },
+            3,
+        )
         t2 = t["threads"]
         prof: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -434,11 +701,14 @@ def bench_profile(args: argparse.Namespace) -> dict[str, Any]:
         scores = 8 * length * (length + 1) / 2 if causal else 8 * length * length
         flops = 4 * scores * 64
         gemm = prof.get("GEMM q k^T", 0.0) + prof.get("GEMM p v", 0.0)
-        out["causal" if causal else "full"] = dict(total_1thread_s=total, median_1thread_s=t["one"], phases_s=prof, threaded_s=t2,
-                                                     gemm_gflops_1thread=flops / gemm / 1e9 if gemm else None)
-        log(f"causal={causal}: one thread {t['one'] * 1e3:.1f} ms, {args.threads} threads {t2 * 1e3:.1f} ms "
+        out["causal" if causal else "full"] = dict(
+            total_1thread_s=total, median_1thread_s=t["one"], phases_s=prof, threaded_s=t2, gemm_gflops_1thread=flops / gemm / 1e9 if gemm else None
+        )
+        log(
+            f"causal={causal}: one thread {t['one'] * 1e3:.1f} ms, {args.threads} threads {t2 * 1e3:.1f} ms "
             f"(speed-up {t['one'] / t2:.2f}); profiled one-thread run {total * 1e3:.1f} ms, "
-            f"its GEMMs at {flops / gemm / 1e9:.0f} GFLOP/s")
+            f"its GEMMs at {flops / gemm / 1e9:.0f} GFLOP/s"
+        )
         for name, sec in sorted(prof.items(), key=lambda kv: -kv[1]):
             log(f"    {name:<14} {sec * 1e3:8.1f} ms  {sec / total:6.1%}")
     return out
@@ -456,7 +726,13 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         return False
     rows = [r for r in results["dense"]["rows"] if (r["batch"], r["heads"], r["dim"], r["q_scale"]) == (1, 8, 64, 1.0)]
     fig, ax = plt.subplots(figsize=(7, 5))
-    styles = {"attnkit_s": ("attnkit (NumPy)", "tab:blue"), "torch_s": ("torch SDPA", "tab:orange"), "naive_s": ("naive NumPy", "tab:gray")}
+    styles = {
+        "attnkit_s": ("attnkit (numpy engine)", "tab:blue"),
+        "attnkit_torch_engine_s": ("attnkit (torch engine)", "tab:green"),
+        "attnkit_auto_s": ("attnkit (auto)", "tab:purple"),
+        "torch_s": ("torch SDPA", "tab:orange"),
+        "naive_s": ("naive NumPy", "tab:gray"),
+    }
     for causal, ls in ((False, "-"), (True, "--")):
         sub = [r for r in rows if r["causal"] == causal]
         for key, (label, color) in styles.items():
@@ -469,9 +745,54 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     ax.set_xlabel("sequence length L")
     ax.set_ylabel("seconds per forward (median)")
     env = results["environment"]
-    ax.set_title(f"exact attention, fp32, batch 1, 8 heads, d 64, {env['threads']} threads")
+    ax.set_title(f"exact attention, fp32, batch 1, 8 heads, d 64, {env['threads']} threads\n{env['cpu']}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _engine_calibration() -> Any:
+    """attnkit's cached engine calibration for this machine (None where torch is missing)."""
+    try:
+        from attnkit.kernels import engine
+
+        return {"cpu": engine.cpu_model(), "ratios_numpy_over_torch": engine.calibration()}
+    except ImportError:
+        return None
+
+
+def plot_section(section: str, results: dict[str, Any], path: Path) -> bool:
+    """One figure per section where it has one (dense: times by L; hyperbolic, local: bars)."""
+    if section == "dense":
+        return plot(results, path)
+    if section not in ("hyperbolic", "local"):
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing: no plot (pip install attnkit[plot])")
+        return False
+    res, env = results[section], results["environment"]
+    if section == "hyperbolic":
+        names = [r["name"] for r in res["rows"]]
+        secs = [r["seconds"] * 1e3 for r in res["rows"]]
+        title = f"L = {res['length']}, d {res['dim']}, 1 head, fp32 NumPy in"
+    else:
+        names = list(res["seconds"]) + ["band FLOPs at sgemm rate"]
+        secs = [v * 1e3 for v in res["seconds"].values()] + [res["limit_s"] * 1e3]
+        title = f"local-global, L = {res['length']}, window {res['window']}, {res['heads']} heads, d {res['dim']}"
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.barh(names, secs, color="tab:blue")
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per forward (median of interleaved repeats)")
+    ax.set_title(f"{title}\n{env['cpu']}, {env['threads']} threads", fontsize=9)
+    ax.grid(True, axis="x", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -493,6 +814,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--torch-repeats", type=int, default=15)
     p.add_argument("--linear-len", type=int, default=65536)
     p.add_argument("--profile-len", type=int, default=4096)
+    p.add_argument("--hyperbolic-len", type=int, default=2048)
+    p.add_argument("--local-len", type=int, default=16384)
+    p.add_argument("--local-repeats", type=int, default=3, help="the dense contender takes seconds a run")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     a = p.parse_args(argv)
     a.lengths = [int(x) for x in a.lengths.split(",")]
@@ -504,6 +828,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.quick:
         a.lengths, a.naive_max_len, a.memory_len, a.extra_len = [256, 512, 1024], 1024, 2048, 512
         a.torch_lengths, a.torch_repeats, a.linear_len, a.profile_len, a.repeats = [256], 5, 4096, 1024, 3
+        a.hyperbolic_len, a.local_len, a.local_repeats = 512, 2048, 1
     return a
 
 
@@ -523,17 +848,33 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"name": args.name, "environment": environment(args.threads), "argv": sys.argv[1:]}
     env = results["environment"]
     if env["OPENBLAS_CORETYPE"] or env["OPENBLAS_L2_SIZE"]:
-        log(f"note: OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']} OPENBLAS_L2_SIZE={env['OPENBLAS_L2_SIZE']} are set and "
-            "pin an older BLAS kernel; unset both for this command (see the module docstring)")
-    log(f"numpy {env['numpy']}, torch {env.get('torch')}, BLAS {env['blas']}, {args.threads} threads, "
-        f"load average {env['load_average_at_start']}")
-    runners = {"dense": bench_dense, "memory": bench_memory, "torch": bench_torch, "neighbour": bench_neighbour,
-               "linear": bench_linear, "profile": bench_profile}
+        log(
+            f"note: OPENBLAS_CORETYPE={env['OPENBLAS_CORETYPE']} OPENBLAS_L2_SIZE={env['OPENBLAS_L2_SIZE']} are set and "
+            "pin an older BLAS kernel; unset both for this command (see the module docstring)"
+        )
+    log(f"numpy {env['numpy']}, torch {env.get('torch')}, BLAS {env['blas']}, {args.threads} threads, load average {env['load_average_at_start']}")
+    runners = {
+        "dense": bench_dense,
+        "memory": bench_memory,
+        "torch": bench_torch,
+        "neighbour": bench_neighbour,
+        "linear": bench_linear,
+        "profile": bench_profile,
+        "hyperbolic": bench_hyperbolic,
+        "local": bench_local,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
     for section in SECTIONS:
         if section in args.only:
             results[section] = runners[section](args)
+            # each figure on its own too: <name>-<section>.json (+ .png), with the environment
+            single = {"name": f"{args.name}-{section}", "environment": results["environment"], "argv": sys.argv[1:], section: results[section]}
+            single["environment"]["engine_calibration"] = _engine_calibration()
+            spath = RESULTS / f"{args.name}-{section}.json"
+            spath.write_text(json.dumps(single, indent=2, default=float) + "\n")
+            if plot_section(section, single, RESULTS / f"{args.name}-{section}.png"):
+                log(f"wrote {spath} and its .png")
     results["environment"]["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{args.name}.json"
     path.write_text(json.dumps(results, indent=2, default=float) + "\n")
     log(f"\nwrote {path}")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything attnkit needs on a fresh machine (Python, pip, git, node and npm present):
 # a virtual environment in .venv with the CPU build of torch 2.13.0 (test oracle and optional
-# backend), attnkit with all extras and the test tools. Idempotent: a second run is quick.
+# backend), attnkit with all extras, the test tools and the docs tools (mkdocs: the strict docs
+# build is a test). Idempotent: a second run is quick.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -12,7 +13,7 @@ fi
 python -m pip install -q --upgrade pip
 # torch first, pinned: a looser requirement pulls a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[all,test]"
+python -m pip install -q -e ".[all,test,docs]"
 # --- further set-up steps (browser, JS client) go below this line ---
 # JS client dev dependencies (playwright-core drives Chromium in tests; pyodide is the browser build's runtime).
 if command -v npm >/dev/null 2>&1 && { [ ! -f clients/js/node_modules/.package-lock.json ] \

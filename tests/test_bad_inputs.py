@@ -177,7 +177,9 @@ CASES = [
     pytest.param(lambda: flash().forward(np.zeros((3, 2, 5)), K, V), ShapeError, r"^query:.*dim", id="flash-q-wrong-dim"),
     pytest.param(lambda: flash().forward(Q, K[..., :3], V), ShapeError, r"^key:", id="flash-k-wrong-dim"),
     pytest.param(lambda: flash().forward(Q, K, V[:4]), ShapeError, r"^value:", id="flash-v-length-mismatch"),
-    pytest.param(lambda: flash().forward(Q, K[:, :1], V), ShapeError, r"^key:.*heads", id="flash-k-wrong-heads"),
+    # keys with 1 head are multi-query attention (valid); 3 heads do not divide heads = 2
+    pytest.param(lambda: flash().forward(Q, np.concatenate([K, K[:, :1]], axis=1), V), ShapeError, r"^key:.*heads", id="flash-k-wrong-heads"),
+    pytest.param(lambda: flash().forward(Q, K[:, :1], V), ShapeError, r"^value: expected 1 heads \(as key\)", id="flash-v-heads-not-k-heads"),
     pytest.param(lambda: flash().forward(np.zeros((3, 8)), K, V), ShapeError, r"^query:", id="flash-q-2d"),
     pytest.param(lambda: flash().forward(np.zeros((2, 3, 2, 4)), np.zeros((3, 5, 2, 4)), np.zeros((3, 5, 2, 4))), ShapeError,
                  r"^query, key, value:.*broadcast", id="flash-batch-no-broadcast"),

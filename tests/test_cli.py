@@ -187,7 +187,9 @@ def test_compute_heatmap(tmp_path: Path):
     pytest.importorskip("matplotlib")
     ok(run("compute", "--random", "6", "-t", "flash", "--heads", "2", "--dim", "4", "--heatmap", "w.png"))
     assert (tmp_path / "w.png").read_bytes()[:8] == PNG_MAGIC
-    line = one_error_line(run("compute", "--random", "6", "-t", "linear", "--dim", "4", "--heatmap", "x.png"))
+    ok(run("compute", "--random", "6", "-t", "linear", "--dim", "4", "--heatmap", "lin.png"))  # implicit weights
+    assert (tmp_path / "lin.png").read_bytes()[:8] == PNG_MAGIC
+    line = one_error_line(run("compute", "--random", "6", "-t", "dual_space", "--dim", "4", "--heatmap", "x.png"))
     assert "has no attention weights" in line
 
 

@@ -66,10 +66,26 @@ _SUBMODULES = frozenset({"torch"})
 
 @functools.cache
 def _installed_version() -> str:
+    """The version in the installed package's metadata, which pyproject.toml's ``version`` sets (the one place
+    it is written); from a source tree that is not installed, read from that pyproject.toml."""
     try:
         return _pkg_version("attnkit")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0.1.0"
+        return _source_version()
+
+
+def _source_version() -> str:
+    """``[project] version`` of the pyproject.toml beside ``src/`` (``0+unknown`` when there is none)."""
+    import re
+    from pathlib import Path
+
+    try:
+        text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return "0+unknown"
+    project = text.split("[project]", 1)[-1].split("\n[", 1)[0]
+    found = re.search(r'^version\s*=\s*"([^"]+)"', project, re.MULTILINE)
+    return found.group(1) if found else "0+unknown"
 
 
 def __getattr__(name: str) -> Any:

@@ -32,6 +32,7 @@ __all__ = [
     "common_float_dtype",
     "compute_dtype",
     "check_finite",
+    "is_traced",
     "positive_int",
     "non_negative_int",
     "probability",
@@ -130,17 +131,50 @@ def torch_compiling() -> bool:
     return is_compiling is not None and bool(is_compiling())
 
 
+def is_traced(x: object) -> bool:
+    """Whether ``x`` is a traced value whose contents are unknown while Python runs.
+
+    True for a JAX tracer (under ``jax.jit``, ``jax.grad``, ``jax.vmap``), for any torch tensor while
+    ``torch.compile`` traces (``torch.compiler.is_compiling()``), and for torch fake or meta tensors.
+    A traced value cannot be converted to a Python ``bool``/``float`` and a check on it cannot raise
+    inside the compiled graph, so checks on data values are skipped for it. Neither library is
+    imported here: each is consulted only when already loaded (``sys.modules``).
+    """
+    if type(x) is np.ndarray or x is None:
+        return False
+    mod = type(x).__module__
+    if mod.startswith("jax") or mod.startswith("jaxlib"):
+        jax = sys.modules.get("jax")
+        return jax is not None and isinstance(x, jax.core.Tracer)
+    if mod.startswith("torch"):
+        torch = sys.modules.get("torch")
+        if torch is None:  # pragma: no cover - a torch type without torch loaded
+            return False
+        if torch_compiling():
+            return True
+        if getattr(x, "is_meta", False):
+            return True
+        fake = sys.modules.get("torch._subclasses.fake_tensor")
+        return fake is not None and isinstance(x, fake.FakeTensor)
+    return False
+
+
 def check_finite(x: Array, name: str, xp: Namespace) -> None:
     """Raise ``NonFiniteError`` naming ``name`` if ``x`` holds NaN or infinity.
 
-    Skipped while ``torch.compile`` traces (:func:`torch_compiling`): the check branches on the
-    array's values, which a traced graph cannot (``fullgraph=True`` would fail, and otherwise the
-    graph would break at every input); eager calls of the same module still check.
+    This is the one input check skipped on traced values (:func:`is_traced`: JAX tracers under
+    ``jax.jit``/``jax.grad``, torch tensors under ``torch.compile``, fake and meta tensors): their
+    values are unknown while Python runs, and a check cannot raise from inside a compiled graph.
+    A concrete array used inside a traced function (a constant captured by ``jax.jit``) is skipped
+    too, since its reductions are traced there. Check concrete inputs before tracing if non-finite
+    values are possible.
     """
     if torch_compiling():
         return
     if type(x) is np.ndarray:
         xp = np
+    elif is_traced(x):
+        return
     elif is_torch(xp) and x.device.type == "cpu" and str(x.dtype) in ("torch.float32", "torch.float64"):
         # the NumPy check on a shared view: each torch reduction opens a parallel region, which
         # costs a scheduler time slice whenever another process holds a core
@@ -153,13 +187,14 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         # finite; only a non-finite one (NaN/inf present, or an overflow) needs the elementwise check
         if x.size and not np.isfinite(np.vdot(x, x)) and not np.isfinite(x).all():
             bad = np.argwhere(~np.isfinite(x))[0]
-            raise NonFiniteError(
-                f"{name}: expected finite values, found {float(x[tuple(bad)])} at index {tuple(int(i) for i in bad)}"
-            )
+            raise NonFiniteError(f"{name}: expected finite values, found {float(x[tuple(bad)])} at index {tuple(int(i) for i in bad)}")
         return
     # one reduction first (a finite sum proves every element finite; NaN/inf or an overflow falls
     # through to the elementwise check): torch's isfinite + all costs 10-100x more
-    if bool(xp.isfinite(xp.sum(x))):
+    total_ok = xp.isfinite(xp.sum(x))
+    if is_traced(total_ok):  # a concrete array used inside a traced function: its reduction is traced
+        return
+    if bool(total_ok):
         return
     if not bool(xp.all(xp.isfinite(x))):
         raise NonFiniteError(f"{name}: expected finite values, found NaN or infinity")
@@ -252,11 +287,22 @@ def one_of(value: object, name: str, choices: Sequence[str]) -> str:
 
 
 def to_numpy(x: Array) -> np.ndarray:
-    """Copy any array-API array to a NumPy array on the host (detaching torch tensors)."""
+    """Copy any array-API array to a NumPy array on the host (detaching torch tensors; torch
+    bfloat16, which NumPy lacks, comes as float32).
+
+    For output and host bookkeeping only (statistics, plots, files): computations stay in the
+    caller's library and on its device.
+    """
     if isinstance(x, np.ndarray):
         return x
     if hasattr(x, "detach"):
         x = x.detach()
     if hasattr(x, "cpu"):
         x = x.cpu()
+        if str(x.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: widen (exactly) to float32
+            x = x.float()
+    if array_api_compat.is_array_api_strict_namespace(array_api_compat.array_namespace(x)):
+        import array_api_strict
+
+        x = x.to_device(array_api_strict.Device("CPU_DEVICE"))  # a simulated second device
     return np.asarray(x)

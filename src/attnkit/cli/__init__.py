@@ -47,9 +47,33 @@ def _classes(name: str) -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+# what the command line itself imports (the ``cli`` extra); a command's own extras are checked by the command
+_CLI_MODULES = ("typer", "rich")
+
+
+def missing_cli_modules() -> list[str]:
+    """The modules of the ``cli`` extra that cannot be imported (empty when the command line can run)."""
+    import importlib
+
+    missing = []
+    for m in _CLI_MODULES:
+        try:
+            importlib.import_module(m)
+        except ImportError:
+            missing.append(m)
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
+    missing = missing_cli_modules()
+    if missing:  # a core-only install: say which extra to install, in one line, exit 2 (no rich here)
+        sys.stderr.write(
+            f"attnkit: error: the command line needs {' and '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed: pip install 'attnkit[cli]'\n"
+        )
+        return 2
     from ..errors import AttentionError
 
     try:

@@ -86,6 +86,14 @@ def compute(
         str | None,
         typer.Option("--output", "-o", help="Write the output; format from the extension ('-' = JSON on stdout).", metavar="FILE"),
     ] = None,
+    motif: Annotated[
+        int | None,
+        typer.Option(
+            "--motif",
+            help="With --random: repeat a motif of this many positions, keys = query (structured inputs for --heatmap).",
+            metavar="PERIOD",
+        ),
+    ] = None,
     shape: Annotated[
         list[str] | None,
         typer.Option("--shape", help="Reshape inputs (needed for raw .bin): DIMS for all, or ROLE=DIMS (q=8,2,16).", metavar="[ROLE=]DIMS"),
@@ -134,7 +142,7 @@ def compute(
 
     run_compute(
         STATE, ctx.args, type_=type_, inputs=inputs, query=query, keys=keys, values=values, mask=mask,
-        random=random, output=output, shape=shape or [], input_format=input_format, output_format=output_format,
+        random=random, output=output, motif=motif, shape=shape or [], input_format=input_format, output_format=output_format,
         dtype=dtype,
         common={"heads": heads, "dim": dim, "causal": causal, "block_size": block_size, "curvature": curvature,
                 "feature_map": feature_map, "scale": scale},
@@ -279,15 +287,19 @@ def mechanisms(
 @app.command(context_settings={"help_option_names": ["-h", "--help"]})
 def demo(
     length: Annotated[int, typer.Option("--length", "-n", help="Sequence length of the sample data.")] = 64,
-    heatmap: Annotated[str, typer.Option("--heatmap", help="Where to draw the attention weights.", metavar="FILE")] = "attnkit-demo.png",
+    heatmap: Annotated[
+        str | None,
+        typer.Option("--heatmap", help="Where to draw the attention weights (default: attnkit-demo.png in the temp dir).", metavar="FILE"),
+    ] = None,
     no_heatmap: Annotated[bool, typer.Option("--no-heatmap", help="Do not draw the heatmap.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sample data and weights.")] = 0,
     json_: Annotated[bool, typer.Option("--json", help="Print results as JSON.")] = False,
 ) -> None:
     """Run every registered mechanism on built-in sample data, print a table, draw a heatmap."""
-    from .demo import run_demo
+    from .demo import default_heatmap_path, run_demo
 
-    raise typer.Exit(run_demo(STATE, length=length, heatmap=None if no_heatmap else heatmap, seed=seed, as_json=json_))
+    where = None if no_heatmap else (heatmap or default_heatmap_path())
+    raise typer.Exit(run_demo(STATE, length=length, heatmap=where, seed=seed, as_json=json_))
 
 
 @config_app.command("show", context_settings={"help_option_names": ["-h", "--help"]})

@@ -5,13 +5,14 @@ Nothing here imports NumPy-heavy or optional modules at import time; commands im
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..errors import AttentionError, ConfigError
@@ -142,6 +143,37 @@ def console(stderr: bool = False) -> Any:
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def progress_after(seconds: float, message: str, con: Any = None) -> Iterator[None]:
+    """Show a spinner with ``message`` on ``con`` (stderr by default) once the block has run ``seconds``,
+    and only on a terminal: work that ends sooner prints nothing, scripts and pipes never see it."""
+    import threading
+
+    con = con if con is not None else console(stderr=True)
+    if not con.is_terminal:
+        yield
+        return
+    status = con.status(message)
+    lock = threading.Lock()
+    state = {"done": False}
+
+    def start() -> None:
+        with lock:
+            if not state["done"]:
+                status.start()
+
+    timer = threading.Timer(seconds, start)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        with lock:
+            state["done"] = True
+            status.stop()
 
 
 def fmt_shape(shape: Sequence[int]) -> str:

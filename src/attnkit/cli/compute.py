@@ -15,13 +15,13 @@ from ._common import (
     State,
     UsageError,
     array_stats,
-    attention_weights,
     console,
     create_mechanism,
     emit_json,
     fmt_shape,
     parse_extra_args,
     parse_pairs,
+    progress_after,
 )
 
 log = logging.getLogger("attnkit.cli")
@@ -106,6 +106,7 @@ def run_compute(
     mask: str | None,
     random: int | None,
     output: str | None,
+    motif: int | None = None,
     shape: Sequence[str],
     input_format: str | None,
     output_format: str | None,
@@ -137,6 +138,8 @@ def run_compute(
         raise UsageError(f"--dtype: expected float32, float64 or float16, got {dtype!r}")
     if random is not None and random < 1:
         raise UsageError(f"--random: expected a positive length, got {random}")
+    if motif is not None and (random is None or motif < 1):
+        raise UsageError(f"--motif: expected a positive period together with --random LENGTH, got {motif}" + ("" if random else " without --random"))
     if random is not None and (inputs or query):
         raise UsageError("--random: give either --random LENGTH or input files (-q/--inputs), not both")
     if random is None and not (inputs or query):
@@ -163,6 +166,12 @@ def run_compute(
     if random is not None:
         drawn = mech.example_inputs(random, np.random.default_rng(seed))
         extras = mech.example_extras(random, np.random.default_rng(seed + 1))
+        if motif is not None:
+            from ._plot import motif_inputs
+
+            drawn = motif_inputs(mech, random, motif=motif, seed=seed)
+            if len(drawn) > 1 and drawn[1].shape == drawn[0].shape:
+                drawn = (drawn[0], drawn[0], *drawn[2:])  # keys = query: the motif meets itself
         arrays = dict(zip(("q", "k", "v", "mask"), drawn, strict=False))
         if dtype is not None:
             arrays = {r: (a.astype(dtype) if a.dtype.kind == "f" else a) for r, a in arrays.items()}
@@ -173,8 +182,11 @@ def run_compute(
         )
 
     q, k, v, m = arrays.get("q"), arrays.get("k"), arrays.get("v"), arrays.get("mask")
+    if k is not None and v is None:
+        v = k  # as --values documents: the values default to the keys
     t0 = time.perf_counter()
-    out = mech.forward(q, k, v, mask=m, **extras)
+    with progress_after(1.0, f"computing {name} ..."):
+        out = mech.forward(q, k, v, mask=m, **extras)
     elapsed = time.perf_counter() - t0
     from .._array import to_numpy
 
@@ -189,9 +201,9 @@ def run_compute(
     heat = None
     if heatmap is not None:
         from ._plot import heatmap as draw
+        from ._plot import pooled_weights
 
-        w = attention_weights(mech, q, k, m, **extras)
-        heat = draw(w, heatmap, title=f"{name} attention weights")
+        heat = draw(pooled_weights(mech, q, k, m, extras=extras), heatmap, title=f"{name} attention weights")
 
     summary = {
         "type": name,

@@ -1,4 +1,5 @@
-"""``attnkit demo``: every registered mechanism on built-in sample data, a table and a heatmap.
+"""``attnkit demo``: every registered mechanism on built-in sample data, a table and a heatmap
+(written to the temp directory unless ``--heatmap PATH`` says where; never into the working tree).
 
 The newcomer's first command: no files needed. Each mechanism is built from the registry with its
 own defaults (required dimensions get 32), fed ``sample_inputs(length)`` from a seeded generator,
@@ -67,10 +68,8 @@ def demo_one(name: str, length: int, seed: int, config: Any, repeats: int = 3) -
             std=float(out_np.std()) if out_np.size else 0.0,
             finite=bool(np.isfinite(out_np).all()),
         )
-        row["weights"] = None
         if has_weights(mech):
             w = mech.attention_weights(inputs[0], inputs[1] if len(inputs) > 1 else None, **extras)
-            row["weights"] = to_numpy(w)
             row["row_sum_error"] = _row_sum_error(w)
         ok = row["finite"] and (row.get("row_sum_error") is None or row["row_sum_error"] < 1e-4)
         row["status"] = "ok" if ok else "failed"
@@ -80,6 +79,36 @@ def demo_one(name: str, length: int, seed: int, config: Any, repeats: int = 3) -
         log.debug("demo: %s failed", name, exc_info=True)
         row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     return row
+
+
+def default_heatmap_path() -> str:
+    """Where ``attnkit demo`` draws when no ``--heatmap`` is given: the temp dir, never the working tree."""
+    import os
+
+    from ._plot import default_picture_dir
+
+    return os.path.join(default_picture_dir(), "attnkit-demo.png")
+
+
+def draw_demo_pictures(path: str, length: int, seed: int) -> tuple[str | None, str | None]:
+    """Draw the attention patterns of :data:`attnkit.cli._plot.PICTURES` on motif inputs of ``length``
+    (a motif of 8 positions repeated, so each mechanism's own pattern shows); returns ``(path, None)``,
+    or ``(None, why)`` when matplotlib is missing."""
+    from ._common import MissingExtra
+    from ._plot import _pyplot, heatmap_grid, pictures
+
+    try:
+        _pyplot("the demo heatmap")
+    except MissingExtra as exc:
+        return None, str(exc)
+    items = []
+    for label, name, compute in pictures(length, seed):
+        try:
+            items.append((label, compute()))
+        except Exception:  # noqa: BLE001 - a mechanism that fails is reported in the table, not drawn
+            log.debug("demo: no picture of %s", name, exc_info=True)
+    title = f"attnkit demo: attention weights on a repeated 8-position motif (length {length}, self-attention)"
+    return heatmap_grid(items, path, title=title), None
 
 
 def run_demo(state: State, *, length: int, heatmap: str | None, seed: int, as_json: bool) -> int:
@@ -103,53 +132,65 @@ def run_demo(state: State, *, length: int, heatmap: str | None, seed: int, as_js
     heat_path = None
     heat_note = None
     if heatmap is not None:
-        items = [(r["name"], r["weights"]) for r in rows if r.get("weights") is not None]
-        if items:
-            from ._common import MissingExtra
-            from ._plot import heatmap_grid
-
-            try:
-                heat_path = heatmap_grid(items, heatmap, title=f"attnkit demo: attention weights (length {length}, head 0)")
-            except MissingExtra as exc:
-                heat_note = str(exc)
+        heat_path, heat_note = draw_demo_pictures(heatmap, length, seed)
     failed = [r for r in rows if r["status"] != "ok"]
     if as_json:
-        emit_json({
-            "length": length,
-            "seed": seed,
-            "mechanisms": [{k: v for k, v in r.items() if k != "weights"} for r in rows],
-            "heatmap": heat_path,
-            "heatmap_note": heat_note,
-            "ok": not failed,
-        })
+        emit_json(
+            {
+                "length": length,
+                "seed": seed,
+                "mechanisms": rows,
+                "heatmap": heat_path,
+                "heatmap_note": heat_note,
+                "ok": not failed,
+            }
+        )
         return 1 if failed else 0
 
+    from rich.markup import escape
     from rich.table import Table
 
     con = console()
     from rich import box
 
-    t = Table(title=f"attnkit demo: every mechanism on sample data (length {length}, seed {seed})",
-              header_style="bold", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
-    for col, just in (("mechanism", "left"), ("inputs", "left"), ("output", "left"), ("ms", "right"),
-                      ("out std", "right"), ("|Σw-1|", "right"), ("status", "left")):
+    t = Table(
+        title=f"attnkit demo: every mechanism on sample data (length {length}, seed {seed})",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        pad_edge=False,
+    )
+    for col, just in (
+        ("mechanism", "left"),
+        ("inputs", "left"),
+        ("output", "left"),
+        ("ms", "right"),
+        ("out std", "right"),
+        ("|Σw-1|", "right"),
+        ("status", "left"),
+    ):
         t.add_column(col, justify=just, no_wrap=col != "inputs", min_width=11 if col == "inputs" else None)  # type: ignore[arg-type]
     for r in rows:
         if "output" in r:
             err = r.get("row_sum_error")
             weights = f"{err:.0e}" if err is not None else "-"
             t.add_row(
-                r["name"], _shapes(r["inputs"]), _compact(r["output"]), f"{r['time_ms']:.2f}", f"{r['std']:.3f}", weights,
-                "[green]ok[/green]" if r["status"] == "ok" else f"[red]{r.get('error', 'failed')}[/red]",
+                r["name"],
+                _shapes(r["inputs"]),
+                _compact(r["output"]),
+                f"{r['time_ms']:.2f}",
+                f"{r['std']:.3f}",
+                weights,
+                "[green]ok[/green]" if r["status"] == "ok" else f"[red]{escape(r.get('error', 'failed'))}[/red]",
             )
         else:
-            t.add_row(r["name"], "", "", "", "", "", f"[red]failed: {r.get('error', '')}[/red]")
+            t.add_row(r["name"], "", "", "", "", "", f"[red]failed: {escape(r.get('error', ''))}[/red]")
     con.print(t)
     con.print("|Σw-1|: largest error of the attention weights' row sums (each row must sum to 1); - : no weights exposed")
     if heat_path:
         con.print(f"wrote the attention-weight heatmap to {heat_path}")
     elif heat_note:
-        con.print(f"[yellow]no heatmap: {heat_note}[/yellow]")
+        con.print(f"[yellow]no heatmap: {escape(heat_note)}[/yellow]")
     con.print("next: `attnkit mechanisms NAME` for options, `attnkit compute --type NAME --random 128` to run one.")
     if failed:
         con.print(f"[red]{len(failed)} mechanism(s) failed: {', '.join(r['name'] for r in failed)}[/red]")

@@ -6,6 +6,10 @@ Any mechanism given Dask arrays returns a Dask array and computes nothing in ``f
 * batch dimensions keep their chunks; each block runs the mechanism's NumPy code (its fast path,
   its validation and its finiteness check), so a chunk holding NaN raises
   :class:`~attnkit.errors.NonFiniteError` when *it* is computed and the other chunks stay computable;
+* linear attention over a sequence split into chunks reduces the key states ``(sum phi(k) [v, 1]^T,
+  per-feature scale)`` of the shards in a tree (non-causal), or runs a prefix scan of them over the
+  shards (causal, shards rounded up to multiples of ``chunk_size`` so the result is the single-machine
+  one exactly) (:func:`split_linear_attention`);
 * exact attention (``flash``) over a sequence split into several chunks runs split-K
   (:func:`split_k_attention`): each task computes one query block against one key shard, giving a
   partial output and its log-sum-exp, and a tree reduction merges the partials with the rule of
@@ -27,7 +31,7 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError
 
-__all__ = ["is_dask", "lazy_forward", "split_k_attention"]
+__all__ = ["is_dask", "lazy_forward", "split_k_attention", "split_linear_attention"]
 
 #: dimensions at the end of each input that belong to one item (the rest are batch dimensions)
 _CORE = {"sequence": 3, "model": 2, "headless": 2, "graph": 2}
@@ -95,6 +99,12 @@ def lazy_forward(
         v = k if value is None else _as_dask(value, da)
         if q.ndim >= 3 and (q.numblocks[-3] > 1 or k.numblocks[-3] > 1):
             return split_k_attention(q, k, v, heads=mech.heads, dim=mech.dim, scale=mech.effective_scale, causal=mech.causal)
+    if mech.name == "linear" and mask is None:
+        q = _as_dask(query, da)
+        k = q if key is None else _as_dask(key, da)
+        v = k if value is None else _as_dask(value, da)
+        if q.ndim >= 3 and (q.numblocks[-3] > 1 or k.numblocks[-3] > 1):
+            return split_linear_attention(mech, params, q, k, v)
     layout = mech.input_layout
     named: dict[str, Any] = {"query": query, "key": key, "value": value, **extras}
     named = {n: _as_dask(x, da) for n, x in named.items() if x is not None}
@@ -270,3 +280,136 @@ def split_k_attention(q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: fl
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[q, k, v])
     chunks = bchunks + (q.chunks[-3], (heads,), (int(v.shape[-1]),))
     return da.Array(graph, name, chunks, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------- linear, sharded
+def _lin_kw(mech: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    proj = params.get("favor_projection")
+    return {"feature_map": mech.feature_map, "nu": mech.nu, "projection": None if proj is None else np.asarray(proj)}
+
+
+def _heads_first(x: np.ndarray) -> np.ndarray:
+    return np.moveaxis(x, -2, -3)
+
+
+def _lin_state(k: np.ndarray, v: np.ndarray, kw: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    from ..kernels.linear import key_state
+
+    kh = _heads_first(k)
+    pr = kw["projection"]
+    return key_state(kh, _heads_first(v).astype(kh.dtype, copy=False), xp=np, feature_map=kw["feature_map"], nu=kw["nu"],
+                     projection=None if pr is None else pr.astype(kh.dtype))
+
+
+def _lin_merge(a: Any, b: Any) -> Any:
+    from ..kernels.linear import merge_key_states
+
+    if a is None:
+        return b
+    return merge_key_states(a, b, np)
+
+
+def _lin_query(q: np.ndarray, state: Any, kw: dict[str, Any], eps: float, dtype: np.dtype) -> np.ndarray:
+    from ..kernels.linear import query_out
+
+    qh = _heads_first(q)
+    pr = kw["projection"]
+    out = query_out(qh, state, xp=np, feature_map=kw["feature_map"], eps=eps, nu=kw["nu"], projection=None if pr is None else pr.astype(qh.dtype))
+    return np.moveaxis(out, -3, -2).astype(dtype, copy=False)
+
+
+def _lin_causal(q: np.ndarray, k: np.ndarray, v: np.ndarray, prefix: Any, kw: dict[str, Any], eps: float, chunk: int,
+                dtype: np.dtype) -> np.ndarray:
+    from ..kernels.linear import causal_shard
+
+    qh, kh = _heads_first(q), _heads_first(k)
+    pr = kw["projection"]
+    out = causal_shard(qh, kh, _heads_first(v).astype(kh.dtype, copy=False), prefix, xp=np, feature_map=kw["feature_map"], eps=eps,
+                       chunk=chunk, nu=kw["nu"], projection=None if pr is None else pr.astype(qh.dtype))
+    return np.moveaxis(out, -3, -2).astype(dtype, copy=False)
+
+
+def split_linear_attention(mech: Any, params: Mapping[str, Any], q: Any, k: Any, v: Any) -> Any:
+    """``mech`` (a :class:`~attnkit.LinearAttention`) over Dask arrays whose sequence runs in several chunks.
+
+    Non-causal: one key state per key shard, merged in a binary tree, then every query block against the
+    total. Causal (``Lq == Lk``): the shards' states form a prefix scan, and each shard computes its rows
+    after the state of the shards before it; shard sizes are rounded up to multiples of ``chunk_size`` so
+    the chunks (and the result) are those of the single-machine form.
+    """
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+    from dask.tokenize import tokenize
+
+    heads, dim = mech.heads, mech.dim
+    for name, x in (("query", q), ("key", k), ("value", v)):
+        if x.ndim < 3 or x.shape[-2] != heads:
+            raise ShapeError(f"{name}: expected shape (..., L, H={heads}, D), got {tuple(x.shape)}")
+    if q.shape[-1] != dim or k.shape[-1] != dim:
+        raise ShapeError(f"key: expected head dim {dim} in query and key, got {q.shape[-1]} and {k.shape[-1]}")
+    if v.shape[-3] != k.shape[-3]:
+        raise ShapeError(f"value: expected Lk = {k.shape[-3]} (as key) along axis -3, got {v.shape[-3]}")
+    if mech.causal and q.shape[-3] != k.shape[-3]:
+        raise ShapeError(f"key: sharded causal linear attention needs Lk = Lq = {q.shape[-3]}, got {k.shape[-3]}")
+    batch = tuple(np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3]))
+    nb = len(batch)
+    dtype = np.result_type(q.dtype, k.dtype, v.dtype)
+    q = da.broadcast_to(q, batch + tuple(q.shape[-3:]))
+    k = da.broadcast_to(k, batch + tuple(k.shape[-3:]))
+    v = da.broadcast_to(v, batch + tuple(v.shape[-3:]))
+    bchunks = q.chunks[:nb]
+    dv = int(v.shape[-1])
+    if mech.causal:
+        c = mech.chunk_size
+        seq = tuple(-(-n // c) * c for n in q.chunks[-3])
+        sizes, left = [], int(q.shape[-3])
+        for n in seq:
+            if left <= 0:
+                break
+            sizes.append(min(n, left))
+            left -= sizes[-1]
+        qchunks = kchunks = tuple(sizes)
+    else:
+        qchunks, kchunks = q.chunks[-3], k.chunks[-3]
+    q = q.rechunk(bchunks + (qchunks, (heads,), (dim,)))
+    k = k.rechunk(bchunks + (kchunks, (heads,), (dim,)))
+    v = v.rechunk(bchunks + (kchunks, (heads,), (dv,)))
+    kw = _lin_kw(mech, params)
+    token = tokenize(q, k, v, mech.feature_map, mech.causal, mech.eps, mech.nu, kw["projection"])
+    name = f"attnkit-linear-{token}"
+    layer: dict[Any, Any] = {}
+    chk = {}
+    for arr, label in ((q, "query"), (k, "key"), (v, "value")):
+        cname = f"attnkit-finite-{label}-{token}"
+        for idx in np.ndindex(*arr.numblocks):
+            layer[(cname, *idx)] = (_check, (arr.name, *idx), label)
+        chk[label] = cname
+    for bi in np.ndindex(*q.numblocks[:nb]):
+        states = []
+        for j in range(k.numblocks[-3]):
+            skey = (f"{name}-state", *bi, j)
+            layer[skey] = (_lin_state, (chk["key"], *bi, j, 0, 0), (chk["value"], *bi, j, 0, 0), kw)
+            states.append(skey)
+        if mech.causal:
+            prev: Any = None
+            for i in range(q.numblocks[-3]):
+                layer[(name, *bi, i, 0, 0)] = (_lin_causal, (chk["query"], *bi, i, 0, 0), (chk["key"], *bi, i, 0, 0),
+                                               (chk["value"], *bi, i, 0, 0), prev, kw, mech.eps, mech.chunk_size, dtype)
+                pkey = (f"{name}-prefix", *bi, i)
+                layer[pkey] = (_lin_merge, prev, states[i])  # the scan: state of shards 0..i
+                prev = pkey
+            continue
+        parts, level = states, 0
+        while len(parts) > 1:
+            nxt = []
+            for t in range(0, len(parts) - 1, 2):
+                mkey = (f"{name}-merge{level}", *bi, t)
+                layer[mkey] = (_lin_merge, parts[t], parts[t + 1])
+                nxt.append(mkey)
+            if len(parts) % 2:
+                nxt.append(parts[-1])
+            parts, level = nxt, level + 1
+        for i in range(q.numblocks[-3]):
+            layer[(name, *bi, i, 0, 0)] = (_lin_query, (chk["query"], *bi, i, 0, 0), parts[0], kw, mech.eps, dtype)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[q, k, v])
+    return da.Array(graph, name, bchunks + (q.chunks[-3], (heads,), (dv,)), dtype=dtype)

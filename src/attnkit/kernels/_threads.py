@@ -22,7 +22,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-__all__ = ["BlasOneThread", "blas_limiter_available", "get_num_threads", "get_pool", "set_num_threads"]
+__all__ = ["BlasOneThread", "blas_limiter_available", "get_num_threads", "get_pool", "set_num_threads", "small_gemms"]
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -173,3 +173,16 @@ class BlasOneThread:
                 _limiter = None
 
 
+
+
+def small_gemms(xp: Any) -> Any:
+    """A context for a loop of small GEMMs (tiles) on arrays of namespace ``xp``: BLAS held to one
+    thread for NumPy (multi-threaded OpenBLAS gains nothing on tiles and, on a loaded machine, its
+    spinning threads made them 10-50x slower), nothing for other libraries or without threadpoolctl."""
+    import contextlib
+
+    import array_api_compat
+
+    if not array_api_compat.is_numpy_namespace(xp) or not blas_limiter_available():
+        return contextlib.nullcontext()
+    return BlasOneThread()

@@ -7,25 +7,32 @@ FlashAttention (Dao et al., "FlashAttention: Fast and Memory-Efficient Exact Att
 IO-Awareness", NeurIPS 2022; Milakov & Gimelshein 2018 for the online softmax), so memory is
 O(Lq * block) per head and never O(Lq * Lk).
 
-Layout here is heads-first, ``q: (..., H, Lq, D)``, ``k: (..., H, Lk, D)``, ``v: (..., H, Lk, Dv)``.
-Batch dimensions broadcast. Causal masking is bottom-right aligned (see :mod:`.masks`). Rows whose
-keys are all masked give zeros. This module is generic over the array API; backend fast paths
+Layout here is heads-first, ``q: (..., H, Lq, D)``, ``k: (..., Hkv, Lk, D)``, ``v: (..., Hkv, Lk, Dv)``.
+Batch dimensions broadcast. ``Hkv`` may divide ``H`` (grouped-query attention, Ainslie et al. 2023,
+"GQA"; multi-query attention when ``Hkv = 1``, Shazeer 2019): query head ``h`` then attends with
+key/value head ``h // (H / Hkv)``, as torch's ``scaled_dot_product_attention(..., enable_gqa=True)``
+(see :mod:`.gqa`). Causal masking is bottom-right aligned (see :mod:`.masks`). Rows whose keys are
+all masked give zeros. This module is generic over the array API; backend fast paths
 (:mod:`.dense_numpy`, torch's fused kernel) are chosen by :func:`sdpa` and must agree with
 :func:`sdpa_generic`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from typing import Any
 
 import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace, is_numpy, is_torch
-from .masks import apply_mask_tile, causal_allowed
+from ._threads import BlasOneThread, blas_limiter_available
+from .gqa import group_keys, group_queries, group_slopes, needs_grouping, ungroup
+from .masks import alibi_bias, apply_mask_tile, causal_allowed, window_allowed, window_skips
 from .softmax import safe_softmax
 
-__all__ = ["sdpa", "sdpa_generic", "merge_partials", "attention_weights", "DEFAULT_Q_BLOCK"]
+__all__ = ["sdpa", "sdpa_generic", "merge_partials", "attention_weights", "DEFAULT_Q_BLOCK", "NO_WINDOW"]
 
 DEFAULT_Q_BLOCK = 256
 
@@ -33,6 +40,49 @@ DEFAULT_Q_BLOCK = 256
 def _dropout_keep(rng: np.random.Generator, shape: tuple[int, ...], p: float, xp: Namespace, like: Array) -> Array:
     keep = (rng.random(shape) >= p).astype(np.float64) / (1.0 - p)
     return xp.asarray(keep, dtype=like.dtype, device=array_api_compat.device(like))
+
+
+NO_WINDOW = (-1, -1)
+
+
+def _slopes4(slopes: Array | None, like: Array, xp: Namespace) -> Array | None:
+    """ALiBi slopes ``(..., H)`` -> ``(..., H, 1, 1)`` in ``like``'s dtype and device."""
+    if slopes is None:
+        return None
+    slopes = xp.asarray(slopes, dtype=like.dtype, device=array_api_compat.device(like))
+    return slopes[..., None, None]
+
+
+def _scores(
+    s: Array,
+    xp: Namespace,
+    q0: int,
+    q1: int,
+    k0: int,
+    k1: int,
+    offset: int,
+    causal: bool,
+    window: tuple[int, int],
+    slopes: Array | None,
+    softcap: float | None,
+) -> Array:
+    """A tile of scaled scores ``s = scale q k^T`` -> ``softcap``, ALiBi, causal and window applied.
+
+    Order as FlashAttention-2: ``cap * tanh(s / cap)`` (logit soft-capping, Gemma 2), then the ALiBi
+    bias ``-slope * |i + offset - j|``, then the causal and window masks (``-inf``).
+    """
+    dev = array_api_compat.device(s)
+    if softcap is not None:
+        s = softcap * xp.tanh(s / softcap)
+    if slopes is not None:
+        s = s + alibi_bias(xp, slopes, q0, q1, k0, k1, offset)
+    neg_inf = xp.asarray(-xp.inf, dtype=s.dtype, device=dev)
+    if causal and k1 - 1 > q0 + offset:
+        s = xp.where(causal_allowed(xp, q0, q1, k0, k1, offset, dev), s, neg_inf)
+    allowed = window_allowed(xp, q0, q1, k0, k1, offset, window, dev)
+    if allowed is not None:
+        s = xp.where(allowed, s, neg_inf)
+    return s
 
 
 def sdpa_generic(
@@ -48,24 +98,32 @@ def sdpa_generic(
     rng: np.random.Generator | None = None,
     block_size: int = 256,
     q_block: int = DEFAULT_Q_BLOCK,
+    window: tuple[int, int] = NO_WINDOW,
+    alibi_slopes: Array | None = None,
+    softcap: float | None = None,
     offset: int | None = None,
     return_lse: bool = False,
 ) -> Any:
     """Tiled online-softmax attention in any array-API namespace (heads-first layout).
 
+    ``window``, ``alibi_slopes`` (``(..., H)``) and ``softcap``: see :func:`sdpa`. Key blocks wholly
+    outside the window (or the causal triangle) are skipped, so a window costs O(Lq * (left + right)).
+
     ``offset``: causal masking lets query ``i`` see key ``j`` when ``j <= i + offset`` (default
-    ``Lk - Lq``, bottom-right aligned); a block of a longer sequence passes its own. With
-    ``return_lse=True`` the result is ``(out, lse)``, ``lse = log sum_j exp(s_ij)`` per query row
-    (``-inf`` for a row with no visible key), which :func:`merge_partials` needs.
+    ``Lk - Lq``, bottom-right aligned); a block of a longer sequence passes its own (the window and
+    ALiBi distances use the same offset). With ``return_lse=True`` the result is ``(out, lse)``,
+    ``lse = log sum_j exp(s_ij)`` per query row (``-inf`` for a row with no visible key), which
+    :func:`merge_partials` needs.
     """
     lq, lk = q.shape[-2], k.shape[-2]
     dev = array_api_compat.device(q)
     offset = lk - lq if offset is None else int(offset)
     lse_parts = []
-    batch = np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+    slopes = _slopes4(alibi_slopes, q, xp)
+    shapes = [tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2])]
+    batch = np.broadcast_shapes(*shapes, *([tuple(slopes.shape[:-2])] if slopes is not None else []))
     out_parts = []
     qs = q * scale
-    neg_inf = xp.asarray(-xp.inf, dtype=q.dtype, device=dev)
     for q0 in range(0, lq, q_block):
         q1 = min(q0 + q_block, lq)
         qt = qs[..., q0:q1, :]
@@ -76,9 +134,9 @@ def sdpa_generic(
             k1 = min(k0 + block_size, lk)
             if causal and k0 > q1 - 1 + offset:
                 break  # every later key block is hidden from this query tile
-            s = qt @ xp.matrix_transpose(k[..., k0:k1, :])
-            if causal and k1 - 1 > q0 + offset:
-                s = xp.where(causal_allowed(xp, q0, q1, k0, k1, offset, dev), s, neg_inf)
+            if window_skips(q0, q1, k0, k1, offset, window):
+                continue  # the whole block lies outside every query's window
+            s = _scores(qt @ xp.matrix_transpose(k[..., k0:k1, :]), xp, q0, q1, k0, k1, offset, causal, window, slopes, softcap)
             s = apply_mask_tile(s, mask, xp, q0, q1, k0, k1)
             m_new = xp.maximum(m, xp.max(s, axis=-1, keepdims=True))
             m_safe = xp.where(xp.isinf(m_new), xp.zeros_like(m_new), m_new)
@@ -120,16 +178,104 @@ def merge_partials(out_a: Array, lse_a: Array, out_b: Array, lse_b: Array, xp: N
 
 
 def attention_weights(
-    q: Array, k: Array, *, xp: Namespace, scale: float, mask: Array | None = None, causal: bool = False
+    q: Array,
+    k: Array,
+    *,
+    xp: Namespace,
+    scale: float,
+    mask: Array | None = None,
+    causal: bool = False,
+    window: tuple[int, int] = NO_WINDOW,
+    alibi_slopes: Array | None = None,
+    softcap: float | None = None,
 ) -> Array:
     """The dense probabilities ``softmax(scale q k^T + bias)``, shape ``(..., H, Lq, Lk)`` (O(Lq*Lk) memory)."""
+    if needs_grouping(q, k):  # grouped-query attention (see .gqa): key heads broadcast over their group
+        hk = int(k.shape[-3])
+        w = attention_weights(
+            group_queries(q, hk, xp),
+            group_keys(k, xp),
+            xp=xp,
+            scale=scale,
+            mask=group_queries(mask, hk, xp),
+            causal=causal,
+            window=window,
+            alibi_slopes=group_slopes(alibi_slopes, hk, xp),
+            softcap=softcap,
+        )
+        return ungroup(w, xp)
     lq, lk = q.shape[-2], k.shape[-2]
     s = (q * scale) @ xp.matrix_transpose(k)
-    if causal:
-        allowed = causal_allowed(xp, 0, lq, 0, lk, lk - lq, array_api_compat.device(q))
-        s = xp.where(allowed, s, xp.asarray(-xp.inf, dtype=s.dtype))
+    s = _scores(s, xp, 0, lq, 0, lk, lk - lq, causal, window, _slopes4(alibi_slopes, q, xp), softcap)
     s = apply_mask_tile(s, mask, xp, 0, lq, 0, lk)
     return safe_softmax(s, xp)
+
+
+def _with_positional(mask: Array | None, xp: Namespace, like: Array, lq: int, lk: int, window: tuple[int, int], slopes: Array | None) -> Array | None:
+    """``mask`` combined with the window (bool) and ALiBi bias (float) into one ``(..., H, Lq, Lk)`` mask.
+
+    Materialises O(Lq * Lk) per head: used only to hand these options to a backend that takes a mask
+    (torch's fused kernel) instead of computing them per tile.
+    """
+    dev = array_api_compat.device(like)
+    allowed = window_allowed(xp, 0, lq, 0, lk, lk - lq, window, dev)
+    s4 = _slopes4(slopes, like, xp)
+    if s4 is None:
+        if allowed is None or mask is None:
+            return allowed if mask is None else mask
+        if xp.isdtype(mask.dtype, "bool"):
+            return xp.logical_and(mask, allowed)
+        return xp.where(allowed, mask, xp.asarray(-xp.inf, dtype=mask.dtype, device=dev))
+    bias = alibi_bias(xp, s4, 0, lq, 0, lk, lk - lq)
+    neg_inf = xp.asarray(-xp.inf, dtype=bias.dtype, device=dev)
+    if allowed is not None:
+        bias = xp.where(allowed, bias, neg_inf)
+    if mask is None:
+        return bias
+    if xp.isdtype(mask.dtype, "bool"):
+        return xp.where(mask, bias, neg_inf)
+    return bias + xp.astype(mask, bias.dtype)
+
+
+def _blas_one_thread(active: bool) -> Any:
+    """Hold BLAS to one thread around the generic kernel's many small per-tile GEMMs (NumPy only).
+
+    Multi-threaded BLAS gains nothing on ``q_block x block_size`` tiles, and on a loaded machine its
+    spinning threads made a windowed forward ~10x slower. No-op without threadpoolctl.
+    """
+    if not active or not blas_limiter_available():
+        return contextlib.nullcontext()
+    return BlasOneThread()
+
+
+def _positional_generic(
+    q: Array,
+    k: Array,
+    v: Array,
+    xp: Namespace,
+    scale: float,
+    mask: Array | None,
+    causal: bool,
+    dropout_p: float,
+    rng: np.random.Generator | None,
+    block_size: int,
+    alibi_slopes: Array | None,
+    extra: dict[str, Any],
+) -> Array:
+    """:func:`sdpa_generic` with the window / ALiBi / softcap options, key/value heads grouped if needed."""
+    kw: dict[str, Any] = dict(xp=xp, scale=scale, causal=causal, dropout_p=dropout_p, rng=rng, block_size=block_size, **extra)
+    if needs_grouping(q, k, v):
+        hk = int(k.shape[-3])
+        out = sdpa_generic(
+            group_queries(q, hk, xp),
+            group_keys(k, xp),
+            group_keys(v, xp),
+            mask=group_queries(mask, hk, xp),
+            alibi_slopes=group_slopes(alibi_slopes, hk, xp),
+            **kw,
+        )
+        return ungroup(out, xp)
+    return sdpa_generic(q, k, v, mask=mask, alibi_slopes=alibi_slopes, **kw)
 
 
 def sdpa(
@@ -145,19 +291,83 @@ def sdpa(
     rng: np.random.Generator | None = None,
     block_size: int = 256,
     backend: str = "auto",
+    window: tuple[int, int] = NO_WINDOW,
+    alibi_slopes: Array | None = None,
+    softcap: float | None = None,
+    engine: str = "auto",
 ) -> Array:
     """Dispatch to the fastest exact kernel whose semantics match; all agree with :func:`sdpa_generic`.
 
     ``backend``: ``"auto"`` (default), ``"generic"``, ``"numpy"`` (the NumPy fast path) or ``"torch"``
     (torch's fused ``scaled_dot_product_attention``).
+
+    Options of FlashAttention-2 (Dao 2023), all aligned bottom-right when ``Lq != Lk`` (query ``i``
+    sits at key position ``i + Lk - Lq``):
+
+    * ``window = (left, right)``: query ``i`` sees keys ``i - left .. i + right``; a negative side is
+      unbounded, ``(-1, -1)`` is no window (Beltagy et al. 2020, Longformer's sliding window);
+    * ``alibi_slopes`` ``(..., H)``: the bias ``-slope_h * |i - j|`` is added to the scores of head
+      ``h`` (Press et al. 2022, ALiBi);
+    * ``softcap``: the scaled scores become ``softcap * tanh(s / softcap)`` before the biases (logit
+      soft-capping, Gemma 2, Gemma Team 2024).
+
+    These run in the generic tiled kernel (skipping key blocks outside the window); with torch
+    inputs and no ``softcap``, the window and ALiBi go to torch's fused kernel as one mask.
+
+    ``engine`` (for NumPy inputs under ``backend="auto"``): ``"numpy"``, ``"torch"`` (torch's fused
+    kernel on zero-copy views) or ``"auto"`` (calibrated per machine; see :mod:`.engine`).
     """
+    positional = tuple(window) != NO_WINDOW or alibi_slopes is not None
+    if positional or softcap is not None:
+        if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0 and softcap is None:
+            from .dense_torch import sdpa_torch
+
+            pm = _with_positional(mask, xp, q, int(q.shape[-2]), int(k.shape[-2]), window, alibi_slopes)
+            out = sdpa_torch(q, k, v, scale=scale, mask=pm, causal=causal)
+            if out is not None:
+                return out
+        extra: dict[str, Any] = dict(window=tuple(window), softcap=softcap)
+        if is_numpy(xp):
+            # BLAS wants each tile contiguous: the (..., L, H, D) -> (..., H, L, D) views make NumPy's
+            # matmul fall back to a loop 10-100x slower. One O(L * D) copy each.
+            q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
+        with _blas_one_thread(is_numpy(xp)):
+            return _positional_generic(q, k, v, xp, scale, mask, causal, dropout_p, rng, block_size, alibi_slopes, extra)
     kw: dict[str, Any] = dict(scale=scale, mask=mask, causal=causal)
+    grouped = needs_grouping(q, k, v)
+    if backend == "auto" and is_numpy(xp) and dropout_p == 0.0 and engine != "numpy" and not grouped:
+        from .engine import choose_engine, sdpa_torch_numpy
+
+        work = 4.0 * math.prod(np.broadcast_shapes(q.shape[:-2], k.shape[:-2])) * q.shape[-2] * k.shape[-2] * q.shape[-1]
+        if choose_engine(engine, work=work, dtype=q.dtype) == "torch":
+            out = sdpa_torch_numpy(q, k, v, **kw)
+            if out is not None:
+                return out
     if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0:
         from .dense_torch import sdpa_torch
 
-        out = sdpa_torch(q, k, v, **kw)
+        out = sdpa_torch(q, k, v, **kw)  # grouped heads go to torch's kernel with enable_gqa=True
         if out is not None:
             return out
+    if grouped:
+        # grouped-query attention (see .gqa) as attention over (..., Hkv, G, L, D) with K/V
+        # broadcast along the group axis (views, never copies): every kernel below serves it as is
+        hk = int(k.shape[-3])
+        out = sdpa(
+            group_queries(q, hk, xp),
+            group_keys(k, xp),
+            group_keys(v, xp),
+            xp=xp,
+            scale=scale,
+            mask=group_queries(mask, hk, xp),
+            causal=causal,
+            dropout_p=dropout_p,
+            rng=rng,
+            block_size=block_size,
+            backend="generic" if backend == "torch" else backend,
+            engine=engine,
+        )
+        return ungroup(out, xp)
     if backend in ("auto", "numpy") and is_numpy(xp) and dropout_p == 0.0:
         from .dense_numpy import sdpa_numpy
 

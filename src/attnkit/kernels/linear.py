@@ -57,9 +57,10 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, broadcast_shapes, is_numpy, is_torch, torch_compiling
+from .._array import Array, Namespace, broadcast_shapes, is_numpy, is_torch, is_traced
 from ..errors import ConfigError
 from ._threads import BlasOneThread, get_num_threads, get_pool
+from .gqa import group_keys, group_queries, needs_grouping, ungroup
 
 __all__ = [
     "FEATURE_MAPS",
@@ -73,6 +74,10 @@ __all__ = [
     "favor_log_features",
     "log_features",
     "linear_attention",
+    "key_state",
+    "merge_key_states",
+    "query_out",
+    "causal_shard",
 ]
 
 FEATURE_MAPS = ("elu", "relu", "dpfp", "favor")
@@ -123,8 +128,15 @@ def orthogonal_random_features(nb_features: int, dim: int, rng: np.random.Genera
 
 
 def _log_relu(x: Array, xp: Namespace) -> Array:
-    with np.errstate(divide="ignore"):
-        return xp.log(xp.maximum(x, xp.zeros_like(x)))  # log 0 = -inf: an exact zero feature
+    """``log(max(x, 0))``: ``-inf`` (an exact zero feature) where ``x <= 0``.
+
+    Computed as ``where(x > 0, log(where(x > 0, x, 1)), -inf)``, so the logarithm never sees 0: its
+    gradient is ``1/x`` where ``x > 0`` and exactly 0 elsewhere (the subgradient of relu at 0), never
+    the ``inf * 0 = NaN`` that ``log(maximum(x, 0))`` gives for entries exactly 0 (zero padding).
+    """
+    pos = x > 0
+    one = xp.ones_like(x)
+    return xp.where(pos, xp.log(xp.where(pos, x, one)), xp.full_like(x, -math.inf))
 
 
 def elu_log_features(x: Array, xp: Namespace) -> Array:
@@ -357,9 +369,13 @@ def _prefix_states(state: Array | None, kv: Array, run: Array, xp: Namespace) ->
     start = run[..., :1, :]  # (..., 1, F)
     r = run[..., 1:, :]  # (..., n_chunks, F)
     spread = xp.max(r[..., -1:, :] - start)
-    # under torch.compile the choice cannot depend on a value: the step-by-step form (always safe) is traced
-    vectorise = not is_numpy(xp) and not torch_compiling()
-    if vectorise and float(spread.detach() if hasattr(spread, "detach") else spread) <= _SCAN_RANGE[8 if "float64" in str(dt) else 4]:
+    # a traced spread (jax.jit, torch.compile) has no value to choose by: take the step-by-step form,
+    # which is exact for any range of scales
+    if (
+        not is_numpy(xp)
+        and not is_traced(spread)
+        and float(spread.detach() if hasattr(spread, "detach") else spread) <= _SCAN_RANGE[8 if "float64" in str(dt) else 4]
+    ):
         # vectorised: express everything at the final scale, cumulative sum, then rescale back
         ref = r[..., -1:, :]
         scaled = kv * xp.exp(r - ref)[..., :, None]
@@ -466,6 +482,8 @@ def linear_attention(
 ) -> Array:
     """Linear attention ``(..., H, Lq, Dv)`` (see the module docstring for the formula and stability).
 
+    ``k, v`` may have ``Hkv`` heads dividing ``H`` (grouped-query attention, see :mod:`.gqa`).
+
     ``key_mask`` (optional) broadcasts to ``(..., H, Lk, 1)``: bool, False drops a key for every
     query; float, added to ``log phi(k_j)`` (multiplies the key's weight by ``exp(mask_j)``; ``-inf``
     drops it), which for ``favor`` is exactly an additive key bias on the softmax scores.
@@ -475,6 +493,23 @@ def linear_attention(
     """
     if feature_map not in FEATURE_MAPS:
         raise ConfigError(f"feature_map: expected one of {', '.join(FEATURE_MAPS)}, got {feature_map!r}")
+    if needs_grouping(q, k, v):  # grouped-query attention (see .gqa): k/v heads broadcast over their group
+        hk = int(k.shape[-3])
+        out = linear_attention(
+            group_queries(q, hk, xp),
+            group_keys(k, xp),
+            group_keys(v, xp),
+            xp=xp,
+            feature_map=feature_map,
+            eps=eps,
+            causal=causal,
+            chunk_size=chunk_size,
+            key_mask=group_queries(key_mask, hk, xp),
+            nu=nu,
+            projection=projection,
+            backend=backend,
+        )
+        return ungroup(out, xp)
     chunk = max(1, int(chunk_size))
     kw: dict[str, Any] = dict(feature_map=feature_map, nu=int(nu), projection=projection, eps=float(eps), causal=bool(causal), chunk=chunk)
     if is_numpy(xp) and backend in ("auto", "numpy"):
@@ -530,3 +565,45 @@ def _numpy_tasks(q: Array, k: Array, v: Array, key_mask: Array | None, *, xp: Na
         for f in [get_pool(threads).submit(task, idx) for idx in indices]:
             f.result()
     return out
+
+
+# --------------------------------------------------------------------------- shards (distributed forms)
+def key_state(
+    k: Array, v: Array, *, xp: Namespace, feature_map: str, nu: int = 1, projection: Array | None = None
+) -> tuple[Array, Array]:
+    """The key state of one shard of keys: ``(S, M)`` with ``S = sum_j exp(log phi(k_j) - M) [v_j, 1]^T``
+    ``(..., F, Dv + 1)`` and ``M`` the per-feature maximum ``(..., 1, F)`` (heads-first layout).
+
+    States of disjoint shards combine with :func:`merge_key_states`; :func:`query_out` reads them.
+    """
+    lk = log_features(k, feature_map, xp, nu=nu, projection=projection)
+    return _key_state(lk, _ones_column(v, xp), xp)
+
+
+def merge_key_states(a: tuple[Array, Array], b: tuple[Array, Array], xp: Namespace) -> tuple[Array, Array]:
+    """``(S, M)`` of the union of two disjoint key sets: both states rescaled to ``M = max(M_a, M_b)``."""
+    (sa, ma), (sb, mb) = a, b
+    m = xp.maximum(ma, mb)
+    safe = _finite_or(m, 0.0, xp)
+    return sa * xp.matrix_transpose(xp.exp(ma - safe)) + sb * xp.matrix_transpose(xp.exp(mb - safe)), m
+
+
+def query_out(
+    q: Array, state: tuple[Array, Array], *, xp: Namespace, feature_map: str, eps: float, nu: int = 1, projection: Array | None = None
+) -> Array:
+    """Non-causal linear attention of the queries ``q`` against a key state (see :func:`key_state`)."""
+    lq = log_features(q, feature_map, xp, nu=nu, projection=projection)
+    return _query_out(lq, state[0], state[1], eps, xp)
+
+
+def causal_shard(
+    q: Array, k: Array, v: Array, prefix: tuple[Array, Array] | None, *, xp: Namespace, feature_map: str, eps: float,
+    chunk: int = DEFAULT_CHUNK_SIZE, nu: int = 1, projection: Array | None = None,
+) -> Array:
+    """Causal linear attention of one shard of aligned rows (query ``i`` sees keys ``<= i`` of the shard)
+    after the ``prefix`` state of every earlier shard (``None`` for the first)."""
+    lq = log_features(q, feature_map, xp, nu=nu, projection=projection)
+    lk = log_features(k, feature_map, xp, nu=nu, projection=projection)
+    state, scale = (None, None) if prefix is None else prefix
+    res, r_q, _, _ = _causal_block(lq, lk, _ones_column(v, xp), state, scale, xp=xp, chunk=max(1, int(chunk)))
+    return _divide(res, _row_eps(eps, r_q, xp), xp)

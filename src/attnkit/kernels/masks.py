@@ -15,10 +15,22 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, shape_str
+from .._array import Array, Namespace, is_traced, shape_str
 from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
 
-__all__ = ["create_mask", "prepare_mask", "unflatten_mask", "causal_allowed", "mask_tile", "apply_mask", "apply_mask_tile"]
+__all__ = [
+    "window_skips",
+    "create_mask",
+    "prepare_mask",
+    "unflatten_mask",
+    "causal_allowed",
+    "window_allowed",
+    "alibi_bias",
+    "alibi_slopes",
+    "mask_tile",
+    "apply_mask",
+    "apply_mask_tile",
+]
 
 
 def create_mask(kind: str, seq_len: int, positions: Sequence[int] | None = None) -> np.ndarray:
@@ -101,14 +113,13 @@ def prepare_mask(
     try:
         np.broadcast_shapes(tuple(mask.shape), tuple(target))
     except ValueError:
-        raise ShapeError(
-            f"{name}: expected a shape that broadcasts to {shape_str(target)} {layout}, got {shape_str(mask.shape)}"
-        ) from None
+        raise ShapeError(f"{name}: expected a shape that broadcasts to {shape_str(target)} {layout}, got {shape_str(mask.shape)}") from None
     full = np.broadcast_shapes(tuple(mask.shape), tuple(target))
     if tuple(full) != tuple(target):
         raise ShapeError(f"{name}: shape {shape_str(mask.shape)} would enlarge the scores {shape_str(target)}")
     if kind == "float":
-        if bool(mxp.any(xp.isnan(mask))) or bool(mxp.any(mask == mxp.inf)):
+        bad = mxp.any(xp.isnan(mask)) | mxp.any(mask == mxp.inf)
+        if not is_traced(bad) and bool(bad):
             raise NonFiniteError(f"{name}: a float mask may hold -inf but not NaN or +inf")
         mask = xp.astype(mask, dtype) if mask.dtype != dtype else mask
     return mask
@@ -136,6 +147,62 @@ def causal_allowed(xp: Namespace, q0: int, q1: int, k0: int, k1: int, offset: in
     rows = xp.arange(q0, q1, device=device)
     cols = xp.arange(k0, k1, device=device)
     return cols[None, :] <= rows[:, None] + offset
+
+
+def window_allowed(xp: Namespace, q0: int, q1: int, k0: int, k1: int, offset: int, window: tuple[int, int], device: Any) -> Array | None:
+    """Bool ``(q1-q0, k1-k0)`` tile of a sliding window ``(left, right)`` (FlashAttention-2's ``window_size``).
+
+    Query ``i`` sees key ``j`` iff ``i + offset - left <= j <= i + offset + right`` (offset = Lk - Lq:
+    bottom-right aligned, as the causal mask); a negative ``left``/``right`` leaves that side
+    unbounded. ``None`` when neither side is bounded.
+    """
+    left, right = int(window[0]), int(window[1])
+    if left < 0 and right < 0:
+        return None
+    rel = xp.arange(k0, k1, device=device)[None, :] - (xp.arange(q0, q1, device=device)[:, None] + offset)  # j - i - offset
+    if left < 0:
+        return rel <= right
+    if right < 0:
+        return rel >= -left
+    return xp.logical_and(rel >= -left, rel <= right)
+
+
+def window_skips(q0: int, q1: int, k0: int, k1: int, offset: int, window: tuple[int, int]) -> bool:
+    """True when no query of ``q0..q1-1`` sees any key of ``k0..k1-1`` under :func:`window_allowed`."""
+    left, right = int(window[0]), int(window[1])
+    if right >= 0 and k0 > q1 - 1 + offset + right:
+        return True
+    return left >= 0 and k1 - 1 < q0 + offset - left
+
+
+def alibi_bias(xp: Namespace, slopes: Array, q0: int, q1: int, k0: int, k1: int, offset: int) -> Array:
+    """ALiBi tile ``-slope * |i + offset - j|`` (Press et al. 2022, "Train Short, Test Long"), bottom-right aligned.
+
+    ``slopes`` is ``(..., H, 1, 1)`` in the score dtype; the result is ``(..., H, q1-q0, k1-k0)``.
+    """
+    dev = array_api_compat.device(slopes)
+    # distances in integers, then cast: positions past 256 (bfloat16) or 2048 (float16) are not
+    # exact in a half type, their small differences near the diagonal are
+    rows = xp.arange(q0 + offset, q1 + offset, device=dev)
+    cols = xp.arange(k0, k1, device=dev)
+    return -slopes * xp.astype(xp.abs(rows[:, None] - cols[None, :]), slopes.dtype)
+
+
+def alibi_slopes(heads: int) -> np.ndarray:
+    """The ALiBi slopes of Press et al. 2022 for ``heads`` heads (float64, ``(heads,)``).
+
+    For ``n`` a power of two, ``2^(-8 i / n)``, ``i = 1..n``; otherwise the slopes of the closest
+    smaller power of two ``m``, followed by every other slope of ``2m`` (the paper's reference code,
+    as BLOOM's ``build_alibi_tensor``).
+    """
+    n = int(heads)
+    m = 2 ** int(np.floor(np.log2(n)))
+    base = 2.0 ** (-8.0 / m)
+    out = base ** np.arange(1, m + 1, dtype=np.float64)
+    if m < n:
+        extra = (2.0 ** (-4.0 / m)) ** np.arange(1, 2 * (n - m), 2, dtype=np.float64)
+        out = np.concatenate([out, extra])
+    return out
 
 
 def mask_tile(mask: Array, q0: int, q1: int, k0: int, k1: int) -> Array:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
+import array_api_compat
 
-from .._array import Array, Namespace
+from .._array import Array, Namespace, namespace
 
 __all__ = ["expert_capacity", "top_k_routing", "load_balancing_loss"]
 
@@ -30,32 +30,35 @@ def expert_capacity(tokens: int, num_experts: int, top_k: int, factor: float | N
     return max(1, math.ceil(factor * tokens * top_k / num_experts))
 
 
-def top_k_routing(probs: np.ndarray, top_k: int, capacity: int) -> tuple[np.ndarray, np.ndarray]:
-    """Route tokens: ``(experts, keep)``, both ``(T, top_k)``.
+def top_k_routing(probs: Array, top_k: int, capacity: int, xp: Namespace | None = None) -> tuple[Array, Array]:
+    """Route tokens: ``(experts, keep)``, both ``(T, top_k)``, in ``probs``' library and on its device.
 
-    ``experts[t, r]`` is token ``t``'s ``r``-th choice (ties broken by the lower expert index);
-    ``keep[t, r]`` whether that assignment fits in the expert's capacity (priority: rank, then token).
+    ``experts[t, r]`` is token ``t``'s ``r``-th choice (ties broken by the lower expert index: a stable
+    sort of ``-probs``); ``keep[t, r]`` whether that assignment fits in the expert's capacity
+    (priority: rank, then token). Array operations only (argsort, a cumulative sum of one-hot rows,
+    ``take_along_axis``), so the routing is traceable (``jax.jit``) and differentiable code around it
+    needs no host copy: an assignment's place in its expert's queue is
+    ``position = cumsum(onehot(order), axis=0)[i, order_i] - 1`` over the rank-major order.
     """
-    t, e = probs.shape
-    experts = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
-    order = experts.T.reshape(-1)  # rank-major: all first choices, then all second choices, ...
-    onehot = np.zeros((order.shape[0], e), dtype=np.int64)
-    onehot[np.arange(order.shape[0]), order] = 1
-    position = (np.cumsum(onehot, axis=0) - 1)[np.arange(order.shape[0]), order]
-    keep = (position < capacity).reshape(top_k, t).T
+    xp = xp or namespace(probs)
+    t, e = int(probs.shape[0]), int(probs.shape[1])
+    dev = array_api_compat.device(probs)
+    experts = xp.argsort(-probs, axis=1, stable=True)[:, :top_k]
+    order = xp.reshape(xp.matrix_transpose(experts), (-1,))  # rank-major: all first choices, then second, ...
+    onehot = xp.astype(order[:, None] == xp.arange(e, device=dev)[None, :], xp.int64)
+    position = xp.take_along_axis(xp.cumulative_sum(onehot, axis=0), order[:, None], axis=1)[:, 0] - 1
+    keep = xp.matrix_transpose(xp.reshape(position < capacity, (top_k, t)))
     return experts, keep
 
 
-def load_balancing_loss(probs: Array, top1: np.ndarray, num_experts: int, xp: Namespace) -> Array:
+def load_balancing_loss(probs: Array, top1: Array, num_experts: int, xp: Namespace) -> Array:
     """Switch Transformer auxiliary loss ``E * sum_i f_i P_i`` from router probabilities ``(T, E)``.
 
-    ``f`` is a constant (from the discrete ``top1`` choices); the loss is differentiable in ``probs``
-    through ``P`` when ``xp`` has autograd.
+    ``f`` is a constant (from the discrete ``top1`` choices, an integer array of ``xp``); the loss is
+    differentiable in ``probs`` through ``P`` when ``xp`` has autograd.
     """
-    t = probs.shape[0]
-    f = np.bincount(top1, minlength=num_experts).astype(np.float64) / max(t, 1)
-    p_mean = xp.mean(probs, axis=0)
-    import array_api_compat
-
-    f_x = xp.asarray(f, dtype=probs.dtype, device=array_api_compat.device(probs))
-    return num_experts * xp.sum(f_x * p_mean)
+    t = int(probs.shape[0])
+    dev = array_api_compat.device(probs)
+    counts = xp.sum(xp.astype(top1[:, None] == xp.arange(num_experts, device=dev)[None, :], xp.int64), axis=0)
+    f = xp.astype(counts, probs.dtype) / max(t, 1)
+    return num_experts * xp.sum(f * xp.mean(probs, axis=0))

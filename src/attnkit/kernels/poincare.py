@@ -55,15 +55,19 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, as_float_array, check_finite, finite_float, namespace, positive_int, shape_str
+from .._array import Array, Namespace, as_float_array, check_finite, finite_float, is_traced, namespace, positive_int, shape_str
 from ..errors import AttentionError, ConfigError, ShapeError
 from . import stereographic as st
+from ._threads import small_gemms
+from .masks import apply_mask_tile
+from .softmax import safe_softmax
 
 __all__ = [
     "curvature_value",
@@ -82,6 +86,7 @@ __all__ = [
     "klein_to_poincare",
     "einstein_midpoint",
     "frechet_mean",
+    "einstein_attention",
 ]
 
 #: distance of projected points from the boundary, relative to the radius ``1/sqrt(c)``, by dtype.
@@ -109,7 +114,10 @@ def curvature_value(c: object, name: str = "c") -> float:
 
 
 def _dtype_name(dtype: Any) -> str:
-    return str(dtype).replace("torch.", "").replace("<class 'numpy.", "").rstrip("'>")
+    """The bare name of a dtype of any library: ``float32`` for ``numpy.float32``, ``torch.float32``,
+    ``<class 'jax.numpy.float32'>`` or ``array_api_strict.float32``."""
+    text = str(dtype).replace("<class ", "").strip("<>' ")
+    return text.rsplit(".", 1)[-1]
 
 
 def margin(dtype: Any) -> float:
@@ -197,11 +205,20 @@ def _prepare(
 
 def check_in_ball(x: Array, name: str, c: float, xp: Namespace) -> None:
     """Raise :class:`~attnkit.errors.AttentionError` naming ``name`` unless every vector of ``x``
-    satisfies ``c |x|^2 < 1`` (strictly inside the ball of radius ``1/sqrt(c)``); NaN fails too."""
-    if math.prod(x.shape) == 0:
+    satisfies ``c |x|^2 < 1`` (strictly inside the ball of radius ``1/sqrt(c)``); NaN fails too.
+
+    Skipped for traced values (:func:`attnkit._array.is_traced`: ``jax.jit``, ``torch.compile``, and
+    constants whose reductions are traced there), whose contents are unknown while Python runs; the
+    kernels stay finite for such points anyway, since every ``1 - c|x|^2`` they divide by is floored
+    at a positive number (:func:`_one_minus`, and the stereographic kernels' clips).
+    """
+    if c <= 0 or math.prod(x.shape) == 0 or is_traced(x):
         return
     sq = c * _sqnorm(x, xp)
-    if c > 0 and not bool(xp.all(sq < 1.0)):
+    inside = xp.all(sq < 1.0)
+    if is_traced(inside):  # a constant inside a traced function
+        return
+    if not bool(inside):
         inf = xp.asarray(math.inf, dtype=sq.dtype, device=array_api_compat.device(sq))
         worst = float(xp.max(xp.where(xp.isnan(sq), inf, sq)))
         radius = 1.0 / math.sqrt(c)
@@ -220,9 +237,13 @@ def _sqnorm(x: Array, xp: Namespace, keepdims: bool = True) -> Array:
 
 
 def _one_minus(sq: Array, c: float, xp: Namespace) -> Array:
-    """``1 - c|x|^2`` from ``|x|^2``, kept positive (inputs are checked to be inside the ball)."""
-    tiny = float(xp.finfo(sq.dtype).smallest_normal)
-    return xp.clip(1.0 - c * sq, min=tiny)
+    """``1 - c|x|^2`` from ``|x|^2``, at least the dtype's ``eps``.
+
+    Checked inputs are inside the ball, where the floor only touches points within rounding of the
+    boundary; for a traced input (unchecked, :func:`check_in_ball`) outside the ball it keeps every
+    conformal factor, quotient and ``arcosh`` argument finite (``1/eps^2`` does not overflow).
+    """
+    return xp.clip(1.0 - c * sq, min=float(xp.finfo(sq.dtype).eps))
 
 
 def _project(x: Array, c: float, eps: float, xp: Namespace) -> Array:
@@ -273,8 +294,101 @@ def _from_klein(k: Array, c: float, eps: float, xp: Namespace) -> Array:
 pairwise_sqdist = st.pairwise_sqdist
 
 
+def _log1p(u: Array, xp: Namespace) -> Array:
+    """``log(1 + u)`` for ``u >= 0``. NumPy's ``log1p`` is scalar code (about 10 ns a value against
+    1.7 ns for its vectorised ``log`` on a 2-core EPYC), so NumPy arrays, which carry no autograd,
+    take Goldberg's exact rewrite ``log(w) u / (w - 1)`` with ``w = 1 + u`` (``u`` where ``w == 1``);
+    other libraries keep ``log1p`` (the rewrite's correction factor has a meaningless gradient)."""
+    if not array_api_compat.is_numpy_namespace(xp):
+        return xp.log1p(u)
+    w = 1.0 + u
+    wm1 = w - 1.0
+    one = wm1 == 0.0
+    return xp.where(one, u, xp.log(w) * (u / xp.where(one, xp.ones_like(wm1), wm1)))
+
+
+def _arcosh1p(t: Array, xp: Namespace) -> Array:
+    """``arcosh(1 + t) = log1p(t + sqrt(t (t + 2)))`` for ``t >= 0``, accurate for small ``t``;
+    exactly 0 at ``t = 0``, with a zero gradient there (not the NaN of ``sqrt`` at 0)."""
+    pos = t > 0.0
+    ts = xp.where(pos, t, xp.ones_like(t))
+    return xp.where(pos, _log1p(ts + xp.sqrt(ts * (ts + 2.0)), xp), xp.zeros_like(t))
+
+
+def wide_dtype(xp: Namespace, dtype: Any) -> Any:
+    """The dtype the Gram products of ``dtype`` points are accumulated in: float64 for float32 (when
+    the namespace really holds float64: not JAX without x64, not Apple's MPS), else ``None`` (float64
+    points, or no wider type: the distances are then taken from the differences themselves)."""
+    if _dtype_name(dtype) != "float32" or not hasattr(xp, "float64"):
+        return None
+    try:
+        with warnings.catch_warnings():  # JAX without x64 warns, then truncates to float32
+            warnings.simplefilter("ignore")
+            probe = xp.astype(xp.zeros((1,), dtype=dtype), xp.float64)
+    except (TypeError, RuntimeError, ValueError):  # a device without float64
+        return None
+    return xp.float64 if probe.dtype == xp.float64 else None
+
+
+def query_factor(a: Array, c: float, xp: Namespace, wide: Any) -> Array:
+    """``[r a, r|a|^2, r]`` with ``r = 2c/(1 - c|a|^2)``, in ``wide``: the left factor of :func:`pairwise_arg`'s GEMM."""
+    a = xp.astype(a, wide)
+    aa = _sqnorm(a, xp)
+    r = (2.0 * c) / _one_minus(aa, c, xp)
+    return xp.concat([r * a, r * aa, r], axis=-1)
+
+
+def key_factor(b: Array, c: float, xp: Namespace, wide: Any) -> Array:
+    """``[-2 s b, s, s|b|^2]`` with ``s = 1/(1 - c|b|^2)``, in ``wide``: the right factor of :func:`pairwise_arg`'s GEMM."""
+    b = xp.astype(b, wide)
+    bb = _sqnorm(b, xp)
+    s = 1.0 / _one_minus(bb, c, xp)
+    return xp.concat([(-2.0 * s) * b, s, s * bb], axis=-1)
+
+
+def pairwise_arg(a: Array, b: Array, c: float, xp: Namespace) -> Array:
+    r"""``t_ij = 2c|a_i - b_j|^2 / ((1 - c|a_i|^2)(1 - c|b_j|^2)) >= 0`` for ``a (..., M, D)``,
+    ``b (..., N, D)`` -> ``(..., M, N)``, in the dtype of ``a``; ``d_c(a_i, b_j) = arcosh(1 + t_ij)/sqrt(c)``.
+
+    float32 (and half precision, computed in float32): with ``r_i = 2c/(1 - c|a_i|^2)`` and
+    ``s_j = 1/(1 - c|b_j|^2)``, ``t_ij = r_i s_j (|a_i|^2 + |b_j|^2 - 2<a_i, b_j>)`` is one GEMM of width
+    ``D + 2``: ``[r a, r|a|^2, r] @ [-2 s b, s, s|b|^2]^T`` (:func:`query_factor`, :func:`key_factor`).
+    The expansion cancels where ``a_i`` is close to ``b_j``, so the GEMM runs in float64: its absolute
+    error ``~ (D + 2) eps_64 r_i s_j (|a_i|^2 + |b_j|^2)`` puts the distance between equal points at
+    about 1e-7 (3e-5 at float32's projection margin), where float32's own subtraction-based form
+    loses more to ``1 - c|x|^2``. float64 points (or a namespace without float64, such as JAX without
+    x64): from the differences (:func:`pairwise_sqdist`), exact on the diagonal.
+    """
+    wide = wide_dtype(xp, a.dtype)
+    if wide is None:
+        sq = pairwise_sqdist(a, b, xp)
+        ba = _one_minus(_sqnorm(a, xp), c, xp)  # (..., M, 1)
+        bb = xp.expand_dims(_one_minus(_sqnorm(b, xp, False), c, xp), axis=-2)  # (..., 1, N)
+        return (2.0 * c) * sq / (ba * bb)
+    fa, fb = query_factor(a, c, xp, wide), key_factor(b, c, xp, wide)
+    return xp.clip(xp.astype(xp.matmul(fa, xp.matrix_transpose(fb)), a.dtype), min=0.0)
+
+
+def pairwise_sqdist_gemm(a: Array, b: Array, xp: Namespace) -> Array:
+    """``|a_i - b_j|^2`` ``(..., M, N)`` as one GEMM ``[a, |a|^2, 1] @ [-2b, 1, |b|^2]^T`` accumulated in
+    float64 for float32 points (equal points then come out within ~1e-14 of 0, below float32's
+    resolution); float64 points (or no float64 in the namespace) use :func:`pairwise_sqdist`."""
+    wide = wide_dtype(xp, a.dtype)
+    if wide is None:
+        return pairwise_sqdist(a, b, xp)
+    a64, b64 = xp.astype(a, wide), xp.astype(b, wide)
+    aa, bb = _sqnorm(a64, xp), _sqnorm(b64, xp)
+    fa = xp.concat([a64, aa, xp.ones_like(aa)], axis=-1)
+    fb = xp.concat([-2.0 * b64, xp.ones_like(bb), bb], axis=-1)
+    return xp.clip(xp.astype(xp.matmul(fa, xp.matrix_transpose(fb)), a.dtype), min=0.0)
+
+
 def pairwise_dist_kernel(a: Array, b: Array, c: float, xp: Namespace) -> Array:
-    """``d_c(a_i, b_j)`` for ``a (..., M, D)``, ``b (..., N, D)`` -> ``(..., M, N)``."""
+    """``d_c(a_i, b_j)`` for ``a (..., M, D)``, ``b (..., N, D)`` -> ``(..., M, N)``: for float32 points
+    in the ball (``c > 0``) ``arcosh(1 + t)/sqrt(c)`` with ``t`` from one float64 GEMM
+    (:func:`pairwise_arg`); otherwise the stereographic kernel's difference form."""
+    if c > 0 and wide_dtype(xp, a.dtype) is not None:
+        return _arcosh1p(pairwise_arg(a, b, c, xp), xp) / math.sqrt(c)
     return st.pairwise_dist(a, b, -c, xp)
 
 
@@ -287,6 +401,64 @@ def einstein_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace) 
     (a fully masked query) gives the origin.
     """
     return _project(st.midpoint_aggregate(w, x, -c, xp), c, eps, xp)
+
+
+#: scores in one query tile of the generic tiled attention, all batch items together
+_ATTN_TILE = 1 << 20
+
+
+def value_factors(v: Array, c: float, xp: Namespace) -> Array:
+    """``[lambda_v v, lambda_v - 1]`` ``(..., N, Dv + 1)``: one GEMM with the weights gives the numerator
+    and the denominator of the Einstein midpoint in the Klein model (see :func:`einstein_aggregate`)."""
+    lam = 2.0 / _one_minus(_sqnorm(v, xp), c, xp)
+    return xp.concat([lam * v, lam - 1.0], axis=-1)
+
+
+def klein_ratio(nd: Array, c: float, eps: float, xp: Namespace) -> Array:
+    """The point of the ball from ``[sum w lambda v, sum w (lambda - 1)]`` (the last column is the
+    denominator; a zero denominator, a fully masked row, gives the origin)."""
+    den = nd[..., -1:]
+    k = nd[..., :-1] / xp.clip(den, min=float(xp.finfo(den.dtype).smallest_normal))
+    return _from_klein(k, c, eps, xp)
+
+
+def einstein_attention(q: Array, k: Array, v: Array, c: float, temperature: float, mask: Array | None, eps: float, xp: Namespace) -> Array:
+    r"""Hyperbolic attention with Einstein-midpoint aggregation, tiled over queries.
+
+    ``out_i = EinsteinMidpoint_c({v_j}, softmax_j(-d_c(q_i, k_j)/T + mask_ij))`` (Gulcehre et al. 2019)
+    for ``q (..., M, D)``, ``k (..., N, D)``, ``v (..., N, Dv)`` (validated, in the compute dtype) and a
+    prepared ``mask`` broadcastable to ``(..., M, N)`` (bool True = attend, or float added).
+
+    Each tile of queries takes two GEMMs: the distance arguments ``t`` (:func:`pairwise_arg`; one
+    GEMM of width ``D + 2``) and ``w @ [lambda v, lambda - 1]`` (:func:`value_factors`), the numerator
+    and denominator of the Klein-model midpoint. Only a ``(rows, N)`` tile of scores exists at a
+    time, so memory is ``O(N * rows)`` beside the inputs. NumPy float32 arrays take the threaded
+    in-place path of :mod:`.poincare_numpy`, which computes the same formulas.
+    """
+    from .poincare_numpy import einstein_attention_numpy
+
+    fast = einstein_attention_numpy(q, k, v, c, temperature, mask, eps) if c > 0 else None
+    if fast is not None:
+        return fast
+    m, n = int(q.shape[-2]), int(k.shape[-2])
+    batch = math.prod(np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2])))
+    rows = max(1, _ATTN_TILE // max(1, batch * n))
+    vf = value_factors(v, c, xp)
+    wide = wide_dtype(xp, q.dtype) if c > 0 else None
+    fq = None if wide is None else query_factor(q, c, xp, wide)
+    fk = None if wide is None else xp.matrix_transpose(key_factor(k, c, xp, wide))
+    parts = []
+    with small_gemms(xp):
+        for i0 in range(0, m, rows):
+            i1 = min(m, i0 + rows)
+            if fq is None or fk is None:  # float64 (or c = 0, the flat limit): the stereographic kernel
+                d = pairwise_dist_kernel(q[..., i0:i1, :], k, c, xp)
+            else:
+                d = _arcosh1p(xp.clip(xp.astype(xp.matmul(fq[..., i0:i1, :], fk), q.dtype), min=0.0), xp) / math.sqrt(c)
+            logits = apply_mask_tile(d * (-1.0 / temperature), mask, xp, i0, i1, 0, n)
+            parts.append(xp.matmul(safe_softmax(logits, xp, axis=-1), vf))
+    nd = parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2)
+    return klein_ratio(nd, c, eps, xp)
 
 
 def frechet_aggregate(w: Array, x: Array, c: float, eps: float, xp: Namespace, iters: int, tol: float, init: Array | None = None) -> Array:
@@ -485,7 +657,8 @@ def _points_and_weights(x: Any, weights: Any, c: float) -> tuple[_Prepared, Arra
             raise ShapeError(
                 f"weights: leading dimensions {shape_str(w.shape[:-1])} do not broadcast with those of x {shape_str(a.shape[:-2])}"
             ) from None
-        if not bool(p.xp.all(w >= 0.0)):
+        nonneg = p.xp.all(w >= 0.0)
+        if not is_traced(nonneg) and not bool(nonneg):
             raise AttentionError(f"weights: expected non-negative weights, got a minimum of {float(p.xp.min(w)):.6g}")
     if a.shape[-2] == 0:
         raise ShapeError("x: expected at least one point (N >= 1), got an empty set")

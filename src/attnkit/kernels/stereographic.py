@@ -59,7 +59,7 @@ from typing import Any, cast
 
 import array_api_compat
 
-from .._array import Array, Namespace, finite_float, namespace
+from .._array import Array, Namespace, finite_float, is_traced, namespace
 
 __all__ = [
     "tan_k",
@@ -468,7 +468,9 @@ def frechet_aggregate(
     ``log_mu(x_j) = β A(κ|w_j|^2) (β x_j - α_j mu) / δ_j`` (``w_j = (-mu) (+) x_j``), so
     ``sum_j a_j log_mu(x_j) = β (β (a A/δ) @ x - (sum_j a_j A_j α_j/δ_j) mu)``: ``(M, N)`` scalars and
     one matrix product. ``tol > 0`` stops once the longest step (in distance) is shorter than ``tol``
-    (a Python test on data, so leave ``tol = 0`` to trace the fixed ``iters`` steps under ``jax.jit``).
+    (on traced values, ``jax.jit`` / ``torch.compile``, all ``iters`` steps are traced and the means
+    are frozen from the step where the test would have stopped: the same result; compile time grows
+    with ``iters``).
     For κ < 0 every step is projected into the ball with the margin ``eps`` (default :func:`margin`).
     """
     xp = xp or namespace(w, x)
@@ -478,6 +480,7 @@ def frechet_aggregate(
     mu = project(mu, k, e, xp)
     x2 = xp.expand_dims(xp.sum(x * x, axis=-1), axis=-2)  # (..., 1, N)
     opx = _one_plus(x2, k, xp)
+    done = None
     for _ in range(iters):
         sq = pairwise_sqdist(mu, x, xp)  # (..., M, N)
         mu2 = _sq(mu, xp)  # (..., M, 1)
@@ -494,11 +497,21 @@ def frechet_aggregate(
         h = xp.where(k < 0, r / xp.tanh(r), xp.ones_like(r))
         lip = xp.sum(w * h, axis=-1, keepdims=True)
         step = v / xp.clip(lip, min=1.0)
-        mu = project(expmap(mu, step, k, xp), k, e, xp)
-        if tol > 0:
-            moved = 2.0 * _norm(step, xp) / beta  # λ_mu |step|, the length of the step
-            if math.prod(moved.shape) == 0 or not bool(xp.max(moved) > tol):
-                break
+        new = project(expmap(mu, step, k, xp), k, e, xp)
+        if tol <= 0 or math.prod(mu.shape) == 0:
+            mu = new
+            continue
+        moved = 2.0 * _norm(step, xp) / beta  # λ_mu |step|, the length of the step
+        going = xp.max(moved) > tol
+        if is_traced(going):
+            # no early exit inside a graph (jax.jit, torch.compile): every step is traced, and the
+            # means are frozen from the step on which the loop would have stopped (the same result)
+            mu = new if done is None else xp.where(done, mu, new)
+            done = ~going if done is None else done | ~going
+            continue
+        mu = new
+        if not bool(going):
+            break
     return mu
 
 

@@ -71,11 +71,15 @@ def prepare_sequence(
     dim: int | None,
     check: bool = True,
     same_length: bool = False,
+    grouped: bool = False,
 ) -> SequenceInputs:
     """Validate ``q, k, v, mask`` for a sequence mechanism with ``heads`` heads of width ``dim``.
 
     ``k`` and ``v`` default to ``q`` (self-attention). ``dim=None`` accepts any head width.
-    ``same_length`` requires ``Lq == Lk`` (mechanisms defined on one sequence).
+    ``same_length`` requires ``Lq == Lk`` (mechanisms defined on one sequence). ``grouped`` lets
+    keys and values have ``Hkv`` heads where ``Hkv`` divides ``heads`` (grouped-query attention;
+    multi-query with ``Hkv = 1``); query head ``h`` then uses key/value head ``h // (heads / Hkv)``.
+    A flat key/value is then read with the query's ``heads``.
     """
     self_attention = k is None and v is None
     if not self_attention and (k is None or v is None):
@@ -97,8 +101,16 @@ def prepare_sequence(
     for name, x in (("query", q), ("key", k), ("value", v)):
         if x.ndim < 3:
             raise ShapeError(f"{name}: expected shape (..., L, H={heads}, D) or a flat array, got {shape_str(x.shape)}")
-        if x.shape[-2] != heads:
-            raise ShapeError(f"{name}: expected H = heads = {heads} along axis -2, got {x.shape[-2]} (shape {shape_str(x.shape)})")
+        if name == "query" or not grouped:
+            if x.shape[-2] != heads:
+                raise ShapeError(f"{name}: expected H = heads = {heads} along axis -2, got {x.shape[-2]} (shape {shape_str(x.shape)})")
+        elif x.shape[-2] == 0 or heads % x.shape[-2]:
+            raise ShapeError(
+                f"{name}: expected a number of key/value heads that divides heads = {heads} along axis -2 "
+                f"(grouped-query attention), got {x.shape[-2]} (shape {shape_str(x.shape)})"
+            )
+    if v.shape[-2] != k.shape[-2]:
+        raise ShapeError(f"value: expected {k.shape[-2]} heads (as key) along axis -2, got {v.shape[-2]} (shape {shape_str(v.shape)})")
     if dim is not None and q.shape[-1] != dim:
         raise ShapeError(f"query: expected head dim D = dim = {dim} along the last axis, got {q.shape[-1]} (shape {shape_str(q.shape)})")
     if k.shape[-1] != q.shape[-1]:
@@ -132,4 +144,3 @@ def prepare_sequence(
     target = (*batch, heads, lq, lk)
     pm = prepare_mask(mask, xp, target, cdt, device=device)
     return SequenceInputs(xp=xp, q=qh, k=kh, v=vh, mask=pm, out_dtype=out_dtype, flat=flat, device=device)
-

@@ -4,18 +4,25 @@
 
 Inputs are ``q: (..., Lq, H, D)``, ``k: (..., Lk, H, D)``, ``v: (..., Lk, H, Dv)``, or the spec's flat
 arrays of length ``L*H*D``. ``causal=True`` is bottom-right aligned when ``Lq != Lk``.
+
+Keys and values may have ``Hkv`` heads where ``Hkv`` divides ``H`` (grouped-query attention, Ainslie
+et al. 2023; multi-query with ``Hkv = 1``, Shazeer 2019), inferred from the shapes as torch's
+``enable_gqa``: query head ``h`` uses key/value head ``h // (H / Hkv)``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .._array import Array, nonzero_float, positive_int, probability
-from ..kernels.dense import attention_weights, sdpa
+from .._array import Array, nonzero_float, positive_float, positive_int, probability
+from ..errors import ConfigError
+from ..kernels.dense import NO_WINDOW, attention_weights, sdpa
+from ..kernels.engine import check_engine
+from ..kernels.masks import alibi_slopes
 from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
 from ._sequence import prepare_sequence
 from .base import Mechanism
@@ -34,6 +41,18 @@ class FlashAttention(Mechanism):
     ``seed`` seeds the dropout generator; ``check_finite`` rejects NaN/inf input; ``rope``: a
     :class:`~attnkit.RotaryEmbedding` (or ``True``/``"half"``/``"interleaved"``) applied to q and k
     (keys at positions ``0..Lk-1``, queries bottom-right aligned at ``Lk-Lq..Lk-1``).
+
+    FlashAttention-2's options (Dao 2023), bottom-right aligned when ``Lq != Lk`` like ``causal``:
+    ``window=(left, right)`` (``window_size``): query ``i`` sees keys ``i-left .. i+right``, a negative
+    side unbounded, ``(-1, -1)`` no window (a string ``"left,right"`` is accepted); ``alibi_slopes``:
+    ``heads`` slopes, the score of head ``h`` gets ``-slope_h * |i - j|`` (Press et al. 2022, ALiBi;
+    ``"default"`` or ``True`` takes the paper's geometric slopes);
+    ``softcap``: scores become ``softcap * tanh(s / softcap)`` before biases and masks (Gemma 2).
+
+    ``engine`` (NumPy inputs): ``"auto"`` (default: torch's fused kernel through zero-copy views where
+    a cached per-machine calibration finds it faster and torch is already imported or the call is
+    large), ``"numpy"`` (attnkit's NumPy path) or ``"torch"``; ``$ATTNKIT_ENGINE`` overrides ``"auto"``.
+    See :mod:`attnkit.kernels.engine`.
     """
 
     name = "flash"
@@ -54,6 +73,10 @@ class FlashAttention(Mechanism):
         seed: int | None = None,
         check_finite: bool = True,
         rope: RotaryEmbedding | str | bool | None = None,
+        window: tuple[int, int] | str | None = NO_WINDOW,
+        alibi_slopes: Sequence[float] | str | None = None,
+        softcap: float | None = None,
+        engine: str = "auto",
     ) -> None:
         super().__init__()
         self.heads = positive_int(heads, "heads")
@@ -66,6 +89,13 @@ class FlashAttention(Mechanism):
         self.seed = seed
         self.check_finite = bool(check_finite)
         self.rope = as_rope(rope, self.dim)  # rotary embedding of q/k (see attnkit.kernels.rope.apply_rope_qk)
+        self.window = _window(window)
+        self.alibi_slopes = _slopes(alibi_slopes, self.heads)
+        self.softcap = None if softcap is None else positive_float(softcap, "softcap")
+        self.engine = check_engine(engine)
+
+    def _extras(self) -> dict[str, Any]:
+        return dict(window=self.window, alibi_slopes=self.alibi_slopes, softcap=self.softcap)
 
     @property
     def effective_scale(self) -> float:
@@ -73,22 +103,32 @@ class FlashAttention(Mechanism):
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``."""
-        s = prepare_sequence(query, key, value, mask, heads=self.heads, dim=self.dim, check=self.check_finite)
+        s = prepare_sequence(query, key, value, mask, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True)
         s.q, s.k = apply_rope_qk(self.rope, s.q, s.k)
         p = self.dropout if self.training else 0.0
         out = sdpa(
-            s.q, s.k, s.v, xp=s.xp, scale=self.effective_scale, mask=s.mask, causal=self.causal,
-            dropout_p=p, rng=self._rng() if p > 0 else None, block_size=self.block_size,
+            s.q,
+            s.k,
+            s.v,
+            xp=s.xp,
+            scale=self.effective_scale,
+            mask=s.mask,
+            causal=self.causal,
+            dropout_p=p,
+            rng=self._rng() if p > 0 else None,
+            block_size=self.block_size,
             backend="auto" if self.simd else "generic",
+            **self._extras(),
+            engine=self.engine,
         )
         return s.finish(out)
 
     def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
         """The attention probabilities ``(..., H, Lq, Lk)`` (the spec's ``attentionScores``; O(Lq*Lk))."""
         kk = query if key is None else key
-        s = prepare_sequence(query, kk, kk, mask, heads=self.heads, dim=self.dim, check=self.check_finite)
+        s = prepare_sequence(query, kk, kk, mask, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True)
         s.q, s.k = apply_rope_qk(self.rope, s.q, s.k)
-        w = attention_weights(s.q, s.k, xp=s.xp, scale=self.effective_scale, mask=s.mask, causal=self.causal)
+        w = attention_weights(s.q, s.k, xp=s.xp, scale=self.effective_scale, mask=s.mask, causal=self.causal, **self._extras())
         if w.dtype != s.out_dtype:
             w = s.xp.astype(w, s.out_dtype)
         return s.xp.reshape(w, (-1,)) if s.flat else w
@@ -97,3 +137,46 @@ class FlashAttention(Mechanism):
         rng = rng or np.random.default_rng()
         shape = (seq_len, self.heads, self.dim)
         return tuple(rng.standard_normal(shape, dtype=np.float32) for _ in range(3))
+
+
+def _window(value: object) -> tuple[int, int]:
+    """``window`` as ``(left, right)`` ints >= -1 (-1: unbounded), from a pair, ``None`` or ``"left,right"``."""
+    if value is None:
+        return NO_WINDOW
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        try:
+            value = tuple(int(p) for p in parts)
+        except ValueError:
+            raise ConfigError(f"window: expected 'left,right' (two integers, -1 = unbounded), got {value!r}") from None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ConfigError(f"window: expected (left, right), two integers >= -1 (-1 = unbounded), got {value!r}")
+    out = []
+    for side in value:
+        if isinstance(side, bool) or not isinstance(side, (int, np.integer)) or int(side) < -1:
+            raise ConfigError(f"window: expected (left, right), two integers >= -1 (-1 = unbounded), got {value!r}")
+        out.append(int(side))
+    return (out[0], out[1])
+
+
+def _slopes(value: object, heads: int) -> np.ndarray | None:
+    """``alibi_slopes`` as a float64 array of ``heads`` finite numbers (or ``"s1,s2,..."``), or ``None``;
+    ``True`` (or ``"default"``) gives the paper's geometric slopes (:func:`~attnkit.kernels.masks.alibi_slopes`)."""
+    if value is None or value is False:
+        return None
+    if value is True or (isinstance(value, str) and value.strip().lower() in ("true", "default")):
+        return alibi_slopes(heads)
+    if isinstance(value, str):
+        try:
+            value = [float(p) for p in value.split(",")]
+        except ValueError:
+            raise ConfigError(f"alibi_slopes: expected {heads} comma-separated numbers, got {value!r}") from None
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"alibi_slopes: expected {heads} numbers (one per head), got {value!r}") from None
+    if arr.shape != (heads,):
+        raise ConfigError(f"alibi_slopes: expected {heads} numbers (one per head), got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ConfigError("alibi_slopes: expected finite numbers, got NaN or infinity")
+    return arr

@@ -20,7 +20,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, as_float_array, broadcast_shapes, non_negative_int, one_of, positive_float, positive_int, shape_str, torch_compiling
+from .._array import Array, as_float_array, broadcast_shapes, is_traced, non_negative_int, one_of, positive_float, positive_int, shape_str
 from ..errors import ConfigError, ShapeError
 from ..kernels.linear import DEFAULT_CHUNK_SIZE, FEATURE_MAPS, default_nb_features, feature_dim, linear_attention, orthogonal_random_features
 from ..kernels.masks import prepare_mask
@@ -49,7 +49,9 @@ class LinearAttention(Mechanism):
 
     ``mask`` is a key mask: which keys exist, the same for every query. Accepted shapes: ``(Lk,)``;
     ``(*batch, Lk)`` when the inputs have batch dimensions ``batch`` (like torch's
-    ``key_padding_mask``, but True = key present, DESIGN.md's convention); or any shape that
+    ``key_padding_mask``, but True = key present, DESIGN.md's convention), unless the last batch
+    dimension equals ``Lq > 1``: such a mask is read as the score layout ``(..., Lq, Lk)`` below
+    (pass ``(*batch, 1, 1, Lk)`` then); or any shape that
     broadcasts to ``(*batch, H, 1, Lk)``. A mask of the attention-score layout ``(..., Lq, Lk)`` is
     accepted only if all its query rows are equal (``create_mask("padding", L)`` is). A bool mask
     drops the keys that are False; a float mask is added to ``log phi(k_j)`` (``-inf`` drops the key;
@@ -125,14 +127,23 @@ class LinearAttention(Mechanism):
     # ------------------------------------------------------------------ forward
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Linear attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``."""
-        s = prepare_sequence(query, key, value, None, heads=self.heads, dim=self.dim, check=self.check_finite)
+        s = prepare_sequence(query, key, value, None, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True)
         key_mask = self._key_mask(mask, s)
         projection = None
         if self.feature_map == "favor":
             projection = self._params_like(params, s.q)[_PROJECTION]
         out = linear_attention(
-            s.q, s.k, s.v, xp=s.xp, feature_map=self.feature_map, eps=self.eps, causal=self.causal,
-            chunk_size=self.chunk_size, key_mask=key_mask, nu=self.nu, projection=projection,
+            s.q,
+            s.k,
+            s.v,
+            xp=s.xp,
+            feature_map=self.feature_map,
+            eps=self.eps,
+            causal=self.causal,
+            chunk_size=self.chunk_size,
+            key_mask=key_mask,
+            nu=self.nu,
+            projection=projection,
         )
         return s.finish(out)
 
@@ -157,7 +168,7 @@ class LinearAttention(Mechanism):
             mshape = (lq, lk)
         if len(mshape) == 0:
             raise ShapeError(f"mask: expected a key mask of shape (Lk,) = ({lk},), (*batch, Lk) or (..., H, 1, Lk), got a scalar")
-        if len(mshape) == 1 or (batch and len(mshape) == len(batch) + 1):
+        if len(mshape) == 1 or self._is_batch_key_mask(mshape, batch, lq):
             if mshape[-1] != lk:
                 raise ShapeError(f"mask: expected a key mask with Lk = {lk} entries along the last axis, got shape {shape_str(mshape)}")
             mask = reshape.reshape(mask, (*mshape[:-1], 1, 1, lk) if len(mshape) > 1 else (1, lk))
@@ -165,15 +176,37 @@ class LinearAttention(Mechanism):
         pm = prepare_mask(mask, xp, target, s.q.dtype, device=s.device)
         assert pm is not None
         if int(pm.shape[-2]) != 1:
-            # a value check: skipped while torch.compile traces (it cannot branch on values); the first row is used
-            if not torch_compiling() and not bool(xp.all(pm == pm[..., :1, :])):
+            # skipped on traced masks (jax.jit, torch.compile: no value to compare); the first row is used
+            same = xp.all(pm == pm[..., :1, :])
+            if not is_traced(same) and not bool(same):
                 raise ShapeError(
                     f"mask: linear attention can only drop or weight keys for all queries at once (a key mask of shape "
                     f"(Lk,), (*batch, Lk) or (..., H, 1, Lk)); got a mask of shape {shape_str(mshape)} whose query rows differ. "
                     "Use causal=True for causal masking, or FlashAttention for a general mask"
+                    + (
+                        f" (a {len(mshape)}-d mask whose second-to-last axis is Lq = {lq} is read as (..., Lq, Lk); "
+                        "pass per-batch key masks as (*batch, 1, 1, Lk))"
+                        if len(mshape) == len(batch) + 1 and mshape[-2] == lq
+                        else ""
+                    )
                 )
             pm = pm[..., :1, :]
         return xp.matrix_transpose(pm)
+
+    @staticmethod
+    def _is_batch_key_mask(mshape: tuple[int, ...], batch: tuple[int, ...], lq: int) -> bool:
+        """Whether a mask of shape ``mshape`` is read as ``(*batch, Lk)``, one key mask per batch entry.
+
+        It is when it has one axis more than ``batch``, its leading axes broadcast to ``batch``, and
+        it cannot be the attention-score layout ``(..., Lq, Lk)``: a mask whose second-to-last axis
+        has length ``Lq > 1`` is read as ``(..., Lq, Lk)`` (as by every other mechanism), so that
+        ``create_mask(kind, L)`` means the same here whatever the batch size.
+        """
+        if not batch or len(mshape) != len(batch) + 1:
+            return False
+        if any(m not in (1, b) for m, b in zip(mshape[:-1], batch, strict=True)):
+            return False
+        return not (lq > 1 and mshape[-2] == lq)
 
     def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         rng = rng or np.random.default_rng()

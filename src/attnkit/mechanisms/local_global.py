@@ -128,7 +128,7 @@ class LocalGlobalAttention(Mechanism):
         return local_global_mask(n, self.radius, self.global_indices(n), self.causal)
 
     def _prepare(self, q: Any, k: Any, v: Any, mask: Any, positions: Any) -> Any:
-        s = prepare_sequence(q, k, v, mask, heads=self.heads, dim=self.dim, check=self.check_finite, same_length=True)
+        s = prepare_sequence(q, k, v, mask, heads=self.heads, dim=self.dim, check=self.check_finite, same_length=True, grouped=True)
         if self.rope is not None:
             s.q = self.rope.apply(s.q, positions, seq_axis=-2)
             s.k = self.rope.apply(s.k, positions, seq_axis=-2)
@@ -148,8 +148,16 @@ class LocalGlobalAttention(Mechanism):
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, positions: Any = None) -> Array:
         s = self._prepare(query, key, value, mask, positions)
         out = local_global_attention(
-            s.q, s.k, s.v, xp=s.xp, scale=self.effective_scale, radius=self.radius,
-            global_idx=self.global_indices(s.lq), causal=self.causal, mask=s.mask, block=self.block_size,
+            s.q,
+            s.k,
+            s.v,
+            xp=s.xp,
+            scale=self.effective_scale,
+            radius=self.radius,
+            global_idx=self.global_indices(s.lq),
+            causal=self.causal,
+            mask=s.mask,
+            block=self.block_size,
         )
         return s.finish(out)
 
@@ -158,9 +166,14 @@ class LocalGlobalAttention(Mechanism):
         s = self._prepare(query, kk, kk, mask, positions)
         xp = s.xp
         pattern = xp.asarray(self.dense_mask(s.lq), device=s.device)
-        m = pattern if s.mask is None else (
-            xp.logical_and(s.mask, pattern) if xp.isdtype(s.mask.dtype, "bool")
-            else xp.where(pattern, s.mask, xp.asarray(-xp.inf, dtype=s.mask.dtype, device=s.device))
+        m = (
+            pattern
+            if s.mask is None
+            else (
+                xp.logical_and(s.mask, pattern)
+                if xp.isdtype(s.mask.dtype, "bool")
+                else xp.where(pattern, s.mask, xp.asarray(-xp.inf, dtype=s.mask.dtype, device=s.device))
+            )
         )
         w = attention_weights(s.q, s.k, xp=xp, scale=self.effective_scale, mask=m)
         if w.dtype != s.out_dtype:

@@ -50,6 +50,7 @@ from .._array import (
 from ..errors import ConfigError, ShapeError
 from ..kernels import poincare as pc
 from ..kernels import stereographic as st
+from ..kernels.dense import sdpa
 from ..kernels.masks import apply_mask
 from ..kernels.softmax import safe_softmax
 from ._headless import prepare_headless
@@ -237,8 +238,15 @@ class MixedCurvatureAttention(Mechanism):
         sq = None
         for k, fw, qf, kf in zip(kappas, self.factor_weights, qs, ks, strict=True):
             if fw:
-                d = st.pairwise_dist(qf, kf, k, xp)
-                sq = fw * d * d if sq is None else sq + fw * d * d
+                if isinstance(k, float) and k < 0:  # a fixed ball: one GEMM of width D + 2 (float64 for float32)
+                    d = pc.pairwise_dist_kernel(qf, kf, -k, xp)
+                    d2 = d * d
+                elif isinstance(k, float) and k == 0:  # flat: d = 2|x - y| (the stereographic metric at κ = 0)
+                    d2 = 4.0 * pc.pairwise_sqdist_gemm(qf, kf, xp)
+                else:
+                    d = st.pairwise_dist(qf, kf, k, xp)
+                    d2 = d * d
+                sq = fw * d2 if sq is None else sq + fw * d2
         if sq is None:  # unreachable: some weight is > 0
             raise ConfigError("factor_weights: every factor has weight 0")
         return _safe_sqrt(sq, xp)
@@ -358,9 +366,16 @@ class DualSpaceAttention(Mechanism):
         h = prepare_headless(query, key, value, mask, dim=self.dim, check=self.check_finite, compute=pc.geometry_dtype)
         xp, qa, ka, va, m = h.xp, h.q, h.k, h.v, h.mask
         parts = []
-        if self.mix < 1.0:
-            logits = apply_mask((qa * self.effective_scale) @ xp.matrix_transpose(ka), m, xp)
-            parts.append((1.0 - self.mix) * (safe_softmax(logits, xp) @ va))
+        if self.mix < 1.0:  # the dense kernel (NumPy's fast path, torch's fused SDPA), one head
+            e = sdpa(
+                xp.expand_dims(qa, axis=-3),
+                xp.expand_dims(ka, axis=-3),
+                xp.expand_dims(va, axis=-3),
+                xp=xp,
+                scale=self.effective_scale,
+                mask=None if m is None else xp.expand_dims(m, axis=-3),
+            )
+            parts.append((1.0 - self.mix) * e[..., 0, :, :])
         if self.mix > 0.0:
             hyp = self._hyp.forward(qa, ka, va, mask=m)
             parts.append(self.mix * self._hyp.from_poincare(hyp))

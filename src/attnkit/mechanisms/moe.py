@@ -23,6 +23,7 @@ import numpy as np
 from .._array import (
     Array,
     as_float_array,
+    is_traced,
     namespace,
     one_of,
     positive_float,
@@ -34,7 +35,6 @@ from .._array import (
 from ..errors import ConfigError, DTypeError, ShapeError
 from ..kernels.masks import prepare_mask
 from ..kernels.moe import expert_capacity, load_balancing_loss, top_k_routing
-from ..kernels.segment import segment_sum
 from ..kernels.softmax import safe_softmax
 from ._headless import prepare_headless
 from ._learned import LearnedParams, glorot
@@ -220,7 +220,7 @@ class MoEAttention(LearnedParams, Mechanism):
         self._params = {k: v for k, v in loaded.items() if k.startswith("router.")}
         for i, ex in enumerate(self._experts):
             prefix = f"experts.{i}."
-            own = {k[len(prefix):]: v for k, v in loaded.items() if k.startswith(prefix)}
+            own = {k[len(prefix) :]: v for k, v in loaded.items() if k.startswith(prefix)}
             if own:
                 ex._params = {k: own[k].astype(ex._params[k].dtype) for k in ex._params}
                 ex._cache.pop("converted", None)
@@ -316,52 +316,63 @@ class MoEAttention(LearnedParams, Mechanism):
         t = nb * lq
         qf = xp.reshape(qa, (t, d))
         p = self._params_like({k: v for k, v in params.items() if k.startswith("router.")}, qf)
-        expert_params = [
-            {k[len(f"experts.{i}."):]: v for k, v in params.items() if k.startswith(f"experts.{i}.")} for i in range(self.num_experts)
-        ]
+        expert_params = [{k[len(f"experts.{i}.") :]: v for k, v in params.items() if k.startswith(f"experts.{i}.")} for i in range(self.num_experts)]
         xr = qf
         if self.training and self.jitter_noise > 0:
             noise = self._rng().uniform(1.0 - self.jitter_noise, 1.0 + self.jitter_noise, size=(t, d))
             xr = qf * xp.asarray(noise, dtype=qf.dtype, device=dev)
         probs = safe_softmax(xr @ xp.matrix_transpose(p["router.weight"]) + p["router.bias"], xp)  # (T, E)
-        probs_np = np.asarray(to_numpy(probs), dtype=np.float64)
         cap = expert_capacity(t, self.num_experts, self.top_k, self.expert_capacity)
-        chosen, keep = top_k_routing(probs_np, self.top_k, cap)
-        tok = np.arange(t)[:, None]
-        flat = xp.asarray((tok * self.num_experts + chosen).reshape(-1), device=dev)
-        top = xp.reshape(xp.take(xp.reshape(probs, (-1,)), flat, axis=0), (t, self.top_k))
-        gates = xp.reshape(top / xp.sum(top, axis=-1, keepdims=True), (-1,))  # renormalised, flat (T*k,)
-        contribs, ids = [], []
-        for e in range(self.num_experts):
-            sel_t, sel_r = np.nonzero((chosen == e) & keep)
-            if sel_t.size == 0:
-                continue
-            for b in np.unique(sel_t // lq):
-                rows = sel_t // lq == b
-                tt, rr = sel_t[rows], sel_r[rows]
-                out_e = self._call_expert(e, expert_params[e], xp.take(qf, xp.asarray(tt, device=dev), axis=0), ka[int(b), ...], va[int(b), ...],
-                                          None if m is None else m[int(b), ...])
-                g = xp.take(gates, xp.asarray(tt * self.top_k + rr, device=dev), axis=0)
-                contribs.append(out_e * g[:, None])
-                ids.append(tt)
-        if contribs:
-            out = segment_sum(xp.concat(contribs, axis=0), xp.asarray(np.concatenate(ids), device=dev), t, xp)
-        else:  # pragma: no cover - capacity >= 1 always serves someone
-            out = xp.zeros((t, dv), dtype=qf.dtype, device=dev)
-        dropped = ~keep.any(axis=1)
-        if self.overflow == "pass_through" and dropped.any():
-            out = xp.where(xp.asarray(dropped[:, None], device=dev), qf, out)
-        # statistics and the auxiliary loss
-        self.last_aux_loss = load_balancing_loss(probs, chosen[:, 0], self.num_experts, xp)
-        if isinstance(self.last_aux_loss, np.ndarray) or np.isscalar(self.last_aux_loss):
-            self.last_aux_loss = float(self.last_aux_loss)
-        st = self._stats
-        st["calls"] += 1
-        st["tokens"] += t
-        st["assignments"] += np.bincount(chosen.reshape(-1), minlength=self.num_experts)
-        st["kept"] += np.bincount(chosen[keep], minlength=self.num_experts)
-        st["dropped_tokens"] += int(dropped.sum())
-        self.last_routing = {"experts": chosen, "keep": keep, "probs": probs_np, "capacity": np.asarray(cap)}
+        chosen, keep = top_k_routing(probs, self.top_k, cap, xp)  # (T, k) each, in xp on dev
+        top = xp.take_along_axis(probs, chosen, axis=1)
+        gates = top / xp.sum(top, axis=-1, keepdims=True)  # renormalised over the k choices
+        # served[t, e]: expert e serves token t; gate[t, e]: its gate (0 where not served). A token's k
+        # choices are distinct experts, so each sum over r has one term at most (exact).
+        assign = (chosen[:, :, None] == xp.arange(self.num_experts, device=dev)[None, None, :]) & keep[:, :, None]
+        served = xp.any(assign, axis=1)
+        gate = xp.sum(xp.where(assign, gates[:, :, None], xp.zeros_like(gates[:, :, None])), axis=1)
+        traced = is_traced(probs)
+        rows = []
+        for b in range(nb):
+            sl = slice(b * lq, (b + 1) * lq)
+            q_b, s_b, g_b = qa[b, ...], served[sl, :], gate[sl, :]
+            acc = None
+            for e in range(self.num_experts):
+                sel = s_b[:, e : e + 1]
+                if traced:
+                    # shapes cannot depend on the routing inside a graph: the expert sees every query
+                    # of the batch item, and the unserved rows are masked out (the same values)
+                    full = self._call_expert(e, expert_params[e], q_b, ka[b, ...], va[b, ...], None if m is None else m[b, ...])
+                else:
+                    idx = xp.nonzero(s_b[:, e])[0]
+                    if int(idx.shape[0]) == 0:
+                        continue
+                    sub = self._call_expert(e, expert_params[e], xp.take(q_b, idx, axis=0), ka[b, ...], va[b, ...], None if m is None else m[b, ...])
+                    # back to one row per query: row i of sub serves the i-th served query
+                    pos = xp.clip(xp.cumulative_sum(xp.astype(s_b[:, e], xp.int64)) - 1, min=0)
+                    full = xp.take(sub, pos, axis=0)
+                contrib = xp.where(sel, full * g_b[:, e : e + 1], xp.zeros_like(full))
+                acc = contrib if acc is None else acc + contrib
+            rows.append(xp.zeros((lq, dv), dtype=qf.dtype, device=dev) if acc is None else acc)
+        out = rows[0] if nb == 1 else xp.concat(rows, axis=0)
+        dropped = ~xp.any(keep, axis=1)
+        if self.overflow == "pass_through":
+            out = xp.where(dropped[:, None], qf, out)
+        # statistics and the auxiliary loss: host bookkeeping, only for concrete values (inside a
+        # jax.jit / torch.compile graph they would leak tracers; they are left untouched there)
+        if not traced:
+            self.last_aux_loss = load_balancing_loss(probs, chosen[:, 0], self.num_experts, xp)
+            if isinstance(self.last_aux_loss, np.ndarray) or np.isscalar(self.last_aux_loss):
+                self.last_aux_loss = float(self.last_aux_loss)
+            chosen_np, keep_np = to_numpy(chosen).astype(np.int64), to_numpy(keep).astype(bool)
+            st = self._stats
+            st["calls"] += 1
+            st["tokens"] += t
+            st["assignments"] += np.bincount(chosen_np.reshape(-1), minlength=self.num_experts)
+            st["kept"] += np.bincount(chosen_np[keep_np], minlength=self.num_experts)
+            st["dropped_tokens"] += int((~keep_np.any(axis=1)).sum())
+            probs_np = to_numpy(probs).astype(np.float64)
+            self.last_routing = {"experts": chosen_np, "keep": keep_np, "probs": probs_np, "capacity": np.asarray(cap)}
         return h.finish(xp.reshape(out, (*h.batch, lq, dv)))
 
     def dispose(self) -> None:

@@ -36,6 +36,7 @@ from .._array import (
 )
 from ..errors import AttentionError, ConfigError, ShapeError
 from ..kernels.dense import attention_weights, sdpa
+from ..kernels.gqa import group_keys, group_queries, ungroup
 from ..kernels.masks import prepare_mask, unflatten_mask
 from ..kernels.projection import linear, merge_heads, split_heads
 from ..weights import PROJECTIONS, load_state, to_attnkit
@@ -56,6 +57,12 @@ class MultiHeadAttention(LearnedParams, Mechanism):
     probabilities of the last forward for :meth:`get_attention_weights` (O(Lq*Lk) memory); with
     ``keep_weights=False`` the forward runs the O(L)-memory tiled kernel instead. Initialisation is
     torch's: Xavier-uniform projections, zero biases, seeded by ``seed``.
+
+    ``kv_heads`` (default ``heads``) must divide ``heads``: the key and value projections then have
+    ``kv_heads * head_dim`` outputs and each key/value head serves ``heads / kv_heads`` query heads
+    (grouped-query attention, Ainslie et al. 2023; multi-query attention with ``kv_heads=1``,
+    Shazeer 2019); query head ``h`` uses key/value head ``h // (heads / kv_heads)``, the convention
+    of torch's ``scaled_dot_product_attention(..., enable_gqa=True)``.
     """
 
     name = "multi_head"
@@ -76,12 +83,16 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         keep_weights: bool = True,
         seed: int | None = None,
         check_finite: bool = True,
+        kv_heads: int | None = None,
     ) -> None:
         super().__init__()
         self.model_dim = positive_int(model_dim, "model_dim")
         self.heads = positive_int(heads, "heads")
         if self.model_dim % self.heads:
             raise ConfigError(f"heads: expected a divisor of model_dim = {self.model_dim}, got {self.heads}")
+        self.kv_heads = self.heads if kv_heads is None else positive_int(kv_heads, "kv_heads")
+        if self.heads % self.kv_heads:
+            raise ConfigError(f"kv_heads: expected a divisor of heads = {self.heads} (grouped-query attention), got {self.kv_heads}")
         self.dropout = probability(dropout, "dropout")
         self.bias = bool(bias)
         self.kdim = positive_int(kdim, "kdim") if kdim is not None else None
@@ -97,31 +108,40 @@ class MultiHeadAttention(LearnedParams, Mechanism):
     def head_dim(self) -> int:
         return self.model_dim // self.heads
 
+    @property
+    def kv_dim(self) -> int:
+        """Width of the key and value projections, ``kv_heads * head_dim`` (``model_dim`` without GQA)."""
+        return self.kv_heads * self.head_dim
+
+    def _out_dims(self) -> dict[str, int]:
+        e = self.model_dim
+        return {"q_proj": e, "k_proj": self.kv_dim, "v_proj": self.kv_dim, "out_proj": e}
+
     def _in_dims(self) -> dict[str, int]:
         e = self.model_dim
         return {"q_proj": e, "k_proj": self.kdim or e, "v_proj": self.vdim or e, "out_proj": e}
 
     def _init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         e = self.model_dim
-        dims = self._in_dims()
+        dims, outs = self._in_dims(), self._out_dims()
         p: dict[str, np.ndarray] = {}
-        packed = dims["k_proj"] == e and dims["v_proj"] == e
+        packed = dims["k_proj"] == e and dims["v_proj"] == e and self.kv_heads == self.heads
         for name in ("q_proj", "k_proj", "v_proj"):
-            fan_out = 3 * e if packed else e  # torch applies xavier to the packed (3E, E) matrix
+            fan_out = 3 * e if packed else outs[name]  # torch applies xavier to the packed (3E, E) matrix
             bound = math.sqrt(6.0 / (dims[name] + fan_out))
-            p[f"{name}.weight"] = rng.uniform(-bound, bound, (e, dims[name])).astype(np.float32)
+            p[f"{name}.weight"] = rng.uniform(-bound, bound, (outs[name], dims[name])).astype(np.float32)
         bound = 1.0 / math.sqrt(e)  # torch's Linear default (kaiming_uniform, a=sqrt(5))
         p["out_proj.weight"] = rng.uniform(-bound, bound, (e, e)).astype(np.float32)
         if self.bias:
             for name in PROJECTIONS:
-                p[f"{name}.bias"] = np.zeros(e, dtype=np.float32)
+                p[f"{name}.bias"] = np.zeros(outs[name], dtype=np.float32)
         return p
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        e = self.model_dim
-        shapes = {f"{n}.weight": (e, d) for n, d in self._in_dims().items()}
+        outs = self._out_dims()
+        shapes: dict[str, tuple[int, ...]] = {f"{n}.weight": (outs[n], d) for n, d in self._in_dims().items()}
         if self.bias:
-            shapes.update({f"{n}.bias": (e,) for n in PROJECTIONS})
+            shapes.update({f"{n}.bias": (outs[n],) for n in PROJECTIONS})
         return shapes
 
     def load_weights(self, weights: Any, prefix: str | None = None) -> None:
@@ -183,8 +203,8 @@ class MultiHeadAttention(LearnedParams, Mechanism):
             mask = unflatten_mask(mask, lq, lk)
         pm = prepare_mask(mask, xp, (*batch, self.heads, lq, lk), cdt, device=array_api_compat.device(q))
         qh = split_heads(linear(q, w["q_proj.weight"], w.get("q_proj.bias"), xp), self.heads, xp)
-        kh = split_heads(linear(k, w["k_proj.weight"], w.get("k_proj.bias"), xp), self.heads, xp)
-        vh = None if v is None else split_heads(linear(v, w["v_proj.weight"], w.get("v_proj.bias"), xp), self.heads, xp)
+        kh = split_heads(linear(k, w["k_proj.weight"], w.get("k_proj.bias"), xp), self.kv_heads, xp)
+        vh = None if v is None else split_heads(linear(v, w["v_proj.weight"], w.get("v_proj.bias"), xp), self.kv_heads, xp)
         return qh, kh, vh, pm, w, out_dtype, flat, xp
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
@@ -198,7 +218,10 @@ class MultiHeadAttention(LearnedParams, Mechanism):
             if p > 0.0:
                 keep = (self._rng().random(tuple(probs.shape)) >= p) / (1.0 - p)
                 probs = probs * xp.asarray(keep, dtype=probs.dtype, device=array_api_compat.device(probs))
-            heads_out = probs @ vh
+            if self.kv_heads == self.heads:
+                heads_out = probs @ vh
+            else:  # each key/value head serves a group of query heads (broadcast, see kernels.gqa)
+                heads_out = ungroup(group_queries(probs, self.kv_heads, xp) @ group_keys(vh, xp), xp)
         else:
             self._cache.pop("weights", None)
             heads_out = sdpa(qh, kh, vh, xp=xp, scale=scale, mask=pm, causal=self.causal, dropout_p=p, rng=self._rng())
@@ -258,11 +281,23 @@ class CrossAttention(MultiHeadAttention):
         keep_weights: bool = True,
         seed: int | None = None,
         check_finite: bool = True,
+        kv_heads: int | None = None,
     ) -> None:
         self.query_dim = positive_int(query_dim, "query_dim")
         self.key_dim = positive_int(key_dim, "key_dim")
-        super().__init__(self.query_dim, heads=heads, dropout=dropout, bias=bias, kdim=self.key_dim,
-                         vdim=self.key_dim, causal=causal, keep_weights=keep_weights, seed=seed, check_finite=check_finite)
+        super().__init__(
+            self.query_dim,
+            heads=heads,
+            dropout=dropout,
+            bias=bias,
+            kdim=self.key_dim,
+            vdim=self.key_dim,
+            causal=causal,
+            keep_weights=keep_weights,
+            seed=seed,
+            check_finite=check_finite,
+            kv_heads=kv_heads,
+        )
 
     def _in_dims(self) -> dict[str, int]:
         e = self.model_dim
@@ -308,9 +343,19 @@ class SelfAttention(MultiHeadAttention):
         keep_weights: bool = True,
         seed: int | None = None,
         check_finite: bool = True,
+        kv_heads: int | None = None,
     ) -> None:
-        super().__init__(model_dim, heads=heads, dropout=dropout, bias=bias, causal=causal,
-                         keep_weights=keep_weights, seed=seed, check_finite=check_finite)
+        super().__init__(
+            model_dim,
+            heads=heads,
+            dropout=dropout,
+            bias=bias,
+            causal=causal,
+            keep_weights=keep_weights,
+            seed=seed,
+            check_finite=check_finite,
+            kv_heads=kv_heads,
+        )
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         if key is not None or value is not None:

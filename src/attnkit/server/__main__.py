@@ -12,7 +12,27 @@ from . import run
 from .settings import Settings
 
 
+def _missing_server_modules() -> list[str]:
+    import importlib
+
+    missing = []
+    for m in ("fastapi", "uvicorn"):
+        try:
+            importlib.import_module(m)
+        except ImportError:
+            missing.append(m)
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
+    missing = _missing_server_modules()
+    if missing:  # a core-only install: which extra to install, in one line, exit 2
+        print(
+            f"python -m attnkit.server: error: the server needs {' and '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} not installed: pip install 'attnkit[server]'",
+            file=sys.stderr,
+        )
+        return 2
     args_in = list(sys.argv[1:] if argv is None else argv)
     if args_in[:1] == ["serve"]:
         args_in = args_in[1:]

@@ -1,0 +1,181 @@
+r"""The NumPy float32 fast path of :func:`attnkit.kernels.poincare.einstein_attention`.
+
+Hyperbolic attention with Einstein-midpoint aggregation (Gulcehre et al. 2019, "Hyperbolic Attention
+Networks") computed like FlashAttention: per tile of ``rows`` queries,
+
+1. ``t = [r q, r|q|^2, r] @ [-2 s k, s, s|k|^2]^T`` in float64 (one GEMM of width ``D + 2``; see
+   :func:`attnkit.kernels.poincare.pairwise_arg`), so ``d_c(q_i, k_j) = arcosh(1 + t_ij)/sqrt(c)``;
+2. ``z = 1 + t + sqrt(t (t + 2)) = exp(sqrt(c) d)`` in float32, in place;
+3. the unnormalised weights ``w = exp(-d/T) = z^(-p)``, ``p = 1/(T sqrt(c))``: for ``p = 1`` (``T = 1/sqrt(c)``,
+   the default ``T = c = 1``) simply ``1/z``, which lies in ``(0, 1]`` and cannot underflow for points inside
+   the float32 ball (``z < 1e16``); otherwise ``exp(p (log z_min - log z))`` with the row's largest logit
+   subtracted (float masks are added to the logits, bool masks zero the hidden weights);
+4. ``[sum_j w_ij lambda_j v_j, sum_j w_ij (lambda_j - 1)]`` as one GEMM with ``[lambda v, lambda - 1]``:
+   the Einstein midpoint's numerator and denominator in the Klein model, whose ratio does not need the
+   softmax's normalisation.
+
+Tiles run on attnkit's thread pool (:mod:`._threads`) with BLAS held to one thread, in per-thread
+scratch buffers sized to the L2 cache; memory beyond the inputs is ``O(rows * Lk)`` a thread.
+The result agrees with the generic array-API path to float32 rounding (tests/test_hyperbolic.py).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from ._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool
+
+__all__ = ["einstein_attention_numpy"]
+
+#: scores in one query tile (its float64 distance tile is 512 KB: an L2 cache of a core)
+_TILE = 1 << 16
+#: fewest query rows a tile (a thinner GEMM wastes BLAS's packing)
+_MIN_ROWS = 8
+#: at most this many scores in the whole call: the generic path is as fast
+_SMALL = 1 << 14
+
+_local = threading.local()
+
+
+def _buf(name: str, size: int, dtype: Any) -> np.ndarray:
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    b = bufs.get(name)
+    if b is None or b.size < size:
+        b = bufs[name] = np.empty(size, dtype=dtype)
+    return b[:size]
+
+
+class _Feed:
+    """Tasks handed to whichever thread asks next."""
+
+    def __init__(self, tasks: Sequence[tuple[int, int, int]]) -> None:
+        self._it = iter(tasks)
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        return self
+
+    def __next__(self) -> tuple[int, int, int]:
+        with self._lock:
+            return next(self._it)
+
+
+class _Plan:
+    def __init__(
+        self, fq: np.ndarray, fkt: np.ndarray, vf: np.ndarray, mask: np.ndarray | None, p: float, batch: tuple[int, ...], out: np.ndarray
+    ) -> None:
+        self.fq, self.fkt, self.vf, self.mask, self.p = fq, fkt, vf, mask, p
+        self.batch = batch
+        self.out = out
+        self.n = int(fkt.shape[-1])
+        self.bool_mask = mask is not None and mask.dtype == np.bool_
+        self.reciprocal = p == 1.0 and (mask is None or self.bool_mask)
+
+    def item(self, x: np.ndarray, b: int) -> np.ndarray:
+        """Batch item ``b`` (flat index over ``batch``) of a broadcast view ``x (*batch, ., .)``."""
+        return x[np.unravel_index(b, self.batch)] if self.batch else x
+
+    def tile(self, b: int, i0: int, i1: int) -> None:
+        r, n = i1 - i0, self.n
+        t64 = _buf("t64", r * n, np.float64).reshape(r, n)
+        np.matmul(self.item(self.fq, b)[i0:i1], self.item(self.fkt, b), out=t64)
+        z = _buf("z", r * n, np.float32).reshape(r, n)
+        s = _buf("s", r * n, np.float32).reshape(r, n)
+        np.copyto(z, t64, casting="unsafe")
+        np.maximum(z, 0.0, out=z)  # t >= 0 (the GEMM's rounding may give -1e-16)
+        np.add(z, 2.0, out=s)
+        np.multiply(s, z, out=s)
+        np.sqrt(s, out=s)
+        np.add(z, s, out=z)
+        np.add(z, 1.0, out=z)  # z = 1 + t + sqrt(t(t+2)) = exp(sqrt(c) d) >= 1
+        mt = None if self.mask is None else self.item(self.mask, b)[i0:i1] if self.mask.shape[-2] != 1 else self.item(self.mask, b)
+        if self.reciprocal:
+            np.reciprocal(z, out=z)  # exp(-d/T) for T sqrt(c) = 1
+            if mt is not None:
+                np.multiply(z, mt, out=z)
+        else:
+            np.log(z, out=z)
+            np.multiply(z, -self.p, out=z)  # logits -d/T
+            if mt is not None:
+                if self.bool_mask:
+                    hide = _buf("hide", r * n, np.bool_).reshape(r, n)
+                    np.logical_not(mt, out=hide)
+                    np.copyto(z, -np.inf, where=hide)
+                else:
+                    np.add(z, mt, out=z)
+            mx = np.max(z, axis=-1, keepdims=True)
+            mx[~np.isfinite(mx)] = 0.0  # a fully masked row: exp(-inf) = 0 everywhere, the origin
+            np.subtract(z, mx, out=z)
+            np.exp(z, out=z)
+        np.matmul(z, self.item(self.vf, b), out=self.item(self.out, b)[i0:i1])
+
+    def run(self, tasks: Iterator[tuple[int, int, int]] | Sequence[tuple[int, int, int]]) -> None:
+        for b, i0, i1 in tasks:
+            self.tile(b, i0, i1)
+
+
+def einstein_attention_numpy(
+    q: Any, k: Any, v: Any, c: float, temperature: float, mask: Any, eps: float, num_threads: int | None = None
+) -> np.ndarray | None:
+    """Hyperbolic Einstein attention on validated float32 NumPy arrays, or ``None`` where this path
+    does not apply (another library, another dtype, a problem too small to tile).
+
+    ``q (..., M, D)``, ``k (..., N, D)``, ``v (..., N, Dv)`` with broadcasting batch dimensions, points
+    strictly inside the ball of curvature ``-c``; ``mask`` bool (True = attend) or float32 (added to the
+    logits), broadcastable to ``(..., M, N)``. Returns ``(..., M, Dv)`` float32.
+    """
+    from .poincare import key_factor, klein_ratio, query_factor, value_factors
+
+    if not (type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
+        return None
+    f32 = np.dtype(np.float32)
+    if q.dtype != f32 or k.dtype != f32 or v.dtype != f32 or q.ndim < 2 or k.ndim < 2 or v.ndim < 2:
+        return None
+    if mask is not None and (type(mask) is not np.ndarray or mask.ndim < 2 or mask.dtype not in (np.dtype(np.bool_), f32)):
+        return None
+    m, n, dv = int(q.shape[-2]), int(k.shape[-2]), int(v.shape[-1])
+    try:
+        batch = tuple(np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], () if mask is None else mask.shape[:-2]))
+    except ValueError:
+        return None
+    nb = math.prod(batch)
+    if nb * m * n <= _SMALL or min(m, n, dv) == 0:
+        return None
+    fq = query_factor(q, c, np, np.float64)
+    fkt = np.ascontiguousarray(np.swapaxes(key_factor(k, c, np, np.float64), -1, -2))
+    vf = np.ascontiguousarray(value_factors(v, c, np))
+    views = [np.broadcast_to(x, (*batch, *x.shape[-2:])) for x in (fq, fkt, vf)]
+    mk = None if mask is None else np.broadcast_to(mask, (*batch, mask.shape[-2], n))
+    out = np.empty((*batch, m, dv + 1), dtype=f32)
+    plan = _Plan(views[0], views[1], views[2], mk, 1.0 / (temperature * math.sqrt(c)), batch, out)
+    rows = min(m, max(_MIN_ROWS, _TILE // n))
+    tasks = [(b, i0, min(m, i0 + rows)) for b in range(nb) for i0 in range(0, m, rows)]
+    threads = num_threads if num_threads is not None else get_num_threads()
+    threads = max(1, min(int(threads), len(tasks)))
+    if not blas_limiter_available():
+        threads = 1
+    if threads == 1:
+        if blas_limiter_available():
+            with BlasOneThread():
+                plan.run(tasks)
+        else:
+            plan.run(tasks)
+    else:
+        feed = _Feed(tasks)
+        pool = get_pool(threads - 1)
+        with BlasOneThread():
+            futures: list[Future[None]] = [pool.submit(plan.run, feed) for _ in range(threads - 1)]
+            try:
+                plan.run(feed)
+            finally:
+                for f in futures:
+                    f.result()
+    return klein_ratio(out, c, eps, np)

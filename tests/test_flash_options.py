@@ -1,0 +1,199 @@
+"""FlashAttention's FlashAttention-2 options (issue 11): ``window``, ``alibi_slopes``, ``softcap``.
+
+Oracle: a dense float64 reference written here, in which the window is a bool mask, ALiBi a float
+bias ``-slope_h * |i + Lk - Lq - j|`` and the soft cap ``cap * tanh(s / cap)`` on the scaled scores,
+all bottom-right aligned like FlashAttention-2's; and torch's SDPA given the same mask and bias.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TOL32, TOL64, assert_close, lower_right_mask, randn, to_np
+
+from attnkit import FlashAttention, LocalGlobalAttention
+from attnkit.errors import ConfigError
+
+
+def window_mask(lq: int, lk: int, left: int, right: int) -> np.ndarray:
+    """Bool (Lq, Lk): i + Lk - Lq - left <= j <= i + Lk - Lq + right (a negative side unbounded)."""
+    rel = np.arange(lk)[None, :] - (np.arange(lq)[:, None] + lk - lq)
+    keep = np.ones((lq, lk), dtype=bool)
+    if left >= 0:
+        keep &= rel >= -left
+    if right >= 0:
+        keep &= rel <= right
+    return keep
+
+
+def alibi(slopes: np.ndarray, lq: int, lk: int) -> np.ndarray:
+    """Float (H, Lq, Lk): -slope_h * |i + Lk - Lq - j|."""
+    dist = np.abs(np.arange(lq)[:, None] + lk - lq - np.arange(lk)[None, :])
+    return -np.asarray(slopes, dtype=np.float64)[:, None, None] * dist
+
+
+def reference(q, k, v, *, causal=False, window=(-1, -1), slopes=None, softcap=None, mask=None):
+    """float64 weights (..., H, Lq, Lk) and output (..., Lq, H, Dv) in the sequence layout; k/v heads may divide H."""
+    qh, kh, vh = (np.moveaxis(np.asarray(x, dtype=np.float64), -3, -2) for x in (q, k, v))
+    g = qh.shape[-3] // kh.shape[-3]
+    kh, vh = np.repeat(kh, g, axis=-3), np.repeat(vh, g, axis=-3)
+    lq, lk = qh.shape[-2], kh.shape[-2]
+    s = np.einsum("...id,...jd->...ij", qh, kh) / np.sqrt(qh.shape[-1])
+    if softcap is not None:
+        s = softcap * np.tanh(s / softcap)
+    if slopes is not None:
+        s = s + alibi(slopes, lq, lk)
+    keep = window_mask(lq, lk, *window)
+    if causal:
+        keep = keep & lower_right_mask(lq, lk)
+    if mask is not None:
+        keep = keep & mask
+    s = np.where(keep, s, -np.inf)
+    mx = np.max(s, axis=-1, keepdims=True)
+    e = np.where(np.isneginf(s), 0.0, np.exp(s - np.where(np.isneginf(mx), 0.0, mx)))
+    tot = e.sum(-1, keepdims=True)
+    w = e / np.where(tot == 0, 1.0, tot)
+    return w, np.moveaxis(w @ vh, -3, -2)
+
+
+CASES = [  # (Lq, Lk, window, causal)
+    (16, 16, (3, 2), False),
+    (16, 16, (4, 0), True),
+    (5, 19, (2, 3), False),
+    (19, 5, (1, 1), False),
+    (12, 30, (6, -1), True),
+    (30, 12, (-1, 2), False),
+    (9, 9, (0, 0), False),
+    (9, 9, (-1, -1), True),
+]
+
+
+@pytest.mark.parametrize("lq,lk,window,causal", CASES)
+@pytest.mark.parametrize("hk", [4, 2])
+def test_window_alibi_softcap_match_reference(rng: np.random.Generator, lq, lk, window, causal, hk) -> None:
+    h, d = 4, 8
+    q, k, v = randn(rng, 2, lq, h, d) * 2, randn(rng, 2, lk, hk, d) * 2, randn(rng, 2, lk, hk, d)
+    slopes = np.array([0.5, 0.25, 0.125, 0.0625])
+    mask = rng.random((lq, lk)) > 0.2
+    for opts in (
+        dict(window=window),
+        dict(window=window, alibi_slopes=slopes),
+        dict(softcap=5.0, alibi_slopes=slopes),
+        dict(window=window, alibi_slopes=slopes, softcap=3.0),
+    ):
+        w_ref, ref = reference(
+            q, k, v, causal=causal, window=opts.get("window", (-1, -1)), slopes=opts.get("alibi_slopes"), softcap=opts.get("softcap"), mask=mask
+        )
+        for simd in (True, False):
+            fa = FlashAttention(heads=h, dim=d, causal=causal, block_size=4, simd=simd, **opts)
+            assert_close(fa(q, k, v, mask=mask), ref, TOL64)
+        out_t = fa(*(torch.from_numpy(x) for x in (q, k, v)), mask=torch.from_numpy(mask))
+        assert_close(to_np(out_t), ref, TOL64)
+        assert_close(fa.attention_weights(q, k, mask=mask), w_ref, TOL64)
+        out32 = fa(*(x.astype(np.float32) for x in (q, k, v)), mask=mask)
+        assert out32.dtype == np.float32
+        assert_close(out32, ref, TOL32)
+
+
+def test_window_and_alibi_match_torch_sdpa(rng: np.random.Generator) -> None:
+    """torch's own SDPA given the window as a bool mask and ALiBi as a float bias (no NaN rows here)."""
+    h, lq, lk, d = 4, 10, 25, 8
+    q, k, v = randn(rng, 3, lq, h, d), randn(rng, 3, lk, h, d), randn(rng, 3, lk, h, d)
+    slopes = np.array([1.0, 0.5, 0.25, 0.125])
+    bias = np.where(window_mask(lq, lk, 4, 2), alibi(slopes, lq, lk), -np.inf)
+    qt, kt, vt = (torch.from_numpy(x).movedim(-3, -2) for x in (q, k, v))
+    expected = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=torch.from_numpy(bias)).movedim(-2, -3).numpy()
+    fa = FlashAttention(heads=h, dim=d, window=(4, 2), alibi_slopes=slopes, block_size=8)
+    assert_close(fa(q, k, v), expected, TOL64)
+    assert_close(to_np(fa(*(torch.from_numpy(x) for x in (q, k, v)))), expected, TOL64)
+
+
+def test_torch_window_alibi_reach_fused_kernel_with_gradients(monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator) -> None:
+    calls: list[object] = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(kw.get("attn_mask")) or real(*a, **kw))
+    q = torch.from_numpy(randn(rng, 2, 12, 4, 8)).requires_grad_(True)
+    kv = torch.from_numpy(randn(rng, 2, 12, 2, 8)).requires_grad_(True)
+    fa = FlashAttention(heads=4, dim=8, causal=True, window=(3, 0), alibi_slopes=[0.3, 0.2, 0.1, 0.05])
+    out = fa(q, kv, kv)
+    assert calls and calls[0] is not None  # one combined mask, torch's kernel
+    out.square().sum().backward()
+    # the generic kernel (simd=False) on the same inputs: same values and gradients
+    q2, kv2 = q.detach().clone().requires_grad_(True), kv.detach().clone().requires_grad_(True)
+    calls.clear()
+    fa2 = FlashAttention(heads=4, dim=8, causal=True, window=(3, 0), alibi_slopes=[0.3, 0.2, 0.1, 0.05], simd=False)
+    out2 = fa2(q2, kv2, kv2)
+    assert not calls
+    out2.square().sum().backward()
+    assert_close(to_np(out.detach()), to_np(out2.detach()), TOL64)
+    assert_close(to_np(q.grad), to_np(q2.grad), 1e-10)
+    assert_close(to_np(kv.grad), to_np(kv2.grad), 1e-10)
+    _, ref = reference(
+        q.detach().numpy(), kv.detach().numpy(), kv.detach().numpy(), causal=True, window=(3, 0), slopes=np.array([0.3, 0.2, 0.1, 0.05])
+    )
+    assert_close(to_np(out.detach()), ref, TOL64)
+
+
+def test_symmetric_window_equals_local_global_without_globals(rng: np.random.Generator) -> None:
+    q, k, v = randn(rng, 2, 40, 2, 4), randn(rng, 2, 40, 2, 4), randn(rng, 2, 40, 2, 4)
+    lg = LocalGlobalAttention(dim=4, heads=2, window=7)  # radius 3
+    assert_close(FlashAttention(heads=2, dim=4, window=(3, 3), block_size=8)(q, k, v), lg(q, k, v), TOL64)
+    assert_close(FlashAttention(heads=2, dim=4, window=(40, 0))(q, k, v), FlashAttention(heads=2, dim=4, causal=True)(q, k, v), TOL64)
+
+
+def test_options_from_strings_and_bad_values() -> None:
+    fa = FlashAttention(heads=2, dim=4, window="3,-1", alibi_slopes="0.5,0.25", softcap=2)
+    assert fa.window == (3, -1) and fa.alibi_slopes.tolist() == [0.5, 0.25] and fa.softcap == 2.0
+    assert FlashAttention(heads=2, dim=4, window=None).window == (-1, -1)
+    for bad in ((3,), (1, -2), "a,b", (1.5, 2), 7):
+        with pytest.raises(ConfigError, match=r"^window:"):
+            FlashAttention(heads=2, dim=4, window=bad)
+    for bad in ([1.0], [1.0, float("nan")], "x"):
+        with pytest.raises(ConfigError, match=r"^alibi_slopes:"):
+            FlashAttention(heads=2, dim=4, alibi_slopes=bad)
+    for bad in (0, -1.0, float("inf")):
+        with pytest.raises(ConfigError, match=r"^softcap:"):
+            FlashAttention(heads=2, dim=4, softcap=bad)
+
+
+@pytest.mark.parametrize("heads", [1, 4, 6, 8, 12])
+def test_default_alibi_slopes_are_blooms(heads: int) -> None:
+    from transformers.models.bloom.modeling_bloom import build_alibi_tensor
+
+    expected = build_alibi_tensor(torch.ones(1, 2, dtype=torch.long), heads, torch.float64)[:, 0, 1].numpy()
+    fa = FlashAttention(heads=heads, dim=4, alibi_slopes=True)
+    assert_close(fa.alibi_slopes, expected, 1e-7)  # BLOOM computes its slopes in float32
+    assert_close(FlashAttention(heads=heads, dim=4, alibi_slopes="default").alibi_slopes, fa.alibi_slopes, 0.0)
+    if heads & (heads - 1) == 0:  # a power of two: exactly 2^(-8 i / n)
+        assert_close(fa.alibi_slopes, 2.0 ** (-8.0 * np.arange(1, heads + 1) / heads), 1e-15)
+
+
+def test_window_skips_key_blocks_outside_it(monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator) -> None:
+    """Work, not time: with 16-row query tiles and 16-key blocks, window (16, 0) computes 2 blocks per tile, not 16."""
+    import attnkit.kernels.dense as dense
+
+    calls: list[int] = []
+    real = dense._scores
+    monkeypatch.setattr(dense, "_scores", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k, v = (np.moveaxis(randn(rng, 256, 2, 8), -3, -2) for _ in range(3))
+    out = dense.sdpa_generic(q, k, v, xp=np, scale=0.5, block_size=16, q_block=16, window=(16, 0))
+    assert len(calls) == 16 * 2 - 1  # the first tile has no block to its left
+    _, ref = reference(np.moveaxis(q, -3, -2) * np.sqrt(8) * 0.5, np.moveaxis(k, -3, -2), np.moveaxis(v, -3, -2), window=(16, 0))
+    assert_close(np.moveaxis(out, -3, -2), ref, TOL64)
+
+
+def test_alibi_distances_exact_in_bfloat16_far_from_the_start(rng: np.random.Generator) -> None:
+    """Positions ~1000 are not exact in bfloat16, their distance 1 is: the bias must come from integers."""
+    lq, lk, h, d = 4, 1030, 2, 8
+    q, k, v = randn(rng, lq, h, d), randn(rng, lk, h, d), randn(rng, lk, h, d)
+    slopes = np.array([2.0, 1.0])  # steep: only the last few keys matter
+    _, ref = reference(q, k, v, causal=True, slopes=slopes)
+    fa = FlashAttention(heads=h, dim=d, causal=True, alibi_slopes=slopes, softcap=50.0, block_size=256)
+    _, ref_cap = reference(q, k, v, causal=True, slopes=slopes, softcap=50.0)
+    out = fa(*(torch.from_numpy(x).to(torch.bfloat16) for x in (q, k, v)))  # softcap: the generic kernel
+    assert out.dtype == torch.bfloat16
+    assert_close(to_np(out.float()), ref_cap, 3e-2)
+    out = FlashAttention(heads=h, dim=d, causal=True, alibi_slopes=slopes)(*(torch.from_numpy(x).to(torch.bfloat16) for x in (q, k, v)))
+    assert_close(to_np(out.float()), ref, 3e-2)  # the fused kernel with the bias as a mask
