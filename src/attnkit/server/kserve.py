@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from fastapi.responses import JSONResponse, Response
 from .. import __version__
 from ..errors import AttentionError
 from . import codec
+from .batching import DynamicBatcher
 from .codec import ApiError
 from .models import INPUT_NAMES, Model, ModelRepository, input_specs
 
@@ -213,6 +215,25 @@ def _repo(request: Request) -> ModelRepository:
     return request.app.state.models
 
 
+def forward(state: Any, mech: Any, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The model's forward for protocol inputs (batch axis first), errors mapped to API errors."""
+    q, k, v, mask = (tensors.get(n) for n in INPUT_NAMES)
+    if mask is not None and type(mech).input_layout in ("model", "sequence") and mask.ndim >= 3:
+        mask = mask[..., None, :, :]  # (batch, Lq, Lk): the same mask for every head
+    return state._call(mech, lambda: mech.forward(q, k, v, mask=mask), set())
+
+
+def _batcher(request: Request) -> DynamicBatcher:
+    """The app's dynamic batcher (made on first use, on the event loop)."""
+    batcher = getattr(request.app.state, "batcher", None)
+    if batcher is None:
+        state = request.app.state.attnkit
+        s = state.settings
+        batcher = DynamicBatcher(state.run, lambda mech, tensors: forward(state, mech, tensors), s.max_batch_delay_ms / 1e3, s.max_batch_size)
+        request.app.state.batcher = batcher
+    return batcher
+
+
 def _version_ok(version: str | None) -> bool:
     return version in (None, VERSION)
 
@@ -334,19 +355,19 @@ async def _infer(name: str, request: Request, version: str | None) -> Response:
         body = await read_body(request, state.settings.max_body_bytes)
         header_length = request.headers.get(HEADER.lower())
 
-        def work() -> tuple[bytes, dict[str, str], str]:
+        def parse() -> tuple[dict[str, Any], dict[str, np.ndarray], bool]:
             doc, tensors = parse_infer_request(body, header_length, state.settings.max_elements)
             binary = _wants_binary(doc)
             if "query" not in tensors:
                 raise _bad("inputs: 'query' is required")
-            mech = model.mechanism
-            q, k, v, mask = (tensors.get(n) for n in INPUT_NAMES)
-            if mask is not None and type(mech).input_layout in ("model", "sequence") and mask.ndim >= 3:
-                mask = mask[..., None, :, :]  # (batch, Lq, Lk): the same mask for every head
-            out = state._call(mech, lambda: mech.forward(q, k, v, mask=mask), set(model.options))
-            return infer_response(model, doc, out, binary)
+            return doc, tensors, binary
 
-        content, headers, media = await state.run(work)
+        doc, tensors, binary = await state.run(parse)
+        out = await _batcher(request).submit(id(model.mechanism), model.mechanism, tensors)
+        if binary:
+            content, headers, media = infer_response(model, doc, out, binary)
+        else:
+            content, headers, media = await state.run(lambda: infer_response(model, doc, out, binary))
         return Response(content, media_type=media, headers=headers)
     except ApiError as err:
         return _protocol_error(err)

@@ -54,6 +54,10 @@ class Settings:
     #: ``NAME=TYPE[:weights.safetensors]``, loaded at start-up (see :mod:`attnkit.server.models`)
     models_dir: str | None = None
     models: tuple[str, ...] = ()
+    #: issue 14: dynamic batching of the Open Inference Protocol route (see :mod:`attnkit.server.batching`):
+    #: how long a request may wait for others while its model is busy (0: no wait), and the most batch items merged
+    max_batch_delay_ms: float = 2.0
+    max_batch_size: int = 64
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_zero: bool = False) -> None:
@@ -66,6 +70,8 @@ class Settings:
         for name in ("max_body_bytes", "max_batch_items", "max_elements", "max_option_int", "request_timeout_s", "cache_size"):
             positive(name)
         positive("max_concurrency", allow_zero=True)
+        positive("max_batch_delay_ms", allow_zero=True)
+        positive("max_batch_size")
         positive("queue", allow_zero=True)
         if self.max_concurrency == 0:
             object.__setattr__(self, "max_concurrency", max(1, os.cpu_count() or 1))
@@ -140,7 +146,7 @@ def _convert(name: str, value: Any) -> Any:
         raise ConfigError(f"models: expected a list of NAME=TYPE[:weights] specs, got {value!r}")
     if isinstance(value, str):
         try:
-            return float(value) if name == "request_timeout_s" else int(value)
+            return float(value) if name in ("request_timeout_s", "max_batch_delay_ms") else int(value)
         except ValueError:
             raise ConfigError(f"{name}: expected a number, got {value!r}") from None
     return value
