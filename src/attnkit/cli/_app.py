@@ -232,6 +232,10 @@ def serve(
         typer.Option("--models", help="Model repository: a directory of NAME.toml (+ NAME.safetensors) loaded at start.",
                      metavar="DIR"),
     ] = None,
+    max_batch_delay_ms: Annotated[
+        float | None,
+        typer.Option("--max-batch-delay-ms", help="Dynamic batching: most a request waits for others while its model is busy (ms)."),
+    ] = None,
     model: Annotated[
         list[str] | None,
         typer.Option("--model", help="One model NAME=TYPE[:weights.safetensors] (repeatable).", metavar="NAME=TYPE[:WEIGHTS]"),
@@ -244,7 +248,7 @@ def serve(
         STATE, host=host, port=port, workers=workers,
         limits={"max_body_bytes": max_body_bytes, "max_batch_items": max_batch_items,
                 "request_timeout_s": request_timeout_s, "max_concurrency": max_concurrency, "queue": queue,
-                "models_dir": models, "models": tuple(model) if model else None},
+                "models_dir": models, "max_batch_delay_ms": max_batch_delay_ms, "models": tuple(model) if model else None},
         extra=limit or [],
     )
 

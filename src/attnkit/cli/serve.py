@@ -15,7 +15,7 @@ log = logging.getLogger("attnkit.cli")
 #: [server] keys that are server settings under the same name
 SETTING_KEYS = (
     "max_body_bytes", "max_batch_items", "max_elements", "max_option_int", "request_timeout_s",
-    "max_concurrency", "queue", "api_key", "cors_origins", "cache_size", "models_dir", "models",
+    "max_concurrency", "queue", "api_key", "cors_origins", "cache_size", "models_dir", "models", "max_batch_delay_ms", "max_batch_size",
 )
 
 
