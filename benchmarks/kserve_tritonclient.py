@@ -65,11 +65,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--bodies", default="small,medium", help="comma-separated: small, medium")
+    ap.add_argument("--max-batch-size", type=int, default=64, help="1 turns dynamic batching off")
+    ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
+    bodies = {b: BODIES[b] for b in args.bodies.split(",")}
     repo = Path(tempfile.mkdtemp())
     (repo / "mha.toml").write_text('type = "multi_head"\n[options]\nmodel_dim = 64\nheads = 8\n')
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "attnkit.server", "--port", str(port), "--models", str(repo), "--log-level", "warning"])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "attnkit.server",
+            "--port",
+            str(port),
+            "--models",
+            str(repo),
+            "--log-level",
+            "warning",
+            "--max-batch-size",
+            str(args.max_batch_size),
+        ]
+    )
     url = f"127.0.0.1:{port}"
     try:
         clients = {c: httpclient.InferenceServerClient(url, concurrency=c) for c in (1, 8)}
@@ -83,7 +101,7 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise SystemExit("server did not start")
         rng = np.random.default_rng(0)
-        cells = [(b, m, c) for b in BODIES for m in ("json", "binary") for c in (1, 8)]
+        cells = [(b, m, c) for b in bodies for m in ("json", "binary") for c in (1, 8)]
         samples: dict[tuple, list[dict]] = {cell: [] for cell in cells}
         for b, m, c in cells:  # warm-up
             run_cell(clients[c], proc.pid, rng.standard_normal(BODIES[b]).astype(np.float32), m == "binary", c, 10)
@@ -107,8 +125,9 @@ def main() -> None:
                 }
             )
         result = {"command": " ".join(["python", *sys.argv]), "load_average": os.getloadavg(), "cpus": os.cpu_count(), "rows": rows}
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=1))
+        out_path = Path(args.out)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=1))
         print(f"{'body':7} {'mode':6} {'conc':>4} {'req/s':>8} {'cpu ms/req':>10}")
         for r in rows:
             print(f"{r['body']:7} {r['mode']:6} {r['concurrency']:>4} {r['req_s']:>8.1f} {r['server_cpu_ms_per_request']:>10.2f}")
