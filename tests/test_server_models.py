@@ -220,6 +220,15 @@ def test_admin_replaces_weights_atomically_and_other_workers_follow(repo: Path) 
     for cl in (c, other):  # the other instance notices the new file and reloads
         out = cl.post("/v2/models/plain/infer", json=body, headers=KEY).json()["outputs"][0]
         assert rel(np.asarray(out["data"]).reshape(out["shape"]), ref) < 1e-5
+    r = c.put("/v1/models/plain/weights", content=b"not safetensors", headers={**KEY, "Content-Type": "application/x-safetensors"})
+    assert r.status_code == 422 and "safetensors" in r.json()["error"]["message"]
+    assert (repo / "plain.safetensors").read_bytes() == blob
+    # a model from --model without a weights file or repository has nowhere to write: 409
+    with pytest.raises(ConfigError):  # (self needs model_dim: the spec alone cannot build it)
+        ModelRepository(None, ["lone=self"])
+    lone = TestClient(create_app(Settings(models=("lone=flash",), api_key="secret")))
+    r = lone.put("/v1/models/lone/weights", content=save({}), headers=KEY)
+    assert r.status_code == 409 and "--models" in r.json()["error"]["message"]
     # without an API key on the server, the admin route is closed
     open_app = TestClient(create_app(Settings(models_dir=str(repo))))
     assert open_app.put("/v1/models/plain/weights", content=blob).status_code == 403
