@@ -378,3 +378,17 @@ def test_bad_models_exit_2_with_one_line_before_binding(args: list[str], words: 
     pytest.importorskip("typer")
     r = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_torch_multihead_state_dict_is_served_like_torch(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    state = {k: v.detach().numpy().copy() for k, v in ref.state_dict().items()}
+    (tmp_path / "t.safetensors").write_bytes(save(state, metadata={"heads": "4"}))
+    model = ModelRepository(None, [f"t=multi_head:{tmp_path / 't.safetensors'}"]).get("t")
+    assert model.mechanism.model_dim == 16 and model.mechanism.heads == 4
+    q = rand(2, 5, 16, seed=8)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(q), torch.from_numpy(q), torch.from_numpy(q), need_weights=False)[0].numpy()
+    assert rel(model.mechanism.forward(q), want.astype(np.float64)) < 1e-5

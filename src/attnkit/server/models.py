@@ -260,9 +260,21 @@ def _stamp(path: Path | None) -> tuple[int, int] | None:
 
 
 def _read_weights(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a weights file; a ``torch.nn.MultiheadAttention`` or Hugging Face BERT state dict
+    is converted to attnkit's names (``q_proj.weight`` ...) first."""
     from ..weights import load_state
 
-    return load_state(path)
+    return _attnkit_names(load_state(path))
+
+
+def _attnkit_names(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from ..weights import detect_layout, to_attnkit
+
+    try:
+        foreign = detect_layout(state) in ("torch_mha", "hf_bert")
+    except ConfigError:
+        foreign = False
+    return to_attnkit(state) if foreign else state
 
 
 def _weights_metadata(path: Path) -> dict[str, str]:
@@ -377,7 +389,7 @@ class ModelRepository:
         model = self.get(name)
         if model.weights_path is None:
             raise ApiError(409, "no_repository", f"model {name!r} has no weights file to write (start the server with --models DIR)", "model")
-        weights = load_state(body)
+        weights = _attnkit_names(load_state(body))
         try:
             new = build_model(name, model.type, model.options, weights, None)
         except AttentionError as exc:
