@@ -271,6 +271,10 @@ def test_protocol_health_metadata_and_errors(repo: Path) -> None:
     )
     r = c.post("/v2/models/plain/versions/2/infer", json=good, headers=KEY)
     assert r.status_code == 404 and "version" in r.json()["error"]
+    metrics = c.get("/metrics", headers=KEY).text
+    assert 'attnkit_model_requests_total{model="plain",status="400"}' in metrics
+    assert 'attnkit_model_requests_total{model="_unknown",status="404"}' in metrics
+    assert 'attnkit_batch_size_bucket{le="1.0",model="plain"}' in metrics
     paths = c.get("/openapi.json").json()["paths"]
     assert "/v2/models/{name}/infer" in paths and "/v1/models/{name}/weights" in paths
     assert all(p["name"] != "version" for p in paths["/v2/models/{name}/infer"]["post"]["parameters"])

@@ -3,7 +3,7 @@
 Two ``attnkit serve`` processes are started one after the other on 127.0.0.1 (the second with two
 workers); a model without weights file (drawn from the fixed default seed), the ad-hoc route without a
 seed, and the Open Inference Protocol's binary answer are each asked several times over fresh
-connections, so that both workers answer.
+connections, so that both workers answer; the per-model metrics of any worker count every request.
 """
 
 from __future__ import annotations
@@ -120,6 +120,14 @@ def test_same_bytes_after_restart_and_across_two_workers(tmp_path: Path) -> None
     proc, url = _serve(tmp_path, 2)
     try:
         later = _answers(url, 4)
+        # per-model metrics add up over both workers: every scrape (either worker may answer) counts all 4
+        for _ in range(4):
+            with httpx.Client(timeout=30) as c:
+                text = c.get(url + "/metrics").text
+            for model in ("plain", "solo"):
+                assert f'attnkit_model_requests_total{{model="{model}",status="200"}} 4.0' in text, text[-3000:]
+                assert f'attnkit_batch_size_count{{model="{model}"}} 4.0' in text
+                assert f'attnkit_queue_seconds_count{{model="{model}"}} 4.0' in text
     finally:
         _stop(proc)
     assert len(first) == 3 and len(later) == 12

@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import AttentionError, ConfigError, DTypeError, NonFiniteError, ShapeError
 from ..mechanisms import registry
-from . import codec
+from . import codec, model_metrics
 from .codec import ApiError
 from .kserve import router as kserve_router
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -699,7 +699,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response)
     async def metrics() -> Response:
-        return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+        # issue 14: per-model metrics (summed over --workers processes) after the process's own
+        return Response(state.metrics.render() + model_metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     app.add_middleware(_Guard, state=state)
     if settings.cors_origins:

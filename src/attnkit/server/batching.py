@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
+
+from . import model_metrics
 
 __all__ = ["DynamicBatcher"]
 
@@ -30,6 +33,7 @@ class _Item:
     tensors: Mapping[str, np.ndarray]
     size: int
     future: asyncio.Future[np.ndarray]
+    since: float = dataclasses.field(default_factory=time.perf_counter)
 
 
 @dataclasses.dataclass
@@ -76,8 +80,16 @@ class DynamicBatcher:
 
     async def submit(self, model_id: Any, mechanism: Any, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
         key = self.key(model_id, tensors)
+        label = _label(model_id)
         if key is None or self.max_batch_size <= 1:
-            return await self._run(lambda: self._forward(mechanism, tensors))
+            since = time.perf_counter()
+
+            def alone() -> np.ndarray:
+                model_metrics.observe_queue(label, time.perf_counter() - since)
+                return self._forward(mechanism, tensors)
+
+            model_metrics.observe_batch(label, 1)
+            return await self._run(alone)
         loop = asyncio.get_running_loop()
         item = _Item(tensors, int(next(iter(tensors.values())).shape[0]), loop.create_future())
         q = self._queues.setdefault(key, _Queue())
@@ -109,6 +121,10 @@ class DynamicBatcher:
                 self._queues.pop(key, None)
             return
         q.running += 1
+        now, label = time.perf_counter(), _label(key[0])
+        for it in batch:
+            model_metrics.observe_queue(label, now - it.since)
+        model_metrics.observe_batch(label, len(batch))
         task = asyncio.ensure_future(self._execute(mechanism, batch))
 
         def done(_: asyncio.Future[None]) -> None:
@@ -148,3 +164,8 @@ class DynamicBatcher:
             return
         if not item.future.done():
             item.future.set_result(result)
+
+
+def _label(model_id: Any) -> str:
+    """The model name of a merge key's first part (``(name, id(mechanism))`` or a plain name)."""
+    return str(model_id[0] if isinstance(model_id, tuple) else model_id)

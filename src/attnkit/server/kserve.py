@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
 from ..errors import AttentionError
-from . import codec
+from . import codec, model_metrics
 from .batching import DynamicBatcher
 from .codec import ApiError
 from .models import INPUT_NAMES, Model, ModelRepository, input_specs
@@ -345,6 +345,12 @@ async def infer_version(name: str, version: str, request: Request) -> Response:
 
 
 async def _infer(name: str, request: Request, version: str | None) -> Response:
+    response = await _infer_once(name, request, version)
+    model_metrics.observe_request(name if name in _repo(request).models else "_unknown", response.status_code)
+    return response
+
+
+async def _infer_once(name: str, request: Request, version: str | None) -> Response:
     from .app import read_body
 
     state = request.app.state.attnkit
@@ -363,7 +369,7 @@ async def _infer(name: str, request: Request, version: str | None) -> Response:
             return doc, tensors, binary
 
         doc, tensors, binary = await state.run(parse)
-        out = await _batcher(request).submit(id(model.mechanism), model.mechanism, tensors)
+        out = await _batcher(request).submit((model.name, id(model.mechanism)), model.mechanism, tensors)
         if binary:
             content, headers, media = infer_response(model, doc, out, binary)
         else:
