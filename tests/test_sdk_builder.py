@@ -126,8 +126,8 @@ def test_setters_validate_at_once() -> None:
 
 
 def test_unknown_option_names_it() -> None:
-    with pytest.raises(ConfigError, match="^window: the 'flash' mechanism has no such option"):
-        AttentionBuilder().type("flash").option("window", 3).build()
+    with pytest.raises(ConfigError, match="^global_tokens: the 'flash' mechanism has no such option"):
+        AttentionBuilder().type("flash").option("global_tokens", 3).build()
 
 
 def test_missing_required_setting_names_it() -> None:

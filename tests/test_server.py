@@ -50,7 +50,9 @@ def live_server(settings: Settings | None = None, **kw: Any) -> Iterator[Live]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
+    from attnkit.server.protocol import JsonH11Protocol  # what attnkit.server.run serves with
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30, http=JsonH11Protocol))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -189,7 +191,7 @@ def test_npy_body_and_npy_answer_with_additive_mask(http: httpx.Client) -> None:
     mask[:, ::2] = -np.inf
     mask[:, 1] = 0.5
     r = http.post("/v1/attention/flash?heads=2&dim=4", content=npy_bytes(Q, K, V, mask),
-                  headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy"})
+                  headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy", "X-Attnkit-Mask-Kind": "additive"})
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/x-npy")
     out = np.load(io.BytesIO(r.content), allow_pickle=False)
@@ -433,7 +435,7 @@ def _wait_for(pred: Any, what: str, timeout: float = 10.0) -> None:
 
 
 def test_concurrency_queue_then_503_with_retry_after(gate: threading.Event) -> None:
-    with live_server(Settings(max_concurrency=1, queue=1, request_timeout_s=30)) as srv, srv.client() as c:
+    with live_server(Settings(max_concurrency=1, queue=1, request_timeout_s=30, isolation="thread")) as srv, srv.client() as c:
         results: dict[str, httpx.Response] = {}
 
         def send(tag: str) -> None:
@@ -458,7 +460,7 @@ def test_concurrency_queue_then_503_with_retry_after(gate: threading.Event) -> N
 
 
 def test_request_timeout_gives_504_and_server_recovers(gate: threading.Event) -> None:
-    with live_server(Settings(max_concurrency=1, request_timeout_s=0.3)) as srv, srv.client() as c:
+    with live_server(Settings(max_concurrency=1, request_timeout_s=0.3, isolation="thread")) as srv, srv.client() as c:
         assert_error(c.post("/v1/attention/test_gate", json={"query": [[1.0]]}), 504, "timeout")
         assert c.get("/health").status_code == 200
         gate.set()
@@ -468,7 +470,7 @@ def test_request_timeout_gives_504_and_server_recovers(gate: threading.Event) ->
 
 
 def test_graceful_shutdown_finishes_in_flight_request(gate: threading.Event) -> None:
-    with live_server(Settings(max_concurrency=1)) as srv:
+    with live_server(Settings(max_concurrency=1, isolation="thread")) as srv:
         result: dict[str, Any] = {}
 
         def send() -> None:

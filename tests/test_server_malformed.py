@@ -90,8 +90,12 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str | None]] = [
     ("keys-without-values", "POST", FLASH, js(with_(keys=Q.tolist())), 422, "bad_request"),
     ("keys-values-length-mismatch", "POST", FLASH, js(with_(keys=Q.tolist(), values=Q[:2].tolist())), 422, "shape_error"),
     ("mask-wrong-shape", "POST", FLASH, js(with_(mask=[[True, False]])), 422, "shape_error"),
-    ("mask-nan", "POST", FLASH, raw(json.dumps(with_(mask=[[float("nan")] * 3] * 3)).encode(), "application/json"), 422,
-     "non_finite"),
+    ("mask-nan", "POST", FLASH, raw(json.dumps(with_(mask=[[float("nan")] * 3] * 3, mask_kind="additive")).encode(), "application/json"),
+     422, "non_finite"),
+    ("mask-int-01", "POST", FLASH, js(with_(mask=[[1, 0, 1]] * 3)), 422, "bad_mask"),
+    ("mask-float-unmarked", "POST", FLASH, js(with_(mask=[[0.0, -1e9, 0.0]] * 3)), 422, "bad_mask"),
+    ("mask-bool-marked-additive", "POST", FLASH, js(with_(mask=[[True] * 3] * 3, mask_kind="additive")), 422, "bad_mask"),
+    ("mask-kind-unknown", "POST", FLASH, js(with_(mask=[[True] * 3] * 3, mask_kind="multiplicative")), 422, "bad_request"),
     ("too-many-dims", "POST", FLASH, js(with_(query=[[[[[[[[[[1.0]]]]]]]]]])), 400, "bad_shape"),
     ("empty-query", "POST", FLASH, js(with_(query=[])), 422, None),
     ("scalar-query", "POST", FLASH, js(with_(query=1.5)), 422, "shape_error"),
@@ -188,7 +192,7 @@ def test_malformed_request_is_a_json_4xx(client: httpx.Client, method: str, path
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json"), r.headers
     err = r.json()["error"]
-    assert set(err) == {"code", "message", "field"} and err["message"]
+    assert set(err) == {"code", "message", "field"} and err["message"] and err["field"], err
     if code is not None:
         assert err["code"] == code, err
     health = client.get("/health")

@@ -163,7 +163,7 @@ def test_masks_keys_default_and_float64(http: httpx.Client) -> None:
     additive[:, 1] = 0.75
     additive[:, 3] = -np.inf
     w = decode(http.post(SCORES.format("flash") + "?heads=2&dim=4", content=npy_bytes(Q, K, K, additive),
-                         headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy"}))
+                         headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy", "X-Attnkit-Mask-Kind": "additive"}))
     np.testing.assert_allclose(w, ref_scores(Q, K, additive), rtol=2e-5, atol=1e-7)
     # keys default to the query; causal option
     w = decode(http.post(SCORES.format("flash"), json={"query": Q.tolist(), "options": {**FLASH, "causal": True}}))

@@ -39,6 +39,11 @@ __all__ = [
     "positive_float",
     "finite_float",
     "one_of",
+    "bool_option",
+    "int_option",
+    "seed_option",
+    "allocation_limit",
+    "check_allocation",
     "is_numpy",
     "is_torch",
     "to_numpy",
@@ -278,6 +283,80 @@ def non_negative_float(value: object, name: str) -> float:
     if f < 0:
         raise ConfigError(f"{name}: expected a number >= 0, got {value!r}")
     return f
+
+
+def bool_option(value: object, name: str) -> bool:
+    """A bool option: ``True``/``False`` (or a NumPy bool) only. ``"false"``, ``0`` and ``1`` are refused,
+    since ``bool("false")`` is True and an integer may be a mistyped count."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ConfigError(f"{name}: expected True or False, got {value!r}")
+
+
+def int_option(value: object, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer option: Python or NumPy integers only (bools and floats, even ``2.0``, are refused),
+    within ``[minimum, maximum]`` where given."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    v = int(value)
+    if minimum is not None and v < minimum:
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ConfigError(f"{name}: expected an integer <= {maximum}, got {v}")
+    return v
+
+
+def seed_option(value: object, name: str = "seed") -> int | None:
+    """A random seed: ``None`` or an integer in ``[0, 2**64)`` (what ``numpy.random.default_rng`` takes)."""
+    if value is None:
+        return None
+    return int_option(value, name, minimum=0, maximum=2**64 - 1)
+
+
+#: default bound on what one option set may allocate; ``ATTNKIT_MAX_ALLOC_BYTES`` overrides it
+_DEFAULT_ALLOC_FRACTION = 0.5
+
+
+def allocation_limit() -> int:
+    """Most bytes one mechanism may allocate for its options: ``ATTNKIT_MAX_ALLOC_BYTES``, else half of
+    the physical memory (8 GiB where it cannot be read)."""
+    import os
+
+    raw = os.environ.get("ATTNKIT_MAX_ALLOC_BYTES", "").strip()
+    if raw:
+        try:
+            value = int(float(raw))
+        except ValueError:
+            raise ConfigError(f"ATTNKIT_MAX_ALLOC_BYTES: expected a number of bytes, got {raw!r}") from None
+        if value < 1:
+            raise ConfigError(f"ATTNKIT_MAX_ALLOC_BYTES: expected a positive number of bytes, got {raw!r}")
+        return value
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 16 << 30
+    return int(total * _DEFAULT_ALLOC_FRACTION)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def check_allocation(nbytes: int | float, name: str, what: str, limit: int | None = None) -> int:
+    """Refuse, before allocating, options whose memory cost ``nbytes`` exceeds ``limit`` (default
+    :func:`allocation_limit`). ``name`` is the option(s) to blame and ``what`` what would be allocated,
+    e.g. ``check_allocation(4 * heads * dim * dim, "heads, dim", "projection weights")``."""
+    limit = allocation_limit() if limit is None else int(limit)
+    if not nbytes <= limit:  # also refuses NaN
+        raise ConfigError(
+            f"{name}: {what} would need about {_fmt_bytes(float(nbytes))} ({nbytes:.0f} bytes), more than the "
+            f"{_fmt_bytes(float(limit))} allowed (ATTNKIT_MAX_ALLOC_BYTES); choose smaller values"
+        )
+    return int(nbytes)
 
 
 def one_of(value: object, name: str, choices: Sequence[str]) -> str:

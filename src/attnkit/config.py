@@ -80,6 +80,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "api_key": Key("str", None, "require this key (Authorization: Bearer / X-API-Key); prefer $ATTNKIT_SERVER_API_KEY"),
         "cors_origins": Key("list[str]", None, "origins allowed by CORS (empty: CORS off)"),
         "cache_size": Key("int", None, "constructed mechanisms kept per (name, options)", minimum=1),
+        "cache_bytes": Key("int", None, "most bytes of weights the cached mechanisms may hold (per process)", minimum=1),
+        "max_flops": Key("float", None, "most floating-point operations one forward pass may need (estimated first)", minimum=1),
+        "max_work_bytes": Key("int", None, "most bytes of scores and buffers one forward pass may need", minimum=1),
+        "isolation": Key("str", None, "where computations run: process (killable on timeout) or thread", choices=("process", "thread")),
+        "worker_memory_bytes": Key("int", None, "memory cap of each compute worker process (0: none)", minimum=0),
+        "header_timeout_s": Key("float", None, "seconds a client has to send a request head", minimum=0.001),
+        "body_timeout_s": Key("float", None, "most seconds between two parts of a request body", minimum=0.001),
         # the platform spec's names, accepted so that its config.toml loads
         "max_batch_size": Key("int", None, "the spec's name for max_batch_items", minimum=1),
         "timeout_ms": Key("int", None, "the spec's name for request_timeout_s, in milliseconds", minimum=1),
@@ -162,6 +169,8 @@ def _check_value(where: str, key: Key, value: Any) -> Any:
         raise ConfigError(f"{where}: expected {'a' if t != 'int' else 'an'} {t}, got {value!r}")
     if t == "float":
         value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     if key.choices is not None and str(value).lower() not in key.choices:
         raise ConfigError(f"{where}: expected one of {', '.join(key.choices)}, got {value!r}")
     if key.choices is not None:
@@ -206,6 +215,8 @@ def parse_config(text: str, where: str = "config") -> dict[str, Any]:
         raw = _toml_loads(text)
     except _toml_error_type() as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid TOML: arrays or tables nested too deeply") from None
     out: dict[str, Any] = {}
     for section, body in raw.items():
         if section not in SCHEMA:
@@ -312,7 +323,8 @@ def load_config(
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{source}: cannot read {str(path)!r}: {exc}") from None
+            what = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "cannot be read"
+            raise ConfigError(f"{source}: {str(path)!r} {what}: {exc}") from None
         parsed = parse_config(text, str(path))
         for section, body in parsed.items():
             for key, value in body.items():

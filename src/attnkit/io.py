@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import stat
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -72,6 +73,13 @@ _EXTENSIONS: dict[str, str] = {
 
 #: the key a single array gets in a multi-array file when none is given
 DEFAULT_KEY = "data"
+#: deepest nesting of lists read from JSON (NumPy arrays have at most 64 dimensions)
+MAX_JSON_DEPTH = 64
+#: most digits of one integer in a JSON or CSV file (Python's own limit for int(str))
+MAX_INT_DIGITS = 4300
+#: most bytes read from standard input, a pipe or a device file (``/dev/zero`` never ends); regular
+#: files are read whole. ``ATTNKIT_MAX_INPUT_BYTES`` overrides it.
+MAX_STREAM_BYTES = 512 << 20
 
 
 class FileFormatError(AttentionError):
@@ -171,11 +179,47 @@ def detect_format(path: str | os.PathLike[str] | None, fmt: str | None = None, h
     )
 
 
+def stream_limit() -> int:
+    """Most bytes read from a stream (stdin, a pipe, a device): ``ATTNKIT_MAX_INPUT_BYTES`` or 512 MiB."""
+    raw = os.environ.get("ATTNKIT_MAX_INPUT_BYTES", "").strip()
+    if not raw:
+        return MAX_STREAM_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise FileFormatError(f"ATTNKIT_MAX_INPUT_BYTES: expected a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise FileFormatError(f"ATTNKIT_MAX_INPUT_BYTES: expected a positive integer, got {raw!r}")
+    return value
+
+
+def read_stream(fh: Any, name: str, where: str, limit: int | None = None) -> bytes:
+    """Read ``fh`` to its end, refusing (:class:`FileFormatError`) once more than ``limit`` bytes came."""
+    limit = stream_limit() if limit is None else limit
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = fh.read(min(1 << 20, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise FileFormatError(
+                f"{name}: {where} holds more than {limit} bytes, the most read from a stream or device "
+                "(set ATTNKIT_MAX_INPUT_BYTES to raise it)"
+            )
+        chunks.append(chunk)
+
+
 def _read_bytes(path: str | os.PathLike[str], name: str) -> bytes:
     p = os.fspath(path)
     try:
         with open(p, "rb") as fh:
-            return fh.read()
+            if stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return fh.read()
+            return read_stream(fh, name, repr(p))  # a pipe, socket or device: it may never end
+    except FileFormatError:
+        raise
     except FileNotFoundError:
         raise FileFormatError(f"{name}: file not found: {p!r}") from None
     except IsADirectoryError:
@@ -184,6 +228,8 @@ def _read_bytes(path: str | os.PathLike[str], name: str) -> bytes:
         raise FileFormatError(f"{name}: permission denied reading {p!r}") from None
     except OSError as exc:
         raise FileFormatError(f"{name}: cannot read {p!r}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL byte in the path
+        raise FileFormatError(f"{name}: invalid file name {p!r} ({exc})") from None
 
 
 def _write_bytes(path: str | os.PathLike[str], data: bytes, name: str) -> None:
@@ -199,6 +245,8 @@ def _write_bytes(path: str | os.PathLike[str], data: bytes, name: str) -> None:
         raise FileFormatError(f"{name}: permission denied writing {p!r}") from None
     except OSError as exc:
         raise FileFormatError(f"{name}: cannot write {p!r}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL byte in the path
+        raise FileFormatError(f"{name}: invalid file name {p!r} ({exc})") from None
 
 
 # ---------------------------------------------------------------------------------------------- text numbers
@@ -277,7 +325,7 @@ def _json_array(obj: Any, name: str, where: str) -> np.ndarray:
     if isinstance(obj, (int, float)) and not isinstance(obj, bool):
         obj = [obj]
     flat: list[Any] = []
-    dims = _json_collect(obj, flat, name, where)
+    dims = _json_collect(obj, flat, name, where, 0)
     if shape is not None:
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise FileFormatError(f"{name}: {where}: shape: expected a list of non-negative integers, got {shape!r}")
@@ -295,7 +343,7 @@ def _json_array(obj: Any, name: str, where: str) -> np.ndarray:
         else:
             if any(isinstance(v, bool) for v in flat):
                 raise FileFormatError(f"{name}: {where}: expected numbers, got a mix of numbers and true/false")
-            arr = np.array(flat, dtype=np.float64).astype(dtype)
+            arr = _narrow(np.array(flat, dtype=np.float64), np.dtype(dtype), name, where)
     except OverflowError:
         raise FileFormatError(f"{name}: {where}: a value does not fit dtype {dtype}") from None
     target = tuple(shape) if shape is not None else dims
@@ -304,8 +352,10 @@ def _json_array(obj: Any, name: str, where: str) -> np.ndarray:
     return arr.reshape(target)
 
 
-def _json_collect(obj: Any, out: list[Any], name: str, where: str) -> tuple[int, ...]:
+def _json_collect(obj: Any, out: list[Any], name: str, where: str, depth: int) -> tuple[int, ...]:
     """Flatten nested lists into ``out`` and return their (rectangular) shape."""
+    if depth > MAX_JSON_DEPTH:
+        raise FileFormatError(f"{name}: {where}: lists nested more than {MAX_JSON_DEPTH} deep; expected an array of at most 64 dimensions")
     if not isinstance(obj, list):
         if isinstance(obj, (int, float, bool)):
             out.append(obj)
@@ -313,19 +363,38 @@ def _json_collect(obj: Any, out: list[Any], name: str, where: str) -> tuple[int,
         raise FileFormatError(f"{name}: {where}: expected numbers or lists of numbers, got {type(obj).__name__} {obj!r:.40}")
     if not obj:
         return (0,)
-    subs = [_json_collect(x, out, name, where) for x in obj]
+    subs = [_json_collect(x, out, name, where, depth + 1) for x in obj]
     if any(s != subs[0] for s in subs):
         raise FileFormatError(f"{name}: {where}: ragged nested lists (rows of different lengths); expected a rectangular array")
     return (len(obj), *subs[0])
 
 
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _TooManyDigits(len(text.lstrip("-")))
+    return int(text)
+
+
+class _TooManyDigits(ValueError):
+    pass
+
+
 def _json_loads(data: bytes, name: str, where: str) -> tuple[dict[str, np.ndarray], bool]:
     try:
-        obj = json.loads(data.decode("utf-8"))
+        obj = json.loads(data.decode("utf-8"), parse_int=_json_int)
     except UnicodeDecodeError:
         raise FileFormatError(f"{name}: {where} is not UTF-8 text, so not JSON") from None
     except json.JSONDecodeError as exc:
         raise FileFormatError(f"{name}: {where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except _TooManyDigits as exc:
+        raise FileFormatError(f"{name}: {where}: an integer of {exc.args[0]} digits; at most {MAX_INT_DIGITS} are read") from None
+    except RecursionError:
+        raise FileFormatError(f"{name}: {where}: JSON nested too deeply; expected an array of at most 64 dimensions") from None
+    except ValueError as exc:
+        raise FileFormatError(f"{name}: {where} is not valid JSON: {exc}") from None
+    if isinstance(obj, dict):
+        for k in obj:
+            _check_text(k, name, where)
     if isinstance(obj, dict) and not ("data" in obj and set(obj) <= {"data", "shape", "dtype"}):
         if not obj:
             raise FileFormatError(f"{name}: {where}: expected an array or a dict of arrays, got an empty object")
@@ -356,7 +425,19 @@ def _cast(arr: np.ndarray, dtype: str, name: str) -> np.ndarray:
         raise FileFormatError(f"dtype: expected float16, float32 or float64, got {dtype!r}") from None
     if dt.kind != "f":
         raise FileFormatError(f"dtype: expected float16, float32 or float64, got {dtype!r}")
-    return arr.astype(dt, copy=False) if arr.dtype.kind == "f" else arr
+    return _narrow(arr, dt, name, "the data") if arr.dtype.kind == "f" else arr
+
+
+def _narrow(arr: np.ndarray, dt: np.dtype, name: str, where: str) -> np.ndarray:
+    """``arr`` cast to the float dtype ``dt``; a finite value too large for it is an error, not infinity."""
+    with np.errstate(over="ignore"):
+        out = arr.astype(dt, copy=False)
+    if out.dtype != arr.dtype and out.size and not np.isfinite(out).all():
+        bad = np.isfinite(arr) & ~np.isfinite(out)
+        if bad.any():
+            value = float(arr[bad].flat[0])
+            raise FileFormatError(f"{name}: {where}: the value {value!r} does not fit {dt} (largest {float(np.finfo(dt).max):g})")
+    return out
 
 
 def _csv_loads(data: bytes, name: str, where: str, dtype: str = "float32") -> np.ndarray:
@@ -366,16 +447,27 @@ def _csv_loads(data: bytes, name: str, where: str, dtype: str = "float32") -> np
         raise FileFormatError(f"{name}: {where} is not UTF-8 text, so not CSV") from None
     rows: list[list[float]] = []
     width = None
-    for lineno, row in enumerate(csv.reader(_io.StringIO(text)), start=1):
+    lineno = 0
+    reader = csv.reader(_io.StringIO(text))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise FileFormatError(f"{name}: {where}: line {lineno + 1}: not readable as CSV ({exc})") from None
+        lineno = reader.line_num
         if not row or all(not c.strip() for c in row):
             continue
         vals = []
         for col, cell in enumerate(row, start=1):
             try:
+                if len(cell) > 400:  # no float needs more; a longer cell is not a number we write
+                    raise ValueError(cell)
                 vals.append(float(cell))
             except ValueError:
                 hint = " (a header row? attnkit's CSV has no header and no index column)" if lineno == 1 else ""
-                raise FileFormatError(f"{name}: {where}: line {lineno}, column {col}: expected a number, got {cell!r}{hint}") from None
+                raise FileFormatError(f"{name}: {where}: line {lineno}, column {col}: expected a number, got {cell[:40]!r}{hint}") from None
         if width is None:
             width = len(vals)
         elif len(vals) != width:
@@ -407,24 +499,20 @@ def loads(
         if not data.startswith(b"\x93NUMPY"):
             raise FileFormatError(f"{name}: {where} is not a .npy file (no NumPy header){_looks_like(data)}")
         try:
-            out = {DEFAULT_KEY: np.load(_io.BytesIO(data), allow_pickle=False)}
-        except (ValueError, OSError, EOFError) as exc:
-            raise FileFormatError(f"{name}: {where} is a corrupt .npy file: {exc}") from None
+            arr = np.load(_io.BytesIO(data), allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - NumPy's header parser raises ValueError, SyntaxError, tokenize errors...
+            raise FileFormatError(f"{name}: {where} is a corrupt .npy file: {type(exc).__name__}: {str(exc)[:160]}") from None
+        if arr.dtype.hasobject or arr.dtype.fields is not None or arr.dtype.kind not in "biufc":
+            raise FileFormatError(f"{name}: {where} holds dtype {arr.dtype}; expected a bool, integer or float array")
+        out = {DEFAULT_KEY: arr}
     elif fmt == "npz":
-        try:
-            with np.load(_io.BytesIO(data), allow_pickle=False) as z:
-                out = {k: z[k] for k in z.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-            raise FileFormatError(f"{name}: {where} is not a readable .npz file: {exc}{_looks_like(data, 'npz')}") from None
-        if not out:
-            raise FileFormatError(f"{name}: {where} is an empty .npz archive")
+        out = _npz_loads(data, name, where)
     elif fmt == "safetensors":
-        from safetensors import SafetensorError
-        from safetensors.numpy import load as st_load
+        from ._safetensors import SafetensorsFormatError, load_safetensors
 
         try:
-            out = st_load(data)
-        except (SafetensorError, ValueError, TypeError) as exc:
+            out = load_safetensors(data)
+        except SafetensorsFormatError as exc:
             raise FileFormatError(f"{name}: {where} is not a readable .safetensors file: {exc}{_looks_like(data, 'safetensors')}") from None
         if not out:
             raise FileFormatError(f"{name}: {where} is a .safetensors file with no tensors")
@@ -441,6 +529,41 @@ def loads(
     if shape is not None:
         out = {k: _reshape(v, shape, name, where if len(out) == 1 else f"{where}[{k!r}]") for k, v in out.items()}
     return out
+
+
+def _npz_loads(data: bytes, name: str, where: str) -> dict[str, np.ndarray]:
+    """Every ``.npy`` member of an ``.npz`` archive; any other member, or a corrupt one, is an error."""
+    out: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(_io.BytesIO(data)) as zf:
+            members = [i for i in zf.infolist() if not i.is_dir()]
+            if not members:
+                raise FileFormatError(f"{name}: {where} is an empty .npz archive")
+            for info in members:
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                with zf.open(info) as fh:
+                    if fh.read(6) != b"\x93NUMPY":
+                        raise FileFormatError(f"{name}: {where}: member {info.filename!r} is not a .npy array; an .npz holds .npy files only")
+                with zf.open(info) as fh:
+                    arr = np.lib.format.read_array(fh, allow_pickle=False)
+                if arr.dtype.hasobject or arr.dtype.fields is not None:
+                    raise FileFormatError(f"{name}: {where}: member {info.filename!r} has dtype {arr.dtype}; expected numbers")
+                out[key] = arr
+    except FileFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zlib.error, BadZipFile, a .npy header that does not tokenize: all a bad file
+        why = f"{type(exc).__name__}: {str(exc)[:160]}"
+        raise FileFormatError(f"{name}: {where} is not a readable .npz file: {why}{_looks_like(data, 'npz')}") from None
+    return out
+
+
+def _check_text(text: str, name: str, where: str) -> None:
+    """Refuse lone UTF-16 surrogates (JSON escapes like \\ud800 that are not text)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "backslashreplace").decode()[:40]
+        raise FileFormatError(f"{name}: {where}: the key {shown!r} is not valid Unicode text") from None
 
 
 def _looks_like(data: bytes, claimed: str = "") -> str:
@@ -511,7 +634,7 @@ def read_arrays(
     if os.fspath(path) == "-":
         import sys
 
-        data = sys.stdin.buffer.read()
+        data = read_stream(sys.stdin.buffer, name, "standard input")
         f = detect_format(None, fmt, head=data[:512])
         return loads(data, f, shape=shape, name=name, where="standard input", dtype=dtype)
     data = _read_bytes(path, name)

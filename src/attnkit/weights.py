@@ -41,6 +41,7 @@ __all__ = [
     "load_state",
     "save_state",
     "detect_layout",
+    "check_params",
     "to_attnkit",
     "from_torch_mha",
     "to_torch_mha",
@@ -60,47 +61,67 @@ _BERT = {"q_proj": "attention.self.query", "k_proj": "attention.self.key", "v_pr
 def load_state(source: Any) -> dict[str, np.ndarray]:
     """Read a flat dict of NumPy arrays from safetensors bytes, a path or a dict of arrays.
 
-    Paths: ``.safetensors``; ``.npz``; ``.pt``/``.pth``/``.bin`` (a torch file, read with
-    ``torch.load(weights_only=True)``, so no code in it runs).
+    Paths: ``.safetensors`` (BF16 and FP8 tensors become float32); ``.npz``; ``.pt``/``.pth``/``.bin``
+    (a torch file, read with ``torch.load(weights_only=True)``, so no code in it runs). Every failure is
+    an :class:`~attnkit.errors.AttentionError` naming ``weights``.
     """
-    if isinstance(source, Mapping):
-        return {str(k): to_numpy(v) for k, v in source.items()}
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        from safetensors import SafetensorError
-        from safetensors.numpy import load
+    from . import io as aio
 
-        try:
-            return dict(load(bytes(source)))
-        except (SafetensorError, ValueError, OSError) as exc:
-            raise ConfigError(f"weights: not a valid safetensors buffer ({exc})") from exc
+    if isinstance(source, Mapping):
+        out = {}
+        for k, v in source.items():
+            try:
+                arr = to_numpy(v)
+            except Exception as exc:  # noqa: BLE001 - any value that is not an array
+                raise ConfigError(f"weights[{str(k)[:60]!r}]: expected an array, got {type(v).__name__} ({str(exc)[:80]})") from None
+            if arr.dtype.hasobject or arr.dtype.kind not in "biuf":
+                raise ConfigError(f"weights[{str(k)[:60]!r}]: expected a numeric array, got dtype {arr.dtype}")
+            out[str(k)] = arr
+        return out
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return aio.loads(bytes(source), "safetensors", name="weights", where="the safetensors buffer")
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"weights: no such file {str(path)!r}")
         suffix = path.suffix.lower()
-        try:
-            if suffix == ".safetensors":
-                from safetensors.numpy import load_file
-
-                return dict(load_file(str(path)))
-            if suffix == ".npz":
-                with np.load(path, allow_pickle=False) as z:
-                    return {k: z[k] for k in z.files}
-            if suffix in (".pt", ".pth", ".bin"):
-                try:
-                    import torch
-                except ImportError as exc:
-                    raise ConfigError(f"weights: reading {suffix} files needs torch (pip install 'attnkit[torch]')") from exc
-                sd = torch.load(str(path), map_location="cpu", weights_only=True)
-                if not isinstance(sd, Mapping):
-                    raise ConfigError(f"weights: {str(path)!r} holds a {type(sd).__name__}, expected a state dict")
-                return {str(k): to_numpy(v) for k, v in sd.items() if hasattr(v, "shape")}
-        except ConfigError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file, reported as such
-            raise ConfigError(f"weights: cannot read {str(path)!r} ({type(exc).__name__}: {exc})") from exc
+        if suffix in (".safetensors", ".npz"):
+            return aio.read_arrays(path, suffix[1:], name="weights")
+        if suffix in (".pt", ".pth", ".bin"):
+            return _torch_load(path, suffix)
         raise ConfigError(f"weights: unsupported file type {suffix!r}; expected .safetensors, .npz, .pt, .pth or .bin")
     raise ConfigError(f"weights: expected safetensors bytes, a path or a dict of arrays, got {type(source).__name__}")
+
+
+def _torch_load(path: Path, suffix: str) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as exc:
+        raise ConfigError(f"weights: reading {suffix} files needs torch (pip install 'attnkit[torch]')") from exc
+    import pickle
+
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's message advises weights_only=False, which would run the file's code: not ours to repeat
+        raise ConfigError(
+            f"weights: {str(path)!r} holds Python objects besides tensors, which attnkit does not unpickle (it loads torch "
+            "files with weights_only=True so that no code in them runs); save the state dict alone "
+            "(torch.save(module.state_dict(), path)) or convert it to .safetensors"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad file, reported as such
+        raise ConfigError(f"weights: cannot read {str(path)!r} as a torch file ({type(exc).__name__}: {str(exc)[:160]})") from None
+    if not isinstance(sd, Mapping):
+        raise ConfigError(f"weights: {str(path)!r} holds a {type(sd).__name__}, expected a state dict")
+    out = {}
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor):
+            if v.is_sparse or v.layout != torch.strided:
+                v = v.to_dense()
+            if v.dtype in (torch.bfloat16, torch.float16) or str(v.dtype).startswith("torch.float8"):
+                v = v.float()
+            out[str(k)] = v.detach().cpu().numpy()
+    return out
 
 
 def save_state(params: Mapping[str, Any]) -> bytes:
@@ -108,6 +129,34 @@ def save_state(params: Mapping[str, Any]) -> bytes:
     from safetensors.numpy import save
 
     return save({k: np.ascontiguousarray(to_numpy(v)) for k, v in params.items()})
+
+
+def check_params(params: Mapping[str, Any], where: str = "weights") -> dict[str, np.ndarray]:
+    """Check attnkit-layout projection weights: every weight 2-D, q/out ``(E, E)``, k ``(E, kdim)``,
+    v ``(E, vdim)``, each bias ``(E,)``; missing weights and stray shapes raise ``ShapeError``/``ConfigError``."""
+    p = {k: to_numpy(v) for k, v in params.items()}
+    for name in PROJECTIONS:
+        if f"{name}.weight" not in p:
+            raise ConfigError(f"{where}: {name}.weight is missing (found: {', '.join(sorted(p)[:8]) or 'nothing'})")
+    for name in PROJECTIONS:
+        w = p[f"{name}.weight"]
+        if w.ndim != 2:
+            raise ShapeError(f"{name}.weight: expected a 2-D (out, in) matrix, got shape {w.shape}")
+        if w.dtype.kind != "f":
+            raise ShapeError(f"{name}.weight: expected float values, got dtype {w.dtype}")
+    e = p["q_proj.weight"].shape[0]
+    expect = {"q_proj.weight": (e, e), "out_proj.weight": (e, e)}
+    for name, want in expect.items():
+        if p[name].shape != want:
+            raise ShapeError(f"{name}: expected shape {want} (E = {e} from q_proj.weight), got {p[name].shape}")
+    for name in ("k_proj.weight", "v_proj.weight"):
+        if p[name].shape[0] != e:
+            raise ShapeError(f"{name}: expected {e} rows (E from q_proj.weight), got shape {p[name].shape}")
+    for name in PROJECTIONS:
+        b = p.get(f"{name}.bias")
+        if b is not None and b.shape != (e,):
+            raise ShapeError(f"{name}.bias: expected shape ({e},), got {b.shape}")
+    return p
 
 
 def detect_layout(state: Mapping[str, Any]) -> str:
@@ -128,7 +177,7 @@ def to_attnkit(state: Mapping[str, Any], prefix: str | None = None) -> dict[str,
     state = load_state(state)
     layout = detect_layout(state)
     if layout == "attnkit":
-        return {k: v for k, v in state.items() if k.split(".")[0] in PROJECTIONS}
+        return check_params({k: v for k, v in state.items() if k.split(".")[0] in PROJECTIONS})
     if layout == "torch_mha":
         return from_torch_mha(state)
     return from_hf_bert(state, prefix=prefix)
@@ -142,7 +191,7 @@ def from_torch_mha(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     if "in_proj_weight" in sd:
         w = sd["in_proj_weight"]
-        if w.ndim != 2 or w.shape[0] % 3:
+        if w.ndim != 2 or w.shape[0] % 3 or w.shape[0] != 3 * w.shape[1]:
             raise ShapeError(f"in_proj_weight: expected shape (3*E, E), got {w.shape}")
         out["q_proj.weight"], out["k_proj.weight"], out["v_proj.weight"] = np.split(w, 3, axis=0)
     else:
@@ -152,11 +201,17 @@ def from_torch_mha(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
                 raise ConfigError(f"weights: {key} is missing from the torch state dict")
             out[f"{p}_proj.weight"] = sd[key]
     if "in_proj_bias" in sd:
-        out["q_proj.bias"], out["k_proj.bias"], out["v_proj.bias"] = np.split(sd["in_proj_bias"], 3)
+        b = sd["in_proj_bias"]
+        e = out["q_proj.weight"].shape[0] if out["q_proj.weight"].ndim else -1
+        if b.shape != (3 * e,):
+            raise ShapeError(f"in_proj_bias: expected shape ({3 * e},) (3*E), got {b.shape}")
+        out["q_proj.bias"], out["k_proj.bias"], out["v_proj.bias"] = np.split(b, 3)
+    if "out_proj.weight" not in sd:
+        raise ConfigError(f"weights: out_proj.weight is missing from the torch state dict (found: {', '.join(sorted(sd)[:8])})")
     out["out_proj.weight"] = sd["out_proj.weight"]
     if "out_proj.bias" in sd:
         out["out_proj.bias"] = sd["out_proj.bias"]
-    return out
+    return check_params(out)
 
 
 def to_torch_mha(params: Mapping[str, Any], packed: bool | None = None) -> dict[str, np.ndarray]:
@@ -165,7 +220,7 @@ def to_torch_mha(params: Mapping[str, Any], packed: bool | None = None) -> dict[
     ``packed=None`` packs ``in_proj_weight`` when q/k/v weights share a shape (kdim == vdim == E),
     which is what torch itself does; ``packed=False`` writes the separate form.
     """
-    p = {k: to_numpy(v) for k, v in params.items()}
+    p = check_params(params)
     same = p["q_proj.weight"].shape == p["k_proj.weight"].shape == p["v_proj.weight"].shape
     if packed and not same:
         raise ConfigError("packed: q/k/v weights differ in shape (kdim/vdim != model_dim); use packed=False")
@@ -211,11 +266,12 @@ def from_hf_bert(state: Mapping[str, Any], prefix: str | None = None) -> dict[st
                 out[f"{ours}.{part}"] = sd[key]
             elif part == "weight":
                 raise ConfigError(f"weights: {key} is missing from the BERT state dict")
-    return out
+    return check_params(out)
 
 
 def to_hf_bert(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
     """attnkit layout -> Hugging Face BERT self-attention keys under ``prefix``."""
+    params = check_params(params)
     out: dict[str, np.ndarray] = {}
     for ours, theirs in _BERT.items():
         for part in ("weight", "bias"):

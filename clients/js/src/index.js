@@ -217,7 +217,10 @@ export class AttnkitClient {
         if (!t) continue;
         headers[`X-Attnkit-${f[0].toUpperCase()}${f.slice(1)}-Shape`] = t.shape.join(',');
         if (f === 'mask' && t.data instanceof Uint8Array) headers['X-Attnkit-Mask-Dtype'] = 'bool';
-        else if (f === 'mask') headers['X-Attnkit-Mask-Dtype'] = 'float32';
+        else if (f === 'mask') {
+          headers['X-Attnkit-Mask-Dtype'] = 'float32';
+          headers['X-Attnkit-Mask-Kind'] = 'additive'; // a float mask is added to the scores
+        }
         parts.push(wireBytes(t));
       }
       const body = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
@@ -231,6 +234,7 @@ export class AttnkitClient {
     }
     const doc = { options: opts, encoding: 'base64' };
     for (const f of FIELDS) if (tensors[f]) doc[f] = jsonTensor(tensors[f]);
+    if (tensors.mask && !(tensors.mask.data instanceof Uint8Array)) doc.mask_kind = 'additive';
     const response = await this._request(path, {
       method: 'POST', headers: { 'Content-Type': 'application/json', Accept: 'application/json' }, body: JSON.stringify(doc),
     });
@@ -249,6 +253,7 @@ export class AttnkitClient {
       for (const f of FIELDS) {
         const t = asTensor(it[f], `requests[${i}].${f}`);
         if (t) doc[f] = jsonTensor(t);
+        if (t && f === 'mask' && !(t.data instanceof Uint8Array)) doc.mask_kind = 'additive';
       }
       return doc;
     });

@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ..errors import AttentionError
 
+    if not _wants_traceback(args):
+        import warnings
+
+        # NumPy's overflow/invalid warnings would add lines to the one-line error contract; a result
+        # that is not finite is refused as an error instead (see _common.check_finite_output)
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
     try:
         from typer.main import get_command
 
@@ -103,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         if _wants_traceback(args):
             traceback.print_exc()
         sys.stderr.write(f"attnkit: error: {_one_line(str(exc))}\n")
+        return 2
+    except MemoryError as exc:
+        sys.stderr.write(f"attnkit: error: not enough memory ({_one_line(str(exc)) or 'MemoryError'}); use smaller sizes or options\n")
         return 2
     except BrokenPipeError:
         # the reader of our stdout went away (attnkit ... | head): not an error of ours

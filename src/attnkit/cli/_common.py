@@ -325,6 +325,49 @@ def create_mechanism(name: str, explicit: Mapping[str, Any], config: Any = None,
     return registry.create(key, **opts)
 
 
+# ---------------------------------------------------------------------------------------------- files
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: the same real path (symlinks and ``..`` resolved), or
+    the same inode (hard links)."""
+    try:
+        if os.path.realpath(a) == os.path.realpath(b):
+            return True
+        return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def check_not_input(output: str | None, inputs: Iterable[str | None], flag: str) -> None:
+    """Refuse (exit 2) an output path that is one of the input files, however it is spelled."""
+    if output is None or output == "-":
+        return
+    from ..io import split_key
+
+    out_path = split_key(output)[0]
+    for spec in inputs:
+        if spec is None:
+            continue
+        path = split_key(spec)[0]
+        if path != "-" and same_file(out_path, path):
+            raise UsageError(f"{flag}: {out_path!r} is the input file {spec!r} (or a link to it); write to another path")
+
+
+def check_finite_output(x: Any, what: str = "output") -> None:
+    """Refuse (exit 2) to write or report a result holding NaN or infinity."""
+    import numpy as np
+
+    from .._array import to_numpy
+    from ..errors import NonFiniteError
+
+    a = to_numpy(x)
+    if a.dtype.kind in "fc" and a.size and not np.isfinite(a).all():
+        n = int(a.size - np.isfinite(a).sum())
+        raise NonFiniteError(
+            f"{what}: the result holds {n} NaN or infinite value(s) of {a.size}; nothing was written "
+            "(inputs so large that the scores overflow, or options out of range?)"
+        )
+
+
 # ---------------------------------------------------------------------------------------------- weights
 def has_weights(mech: Any) -> bool:
     """Whether ``mech`` (an instance or a class) declares attention weights."""

@@ -15,6 +15,8 @@ from ._common import (
     State,
     UsageError,
     array_stats,
+    check_finite_output,
+    check_not_input,
     console,
     create_mechanism,
     emit_json,
@@ -132,6 +134,9 @@ def run_compute(
     if seed is None:
         seed = config.get("attention", "seed")
         seed = 0 if seed is None else seed
+    from .._array import seed_option
+
+    seed = seed_option(seed, "--seed")
     if "seed" in specs and "seed" not in explicit:
         explicit["seed"] = seed
     if dtype is not None and dtype not in ("float32", "float64", "float16"):
@@ -148,6 +153,11 @@ def run_compute(
         raise UsageError("query: -k/-v/--mask need a query (-q FILE)")
     if sum(1 for s in (inputs, query, keys, values, mask) if s is not None and aio.split_key(s)[0] == "-") > 1:
         raise UsageError("only one input may be read from standard input ('-')")
+    in_files = (inputs, query, keys, values, mask, weights, state.config_path)
+    check_not_input(output, in_files, "--output")
+    check_not_input(heatmap, in_files, "--heatmap")
+    if output is not None and heatmap is not None and output != "-" and _same(output, heatmap):
+        raise UsageError(f"--heatmap: {heatmap!r} is also the --output file; write them to different paths")
 
     mech = create_mechanism(name, explicit, config)
     if weights is not None:
@@ -164,6 +174,7 @@ def run_compute(
 
     extras: dict[str, Any] = {}
     if random is not None:
+        _check_random_size(mech, random, dtype)
         drawn = mech.example_inputs(random, np.random.default_rng(seed))
         extras = mech.example_extras(random, np.random.default_rng(seed + 1))
         if motif is not None:
@@ -192,6 +203,7 @@ def run_compute(
 
     out = to_numpy(out)
     log.info("forward: %.3f ms", elapsed * 1e3)
+    check_finite_output(out)
 
     written = None
     if output is not None and output != "-":
@@ -225,6 +237,23 @@ def run_compute(
         emit_json(summary)
     else:
         _print_summary(summary)
+
+
+def _same(a: str, b: str) -> bool:
+    from ._common import same_file
+
+    return same_file(aio.split_key(a)[0], aio.split_key(b)[0])
+
+
+def _check_random_size(mech: Any, length: int, dtype: str | None) -> None:
+    """Refuse ``--random LENGTH`` before drawing when the inputs would not fit the allocation bound
+    (the size of one position comes from a draw of length 1)."""
+    from .._array import check_allocation
+
+    one = [*mech.example_inputs(1, np.random.default_rng(0)), *mech.example_extras(1, np.random.default_rng(1)).values()]
+    per_position = sum(int(np.size(a)) for a in one if a is not None)
+    itemsize = np.dtype(dtype or "float32").itemsize
+    check_allocation(float(per_position) * length * itemsize, "--random", f"random inputs of length {length}")
 
 
 def _load_weights(mech: Any, path: str) -> None:

@@ -92,8 +92,10 @@ def run_convert(
     from_k, to_k = _kind(from_, "--from"), _kind(to, "--to")
     src, key = aio.split_key(source)
     dst, dst_key = aio.split_key(dest)
-    if os.path.abspath(src) == os.path.abspath(dst) and src != "-":
-        raise UsageError(f"OUT: {dst!r} is the input file; write to another path")
+    from ._common import same_file
+
+    if src != "-" and dst != "-" and same_file(src, dst):
+        raise UsageError(f"OUT: {dst!r} is the input file {src!r} (or a link to it); write to another path")
 
     # ---- read
     if input_format is None and src != "-" and is_torch_file(src):

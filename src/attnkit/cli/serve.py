@@ -15,7 +15,9 @@ log = logging.getLogger("attnkit.cli")
 #: [server] keys that are server settings under the same name
 SETTING_KEYS = (
     "max_body_bytes", "max_batch_items", "max_elements", "max_option_int", "request_timeout_s",
-    "max_concurrency", "queue", "api_key", "cors_origins", "cache_size", "models_dir", "models", "max_batch_delay_ms", "max_batch_size",
+    "max_concurrency", "queue", "api_key", "cors_origins", "cache_size", "cache_bytes", "max_flops", "max_work_bytes",
+    "isolation", "worker_memory_bytes", "header_timeout_s", "body_timeout_s",
+    "models_dir", "models", "max_batch_delay_ms", "max_batch_size",
 )
 
 
@@ -64,25 +66,24 @@ def run_serve(
 ) -> None:
     config = state.config
     h, p, w, lim = server_arguments(config, host=host, port=port, workers=workers, limits=limits, extra=extra)
-    if not 0 <= int(p) <= 65535:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"port: expected 0..65535, got {p}")
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
         raise MissingExtra("attnkit serve", "fastapi and uvicorn", "server") from None
-    from ..server import run
+    from ..server import check_address, check_port_free, run
     from ..server.settings import Settings
 
-    settings = Settings.from_env(**lim)  # checks every limit (ConfigError names a bad one) before binding
+    # every value is checked (a ConfigError names the bad one, exit 2) before anything is printed or bound
+    w, p, h = check_address(h, p, w)
+    settings = Settings.from_env(**lim)
     if settings.models_dir or settings.models:
         from ..server.models import ModelRepository
 
         ModelRepository(settings.models_dir, settings.models)  # a bad model file exits 2 before binding
+    check_port_free(h, p)
     level = "debug" if state.verbose >= 2 else "info" if state.verbose == 1 else config.get("logging", "level")
     sys.stderr.write(f"attnkit: serving on http://{h}:{p} (API docs at /docs); Ctrl-C stops\n")
     sys.stderr.flush()
     log.info("server settings: %s", {k: v for k, v in vars(settings).items() if k != "api_key"})
-    run(h, int(p), int(w), settings=settings, log_level=level)
+    run(h, p, w, settings=settings, log_level=level)

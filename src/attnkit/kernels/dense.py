@@ -317,6 +317,10 @@ def sdpa(
     ``engine`` (for NumPy inputs under ``backend="auto"``): ``"numpy"``, ``"torch"`` (torch's fused
     kernel on zero-copy views) or ``"auto"`` (calibrated per machine; see :mod:`.engine`).
     """
+    lead = tuple(q.shape[:-2]) if needs_grouping(q, k, v) else np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+    out_shape = (*lead, int(q.shape[-2]), int(v.shape[-1]))
+    if 0 in out_shape:  # an empty batch or query: nothing to compute (and no tile loop over a long empty axis)
+        return xp.zeros(out_shape, dtype=q.dtype, device=array_api_compat.device(q))
     positional = tuple(window) != NO_WINDOW or alibi_slopes is not None
     if positional or softcap is not None:
         if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0 and softcap is None:

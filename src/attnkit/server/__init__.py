@@ -50,10 +50,9 @@ def run(
     """
     import uvicorn
 
-    from .._array import positive_int
+    from .protocol import JsonH11Protocol
 
-    workers = positive_int(workers, "workers")
-    port = int(port)
+    workers, port, host = check_address(host, port, workers)
     if settings is None:
         settings = Settings.from_env(**limits)
     elif limits:
@@ -65,7 +64,9 @@ def run(
         "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5,
         "server_header": False,
         "timeout_keep_alive": float(keep_alive_s),
+        "http": JsonH11Protocol,
     }
+    check_port_free(host, port)
     if workers > 1:
         os.environ[ENV_JSON] = settings.to_json()
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # issue 14: per-model metrics summed over workers
@@ -75,6 +76,50 @@ def run(
         uvicorn.run("attnkit.server:app_factory", factory=True, workers=workers, **common)
     else:
         uvicorn.run(create_app(settings), **common)
+
+
+def check_address(host: Any, port: Any, workers: Any) -> tuple[int, int, str]:
+    """Validate ``workers`` (>= 1), ``port`` (0..65535) and ``host`` (an address or a name that
+    resolves), raising :class:`~attnkit.errors.ConfigError` naming the bad one."""
+    import socket
+
+    from .._array import positive_int
+    from ..errors import ConfigError
+
+    workers = positive_int(workers, "workers")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"port: expected an integer in 0..65535, got {port!r}")
+    if not isinstance(host, str) or not host or any(c.isspace() or c in "/?#@" for c in host):
+        raise ConfigError(f"host: expected an IP address or host name, got {host!r}")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        raise ConfigError(f"host: cannot resolve {host!r} ({exc})") from None
+    return workers, port, host
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`~attnkit.errors.ConfigError` when ``host:port`` cannot be bound (in use, or not an
+    address of this machine), before uvicorn tries and logs a traceback."""
+    import socket
+
+    from ..errors import ConfigError
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"host: cannot resolve {host!r} ({exc})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            what = "port" if exc.errno in (98, 48, 10048) else "host"  # EADDRINUSE on Linux, macOS, Windows
+            value = port if what == "port" else host
+            raise ConfigError(f"{what}: cannot listen on {host}:{port} ({exc.strerror or exc}); {value!r} is busy or unavailable") from None
 
 
 def _as_dict(settings: Settings) -> dict[str, Any]:

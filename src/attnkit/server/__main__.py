@@ -50,17 +50,20 @@ def main(argv: list[str] | None = None) -> int:
     ns = p.parse_args(args_in)
     limits = {n: getattr(ns, n) for n in Settings.field_names() if getattr(ns, n) is not None}
     from ..errors import AttentionError
+    from . import check_address, check_port_free
 
     try:
+        workers, port, host = check_address(ns.host, ns.port, ns.workers)
         settings = Settings.from_env(**limits)
         if settings.models_dir or settings.models:
             from .models import ModelRepository
 
             ModelRepository(settings.models_dir, settings.models)  # a bad model exits 2 before binding
+        check_port_free(host, port)
     except AttentionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    run(ns.host, ns.port, ns.workers, settings=settings, log_level=ns.log_level)
+    run(host, port, workers, settings=settings, log_level=ns.log_level)
     return 0
 
 

@@ -54,10 +54,13 @@ __all__ = [
     "decode_safetensors",
     "decode_octet",
     "encode_output",
+    "safe_text",
 ]
 
 TENSOR_FIELDS = ("query", "keys", "values", "mask")
 MAX_NDIM = 8
+#: longest single dimension accepted (empty tensors may have long axes, but not unbounded ones)
+MAX_DIM = 2**31 - 1
 JSON = "application/json"
 NPY = "application/x-npy"
 SAFETENSORS = "application/x-safetensors"
@@ -75,8 +78,22 @@ _ALIASES = {
 _WIRE_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64, "bool": np.bool_}
 
 
+def safe_text(text: str) -> str:
+    """``text`` with lone UTF-16 surrogates (from JSON escapes such as ``\\ud800``) written as escapes,
+    so that it can be encoded as UTF-8 in an answer."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class ApiError(Exception):
-    """An error answered to the client: HTTP ``status`` and the body ``{"error": {code, message, field}}``."""
+    """An error answered to the client: HTTP ``status`` and the body ``{"error": {code, message, field}}``.
+
+    ``field`` names the part of the request at fault (a JSON path such as ``options.heads``, a header,
+    ``body``, ``path``); it defaults to ``"body"``.
+    """
 
     def __init__(
         self, status: int, code: str, message: str, field: str | None = None, headers: Mapping[str, str] | None = None
@@ -88,8 +105,11 @@ class ApiError(Exception):
         self.field = field
         self.headers = dict(headers or {})
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ApiError, (self.status, self.code, self.message, self.field, self.headers))
+
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+        return {"error": {"code": self.code, "message": safe_text(self.message), "field": safe_text(self.field or "body")}}
 
 
 # ---------------------------------------------------------------------- content negotiation
@@ -144,6 +164,8 @@ def _check_shape(shape: Any, field: str, max_elements: int) -> tuple[int, ...]:
     for s in shape:
         if isinstance(s, bool) or not isinstance(s, int) or s < 0:
             raise ApiError(400, "bad_shape", f"{field}: expected non-negative integer dimensions, got {_short(shape)}", field)
+        if s > MAX_DIM:  # NumPy cannot index past 2**63; no real request needs a dimension this long
+            raise ApiError(413, "too_many_elements", f"{field}: each dimension is at most {MAX_DIM}, got {_short(s)}", field)
         out.append(int(s))
     n = math.prod(out)
     if n > max_elements:
@@ -183,14 +205,34 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ApiError(400, "bad_json", f"body: expected UTF-8 JSON, got undecodable bytes at {exc.start}", "body") from None
     try:
-        return json.loads(text, parse_int=_parse_int)
+        doc = json.loads(text, parse_int=_parse_int)
     except RecursionError:
         raise ApiError(400, "bad_json", "body: JSON nested too deeply", "body") from None
     except ValueError as exc:
-        raise ApiError(400, "bad_json", f"body: invalid JSON ({exc})", "body") from None
+        raise ApiError(400, "bad_json", f"body: invalid JSON ({safe_text(str(exc))[:200]})", "body") from None
+    _check_strings(doc)
+    return doc
+
+
+def _check_strings(doc: Any) -> None:
+    """Refuse strings with lone surrogates (valid JSON escapes, but not text), iteratively."""
+    stack = [doc]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, dict):
+            for k, v in x.items():
+                if safe_text(k) is not k:
+                    raise ApiError(400, "bad_json", f"body: the key {safe_text(k)[:40]!r} holds a lone surrogate, which is not text", "body")
+                stack.append(v)
+        elif isinstance(x, list):
+            stack.extend(v for v in x if isinstance(v, (dict, list, str)))
+        elif isinstance(x, str) and safe_text(x) is not x:
+            raise ApiError(400, "bad_json", f"body: the string {safe_text(x)[:40]!r} holds a lone surrogate, which is not text", "body")
 
 
 def _parse_int(text: str) -> int | float:
+    if len(text) > 400:  # beyond any float, and int() refuses over 4300 digits
+        return float("inf") if not text.startswith("-") else float("-inf")
     value = int(text)
     return value if -(2**63) <= value < 2**64 else float(text)
 
@@ -228,7 +270,7 @@ def _decode_b64(value: dict[str, Any], field: str, max_elements: int) -> np.ndar
     if unknown:
         raise ApiError(422, "bad_tensor", f"{field}.{unknown[0]}: unknown key; a base64 tensor has data, shape, dtype", field)
     dtype_name = value.get("dtype", "float32")
-    if dtype_name not in _WIRE_DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in _WIRE_DTYPES:
         raise ApiError(
             422, "bad_dtype", f"{field}.dtype: expected one of {', '.join(_WIRE_DTYPES)}, got {_short(dtype_name)}", f"{field}.dtype"
         )
@@ -301,8 +343,8 @@ def _read_npy(body: bytes, pos: int, field: str, max_elements: int) -> tuple[np.
         header = np.lib.format.read_array_header_1_0(io.BytesIO(body[pos + 8 : pos + 10] + header_bytes)) if major == 1 else (
             np.lib.format.read_array_header_2_0(io.BytesIO(body[pos + 8 : pos + 12] + header_bytes))
         )
-    except (ValueError, TypeError, SyntaxError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "bad_npy", f"{field}: invalid .npy header ({str(exc)[:160]})", field) from None
+    except Exception as exc:  # noqa: BLE001 - the header parser raises ValueError, SyntaxError, tokenize errors...
+        raise ApiError(400, "bad_npy", f"{field}: invalid .npy header ({type(exc).__name__}: {str(exc)[:160]})", field) from None
     shape, fortran, dtype = header
     if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
         raise ApiError(422, "bad_dtype", f"{field}: expected a float or bool .npy array, got dtype {dtype}", field)
@@ -329,14 +371,15 @@ def decode_safetensors(body: bytes, max_elements: int) -> dict[str, np.ndarray]:
         raise ApiError(400, "bad_safetensors", f"body: safetensors header of {hlen} bytes does not fit the body", "body")
     try:
         header = json.loads(body[8 : 8 + hlen].decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ApiError(400, "bad_safetensors", f"body: invalid safetensors header ({str(exc)[:160]})", "body") from None
     if not isinstance(header, dict):
         raise ApiError(400, "bad_safetensors", "body: safetensors header is not a JSON object", "body")
     names = [k for k in header if k != "__metadata__"]
     unknown = sorted(set(names) - set(TENSOR_FIELDS))
     if unknown:
-        raise ApiError(422, "bad_tensor", f"{unknown[0]}: unknown tensor; expected {', '.join(TENSOR_FIELDS)}", unknown[0])
+        name = safe_text(unknown[0][:60])
+        raise ApiError(422, "bad_tensor", f"{name}: unknown tensor; expected {', '.join(TENSOR_FIELDS)}", name)
     for name in names:
         info = header[name]
         if not isinstance(info, dict):
@@ -344,11 +387,11 @@ def decode_safetensors(body: bytes, max_elements: int) -> dict[str, np.ndarray]:
         _check_shape(info.get("shape"), name, max_elements)
         if info.get("dtype") not in ("F16", "BF16", "F32", "F64", "BOOL"):
             raise ApiError(422, "bad_dtype", f"{name}: expected dtype F16, F32, F64 or BOOL, got {_short(info.get('dtype'))}", name)
-    try:
-        from safetensors.numpy import load
+    from .._safetensors import SafetensorsFormatError, load_safetensors
 
-        tensors = load(bytes(body))
-    except Exception as exc:  # safetensors raises its own error type for every malformed file
+    try:
+        tensors = load_safetensors(bytes(body))  # BF16 becomes float32
+    except SafetensorsFormatError as exc:
         raise ApiError(400, "bad_safetensors", f"body: invalid safetensors file ({str(exc)[:200]})", "body") from None
     return {k: tensors[k] for k in TENSOR_FIELDS if k in tensors}
 

@@ -215,21 +215,38 @@ def _repo(request: Request) -> ModelRepository:
     return request.app.state.models
 
 
-def forward(state: Any, mech: Any, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+def parse_request(body: bytes, header_length: str | None, max_elements: int) -> tuple[dict[str, Any], dict[str, np.ndarray], bool]:
+    """:func:`parse_infer_request`, the binary-answer flag, and a check that ``query`` is there."""
+    doc, tensors = parse_infer_request(body, header_length, max_elements)
+    binary = _wants_binary(doc)
+    if "query" not in tensors:
+        raise _bad("inputs: 'query' is required")
+    return doc, tensors, binary
+
+
+def forward(compute: Any, mech: Any, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
     """The model's forward for protocol inputs (batch axis first), errors mapped to API errors."""
     q, k, v, mask = (tensors.get(n) for n in INPUT_NAMES)
     if mask is not None and type(mech).input_layout in ("model", "sequence") and mask.ndim >= 3:
         mask = mask[..., None, :, :]  # (batch, Lq, Lk): the same mask for every head
-    return state._call(mech, lambda: mech.forward(q, k, v, mask=mask), set())
+    return compute._call(mech, lambda: mech.forward(q, k, v, mask=mask), set())
 
 
 def _batcher(request: Request) -> DynamicBatcher:
-    """The app's dynamic batcher (made on first use, on the event loop)."""
+    """The app's dynamic batcher (made on first use, on the event loop); forwards run in the compute runner
+    (``Compute.model_forward``: a worker process under process isolation)."""
     batcher = getattr(request.app.state, "batcher", None)
     if batcher is None:
         state = request.app.state.attnkit
         s = state.settings
-        batcher = DynamicBatcher(state.run, lambda mech, tensors: forward(state, mech, tensors), s.max_batch_delay_ms / 1e3, s.max_batch_size)
+
+        async def run(call: Any) -> Any:
+            return await call()
+
+        def forward_call(name: str, tensors: Mapping[str, np.ndarray]) -> Any:
+            return state.run("model_forward", name, dict(tensors))
+
+        batcher = DynamicBatcher(run, forward_call, s.max_batch_delay_ms / 1e3, s.max_batch_size)
         request.app.state.batcher = batcher
     return batcher
 
@@ -361,19 +378,12 @@ async def _infer_once(name: str, request: Request, version: str | None) -> Respo
         body = await read_body(request, state.settings.max_body_bytes)
         header_length = request.headers.get(HEADER.lower())
 
-        def parse() -> tuple[dict[str, Any], dict[str, np.ndarray], bool]:
-            doc, tensors = parse_infer_request(body, header_length, state.settings.max_elements)
-            binary = _wants_binary(doc)
-            if "query" not in tensors:
-                raise _bad("inputs: 'query' is required")
-            return doc, tensors, binary
-
-        doc, tensors, binary = await state.run(parse)
-        out = await _batcher(request).submit((model.name, id(model.mechanism)), model.mechanism, tensors)
+        doc, tensors, binary = await state.run("kserve_parse", body, header_length)
+        out = await _batcher(request).submit((model.name, id(model.mechanism)), model.name, tensors)
         if binary:
             content, headers, media = infer_response(model, doc, out, binary)
         else:
-            content, headers, media = await state.run(lambda: infer_response(model, doc, out, binary))
+            content, headers, media = await state.run("kserve_encode", model.name, doc, out, binary)
         return Response(content, media_type=media, headers=headers)
     except ApiError as err:
         return _protocol_error(err)

@@ -23,6 +23,7 @@ notices the new file (its size and modification time) on its next request to tha
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -457,5 +458,6 @@ async def replace_weights(name: str, request: Request) -> Response:
 
     body = await read_body(request, state.settings.max_body_bytes)
     repo = repository(request)
-    model = await state.run(lambda: repo.replace_weights(name, body))
+    # in this process (its repository is the one written); the compute workers reload the new file themselves
+    model = await asyncio.to_thread(repo.replace_weights, name, body)
     return JSONResponse(model.describe())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -38,6 +39,21 @@ class Settings:
       <key>`` or ``X-API-Key: <key>`` (401 otherwise).
     * ``cors_origins``: origins allowed by CORS; empty (the default) means CORS is off.
     * ``cache_size``: constructed mechanisms kept per (name, options), least recently used dropped.
+    * ``cache_bytes``: most bytes of weights and arrays those cached mechanisms may hold (per process).
+    * ``max_flops`` / ``max_work_bytes``: most floating-point operations, and bytes of scores and buffers,
+      one forward pass may need, estimated from the shapes before computing (413 above; see
+      :mod:`attnkit.server.admission`).
+    * ``isolation``: ``"process"`` (default) runs computations in worker processes, one per slot, and
+      kills a computation that runs past ``request_timeout_s`` (its worker is replaced), so the slot is
+      free again at once; ``"thread"`` runs them on threads of the server process, which cannot be
+      stopped (a timed-out computation keeps its slot until it ends).
+    * ``worker_memory_bytes``: with process isolation, the most memory (``RLIMIT_DATA``) a worker may
+      allocate; a request past it (options whose weights need gigabytes, say) gets 413 instead of
+      exhausting the machine. ``-1`` (the default): half the physical memory shared among the
+      ``max_concurrency`` workers (at least 1 GiB each); ``0``: no limit.
+    * ``header_timeout_s``: a client must send a request's headers within this time (else the
+      connection is answered 408 and closed); ``body_timeout_s``: the most time between two chunks of
+      a request body (408).
     """
 
     max_body_bytes: int = 16 * 1024 * 1024
@@ -58,21 +74,37 @@ class Settings:
     #: how long a request may wait for others while its model is busy (0: no wait), and the most batch items merged
     max_batch_delay_ms: float = 2.0
     max_batch_size: int = 64
+    cache_bytes: int = 256 * 1024 * 1024
+    max_flops: float = 2e11
+    max_work_bytes: int = 2 * 1024**3
+    isolation: str = "process"
+    worker_memory_bytes: int = -1
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_zero: bool = False) -> None:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{name}: expected a number, got {value!r}")
-            if value < 0 or (value == 0 and not allow_zero):
-                raise ConfigError(f"{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+            if name not in _FLOAT_FIELDS and not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+                raise ConfigError(f"{name}: expected an integer, got {value!r}")
+            if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+                raise ConfigError(f"{name}: expected a finite {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+            if name not in _FLOAT_FIELDS:
+                object.__setattr__(self, name, int(value))
 
-        for name in ("max_body_bytes", "max_batch_items", "max_elements", "max_option_int", "request_timeout_s", "cache_size"):
+        for name in ("max_body_bytes", "max_batch_items", "max_elements", "max_option_int", "request_timeout_s", "cache_size",
+                     "cache_bytes", "max_flops", "max_work_bytes", "header_timeout_s", "body_timeout_s"):
             positive(name)
         positive("max_concurrency", allow_zero=True)
         positive("max_batch_delay_ms", allow_zero=True)
         positive("max_batch_size")
         positive("queue", allow_zero=True)
+        if self.worker_memory_bytes != -1:
+            positive("worker_memory_bytes", allow_zero=True)
+        if self.isolation not in ("process", "thread"):
+            raise ConfigError(f"isolation: expected 'process' or 'thread', got {self.isolation!r}")
         if self.max_concurrency == 0:
             object.__setattr__(self, "max_concurrency", max(1, os.cpu_count() or 1))
         origins = self.cors_origins
@@ -111,21 +143,44 @@ class Settings:
         blob = env.get(ENV_JSON)
         if blob:
             try:
-                values.update(json.loads(blob))
-            except ValueError as exc:
-                raise ConfigError(f"{ENV_JSON}: expected a JSON object ({exc})") from None
+                loaded = json.loads(blob)
+            except (ValueError, RecursionError) as exc:
+                raise ConfigError(f"{ENV_JSON}: expected a JSON object ({str(exc)[:80]})") from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{ENV_JSON}: expected a JSON object, got {type(loaded).__name__}")
+            values.update(loaded)
+        from_env = set()
         for name in cls.field_names():
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is not None and raw != "":
                 values[name] = raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_mapping(values)
+                from_env.add(name)
+        explicit = {k: v for k, v in overrides.items() if v is not None}
+        values.update(explicit)
+        try:
+            return cls.from_mapping(values)
+        except ConfigError as exc:
+            bad = str(exc).split(":", 1)[0]
+            if bad in from_env and bad not in explicit:  # say where the bad value came from
+                raise ConfigError(f"{ENV_PREFIX}{bad.upper()} ({bad}): {str(exc).split(':', 1)[1].strip()}") from None
+            raise
+
+    def worker_memory_limit(self) -> int:
+        """Bytes one compute worker may allocate (``worker_memory_bytes``, ``-1`` resolved; 0: no limit)."""
+        if self.worker_memory_bytes != -1:
+            return int(self.worker_memory_bytes)
+        from .._array import allocation_limit
+
+        return max(1 << 30, allocation_limit() // max(1, self.max_concurrency))
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
         d["cors_origins"] = list(self.cors_origins)
         d["models"] = list(self.models)
         return json.dumps(d)
+
+
+_FLOAT_FIELDS = frozenset({"request_timeout_s", "max_flops", "header_timeout_s", "body_timeout_s", "max_batch_delay_ms"})
 
 
 def _convert(name: str, value: Any) -> Any:
@@ -136,7 +191,7 @@ def _convert(name: str, value: Any) -> Any:
         if isinstance(value, (list, tuple)) and all(isinstance(o, str) for o in value):
             return tuple(value)
         raise ConfigError(f"cors_origins: expected a list of origins, got {value!r}")
-    if name in ("api_key", "models_dir"):
+    if name == "models_dir":
         return str(value)
     if name == "models":
         if isinstance(value, str):
@@ -144,9 +199,14 @@ def _convert(name: str, value: Any) -> Any:
         if isinstance(value, (list, tuple)) and all(isinstance(m, str) for m in value):
             return tuple(value)
         raise ConfigError(f"models: expected a list of NAME=TYPE[:weights] specs, got {value!r}")
+    if name in ("api_key", "isolation"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value.strip().lower() if name == "isolation" else value
     if isinstance(value, str):
         try:
-            return float(value) if name in ("request_timeout_s", "max_batch_delay_ms") else int(value)
+            return float(value) if name in _FLOAT_FIELDS else int(value.strip())
         except ValueError:
-            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+            kind = "a number" if name in _FLOAT_FIELDS else "an integer"
+            raise ConfigError(f"{name}: expected {kind}, got {value[:40]!r}") from None
     return value

@@ -1,0 +1,433 @@
+"""What one computation of the server does, independent of where it runs (a thread or a worker process).
+
+:class:`Compute` decodes a request body, builds (or reuses) the mechanism, checks the work the request
+asks for (:mod:`.admission`), runs the forward pass or the attention weights, and encodes the answer.
+It holds no asyncio state, so the same object serves the thread runner and each worker process of the
+process runner (:mod:`.isolation`). Every failure is an :class:`~.codec.ApiError` naming the field.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import AttentionError, ConfigError, DTypeError, NonFiniteError, ShapeError
+from ..mechanisms import registry
+from . import codec
+from .admission import estimate_work
+from .cache import MechanismCache
+from .codec import ApiError
+from .models import DEFAULT_SEED, adhoc_options
+from .scores import WeightsLayout, estimate_elements, weights_layout
+from .settings import Settings
+
+__all__ = ["Compute", "attention_error", "MASK_KINDS"]
+
+log = logging.getLogger("attnkit.server")
+
+_REQUEST_KEYS = frozenset({"query", "keys", "values", "mask", "mask_kind", "options", "encoding", "dtype"})
+#: how a mask is read: ``bool`` (True = may attend) or ``additive`` (float, added to the scores)
+MASK_KINDS = ("bool", "additive")
+_FIELD_ALIASES = {
+    "q": "query", "query": "query", "a": "query", "x": "query",
+    "k": "keys", "key": "keys", "keys": "keys", "b": "keys",
+    "v": "values", "value": "values", "values": "values", "c": "values",
+    "mask": "mask",
+}  # fmt: skip
+_ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
+    (ShapeError, "shape_error"),
+    (DTypeError, "dtype_error"),
+    (NonFiniteError, "non_finite"),
+    (ConfigError, "config_error"),
+    (AttentionError, "attention_error"),
+)
+
+
+def _field_of(message: str, option_names: set[str]) -> str | None:
+    m = re.match(r"^\s*([A-Za-z_][\w.\[\]]*)(?:\s*,\s*[A-Za-z_][\w.]*)*\s*:", message)
+    if not m:
+        return None
+    name = m.group(1)
+    if name in _FIELD_ALIASES:
+        return _FIELD_ALIASES[name]
+    if name == "type":
+        return "mechanism"
+    if name in option_names:
+        return f"options.{name}"
+    return name
+
+
+def attention_error(exc: AttentionError, option_names: set[str] = frozenset(), default_field: str = "body") -> ApiError:  # type: ignore[assignment]
+    """Map an attnkit error to a 422 answer that names the request field (``default_field`` when the
+    message does not start with one)."""
+    code = next(c for t, c in _ERROR_CODES if isinstance(exc, t))
+    message = str(exc)
+    return ApiError(422, code, message, _field_of(message, set(option_names)) or default_field)
+
+
+@functools.lru_cache(maxsize=256)
+def _specs(cls: type) -> dict[str, registry.OptionSpec]:
+    """Option specs of a mechanism class by name (cached: building them reads type hints)."""
+    return {sp.name: sp for sp in registry.option_specs(cls)}
+
+
+def _option_value_ok(value: Any, depth: int = 0) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return not (isinstance(value, float) and not math.isfinite(value))
+    if isinstance(value, list) and depth < 2 and len(value) <= 1024:
+        return all(_option_value_ok(v, depth + 1) for v in value)
+    return False
+
+
+def _too_big(value: Any, limit: int) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) > limit
+    if isinstance(value, float):
+        return abs(value) > 1e300
+    if isinstance(value, list):
+        return any(_too_big(v, limit) for v in value)
+    return False
+
+
+def _json_request(doc: Any, max_elements: int, where: str = "") -> tuple[dict[str, np.ndarray], dict[str, Any], str, str | None]:
+    """Tensors, options, answer encoding and mask kind of one JSON request object."""
+    if not isinstance(doc, dict):
+        raise ApiError(422, "bad_request", f"{where or 'body'}: expected a JSON object with query, keys, values", where[:-1] or "body")
+    unknown = sorted(set(doc) - _REQUEST_KEYS)
+    if unknown:
+        name = codec.safe_text(unknown[0])
+        raise ApiError(422, "bad_request", f"{where}{name}: unknown key; expected {', '.join(sorted(_REQUEST_KEYS))}", where + name)
+    if doc.get("query") is None:
+        raise ApiError(422, "bad_request", f"{where}query: required", where + "query")
+    dtype_name = doc.get("dtype", "float32")
+    if dtype_name not in ("float32", "float64"):
+        raise ApiError(422, "bad_request", f"{where}dtype: expected 'float32' or 'float64', got {codec._short(dtype_name)}", where + "dtype")
+    encoding = doc.get("encoding", "list")
+    if encoding not in ("list", "base64"):
+        raise ApiError(422, "bad_request", f"{where}encoding: expected 'list' or 'base64', got {codec._short(encoding)}", where + "encoding")
+    mask_kind = doc.get("mask_kind")
+    if mask_kind is not None and mask_kind not in MASK_KINDS:
+        raise ApiError(422, "bad_request", f"{where}mask_kind: expected 'bool' or 'additive', got {codec._short(mask_kind)}", where + "mask_kind")
+    options = doc.get("options", {})
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ApiError(422, "bad_request", f"{where}options: expected a JSON object, got {type(options).__name__}", where + "options")
+    tensors = {}
+    for f in codec.TENSOR_FIELDS:
+        if doc.get(f) is not None:
+            try:
+                tensors[f] = codec.decode_json_tensor(doc[f], f, max_elements, np.dtype(dtype_name))
+            except ApiError as err:
+                err.field = where + (err.field or f)
+                raise
+    return tensors, options, encoding, mask_kind
+
+
+def check_mask(tensors: dict[str, np.ndarray], mask_kind: str | None, where: str = "", how: str = '"mask_kind": "additive"') -> None:
+    """A mask is bool (True = may attend), or float and explicitly marked additive; integer masks and
+    unmarked numeric masks are refused, since 0/1 added to the scores is not what a 0/1 mask means."""
+    mask = tensors.get("mask")
+    if mask is None:
+        return
+    field = where + "mask"
+    if mask.dtype == np.bool_:
+        if mask_kind == "additive":
+            raise ApiError(422, "bad_mask", f"{field}: marked additive but holds true/false values; drop the mark", field)
+        return
+    if mask_kind != "additive":
+        raise ApiError(
+            422, "bad_mask",
+            f"{field}: a numeric mask is ambiguous (0/1 added to the scores does not mask anything); send true/false values "
+            f"(True = may attend), or a float mask added to the scores marked with {how}",
+            field,
+        )  # fmt: skip
+    if mask.dtype.kind != "f":
+        tensors["mask"] = mask.astype(np.float32)
+
+
+class Compute:
+    """Request handling of one process: the mechanism cache, the probes, decode -> compute -> encode."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cache = MechanismCache(settings.cache_size, settings.cache_bytes)
+
+    # ------------------------------------------------------------ mechanisms
+    def mechanism(self, name: Any, options: Any, where: str = "") -> tuple[Any, set[str], Any]:
+        """A constructed mechanism for ``(name, options)`` (from the cache when possible), its option
+        names and its cache key."""
+        if not isinstance(name, str) or not name:
+            raise ApiError(422, "bad_request", f"{where}mechanism: expected a mechanism name", f"{where}mechanism")
+        try:
+            cls = registry.get(name)
+        except ConfigError:
+            shown = codec.safe_text(name[:80])
+            raise ApiError(
+                404, "unknown_mechanism", f"mechanism: unknown mechanism {shown!r}; expected one of {', '.join(registry.names())}",
+                f"{where}mechanism",
+            ) from None  # fmt: skip
+        if not isinstance(options, dict):
+            raise ApiError(422, "bad_request", f"{where}options: expected a JSON object, got {type(options).__name__}", f"{where}options")
+        specs = _specs(cls)
+        names = set(specs)
+        clean: dict[str, Any] = {}
+        for key, value in options.items():
+            key = codec.safe_text(str(key))
+            field = f"{where}options.{key}"
+            if key not in specs:
+                raise ApiError(422, "config_error", f"{key}: unknown option for {cls.name!r}; expected one of {', '.join(specs)}", field)
+            if not _option_value_ok(value):
+                raise ApiError(
+                    422, "config_error",
+                    f"{key}: expected a number, bool, string or null (or a list of them), got {type(value).__name__}", field,
+                )  # fmt: skip
+            if isinstance(value, str):
+                value = codec.safe_text(value)
+            try:
+                value = registry.coerce_option(specs[key], value)
+            except AttentionError as exc:
+                raise ApiError(422, "config_error", str(exc), field) from None
+            if key != "seed" and _too_big(value, self.settings.max_option_int):
+                raise ApiError(
+                    422, "option_too_large",
+                    f"{key}: integer options are limited to {self.settings.max_option_int} on this server, got {value!r}", field,
+                )  # fmt: skip
+            clean[key] = value
+        if "seed" in specs and clean.get("seed") is None:
+            clean["seed"] = DEFAULT_SEED  # issue 14: the same answer across restarts, workers and evictions
+        cache_key = (cls.name, json.dumps(clean, sort_keys=True, default=repr))
+        mech = self.cache.get(cache_key)
+        if mech is not None:
+            return mech, names, cache_key
+        try:
+            mech = registry.create(cls.name, **clean)
+        except AttentionError as exc:
+            err = attention_error(exc, names, "options")
+            err.field = where + (err.field or "options")
+            raise err from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ApiError(422, "config_error", f"options: {cls.name} rejected the options ({exc})", f"{where}options") from None
+        except MemoryError:
+            raise ApiError(413, "too_large", "options: the mechanism's weights do not fit in memory", f"{where}options") from None
+        self.cache.put(cache_key, mech)
+        return mech, names, cache_key
+
+    def _inferred_options(self, name: str, options: dict[str, Any], tensors: Mapping[str, np.ndarray], where: str = "") -> dict[str, Any]:
+        """Options the tensors' shapes determine, filled in (issue 14); a conflict is a 422 naming both."""
+        try:
+            return adhoc_options(name, options, tensors, self.settings.max_option_int)
+        except AttentionError as exc:
+            err = attention_error(exc, set(options) | {"heads", "dim"}, "query")
+            err.field = where + (err.field or "query")
+            raise err from None
+
+    # ------------------------------------------------------------ named models (issue 14)
+    def _models(self) -> Any:
+        """This process's model repository (built on first use from the same files and seed as the server's)."""
+        repo = getattr(self, "_repo", None)
+        if repo is None:
+            from .models import ModelRepository
+
+            repo = self._repo = ModelRepository(self.settings.models_dir, self.settings.models)
+        return repo
+
+    def kserve_parse(self, body: bytes, header_length: str | None) -> tuple[dict[str, Any], dict[str, np.ndarray], bool]:
+        """Decode an Open Inference Protocol request: its JSON header, input tensors, binary answer wanted."""
+        from . import kserve
+
+        return kserve.parse_request(body, header_length, self.settings.max_elements)
+
+    def model_forward(self, name: str, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The forward of the named model for protocol inputs (batch axis first)."""
+        from . import kserve
+
+        model = self._models().get(name)
+        self.admit(model.mechanism, {"query": tensors["query"], "keys": tensors.get("key"), "values": tensors.get("value")})
+        return kserve.forward(self, model.mechanism, tensors)
+
+    def kserve_encode(self, name: str, doc: dict[str, Any], out: np.ndarray, binary: bool) -> tuple[bytes, dict[str, str], str]:
+        from . import kserve
+
+        return kserve.infer_response(self._models().get(name), doc, out, binary)
+
+    # ------------------------------------------------------------ admission
+    def admit(self, mech: Any, tensors: Mapping[str, np.ndarray], where: str = "") -> None:
+        """Refuse (413) a forward pass whose estimated FLOPs or bytes exceed the server's bounds."""
+        q, k, v, mask = (tensors.get(f) for f in codec.TENSOR_FIELDS)
+        if q is None:
+            return
+        work = estimate_work(mech, self.layout(mech), q, k, v, mask)
+        s = self.settings
+        if work.flops > s.max_flops or work.nbytes > s.max_work_bytes:
+            what = (
+                f"about {work.flops:.3g} floating-point operations (at most {s.max_flops:.3g}, max_flops)"
+                if work.flops > s.max_flops
+                else f"about {work.nbytes / 2**20:.0f} MiB of scores and buffers (at most {s.max_work_bytes / 2**20:.0f} MiB, max_work_bytes)"
+            )
+            raise ApiError(
+                413, "too_much_work",
+                f"query, keys: this request needs {what} for batch {work.batch}, {work.lq} queries and {work.lk} keys; "
+                "send shorter sequences or smaller batches", where + "query",
+            )  # fmt: skip
+
+    # ------------------------------------------------------------ computing
+    def forward(self, mech: Any, tensors: Mapping[str, np.ndarray], names: set[str], where: str = "") -> np.ndarray:
+        q, k, v, mask = (tensors.get(f) for f in codec.TENSOR_FIELDS)
+        if q is None:
+            raise ApiError(422, "bad_request", f"{where}query: required", f"{where}query")
+        if (k is None) != (v is None):
+            missing = "values" if v is None else "keys"
+            raise ApiError(422, "bad_request", f"{where}{missing}: pass both keys and values, or neither (self-attention)", f"{where}{missing}")
+        self.admit(mech, tensors, where)
+        return self._call(mech, lambda: mech.forward(q, k, v, mask=mask), names, where)
+
+    def _call(self, mech: Any, fn: Callable[[], Any], names: set[str], where: str = "") -> np.ndarray:
+        """Run ``fn`` (a forward or weights call of ``mech``), mapping its errors to API errors."""
+        try:
+            out = fn()
+        except AttentionError as exc:
+            err = attention_error(exc, names, "query")
+            err.field = where + (err.field or "query")
+            raise err from None
+        except MemoryError:
+            raise ApiError(413, "too_large", "query: the computation does not fit in memory; send smaller tensors", where + "query") from None
+        except (ValueError, TypeError, IndexError, ArithmeticError, RecursionError) as exc:
+            # the mechanism failed to validate something a client sent: still the client's input
+            log.warning("%s: unvalidated input reached the kernel", mech.name, exc_info=True)
+            raise ApiError(422, "invalid_input", f"{mech.name} could not use these inputs ({str(exc)[:200]})", where + "query") from None
+        out = np.asarray(out[0] if isinstance(out, tuple) else out)
+        if out.dtype.kind == "f" and out.size and not np.isfinite(out).all():
+            raise ApiError(
+                422, "non_finite_output", "query: the output holds NaN or infinity (inputs so large that the scores overflow?)",
+                where + "query",
+            )  # fmt: skip
+        return out
+
+    def layout(self, mech: Any) -> WeightsLayout | None:
+        """Where the sequence runs in ``mech``'s inputs, from the layout it declares (see :mod:`.scores`);
+        ``None`` for a mechanism whose declared layout the server cannot read (every row then counts as a
+        position)."""
+        try:
+            return weights_layout(mech)
+        except Exception:  # noqa: BLE001 - e.g. a layout without the options it implies
+            return None
+
+    def scores(self, mech: Any, tensors: Mapping[str, np.ndarray], names: set[str]) -> np.ndarray:
+        """The attention weights of ``mech`` for the request's query, keys (default: the query) and mask,
+        refused (413) before any work when they would hold more than ``max_elements`` numbers."""
+        q, k, v, mask = (tensors.get(f) for f in codec.TENSOR_FIELDS)
+        if q is None:
+            raise ApiError(422, "bad_request", "query: required", "query")
+        if v is not None and k is None:
+            raise ApiError(422, "shape_error", "keys: pass keys when values are given (weights depend on the keys only)", "keys")
+        if not mech.has_attention_weights:
+            with_weights = [n for n in registry.names() if registry.get(n).has_attention_weights]
+            raise ApiError(
+                422, "no_weights",
+                f"mechanism: {mech.name!r} exposes no attention weights; mechanisms with weights: {', '.join(with_weights)}", "mechanism",
+            )  # fmt: skip
+        limit = self.settings.max_elements
+        kk = q if k is None else k
+        layout = self.layout(mech)
+        n = 0 if layout is None else estimate_elements(layout, q.shape, kk.shape, None if mask is None else mask.shape)
+        if n > limit:
+            raise ApiError(
+                413, "too_many_elements",
+                f"query, keys: the attention weights would hold {n} elements (batch x heads x Lq x Lk), "
+                f"at most {limit} (max_elements) on this server; send shorter sequences", "query",
+            )  # fmt: skip
+        self.admit(mech, {"query": q, "keys": kk, "values": v if v is not None else kk, "mask": mask})
+        out = self._call(mech, lambda: mech.attention_weights(q, k, mask=mask), names)
+        if out.size > limit:  # a layout the probe did not foresee: still never answer more than the limit
+            raise ApiError(
+                413, "too_many_elements", f"query, keys: the attention weights hold {out.size} elements, at most {limit} (max_elements)",
+                "query",
+            )  # fmt: skip
+        return out
+
+    # ------------------------------------------------------------ one request
+    def attention(
+        self, name: str, media: str, body: bytes, headers: Mapping[str, str], query: Mapping[str, str], accept: str,
+        scores: bool = False,
+    ) -> tuple[bytes, dict[str, str]]:  # fmt: skip
+        """One request to ``/v1/attention/{name}`` (``scores=False``) or ``/v1/attention/{name}/scores``."""
+        t0 = time.perf_counter()
+        s = self.settings
+        encoding = "list"
+        options: dict[str, Any] = dict(query)
+        mask_kind = options.pop("mask_kind", None) or (headers.get("x-attnkit-mask-kind") or "").strip().lower() or None
+        how = "the header X-Attnkit-Mask-Kind: additive"
+        if media == codec.JSON:
+            doc = codec.parse_json(body)
+            tensors, body_options, encoding, json_kind = _json_request(doc, s.max_elements)
+            options.update(body_options)
+            mask_kind = json_kind or mask_kind
+            how = '"mask_kind": "additive"'
+        elif media == codec.NPY:
+            tensors = codec.decode_npy_stream(body, s.max_elements)
+        elif media == codec.SAFETENSORS:
+            tensors = codec.decode_safetensors(body, s.max_elements)
+        else:
+            tensors = codec.decode_octet(body, headers, s.max_elements)
+        if mask_kind is not None and mask_kind not in MASK_KINDS:
+            raise ApiError(422, "bad_request", f"mask_kind: expected 'bool' or 'additive', got {codec._short(mask_kind)}", "mask_kind")
+        check_mask(tensors, mask_kind, how=how)
+        options = self._inferred_options(name, options, tensors)
+        mech, names, key = self.mechanism(name, options)
+        out = self.scores(mech, tensors, names) if scores else self.forward(mech, tensors, names)
+        self.cache.refresh(key)
+        elapsed = (time.perf_counter() - t0) * 1e3
+        content, out_headers = codec.encode_output(out, accept, encoding=encoding, extra={"mechanism": mech.name, "elapsed_ms": elapsed})
+        out_headers["X-Attnkit-Elapsed-Ms"] = f"{elapsed:.3f}"
+        return content, out_headers
+
+    def batch(self, body: bytes) -> bytes:
+        doc = codec.parse_json(body)
+        if not isinstance(doc, dict):
+            raise ApiError(422, "bad_request", f"body: expected a JSON object with 'requests', got {type(doc).__name__}", "body")
+        unknown = sorted(set(doc) - {"requests", "encoding"})
+        if unknown:
+            name = codec.safe_text(unknown[0])
+            raise ApiError(422, "bad_request", f"{name}: unknown key; a batch has requests and encoding", name)
+        items = doc.get("requests")
+        if not isinstance(items, list):
+            raise ApiError(422, "bad_request", "requests: expected a list of request objects", "requests")
+        if len(items) > self.settings.max_batch_items:
+            raise ApiError(413, "too_many_items", f"requests: at most {self.settings.max_batch_items} items per batch, got {len(items)}", "requests")
+        encoding = doc.get("encoding", "list")
+        if encoding not in ("list", "base64"):
+            raise ApiError(422, "bad_request", f"encoding: expected 'list' or 'base64', got {codec._short(encoding)}", "encoding")
+        results = []
+        for i, item in enumerate(items):
+            where = f"requests[{i}]."
+            try:
+                if not isinstance(item, dict):
+                    raise ApiError(422, "bad_request", f"{where[:-1]}: expected an object, got {type(item).__name__}", where[:-1])
+                rest = {k: v for k, v in item.items() if k != "mechanism"}
+                tensors, options, item_enc, mask_kind = _json_request(rest, self.settings.max_elements, where)
+                check_mask(tensors, mask_kind, where)
+                if isinstance(item.get("mechanism"), str):
+                    options = self._inferred_options(item["mechanism"], options, tensors, where)
+                mech, names, key = self.mechanism(item.get("mechanism"), options, where)
+                out = self.forward(mech, tensors, names, where)
+                self.cache.refresh(key)
+                body_i, _ = codec.encode_output(out, codec.JSON, encoding=item_enc if "encoding" in item else encoding)
+                results.append({"status": 200, "mechanism": mech.name, **codec.parse_json(body_i)})
+            except ApiError as err:
+                if not err.field:
+                    err.field = where[:-1]
+                elif not err.field.startswith("requests["):
+                    err.field = where + err.field
+                results.append({"status": err.status, **err.body()})
+        return codec.dumps({"results": results})

@@ -1,0 +1,329 @@
+"""Where computations run: worker processes that can be killed (default), or threads.
+
+A computation that runs past the request's time limit must stop, or it keeps its slot (and its CPU)
+and every later request times out behind it. NumPy kernels cannot be interrupted from another
+thread, so :class:`ProcessRunner` runs each computation in a worker process, one per slot, and on a
+timeout kills that worker (``SIGKILL``) and starts a fresh one in its place: the slot is free again as
+soon as the kill lands. Workers are forked from a ``forkserver`` that has already imported attnkit and
+every mechanism, so a replacement is ready in milliseconds. Each worker keeps its own
+:class:`~.compute.Compute` (mechanism cache included), ignores ``SIGINT``/``SIGTERM`` (the server
+decides when to stop it, after its in-flight requests) and exits when the server's end of its pipe
+closes, so workers never outlive the server. ``worker_memory_bytes`` caps a worker's data segment
+(``RLIMIT_DATA``): a computation past it fails with ``MemoryError`` (413) inside the worker.
+
+:class:`ThreadRunner` runs computations on a thread pool of the server process (``isolation =
+"thread"``): cheaper to start, but a timed-out computation runs on, holding its slot, until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import pickle
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .codec import ApiError
+from .settings import Settings
+
+__all__ = ["ThreadRunner", "ProcessRunner", "make_runner", "Runner"]
+
+log = logging.getLogger("attnkit.server")
+
+#: methods of Compute a runner may call
+METHODS = frozenset({"attention", "batch", "kserve_parse", "model_forward", "kserve_encode"})  # the last three: issue 14
+#: what a worker answers first, on receiving a request
+_ACK = b"\x06"
+
+
+class _TimedOut(Exception):
+    pass
+
+
+def _internal(exc: BaseException) -> ApiError:
+    return ApiError(500, "internal", f"internal server error ({type(exc).__name__}); this is a bug in attnkit", "body")
+
+
+# ---------------------------------------------------------------------- threads
+class ThreadRunner:
+    """Computations on ``max_concurrency`` threads of this process (they cannot be stopped)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from .compute import Compute
+
+        self.compute = Compute(settings)
+        self.executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="attnkit-compute")
+
+    async def call(self, method: str, args: tuple[Any, ...], timeout: float, release: Callable[[], None]) -> Any:
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.executor, lambda: getattr(self.compute, method)(*args))
+
+        def done(f: asyncio.Future[Any]) -> None:
+            release()
+            if not f.cancelled():
+                f.exception()  # mark retrieved: a timed-out computation's error is not ours to report
+
+        fut.add_done_callback(done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout=timeout)
+        except asyncio.TimeoutError:
+            raise _TimedOut from None
+
+    def close(self) -> None:
+        # not waiting: a runaway computation must not hold up the shutdown of the server (its thread
+        # still runs until it ends, which is why "process" isolation is the default)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------- processes
+def _worker_main(conn: Any, settings_json: str) -> None:
+    """A worker process: answer ``(method, args)`` requests on ``conn`` until it closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import json
+
+    from .compute import Compute
+
+    settings = Settings.from_mapping(json.loads(settings_json))
+    limit = settings.worker_memory_limit()
+    if limit:
+        import resource
+
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    compute = Compute(settings)
+    while True:
+        try:
+            data = conn.recv_bytes()
+            conn.send_bytes(_ACK)  # the request has arrived: from here on, losing this worker loses the request
+        except (EOFError, OSError):
+            return
+        try:
+            method, args = pickle.loads(data)
+            if method not in METHODS:
+                raise ValueError(f"unknown method {method!r}")
+            reply: tuple[str, Any] = ("ok", getattr(compute, method)(*args))
+        except ApiError as err:
+            reply = ("api_error", (err.status, err.code, err.message, err.field, err.headers))
+        except MemoryError:
+            reply = ("api_error", (413, "too_large", "query: the computation does not fit in the worker's memory", "query", {}))
+        except Exception as exc:  # noqa: BLE001 - reported to the server, which logs it as its own bug
+            log.exception("internal error in a compute worker")
+            reply = ("error", f"{type(exc).__name__}: {str(exc)[:300]}")
+        try:
+            conn.send_bytes(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+        except (OSError, ValueError):
+            return
+
+
+class _Worker:
+    def __init__(self, ctx: Any, settings_json: str) -> None:
+        parent, child = ctx.Pipe(duplex=True)
+        self.conn = parent
+        self.process = ctx.Process(target=_worker_main, args=(child, settings_json), daemon=True, name="attnkit-worker")
+        self.process.start()
+        child.close()
+        self.killed = False  # killed by the server (a timeout)
+        self.dead = False  # found dead (its pipe broke)
+
+    @property
+    def alive(self) -> bool:
+        return not self.killed and not self.dead and self.process.is_alive()
+
+    def kill(self) -> None:
+        self.killed = True
+        with contextlib.suppress(Exception):
+            self.process.kill()
+
+    def close(self, timeout: float = 2.0) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()  # the worker sees EOF and returns
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.kill()
+            self.process.join(1.0)
+
+
+class _Job:
+    """One computation in flight: which worker runs it, and whether it was given up."""
+
+    def __init__(self) -> None:
+        self.worker: _Worker | None = None
+        self.cancelled = False
+        self.lock = threading.Lock()
+
+    def cancel(self) -> None:
+        with self.lock:
+            self.cancelled = True
+            if self.worker is not None:
+                self.worker.kill()
+
+
+def _preload_modules() -> list[str]:
+    from ..mechanisms import registry
+
+    mods = {registry.get(n).__module__ for n in registry.names()}
+    return ["attnkit.server.compute", *sorted(mods)]
+
+
+class ProcessRunner:
+    """Computations in ``max_concurrency`` worker processes; a timed-out one is killed and replaced."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._settings_json = settings.to_json()
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(_preload_modules())
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.replaced = 0  # workers started in place of killed or dead ones
+        self._missing = 0  # workers that died and are not replaced yet
+        self.executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="attnkit-dispatch")
+
+    def start(self) -> None:
+        """Start every worker now (otherwise they start on first use)."""
+        workers = [self._spawn() for _ in range(self.settings.max_concurrency)]
+        with self._lock:
+            self._idle.extend(workers)
+
+    @property
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [w.process.pid for w in self._all if w.process.pid is not None]
+
+    def _spawn(self, replacing: bool = False) -> _Worker:
+        w = _Worker(self._ctx, self._settings_json)
+        with self._lock:
+            self._all.add(w)
+            if replacing and self._missing > 0:
+                self._missing -= 1
+        return w
+
+    def _take(self) -> _Worker:
+        dead: list[_Worker] = []
+        with self._lock:
+            found = None
+            while self._idle:
+                w = self._idle.pop()
+                if w.alive:
+                    found = w
+                    break
+                dead.append(w)  # died while idle (killed from outside): replaced below
+                self._all.discard(w)
+                self.replaced += 1
+                self._missing += 1
+        for w in dead:
+            w.close(timeout=0.1)
+        return found if found is not None else self._spawn(replacing=True)
+
+    def _give_back(self, w: _Worker) -> None:
+        with self._lock:
+            alive = w.alive and not self._closed
+            if alive:
+                self._idle.append(w)
+            else:
+                self._all.discard(w)
+                if w.killed or w.dead or not w.process.is_alive():
+                    self.replaced += 1
+                self._missing += 1
+        if not alive:
+            w.close(timeout=0.5)
+        self._refill()
+
+    def _refill(self) -> None:
+        """Start workers in place of the ones that died, after the request that found them (in the
+        dispatch thread), so that the pool is whole again before the next request needs it."""
+        while not self._closed:
+            with self._lock:
+                if self._missing <= 0:
+                    return
+                self._missing -= 1
+            replacement = self._spawn()
+            with self._lock:
+                self._idle.append(replacement)
+
+    def _dispatch(self, job: _Job, payload: bytes) -> tuple[str, Any]:
+        for _ in range(3):
+            w = self._take()
+            with job.lock:
+                if job.cancelled:
+                    self._give_back(w)
+                    raise _TimedOut
+                job.worker = w
+            try:
+                try:
+                    w.conn.send_bytes(payload)
+                    if w.conn.recv_bytes() != _ACK:
+                        raise EOFError("no acknowledgement")
+                except (OSError, ValueError, EOFError):
+                    # the worker died before it took the request (a broken pipe, or it went away before its
+                    # acknowledgement): nothing ran, so another worker may take it
+                    if job.cancelled or w.killed:
+                        raise _TimedOut from None
+                    w.dead = True
+                    continue
+                try:
+                    return pickle.loads(w.conn.recv_bytes())
+                except (EOFError, OSError, ConnectionError) as exc:
+                    if job.cancelled or w.killed:
+                        raise _TimedOut from None
+                    code = w.process.exitcode
+                    log.error("compute worker %s died (exit code %s) during a request", w.process.pid, code)
+                    raise ApiError(
+                        503, "worker_lost", f"query: the computation's worker process ended unexpectedly (exit code {code}); retry",
+                        "query", headers={"Retry-After": "1"},
+                    ) from exc  # fmt: skip
+            finally:
+                self._give_back(w)
+        raise ApiError(503, "worker_lost", "query: no compute worker could take the request; retry", "query", headers={"Retry-After": "1"})
+
+    async def call(self, method: str, args: tuple[Any, ...], timeout: float, release: Callable[[], None]) -> Any:
+        payload = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
+        job = _Job()
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.executor, self._dispatch, job, payload)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            release()
+            if not f.cancelled():
+                f.exception()
+
+        fut.add_done_callback(done)
+        try:
+            kind, value = await asyncio.wait_for(asyncio.shield(fut), timeout=timeout)
+        except asyncio.TimeoutError:
+            job.cancel()  # kills the worker; the dispatch thread then returns and frees the slot
+            raise _TimedOut from None
+        except _TimedOut:
+            raise
+        if kind == "ok":
+            return value
+        if kind == "api_error":
+            status, code, message, field, headers = value
+            raise ApiError(status, code, message, field, headers)
+        log.error("internal error in a compute worker: %s", value)
+        raise ApiError(500, "internal", f"internal server error ({value.split(':', 1)[0]}); this is a bug in attnkit", "body")
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            workers = list(self._all)
+            self._all.clear()
+            self._idle.clear()
+        for w in workers:
+            w.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+Runner = ThreadRunner | ProcessRunner
+
+
+def make_runner(settings: Settings) -> Runner:
+    return ProcessRunner(settings) if settings.isolation == "process" else ThreadRunner(settings)

@@ -1,0 +1,108 @@
+"""The HTTP/1.1 connection protocol: uvicorn's h11 protocol with JSON errors and a header deadline.
+
+uvicorn answers a request it cannot parse with a plain-text 400 and leaves a connection that never
+sends a complete request head open forever (a slow client can hold every connection). This subclass
+
+* answers protocol-level errors (malformed request line or headers, bytes that are not ASCII in the
+  target, anything the parser raises) with the server's JSON error body, ``field`` ``"request"``;
+* gives a client ``HEADER_TIMEOUT_S`` seconds from its first byte (or from connecting) to finish the
+  request head, then answers 408 with a JSON body and closes the connection.
+
+Body read deadlines are enforced by the application (:func:`attnkit.server.app.read_body`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+__all__ = ["JsonH11Protocol", "configure", "error_bytes"]
+
+#: seconds a client has to send a complete request head (set from the settings by ``configure``)
+HEADER_TIMEOUT_S = 10.0
+
+
+def configure(header_timeout_s: float) -> None:
+    global HEADER_TIMEOUT_S
+    HEADER_TIMEOUT_S = float(header_timeout_s)
+
+
+def error_bytes(code: str, message: str, field: str = "request") -> bytes:
+    return json.dumps({"error": {"code": code, "message": message, "field": field}}).encode()
+
+
+class JsonH11Protocol(H11Protocol):
+    """h11 protocol whose own errors are JSON and whose request heads have a deadline."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: Any = None
+        self._head_cycle: Any = None
+
+    # --------------------------------------------------------------- the head deadline
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_cycle = self.cycle
+            self._head_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._head_timeout)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.cycle is not self._head_cycle or self.transport.is_closing():
+            return  # a request head arrived meanwhile
+        self._send_json(408, "header_timeout", f"request: the request head was not complete within {HEADER_TIMEOUT_S:g} s")
+
+    def _between_requests(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._between_requests():
+            self._arm_head_timer()
+        super().data_received(data)
+
+    def handle_events(self) -> None:
+        try:
+            super().handle_events()
+        except Exception as exc:  # noqa: BLE001 - e.g. a target that is not ASCII: the client's fault, not a crash
+            self.logger.warning("invalid HTTP request: %s: %s", type(exc).__name__, exc)
+            if not self.transport.is_closing():
+                self.send_400_response("Invalid HTTP request received.")
+            return
+        if self._head_timer is not None and self.cycle is not self._head_cycle:
+            self._disarm_head_timer()  # a new request head was parsed
+
+    # --------------------------------------------------------------- JSON errors
+    def send_400_response(self, msg: str) -> None:
+        self._send_json(400, "bad_http", f"request: {msg.rstrip('.')} (malformed request line, headers or framing)")
+
+    def _send_json(self, status: int, code: str, message: str) -> None:
+        self._disarm_head_timer()
+        body = error_bytes(code, message)
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close"), (b"content-length", str(len(body)).encode())]
+        try:
+            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                self.transport.write(self.conn.send(h11.Response(status_code=status, headers=headers)))
+                self.transport.write(self.conn.send(h11.Data(data=body)))
+                self.transport.write(self.conn.send(h11.EndOfMessage()))
+            else:  # h11 is in an error state: write the answer by hand
+                head = f"HTTP/1.1 {status} {'Bad Request' if status == 400 else 'Request Timeout'}\r\n".encode()
+                head += b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n"
+                self.transport.write(head + body)
+        except Exception:  # noqa: BLE001 - the connection is going away either way
+            pass
+        self.transport.close()
