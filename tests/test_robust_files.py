@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from attnkit.cli.config import load_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attnkit import io as aio
 from attnkit import weights as W
 from attnkit._safetensors import decode_bfloat16, decode_float8
+from attnkit.cli.config import load_config
 from attnkit.errors import AttentionError
 
 

@@ -20,10 +20,10 @@ import zipfile
 from collections import Counter
 
 import numpy as np
-from attnkit.cli.config import load_config
 
 from attnkit import io as aio
 from attnkit import weights as W
+from attnkit.cli.config import load_config
 from attnkit.errors import AttentionError
 
 

@@ -277,6 +277,18 @@ def serve(
         list[str] | None,
         typer.Option("--limit", "-L", help="Any server setting KEY=VALUE (repeatable).", metavar="KEY=VALUE"),
     ] = None,
+    models: Annotated[
+        str | None,
+        typer.Option("--models", help="Model repository: a directory of NAME.toml (+ NAME.safetensors) loaded at start.", metavar="DIR"),
+    ] = None,
+    max_batch_delay_ms: Annotated[
+        float | None,
+        typer.Option("--max-batch-delay-ms", help="Dynamic batching: most a request waits for others while its model is busy (ms)."),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="One model NAME=TYPE[:weights.safetensors] (repeatable).", metavar="NAME=TYPE[:WEIGHTS]"),
+    ] = None,
 ) -> None:
     """Start the HTTP server (needs the `server` extra). Stop it with Ctrl-C."""
     from .serve import run_serve
@@ -292,6 +304,9 @@ def serve(
             "request_timeout_s": request_timeout_s,
             "max_concurrency": max_concurrency,
             "queue": queue,
+            "models_dir": models,
+            "max_batch_delay_ms": max_batch_delay_ms,
+            "models": tuple(model) if model else None,
         },
         extra=limit or [],
     )

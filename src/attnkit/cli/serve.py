@@ -31,6 +31,10 @@ SETTING_KEYS = (
     "worker_memory_bytes",
     "header_timeout_s",
     "body_timeout_s",
+    "models_dir",
+    "models",
+    "max_batch_delay_ms",
+    "max_batch_size",
 )
 
 
@@ -90,6 +94,10 @@ def run_serve(
     # every value is checked (a ConfigError names the bad one, exit 2) before anything is printed or bound
     w, p, h = check_address(h, p, w)
     settings = Settings.from_env(**lim)
+    if settings.models_dir or settings.models:
+        from ..server.models import ModelRepository
+
+        ModelRepository(settings.models_dir, settings.models)  # a bad model file exits 2 before binding
     check_port_free(h, p)
     level = "debug" if state.verbose >= 2 else "info" if state.verbose == 1 else config.get("logging", "level")
     sys.stderr.write(f"attnkit: serving on http://{h}:{p} (API docs at /docs); Ctrl-C stops\n")

@@ -69,6 +69,10 @@ def run(
     check_port_free(host, port)
     if workers > 1:
         os.environ[ENV_JSON] = settings.to_json()
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # issue 14: per-model metrics summed over workers
+            import tempfile
+
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="attnkit-metrics-")
         uvicorn.run("attnkit.server:app_factory", factory=True, workers=workers, **common)
     else:
         uvicorn.run(create_app(settings), **common)

@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--log-level", default="info")
     for name in Settings.field_names():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
+        if name not in ("models_dir", "models"):
+            p.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
+    # as in ``attnkit serve``: --models DIR (the repository), --model NAME=TYPE[:weights] (repeatable)
+    p.add_argument("--models", "--models-dir", dest="models_dir", default=None, metavar="DIR")
+    p.add_argument("--model", dest="models", action="append", default=None, metavar="NAME=TYPE[:WEIGHTS]")
     ns = p.parse_args(args_in)
     limits = {n: getattr(ns, n) for n in Settings.field_names() if getattr(ns, n) is not None}
     from ..errors import AttentionError
@@ -51,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         workers, port, host = check_address(ns.host, ns.port, ns.workers)
         settings = Settings.from_env(**limits)
+        if settings.models_dir or settings.models:
+            from .models import ModelRepository
+
+            ModelRepository(settings.models_dir, settings.models)  # a bad model exits 2 before binding
         check_port_free(host, port)
     except AttentionError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)

@@ -41,20 +41,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import AttentionError
 from ..mechanisms import registry
-from . import codec, protocol
+from . import codec, model_metrics, protocol
 from .codec import ApiError
 from .compute import attention_error
 from .docs import install_docs, install_openapi, ref
 from .isolation import ProcessRunner, _TimedOut, make_runner
+from .kserve import router as kserve_router
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .models import ModelRepository
+from .models import router as models_router
 from .settings import Settings
 
 __all__ = ["create_app", "app_factory", "ServerState"]
 
 log = logging.getLogger("attnkit.server")
 
-_OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+_OPEN_PATHS = frozenset({"/health", "/v2/health/live", "/v2/health/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 _OPEN_PREFIXES = ("/docs/assets/",)
 
 
@@ -321,6 +324,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.attnkit = state
+    # issue 14: the model repository and the Open Inference Protocol (routes in .models and .kserve)
+    app.state.models = ModelRepository(settings.models_dir, settings.models)
+    app.include_router(models_router)
+    app.include_router(kserve_router)
     install_openapi(app, [AttentionRequest, ScoresRequest, BatchRequest, ErrorBody])
     install_docs(app, "attnkit")
 
@@ -438,7 +445,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response, openapi_extra={"responses": error_responses(401)})
     async def metrics() -> Response:
-        return Response(state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+        # issue 14: per-model metrics (summed over --workers processes) after the process's own
+        return Response(state.metrics.render() + model_metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     app.add_middleware(_Guard, state=state)
     if settings.cors_origins:

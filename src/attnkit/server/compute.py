@@ -25,6 +25,7 @@ from . import codec
 from .admission import estimate_work
 from .cache import MechanismCache
 from .codec import ApiError
+from .models import DEFAULT_SEED, adhoc_options
 from .scores import WeightsLayout, estimate_elements, weights_layout
 from .settings import Settings
 
@@ -208,6 +209,8 @@ class Compute:
                     f"{key}: integer options are limited to {self.settings.max_option_int} on this server, got {value!r}", field,
                 )  # fmt: skip
             clean[key] = value
+        if "seed" in specs and clean.get("seed") is None:
+            clean["seed"] = DEFAULT_SEED  # issue 14: the same answer across restarts, workers and evictions
         cache_key = (cls.name, json.dumps(clean, sort_keys=True, default=repr))
         mech = self.cache.get(cache_key)
         if mech is not None:
@@ -224,6 +227,44 @@ class Compute:
             raise ApiError(413, "too_large", "options: the mechanism's weights do not fit in memory", f"{where}options") from None
         self.cache.put(cache_key, mech)
         return mech, names, cache_key
+
+    def _inferred_options(self, name: str, options: dict[str, Any], tensors: Mapping[str, np.ndarray], where: str = "") -> dict[str, Any]:
+        """Options the tensors' shapes determine, filled in (issue 14); a conflict is a 422 naming both."""
+        try:
+            return adhoc_options(name, options, tensors, self.settings.max_option_int)
+        except AttentionError as exc:
+            err = attention_error(exc, set(options) | {"heads", "dim"}, "query")
+            err.field = where + (err.field or "query")
+            raise err from None
+
+    # ------------------------------------------------------------ named models (issue 14)
+    def _models(self) -> Any:
+        """This process's model repository (built on first use from the same files and seed as the server's)."""
+        repo = getattr(self, "_repo", None)
+        if repo is None:
+            from .models import ModelRepository
+
+            repo = self._repo = ModelRepository(self.settings.models_dir, self.settings.models)
+        return repo
+
+    def kserve_parse(self, body: bytes, header_length: str | None) -> tuple[dict[str, Any], dict[str, np.ndarray], bool]:
+        """Decode an Open Inference Protocol request: its JSON header, input tensors, binary answer wanted."""
+        from . import kserve
+
+        return kserve.parse_request(body, header_length, self.settings.max_elements)
+
+    def model_forward(self, name: str, tensors: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The forward of the named model for protocol inputs (batch axis first)."""
+        from . import kserve
+
+        model = self._models().get(name)
+        self.admit(model.mechanism, {"query": tensors["query"], "keys": tensors.get("key"), "values": tensors.get("value")})
+        return kserve.forward(self, model.mechanism, tensors)
+
+    def kserve_encode(self, name: str, doc: dict[str, Any], out: np.ndarray, binary: bool) -> tuple[bytes, dict[str, str], str]:
+        from . import kserve
+
+        return kserve.infer_response(self._models().get(name), doc, out, binary)
 
     # ------------------------------------------------------------ admission
     def admit(self, mech: Any, tensors: Mapping[str, np.ndarray | None], where: str = "") -> None:
@@ -347,6 +388,7 @@ class Compute:
         if mask_kind is not None and mask_kind not in MASK_KINDS:
             raise ApiError(422, "bad_request", f"mask_kind: expected 'bool' or 'additive', got {codec._short(mask_kind)}", "mask_kind")
         check_mask(tensors, mask_kind, how=how)
+        options = self._inferred_options(name, options, tensors)
         mech, names, key = self.mechanism(name, options)
         out = self.scores(mech, tensors, names) if scores else self.forward(mech, tensors, names)
         self.cache.refresh(key)
@@ -380,6 +422,8 @@ class Compute:
                 rest = {k: v for k, v in item.items() if k != "mechanism"}
                 tensors, options, item_enc, mask_kind = _json_request(rest, self.settings.max_elements, where)
                 check_mask(tensors, mask_kind, where)
+                if isinstance(item.get("mechanism"), str):
+                    options = self._inferred_options(item["mechanism"], options, tensors, where)
                 mech, names, key = self.mechanism(item.get("mechanism"), options, where)
                 out = self.forward(mech, tensors, names, where)
                 self.cache.refresh(key)

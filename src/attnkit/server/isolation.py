@@ -36,7 +36,7 @@ __all__ = ["ThreadRunner", "ProcessRunner", "make_runner", "Runner"]
 log = logging.getLogger("attnkit.server")
 
 #: methods of Compute a runner may call
-METHODS = frozenset({"attention", "batch"})
+METHODS = frozenset({"attention", "batch", "kserve_parse", "model_forward", "kserve_encode"})  # the last three: issue 14
 #: what a worker answers first, on receiving a request
 _ACK = b"\x06"
 

@@ -66,6 +66,14 @@ class Settings:
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     cache_size: int = 32
+    #: issue 14: a model repository directory (``NAME.toml`` + ``NAME.safetensors``) and single models
+    #: ``NAME=TYPE[:weights.safetensors]``, loaded at start-up (see :mod:`attnkit.server.models`)
+    models_dir: str | None = None
+    models: tuple[str, ...] = ()
+    #: issue 14: dynamic batching of the Open Inference Protocol route (see :mod:`attnkit.server.batching`):
+    #: how long a request may wait for others while its model is busy (0: no wait), and the most batch items merged
+    max_batch_delay_ms: float = 2.0
+    max_batch_size: int = 64
     cache_bytes: int = 256 * 1024 * 1024
     max_flops: float = 2e11
     max_work_bytes: int = 2 * 1024**3
@@ -101,6 +109,8 @@ class Settings:
         ):
             positive(name)
         positive("max_concurrency", allow_zero=True)
+        positive("max_batch_delay_ms", allow_zero=True)
+        positive("max_batch_size")
         positive("queue", allow_zero=True)
         if self.worker_memory_bytes != -1:
             positive("worker_memory_bytes", allow_zero=True)
@@ -112,6 +122,9 @@ class Settings:
         if isinstance(origins, str):
             origins = tuple(o.strip() for o in origins.split(",") if o.strip())
         object.__setattr__(self, "cors_origins", tuple(origins or ()))
+        if isinstance(self.models, str):
+            object.__setattr__(self, "models", tuple(m.strip() for m in self.models.split(",") if m.strip()))
+        object.__setattr__(self, "models", tuple(self.models or ()))
         if self.api_key is not None and not str(self.api_key):
             object.__setattr__(self, "api_key", None)
 
@@ -174,10 +187,11 @@ class Settings:
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
         d["cors_origins"] = list(self.cors_origins)
+        d["models"] = list(self.models)
         return json.dumps(d)
 
 
-_FLOAT_FIELDS = frozenset({"request_timeout_s", "max_flops", "header_timeout_s", "body_timeout_s"})
+_FLOAT_FIELDS = frozenset({"request_timeout_s", "max_flops", "header_timeout_s", "body_timeout_s", "max_batch_delay_ms"})
 
 
 def _convert(name: str, value: Any) -> Any:
@@ -188,6 +202,14 @@ def _convert(name: str, value: Any) -> Any:
         if isinstance(value, (list, tuple)) and all(isinstance(o, str) for o in value):
             return tuple(value)
         raise ConfigError(f"cors_origins: expected a list of origins, got {value!r}")
+    if name == "models_dir":
+        return str(value)
+    if name == "models":
+        if isinstance(value, str):
+            return tuple(m.strip() for m in value.split(",") if m.strip())
+        if isinstance(value, (list, tuple)) and all(isinstance(m, str) for m in value):
+            return tuple(value)
+        raise ConfigError(f"models: expected a list of NAME=TYPE[:weights] specs, got {value!r}")
     if name in ("api_key", "isolation"):
         if not isinstance(value, str):
             raise ConfigError(f"{name}: expected a string, got {value!r}")
