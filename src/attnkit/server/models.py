@@ -174,7 +174,10 @@ def adhoc_options(name: str, options: Mapping[str, Any], tensors: Mapping[str, A
     except ConfigError:
         return dict(options)
     specs = {s.name: s for s in registry.option_specs(cls)}
-    opts = dict(options)
+    try:  # aliases (num_heads, d_model, ...) under the mechanism's own names, so an inferred option meets its alias
+        opts = registry.canonical_options(cls, options)
+    except ConfigError:
+        return dict(options)  # unknown or doubled names: the caller's own check answers them
     for k in cls.shape_options:
         if k in opts and k in specs and isinstance(opts[k], str):
             opts[k] = registry.coerce_option(specs[k], opts[k])
