@@ -61,6 +61,23 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 _NAMES_OF = {v: k for k, v in DATATYPES.items()}
 VERSION = "1"
 
+#: every status these routes may answer, documented for clients (and checked by schemathesis)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    c: {"description": d}
+    for c, d in (
+        (400, "malformed body"),
+        (401, "missing API key"),
+        (403, "wrong API key or no key configured"),
+        (404, "unknown model"),
+        (409, "the model has no file to write"),
+        (413, "too large"),
+        (415, "unsupported media type"),
+        (422, "invalid tensors or options"),
+        (503, "overloaded"),
+        (504, "timed out"),
+    )
+}
+
 router = APIRouter(tags=["open inference protocol (KServe v2)"])
 
 
@@ -255,17 +272,17 @@ def _version_ok(version: str | None) -> bool:
     return version in (None, VERSION)
 
 
-@router.get("/v2", summary="server metadata (Open Inference Protocol)")
+@router.get("/v2", responses=ERROR_RESPONSES, summary="server metadata (Open Inference Protocol)")
 async def server_metadata() -> JSONResponse:
     return JSONResponse({"name": "attnkit", "version": __version__, "extensions": ["binary_tensor_data"]})
 
 
-@router.get("/v2/health/live", summary="liveness (Open Inference Protocol)")
+@router.get("/v2/health/live", responses=ERROR_RESPONSES, summary="liveness (Open Inference Protocol)")
 async def live() -> JSONResponse:
     return JSONResponse({"live": True})
 
 
-@router.get("/v2/health/ready", summary="readiness: every model of the repository is loaded (Open Inference Protocol)")
+@router.get("/v2/health/ready", responses=ERROR_RESPONSES, summary="readiness: every model of the repository is loaded (Open Inference Protocol)")
 async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": True, "models": len(_repo(request).names())})
 
@@ -298,12 +315,12 @@ def _metadata(model: Model) -> dict[str, Any]:
     }
 
 
-@router.get("/v2/models/{name}", summary="model metadata: inputs and outputs (Open Inference Protocol)")
+@router.get("/v2/models/{name}", responses=ERROR_RESPONSES, summary="model metadata: inputs and outputs (Open Inference Protocol)")
 async def model_metadata(name: str, request: Request) -> JSONResponse:
     return await _model_metadata(name, request, None)
 
 
-@router.get("/v2/models/{name}/versions/{version}", include_in_schema=False)
+@router.get("/v2/models/{name}/versions/{version}", responses=ERROR_RESPONSES, include_in_schema=False)
 async def model_version_metadata(name: str, version: str, request: Request) -> JSONResponse:
     return await _model_metadata(name, request, version)
 
@@ -317,12 +334,12 @@ async def _model_metadata(name: str, request: Request, version: str | None) -> J
         return _protocol_error(err)
 
 
-@router.get("/v2/models/{name}/ready", summary="whether the model is ready (Open Inference Protocol)")
+@router.get("/v2/models/{name}/ready", responses=ERROR_RESPONSES, summary="whether the model is ready (Open Inference Protocol)")
 async def model_ready(name: str, request: Request) -> JSONResponse:
     return await _model_ready(name, request, None)
 
 
-@router.get("/v2/models/{name}/versions/{version}/ready", include_in_schema=False)
+@router.get("/v2/models/{name}/versions/{version}/ready", responses=ERROR_RESPONSES, include_in_schema=False)
 async def model_version_ready(name: str, version: str, request: Request) -> JSONResponse:
     return await _model_ready(name, request, version)
 
@@ -339,6 +356,7 @@ async def _model_ready(name: str, request: Request, version: str | None) -> JSON
 
 @router.post(
     "/v2/models/{name}/infer",
+    responses=ERROR_RESPONSES,
     summary="run the model (Open Inference Protocol; JSON tensors or the binary tensor extension)",
     description=__doc__ or "",
     openapi_extra={
@@ -356,7 +374,7 @@ async def infer(name: str, request: Request) -> Response:
     return await _infer(name, request, None)
 
 
-@router.post("/v2/models/{name}/versions/{version}/infer", include_in_schema=False, response_class=Response)
+@router.post("/v2/models/{name}/versions/{version}/infer", responses=ERROR_RESPONSES, include_in_schema=False, response_class=Response)
 async def infer_version(name: str, version: str, request: Request) -> Response:
     return await _infer(name, request, version)
 

@@ -425,6 +425,23 @@ class ModelRepository:
 
 
 # ---------------------------------------------------------------------- routes
+#: every status these routes may answer, documented for clients (and checked by schemathesis)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    c: {"description": d}
+    for c, d in (
+        (400, "malformed body"),
+        (401, "missing API key"),
+        (403, "wrong API key or no key configured"),
+        (404, "unknown model"),
+        (409, "the model has no file to write"),
+        (413, "too large"),
+        (415, "unsupported media type"),
+        (422, "invalid tensors or options"),
+        (503, "overloaded"),
+        (504, "timed out"),
+    )
+}
+
 router = APIRouter(tags=["models"])
 
 
@@ -432,19 +449,20 @@ def repository(request: Request) -> ModelRepository:
     return request.app.state.models
 
 
-@router.get("/v1/models", summary="the served models: type, options, input layout, parameter shapes")
+@router.get("/v1/models", responses=ERROR_RESPONSES, summary="the served models: type, options, input layout, parameter shapes")
 async def list_models(request: Request) -> JSONResponse:
     repo = repository(request)
     return JSONResponse({"models": [repo.get(n).describe() for n in repo.names()]})
 
 
-@router.get("/v1/models/{name}", summary="one served model: type, options, input layout, parameter shapes")
+@router.get("/v1/models/{name}", responses=ERROR_RESPONSES, summary="one served model: type, options, input layout, parameter shapes")
 async def show_model(name: str, request: Request) -> JSONResponse:
     return JSONResponse(repository(request).get(name).describe())
 
 
 @router.put(
     "/v1/models/{name}/weights",
+    responses=ERROR_RESPONSES,
     summary="admin: replace a model's weights (a safetensors body); written to the repository atomically",
     description="Needs the server's API key; refused (403) when the server has none. The tensors must have the model's "
     "parameter names and shapes (422 otherwise).",
