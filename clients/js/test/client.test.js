@@ -33,7 +33,9 @@ describe('server basics', () => {
     assert.match(h.version, /^\d+\.\d+/);
     const flash = (await client.mechanisms()).find((m) => m.name === 'flash');
     const heads = flash.options.find((o) => o.name === 'heads');
-    assert.deepEqual(heads, { name: 'heads', type: 'int', default: 8, required: false });
+    const { name, type, default: dflt, required, aliases } = heads;
+    assert.deepEqual({ name, type, default: dflt, required }, { name: 'heads', type: 'int', default: 8, required: false });
+    assert.ok(Array.isArray(aliases) && aliases.includes('num_heads'));  // the registry's option table
   });
 
   test('a missing API key is a 401 AttnkitError', async () => {
