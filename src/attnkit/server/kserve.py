@@ -38,7 +38,7 @@ from ..errors import AttentionError
 from . import codec, model_metrics
 from .batching import DynamicBatcher
 from .codec import ApiError
-from .models import INPUT_NAMES, Model, ModelRepository, input_specs
+from .models import ERROR_RESPONSES, INPUT_NAMES, Model, ModelRepository, input_specs
 
 __all__ = ["router", "DATATYPES", "parse_infer_request", "infer_response"]
 
@@ -60,23 +60,6 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 }
 _NAMES_OF = {v: k for k, v in DATATYPES.items()}
 VERSION = "1"
-
-#: every status these routes may answer, documented for clients (and checked by schemathesis)
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    c: {"description": d}
-    for c, d in (
-        (400, "malformed body"),
-        (401, "missing API key"),
-        (403, "wrong API key or no key configured"),
-        (404, "unknown model"),
-        (409, "the model has no file to write"),
-        (413, "too large"),
-        (415, "unsupported media type"),
-        (422, "invalid tensors or options"),
-        (503, "overloaded"),
-        (504, "timed out"),
-    )
-}
 
 router = APIRouter(tags=["open inference protocol (KServe v2)"])
 
