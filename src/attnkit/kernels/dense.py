@@ -356,25 +356,30 @@ def sdpa(
     out_shape = (*lead, int(q.shape[-2]), int(v.shape[-1]))
     if 0 in out_shape:  # an empty batch or query: nothing to compute (and no tile loop over a long empty axis)
         return xp.zeros(out_shape, dtype=q.dtype, device=array_api_compat.device(q))
-    positional = tuple(window) != NO_WINDOW or alibi_slopes is not None
+    window = (int(window[0]), int(window[1]))
+    positional = window != NO_WINDOW or alibi_slopes is not None
+    extra: dict[str, Any] = dict(window=window, alibi_slopes=alibi_slopes, softcap=softcap)
+    kw: dict[str, Any] = dict(scale=scale, mask=mask, causal=causal)
+    grouped = needs_grouping(q, k, v)
     if positional or softcap is not None:
         if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0 and softcap is None:
-            from .dense_torch import sdpa_torch
+            from .dense_torch import sdpa_torch, sdpa_torch_window
 
+            out = sdpa_torch_window(q, k, v, scale=scale, mask=mask, causal=causal, window=window, alibi_slopes=alibi_slopes)
+            if out is not None:  # a narrow window: key blocks outside it are never computed
+                return out
             pm = _with_positional(mask, xp, q, int(q.shape[-2]), int(k.shape[-2]), window, alibi_slopes)
             out = sdpa_torch(q, k, v, scale=scale, mask=pm, causal=causal)
             if out is not None:
                 return out
-        extra: dict[str, Any] = dict(window=tuple(window), softcap=softcap)
-        if is_numpy(xp):
-            # BLAS wants each tile contiguous: the (..., L, H, D) -> (..., H, L, D) views make NumPy's
-            # matmul fall back to a loop 10-100x slower. One O(L * D) copy each.
-            q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
-        with _blas_one_thread(is_numpy(xp)):
-            return _positional_generic(q, k, v, xp, scale, mask, causal, dropout_p, rng, block_size, alibi_slopes, extra)
-    kw: dict[str, Any] = dict(scale=scale, mask=mask, causal=causal)
-    grouped = needs_grouping(q, k, v)
-    if backend == "auto" and is_numpy(xp) and dropout_p == 0.0 and engine != "numpy" and not grouped:
+        if not (backend in ("auto", "numpy") and is_numpy(xp) and dropout_p == 0.0):
+            if is_numpy(xp):
+                # BLAS wants each tile contiguous: the (..., L, H, D) -> (..., H, L, D) views make NumPy's
+                # matmul fall back to a loop 10-100x slower. One O(L * D) copy each.
+                q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
+            with _blas_one_thread(is_numpy(xp)):
+                return _positional_generic(q, k, v, xp, scale, mask, causal, dropout_p, rng, block_size, alibi_slopes, dict(window=window, softcap=softcap))
+    elif backend == "auto" and is_numpy(xp) and dropout_p == 0.0 and engine != "numpy" and not grouped:
         from .engine import choose_engine, sdpa_torch_numpy
 
         work = 4.0 * math.prod(np.broadcast_shapes(q.shape[:-2], k.shape[:-2])) * q.shape[-2] * k.shape[-2] * q.shape[-1]
@@ -382,7 +387,7 @@ def sdpa(
             out = sdpa_torch_numpy(q, k, v, **kw)
             if out is not None:
                 return out
-    if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0:
+    if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0 and not (positional or softcap is not None):
         from .dense_torch import sdpa_torch
 
         out = sdpa_torch(q, k, v, **kw)  # grouped heads go to torch's kernel with enable_gqa=True
@@ -404,13 +409,19 @@ def sdpa(
             rng=rng,
             block_size=block_size,
             backend="generic" if backend == "torch" else backend,
+            window=window,
+            alibi_slopes=group_slopes(alibi_slopes, hk, xp),
+            softcap=softcap,
             engine=engine,
         )
         return ungroup(out, xp)
     if backend in ("auto", "numpy") and is_numpy(xp) and dropout_p == 0.0:
         from .dense_numpy import sdpa_numpy
 
-        out = sdpa_numpy(q, k, v, block_size=block_size, **kw)
+        out = sdpa_numpy(q, k, v, block_size=block_size, **kw, **extra)
         if out is not None:
             return out
+    if positional or softcap is not None:
+        with _blas_one_thread(is_numpy(xp)):
+            return _positional_generic(q, k, v, xp, scale, mask, causal, dropout_p, rng, block_size, alibi_slopes, dict(window=window, softcap=softcap))
     return sdpa_generic(q, k, v, xp=xp, dropout_p=dropout_p, rng=rng, block_size=block_size, **kw)

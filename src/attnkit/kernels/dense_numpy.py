@@ -164,27 +164,14 @@ def _scratch() -> _Scratch:
     return s
 
 
-_tri_cache: dict[tuple[int, str, bool], np.ndarray] = {}
+def _toeplitz(pattern: np.ndarray, start: int, rows: int, cols: int) -> np.ndarray:
+    """Read-only view ``T[i, c] = pattern[start - i + c]`` of shape (rows, cols) (no copy; ``start >= rows - 1``).
 
-
-def _tri(tq: int, dtype: np.dtype, bias: bool) -> np.ndarray:
-    """``G[i, c] = c <= i + tq`` as 1/0 (``bias=False``) or 0/-inf; a diagonal tile is a slice of it."""
-    key = (tq, dtype.str, bias)
-    g = _tri_cache.get(key)
-    if g is None:
-        allowed = np.tri(tq, 2 * tq, tq, dtype=bool)
-        g = np.where(allowed, 0.0, -np.inf).astype(dtype) if bias else allowed.astype(dtype)
-        g.setflags(write=False)
-        if len(_tri_cache) > 16:
-            _tri_cache.clear()
-        _tri_cache[key] = g
-    return g
-
-
-def _causal_tile(g: np.ndarray, tq: int, rows: int, cols: int, shift: int) -> np.ndarray:
-    """Tile ``[i, j] = j <= i + shift`` of shape (rows, cols), as a view of ``g = _tri(tq, ...)``."""
-    start = tq - shift
-    return g[:rows, start : start + cols]
+    A tile's band mask or ALiBi bias depends only on ``j - i``, so every tile is such a view of one
+    pattern of length ``Lq + Lk - 1`` indexed by ``j - i + Lq - 1``.
+    """
+    step = pattern.strides[0]
+    return np.lib.stride_tricks.as_strided(pattern[start:], shape=(rows, cols), strides=(-step, step), writeable=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,6 +190,9 @@ class _Plan:
         scale: float,
         causal: bool,
         batch: tuple[int, ...],
+        window: tuple[int, int] = (-1, -1),
+        slopes: np.ndarray | None = None,
+        softcap: float | None = None,
     ) -> None:
         self.dtype = q.dtype
         self.lq, self.d = int(q.shape[-2]), int(q.shape[-1])
@@ -235,7 +225,40 @@ class _Plan:
         kidx = np.arange(math.prod(k.shape[:-2]), dtype=np.int64).reshape(k.shape[:-2])
         self.k_src = np.broadcast_to(kidx, batch).ravel().tolist() if batch else [0]
         self.tile_starts = list(range(0, self.lq, self.tq))
-        self.allow_bounded = self.mask_kind != "float"
+        # the band of visible keys, in rel = j - i - (Lk - Lq): lo <= rel <= hi (None: unbounded side);
+        # causal is hi <= 0, a sliding window (left, right) is -left <= rel <= right
+        left, right = int(window[0]), int(window[1])
+        self.lo: int | None = -left if left >= 0 else None
+        self.hi: int | None = right if right >= 0 else None
+        if causal:
+            self.hi = 0 if self.hi is None else min(self.hi, 0)
+        self.softcap = softcap
+        # one ALiBi slope per batch element (heads are a batch axis here), or None
+        self.slopes: list[float] | None = None if slopes is None else np.broadcast_to(slopes, batch).ravel().tolist()
+        d = np.arange(-(self.lq - 1), self.lk, dtype=np.int64) - self.offset  # rel of pattern index x = j - i + Lq - 1
+        keep = np.ones(d.shape, dtype=bool)
+        if self.lo is not None:
+            keep &= d >= self.lo
+        if self.hi is not None:
+            keep &= d <= self.hi
+        self._rel = d
+        self._keep = keep
+        self.pat_mul = keep.astype(self.dtype)  # 1/0 multiplier (bounded tiles)
+        self.pat_bias = np.where(keep, 0.0, -np.inf).astype(self.dtype)  # 0/-inf bias (online tiles)
+        self._alibi: dict[float, np.ndarray] = {}
+        # bounded logits need e^s >= e^-R: ALiBi biases and float masks can push them below
+        self.allow_bounded = self.mask_kind != "float" and self.slopes is None
+
+    def bias_pattern(self, n: int) -> np.ndarray:
+        """The additive pattern of batch element ``n``: ``-slope |rel|`` (ALiBi) inside the band, ``-inf`` outside."""
+        if self.slopes is None:
+            return self.pat_bias
+        slope = self.slopes[n]
+        pat = self._alibi.get(slope)
+        if pat is None:
+            pat = np.where(self._keep, -slope * np.abs(self._rel).astype(np.float64), -np.inf).astype(self.dtype)
+            self._alibi[slope] = pat
+        return pat
 
     def logit_range(self, n: int) -> float:
         """R for batch element ``n``: the largest logit bound for which a tile may skip the running maximum.
@@ -254,31 +277,37 @@ class _Plan:
             return -math.inf  # all-zero or non-finite values: the online softmax handles them
         return min(_LOGIT_RANGE[self.dtype], math.log(hi / (self.lk * max(vmax, 1.0))), math.log(vmax / lo))
 
-    def key_blocks(self, q0: int, q1: int) -> list[tuple[int, int, int | None]]:
-        """Key blocks ``(k0, k1, shift)`` for query rows ``[q0, q1)``; ``shift`` is set on a causal diagonal block."""
-        lk = self.lk
-        if not self.causal:
-            full_end, diag_end = lk, lk
-        else:
-            full_end = min(lk, max(0, q0 + self.offset + 1))  # keys every row of the tile sees
-            diag_end = min(lk, max(0, q1 + self.offset))  # keys the last row sees
-        blocks: list[tuple[int, int, int | None]] = []
-        if full_end > 0:
-            nb = -(-full_end // self.tk_target)
-            step = -(-full_end // nb)
-            blocks.extend((k0, min(k0 + step, full_end), None) for k0 in range(0, full_end, step))
-        if diag_end > full_end:
-            blocks.append((full_end, diag_end, q0 + self.offset - full_end))
+    def key_blocks(self, q0: int, q1: int) -> list[tuple[int, int, bool]]:
+        """Key blocks ``(k0, k1, masked)`` for query rows ``[q0, q1)``, only where some row sees a key.
+
+        Keys ``[start, end)`` are visible to some row of the tile, ``[fs, fe)`` to every row; blocks
+        outside the band are skipped (so a window costs O(Lq * window)), blocks on its edges are
+        ``masked`` (and, with ALiBi, every block, for its bias).
+        """
+        lk, off, lo, hi = self.lk, self.offset, self.lo, self.hi
+        start = 0 if lo is None else max(0, q0 + off + lo)
+        end = lk if hi is None else min(lk, q1 + off + hi)
+        if end <= start:
+            return []
+        fs = start if lo is None else min(end, max(start, q1 - 1 + off + lo))
+        fe = end if hi is None else max(fs, min(end, q0 + off + hi + 1))
+        biased = self.slopes is not None
+        blocks: list[tuple[int, int, bool]] = []
+        for a, b, masked in ((start, fs, True), (fs, fe, biased), (fe, end, True)):
+            if b > a:
+                nb = -(-(b - a) // self.tk_target)
+                step = -(-(b - a) // nb)
+                blocks.extend((k0, min(k0 + step, b), masked) for k0 in range(a, b, step))
         return blocks
 
     def tasks(self) -> list[_Task]:
         """``(n, q0, q1, key blocks)``, batch-major (a thread's K^T copy serves consecutive tiles)."""
-        starts = self.tile_starts[::-1] if self.causal else self.tile_starts  # causal: heaviest tiles first
+        starts = self.tile_starts[::-1] if self.causal and self.lo is None else self.tile_starts  # causal: heaviest tiles first
         blocks = {q0: self.key_blocks(q0, min(q0 + self.tq, self.lq)) for q0 in starts}
         return [(n, q0, min(q0 + self.tq, self.lq), blocks[q0]) for n in range(self.n) for q0 in starts]
 
 
-_Task = tuple[int, int, int, list[tuple[int, int, int | None]]]
+_Task = tuple[int, int, int, list[tuple[int, int, bool]]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +340,7 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
     """The tile loop: for each task, its key blocks through GEMM, exponential, GEMM (see the module doc)."""
     dt = plan.dtype
     d, dv, lk, tq = plan.d, plan.dv, plan.lk, plan.tq
-    width = max(plan.tk_target, tq)  # widest key block (balanced blocks <= tk_target, diagonal < tq)
+    width = max(plan.tk_target, tq)  # widest key block (every block is cut to <= tk_target)
     sbuf = sc.get("s", tq * width, dt)
     qbuf = sc.get("q", tq * d, dt)
     acc = sc.get("acc", tq * dv, dt)
@@ -325,9 +354,8 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
     nbuf = sc.get("nmask", tq * width, np.dtype(np.bool_)) if plan.mask_kind == "bool" else None
     kt_all = sc.get("kt", d * lk, dt).reshape(d, lk)
     sc.kt_key = None  # the buffer may hold another call's keys at a reused address
-    no_tile = np.empty((0, 0), dt)  # stands for "no causal tile": only read when plan.causal
-    tri_mul = _tri(tq, dt, bias=False) if plan.causal else no_tile
-    tri_bias = _tri(tq, dt, bias=True) if plan.causal else no_tile
+    cap = plan.softcap
+    base = plan.lq - 1  # pattern index of j - i = 0
     use_exp2 = plan.use_exp2
     expf = np.exp2 if use_exp2 else np.exp
 
@@ -346,11 +374,13 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
         if head != n:
             head, rng = n, plan.logit_range(n)
         qt = plan.qs[n][q0:q1]
-        bounded = rng >= 0 and abs(plan.scale) * kmax * math.sqrt(float(np.max(np.einsum("id,id->i", qt, qt)))) <= rng
+        bounded = rng >= 0 and (
+            (cap is not None and cap <= rng) or abs(plan.scale) * kmax * math.sqrt(float(np.max(np.einsum("id,id->i", qt, qt)))) <= rng
+        )
         vn = plan.vs[n]
         mn = plan.ms[n] if plan.ms is not None else None
         o = out[n][q0:q1]
-        if not blocks:  # bottom-right causal hides every key from these rows
+        if not blocks:  # the causal or window band hides every key from these rows
             o[...] = 0
             continue
         a = acc[: r * dv].reshape(r, dv)
@@ -359,13 +389,20 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
         lt = ltmp[:r]
         m = mrow[:r].reshape(r, 1)
         mb = mblk[:r].reshape(r, 1)
-        qs = np.multiply(qt, plan.scale * _LOG2E if bounded and use_exp2 else plan.scale, out=qbuf[: r * d].reshape(r, d))
+        # the logit is s = c q.k; with a soft cap s = cap tanh(c q.k / cap) (Gemma 2); c folds log2(e) for exp2
+        unit = _LOG2E if bounded and use_exp2 else 1.0
+        qs = np.multiply(qt, plan.scale * unit if cap is None else plan.scale / cap, out=qbuf[: r * d].reshape(r, d))
+        bias = None if bounded else plan.bias_pattern(n)
         tick("other")
-        for bi, (k0, k1, shift) in enumerate(blocks):
+        for bi, (k0, k1, masked) in enumerate(blocks):
             cols = k1 - k0
             s = sbuf[: r * cols].reshape(r, cols)
             np.matmul(qs, kt_all[:, k0:k1], out=s)
             tick("GEMM q k^T")
+            if cap is not None:
+                np.tanh(s, out=s)
+                np.multiply(s, cap * unit, out=s)
+                tick("softcap")
             mt = None
             if mn is not None:
                 mt = mn[slice(None) if mn.shape[0] == 1 else slice(q0, q1), slice(None) if mn.shape[1] == 1 else slice(k0, k1)]
@@ -373,8 +410,8 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
                 # logits bounded by |U| <= R: p = e^s stays normal, no running maximum needed
                 expf(s, out=s)
                 tick("exp")
-                if shift is not None:
-                    np.multiply(s, _causal_tile(tri_mul, tq, r, cols, shift), out=s)
+                if masked:
+                    np.multiply(s, _toeplitz(plan.pat_mul, k0 - q0 + base, r, cols), out=s)
                 if mt is not None:
                     np.multiply(s, mt, out=s)
                 tick("mask")
@@ -392,8 +429,9 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
                     tick("row sums")
                 continue
             # online softmax (Milakov & Gimelshein 2018) with a running maximum
-            if shift is not None:
-                np.add(s, _causal_tile(tri_bias, tq, r, cols, shift), out=s)
+            if masked:
+                assert bias is not None
+                np.add(s, _toeplitz(bias, k0 - q0 + base, r, cols), out=s)
             if mt is not None:
                 if plan.mask_kind == "bool":
                     assert nbuf is not None
@@ -461,12 +499,37 @@ class _Feed:
 # small problems: one batched pass
 
 
-def _sdpa_small(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, scale: float, causal: bool) -> np.ndarray:
+def _sdpa_small(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray | None,
+    scale: float,
+    causal: bool,
+    window: tuple[int, int] = (-1, -1),
+    slopes: np.ndarray | None = None,
+    softcap: float | None = None,
+) -> np.ndarray:
     lq, lk = q.shape[-2], k.shape[-2]
-    s = (q * np.asarray(scale, q.dtype)) @ np.swapaxes(k, -1, -2)
-    if causal:
-        hidden = ~np.tri(lq, lk, lk - lq, dtype=bool)
-        s = np.where(hidden, -np.inf, s) if hidden.any() else s
+    if softcap is None:
+        s = (q * np.asarray(scale, q.dtype)) @ np.swapaxes(k, -1, -2)
+    else:
+        s = (q * np.asarray(scale / softcap, q.dtype)) @ np.swapaxes(k, -1, -2)
+        np.tanh(s, out=s)
+        s *= np.asarray(softcap, q.dtype)
+    rel = np.arange(lk)[None, :] - np.arange(lq)[:, None] - (lk - lq)  # j - i - (Lk - Lq)
+    if slopes is not None:
+        s = s - (np.asarray(slopes, np.float64)[..., None, None] * np.abs(rel)).astype(q.dtype)
+    left, right = int(window[0]), int(window[1])
+    if causal or left >= 0 or right >= 0:
+        keep = np.ones((lq, lk), dtype=bool)
+        if causal:
+            keep &= rel <= 0
+        if left >= 0:
+            keep &= rel >= -left
+        if right >= 0:
+            keep &= rel <= right
+        s = np.where(keep, s, -np.inf) if not keep.all() else s
     if mask is not None:
         s = np.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + mask
     m = np.max(s, axis=-1, keepdims=True)
@@ -496,6 +559,9 @@ def sdpa_numpy(
     mask: Any = None,
     causal: bool = False,
     block_size: int = 256,
+    window: tuple[int, int] = (-1, -1),
+    alibi_slopes: Any = None,
+    softcap: float | None = None,
     num_threads: int | None = None,
     profile: dict[str, float] | None = None,
 ) -> np.ndarray | None:
@@ -506,6 +572,12 @@ def sdpa_numpy(
     float (added) array broadcastable to ``(..., H, Lq, Lk)`` of the inputs' dtype; ``causal`` is
     bottom-right aligned (query ``i`` sees key ``j`` iff ``j <= i + Lk - Lq``). Rows with no
     visible key give zeros. Agrees with :func:`.dense.sdpa_generic` to rounding.
+
+    FlashAttention-2's options, bottom-right aligned as ``causal`` (see :func:`.dense.sdpa`):
+    ``window = (left, right)`` (query ``i`` sees keys ``i + Lk - Lq - left .. i + Lk - Lq + right``,
+    -1 unbounded; key blocks outside the band are never computed, so the cost is O(Lq * window)),
+    ``alibi_slopes`` broadcastable to the batch dimensions ``(..., H)`` (bias ``-slope |i + Lk - Lq - j|``,
+    Press et al. 2022) and ``softcap`` (``cap tanh(s / cap)`` on the scaled scores, Gemma 2).
 
     ``block_size`` is accepted for the generic path's signature; this path sizes its own tiles to
     the L2 cache (the result does not depend on tiling beyond rounding). ``num_threads`` overrides
@@ -533,13 +605,23 @@ def sdpa_numpy(
         return None
     if not math.isfinite(scale):
         return None
+    slopes = None
+    if alibi_slopes is not None:
+        slopes = np.asarray(alibi_slopes, dtype=np.float64)
+        try:
+            batch = np.broadcast_shapes(batch, slopes.shape)
+        except ValueError:
+            return None
+    if softcap is not None and not (math.isfinite(softcap) and softcap > 0):
+        return None
+    window = (int(window[0]), int(window[1]))
     lq, lk = int(q.shape[-2]), int(k.shape[-2])
     n = int(math.prod(batch))
     if n == 0:
         return None
     if n * lq * lk <= _SMALL_SCORES and profile is None:
-        return _sdpa_small(q, k, v, mask, scale, causal)
-    plan = _Plan(q, k, v, mask, scale, causal, tuple(batch))
+        return _sdpa_small(q, k, v, mask, scale, causal, window, slopes, softcap)
+    plan = _Plan(q, k, v, mask, scale, causal, tuple(batch), window, slopes, softcap)
     plan.use_exp2 = _prefer_exp2(dt)  # timed here, in the caller's thread, once per process
     out = np.empty(tuple(batch) + (lq, int(v.shape[-1])), dtype=dt)
     outs = list(out.reshape(n, lq, out.shape[-1])) if n else []

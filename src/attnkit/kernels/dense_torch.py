@@ -28,7 +28,7 @@ from typing import Any
 
 from .._array import torch_compiling
 
-__all__ = ["sdpa_torch"]
+__all__ = ["sdpa_torch", "sdpa_torch_window"]
 
 
 def _causal_keep(torch: Any, lq: int, lk: int, device: Any) -> Any:
@@ -137,3 +137,115 @@ def _call(sdpa: Any, q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, sc
         attn_mask = attn_mask.expand(*full).reshape(*lead, *attn_mask.shape[-2:])
     out = sdpa(q4, k4, v4, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
     return out.reshape(*batch, *out.shape[-2:])
+
+
+def _positional_mask(torch: Any, rows: Any, cols: Any, lo: int, hi: int, slopes: Any, dtype: Any) -> Any:
+    """Mask of a tile whose entries have ``rel = cols[None, :] - rows[:, None]``: bool (band) without ALiBi,
+    else the float bias ``-slope |rel|`` inside the band and ``-inf`` outside, ``(H, R, C)``."""
+    rel = cols[None, :] - rows[:, None]
+    keep = (rel >= lo) & (rel <= hi)
+    if slopes is None:
+        return keep
+    bias = -slopes.to(dtype)[:, None, None] * rel.abs().to(dtype)
+    return bias.masked_fill(~keep, float("-inf"))
+
+
+#: Query rows per block of the windowed path (the last block size is the band when it is narrower).
+WINDOW_BLOCK = 256
+
+
+def sdpa_torch_window(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    scale: float,
+    mask: Any = None,
+    causal: bool = False,
+    window: tuple[int, int] = (-1, -1),
+    alibi_slopes: Any = None,
+    block: int = WINDOW_BLOCK,
+) -> Any | None:
+    """Sliding-window attention (FlashAttention-2's ``window_size``, bottom-right aligned) in O(Lq * window).
+
+    Query ``i`` sees key ``j`` iff ``lo <= j - i - (Lk - Lq) <= hi`` with ``lo = -left``, ``hi = right``
+    (``hi = min(right, 0)`` when causal); ALiBi adds ``-slope_h |j - i - (Lk - Lq)|`` (Press et al. 2022).
+    Queries are cut in blocks of ``b`` rows; block ``[q0, q0 + b)`` needs only the ``b + hi - lo`` keys
+    from ``q0 + Lk - Lq + lo``, and its band is the same ``(b, b + hi - lo)`` pattern for every block.
+    The interior blocks (whose keys all exist) go to torch's fused kernel in ONE call, as a batch of
+    ``(b, span)`` problems sharing one broadcast mask (keys gathered with ``unfold``: one O(L * span * D / b)
+    copy); the few blocks at either end, whose window leaves the sequence, go through :func:`sdpa_torch`
+    with their own small mask. Returns ``None`` where this does not pay (no bounded window on both sides,
+    a user mask, batch-dependent slopes, or a window not narrower than half the keys): the caller then
+    hands torch one dense mask.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if mask is not None or not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+        return None
+    if q.dtype != k.dtype or q.dtype != v.dtype or not q.dtype.is_floating_point or q.ndim < 3 or k.ndim < 3:
+        return None
+    left, right = int(window[0]), int(window[1])
+    if left < 0 or (right < 0 and not causal):
+        return None
+    lo, hi = -left, right
+    if causal:
+        hi = 0 if right < 0 else min(right, 0)
+    lq, lk = int(q.shape[-2]), int(k.shape[-2])
+    off = lk - lq
+    b = max(1, min(block, lq))
+    span = b + hi - lo
+    if 2 * span > lk:
+        return None
+    slopes = None
+    if alibi_slopes is not None:
+        slopes = torch.as_tensor(alibi_slopes, device=q.device)
+        if slopes.ndim > 1 and slopes.shape[:-1].numel() != 1:
+            return None  # slopes that vary along batch dims: the dense mask path
+        slopes = slopes.reshape(-1)
+    # interior query blocks [qa, qz): every key of their window exists
+    qa = -(-max(0, -(off + lo)) // b) * b
+    qmax0 = min(lq - b, lk - off - hi - b)
+    ni = (qmax0 - qa) // b + 1 if qmax0 >= qa else 0
+    if ni <= 0:
+        return None
+    qz = qa + ni * b
+    h, hk = int(q.shape[-3]), int(k.shape[-3])
+    gqa = h != hk
+    batch = tuple(torch.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3]))
+    q, k, v = (t.expand(*batch, *t.shape[-3:]) if tuple(t.shape[:-3]) != batch else t for t in (q, k, v))
+    d, dv = int(q.shape[-1]), int(v.shape[-1])
+    ka = qa + off + lo  # first key of the first interior block
+    qi = q[..., qa:qz, :].reshape(*batch, h, ni, b, d).transpose(-4, -3).reshape(-1, h, b, d)
+    kw = k[..., ka : ka + (ni - 1) * b + span, :]
+    vw = v[..., ka : ka + (ni - 1) * b + span, :]
+    ki = kw.unfold(-2, span, b).transpose(-1, -2).transpose(-4, -3).reshape(-1, hk, span, d)
+    vi = vw.unfold(-2, span, b).transpose(-1, -2).transpose(-4, -3).reshape(-1, hk, span, dv)
+    dev = q.device
+    rows = torch.arange(b, device=dev)
+    cols = torch.arange(span, device=dev) + lo  # rel = (c + lo) - r inside every interior block
+    pm = _positional_mask(torch, rows, cols, lo, hi, slopes, q.dtype)
+    if gqa:
+        oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=pm, scale=scale, enable_gqa=True)
+    else:
+        oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=pm, scale=scale)
+    parts = []
+    for q0, q1 in ((0, qa), (qz, lq)):  # the edges: small problems with their own mask
+        if q1 <= q0:
+            parts.append(None)
+            continue
+        k0, k1 = max(0, q0 + off + lo), min(lk, q1 - 1 + off + hi + 1)
+        if k1 <= k0:
+            parts.append(q.new_zeros((*batch, h, q1 - q0, dv)))
+            continue
+        rows = torch.arange(q0 + off, q1 + off, device=dev)
+        cols = torch.arange(k0, k1, device=dev)
+        em = _positional_mask(torch, rows, cols, lo, hi, slopes, q.dtype)
+        out = sdpa_torch(q[..., q0:q1, :], k[..., k0:k1, :], v[..., k0:k1, :], scale=scale, mask=em)
+        if out is None:
+            return None
+        parts.append(out)
+    mid = oi.reshape(*batch, ni, h, b, dv).transpose(-4, -3).reshape(*batch, h, ni * b, dv)
+    pieces = [p for p in (parts[0], mid, parts[1]) if p is not None]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-2)
