@@ -197,3 +197,139 @@ def test_alibi_distances_exact_in_bfloat16_far_from_the_start(rng: np.random.Gen
     assert_close(to_np(out.float()), ref_cap, 3e-2)
     out = FlashAttention(heads=h, dim=d, causal=True, alibi_slopes=slopes)(*(torch.from_numpy(x).to(torch.bfloat16) for x in (q, k, v)))
     assert_close(to_np(out.float()), ref, 3e-2)  # the fused kernel with the bias as a mask
+
+
+# ---------------------------------------------------------------------------------------------- fast paths
+# The NumPy fast path (kernels/dense_numpy.py: tiles whose band mask / ALiBi bias are Toeplitz views, key
+# blocks outside the band never computed) and torch's windowed path (kernels/dense_torch.py: query blocks
+# batched into one fused call), each checked against the dense float64 reference above at shapes large
+# enough that the tiled code runs (more than 2^16 scores), and shown to be the path that ran.
+
+FAST_CASES = [  # (Lq, Lk, window, causal, kv heads, ALiBi, softcap, mask)
+    (300, 300, (40, 10), False, 4, False, None, None),
+    (300, 300, (40, 10), True, 2, True, None, "bool"),
+    (700, 900, (64, 0), False, 4, True, 3.0, None),
+    (900, 700, (33, 70), False, 1, False, 4.0, "bool"),  # Lq > Lk: the first rows see no key
+    (600, 600, (-1, -1), True, 4, True, None, "float"),
+    (600, 600, (-1, 20), False, 4, False, 2.0, "bool"),
+    (1000, 1000, (100, -1), True, 2, False, None, None),
+    (257, 1100, (50, 5), True, 4, True, None, None),
+    (520, 520, (0, 0), False, 4, False, None, None),  # each query sees only its own key
+]
+
+
+def _mask(kind: str | None, rng: np.random.Generator, lq: int, lk: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(mask given to attnkit, bool keep of the reference) ; a float mask holds 0 and -inf."""
+    if kind is None:
+        return None, None
+    keep = rng.random((lq, lk)) > 0.1
+    return (keep if kind == "bool" else np.where(keep, 0.0, -np.inf)), keep
+
+
+@pytest.mark.parametrize("lq,lk,window,causal,hk,use_alibi,softcap,mask_kind", FAST_CASES)
+def test_numpy_fast_path_matches_reference(
+    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator, lq, lk, window, causal, hk, use_alibi, softcap, mask_kind
+) -> None:
+    import attnkit.kernels.dense_numpy as dn
+
+    ran: list[bool] = []
+    real = dn._run_tasks
+    monkeypatch.setattr(dn, "_run_tasks", lambda *a, **kw: ran.append(True) or real(*a, **kw))
+    h, d = 4, 16
+    q, k, v = randn(rng, 2, lq, h, d) * 1.5, randn(rng, 2, lk, hk, d) * 1.5, randn(rng, 2, lk, hk, d)
+    slopes = np.array([0.5, 0.1, 0.02, 0.001]) if use_alibi else None
+    mask, keep = _mask(mask_kind, rng, lq, lk)
+    _, ref = reference(q, k, v, causal=causal, window=window, slopes=slopes, softcap=softcap, mask=keep)
+    fa = FlashAttention(heads=h, dim=d, causal=causal, window=window, alibi_slopes=slopes, softcap=softcap, engine="numpy")
+    assert_close(fa(q, k, v, mask=mask), ref, TOL64)
+    assert ran, "the NumPy fast path did not run"
+    ran.clear()
+    out32 = fa(
+        *(x.astype(np.float32) for x in (q, k, v)), mask=None if mask is None else mask.astype(mask.dtype if mask_kind == "bool" else np.float32)
+    )
+    assert ran and out32.dtype == np.float32
+    assert_close(out32, ref, TOL32)
+
+
+def test_numpy_fast_path_bounded_and_online_tiles_agree(rng: np.random.Generator) -> None:
+    """Large logits force the running-maximum tiles, small ones the bounded (no maximum) tiles: both match."""
+    for amp in (0.3, 30.0):
+        q, k, v = randn(rng, 1, 600, 2, 16) * amp, randn(rng, 1, 600, 2, 16) * amp, randn(rng, 1, 600, 2, 16)
+        for opts in (dict(window=(37, 5)), dict(window=(37, 5), softcap=4.0), dict(causal=True, window=(300, 0))):
+            _, ref = reference(q, k, v, causal=opts.get("causal", False), window=opts["window"], softcap=opts.get("softcap"))
+            assert_close(FlashAttention(heads=2, dim=16, engine="numpy", **opts)(q, k, v), ref, TOL64)
+
+
+def test_numpy_fast_path_computes_only_the_band() -> None:
+    """Work, not time: the key columns the tiles compute stay below Lq * (window + 2 * tile), not Lq * Lk."""
+    from attnkit.kernels.dense_numpy import _Plan
+
+    lq = lk = 8192
+    q = np.zeros((1, lq, 64), np.float32)
+    for window, causal in (((511, 0), False), ((255, 256), False), ((511, -1), True)):
+        plan = _Plan(q, q, q, None, 0.125, causal, (1,), window)
+        cols = sum((k1 - k0) * (q1 - q0) for _, q0, q1, blocks in plan.tasks() for k0, k1, _m in blocks)
+        useful = sum(min(lk, i + 1 + window[1] if window[1] >= 0 else i + 1) - max(0, i - window[0]) for i in range(lq))
+        assert useful <= cols <= lq * (512 + 2 * plan.tq)
+    # ALiBi without a window still sees every key (the bias is on every block)
+    plan = _Plan(q, q, q, None, 0.125, False, (1,), (-1, -1), np.array([0.5]))
+    assert sum((k1 - k0) * (q1 - q0) for _, q0, q1, blocks in plan.tasks() for k0, k1, _m in blocks) == lq * lk
+
+
+TORCH_WINDOW_CASES = [  # (Lq, Lk, window, causal, kv heads, ALiBi); query blocks of 32 rows here
+    (300, 300, (40, 0), False, 4, False),
+    (300, 300, (20, 13), False, 2, True),
+    (250, 330, (30, -1), True, 4, True),  # Lq < Lk, causal bounds the right side
+    (330, 250, (10, 20), False, 1, False),  # Lq > Lk: the first rows see no key
+    (20, 400, (50, 3), False, 4, True),  # fewer queries than a block (decoding-like)
+]
+
+
+@pytest.mark.parametrize("lq,lk,window,causal,hk,use_alibi", TORCH_WINDOW_CASES)
+def test_torch_narrow_window_takes_the_blocked_path(
+    monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator, lq, lk, window, causal, hk, use_alibi
+) -> None:
+    """Values against the float64 reference; gradients against torch's SDPA given the equivalent dense bias."""
+    import attnkit.kernels.dense_torch as dt
+
+    monkeypatch.setattr(dt, "WINDOW_BLOCK", 32)
+    shapes: list[tuple[int, ...]] = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, k, v, **kw: shapes.append(tuple(k.shape)) or real(q, k, v, **kw))
+    h, d = 4, 8
+    q, k, v = randn(rng, 2, lq, h, d), randn(rng, 2, lk, hk, d), randn(rng, 2, lk, hk, d)
+    slopes = np.array([0.5, 0.25, 0.125, 0.0625]) if use_alibi else None
+    _, ref = reference(q, k, v, causal=causal, window=window, slopes=slopes)
+    qt, kt, vt = (torch.from_numpy(x).requires_grad_(True) for x in (q, k, v))
+    fa = FlashAttention(heads=h, dim=d, causal=causal, window=window, alibi_slopes=slopes)
+    out = fa(qt, kt, vt)
+    assert_close(to_np(out.detach()), ref, TOL64)
+    assert shapes and max(s[-2] for s in shapes) < lk / 2  # no call saw all the keys: O(Lq * window)
+    out.square().sum().backward()
+    monkeypatch.setattr(F, "scaled_dot_product_attention", real)
+    keep = window_mask(lq, lk, *window) & (lower_right_mask(lq, lk) if causal else True)
+    bias = np.where(keep, alibi(slopes, lq, lk) if use_alibi else 0.0, -np.inf)
+    bias = np.where(keep.any(-1, keepdims=True), bias, 0.0)  # rows with no key: zeroed below
+    q2, k2, v2 = (x.detach().clone().requires_grad_(True) for x in (qt, kt, vt))
+    g = h // hk
+    o2 = real(
+        q2.movedim(-3, -2), k2.movedim(-3, -2).repeat_interleave(g, -3), v2.movedim(-3, -2).repeat_interleave(g, -3), attn_mask=torch.from_numpy(bias)
+    )
+    o2 = o2.movedim(-2, -3) * torch.from_numpy(keep.any(-1))[:, None, None]
+    o2.square().sum().backward()
+    for a, b in ((qt, q2), (kt, k2), (vt, v2)):
+        assert_close(to_np(a.grad), to_np(b.grad), 1e-9)
+
+
+def test_torch_window_with_mask_or_wide_window_falls_back_to_one_dense_mask(rng: np.random.Generator) -> None:
+    """A user mask or a window wider than half the keys: one dense mask to torch's kernel, same result."""
+    import attnkit.kernels.dense_torch as dt
+
+    q = torch.from_numpy(randn(rng, 1, 4, 600, 8))
+    assert dt.sdpa_torch_window(q, q, q, scale=0.3, window=(400, 0)) is None
+    assert dt.sdpa_torch_window(q, q, q, scale=0.3, window=(20, 0), mask=torch.ones(600, 600, dtype=torch.bool)) is None
+    assert dt.sdpa_torch_window(q, q, q, scale=0.3, window=(20, -1)) is None  # unbounded right side, not causal
+    x = randn(rng, 1, 600, 4, 8)
+    keep = rng.random((600, 600)) > 0.2
+    _, ref = reference(x, x, x, window=(20, 3), mask=keep)
+    assert_close(to_np(FlashAttention(heads=4, dim=8, window=(20, 3))(torch.from_numpy(x), mask=torch.from_numpy(keep))), ref, TOL64)

@@ -378,7 +378,9 @@ def sdpa(
                 # matmul fall back to a loop 10-100x slower. One O(L * D) copy each.
                 q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
             with _blas_one_thread(is_numpy(xp)):
-                return _positional_generic(q, k, v, xp, scale, mask, causal, dropout_p, rng, block_size, alibi_slopes, dict(window=window, softcap=softcap))
+                return _positional_generic(
+                    q, k, v, xp, scale, mask, causal, dropout_p, rng, block_size, alibi_slopes, dict(window=window, softcap=softcap)
+                )
     elif backend == "auto" and is_numpy(xp) and dropout_p == 0.0 and engine != "numpy" and not grouped:
         from .engine import choose_engine, sdpa_torch_numpy
 
@@ -423,5 +425,7 @@ def sdpa(
             return out
     if positional or softcap is not None:
         with _blas_one_thread(is_numpy(xp)):
-            return _positional_generic(q, k, v, xp, scale, mask, causal, dropout_p, rng, block_size, alibi_slopes, dict(window=window, softcap=softcap))
+            return _positional_generic(
+                q, k, v, xp, scale, mask, causal, dropout_p, rng, block_size, alibi_slopes, dict(window=window, softcap=softcap)
+            )
     return sdpa_generic(q, k, v, xp=xp, dropout_p=dropout_p, rng=rng, block_size=block_size, **kw)

@@ -164,13 +164,13 @@ def sdpa_torch_window(
     causal: bool = False,
     window: tuple[int, int] = (-1, -1),
     alibi_slopes: Any = None,
-    block: int = WINDOW_BLOCK,
+    block: int | None = None,
 ) -> Any | None:
     """Sliding-window attention (FlashAttention-2's ``window_size``, bottom-right aligned) in O(Lq * window).
 
     Query ``i`` sees key ``j`` iff ``lo <= j - i - (Lk - Lq) <= hi`` with ``lo = -left``, ``hi = right``
     (``hi = min(right, 0)`` when causal); ALiBi adds ``-slope_h |j - i - (Lk - Lq)|`` (Press et al. 2022).
-    Queries are cut in blocks of ``b`` rows; block ``[q0, q0 + b)`` needs only the ``b + hi - lo`` keys
+    Queries are cut in blocks of ``b`` rows (``block``, default :data:`WINDOW_BLOCK`); block ``[q0, q0 + b)`` needs only the ``b + hi - lo`` keys
     from ``q0 + Lk - Lq + lo``, and its band is the same ``(b, b + hi - lo)`` pattern for every block.
     The interior blocks (whose keys all exist) go to torch's fused kernel in ONE call, as a batch of
     ``(b, span)`` problems sharing one broadcast mask (keys gathered with ``unfold``: one O(L * span * D / b)
@@ -194,7 +194,7 @@ def sdpa_torch_window(
         hi = 0 if right < 0 else min(right, 0)
     lq, lk = int(q.shape[-2]), int(k.shape[-2])
     off = lk - lq
-    b = max(1, min(block, lq))
+    b = max(1, min(WINDOW_BLOCK if block is None else block, lq))
     span = b + hi - lo
     if 2 * span > lk:
         return None
@@ -208,29 +208,31 @@ def sdpa_torch_window(
     qa = -(-max(0, -(off + lo)) // b) * b
     qmax0 = min(lq - b, lk - off - hi - b)
     ni = (qmax0 - qa) // b + 1 if qmax0 >= qa else 0
-    if ni <= 0:
-        return None
+    if ni <= 0:  # no block whose window lies inside the keys: all queries as one edge problem
+        qa = lq
     qz = qa + ni * b
     h, hk = int(q.shape[-3]), int(k.shape[-3])
-    gqa = h != hk
     batch = tuple(torch.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3]))
     q, k, v = (t.expand(*batch, *t.shape[-3:]) if tuple(t.shape[:-3]) != batch else t for t in (q, k, v))
     d, dv = int(q.shape[-1]), int(v.shape[-1])
-    ka = qa + off + lo  # first key of the first interior block
-    qi = q[..., qa:qz, :].reshape(*batch, h, ni, b, d).transpose(-4, -3).reshape(-1, h, b, d)
-    kw = k[..., ka : ka + (ni - 1) * b + span, :]
-    vw = v[..., ka : ka + (ni - 1) * b + span, :]
-    ki = kw.unfold(-2, span, b).transpose(-1, -2).transpose(-4, -3).reshape(-1, hk, span, d)
-    vi = vw.unfold(-2, span, b).transpose(-1, -2).transpose(-4, -3).reshape(-1, hk, span, dv)
     dev = q.device
-    rows = torch.arange(b, device=dev)
-    cols = torch.arange(span, device=dev) + lo  # rel = (c + lo) - r inside every interior block
-    pm = _positional_mask(torch, rows, cols, lo, hi, slopes, q.dtype)
-    if gqa:
-        oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=pm, scale=scale, enable_gqa=True)
-    else:
-        oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=pm, scale=scale)
-    parts = []
+    mid = None
+    if ni > 0:
+        ka = qa + off + lo  # first key of the first interior block
+        qi = q[..., qa:qz, :].reshape(*batch, h, ni, b, d).transpose(-4, -3).reshape(-1, h, b, d)
+        kw = k[..., ka : ka + (ni - 1) * b + span, :]
+        vw = v[..., ka : ka + (ni - 1) * b + span, :]
+        ki = kw.unfold(-2, span, b).transpose(-1, -2).transpose(-4, -3).reshape(-1, hk, span, d)
+        vi = vw.unfold(-2, span, b).transpose(-1, -2).transpose(-4, -3).reshape(-1, hk, span, dv)
+        rows = torch.arange(b, device=dev)
+        cols = torch.arange(span, device=dev) + lo  # rel = (c + lo) - r inside every interior block
+        pm = _positional_mask(torch, rows, cols, lo, hi, slopes, q.dtype)
+        if h != hk:
+            oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=pm, scale=scale, enable_gqa=True)
+        else:
+            oi = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=pm, scale=scale)
+        mid = oi.reshape(*batch, ni, h, b, dv).transpose(-4, -3).reshape(*batch, h, ni * b, dv)
+    parts: list[Any] = []
     for q0, q1 in ((0, qa), (qz, lq)):  # the edges: small problems with their own mask
         if q1 <= q0:
             parts.append(None)
@@ -246,6 +248,5 @@ def sdpa_torch_window(
         if out is None:
             return None
         parts.append(out)
-    mid = oi.reshape(*batch, ni, h, b, dv).transpose(-4, -3).reshape(*batch, h, ni * b, dv)
     pieces = [p for p in (parts[0], mid, parts[1]) if p is not None]
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-2)

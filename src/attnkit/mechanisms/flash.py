@@ -24,7 +24,7 @@ from ..kernels.dense import NO_WINDOW, attention_weights, sdpa
 from ..kernels.engine import check_engine
 from ..kernels.masks import alibi_slopes
 from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
-from ._sequence import prepare_sequence
+from ._sequence import layout_option, prepare_sequence
 from .base import Mechanism
 from .registry import register
 
@@ -53,6 +53,9 @@ class FlashAttention(Mechanism):
     a cached per-machine calibration finds it faster and torch is already imported or the call is
     large), ``"numpy"`` (attnkit's NumPy path) or ``"torch"``; ``$ATTNKIT_ENGINE`` overrides ``"auto"``.
     See :mod:`attnkit.kernels.engine`.
+
+    ``layout``: ``"bshd"`` (default: ``(..., L, H, D)`` in and out) or ``"bhsd"`` (torch's SDPA layout
+    ``(..., H, L, D)``, passed to torch's kernel as is, without a transpose or a copy).
     """
 
     name = "flash"
@@ -77,6 +80,7 @@ class FlashAttention(Mechanism):
         alibi_slopes: Sequence[float] | str | None = None,
         softcap: float | None = None,
         engine: str = "auto",
+        layout: str = "bshd",
     ) -> None:
         super().__init__()
         self.heads = positive_int(heads, "heads")
@@ -93,6 +97,7 @@ class FlashAttention(Mechanism):
         self.alibi_slopes = _slopes(alibi_slopes, self.heads)
         self.softcap = None if softcap is None else positive_float(softcap, "softcap")
         self.engine = check_engine(engine)
+        self.layout = layout_option(layout)  # "bshd" (..., L, H, D) or "bhsd" (..., H, L, D)
 
     def _extras(self) -> dict[str, Any]:
         return dict(window=self.window, alibi_slopes=self.alibi_slopes, softcap=self.softcap)
@@ -103,7 +108,7 @@ class FlashAttention(Mechanism):
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``."""
-        s = prepare_sequence(query, key, value, mask, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True)
+        s = prepare_sequence(query, key, value, mask, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True, layout=self.layout)
         s.q, s.k = apply_rope_qk(self.rope, s.q, s.k)
         p = self.dropout if self.training else 0.0
         out = sdpa(
@@ -126,7 +131,7 @@ class FlashAttention(Mechanism):
     def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
         """The attention probabilities ``(..., H, Lq, Lk)`` (the spec's ``attentionScores``; O(Lq*Lk))."""
         kk = query if key is None else key
-        s = prepare_sequence(query, kk, kk, mask, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True)
+        s = prepare_sequence(query, kk, kk, mask, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True, layout=self.layout)
         s.q, s.k = apply_rope_qk(self.rope, s.q, s.k)
         w = attention_weights(s.q, s.k, xp=s.xp, scale=self.effective_scale, mask=s.mask, causal=self.causal, **self._extras())
         if w.dtype != s.out_dtype:
@@ -135,7 +140,7 @@ class FlashAttention(Mechanism):
 
     def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         rng = rng or np.random.default_rng()
-        shape = (seq_len, self.heads, self.dim)
+        shape = (self.heads, seq_len, self.dim) if self.layout == "bhsd" else (seq_len, self.heads, self.dim)
         return tuple(rng.standard_normal(shape, dtype=np.float32) for _ in range(3))
 
 

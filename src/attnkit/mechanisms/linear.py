@@ -25,7 +25,7 @@ from .._array import length as _dim
 from ..errors import ConfigError, ShapeError
 from ..kernels.linear import DEFAULT_CHUNK_SIZE, FEATURE_MAPS, default_nb_features, feature_dim, linear_attention, orthogonal_random_features
 from ..kernels.masks import prepare_mask
-from ._sequence import SequenceInputs, prepare_sequence
+from ._sequence import SequenceInputs, layout_option, prepare_sequence
 from .base import Mechanism
 from .registry import register
 
@@ -59,7 +59,8 @@ class LinearAttention(Mechanism):
     for ``favor`` it is exactly an additive key bias on the softmax scores). A mask that differs
     between queries (causal, block) cannot be expressed in linear attention and raises
     :class:`~attnkit.errors.ShapeError`; use ``causal=True`` or :class:`~attnkit.FlashAttention`. A
-    query with no visible key returns zeros.
+    query with no visible key returns zeros. ``layout``: ``"bshd"`` (default, ``(..., L, H, D)``) or
+    ``"bhsd"`` (``(..., H, L, D)``, torch's).
     """
 
     name = "linear"
@@ -80,12 +81,14 @@ class LinearAttention(Mechanism):
         seed: int | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         check_finite: bool = True,
+        layout: str = "bshd",
     ) -> None:
         super().__init__()
         self.dim = positive_int(dim, "dim")
         self.heads = positive_int(heads, "heads")
         self.feature_map = one_of(feature_map, "feature_map", FEATURE_MAPS)
         self.eps = positive_float(eps, "eps")
+        self.layout = layout_option(layout)  # "bshd" (..., L, H, D) or "bhsd" (..., H, L, D)
         self.causal = bool(causal)
         self.nu = positive_int(nu, "nu")
         if self.nu != 1 and self.feature_map != "dpfp":
@@ -128,7 +131,7 @@ class LinearAttention(Mechanism):
     # ------------------------------------------------------------------ forward
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Linear attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``."""
-        s = prepare_sequence(query, key, value, None, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True)
+        s = prepare_sequence(query, key, value, None, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True, layout=self.layout)
         key_mask = self._key_mask(mask, s)
         projection = None
         if self.feature_map == "favor":
@@ -213,5 +216,5 @@ class LinearAttention(Mechanism):
 
     def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         rng = rng or np.random.default_rng()
-        shape = (seq_len, self.heads, self.dim)
+        shape = (self.heads, seq_len, self.dim) if self.layout == "bhsd" else (seq_len, self.heads, self.dim)
         return tuple(rng.standard_normal(shape, dtype=np.float32) for _ in range(3))

@@ -20,7 +20,7 @@ from ..errors import ConfigError, ShapeError
 from ..kernels.dense import attention_weights
 from ..kernels.local import local_global_attention, local_global_mask
 from ..kernels.rope import RotaryEmbedding, as_rope
-from ._sequence import prepare_sequence
+from ._sequence import layout_option, prepare_sequence
 from .base import Mechanism
 from .registry import register
 
@@ -69,6 +69,7 @@ class LocalGlobalAttention(Mechanism):
     :class:`~attnkit.RotaryEmbedding` (or ``True``/``"half"``/``"interleaved"``) applied to q and k at
     positions ``0..L-1`` (or ``positions=`` given to :meth:`forward`); ``block_size``: query rows per
     tile (``None``: chosen from the window); ``check_finite`` rejects NaN/inf input.
+    ``layout``: ``"bshd"`` (default, ``(..., L, H, D)``) or ``"bhsd"`` (``(..., H, L, D)``, torch's).
 
     Inputs ``q, k, v: (..., L, H, D)`` (one sequence: ``Lq == Lk``) or the spec's flat arrays.
     """
@@ -91,6 +92,7 @@ class LocalGlobalAttention(Mechanism):
         rope: RotaryEmbedding | str | bool | None = None,
         block_size: int | None = None,
         check_finite: bool = True,
+        layout: str = "bshd",
     ) -> None:
         super().__init__()
         self.dim = positive_int(dim, "dim")
@@ -102,6 +104,7 @@ class LocalGlobalAttention(Mechanism):
         self.rope = as_rope(rope, self.dim)
         self.block_size = None if block_size is None else positive_int(block_size, "block_size")
         self.check_finite = bool(check_finite)
+        self.layout = layout_option(layout)  # "bshd" (..., L, H, D) or "bhsd" (..., H, L, D)
 
     @property
     def radius(self) -> int:
@@ -132,7 +135,9 @@ class LocalGlobalAttention(Mechanism):
         return local_global_mask(n, self.radius, self.global_indices(n), self.causal)
 
     def _prepare(self, q: Any, k: Any, v: Any, mask: Any, positions: Any) -> Any:
-        s = prepare_sequence(q, k, v, mask, heads=self.heads, dim=self.dim, check=self.check_finite, same_length=True, grouped=True)
+        s = prepare_sequence(
+            q, k, v, mask, heads=self.heads, dim=self.dim, check=self.check_finite, same_length=True, grouped=True, layout=self.layout
+        )
         if self.rope is not None:
             s.q = self.rope.apply(s.q, positions, seq_axis=-2)
             s.k = self.rope.apply(s.k, positions, seq_axis=-2)
@@ -186,5 +191,5 @@ class LocalGlobalAttention(Mechanism):
 
     def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         rng = rng or np.random.default_rng()
-        shape = (seq_len, self.heads, self.dim)
+        shape = (self.heads, seq_len, self.dim) if self.layout == "bhsd" else (seq_len, self.heads, self.dim)
         return tuple(rng.standard_normal(shape, dtype=np.float32) for _ in range(3))
