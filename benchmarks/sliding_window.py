@@ -67,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         "dense_masked_sdpa": lambda: F.scaled_dot_product_attention(bq, bk, bv, attn_mask=keep),
     }
     # the contenders agree (float32 rounding) before anything is timed
-    ref = fns["dense_masked_sdpa"]().transpose(1, 2).numpy()
-    agree = {
-        name: float(np.max(np.abs(np.asarray(f()) - (ref if name != "attnkit_torch_bhsd" else ref.transpose(0, 2, 1, 3))))) for name, f in fns.items()
-    }
+    bhsd = ("attnkit_torch_bhsd", "dense_masked_sdpa")  # outputs (1, H, L, D), the others (1, L, H, D)
+    outs = {name: np.asarray(f()) for name, f in fns.items()}
+    ref = outs["dense_masked_sdpa"]
+    agree = {name: float(np.max(np.abs((o if name in bhsd else o.transpose(0, 2, 1, 3)) - ref))) for name, o in outs.items()}
+    del outs
     log(f"max |difference| to dense masked SDPA: {agree}")
     env = environment(args.threads)
     rate = sgemm_rate()

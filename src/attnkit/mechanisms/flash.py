@@ -25,6 +25,7 @@ from ..kernels.engine import check_engine
 from ..kernels.masks import alibi_slopes
 from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
 from ._sequence import layout_option, prepare_sequence
+from ._varlen import is_nested, varlen_forward
 from .base import Mechanism
 from .registry import register
 
@@ -106,8 +107,42 @@ class FlashAttention(Mechanism):
     def effective_scale(self) -> float:
         return self.scale if self.scale is not None else 1.0 / math.sqrt(self.dim)
 
-    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
+    def forward(
+        self,
+        query: Any,
+        key: Any = None,
+        value: Any = None,
+        *,
+        mask: Any = None,
+        cu_seqlens_q: Any = None,
+        cu_seqlens_k: Any = None,
+        max_seqlen_q: int | None = None,
+        max_seqlen_k: int | None = None,
+    ) -> Array:
+        """Attention output ``(..., Lq, H, Dv)`` (``(..., H, Lq, Dv)`` with ``layout="bhsd"``; flat in, flat out).
+
+        ``key, value`` default to ``query``. Packed variable-length batches (FlashAttention-2's varlen
+        API; see :mod:`attnkit.mechanisms._varlen`): ``cu_seqlens_q`` / ``cu_seqlens_k``, the ``B + 1``
+        offsets of the sequences packed in ``(total, H, D)`` inputs (``max_seqlen_*``: optional, checked);
+        each sequence attends only within itself. A torch nested tensor of the jagged layout is read the
+        same way and gives a nested result.
+        """
+        varlen = {
+            k: v
+            for k, v in (
+                ("cu_seqlens_q", cu_seqlens_q),
+                ("cu_seqlens_k", cu_seqlens_k),
+                ("max_seqlen_q", max_seqlen_q),
+                ("max_seqlen_k", max_seqlen_k),
+            )
+            if v is not None
+        }
+        return self._run_forward(query, key, value, mask=mask, **varlen)
+
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, **varlen: Any) -> Array:
         """Attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``."""
+        if varlen or is_nested(query, key, value):
+            return varlen_forward(lambda q, k, v: self._forward(params, q, k, v), query, key, value, mask=mask, layout=self.layout, **varlen)
         s = prepare_sequence(query, key, value, mask, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True, layout=self.layout)
         s.q, s.k = apply_rope_qk(self.rope, s.q, s.k)
         p = self.dropout if self.training else 0.0
