@@ -333,3 +333,21 @@ def test_torch_window_with_mask_or_wide_window_falls_back_to_one_dense_mask(rng:
     keep = rng.random((600, 600)) > 0.2
     _, ref = reference(x, x, x, window=(20, 3), mask=keep)
     assert_close(to_np(FlashAttention(heads=4, dim=8, window=(20, 3))(torch.from_numpy(x), mask=torch.from_numpy(keep))), ref, TOL64)
+
+
+def test_torch_compile_fullgraph_windowed_blocked_path_and_bhsd(monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator) -> None:
+    """The blocked window path and the bhsd layout trace into one graph (no data-dependent branch)."""
+    import attnkit.kernels.dense_torch as dt
+    from attnkit.torch import AttentionModule
+
+    monkeypatch.setattr(dt, "WINDOW_BLOCK", 16)
+    q = torch.from_numpy(randn(rng, 1, 4, 120, 8)).float()
+    kv = torch.from_numpy(randn(rng, 1, 2, 120, 8)).float()
+    mech = FlashAttention(heads=4, dim=8, window=(10, 0), alibi_slopes=True, layout="bhsd")
+    module = AttentionModule(mech).eval()
+    eager = module(q, kv, kv)
+    torch._dynamo.reset()
+    got = torch.compile(module, fullgraph=True, backend="eager")(q, kv, kv)
+    torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-6)
+    _, ref = reference(*(x.double().transpose(1, 2).numpy() for x in (q, kv, kv)), window=(10, 0), slopes=mech.alibi_slopes)
+    assert_close(to_np(got).transpose(0, 2, 1, 3), ref, TOL32)

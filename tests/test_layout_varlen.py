@@ -97,7 +97,8 @@ def test_cu_seqlens_equal_a_loop_over_sequences(rng: np.random.Generator, opts: 
     lens_q, lens_k = [3, 0, 7, 5, 2], [4, 2, 7, 9, 0]  # Lq != Lk, an empty query sequence, a sequence with no keys
     q, k, v, cq, ck = _packed(rng, lens_q, lens_k, 4, 2, 8)
     expected = _loop(q, k, v, cq, ck, **opts)
-    fa = FlashAttention(heads=4, dim=8, causal=opts.get("causal", False), window=opts.get("window"), alibi_slopes=opts.get("slopes"), softcap=opts.get("softcap"))
+    extra = dict(window=opts.get("window"), alibi_slopes=opts.get("slopes"), softcap=opts.get("softcap"))
+    fa = FlashAttention(heads=4, dim=8, causal=opts.get("causal", False), **extra)
     out = fa(q, k, v, cu_seqlens_q=cq, cu_seqlens_k=ck, max_seqlen_q=7, max_seqlen_k=9)
     assert out.shape == q.shape
     assert_close(out, expected, TOL64)
