@@ -486,7 +486,9 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
         for causal in (False, True):
             th = [torch.from_numpy(rng.standard_normal((1, 8, length, 64), dtype=np.float32)) for _ in range(3)]
             tl = [torch.from_numpy(rng.standard_normal((1, length, 8, 64), dtype=np.float32)) for _ in range(3)]
+            tg = [th[0], *(torch.from_numpy(rng.standard_normal((1, 2, length, 64), dtype=np.float32)) for _ in range(2))]  # GQA, 2 kv heads
             fa = FlashAttention(heads=8, dim=64, causal=causal)
+            fa_bhsd = FlashAttention(heads=8, dim=64, causal=causal, layout="bhsd")
             fa_nc = FlashAttention(heads=8, dim=64, causal=causal, check_finite=False)
             fns = {
                 "torch": lambda th=th, c=causal: F.scaled_dot_product_attention(*th, is_causal=c),
@@ -495,6 +497,9 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
                 "flash": lambda tl=tl, fa=fa: fa.forward(*tl),
                 "flash_3d": lambda tl=tl, fa=fa: fa.forward(*(t[0] for t in tl)),  # (L, H, D): no batch dim
                 "flash_nocheck": lambda tl=tl, fa=fa_nc: fa.forward(*tl),
+                "flash_bhsd": lambda th=th, fa=fa_bhsd: fa.forward(*th),  # torch's layout, passed as is
+                "torch_gqa": lambda tg=tg, c=causal: F.scaled_dot_product_attention(*tg, is_causal=c, enable_gqa=True),
+                "flash_gqa_bhsd": lambda tg=tg, fa=fa_bhsd: fa.forward(*tg),
             }
             t = interleaved(fns, args.torch_repeats)
             row = dict(
@@ -510,14 +515,22 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
                 flash_nocheck_overhead=t["flash_nocheck"] / t["torch_blhd"] - 1,
                 flash_3d_s=t["flash_3d"],
                 flash_3d_overhead=t["flash_3d"] / t["torch_blhd"] - 1,
+                flash_bhsd_s=t["flash_bhsd"],
+                flash_bhsd_overhead=t["flash_bhsd"] / t["torch"] - 1,
+                torch_gqa_s=t["torch_gqa"],
+                flash_gqa_bhsd_s=t["flash_gqa_bhsd"],
+                flash_gqa_bhsd_overhead=t["flash_gqa_bhsd"] / t["torch_gqa"] - 1,
             )
             rows.append(row)
             log(
                 f"{length:>6} {causal!s:>6} | {t['torch'] * 1e3:9.2f} {t['sdpa'] * 1e3:9.2f} {row['sdpa_overhead']:8.1%} | "
                 f"{t['torch_blhd'] * 1e3:14.2f} {t['flash'] * 1e3:9.2f} {row['flash_overhead']:8.1%} | "
-                f"{t['flash_nocheck'] * 1e3:9.2f} {row['flash_nocheck_overhead']:8.1%} | {t['flash_3d'] * 1e3:9.2f} {row['flash_3d_overhead']:8.1%}"
+                f"{t['flash_nocheck'] * 1e3:9.2f} {row['flash_nocheck_overhead']:8.1%} | "
+                f"{t['flash_3d'] * 1e3:9.2f} {row['flash_3d_overhead']:8.1%} | "
+                f"bhsd {row['flash_bhsd_overhead']:6.1%} | GQA bhsd {row['flash_gqa_bhsd_overhead']:6.1%}"
             )
             fa.dispose()
+            fa_bhsd.dispose()
             fa_nc.dispose()
     # the dispatch's own cost, free of timing noise: torch's kernel replaced by a stub that returns q
     real = F.scaled_dot_product_attention
@@ -562,6 +575,8 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
     worst_flash = max(r["flash_overhead"] for r in rows)
     worst_nc = max(r["flash_nocheck_overhead"] for r in rows)
     worst_3d = max(r["flash_3d_overhead"] for r in rows)
+    worst_bhsd = max(max(r["flash_bhsd_overhead"], r["flash_gqa_bhsd_overhead"]) for r in rows)
+    log(f"worst overhead of FlashAttention(layout='bhsd').forward on (B, H, L, D) tensors, GQA included: {worst_bhsd:.1%}")
     log(f"worst overhead of FlashAttention.forward on 3-D (L, H, D) tensors: {worst_3d:.1%}")
     log(
         f"worst overhead: kernel dispatch {worst:.1%}, FlashAttention.forward {worst_flash:.1%} "
@@ -573,6 +588,7 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
         worst_flash_overhead=worst_flash,
         worst_flash_nocheck_overhead=worst_nc,
         worst_flash_3d_overhead=worst_3d,
+        worst_flash_bhsd_overhead=worst_bhsd,
         dispatch_cost=dispatch,
         target=0.05,
         passed=dispatch["sdpa_us"] / t512 <= 0.05,

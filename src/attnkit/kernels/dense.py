@@ -352,7 +352,8 @@ def sdpa(
             k, v = xp.repeat(k, g, axis=-3), xp.repeat(v, g, axis=-3)
         w = attention_weights(q, k, xp=xp, scale=scale, mask=mask, causal=causal, window=window, alibi_slopes=alibi_slopes, softcap=softcap)
         return w @ v
-    lead = tuple(q.shape[:-2]) if needs_grouping(q, k, v) else np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+    qb, kb, vb = tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2])
+    lead = qb if qb == kb == vb or needs_grouping(q, k, v) else np.broadcast_shapes(qb, kb, vb)
     out_shape = (*lead, int(q.shape[-2]), int(v.shape[-1]))
     if 0 in out_shape:  # an empty batch or query: nothing to compute (and no tile loop over a long empty axis)
         return xp.zeros(out_shape, dtype=q.dtype, device=array_api_compat.device(q))

@@ -28,7 +28,7 @@ __all__ = ["is_nested", "varlen_forward"]
 
 def is_nested(*xs: Any) -> bool:
     """Whether any of ``xs`` is a torch nested tensor (without importing torch)."""
-    return any(bool(getattr(x, "is_nested", False)) for x in xs if x is not None and type(x).__module__.startswith("torch"))
+    return any(getattr(x, "is_nested", False) is True for x in xs)
 
 
 def _offsets(cu: Any, name: str, total: int, max_seqlen: Any) -> list[int]:

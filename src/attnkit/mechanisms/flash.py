@@ -127,16 +127,9 @@ class FlashAttention(Mechanism):
         each sequence attends only within itself. A torch nested tensor of the jagged layout is read the
         same way and gives a nested result.
         """
-        varlen = {
-            k: v
-            for k, v in (
-                ("cu_seqlens_q", cu_seqlens_q),
-                ("cu_seqlens_k", cu_seqlens_k),
-                ("max_seqlen_q", max_seqlen_q),
-                ("max_seqlen_k", max_seqlen_k),
-            )
-            if v is not None
-        }
+        if cu_seqlens_q is None and cu_seqlens_k is None and max_seqlen_q is None and max_seqlen_k is None:
+            return self._run_forward(query, key, value, mask=mask)
+        varlen = dict(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k)
         return self._run_forward(query, key, value, mask=mask, **varlen)
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, **varlen: Any) -> Array:
