@@ -1,6 +1,7 @@
 """Export the models of the browser demo and the JS engine tests, with reference outputs from attnkit.
 
     python web/onnx_models.py OUT_DIR [--cases CASES.json] [--length 13]
+    python web/onnx_models.py --reference REQUEST.json
 
 Writes ``OUT_DIR/<name>.onnx`` (the forward pass) and ``OUT_DIR/<name>.weights.onnx`` (the attention
 weights, where the mechanism has them and they export) for every exportable mechanism, with the options
@@ -103,12 +104,31 @@ def export_all(out: Path, length: int = 13, with_cases: bool = True) -> dict[str
     return cases
 
 
+def reference(request: dict[str, Any]) -> dict[str, Any]:
+    """attnkit's NumPy output and weights for ``{"stem": <a key of MODELS>, "inputs": [{data, shape}, ...]}``."""
+    from attnkit.mechanisms import registry
+
+    name, options = {**MODELS, **MASKED}[request["stem"]]
+    mech = registry.create(name, **options)
+    inputs = [np.asarray(t["data"], dtype=np.float32).reshape(t["shape"]) for t in request["inputs"]]
+    out = {"output": _tensor(mech.forward(*inputs))}
+    if mech.has_attention_weights:
+        out["weights"] = _tensor(mech.attention_weights(inputs[0], inputs[1] if len(inputs) > 1 else None))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=Path, nargs="?")
     p.add_argument("--cases", type=Path, default=None)
     p.add_argument("--length", type=int, default=13)
+    p.add_argument("--reference", type=Path, default=None, help="print attnkit's output/weights for a request file (JSON)")
     ns = p.parse_args()
+    if ns.reference is not None:
+        print(json.dumps(reference(json.loads(ns.reference.read_text()))))
+        return
+    if ns.out is None:
+        p.error("OUT_DIR is required")
     cases = export_all(ns.out, ns.length, with_cases=ns.cases is not None)
     if ns.cases is not None:
         ns.cases.write_text(json.dumps(cases))

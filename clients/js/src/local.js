@@ -179,7 +179,8 @@ export class LocalEngine {
   _join(base, file) {
     if (base instanceof URL || /^[a-z]+:/.test(String(base)) || !isNode) {
       const b = String(base);
-      return new URL(file, b.endsWith('/') ? b : `${b}/`, typeof location !== 'undefined' ? location.href : undefined).href;
+      const dirUrl = b.endsWith('/') ? b : `${b}/`;
+      return new URL(file, typeof location !== 'undefined' ? new URL(dirUrl, location.href) : dirUrl).href;
     }
     return `${String(base).replace(/\/+$/, '')}/${file}`;
   }
@@ -398,7 +399,7 @@ export class LocalEngine {
   /** The models this engine can see: `[{name, output, file, options}]` (options as exported). */
   async mechanisms() {
     const entries = await this._catalog('');
-    return entries.filter((e) => e.mechanism).map((e) => ({ name: e.mechanism, output: e.output, file: e.file, options: e.options }));
+    return entries.filter((e) => e.mechanism).map((e) => ({ name: e.mechanism, output: e.output, file: e.file, options: e.options, inputs: e.inputs }));
   }
 
   /** `{status: 'ok', version, runtime}`: the ONNX Runtime in use. */
