@@ -60,7 +60,7 @@ function draw(weights) {
   const shape = weights.shape;
   const [lq, lk] = shape.slice(-2);
   const heads = shape.length > 2 ? shape.slice(0, -2).reduce((a, b) => a * b, 1) : 1;
-  const cell = Math.max(2, Math.min(16, Math.floor(320 / Math.max(lq, lk))));
+  const cell = Math.max(2, Math.min(24, Math.floor(320 / Math.max(lq, lk))));
   for (let h = 0; h < heads; h++) {
     const block = weights.data.subarray(h * lq * lk, (h + 1) * lq * lk);
     const max = block.reduce((m, x) => Math.max(m, x), 0) || 1;
