@@ -305,6 +305,7 @@ export class LocalEngine {
       const opts = { ...this.sessionOptions };
       if (isNode && this.numThreads && opts.intraOpNumThreads === undefined) opts.intraOpNumThreads = this.numThreads;
       entry.session = ort.InferenceSession.create(entry.bytes, opts);
+      entry.session.then(() => { entry.bytes = null; }, () => { entry.session = null; }); // keep the bytes only until loaded
     }
     return entry.session;
   }
@@ -317,7 +318,14 @@ export class LocalEngine {
     const snake = {};
     for (const [k, v] of Object.entries(options || {})) if (v !== undefined) snake[snakeCase(k)] = v;
     const entry = await this._select(mechanism, output, snake, mask !== null && mask !== undefined);
-    const session = await this._session(entry);
+    let session;
+    try {
+      session = await this._session(entry);
+    } catch (err) {
+      if (err instanceof AttnkitError) throw err;
+      throw new AttnkitError(`${entry.file}: ONNX Runtime cannot load it (${String(err.message || err).split('\n')[0]})`,
+        { code: 'bad_model', field: 'models', cause: err });
+    }
     const ort = await this._ort();
     const q = toShaped(query, 'query');
     if (!q) throw new AttnkitError('query: required', { code: 'bad_request', field: 'query' });
