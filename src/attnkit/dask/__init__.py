@@ -15,7 +15,11 @@ Any mechanism given Dask arrays returns a Dask array and computes nothing in ``f
   partial output and its log-sum-exp, and a tree reduction merges the partials with the rule of
   :func:`attnkit.kernels.dense.merge_partials` (flash-decoding's split-K combine). No task holds more
   than one query block and one key shard, so memory per worker follows the chunk sizes, not ``L``.
-  Causal attention skips the shards above the diagonal.
+  Causal attention skips the shards above the diagonal;
+* local-global attention (``local_global``) over a chunked sequence runs the same split-K with its
+  Longformer pattern as a per-tile mask: a query block reads only the key shards that hold a key it
+  may see (its neighbours within the window radius, the shards of global keys, and every shard for a
+  block that holds a global query).
 
 Other mechanisms need the sequence axes in one chunk per block (they are rechunked so); their batch
 chunks are mapped. Requires the ``dask`` extra (``pip install 'attnkit[dask]'``).
@@ -97,6 +101,14 @@ def lazy_forward(mech: Any, params: Mapping[str, Any], query: Any, key: Any = No
         v = k if value is None else _as_dask(value, da)
         if q.ndim >= 3 and (q.numblocks[-3] > 1 or k.numblocks[-3] > 1):
             return split_k_attention(q, k, v, heads=mech.heads, dim=mech.dim, scale=mech.effective_scale, causal=mech.causal)
+    if mech.name == "local_global" and getattr(mech, "rope", None) is None and mask is None:  # positions only move RoPE
+        q = _as_dask(query, da)
+        k = q if key is None else _as_dask(key, da)
+        v = k if value is None else _as_dask(value, da)
+        shards = q.ndim >= 3 and (q.numblocks[-3] > 1 or k.numblocks[-3] > 1)
+        if shards and k.ndim >= 3 and k.shape[-2] == mech.heads and q.shape[-3] == k.shape[-3]:
+            pattern = _LocalGlobal(mech.radius, mech.global_indices(int(q.shape[-3])), mech.causal)
+            return split_k_attention(q, k, v, heads=mech.heads, dim=mech.dim, scale=mech.effective_scale, causal=mech.causal, pattern=pattern)
     if mech.name == "linear" and mask is None:
         q = _as_dask(query, da)
         k = q if key is None else _as_dask(key, da)
@@ -176,20 +188,60 @@ def lazy_forward(mech: Any, params: Mapping[str, Any], query: Any, key: Any = No
 
 
 # ------------------------------------------------------------------------------------------- split-K
-def _partial(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """One query block against one key shard: heads-last blocks in, (out heads-first, lse) out."""
+def _partial(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool, offset: int,
+    pattern: _LocalGlobal | None = None, q0: int = 0, k0: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """One query block against one key shard: heads-last blocks in, (out heads-first, lse) out.
+
+    ``pattern``: a local-global pattern, applied as the boolean tile of the block's rows ``q0 + i`` and
+    the shard's keys ``k0 + j`` (the causal condition then folds into it)."""
     from ..kernels._threads import BlasOneThread
     from ..kernels.dense import sdpa_generic
 
     qh, kh, vh = (np.moveaxis(x, -2, -3) for x in (q, k, v))
     cdt = np.result_type(q.dtype, np.float32)
     qh, kh, vh = (x.astype(cdt, copy=False) for x in (qh, kh, vh))
+    mask = None if pattern is None else pattern.tile(q0, int(qh.shape[-2]), k0, int(kh.shape[-2]))
     # whole-shard key blocks and 512-row query tiles: few, large GEMMs (a tile's scores stay within L2/L3 sizes)
     # Dask runs one task per worker thread: BLAS held to one thread, so workers do not oversubscribe the cores
     with BlasOneThread():
         return sdpa_generic(
-            qh, kh, vh, xp=np, scale=scale, causal=causal, offset=offset, return_lse=True, block_size=max(1, int(kh.shape[-2])), q_block=512
-        )
+            qh, kh, vh, xp=np, scale=scale, mask=mask, causal=causal and mask is None, offset=offset, return_lse=True,
+            block_size=max(1, int(kh.shape[-2])), q_block=512,
+        )  # fmt: skip
+
+
+class _LocalGlobal:
+    """Longformer's pattern on one sequence (:func:`attnkit.kernels.local.local_global_mask`), by shard.
+
+    Query ``i`` sees key ``j`` iff ``|i - j| <= radius`` or ``j`` or ``i`` is global (and ``j <= i`` when
+    causal). :meth:`needs` decides from the index ranges alone whether a (query block, key shard) pair
+    holds any visible key, so a block reads only its neighbouring shards, the shards holding global
+    keys, and (for a block holding global queries) every shard.
+    """
+
+    def __init__(self, radius: int, global_idx: np.ndarray, causal: bool) -> None:
+        self.radius = int(radius)
+        self.globals = np.asarray(global_idx, dtype=np.int64)
+        self.causal = bool(causal)
+
+    def needs(self, q0: int, q1: int, k0: int, k1: int) -> bool:
+        last_key = min(k1 - 1, q1 - 1) if self.causal else k1 - 1  # the last key any row of the block may see
+        if last_key < k0:
+            return False
+        if k0 <= q1 - 1 + self.radius and last_key >= q0 - self.radius:
+            return True  # the band crosses the pair
+        g = self.globals
+        if np.any((g >= k0) & (g <= last_key)):
+            return True  # a global key every row sees (causal: one at or before the block's last row)
+        rows = g[(g >= q0) & (g < q1)]  # global queries, which see every key (causal: every earlier one)
+        return bool(rows.size and (not self.causal or rows.max() >= k0))
+
+    def tile(self, q0: int, nq: int, k0: int, nk: int) -> np.ndarray:
+        from ..kernels.local import local_global_tile
+
+        return local_global_tile(q0, nq, k0, nk, self.radius, self.globals, self.causal)
 
 
 def _merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -209,13 +261,16 @@ def _check(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
-def split_k_attention(q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: float | None = None, causal: bool = False) -> Any:
+def split_k_attention(
+    q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: float | None = None, causal: bool = False, pattern: _LocalGlobal | None = None
+) -> Any:
     """Exact attention of Dask arrays ``q (..., Lq, H, D)``, ``k (..., Lk, H, D)``, ``v (..., Lk, H, Dv)``,
     split into query blocks (``q``'s chunks along ``Lq``) and key shards (``k``'s chunks along ``Lk``).
 
     Each task holds one query block and one key shard; partials merge in a binary tree with the
     log-sum-exp rule. ``causal`` (bottom-right aligned) skips the shards entirely above the diagonal.
-    Each input block is checked for NaN/inf when computed.
+    Each input block is checked for NaN/inf when computed. ``pattern`` (local-global attention, ``Lq ==
+    Lk``): each query block reads only the key shards that hold a key it may see.
     """
     import dask.array as da
     from dask.highlevelgraph import HighLevelGraph
@@ -245,7 +300,7 @@ def split_k_attention(q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: fl
     offset = lk - lq
     qs = np.cumsum((0,) + q.chunks[-3])
     ks = np.cumsum((0,) + k.chunks[-3])
-    token = tokenize(q, k, v, scale, causal)
+    token = tokenize(q, k, v, scale, causal, None if pattern is None else (pattern.radius, pattern.globals.tolist(), pattern.causal))
     name = f"attnkit-splitk-{token}"
     layer: dict[Any, Any] = {}
     chk = {}
@@ -261,7 +316,10 @@ def split_k_attention(q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: fl
             parts = []
             for j in range(k.numblocks[-3]):
                 k0, k1 = int(ks[j]), int(ks[j + 1])
-                if causal and k0 > q1 - 1 + offset:
+                if pattern is not None:
+                    if not pattern.needs(q0, q1, k0, k1):
+                        continue  # no row of the block sees a key of this shard
+                elif causal and k0 > q1 - 1 + offset:
                     continue  # every key of this shard is in the future of every query of the block
                 pkey = (f"{name}-part", *bi, i, j)
                 layer[pkey] = (
@@ -272,6 +330,9 @@ def split_k_attention(q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: fl
                     scale,
                     causal and k1 - 1 > q0 + offset,
                     q0 - k0 + offset,
+                    pattern,
+                    q0,
+                    k0,
                 )
                 parts.append(pkey)
             level = 0
