@@ -261,6 +261,54 @@ def _check(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
+def _check_shards(q: Any, k: Any, v: Any, heads: int, dim: int) -> None:
+    """The shapes split-K and sharded linear attention need: ``(..., L, H, D)`` with matching widths."""
+    for name, x in (("query", q), ("key", k), ("value", v)):
+        if x.ndim < 3 or x.shape[-2] != heads:
+            raise ShapeError(f"{name}: expected shape (..., L, H={heads}, D), got {tuple(x.shape)}")
+    if q.shape[-1] != dim or k.shape[-1] != dim:
+        raise ShapeError(f"key: expected head dim {dim} in query and key, got {q.shape[-1]} and {k.shape[-1]}")
+    if v.shape[-3] != k.shape[-3]:
+        raise ShapeError(f"value: expected Lk = {k.shape[-3]} (as key) along axis -3, got {v.shape[-3]}")
+
+
+def _broadcast_batch(q: Any, k: Any, v: Any) -> tuple[Any, Any, Any, tuple[int, ...], np.dtype]:
+    """``q, k, v`` broadcast to their common batch dimensions; the batch shape and the result dtype."""
+    import dask.array as da
+
+    batch = tuple(np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3]))
+    dtype = np.result_type(q.dtype, k.dtype, v.dtype)
+    q, k, v = (da.broadcast_to(x, batch + tuple(x.shape[-3:])) for x in (q, k, v))
+    return q, k, v, batch, dtype
+
+
+def _finiteness_layer(layer: dict[Any, Any], token: str, q: Any, k: Any, v: Any) -> dict[str, str]:
+    """One task per input block that checks it for NaN/inf (:func:`_check`); the checked blocks' names."""
+    names = {}
+    for arr, label in ((q, "query"), (k, "key"), (v, "value")):
+        cname = f"attnkit-finite-{label}-{token}"
+        for idx in np.ndindex(*arr.numblocks):
+            ckey = (cname, *idx)
+            layer[ckey] = (_check, (arr.name, *idx), label)
+        names[label] = cname
+    return names
+
+
+def _tree(layer: dict[Any, Any], parts: list[Any], merge: Any, prefix: str, where: tuple[int, ...]) -> Any:
+    """Merge ``parts`` pairwise in a binary tree of ``merge`` tasks; the root's key (``None`` if no part)."""
+    level = 0
+    while len(parts) > 1:
+        nxt = []
+        for t in range(0, len(parts) - 1, 2):
+            mkey = (f"{prefix}-merge{level}", *where, t)
+            layer[mkey] = (merge, parts[t], parts[t + 1])
+            nxt.append(mkey)
+        if len(parts) % 2:
+            nxt.append(parts[-1])
+        parts, level = nxt, level + 1
+    return parts[0] if parts else None
+
+
 def split_k_attention(
     q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: float | None = None, causal: bool = False, pattern: _LocalGlobal | None = None
 ) -> Any:
@@ -276,22 +324,12 @@ def split_k_attention(
     from dask.highlevelgraph import HighLevelGraph
     from dask.tokenize import tokenize
 
-    for name, x in (("query", q), ("key", k), ("value", v)):
-        if x.ndim < 3 or x.shape[-2] != heads:
-            raise ShapeError(f"{name}: expected shape (..., L, H={heads}, D), got {tuple(x.shape)}")
-    if q.shape[-1] != dim or k.shape[-1] != dim:
-        raise ShapeError(f"key: expected head dim {dim} in query and key, got {q.shape[-1]} and {k.shape[-1]}")
-    if v.shape[-3] != k.shape[-3]:
-        raise ShapeError(f"value: expected Lk = {k.shape[-3]} (as key) along axis -3, got {v.shape[-3]}")
+    _check_shards(q, k, v, heads, dim)
     if k.shape[-3] == 0:
         raise ShapeError("key: expected at least one key (Lk >= 1), got an empty key set")
     scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
-    batch = tuple(np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3]))
+    q, k, v, batch, dtype = _broadcast_batch(q, k, v)
     nb = len(batch)
-    dtype = np.result_type(q.dtype, k.dtype, v.dtype)
-    q = da.broadcast_to(q, batch + tuple(q.shape[-3:]))
-    k = da.broadcast_to(k, batch + tuple(k.shape[-3:]))
-    v = da.broadcast_to(v, batch + tuple(v.shape[-3:]))
     bchunks = q.chunks[:nb]
     q = q.rechunk(bchunks + (q.chunks[-3], (heads,), (dim,)))
     k = k.rechunk(bchunks + (k.chunks[-3], (heads,), (dim,)))
@@ -303,13 +341,7 @@ def split_k_attention(
     token = tokenize(q, k, v, scale, causal, None if pattern is None else (pattern.radius, pattern.globals.tolist(), pattern.causal))
     name = f"attnkit-splitk-{token}"
     layer: dict[Any, Any] = {}
-    chk = {}
-    for arr, label in ((q, "query"), (k, "key"), (v, "value")):
-        cname = f"attnkit-finite-{label}-{token}"
-        for idx in np.ndindex(*arr.numblocks):
-            ckey = (cname, *idx)
-            layer[ckey] = (_check, (arr.name, *idx), label)
-        chk[label] = cname
+    chk = _finiteness_layer(layer, token, q, k, v)
     for bi in np.ndindex(*q.numblocks[:nb]):
         for i in range(q.numblocks[-3]):
             q0, q1 = int(qs[i]), int(qs[i + 1])
@@ -335,22 +367,13 @@ def split_k_attention(
                     k0,
                 )
                 parts.append(pkey)
-            level = 0
-            while len(parts) > 1:  # a binary tree of merges
-                nxt = []
-                for t in range(0, len(parts) - 1, 2):
-                    mkey = (f"{name}-merge{level}", *bi, i, t)
-                    layer[mkey] = (_merge, parts[t], parts[t + 1])
-                    nxt.append(mkey)
-                if len(parts) % 2:
-                    nxt.append(parts[-1])
-                parts, level = nxt, level + 1
+            root = _tree(layer, parts, _merge, name, (*bi, i))
             okey = (name, *bi, i, 0, 0)
-            if not parts:  # causal with Lq > Lk: a block that sees no key at all returns zeros
+            if root is None:  # causal with Lq > Lk: a block that sees no key at all returns zeros
                 shape = tuple(bchunks[d][bi[d]] for d in range(nb)) + (q1 - q0, heads, int(v.shape[-1]))
                 layer[okey] = (np.zeros, shape, dtype)
             else:
-                layer[okey] = (_finish, parts[0], dtype)
+                layer[okey] = (_finish, root, dtype)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[q, k, v])
     chunks = bchunks + (q.chunks[-3], (heads,), (int(v.shape[-1]),))
     return da.Array(graph, name, chunks, dtype=dtype)
@@ -431,21 +454,11 @@ def split_linear_attention(mech: Any, params: Mapping[str, Any], q: Any, k: Any,
     from dask.tokenize import tokenize
 
     heads, dim = mech.heads, mech.dim
-    for name, x in (("query", q), ("key", k), ("value", v)):
-        if x.ndim < 3 or x.shape[-2] != heads:
-            raise ShapeError(f"{name}: expected shape (..., L, H={heads}, D), got {tuple(x.shape)}")
-    if q.shape[-1] != dim or k.shape[-1] != dim:
-        raise ShapeError(f"key: expected head dim {dim} in query and key, got {q.shape[-1]} and {k.shape[-1]}")
-    if v.shape[-3] != k.shape[-3]:
-        raise ShapeError(f"value: expected Lk = {k.shape[-3]} (as key) along axis -3, got {v.shape[-3]}")
+    _check_shards(q, k, v, heads, dim)
     if mech.causal and q.shape[-3] != k.shape[-3]:
         raise ShapeError(f"key: sharded causal linear attention needs Lk = Lq = {q.shape[-3]}, got {k.shape[-3]}")
-    batch = tuple(np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3]))
+    q, k, v, batch, dtype = _broadcast_batch(q, k, v)
     nb = len(batch)
-    dtype = np.result_type(q.dtype, k.dtype, v.dtype)
-    q = da.broadcast_to(q, batch + tuple(q.shape[-3:]))
-    k = da.broadcast_to(k, batch + tuple(k.shape[-3:]))
-    v = da.broadcast_to(v, batch + tuple(v.shape[-3:]))
     bchunks = q.chunks[:nb]
     dv = int(v.shape[-1])
     if mech.causal:
@@ -467,13 +480,7 @@ def split_linear_attention(mech: Any, params: Mapping[str, Any], q: Any, k: Any,
     token = tokenize(q, k, v, mech.feature_map, mech.causal, mech.eps, mech.nu, kw["projection"])
     name = f"attnkit-linear-{token}"
     layer: dict[Any, Any] = {}
-    chk = {}
-    for arr, label in ((q, "query"), (k, "key"), (v, "value")):
-        cname = f"attnkit-finite-{label}-{token}"
-        for idx in np.ndindex(*arr.numblocks):
-            ckey = (cname, *idx)
-            layer[ckey] = (_check, (arr.name, *idx), label)
-        chk[label] = cname
+    chk = _finiteness_layer(layer, token, q, k, v)
     for bi in np.ndindex(*q.numblocks[:nb]):
         states = []
         for j in range(k.numblocks[-3]):
@@ -499,18 +506,9 @@ def split_linear_attention(mech: Any, params: Mapping[str, Any], q: Any, k: Any,
                 layer[pkey] = (_lin_merge, prev, states[i])  # the scan: state of shards 0..i
                 prev = pkey
             continue
-        parts, level = states, 0
-        while len(parts) > 1:
-            nxt = []
-            for t in range(0, len(parts) - 1, 2):
-                mkey = (f"{name}-merge{level}", *bi, t)
-                layer[mkey] = (_lin_merge, parts[t], parts[t + 1])
-                nxt.append(mkey)
-            if len(parts) % 2:
-                nxt.append(parts[-1])
-            parts, level = nxt, level + 1
+        total = _tree(layer, states, _lin_merge, name, bi)
         for i in range(q.numblocks[-3]):
             okey = (name, *bi, i, 0, 0)
-            layer[okey] = (_lin_query, (chk["query"], *bi, i, 0, 0), parts[0], kw, mech.eps, dtype)
+            layer[okey] = (_lin_query, (chk["query"], *bi, i, 0, 0), total, kw, mech.eps, dtype)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[q, k, v])
     return da.Array(graph, name, bchunks + (q.chunks[-3], (heads,), (dv,)), dtype=dtype)
