@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,16 +28,6 @@ from typing import Any
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -53,6 +42,9 @@ def main() -> None:
     import onnxruntime as ort
 
     import attnkit
+
+    sys.path.insert(0, str(HERE.parent))  # `python benchmarks/js_engines.py` from anywhere
+    from benchmarks.machine import environment
 
     tmp = Path(tempfile.mkdtemp())
     models, data = tmp / "models", tmp / "data"
@@ -127,8 +119,7 @@ def main() -> None:
         "from Python, onnxruntime-node and onnxruntime-web (headless Chromium), float32 self-attention (L, 8, 64)",
         "threads": args.threads,
         "repeats": args.repeats,
-        "cpu": cpu_model(),
-        "cores_visible": os.cpu_count(),
+        "environment": environment(args.threads),
         "note": "one run on a machine shared with other jobs: compare the ratios, not the milliseconds",
         "onnxruntime_python": ort.__version__,
         "js": hello,
