@@ -49,3 +49,9 @@ async function local(): Promise<void> {
   console.log(out, w.shape, be, all.length, models, h.runtime, DEFAULT_BASE_URL, g.options);
 }
 local();
+
+import LocalOnly, { onnxMetadata, resolveOption } from '../src/local.js';
+const e2: LocalOnly = new LocalOnly({ models: { 'flash.onnx': new Uint8Array(0) }, numThreads: 2 });
+const meta: Record<string, string> = onnxMetadata(new Uint8Array(0));
+const opt: string | null = resolveOption('numHeads', ['heads']);
+console.log(e2, meta, opt);
