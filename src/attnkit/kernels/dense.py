@@ -332,8 +332,11 @@ def sdpa(
     * ``softcap``: the scaled scores become ``softcap * tanh(s / softcap)`` before the biases (logit
       soft-capping, Gemma 2, Gemma Team 2024).
 
-    These run in the generic tiled kernel (skipping key blocks outside the window); with torch
-    inputs and no ``softcap``, the window and ALiBi go to torch's fused kernel as one mask.
+    NumPy inputs run them in the NumPy fast path (:func:`.dense_numpy.sdpa_numpy`, key blocks outside
+    the window never computed); torch inputs without ``softcap`` in torch's fused kernel, a narrow
+    window as a batch of query blocks with only their window's keys (:func:`.dense_torch.sdpa_torch_window`,
+    O(Lq * window)), otherwise with the window and ALiBi as one dense mask; the rest in the generic
+    tiled kernel (which also skips key blocks outside the window).
 
     ``engine`` (for NumPy inputs under ``backend="auto"``): ``"numpy"``, ``"torch"`` (torch's fused
     kernel on zero-copy views) or ``"auto"`` (calibrated per machine; see :mod:`.engine`).

@@ -39,9 +39,14 @@ development machine; see DESIGN.md "Performance design" and the README's Perform
   - *online softmax* (large logits, float masks): the running maximum and rescaling of
     FlashAttention, with ``np.exp`` (no slow path for ``-inf`` or underflow).
 
-* Causal masking skips key blocks the tile cannot see; only the diagonal block is masked, with a
-  precomputed triangular 0/1 (or 0/-inf) pattern sliced per tile. Scratch buffers live per thread
-  and are reused across calls.
+* Causal masks and sliding windows (FlashAttention-2's ``window_size``) are one band
+  ``lo <= j - i - (Lk - Lq) <= hi``: key blocks outside it are never computed (a window of ``w``
+  costs O(Lq * w)), blocks inside it are not masked, and only blocks on its edges are, by a 0/1 (or
+  0/-inf) pattern. The band, and ALiBi's bias ``-slope |j - i - (Lk - Lq)|``, depend on ``j - i``
+  only, so every tile's mask or bias is a zero-copy Toeplitz view of one pattern of length
+  ``Lq + Lk - 1`` (:func:`_toeplitz`). ALiBi and float masks take the online softmax; a soft cap
+  (``cap tanh(s / cap)``) bounds the logits by ``cap`` and so keeps the bounded tiles. Scratch
+  buffers live per thread and are reused across calls.
 * Small problems (few scores) go through a batched whole-array path, cheaper than dispatching
   tasks. Memory stays O(threads * tile + L): a 16384-token, 8-head forward needs ~10 MB of scratch.
 
