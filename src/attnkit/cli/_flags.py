@@ -140,17 +140,16 @@ def mechanism_flag_table() -> tuple[MechanismFlag, ...]:
     visible = declared | set(registry.OPTION_ALIASES)
     out = []
     for name in sorted(declared | spellings):
-        reach = {m: registry.find_option(ss, name) for m, ss in specs.items()}
-        reach = {m: t for m, t in reach.items() if t is not None}
+        reach: dict[str, str] = {}
+        for m, ss in specs.items():
+            target = registry.find_option(ss, name)
+            if target is not None:
+                reach[m] = target
         if not reach:
             continue
-        aliases = ()
-        if name in visible:
-            group = registry.OPTION_ALIASES.get(name) or next(
-                (g for g in registry.OPTION_ALIASES.values() if name in g),
-                (),
-            )
-            aliases = tuple(a for a in dict.fromkeys(group) if a not in visible)
+        # a generic name lists the spellings of its group that have no flag of their own shown
+        group = registry.OPTION_ALIASES.get(name, ())
+        aliases = tuple(a for a in dict.fromkeys(group) if a not in visible)
         out.append(
             MechanismFlag(
                 name=name,
@@ -180,7 +179,8 @@ def _typer_params(flags: Sequence[MechanismFlag]) -> list[Any]:
     for f in flags:
         decls = [f"{f.flag}/--no-{f.flag[2:]}"] if f.kind == "bool" else [f.flag]
         option = typer.Option(*decls, help=_help(f), hidden=f.hidden, rich_help_panel=_PANEL, show_default=False)
-        annotation = Annotated[_PYTYPE[f.kind] | None, option]  # type: ignore[valid-type]
+        pytype: Any = _PYTYPE[f.kind] | None
+        annotation = Annotated[pytype, option]
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
 
     def holder(**kwargs: Any) -> None:  # pragma: no cover - never called: only its signature is read
