@@ -40,7 +40,7 @@ __all__ = [
 # ------------------------------------------------------------------------------------ command flags
 TypeFlag = Annotated[
     str | None,
-    typer.Option("--type", "-t", help="Mechanism (`attnkit mechanisms`); default: config \\[attention] default_type, else flash."),
+    typer.Option("--type", "-t", help="Mechanism, one of `attnkit mechanisms` (default: config \\[attention] default_type, else flash)."),
 ]
 InputsFlag = Annotated[
     str | None,

@@ -40,7 +40,7 @@ def benchmark(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random inputs.")] = 0,
     json_: JsonFlag = False,
 ) -> None:
-    """Time mechanisms over a grid of types x dims x lengths (defaults: the platform spec's grid).
+    """Time mechanisms over a grid of types x dims x lengths (the platform spec's grid unless given).
 
     A mechanism option (a flag below or -O KEY=VALUE) applies to every type that has it.
     """

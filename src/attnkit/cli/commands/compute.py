@@ -46,7 +46,7 @@ def compute(
         typer.Option(
             "--output",
             "-o",
-            help="Write the output; format from the extension ('-' = JSON on stdout; default: none, a summary only).",
+            help="Write the output, format from the extension, '-' = JSON on stdout (default: none, a summary only).",
             metavar="FILE",
         ),
     ] = None,
@@ -65,7 +65,7 @@ def compute(
     weights: WeightsFlag = None,
     heatmap: Annotated[
         str | None,
-        typer.Option("--heatmap", help="Draw the attention weights to this PNG (needs matplotlib; default: none drawn).", metavar="FILE"),
+        typer.Option("--heatmap", help="Draw the attention weights to this PNG, needs matplotlib (default: none drawn).", metavar="FILE"),
     ] = None,
     json_: JsonFlag = False,
     scheduler: Annotated[
@@ -79,9 +79,7 @@ def compute(
 ) -> None:
     """Run one mechanism on arrays from files (or random ones) and write the output.
 
-    Every constructor option of every mechanism is a flag (the Mechanism options below, under any of
-    its names); `attnkit mechanisms NAME` lists those of one. A spinner shows on a terminal when the
-    computation takes over a second.
+    Every constructor option of every mechanism is a flag (Mechanism options, below, under any of its names); `attnkit mechanisms NAME` lists those of one. A spinner shows on a terminal when the computation takes over a second.
     """
     from .. import compute as impl
     from .._inputs import InputFlags, MechanismChoice

@@ -17,7 +17,7 @@ def demo(
     length: Annotated[int, typer.Option("--length", "-n", help="Sequence length of the sample data.")] = 64,
     heatmap: Annotated[
         str | None,
-        typer.Option("--heatmap", help="Where to draw the attention weights (default: attnkit-demo.png in the temp dir).", metavar="FILE"),
+        typer.Option("--heatmap", help="Where to draw the attention weights (default: attnkit/attnkit-demo.png in the temp dir).", metavar="FILE"),
     ] = None,
     no_heatmap: Annotated[bool, typer.Option("--no-heatmap", help="Do not draw the heatmap.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sample data and weights.")] = 0,
