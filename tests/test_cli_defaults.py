@@ -159,8 +159,8 @@ def check_type(cmd: str) -> Callable[[Cli, str], None]:
         args = ("--random", "4") if cmd == "compute" else ("-o", "m.onnx")
         assert cli.json(cmd, *args)["type"] == fallback
         assert "config [attention] default_type" in said
-        cli.config('[attention]\ndefault_type = "linear"\n')
-        assert cli.json(cmd, *args)["type"] == "linear"
+        cli.config('[attention]\ndefault_type = "local_global"\n')
+        assert cli.json(cmd, *args)["type"] == "local_global"
 
     return check
 
@@ -192,10 +192,15 @@ def check_seed(cmd: str) -> Callable[[Cli, str], None]:
         assert "config" in said
         fallback = _value(said, r"else (\d+)")
         if cmd == "compute":
-            run: Callable[..., bytes] = lambda *a: (cli.ok("compute", "-t", "multi_head", "--dim", "4", "--random", "3", "-o", "o.npy", *a), (cli.cwd / "o.npy").read_bytes())[1]  # noqa: E731
+            args, made = ("compute", "-t", "multi_head", "--dim", "8", "--random", "3", "-o", "o.npy"), cli.cwd / "o.npy"
         else:
             pytest.importorskip("onnx")
-            run = lambda *a: (cli.ok("export", "-t", "multi_head", "--dim", "4", "-o", "m.onnx", *a), (cli.cwd / "m.onnx").read_bytes())[1]  # noqa: E731
+            args, made = ("export", "-t", "multi_head", "--dim", "8", "-o", "m.onnx"), cli.cwd / "m.onnx"
+
+        def run(*extra: str) -> bytes:
+            cli.ok(*args, *extra)
+            return made.read_bytes()
+
         implicit = run()
         assert implicit == run("--seed", fallback)
         assert implicit != run("--seed", str(int(fallback) + 1))
@@ -249,15 +254,18 @@ def check_export_keys(cli: Cli, said: str) -> None:
 def check_export_values(cli: Cli, said: str) -> None:
     assert "the keys" in said
     q, k = _save(cli, "q.npy", (5, 1, 4), 0), _save(cli, "k.npy", (7, 1, 4), 1)
-    cli.ok("export", "-t", "flash", "--heads", "1", "--dim", "4", "-q", q, "-k", k, "-o", "m.onnx")
-    got = _ort(cli.cwd / "m.onnx", {"q": np.load(cli.cwd / q), "k": np.load(cli.cwd / k)})
+    s = cli.json("export", "-t", "flash", "--heads", "1", "--dim", "4", "-q", q, "-k", k, "-o", "m.onnx")
+    assert len(s["inputs"]) == 3  # the example values were the keys: the model takes values too
+    ka = np.load(cli.cwd / k)
+    got = _ort(cli.cwd / "m.onnx", {"q": np.load(cli.cwd / q), "k": ka, "v": ka})
     np.testing.assert_allclose(got, _out(cli, "-q", q, "-k", k, "-v", k), rtol=1e-5, atol=1e-6)
 
 
 def check_export_opset(cli: Cli, said: str) -> None:
     assert "the exporter's" in said
     onnx = pytest.importorskip("onnx")
-    from attnkit import create, export_onnx
+    from attnkit import export_onnx
+    from attnkit.mechanisms.registry import create
 
     s = cli.json("export", "-t", "flash", "--heads", "1", "--dim", "4", "-o", "m.onnx")
     mech = create("flash", heads=1, dim=4)
@@ -282,7 +290,9 @@ def check_export_length(cli: Cli, said: str) -> None:
     length = int(_value(said, r"length (\d+)"))
     cli.ok("export", "-t", "flash", "--heads", "1", "--dim", "4", "--static", "-o", "m.onnx")
     dims = _input_dims(cli.cwd / "m.onnx")[0]
-    mech_q = __import__("attnkit").create("flash", heads=1, dim=4).example_inputs(length, np.random.default_rng(0))[0]
+    from attnkit.mechanisms.registry import create
+
+    mech_q = create("flash", heads=1, dim=4).example_inputs(length, np.random.default_rng(0))[0]
     assert dims == list(mech_q.shape)
 
 
@@ -292,7 +302,7 @@ def _names(text: str) -> list[str]:
 
 
 def check_bench_types(cli: Cli, said: str) -> None:
-    rows = _bench(cli, "--dims", "4", "-n", "4", *FAST)["results"]
+    rows = _bench(cli, "--dims", "8", "-n", "4", *FAST)["results"]
     assert list(dict.fromkeys(r["type"] for r in rows)) == _names(said)
 
 
@@ -376,7 +386,7 @@ def _mha_state(cli: Cli) -> str:
 
 
 def check_convert_from(cli: Cli, said: str) -> None:
-    assert said.startswith("auto") or "auto" in said
+    assert said.startswith("default: auto") and "known layout" in said
     s = cli.json("convert", _mha_state(cli), "w.npz")
     assert s["from"] == "torch-mha"  # a known layout: read as weights
     s = cli.json("convert", _save(cli, "q.npy", (3, 4), 0), "q.npz")
@@ -384,7 +394,7 @@ def check_convert_from(cli: Cli, said: str) -> None:
 
 
 def check_convert_to(cli: Cli, said: str) -> None:
-    assert "attnkit's layout" in said
+    assert said.startswith("default: auto") and "attnkit's layout" in said
     s = cli.json("convert", _mha_state(cli), "w.safetensors")
     assert s["to"] == "attnkit" and set(s["arrays"]) >= {"q_proj.weight", "out_proj.weight"}
 

@@ -249,7 +249,7 @@ def draw_inputs(mech: Any, length: int, seed: int, *, motif: int | None = None, 
 
 def read_or_draw(mech: Any, src: InputFlags, seed: int, *, default_length: int | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The input arrays by role and the extra inputs: from the files, else drawn (``--random``, else
-    ``default_length``)."""
+    ``default_length``); the values default to the keys (:func:`values_default_to_keys`)."""
     length = src.random if src.random is not None else default_length
     if src.from_files or length is None:
         arrays: dict[str, Any] = load_inputs(
@@ -265,4 +265,11 @@ def read_or_draw(mech: Any, src: InputFlags, seed: int, *, default_length: int |
         extras: dict[str, Any] = {}
     else:
         arrays, extras = draw_inputs(mech, length, seed, motif=src.motif, dtype=src.dtype)
+    values_default_to_keys(arrays)
     return arrays, extras
+
+
+def values_default_to_keys(arrays: dict[str, Any]) -> None:
+    """As ``--values`` documents: without values, the values are the keys."""
+    if arrays.get("k") is not None and arrays.get("v") is None:
+        arrays["v"] = arrays["k"]

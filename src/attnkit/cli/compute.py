@@ -54,7 +54,6 @@ def run_compute(state: State, choice: MechanismChoice, src: InputFlags, dst: Com
     if dst.scheduler is not None or dst.chunks is not None:
         return run_on_cluster(mech, src, dst)
     arrays, extras = read_or_draw(mech, src, seed)
-    values_default_to_keys(arrays)
     out, elapsed = forward(mech, arrays, extras)
     summary = {
         "type": mech.name,
@@ -89,12 +88,6 @@ def run_on_cluster(mech: Any, src: InputFlags, dst: ComputeOutput) -> None:
     run_cluster_compute(
         mech, scheduler=dst.scheduler, chunks=dst.chunks, query=src.query, keys=src.keys, values=src.values, output=dst.output, as_json=dst.as_json
     )
-
-
-def values_default_to_keys(arrays: dict[str, Any]) -> None:
-    """As ``--values`` documents: without values, the values are the keys."""
-    if arrays.get("k") is not None and arrays.get("v") is None:
-        arrays["v"] = arrays["k"]
 
 
 def forward(mech: Any, arrays: Mapping[str, Any], extras: Mapping[str, Any]) -> tuple[Any, float]:

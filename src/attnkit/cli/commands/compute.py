@@ -79,7 +79,9 @@ def compute(
 ) -> None:
     """Run one mechanism on arrays from files (or random ones) and write the output.
 
-    Every constructor option of every mechanism is a flag (Mechanism options, below, under any of its names); `attnkit mechanisms NAME` lists those of one. A spinner shows on a terminal when the computation takes over a second.
+    Every constructor option of every mechanism is a flag (Mechanism options, below, under any of its \
+names); `attnkit mechanisms NAME` lists those of one. A spinner shows on a terminal when the \
+computation takes over a second.
     """
     from .. import compute as impl
     from .._inputs import InputFlags, MechanismChoice

@@ -18,8 +18,10 @@ _KINDS = "auto | tensors | torch-mha | hf-bert | attnkit"
 def convert(
     source: Annotated[str, typer.Argument(help="Input file (FILE or FILE:KEY).", metavar="IN")],
     dest: Annotated[str, typer.Argument(help="Output file; format from the extension.", metavar="OUT")],
-    from_: Annotated[str, typer.Option("--from", help=f"{_KINDS} (auto: weights if the keys are a known layout).")] = "auto",
-    to: Annotated[str, typer.Option("--to", help=f"{_KINDS} (auto: weights go to attnkit's layout).")] = "auto",
+    from_: Annotated[
+        str, typer.Option("--from", help=f"{_KINDS} (default: auto, weights if the keys are a known layout).", show_default=False)
+    ] = "auto",
+    to: Annotated[str, typer.Option("--to", help=f"{_KINDS} (default: auto, weights go to attnkit's layout).", show_default=False)] = "auto",
     prefix: Annotated[str | None, typer.Option("--prefix", help="HF BERT key prefix (e.g. bert.encoder.layer.0.attention.).")] = None,
     unpacked: Annotated[bool, typer.Option("--unpacked", help="torch-mha output with separate q/k/v_proj_weight.")] = False,
     shape: Annotated[str | None, typer.Option("--shape", help="Shape of a raw input (or reshape any input).", metavar="DIMS")] = None,

@@ -53,7 +53,8 @@ def export(
 ) -> None:
     """Write a mechanism as an ONNX model that ONNX Runtime (Python, Node, browsers) runs at any length.
 
-    The example inputs (default: the mechanism's example inputs of length 8) fix ranks and widths only. The flags are compute's; a mask file gives the model a mask input.
+    The example inputs (default: the mechanism's example inputs of length 8) fix ranks and widths \
+only. The flags are compute's; a mask file gives the model a mask input.
     """
     from .. import export as impl
     from .._inputs import InputFlags, MechanismChoice
