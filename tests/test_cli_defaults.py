@@ -191,6 +191,7 @@ def check_seed(cmd: str) -> Callable[[Cli, str], None]:
     def check(cli: Cli, said: str) -> None:
         assert "config" in said
         fallback = _value(said, r"else (\d+)")
+        args: tuple[str, ...]
         if cmd == "compute":
             args, made = ("compute", "-t", "multi_head", "--dim", "8", "--random", "3", "-o", "o.npy"), cli.cwd / "o.npy"
         else:
@@ -434,7 +435,12 @@ def check_repl_history(cli: Cli, said: str, monkeypatch: pytest.MonkeyPatch) -> 
 
     assert said == "history"
     seen: list[bool] = []
-    monkeypatch.setattr(repl, "_interactive", lambda session, history: seen.append(history) or 0)
+
+    def interactive(session: Any, history: bool) -> int:
+        seen.append(history)
+        return 0
+
+    monkeypatch.setattr(repl, "_interactive", interactive)
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
     cli.ok("repl")
