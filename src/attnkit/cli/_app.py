@@ -4,12 +4,13 @@ Each command is a Typer sub-app in its own file (``commands/compute.py`` ...) wh
 only when it runs, so ``attnkit --help`` stays fast.
 """
 
+import importlib
 from typing import Annotated
 
 import typer
 
 from ._common import STATE, setup_logging
-from .commands import benchmark, compute, config, convert, demo, export, info, mechanisms, repl, serve
+from .commands import COMMANDS
 
 _HELP = """attnkit: attention mechanisms from the command line.
 
@@ -56,5 +57,5 @@ def _root(
     setup_logging(verbose, log_format)
 
 
-for _sub in (compute, export, benchmark, convert, serve, repl, info, mechanisms, demo, config):
-    app.add_typer(_sub.app)
+for _name in COMMANDS:  # the one list of commands (the help-defaults test walks the same list)
+    app.add_typer(importlib.import_module(f"{__package__}.commands.{_name}").app)
