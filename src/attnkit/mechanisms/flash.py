@@ -23,11 +23,11 @@ from ..errors import ConfigError, ShapeError
 from ..kernels.decode import cached_attention
 from ..kernels.dense import NO_WINDOW, attention_weights, sdpa
 from ..kernels.engine import check_engine
-from ..kernels.masks import alibi_slopes, prepare_mask, unflatten_mask
+from ..kernels.masks import alibi_slopes, unflatten_mask
 from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
 from ._sequence import prepare_sequence
 from .base import Mechanism
-from .kv_cache import KVCache, as_cache
+from .kv_cache import KVCache, as_cache, cache_mask
 from .registry import register
 
 __all__ = ["FlashAttention"]
@@ -151,20 +151,14 @@ class FlashAttention(Mechanism):
             s.q = self.rope.apply(s.q, np.arange(p0 + lnew - lq, p0 + lnew, dtype=np.float64), seq_axis=-2)
             s.k = self.rope.apply(s.k, np.arange(p0, p0 + lnew, dtype=np.float64), seq_axis=-2)
         left = self.window[0]
-        ordered = mask is not None or self.alibi_slopes is not None or left >= 0
-        if mask is not None and cache.window is not None:
-            raise ConfigError("mask: a mask cannot be combined with a KVCache that has a window (its keys are a ring buffer)")
-        k_all, v_all, ring_left = cache.extend(s.k, s.v, ordered=ordered)
-        lk = int(k_all.shape[-2])
-        if lq > lk:
-            raise ShapeError(f"query: expected at most as many queries as attended keys ({lk}), got Lq = {lq}")
-        left = _combine_left(left, ring_left, lq, lk)
-        pm = None
-        if mask is not None:
-            batch = broadcast_shapes(tuple(s.q.shape[:-3]), tuple(k_all.shape[:-3]))
-            if s.flat:
-                mask = unflatten_mask(mask, lq, lk)
-            pm = prepare_mask(mask, s.xp, (*batch, self.heads, lq, lk), s.q.dtype, device=s.device)
+        if lq > p0 + lnew:
+            raise ShapeError(f"query: expected at most as many queries as keys so far ({p0 + lnew}), got Lq = {lq}")
+        # checked before anything is appended (a ring buffer takes no mask)
+        batch = broadcast_shapes(tuple(s.q.shape[:-3]), tuple(s.k.shape[:-3]))
+        lk = p0 + lnew
+        pm = cache_mask(unflatten_mask(mask, lq, lk) if s.flat else mask, cache, s.xp, batch, self.heads, lq, lk, s.q.dtype, s.device)
+        k_all, v_all, ring_left = cache.extend(s.k, s.v, ordered=mask is not None or self.alibi_slopes is not None or left >= 0)
+        left = _combine_left(left, ring_left, lq, int(k_all.shape[-2]))
         p = self.dropout if self.training else 0.0
         out = cached_attention(
             s.q,

@@ -38,8 +38,9 @@ import numpy as np
 
 from .._array import Array, Namespace, check_allocation, is_traced, namespace, positive_int, shape_str
 from ..errors import ConfigError, DTypeError, ShapeError
+from ..kernels.masks import prepare_mask
 
-__all__ = ["KVCache", "as_cache"]
+__all__ = ["KVCache", "as_cache", "cache_mask"]
 
 
 def _library(dtype: Any) -> tuple[str, Any]:
@@ -340,6 +341,16 @@ class KVCache:
         self._state = state
         self._batch = batch
         self._length += int(n)
+
+
+def cache_mask(mask: Any, cache: KVCache, xp: Namespace, batch: tuple[int, ...], heads: int, lq: int, lk: int, dtype: Any, device: Any) -> Any:
+    """A user ``mask`` over the attended keys, ``(..., H, Lq, Lk)`` (``Lk``: every cached key, the new ones
+    included); ``None`` stays ``None``. A ring buffer (``window``) takes none: its slots are not positions."""
+    if mask is None:
+        return None
+    if cache.window is not None:
+        raise ConfigError("mask: a mask cannot be combined with a KVCache that has a window (its keys are a ring buffer)")
+    return prepare_mask(mask, xp, (*batch, heads, lq, lk), dtype, device=device)
 
 
 def as_cache(cache: object) -> KVCache:
