@@ -201,7 +201,7 @@ def _combine_left(own: int, ring: int | None, lq: int, lk: int) -> int:
     if not sides:
         return -1
     left = min(sides)
-    return -1 if left >= lk - lq else left  # the first query, at lk - lq, sees key 0 already
+    return -1 if left >= lk - 1 else left  # the last query, at lk - 1, sees key 0 already
 
 
 def _window(value: object) -> tuple[int, int]:

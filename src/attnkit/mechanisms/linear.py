@@ -197,7 +197,8 @@ class LinearAttention(Mechanism):
         if hk != self.heads:
             out = ungroup(out, xp)
         new = key_state(s.k, s.v, **kw)
-        cache.set_linear_state(new if prefix is None else merge_key_states(prefix, new, xp), int(s.k.shape[-2]), tuple(int(d) for d in s.k.shape[:-3]))
+        state = new if prefix is None else merge_key_states(prefix, new, xp)
+        cache.set_linear_state(state, int(s.k.shape[-2]), tuple(int(d) for d in s.k.shape[:-3]))
         return s.finish(out)
 
     def _key_mask(self, mask: Any, s: SequenceInputs) -> Array | None:

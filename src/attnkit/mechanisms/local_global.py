@@ -208,7 +208,7 @@ class LocalGlobalAttention(Mechanism):
         if g.size == 0:
             keep = min(lk, left + lq)  # the keys any new query can see: a view of the newest ones
             k_all, v_all = k_all[..., lk - keep :, :], v_all[..., lk - keep :, :]
-            window = (left, -1) if left < keep - lq else NO_WINDOW
+            window = (left, -1) if left < keep - 1 else NO_WINDOW
         else:  # the rows of local_global_mask(total, radius, globals, causal=True) for the new queries
             qpos = np.arange(total - lq, total)[:, None]
             kpos = np.arange(total - lk, total)[None, :]

@@ -269,10 +269,11 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         pm = cache_mask(mask, cache, xp, batch, self.heads, lq, p0 + lq, qh.dtype, array_api_compat.device(qh))
         k_all, v_all, left = cache.extend(kh, vh, ordered=mask is not None)
         lk = int(k_all.shape[-2])
-        window = (left, -1) if left is not None and left < lk - lq else NO_WINDOW
+        window = (left, -1) if left is not None and left < lk - 1 else NO_WINDOW
         p = self.dropout if self.training else 0.0
         self._cache.pop("weights", None)
-        heads_out = cached_attention(qh, k_all, v_all, xp=xp, scale=1.0 / math.sqrt(self.head_dim), mask=pm, window=window, dropout_p=p, rng=self._rng())
+        scale = 1.0 / math.sqrt(self.head_dim)
+        heads_out = cached_attention(qh, k_all, v_all, xp=xp, scale=scale, mask=pm, window=window, dropout_p=p, rng=self._rng())
         out = linear(merge_heads(heads_out, xp), w["out_proj.weight"], w.get("out_proj.bias"), xp)
         if out.dtype != out_dtype:
             out = xp.astype(out, out_dtype)
