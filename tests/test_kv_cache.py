@@ -352,3 +352,21 @@ def test_dask_and_onnx_refuse_a_cache(tmp_path: object) -> None:
     pytest.importorskip("ndonnx")
     with pytest.raises(ConfigError, match="ONNX"):
         attnkit.export_onnx(fa, tmp_path / "fa.onnx", q, k, v, cache=KVCache(8, 2, D))
+
+
+def test_truncate_rolls_back() -> None:
+    rng = np.random.default_rng(15)
+    q, k, v = inputs(rng, 12, 2)
+    fa = FlashAttention(heads=H, dim=D, causal=True)
+    cache = KVCache(16, 2, D, dtype=np.float64)
+    fa.forward(q[:, :8], k[:, :8], v[:, :8], cache=cache)
+    fa.forward(rng.standard_normal((2, 3, H, D)), rng.standard_normal((2, 3, 2, D)), rng.standard_normal((2, 3, 2, D)), cache=cache)  # a rejected draft
+    cache.truncate(8)
+    out = decode(fa, q[:, 8:], k[:, 8:], v[:, 8:], cache)
+    assert_close(out, ref_causal(q, k, v)[:, 8:], TOL64)
+    with pytest.raises(ConfigError, match="between 0 and"):
+        cache.truncate(13)
+    ring = KVCache(16, 2, D, dtype=np.float64, window=4)
+    ring.append(k[:, :6], v[:, :6])
+    with pytest.raises(ConfigError, match="ring buffer"):
+        ring.truncate(5)

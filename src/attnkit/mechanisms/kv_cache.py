@@ -154,6 +154,17 @@ class KVCache:
         self._length = 0
         self._state = None
 
+    def truncate(self, length: int) -> None:
+        """Drop the newest tokens so that ``length`` remain (e.g. rejected draft tokens of speculative
+        decoding). Keys and values only; a ring buffer only until it first wraps."""
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or not 0 <= int(length) <= self._length:
+            raise ConfigError(f"length: expected an integer between 0 and the cache's length {self._length}, got {length!r}")
+        if self._kind == "linear" and int(length) != self._length:
+            raise ConfigError("length: a linear-attention state cannot forget tokens; keep a copy of cache.state to roll back")
+        if self.window is not None and self._length > self.window and int(length) != self._length:
+            raise ConfigError(f"length: this ring buffer has overwritten tokens before the last {self.window}; it cannot go back to {length}")
+        self._length = int(length)
+
     # ------------------------------------------------------------------ views
     def _span(self, n: int) -> tuple[Array, Array]:
         """The last ``n`` (``<= size``) entries in time order, heads-first: views, or a copy where the ring wraps."""
