@@ -360,7 +360,8 @@ def test_truncate_rolls_back() -> None:
     fa = FlashAttention(heads=H, dim=D, causal=True)
     cache = KVCache(16, 2, D, dtype=np.float64)
     fa.forward(q[:, :8], k[:, :8], v[:, :8], cache=cache)
-    fa.forward(rng.standard_normal((2, 3, H, D)), rng.standard_normal((2, 3, 2, D)), rng.standard_normal((2, 3, 2, D)), cache=cache)  # a rejected draft
+    draft = (rng.standard_normal((2, 3, n, D)) for n in (H, 2, 2))  # rejected speculative tokens
+    fa.forward(*draft, cache=cache)
     cache.truncate(8)
     out = decode(fa, q[:, 8:], k[:, 8:], v[:, 8:], cache)
     assert_close(out, ref_causal(q, k, v)[:, 8:], TOL64)
