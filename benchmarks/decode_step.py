@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -36,24 +34,7 @@ from typing import Any
 
 import numpy as np
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def blas() -> list[dict[str, object]]:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return []
-    return [{k: v for k, v in d.items() if k in ("internal_api", "version", "architecture", "num_threads")} for d in threadpool_info()]
+from benchmarks.machine import environment
 
 
 def measure(n: int, repeats: int) -> dict[str, Any]:
@@ -135,8 +116,6 @@ def measure(n: int, repeats: int) -> dict[str, Any]:
 def main() -> None:
     import torch
 
-    import attnkit
-
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--repeats", type=int, default=31)
     ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384])
@@ -147,13 +126,8 @@ def main() -> None:
         "what": "one decode step: 1 query, 8 heads, 2 kv heads, d 128, float32, batch 1; median of interleaved repeats",
         "command": "PYTHONPATH=src python -m benchmarks.decode_step",
         "repeats": args.repeats,
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "blas": blas(),
-        "torch": torch.__version__,
+        "environment": environment(),
         "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-        "attnkit": attnkit.__version__,
         "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
