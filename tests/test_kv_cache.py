@@ -371,3 +371,14 @@ def test_truncate_rolls_back() -> None:
     ring.append(k[:, :6], v[:, :6])
     with pytest.raises(ConfigError, match="ring buffer"):
         ring.truncate(5)
+
+
+def test_linear_state_in_torch_cache() -> None:
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(16)
+    q, k, v = (torch.tensor(x) for x in inputs(rng, 40, 2, dtype=np.float32))
+    la = LinearAttention(dim=D, heads=H, causal=True)
+    cache = KVCache(40, 2, D, dtype=torch.float32)
+    out = decode(la, q, k, v, cache, prefill=9, cat=torch.cat)
+    assert isinstance(out, torch.Tensor) and isinstance(cache.state[0], torch.Tensor)
+    assert_close(out, la.forward(q, k, v), TOL32)
