@@ -29,6 +29,7 @@ import numpy as np
 from .._array import Array, Namespace, is_graph, is_numpy, is_torch
 from ._threads import BlasOneThread, blas_limiter_available
 from .gqa import group_keys, group_queries, group_slopes, kv_groups, needs_grouping, ungroup
+from . import overflow
 from .masks import alibi_bias, apply_mask_tile, causal_allowed, index_grid, window_allowed, window_skips
 from .softmax import safe_softmax
 
@@ -225,6 +226,14 @@ def attention_weights(
             softcap=softcap,
         )
         return ungroup(w, xp)
+    if overflow.at_risk(xp, q.dtype, logits=(q, k, int(q.shape[-1]), scale)):  # see .overflow: logits past the dtype's range
+        return overflow.run_wider(
+            lambda q, k, mask, sl: attention_weights(q, k, xp=xp, scale=scale, mask=mask, causal=causal, window=window, alibi_slopes=sl, softcap=softcap),
+            xp,
+            (q, k, mask, alibi_slopes),
+            dtype=q.dtype,
+            names="query, key",
+        )
     lq, lk = q.shape[-2], k.shape[-2]
     s = (q * scale) @ xp.matrix_transpose(k)
     s = _scores(s, xp, 0, lq, 0, lk, None if lq is None or lk is None else lk - lq, causal, window, _slopes4(alibi_slopes, q, xp), softcap)
@@ -356,6 +365,18 @@ def sdpa(
     out_shape = (*lead, int(q.shape[-2]), int(v.shape[-1]))
     if 0 in out_shape:  # an empty batch or query: nothing to compute (and no tile loop over a long empty axis)
         return xp.zeros(out_shape, dtype=q.dtype, device=array_api_compat.device(q))
+    if overflow.at_risk(xp, q.dtype, logits=(q, k, int(q.shape[-1]), scale), values=(v, int(k.shape[-2]))):
+        # logits or the weighted value sum past the dtype's range (see .overflow): the same kernel, one dtype wider
+        return overflow.run_wider(
+            lambda q, k, v, mask, sl: sdpa(
+                q, k, v, xp=xp, scale=scale, mask=mask, causal=causal, dropout_p=dropout_p, rng=rng, block_size=block_size,
+                backend=backend, window=window, alibi_slopes=sl, softcap=softcap, engine=engine,
+            ),
+            xp,
+            (q, k, v, mask, alibi_slopes),
+            dtype=q.dtype,
+            names="query, key",
+        )
     positional = tuple(window) != NO_WINDOW or alibi_slopes is not None
     if positional or softcap is not None:
         if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0 and softcap is None:
