@@ -27,9 +27,9 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace, is_graph, is_numpy, is_torch
+from . import overflow
 from ._threads import BlasOneThread, blas_limiter_available
 from .gqa import group_keys, group_queries, group_slopes, kv_groups, needs_grouping, ungroup
-from . import overflow
 from .masks import alibi_bias, apply_mask_tile, causal_allowed, index_grid, window_allowed, window_skips
 from .softmax import safe_softmax
 
@@ -228,7 +228,9 @@ def attention_weights(
         return ungroup(w, xp)
     if overflow.at_risk(xp, q.dtype, logits=(q, k, int(q.shape[-1]), scale)):  # see .overflow: logits past the dtype's range
         return overflow.run_wider(
-            lambda q, k, mask, sl: attention_weights(q, k, xp=xp, scale=scale, mask=mask, causal=causal, window=window, alibi_slopes=sl, softcap=softcap),
+            lambda q, k, mask, sl: attention_weights(
+                q, k, xp=xp, scale=scale, mask=mask, causal=causal, window=window, alibi_slopes=sl, softcap=softcap
+            ),
             xp,
             (q, k, mask, alibi_slopes),
             dtype=q.dtype,
@@ -369,8 +371,21 @@ def sdpa(
         # logits or the weighted value sum past the dtype's range (see .overflow): the same kernel, one dtype wider
         return overflow.run_wider(
             lambda q, k, v, mask, sl: sdpa(
-                q, k, v, xp=xp, scale=scale, mask=mask, causal=causal, dropout_p=dropout_p, rng=rng, block_size=block_size,
-                backend=backend, window=window, alibi_slopes=sl, softcap=softcap, engine=engine,
+                q,
+                k,
+                v,
+                xp=xp,
+                scale=scale,
+                mask=mask,
+                causal=causal,
+                dropout_p=dropout_p,
+                rng=rng,
+                block_size=block_size,
+                backend=backend,
+                window=window,
+                alibi_slopes=sl,
+                softcap=softcap,
+                engine=engine,
             ),
             xp,
             (q, k, v, mask, alibi_slopes),

@@ -35,8 +35,8 @@ import numpy as np
 
 from .._array import Array, Namespace
 from .._array import length as _dim
-from ._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool
 from . import overflow
+from ._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool
 from .dense import sdpa
 from .gqa import group_keys, group_queries, needs_grouping, ungroup
 from .masks import apply_mask, apply_mask_tile, index_grid, mask_tile
@@ -106,7 +106,9 @@ def local_global_attention(
         return _graph_form(q, k, v, xp=xp, scale=scale, radius=int(radius), global_idx=global_idx, causal=causal, mask=mask)
     if overflow.at_risk(xp, q.dtype, logits=(q, k, int(q.shape[-1]), scale), values=(v, int(k.shape[-2]))):  # see .overflow
         return overflow.run_wider(
-            lambda q, k, v, mask: local_global_attention(q, k, v, xp=xp, scale=scale, radius=radius, global_idx=global_idx, causal=causal, mask=mask, block=block),
+            lambda q, k, v, mask: local_global_attention(
+                q, k, v, xp=xp, scale=scale, radius=radius, global_idx=global_idx, causal=causal, mask=mask, block=block
+            ),
             xp,
             (q, k, v, mask),
             dtype=q.dtype,

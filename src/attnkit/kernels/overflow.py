@@ -109,7 +109,14 @@ def product_bound(a: Array, b: Array, inner: int, scale: float = 1.0) -> float:
     return math.exp(min(709.0, math.log(abs(scale) or 1.0) + math.log(max(inner, 1)) + math.log(ma) + math.log(mb)))
 
 
-def at_risk(xp: Namespace, dtype: Any, *, logits: tuple[Array, Array, int, float] | None = None, values: tuple[Array, int] | None = None, bounds: Sequence[float] = ()) -> bool:
+def at_risk(
+    xp: Namespace,
+    dtype: Any,
+    *,
+    logits: tuple[Array, Array, int, float] | None = None,
+    values: tuple[Array, int] | None = None,
+    bounds: Sequence[float] = (),
+) -> bool:
     """Whether a softmax-attention kernel in ``dtype`` could overflow on these (eager) inputs.
 
     ``logits = (q, k, D, scale)`` bounds ``|scale q.k|`` (:func:`product_bound`); ``values = (v, Lk)``
@@ -165,7 +172,15 @@ def _cast_wider(xp: Namespace, arrays: Sequence[Array | None], dtype: Any, names
     return cast
 
 
-def widen_if_at_risk(xp: Namespace, arrays: Sequence[Array | None], *, names: str, logits: tuple[Array, Array, int, float] | None = None, values: tuple[Array, int] | None = None, bounds: Sequence[float] = ()) -> list[Any]:
+def widen_if_at_risk(
+    xp: Namespace,
+    arrays: Sequence[Array | None],
+    *,
+    names: str,
+    logits: tuple[Array, Array, int, float] | None = None,
+    values: tuple[Array, int] | None = None,
+    bounds: Sequence[float] = (),
+) -> list[Any]:
     """``arrays`` cast one dtype wider when :func:`at_risk` says the computation would overflow, else as given.
 
     For code that already casts its result to the caller's dtype at the end: everything computed from

@@ -531,3 +531,18 @@ def raw_from_curvature(k: float, lo: float, hi: float) -> float:
     """The inverse of :func:`curvature_from_raw` for a number ``lo < k < hi``: ``logit((k - lo)/(hi - lo))``."""
     t = (k - lo) / (hi - lo)
     return math.log(t / (1.0 - t))
+
+
+#: curvatures of smaller magnitude are the flat limit to every floating precision (see :func:`effective_curvature`)
+FLAT_CURVATURE = 1e-30
+
+
+def effective_curvature(kappa: float) -> float:
+    """``kappa``, or ``0.0`` (the flat limit) when ``|kappa| < FLAT_CURVATURE``.
+
+    The κ-stereographic maps and distances differ from their flat (κ = 0, ``d = 2|x - y|``) forms by a
+    relative ``O(|κ| |x|^2)`` (Bachmann, Bécigneul & Ganea 2020, "Constant Curvature Graph Convolutional
+    Networks", section 3), below float64's resolution for ``|κ| < 1e-30`` and ``|x| < 1e7``; computing
+    with such a ``κ`` itself underflows ``sqrt|κ|`` (``1e-300`` is 0 in float32) and gives ``0/0 = NaN``.
+    """
+    return 0.0 if abs(kappa) < FLAT_CURVATURE else kappa

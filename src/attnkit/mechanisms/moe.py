@@ -36,7 +36,6 @@ from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, ShapeError
 from ..kernels.masks import prepare_mask
 from ..kernels.moe import expert_capacity, load_balancing_loss, router_probs, top_k_routing
-from ..kernels.softmax import safe_softmax
 from ._headless import prepare_headless
 from ._learned import LearnedParams, glorot
 from .base import Mechanism
