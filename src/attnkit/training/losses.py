@@ -54,18 +54,23 @@ def _pow2_below(x: float) -> float:
     return math.ldexp(1.0, max(0, math.frexp(x)[1] - 1)) if x > 1.0 else 1.0
 
 
-def _gain_terms(zs: np.ndarray, gain: float, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(logsumexp(z) - z_target, softmax(z))`` per row for logits ``z = gain * zs`` that may exceed float64.
+def _gain_terms(zs: np.ndarray, log_gain: float, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(logsumexp(z) - z_target, softmax(z))`` per row for logits ``z = exp(log_gain) * zs`` that may exceed float64.
 
     Only the differences ``z - max z = gain (zs - max zs) <= 0`` enter (the log-sum-exp shift), clamped
-    at ``-FMAX`` (whose ``exp`` is 0, as that of the exact value); ``zs`` is finite.
+    at ``-FMAX`` (whose ``exp`` is 0, as that of the exact value); ``zs`` is finite. The flag says
+    whether a target's difference was clamped, i.e. the loss itself exceeds float64.
     """
     gap = np.max(zs, axis=-1, keepdims=True) - zs  # >= 0
-    g = min(gain, _FMAX)
-    zd = -(np.minimum(gap, _FMAX / g) * g)
+    g = math.exp(min(log_gain, math.log(_FMAX)))
+    with np.errstate(over="ignore"):  # a product rounded past FMAX is -inf: exp gives the same 0
+        zd = -(np.minimum(gap, _FMAX / g) * g)
     e = np.exp(zd)
     tot = np.sum(e, axis=-1)
-    return np.log(tot) - np.take_along_axis(zd, target[:, None], axis=-1)[:, 0], e / tot[:, None]
+    gap_t = np.take_along_axis(gap, target[:, None], axis=-1)[:, 0]
+    pos = gap_t[gap_t > 0]
+    clamped = bool(pos.size) and float(np.max(np.log(pos))) + log_gain >= math.log(_FMAX / 2.0)
+    return np.log(tot) - np.take_along_axis(zd, target[:, None], axis=-1)[:, 0], e / tot[:, None], clamped
 
 
 class InfoNCELoss:
@@ -179,12 +184,14 @@ class InfoNCELoss:
             negs = a2 @ n2.T if n2.ndim == 2 else np.einsum("bd,bnd->bn", a2, n2)
             zs = np.concatenate([np.sum(a2 * p2, axis=-1)[:, None], negs], axis=-1) / t
             target = np.zeros(b, dtype=np.intp)
-        loss_b, sm = _gain_terms(zs, sa * sp, target)
-        loss = float(np.sum(loss_b) * scale)
-        if not math.isfinite(loss) or loss >= _FMAX / 2.0:
+        loss_b, sm, clamped = _gain_terms(zs, math.log(sa) + math.log(sp), target)
+        with np.errstate(over="ignore"):
+            loss = float(np.sum(loss_b) * scale)
+        if clamped or not math.isfinite(loss):
             raise NonFiniteError(
                 "anchor, positive, negatives: the loss of these inputs exceeds the float64 range "
-                f"(logits up to ~{float(np.max(np.abs(zs))):.3g} * {sa * sp:.3g}); expected smaller inputs or similarity='cosine'"
+                f"(logits up to ~{float(np.max(np.abs(zs))):.3g} * 2^{math.log2(sa) + math.log2(sp):.0f}); "
+                "expected smaller inputs or similarity='cosine'"
             )
         if not grads:
             return loss, None
