@@ -388,8 +388,12 @@ def project(x: Array, k: Any, eps: float | None = None, xp: Namespace | None = N
     e = margin(x.dtype) if eps is None else float(eps)
     neg = k < 0
     maxnorm = (1.0 - e) / xp.sqrt(xp.where(neg, -k, xp.ones_like(k)))
-    n = _norm(x, xp)
-    return xp.where(neg & (n > maxnorm), x * (maxnorm / n), x)
+    # compared as -κ|x|^2 > (1 - e)^2 with the exact |x|^2: the floored norm of _norm (1e-15) would
+    # wrongly shrink every point of a ball of radius < 1e-15 (curvature > 1e30)
+    sq = _sq(x, xp)
+    over = neg & (sq * xp.where(neg, -k, xp.zeros_like(k)) > (1.0 - e) ** 2)
+    n = xp.sqrt(xp.where(over, sq, xp.ones_like(sq)))
+    return xp.where(over, x * (maxnorm / n), x)
 
 
 def antipode(x: Array, k: Any, xp: Namespace | None = None) -> Array:

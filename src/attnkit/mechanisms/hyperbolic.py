@@ -142,14 +142,14 @@ class HyperbolicAttention(Mechanism):
     def kappa(self) -> float:
         """The signed sectional curvature κ (the learned value with ``learn_curvature``)."""
         if not self.learn_curvature:
-            return st.effective_curvature(self._kappa)
+            return self._kappa
         raw = np.asarray(self._params["curvature_raw"], dtype=np.float64)
         return float(st.curvature_from_raw(raw, self.kappa_min, self.kappa_max, namespace(raw))[0])
 
     def _kappa_of(self, params: Mapping[str, Array], like: Array, xp: Namespace) -> Any:
         """κ for one call: a number, or with ``learn_curvature`` an array ``(1,)`` from ``params``."""
         if not self.learn_curvature:
-            return self._kappa
+            return st.effective_curvature(self._kappa)  # |κ| < 1e-30: the flat limit (sqrt|κ| underflows)
         raw = self._params_like(params, like)["curvature_raw"]
         return st.curvature_from_raw(raw, self.kappa_min, self.kappa_max, xp)
 

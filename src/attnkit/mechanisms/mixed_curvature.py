@@ -191,7 +191,7 @@ class MixedCurvatureAttention(Mechanism):
     def curvatures(self) -> list[float]:
         """Each factor's κ (the learned values with ``learn_curvature``)."""
         if not self.learn_curvature:
-            return [st.effective_curvature(k) for _, k in self.factors]
+            return [k for _, k in self.factors]
         raw = np.asarray(self._params["curvature_raw"], dtype=np.float64)
         return [float(np.asarray(k).reshape(-1)[0]) for k in self._factor_kappas(raw, np)]
 
@@ -209,7 +209,7 @@ class MixedCurvatureAttention(Mechanism):
 
     def _kappas_for(self, params: Mapping[str, Array], like: Array, xp: Namespace) -> list[Any]:
         if not self.learn_curvature:
-            return [k for _, k in self.factors]
+            return [st.effective_curvature(k) for _, k in self.factors]  # |κ| < 1e-30: the flat limit
         return self._factor_kappas(self._params_like(params, like)["curvature_raw"], xp)
 
     @property
