@@ -8,6 +8,7 @@ result must be bit-for-bit the one of the unguarded path (``overflow.at_risk`` f
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import mpmath
@@ -189,3 +190,105 @@ def test_hyperbolic_tiny_and_huge_temperature(dtype: type) -> None:
         assert np.isfinite(out).all()
         hot = registry.get(name)(dim=4, temperature=1e300)
         np.testing.assert_allclose(np.asarray(hot.attention_weights(q, k)), np.full((6, 9), 1 / 9), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- curvature extremes
+
+
+@pytest.mark.parametrize("name", ["hyperbolic", "mixed_curvature", "dual_space"])
+@pytest.mark.parametrize("curvature", [1e-300, -1e-300])
+def test_tiny_curvature_is_the_flat_limit(name: str, curvature: float) -> None:
+    """|κ| = 1e-300 (0 in float32): finite, and equal to the real curved code at κ = 1e-12 (flat to 1e-12)."""
+    cls = registry.get(name)
+    ex = cls(**cls.example_options).example_inputs(rng=np.random.default_rng(11))
+    tiny = cls(**{**cls.example_options, "curvature": curvature})
+    near = cls(**{**cls.example_options, "curvature": 1e-12 if curvature > 0 else -1e-12})
+    ref = np.asarray(near.forward(*(np.asarray(a, dtype=np.float64) for a in ex)))
+    for dtype, tol in ((np.float64, 1e-9), (np.float32, 2e-5)):
+        out = np.asarray(tiny.forward(*(np.asarray(a, dtype=dtype) for a in ex)))
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out, ref, atol=tol * max(1.0, float(np.abs(ref).max())))
+
+
+@pytest.mark.parametrize("curvature", [1e60, 1e300])
+def test_huge_curvature_by_isometry(curvature: float) -> None:
+    """The ball of curvature -c is the unit ball scaled by 1/sqrt(c): out_c(x; T) = out_1(sqrt(c) x; T sqrt(c)) / sqrt(c)."""
+    rng = np.random.default_rng(12)
+    q, k, v = (rng.standard_normal((5, 4)) * 0.2 for _ in range(3))
+    s = float(np.sqrt(curvature))
+    H = registry.get("hyperbolic")
+    out = np.asarray(H(dim=4, curvature=curvature).forward(q / s, k / s, v / s)) * s
+    ref = np.asarray(H(dim=4, curvature=1.0, temperature=s).forward(q, k, v))
+    np.testing.assert_allclose(out, ref, rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------- training
+
+
+def _mp_info_nce(a: np.ndarray, p: np.ndarray, n: np.ndarray, t: float) -> mpmath.mpf:
+    """Mean InfoNCE loss with the negatives n (B, N, D), dot similarity, in 60-digit arithmetic."""
+    mpmath.mp.dps = 60
+    total = mpmath.mpf(0)
+    for b in range(a.shape[0]):
+        dot = lambda x, y: mpmath.fsum(mpmath.mpf(float(u)) * mpmath.mpf(float(w)) for u, w in zip(x, y, strict=True))  # noqa: E731
+        z = [dot(a[b], p[b]) / t] + [dot(a[b], n[b, j]) / t for j in range(n.shape[1])]
+        top = max(z)
+        total += top + mpmath.log(mpmath.fsum(mpmath.exp(zi - top) for zi in z)) - z[0]
+    return total / a.shape[0]
+
+
+def test_info_nce_dot_beyond_float64_logits() -> None:
+    from attnkit.training import InfoNCELoss
+
+    rng = np.random.default_rng(13)
+    a = rng.standard_normal((4, 8))
+    p = a + 0.1 * rng.standard_normal((4, 8))
+    n = rng.standard_normal((4, 3, 8))
+    loss = InfoNCELoss(similarity="dot")
+    for f in (1.0, 1e152):  # logits ~1e305 / 0.07: past float64, the loss (~1e304) is not
+        val, grads = loss.compute_with_gradients(a * f, p * f, n * f)
+        ref = _mp_info_nce(a * f, p * f, n * f, 0.07)
+        assert math.isfinite(val) and all(np.isfinite(g).all() for g in grads.values())
+        assert abs(val - float(ref)) <= 1e-9 * abs(float(ref)) + 1e-12
+    assert loss.compute(a * 1e200, p * 1e200, n * 1e200) == 0.0  # the positive wins every row by ~1e400: exact 0
+    n_near = n.copy()
+    n_near[:, 0] = 2.0 * a  # a negative beats the positive by ~|a|^2 1e400 / T: the loss exceeds float64
+    with pytest.raises(NonFiniteError, match="anchor"):
+        loss.compute(a * 1e200, p * 1e200, n_near * 1e200)
+    # the positive is the most similar: the exact loss is 0 (exp(-1e400) terms) and so are the gradients
+    n_far = -np.abs(n) * np.sign(a)[:, None, :]
+    val, grads = loss.compute_with_gradients(a * 1e200, a * 1e200, n_far * 1e200)
+    assert val == 0.0 and all(np.isfinite(g).all() for g in grads.values())
+    assert float(_mp_info_nce(a * 1e200, a * 1e200, n_far * 1e200, 0.07)) < 1e-300
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_triplet_loss_at_1e200(distance: str) -> None:
+    from attnkit.training import InfoNCELoss, TripletLoss
+
+    rng = np.random.default_rng(14)
+    a, p, n = rng.standard_normal((4, 8)), rng.standard_normal((4, 2, 8)), rng.standard_normal((4, 3, 8))
+    f = 1e200
+    big, grads = TripletLoss(margin=0.0, distance=distance).compute_with_gradients(a * f, p * f, n * f)
+    small = TripletLoss(margin=0.0, distance=distance).compute(a, p, n)
+    # euclidean distances scale by f, cosine ones not at all
+    np.testing.assert_allclose(big, small * (f if distance == "euclidean" else 1.0), rtol=1e-12)
+    assert all(np.isfinite(g).all() for g in grads.values())
+    if distance == "cosine":
+        np.testing.assert_allclose(InfoNCELoss().compute(a * f, a * f, n * f), InfoNCELoss().compute(a, a, n), rtol=1e-12)
+    with pytest.raises(NonFiniteError, match="squared"):
+        TripletLoss(distance="squared").compute(a * f, p * f, n * f)
+
+
+def test_sgd_update_overflow_is_named_and_atomic() -> None:
+    from attnkit.training import SGD
+
+    params = {"w": np.ones(3), "b": np.zeros(2, dtype=np.float32)}
+    opt = SGD(lr=1e308, momentum=0.9)
+    with pytest.raises(NonFiniteError, match=r"params\['w'\].*lr = 1e\+308"):
+        opt.step(params, {"w": np.full(3, 10.0), "b": np.zeros(2)})
+    assert np.array_equal(params["w"], np.ones(3)) and opt.step_count == 0 and opt.state == {}
+    opt.step(params, {"w": np.full(3, 0.5), "b": np.zeros(2)})  # lr * g = 5e307 fits: the exact update
+    np.testing.assert_array_equal(params["w"], 1.0 - 1e308 * 0.5)
+    with pytest.raises(NonFiniteError, match=r"params\['b'\].*float32"):  # fits float64, not the float32 parameter
+        SGD(lr=1e300).step(params, {"w": np.zeros(3), "b": np.ones(2)})
