@@ -49,6 +49,11 @@ __all__ = [
     "product_bound",
     "run_wider",
     "widen_if_at_risk",
+    "finite_or_wider",
+    "can_widen",
+    "pow2_at_least",
+    "rescale_factors",
+    "times_gain",
     "raise_out_of_range",
     "safe_logsumexp",
 ]
@@ -70,6 +75,9 @@ def max_abs(x: Array | None) -> float:
     if size == 0:
         return 0.0
     from .._array import namespace
+
+    if hasattr(x, "detach"):  # torch: a bound on the values only, outside autograd
+        x = x.detach()
 
     xp = namespace(x)
     return float(xp.max(xp.abs(x)))
@@ -133,7 +141,7 @@ def at_risk(
     limit = dtype_max(dtype) / MARGIN
     if logits is not None and product_bound(logits[0], logits[1], logits[2], logits[3]) > limit:
         return True
-    if values is not None and max_abs(values[0]) * max(int(values[1]), 1) > limit:
+    if values is not None and max_abs(values[0]) / limit * max(int(values[1]), 1) > 1.0:
         return True
     return any(bd > limit for bd in bounds)
 
@@ -146,20 +154,16 @@ def raise_out_of_range(names: str, dtype: Any) -> None:
     )
 
 
-def run_wider(fn: Callable[..., Array], xp: Namespace, arrays: Sequence[Array | None], *, dtype: Any, names: str, output: str = "value") -> Array:
+def run_wider(fn: Callable[..., Array], xp: Namespace, arrays: Sequence[Array | None], *, dtype: Any, names: str) -> Array:
     """``fn(*arrays)`` computed on the floating ``arrays`` cast one step wider, the result cast back to ``dtype``.
 
-    Raises :class:`NonFiniteError` naming ``names`` when no wider dtype exists and naming ``output``
-    when the result does not fit ``dtype``.
+    Raises :class:`NonFiniteError` naming ``names`` when no wider dtype exists. A softmax-weighted
+    average of finite values always fits ``dtype``; a non-finite result can only come from non-finite
+    inputs (an overflowed projection upstream), which the mechanism's :func:`finite_or_wider` handles.
     """
     cast = _cast_wider(xp, arrays, dtype, names)
-    out = xp.astype(fn(*cast), dtype)
-    if not bool(xp.all(xp.isfinite(out))):
-        raise NonFiniteError(
-            f"{output}: the attention output does not fit {str(dtype).rsplit('.', 1)[-1]} (largest finite value "
-            f"{dtype_max(dtype):.3g}); pass the inputs in a wider dtype"
-        )
-    return out
+    with np.errstate(over="ignore"):
+        return xp.astype(fn(*cast), dtype)
 
 
 def _cast_wider(xp: Namespace, arrays: Sequence[Array | None], dtype: Any, names: str) -> list[Any]:
@@ -190,6 +194,112 @@ def widen_if_at_risk(
     if not at_risk(xp, first.dtype, logits=logits, values=values, bounds=bounds):
         return list(arrays)
     return _cast_wider(xp, arrays, first.dtype, names)
+
+
+def can_widen(xp: Namespace, dtype: Any) -> bool:
+    """Whether ``xp`` computes in a dtype wider than ``dtype`` (JAX without ``jax_enable_x64`` has no float64)."""
+    wide = wider_dtype(xp, dtype)
+    if wide is None:
+        return False
+    return bool(xp.astype(xp.zeros((1,), dtype=dtype), wide).dtype == wide)
+
+
+def pow2_at_least(x: float) -> float:
+    """The smallest power of two ``>= x`` (``1.0`` for ``x <= 1``); dividing by it is exact."""
+    if not x > 1.0:
+        return 1.0
+    m, e = math.frexp(x)  # x = m 2^e, 0.5 <= m < 1
+    return math.ldexp(1.0, e - 1 if m == 0.5 else e)
+
+
+def rescale_factors(q: Array, k: Array, v: Array | None, *, scale: float, lk: int, dtype: Any) -> tuple[float, float, float]:
+    """Powers of two ``(a, b, c)`` for computing attention in ``dtype`` from ``q/a``, ``k/b``, ``v/c``.
+
+    The logits become ``s = a b s'`` with ``s' = scale (q/a) . (k/b)``, ``|s'| <= |scale| D`` (as
+    ``|q/a|, |k/b| <= 1``); the softmax needs only ``a b (s'_j - max s')``, which
+    :func:`times_gain` forms without overflow; the output is ``c`` times the attention over ``v/c``.
+    Each factor is 1 where its input is in range. Raises :class:`NonFiniteError` when even the
+    rescaled logits overflow (``|scale| D`` itself beyond the dtype).
+    """
+    limit = dtype_max(dtype) / MARGIN
+    d = int(q.shape[-1])
+    a = b = 1.0
+    if product_bound(q, k, d, scale) > limit:
+        a, b = pow2_at_least(max_abs(q)), pow2_at_least(max_abs(k))
+        if abs(scale) * d > limit:
+            raise_out_of_range("query, key (and scale)", dtype)
+    c = 1.0
+    if v is not None and max_abs(v) / limit * max(lk, 1) > 1.0:  # divided first: max|v| Lk may exceed float64
+        c = pow2_at_least(max_abs(v) / limit * max(lk, 1))
+    return a, b, c
+
+
+def times_gain(x: Array, gain: Sequence[float], xp: Namespace) -> Array:
+    """``x * prod(gain)`` for powers of two ``gain`` whose product may exceed the dtype: ``x`` is first
+    clipped to ``+-max / prod(gain)`` (computed factor by factor), so the result saturates at the
+    largest finite value (``exp`` of which is 0 or ``tanh`` of which is +-1, as of the exact value)
+    instead of overflowing; ``-inf`` stays ``-inf``-like (``-max``). ``gain = ()`` returns ``x``."""
+    if not gain:
+        return x
+    big = dtype_max(x.dtype)
+    bound = big
+    for g in gain:
+        bound = bound / g
+    out = xp.clip(x, min=-bound, max=bound)
+    for g in gain:
+        out = out * g
+    return out
+
+
+def _all_finite(x: Any) -> bool:
+    if type(x) is np.ndarray:
+        return bool(np.isfinite(x).all())
+    from .._array import namespace
+
+    xp = namespace(x)
+    return bool(xp.all(xp.isfinite(x.detach() if hasattr(x, "detach") else x)))
+
+
+def finite_or_wider(run: Callable[..., Array], args: Sequence[Any], kwargs: dict[str, Any], *, names: str) -> Array:
+    """``run(*args, **kwargs)``, recomputed one dtype wider when its (eager) result is not finite.
+
+    The last line of defence of every mechanism's ``forward``: an intermediate the kernels do not
+    bound (a projection, a linear-attention state, an expert's mix) can overflow the dtype for
+    large finite inputs. The result is then recomputed with the floating inputs cast wider and cast
+    back; if it still does not fit, or nothing wider exists, :class:`NonFiniteError` names
+    ``names`` instead of returning inf or NaN. Costs one ``isfinite`` pass over the output.
+    """
+    out = run(*args, **kwargs)
+    if not hasattr(out, "dtype") or is_traced(out) or _all_finite(out):
+        return out
+    from .._array import namespace
+
+    xp = namespace(out)
+    floating = [a for a in [*args, *kwargs.values()] if hasattr(a, "dtype") and hasattr(a, "shape") and not isinstance(a, (str, bytes))]
+    if any(is_traced(a) for a in floating) or not all(_all_finite(a) for a in floating if xp.isdtype(a.dtype, "real floating")):
+        return out  # non-finite inputs (checks turned off): not an overflow of ours
+    dtype = out.dtype
+    if not can_widen(xp, dtype):
+        raise NonFiniteError(
+            f"{names}: the result overflows {str(dtype).rsplit('.', 1)[-1]} (largest finite value {dtype_max(dtype):.3g}) "
+            "and no wider dtype is available; expected smaller inputs"
+        )
+    wide = wider_dtype(xp, dtype)
+
+    def up(a: Any) -> Any:
+        if hasattr(a, "dtype") and hasattr(a, "shape") and xp.isdtype(a.dtype, "real floating") and a.dtype == dtype:
+            return xp.astype(a, wide)
+        return a
+
+    res = run(*(up(a) for a in args), **{k: up(v) for k, v in kwargs.items()})
+    with np.errstate(over="ignore"):
+        res = xp.astype(res, dtype)
+    if not _all_finite(res):
+        raise NonFiniteError(
+            f"{names}: the result does not fit {str(dtype).rsplit('.', 1)[-1]} (largest finite value {dtype_max(dtype):.3g}); "
+            "pass the inputs in a wider dtype or smaller"
+        )
+    return res
 
 
 def safe_logsumexp(s: Array, xp: Namespace, axis: int = -1, keepdims: bool = False) -> Array:

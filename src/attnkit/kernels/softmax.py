@@ -7,13 +7,18 @@ all-zero row where every logit is ``-inf`` (a fully masked query), never NaN.
 from __future__ import annotations
 
 from .._array import Array, Namespace
+from .overflow import times_gain
 
 
-def safe_softmax(s: Array, xp: Namespace, axis: int = -1) -> Array:
-    """softmax(s) along ``axis``; rows that are entirely ``-inf`` give zeros instead of NaN."""
+def safe_softmax(s: Array, xp: Namespace, axis: int = -1, gain: tuple[float, ...] = ()) -> Array:
+    """softmax(s) along ``axis``; rows that are entirely ``-inf`` give zeros instead of NaN.
+
+    ``gain``: powers of two whose product multiplies ``s`` (logits held rescaled because the true ones
+    overflow; see :func:`.overflow.times_gain`): ``softmax(g s) = exp(g (s - max s)) / sum``.
+    """
     m = xp.max(s, axis=axis, keepdims=True)
     m = xp.where(xp.isinf(m), xp.zeros_like(m), m)
-    e = xp.exp(s - m)
+    e = xp.exp(s - m) if not gain else xp.exp(times_gain(s - m, gain, xp))
     z = xp.sum(e, axis=axis, keepdims=True)
     return e / xp.where(z == 0, xp.ones_like(z), z)
 
