@@ -97,15 +97,67 @@ def test_values_near_float32_max() -> None:
         np.testing.assert_allclose(out, ref, rtol=1e-6)
 
 
-def test_float64_logits_out_of_range_raise_named() -> None:
-    """float64 has no wider type: logits past its range are a NonFiniteError naming the inputs, not NaN."""
+def _mp_sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float) -> np.ndarray:
+    """softmax(scale q k^T) v in 60-digit arithmetic (logits of any size), heads-first."""
+    mpmath.mp.dps = 60
+    out = np.zeros((*q.shape[:-1], v.shape[-1]))
+    for idx in np.ndindex(*q.shape[:-1]):
+        head = idx[:-1]
+        s = [
+            mpmath.mpf(scale) * mpmath.fsum(mpmath.mpf(float(a)) * mpmath.mpf(float(b)) for a, b in zip(q[idx], k[(*head, j)], strict=True))
+            for j in range(k.shape[-2])
+        ]
+        top = max(s)
+        w = [mpmath.exp(x - top) for x in s]
+        z = mpmath.fsum(w)
+        for c in range(v.shape[-1]):
+            out[(*idx, c)] = float(mpmath.fsum(wj * mpmath.mpf(float(v[(*head, j, c)])) for j, wj in enumerate(w)) / z)
+    return out
+
+
+@pytest.mark.parametrize("factor", [1e160, 1e300])
+def test_float64_logits_past_the_range(factor: float) -> None:
+    """float64 has no wider type: q/a, k/b rescaled by powers of two, the gain applied to the differences."""
     rng = np.random.default_rng(4)
-    q, k, v = (rng.standard_normal((1, 2, 16, 8)) * 1e160 for _ in range(3))
-    with pytest.raises(NonFiniteError, match="query, key"):
-        sdpa(q, k, v, xp=np, scale=8**-0.5)
-    fa = attnkit.FlashAttention(heads=2, dim=8)
-    with pytest.raises(NonFiniteError, match="query"):
-        fa.forward(*(np.swapaxes(x, -2, -3) for x in (q, k, v)))
+    q, k = (rng.standard_normal((1, 2, 6, 4)) * factor for _ in range(2))
+    v = rng.standard_normal((1, 2, 6, 3)) * 1e300
+    ref = _mp_sdpa(q, k, v, 0.5)
+    for backend in ("auto", "generic"):
+        np.testing.assert_allclose(sdpa(q, k, v, xp=np, scale=0.5, backend=backend), ref, rtol=1e-12)
+    w = attnkit.kernels.dense.attention_weights(q, k, xp=np, scale=0.5)
+    np.testing.assert_allclose(w @ v, ref, rtol=1e-12)
+    fa = attnkit.FlashAttention(heads=2, dim=4)
+    out = fa.forward(*(np.swapaxes(x, -2, -3) for x in (q, k, v)))
+    np.testing.assert_allclose(np.swapaxes(out, -2, -3), ref, rtol=1e-12)
+
+
+def test_unrepresentable_output_is_a_named_error() -> None:
+    """edge_featured at inputs ~3e38: its exact output (float64) exceeds float32's range -> NonFiniteError naming the inputs."""
+    m = _mechanism("edge_featured")
+    ex = m.example_inputs(rng=np.random.default_rng(0))
+    extras = m.example_extras(rng=np.random.default_rng(1))
+    x32 = [np.asarray(a, dtype=np.float32) / np.float32(np.abs(a).max()) * np.float32(3e38) for a in ex]
+    ref = np.asarray(m.forward(*(a.astype(np.float64) for a in x32), **extras))
+    assert np.isfinite(ref).all() and np.abs(ref).max() > np.finfo(np.float32).max
+    with pytest.raises(NonFiniteError, match="query, key, value"):
+        m.forward(*x32, **extras)
+
+
+@pytest.mark.parametrize("name", ["multi_head", "cross", "linear", "moe", "flash", "graph_rope"])
+def test_inputs_near_float32_max(name: str) -> None:
+    """Inputs up to 3e38: projections, linear-attention states and expert mixes overflow float32 on the
+    way, the exact outputs fit: recomputed in float64 and equal to the float64 run."""
+    m = _mechanism(name)
+    ex = m.example_inputs(rng=np.random.default_rng(0))
+    extras = m.example_extras(rng=np.random.default_rng(1))
+    x32 = [np.asarray(a, dtype=np.float32) / np.float32(np.abs(a).max()) * np.float32(3e38) for a in ex]
+    ref = np.asarray(m.forward(*(a.astype(np.float64) for a in x32), **extras))
+    assert np.abs(ref).max() < np.finfo(np.float32).max
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = np.asarray(m.forward(*x32, **extras))
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
 
 
 @pytest.mark.parametrize("name", ["flash", "multi_head", "scaled_dot_product", "local_global", "moe", "graph_rope", "edge_featured"])
@@ -147,13 +199,10 @@ def test_jax_large_inputs() -> None:
     q, k, v = (rng.standard_normal((16, 2, 8)).astype(np.float32) * np.float32(1e20) for _ in range(3))
     fa = attnkit.FlashAttention(heads=2, dim=8)
     args = [jnp.asarray(x) for x in (q, k, v)]
-    if jax.config.jax_enable_x64:
-        out = np.asarray(fa.forward(*args))
-        ref = _ref_sdpa(*(np.swapaxes(x, -2, -3) for x in (q, k, v)), 8**-0.5)
-        np.testing.assert_allclose(np.swapaxes(out, -2, -3), ref, rtol=1e-6, atol=1e-6 * 1e20)
-    else:  # no float64 to widen into: a named error rather than NaN
-        with pytest.raises(NonFiniteError, match="query, key"):
-            fa.forward(*args)
+    # with jax_enable_x64 computed in float64; without it, on power-of-two rescaled float32 inputs
+    out = np.asarray(fa.forward(*args))
+    ref = _ref_sdpa(*(np.swapaxes(x, -2, -3) for x in (q, k, v)), 8**-0.5)
+    np.testing.assert_allclose(np.swapaxes(out, -2, -3), ref, rtol=1e-5, atol=1e-5 * 1e20)
 
 
 def test_moe_router_probs_match_mpmath() -> None:
