@@ -243,7 +243,7 @@ def attention_weights(
             softcap=softcap,
         )
         return ungroup(w, xp)
-    if overflow.at_risk(xp, q.dtype, logits=(q, k, int(q.shape[-1]), scale)):  # see .overflow: logits past the dtype's range
+    if overflow.at_risk(xp, q.dtype, logits=(q, k, q.shape[-1], scale)):  # see .overflow: logits past the dtype's range
         if not overflow.can_widen(xp, q.dtype):
             return _weights_rescaled(q, k, xp, scale, mask, causal, window, alibi_slopes, softcap)
         return overflow.run_wider(
@@ -449,7 +449,7 @@ def sdpa(
     out_shape = (*lead, int(q.shape[-2]), int(v.shape[-1]))
     if 0 in out_shape:  # an empty batch or query: nothing to compute (and no tile loop over a long empty axis)
         return xp.zeros(out_shape, dtype=q.dtype, device=array_api_compat.device(q))
-    if overflow.at_risk(xp, q.dtype, logits=(q, k, int(q.shape[-1]), scale), values=(v, int(k.shape[-2]))):
+    if overflow.at_risk(xp, q.dtype, logits=(q, k, q.shape[-1], scale), values=(v, k.shape[-2])):
         # logits or the weighted value sum past the dtype's range (see .overflow): the same kernel, one dtype
         # wider, or (float64, JAX without x64) the generic kernel on inputs rescaled by powers of two
         if not overflow.can_widen(xp, q.dtype):

@@ -104,7 +104,7 @@ def local_global_attention(
     """
     if _dim(q.shape[-2]) is None:  # symbolic length (a graph being exported): the whole-sequence form
         return _graph_form(q, k, v, xp=xp, scale=scale, radius=int(radius), global_idx=global_idx, causal=causal, mask=mask)
-    if overflow.at_risk(xp, q.dtype, logits=(q, k, int(q.shape[-1]), scale), values=(v, int(k.shape[-2]))):  # see .overflow
+    if overflow.at_risk(xp, q.dtype, logits=(q, k, q.shape[-1], scale), values=(v, k.shape[-2])):  # see .overflow
         return overflow.run_wider(
             lambda q, k, v, mask: local_global_attention(
                 q, k, v, xp=xp, scale=scale, radius=radius, global_idx=global_idx, causal=causal, mask=mask, block=block

@@ -33,7 +33,9 @@ def router_probs(x: Array, weight: Array, bias: Array, xp: Namespace) -> Array:
     Logits past the dtype's range (``D max|x| max|W| + max|b|``, see :mod:`.overflow`) are computed one
     dtype wider, so huge finite inputs give the exact (near one-hot) probabilities, never NaN.
     """
-    if overflow.at_risk(xp, x.dtype, logits=(x, weight, int(x.shape[-1]), 1.0), bounds=(overflow.max_abs(bias),)):
+    if overflow.concrete(xp, (x, weight, bias)) and overflow.at_risk(
+        xp, x.dtype, logits=(x, weight, x.shape[-1], 1.0), bounds=(overflow.max_abs(bias),)
+    ):
         return overflow.run_wider(lambda x, w, b: router_probs(x, w, b, xp), xp, (x, weight, bias), dtype=x.dtype, names="query")
     return safe_softmax(x @ xp.matrix_transpose(weight) + bias, xp)
 

@@ -21,7 +21,7 @@ __all__ = ["neighbour_attention", "neighbour_weights"]
 
 def neighbour_weights(q: Array, keys: Array, *, xp: Namespace, scale: float, mask: Array | None = None) -> Array:
     """Attention weights ``(..., k)`` of each query over its neighbours."""
-    if overflow.at_risk(xp, q.dtype, logits=(q, keys, int(q.shape[-1]), scale)):  # logits past the dtype's range: see .overflow
+    if overflow.at_risk(xp, q.dtype, logits=(q, keys, q.shape[-1], scale)):  # logits past the dtype's range: see .overflow
         return overflow.run_wider(
             lambda q, keys, mask: neighbour_weights(q, keys, xp=xp, scale=scale, mask=mask), xp, (q, keys, mask), dtype=q.dtype, names="query, key"
         )
@@ -49,7 +49,7 @@ def _softmax_numpy(s: np.ndarray) -> np.ndarray:
 
 def neighbour_attention(q: Array, keys: Array, values: Array, *, xp: Namespace, scale: float, mask: Array | None = None) -> Array:
     """Output ``(..., dv)``: each query's softmax-weighted average of its neighbour values."""
-    if overflow.at_risk(xp, q.dtype, logits=(q, keys, int(q.shape[-1]), scale), values=(values, int(keys.shape[-2]))):  # see .overflow
+    if overflow.at_risk(xp, q.dtype, logits=(q, keys, q.shape[-1], scale), values=(values, keys.shape[-2])):  # see .overflow
         return overflow.run_wider(
             lambda q, keys, values, mask: neighbour_attention(q, keys, values, xp=xp, scale=scale, mask=mask),
             xp,

@@ -121,8 +121,8 @@ def at_risk(
     xp: Namespace,
     dtype: Any,
     *,
-    logits: tuple[Array, Array, int, float] | None = None,
-    values: tuple[Array, int] | None = None,
+    logits: tuple[Array, Array, Any, float] | None = None,
+    values: tuple[Array, Any] | None = None,
     bounds: Sequence[float] = (),
 ) -> bool:
     """Whether a softmax-attention kernel in ``dtype`` could overflow on these (eager) inputs.
@@ -139,7 +139,7 @@ def at_risk(
     if not concrete(xp, arrays):
         return False
     limit = dtype_max(dtype) / MARGIN
-    if logits is not None and product_bound(logits[0], logits[1], logits[2], logits[3]) > limit:
+    if logits is not None and product_bound(logits[0], logits[1], int(logits[2]), logits[3]) > limit:
         return True
     if values is not None and max_abs(values[0]) / limit * max(int(values[1]), 1) > 1.0:
         return True
@@ -181,8 +181,8 @@ def widen_if_at_risk(
     arrays: Sequence[Array | None],
     *,
     names: str,
-    logits: tuple[Array, Array, int, float] | None = None,
-    values: tuple[Array, int] | None = None,
+    logits: tuple[Array, Array, Any, float] | None = None,
+    values: tuple[Array, Any] | None = None,
     bounds: Sequence[float] = (),
 ) -> list[Any]:
     """``arrays`` cast one dtype wider when :func:`at_risk` says the computation would overflow, else as given.

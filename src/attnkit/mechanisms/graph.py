@@ -607,7 +607,7 @@ class GraphRoPEAttention(Mechanism):
         src_x, dst_x = xp.asarray(src, device=dev), xp.asarray(dst, device=dev)
         # logits or weighted value sums past the dtype's range: computed one dtype wider (see kernels.overflow)
         qr, kr, v = overflow.widen_if_at_risk(
-            xp, (qr, kr, v), names="query, key", logits=(qr, kr, int(qr.shape[-1]), self.effective_scale), values=(v, max(len(src), 1))
+            xp, (qr, kr, v), names="query, key", logits=(qr, kr, qr.shape[-1], self.effective_scale), values=(v, max(len(src), 1))
         )
         s = xp.sum(xp.take(qr, dst_x, axis=0) * xp.take(kr, src_x, axis=0), axis=-1) * self.effective_scale
         alpha = segment_softmax(s, dst_x, n, xp)
