@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -146,7 +146,7 @@ def at_risk(
     return any(bd > limit for bd in bounds)
 
 
-def raise_out_of_range(names: str, dtype: Any) -> None:
+def raise_out_of_range(names: str, dtype: Any) -> NoReturn:
     """Raise :class:`NonFiniteError`: the inputs ``names`` are too large for any dtype this backend computes in."""
     raise NonFiniteError(
         f"{names}: expected magnitudes whose products fit {str(dtype).rsplit('.', 1)[-1]} (the largest finite value is "
@@ -171,7 +171,7 @@ def _cast_wider(xp: Namespace, arrays: Sequence[Array | None], dtype: Any, names
     if wide is None:
         raise_out_of_range(names, dtype)
     cast = [a if a is None or not xp.isdtype(a.dtype, "real floating") else xp.astype(a, wide) for a in arrays]
-    if any(a is not None and c.dtype == a.dtype == dtype for a, c in zip(arrays, cast, strict=True)):
+    if any(a is not None and c is not None and c.dtype == a.dtype == dtype for a, c in zip(arrays, cast, strict=True)):
         raise_out_of_range(names, dtype)  # e.g. JAX without jax_enable_x64: float64 arrays stay float32
     return cast
 
