@@ -341,3 +341,16 @@ def test_sgd_update_overflow_is_named_and_atomic() -> None:
     np.testing.assert_array_equal(params["w"], 1.0 - 1e308 * 0.5)
     with pytest.raises(NonFiniteError, match=r"params\['b'\].*float32"):  # fits float64, not the float32 parameter
         SGD(lr=1e300).step(params, {"w": np.zeros(3), "b": np.ones(2)})
+
+
+@pytest.mark.parametrize("chunk", [64, 16])
+def test_dask_split_k_large_inputs(chunk: int) -> None:
+    """Dask's split-K merge (lse of ~1e40 per shard) at 1e20 float32 inputs equals the float64 reference."""
+    da = pytest.importorskip("dask.array")
+    rng = np.random.default_rng(15)
+    q, k, v = (rng.standard_normal((64, 2, 8)).astype(np.float32) * np.float32(1e20) for _ in range(3))
+    fa = attnkit.FlashAttention(heads=2, dim=8)
+    out = fa.forward(*(da.from_array(x, chunks=(chunk, 2, 8)) for x in (q, k, v))).compute()
+    ref = _ref_sdpa(*(np.swapaxes(x, -2, -3) for x in (q, k, v)), 8**-0.5)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(np.swapaxes(out, -2, -3), ref, rtol=1e-6, atol=1e-6 * 1e20)

@@ -178,11 +178,18 @@ def lazy_forward(mech: Any, params: Mapping[str, Any], query: Any, key: Any = No
 # ------------------------------------------------------------------------------------------- split-K
 def _partial(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool, offset: int) -> tuple[np.ndarray, np.ndarray]:
     """One query block against one key shard: heads-last blocks in, (out heads-first, lse) out."""
+    from ..kernels import overflow
     from ..kernels._threads import BlasOneThread
     from ..kernels.dense import sdpa_generic
 
     qh, kh, vh = (np.moveaxis(x, -2, -3) for x in (q, k, v))
     cdt = np.result_type(q.dtype, np.float32)
+    if overflow.at_risk(np, cdt, logits=(qh, kh, qh.shape[-1], scale), values=(vh, kh.shape[-2])):
+        # logits (and so lse) or value sums past the dtype's range: this shard in float64 (see kernels.overflow);
+        # merge_partials promotes the other shards' partials, _finish casts back
+        if not overflow.can_widen(np, cdt):
+            overflow.raise_out_of_range("query, key", cdt)
+        cdt = np.dtype(np.float64)
     qh, kh, vh = (x.astype(cdt, copy=False) for x in (qh, kh, vh))
     # whole-shard key blocks and 512-row query tiles: few, large GEMMs (a tile's scores stay within L2/L3 sizes)
     # Dask runs one task per worker thread: BLAS held to one thread, so workers do not oversubscribe the cores
