@@ -23,12 +23,14 @@ DEFAULT_LENGTH = 8
 
 @dataclasses.dataclass
 class ExportTarget:
-    """``--output`` (.onnx), ``--opset``, ``--static`` (fix every axis) and ``--json``."""
+    """``--output`` (.onnx), ``--opset``, ``--static`` (fix every axis), ``--attention-weights`` (the
+    graph of the weights instead of the output) and ``--json``."""
 
     output: str
     opset: int | None = None
     static: bool = False
     as_json: bool = False
+    attention_weights: bool = False
 
 
 def run_export(state: State, choice: MechanismChoice, src: InputFlags, dst: ExportTarget) -> None:
@@ -43,7 +45,16 @@ def write_model(mech: Any, arrays: dict[str, Any], extras: dict[str, Any], dst: 
     from ..export import export_onnx
 
     example = [arrays[r] for r in ("q", "k", "v") if arrays.get(r) is not None]
-    info = export_onnx(mech, dst.output, *example, mask=arrays.get("mask"), dynamic=not dst.static, opset=dst.opset, **extras)
+    info = export_onnx(
+        mech,
+        dst.output,
+        *example,
+        mask=arrays.get("mask"),
+        dynamic=not dst.static,
+        opset=dst.opset,
+        output="weights" if dst.attention_weights else "forward",
+        **extras,
+    )
     return {
         "type": mech.name,
         "options": mech.options(),

@@ -48,6 +48,10 @@ def export(
     opt: OptFlag = None,
     weights: WeightsFlag = None,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset of the file (default: the exporter's).")] = None,
+    attention_weights: Annotated[
+        bool,
+        typer.Option("--attention-weights", help="Export the attention weights softmax(scores + mask) instead of the output."),
+    ] = False,
     static: Annotated[bool, typer.Option("--static", help="Fix every axis to the example's (default: batch and lengths dynamic).")] = False,
     json_: JsonFlag = False,
 ) -> None:
@@ -63,5 +67,5 @@ only. The flags are compute's; a mask file gives the model a mask input.
         STATE,
         MechanismChoice(type_, given_mechanism_flags(ctx), opt or [], ctx.args, seed, weights),
         InputFlags(inputs, query, keys, values, mask, random, None, shape or [], input_format, dtype),
-        impl.ExportTarget(output, opset, static, json_),
+        impl.ExportTarget(output, opset, static, json_, attention_weights),
     )
