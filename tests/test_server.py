@@ -363,22 +363,24 @@ def test_metrics_prometheus_text() -> None:
         c.get("/nope")
         r = c.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    samples: dict[str, float] = {}
-    for line in r.text.splitlines():
-        if line.startswith("#") or not line:
-            continue
-        name, value = line.rsplit(" ", 1)
-        samples[name] = float(value)
+    samples = prom_samples(r.text)
     route = "/v1/attention/{mechanism}"
-    assert samples[f'attnkit_requests_total{{route="{route}",method="POST",status="200"}}'] == 1
-    assert samples[f'attnkit_requests_total{{route="{route}",method="POST",status="422"}}'] == 1
-    assert samples[f'attnkit_request_errors_total{{route="{route}",code="shape_error"}}'] == 1
-    assert samples['attnkit_request_errors_total{route="unmatched",code="not_found"}'] == 1
-    assert samples[f'attnkit_request_duration_seconds_count{{route="{route}"}}'] == 2
-    assert samples[f'attnkit_request_duration_seconds_bucket{{route="{route}",le="+Inf"}}'] == 2
-    buckets = [v for k, v in samples.items() if k.startswith(f'attnkit_request_duration_seconds_bucket{{route="{route}"')]
+    assert samples["attnkit_requests_total", ("method", "POST"), ("route", route), ("status", "200")] == 1
+    assert samples["attnkit_requests_total", ("method", "POST"), ("route", route), ("status", "422")] == 1
+    assert samples["attnkit_request_errors_total", ("code", "shape_error"), ("route", route)] == 1
+    assert samples["attnkit_request_errors_total", ("code", "not_found"), ("route", "unmatched")] == 1
+    assert samples["attnkit_request_duration_seconds_count", ("route", route)] == 2
+    assert samples["attnkit_request_duration_seconds_bucket", ("le", "+Inf"), ("route", route)] == 2
+    buckets = [v for k, v in samples.items() if k[0] == "attnkit_request_duration_seconds_bucket" and ("route", route) in k]
     assert buckets == sorted(buckets)  # cumulative
-    assert samples["attnkit_computations_running"] == 0
+    assert samples["attnkit_computations_running",] == 0
+
+
+def prom_samples(text: str) -> dict[tuple[Any, ...], float]:
+    """The samples of a Prometheus text page, keyed by ``(name, *sorted label pairs)`` (parsed by prometheus_client)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(smp.name, *sorted(smp.labels.items())): smp.value for fam in text_string_to_metric_families(text) for smp in fam.samples}
 
 
 # ---------------------------------------------------------------------- limits

@@ -342,7 +342,8 @@ def _read_npy(body: bytes, pos: int, field: str, max_elements: int) -> tuple[np.
         raise ApiError(400, "bad_npy", f"{field}: truncated .npy data: expected {nbytes} bytes, got {len(body) - data_start}", field)
     arr = np.frombuffer(body, dtype=dtype, count=math.prod(shape), offset=data_start)
     arr = arr.reshape(shape, order="F" if fortran else "C")
-    arr = np.ascontiguousarray(arr).astype(dtype.newbyteorder("="), copy=True)
+    # no copy for a C-ordered native-endian array: a read-only view of the body (mechanisms never write their inputs)
+    arr = np.ascontiguousarray(arr).astype(dtype.newbyteorder("="), copy=False)
     return arr, data_start + nbytes
 
 
@@ -428,7 +429,8 @@ def decode_octet(body: bytes, headers: Mapping[str, str], max_elements: int) -> 
                 raise ApiError(422, "bad_tensor", f"{field}: a bool tensor holds bytes 0 or 1, found {int(u8.max())}", field)
             out[field] = u8.astype(bool).reshape(shape)
         else:
-            out[field] = np.frombuffer(body, dtype=dt, count=count, offset=pos).astype(dt.newbyteorder("="), copy=True).reshape(shape)
+            # a read-only view of the body on little-endian machines (no copy), converted only on big-endian ones
+            out[field] = np.frombuffer(body, dtype=dt, count=count, offset=pos).astype(dt.newbyteorder("="), copy=False).reshape(shape)
         pos += nbytes
     if pos != len(body):
         raise ApiError(400, "bad_body", f"body: {len(body)} bytes, but the shape headers describe {pos}", "body")

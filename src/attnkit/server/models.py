@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import sys
 import tempfile
@@ -163,6 +164,12 @@ def infer_options_from_shapes(
 _CONTRACT_NAMES = {"query": "query", "keys": "key", "values": "value", "mask": "mask"}
 
 
+@functools.lru_cache(maxsize=256)
+def _option_specs(name: str) -> dict[str, registry.OptionSpec]:
+    """A mechanism's option specs by name (cached: building them reads type hints, every request needs them)."""
+    return {s.name: s for s in registry.option_specs(name)}
+
+
 def adhoc_options(name: str, options: Mapping[str, Any], tensors: Mapping[str, Any], max_option: int = 2**62) -> dict[str, Any]:
     """The ad-hoc route's options: shape options inferred from the request's tensors (server field names).
 
@@ -173,7 +180,7 @@ def adhoc_options(name: str, options: Mapping[str, Any], tensors: Mapping[str, A
         cls = registry.get(name)
     except ConfigError:
         return dict(options)
-    specs = {s.name: s for s in registry.option_specs(cls)}
+    specs = _option_specs(cls.name)
     try:  # aliases (num_heads, d_model, ...) under the mechanism's own names, so an inferred option meets its alias
         opts = registry.canonical_options(cls, options)
     except ConfigError:
