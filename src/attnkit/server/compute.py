@@ -25,7 +25,7 @@ from . import codec
 from .admission import Work, estimate_work
 from .cache import MechanismCache
 from .codec import ApiError
-from .models import DEFAULT_SEED, adhoc_options
+from .models import DEFAULT_SEED, adhoc_options, extra_inputs
 from .scores import WeightsLayout, estimate_elements, weights_layout
 from .settings import Settings
 
@@ -33,7 +33,7 @@ __all__ = ["Compute", "attention_error", "MASK_KINDS"]
 
 log = logging.getLogger("attnkit.server")
 
-_REQUEST_KEYS = frozenset({"query", "keys", "values", "mask", "mask_kind", "options", "encoding", "dtype"})
+_REQUEST_KEYS = frozenset({"query", "keys", "values", "mask", "edge_features", "mask_kind", "options", "encoding", "dtype"})
 #: how a mask is read: ``bool`` (True = may attend) or ``additive`` (float, added to the scores)
 MASK_KINDS = ("bool", "additive")
 _FIELD_ALIASES = {
@@ -124,7 +124,7 @@ def _json_request(doc: Any, max_elements: int, where: str = "") -> tuple[dict[st
     if not isinstance(options, dict):
         raise ApiError(422, "bad_request", f"{where}options: expected a JSON object, got {type(options).__name__}", where + "options")
     tensors = {}
-    for f in codec.TENSOR_FIELDS:
+    for f in codec.TENSOR_FIELDS + codec.EXTRA_FIELDS:
         if doc.get(f) is not None:
             try:
                 tensors[f] = codec.decode_json_tensor(doc[f], f, max_elements, np.dtype(dtype_name))
@@ -308,11 +308,27 @@ class Compute:
         q, k, v, mask = (tensors.get(f) for f in codec.TENSOR_FIELDS)
         if q is None:
             raise ApiError(422, "bad_request", f"{where}query: required", f"{where}query")
-        if (k is None) != (v is None):
+        # keys without values are refused, except by mechanisms that need keys and read values their own way
+        # (graph attention: the keys are the source nodes and carry the messages)
+        if (k is None) != (v is None) and not (v is None and type(mech).key_required):
             missing = "values" if v is None else "keys"
             raise ApiError(422, "bad_request", f"{where}{missing}: pass both keys and values, or neither (self-attention)", f"{where}{missing}")
         self.admit(mech, tensors, where, work)
-        return self._call(mech, lambda: mech.forward(q, k, v, mask=mask), names, where)
+        extras = self.extras(mech, tensors, where)
+        return self._call(mech, lambda: mech.forward(q, k, v, mask=mask, **extras), names, where)
+
+    def extras(self, mech: Any, tensors: Mapping[str, np.ndarray], where: str = "") -> dict[str, np.ndarray]:
+        """The keyword-only tensor inputs (``edge_features``) of the request, refused (422) when ``mech``
+        takes none of that name."""
+        given = {f: tensors[f] for f in codec.EXTRA_FIELDS if tensors.get(f) is not None}
+        accepted = extra_inputs(type(mech).name)
+        for f in given:
+            if f not in accepted:
+                takers = [n for n in registry.names() if f in extra_inputs(n)]
+                raise ApiError(
+                    422, "bad_request", f"{where}{f}: {type(mech).name!r} takes no {f}; mechanisms that do: {', '.join(takers)}", where + f
+                )  # fmt: skip
+        return given
 
     def _call(self, mech: Any, fn: Callable[[], Any], names: set[str], where: str = "") -> np.ndarray:
         """Run ``fn`` (a forward or weights call of ``mech``), mapping its errors to API errors."""
@@ -370,7 +386,8 @@ class Compute:
                 f"at most {limit} (max_elements) on this server; send shorter sequences", "query",
             )  # fmt: skip
         self.admit(mech, {"query": q, "keys": kk, "values": v if v is not None else kk, "mask": mask})
-        out = self._call(mech, lambda: mech.attention_weights(q, k, mask=mask), names)
+        extras = self.extras(mech, tensors)
+        out = self._call(mech, lambda: mech.attention_weights(q, k, mask=mask, **extras), names)
         if out.size > limit:  # a layout the probe did not foresee: still never answer more than the limit
             raise ApiError(
                 413, "too_many_elements", f"query, keys: the attention weights hold {out.size} elements, at most {limit} (max_elements)",

@@ -38,7 +38,7 @@ from ..errors import AttentionError
 from . import codec, model_metrics
 from .batching import DynamicBatcher
 from .codec import ApiError
-from .models import ERROR_RESPONSES, INPUT_NAMES, Model, ModelRepository, input_specs
+from .models import ERROR_RESPONSES, EXTRA_INPUTS, INPUT_NAMES, Model, ModelRepository, extra_inputs, input_specs
 
 __all__ = ["router", "DATATYPES", "parse_infer_request", "infer_response"]
 
@@ -109,8 +109,8 @@ def parse_infer_request(body: bytes, header_length: str | None, max_elements: in
         if not isinstance(t, dict):
             raise _bad(f"inputs[{i}]: expected an object with name, shape, datatype and data")
         name = t.get("name")
-        if name not in INPUT_NAMES:
-            raise _bad(f"inputs[{i}].name: expected one of {', '.join(INPUT_NAMES)}, got {codec._short(name)}")
+        if name not in INPUT_NAMES + EXTRA_INPUTS:
+            raise _bad(f"inputs[{i}].name: expected one of {', '.join(INPUT_NAMES + EXTRA_INPUTS)}, got {codec._short(name)}")
         if name in tensors:
             raise _bad(f"inputs[{i}].name: {name!r} is given twice")
         dt = DATATYPES.get(t.get("datatype"))  # type: ignore[arg-type]
@@ -229,7 +229,11 @@ def forward(compute: Any, mech: Any, tensors: Mapping[str, np.ndarray]) -> np.nd
     q, k, v, mask = (tensors.get(n) for n in INPUT_NAMES)
     if mask is not None and type(mech).input_layout in ("model", "sequence") and mask.ndim >= 3:
         mask = mask[..., None, :, :]  # (batch, Lq, Lk): the same mask for every head
-    return compute._call(mech, lambda: mech.forward(q, k, v, mask=mask), set())
+    extras = {n: tensors[n] for n in EXTRA_INPUTS if n in tensors}
+    for n in extras:
+        if n not in extra_inputs(type(mech).name):
+            raise _bad(f"inputs: {n!r} is not an input of this model (a {type(mech).name})")
+    return compute._call(mech, lambda: mech.forward(q, k, v, mask=mask, **extras), set())
 
 
 def _batcher(request: Request) -> DynamicBatcher:

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import inspect
 import os
 import sys
 import tempfile
@@ -63,6 +64,8 @@ __all__ = [
 DEFAULT_SEED = 0
 #: the input names of the contract, in ``forward``'s order
 INPUT_NAMES = ("query", "key", "value", "mask")
+#: keyword-only tensor inputs a mechanism may take besides those (``edge_features`` of ``edge_featured``)
+EXTRA_INPUTS = ("edge_features",)
 _NDIM = {"sequence": 3, "model": 2, "headless": 2}
 
 
@@ -128,7 +131,20 @@ def input_specs(mech: Any) -> list[dict[str, Any]]:
         optional = name != "query" and not (name == "key" and cls.key_required)
         specs.append({"name": name, "shape": shape, "optional": optional})
     specs.append({"name": "mask", "shape": None, "optional": True})
+    for name in extra_inputs(cls.name):  # (k, edge_dim) per query row, as the neighbour form takes them
+        shape = [-1, -1]
+        for opt, (inp, axis) in cls.shape_options.items():
+            if inp == name and isinstance(opts.get(opt), int) and not isinstance(opts.get(opt), bool):
+                shape[axis] = int(opts[opt])
+        specs.append({"name": name, "shape": shape, "optional": not opts.get("edge_dim")})
     return specs
+
+
+@functools.lru_cache(maxsize=256)
+def extra_inputs(name: str) -> tuple[str, ...]:
+    """The :data:`EXTRA_INPUTS` that mechanism ``name``'s ``forward`` takes (keyword-only)."""
+    params = inspect.signature(registry.get(name).forward).parameters
+    return tuple(n for n in EXTRA_INPUTS if n in params and params[n].kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 # ---------------------------------------------------------------------- options from shapes
@@ -161,7 +177,7 @@ def infer_options_from_shapes(
     return out
 
 
-_CONTRACT_NAMES = {"query": "query", "keys": "key", "values": "value", "mask": "mask"}
+_CONTRACT_NAMES = {"query": "query", "keys": "key", "values": "value", "mask": "mask", **{n: n for n in EXTRA_INPUTS}}
 
 
 @functools.lru_cache(maxsize=256)
