@@ -255,6 +255,21 @@ def _batcher(request: Request) -> DynamicBatcher:
     return batcher
 
 
+#: JSON of at most this many bytes is parsed on the event loop (larger: in a compute worker)
+INLINE_JSON_BYTES = 32 * 1024
+#: a JSON answer of at most this many numbers is written on the event loop
+INLINE_JSON_ELEMENTS = 4096
+
+
+def _header_bytes(header_length: str, body_bytes: int) -> int:
+    """The JSON part's size from ``Inference-Header-Content-Length`` (a bad value: the whole body, which
+    sends the request to a worker, whose parser answers the error)."""
+    try:
+        return min(int(header_length), body_bytes)
+    except ValueError:
+        return body_bytes
+
+
 def _version_ok(version: str | None) -> bool:
     return version in (None, VERSION)
 
@@ -383,9 +398,16 @@ async def _infer_once(name: str, request: Request, version: str | None) -> Respo
         body = await read_body(request, state.settings.max_body_bytes)
         header_length = request.headers.get(HEADER.lower())
 
-        doc, tensors, binary = await state.run("kserve_parse", body, header_length)
+        # one trip to a compute worker for a small request: the forward. Its JSON header (and JSON data) is
+        # parsed here when small (binary tensor data is only viewed, np.frombuffer), and a small or binary
+        # answer is encoded here; large JSON is parsed and written in a worker, off the event loop.
+        json_bytes = len(body) if header_length is None else _header_bytes(header_length, len(body))
+        if json_bytes <= INLINE_JSON_BYTES:
+            doc, tensors, binary = parse_request(body, header_length, state.settings.max_elements)
+        else:
+            doc, tensors, binary = await state.run("kserve_parse", body, header_length)
         out = await _batcher(request).submit((model.name, id(model.mechanism)), model.name, tensors)
-        if binary:
+        if binary or out.size <= INLINE_JSON_ELEMENTS:
             content, headers, media = infer_response(model, doc, out, binary)
         else:
             content, headers, media = await state.run("kserve_encode", model.name, doc, out, binary)
