@@ -597,3 +597,51 @@ def test_readme_server_example_gives_the_documented_output(http: httpx.Client) -
     assert r.status_code == 200, r.text
     documented = [float(x) for x in re.findall(r"\d+\.\d+", m.group(3).split('"output":')[1].split("]")[0])]
     np.testing.assert_allclose(r.json()["output"], documented, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- the inline lane (issue 14)
+class _Sleepy(Mechanism):
+    """A test mechanism of tiny FLOPs whose forward sleeps 30 ms: its cost is not what its shapes say."""
+
+    name = "test_sleepy"
+
+    def _forward(self, params: Any, query: Any, key: Any = None, value: Any = None, *, mask: Any = None) -> np.ndarray:
+        time.sleep(0.03)
+        return np.asarray(query, dtype=np.float32)
+
+
+def test_tiny_requests_run_inline_with_the_workers_answer_and_slow_kinds_never_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    import attnkit
+
+    q, k = rand(128, seed=5), rand(100, 128, seed=6)
+    headers = {
+        "Content-Type": "application/octet-stream", "Accept": "application/octet-stream",
+        "X-Attnkit-Query-Shape": "128", "X-Attnkit-Keys-Shape": "100,128", "X-Attnkit-Values-Shape": "100,128",
+    }  # fmt: skip
+    want = attnkit.ScaledDotProduct(dim=128).forward(q, k, k)
+    with live_server(Settings(max_concurrency=1)) as srv, srv.client() as c:  # process isolation
+        lane = srv.server.config.app.state.attnkit.inline
+        answers = []
+        for _ in range(8):
+            r = c.post("/v1/attention/scaled_dot_product", content=q.tobytes() + k.tobytes() + k.tobytes(), headers=headers)
+            assert r.status_code == 200, r.text
+            answers.append(r.content)
+        # the first ran in a worker (its cost unknown), later ones inline once a worker ran one within the
+        # budget (wall time: on a busy machine that may take a few tries): the same bytes, the library's
+        assert 1 <= lane.served <= 7
+        assert all(a == answers[0] for a in answers)
+        np.testing.assert_array_equal(np.frombuffer(answers[0], np.float32), want)
+        # errors found inline are the workers' errors
+        assert_error(c.post("/v1/attention/scaled_dot_product", content=q.tobytes(), headers={**headers, "X-Attnkit-Query-Shape": "3"}), 400)
+    registry.names()
+    monkeypatch.setitem(registry._REGISTRY, "test_sleepy", _Sleepy)
+    with live_server(Settings(max_concurrency=1, isolation="thread")) as srv, srv.client() as c:
+        lane = srv.server.config.app.state.attnkit.inline
+        for _ in range(3):  # 30 ms in the worker, past the budget: never computed on the event loop
+            r = c.post("/v1/attention/test_sleepy", json={"query": [[1.0, 2.0]]})
+            assert r.status_code == 200 and r.json()["output"] == [[1.0, 2.0]]
+        assert lane.served == 0
+    with live_server(Settings(max_concurrency=1, inline_max_flops=0)) as srv, srv.client() as c:  # the lane switched off
+        for _ in range(3):
+            assert c.post("/v1/attention/scaled_dot_product", content=q.tobytes() + k.tobytes() + k.tobytes(), headers=headers).status_code == 200
+        assert srv.server.config.app.state.attnkit.inline.served == 0
