@@ -83,6 +83,7 @@ class AttentionRequest(BaseModel):
     keys: Tensor | None = None
     values: Tensor | None = None
     mask: Tensor | None = Field(None, description="bool: True = may attend; a float mask added to the scores needs mask_kind 'additive'")
+    edge_features: Tensor | None = Field(None, description="edge_featured only: (..., k, edge_dim) features of the edges to the keys")
     mask_kind: Literal["bool", "additive"] | None = Field(
         None, description="'additive' marks a numeric mask as added to the scores; integer or unmarked numeric masks are refused (422)"
     )
