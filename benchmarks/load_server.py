@@ -1,6 +1,7 @@
 """Bounded load test of the attnkit server on loopback (issue 14's figures).
 
     python benchmarks/load_server.py [--requests 300] [--repeats 3] [--out benchmarks/results/load_server.json]
+    git archive c46c13b src | tar -x -C /tmp/old && python benchmarks/load_server.py --baseline-src /tmp/old/src --only-overhead
 
 Starts ``python -m attnkit.server`` processes on free ports of 127.0.0.1 (nothing else is contacted) and
 measures, with an ``httpx.AsyncClient`` on the same machine:
@@ -58,10 +59,11 @@ def free_port() -> int:
 class Server:
     """A ``python -m attnkit.server`` subprocess, stopped (and its workers with it) on exit."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, src: str | None = None) -> None:
         self.port = free_port()
+        env = {**os.environ, "PYTHONPATH": src} if src else None
         cmd = [sys.executable, "-m", "attnkit.server", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", "--queue", "1024"]
-        self.proc = subprocess.Popen([*cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen([*cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         self.base = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 90
         while True:
@@ -196,11 +198,17 @@ def median_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _Done(Exception):
+    pass
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--baseline-src", default=None, help="a src/ directory of an older attnkit (git archive REV src) to compare the overhead with")
+    p.add_argument("--only-overhead", action="store_true", help="measure the overhead cells only")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "load_server.json")
     ns = p.parse_args()
     concs = [int(c) for c in ns.concurrency.split(",")]
@@ -223,11 +231,13 @@ def main() -> int:
             "inline_off": Server("--models", repo, "--inline-max-flops", "0"),
             "batching_off": Server("--models", repo, "--max-batch-size", "1"),
         }
+        if ns.baseline_src:
+            servers["baseline"] = Server(src=ns.baseline_src)
         try:
             # 1. overhead of a small binary request, inline lane on/off, beside GET /health; interleaved repeats
             cells: dict[str, list[dict[str, Any]]] = {}
             for _ in range(ns.repeats):
-                for name in ("default", "inline_off"):
+                for name in ("default", "inline_off", *(["baseline"] if ns.baseline_src else [])):
                     url, body, headers, decode, expected = small_bin
                     cells.setdefault(f"small_binary_c1_{name}", []).append(
                         asyncio.run(load(servers[name], "POST", url, body, headers, ns.requests, 1, decode, expected))
@@ -244,6 +254,13 @@ def main() -> int:
                 "ratio_inline_off_over_on": round(off / on, 2) if on else None,
                 "ratio_small_binary_over_health": round(on / health, 2) if health else None,
             }
+            if ns.baseline_src:
+                base = overhead["small_binary_c1_baseline"]["server_cpu_ms_per_request"]
+                report["overhead"]["baseline_src"] = ns.baseline_src
+                report["overhead"]["ratio_baseline_over_now"] = round(base / on, 2) if on else None
+            if ns.only_overhead:
+                report["unbatched"], report["dynamic_batching"] = [], []
+                raise _Done
             # 2. unbatched v1 route: sizes x formats x concurrency (one pass each; medium JSON gets fewer requests)
             rows = []
             for size_name, size in (("small", SMALL), ("medium", MEDIUM)):
@@ -262,6 +279,8 @@ def main() -> int:
                     row = asyncio.run(load(servers[name], "POST", url, body, headers, ns.requests, c, decode, expected))
                     batch_rows.append({"batching": label, "query_shape": list(MODEL_QUERY), **row})
             report["dynamic_batching"] = batch_rows
+        except _Done:
+            pass
         finally:
             for s in servers.values():
                 s.stop()
