@@ -260,7 +260,7 @@ def _all_finite(x: Any) -> bool:
     return bool(xp.all(xp.isfinite(x.detach() if hasattr(x, "detach") else x)))
 
 
-def finite_or_wider(run: Callable[..., Array], args: Sequence[Any], kwargs: dict[str, Any], *, names: str) -> Array:
+def finite_or_wider(run: Callable[..., Array], args: Sequence[Any], kwargs: dict[str, Any], *, names: str, rerun: bool = True) -> Array:
     """``run(*args, **kwargs)``, recomputed one dtype wider when its (eager) result is not finite.
 
     The last line of defence of every mechanism's ``forward``: an intermediate the kernels do not
@@ -268,6 +268,7 @@ def finite_or_wider(run: Callable[..., Array], args: Sequence[Any], kwargs: dict
     large finite inputs. The result is then recomputed with the floating inputs cast wider and cast
     back; if it still does not fit, or nothing wider exists, :class:`NonFiniteError` names
     ``names`` instead of returning inf or NaN. Costs one ``isfinite`` pass over the output.
+    ``rerun=False`` (a call with side effects, such as filling a KV cache): the error at once.
     """
     out = run(*args, **kwargs)
     if not hasattr(out, "dtype") or is_traced(out) or _all_finite(out):
@@ -279,6 +280,11 @@ def finite_or_wider(run: Callable[..., Array], args: Sequence[Any], kwargs: dict
     if any(is_traced(a) for a in floating) or not all(_all_finite(a) for a in floating if xp.isdtype(a.dtype, "real floating")):
         return out  # non-finite inputs (checks turned off): not an overflow of ours
     dtype = out.dtype
+    if not rerun:
+        raise NonFiniteError(
+            f"{names}: the result overflows {str(dtype).rsplit('.', 1)[-1]} (largest finite value {dtype_max(dtype):.3g}); "
+            "this call has side effects (a KV cache step) so it is not recomputed wider: pass the inputs in a wider dtype"
+        )
     if not can_widen(xp, dtype):
         raise NonFiniteError(
             f"{names}: the result overflows {str(dtype).rsplit('.', 1)[-1]} (largest finite value {dtype_max(dtype):.3g}) "

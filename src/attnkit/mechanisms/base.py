@@ -259,9 +259,14 @@ class Mechanism:
             from ..dask import lazy_forward  # the Dask adapter: a graph over the chunks, nothing computed here
 
             return lazy_forward(self, self._own_params(), query, key, value, mask=mask, **extras)
-        # large finite inputs never come back as inf/NaN: recomputed wider, or a named error (kernels.overflow)
+        # large finite inputs never come back as inf/NaN: recomputed wider, or a named error (kernels.overflow);
+        # a step that fills a KV cache is never run twice (the rerun would append its keys again)
         return finite_or_wider(
-            self._forward, (self._own_params(), query, key, value), dict(mask=mask, **extras), names="query, key, value (their magnitude)"
+            self._forward,
+            (self._own_params(), query, key, value),
+            dict(mask=mask, **extras),
+            names="query, key, value (their magnitude)",
+            rerun=extras.get("cache") is None,
         )
 
     def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None) -> Array:
