@@ -257,6 +257,7 @@ def test_returns_none_where_it_does_not_apply(args) -> None:  # noqa: ANN001
 
 
 def test_dispatch_uses_fast_path_and_falls_back(rng, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("ATTNKIT_ENGINE", "numpy")  # not the per-machine calibration (it may pick torch's kernel)
     q, k, v = _inputs(rng, (2,), (2,), (2,), 30, 40, 8, 8)
     calls = []
     real = dn.sdpa_numpy
