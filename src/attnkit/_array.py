@@ -372,20 +372,26 @@ def seed_option(value: object, name: str = "seed") -> int | None:
     return int_option(value, name, minimum=0, maximum=2**64 - 1)
 
 
-#: default bound on what one option set may allocate; ``ATTNKIT_MAX_ALLOC_BYTES`` overrides it
+#: default bound on what one option set may allocate: this fraction of the physical memory, and at most
+#: :data:`_DEFAULT_ALLOC_CAP`; ``ATTNKIT_MAX_ALLOC_BYTES`` overrides both
 _DEFAULT_ALLOC_FRACTION = 0.5
+#: 4 GiB: far above any published attention layer (a 8192-wide multi-head layer is 1 GiB in float32)
+_DEFAULT_ALLOC_CAP = 4 << 30
 
 
 def allocation_limit() -> int:
-    """Most bytes one mechanism may allocate for its options: ``ATTNKIT_MAX_ALLOC_BYTES``, else half of
-    the physical memory (8 GiB where it cannot be read)."""
+    """Most bytes one mechanism (or one intermediate of one call) may allocate for its options:
+    ``ATTNKIT_MAX_ALLOC_BYTES`` (bytes, e.g. ``16e9``) when set, else half of the physical memory capped at
+    4 GiB (4 GiB where the memory size cannot be read). Checked by :func:`check_allocation` before anything
+    is allocated, so options that cannot fit fail at once with an estimate instead of swapping or being
+    killed."""
     import os
 
     raw = os.environ.get("ATTNKIT_MAX_ALLOC_BYTES", "").strip()
     if raw:
         try:
             value = int(float(raw))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ConfigError(f"ATTNKIT_MAX_ALLOC_BYTES: expected a number of bytes, got {raw!r}") from None
         if value < 1:
             raise ConfigError(f"ATTNKIT_MAX_ALLOC_BYTES: expected a positive number of bytes, got {raw!r}")
@@ -393,8 +399,8 @@ def allocation_limit() -> int:
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        total = 16 << 30
-    return int(total * _DEFAULT_ALLOC_FRACTION)
+        total = 2 * _DEFAULT_ALLOC_CAP
+    return min(int(total * _DEFAULT_ALLOC_FRACTION), _DEFAULT_ALLOC_CAP)
 
 
 def _fmt_bytes(n: float) -> str:

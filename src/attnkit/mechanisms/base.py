@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import inspect
+import math
 import os
 import statistics
 import time
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .._array import Array, namespace, shape_str, to_numpy
+from .._array import Array, bool_option, check_allocation, int_option, namespace, seed_option, shape_str, to_numpy
 from ..errors import ConfigError, DisposedError, ShapeError
 
 if TYPE_CHECKING:
@@ -123,6 +125,9 @@ class Mechanism:
             cls.has_attention_weights = getattr(cls, "_attention_weights", None) is not Mechanism._attention_weights
         _check_signature(cls, "forward", ("query", "key", "value"))
         _check_signature(cls, "attention_weights", ("query", "key"))
+        init = cls.__dict__.get("__init__")
+        if init is not None and not hasattr(init, "__wrapped__"):
+            cls.__init__ = _checked_init(init)  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         self._disposed = False
@@ -310,6 +315,20 @@ class Mechanism:
             self._cache["rng"] = rng
         return rng
 
+    def _param_rng(self, extra_bytes: float = 0, what: str = "parameters") -> np.random.Generator:
+        """The seeded generator that draws this object's parameters, handed out only after
+        :meth:`_check_param_memory` found that they fit (so nothing is allocated for options that cannot)."""
+        self._check_param_memory(extra_bytes, what)
+        return np.random.default_rng(getattr(self, "seed", None))
+
+    def _check_param_memory(self, extra_bytes: float = 0, what: str = "parameters") -> int:
+        """Refuse (``ConfigError``) options whose parameters, as :meth:`param_shapes` declares them (float32,
+        4 bytes each), plus ``extra_bytes`` would exceed :func:`attnkit._array.allocation_limit` (half the
+        physical memory, or ``ATTNKIT_MAX_ALLOC_BYTES``). The message names the integer options that set the
+        size and gives the estimate. Computed from the shapes only: call it before allocating."""
+        count = sum(math.prod(int(d) for d in shape) for shape in self.param_shapes().values())
+        return check_allocation(4.0 * count + float(extra_bytes), _size_options(self), f"{self.name or type(self).__name__} {what}")
+
     # ---------------------------------------------------------------- memory and timing
     def memory_usage(self) -> MemoryInfo:
         """Bytes this object holds, the process RSS and the learned parameter count."""
@@ -397,6 +416,75 @@ class Mechanism:
             for f in pending:
                 f.cancel()
                 f.add_done_callback(_retrieve)
+
+
+#: how each constructor option is checked, by its annotation (the registry's option table reads the same
+#: annotations): ``bool`` -> :func:`bool_option`, ``int`` -> :func:`int_option`, ``int | None`` -> ``None`` or
+#: an int, ``seed`` -> :func:`seed_option`. Other annotations (floats, strings, unions) are the constructor's.
+_OPTION_KINDS = {"bool": "bool", "int": "int", "int|None": "int?", "Optional[int]": "int?", "None|int": "int?"}
+
+
+def _option_kinds(init: Any) -> dict[str, str]:
+    """Option name -> kind (see :data:`_OPTION_KINDS`) from ``init``'s annotations (strings or types)."""
+    kinds: dict[str, str] = {}
+    for name, ann in getattr(init, "__annotations__", {}).items():
+        if name == "return":
+            continue
+        text = ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+        kind = _OPTION_KINDS.get(text.replace(" ", "").replace("typing.", ""))
+        if name == "seed" and kind in ("int", "int?"):
+            kind = "seed"
+        if kind is not None:
+            kinds[name] = kind
+    return kinds
+
+
+def check_option(kind: str, value: Any, name: str) -> Any:
+    """``value`` checked as an option of ``kind`` (``bool``, ``int``, ``int?``, ``seed``); ``ConfigError`` naming ``name``."""
+    if kind == "bool":
+        return bool_option(value, name)
+    if kind == "seed":
+        return seed_option(value, name)
+    if kind == "int?" and value is None:
+        return None
+    return int_option(value, name)
+
+
+def _checked_init(init: Any) -> Any:
+    """Wrap a mechanism's ``__init__``: every option is checked by its annotation's kind before the body runs.
+
+    The one place where bool, integer and seed options are validated for every mechanism (a subclass's
+    constructor is wrapped when the class is defined); the body then sees only valid values.
+    """
+    sig = inspect.signature(init)
+    kinds: dict[str, str] | None = None
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal kinds
+        if kinds is None:
+            kinds = _option_kinds(init)
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"{type(self).__name__}: {exc}") from None
+        for name, value in list(bound.arguments.items()):
+            kind = kinds.get(name)
+            if kind is not None and not (value is None and sig.parameters[name].default is None):
+                bound.arguments[name] = check_option(kind, value, name)
+        try:
+            init(*bound.args, **bound.kwargs)
+        except MemoryError as exc:  # an allocation no estimate foresaw: still the options' fault, named
+            raise ConfigError(f"{_size_options(self)}: not enough memory to build {type(self).__name__} ({exc})") from None
+
+    return checked
+
+
+def _size_options(mech: Any) -> str:
+    """The integer options of ``mech`` that set its size (for messages): ``"model_dim=8, heads=2"``."""
+    kinds = _option_kinds(getattr(type(mech).__init__, "__wrapped__", type(mech).__init__))
+    parts = [f"{n}={getattr(mech, n)}" for n, k in kinds.items() if k in ("int", "int?") and isinstance(getattr(mech, n, None), int)]
+    return ", ".join(parts) or "options"
 
 
 def _retrieve(f: asyncio.Future[Any]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import Array, nonzero_float, positive_float, positive_int, probability
+from .._array import Array, check_allocation, nonzero_float, positive_float, positive_int, probability
 from ..errors import ConfigError
 from ..kernels.dense import NO_WINDOW, attention_weights, sdpa
 from ..kernels.engine import check_engine
@@ -165,6 +165,7 @@ def _slopes(value: object, heads: int) -> np.ndarray | None:
     if value is None or value is False:
         return None
     if value is True or (isinstance(value, str) and value.strip().lower() in ("true", "default")):
+        check_allocation(8.0 * heads, "heads", "ALiBi slopes (one float64 per head)")
         return alibi_slopes(heads)
     if isinstance(value, str):
         try:

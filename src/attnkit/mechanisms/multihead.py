@@ -102,7 +102,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         self.keep_weights = bool(keep_weights)
         self.seed = seed
         self.check_finite = bool(check_finite)
-        self._params = self._init_params(np.random.default_rng(seed))
+        self._params = self._init_params(self._param_rng())
 
     # ------------------------------------------------------------------ weights
     @property
