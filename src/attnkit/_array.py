@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numbers
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, overload
 
 import array_api_compat
@@ -163,28 +163,69 @@ def as_float_array(x: Any, name: str, xp: Namespace | None = None) -> Array:
     Raises ``DTypeError`` for integer, bool, complex or object data and ``ShapeError`` for ragged
     sequences.
     """
-    if type(x) is np.ndarray and x.dtype.kind == "f":
+    if type(x) is np.ndarray and x.dtype.kind == "f" and x.dtype != np.longdouble:
         return x
     if x is None:
         raise ShapeError(f"{name}: expected an array, got None")
+    if isinstance(x, np.ndarray):  # subclasses (masked arrays, matrix, memmap) and longdouble
+        return _plain_numpy(x, name, xp)
     if not _is_array(x) or isinstance(x, np.generic):
         if isinstance(x, (str, bytes)):
             raise DTypeError(f"{name}: expected a float array, got {type(x).__name__}")
         if isinstance(x, bool) or (isinstance(x, np.generic) and x.dtype.kind == "b"):
             raise DTypeError(f"{name}: expected a float array, got bool")
+        if isinstance(x, Mapping) or not isinstance(x, (Sequence, numbers.Number, np.generic)):
+            raise DTypeError(f"{name}: expected an array or a nested list of numbers, got {type(x).__name__}")
         try:
             arr = np.asarray(x, dtype=np.float32) if not isinstance(x, np.generic) else np.asarray(x)
-        except (ValueError, TypeError) as exc:
-            raise ShapeError(f"{name}: expected a rectangular array of numbers ({exc})") from exc
+        except OverflowError as exc:  # a Python int beyond float range
+            raise NonFiniteError(f"{name}: expected finite values, found a number too large for a float ({exc})") from None
+        except TypeError as exc:  # complex, strings or other objects among the numbers
+            raise DTypeError(f"{name}: expected real numbers ({exc})") from None
+        except ValueError as exc:
+            raise ShapeError(f"{name}: expected a rectangular array of numbers ({exc})") from None
         if arr.dtype.kind != "f":
             raise DTypeError(f"{name}: expected a float array, got {arr.dtype}")
+        if arr.dtype == np.longdouble:
+            arr = arr.astype(np.float64)
         # a Python sequence given beside arrays of another library joins that library
         return arr if xp is None or is_numpy(xp) else xp.asarray(arr)
+    if is_torch(xp or namespace(x)) and getattr(x, "layout", None) is not None and str(x.layout) != "torch.strided":
+        x = x.to_dense()  # a sparse tensor: attention reads every element, so compute on the dense form
     xp = xp or namespace(x)
     dtype = x.dtype
     if not xp.isdtype(dtype, "real floating"):
         raise DTypeError(f"{name}: expected a float dtype (float16/bfloat16/float32/float64), got {_dtype_name(dtype)}")
     return x
+
+
+def _plain_numpy(x: np.ndarray, name: str, xp: Namespace | None) -> Array:
+    """A NumPy array subclass or a longdouble array as a plain float array (:func:`as_float_array`).
+
+    A masked array (``numpy.ma``) with masked entries is refused: attnkit masks attention with ``mask=``,
+    and which value a masked entry stands for is not known; without masked entries its data is used.
+    ``longdouble`` computes in float64 (the widest type BLAS and every array library share).
+    """
+    if isinstance(x, np.ma.MaskedArray):
+        hidden = np.ma.getmaskarray(x)
+        if hidden.any():
+            at = tuple(int(i) for i in np.argwhere(hidden)[0])
+            raise DTypeError(
+                f"{name}: expected a plain array, got a masked array with {int(hidden.sum())} masked entries "
+                f"(first at {at}); fill them (x.filled(value)) or mask attention with mask="
+            )
+        x = np.ma.getdata(x)
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        if arr.dtype.kind == "O":
+            try:
+                return as_float_array(arr.tolist(), name, xp)
+            except DTypeError:
+                pass
+        raise DTypeError(f"{name}: expected a float dtype (float16/float32/float64), got {arr.dtype}")
+    if arr.dtype == np.longdouble:
+        arr = arr.astype(np.float64)
+    return arr if xp is None or is_numpy(xp) else xp.asarray(arr)
 
 
 def common_float_dtype(xp: Namespace, *arrays: Array) -> Any:

@@ -75,7 +75,8 @@ class RotaryEmbedding:
         self.scaling = positive_float(scaling, "scaling")
         self.layout = one_of(layout, "layout", ("half", "interleaved"))
         half = self.dim // 2
-        check_allocation(8.0 * half, "dim", "rotary frequencies (one float64 per pair of features)")
+        # the frequencies, and the angle, cosine and sine tables of at least one position (float64 each)
+        check_allocation(32.0 * half, "dim", "rotary frequency and cos/sin tables")
         #: theta_i = base^(-2i/dim), float64
         self.inv_freq = self.base ** (-np.arange(half, dtype=np.float64) * 2.0 / self.dim)
         self._table: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -161,8 +162,8 @@ class RotaryEmbedding:
             shape = [1] * lead
             if lead:
                 shape[ax] = length
-            cos = cos.reshape((*shape, -1))
-            sin = sin.reshape((*shape, -1))
+            cos = cos.reshape((*shape, cos.shape[-1]))
+            sin = sin.reshape((*shape, sin.shape[-1]))
         else:
             try:
                 _bshapes(p.shape, tuple(x.shape[:-1]))

@@ -20,9 +20,10 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import array_api_compat
 import numpy as np
 
-from .._array import Array, bool_option, check_allocation, int_option, namespace, seed_option, shape_str, to_numpy
+from .._array import Array, bool_option, check_allocation, int_option, is_traced, namespace, seed_option, shape_str, to_numpy, torch_compiling
 from ..errors import ConfigError, DisposedError, ShapeError
 
 if TYPE_CHECKING:
@@ -261,7 +262,52 @@ class Mechanism:
             from ..dask import lazy_forward  # the Dask adapter: a graph over the chunks, nothing computed here
 
             return lazy_forward(self, self._own_params(), query, key, value, mask=mask, **extras)
+        empty = self._empty_result(query, key, value, extras)
+        if empty is not None:
+            return empty
         return self._forward(self._own_params(), query, key, value, mask=mask, **extras)
+
+    def _empty_result(self, query: Any, key: Any, value: Any, extras: Mapping[str, Any]) -> Array | None:
+        """The result for a query with no rows (a zero-length batch or query axis), without computing over the
+        other axes; ``None`` when the query is not empty (or not a concrete array).
+
+        Every layout's result keeps the query's leading axes and ends in :data:`_FEATURE_AXES` feature axes,
+        so the mechanism runs once on a stand-in query whose leading axes are all 1 (same dtype, device and
+        keys), which validates options and keys and gives the result's feature axes and dtype; the result
+        is then an empty array of the query's leading shape. (``FlashAttention(heads=2, dim=4)`` on
+        ``(0, 2**20, 2, 4)`` used to loop over 2**20 empty rows.)
+        """
+        shape = getattr(query, "shape", None)
+        if shape is None or extras or is_traced(query) or torch_compiling():
+            return None
+        nf = _FEATURE_AXES[self.input_layout]
+        try:
+            dims = tuple(int(d) for d in shape)
+        except (TypeError, ValueError):  # symbolic lengths
+            return None
+        if len(dims) <= nf or 0 not in dims[:-nf] or 0 in dims[-nf:]:
+            return None
+        lead = dims[:-nf]
+        try:
+            xp = namespace(query)
+            dev = array_api_compat.device(query)
+            stand_in = xp.zeros((1,) * len(lead) + dims[-nf:], dtype=query.dtype, device=dev)
+        except Exception:  # noqa: BLE001 - not an array we can build a stand-in for: the full path decides
+            return None
+        out = self._forward(self._own_params(), stand_in, key, value, mask=None)
+        if not hasattr(out, "shape") or out.ndim < len(lead) + nf:
+            return None
+        extra = out.ndim - nf - len(lead)  # leading axes the keys' batch added
+        got = tuple(int(d) for d in out.shape)
+        merged = []
+        for i, d in enumerate(lead):
+            o = got[extra + i]
+            if o != 1 and d not in (1, o):
+                raise ShapeError(
+                    f"query: batch dimensions {shape_str(lead)} do not broadcast with the keys' {shape_str(got[extra : extra + len(lead)])}"
+                )
+            merged.append(o if d == 1 else d)
+        return xp.zeros((*got[:extra], *merged, *got[-nf:]), dtype=out.dtype, device=array_api_compat.device(out))
 
     def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None) -> Array:
         """The attention probabilities of ``query`` over ``key`` (rows sum to 1; masked rows are zeros)."""
@@ -447,7 +493,8 @@ def check_option(kind: str, value: Any, name: str) -> Any:
         return seed_option(value, name)
     if kind == "int?" and value is None:
         return None
-    return int_option(value, name)
+    # a count or a length beyond int64 cannot index any array (2**70 heads is a mistake, not a size)
+    return int_option(value, name, maximum=2**63 - 1)
 
 
 def _checked_init(init: Any) -> Any:
@@ -485,6 +532,11 @@ def _size_options(mech: Any) -> str:
     kinds = _option_kinds(getattr(type(mech).__init__, "__wrapped__", type(mech).__init__))
     parts = [f"{n}={getattr(mech, n)}" for n, k in kinds.items() if k in ("int", "int?") and isinstance(getattr(mech, n, None), int)]
     return ", ".join(parts) or "options"
+
+
+#: trailing feature axes of the query (and of the result) per input layout: ``(H, D)`` for sequences, ``(E,)`` or
+#: ``(D,)`` otherwise; the axes before them are rows (batch and query positions)
+_FEATURE_AXES = {"sequence": 2, "model": 1, "headless": 1, "graph": 1}
 
 
 def _retrieve(f: asyncio.Future[Any]) -> None:

@@ -382,7 +382,7 @@ class MoEAttention(LearnedParams, Mechanism):
                 contrib = xp.where(sel, full * g_b[:, e : e + 1], xp.zeros_like(full))
                 acc = contrib if acc is None else acc + contrib
             rows.append(xp.zeros((lq, dv), dtype=qf.dtype, device=dev) if acc is None else acc)
-        out = rows[0] if nb == 1 else xp.concat(rows, axis=0)
+        out = rows[0] if nb == 1 else xp.concat(rows, axis=0) if rows else xp.zeros((0, dv), dtype=qf.dtype, device=dev)
         dropped = ~xp.any(keep, axis=1)
         if self.overflow == "pass_through":
             out = xp.where(dropped[:, None], qf, out)
