@@ -228,16 +228,9 @@ def main() -> None:
                     dt = torch.float64 if vname == "torch_f64" else torch.float32
                     call = [torch.as_tensor(np.asarray(a), dtype=dt, device=dev) for a in call]
                 call[i] = odd
-                ex = {
-                    k: (torch.as_tensor(v, device="meta") if vname == "meta" and isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
-                    for k, v in extras.items()
-                }
-                outcome = run_case(lambda a=call, e=ex: mech.forward(*a, **e), (which, "input", "inputs"), args.timeout)
-                if (
-                    outcome == "clean"
-                    and possible
-                    and vname in ("readonly", "negstride", "fortran", "masked_nomask", "longdouble", "float16", "torch_f64")
-                ):
+                ex = {k: _like(v, vname) for k, v in extras.items()}
+                outcome = run_case(lambda a=call, e=ex, m=mech: m.forward(*a, **e), (which, "input", "inputs"), args.timeout)
+                if outcome == "clean" and possible and vname in _MUST_WORK:
                     outcome = "refused"  # a plain array that must work
                 record("inputs", f"{name}.forward({which}={vname})", outcome)
         for opt, bad in option_cases(name):
