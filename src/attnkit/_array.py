@@ -11,6 +11,8 @@ back; other libraries compute half precision as given. Integer, bool, complex an
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 import sys
 from collections.abc import Mapping, Sequence
@@ -42,6 +44,9 @@ __all__ = [
     "bool_option",
     "int_option",
     "seed_option",
+    "check_option",
+    "option_kinds",
+    "checked_options",
     "allocation_limit",
     "check_allocation",
     "is_numpy",
@@ -463,6 +468,71 @@ def check_allocation(nbytes: int | float, name: str, what: str, limit: int | Non
             f"{_fmt_bytes(float(limit))} allowed (ATTNKIT_MAX_ALLOC_BYTES); choose smaller values"
         )
     return int(nbytes)
+
+
+#: how each constructor option is checked, by its annotation (the registry's option table reads the same
+#: annotations): ``bool`` -> :func:`bool_option`, ``int`` -> :func:`int_option`, ``int | None`` -> ``None`` or
+#: an int, ``seed`` -> :func:`seed_option`. Other annotations (floats, strings, unions) are the constructor's.
+_OPTION_KINDS = {"bool": "bool", "int": "int", "int|None": "int?", "Optional[int]": "int?", "None|int": "int?"}
+
+
+def option_kinds(init: Any) -> dict[str, str]:
+    """Option name -> kind (see :data:`_OPTION_KINDS`) from ``init``'s annotations (strings or types)."""
+    kinds: dict[str, str] = {}
+    for name, ann in getattr(init, "__annotations__", {}).items():
+        if name == "return":
+            continue
+        text = ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+        kind = _OPTION_KINDS.get(text.replace(" ", "").replace("typing.", ""))
+        if name == "seed" and kind in ("int", "int?"):
+            kind = "seed"
+        if kind is not None:
+            kinds[name] = kind
+    return kinds
+
+
+def check_option(kind: str, value: Any, name: str) -> Any:
+    """``value`` checked as an option of ``kind`` (``bool``, ``int``, ``int?``, ``seed``); ``ConfigError`` naming ``name``."""
+    if kind == "bool":
+        return bool_option(value, name)
+    if kind == "seed":
+        return seed_option(value, name)
+    if kind == "int?" and value is None:
+        return None
+    # a count or a length beyond int64 cannot index any array (2**70 heads is a mistake, not a size)
+    return int_option(value, name, maximum=2**63 - 1)
+
+
+def checked_options(init: Any) -> Any:
+    """Wrap a constructor: every option is checked by its annotation's kind (:data:`_OPTION_KINDS`) before
+    the body runs, and a ``MemoryError`` while building becomes a ``ConfigError``.
+
+    The one place where bool, integer and seed options are validated: every mechanism's constructor is
+    wrapped when its class is defined (``Mechanism.__init_subclass__``), and the training helpers use it
+    as a decorator. The body then sees only valid values.
+    """
+    sig = inspect.signature(init)
+    kinds: dict[str, str] | None = None
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal kinds
+        if kinds is None:
+            kinds = option_kinds(init)
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"{type(self).__name__}: {exc}") from None
+        for name, value in list(bound.arguments.items()):
+            kind = kinds.get(name)
+            if kind is not None and not (value is None and sig.parameters[name].default is None):
+                bound.arguments[name] = check_option(kind, value, name)
+        try:
+            init(*bound.args, **bound.kwargs)
+        except MemoryError as exc:  # an allocation no estimate foresaw: still the options' fault, named
+            raise ConfigError(f"options: not enough memory to build {type(self).__name__} ({exc})") from None
+
+    return checked
 
 
 def one_of(value: object, name: str, choices: Sequence[str]) -> str:

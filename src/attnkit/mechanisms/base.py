@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import functools
 import inspect
 import math
 import os
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import array_api_compat
 import numpy as np
 
-from .._array import Array, bool_option, check_allocation, int_option, is_traced, namespace, seed_option, shape_str, to_numpy, torch_compiling
+from .._array import Array, check_allocation, checked_options, is_traced, namespace, option_kinds, shape_str, to_numpy, torch_compiling
 from ..errors import ConfigError, DisposedError, ShapeError
 
 if TYPE_CHECKING:
@@ -128,7 +127,7 @@ class Mechanism:
         _check_signature(cls, "attention_weights", ("query", "key"))
         init = cls.__dict__.get("__init__")
         if init is not None and not hasattr(init, "__wrapped__"):
-            cls.__init__ = _checked_init(init)  # type: ignore[method-assign]
+            cls.__init__ = checked_options(init)  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         self._disposed = False
@@ -464,72 +463,9 @@ class Mechanism:
                 f.add_done_callback(_retrieve)
 
 
-#: how each constructor option is checked, by its annotation (the registry's option table reads the same
-#: annotations): ``bool`` -> :func:`bool_option`, ``int`` -> :func:`int_option`, ``int | None`` -> ``None`` or
-#: an int, ``seed`` -> :func:`seed_option`. Other annotations (floats, strings, unions) are the constructor's.
-_OPTION_KINDS = {"bool": "bool", "int": "int", "int|None": "int?", "Optional[int]": "int?", "None|int": "int?"}
-
-
-def _option_kinds(init: Any) -> dict[str, str]:
-    """Option name -> kind (see :data:`_OPTION_KINDS`) from ``init``'s annotations (strings or types)."""
-    kinds: dict[str, str] = {}
-    for name, ann in getattr(init, "__annotations__", {}).items():
-        if name == "return":
-            continue
-        text = ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
-        kind = _OPTION_KINDS.get(text.replace(" ", "").replace("typing.", ""))
-        if name == "seed" and kind in ("int", "int?"):
-            kind = "seed"
-        if kind is not None:
-            kinds[name] = kind
-    return kinds
-
-
-def check_option(kind: str, value: Any, name: str) -> Any:
-    """``value`` checked as an option of ``kind`` (``bool``, ``int``, ``int?``, ``seed``); ``ConfigError`` naming ``name``."""
-    if kind == "bool":
-        return bool_option(value, name)
-    if kind == "seed":
-        return seed_option(value, name)
-    if kind == "int?" and value is None:
-        return None
-    # a count or a length beyond int64 cannot index any array (2**70 heads is a mistake, not a size)
-    return int_option(value, name, maximum=2**63 - 1)
-
-
-def _checked_init(init: Any) -> Any:
-    """Wrap a mechanism's ``__init__``: every option is checked by its annotation's kind before the body runs.
-
-    The one place where bool, integer and seed options are validated for every mechanism (a subclass's
-    constructor is wrapped when the class is defined); the body then sees only valid values.
-    """
-    sig = inspect.signature(init)
-    kinds: dict[str, str] | None = None
-
-    @functools.wraps(init)
-    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
-        nonlocal kinds
-        if kinds is None:
-            kinds = _option_kinds(init)
-        try:
-            bound = sig.bind(self, *args, **kwargs)
-        except TypeError as exc:
-            raise ConfigError(f"{type(self).__name__}: {exc}") from None
-        for name, value in list(bound.arguments.items()):
-            kind = kinds.get(name)
-            if kind is not None and not (value is None and sig.parameters[name].default is None):
-                bound.arguments[name] = check_option(kind, value, name)
-        try:
-            init(*bound.args, **bound.kwargs)
-        except MemoryError as exc:  # an allocation no estimate foresaw: still the options' fault, named
-            raise ConfigError(f"{_size_options(self)}: not enough memory to build {type(self).__name__} ({exc})") from None
-
-    return checked
-
-
 def _size_options(mech: Any) -> str:
     """The integer options of ``mech`` that set its size (for messages): ``"model_dim=8, heads=2"``."""
-    kinds = _option_kinds(getattr(type(mech).__init__, "__wrapped__", type(mech).__init__))
+    kinds = option_kinds(getattr(type(mech).__init__, "__wrapped__", type(mech).__init__))
     parts = [f"{n}={getattr(mech, n)}" for n, k in kinds.items() if k in ("int", "int?") and isinstance(getattr(mech, n, None), int)]
     return ", ".join(parts) or "options"
 
