@@ -221,12 +221,7 @@ def _plain_numpy(x: np.ndarray, name: str, xp: Namespace | None) -> Array:
             )
         x = np.ma.getdata(x)
     arr = np.asarray(x)
-    if arr.dtype.kind != "f":
-        if arr.dtype.kind == "O":
-            try:
-                return as_float_array(arr.tolist(), name, xp)
-            except DTypeError:
-                pass
+    if arr.dtype.kind != "f":  # object arrays too: their elements may be anything
         raise DTypeError(f"{name}: expected a float dtype (float16/float32/float64), got {arr.dtype}")
     if arr.dtype == np.longdouble:
         arr = arr.astype(np.float64)
