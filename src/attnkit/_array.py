@@ -530,6 +530,29 @@ def checked_options(init: Any) -> Any:
     return checked
 
 
+def check_scores(q: Array, k: Array, name: str = "query, key", copies: int = 3) -> None:
+    """Refuse, before computing, a dense score matrix ``(..., Lq, Lk)`` of ``q (..., Lq, D)`` and ``k (..., Lk, D)``
+    whose ``copies`` live arrays (scores, exponentials, probabilities) would exceed :func:`allocation_limit`.
+
+    Reads static shapes only: skipped for symbolic lengths (a graph being exported) and while
+    ``torch.compile`` traces, so it never touches data and never breaks a graph.
+    """
+    if torch_compiling():
+        return
+    qs, ks = tuple(q.shape), tuple(k.shape)
+    if any(d is None for d in (*qs, *ks)):
+        return
+    try:
+        lead = broadcast_shapes(qs[:-2], ks[:-2])
+    except ValueError:
+        return  # the caller reports shapes that do not broadcast
+    count = float(qs[-2]) * float(ks[-2])
+    for d in lead:
+        count *= float(d)
+    itemsize = float(getattr(getattr(q, "dtype", None), "itemsize", 4) or 4)
+    check_allocation(copies * count * itemsize, name, f"the dense ({', '.join(str(int(d)) for d in (*lead, qs[-2], ks[-2]))}) attention scores")
+
+
 def one_of(value: object, name: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value.lower() not in choices:
         raise ConfigError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")

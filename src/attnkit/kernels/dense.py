@@ -26,7 +26,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, is_graph, is_numpy, is_torch
+from .._array import Array, Namespace, check_scores, is_graph, is_numpy, is_torch
 from ._threads import BlasOneThread, blas_limiter_available
 from .gqa import group_keys, group_queries, group_slopes, kv_groups, needs_grouping, ungroup
 from .masks import alibi_bias, apply_mask_tile, causal_allowed, index_grid, window_allowed, window_skips
@@ -225,6 +225,7 @@ def attention_weights(
             softcap=softcap,
         )
         return ungroup(w, xp)
+    check_scores(q, k)
     lq, lk = q.shape[-2], k.shape[-2]
     s = (q * scale) @ xp.matrix_transpose(k)
     s = _scores(s, xp, 0, lq, 0, lk, None if lq is None or lk is None else lk - lq, causal, window, _slopes4(alibi_slopes, q, xp), softcap)
