@@ -246,7 +246,7 @@ def main() -> None:
         name = rng.choice(registry.names())
         cls = registry.get(name)
         mech = registry.create(name, **cls.example_options)
-        inputs = list(mech.example_inputs(rng.randint(0, 6), np.random.default_rng(rng.randrange(1000))))
+        inputs = list(mech.example_inputs(rng.randint(1, 6), np.random.default_rng(rng.randrange(1000))))
         extras = mech.example_extras(SEQ, np.random.default_rng(1))
         i = rng.randrange(len(inputs))
         which = ("query", "key", "value")[i]
