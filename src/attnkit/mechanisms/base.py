@@ -24,6 +24,7 @@ import numpy as np
 
 from .._array import Array, check_allocation, checked_options, is_traced, namespace, option_kinds, shape_str, to_numpy, torch_compiling
 from ..errors import ConfigError, DisposedError, ShapeError
+from ..kernels.overflow import finite_or_wider
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -258,13 +259,23 @@ class Mechanism:
         """Liveness, then ``_forward`` with this object's parameters (or the lazy Dask adapter)."""
         self._check_alive()
         if _lazy(query, key, value):
+            if extras.get("cache") is not None:
+                raise ConfigError("cache: a KVCache is filled step by step and cannot take Dask arrays; compute the chunk first")
             from ..dask import lazy_forward  # the Dask adapter: a graph over the chunks, nothing computed here
 
             return lazy_forward(self, self._own_params(), query, key, value, mask=mask, **extras)
         empty = self._empty_result(query, key, value, extras)
         if empty is not None:
             return empty
-        return self._forward(self._own_params(), query, key, value, mask=mask, **extras)
+        # large finite inputs never come back as inf/NaN: recomputed wider, or a named error (kernels.overflow);
+        # a step that fills a KV cache is never run twice (the rerun would append its keys again)
+        return finite_or_wider(
+            self._forward,
+            (self._own_params(), query, key, value),
+            dict(mask=mask, **extras),
+            names="query, key, value (their magnitude)",
+            rerun=extras.get("cache") is None,
+        )
 
     def _empty_result(self, query: Any, key: Any, value: Any, extras: Mapping[str, Any]) -> Array | None:
         """The result for a query with no rows (a zero-length batch or query axis), without computing over the
@@ -277,7 +288,7 @@ class Mechanism:
         ``(0, 2**20, 2, 4)`` used to loop over 2**20 empty rows.)
         """
         shape = getattr(query, "shape", None)
-        if shape is None or extras or is_traced(query) or torch_compiling():
+        if shape is None or any(v is not None for v in extras.values()) or is_traced(query) or torch_compiling():
             return None
         nf = _FEATURE_AXES[self.input_layout]
         try:

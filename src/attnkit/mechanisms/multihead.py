@@ -29,6 +29,7 @@ from .._array import (
     check_finite,
     common_float_dtype,
     compute_dtype,
+    is_graph,
     namespace,
     positive_int,
     probability,
@@ -36,13 +37,15 @@ from .._array import (
 )
 from .._array import length as _dim
 from ..errors import AttentionError, ConfigError, ShapeError
-from ..kernels.dense import attention_weights, sdpa
+from ..kernels.decode import cached_attention
+from ..kernels.dense import NO_WINDOW, attention_weights, sdpa
 from ..kernels.gqa import group_keys, group_queries, ungroup
 from ..kernels.masks import prepare_mask, unflatten_mask
 from ..kernels.projection import linear, merge_heads, split_heads
 from ..weights import PROJECTIONS, load_state, to_attnkit
 from ._learned import LearnedParams
 from .base import Mechanism
+from .kv_cache import KVCache, as_cache, cache_mask
 from .registry import register
 
 __all__ = ["MultiHeadAttention", "CrossAttention", "SelfAttention"]
@@ -209,8 +212,23 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         vh = None if v is None else split_heads(linear(v, w["v_proj.weight"], w.get("v_proj.bias"), xp), self.kv_heads, xp)
         return qh, kh, vh, pm, w, out_dtype, flat, xp
 
-    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
+    def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, cache: KVCache | None = None) -> Array:
+        """Output ``(..., Lq, model_dim)``; ``key``/``value`` default to ``query``; flat in, flat out.
+
+        ``cache``: a :class:`~attnkit.KVCache` of ``kv_heads`` heads of width ``head_dim``, for
+        incremental decoding as self-attention (``forward(x, cache=cache)``, no ``key``/``value``):
+        the projected keys and values of the new tokens ``x`` are appended and their queries attend
+        causally over the cache (bottom-right aligned, whatever ``causal`` says; RoPE positions, where
+        the layer has ``rope``, from the cache), as :meth:`attnkit.FlashAttention.forward` does.
+        """
+        if cache is None:
+            return self._run_forward(query, key, value, mask=mask)
+        return self._run_forward(query, key, value, mask=mask, cache=cache)
+
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, cache: Any = None) -> Array:
         """Output ``(..., Lq, model_dim)``; ``key``/``value`` default to ``query``; flat in, flat out."""
+        if cache is not None:
+            return self._forward_cached(params, query, key, value, mask, as_cache(cache))
         qh, kh, vh, pm, w, out_dtype, flat, xp = self._project(params, query, key, value, mask)
         scale = 1.0 / math.sqrt(self.head_dim)
         p = self.dropout if self.training else 0.0
@@ -227,6 +245,36 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         else:
             self._cache.pop("weights", None)
             heads_out = sdpa(qh, kh, vh, xp=xp, scale=scale, mask=pm, causal=self.causal, dropout_p=p, rng=self._rng())
+        out = linear(merge_heads(heads_out, xp), w["out_proj.weight"], w.get("out_proj.bias"), xp)
+        if out.dtype != out_dtype:
+            out = xp.astype(out, out_dtype)
+        return xp.reshape(out, (-1,)) if flat else out
+
+    def _forward_cached(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, mask: Any, cache: KVCache) -> Array:
+        """``forward(x, cache=cache)``: self-attention of the new tokens over the cache (see :meth:`forward`)."""
+        if key is not None or value is not None:
+            raise ConfigError("cache: decoding with a KVCache is self-attention; call forward(x, cache=cache) without key/value")
+        if self._in_dims()["k_proj"] != self.model_dim or self._in_dims()["v_proj"] != self.model_dim:
+            raise ConfigError("cache: decoding with a KVCache is self-attention; this layer's keys have another width (kdim/vdim)")
+        qh, kh, vh, _, w, out_dtype, flat, xp = self._project(params, query, None, None, None)
+        if is_graph(xp):
+            raise ConfigError("cache: a KVCache is Python state and cannot be exported to ONNX; export the forward without cache=")
+        lq, p0 = int(qh.shape[-2]), cache.length
+        rope = getattr(self, "rope", None)
+        if rope is not None:  # positions from the cache
+            pos = np.arange(p0, p0 + lq, dtype=np.float64)
+            qh, kh = rope.apply(qh, pos, seq_axis=-2), rope.apply(kh, pos, seq_axis=-2)
+        batch = broadcast_shapes(tuple(qh.shape[:-3]), tuple(kh.shape[:-3]))
+        if flat:
+            mask = unflatten_mask(mask, lq, p0 + lq)
+        pm = cache_mask(mask, cache, xp, batch, self.heads, lq, p0 + lq, qh.dtype, array_api_compat.device(qh))
+        k_all, v_all, left = cache.extend(kh, vh, ordered=mask is not None)
+        lk = int(k_all.shape[-2])
+        window = (left, -1) if left is not None and left < lk - 1 else NO_WINDOW
+        p = self.dropout if self.training else 0.0
+        self._cache.pop("weights", None)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        heads_out = cached_attention(qh, k_all, v_all, xp=xp, scale=scale, mask=pm, window=window, dropout_p=p, rng=self._rng())
         out = linear(merge_heads(heads_out, xp), w["out_proj.weight"], w.get("out_proj.bias"), xp)
         if out.dtype != out_dtype:
             out = xp.astype(out, out_dtype)
@@ -305,7 +353,9 @@ class CrossAttention(MultiHeadAttention):
         e = self.model_dim
         return {"q_proj": e, "k_proj": self.key_dim, "v_proj": self.key_dim, "out_proj": e}
 
-    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, cache: Any = None) -> Array:
+        if cache is not None:
+            raise ConfigError("cache: a KVCache serves self-attention; CrossAttention attends fixed keys (project them once instead)")
         if key is None:
             raise ShapeError(f"key: CrossAttention needs keys of width key_dim = {self.key_dim}")
         return super()._forward(params, query, key, key if value is None else value, mask=mask)
@@ -359,10 +409,10 @@ class SelfAttention(MultiHeadAttention):
             kv_heads=kv_heads,
         )
 
-    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, cache: Any = None) -> Array:
         if key is not None or value is not None:
             raise ConfigError("key: SelfAttention attends the query over itself; use MultiHeadAttention or CrossAttention for other keys")
-        return super()._forward(params, query, None, None, mask=mask)
+        return super()._forward(params, query, None, None, mask=mask, cache=cache)
 
     def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
         if key is not None:
