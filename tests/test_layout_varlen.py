@@ -156,3 +156,10 @@ def test_varlen_bad_inputs(rng: np.random.Generator) -> None:
         fa(q, k, v, cu_seqlens_q=cq, cu_seqlens_k=[0, 7])
     with pytest.raises(ConfigError, match=r"^mask: not used with packed sequences"):
         fa(q, k, v, cu_seqlens_q=cq, mask=np.ones((7, 7), bool))
+
+
+def test_bhsd_empty_batch_and_empty_query(rng: np.random.Generator) -> None:
+    fa = FlashAttention(heads=4, dim=8, layout="bhsd")
+    assert fa(np.zeros((0, 4, 5, 8))).shape == (0, 4, 5, 8)
+    out = fa(np.zeros((2, 4, 0, 8)), randn(rng, 2, 4, 3, 8), randn(rng, 2, 4, 3, 8))
+    assert out.shape == (2, 4, 0, 8)

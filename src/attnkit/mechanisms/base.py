@@ -287,6 +287,8 @@ class Mechanism:
         is then an empty array of the query's leading shape. (``FlashAttention(heads=2, dim=4)`` on
         ``(0, 2**20, 2, 4)`` used to loop over 2**20 empty rows.)
         """
+        if getattr(query, "is_nested", False) is True or getattr(self, "layout", "bshd") != "bshd":
+            return None  # nested (ragged) shapes and the heads-first layout: the full path handles empty inputs
         shape = getattr(query, "shape", None)
         if shape is None or any(v is not None for v in extras.values()) or is_traced(query) or torch_compiling():
             return None
