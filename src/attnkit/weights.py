@@ -10,7 +10,12 @@ key                 shape            meaning
 ``v_proj.weight``   (E, vdim)        W_v
 ``out_proj.weight`` (E, E)           W_o
 ``*.bias``          (E,)             biases (absent when ``bias=False``)
+``bias_k``          (E,)             torch's ``add_bias_kv`` key bias (torch: ``(1, 1, E)``)
+``bias_v``          (E,)             torch's ``add_bias_kv`` value bias
 ==================  ===============  =====================================
+
+With grouped-query attention (``kv_heads < heads``), ``k_proj``/``v_proj`` (and ``bias_k``/``bias_v``)
+have ``kv_heads * head_dim`` rows instead of ``E``.
 
 Graph attention (:class:`~attnkit.EdgeFeaturedAttention`) keeps PyTorch Geometric's own names
 (``lin.weight`` or ``lin_src.weight``/``lin_dst.weight`` for GAT, ``lin_l.*``/``lin_r.*`` for GATv2,
@@ -159,7 +164,19 @@ def check_params(params: Mapping[str, Any], where: str = "weights") -> dict[str,
         want_b = (rows.get(name, e),)
         if b is not None and b.shape != want_b:
             raise ShapeError(f"{where}: {name}.bias expected shape {want_b}, got {b.shape}")
+    if ("bias_k" in p) != ("bias_v" in p):
+        raise ConfigError(f"{where}: bias_k and bias_v come together (torch's add_bias_kv=True); found only {'bias_k' if 'bias_k' in p else 'bias_v'}")
+    for name, proj in (("bias_k", "k_proj"), ("bias_v", "v_proj")):
+        if name in p:
+            b = p[name]
+            if b.ndim == 3 and b.shape[:2] == (1, 1):  # torch's (1, 1, E)
+                b = p[name] = b.reshape(-1)
+            if b.shape != (rows[proj],):
+                raise ShapeError(f"{where}: {name} expected shape ({rows[proj]},) or torch's (1, 1, {rows[proj]}), got {b.shape}")
     return p
+
+
+_EXTRA = ("bias_k", "bias_v")
 
 
 def detect_layout(state: Mapping[str, Any]) -> str:
@@ -180,18 +197,20 @@ def to_attnkit(state: Mapping[str, Any], prefix: str | None = None) -> dict[str,
     state = load_state(state)
     layout = detect_layout(state)
     if layout == "attnkit":
-        return check_params({k: v for k, v in state.items() if k.split(".")[0] in PROJECTIONS})
+        return check_params({k: v for k, v in state.items() if k.split(".")[0] in PROJECTIONS or k in _EXTRA})
     if layout == "torch_mha":
         return from_torch_mha(state)
     return from_hf_bert(state, prefix=prefix)
 
 
 def from_torch_mha(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """``torch.nn.MultiheadAttention.state_dict()`` -> attnkit layout (packed or kdim/vdim form)."""
+    """``torch.nn.MultiheadAttention.state_dict()`` -> attnkit layout (packed or kdim/vdim form; ``bias_k``
+    and ``bias_v`` of ``add_bias_kv=True`` become vectors of length E)."""
     sd = {k: to_numpy(v) for k, v in state.items()}
-    if "bias_k" in sd or "bias_v" in sd:
-        raise ConfigError("weights: add_bias_kv=True (bias_k/bias_v) is not supported; use add_bias_kv=False")
     out: dict[str, np.ndarray] = {}
+    for name in _EXTRA:
+        if name in sd:
+            out[name] = sd[name]
     if "in_proj_weight" in sd:
         w = sd["in_proj_weight"]
         if w.ndim != 2 or w.shape[0] % 3 or w.shape[0] != 3 * w.shape[1]:
@@ -221,9 +240,16 @@ def to_torch_mha(params: Mapping[str, Any], packed: bool | None = None) -> dict[
     """attnkit layout -> ``torch.nn.MultiheadAttention`` state dict.
 
     ``packed=None`` packs ``in_proj_weight`` when q/k/v weights share a shape (kdim == vdim == E),
-    which is what torch itself does; ``packed=False`` writes the separate form.
+    which is what torch itself does; ``packed=False`` writes the separate form. ``bias_k``/``bias_v``
+    are written in torch's ``(1, 1, E)`` shape. Grouped-query weights (``kv_heads < heads``) have no
+    torch ``MultiheadAttention`` form.
     """
     p = check_params(params)
+    if p["k_proj.weight"].shape[0] != p["q_proj.weight"].shape[0]:
+        raise ConfigError(
+            f"weights: k_proj has {p['k_proj.weight'].shape[0]} rows for E = {p['q_proj.weight'].shape[0]} (grouped-query "
+            "attention), which torch.nn.MultiheadAttention cannot hold"
+        )
     same = p["q_proj.weight"].shape == p["k_proj.weight"].shape == p["v_proj.weight"].shape
     if packed and not same:
         raise ConfigError("packed: q/k/v weights differ in shape (kdim/vdim != model_dim); use packed=False")
@@ -239,6 +265,9 @@ def to_torch_mha(params: Mapping[str, Any], packed: bool | None = None) -> dict[
     out["out_proj.weight"] = p["out_proj.weight"]
     if "out_proj.bias" in p:
         out["out_proj.bias"] = p["out_proj.bias"]
+    for name in _EXTRA:
+        if name in p:
+            out[name] = p[name].reshape(1, 1, -1)
     return out
 
 
