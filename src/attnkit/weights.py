@@ -165,7 +165,9 @@ def check_params(params: Mapping[str, Any], where: str = "weights") -> dict[str,
         if b is not None and b.shape != want_b:
             raise ShapeError(f"{where}: {name}.bias expected shape {want_b}, got {b.shape}")
     if ("bias_k" in p) != ("bias_v" in p):
-        raise ConfigError(f"{where}: bias_k and bias_v come together (torch's add_bias_kv=True); found only {'bias_k' if 'bias_k' in p else 'bias_v'}")
+        raise ConfigError(
+            f"{where}: bias_k and bias_v come together (torch's add_bias_kv=True); found only {'bias_k' if 'bias_k' in p else 'bias_v'}"
+        )
     for name, proj in (("bias_k", "k_proj"), ("bias_v", "v_proj")):
         if name in p:
             b = p[name]

@@ -36,6 +36,7 @@ __all__ = [
     "key_padding_mask",
     "combine_masks",
     "append_key_columns",
+    "causal_like",
 ]
 
 
@@ -269,7 +270,9 @@ def key_padding_mask(
     lk = _dim(target[-1])
     batch = tuple(target[:-3])
     if kpm.ndim < 1 or kpm.ndim > len(batch) + 1 or _dim(kpm.shape[-1]) != lk:
-        raise ShapeError(f"{name}: expected shape (..., Lk) with Lk = {lk} and batch dimensions that broadcast to {shape_str(batch)}, got {shape_str(kpm.shape)}")
+        raise ShapeError(
+            f"{name}: expected shape (..., Lk) with Lk = {lk} and batch dimensions that broadcast to {shape_str(batch)}, got {shape_str(kpm.shape)}"
+        )
     mxp = array_api_compat.array_namespace(kpm)
     if mxp.isdtype(kpm.dtype, "bool"):
         kpm = mxp.logical_not(kpm)  # torch: True = padding; attnkit: True = attend
@@ -292,6 +295,14 @@ def _additive(m: Array, xp: Namespace, dtype: Any) -> Array:
         return m
     zero = xp.zeros((), dtype=dtype, device=array_api_compat.device(m))
     return xp.where(m, zero, zero - xp.inf)
+
+
+def causal_like(s: Array, xp: Namespace) -> Array:
+    """Bool ``(Lq, Lk)`` bottom-right causal mask (``j <= i + Lk - Lq``) for scores shaped like ``s (..., Lq, Lk)``,
+    counted from ``s`` itself (:func:`index_grid`), so it holds when the lengths are symbolic (a graph being exported)."""
+    i, j = index_grid(s, xp)
+    offset = (xp.max(j[:1, :]) + 1.0) - (xp.max(i[:, :1]) + 1.0)
+    return j <= i + offset
 
 
 def append_key_columns(mask: Array | None, xp: Namespace, lk: int, extra: int) -> Array | None:

@@ -121,7 +121,7 @@ class RotaryEmbedding:
         x = as_float_array(x, "x", xp)
         if x.ndim < 1:
             raise ShapeError(f"x: expected shape (..., L, D) with D >= dim = {self.dim}, got a scalar")
-        if x.shape[-1] < self.dim:
+        if x.shape[-1] is not None and x.shape[-1] < self.dim:
             raise ShapeError(f"x: expected at least dim = {self.dim} features along the last axis, got {x.shape[-1]} (shape {shape_str(x.shape)})")
         lead = x.ndim - 1
         if isinstance(seq_axis, bool) or not isinstance(seq_axis, (int, np.integer)):

@@ -44,7 +44,7 @@ from .._array import length as _dim
 from ..errors import AttentionError, ConfigError, ShapeError
 from ..kernels.dense import attention_weights, sdpa
 from ..kernels.gqa import group_keys, group_queries, ungroup
-from ..kernels.masks import append_key_columns, causal_allowed, combine_masks, prepare_mask, unflatten_mask
+from ..kernels.masks import append_key_columns, causal_allowed, causal_like, combine_masks, prepare_mask, unflatten_mask
 from ..kernels.masks import key_padding_mask as _key_padding_mask
 from ..kernels.projection import linear, merge_heads, split_heads
 from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
@@ -284,7 +284,11 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         if extra:
             # the appended positions are visible to every query: causal becomes a mask over the real keys
             if causal:
-                pm = combine_masks(pm, causal_allowed(xp, 0, lq, 0, lk, lk - lq, dev), xp, cdt)
+                if lq is None or lk is None:  # symbolic lengths (a graph being exported): counted from a score-shaped array
+                    allowed = causal_like(qh[..., :1, :, :1] @ xp.matrix_transpose(kh[..., :1, :, :1]), xp)
+                else:
+                    allowed = causal_allowed(xp, 0, lq, 0, lk, lk - lq, dev)
+                pm = combine_masks(pm, allowed, xp, cdt)
                 causal = False
             kh, vh = self._append_positions(w, kh, vh, xp)
             pm = append_key_columns(pm, xp, lk, extra)
