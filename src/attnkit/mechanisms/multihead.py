@@ -406,7 +406,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         if out.dtype != out_dtype:
             out = xp.astype(out, out_dtype)
         out = xp.reshape(out, (-1,)) if flat else out
-        if not need_weights:
+        if not need_weights or probs is None:
             return out
         weights = xp.mean(probs, axis=-3) if average_attn_weights else probs
         return out, xp.astype(weights, out_dtype) if weights.dtype != out_dtype else weights
