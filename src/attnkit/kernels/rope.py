@@ -24,6 +24,7 @@ array-API generic: torch tensors stay torch (on their device, with autograd thro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import array_api_compat
@@ -224,10 +225,17 @@ def as_rope(value: Any, dim: int, name: str = "rope") -> RotaryEmbedding | None:
 
     ``None``/``False``: no rotary embedding; a :class:`RotaryEmbedding`: used as given (its ``dim`` must not
     exceed the head width ``dim``); ``True``, ``"half"`` or ``"interleaved"``: a default embedding over the
-    whole head width with that layout (the string form is what the CLI and config files pass).
+    whole head width with that layout (the string form is what the CLI and config files pass); a mapping
+    of :class:`RotaryEmbedding`'s options (``{"base": 500000.0}``; ``dim`` defaults to the head width),
+    which is how a config file or preset gives the base.
     """
     if value is None or value is False:
         return None
+    if isinstance(value, Mapping):
+        unknown = sorted(set(map(str, value)) - {"dim", "base", "scaling", "layout"})
+        if unknown:
+            raise ConfigError(f"{name}: unknown RotaryEmbedding option {unknown[0]!r}; expected dim, base, scaling, layout")
+        return as_rope(RotaryEmbedding(**{"dim": dim, **{str(k): v for k, v in value.items()}}), dim, name)
     if isinstance(value, RotaryEmbedding):
         if value.dim > dim:
             raise ConfigError(f"{name}: the RotaryEmbedding rotates {value.dim} features but the head width is {dim}")
