@@ -273,3 +273,39 @@ def test_onnx_export_with_bias_kv_zero_attn_and_rope(rng, tmp_path):
     x2 = rng.standard_normal((3, 11, 16)).astype(np.float32)
     got = sess.run(None, {"query": x2})[0]
     np.testing.assert_allclose(got, mha.forward(x2), rtol=1e-4, atol=1e-5)
+
+
+def test_jax_jit_with_every_option(rng):
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+    mha = MultiHeadAttention(E, H, add_bias_kv=True, add_zero_attn=True, rope=True, causal=True, seed=8)
+    x = randn(rng, B, 5, E)
+    kpm = np.zeros((B, 5), bool)
+    kpm[1, 3:] = True
+    params = {k: jnp.asarray(v, dtype=jnp.float64) for k, v in mha.parameters().items()}
+
+    @jax.jit
+    def f(p, x, kpm):
+        return attnkit.functional_call(mha, p, x, key_padding_mask=kpm, need_weights=True)
+
+    out, w = f(params, jnp.asarray(x), jnp.asarray(kpm))
+    want, want_w = mha.forward(x, key_padding_mask=kpm, need_weights=True)
+    assert_close(np.asarray(out), want, TOL32)
+    assert_close(np.asarray(w), want_w, TOL32)
+    ref, _ = ref_forward(x, x, x, mha.parameters(), H, H, kpm=kpm, causal=True, bias_kv=True, zero_attn=True, rope_base=10000.0)
+    assert_close(np.asarray(out), ref, TOL64)
+
+
+def test_torch_compile_fullgraph_with_every_option(rng):
+    from attnkit.torch import AttentionModule
+
+    mha = MultiHeadAttention(E, H, add_bias_kv=True, add_zero_attn=True, rope=True, causal=True, seed=9)
+    mod = AttentionModule(mha)
+    x = to_torch(randn(rng, B, 5, E))
+    kpm = torch.zeros(B, 5, dtype=torch.bool)
+    kpm[1, 3:] = True
+    out, w = torch.compile(lambda x: mod(x, key_padding_mask=kpm, need_weights=True), fullgraph=True, backend="eager")(x)
+    want, want_w = mod(x, key_padding_mask=kpm, need_weights=True)
+    assert_close(out, want, TOL32)
+    assert_close(w, want_w, TOL32)
