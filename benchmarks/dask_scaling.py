@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import math
-import platform
 import resource
 import subprocess
 import sys
@@ -23,26 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import environment
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def blas() -> list[dict[str, object]]:
-    try:
-        from threadpoolctl import threadpool_info
-
-        return [{k: v for k, v in d.items() if k in ("internal_api", "version", "architecture", "num_threads")} for d in threadpool_info()]
-    except ImportError:
-        return []
 
 
 def _peak_rss() -> int:
@@ -130,7 +112,7 @@ def main() -> None:
         "seconds_estimate": tasks * per_task / (machines * cores),
         "note": "compute only, perfect scaling of independent partial tasks; merges and transfers of (chunk x H x Dv) partials excluded",
     }
-    result = {"cpu": cpu_model(), "blas": blas(), "heads": args.heads, "dim": args.dim, "chunk": args.chunk, "rows": rows, "estimate": estimate}
+    result = {"environment": environment(), "heads": args.heads, "dim": args.dim, "chunk": args.chunk, "rows": rows, "estimate": estimate}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(estimate, indent=2))

@@ -1,6 +1,6 @@
 """ONNX Runtime (Python) against attnkit's NumPy path and torch SDPA, for exported FlashAttention.
 
-    python benchmarks/onnx_bench.py [--lengths 512,2048,4096] [--repeats 7] [--threads 2]
+    python -m benchmarks.onnx_bench [--lengths 512,2048,4096] [--repeats 7] [--threads 2]
 
 FlashAttention with 8 heads of width 64 is exported once (``attnkit.export_onnx`` at length 8, dynamic
 axes) and run at each length L in ONNX Runtime (``intra_op_num_threads = threads``), in attnkit's NumPy
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -24,15 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from benchmarks.machine import environment
 
 
 def main() -> None:
@@ -114,13 +105,13 @@ def main() -> None:
 
     result = {
         "benchmark": "onnx_export_flash",
-        "cpu": cpu_model(),
+        "environment": environment(threads),
         "threads": threads,
         "repeats": args.repeats,
         "heads": heads,
         "dim": dim,
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__, "numpy": np.__version__, "attnkit": attnkit.__version__},
-        "command": "python benchmarks/onnx_bench.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
+        "command": "python -m benchmarks.onnx_bench " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
         "rows": rows,
         "exported_file_bytes": sizes,
     }

@@ -15,10 +15,12 @@ python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[all,test,docs]"
 # --- further set-up steps (browser, JS client) go below this line ---
-# JS client dev dependencies (playwright-core drives Chromium in tests; pyodide is the browser build's runtime).
+# JS client dev dependencies (playwright-core drives Chromium in tests; pyodide is the browser build's runtime;
+# onnxruntime-node/-web run exported models: their CPU/wasm binaries ship in the npm packages, so the optional
+# CUDA download of onnxruntime-node's install script is skipped).
 if command -v npm >/dev/null 2>&1 && { [ ! -f clients/js/node_modules/.package-lock.json ] \
      || [ clients/js/package-lock.json -nt clients/js/node_modules/.package-lock.json ]; }; then
-  (cd clients/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null 2>&1) \
+  (cd clients/js && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error >/dev/null 2>&1) \
     || echo "setup: npm ci in clients/js failed; the browser tests will skip" >&2
 fi
 # Debian's Chromium for the headless browser tests (root with apt-get only; otherwise they skip).

@@ -81,13 +81,15 @@ def test_a_chunk_with_nan_raises_when_computed_and_the_others_stay_computable() 
     np.testing.assert_allclose(lazy[2].compute(scheduler="sync"), mech.forward(q[2]), rtol=1e-6, atol=1e-7)
 
 
-def dense_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool) -> np.ndarray:
-    """float64 softmax(q k^T / sqrt(D)) v, causal bottom-right aligned, rows with no key -> 0."""
+def dense_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, allowed: np.ndarray | None = None) -> np.ndarray:
+    """float64 softmax(q k^T / sqrt(D)) v, causal bottom-right aligned, rows with no key -> 0;
+    ``allowed``: a further boolean (Lq, Lk) pattern (True = may attend)."""
     q64, k64, v64 = (x.astype(np.float64) for x in (q, k, v))
     s = np.einsum("...qhd,...khd->...hqk", q64, k64) / math.sqrt(q.shape[-1])
     lq, lk = q.shape[-3], k.shape[-3]
     if causal:
-        allowed = np.arange(lk)[None, :] <= np.arange(lq)[:, None] + (lk - lq)
+        s = np.where(np.arange(lk)[None, :] <= np.arange(lq)[:, None] + (lk - lq), s, -np.inf)
+    if allowed is not None:
         s = np.where(allowed, s, -np.inf)
     m = s.max(-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
@@ -128,6 +130,49 @@ def test_causal_split_k_skips_the_shards_above_the_diagonal() -> None:
     causal = split_k_attention(q, q, q, heads=2, dim=4, causal=True)
     parts = lambda a: sum(1 for key in a.__dask_graph__() if isinstance(key, tuple) and key[0].endswith("-part"))  # noqa: E731
     assert parts(full) == 16 and parts(causal) == 10  # 4 x 4 tiles; causal keeps the 10 on or below the diagonal
+
+
+def _longformer_pattern(length: int, radius: int, globals_: list[int], causal: bool) -> np.ndarray:
+    """Longformer's pattern written out from its definition: |i - j| <= radius, or i or j global."""
+    allowed = np.zeros((length, length), dtype=bool)
+    for i in range(length):
+        for j in range(length):
+            allowed[i, j] = (abs(i - j) <= radius or i in globals_ or j in globals_) and (j <= i or not causal)
+    return allowed
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("global_tokens", [0, 3, [5, 40, 77]])
+def test_local_global_over_sequence_shards_equals_the_dense_pattern(causal: bool, global_tokens: int | list[int]) -> None:
+    rng = np.random.default_rng(7)
+    length, chunk = 101, 16  # 7 shards, the last one short
+    q, k, v = (rng.standard_normal((2, length, 2, 4)).astype(np.float32) for _ in range(3))
+    mech = attnkit.LocalGlobalAttention(heads=2, dim=4, window=10, global_tokens=global_tokens, causal=causal)
+    with dask.config.set(scheduler=_no_compute):
+        lazy = mech.forward(*(da.from_array(x, chunks=(1, chunk, 2, 4)) for x in (q, k, v)))
+    assert lazy.chunks[1] == da.from_array(q, chunks=(1, chunk, 2, 4)).chunks[1]
+    out = lazy.compute(scheduler="sync")
+    globals_ = list(range(global_tokens)) if isinstance(global_tokens, int) else global_tokens
+    ref = dense_reference(q, k, v, False, _longformer_pattern(length, mech.radius, globals_, causal))
+    assert np.abs(out - ref).max() / max(1.0, np.abs(ref).max()) < 1e-5
+    np.testing.assert_allclose(out, mech.forward(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+def test_local_global_blocks_read_only_their_neighbouring_shards() -> None:
+    q = da.zeros((128, 2, 4), chunks=(16, 2, 4), dtype=np.float32)
+    shards_read: dict[int, set[int]] = {}
+    for global_tokens in (0, 2):
+        mech = attnkit.LocalGlobalAttention(heads=2, dim=4, window=10, global_tokens=global_tokens)
+        graph = mech.forward(q, q, q).__dask_graph__()
+        shards_read = {}
+        for key in graph:
+            if isinstance(key, tuple) and key[0].endswith("-part"):
+                shards_read.setdefault(key[-2], set()).add(key[-1])
+        if global_tokens == 0:  # radius 5 < 16: a block reads itself and the shards on either side
+            assert shards_read == {i: {j for j in (i - 1, i, i + 1) if 0 <= j < 8} for i in range(8)}
+    # globals 0 and 1 live in shard 0: block 0 (holding global queries) reads all 8 shards, the others add shard 0
+    assert shards_read[0] == set(range(8))
+    assert shards_read[5] == {0, 4, 5, 6}
 
 
 def test_split_k_bad_inputs_are_named() -> None:

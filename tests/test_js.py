@@ -1,8 +1,11 @@
-"""Run the JavaScript client's tests (``npm test`` in clients/js) against a live server, from pytest.
+"""Run the JavaScript client's tests (``npm test`` in clients/js) from pytest.
 
-Skipped only when node is not installed. The tests start the server themselves through ``ATTNKIT_BIN``
-(here: this interpreter's ``attnkit`` command, or ``python -m attnkit.server`` when the CLI is absent).
-The headless Chromium tests inside skip themselves when Chromium or playwright-core is missing.
+Skipped only when node is not installed. The HTTP client's tests start the server themselves through
+``ATTNKIT_BIN`` (here: this interpreter's ``attnkit`` command, or ``python -m attnkit.server`` when the CLI
+is absent). The local engine's tests (``test/local.test.js``) export models with this interpreter
+(``ATTNKIT_PYTHON``) and compare onnxruntime-node, onnxruntime-web in Chromium and the ``web/`` demo with
+attnkit's NumPy results; they skip themselves without onnxruntime-node/-web. The headless Chromium tests
+skip themselves when Chromium or playwright-core is missing.
 """
 
 from __future__ import annotations

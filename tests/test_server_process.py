@@ -93,3 +93,28 @@ def test_two_workers_serve_and_stop_cleanly_on_sigterm() -> None:
 def test_bad_settings_exit_with_code_2() -> None:
     r = subprocess.run([sys.executable, "-m", "attnkit.server", "--port", "1", "--queue", "many"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "queue" in r.stderr
+
+
+_NO_LIFESPAN = """
+import numpy as np
+from fastapi.testclient import TestClient
+from attnkit.server.app import create_app
+from attnkit.server.settings import Settings
+
+if __name__ == "__main__":
+    client = TestClient(create_app(Settings()))  # outside ``with``: the app's lifespan never closes its workers
+    r = client.post("/v1/attention/flash", json={"query": np.ones((2, 2, 4)).tolist(), "options": {"heads": 2, "dim": 4}})
+    print(r.status_code)
+"""
+
+
+def test_a_process_whose_app_never_closed_its_workers_still_exits(tmp_path: Path) -> None:
+    """Workers ignore SIGTERM (the server decides when they stop), so multiprocessing's exit handler alone
+    would wait forever for them; the runner closes them at exit (this hang once stalled CI after pytest)."""
+    script = tmp_path / "no_lifespan.py"
+    script.write_text(_NO_LIFESPAN)
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "200"
+    assert time.monotonic() - t0 < 60

@@ -1,8 +1,12 @@
-"""Assemble the browser build of attnkit: Pyodide's runtime, the attnkit wheel and its pure-Python deps.
+"""Assemble the browser build of attnkit: the offline ONNX Runtime Web demo and the Pyodide page.
 
-    python web/build.py [--out web/dist] [--pyodide-dir clients/js/node_modules/pyodide]
+    python web/build.py [--out web/dist] [--node-modules clients/js/node_modules] [--models DIR]
+                        [--no-onnx] [--no-pyodide]
 
-The output folder is a static site: ``index.html`` + ``main.js`` (this folder), ``pyodide/`` (the
+The output folder is a static site. The offline demo (``index.html`` + ``demo.js``) needs ``ort/`` (the
+WebAssembly runtime from the ``onnxruntime-web`` npm package), ``attnkit/`` (the JS client's ``src``) and
+``models/`` (models written by ``attnkit export``: exported here by ``web/onnx_models.py``, or copied from
+``--models DIR``). The Pyodide page (``pyodide.html`` + ``pyodide.js``) needs ``pyodide/`` (the
 runtime from the ``pyodide`` npm package: ``pyodide.mjs``, ``pyodide.asm.wasm``, ``python_stdlib.zip``,
 ``pyodide-lock.json``), and ``wheels/`` with ``attnkit-*.whl``, ``array_api_compat-*.whl`` and an
 ``index.json`` listing them. Serve it with any static server, e.g. ``python -m http.server -d web/dist``.
@@ -28,12 +32,41 @@ ROOT = HERE.parent
 RUNTIME_FILES = ("pyodide.mjs", "pyodide.js", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json")
 
 
+ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+
+
+def build_onnx(out: Path, node_modules: Path, models: Path | None = None) -> dict[str, object]:
+    """Copy the offline demo, ONNX Runtime Web's wasm build, the JS client and the models into ``out``."""
+    ort_dir = node_modules / "onnxruntime-web" / "dist"
+    missing = [f for f in ORT_FILES if not (ort_dir / f).is_file()]
+    if missing:
+        raise SystemExit(f"--node-modules {node_modules}: onnxruntime-web lacks {', '.join(missing)} (run npm install in clients/js)")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("index.html", "demo.js"):
+        shutil.copy2(HERE / name, out / name)
+    for sub in ("ort", "attnkit", "models"):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+    (out / "ort").mkdir()
+    for name in ORT_FILES:
+        shutil.copy2(ort_dir / name, out / "ort" / name)
+    shutil.copytree(ROOT / "clients" / "js" / "src", out / "attnkit")
+    if models is not None:
+        shutil.copytree(models, out / "models", ignore=shutil.ignore_patterns("cases.json"))
+    else:
+        sys.path.insert(0, str(HERE))
+        from onnx_models import export_all
+
+        export_all(out / "models", with_cases=False)
+    return {"models": json.loads((out / "models" / "index.json").read_text())["models"]}
+
+
 def build(out: Path, pyodide_dir: Path) -> dict[str, object]:
     missing = [f for f in RUNTIME_FILES if not (pyodide_dir / f).is_file()]
     if missing:
         raise SystemExit(f"--pyodide-dir {pyodide_dir}: missing {', '.join(missing)} (run npm install in clients/js)")
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("index.html", "main.js"):
+    for name in ("pyodide.html", "pyodide.js"):
         shutil.copy2(HERE / name, out / name)
     rt = out / "pyodide"
     rt.mkdir(exist_ok=True)
@@ -53,8 +86,11 @@ def build(out: Path, pyodide_dir: Path) -> dict[str, object]:
     import array_api_compat
 
     version = array_api_compat.__version__
-    got = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(wheels),
-                          f"array-api-compat=={version}"], capture_output=True, text=True)
+    got = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(wheels), f"array-api-compat=={version}"],
+        capture_output=True,
+        text=True,
+    )
     if got.returncode != 0 or not list(wheels.glob("array_api_compat-*.whl")):
         _wheel_from_installed("array_api_compat", "array-api-compat", wheels)
     names = sorted(p.name for p in wheels.glob("*.whl"))
@@ -94,9 +130,18 @@ def _wheel_from_installed(module: str, dist: str, dest: Path) -> Path:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=HERE / "dist")
-    p.add_argument("--pyodide-dir", type=Path, default=ROOT / "clients" / "js" / "node_modules" / "pyodide")
+    p.add_argument("--node-modules", type=Path, default=ROOT / "clients" / "js" / "node_modules")
+    p.add_argument("--pyodide-dir", type=Path, default=None, help="default: NODE_MODULES/pyodide")
+    p.add_argument("--models", type=Path, default=None, help="copy these exported models instead of exporting the demo's")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime Web demo")
+    p.add_argument("--no-pyodide", action="store_true", help="skip the Pyodide page")
     ns = p.parse_args()
-    print(json.dumps(build(ns.out, ns.pyodide_dir)))
+    done: dict[str, object] = {}
+    if not ns.no_onnx:
+        done["onnx"] = build_onnx(ns.out, ns.node_modules, ns.models)
+    if not ns.no_pyodide:
+        done["pyodide"] = build(ns.out, ns.pyodide_dir or ns.node_modules / "pyodide")
+    print(json.dumps(done))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ export type Tensor = Float32Array | Float64Array | number[] | { data: Float32Arr
 export type Mask = Float32Array | Uint8Array | { data: Float32Array | Uint8Array; shape: number[] };
 export type OptionValue = number | boolean | string | null | Array<number | boolean | string | null>;
 
+/** `attnkit serve`'s default address, `http://127.0.0.1:8080` (the client's default `baseUrl`). */
+export const DEFAULT_BASE_URL: string;
+
 export interface ClientOptions {
-  /** Server address, e.g. `http://127.0.0.1:8000`. */
+  /** Server address (default `http://127.0.0.1:8080`, where `attnkit serve` listens by default). */
   baseUrl?: string;
   /** Sent as `Authorization: Bearer <apiKey>` when the server requires a key. */
   apiKey?: string | null;
@@ -67,11 +70,26 @@ export class AttnkitError extends Error {
   retryAfter: number | null;
 }
 
-declare class RemoteMechanism {
+type Tensors = { query: Tensor; keys?: Tensor | null; values?: Tensor | null; mask?: Mask | null };
+
+/** What computes for the spec's classes: an `AttnkitClient` (HTTP) or a `LocalEngine` (in process). */
+export interface Backend {
+  attention(mechanism: string, tensors: Tensors, options?: Record<string, OptionValue>): Promise<TensorResult>;
+  scores(mechanism: string, tensors: Tensors, options?: Record<string, OptionValue>): Promise<TensorResult>;
+}
+
+/** Options every class accepts beside its own: any option of the mechanism, camelCase or snake_case, or an alias. */
+export type AnyOptions = { [option: string]: OptionValue | undefined };
+
+declare class Mechanism {
   readonly mechanism: string;
   readonly options: Record<string, unknown>;
-  readonly client: AttnkitClient;
+  /** The backend that computes (an `AttnkitClient` or a `LocalEngine`). */
+  readonly client: Backend;
+  readonly backend: Backend;
   disposed: boolean;
+  /** An option's value under any of its names, else attnkit's default. */
+  opt(name: string): unknown;
   serverOptions(): Record<string, OptionValue>;
   /** The attention output, flat (as the spec's WASM classes return it). */
   forward(Q: Tensor, K?: Tensor | null, V?: Tensor | null, mask?: Mask | null): Promise<Float32Array>;
@@ -98,9 +116,10 @@ export interface FlashAttentionOptions {
   scale?: number | null;
   simd?: boolean;
   seed?: number | null;
+  [option: string]: OptionValue | undefined;
 }
-export class FlashAttention extends RemoteMechanism {
-  constructor(options: FlashAttentionOptions, client: AttnkitClient);
+export class FlashAttention extends Mechanism {
+  constructor(options: FlashAttentionOptions, client: Backend);
 }
 
 export interface LinearAttentionOptions {
@@ -110,8 +129,8 @@ export interface LinearAttentionOptions {
   eps?: number;
   [option: string]: OptionValue | undefined;
 }
-export class LinearAttention extends FlashAttention {
-  constructor(options: LinearAttentionOptions, client: AttnkitClient);
+export class LinearAttention extends Mechanism {
+  constructor(options: LinearAttentionOptions, client: Backend);
   /** Always rejects (code `no_weights`): linear attention never forms the `Lq x Lk` weights. */
   attentionScores(Q: Tensor, K?: Tensor | null, mask?: Mask | null): Promise<never>;
   attentionScoresWithShape(Q: Tensor, K?: Tensor | null, mask?: Mask | null): Promise<never>;
@@ -126,12 +145,13 @@ export interface MHAOptions {
   vdim?: number | null;
   causal?: boolean;
   seed?: number | null;
+  [option: string]: OptionValue | undefined;
 }
-export class MultiHeadAttention extends RemoteMechanism {
-  constructor(options: MHAOptions, client: AttnkitClient);
+export class MultiHeadAttention extends Mechanism {
+  constructor(options: MHAOptions, client: Backend);
 }
 export class SelfAttention extends MultiHeadAttention {
-  constructor(options: Omit<MHAOptions, 'kdim' | 'vdim'>, client: AttnkitClient);
+  constructor(options: Omit<MHAOptions, 'kdim' | 'vdim'>, client: Backend);
 }
 
 export interface CrossAttentionOptions {
@@ -142,9 +162,10 @@ export interface CrossAttentionOptions {
   bias?: boolean;
   causal?: boolean;
   seed?: number | null;
+  [option: string]: OptionValue | undefined;
 }
 export class CrossAttention extends MultiHeadAttention {
-  constructor(options: CrossAttentionOptions, client: AttnkitClient);
+  constructor(options: CrossAttentionOptions, client: Backend);
 }
 
 export interface HyperbolicAttentionOptions {
@@ -154,30 +175,124 @@ export interface HyperbolicAttentionOptions {
   aggregation?: 'einstein' | 'frechet';
   [option: string]: OptionValue | undefined;
 }
-export class HyperbolicAttention extends RemoteMechanism {
-  constructor(options: HyperbolicAttentionOptions, client: AttnkitClient);
+export class HyperbolicAttention extends Mechanism {
+  constructor(options: HyperbolicAttentionOptions, client: Backend);
 }
 
-export class ScaledDotProduct extends RemoteMechanism {
-  constructor(options: { dim: number; scale?: number | null }, client: AttnkitClient);
+export class ScaledDotProduct extends Mechanism {
+  constructor(options: { dim: number; scale?: number | null } & AnyOptions, client: Backend);
 }
 
-type Bound<T extends abstract new (options: any, client: AttnkitClient) => any> = new (options: ConstructorParameters<T>[0]) => InstanceType<T>;
+export interface LocalGlobalAttentionOptions extends AnyOptions {
+  dim?: number;
+  heads?: number;
+  window?: number;
+  globalTokens?: number;
+  causal?: boolean;
+  scale?: number | null;
+}
+/** Sliding-window attention with global tokens; flat `seqLen*heads*dim` arrays. */
+export class LocalGlobalAttention extends Mechanism {
+  constructor(options: LocalGlobalAttentionOptions, client: Backend);
+}
 
-export class AttnkitClient {
+export interface RowsOptions extends AnyOptions {
+  dim?: number;
+}
+/** Product-space (Euclidean x hyperbolic) attention; inputs `n*dim`. */
+export class MixedCurvatureAttention extends Mechanism {
+  constructor(options: RowsOptions & { euclideanDim?: number | null; curvature?: number; temperature?: number }, client: Backend);
+}
+/** A mix of Euclidean and hyperbolic attention; inputs `n*dim`. */
+export class DualSpaceAttention extends Mechanism {
+  constructor(options: RowsOptions & { curvature?: number; mix?: number }, client: Backend);
+}
+/** Mixture of attention experts with top-k routing (not exportable to ONNX: server only). */
+export class MoEAttention extends Mechanism {
+  constructor(options: RowsOptions & { numExperts?: number; topK?: number; experts?: string }, client: Backend);
+}
+/** Graph attention with rotary position encodings; node features `n*dim`. */
+export class GraphRoPEAttention extends Mechanism {
+  constructor(options: RowsOptions & { base?: number; scaling?: number }, client: Backend);
+}
+/** GAT-style graph attention with optional edge features; node features `n*dim`. */
+export class EdgeFeaturedAttention extends Mechanism {
+  constructor(options: RowsOptions & { heads?: number; edgeDim?: number }, client: Backend);
+}
+
+/** The 13 classes by the registry name of their mechanism. */
+export const MECHANISM_CLASSES: Record<string, new (options: any, client: Backend) => Mechanism>;
+/** Give `backend` the spec's classes bound to it. */
+export function bindClasses<T extends Backend>(backend: T): T;
+/** attnkit's option aliases (generic name -> every spelling). */
+export const OPTION_ALIASES: Record<string, string[]>;
+/** The option of `optionNames` that `name` (camelCase, snake_case or an alias) means, or null. */
+export function resolveOption(name: string, optionNames: Iterable<string>): string | null;
+/** The `metadata_props` of an ONNX model file (`attnkit.mechanism`, `attnkit.options`, `attnkit.output`, ...). */
+export function onnxMetadata(bytes: Uint8Array | ArrayBuffer): Record<string, string>;
+
+type Bound<T extends abstract new (options: any, client: Backend) => any> = new (options: ConstructorParameters<T>[0]) => InstanceType<T>;
+
+/** The spec's 13 classes, bound to a backend: `new backend.FlashAttention({heads, dim})`. */
+export interface BoundClasses {
+  FlashAttention: Bound<typeof FlashAttention>;
+  MultiHeadAttention: Bound<typeof MultiHeadAttention>;
+  CrossAttention: Bound<typeof CrossAttention>;
+  SelfAttention: Bound<typeof SelfAttention>;
+  LinearAttention: Bound<typeof LinearAttention>;
+  LocalGlobalAttention: Bound<typeof LocalGlobalAttention>;
+  HyperbolicAttention: Bound<typeof HyperbolicAttention>;
+  MixedCurvatureAttention: Bound<typeof MixedCurvatureAttention>;
+  DualSpaceAttention: Bound<typeof DualSpaceAttention>;
+  MoEAttention: Bound<typeof MoEAttention>;
+  GraphRoPEAttention: Bound<typeof GraphRoPEAttention>;
+  EdgeFeaturedAttention: Bound<typeof EdgeFeaturedAttention>;
+  ScaledDotProduct: Bound<typeof ScaledDotProduct>;
+}
+
+export interface LocalEngineOptions {
+  /** A folder (Node), a base URL (browsers) of `*.onnx` files from `attnkit export`, or name -> path/URL/bytes. */
+  models: string | URL | Record<string, string | Uint8Array | ArrayBuffer>;
+  /** An ONNX Runtime module (default: import('onnxruntime-node') in Node, import('onnxruntime-web') in browsers). */
+  ort?: unknown;
+  /** Passed to `InferenceSession.create`. */
+  sessionOptions?: Record<string, unknown>;
+  /** ONNX Runtime threads (intra-op in Node, wasm threads in browsers). */
+  numThreads?: number | null;
+  /** Where onnxruntime-web finds its wasm files. */
+  wasmPaths?: string | Record<string, string> | null;
+}
+
+export interface LocalModelInfo {
+  name: string;
+  output: 'forward' | 'weights';
+  file: string;
+  options: Record<string, unknown> | null;
+  inputs: string[];
+}
+
+/** attnkit's mechanisms in this process, by ONNX Runtime, on models written by `attnkit export`. */
+export interface LocalEngine extends BoundClasses {}
+export class LocalEngine implements Backend {
+  constructor(options: LocalEngineOptions);
+  readonly models: LocalEngineOptions['models'];
+  disposed: boolean;
+  attention(mechanism: string, tensors: Tensors, options?: Record<string, OptionValue>): Promise<TensorResult>;
+  scores(mechanism: string, tensors: Tensors, options?: Record<string, OptionValue>): Promise<TensorResult>;
+  batch(items: BatchItem[]): Promise<Array<TensorResult | AttnkitError>>;
+  mechanisms(): Promise<LocalModelInfo[]>;
+  health(): Promise<{ status: string; version: string; runtime: 'onnxruntime-node' | 'onnxruntime-web' }>;
+  dispose(): Promise<void>;
+}
+
+export interface AttnkitClient extends BoundClasses {}
+export class AttnkitClient implements Backend {
   constructor(options?: ClientOptions);
   readonly baseUrl: string;
   apiKey: string | null;
   transport: 'binary' | 'json';
   timeoutMs: number;
   maxRetries: number;
-  FlashAttention: Bound<typeof FlashAttention>;
-  MultiHeadAttention: Bound<typeof MultiHeadAttention>;
-  CrossAttention: Bound<typeof CrossAttention>;
-  SelfAttention: Bound<typeof SelfAttention>;
-  LinearAttention: Bound<typeof LinearAttention>;
-  HyperbolicAttention: Bound<typeof HyperbolicAttention>;
-  ScaledDotProduct: Bound<typeof ScaledDotProduct>;
   health(): Promise<{ status: string; version: string }>;
   mechanisms(): Promise<MechanismInfo[]>;
   attention(

@@ -1,13 +1,19 @@
-// attnkit JavaScript client: the spec's attention classes (FlashAttention, MultiHeadAttention,
-// CrossAttention, LinearAttention, HyperbolicAttention, createMask) computed by an attnkit server,
-// with `forward` and `attentionScores` (the attention weights, `POST /v1/attention/{m}/scores`).
+// attnkit JavaScript client: the spec's attention classes (all 13 mechanisms: FlashAttention,
+// MultiHeadAttention, LinearAttention, HyperbolicAttention, ...; createMask) with `forward` and
+// `attentionScores`, computed either by an attnkit server (`AttnkitClient`, HTTP) or in this process by
+// ONNX Runtime on models written by `attnkit export` (`LocalEngine`, ./local.js). The classes are the same
+// for both: only the constructor of the backend changes.
 //
-// No dependencies: it needs only `fetch` (Node >= 18, every current browser). Float32Array in,
+// No dependencies: the HTTP client needs only `fetch` (Node >= 18, every current browser). Float32Array in,
 // Float32Array out. Tensors travel as raw little-endian float32 (application/octet-stream with shape
 // headers) by default, or as base64 inside JSON with `transport: 'json'`.
 
+import { resolveOption, snakeCase } from './options.js';
+
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 const FIELDS = ['query', 'keys', 'values', 'mask'];
+/** `attnkit serve`'s default address (its default port is 8080). */
+export const DEFAULT_BASE_URL = 'http://127.0.0.1:8080';
 
 /** An error answered by the server (or raised by the client), with the server's code, message and field. */
 export class AttnkitError extends Error {
@@ -22,14 +28,11 @@ export class AttnkitError extends Error {
 }
 
 // ------------------------------------------------------------------ helpers
-function snakeCase(name) {
-  return name.replace(/[A-Z]/g, (c) => '_' + c.toLowerCase());
-}
 
 function toSnakeOptions(options) {
   const out = {};
   for (const [k, v] of Object.entries(options || {})) {
-    if (v === undefined || k === 'client') continue;
+    if (v === undefined) continue;
     out[snakeCase(k)] = v;
   }
   return out;
@@ -111,7 +114,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 // ------------------------------------------------------------------ the client
 /** A connection to an attnkit server: `new AttnkitClient({baseUrl, apiKey})`. */
 export class AttnkitClient {
-  constructor({ baseUrl = 'http://127.0.0.1:8000', apiKey = null, transport = 'binary', timeoutMs = 60000, maxRetries = 2,
+  constructor({ baseUrl = DEFAULT_BASE_URL, apiKey = null, transport = 'binary', timeoutMs = 60000, maxRetries = 2,
     fetch: fetchImpl = null } = {}) {
     if (transport !== 'binary' && transport !== 'json') {
       throw new AttnkitError(`transport: expected 'binary' or 'json', got ${JSON.stringify(transport)}`, { code: 'config_error', field: 'transport' });
@@ -122,15 +125,7 @@ export class AttnkitClient {
     this.timeoutMs = timeoutMs;
     this.maxRetries = maxRetries;
     this._fetch = fetchImpl || globalThis.fetch.bind(globalThis);
-    const client = this;
-    // the spec's classes, bound to this client: `new client.FlashAttention({heads, dim})`
-    this.FlashAttention = class extends FlashAttention { constructor(o) { super(o, client); } };
-    this.MultiHeadAttention = class extends MultiHeadAttention { constructor(o) { super(o, client); } };
-    this.CrossAttention = class extends CrossAttention { constructor(o) { super(o, client); } };
-    this.SelfAttention = class extends SelfAttention { constructor(o) { super(o, client); } };
-    this.LinearAttention = class extends LinearAttention { constructor(o) { super(o, client); } };
-    this.HyperbolicAttention = class extends HyperbolicAttention { constructor(o) { super(o, client); } };
-    this.ScaledDotProduct = class extends ScaledDotProduct { constructor(o) { super(o, client); } };
+    bindClasses(this);
   }
 
   async _request(path, init = {}) {
@@ -201,7 +196,7 @@ export class AttnkitClient {
   async _compute(path, { query, keys, values, mask }, options, transport) {
     const tensors = { query: asTensor(query, 'query'), keys: asTensor(keys, 'keys'), values: asTensor(values, 'values'), mask: asTensor(mask, 'mask') };
     if (!tensors.query) throw new AttnkitError('query: required', { code: 'bad_request', field: 'query' });
-    const opts = { ...options };
+    const opts = toSnakeOptions(options);
     let mode = transport || this.transport;
     const params = new URLSearchParams();
     for (const [k, v] of Object.entries(opts)) {
@@ -267,16 +262,41 @@ export class AttnkitClient {
 }
 
 // ------------------------------------------------------------------ the spec's classes
-class RemoteMechanism {
-  constructor(mechanism, options, client) {
-    if (!(client instanceof AttnkitClient)) {
-      throw new AttnkitError(`${this.constructor.name}: pass an AttnkitClient (new client.${this.constructor.name}(options))`,
+/** Whether `backend` computes attention: an `AttnkitClient`, a `LocalEngine`, or anything with their `attention` and `scores`. */
+function isBackend(backend) {
+  return !!backend && typeof backend.attention === 'function' && typeof backend.scores === 'function';
+}
+
+/**
+ * The base of the spec's classes: options in camelCase, tensors as flat Float32Array (shaped by the
+ * subclass's layout) or `{data, shape}`, computed by `backend` (an `AttnkitClient` or a `LocalEngine`).
+ */
+class Mechanism {
+  constructor(mechanism, options, backend, defaults = {}) {
+    if (!isBackend(backend)) {
+      throw new AttnkitError(`${this.constructor.name}: pass an AttnkitClient or a LocalEngine (new backend.${this.constructor.name}(options))`,
         { code: 'config_error', field: 'client' });
     }
     this.mechanism = mechanism;
-    this.options = { ...(options || {}) };
-    this.client = client;
+    this.options = {};
+    for (const [k, v] of Object.entries(options || {})) if (v !== undefined) this.options[k] = v;
+    this.defaults = defaults;
+    this.client = backend;
     this.disposed = false;
+  }
+
+  /**
+   * The value of option `name` (snake_case) as given under any of its names (`numHeads`, `num_heads`,
+   * `heads`, ...), else the mechanism's default (attnkit's, used to shape flat arrays only).
+   */
+  opt(name) {
+    for (const [k, v] of Object.entries(this.options)) if (resolveOption(k, [name]) === name) return v;
+    return this.defaults[name];
+  }
+
+  /** The backend that computes (an `AttnkitClient` or a `LocalEngine`); `client` is the same object. */
+  get backend() {
+    return this.client;
   }
 
   /** Options as the server names them (camelCase -> snake_case). */
@@ -334,7 +354,7 @@ class RemoteMechanism {
     return this.client.scores(this.mechanism, this._tensors(Q, K, null, mask), this.serverOptions());
   }
 
-  /** Time `forward` round trips on random inputs of `seqLen` (the spec's benchmark, over HTTP). */
+  /** Time `forward` on random inputs of `seqLen` (the spec's benchmark; over HTTP it includes the round trip). */
   async benchmark(seqLen = 64, repeats = 5) {
     const [Q, K, V] = this.sampleInputs(seqLen);
     await this.forward(Q, K, V);
@@ -346,8 +366,8 @@ class RemoteMechanism {
     }
     times.sort((a, b) => a - b);
     const latencyMs = times[Math.floor(times.length / 2)];
-    const bytes = 4 * (Q.length + K.length + 2 * V.length);
-    return { opsPerSecond: 1000 / latencyMs, latencyMs, throughputGBps: bytes / (latencyMs / 1000) / 1e9, simdEnabled: false };
+    const bytes = 4 * (Q.length + (K ? K.length : 0) + 2 * (V ? V.length : Q.length));
+    return { opsPerSecond: 1000 / latencyMs, latencyMs, throughputGBps: bytes / (latencyMs / 1000) / 1e9, simdEnabled: !!this.client.simd };
   }
 
   sampleInputs(seqLen) { // eslint-disable-line no-unused-vars
@@ -365,43 +385,55 @@ function randn(n) {
   return out;
 }
 
-/** Exact attention over heads: Q, K, V are flat `seqLen*heads*dim` arrays (or `{data, shape}`). */
-export class FlashAttention extends RemoteMechanism {
-  constructor({ heads = 8, dim = 64, ...rest } = {}, client) {
-    super('flash', { heads, dim, ...rest }, client);
-  }
-
+/** Sequence layout `(L, heads, dim)`: flat `seqLen*heads*dim` arrays. */
+class SequenceMechanism extends Mechanism {
   shapes(Q, K, V) {
-    const { heads, dim } = this.options;
+    const heads = this.opt('heads');
+    const dim = this.opt('dim');
     const per = heads * dim;
-    const lq = Q && Q.length % per === 0 ? Q.length / per : null;
-    const lk = K && K.length % per === 0 ? K.length / per : (K ? null : lq);
+    const lq = Q && per && Q.length % per === 0 ? Q.length / per : null;
+    const lk = K && per && K.length % per === 0 ? K.length / per : (K ? null : lq);
     const dv = V && lk && V.length % (lk * heads) === 0 ? V.length / (lk * heads) : null;
     return { query: lq && [lq, heads, dim], keys: lk && K && [lk, heads, dim], values: dv && [lk, heads, dv], lq, lk };
   }
 
   sampleInputs(seqLen) {
-    const n = seqLen * this.options.heads * this.options.dim;
+    const n = seqLen * this.opt('heads') * this.opt('dim');
     return [randn(n), randn(n), randn(n)];
   }
 }
 
+/** Exact attention over heads (`heads`, `dim` per head): Q, K, V are flat `seqLen*heads*dim` arrays (or `{data, shape}`). */
+export class FlashAttention extends SequenceMechanism {
+  constructor(options = {}, client) {
+    super('flash', options, client, { heads: 8, dim: 64 });
+  }
+}
+
 /** Linear attention (Katharopoulos et al. 2020): `{dim, heads, featureMap, eps}`; flat `seqLen*heads*dim` arrays. */
-export class LinearAttention extends FlashAttention {
-  constructor({ dim, heads = 8, featureMap = 'elu', eps = 1e-6, ...rest } = {}, client) {
-    super({ heads, dim, featureMap, eps, ...rest }, client);
-    this.mechanism = 'linear';
+export class LinearAttention extends SequenceMechanism {
+  constructor(options = {}, client) {
+    super('linear', options, client, { heads: 8 });
+  }
+}
+
+/** Sliding-window attention with global tokens (Longformer, Beltagy et al. 2020): `{dim, heads, window, globalTokens}`. */
+export class LocalGlobalAttention extends SequenceMechanism {
+  constructor(options = {}, client) {
+    super('local_global', options, client, { heads: 8, dim: 64 });
   }
 }
 
 /** Multi-head attention with learned projections: `{modelDim, heads, dropout, bias, kdim, vdim}`; inputs `seqLen*modelDim`. */
-export class MultiHeadAttention extends RemoteMechanism {
-  constructor({ modelDim, heads = 8, ...rest } = {}, client) {
-    super('multi_head', { modelDim, heads, ...rest }, client);
+export class MultiHeadAttention extends Mechanism {
+  constructor(options = {}, client) {
+    super('multi_head', options, client, { heads: 8 });
   }
 
   widths() {
-    const { modelDim, kdim, vdim } = this.options;
+    const modelDim = this.opt('model_dim');
+    const kdim = this.opt('kdim');
+    const vdim = this.opt('vdim');
     return [modelDim, kdim || modelDim, vdim || modelDim];
   }
 
@@ -429,26 +461,21 @@ export class SelfAttention extends MultiHeadAttention {
 
 /** Cross-attention of a query sequence over a key/value sequence of another width: `{queryDim, keyDim, heads}`. */
 export class CrossAttention extends MultiHeadAttention {
-  constructor({ queryDim, keyDim, heads = 8, ...rest } = {}, client) {
-    super({ heads, ...rest }, client);
-    delete this.options.modelDim;
-    Object.assign(this.options, { queryDim, keyDim });
+  constructor(options = {}, client) {
+    super(options, client);
     this.mechanism = 'cross';
   }
 
   widths() {
-    return [this.options.queryDim, this.options.keyDim, this.options.keyDim];
+    const keyDim = this.opt('key_dim');
+    return [this.opt('query_dim'), keyDim, keyDim];
   }
 }
 
-/** Hyperbolic attention on the Poincaré ball: `{dim, curvature, temperature, aggregation}`; inputs `n*dim`. */
-export class HyperbolicAttention extends RemoteMechanism {
-  constructor({ dim, ...rest } = {}, client) {
-    super('hyperbolic', { dim, ...rest }, client);
-  }
-
+/** Row layout `(n, dim)` without heads (hyperbolic, mixed-curvature, graph mechanisms): flat `n*dim` arrays. */
+class RowsMechanism extends Mechanism {
   shapes(Q, K, V) {
-    const d = this.options.dim;
+    const d = this.opt('dim');
     const rows = (x) => (x && d && x.length % d === 0 ? x.length / d : null);
     const lq = rows(Q);
     const lk = K ? rows(K) : lq;
@@ -458,19 +485,61 @@ export class HyperbolicAttention extends RemoteMechanism {
 
   sampleInputs(seqLen) {
     const scaled = (n) => randn(n).map((x) => x * 0.1);
-    const n = seqLen * this.options.dim;
+    const n = seqLen * this.opt('dim');
     return [scaled(n), scaled(n), scaled(n)];
   }
 }
 
+/** Hyperbolic attention on the Poincaré ball: `{dim, curvature, temperature, aggregation}`; inputs `n*dim`. */
+export class HyperbolicAttention extends RowsMechanism {
+  constructor(options = {}, client) {
+    super('hyperbolic', options, client);
+  }
+}
+
+/** Attention over a product of Euclidean and hyperbolic factors: `{dim, euclideanDim, curvature, ...}`; inputs `n*dim`. */
+export class MixedCurvatureAttention extends RowsMechanism {
+  constructor(options = {}, client) {
+    super('mixed_curvature', options, client, { dim: 64 });
+  }
+}
+
+/** A mix of Euclidean and hyperbolic attention outputs: `{dim, curvature, mix, ...}`; inputs `n*dim`. */
+export class DualSpaceAttention extends RowsMechanism {
+  constructor(options = {}, client) {
+    super('dual_space', options, client, { dim: 64 });
+  }
+}
+
+/** Mixture of attention experts with top-k routing: `{dim, numExperts, topK, experts, ...}`; inputs `n*dim`. */
+export class MoEAttention extends RowsMechanism {
+  constructor(options = {}, client) {
+    super('moe', options, client, { dim: 64 });
+  }
+}
+
+/** Graph attention with rotary position encodings: `{dim, base, scaling, ...}`; node features `n*dim`. */
+export class GraphRoPEAttention extends RowsMechanism {
+  constructor(options = {}, client) {
+    super('graph_rope', options, client, { dim: 64 });
+  }
+}
+
+/** Graph attention (GAT-style) with optional edge features: `{dim, heads, edgeDim, ...}`; node features `n*dim`. */
+export class EdgeFeaturedAttention extends RowsMechanism {
+  constructor(options = {}, client) {
+    super('edge_featured', options, client, { dim: 64 });
+  }
+}
+
 /** Neighbour attention (the spec's `ScaledDotProduct(dim)`): one query `(dim)` over `k` keys `(k*dim)`. */
-export class ScaledDotProduct extends RemoteMechanism {
-  constructor({ dim, ...rest } = {}, client) {
-    super('scaled_dot_product', { dim, ...rest }, client);
+export class ScaledDotProduct extends Mechanism {
+  constructor(options = {}, client) {
+    super('scaled_dot_product', options, client);
   }
 
   shapes(Q, K, V) {
-    const d = this.options.dim;
+    const d = this.opt('dim');
     const k = K && d && K.length % d === 0 ? K.length / d : null;
     const dv = V && k && V.length % k === 0 ? V.length / k : null;
     return { query: Q && Q.length === d ? [d] : null, keys: k && [k, d], values: dv && [k, dv] };
@@ -482,9 +551,26 @@ export class ScaledDotProduct extends RemoteMechanism {
   }
 
   sampleInputs(seqLen) {
-    const d = this.options.dim;
+    const d = this.opt('dim');
     return [randn(d), randn(seqLen * d), randn(seqLen * d)];
   }
+}
+
+/** The 13 classes by the registry name of their mechanism. */
+export const MECHANISM_CLASSES = {
+  cross: CrossAttention, dual_space: DualSpaceAttention, edge_featured: EdgeFeaturedAttention, flash: FlashAttention,
+  graph_rope: GraphRoPEAttention, hyperbolic: HyperbolicAttention, linear: LinearAttention, local_global: LocalGlobalAttention,
+  mixed_curvature: MixedCurvatureAttention, moe: MoEAttention, multi_head: MultiHeadAttention, scaled_dot_product: ScaledDotProduct,
+  self: SelfAttention,
+};
+
+/** Give `backend` the spec's classes bound to it: `new backend.FlashAttention({heads, dim})`. */
+export function bindClasses(backend) {
+  for (const cls of Object.values(MECHANISM_CLASSES)) {
+    backend[cls.name] = class extends cls { constructor(o) { super(o, backend); } };
+    Object.defineProperty(backend[cls.name], 'name', { value: cls.name });
+  }
+  return backend;
 }
 
 // ------------------------------------------------------------------ masks
@@ -539,5 +625,8 @@ export function createMask(type, seqLen, positions) {
   const allowed = createBoolMask(type, seqLen, positions);
   return Float32Array.from(allowed, (a) => (a ? 0 : -Infinity));
 }
+
+export { LocalEngine, onnxMetadata } from './local.js';
+export { OPTION_ALIASES, resolveOption } from './options.js';
 
 export default AttnkitClient;

@@ -1,10 +1,10 @@
 // The JS client against a live `attnkit serve` on 127.0.0.1, checked against float64 references.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 
 import {
-  AttnkitClient, AttnkitError, createBoolMask, createMask, CrossAttention, FlashAttention,
+  AttnkitClient, AttnkitError, createBoolMask, createMask, CrossAttention, DEFAULT_BASE_URL, FlashAttention, MECHANISM_CLASSES,
 } from '../src/index.js';
 import { maxAbsDiff, randn, refAttention, refScores, startServer } from './helpers.js';
 
@@ -224,6 +224,41 @@ describe('model-level and other mechanisms', () => {
     const z = p.reduce((a, b) => a + b, 0);
     const ref = [0, 1, 2].map((c) => p.reduce((acc, pj, j) => acc + (pj / z) * vals[j * 3 + c], 0));
     assert.ok(maxAbsDiff(out, ref) < 1e-5);
+  });
+
+  test('camelCase options and aliases reach the server (globalTokens, numHeads, windowSize) on classes and raw calls', async () => {
+    const L = 6;
+    const Q = randn(L * 2 * 4, 61);
+    // a window wider than the sequence sees every key: plain softmax attention
+    const wide = new client.LocalGlobalAttention({ dim: 4, numHeads: 2, windowSize: 16, globalTokens: 1 });
+    assert.ok(maxAbsDiff(await wide.forward(Q, Q, Q), refAttention(Q, Q, Q, { heads: 2, dim: 4 })) < 1e-5);
+    // a narrow window: the global token changes the result, so the option arrived under its camelCase name
+    const shaped = { query: { data: Q, shape: [L, 2, 4] } };
+    const g0 = await client.attention('local_global', shaped, { dim: 4, heads: 2, window: 1, globalTokens: 0 });
+    const g1 = await client.attention('local_global', shaped, { dim: 4, heads: 2, window: 1, globalTokens: 1 });
+    const g1snake = await client.attention('local_global', shaped, { dim: 4, heads: 2, window: 1, global_tokens: 1 });
+    assert.ok(maxAbsDiff(g0.data, g1.data) > 1e-3);
+    assert.deepEqual(g1.data, g1snake.data);
+    const w = await client.scores('local_global', shaped, { dim: 4, numHeads: 2, window: 1, globalTokens: 1 }, { transport: 'json' });
+    assert.deepEqual(w.shape, [2, L, L]);
+  });
+
+  test('all 13 mechanisms have classes, bound to the client, named like the server\'s mechanisms', () => {
+    assert.equal(Object.keys(MECHANISM_CLASSES).length, 13);
+    assert.deepEqual(Object.keys(MECHANISM_CLASSES).sort(), [...names].sort());
+    for (const [name, cls] of Object.entries(MECHANISM_CLASSES)) {
+      const m = new client[cls.name]({ dim: 4 });
+      assert.ok(m instanceof cls);
+      assert.equal(m.mechanism, name);
+      assert.equal(m.client, client);
+    }
+  });
+
+  test('the default base URL is attnkit serve\'s default port', () => {
+    const port = execFileSync(process.env.ATTNKIT_PYTHON || 'python3',
+      ['-c', 'from attnkit.cli.config import SCHEMA; print(SCHEMA["server"]["port"].default)']).toString().trim();
+    assert.equal(new AttnkitClient().baseUrl, `http://127.0.0.1:${port}`);
+    assert.equal(DEFAULT_BASE_URL, `http://127.0.0.1:${port}`);
   });
 
   test('batch: results in order with per-item errors', async () => {

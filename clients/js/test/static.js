@@ -8,13 +8,13 @@ const TYPES = {
   '.wasm': 'application/wasm', '.zip': 'application/zip', '.whl': 'application/zip', '.css': 'text/css', '.map': 'application/json',
 };
 
-/** Serve `mounts` ({'/prefix/': '/abs/dir'}) and `pages` ({'/path': 'html'}); resolves to {url, close}. */
-export function serveStatic(mounts, pages = {}) {
+/** Serve `mounts` ({'/prefix/': '/abs/dir'}) and `pages` ({'/path': 'html'}) with extra `headers`; resolves to {url, close}. */
+export function serveStatic(mounts, pages = {}, headers = {}) {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://127.0.0.1');
     if (req.method !== 'GET') { res.writeHead(405).end(); return; }
     if (pages[url.pathname] !== undefined) {
-      res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' }).end(pages[url.pathname]);
+      res.writeHead(200, { ...headers, 'Content-Type': 'text/html; charset=utf-8' }).end(pages[url.pathname]);
       return;
     }
     for (const [prefix, dir] of Object.entries(mounts)) {
@@ -27,7 +27,7 @@ export function serveStatic(mounts, pages = {}) {
       } catch {
         break;
       }
-      res.writeHead(200, { 'Content-Type': TYPES[path.extname(file)] || 'application/octet-stream' });
+      res.writeHead(200, { ...headers, 'Content-Type': TYPES[path.extname(file)] || 'application/octet-stream' });
       createReadStream(file).pipe(res);
       return;
     }

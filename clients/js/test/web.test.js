@@ -29,7 +29,7 @@ let browser;
 before(async () => {
   if (skip) return;
   out = mkdtempSync(path.join(os.tmpdir(), 'attnkit-web-'));
-  execFileSync(python, [path.join(root, 'web', 'build.py'), '--out', out, '--pyodide-dir', pyodideDir], { stdio: 'pipe', timeout: 240000 });
+  execFileSync(python, [path.join(root, 'web', 'build.py'), '--out', out, '--pyodide-dir', pyodideDir, '--no-onnx'], { stdio: 'pipe', timeout: 240000 });
   site = await serveStatic({ '/': out });
   browser = await chromium.launch({ executablePath: exe, args: CHROMIUM_ARGS, headless: true });
 });
@@ -52,7 +52,7 @@ test('web/ boots Pyodide offline and imports attnkit', { skip, timeout: 180000 }
     outside.push(u.href);
     return route.abort();
   });
-  await tab.goto(`${site.url}/index.html`);
+  await tab.goto(`${site.url}/pyodide.html`);
   await tab.waitForFunction(() => ['done', 'failed'].includes(window.attnkitStatus?.stage), null, { timeout: 150000 });
   const status = await tab.evaluate(() => window.attnkitStatus);
   const text = await tab.textContent('#log');

@@ -27,3 +27,31 @@ async function main(): Promise<void> {
   console.log(out.length, r.shape, cross, lin, hyp, m, b.latencyMs, (await client.mechanisms())[0].options[0].type);
 }
 main();
+
+import { LocalEngine, DEFAULT_BASE_URL, LocalGlobalAttention, type Backend, type LocalModelInfo } from '../src/index.js';
+
+async function local(): Promise<void> {
+  // the same classes, computed in process: only the constructor changes
+  const engine = new LocalEngine({ models: 'models' });
+  const flash = new engine.FlashAttention({ heads: 2, dim: 4, numHeads: 2 });
+  const out: Float32Array = await flash.forward(new Float32Array(8));
+  const w: TensorResult = await flash.attentionScoresWithShape(new Float32Array(8));
+  const lg = new LocalGlobalAttention({ dim: 4, heads: 2, globalTokens: 1, window: 2 }, engine);
+  const be: Backend = lg.backend;
+  const all = [engine.MoEAttention, engine.DualSpaceAttention, engine.MixedCurvatureAttention, engine.GraphRoPEAttention,
+    engine.EdgeFeaturedAttention, engine.SelfAttention, engine.CrossAttention, engine.ScaledDotProduct, engine.LinearAttention,
+    engine.HyperbolicAttention, engine.MultiHeadAttention, engine.LocalGlobalAttention];
+  const models: LocalModelInfo[] = await engine.mechanisms();
+  const h = await engine.health();
+  await engine.dispose();
+  const c = new AttnkitClient();
+  const g = new c.LocalGlobalAttention({ globalTokens: 1 });
+  console.log(out, w.shape, be, all.length, models, h.runtime, DEFAULT_BASE_URL, g.options);
+}
+local();
+
+import LocalOnly, { onnxMetadata, resolveOption } from '../src/local.js';
+const e2: LocalOnly = new LocalOnly({ models: { 'flash.onnx': new Uint8Array(0) }, numThreads: 2 });
+const meta: Record<string, string> = onnxMetadata(new Uint8Array(0));
+const opt: string | null = resolveOption('numHeads', ['heads']);
+console.log(e2, meta, opt);

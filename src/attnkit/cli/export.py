@@ -65,6 +65,10 @@ def export(
         typer.Option("--weights", "-w", help="Load learned weights into the mechanism before exporting.", metavar="FILE"),
     ] = None,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset of the file (default: the exporter's).")] = None,
+    attention_weights: Annotated[
+        bool,
+        typer.Option("--attention-weights", help="Export the attention weights softmax(scores + mask) instead of the output."),
+    ] = False,
     static: Annotated[bool, typer.Option("--static", help="Fix every axis to the example's (default: batch and lengths dynamic).")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON summary for scripts.")] = False,
 ) -> None:
@@ -78,6 +82,7 @@ def export(
         common={"heads": heads, "dim": dim, "causal": causal, "block_size": block_size, "curvature": curvature,
                 "feature_map": feature_map, "scale": scale},
         seed=seed, opt=opt or [], weights=weights, opset=opset, static=static, as_json=json_,
+        attention_weights=attention_weights,
     )  # fmt: skip
 
 
@@ -107,6 +112,7 @@ def run_export(
     opset: int | None,
     static: bool,
     as_json: bool,
+    attention_weights: bool = False,
 ) -> None:
     import numpy as np
 
@@ -161,7 +167,9 @@ def run_export(
         example = list(mech.example_inputs(length, np.random.default_rng(seed)))
         extras = mech.example_extras(length, np.random.default_rng(seed + 1))
         example_mask = None
-    info = export_onnx(mech, output, *example, mask=example_mask, dynamic=not static, opset=opset, **extras)
+    info = export_onnx(
+        mech, output, *example, mask=example_mask, dynamic=not static, opset=opset, output="weights" if attention_weights else "forward", **extras
+    )
     summary = {
         "type": name,
         "options": mech.options(),

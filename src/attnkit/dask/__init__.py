@@ -15,7 +15,11 @@ Any mechanism given Dask arrays returns a Dask array and computes nothing in ``f
   partial output and its log-sum-exp, and a tree reduction merges the partials with the rule of
   :func:`attnkit.kernels.dense.merge_partials` (flash-decoding's split-K combine). No task holds more
   than one query block and one key shard, so memory per worker follows the chunk sizes, not ``L``.
-  Causal attention skips the shards above the diagonal.
+  Causal attention skips the shards above the diagonal;
+* local-global attention (``local_global``) over a chunked sequence runs the same split-K with its
+  Longformer pattern as a per-tile mask: a query block reads only the key shards that hold a key it
+  may see (its neighbours within the window radius, the shards of global keys, and every shard for a
+  block that holds a global query).
 
 Other mechanisms need the sequence axes in one chunk per block (they are rechunked so); their batch
 chunks are mapped. Requires the ``dask`` extra (``pip install 'attnkit[dask]'``).
@@ -97,6 +101,14 @@ def lazy_forward(mech: Any, params: Mapping[str, Any], query: Any, key: Any = No
         v = k if value is None else _as_dask(value, da)
         if q.ndim >= 3 and (q.numblocks[-3] > 1 or k.numblocks[-3] > 1):
             return split_k_attention(q, k, v, heads=mech.heads, dim=mech.dim, scale=mech.effective_scale, causal=mech.causal)
+    if mech.name == "local_global" and getattr(mech, "rope", None) is None and mask is None:  # positions only move RoPE
+        q = _as_dask(query, da)
+        k = q if key is None else _as_dask(key, da)
+        v = k if value is None else _as_dask(value, da)
+        shards = q.ndim >= 3 and (q.numblocks[-3] > 1 or k.numblocks[-3] > 1)
+        if shards and k.ndim >= 3 and k.shape[-2] == mech.heads and q.shape[-3] == k.shape[-3]:
+            pattern = _LocalGlobal(mech.radius, mech.global_indices(int(q.shape[-3])), mech.causal)
+            return split_k_attention(q, k, v, heads=mech.heads, dim=mech.dim, scale=mech.effective_scale, causal=mech.causal, pattern=pattern)
     if mech.name == "linear" and mask is None:
         q = _as_dask(query, da)
         k = q if key is None else _as_dask(key, da)
@@ -176,20 +188,60 @@ def lazy_forward(mech: Any, params: Mapping[str, Any], query: Any, key: Any = No
 
 
 # ------------------------------------------------------------------------------------------- split-K
-def _partial(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """One query block against one key shard: heads-last blocks in, (out heads-first, lse) out."""
+def _partial(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, causal: bool, offset: int,
+    pattern: _LocalGlobal | None = None, q0: int = 0, k0: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """One query block against one key shard: heads-last blocks in, (out heads-first, lse) out.
+
+    ``pattern``: a local-global pattern, applied as the boolean tile of the block's rows ``q0 + i`` and
+    the shard's keys ``k0 + j`` (the causal condition then folds into it)."""
     from ..kernels._threads import BlasOneThread
     from ..kernels.dense import sdpa_generic
 
     qh, kh, vh = (np.moveaxis(x, -2, -3) for x in (q, k, v))
     cdt = np.result_type(q.dtype, np.float32)
     qh, kh, vh = (x.astype(cdt, copy=False) for x in (qh, kh, vh))
+    mask = None if pattern is None else pattern.tile(q0, int(qh.shape[-2]), k0, int(kh.shape[-2]))
     # whole-shard key blocks and 512-row query tiles: few, large GEMMs (a tile's scores stay within L2/L3 sizes)
     # Dask runs one task per worker thread: BLAS held to one thread, so workers do not oversubscribe the cores
     with BlasOneThread():
         return sdpa_generic(
-            qh, kh, vh, xp=np, scale=scale, causal=causal, offset=offset, return_lse=True, block_size=max(1, int(kh.shape[-2])), q_block=512
-        )
+            qh, kh, vh, xp=np, scale=scale, mask=mask, causal=causal and mask is None, offset=offset, return_lse=True,
+            block_size=max(1, int(kh.shape[-2])), q_block=512,
+        )  # fmt: skip
+
+
+class _LocalGlobal:
+    """Longformer's pattern on one sequence (:func:`attnkit.kernels.local.local_global_mask`), by shard.
+
+    Query ``i`` sees key ``j`` iff ``|i - j| <= radius`` or ``j`` or ``i`` is global (and ``j <= i`` when
+    causal). :meth:`needs` decides from the index ranges alone whether a (query block, key shard) pair
+    holds any visible key, so a block reads only its neighbouring shards, the shards holding global
+    keys, and (for a block holding global queries) every shard.
+    """
+
+    def __init__(self, radius: int, global_idx: np.ndarray, causal: bool) -> None:
+        self.radius = int(radius)
+        self.globals = np.asarray(global_idx, dtype=np.int64)
+        self.causal = bool(causal)
+
+    def needs(self, q0: int, q1: int, k0: int, k1: int) -> bool:
+        last_key = min(k1 - 1, q1 - 1) if self.causal else k1 - 1  # the last key any row of the block may see
+        if last_key < k0:
+            return False
+        if k0 <= q1 - 1 + self.radius and last_key >= q0 - self.radius:
+            return True  # the band crosses the pair
+        g = self.globals
+        if np.any((g >= k0) & (g <= last_key)):
+            return True  # a global key every row sees (causal: one at or before the block's last row)
+        rows = g[(g >= q0) & (g < q1)]  # global queries, which see every key (causal: every earlier one)
+        return bool(rows.size and (not self.causal or rows.max() >= k0))
+
+    def tile(self, q0: int, nq: int, k0: int, nk: int) -> np.ndarray:
+        from ..kernels.local import local_global_tile
+
+        return local_global_tile(q0, nq, k0, nk, self.radius, self.globals, self.causal)
 
 
 def _merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -209,18 +261,8 @@ def _check(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
-def split_k_attention(q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: float | None = None, causal: bool = False) -> Any:
-    """Exact attention of Dask arrays ``q (..., Lq, H, D)``, ``k (..., Lk, H, D)``, ``v (..., Lk, H, Dv)``,
-    split into query blocks (``q``'s chunks along ``Lq``) and key shards (``k``'s chunks along ``Lk``).
-
-    Each task holds one query block and one key shard; partials merge in a binary tree with the
-    log-sum-exp rule. ``causal`` (bottom-right aligned) skips the shards entirely above the diagonal.
-    Each input block is checked for NaN/inf when computed.
-    """
-    import dask.array as da
-    from dask.highlevelgraph import HighLevelGraph
-    from dask.tokenize import tokenize
-
+def _check_shards(q: Any, k: Any, v: Any, heads: int, dim: int) -> None:
+    """The shapes split-K and sharded linear attention need: ``(..., L, H, D)`` with matching widths."""
     for name, x in (("query", q), ("key", k), ("value", v)):
         if x.ndim < 3 or x.shape[-2] != heads:
             raise ShapeError(f"{name}: expected shape (..., L, H={heads}, D), got {tuple(x.shape)}")
@@ -228,15 +270,66 @@ def split_k_attention(q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: fl
         raise ShapeError(f"key: expected head dim {dim} in query and key, got {q.shape[-1]} and {k.shape[-1]}")
     if v.shape[-3] != k.shape[-3]:
         raise ShapeError(f"value: expected Lk = {k.shape[-3]} (as key) along axis -3, got {v.shape[-3]}")
+
+
+def _broadcast_batch(q: Any, k: Any, v: Any) -> tuple[Any, Any, Any, tuple[int, ...], np.dtype]:
+    """``q, k, v`` broadcast to their common batch dimensions; the batch shape and the result dtype."""
+    import dask.array as da
+
+    batch = tuple(np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3]))
+    dtype = np.result_type(q.dtype, k.dtype, v.dtype)
+    q, k, v = (da.broadcast_to(x, batch + tuple(x.shape[-3:])) for x in (q, k, v))
+    return q, k, v, batch, dtype
+
+
+def _finiteness_layer(layer: dict[Any, Any], token: str, q: Any, k: Any, v: Any) -> dict[str, str]:
+    """One task per input block that checks it for NaN/inf (:func:`_check`); the checked blocks' names."""
+    names = {}
+    for arr, label in ((q, "query"), (k, "key"), (v, "value")):
+        cname = f"attnkit-finite-{label}-{token}"
+        for idx in np.ndindex(*arr.numblocks):
+            ckey = (cname, *idx)
+            layer[ckey] = (_check, (arr.name, *idx), label)
+        names[label] = cname
+    return names
+
+
+def _tree(layer: dict[Any, Any], parts: list[Any], merge: Any, prefix: str, where: tuple[int, ...]) -> Any:
+    """Merge ``parts`` pairwise in a binary tree of ``merge`` tasks; the root's key (``None`` if no part)."""
+    level = 0
+    while len(parts) > 1:
+        nxt = []
+        for t in range(0, len(parts) - 1, 2):
+            mkey = (f"{prefix}-merge{level}", *where, t)
+            layer[mkey] = (merge, parts[t], parts[t + 1])
+            nxt.append(mkey)
+        if len(parts) % 2:
+            nxt.append(parts[-1])
+        parts, level = nxt, level + 1
+    return parts[0] if parts else None
+
+
+def split_k_attention(
+    q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: float | None = None, causal: bool = False, pattern: _LocalGlobal | None = None
+) -> Any:
+    """Exact attention of Dask arrays ``q (..., Lq, H, D)``, ``k (..., Lk, H, D)``, ``v (..., Lk, H, Dv)``,
+    split into query blocks (``q``'s chunks along ``Lq``) and key shards (``k``'s chunks along ``Lk``).
+
+    Each task holds one query block and one key shard; partials merge in a binary tree with the
+    log-sum-exp rule. ``causal`` (bottom-right aligned) skips the shards entirely above the diagonal.
+    Each input block is checked for NaN/inf when computed. ``pattern`` (local-global attention, ``Lq ==
+    Lk``): each query block reads only the key shards that hold a key it may see.
+    """
+    import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
+    from dask.tokenize import tokenize
+
+    _check_shards(q, k, v, heads, dim)
     if k.shape[-3] == 0:
         raise ShapeError("key: expected at least one key (Lk >= 1), got an empty key set")
     scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
-    batch = tuple(np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3]))
+    q, k, v, batch, dtype = _broadcast_batch(q, k, v)
     nb = len(batch)
-    dtype = np.result_type(q.dtype, k.dtype, v.dtype)
-    q = da.broadcast_to(q, batch + tuple(q.shape[-3:]))
-    k = da.broadcast_to(k, batch + tuple(k.shape[-3:]))
-    v = da.broadcast_to(v, batch + tuple(v.shape[-3:]))
     bchunks = q.chunks[:nb]
     q = q.rechunk(bchunks + (q.chunks[-3], (heads,), (dim,)))
     k = k.rechunk(bchunks + (k.chunks[-3], (heads,), (dim,)))
@@ -245,23 +338,20 @@ def split_k_attention(q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: fl
     offset = lk - lq
     qs = np.cumsum((0,) + q.chunks[-3])
     ks = np.cumsum((0,) + k.chunks[-3])
-    token = tokenize(q, k, v, scale, causal)
+    token = tokenize(q, k, v, scale, causal, None if pattern is None else (pattern.radius, pattern.globals.tolist(), pattern.causal))
     name = f"attnkit-splitk-{token}"
     layer: dict[Any, Any] = {}
-    chk = {}
-    for arr, label in ((q, "query"), (k, "key"), (v, "value")):
-        cname = f"attnkit-finite-{label}-{token}"
-        for idx in np.ndindex(*arr.numblocks):
-            ckey = (cname, *idx)
-            layer[ckey] = (_check, (arr.name, *idx), label)
-        chk[label] = cname
+    chk = _finiteness_layer(layer, token, q, k, v)
     for bi in np.ndindex(*q.numblocks[:nb]):
         for i in range(q.numblocks[-3]):
             q0, q1 = int(qs[i]), int(qs[i + 1])
             parts = []
             for j in range(k.numblocks[-3]):
                 k0, k1 = int(ks[j]), int(ks[j + 1])
-                if causal and k0 > q1 - 1 + offset:
+                if pattern is not None:
+                    if not pattern.needs(q0, q1, k0, k1):
+                        continue  # no row of the block sees a key of this shard
+                elif causal and k0 > q1 - 1 + offset:
                     continue  # every key of this shard is in the future of every query of the block
                 pkey = (f"{name}-part", *bi, i, j)
                 layer[pkey] = (
@@ -272,24 +362,18 @@ def split_k_attention(q: Any, k: Any, v: Any, *, heads: int, dim: int, scale: fl
                     scale,
                     causal and k1 - 1 > q0 + offset,
                     q0 - k0 + offset,
+                    pattern,
+                    q0,
+                    k0,
                 )
                 parts.append(pkey)
-            level = 0
-            while len(parts) > 1:  # a binary tree of merges
-                nxt = []
-                for t in range(0, len(parts) - 1, 2):
-                    mkey = (f"{name}-merge{level}", *bi, i, t)
-                    layer[mkey] = (_merge, parts[t], parts[t + 1])
-                    nxt.append(mkey)
-                if len(parts) % 2:
-                    nxt.append(parts[-1])
-                parts, level = nxt, level + 1
+            root = _tree(layer, parts, _merge, name, (*bi, i))
             okey = (name, *bi, i, 0, 0)
-            if not parts:  # causal with Lq > Lk: a block that sees no key at all returns zeros
+            if root is None:  # causal with Lq > Lk: a block that sees no key at all returns zeros
                 shape = tuple(bchunks[d][bi[d]] for d in range(nb)) + (q1 - q0, heads, int(v.shape[-1]))
                 layer[okey] = (np.zeros, shape, dtype)
             else:
-                layer[okey] = (_finish, parts[0], dtype)
+                layer[okey] = (_finish, root, dtype)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[q, k, v])
     chunks = bchunks + (q.chunks[-3], (heads,), (int(v.shape[-1]),))
     return da.Array(graph, name, chunks, dtype=dtype)
@@ -370,21 +454,11 @@ def split_linear_attention(mech: Any, params: Mapping[str, Any], q: Any, k: Any,
     from dask.tokenize import tokenize
 
     heads, dim = mech.heads, mech.dim
-    for name, x in (("query", q), ("key", k), ("value", v)):
-        if x.ndim < 3 or x.shape[-2] != heads:
-            raise ShapeError(f"{name}: expected shape (..., L, H={heads}, D), got {tuple(x.shape)}")
-    if q.shape[-1] != dim or k.shape[-1] != dim:
-        raise ShapeError(f"key: expected head dim {dim} in query and key, got {q.shape[-1]} and {k.shape[-1]}")
-    if v.shape[-3] != k.shape[-3]:
-        raise ShapeError(f"value: expected Lk = {k.shape[-3]} (as key) along axis -3, got {v.shape[-3]}")
+    _check_shards(q, k, v, heads, dim)
     if mech.causal and q.shape[-3] != k.shape[-3]:
         raise ShapeError(f"key: sharded causal linear attention needs Lk = Lq = {q.shape[-3]}, got {k.shape[-3]}")
-    batch = tuple(np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3]))
+    q, k, v, batch, dtype = _broadcast_batch(q, k, v)
     nb = len(batch)
-    dtype = np.result_type(q.dtype, k.dtype, v.dtype)
-    q = da.broadcast_to(q, batch + tuple(q.shape[-3:]))
-    k = da.broadcast_to(k, batch + tuple(k.shape[-3:]))
-    v = da.broadcast_to(v, batch + tuple(v.shape[-3:]))
     bchunks = q.chunks[:nb]
     dv = int(v.shape[-1])
     if mech.causal:
@@ -406,13 +480,7 @@ def split_linear_attention(mech: Any, params: Mapping[str, Any], q: Any, k: Any,
     token = tokenize(q, k, v, mech.feature_map, mech.causal, mech.eps, mech.nu, kw["projection"])
     name = f"attnkit-linear-{token}"
     layer: dict[Any, Any] = {}
-    chk = {}
-    for arr, label in ((q, "query"), (k, "key"), (v, "value")):
-        cname = f"attnkit-finite-{label}-{token}"
-        for idx in np.ndindex(*arr.numblocks):
-            ckey = (cname, *idx)
-            layer[ckey] = (_check, (arr.name, *idx), label)
-        chk[label] = cname
+    chk = _finiteness_layer(layer, token, q, k, v)
     for bi in np.ndindex(*q.numblocks[:nb]):
         states = []
         for j in range(k.numblocks[-3]):
@@ -438,18 +506,9 @@ def split_linear_attention(mech: Any, params: Mapping[str, Any], q: Any, k: Any,
                 layer[pkey] = (_lin_merge, prev, states[i])  # the scan: state of shards 0..i
                 prev = pkey
             continue
-        parts, level = states, 0
-        while len(parts) > 1:
-            nxt = []
-            for t in range(0, len(parts) - 1, 2):
-                mkey = (f"{name}-merge{level}", *bi, t)
-                layer[mkey] = (_lin_merge, parts[t], parts[t + 1])
-                nxt.append(mkey)
-            if len(parts) % 2:
-                nxt.append(parts[-1])
-            parts, level = nxt, level + 1
+        total = _tree(layer, states, _lin_merge, name, bi)
         for i in range(q.numblocks[-3]):
             okey = (name, *bi, i, 0, 0)
-            layer[okey] = (_lin_query, (chk["query"], *bi, i, 0, 0), parts[0], kw, mech.eps, dtype)
+            layer[okey] = (_lin_query, (chk["query"], *bi, i, 0, 0), total, kw, mech.eps, dtype)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[q, k, v])
     return da.Array(graph, name, bchunks + (q.chunks[-3], (heads,), (dv,)), dtype=dtype)

@@ -99,6 +99,7 @@ def export_onnx(
     mask: Any = None,
     dynamic: bool = True,
     opset: int | None = None,
+    output: str = "forward",
     **extras: Any,
 ) -> ExportInfo:
     """Write ``mechanism``'s forward as an ONNX model to ``path``.
@@ -109,8 +110,12 @@ def export_onnx(
     ``mask``: an example mask; when given, the graph has a ``mask`` input of that dtype (bool: True =
     attend; float: added to the scores). ``dynamic``: batch and sequence axes (and both length axes of
     the mask) symbolic; ``False`` fixes every axis to the example's. ``opset``: the ONNX opset of the
-    file (default: the exporter's). ``extras``: the mechanism's own keyword-only inputs, baked into the
-    graph as constants.
+    file (default: the exporter's). ``output``: ``"forward"`` (the attention output) or ``"weights"``
+    (the attention weights ``softmax(scores + mask)`` of :meth:`attention_weights`, shape
+    ``(..., heads, Lq, Lk)``; the graph's inputs are then ``query``, ``key`` and the mask).
+    ``extras``: the mechanism's own keyword-only inputs, baked into the graph as constants. The file's
+    ``metadata_props`` record ``attnkit.mechanism``, ``attnkit.options`` (JSON), ``attnkit.output``,
+    ``attnkit.inputs`` and ``attnkit.version``.
 
     Raises :class:`~attnkit.errors.ConfigError` for a non-mechanism, a disposed one, or one whose
     configuration cannot be exported (with the reason and the form that does export), and
@@ -123,6 +128,10 @@ def export_onnx(
         raise ConfigError(f"path: expected a file path, got {type(path).__name__}")
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or not 13 <= opset <= 23):
         raise ConfigError(f"opset: expected an ONNX opset between 13 and 23, got {opset!r}")
+    if output not in ("forward", "weights"):
+        raise ConfigError(f"output: expected 'forward' or 'weights', got {output!r}")
+    if output == "weights" and not mechanism.has_attention_weights:
+        raise ConfigError(f"output: {mechanism.name!r} has no attention weights to export; use output='forward'")
     reason = export_status(mechanism)
     if reason is not None:
         raise ConfigError(f"mechanism: {mechanism.name!r} cannot be exported to ONNX as configured: {reason}")
@@ -138,7 +147,11 @@ def export_onnx(
     if np_mask is not None and np_mask.dtype.kind == "f":
         np_mask = np_mask.astype(np.float32)
     # the NumPy forward validates the inputs (its errors name the argument) and checks the mechanism runs
-    mechanism.forward(*arrays, mask=np_mask, **extras)
+    if output == "weights":
+        arrays = arrays[:2]
+        mechanism._run_weights(arrays[0], arrays[1] if len(arrays) > 1 else None, mask=np_mask, **extras)
+    else:
+        mechanism.forward(*arrays, mask=np_mask, **extras)
 
     ndx = _require()
     layout = mechanism.input_layout
@@ -177,25 +190,29 @@ def export_onnx(
     args = [graph_inputs.get(n) for n in INPUT_NAMES]
     try:
         with _plain_matmul():
-            out = mechanism._forward(params, *args, mask=graph_inputs.get("mask"), **extras)
+            if output == "weights":
+                out = mechanism._attention_weights(params, args[0], args[1], mask=graph_inputs.get("mask"), **extras)
+            else:
+                out = mechanism._forward(params, *args, mask=graph_inputs.get("mask"), **extras)
     except AttentionError:
         raise
     except Exception as exc:  # an operation the mechanism's code uses that does not trace into a graph
         raise ConfigError(f"mechanism: {mechanism.name!r} could not be traced into an ONNX graph ({type(exc).__name__}: {exc})") from exc
     model = ndx.build({**graph_inputs, **params}, {"output": out})
-    model = _params_to_initializers(model, own)
+    model = _params_to_initializers(model, own, prune=output == "weights")
     if opset is not None:
         model = _convert_opset(model, opset)
     import onnx
 
     model.producer_name = "attnkit"
     model.doc_string = f"attnkit {mechanism!r}"
+    _set_metadata(model, mechanism, output, tuple(graph_inputs))
     onnx.save(model, os.fspath(path))
     return ExportInfo(
         path=os.fspath(path),
         inputs=tuple(graph_inputs),
         output="output",
-        initializers=tuple(own),
+        initializers=tuple(t.name for t in model.graph.initializer if t.name in own),
         opset=_opset_of(model),
         size_bytes=os.path.getsize(path),
     )
@@ -232,11 +249,21 @@ def _plain_matmul() -> Iterator[None]:
         typed._matmul_mitigate_zero_sized = original
 
 
-def _params_to_initializers(model: Any, params: dict[str, np.ndarray]) -> Any:
-    """Turn the parameter graph inputs into initializers holding ``params`` unchanged."""
+def _params_to_initializers(model: Any, params: dict[str, np.ndarray], *, prune: bool = False) -> Any:
+    """Turn the parameter graph inputs into initializers holding ``params`` unchanged.
+
+    ``prune``: drop the parameters no node reads (the weights graph of multi-head attention never
+    reads the value and output projections)."""
     from onnx import numpy_helper
 
     g = model.graph
+    if prune:
+        used = {name for node in g.node for name in node.input}
+        unused = {k for k in params if k not in used}
+        params = {k: v for k, v in params.items() if k not in unused}
+        kept = [i for i in g.input if i.name not in unused]
+        del g.input[:]
+        g.input.extend(kept)
     keep = [i for i in g.input if i.name not in params]
     for name in [i.name for i in g.input if i.name in params]:
         g.initializer.append(numpy_helper.from_array(params[name], name))
@@ -246,6 +273,37 @@ def _params_to_initializers(model: Any, params: dict[str, np.ndarray]) -> Any:
     if missing:  # pragma: no cover - a parameter the forward never read
         raise ConfigError(f"mechanism: parameter {missing[0]!r} is not used by the exported graph")
     return model
+
+
+def _set_metadata(model: Any, mechanism: Mechanism, output: str, inputs: tuple[str, ...]) -> None:
+    """Record what the file computes in the model's ``metadata_props`` (read by the JS ``LocalEngine``):
+    ``attnkit.mechanism`` (registry name), ``attnkit.options`` (the constructor options, JSON),
+    ``attnkit.output`` (``forward`` or ``weights``), ``attnkit.inputs`` (graph inputs, comma-separated)
+    and ``attnkit.version``."""
+    import json
+
+    from .. import __version__
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (bool, int, float, str)) or v is None:
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, np.generic):
+            return v.item()
+        return repr(v)
+
+    options = {k: plain(v) for k, v in mechanism.options().items()}
+    entries = {
+        "attnkit.mechanism": str(mechanism.name),
+        "attnkit.options": json.dumps(options, sort_keys=True),
+        "attnkit.output": output,
+        "attnkit.inputs": ",".join(inputs),
+        "attnkit.version": str(__version__),
+    }
+    for key, value in entries.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
 
 
 def _opset_of(model: Any) -> int:

@@ -40,17 +40,22 @@ from .dense import sdpa
 from .gqa import group_keys, group_queries, needs_grouping, ungroup
 from .masks import apply_mask, apply_mask_tile, index_grid, mask_tile
 
-__all__ = ["local_global_mask", "local_global_attention", "default_block"]
+__all__ = ["local_global_mask", "local_global_tile", "local_global_attention", "default_block"]
 
 
 def local_global_mask(length: int, radius: int, global_idx: Any = (), causal: bool = False) -> np.ndarray:
     """The boolean ``(L, L)`` mask (True = may attend) that local-global attention is equivalent to."""
-    i = np.arange(length)[:, None]
-    j = np.arange(length)[None, :]
+    return local_global_tile(0, length, 0, length, radius, global_idx, causal)
+
+
+def local_global_tile(q0: int, nq: int, k0: int, nk: int, radius: int, global_idx: Any = (), causal: bool = False) -> np.ndarray:
+    """Rows ``q0 .. q0+nq-1`` and columns ``k0 .. k0+nk-1`` of :func:`local_global_mask`: query ``i`` may
+    attend key ``j`` iff ``|i - j| <= radius`` or ``j`` or ``i`` is global (and ``j <= i`` when causal)."""
+    i = np.arange(q0, q0 + nq)[:, None]
+    j = np.arange(k0, k0 + nk)[None, :]
     allowed = np.abs(i - j) <= radius
-    g = np.zeros(length, dtype=bool)
-    g[np.asarray(list(global_idx), dtype=np.int64)] = True
-    allowed |= g[None, :] | g[:, None]
+    g = np.asarray(list(global_idx) if not isinstance(global_idx, np.ndarray) else global_idx, dtype=np.int64)
+    allowed |= np.isin(j, g) | np.isin(i, g)
     if causal:
         allowed &= j <= i
     return allowed

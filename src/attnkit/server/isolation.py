@@ -18,12 +18,15 @@ closes, so workers never outlive the server. ``worker_memory_bytes`` caps a work
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.util  # registers its exit handler first, so that ours (below) runs before it
 import pickle
 import signal
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -171,6 +174,18 @@ def _preload_modules() -> list[str]:
     return ["attnkit.server.compute", *sorted(mods)]
 
 
+#: every runner not closed yet: closed at interpreter exit. Workers ignore SIGTERM, so multiprocessing's
+#: own exit handler (terminate, then join every daemon child) would wait forever on a runner that was
+#: never closed (an app used without its lifespan, e.g. a TestClient outside ``with``).
+_OPEN_RUNNERS: weakref.WeakSet[ProcessRunner] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_runners() -> None:
+    for runner in list(_OPEN_RUNNERS):
+        runner.close()
+
+
 class ProcessRunner:
     """Computations in ``max_concurrency`` worker processes; a timed-out one is killed and replaced."""
 
@@ -186,6 +201,7 @@ class ProcessRunner:
         self.replaced = 0  # workers started in place of killed or dead ones
         self._missing = 0  # workers that died and are not replaced yet
         self.executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="attnkit-dispatch")
+        _OPEN_RUNNERS.add(self)
 
     def start(self) -> None:
         """Start every worker now (otherwise they start on first use)."""
@@ -317,6 +333,10 @@ class ProcessRunner:
             workers = list(self._all)
             self._all.clear()
             self._idle.clear()
+        _OPEN_RUNNERS.discard(self)
+        for w in workers:  # every worker sees EOF at once, then each is joined
+            with contextlib.suppress(Exception):
+                w.conn.close()
         for w in workers:
             w.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
