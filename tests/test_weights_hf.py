@@ -216,4 +216,7 @@ def test_loaded_llama_layer_runs_on_torch_with_autograd():
     assert isinstance(y, torch.Tensor) and y.shape == (1, 5, 32)
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
-    assert isinstance(attnkit.MultiHeadAttention, type)
+    # the same layer through functional_call with torch parameters: gradients reach the projections
+    params = {k: torch.tensor(v, requires_grad=True) for k, v in ours.parameters().items()}
+    attnkit.functional_call(ours, params, x.detach()).sum().backward()
+    assert params["k_proj.weight"].grad is not None and float(params["k_proj.weight"].grad.abs().sum()) > 0
