@@ -309,3 +309,16 @@ def test_torch_compile_fullgraph_with_every_option(rng):
     want, want_w = mod(x, key_padding_mask=kpm, need_weights=True)
     assert_close(out, want, TOL32)
     assert_close(w, want_w, TOL32)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_rope_layer_decodes_token_by_token_as_the_full_causal_forward(rng, kv_heads):
+    mha = MultiHeadAttention(32, 4, kv_heads=kv_heads, causal=True, rope=RotaryEmbedding(8, base=500.0), seed=10)
+    x = randn(rng, 2, 9, 32)
+    cache = attnkit.KVCache(max_len=16, kv_heads=kv_heads, dim=8, dtype=np.float64)
+    steps = [mha.forward(x[:, :3], cache=cache)] + [mha.forward(x[:, i : i + 1], cache=cache) for i in range(3, 9)]
+    assert_close(np.concatenate(steps, axis=1), mha.forward(x), TOL64)
+    with pytest.raises(ConfigError, match="need_weights"):
+        mha.forward(x[:, :1], cache=cache, need_weights=True)
+    with pytest.raises(ConfigError, match="add_bias_kv"):
+        MultiHeadAttention(32, 4, add_bias_kv=True).forward(x[:, :1], cache=attnkit.KVCache(max_len=4, kv_heads=4, dim=8, dtype=np.float64))

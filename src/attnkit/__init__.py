@@ -30,6 +30,7 @@ _LAZY: dict[str, str] = {
     "MemoryInfo": "attnkit.mechanisms.base",
     "BenchmarkResult": "attnkit.mechanisms.base",
     "functional_call": "attnkit.mechanisms.functional",
+    "KVCache": "attnkit.mechanisms.kv_cache",
     "export_onnx": "attnkit.export",
     # core mechanisms
     "FlashAttention": "attnkit.mechanisms.flash",
@@ -99,6 +100,7 @@ if TYPE_CHECKING:  # the names of _LAZY (and the subpackages), for mypy and IDEs
     from .mechanisms.graph import EdgeFeaturedAttention as EdgeFeaturedAttention
     from .mechanisms.graph import GraphRoPEAttention as GraphRoPEAttention
     from .mechanisms.hyperbolic import HyperbolicAttention as HyperbolicAttention
+    from .mechanisms.kv_cache import KVCache as KVCache
     from .mechanisms.linear import LinearAttention as LinearAttention
     from .mechanisms.local_global import LocalGlobalAttention as LocalGlobalAttention
     from .mechanisms.mixed_curvature import DualSpaceAttention as DualSpaceAttention

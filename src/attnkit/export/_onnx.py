@@ -146,6 +146,8 @@ def export_onnx(
         raise ShapeError(f"mask: expected a bool mask (True = attend) or a float mask, got dtype {np_mask.dtype}")
     if np_mask is not None and np_mask.dtype.kind == "f":
         np_mask = np_mask.astype(np.float32)
+    if extras.get("cache") is not None:
+        raise ConfigError("cache: a KVCache is Python state filled step by step and cannot be exported to ONNX; export the forward without cache=")
     # the NumPy forward validates the inputs (its errors name the argument) and checks the mechanism runs
     if output == "weights":
         arrays = arrays[:2]

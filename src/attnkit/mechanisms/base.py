@@ -253,6 +253,8 @@ class Mechanism:
         """Liveness, then ``_forward`` with this object's parameters (or the lazy Dask adapter)."""
         self._check_alive()
         if _lazy(query, key, value):
+            if extras.get("cache") is not None:
+                raise ConfigError("cache: a KVCache is filled step by step and cannot take Dask arrays; compute the chunk first")
             from ..dask import lazy_forward  # the Dask adapter: a graph over the chunks, nothing computed here
 
             return lazy_forward(self, self._own_params(), query, key, value, mask=mask, **extras)

@@ -18,14 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from .._array import Array, nonzero_float, positive_float, positive_int, probability
-from ..errors import ConfigError
+from .._array import Array, broadcast_shapes, is_graph, nonzero_float, positive_float, positive_int, probability
+from ..errors import ConfigError, ShapeError
+from ..kernels.decode import cached_attention
 from ..kernels.dense import NO_WINDOW, attention_weights, sdpa
 from ..kernels.engine import check_engine
-from ..kernels.masks import alibi_slopes
+from ..kernels.masks import alibi_slopes, unflatten_mask
 from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
 from ._sequence import prepare_sequence
 from .base import Mechanism
+from .kv_cache import KVCache, as_cache, cache_mask
 from .registry import register
 
 __all__ = ["FlashAttention"]
@@ -101,8 +103,24 @@ class FlashAttention(Mechanism):
     def effective_scale(self) -> float:
         return self.scale if self.scale is not None else 1.0 / math.sqrt(self.dim)
 
-    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
+    def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, cache: KVCache | None = None) -> Array:
+        """Attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``.
+
+        ``cache``: a :class:`~attnkit.KVCache` (incremental decoding). ``key``/``value`` are then the
+        keys and values of the new tokens only: they are appended to the cache, and the queries attend
+        over everything it holds, causally (query ``i`` of ``Lq`` sits at position
+        ``cache.length - Lq + i`` after the append; bottom-right aligned, whatever ``causal`` says),
+        with RoPE positions taken from the cache. So a prefill chunk followed by one token per call
+        equals the full causal forward.
+        """
+        if cache is None:
+            return self._run_forward(query, key, value, mask=mask)
+        return self._run_forward(query, key, value, mask=mask, cache=cache)
+
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, cache: KVCache | None = None) -> Array:
         """Attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``."""
+        if cache is not None:
+            return self._forward_cached(query, key, value, mask, as_cache(cache))
         s = prepare_sequence(query, key, value, mask, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True)
         s.q, s.k = apply_rope_qk(self.rope, s.q, s.k)
         p = self.dropout if self.training else 0.0
@@ -123,6 +141,43 @@ class FlashAttention(Mechanism):
         )
         return s.finish(out)
 
+    def _forward_cached(self, query: Any, key: Any, value: Any, mask: Any, cache: KVCache) -> Array:
+        """``forward(..., cache=cache)``: append the new keys/values, attend causally over the cache (see :meth:`forward`)."""
+        s = prepare_sequence(query, key, value, None, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True)
+        if is_graph(s.xp):
+            raise ConfigError("cache: a KVCache is Python state and cannot be exported to ONNX; export the forward without cache=")
+        lq, lnew, p0 = int(s.q.shape[-2]), int(s.k.shape[-2]), cache.length
+        if self.rope is not None:  # positions from the cache: the new keys follow the cached ones
+            s.q = self.rope.apply(s.q, np.arange(p0 + lnew - lq, p0 + lnew, dtype=np.float64), seq_axis=-2)
+            s.k = self.rope.apply(s.k, np.arange(p0, p0 + lnew, dtype=np.float64), seq_axis=-2)
+        left = self.window[0]
+        if lq > p0 + lnew:
+            raise ShapeError(f"query: expected at most as many queries as keys so far ({p0 + lnew}), got Lq = {lq}")
+        # checked before anything is appended (a ring buffer takes no mask)
+        batch = broadcast_shapes(tuple(s.q.shape[:-3]), tuple(s.k.shape[:-3]))
+        lk = p0 + lnew
+        pm = cache_mask(unflatten_mask(mask, lq, lk) if s.flat else mask, cache, s.xp, batch, self.heads, lq, lk, s.q.dtype, s.device)
+        k_all, v_all, ring_left = cache.extend(s.k, s.v, ordered=mask is not None or self.alibi_slopes is not None or left >= 0)
+        left = _combine_left(left, ring_left, lq, int(k_all.shape[-2]))
+        p = self.dropout if self.training else 0.0
+        out = cached_attention(
+            s.q,
+            k_all,
+            v_all,
+            xp=s.xp,
+            scale=self.effective_scale,
+            mask=pm,
+            window=(left, -1) if left >= 0 else NO_WINDOW,
+            alibi_slopes=self.alibi_slopes,
+            softcap=self.softcap,
+            dropout_p=p,
+            rng=self._rng() if p > 0 else None,
+            block_size=self.block_size,
+            backend="auto" if self.simd else "generic",
+            engine=self.engine,
+        )
+        return s.finish(out)
+
     def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
         """The attention probabilities ``(..., H, Lq, Lk)`` (the spec's ``attentionScores``; O(Lq*Lk))."""
         kk = query if key is None else key
@@ -137,6 +192,16 @@ class FlashAttention(Mechanism):
         rng = rng or np.random.default_rng()
         shape = (seq_len, self.heads, self.dim)
         return tuple(rng.standard_normal(shape, dtype=np.float32) for _ in range(3))
+
+
+def _combine_left(own: int, ring: int | None, lq: int, lk: int) -> int:
+    """The left window of cached attention: the tighter of the mechanism's own (``-1``: none) and the ring
+    buffer's; ``-1`` when it hides nothing (every one of the ``Lq`` queries already sees all ``Lk`` keys)."""
+    sides = [x for x in (own, ring) if x is not None and x >= 0]
+    if not sides:
+        return -1
+    left = min(sides)
+    return -1 if left >= lk - 1 else left  # the last query, at lk - 1, sees key 0 already
 
 
 def _window(value: object) -> tuple[int, int]:

@@ -20,13 +20,25 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, as_float_array, broadcast_shapes, is_traced, non_negative_int, one_of, positive_float, positive_int, shape_str
+from .._array import Array, as_float_array, broadcast_shapes, is_graph, is_traced, non_negative_int, one_of, positive_float, positive_int, shape_str
 from .._array import length as _dim
 from ..errors import ConfigError, ShapeError
-from ..kernels.linear import DEFAULT_CHUNK_SIZE, FEATURE_MAPS, default_nb_features, feature_dim, linear_attention, orthogonal_random_features
+from ..kernels.gqa import group_keys, group_queries, ungroup
+from ..kernels.linear import (
+    DEFAULT_CHUNK_SIZE,
+    FEATURE_MAPS,
+    causal_shard,
+    default_nb_features,
+    feature_dim,
+    key_state,
+    linear_attention,
+    merge_key_states,
+    orthogonal_random_features,
+)
 from ..kernels.masks import prepare_mask
 from ._sequence import SequenceInputs, prepare_sequence
 from .base import Mechanism
+from .kv_cache import KVCache, as_cache
 from .registry import register
 
 __all__ = ["LinearAttention"]
@@ -126,8 +138,23 @@ class LinearAttention(Mechanism):
         return w
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
+    def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, cache: KVCache | None = None) -> Array:
+        """Linear attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``.
+
+        ``cache`` (``causal=True``): a :class:`~attnkit.KVCache` that holds the recurrent state
+        ``S = sum_j phi(k_j) [v_j, 1]^T`` of the tokens so far instead of their keys and values
+        (Katharopoulos et al. 2020, "Transformers are RNNs"): ``key``/``value`` are the new tokens'
+        (as many as queries), query ``i`` of the chunk sees the state and the new keys ``<= i``, and the
+        state is then updated. O(F * Dv) memory and time per token, whatever the length.
+        """
+        if cache is None:
+            return self._run_forward(query, key, value, mask=mask)
+        return self._run_forward(query, key, value, mask=mask, cache=cache)
+
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, cache: Any = None) -> Array:
         """Linear attention output ``(..., Lq, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``."""
+        if cache is not None:
+            return self._forward_cached(params, query, key, value, mask, as_cache(cache))
         s = prepare_sequence(query, key, value, None, heads=self.heads, dim=self.dim, check=self.check_finite, grouped=True)
         key_mask = self._key_mask(mask, s)
         projection = None
@@ -146,6 +173,32 @@ class LinearAttention(Mechanism):
             nu=self.nu,
             projection=projection,
         )
+        return s.finish(out)
+
+    def _forward_cached(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, mask: Any, cache: KVCache) -> Array:
+        """``forward(..., cache=cache)``: the chunk's causal outputs after the cached state, then the state updated."""
+        if not self.causal:
+            raise ConfigError("cache: a KVCache holds the state of causal linear attention; construct with causal=True")
+        if mask is not None:
+            raise ConfigError("mask: not taken with a KVCache (decoding is causal; every earlier token is in the state)")
+        s = prepare_sequence(query, key, value, None, heads=self.heads, dim=self.dim, check=self.check_finite, same_length=True, grouped=True)
+        xp = s.xp
+        if is_graph(xp):
+            raise ConfigError("cache: a KVCache is Python state and cannot be exported to ONNX; export the forward without cache=")
+        prefix = cache.linear_state(s.k, s.v)
+        projection = self._params_like(params, s.q)[_PROJECTION] if self.feature_map == "favor" else None
+        kw: dict[str, Any] = dict(xp=xp, feature_map=self.feature_map, nu=self.nu, projection=projection)
+        hk = int(s.k.shape[-3])
+        q, k, v, pre = s.q, s.k, s.v, prefix
+        if hk != self.heads:  # grouped-query attention: the key side broadcasts over each group (see kernels.gqa)
+            q, k, v = group_queries(q, hk, xp), group_keys(k, xp), group_keys(v, xp)
+            pre = None if prefix is None else (group_keys(prefix[0], xp), group_keys(prefix[1], xp))
+        out = causal_shard(q, k, v, pre, eps=self.eps, chunk=self.chunk_size, **kw)
+        if hk != self.heads:
+            out = ungroup(out, xp)
+        new = key_state(s.k, s.v, **kw)
+        state = new if prefix is None else merge_key_states(prefix, new, xp)
+        cache.set_linear_state(state, int(s.k.shape[-2]), tuple(int(d) for d in s.k.shape[:-3]))
         return s.finish(out)
 
     def _key_mask(self, mask: Any, s: SequenceInputs) -> Array | None:

@@ -15,13 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from .._array import Array, nonzero_float, positive_int
+from .._array import Array, is_graph, nonzero_float, positive_int
 from ..errors import ConfigError, ShapeError
-from ..kernels.dense import attention_weights
+from ..kernels.decode import cached_attention
+from ..kernels.dense import NO_WINDOW, attention_weights
 from ..kernels.local import local_global_attention, local_global_mask
 from ..kernels.rope import RotaryEmbedding, as_rope
 from ._sequence import prepare_sequence
 from .base import Mechanism
+from .kv_cache import KVCache, as_cache
 from .registry import register
 
 __all__ = ["LocalGlobalAttention"]
@@ -138,18 +140,32 @@ class LocalGlobalAttention(Mechanism):
             s.k = self.rope.apply(s.k, positions, seq_axis=-2)
         return s
 
-    def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, positions: Any = None) -> Array:
+    def forward(
+        self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, positions: Any = None, cache: KVCache | None = None
+    ) -> Array:
         """Output ``(..., L, H, Dv)`` (flat in, flat out). ``key, value`` default to ``query``.
 
         ``positions``: token positions for ``rope`` (default ``0..L-1``); ignored without ``rope``.
+
+        ``cache``: a :class:`~attnkit.KVCache` (incremental decoding, ``causal=True`` only): ``key``/
+        ``value`` are the new tokens' (as many as queries); they are appended, and query ``i`` (at
+        position ``p = cache.length - L + i`` after the append) attends the cached keys ``j <= p`` with
+        ``p - j <= window // 2``, the global tokens among them, or all ``j <= p`` when ``p`` is global:
+        the rows of the full causal forward. RoPE positions come from the cache.
         """
-        return self._run_forward(query, key, value, mask=mask, positions=positions)
+        if cache is None:
+            return self._run_forward(query, key, value, mask=mask, positions=positions)
+        return self._run_forward(query, key, value, mask=mask, positions=positions, cache=cache)
 
     def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None, positions: Any = None) -> Array:
         """Dense probabilities ``(..., H, L, L)`` (zeros outside the pattern); O(L^2), for inspection."""
         return self._run_weights(query, key, mask=mask, positions=positions)
 
-    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, positions: Any = None) -> Array:
+    def _forward(
+        self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, positions: Any = None, cache: Any = None
+    ) -> Array:
+        if cache is not None:
+            return self._forward_cached(query, key, value, mask, positions, as_cache(cache))
         s = self._prepare(query, key, value, mask, positions)
         out = local_global_attention(
             s.q,
@@ -163,6 +179,45 @@ class LocalGlobalAttention(Mechanism):
             mask=s.mask,
             block=self.block_size,
         )
+        return s.finish(out)
+
+    def _forward_cached(self, query: Any, key: Any, value: Any, mask: Any, positions: Any, cache: KVCache) -> Array:
+        """``forward(..., cache=cache)`` (see :meth:`forward`): the new rows of the causal pattern over the cache."""
+        if not self.causal:
+            raise ConfigError("cache: decoding with a KVCache needs causal=True (without it a query sees later tokens)")
+        if mask is not None or positions is not None:
+            raise ConfigError("cache: mask= and positions= are not taken with a KVCache (positions come from the cache)")
+        s = prepare_sequence(query, key, value, None, heads=self.heads, dim=self.dim, check=self.check_finite, same_length=True, grouped=True)
+        if is_graph(s.xp):
+            raise ConfigError("cache: a KVCache is Python state and cannot be exported to ONNX; export the forward without cache=")
+        xp, lq, p0 = s.xp, int(s.q.shape[-2]), cache.length
+        total = p0 + lq
+        g = self.global_indices(None)
+        g = g[g < total]
+        if g.size and cache.window is not None:
+            raise ConfigError(f"cache: global tokens need every earlier key; use a KVCache without window (got window={cache.window})")
+        if self.rope is not None:
+            pos = np.arange(p0, total, dtype=np.float64)
+            s.q, s.k = self.rope.apply(s.q, pos, seq_axis=-2), self.rope.apply(s.k, pos, seq_axis=-2)
+        # one query over a ring no longer than its window sees every slot, in any order; otherwise keys in time order
+        ordered = lq > 1 or (cache.window is not None and self.radius + 1 < cache.window)
+        k_all, v_all, ring_left = cache.extend(s.k, s.v, ordered=ordered)
+        lk = int(k_all.shape[-2])
+        left = self.radius if ring_left is None else min(self.radius, ring_left)
+        mask_arr = None
+        if g.size == 0:
+            keep = min(lk, left + lq)  # the keys any new query can see: a view of the newest ones
+            k_all, v_all = k_all[..., lk - keep :, :], v_all[..., lk - keep :, :]
+            window = (left, -1) if left < keep - 1 else NO_WINDOW
+        else:  # the rows of local_global_mask(total, radius, globals, causal=True) for the new queries
+            qpos = np.arange(total - lq, total)[:, None]
+            kpos = np.arange(total - lk, total)[None, :]
+            is_g = np.zeros(total, dtype=bool)
+            is_g[g] = True
+            allowed = ((qpos - kpos <= left) | is_g[kpos] | is_g[qpos]) & (kpos <= qpos)
+            mask_arr = xp.asarray(allowed, device=s.device)
+            window = NO_WINDOW
+        out = cached_attention(s.q, k_all, v_all, xp=xp, scale=self.effective_scale, mask=mask_arr, window=window)
         return s.finish(out)
 
     def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, positions: Any = None) -> Array:

@@ -35,6 +35,7 @@ from .._array import (
     check_finite,
     common_float_dtype,
     compute_dtype,
+    is_graph,
     namespace,
     positive_int,
     probability,
@@ -42,7 +43,8 @@ from .._array import (
 )
 from .._array import length as _dim
 from ..errors import AttentionError, ConfigError, ShapeError
-from ..kernels.dense import attention_weights, sdpa
+from ..kernels.decode import cached_attention
+from ..kernels.dense import NO_WINDOW, attention_weights, sdpa
 from ..kernels.gqa import group_keys, group_queries, ungroup
 from ..kernels.masks import append_key_columns, causal_allowed, causal_like, combine_masks, prepare_mask, unflatten_mask
 from ..kernels.masks import key_padding_mask as _key_padding_mask
@@ -51,6 +53,7 @@ from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
 from ..weights import PROJECTIONS, load_state, to_attnkit
 from ._learned import LearnedParams
 from .base import Mechanism, _lazy
+from .kv_cache import KVCache, as_cache, cache_mask
 from .registry import register
 
 __all__ = ["MultiHeadAttention", "CrossAttention", "SelfAttention"]
@@ -234,11 +237,13 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         mask: Any,
         with_value: bool = True,
         key_padding_mask: Any = None,
+        positional: bool = True,
     ) -> tuple:
         """Validated inputs projected and split into heads: ``(qh, kh, vh, mask, causal, w, out_dtype, flat, xp)``
         (``vh`` is ``None`` when ``with_value`` is false: attention weights need no values). ``mask`` is
         ``mask`` and ``key_padding_mask`` in one; RoPE and the appended ``bias_k``/zero positions are applied,
-        and ``causal`` is what the kernel is left to do (folded into the mask when positions were appended)."""
+        and ``causal`` is what the kernel is left to do (folded into the mask when positions were appended).
+        ``positional=False`` leaves RoPE and the appended positions out (decoding with a cache places them itself)."""
         if key is None and value is None:
             key = value = query
         elif value is None:
@@ -278,6 +283,8 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         qh = split_heads(linear(q, w["q_proj.weight"], w.get("q_proj.bias"), xp), self.heads, xp)
         kh = split_heads(linear(k, w["k_proj.weight"], w.get("k_proj.bias"), xp), self.kv_heads, xp)
         vh = None if v is None else split_heads(linear(v, w["v_proj.weight"], w.get("v_proj.bias"), xp), self.kv_heads, xp)
+        if not positional:
+            return qh, kh, vh, pm, self.causal, w, out_dtype, flat, xp
         qh, kh = apply_rope_qk(self.rope, qh, kh)
         causal = self.causal
         extra = int(self.add_bias_kv) + int(self.add_zero_attn)
@@ -320,6 +327,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         key_padding_mask: Any = None,
         need_weights: Literal[False] = False,
         average_attn_weights: bool = True,
+        cache: KVCache | None = None,
     ) -> Array: ...
 
     @overload
@@ -333,6 +341,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         key_padding_mask: Any = None,
         need_weights: Literal[True],
         average_attn_weights: bool = True,
+        cache: KVCache | None = None,
     ) -> tuple[Array, Array]: ...
 
     def forward(
@@ -345,6 +354,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         key_padding_mask: Any = None,
         need_weights: bool = False,
         average_attn_weights: bool = True,
+        cache: KVCache | None = None,
     ) -> Any:
         """Output ``(..., Lq, model_dim)``; ``key``/``value`` default to ``query``; flat in, flat out.
 
@@ -353,13 +363,21 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         added). ``need_weights=True`` returns ``(output, weights)`` as torch does: the attention
         probabilities used (after dropout, when training), averaged over the heads, ``(..., Lq, Lk)``,
         or per head ``(..., H, Lq, Lk)`` with ``average_attn_weights=False``.
+
+        ``cache``: a :class:`~attnkit.KVCache` of ``kv_heads`` heads of width ``head_dim``, for
+        incremental decoding as self-attention (``forward(x, cache=cache)``, no ``key``/``value``):
+        the projected keys and values of the new tokens ``x`` are appended and their queries attend
+        causally over the cache (bottom-right aligned, whatever ``causal`` says; RoPE positions, where
+        the layer has ``rope``, from the cache), as :meth:`attnkit.FlashAttention.forward` does.
         """
         extras: dict[str, Any] = {}
+        if cache is not None:
+            extras["cache"] = cache
         if need_weights:
             extras.update(need_weights=True, average_attn_weights=bool(average_attn_weights))
         if key_padding_mask is not None:
             extras["key_padding_mask"] = key_padding_mask
-        if extras and _lazy(query, key, value):
+        if (need_weights or key_padding_mask is not None) and _lazy(query, key, value):
             if need_weights:
                 raise ConfigError("need_weights: not available on Dask arrays (the weights are O(Lq*Lk)); compute the inputs first")
             mask = _fold_key_padding(mask, extras.pop("key_padding_mask"))
@@ -382,8 +400,14 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         key_padding_mask: Any = None,
         need_weights: bool = False,
         average_attn_weights: bool = True,
+        cache: Any = None,
     ) -> Any:
         """Output ``(..., Lq, model_dim)`` (and the weights, with ``need_weights``); see :meth:`forward`."""
+        if cache is not None:
+            if need_weights or key_padding_mask is not None:
+                what = "need_weights" if need_weights else "key_padding_mask"
+                raise ConfigError(f"{what}: not available with cache= (decoding attends over the cache; pass a mask over its keys instead)")
+            return self._forward_cached(params, query, key, value, mask, as_cache(cache))
         qh, kh, vh, pm, causal, w, out_dtype, flat, xp = self._project(params, query, key, value, mask, key_padding_mask=key_padding_mask)
         scale = 1.0 / math.sqrt(self.head_dim)
         p = self.dropout if self.training else 0.0
@@ -410,6 +434,38 @@ class MultiHeadAttention(LearnedParams, Mechanism):
             return out
         weights = xp.mean(probs, axis=-3) if average_attn_weights else probs
         return out, xp.astype(weights, out_dtype) if weights.dtype != out_dtype else weights
+
+    def _forward_cached(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, mask: Any, cache: KVCache) -> Array:
+        """``forward(x, cache=cache)``: self-attention of the new tokens over the cache (see :meth:`forward`)."""
+        if key is not None or value is not None:
+            raise ConfigError("cache: decoding with a KVCache is self-attention; call forward(x, cache=cache) without key/value")
+        if self._in_dims()["k_proj"] != self.model_dim or self._in_dims()["v_proj"] != self.model_dim:
+            raise ConfigError("cache: decoding with a KVCache is self-attention; this layer's keys have another width (kdim/vdim)")
+        if self.add_bias_kv or self.add_zero_attn:
+            raise ConfigError("cache: decoding with a KVCache does not support add_bias_kv/add_zero_attn (torch's appended key positions)")
+        qh, kh, vh, _, _, w, out_dtype, flat, xp = self._project(params, query, None, None, None, positional=False)
+        if is_graph(xp):
+            raise ConfigError("cache: a KVCache is Python state and cannot be exported to ONNX; export the forward without cache=")
+        lq, p0 = int(qh.shape[-2]), cache.length
+        rope = getattr(self, "rope", None)
+        if rope is not None:  # positions from the cache
+            pos = np.arange(p0, p0 + lq, dtype=np.float64)
+            qh, kh = rope.apply(qh, pos, seq_axis=-2), rope.apply(kh, pos, seq_axis=-2)
+        batch = broadcast_shapes(tuple(qh.shape[:-3]), tuple(kh.shape[:-3]))
+        if flat:
+            mask = unflatten_mask(mask, lq, p0 + lq)
+        pm = cache_mask(mask, cache, xp, batch, self.heads, lq, p0 + lq, qh.dtype, array_api_compat.device(qh))
+        k_all, v_all, left = cache.extend(kh, vh, ordered=mask is not None)
+        lk = int(k_all.shape[-2])
+        window = (left, -1) if left is not None and left < lk - 1 else NO_WINDOW
+        p = self.dropout if self.training else 0.0
+        self._cache.pop("weights", None)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        heads_out = cached_attention(qh, k_all, v_all, xp=xp, scale=scale, mask=pm, window=window, dropout_p=p, rng=self._rng())
+        out = linear(merge_heads(heads_out, xp), w["out_proj.weight"], w.get("out_proj.bias"), xp)
+        if out.dtype != out_dtype:
+            out = xp.astype(out, out_dtype)
+        return xp.reshape(out, (-1,)) if flat else out
 
     def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, key_padding_mask: Any = None) -> Array:
         """The attention probabilities ``(..., H, Lq, Lk)`` of the projected ``query`` over ``key``."""
@@ -493,6 +549,8 @@ class CrossAttention(MultiHeadAttention):
         return {"q_proj": e, "k_proj": self.key_dim, "v_proj": self.key_dim, "out_proj": e}
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, **extras: Any) -> Any:
+        if extras.get("cache") is not None:
+            raise ConfigError("cache: a KVCache serves self-attention; CrossAttention attends fixed keys (project them once instead)")
         if key is None:
             raise ShapeError(f"key: CrossAttention needs keys of width key_dim = {self.key_dim}")
         return super()._forward(params, query, key, key if value is None else value, mask=mask, **extras)
