@@ -1,13 +1,26 @@
-"""Bounded load test of the attnkit server on loopback: neighbour attention (d 128, k 100), JSON and binary.
+"""Bounded load test of the attnkit server on loopback (issue 14's figures).
 
-    python benchmarks/load_server.py [--requests 5000] [--concurrency 32] [--workers 1] [--out benchmarks/results/server_load.json]
+    python benchmarks/load_server.py [--requests 300] [--repeats 3] [--out benchmarks/results/load_server.json]
+    git archive c46c13b src | tar -x -C /tmp/old && python benchmarks/load_server.py --baseline-src /tmp/old/src --only-overhead
 
-Starts ``python -m attnkit.server`` on a free port of 127.0.0.1 (nothing else is ever contacted), sends
-``--requests`` requests per body format with ``--concurrency`` in flight (httpx, asyncio), and reports
-requests per second and the p50/p99 latency of each format. The JSON request carries nested lists and
-gets nested lists back; the binary one sends raw float32 with shape headers and gets raw float32 back.
-Every answer is checked (status 200, shape, and the first one against the library); the script exits
-with status 1 if any request failed.
+Starts ``python -m attnkit.server`` processes on free ports of 127.0.0.1 (nothing else is contacted) and
+measures, with an ``httpx.AsyncClient`` on the same machine:
+
+* **overhead**: server CPU per small binary request at concurrency 1 (``POST /v1/attention/
+  scaled_dot_product``, one query of width 128 over 100 neighbours, raw float32), with the inline lane
+  on (the default) and off (``--inline-max-flops 0``: every request goes to a compute worker), beside
+  ``GET /health`` (what the HTTP stack alone costs) in the same run; ``--repeats`` interleaved
+  repeats, medians;
+* **unbatched**: req/s, p50 latency and server CPU per request at concurrency 1, 8 and 32 for small
+  (1 x 100 x 128) and medium (32 queries over 256 keys of width 128) bodies, JSON and binary;
+* **dynamic batching**: the Open Inference Protocol route (binary tensor extension) of a ``multi_head``
+  model (model_dim 128, 4 heads; query (1, 16, 128) per request) at concurrency 1, 8 and 32, with
+  batching on (``--max-batch-delay-ms 2``) and off (``--max-batch-size 1``), interleaved.
+
+"Server CPU" is user + system time of the server process and every process under it (its compute
+workers and their forkserver), from psutil, over the requests, divided by their number. Every answer is
+checked (status 200 and shape, the first against the library); the script exits 1 if any failed. The
+machine is shared with other jobs: compare figures of one run (ratios), not across runs.
 """
 
 from __future__ import annotations
@@ -21,198 +34,263 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 
-D, K = 128, 100
+D = 128
+SMALL = (1, 100)  # queries, keys
+MEDIUM = (32, 256)
+MODEL_QUERY = (1, 16, 128)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
-def start_server(port: int, workers: int) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "attnkit.server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--log-level",
-        "warning",
-        "--queue",
-        "1024",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
+class Server:
+    """A ``python -m attnkit.server`` subprocess, stopped (and its workers with it) on exit."""
+
+    def __init__(self, *args: str, src: str | None = None) -> None:
+        self.port = free_port()
+        env = {**os.environ, "PYTHONPATH": src} if src else None
+        cmd = [sys.executable, "-m", "attnkit.server", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning", "--queue", "1024"]
+        self.proc = subprocess.Popen([*cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        self.base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 90
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
+            try:
+                if httpx.get(self.base + "/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit("server did not start within 90 s")
             time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("server did not start within 60 s")
+
+    def cpu_seconds(self) -> float:
+        try:
+            p = psutil.Process(self.proc.pid)
+            total = 0.0
+            for q in [p, *p.children(recursive=True)]:
+                try:
+                    t = q.cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
+            return total
+        except psutil.Error:
+            return 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` and its live children, from /proc (0 where /proc is missing)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    try:
-        pids = [pid] + [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _ppid(int(e.name)) == pid]
-        for p in pids:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-    except OSError:
-        return 0.0
-    return total
+Request = tuple[str, bytes, dict[str, str], Callable[[httpx.Response], np.ndarray], np.ndarray]
 
 
-def _ppid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return -1
+def v1_request(fmt: str, size: tuple[int, int], rng: np.random.Generator) -> Request:
+    import attnkit
 
-
-def requests_for(fmt: str, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> tuple[str, bytes, dict[str, str]]:
+    nq, nk = size
+    q = rng.standard_normal((nq, D) if nq > 1 else (D,)).astype(np.float32)
+    k = rng.standard_normal((nk, D)).astype(np.float32)
+    v = rng.standard_normal((nk, D)).astype(np.float32)
+    expected = attnkit.ScaledDotProduct(dim=D).forward(q, k, v)
     url = f"/v1/attention/scaled_dot_product?dim={D}"
     if fmt == "json":
         body = json.dumps({"query": q.tolist(), "keys": k.tolist(), "values": v.tolist()}).encode()
-        return url, body, {"Content-Type": "application/json", "Accept": "application/json"}
-    body = q.tobytes() + k.tobytes() + v.tobytes()
-    return (
-        url,
-        body,
-        {
-            "Content-Type": "application/octet-stream",
-            "Accept": "application/octet-stream",
-            "X-Attnkit-Query-Shape": str(D),
-            "X-Attnkit-Keys-Shape": f"{K},{D}",
-            "X-Attnkit-Values-Shape": f"{K},{D}",
-        },
-    )
+        return (
+            url,
+            body,
+            {"Content-Type": "application/json", "Accept": "application/json"},
+            lambda r: np.asarray(r.json()["output"], np.float32),
+            expected,
+        )
+    headers = {
+        "Content-Type": "application/octet-stream", "Accept": "application/octet-stream",
+        "X-Attnkit-Query-Shape": ",".join(map(str, q.shape)), "X-Attnkit-Keys-Shape": f"{nk},{D}", "X-Attnkit-Values-Shape": f"{nk},{D}",
+    }  # fmt: skip
+    return url, q.tobytes() + k.tobytes() + v.tobytes(), headers, lambda r: np.frombuffer(r.content, "<f4").reshape(expected.shape), expected
 
 
-def decode(fmt: str, r: httpx.Response) -> np.ndarray:
-    if fmt == "json":
-        return np.asarray(r.json()["output"], dtype=np.float32)
-    return np.frombuffer(r.content, dtype="<f4").reshape([int(s) for s in r.headers["x-attnkit-shape"].split(",")])
+def kserve_request(rng: np.random.Generator) -> Request:
+    from attnkit.mechanisms import registry
+
+    q = rng.standard_normal(MODEL_QUERY).astype(np.float32)
+    expected = registry.create("self", model_dim=D, heads=4, seed=0).forward(q)
+    raw = q.tobytes()
+    doc = {
+        "inputs": [{"name": "query", "shape": list(q.shape), "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}],
+        "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+    }
+    head = json.dumps(doc).encode()
+
+    def decode(r: httpx.Response) -> np.ndarray:
+        n = int(r.headers["inference-header-content-length"])
+        return np.frombuffer(r.content[n:], "<f4").reshape(expected.shape)
+
+    return "/v2/models/mha/infer", head + raw, {"Inference-Header-Content-Length": str(len(head))}, decode, expected
 
 
-async def run_format(
-    server_pid: int, base: str, fmt: str, n: int, concurrency: int, expected: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray
-) -> dict[str, Any]:
-    url, body, headers = requests_for(fmt, q, k, v)
+async def load(server: Server, method: str, url: str, body: bytes | None, headers: dict[str, str], n: int, concurrency: int,
+               decode: Callable[[httpx.Response], np.ndarray] | None, expected: np.ndarray | None) -> dict[str, Any]:  # fmt: skip
     latencies: list[float] = []
-    errors: dict[str, int] = {}
+    errors = 0
     counter = iter(range(n))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
-        r = await client.post(url, content=body, headers=headers)  # warm-up, and a correctness check
+    async with httpx.AsyncClient(base_url=server.base, timeout=120, limits=limits) as client:
+        r = await client.request(method, url, content=body, headers=headers)  # warm-up (builds the mechanism), checked
         r.raise_for_status()
-        np.testing.assert_allclose(decode(fmt, r), expected, rtol=1e-5, atol=1e-6)
+        if decode is not None and expected is not None:
+            np.testing.assert_allclose(decode(r), expected, rtol=1e-5, atol=1e-6)
+            for _ in range(3):
+                await client.request(method, url, content=body, headers=headers)
 
         async def worker() -> None:
+            nonlocal errors
             for _ in counter:
                 t0 = time.perf_counter()
                 try:
-                    resp = await client.post(url, content=body, headers=headers)
-                    ok = resp.status_code == 200 and decode(fmt, resp).shape == (D,)
-                    key = "ok" if ok else f"status {resp.status_code}"
-                except httpx.HTTPError as exc:
-                    key = type(exc).__name__
+                    resp = await client.request(method, url, content=body, headers=headers)
+                    ok = resp.status_code == 200 and (decode is None or expected is None or decode(resp).shape == expected.shape)
+                except httpx.HTTPError:
+                    ok = False
                 latencies.append(time.perf_counter() - t0)
-                if key != "ok":
-                    errors[key] = errors.get(key, 0) + 1
+                errors += not ok
 
-        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        cpu0 = cpu_seconds(server_pid)
+        cpu0 = server.cpu_seconds()
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-        cpu = cpu_seconds(server_pid) - cpu0
-        load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    lat_ms = sorted(x * 1e3 for x in latencies)
+        cpu = server.cpu_seconds() - cpu0
+    lat = sorted(x * 1e3 for x in latencies)
     return {
-        "format": fmt,
-        "requests": n,
-        "concurrency": concurrency,
-        "request_bytes": len(body),
-        "wall_s": round(wall, 3),
-        "req_per_s": round(n / wall, 1),
-        "p50_ms": round(statistics.median(lat_ms), 2),
-        "p99_ms": round(lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))], 2),
-        "max_ms": round(lat_ms[-1], 2),
-        "server_cpu_ms_per_request": round(cpu / n * 1e3, 3),
-        "load_average_1min": [load_before, load_after],
-        "errors": sum(errors.values()),
-        "error_kinds": errors,
-    }
+        "requests": n, "concurrency": concurrency, "request_bytes": len(body or b""), "req_per_s": n / wall,
+        "p50_ms": statistics.median(lat), "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+        "server_cpu_ms_per_request": cpu / n * 1e3, "errors": errors,
+    }  # fmt: skip
 
 
-def _has(module: str) -> bool:
-    import importlib.util
+def median_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out = dict(rows[0])
+    for key in ("req_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_request"):
+        out[key] = round(statistics.median(r[key] for r in rows), 3)
+    out["errors"] = sum(r["errors"] for r in rows)
+    out["repeats"] = len(rows)
+    return out
 
-    return importlib.util.find_spec(module) is not None
+
+class _Done(Exception):
+    pass
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--requests", type=int, default=5000)
-    p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--formats", default="json,binary")
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "server_load.json")
+    p.add_argument("--requests", type=int, default=300)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--baseline-src", default=None, help="a src/ directory of an older attnkit (git archive REV src) to compare the overhead with")
+    p.add_argument("--only-overhead", action="store_true", help="measure the overhead cells only")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "load_server.json")
     ns = p.parse_args()
-    if not (1 <= ns.requests <= 100_000 and 1 <= ns.concurrency <= 256):
-        raise SystemExit("--requests must be 1..100000 and --concurrency 1..256 (the load is bounded)")
+    concs = [int(c) for c in ns.concurrency.split(",")]
+    if not (1 <= ns.requests <= 20_000 and 1 <= ns.repeats <= 10 and all(1 <= c <= 64 for c in concs)):
+        raise SystemExit("--requests 1..20000, --repeats 1..10, concurrency 1..64 (the load is bounded)")
     rng = np.random.default_rng(0)
-    q = rng.standard_normal(D).astype(np.float32)
-    k = rng.standard_normal((K, D)).astype(np.float32)
-    v = rng.standard_normal((K, D)).astype(np.float32)
-    import attnkit
-
-    expected = attnkit.ScaledDotProduct(dim=D).forward(q, k, v)
-    port = free_port()
-    proc = start_server(port, ns.workers)
-    try:
-        results = [
-            asyncio.run(run_format(proc.pid, f"http://127.0.0.1:{port}", fmt, ns.requests, ns.concurrency, expected, q, k, v))
-            for fmt in ns.formats.split(",")
-        ]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    report = {
-        "benchmark": "server_load",
-        "request": f"POST /v1/attention/scaled_dot_product, one query d={D} over k={K} neighbours (values d={D})",
-        "server": {"workers": ns.workers, "max_concurrency": os.cpu_count(), "host": "127.0.0.1"},
-        "client": "httpx.AsyncClient in the same machine (shares the CPU with the server)",
-        "json_parser": "orjson" if _has("orjson") else "json (standard library)",
-        "http_parser": "httptools" if _has("httptools") else "h11",
-        "event_loop": "uvloop" if _has("uvloop") else "asyncio",
+    load_avg = [os.getloadavg()[0]]
+    report: dict[str, Any] = {
+        "benchmark": "load_server",
+        "command": "python benchmarks/load_server.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "attnkit": attnkit.__version__,
-        "results": results,
+        "client": "httpx.AsyncClient on the same machine (shares the CPU with the server)",
+        "server_cpu": "user+system seconds of the server process and all its descendants (compute workers), per request",
     }
+    small_bin = v1_request("binary", SMALL, rng)
+    with tempfile.TemporaryDirectory() as repo:
+        Path(repo, "mha.toml").write_text(f'type = "self"\n[options]\nmodel_dim = {D}\nheads = 4\n')
+        servers = {
+            "default": Server("--models", repo),
+            "inline_off": Server("--models", repo, "--inline-max-flops", "0"),
+            "batching_off": Server("--models", repo, "--max-batch-size", "1"),
+        }
+        if ns.baseline_src:
+            servers["baseline"] = Server(src=ns.baseline_src)
+        try:
+            # 1. overhead of a small binary request, inline lane on/off, beside GET /health; interleaved repeats
+            cells: dict[str, list[dict[str, Any]]] = {}
+            for _ in range(ns.repeats):
+                for name in ("default", "inline_off", *(["baseline"] if ns.baseline_src else [])):
+                    url, body, headers, decode, expected = small_bin
+                    cells.setdefault(f"small_binary_c1_{name}", []).append(
+                        asyncio.run(load(servers[name], "POST", url, body, headers, ns.requests, 1, decode, expected))
+                    )
+                cells.setdefault("health_c1", []).append(
+                    asyncio.run(load(servers["default"], "GET", "/health", None, {}, ns.requests, 1, None, None))
+                )
+            overhead = {k: median_rows(v) for k, v in cells.items()}
+            on, off, health = (
+                overhead[k]["server_cpu_ms_per_request"] for k in ("small_binary_c1_default", "small_binary_c1_inline_off", "health_c1")
+            )
+            report["overhead"] = {
+                "cells": overhead,
+                "ratio_inline_off_over_on": round(off / on, 2) if on else None,
+                "ratio_small_binary_over_health": round(on / health, 2) if health else None,
+            }
+            if ns.baseline_src:
+                base = overhead["small_binary_c1_baseline"]["server_cpu_ms_per_request"]
+                report["overhead"]["baseline_src"] = ns.baseline_src
+                report["overhead"]["ratio_baseline_over_now"] = round(base / on, 2) if on else None
+            if ns.only_overhead:
+                report["unbatched"], report["dynamic_batching"] = [], []
+                raise _Done
+            # 2. unbatched v1 route: sizes x formats x concurrency (one pass each; medium JSON gets fewer requests)
+            rows = []
+            for size_name, size in (("small", SMALL), ("medium", MEDIUM)):
+                for fmt in ("json", "binary"):
+                    url, body, headers, decode, expected = v1_request(fmt, size, rng)
+                    n = ns.requests if size_name == "small" else max(20, ns.requests // (8 if fmt == "json" else 2))
+                    for c in concs:
+                        row = asyncio.run(load(servers["default"], "POST", url, body, headers, n, c, decode, expected))
+                        rows.append({"body": size_name, "shape": f"{size[0]} queries x {size[1]} keys x {D}", "format": fmt, **row})
+            report["unbatched"] = rows
+            # 3. dynamic batching on/off, Open Inference Protocol binary, interleaved
+            url, body, headers, decode, expected = kserve_request(rng)
+            batch_rows = []
+            for c in concs:
+                for name, label in (("default", "on"), ("batching_off", "off")):
+                    row = asyncio.run(load(servers[name], "POST", url, body, headers, ns.requests, c, decode, expected))
+                    batch_rows.append({"batching": label, "query_shape": list(MODEL_QUERY), **row})
+            report["dynamic_batching"] = batch_rows
+        except _Done:
+            pass
+        finally:
+            for s in servers.values():
+                s.stop()
+    load_avg.append(os.getloadavg()[0])
+    report["load_average_1min_before_after"] = load_avg
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     ns.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
-    return 1 if any(r["errors"] for r in results) else 0
+    failed = sum(r["errors"] for r in [*report["unbatched"], *report["dynamic_batching"], *report["overhead"]["cells"].values()])
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -382,3 +382,14 @@ def test_linear_state_in_torch_cache() -> None:
     out = decode(la, q, k, v, cache, prefill=9, cat=torch.cat)
     assert isinstance(out, torch.Tensor) and isinstance(cache.state[0], torch.Tensor)
     assert_close(out, la.forward(q, k, v), TOL32)
+
+
+def test_an_overflowing_cached_step_is_a_named_error_and_appends_once() -> None:
+    """The overflow guard recomputes a non-finite forward one dtype wider; a cached step must not run twice
+    (its keys would be appended again), so it raises instead, having appended its keys once."""
+    mech = attnkit.LinearAttention(heads=1, dim=2, causal=True)
+    cache = attnkit.KVCache(8, 1, 2, dtype=np.float32)
+    x = np.full((1, 1, 2), 3e38, dtype=np.float32)  # phi(k) v^T overflows float32 in the recurrent state
+    with pytest.raises(attnkit.NonFiniteError, match="^query, key, value .*not recomputed"):
+        mech.forward(x, x, x, cache=cache)
+    assert cache.length == 1

@@ -363,22 +363,24 @@ def test_metrics_prometheus_text() -> None:
         c.get("/nope")
         r = c.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    samples: dict[str, float] = {}
-    for line in r.text.splitlines():
-        if line.startswith("#") or not line:
-            continue
-        name, value = line.rsplit(" ", 1)
-        samples[name] = float(value)
+    samples = prom_samples(r.text)
     route = "/v1/attention/{mechanism}"
-    assert samples[f'attnkit_requests_total{{route="{route}",method="POST",status="200"}}'] == 1
-    assert samples[f'attnkit_requests_total{{route="{route}",method="POST",status="422"}}'] == 1
-    assert samples[f'attnkit_request_errors_total{{route="{route}",code="shape_error"}}'] == 1
-    assert samples['attnkit_request_errors_total{route="unmatched",code="not_found"}'] == 1
-    assert samples[f'attnkit_request_duration_seconds_count{{route="{route}"}}'] == 2
-    assert samples[f'attnkit_request_duration_seconds_bucket{{route="{route}",le="+Inf"}}'] == 2
-    buckets = [v for k, v in samples.items() if k.startswith(f'attnkit_request_duration_seconds_bucket{{route="{route}"')]
+    assert samples["attnkit_requests_total", ("method", "POST"), ("route", route), ("status", "200")] == 1
+    assert samples["attnkit_requests_total", ("method", "POST"), ("route", route), ("status", "422")] == 1
+    assert samples["attnkit_request_errors_total", ("code", "shape_error"), ("route", route)] == 1
+    assert samples["attnkit_request_errors_total", ("code", "not_found"), ("route", "unmatched")] == 1
+    assert samples["attnkit_request_duration_seconds_count", ("route", route)] == 2
+    assert samples["attnkit_request_duration_seconds_bucket", ("le", "+Inf"), ("route", route)] == 2
+    buckets = [v for k, v in samples.items() if k[0] == "attnkit_request_duration_seconds_bucket" and ("route", route) in k]
     assert buckets == sorted(buckets)  # cumulative
-    assert samples["attnkit_computations_running"] == 0
+    assert samples["attnkit_computations_running",] == 0
+
+
+def prom_samples(text: str) -> dict[tuple[Any, ...], float]:
+    """The samples of a Prometheus text page, keyed by ``(name, *sorted label pairs)`` (parsed by prometheus_client)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(smp.name, *sorted(smp.labels.items())): smp.value for fam in text_string_to_metric_families(text) for smp in fam.samples}
 
 
 # ---------------------------------------------------------------------- limits
@@ -595,3 +597,51 @@ def test_readme_server_example_gives_the_documented_output(http: httpx.Client) -
     assert r.status_code == 200, r.text
     documented = [float(x) for x in re.findall(r"\d+\.\d+", m.group(3).split('"output":')[1].split("]")[0])]
     np.testing.assert_allclose(r.json()["output"], documented, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- the inline lane (issue 14)
+class _Sleepy(Mechanism):
+    """A test mechanism of tiny FLOPs whose forward sleeps 30 ms: its cost is not what its shapes say."""
+
+    name = "test_sleepy"
+
+    def _forward(self, params: Any, query: Any, key: Any = None, value: Any = None, *, mask: Any = None) -> np.ndarray:
+        time.sleep(0.03)
+        return np.asarray(query, dtype=np.float32)
+
+
+def test_tiny_requests_run_inline_with_the_workers_answer_and_slow_kinds_never_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    import attnkit
+
+    q, k = rand(128, seed=5), rand(100, 128, seed=6)
+    headers = {
+        "Content-Type": "application/octet-stream", "Accept": "application/octet-stream",
+        "X-Attnkit-Query-Shape": "128", "X-Attnkit-Keys-Shape": "100,128", "X-Attnkit-Values-Shape": "100,128",
+    }  # fmt: skip
+    want = attnkit.ScaledDotProduct(dim=128).forward(q, k, k)
+    with live_server(Settings(max_concurrency=1)) as srv, srv.client() as c:  # process isolation
+        lane = srv.server.config.app.state.attnkit.inline
+        answers = []
+        for _ in range(8):
+            r = c.post("/v1/attention/scaled_dot_product", content=q.tobytes() + k.tobytes() + k.tobytes(), headers=headers)
+            assert r.status_code == 200, r.text
+            answers.append(r.content)
+        # the first ran in a worker (its cost unknown), later ones inline once a worker ran one within the
+        # budget (wall time: on a busy machine that may take a few tries): the same bytes, the library's
+        assert 1 <= lane.served <= 7
+        assert all(a == answers[0] for a in answers)
+        np.testing.assert_array_equal(np.frombuffer(answers[0], np.float32), want)
+        # errors found inline are the workers' errors
+        assert_error(c.post("/v1/attention/scaled_dot_product", content=q.tobytes(), headers={**headers, "X-Attnkit-Query-Shape": "3"}), 400)
+    registry.names()
+    monkeypatch.setitem(registry._REGISTRY, "test_sleepy", _Sleepy)
+    with live_server(Settings(max_concurrency=1, isolation="thread")) as srv, srv.client() as c:
+        lane = srv.server.config.app.state.attnkit.inline
+        for _ in range(3):  # 30 ms in the worker, past the budget: never computed on the event loop
+            r = c.post("/v1/attention/test_sleepy", json={"query": [[1.0, 2.0]]})
+            assert r.status_code == 200 and r.json()["output"] == [[1.0, 2.0]]
+        assert lane.served == 0
+    with live_server(Settings(max_concurrency=1, inline_max_flops=0)) as srv, srv.client() as c:  # the lane switched off
+        for _ in range(3):
+            assert c.post("/v1/attention/scaled_dot_product", content=q.tobytes() + k.tobytes() + k.tobytes(), headers=headers).status_code == 200
+        assert srv.server.config.app.state.attnkit.inline.served == 0

@@ -3,7 +3,8 @@
 Two ``attnkit serve`` processes are started one after the other on 127.0.0.1 (the second with two
 workers); a model without weights file (drawn from the fixed default seed), the ad-hoc route without a
 seed, and the Open Inference Protocol's binary answer are each asked several times over fresh
-connections, so that both workers answer; the per-model metrics of any worker count every request.
+connections, so that both workers answer; the per-model and per-route metrics of any worker count
+every request.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(repo: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+def _serve(repo: Path, workers: int, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -51,7 +52,7 @@ def _serve(repo: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
             "--model",
             "solo=multi_head:" + str(repo / "solo.weights.safetensors"),
         ],
-        env={**os.environ, "ATTNKIT_SERVER_MAX_CONCURRENCY": "1"},
+        env={**os.environ, "ATTNKIT_SERVER_MAX_CONCURRENCY": "1", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -117,9 +118,25 @@ def test_same_bytes_after_restart_and_across_two_workers(tmp_path: Path) -> None
         first = _answers(url, 1)
     finally:
         _stop(proc)
-    proc, url = _serve(tmp_path, 2)
+    prom_dir = tmp_path / "prometheus"
+    prom_dir.mkdir()
+    proc, url = _serve(tmp_path, 2, {"PROMETHEUS_MULTIPROC_DIR": str(prom_dir)})
     try:
         later = _answers(url, 4)
+        # the per-route HTTP metrics add up over both workers too: GET /health over fresh connections until
+        # both workers have answered some (each writes its own counter file), then every scrape (either
+        # worker may answer it) counts all of them
+        sent = 0
+        while sent < 12 or len({f.stem.rsplit("_", 1)[1] for f in prom_dir.glob("counter_*.db")}) < 2:
+            assert sent < 400, "one worker answered every connection"
+            with httpx.Client(timeout=30) as c:
+                assert c.get(url + "/health").status_code == 200
+            sent += 1
+        for _ in range(4):
+            with httpx.Client(timeout=30) as c:
+                text = c.get(url + "/metrics").text
+            assert f'attnkit_requests_total{{method="GET",route="/health",status="200"}} {sent}.0' in text, text[:3000]
+            assert f'attnkit_request_duration_seconds_count{{route="/health"}} {sent}.0' in text
         # per-model metrics add up over both workers: every scrape (either worker may answer) counts all 4
         for _ in range(4):
             with httpx.Client(timeout=30) as c:

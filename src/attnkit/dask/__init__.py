@@ -196,11 +196,18 @@ def _partial(
 
     ``pattern``: a local-global pattern, applied as the boolean tile of the block's rows ``q0 + i`` and
     the shard's keys ``k0 + j`` (the causal condition then folds into it)."""
+    from ..kernels import overflow
     from ..kernels._threads import BlasOneThread
     from ..kernels.dense import sdpa_generic
 
     qh, kh, vh = (np.moveaxis(x, -2, -3) for x in (q, k, v))
     cdt = np.result_type(q.dtype, np.float32)
+    if overflow.at_risk(np, cdt, logits=(qh, kh, qh.shape[-1], scale), values=(vh, kh.shape[-2])):
+        # logits (and so lse) or value sums past the dtype's range: this shard in float64 (see kernels.overflow);
+        # merge_partials promotes the other shards' partials, _finish casts back
+        if not overflow.can_widen(np, cdt):
+            overflow.raise_out_of_range("query, key", cdt)
+        cdt = np.dtype(np.float64)
     qh, kh, vh = (x.astype(cdt, copy=False) for x in (qh, kh, vh))
     mask = None if pattern is None else pattern.tile(q0, int(qh.shape[-2]), k0, int(kh.shape[-2]))
     # whole-shard key blocks and 512-row query tiles: few, large GEMMs (a tile's scores stay within L2/L3 sizes)

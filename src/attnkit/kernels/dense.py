@@ -27,9 +27,11 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace, is_graph, is_numpy, is_torch
+from . import overflow
 from ._threads import BlasOneThread, blas_limiter_available
 from .gqa import group_keys, group_queries, group_slopes, kv_groups, needs_grouping, ungroup
 from .masks import alibi_bias, apply_mask_tile, causal_allowed, index_grid, window_allowed, window_skips
+from .overflow import dtype_max, times_gain
 from .softmax import safe_softmax
 
 __all__ = ["sdpa", "sdpa_generic", "merge_partials", "attention_weights", "DEFAULT_Q_BLOCK", "NO_WINDOW"]
@@ -124,6 +126,7 @@ def sdpa_generic(
     softcap: float | None = None,
     offset: int | None = None,
     return_lse: bool = False,
+    gain: tuple[float, ...] = (),
 ) -> Any:
     """Tiled online-softmax attention in any array-API namespace (heads-first layout).
 
@@ -135,7 +138,15 @@ def sdpa_generic(
     ALiBi distances use the same offset). With ``return_lse=True`` the result is ``(out, lse)``,
     ``lse = log sum_j exp(s_ij)`` per query row (``-inf`` for a row with no visible key), which
     :func:`merge_partials` needs.
+
+    ``gain``: powers of two whose product the true logits are of the computed ones (inputs rescaled by
+    :func:`.overflow.rescale_factors` because the logits overflow the dtype; an additive mask and the
+    ALiBi slopes must then be divided by it too, unless ``softcap`` is set, which bounds the logits):
+    the exponentials become ``exp(g (s - m))`` (:func:`.overflow.times_gain`). Not with ``return_lse``.
     """
+    if gain and return_lse:
+        raise ValueError("sdpa_generic: return_lse with a logit gain is not supported")
+    tile_gain = gain if softcap is None else ()
     lq, lk = q.shape[-2], k.shape[-2]
     dev = array_api_compat.device(q)
     offset = lk - lq if offset is None else int(offset)
@@ -157,12 +168,19 @@ def sdpa_generic(
                 break  # every later key block is hidden from this query tile
             if window_skips(q0, q1, k0, k1, offset, window):
                 continue  # the whole block lies outside every query's window
-            s = _scores(qt @ xp.matrix_transpose(k[..., k0:k1, :]), xp, q0, q1, k0, k1, offset, causal, window, slopes, softcap)
+            s = qt @ xp.matrix_transpose(k[..., k0:k1, :])
+            if gain and softcap is not None:
+                s = times_gain(s, gain, xp)  # the true logits (saturated at the dtype's max) before the cap
+            s = _scores(s, xp, q0, q1, k0, k1, offset, causal, window, slopes, softcap)
             s = apply_mask_tile(s, mask, xp, q0, q1, k0, k1)
             m_new = xp.maximum(m, xp.max(s, axis=-1, keepdims=True))
             m_safe = xp.where(xp.isinf(m_new), xp.zeros_like(m_new), m_new)
-            p = xp.exp(s - m_safe)
-            alpha = xp.exp(m - m_safe)
+            if tile_gain:
+                p = xp.exp(times_gain(s - m_safe, tile_gain, xp))
+                alpha = xp.exp(times_gain(m - m_safe, tile_gain, xp))
+            else:
+                p = xp.exp(s - m_safe)
+                alpha = xp.exp(m - m_safe)
             l = alpha * l + xp.sum(p, axis=-1, keepdims=True)
             if dropout_p > 0.0:
                 p = p * _dropout_keep(rng or np.random.default_rng(), tuple(p.shape), dropout_p, xp, p)
@@ -225,11 +243,86 @@ def attention_weights(
             softcap=softcap,
         )
         return ungroup(w, xp)
+    if overflow.at_risk(xp, q.dtype, logits=(q, k, q.shape[-1], scale)):  # see .overflow: logits past the dtype's range
+        if not overflow.can_widen(xp, q.dtype):
+            return _weights_rescaled(q, k, xp, scale, mask, causal, window, alibi_slopes, softcap)
+        return overflow.run_wider(
+            lambda q, k, mask, sl: attention_weights(
+                q, k, xp=xp, scale=scale, mask=mask, causal=causal, window=window, alibi_slopes=sl, softcap=softcap
+            ),
+            xp,
+            (q, k, mask, alibi_slopes),
+            dtype=q.dtype,
+            names="query, key",
+        )
     lq, lk = q.shape[-2], k.shape[-2]
     s = (q * scale) @ xp.matrix_transpose(k)
     s = _scores(s, xp, 0, lq, 0, lk, None if lq is None or lk is None else lk - lq, causal, window, _slopes4(alibi_slopes, q, xp), softcap)
     s = apply_mask_tile(s, mask, xp, 0, lq, 0, lk)
     return safe_softmax(s, xp)
+
+
+def _rescaled_biases(mask: Array | None, slopes: Array | None, gain: tuple[float, float], softcap: float | None, xp: Namespace) -> tuple[Any, Any]:
+    """An additive mask and ALiBi slopes in the units of logits held divided by ``prod(gain)`` (no
+    change with ``softcap``, whose capped logits are used unscaled)."""
+    if softcap is not None:
+        return mask, slopes
+    if mask is not None and not xp.isdtype(mask.dtype, "bool"):
+        mask = mask / gain[0] / gain[1]
+    if slopes is not None:
+        slopes = slopes / gain[0] / gain[1]
+    return mask, slopes
+
+
+def _weights_rescaled(
+    q: Array,
+    k: Array,
+    xp: Namespace,
+    scale: float,
+    mask: Array | None,
+    causal: bool,
+    window: tuple[int, int],
+    slopes: Array | None,
+    softcap: float | None,
+) -> Array:
+    """:func:`attention_weights` for logits past the dtype's range: ``q/a``, ``k/b`` and the gain ``a b``."""
+    a, b, _ = overflow.rescale_factors(q, k, None, scale=scale, lk=int(k.shape[-2]), dtype=q.dtype)
+    mask, slopes = _rescaled_biases(mask, slopes, (a, b), softcap, xp)
+    lq, lk = q.shape[-2], k.shape[-2]
+    s = ((q / a) * scale) @ xp.matrix_transpose(k / b)
+    if softcap is not None:
+        s = times_gain(s, (a, b), xp)
+    s = _scores(s, xp, 0, lq, 0, lk, lk - lq, causal, window, _slopes4(slopes, q, xp), softcap)
+    s = apply_mask_tile(s, mask, xp, 0, lq, 0, lk)
+    return safe_softmax(s, xp, gain=() if softcap is not None else (a, b))
+
+
+def _sdpa_rescaled(
+    q: Array,
+    k: Array,
+    v: Array,
+    xp: Namespace,
+    scale: float,
+    mask: Array | None,
+    causal: bool,
+    dropout_p: float,
+    rng: np.random.Generator | None,
+    block_size: int,
+    window: tuple[int, int],
+    slopes: Array | None,
+    softcap: float | None,
+) -> Array:
+    """:func:`sdpa` for inputs whose logits or value sums overflow a dtype with nothing wider: the generic
+    kernel on ``q/a``, ``k/b``, ``v/c`` (powers of two, exact) with the logit gain ``a b``, times ``c``."""
+    a, b, c = overflow.rescale_factors(q, k, v, scale=scale, lk=int(k.shape[-2]), dtype=q.dtype)
+    mask, slopes = _rescaled_biases(mask, slopes, (a, b), softcap, xp)
+    gain = (a, b) if a * b != 1.0 else ()
+    extra: dict[str, Any] = dict(window=tuple(window), softcap=softcap, gain=gain)
+    out = _positional_generic(q / a, k / b, v / c, xp, scale, mask, causal, dropout_p, rng, block_size, slopes, extra)
+    if c == 1.0:
+        return out
+    out = xp.clip(out, min=-dtype_max(out.dtype) / c, max=dtype_max(out.dtype) / c) * c  # a convex combination: |out| <= max|v|
+    return out
 
 
 def _with_positional(mask: Array | None, xp: Namespace, like: Array, lq: int, lk: int, window: tuple[int, int], slopes: Array | None) -> Array | None:
@@ -356,6 +449,34 @@ def sdpa(
     out_shape = (*lead, int(q.shape[-2]), int(v.shape[-1]))
     if 0 in out_shape:  # an empty batch or query: nothing to compute (and no tile loop over a long empty axis)
         return xp.zeros(out_shape, dtype=q.dtype, device=array_api_compat.device(q))
+    if overflow.at_risk(xp, q.dtype, logits=(q, k, q.shape[-1], scale), values=(v, k.shape[-2])):
+        # logits or the weighted value sum past the dtype's range (see .overflow): the same kernel, one dtype
+        # wider, or (float64, JAX without x64) the generic kernel on inputs rescaled by powers of two
+        if not overflow.can_widen(xp, q.dtype):
+            return _sdpa_rescaled(q, k, v, xp, scale, mask, causal, dropout_p, rng, block_size, window, alibi_slopes, softcap)
+        return overflow.run_wider(
+            lambda q, k, v, mask, sl: sdpa(
+                q,
+                k,
+                v,
+                xp=xp,
+                scale=scale,
+                mask=mask,
+                causal=causal,
+                dropout_p=dropout_p,
+                rng=rng,
+                block_size=block_size,
+                backend=backend,
+                window=window,
+                alibi_slopes=sl,
+                softcap=softcap,
+                engine=engine,
+            ),
+            xp,
+            (q, k, v, mask, alibi_slopes),
+            dtype=q.dtype,
+            names="query, key",
+        )
     positional = tuple(window) != NO_WINDOW or alibi_slopes is not None
     if positional or softcap is not None:
         if backend in ("auto", "torch") and is_torch(xp) and dropout_p == 0.0 and softcap is None:

@@ -32,6 +32,7 @@ import numpy as np
 
 from .._array import Array, Namespace, is_torch, reshape_lead
 from .._array import length as _dim
+from . import overflow
 from .segment import segment_max, segment_softmax, segment_sum
 
 __all__ = [
@@ -107,7 +108,16 @@ def _leaky(x: Array, slope: float, xp: Namespace) -> Array:
 
 def edge_logits(p: Mapping[str, Array], hs: Array, hd: Array, ef: Array | None, heads: int, negative_slope: float, xp: Namespace) -> Array:
     """Per-edge scores ``s (..., H)`` from the gathered projections ``hs`` (sources) and ``hd`` (targets),
-    ``(..., H, C)``, and raw edge features ``ef (..., F)`` (None without edge features)."""
+    ``(..., H, C)``, and raw edge features ``ef (..., F)`` (None without edge features).
+
+    Logits past the dtype's range (bounded by ``C max|att| (max|hs| + max|hd| + F max|W_e| max|ef|)``)
+    come back one dtype wider (see :mod:`.overflow`), so their softmax is exact, never NaN.
+    """
+    if overflow.concrete(xp, (hs, hd, ef)):
+        att = max(overflow.max_abs(p[n]) for n in ("att", "att_src", "att_dst", "att_edge") if n in p)
+        ef_bound = overflow.product_bound(ef, p["lin_edge.weight"], int(ef.shape[-1])) if ef is not None else 0.0
+        bound = int(hs.shape[-1]) * att * (overflow.max_abs(hs) + overflow.max_abs(hd) + ef_bound)
+        hs, hd, ef = overflow.widen_if_at_risk(xp, (hs, hd, ef), names="query, key", bounds=(bound,))
     ew = _lin(ef, p["lin_edge.weight"], None, heads, xp) if ef is not None else None
     if "att" in p:  # GATv2
         z = hs + hd if ew is None else hs + hd + ew

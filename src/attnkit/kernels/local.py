@@ -35,6 +35,7 @@ import numpy as np
 
 from .._array import Array, Namespace
 from .._array import length as _dim
+from . import overflow
 from ._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool
 from .dense import sdpa
 from .gqa import group_keys, group_queries, needs_grouping, ungroup
@@ -108,6 +109,16 @@ def local_global_attention(
     """
     if _dim(q.shape[-2]) is None:  # symbolic length (a graph being exported): the whole-sequence form
         return _graph_form(q, k, v, xp=xp, scale=scale, radius=int(radius), global_idx=global_idx, causal=causal, mask=mask)
+    if overflow.at_risk(xp, q.dtype, logits=(q, k, q.shape[-1], scale), values=(v, k.shape[-2])):  # see .overflow
+        return overflow.run_wider(
+            lambda q, k, v, mask: local_global_attention(
+                q, k, v, xp=xp, scale=scale, radius=radius, global_idx=global_idx, causal=causal, mask=mask, block=block
+            ),
+            xp,
+            (q, k, v, mask),
+            dtype=q.dtype,
+            names="query, key",
+        )
     if needs_grouping(q, k, v):  # grouped-query attention (see .gqa): k/v heads broadcast over their group
         hk = int(k.shape[-3])
         out = local_global_attention(

@@ -7,6 +7,8 @@
   most ``C = ceil(capacity_factor * T * k / E)`` assignments per call. Assignments are served in
   priority order: every token's first choice before any second choice, and within a choice rank by
   token order (GShard's policy); the rest overflow and are dropped.
+* Router probabilities ``softmax(x W_r^T + b_r)`` (:func:`router_probs`), computed one dtype wider
+  when the logits could overflow (see :mod:`.overflow`).
 * Load-balancing auxiliary loss (Fedus et al. 2022, eq. 4): ``L_aux = E * sum_i f_i P_i`` with ``f_i``
   the fraction of tokens whose top-1 expert is ``i`` and ``P_i`` the mean router probability of
   expert ``i``; it is 1 for perfectly balanced routing and grows to ``E`` when one expert takes all.
@@ -19,8 +21,23 @@ import math
 import array_api_compat
 
 from .._array import Array, Namespace, namespace
+from . import overflow
+from .softmax import safe_softmax
 
-__all__ = ["expert_capacity", "top_k_routing", "load_balancing_loss"]
+__all__ = ["expert_capacity", "top_k_routing", "load_balancing_loss", "router_probs"]
+
+
+def router_probs(x: Array, weight: Array, bias: Array, xp: Namespace) -> Array:
+    """``softmax(x W^T + b)`` over the experts (last axis); ``x: (..., D)``, ``weight: (E, D)``, ``bias: (E,)``.
+
+    Logits past the dtype's range (``D max|x| max|W| + max|b|``, see :mod:`.overflow`) are computed one
+    dtype wider, so huge finite inputs give the exact (near one-hot) probabilities, never NaN.
+    """
+    if overflow.concrete(xp, (x, weight, bias)) and overflow.at_risk(
+        xp, x.dtype, logits=(x, weight, x.shape[-1], 1.0), bounds=(overflow.max_abs(bias),)
+    ):
+        return overflow.run_wider(lambda x, w, b: router_probs(x, w, b, xp), xp, (x, weight, bias), dtype=x.dtype, names="query")
+    return safe_softmax(x @ xp.matrix_transpose(weight) + bias, xp)
 
 
 def expert_capacity(tokens: int, num_experts: int, top_k: int, factor: float | None) -> int:

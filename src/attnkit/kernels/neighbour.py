@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._array import Array, Namespace, is_numpy
+from . import overflow
 from .masks import apply_mask
 from .softmax import safe_softmax
 
@@ -20,6 +21,10 @@ __all__ = ["neighbour_attention", "neighbour_weights"]
 
 def neighbour_weights(q: Array, keys: Array, *, xp: Namespace, scale: float, mask: Array | None = None) -> Array:
     """Attention weights ``(..., k)`` of each query over its neighbours."""
+    if overflow.at_risk(xp, q.dtype, logits=(q, keys, q.shape[-1], scale)):  # logits past the dtype's range: see .overflow
+        return overflow.run_wider(
+            lambda q, keys, mask: neighbour_weights(q, keys, xp=xp, scale=scale, mask=mask), xp, (q, keys, mask), dtype=q.dtype, names="query, key"
+        )
     if is_numpy(xp) and q.ndim == 1 and keys.ndim == 2:
         s = keys @ (q * scale)  # one query, one key set: a GEMV
     else:
@@ -44,6 +49,14 @@ def _softmax_numpy(s: np.ndarray) -> np.ndarray:
 
 def neighbour_attention(q: Array, keys: Array, values: Array, *, xp: Namespace, scale: float, mask: Array | None = None) -> Array:
     """Output ``(..., dv)``: each query's softmax-weighted average of its neighbour values."""
+    if overflow.at_risk(xp, q.dtype, logits=(q, keys, q.shape[-1], scale), values=(values, keys.shape[-2])):  # see .overflow
+        return overflow.run_wider(
+            lambda q, keys, values, mask: neighbour_attention(q, keys, values, xp=xp, scale=scale, mask=mask),
+            xp,
+            (q, keys, values, mask),
+            dtype=q.dtype,
+            names="query, key",
+        )
     w = neighbour_weights(q, keys, xp=xp, scale=scale, mask=mask)
     if is_numpy(xp) and w.ndim == 1 and values.ndim == 2:
         return w @ values

@@ -67,8 +67,8 @@ from .._array import broadcast_shapes as _bshapes
 from ..errors import AttentionError, ConfigError, ShapeError
 from . import stereographic as st
 from ._threads import small_gemms
-from .masks import apply_mask_tile
-from .softmax import safe_softmax
+from .masks import mask_tile
+from .softmax import SMALL_TEMPERATURE, distance_logits, safe_softmax
 
 __all__ = [
     "curvature_value",
@@ -438,7 +438,7 @@ def einstein_attention(q: Array, k: Array, v: Array, c: float, temperature: floa
     """
     from .poincare_numpy import einstein_attention_numpy
 
-    fast = einstein_attention_numpy(q, k, v, c, temperature, mask, eps) if c > 0 else None
+    fast = einstein_attention_numpy(q, k, v, c, temperature, mask, eps) if c > 0 and temperature >= SMALL_TEMPERATURE else None
     if fast is not None:
         return fast
     m, n = q.shape[-2], k.shape[-2]
@@ -459,7 +459,7 @@ def einstein_attention(q: Array, k: Array, v: Array, c: float, temperature: floa
                 d = pairwise_dist_kernel(q[..., i0:i1, :], k, c, xp)
             else:
                 d = _arcosh1p(xp.clip(xp.astype(xp.matmul(fq[..., i0:i1, :], fk), q.dtype), min=0.0), xp) / math.sqrt(c)
-            logits = apply_mask_tile(d * (-1.0 / temperature), mask, xp, i0, i1, 0, n)
+            logits = distance_logits(d, temperature, mask_tile(mask, i0, i1, 0, n) if mask is not None else None, xp)
             parts.append(xp.matmul(safe_softmax(logits, xp, axis=-1), vf))
     nd = parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2)
     return klein_ratio(nd, c, eps, xp)

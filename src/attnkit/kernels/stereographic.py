@@ -388,8 +388,12 @@ def project(x: Array, k: Any, eps: float | None = None, xp: Namespace | None = N
     e = margin(x.dtype) if eps is None else float(eps)
     neg = k < 0
     maxnorm = (1.0 - e) / xp.sqrt(xp.where(neg, -k, xp.ones_like(k)))
-    n = _norm(x, xp)
-    return xp.where(neg & (n > maxnorm), x * (maxnorm / n), x)
+    # compared as -κ|x|^2 > (1 - e)^2 with the exact |x|^2: the floored norm of _norm (1e-15) would
+    # wrongly shrink every point of a ball of radius < 1e-15 (curvature > 1e30)
+    sq = _sq(x, xp)
+    over = neg & (sq * xp.where(neg, -k, xp.zeros_like(k)) > (1.0 - e) ** 2)
+    n = xp.sqrt(xp.where(over, sq, xp.ones_like(sq)))
+    return xp.where(over, x * (maxnorm / n), x)
 
 
 def antipode(x: Array, k: Any, xp: Namespace | None = None) -> Array:
@@ -531,3 +535,18 @@ def raw_from_curvature(k: float, lo: float, hi: float) -> float:
     """The inverse of :func:`curvature_from_raw` for a number ``lo < k < hi``: ``logit((k - lo)/(hi - lo))``."""
     t = (k - lo) / (hi - lo)
     return math.log(t / (1.0 - t))
+
+
+#: curvatures of smaller magnitude are the flat limit to every floating precision (see :func:`effective_curvature`)
+FLAT_CURVATURE = 1e-30
+
+
+def effective_curvature(kappa: float) -> float:
+    """``kappa``, or ``0.0`` (the flat limit) when ``|kappa| < FLAT_CURVATURE``.
+
+    The κ-stereographic maps and distances differ from their flat (κ = 0, ``d = 2|x - y|``) forms by a
+    relative ``O(|κ| |x|^2)`` (Bachmann, Bécigneul & Ganea 2020, "Constant Curvature Graph Convolutional
+    Networks", section 3), below float64's resolution for ``|κ| < 1e-30`` and ``|x| < 1e7``; computing
+    with such a ``κ`` itself underflows ``sqrt|κ|`` (``1e-300`` is 0 in float32) and gives ``0/0 = NaN``.
+    """
+    return 0.0 if abs(kappa) < FLAT_CURVATURE else kappa

@@ -22,6 +22,7 @@ import numpy as np
 
 from .._array import Array, namespace, shape_str, to_numpy
 from ..errors import ConfigError, DisposedError, ShapeError
+from ..kernels.overflow import finite_or_wider
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -258,7 +259,15 @@ class Mechanism:
             from ..dask import lazy_forward  # the Dask adapter: a graph over the chunks, nothing computed here
 
             return lazy_forward(self, self._own_params(), query, key, value, mask=mask, **extras)
-        return self._forward(self._own_params(), query, key, value, mask=mask, **extras)
+        # large finite inputs never come back as inf/NaN: recomputed wider, or a named error (kernels.overflow);
+        # a step that fills a KV cache is never run twice (the rerun would append its keys again)
+        return finite_or_wider(
+            self._forward,
+            (self._own_params(), query, key, value),
+            dict(mask=mask, **extras),
+            names="query, key, value (their magnitude)",
+            rerun=extras.get("cache") is None,
+        )
 
     def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None) -> Array:
         """The attention probabilities of ``query`` over ``key`` (rows sum to 1; masked rows are zeros)."""

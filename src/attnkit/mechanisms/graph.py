@@ -56,7 +56,7 @@ from .._array import (
 from .._array import broadcast_shapes as _bshapes
 from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, ShapeError
-from ..kernels import gat
+from ..kernels import gat, overflow
 from ..kernels.masks import prepare_mask
 from ..kernels.rope import RotaryEmbedding
 from ..kernels.segment import segment_softmax, segment_sum
@@ -605,6 +605,10 @@ class GraphRoPEAttention(Mechanism):
         kr = self.rope.apply(k, positions)
         dev = array_api_compat.device(q)
         src_x, dst_x = xp.asarray(src, device=dev), xp.asarray(dst, device=dev)
+        # logits or weighted value sums past the dtype's range: computed one dtype wider (see kernels.overflow)
+        qr, kr, v = overflow.widen_if_at_risk(
+            xp, (qr, kr, v), names="query, key", logits=(qr, kr, qr.shape[-1], self.effective_scale), values=(v, max(len(src), 1))
+        )
         s = xp.sum(xp.take(qr, dst_x, axis=0) * xp.take(kr, src_x, axis=0), axis=-1) * self.effective_scale
         alpha = segment_softmax(s, dst_x, n, xp)
         out = segment_sum(alpha[:, None] * xp.take(v, src_x, axis=0), dst_x, n, xp)

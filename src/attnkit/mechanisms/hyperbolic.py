@@ -52,8 +52,7 @@ from .._array import (
 from ..errors import ConfigError, ShapeError
 from ..kernels import poincare as pc
 from ..kernels import stereographic as st
-from ..kernels.masks import apply_mask
-from ..kernels.softmax import safe_softmax
+from ..kernels.softmax import distance_logits, safe_softmax
 from ._headless import HeadlessInputs, prepare_headless
 from .base import Mechanism
 from .registry import register
@@ -150,7 +149,7 @@ class HyperbolicAttention(Mechanism):
     def _kappa_of(self, params: Mapping[str, Array], like: Array, xp: Namespace) -> Any:
         """κ for one call: a number, or with ``learn_curvature`` an array ``(1,)`` from ``params``."""
         if not self.learn_curvature:
-            return self._kappa
+            return st.effective_curvature(self._kappa)  # |κ| < 1e-30: the flat limit (sqrt|κ| underflows)
         raw = self._params_like(params, like)["curvature_raw"]
         return st.curvature_from_raw(raw, self.kappa_min, self.kappa_max, xp)
 
@@ -180,8 +179,8 @@ class HyperbolicAttention(Mechanism):
         return h, k
 
     def _weights(self, h: HeadlessInputs, k: Any) -> Array:
-        logits = st.pairwise_dist(h.q, h.k, k, h.xp) * (-1.0 / self.temperature)
-        return safe_softmax(apply_mask(logits, h.mask, h.xp), h.xp, axis=-1)
+        logits = distance_logits(st.pairwise_dist(h.q, h.k, k, h.xp), self.temperature, h.mask, h.xp)
+        return safe_softmax(logits, h.xp, axis=-1)
 
     # ------------------------------------------------------------------ public API
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:

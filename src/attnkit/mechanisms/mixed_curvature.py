@@ -52,8 +52,7 @@ from ..errors import ConfigError, ShapeError
 from ..kernels import poincare as pc
 from ..kernels import stereographic as st
 from ..kernels.dense import sdpa
-from ..kernels.masks import apply_mask
-from ..kernels.softmax import safe_softmax
+from ..kernels.softmax import distance_logits, safe_softmax
 from ._headless import prepare_headless
 from .base import Mechanism
 from .registry import register
@@ -210,7 +209,7 @@ class MixedCurvatureAttention(Mechanism):
 
     def _kappas_for(self, params: Mapping[str, Array], like: Array, xp: Namespace) -> list[Any]:
         if not self.learn_curvature:
-            return [k for _, k in self.factors]
+            return [st.effective_curvature(k) for _, k in self.factors]  # |κ| < 1e-30: the flat limit
         return self._factor_kappas(self._params_like(params, like)["curvature_raw"], xp)
 
     @property
@@ -262,7 +261,7 @@ class MixedCurvatureAttention(Mechanism):
         qs = self._split(h.q, "query", xp, True, kappas)
         ks = self._split(h.k, "key", xp, keys is not None, kappas)
         vs = self._split(h.v, "value", xp, values is not None, kappas)
-        logits = apply_mask(self._distances(qs, ks, kappas, xp) * (-1.0 / self.temperature), h.mask, xp)
+        logits = distance_logits(self._distances(qs, ks, kappas, xp), self.temperature, h.mask, xp)
         return h, safe_softmax(logits, xp, axis=-1), vs, kappas
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:

@@ -35,8 +35,7 @@ from .._array import (
 from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, ShapeError
 from ..kernels.masks import prepare_mask
-from ..kernels.moe import expert_capacity, load_balancing_loss, top_k_routing
-from ..kernels.softmax import safe_softmax
+from ..kernels.moe import expert_capacity, load_balancing_loss, router_probs, top_k_routing
 from ._headless import prepare_headless
 from ._learned import LearnedParams, glorot
 from .base import Mechanism
@@ -304,7 +303,7 @@ class MoEAttention(LearnedParams, Mechanism):
         if qa.ndim < 1 or qa.shape[-1] != self.dim:
             raise ShapeError(f"q: expected shape (..., dim = {self.dim}), got {shape_str(qa.shape)}")
         p = self._weights_like(qa)
-        return safe_softmax(qa @ xp.matrix_transpose(p["router.weight"]) + p["router.bias"], xp)
+        return router_probs(qa, p["router.weight"], p["router.bias"], xp)
 
     def _own_params(self) -> Mapping[str, Array]:
         return self.parameters()
@@ -331,7 +330,7 @@ class MoEAttention(LearnedParams, Mechanism):
         if self.training and self.jitter_noise > 0:
             noise = self._rng().uniform(1.0 - self.jitter_noise, 1.0 + self.jitter_noise, size=(t, d))
             xr = qf * xp.asarray(noise, dtype=qf.dtype, device=dev)
-        probs = safe_softmax(xr @ xp.matrix_transpose(p["router.weight"]) + p["router.bias"], xp)  # (T, E)
+        probs = router_probs(xr, p["router.weight"], p["router.bias"], xp)  # (T, E)
         cap = expert_capacity(t, self.num_experts, self.top_k, self.expert_capacity)
         chosen, keep = top_k_routing(probs, self.top_k, cap, xp)  # (T, k) each, in xp on dev
         top = xp.take_along_axis(probs, chosen, axis=1)

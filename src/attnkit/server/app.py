@@ -26,8 +26,9 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -41,14 +42,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import AttentionError
 from ..mechanisms import registry
-from . import codec, model_metrics, protocol
+from . import codec, protocol
 from .codec import ApiError
 from .compute import attention_error
 from .docs import install_docs, install_openapi, ref
-from .isolation import ProcessRunner, _TimedOut, make_runner
+from .inline import InlineLane
+from .isolation import ProcessRunner, ThreadRunner, _TimedOut, make_runner
 from .kserve import router as kserve_router
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .metrics import render_all as render_metrics
 from .models import ModelRepository
 from .models import router as models_router
 from .settings import Settings
@@ -80,6 +83,7 @@ class AttentionRequest(BaseModel):
     keys: Tensor | None = None
     values: Tensor | None = None
     mask: Tensor | None = Field(None, description="bool: True = may attend; a float mask added to the scores needs mask_kind 'additive'")
+    edge_features: Tensor | None = Field(None, description="edge_featured only: (..., k, edge_dim) features of the edges to the keys")
     mask_kind: Literal["bool", "additive"] | None = Field(
         None, description="'additive' marks a numeric mask as added to the scores; integer or unmarked numeric masks are refused (422)"
     )
@@ -166,6 +170,8 @@ class ServerState:
         self.settings = settings
         self.metrics = Metrics()
         self.runner = make_runner(settings)
+        # tiny requests are computed on the event loop (see .inline); under thread isolation it shares the runner's Compute
+        self.inline = InlineLane(settings, self.runner.compute if isinstance(self.runner, ThreadRunner) else None)
         self._slots: asyncio.Semaphore | None = None
 
     @property
@@ -185,13 +191,16 @@ class ServerState:
                 503, "overloaded", f"body: server busy: {m.running} computations running and {m.waiting} waiting; retry shortly",
                 "body", headers={"Retry-After": "1"},
             )  # fmt: skip
-        m.waiting += 1
-        try:
-            await asyncio.wait_for(self.slots.acquire(), timeout=max(deadline - loop.time(), 0.0))
-        except asyncio.TimeoutError:
-            raise ApiError(504, "timeout", f"body: no computation slot became free within {s.request_timeout_s:g} s", "body") from None
-        finally:
-            m.waiting -= 1
+        if self.slots.locked():
+            m.waiting += 1
+            try:
+                await asyncio.wait_for(self.slots.acquire(), timeout=max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                raise ApiError(504, "timeout", f"body: no computation slot became free within {s.request_timeout_s:g} s", "body") from None
+            finally:
+                m.waiting -= 1
+        else:
+            await self.slots.acquire()  # free: returns at once (no wait_for task)
         m.running += 1
         released = False
 
@@ -243,6 +252,103 @@ async def read_body(request: Request, limit: int, chunk_timeout_s: float = 30.0)
     return b"".join(chunks)
 
 
+class _Disconnected(Exception):
+    """The client went away before its request body was complete."""
+
+
+async def receive_body(receive: Receive, length: str | None, limit: int, chunk_timeout_s: float) -> bytes:
+    """:func:`read_body` on the raw ASGI ``receive``: the same 400/413/408 answers, one timer per chunk
+    instead of a task (the body of a small request usually arrives with its head, in one message)."""
+    if length is not None:
+        try:
+            n = int(length)
+        except ValueError:
+            raise ApiError(400, "bad_request", f"Content-Length: expected an integer, got {length[:40]!r}", "Content-Length") from None
+        if n > limit:
+            raise ApiError(413, "body_too_large", f"body: at most {limit} bytes, got {n}", "body")
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        fired = False
+
+        def expire() -> None:
+            nonlocal fired
+            fired = True
+            task.cancel()
+
+        timer = loop.call_later(chunk_timeout_s, expire)
+        try:
+            message = await receive()
+        except asyncio.CancelledError:
+            if not fired:
+                raise
+            if hasattr(task, "uncancel"):
+                task.uncancel()
+            raise ApiError(
+                408, "body_timeout", f"body: no data for {chunk_timeout_s:g} s while reading the request body", "body",
+                headers={"Connection": "close"},
+            ) from None  # fmt: skip
+        finally:
+            timer.cancel()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"body: at most {limit} bytes, got more", "body")
+        if chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def attention_answer(
+    state: ServerState, mechanism: str, scores: bool, headers: Mapping[str, str], query: dict[str, str], body: Callable[[], Awaitable[bytes]]
+) -> tuple[bytes, str, dict[str, str]]:
+    """Body, media type and headers of the answer to ``POST /v1/attention/{mechanism}[/scores]``
+    (``headers``: the request's, names in lower case). Tiny requests are computed inline (:mod:`.inline`),
+    the others in the compute runner."""
+    content_type = headers.get("content-type")
+    media = codec.media_type(content_type)
+    if media is None:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type: expected application/json, application/x-npy, application/x-safetensors or application/octet-stream, "
+            f"got {(content_type or 'none')[:80]!r}",
+            "Content-Type",
+        )
+    accept = codec.choose_response_type(headers.get("accept"))
+    raw = await body()
+    attnkit_headers = {k: v for k, v in headers.items() if k.startswith("x-attnkit-")}
+    answer, key = state.inline.attention(mechanism, media, raw, attnkit_headers, query, accept, scores)
+    if answer is None:
+        answer = await state.run("attention", mechanism, media, raw, attnkit_headers, query, accept, scores)
+        state.inline.worker_done(key, answer[1])
+    return answer[0], accept, answer[1]
+
+
+def _asgi_headers(scope: Scope) -> dict[str, str]:
+    """The request headers, names in lower case (the first of repeated ones, as Starlette's ``get``)."""
+    out: dict[str, str] = {}
+    for name, value in scope.get("headers", ()):
+        key = name.decode("latin-1").lower()
+        if key not in out:
+            out[key] = value.decode("latin-1")
+    return out
+
+
+async def _send_bytes(send: Send, content: bytes, media: str, headers: Mapping[str, str], status: int = 200) -> None:
+    raw = [(b"content-length", str(len(content)).encode()), (b"content-type", media.encode("latin-1"))]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": content})
+
+
 # ---------------------------------------------------------------------- middleware
 class _Guard:
     """API key check and per-route metrics, as a plain ASGI middleware (cheap, and sees every answer)."""
@@ -260,6 +366,7 @@ class _Guard:
         t0 = time.perf_counter()
         status = 500
         path = scope.get("path", "")
+        route: str | None = None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -280,9 +387,43 @@ class _Guard:
                 self.state.metrics.error(_route_of(scope), err.code)
                 await error_response(err)(scope, receive, send_wrapper)
                 return
+            if scope.get("method") == "POST" and path.startswith(_ATTENTION):
+                name, sep, tail = path[len(_ATTENTION) :].partition("/")
+                if name and (not sep or tail == "scores"):
+                    route = _ATTENTION + ("{mechanism}/scores" if sep else "{mechanism}")
+                    await self._attention(scope, receive, send_wrapper, name, bool(sep), route)
+                    return
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.state.metrics.observe(_route_of(scope), scope.get("method", ""), status, time.perf_counter() - t0)
+            self.state.metrics.observe(route or _route_of(scope), scope.get("method", ""), status, time.perf_counter() - t0)
+
+    async def _attention(self, scope: Scope, receive: Receive, send: Send, name: str, scores: bool, route: str) -> None:
+        """``POST /v1/attention/{mechanism}[/scores]`` as a raw ASGI handler: no routing, dependency
+        solving, request object or pydantic on the path every small request takes (the FastAPI routes
+        of the same paths document it in the OpenAPI schema and answer the same)."""
+        state = self.state
+        s = state.settings
+        headers = _asgi_headers(scope)
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        try:
+            content, media, out_headers = await attention_answer(
+                state, name, scores, headers, query,
+                lambda: receive_body(receive, headers.get("content-length"), s.max_body_bytes, s.body_timeout_s),
+            )  # fmt: skip
+        except _Disconnected:
+            return
+        except Exception as exc:  # noqa: BLE001 - mapped exactly as the app's exception handlers map it
+            if isinstance(exc, ApiError):
+                err = exc
+            elif isinstance(exc, AttentionError):
+                err = attention_error(exc)
+            else:
+                log.exception("internal error on %s", scope.get("path", ""))
+                err = ApiError(500, "internal", f"internal server error ({type(exc).__name__}); this is a bug in attnkit", "body")
+            state.metrics.error(route, err.code)
+            await error_response(err)(scope, receive, send)
+            return
+        await _send_bytes(send, content, media, out_headers)
 
     def _authorised(self, scope: Scope) -> bool:
         assert self.key is not None
@@ -293,6 +434,9 @@ class _Guard:
             elif name == b"x-api-key":
                 given = value.strip()
         return hmac.compare_digest(given, self.key)
+
+
+_ATTENTION = "/v1/attention/"
 
 
 def _route_of(scope: Scope) -> str:
@@ -407,20 +551,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await _attention(mechanism, request, scores=True)
 
     async def _attention(mechanism: str, request: Request, scores: bool) -> Response:
-        media = codec.media_type(request.headers.get("content-type"))
-        if media is None:
-            raise ApiError(
-                415,
-                "unsupported_media_type",
-                f"Content-Type: expected application/json, application/x-npy, application/x-safetensors or application/octet-stream, "
-                f"got {(request.headers.get('content-type') or 'none')[:80]!r}",
-                "Content-Type",
-            )
-        accept = codec.choose_response_type(request.headers.get("accept"))
-        body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
-        headers_in = {k.lower(): v for k, v in request.headers.items() if k.lower().startswith("x-attnkit-")}
-        content, headers = await state.run("attention", mechanism, media, body, headers_in, dict(request.query_params), accept, scores)
-        return Response(content, media_type=accept, headers=headers)
+        # reached only when the _Guard middleware's raw handler of these paths is not in front (it answers them)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        content, media, out_headers = await attention_answer(
+            state, mechanism, scores, headers, dict(request.query_params),
+            lambda: read_body(request, settings.max_body_bytes, settings.body_timeout_s),
+        )  # fmt: skip
+        return Response(content, media_type=media, headers=out_headers)
 
     @app.post(
         "/v1/batch",
@@ -445,8 +582,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics (text format)", response_class=Response, openapi_extra={"responses": error_responses(401)})
     async def metrics() -> Response:
-        # issue 14: per-model metrics (summed over --workers processes) after the process's own
-        return Response(state.metrics.render() + model_metrics.render(), media_type=METRICS_CONTENT_TYPE)
+        # issue 14: route and per-model metrics, summed over the --workers processes
+        return Response(render_metrics(state.metrics), media_type=METRICS_CONTENT_TYPE)
 
     app.add_middleware(_Guard, state=state)
     if settings.cors_origins:

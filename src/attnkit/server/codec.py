@@ -43,6 +43,7 @@ __all__ = [
     "dumps",
     "ApiError",
     "TENSOR_FIELDS",
+    "EXTRA_FIELDS",
     "JSON",
     "NPY",
     "SAFETENSORS",
@@ -59,6 +60,9 @@ __all__ = [
 ]
 
 TENSOR_FIELDS = ("query", "keys", "values", "mask")
+#: keyword-only tensor inputs of some mechanisms, sent by name after the four above (issue 14:
+#: ``edge_features`` of ``edge_featured``, ``(..., k, edge_dim)``); not in the positional .npy stream
+EXTRA_FIELDS = ("edge_features",)
 MAX_NDIM = 8
 #: longest single dimension accepted (empty tensors may have long axes, but not unbounded ones)
 MAX_DIM = 2**31 - 1
@@ -342,7 +346,8 @@ def _read_npy(body: bytes, pos: int, field: str, max_elements: int) -> tuple[np.
         raise ApiError(400, "bad_npy", f"{field}: truncated .npy data: expected {nbytes} bytes, got {len(body) - data_start}", field)
     arr = np.frombuffer(body, dtype=dtype, count=math.prod(shape), offset=data_start)
     arr = arr.reshape(shape, order="F" if fortran else "C")
-    arr = np.ascontiguousarray(arr).astype(dtype.newbyteorder("="), copy=True)
+    # no copy for a C-ordered native-endian array: a read-only view of the body (mechanisms never write their inputs)
+    arr = np.ascontiguousarray(arr).astype(dtype.newbyteorder("="), copy=False)
     return arr, data_start + nbytes
 
 
@@ -361,10 +366,10 @@ def decode_safetensors(body: bytes, max_elements: int) -> dict[str, np.ndarray]:
     if not isinstance(header, dict):
         raise ApiError(400, "bad_safetensors", "body: safetensors header is not a JSON object", "body")
     names = [k for k in header if k != "__metadata__"]
-    unknown = sorted(set(names) - set(TENSOR_FIELDS))
+    unknown = sorted(set(names) - set(TENSOR_FIELDS + EXTRA_FIELDS))
     if unknown:
         name = safe_text(unknown[0][:60])
-        raise ApiError(422, "bad_tensor", f"{name}: unknown tensor; expected {', '.join(TENSOR_FIELDS)}", name)
+        raise ApiError(422, "bad_tensor", f"{name}: unknown tensor; expected {', '.join(TENSOR_FIELDS + EXTRA_FIELDS)}", name)
     for name in names:
         info = header[name]
         if not isinstance(info, dict):
@@ -378,19 +383,20 @@ def decode_safetensors(body: bytes, max_elements: int) -> dict[str, np.ndarray]:
         tensors = load_safetensors(bytes(body))  # BF16 becomes float32
     except SafetensorsFormatError as exc:
         raise ApiError(400, "bad_safetensors", f"body: invalid safetensors file ({str(exc)[:200]})", "body") from None
-    return {k: tensors[k] for k in TENSOR_FIELDS if k in tensors}
+    return {k: tensors[k] for k in TENSOR_FIELDS + EXTRA_FIELDS if k in tensors}
 
 
 # ---------------------------------------------------------------------- raw float32
 def _header_shape(headers: Mapping[str, str], field: str, max_elements: int) -> tuple[int, ...] | None:
-    raw = headers.get(f"x-attnkit-{field}-shape")
+    dashed = field.replace("_", "-")
+    raw = headers.get(f"x-attnkit-{dashed}-shape")
     if raw is None:
         return None
     text = raw.strip().strip("[]()")
     try:
         dims = [int(p) for p in text.replace("x", ",").split(",") if p.strip()] if text else []
     except ValueError:
-        raise ApiError(400, "bad_shape", f"X-Attnkit-{field.title()}-Shape: expected comma-separated integers, got {raw[:80]!r}", field) from None
+        raise ApiError(400, "bad_shape", f"X-Attnkit-{dashed.title()}-Shape: expected comma-separated integers, got {raw[:80]!r}", field) from None
     return _check_shape(dims, field, max_elements)
 
 
@@ -402,12 +408,12 @@ def decode_octet(body: bytes, headers: Mapping[str, str], max_elements: int) -> 
     mask_dtype_name = (headers.get("x-attnkit-mask-dtype") or dtype_name).strip().lower()
     if mask_dtype_name not in ("float32", "float64", "bool"):
         raise ApiError(422, "bad_dtype", f"X-Attnkit-Mask-Dtype: expected bool, float32 or float64, got {mask_dtype_name[:40]!r}", "mask")
-    shapes = {f: _header_shape(headers, f, max_elements) for f in TENSOR_FIELDS}
+    shapes = {f: _header_shape(headers, f, max_elements) for f in TENSOR_FIELDS + EXTRA_FIELDS}
     if shapes["query"] is None:
         raise ApiError(400, "missing_shape", "X-Attnkit-Query-Shape: required with application/octet-stream", "query")
     out: dict[str, np.ndarray] = {}
     pos = 0
-    for field in TENSOR_FIELDS:
+    for field in TENSOR_FIELDS + EXTRA_FIELDS:
         shape = shapes[field]
         if shape is None:
             continue
@@ -428,7 +434,8 @@ def decode_octet(body: bytes, headers: Mapping[str, str], max_elements: int) -> 
                 raise ApiError(422, "bad_tensor", f"{field}: a bool tensor holds bytes 0 or 1, found {int(u8.max())}", field)
             out[field] = u8.astype(bool).reshape(shape)
         else:
-            out[field] = np.frombuffer(body, dtype=dt, count=count, offset=pos).astype(dt.newbyteorder("="), copy=True).reshape(shape)
+            # a read-only view of the body on little-endian machines (no copy), converted only on big-endian ones
+            out[field] = np.frombuffer(body, dtype=dt, count=count, offset=pos).astype(dt.newbyteorder("="), copy=False).reshape(shape)
         pos += nbytes
     if pos != len(body):
         raise ApiError(400, "bad_body", f"body: {len(body)} bytes, but the shape headers describe {pos}", "body")

@@ -22,10 +22,10 @@ import numpy as np
 from ..errors import AttentionError, ConfigError, DTypeError, NonFiniteError, ShapeError
 from ..mechanisms import registry
 from . import codec
-from .admission import estimate_work
+from .admission import Work, estimate_work
 from .cache import MechanismCache
 from .codec import ApiError
-from .models import DEFAULT_SEED, adhoc_options
+from .models import DEFAULT_SEED, adhoc_options, extra_inputs
 from .scores import WeightsLayout, estimate_elements, weights_layout
 from .settings import Settings
 
@@ -33,7 +33,7 @@ __all__ = ["Compute", "attention_error", "MASK_KINDS"]
 
 log = logging.getLogger("attnkit.server")
 
-_REQUEST_KEYS = frozenset({"query", "keys", "values", "mask", "mask_kind", "options", "encoding", "dtype"})
+_REQUEST_KEYS = frozenset({"query", "keys", "values", "mask", "edge_features", "mask_kind", "options", "encoding", "dtype"})
 #: how a mask is read: ``bool`` (True = may attend) or ``additive`` (float, added to the scores)
 MASK_KINDS = ("bool", "additive")
 _FIELD_ALIASES = {
@@ -124,7 +124,7 @@ def _json_request(doc: Any, max_elements: int, where: str = "") -> tuple[dict[st
     if not isinstance(options, dict):
         raise ApiError(422, "bad_request", f"{where}options: expected a JSON object, got {type(options).__name__}", where + "options")
     tensors = {}
-    for f in codec.TENSOR_FIELDS:
+    for f in codec.TENSOR_FIELDS + codec.EXTRA_FIELDS:
         if doc.get(f) is not None:
             try:
                 tensors[f] = codec.decode_json_tensor(doc[f], f, max_elements, np.dtype(dtype_name))
@@ -167,6 +167,15 @@ class Compute:
     def mechanism(self, name: Any, options: Any, where: str = "") -> tuple[Any, set[str], Any]:
         """A constructed mechanism for ``(name, options)`` (from the cache when possible), its option
         names and its cache key."""
+        cls, clean, names, cache_key = self.resolve(name, options, where)
+        mech = self.cache.get(cache_key)
+        if mech is not None:
+            return mech, names, cache_key
+        return self.build(cls, clean, names, cache_key, where), names, cache_key
+
+    def resolve(self, name: Any, options: Any, where: str = "") -> tuple[Any, dict[str, Any], set[str], Any]:
+        """The mechanism class, its validated options, its option names and the cache key of
+        ``(name, options)``: everything but building it."""
         if not isinstance(name, str) or not name:
             raise ApiError(422, "bad_request", f"{where}mechanism: expected a mechanism name", f"{where}mechanism")
         try:
@@ -212,9 +221,10 @@ class Compute:
         if "seed" in specs and clean.get("seed") is None:
             clean["seed"] = DEFAULT_SEED  # issue 14: the same answer across restarts, workers and evictions
         cache_key = (cls.name, json.dumps(clean, sort_keys=True, default=repr))
-        mech = self.cache.get(cache_key)
-        if mech is not None:
-            return mech, names, cache_key
+        return cls, clean, names, cache_key
+
+    def build(self, cls: Any, clean: dict[str, Any], names: set[str], cache_key: Any, where: str = "") -> Any:
+        """Construct the mechanism of :meth:`resolve`'s answer and keep it in the cache."""
         try:
             mech = registry.create(cls.name, **clean)
         except AttentionError as exc:
@@ -226,7 +236,7 @@ class Compute:
         except MemoryError:
             raise ApiError(413, "too_large", "options: the mechanism's weights do not fit in memory", f"{where}options") from None
         self.cache.put(cache_key, mech)
-        return mech, names, cache_key
+        return mech
 
     def _inferred_options(self, name: str, options: dict[str, Any], tensors: Mapping[str, np.ndarray], where: str = "") -> dict[str, Any]:
         """Options the tensors' shapes determine, filled in (issue 14); a conflict is a 422 naming both."""
@@ -267,12 +277,19 @@ class Compute:
         return kserve.infer_response(self._models().get(name), doc, out, binary)
 
     # ------------------------------------------------------------ admission
-    def admit(self, mech: Any, tensors: Mapping[str, np.ndarray | None], where: str = "") -> None:
-        """Refuse (413) a forward pass whose estimated FLOPs or bytes exceed the server's bounds."""
+    def estimate(self, mech: Any, tensors: Mapping[str, np.ndarray | None]) -> Work | None:
+        """The admission estimate of ``mech``'s forward on ``tensors`` (``None`` without a query)."""
         q, k, v, mask = (tensors.get(f) for f in codec.TENSOR_FIELDS)
         if q is None:
+            return None
+        return estimate_work(mech, self.layout(mech), q, k, v, mask)
+
+    def admit(self, mech: Any, tensors: Mapping[str, np.ndarray | None], where: str = "", work: Work | None = None) -> None:
+        """Refuse (413) a forward pass whose estimated FLOPs or bytes exceed the server's bounds (``work``:
+        the estimate when the caller has it already)."""
+        work = work or self.estimate(mech, tensors)
+        if work is None:
             return
-        work = estimate_work(mech, self.layout(mech), q, k, v, mask)
         s = self.settings
         if work.flops > s.max_flops or work.nbytes > s.max_work_bytes:
             what = (
@@ -287,15 +304,31 @@ class Compute:
             )  # fmt: skip
 
     # ------------------------------------------------------------ computing
-    def forward(self, mech: Any, tensors: Mapping[str, np.ndarray], names: set[str], where: str = "") -> np.ndarray:
+    def forward(self, mech: Any, tensors: Mapping[str, np.ndarray], names: set[str], where: str = "", work: Work | None = None) -> np.ndarray:
         q, k, v, mask = (tensors.get(f) for f in codec.TENSOR_FIELDS)
         if q is None:
             raise ApiError(422, "bad_request", f"{where}query: required", f"{where}query")
-        if (k is None) != (v is None):
+        # keys without values are refused, except by mechanisms that need keys and read values their own way
+        # (graph attention: the keys are the source nodes and carry the messages)
+        if (k is None) != (v is None) and not (v is None and type(mech).key_required):
             missing = "values" if v is None else "keys"
             raise ApiError(422, "bad_request", f"{where}{missing}: pass both keys and values, or neither (self-attention)", f"{where}{missing}")
-        self.admit(mech, tensors, where)
-        return self._call(mech, lambda: mech.forward(q, k, v, mask=mask), names, where)
+        self.admit(mech, tensors, where, work)
+        extras = self.extras(mech, tensors, where)
+        return self._call(mech, lambda: mech.forward(q, k, v, mask=mask, **extras), names, where)
+
+    def extras(self, mech: Any, tensors: Mapping[str, np.ndarray], where: str = "") -> dict[str, np.ndarray]:
+        """The keyword-only tensor inputs (``edge_features``) of the request, refused (422) when ``mech``
+        takes none of that name."""
+        given = {f: tensors[f] for f in codec.EXTRA_FIELDS if tensors.get(f) is not None}
+        accepted = extra_inputs(type(mech).name)
+        for f in given:
+            if f not in accepted:
+                takers = [n for n in registry.names() if f in extra_inputs(n)]
+                raise ApiError(
+                    422, "bad_request", f"{where}{f}: {type(mech).name!r} takes no {f}; mechanisms that do: {', '.join(takers)}", where + f
+                )  # fmt: skip
+        return given
 
     def _call(self, mech: Any, fn: Callable[[], Any], names: set[str], where: str = "") -> np.ndarray:
         """Run ``fn`` (a forward or weights call of ``mech``), mapping its errors to API errors."""
@@ -353,7 +386,8 @@ class Compute:
                 f"at most {limit} (max_elements) on this server; send shorter sequences", "query",
             )  # fmt: skip
         self.admit(mech, {"query": q, "keys": kk, "values": v if v is not None else kk, "mask": mask})
-        out = self._call(mech, lambda: mech.attention_weights(q, k, mask=mask), names)
+        extras = self.extras(mech, tensors)
+        out = self._call(mech, lambda: mech.attention_weights(q, k, mask=mask, **extras), names)
         if out.size > limit:  # a layout the probe did not foresee: still never answer more than the limit
             raise ApiError(
                 413, "too_many_elements", f"query, keys: the attention weights hold {out.size} elements, at most {limit} (max_elements)",
@@ -368,6 +402,15 @@ class Compute:
     ) -> tuple[bytes, dict[str, str]]:  # fmt: skip
         """One request to ``/v1/attention/{name}`` (``scores=False``) or ``/v1/attention/{name}/scores``."""
         t0 = time.perf_counter()
+        tensors, options, encoding = self.decode(name, media, body, headers, query)
+        mech, names, key = self.mechanism(name, options)
+        return self.respond(mech, names, key, tensors, encoding, accept, scores, t0)
+
+    def decode(
+        self, name: str, media: str, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any], str]:
+        """The tensors, options (those the shapes imply filled in) and answer encoding of a request body
+        (binary bodies are read in place, without copies)."""
         s = self.settings
         encoding = "list"
         options: dict[str, Any] = dict(query)
@@ -388,10 +431,17 @@ class Compute:
         if mask_kind is not None and mask_kind not in MASK_KINDS:
             raise ApiError(422, "bad_request", f"mask_kind: expected 'bool' or 'additive', got {codec._short(mask_kind)}", "mask_kind")
         check_mask(tensors, mask_kind, how=how)
-        options = self._inferred_options(name, options, tensors)
-        mech, names, key = self.mechanism(name, options)
-        out = self.scores(mech, tensors, names) if scores else self.forward(mech, tensors, names)
-        self.cache.refresh(key)
+        return tensors, self._inferred_options(name, options, tensors), encoding
+
+    def respond(
+        self, mech: Any, names: set[str], key: Any, tensors: Mapping[str, np.ndarray], encoding: str, accept: str, scores: bool,
+        t0: float, work: Work | None = None, refresh: bool = True,
+    ) -> tuple[bytes, dict[str, str]]:  # fmt: skip
+        """Run a decoded request on ``mech`` and encode the answer (``t0``: when the request's work began;
+        ``work``: its admission estimate if known; ``refresh``: measure the cached mechanism again)."""
+        out = self.scores(mech, tensors, names) if scores else self.forward(mech, tensors, names, work=work)
+        if refresh:
+            self.cache.refresh(key)
         elapsed = (time.perf_counter() - t0) * 1e3
         content, out_headers = codec.encode_output(out, accept, encoding=encoding, extra={"mechanism": mech.name, "elapsed_ms": elapsed})
         out_headers["X-Attnkit-Elapsed-Ms"] = f"{elapsed:.3f}"

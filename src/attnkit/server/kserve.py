@@ -38,7 +38,7 @@ from ..errors import AttentionError
 from . import codec, model_metrics
 from .batching import DynamicBatcher
 from .codec import ApiError
-from .models import ERROR_RESPONSES, INPUT_NAMES, Model, ModelRepository, input_specs
+from .models import ERROR_RESPONSES, EXTRA_INPUTS, INPUT_NAMES, Model, ModelRepository, extra_inputs, input_specs
 
 __all__ = ["router", "DATATYPES", "parse_infer_request", "infer_response"]
 
@@ -109,8 +109,8 @@ def parse_infer_request(body: bytes, header_length: str | None, max_elements: in
         if not isinstance(t, dict):
             raise _bad(f"inputs[{i}]: expected an object with name, shape, datatype and data")
         name = t.get("name")
-        if name not in INPUT_NAMES:
-            raise _bad(f"inputs[{i}].name: expected one of {', '.join(INPUT_NAMES)}, got {codec._short(name)}")
+        if name not in INPUT_NAMES + EXTRA_INPUTS:
+            raise _bad(f"inputs[{i}].name: expected one of {', '.join(INPUT_NAMES + EXTRA_INPUTS)}, got {codec._short(name)}")
         if name in tensors:
             raise _bad(f"inputs[{i}].name: {name!r} is given twice")
         dt = DATATYPES.get(t.get("datatype"))  # type: ignore[arg-type]
@@ -229,7 +229,11 @@ def forward(compute: Any, mech: Any, tensors: Mapping[str, np.ndarray]) -> np.nd
     q, k, v, mask = (tensors.get(n) for n in INPUT_NAMES)
     if mask is not None and type(mech).input_layout in ("model", "sequence") and mask.ndim >= 3:
         mask = mask[..., None, :, :]  # (batch, Lq, Lk): the same mask for every head
-    return compute._call(mech, lambda: mech.forward(q, k, v, mask=mask), set())
+    extras = {n: tensors[n] for n in EXTRA_INPUTS if n in tensors}
+    for n in extras:
+        if n not in extra_inputs(type(mech).name):
+            raise _bad(f"inputs: {n!r} is not an input of this model (a {type(mech).name})")
+    return compute._call(mech, lambda: mech.forward(q, k, v, mask=mask, **extras), set())
 
 
 def _batcher(request: Request) -> DynamicBatcher:
@@ -249,6 +253,21 @@ def _batcher(request: Request) -> DynamicBatcher:
         batcher = DynamicBatcher(run, forward_call, s.max_batch_delay_ms / 1e3, s.max_batch_size)
         request.app.state.batcher = batcher
     return batcher
+
+
+#: JSON of at most this many bytes is parsed on the event loop (larger: in a compute worker)
+INLINE_JSON_BYTES = 32 * 1024
+#: a JSON answer of at most this many numbers is written on the event loop
+INLINE_JSON_ELEMENTS = 4096
+
+
+def _header_bytes(header_length: str, body_bytes: int) -> int:
+    """The JSON part's size from ``Inference-Header-Content-Length`` (a bad value: the whole body, which
+    sends the request to a worker, whose parser answers the error)."""
+    try:
+        return min(int(header_length), body_bytes)
+    except ValueError:
+        return body_bytes
 
 
 def _version_ok(version: str | None) -> bool:
@@ -379,9 +398,16 @@ async def _infer_once(name: str, request: Request, version: str | None) -> Respo
         body = await read_body(request, state.settings.max_body_bytes)
         header_length = request.headers.get(HEADER.lower())
 
-        doc, tensors, binary = await state.run("kserve_parse", body, header_length)
+        # one trip to a compute worker for a small request: the forward. Its JSON header (and JSON data) is
+        # parsed here when small (binary tensor data is only viewed, np.frombuffer), and a small or binary
+        # answer is encoded here; large JSON is parsed and written in a worker, off the event loop.
+        json_bytes = len(body) if header_length is None else _header_bytes(header_length, len(body))
+        if json_bytes <= INLINE_JSON_BYTES:
+            doc, tensors, binary = parse_request(body, header_length, state.settings.max_elements)
+        else:
+            doc, tensors, binary = await state.run("kserve_parse", body, header_length)
         out = await _batcher(request).submit((model.name, id(model.mechanism)), model.name, tensors)
-        if binary:
+        if binary or out.size <= INLINE_JSON_ELEMENTS:
             content, headers, media = infer_response(model, doc, out, binary)
         else:
             content, headers, media = await state.run("kserve_encode", model.name, doc, out, binary)

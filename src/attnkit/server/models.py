@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import inspect
 import os
 import sys
 import tempfile
@@ -62,6 +64,8 @@ __all__ = [
 DEFAULT_SEED = 0
 #: the input names of the contract, in ``forward``'s order
 INPUT_NAMES = ("query", "key", "value", "mask")
+#: keyword-only tensor inputs a mechanism may take besides those (``edge_features`` of ``edge_featured``)
+EXTRA_INPUTS = ("edge_features",)
 _NDIM = {"sequence": 3, "model": 2, "headless": 2}
 
 
@@ -127,7 +131,20 @@ def input_specs(mech: Any) -> list[dict[str, Any]]:
         optional = name != "query" and not (name == "key" and cls.key_required)
         specs.append({"name": name, "shape": shape, "optional": optional})
     specs.append({"name": "mask", "shape": None, "optional": True})
+    for name in extra_inputs(cls.name):  # (k, edge_dim) per query row, as the neighbour form takes them
+        shape = [-1, -1]
+        for opt, (inp, axis) in cls.shape_options.items():
+            if inp == name and isinstance(opts.get(opt), int) and not isinstance(opts.get(opt), bool):
+                shape[axis] = int(opts[opt])
+        specs.append({"name": name, "shape": shape, "optional": not opts.get("edge_dim")})
     return specs
+
+
+@functools.lru_cache(maxsize=256)
+def extra_inputs(name: str) -> tuple[str, ...]:
+    """The :data:`EXTRA_INPUTS` that mechanism ``name``'s ``forward`` takes (keyword-only)."""
+    params = inspect.signature(registry.get(name).forward).parameters
+    return tuple(n for n in EXTRA_INPUTS if n in params and params[n].kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 # ---------------------------------------------------------------------- options from shapes
@@ -160,7 +177,13 @@ def infer_options_from_shapes(
     return out
 
 
-_CONTRACT_NAMES = {"query": "query", "keys": "key", "values": "value", "mask": "mask"}
+_CONTRACT_NAMES = {"query": "query", "keys": "key", "values": "value", "mask": "mask", **{n: n for n in EXTRA_INPUTS}}
+
+
+@functools.lru_cache(maxsize=256)
+def _option_specs(name: str) -> dict[str, registry.OptionSpec]:
+    """A mechanism's option specs by name (cached: building them reads type hints, every request needs them)."""
+    return {s.name: s for s in registry.option_specs(name)}
 
 
 def adhoc_options(name: str, options: Mapping[str, Any], tensors: Mapping[str, Any], max_option: int = 2**62) -> dict[str, Any]:
@@ -173,7 +196,7 @@ def adhoc_options(name: str, options: Mapping[str, Any], tensors: Mapping[str, A
         cls = registry.get(name)
     except ConfigError:
         return dict(options)
-    specs = {s.name: s for s in registry.option_specs(cls)}
+    specs = _option_specs(cls.name)
     try:  # aliases (num_heads, d_model, ...) under the mechanism's own names, so an inferred option meets its alias
         opts = registry.canonical_options(cls, options)
     except ConfigError:

@@ -51,6 +51,10 @@ class Settings:
       allocate; a request past it (options whose weights need gigabytes, say) gets 413 instead of
       exhausting the machine. ``-1`` (the default): half the physical memory shared among the
       ``max_concurrency`` workers (at least 1 GiB each); ``0``: no limit.
+    * ``inline_max_flops``: a request whose estimated work is at most this many floating-point operations
+      (and whose mechanism is known to build quickly) is computed on the server's event loop instead of
+      in a worker process: it cannot run past its time limit, and skipping the trip to a worker is most
+      of its cost (see :mod:`attnkit.server.inline`); ``0`` sends every request to the workers.
     * ``header_timeout_s``: a client must send a request's headers within this time (else the
       connection is answered 408 and closed); ``body_timeout_s``: the most time between two chunks of
       a request body (408).
@@ -81,6 +85,7 @@ class Settings:
     worker_memory_bytes: int = -1
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    inline_max_flops: float = 1e6
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_zero: bool = False) -> None:
@@ -111,6 +116,7 @@ class Settings:
         positive("max_concurrency", allow_zero=True)
         positive("max_batch_delay_ms", allow_zero=True)
         positive("max_batch_size")
+        positive("inline_max_flops", allow_zero=True)
         positive("queue", allow_zero=True)
         if self.worker_memory_bytes != -1:
             positive("worker_memory_bytes", allow_zero=True)
@@ -191,7 +197,7 @@ class Settings:
         return json.dumps(d)
 
 
-_FLOAT_FIELDS = frozenset({"request_timeout_s", "max_flops", "header_timeout_s", "body_timeout_s", "max_batch_delay_ms"})
+_FLOAT_FIELDS = frozenset({"request_timeout_s", "max_flops", "header_timeout_s", "body_timeout_s", "max_batch_delay_ms", "inline_max_flops"})
 
 
 def _convert(name: str, value: Any) -> Any:

@@ -7,12 +7,13 @@ Both compute in float64 NumPy, offer ``compute(...) -> float`` and ``compute_wit
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from .._array import finite_float, one_of, positive_float
-from ..errors import ShapeError
+from ..errors import NonFiniteError, ShapeError
 from ._checks import matrix, vectors
 
 __all__ = ["InfoNCELoss", "TripletLoss", "LocalContrastiveLoss"]
@@ -21,7 +22,12 @@ _EPS = 1e-12
 
 
 def _normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    n = np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _EPS)
+    big = float(np.max(np.abs(x))) if x.size else 0.0
+    if big > 1e150:  # |x|^2 would overflow: the scaled norm m |x / m|, m = max |x_i| per row
+        m = np.max(np.abs(x), axis=-1, keepdims=True)
+        n = np.maximum(m * np.linalg.norm(x / np.where(m > 0, m, 1.0), axis=-1, keepdims=True), _EPS)
+    else:
+        n = np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _EPS)
     return x / n, n
 
 
@@ -38,6 +44,33 @@ def _logsumexp(z: np.ndarray) -> np.ndarray:
 def _softmax(z: np.ndarray) -> np.ndarray:
     e = np.exp(z - np.max(z, axis=-1, keepdims=True))
     return e / np.sum(e, axis=-1, keepdims=True)
+
+
+_FMAX = float(np.finfo(np.float64).max)
+
+
+def _pow2_below(x: float) -> float:
+    """A power of two ``<= max(x, 1)`` (dividing by it is exact)."""
+    return math.ldexp(1.0, max(0, math.frexp(x)[1] - 1)) if x > 1.0 else 1.0
+
+
+def _gain_terms(zs: np.ndarray, log_gain: float, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(logsumexp(z) - z_target, softmax(z))`` per row for logits ``z = exp(log_gain) * zs`` that may exceed float64.
+
+    Only the differences ``z - max z = gain (zs - max zs) <= 0`` enter (the log-sum-exp shift), clamped
+    at ``-FMAX`` (whose ``exp`` is 0, as that of the exact value); ``zs`` is finite. The flag says
+    whether a target's difference was clamped, i.e. the loss itself exceeds float64.
+    """
+    gap = np.max(zs, axis=-1, keepdims=True) - zs  # >= 0
+    g = math.exp(min(log_gain, math.log(_FMAX)))
+    with np.errstate(over="ignore"):  # a product rounded past FMAX is -inf: exp gives the same 0
+        zd = -(np.minimum(gap, _FMAX / g) * g)
+    e = np.exp(zd)
+    tot = np.sum(e, axis=-1)
+    gap_t = np.take_along_axis(gap, target[:, None], axis=-1)[:, 0]
+    pos = gap_t[gap_t > 0]
+    clamped = bool(pos.size) and float(np.max(np.log(pos))) + log_gain >= math.log(_FMAX / 2.0)
+    return np.log(tot) - np.take_along_axis(zd, target[:, None], axis=-1)[:, 0], e / tot[:, None], clamped
 
 
 class InfoNCELoss:
@@ -97,6 +130,12 @@ class InfoNCELoss:
             if neg is not None:
                 nh = neg
         scale = 1.0 / b if self.reduction == "mean" else 1.0
+        # dot logits past float64 (|a| |p| D / T ~ 1e400 at 1e200 inputs): exact power-of-two rescaling of
+        # the inputs and log-sum-exp over the differences z - max z only (see _gain_terms)
+        ma = float(np.max(np.abs(ah))) if ah.size else 0.0
+        mp = max(float(np.max(np.abs(x))) if x.size else 0.0 for x in ((ph,) if neg is None else (ph, nh)))
+        if not cos and ma * mp * d / t > _FMAX / 2.0**16:
+            return self._run_rescaled(ah, ph, nh if neg is not None else None, t, scale, single, grads)
         if neg is None:  # in-batch: logits (B, B), target the diagonal
             z = (ah @ ph.T) / t
             loss_b = _logsumexp(z) - np.diag(z)
@@ -124,6 +163,48 @@ class InfoNCELoss:
             ga, gp = _unnormalise_grad(ga, ah, an), _unnormalise_grad(gp, ph, pn)
             if gn is not None:
                 gn = _unnormalise_grad(gn, nh, nn)
+        out = {"anchor": ga[0] if single else ga, "positive": gp[0] if single else gp}
+        if gn is not None:
+            out["negatives"] = gn
+        return loss, out
+
+    def _run_rescaled(
+        self, a: np.ndarray, p: np.ndarray, nh: np.ndarray | None, t: float, scale: float, single: bool, grads: bool
+    ) -> tuple[float, dict[str, np.ndarray] | None]:
+        """The dot-similarity loss for inputs whose logits overflow float64 (same formulas, rescaled)."""
+        b = a.shape[0]
+        sa = _pow2_below(float(np.max(np.abs(a))))
+        sp = _pow2_below(max(float(np.max(np.abs(x))) for x in ((p,) if nh is None else (p, nh))))
+        a2, p2 = a / sa, p / sp
+        if nh is None:
+            zs = (a2 @ p2.T) / t
+            target = np.arange(b)
+        else:
+            n2 = nh / sp
+            negs = a2 @ n2.T if n2.ndim == 2 else np.einsum("bd,bnd->bn", a2, n2)
+            zs = np.concatenate([np.sum(a2 * p2, axis=-1)[:, None], negs], axis=-1) / t
+            target = np.zeros(b, dtype=np.intp)
+        loss_b, sm, clamped = _gain_terms(zs, math.log(sa) + math.log(sp), target)
+        with np.errstate(over="ignore"):
+            loss = float(np.sum(loss_b) * scale)
+        if clamped or not math.isfinite(loss):
+            raise NonFiniteError(
+                "anchor, positive, negatives: the loss of these inputs exceeds the float64 range "
+                f"(logits up to ~{float(np.max(np.abs(zs))):.3g} * 2^{math.log2(sa) + math.log2(sp):.0f}); "
+                "expected smaller inputs or similarity='cosine'"
+            )
+        if not grads:
+            return loss, None
+        gz = sm
+        gz[np.arange(b), target] -= 1.0
+        gz *= scale / t
+        if nh is None:
+            ga, gp, gn = gz @ p, gz.T @ a, None
+        else:
+            gpos, gneg = gz[:, 0], gz[:, 1:]
+            ga = gpos[:, None] * p + (gneg @ nh if nh.ndim == 2 else np.einsum("bn,bnd->bd", gneg, nh))
+            gp = gpos[:, None] * a
+            gn = gneg.T @ a if nh.ndim == 2 else gneg[:, :, None] * a[:, None, :]
         out = {"anchor": ga[0] if single else ga, "positive": gp[0] if single else gp}
         if gn is not None:
             out["negatives"] = gn
@@ -159,6 +240,19 @@ class TripletLoss:
             s = np.einsum("bd,bkd->bk", ah, xh)
             return 1.0 - s, (ah, an, xh, xn)
         diff = a[:, None, :] - x
+        big = float(np.max(np.abs(diff))) if diff.size else 0.0
+        if big > 1e150:  # |diff|^2 would overflow float64: the scaled norm m sqrt(sum (diff/m)^2), m = max|diff|
+            m = np.max(np.abs(diff), axis=-1, keepdims=True)
+            dist = m[..., 0] * np.sqrt(np.sum(np.square(diff / np.where(m > 0, m, 1.0)), axis=-1))
+            if self.distance == "squared":
+                with np.errstate(over="ignore"):
+                    sq = dist * dist
+                if not np.isfinite(sq).all():
+                    raise NonFiniteError(
+                        "anchor, positive, negatives: squared distances exceed the float64 range; expected smaller inputs or distance='euclidean'"
+                    )
+                return sq, diff
+            return dist, diff
         sq = np.sum(diff * diff, axis=-1)
         if self.distance == "squared":
             return sq, diff

@@ -76,10 +76,23 @@ class Optimizer:
             if not np.isfinite(g).all():
                 raise NonFiniteError(f"grads[{key!r}]: expected finite values, found NaN or infinity")
             checked.append((key, p, g.astype(np.float64)))
-        self.step_count += 1
+        # all updates first, applied only if every one fits its parameter's dtype: an update that
+        # overflows (e.g. lr = 1e308) is a NonFiniteError and leaves params and state as they were
+        saved = {k: dict(v) for k, v in self.state.items()}  # _update rebinds its buffers, never mutates them
+        updates = []
         for key, p, g in checked:
             st = self.state.setdefault(key, {})
-            new = self._update(p.astype(np.float64), g, st, lr)
+            with np.errstate(over="ignore", invalid="ignore"):
+                new = np.asarray(self._update(p.astype(np.float64), g, st, lr)).astype(p.dtype)
+            if not np.isfinite(new).all():
+                self.state = saved
+                raise NonFiniteError(
+                    f"params[{key!r}]: the update with lr = {lr:g} does not fit {p.dtype} (it overflows to infinity or NaN); "
+                    "expected a smaller lr or smaller gradients"
+                )
+            updates.append((p, new))
+        self.step_count += 1
+        for p, new in updates:
             p[...] = new
         return params
 
