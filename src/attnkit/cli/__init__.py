@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Callable
 
 __all__ = ["main"]
 
@@ -74,8 +75,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{'is' if len(missing) == 1 else 'are'} not installed: pip install 'attnkit[cli]'\n"
         )
         return 2
-    from ..errors import AttentionError
-
     if not _wants_traceback(args):
         import warnings
 
@@ -83,49 +82,95 @@ def main(argv: list[str] | None = None) -> int:
         # that is not finite is refused as an error instead (see _common.check_finite_output)
         warnings.filterwarnings("ignore", category=RuntimeWarning)
     try:
-        from typer.main import get_command
+        return _invoke(args)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - each kind maps to its exit code below
+        return _exit_code(exc, args)
 
-        from ._app import app
 
-        command = get_command(app)
-        rv = command.main(args=args, prog_name="attnkit", standalone_mode=False)
-        return rv if isinstance(rv, int) else 0
-    except _classes("Exit") as exc:
-        return int(getattr(exc, "exit_code", 0) or 0)
-    except _classes("Abort"):
-        sys.stderr.write("attnkit: aborted\n")
-        return 130
-    except KeyboardInterrupt:
-        sys.stderr.write("attnkit: interrupted\n")
-        return 130
-    except _classes("NoArgsIsHelpError"):
-        return 0  # `attnkit` (or `attnkit config`) alone: the help has been printed
-    except _classes("ClickException") as exc:
-        ctx = getattr(exc, "ctx", None)
-        where = ctx.command_path if ctx is not None else "attnkit"
-        sys.stderr.write(f"{where}: error: {_one_line(exc.format_message())} (see '{where} --help')\n")  # type: ignore[attr-defined]
-        return 2
-    except AttentionError as exc:
-        if _wants_traceback(args):
-            traceback.print_exc()
-        sys.stderr.write(f"attnkit: error: {_one_line(str(exc))}\n")
-        return 2
-    except MemoryError as exc:
-        sys.stderr.write(f"attnkit: error: not enough memory ({_one_line(str(exc)) or 'MemoryError'}); use smaller sizes or options\n")
-        return 2
-    except BrokenPipeError:
-        # the reader of our stdout went away (attnkit ... | head): not an error of ours
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except OSError:
-            pass
-        return 0
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug, reported as such
-        if _wants_traceback(args):
-            traceback.print_exc()
-            hint = ""
-        else:
-            hint = " (run with -v for the traceback)"
-        sys.stderr.write(f"attnkit: internal error: {type(exc).__name__}: {_one_line(str(exc))}{hint}\n")
-        return 1
+def _invoke(args: list[str]) -> int:
+    from typer.main import get_command
+
+    from ._app import app
+
+    rv = get_command(app).main(args=args, prog_name="attnkit", standalone_mode=False)
+    return rv if isinstance(rv, int) else 0
+
+
+def _on_click_exit(exc: BaseException, args: list[str]) -> int:
+    return int(getattr(exc, "exit_code", 0) or 0)
+
+
+def _on_abort(exc: BaseException, args: list[str]) -> int:
+    sys.stderr.write("attnkit: aborted\n")
+    return 130
+
+
+def _on_interrupt(exc: BaseException, args: list[str]) -> int:
+    sys.stderr.write("attnkit: interrupted\n")
+    return 130
+
+
+def _on_help_shown(exc: BaseException, args: list[str]) -> int:
+    return 0  # `attnkit` (or `attnkit config`) alone: the help has been printed
+
+
+def _on_usage(exc: BaseException, args: list[str]) -> int:
+    ctx = getattr(exc, "ctx", None)
+    where = ctx.command_path if ctx is not None else "attnkit"
+    sys.stderr.write(f"{where}: error: {_one_line(exc.format_message())} (see '{where} --help')\n")  # type: ignore[attr-defined]
+    return 2
+
+
+def _on_bad_input(exc: BaseException, args: list[str]) -> int:
+    if _wants_traceback(args):
+        traceback.print_exception(exc)
+    sys.stderr.write(f"attnkit: error: {_one_line(str(exc))}\n")
+    return 2
+
+
+def _on_memory(exc: BaseException, args: list[str]) -> int:
+    sys.stderr.write(f"attnkit: error: not enough memory ({_one_line(str(exc)) or 'MemoryError'}); use smaller sizes or options\n")
+    return 2
+
+
+def _on_broken_pipe(exc: BaseException, args: list[str]) -> int:
+    # the reader of our stdout went away (attnkit ... | head): not an error of ours
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    return 0
+
+
+def _on_bug(exc: BaseException, args: list[str]) -> int:
+    """The last line of defence: a bug, reported as such (exit 1; the traceback with -v)."""
+    if _wants_traceback(args):
+        traceback.print_exception(exc)
+        hint = ""
+    else:
+        hint = " (run with -v for the traceback)"
+    sys.stderr.write(f"attnkit: internal error: {type(exc).__name__}: {_one_line(str(exc))}{hint}\n")
+    return 1
+
+
+def _handlers() -> list[tuple[tuple[type[BaseException], ...], Callable[[BaseException, list[str]], int]]]:
+    """Exception classes -> exit code, first match wins (click's help-shown error before its usage errors)."""
+    from ..errors import AttentionError
+
+    return [
+        (_classes("Exit"), _on_click_exit),
+        (_classes("Abort"), _on_abort),
+        ((KeyboardInterrupt,), _on_interrupt),
+        (_classes("NoArgsIsHelpError"), _on_help_shown),
+        (_classes("ClickException"), _on_usage),
+        ((AttentionError,), _on_bad_input),
+        ((MemoryError,), _on_memory),
+        ((BrokenPipeError,), _on_broken_pipe),
+        ((Exception,), _on_bug),
+    ]
+
+
+def _exit_code(exc: BaseException, args: list[str]) -> int:
+    handler = next(h for classes, h in _handlers() if classes and isinstance(exc, classes))
+    return handler(exc, args)

@@ -211,56 +211,6 @@ def parse_pairs(pairs: Iterable[str], what: str = "--opt") -> dict[str, str]:
     return out
 
 
-def parse_extra_args(args: Sequence[str], specs: Mapping[str, Any], mechanism: str) -> dict[str, Any]:
-    """Options of the chosen mechanism given as flags: ``--name VALUE``, ``--name=VALUE``, ``--flag``,
-    ``--no-flag`` (booleans), under any name of the registry's alias table; the keys are the names as
-    given (resolved by :func:`mechanism_options`). Anything else is an error naming the token."""
-    from ..mechanisms.registry import find_option
-
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        tok = args[i]
-        if not tok.startswith("--") or tok == "--":
-            raise UsageError(f"unexpected argument {tok!r}")
-        body = tok[2:]
-        name, eq, value = body.partition("=")
-        negate = False
-        target = find_option(specs, name)
-        if target is None and name.startswith("no-"):
-            target = find_option(specs, name[3:])
-            negate = target is not None
-            name = name[3:] if negate else name
-        key = name.replace("-", "_")
-        if target is None:
-            raise UsageError(
-                f"{'--' + name}: no such option for {mechanism!r}; its options are "
-                + ", ".join("--" + n.replace("_", "-") for n in specs)
-                + " (see `attnkit compute --help` for the command's own flags)"
-            )
-        kinds = str(getattr(specs[target], "type", "")).split("|")
-        if negate:
-            if "bool" not in kinds:
-                raise UsageError(f"--no-{name}: {target!r} is not a boolean option of {mechanism!r}")
-            out[key] = False
-            i += 1
-            continue
-        if key in out:
-            raise UsageError(f"--{name}: given twice")
-        if eq:
-            out[key] = value
-            i += 1
-        elif "bool" in kinds and (i + 1 >= len(args) or args[i + 1].lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off")):
-            out[key] = True
-            i += 1
-        else:
-            if i + 1 >= len(args):
-                raise UsageError(f"--{name}: expected a value")
-            out[key] = args[i + 1]
-            i += 2
-    return out
-
-
 def mechanism_options(
     name: str,
     explicit: Mapping[str, Any],

@@ -13,10 +13,11 @@ attention to torch's fused ``scaled_dot_product_attention``).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,7 @@ def bench_cell(
     length: int,
     *,
     config: Any,
-    extra: dict[str, str],
+    extra: dict[str, Any],
     iterations: int,
     max_time: float,
     warmup: int,
@@ -96,13 +97,11 @@ def bench_cell(
     specs = {s.name: s for s in registry.option_specs(name)}
     row: dict[str, Any] = {"type": name, "dim": dim, "length": length, "batch": batch}
     explicit: dict[str, Any] = dim_options(name, dim) if dim is not None else {}
-    for k, v in extra.items():
-        target = registry.find_option(specs, k)
-        if target is not None:
-            explicit[target] = v
+    given = [(k, v) for k, v in extra.items() if registry.find_option(specs, k) is not None]
     if "seed" in specs:
         explicit.setdefault("seed", seed)
     try:
+        explicit.update(registry.canonical_options(specs, given))  # one option under two names: an error row
         mech = create_mechanism(name, explicit, config, fill_required=True)
         inputs = mech.example_inputs(length, np.random.default_rng(seed))
         extras = mech.example_extras(length, np.random.default_rng(seed + 1))
@@ -172,74 +171,142 @@ def _write_results(path: str, rows: list[dict[str, Any]], meta: dict[str, Any]) 
         raise UsageError(f"--output: expected a .json or .csv file, got {path!r}")
 
 
+@dataclasses.dataclass
+class Grid:
+    """The cells to time: ``--types`` x ``--dims`` x ``--neighbors``, ``--batch`` sequences per forward."""
+
+    types: str
+    dims: str
+    lengths: str
+    batch: int | None = None
+
+
+@dataclasses.dataclass
+class Timing:
+    """How each cell is timed: ``--iterations``, ``--max-time``, ``--warmup``, ``--seed``."""
+
+    iterations: int = 1000
+    max_time: float = 1.0
+    warmup: int = 2
+    seed: int = 0
+
+
 def run_benchmark(
     state: State,
+    grid: Grid,
+    timing: Timing,
     *,
-    types: str,
-    dims: str,
-    lengths: str,
-    iterations: int,
-    max_time: float,
-    warmup: int,
-    batch: int | None,
-    opt: Sequence[str],
-    output: str | None,
-    plot: str | None,
-    compare: str | None,
-    seed: int,
-    as_json: bool,
+    options: Mapping[str, Any] | None = None,
+    opt: Sequence[str] = (),
+    extra_args: Sequence[str] = (),
+    output: str | None = None,
+    plot: str | None = None,
+    compare: str | None = None,
+    as_json: bool = False,
 ) -> int:
     config = state.config
+    names = resolve_types(grid.types)
+    check_timing(timing)
+    batch = resolve_batch(grid.batch, config)
+    extra = grid_options(names, options or {}, opt, extra_args)
+    if output is not None and Path(output).suffix.lower() not in (".json", ".csv"):
+        raise UsageError(f"--output: expected a .json or .csv file, got {output!r}")
+    torch_mod = torch_for(compare)
+    cells = grid_cells(names, _int_list(grid.dims, "--dims"), _int_list(grid.lengths, "--neighbors"))
+    rows = time_cells(cells, config=config, extra=extra, timing=timing, batch=batch, torch_mod=torch_mod, quiet=as_json)
+    meta = run_meta(state, timing, batch, compare)
+    if output is not None:
+        _write_results(output, rows, meta)
+    plotted = plot_rows(rows, plot)
+    if as_json:
+        emit_json({"meta": meta, "results": rows, "output": output, "plot": plotted})
+    else:
+        _print_table(rows, torch_mod is not None)
+        for path in (output, plotted):
+            if path:
+                console().print(f"wrote {path}")
+    return report_failures(rows)
+
+
+def resolve_types(types: str) -> list[str]:
+    """``--types``: registry names (aliases resolved, duplicates dropped), or every mechanism for 'all'."""
     raw = [t.strip() for t in types.split(",") if t.strip()]
     if not raw:
         raise UsageError(f"--types: expected mechanism names or 'all', got {types!r}")
-    names = registry.names() if [t.lower() for t in raw] == ["all"] else list(dict.fromkeys(registry.get(t).name for t in raw))
-    dim_list = _int_list(dims, "--dims")
-    len_list = _int_list(lengths, "--neighbors")
-    if iterations < 1:
-        raise UsageError(f"--iterations: expected a positive integer, got {iterations}")
-    if not max_time > 0:
-        raise UsageError(f"--max-time: expected a positive number of seconds, got {max_time}")
-    if warmup < 0:
-        raise UsageError(f"--warmup: expected 0 or more, got {warmup}")
-    batch = batch if batch is not None else config.get("optimization", "batch_size")
-    if batch < 1:
-        raise UsageError(f"--batch: expected a positive integer, got {batch}")
-    extra = parse_pairs(opt)
+    if [t.lower() for t in raw] == ["all"]:
+        return registry.names()
+    return list(dict.fromkeys(registry.get(t).name for t in raw))
+
+
+def check_timing(timing: Timing) -> None:
+    if timing.iterations < 1:
+        raise UsageError(f"--iterations: expected a positive integer, got {timing.iterations}")
+    if not timing.max_time > 0:
+        raise UsageError(f"--max-time: expected a positive number of seconds, got {timing.max_time}")
+    if timing.warmup < 0:
+        raise UsageError(f"--warmup: expected 0 or more, got {timing.warmup}")
+
+
+def resolve_batch(batch: int | None, config: Any) -> int:
+    """``--batch``, else config ``[optimization] batch_size``; positive."""
+    value = int(batch if batch is not None else config.get("optimization", "batch_size"))
+    if value < 1:
+        raise UsageError(f"--batch: expected a positive integer, got {value}")
+    return value
+
+
+def grid_options(names: Sequence[str], options: Mapping[str, Any], opt: Sequence[str], extra_args: Sequence[str]) -> dict[str, Any]:
+    """The mechanism flags and ``-O`` pairs, each applied to every type that has it; one that no type has,
+    or one name given both ways, is an error."""
+    if extra_args:
+        tok = extra_args[0]
+        raise UsageError(f"{tok.partition('=')[0]}: no such option" if tok.startswith("--") else f"unexpected argument {tok!r}")
+    extra: dict[str, Any] = dict(options)
+    for key, value in parse_pairs(opt).items():
+        if key in extra:
+            raise UsageError(f"--{key.replace('_', '-')}: given twice")
+        extra[key] = value
     for k in extra:
         if not any(registry.find_option(n, k) for n in names):
             raise UsageError(f"--opt {k}: none of {', '.join(names)} has an option {k!r}")
-    if output is not None and Path(output).suffix.lower() not in (".json", ".csv"):
-        raise UsageError(f"--output: expected a .json or .csv file, got {output!r}")
-    torch_mod: Any = None
-    if compare is not None:
-        if compare.strip().lower() != "torch":
-            raise UsageError(f"--compare: expected 'torch', got {compare!r}")
-        try:
-            import torch as torch_mod
-        except ImportError:
-            raise MissingExtra("--compare torch", "torch", "torch") from None
+    return extra
 
-    cells: list[tuple[str, int | None, int]] = []
-    for n in names:
-        has_dim = bool(dim_options(n, 1))
-        for d in dim_list if has_dim else [None]:
-            for L in len_list:
-                cells.append((n, d, L))
 
+def torch_for(compare: str | None) -> Any:
+    """``--compare torch``: the torch module (the ``torch`` extra), else None."""
+    if compare is None:
+        return None
+    if compare.strip().lower() != "torch":
+        raise UsageError(f"--compare: expected 'torch', got {compare!r}")
+    try:
+        import torch
+    except ImportError:
+        raise MissingExtra("--compare torch", "torch", "torch") from None
+    return torch
+
+
+def grid_cells(names: Sequence[str], dims: Sequence[int], lengths: Sequence[int]) -> list[tuple[str, int | None, int]]:
+    """(type, dim, length) cells; a type without a dimension option gets one cell per length (dim None)."""
+    return [(n, d, L) for n in names for d in (dims if dim_options(n, 1) else [None]) for L in lengths]
+
+
+def time_cells(
+    cells: Sequence[tuple[str, int | None, int]],
+    *,
+    config: Any,
+    extra: dict[str, Any],
+    timing: Timing,
+    batch: int,
+    torch_mod: Any,
+    quiet: bool,
+) -> list[dict[str, Any]]:
+    """One row per cell, with a progress bar on a terminal."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     err = console(stderr=True)
     rows: list[dict[str, Any]] = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=as_json or not err.is_terminal,
-    ) as progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, disable=quiet or not err.is_terminal) as progress:
         task = progress.add_task("benchmark", total=len(cells))
         for n, d, L in cells:
             progress.update(task, description=f"{n} dim={d if d is not None else '-'} n={L}")
@@ -250,47 +317,48 @@ def run_benchmark(
                     L,
                     config=config,
                     extra=extra,
-                    iterations=iterations,
-                    max_time=max_time,
-                    warmup=warmup,
+                    iterations=timing.iterations,
+                    max_time=timing.max_time,
+                    warmup=timing.warmup,
                     batch=batch,
-                    seed=seed,
+                    seed=timing.seed,
                     torch_mod=torch_mod,
                 )
             )
             log.info("benchmark %s", rows[-1])
             progress.advance(task)
+    return rows
 
+
+def run_meta(state: State, timing: Timing, batch: int, compare: str | None) -> dict[str, Any]:
     from .info import collect_info
 
     meta = {k: v for k, v in collect_info(state).items() if k in ("attnkit", "python", "numpy", "blas", "simd", "threads")}
-    meta.update(iterations=iterations, max_time=max_time, warmup=warmup, batch=batch, seed=seed, compare=compare)
-    if output is not None:
-        _write_results(output, rows, meta)
-    plotted = None
+    meta.update(dataclasses.asdict(timing), batch=batch, compare=compare)
+    return meta
+
+
+def plot_rows(rows: Sequence[dict[str, Any]], plot: str | None) -> str | None:
     good = [r for r in rows if "error" not in r]
-    if plot is not None and good:
-        from ._plot import benchmark_plot
+    if plot is None or not good:
+        return None
+    from ._plot import benchmark_plot
 
-        plotted = benchmark_plot(good, plot)
+    return benchmark_plot(good, plot)
+
+
+def report_failures(rows: Sequence[dict[str, Any]]) -> int:
+    """One stderr line per failed cell and exit 2, else 0."""
     failed = [r for r in rows if "error" in r]
-    if as_json:
-        emit_json({"meta": meta, "results": rows, "output": output, "plot": plotted})
-    else:
-        _print_table(rows, torch_mod is not None)
-        if output:
-            console().print(f"wrote {output}")
-        if plotted:
-            console().print(f"wrote {plotted}")
-    if failed:
-        import sys
+    if not failed:
+        return 0
+    import sys
 
-        for r in failed:
-            sys.stderr.write(f"attnkit: error: {r['type']} dim={r['dim']} n={r['length']}: {' '.join(r['error'].split())}\n")
-        import typer
+    for r in failed:
+        sys.stderr.write(f"attnkit: error: {r['type']} dim={r['dim']} n={r['length']}: {' '.join(r['error'].split())}\n")
+    import typer
 
-        raise typer.Exit(2)
-    return 0
+    raise typer.Exit(2)
 
 
 def _print_table(rows: list[dict[str, Any]], with_torch: bool) -> None:

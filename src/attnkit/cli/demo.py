@@ -148,10 +148,26 @@ def run_demo(state: State, *, length: int, heatmap: str | None, seed: int, as_js
         return 1 if failed else 0
 
     from rich.markup import escape
-    from rich.table import Table
 
     con = console()
+    con.print(_demo_table(rows, length, seed))
+    con.print("|Σw-1|: largest error of the attention weights' row sums (each row must sum to 1); - : no weights exposed")
+    if heat_path:
+        con.print(f"wrote the attention-weight heatmap to {heat_path}")
+    elif heat_note:
+        con.print(f"[yellow]no heatmap: {escape(heat_note)}[/yellow]")
+    con.print("next: `attnkit mechanisms NAME` for options, `attnkit compute --type NAME --random 128` to run one.")
+    if failed:
+        con.print(f"[red]{len(failed)} mechanism(s) failed: {', '.join(r['name'] for r in failed)}[/red]")
+        return 1
+    return 0
+
+
+def _demo_table(rows: list[dict[str, Any]], length: int, seed: int) -> Any:
+    """The demo's table: one row per mechanism (inputs, output, time, spread, row-sum error, status)."""
     from rich import box
+    from rich.markup import escape
+    from rich.table import Table
 
     t = Table(
         title=f"attnkit demo: every mechanism on sample data (length {length}, seed {seed})",
@@ -185,14 +201,4 @@ def run_demo(state: State, *, length: int, heatmap: str | None, seed: int, as_js
             )
         else:
             t.add_row(r["name"], "", "", "", "", "", f"[red]failed: {escape(r.get('error', ''))}[/red]")
-    con.print(t)
-    con.print("|Σw-1|: largest error of the attention weights' row sums (each row must sum to 1); - : no weights exposed")
-    if heat_path:
-        con.print(f"wrote the attention-weight heatmap to {heat_path}")
-    elif heat_note:
-        con.print(f"[yellow]no heatmap: {escape(heat_note)}[/yellow]")
-    con.print("next: `attnkit mechanisms NAME` for options, `attnkit compute --type NAME --random 128` to run one.")
-    if failed:
-        con.print(f"[red]{len(failed)} mechanism(s) failed: {', '.join(r['name'] for r in failed)}[/red]")
-        return 1
-    return 0
+    return t
