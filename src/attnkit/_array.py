@@ -11,9 +11,11 @@ back; other libraries compute half precision as given. Integer, bool, complex an
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, overload
 
 import array_api_compat
@@ -42,6 +44,9 @@ __all__ = [
     "bool_option",
     "int_option",
     "seed_option",
+    "check_option",
+    "option_kinds",
+    "checked_options",
     "allocation_limit",
     "check_allocation",
     "is_numpy",
@@ -163,28 +168,64 @@ def as_float_array(x: Any, name: str, xp: Namespace | None = None) -> Array:
     Raises ``DTypeError`` for integer, bool, complex or object data and ``ShapeError`` for ragged
     sequences.
     """
-    if type(x) is np.ndarray and x.dtype.kind == "f":
+    if type(x) is np.ndarray and x.dtype.kind == "f" and x.dtype != np.longdouble:
         return x
     if x is None:
         raise ShapeError(f"{name}: expected an array, got None")
+    if isinstance(x, np.ndarray):  # subclasses (masked arrays, matrix, memmap) and longdouble
+        return _plain_numpy(x, name, xp)
     if not _is_array(x) or isinstance(x, np.generic):
         if isinstance(x, (str, bytes)):
             raise DTypeError(f"{name}: expected a float array, got {type(x).__name__}")
         if isinstance(x, bool) or (isinstance(x, np.generic) and x.dtype.kind == "b"):
             raise DTypeError(f"{name}: expected a float array, got bool")
+        if isinstance(x, Mapping) or not isinstance(x, (Sequence, numbers.Number, np.generic)):
+            raise DTypeError(f"{name}: expected an array or a nested list of numbers, got {type(x).__name__}")
         try:
             arr = np.asarray(x, dtype=np.float32) if not isinstance(x, np.generic) else np.asarray(x)
-        except (ValueError, TypeError) as exc:
-            raise ShapeError(f"{name}: expected a rectangular array of numbers ({exc})") from exc
+        except OverflowError as exc:  # a Python int beyond float range
+            raise NonFiniteError(f"{name}: expected finite values, found a number too large for a float ({exc})") from None
+        except TypeError as exc:  # complex, strings or other objects among the numbers
+            raise DTypeError(f"{name}: expected real numbers ({exc})") from None
+        except ValueError as exc:
+            raise ShapeError(f"{name}: expected a rectangular array of numbers ({exc})") from None
         if arr.dtype.kind != "f":
             raise DTypeError(f"{name}: expected a float array, got {arr.dtype}")
+        if arr.dtype == np.longdouble:
+            arr = arr.astype(np.float64)
         # a Python sequence given beside arrays of another library joins that library
         return arr if xp is None or is_numpy(xp) else xp.asarray(arr)
+    if is_torch(xp or namespace(x)) and getattr(x, "layout", None) is not None and str(x.layout) != "torch.strided":
+        x = x.to_dense()  # a sparse tensor: attention reads every element, so compute on the dense form
     xp = xp or namespace(x)
     dtype = x.dtype
     if not xp.isdtype(dtype, "real floating"):
         raise DTypeError(f"{name}: expected a float dtype (float16/bfloat16/float32/float64), got {_dtype_name(dtype)}")
     return x
+
+
+def _plain_numpy(x: np.ndarray, name: str, xp: Namespace | None) -> Array:
+    """A NumPy array subclass or a longdouble array as a plain float array (:func:`as_float_array`).
+
+    A masked array (``numpy.ma``) with masked entries is refused: attnkit masks attention with ``mask=``,
+    and which value a masked entry stands for is not known; without masked entries its data is used.
+    ``longdouble`` computes in float64 (the widest type BLAS and every array library share).
+    """
+    if isinstance(x, np.ma.MaskedArray):
+        hidden = np.ma.getmaskarray(x)
+        if hidden.any():
+            at = tuple(int(i) for i in np.argwhere(hidden)[0])
+            raise DTypeError(
+                f"{name}: expected a plain array, got a masked array with {int(hidden.sum())} masked entries "
+                f"(first at {at}); fill them (x.filled(value)) or mask attention with mask="
+            )
+        x = np.ma.getdata(x)
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":  # object arrays too: their elements may be anything
+        raise DTypeError(f"{name}: expected a float dtype (float16/float32/float64), got {arr.dtype}")
+    if arr.dtype == np.longdouble:
+        arr = arr.astype(np.float64)
+    return arr if xp is None or is_numpy(xp) else xp.asarray(arr)
 
 
 def common_float_dtype(xp: Namespace, *arrays: Array) -> Any:
@@ -372,20 +413,26 @@ def seed_option(value: object, name: str = "seed") -> int | None:
     return int_option(value, name, minimum=0, maximum=2**64 - 1)
 
 
-#: default bound on what one option set may allocate; ``ATTNKIT_MAX_ALLOC_BYTES`` overrides it
+#: default bound on what one option set may allocate: this fraction of the physical memory, and at most
+#: :data:`_DEFAULT_ALLOC_CAP`; ``ATTNKIT_MAX_ALLOC_BYTES`` overrides both
 _DEFAULT_ALLOC_FRACTION = 0.5
+#: 4 GiB: far above any published attention layer (a 8192-wide multi-head layer is 1 GiB in float32)
+_DEFAULT_ALLOC_CAP = 4 << 30
 
 
 def allocation_limit() -> int:
-    """Most bytes one mechanism may allocate for its options: ``ATTNKIT_MAX_ALLOC_BYTES``, else half of
-    the physical memory (8 GiB where it cannot be read)."""
+    """Most bytes one mechanism (or one intermediate of one call) may allocate for its options:
+    ``ATTNKIT_MAX_ALLOC_BYTES`` (bytes, e.g. ``16e9``) when set, else half of the physical memory capped at
+    4 GiB (4 GiB where the memory size cannot be read). Checked by :func:`check_allocation` before anything
+    is allocated, so options that cannot fit fail at once with an estimate instead of swapping or being
+    killed."""
     import os
 
     raw = os.environ.get("ATTNKIT_MAX_ALLOC_BYTES", "").strip()
     if raw:
         try:
             value = int(float(raw))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ConfigError(f"ATTNKIT_MAX_ALLOC_BYTES: expected a number of bytes, got {raw!r}") from None
         if value < 1:
             raise ConfigError(f"ATTNKIT_MAX_ALLOC_BYTES: expected a positive number of bytes, got {raw!r}")
@@ -393,8 +440,8 @@ def allocation_limit() -> int:
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        total = 16 << 30
-    return int(total * _DEFAULT_ALLOC_FRACTION)
+        total = 2 * _DEFAULT_ALLOC_CAP
+    return min(int(total * _DEFAULT_ALLOC_FRACTION), _DEFAULT_ALLOC_CAP)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -416,6 +463,94 @@ def check_allocation(nbytes: int | float, name: str, what: str, limit: int | Non
             f"{_fmt_bytes(float(limit))} allowed (ATTNKIT_MAX_ALLOC_BYTES); choose smaller values"
         )
     return int(nbytes)
+
+
+#: how each constructor option is checked, by its annotation (the registry's option table reads the same
+#: annotations): ``bool`` -> :func:`bool_option`, ``int`` -> :func:`int_option`, ``int | None`` -> ``None`` or
+#: an int, ``seed`` -> :func:`seed_option`. Other annotations (floats, strings, unions) are the constructor's.
+_OPTION_KINDS = {"bool": "bool", "int": "int", "int|None": "int?", "Optional[int]": "int?", "None|int": "int?"}
+
+
+def option_kinds(init: Any) -> dict[str, str]:
+    """Option name -> kind (see :data:`_OPTION_KINDS`) from ``init``'s annotations (strings or types)."""
+    kinds: dict[str, str] = {}
+    for name, ann in getattr(init, "__annotations__", {}).items():
+        if name == "return":
+            continue
+        text = ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+        kind = _OPTION_KINDS.get(text.replace(" ", "").replace("typing.", ""))
+        if name == "seed" and kind in ("int", "int?"):
+            kind = "seed"
+        if kind is not None:
+            kinds[name] = kind
+    return kinds
+
+
+def check_option(kind: str, value: Any, name: str) -> Any:
+    """``value`` checked as an option of ``kind`` (``bool``, ``int``, ``int?``, ``seed``); ``ConfigError`` naming ``name``."""
+    if kind == "bool":
+        return bool_option(value, name)
+    if kind == "seed":
+        return seed_option(value, name)
+    if kind == "int?" and value is None:
+        return None
+    # a count or a length beyond int64 cannot index any array (2**70 heads is a mistake, not a size)
+    return int_option(value, name, maximum=2**63 - 1)
+
+
+def checked_options(init: Any) -> Any:
+    """Wrap a constructor: every option is checked by its annotation's kind (:data:`_OPTION_KINDS`) before
+    the body runs, and a ``MemoryError`` while building becomes a ``ConfigError``.
+
+    The one place where bool, integer and seed options are validated: every mechanism's constructor is
+    wrapped when its class is defined (``Mechanism.__init_subclass__``), and the training helpers use it
+    as a decorator. The body then sees only valid values.
+    """
+    sig = inspect.signature(init)
+    kinds: dict[str, str] | None = None
+
+    @functools.wraps(init)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal kinds
+        if kinds is None:
+            kinds = option_kinds(init)
+        try:
+            bound = sig.bind(self, *args, **kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"{type(self).__name__}: {exc}") from None
+        for name, value in list(bound.arguments.items()):
+            kind = kinds.get(name)
+            if kind is not None and not (value is None and sig.parameters[name].default is None):
+                bound.arguments[name] = check_option(kind, value, name)
+        try:
+            init(*bound.args, **bound.kwargs)
+        except MemoryError as exc:  # an allocation no estimate foresaw: still the options' fault, named
+            raise ConfigError(f"options: not enough memory to build {type(self).__name__} ({exc})") from None
+
+    return checked
+
+
+def check_scores(q: Array, k: Array, name: str = "query, key", copies: int = 3) -> None:
+    """Refuse, before computing, a dense score matrix ``(..., Lq, Lk)`` of ``q (..., Lq, D)`` and ``k (..., Lk, D)``
+    whose ``copies`` live arrays (scores, exponentials, probabilities) would exceed :func:`allocation_limit`.
+
+    Reads static shapes only: skipped for symbolic lengths (a graph being exported) and while
+    ``torch.compile`` traces, so it never touches data and never breaks a graph.
+    """
+    if torch_compiling():
+        return
+    qs, ks = tuple(q.shape), tuple(k.shape)
+    if any(d is None for d in (*qs, *ks)):
+        return
+    try:
+        lead = broadcast_shapes(qs[:-2], ks[:-2])
+    except ValueError:
+        return  # the caller reports shapes that do not broadcast
+    count = float(qs[-2]) * float(ks[-2])
+    for d in lead:
+        count *= float(d)
+    itemsize = float(getattr(getattr(q, "dtype", None), "itemsize", 4) or 4)
+    check_allocation(copies * count * itemsize, name, f"the dense ({', '.join(str(int(d)) for d in (*lead, qs[-2], ks[-2]))}) attention scores")
 
 
 def one_of(value: object, name: str, choices: Sequence[str]) -> str:

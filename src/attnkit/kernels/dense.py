@@ -26,7 +26,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, is_graph, is_numpy, is_torch
+from .._array import Array, Namespace, check_scores, is_graph, is_numpy, is_torch
 from . import overflow
 from ._threads import BlasOneThread, blas_limiter_available
 from .gqa import group_keys, group_queries, group_slopes, kv_groups, needs_grouping, ungroup
@@ -243,6 +243,7 @@ def attention_weights(
             softcap=softcap,
         )
         return ungroup(w, xp)
+    check_scores(q, k)
     if overflow.at_risk(xp, q.dtype, logits=(q, k, q.shape[-1], scale)):  # see .overflow: logits past the dtype's range
         if not overflow.can_widen(xp, q.dtype):
             return _weights_rescaled(q, k, xp, scale, mask, causal, window, alibi_slopes, softcap)

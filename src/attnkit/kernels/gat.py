@@ -138,7 +138,9 @@ def aggregate(scores: Array, messages: Array, dst: Any, num_dst: int, xp: Namesp
 def finish(p: Mapping[str, Array], agg: Array, x_dst: Array, concat: bool, xp: Namespace) -> Array:
     """``(..., H, C)`` -> heads concatenated ``(..., H*C)`` or averaged ``(..., C)``, plus the residual
     ``x_dst W_res^T`` (when ``res.weight`` is present) and the bias (when ``bias`` is)."""
-    out = reshape_lead(agg, agg.ndim - 2, (-1,), xp) if concat else xp.mean(agg, axis=-2)
+    h, c = agg.shape[-2], agg.shape[-1]  # known from the weights even in an exported graph
+    # the width spelled out, not -1: with no rows (an empty query) -1 is ambiguous
+    out = reshape_lead(agg, agg.ndim - 2, (-1,) if h is None or c is None else (int(h) * int(c),), xp) if concat else xp.mean(agg, axis=-2)
     if "res.weight" in p:
         out = out + x_dst @ xp.matrix_transpose(p["res.weight"])
     if "bias" in p:

@@ -48,10 +48,11 @@ def create_mask(kind: str, seq_len: int, positions: Sequence[int] | None = None)
     * ``"block"``: block-diagonal; ``positions`` are the start indices of the blocks (0 is implied),
       so tokens attend only within their block. Without positions the whole sequence is one block.
     """
-    from .._array import one_of, positive_int
+    from .._array import check_allocation, one_of, positive_int
 
     kind = one_of(kind, "kind", ("causal", "padding", "block"))
     n = positive_int(seq_len, "seq_len")
+    check_allocation(float(n) * n, "seq_len", f"a ({n}, {n}) bool mask")
     pos = _positions(positions, n)
     if kind == "causal":
         if pos:
@@ -71,6 +72,8 @@ def create_mask(kind: str, seq_len: int, positions: Sequence[int] | None = None)
 def _positions(positions: Sequence[int] | None, n: int) -> list[int]:
     if positions is None:
         return []
+    if isinstance(positions, (str, bytes)) or not hasattr(positions, "__iter__"):
+        raise ConfigError(f"positions: expected a list of integer indices in [0, {n}), got {type(positions).__name__} {positions!r}")
     out: list[int] = []
     for p in positions:
         if isinstance(p, bool) or not isinstance(p, (int, np.integer)):

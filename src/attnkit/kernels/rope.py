@@ -30,7 +30,20 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, as_float_array, finite_float, is_graph, namespace, one_of, positive_float, positive_int, reshape_lead, shape_str, to_numpy
+from .._array import (
+    Array,
+    as_float_array,
+    check_allocation,
+    finite_float,
+    is_graph,
+    namespace,
+    one_of,
+    positive_float,
+    positive_int,
+    reshape_lead,
+    shape_str,
+    to_numpy,
+)
 from .._array import broadcast_shapes as _bshapes
 from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, ShapeError
@@ -63,6 +76,8 @@ class RotaryEmbedding:
         self.scaling = positive_float(scaling, "scaling")
         self.layout = one_of(layout, "layout", ("half", "interleaved"))
         half = self.dim // 2
+        # the frequencies, and the angle, cosine and sine tables of at least one position (float64 each)
+        check_allocation(32.0 * half, "dim", "rotary frequency and cos/sin tables")
         #: theta_i = base^(-2i/dim), float64
         self.inv_freq = self.base ** (-np.arange(half, dtype=np.float64) * 2.0 / self.dim)
         self._table: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -76,6 +91,8 @@ class RotaryEmbedding:
     # ------------------------------------------------------------------ tables
     def _cos_sin(self, positions: np.ndarray | None, length: int) -> tuple[np.ndarray, np.ndarray]:
         """float64 cos/sin of shape ``(*positions.shape, dim/2)`` (``positions=None``: ``arange(length)``)."""
+        count = length if positions is None else int(positions.size)
+        check_allocation(24.0 * count * len(self.inv_freq), "dim, positions", "rotary angle, cosine and sine tables")
         if positions is None:
             if self._table is not None and self._table[0] >= length:
                 return self._table[1][:length], self._table[2][:length]
@@ -146,8 +163,8 @@ class RotaryEmbedding:
             shape = [1] * lead
             if lead:
                 shape[ax] = length
-            cos = cos.reshape((*shape, -1))
-            sin = sin.reshape((*shape, -1))
+            cos = cos.reshape((*shape, cos.shape[-1]))
+            sin = sin.reshape((*shape, sin.shape[-1]))
         else:
             try:
                 _bshapes(p.shape, tuple(x.shape[:-1]))

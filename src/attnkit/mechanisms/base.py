@@ -12,15 +12,17 @@ import asyncio
 import collections
 import dataclasses
 import inspect
+import math
 import os
 import statistics
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import array_api_compat
 import numpy as np
 
-from .._array import Array, namespace, shape_str, to_numpy
+from .._array import Array, check_allocation, checked_options, is_traced, namespace, option_kinds, shape_str, to_numpy, torch_compiling
 from ..errors import ConfigError, DisposedError, ShapeError
 from ..kernels.overflow import finite_or_wider
 
@@ -124,6 +126,9 @@ class Mechanism:
             cls.has_attention_weights = getattr(cls, "_attention_weights", None) is not Mechanism._attention_weights
         _check_signature(cls, "forward", ("query", "key", "value"))
         _check_signature(cls, "attention_weights", ("query", "key"))
+        init = cls.__dict__.get("__init__")
+        if init is not None and not hasattr(init, "__wrapped__"):
+            cls.__init__ = checked_options(init)  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         self._disposed = False
@@ -259,6 +264,9 @@ class Mechanism:
             from ..dask import lazy_forward  # the Dask adapter: a graph over the chunks, nothing computed here
 
             return lazy_forward(self, self._own_params(), query, key, value, mask=mask, **extras)
+        empty = self._empty_result(query, key, value, extras)
+        if empty is not None:
+            return empty
         # large finite inputs never come back as inf/NaN: recomputed wider, or a named error (kernels.overflow);
         # a step that fills a KV cache is never run twice (the rerun would append its keys again)
         return finite_or_wider(
@@ -268,6 +276,48 @@ class Mechanism:
             names="query, key, value (their magnitude)",
             rerun=extras.get("cache") is None,
         )
+
+    def _empty_result(self, query: Any, key: Any, value: Any, extras: Mapping[str, Any]) -> Array | None:
+        """The result for a query with no rows (a zero-length batch or query axis), without computing over the
+        other axes; ``None`` when the query is not empty (or not a concrete array).
+
+        Every layout's result keeps the query's leading axes and ends in :data:`_FEATURE_AXES` feature axes,
+        so the mechanism runs once on a stand-in query whose leading axes are all 1 (same dtype, device and
+        keys), which validates options and keys and gives the result's feature axes and dtype; the result
+        is then an empty array of the query's leading shape. (``FlashAttention(heads=2, dim=4)`` on
+        ``(0, 2**20, 2, 4)`` used to loop over 2**20 empty rows.)
+        """
+        shape = getattr(query, "shape", None)
+        if shape is None or any(v is not None for v in extras.values()) or is_traced(query) or torch_compiling():
+            return None
+        nf = _FEATURE_AXES[self.input_layout]
+        try:
+            dims = tuple(int(d) for d in shape)
+        except (TypeError, ValueError):  # symbolic lengths
+            return None
+        if len(dims) <= nf or 0 not in dims[:-nf] or 0 in dims[-nf:]:
+            return None
+        lead = dims[:-nf]
+        try:
+            xp = namespace(query)
+            dev = array_api_compat.device(query)
+            stand_in = xp.zeros((1,) * len(lead) + dims[-nf:], dtype=query.dtype, device=dev)
+        except Exception:  # noqa: BLE001 - not an array we can build a stand-in for: the full path decides
+            return None
+        out = self._forward(self._own_params(), stand_in, key, value, mask=None)
+        if not hasattr(out, "shape") or out.ndim < len(lead) + nf:
+            return None
+        extra = out.ndim - nf - len(lead)  # leading axes the keys' batch added
+        got = tuple(int(d) for d in out.shape)
+        merged = []
+        for i, d in enumerate(lead):
+            o = got[extra + i]
+            if o != 1 and d not in (1, o):
+                raise ShapeError(
+                    f"query: batch dimensions {shape_str(lead)} do not broadcast with the keys' {shape_str(got[extra : extra + len(lead)])}"
+                )
+            merged.append(o if d == 1 else d)
+        return xp.zeros((*got[:extra], *merged, *got[-nf:]), dtype=out.dtype, device=array_api_compat.device(out))
 
     def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None) -> Array:
         """The attention probabilities of ``query`` over ``key`` (rows sum to 1; masked rows are zeros)."""
@@ -320,6 +370,20 @@ class Mechanism:
             rng = np.random.default_rng(getattr(self, "seed", None))
             self._cache["rng"] = rng
         return rng
+
+    def _param_rng(self, extra_bytes: float = 0, what: str = "parameters") -> np.random.Generator:
+        """The seeded generator that draws this object's parameters, handed out only after
+        :meth:`_check_param_memory` found that they fit (so nothing is allocated for options that cannot)."""
+        self._check_param_memory(extra_bytes, what)
+        return np.random.default_rng(getattr(self, "seed", None))
+
+    def _check_param_memory(self, extra_bytes: float = 0, what: str = "parameters") -> int:
+        """Refuse (``ConfigError``) options whose parameters, as :meth:`param_shapes` declares them (float32,
+        4 bytes each), plus ``extra_bytes`` would exceed :func:`attnkit._array.allocation_limit` (half the
+        physical memory, or ``ATTNKIT_MAX_ALLOC_BYTES``). The message names the integer options that set the
+        size and gives the estimate. Computed from the shapes only: call it before allocating."""
+        count = sum(math.prod(int(d) for d in shape) for shape in self.param_shapes().values())
+        return check_allocation(4.0 * count + float(extra_bytes), _size_options(self), f"{self.name or type(self).__name__} {what}")
 
     # ---------------------------------------------------------------- memory and timing
     def memory_usage(self) -> MemoryInfo:
@@ -408,6 +472,18 @@ class Mechanism:
             for f in pending:
                 f.cancel()
                 f.add_done_callback(_retrieve)
+
+
+def _size_options(mech: Any) -> str:
+    """The integer options of ``mech`` that set its size (for messages): ``"model_dim=8, heads=2"``."""
+    kinds = option_kinds(getattr(type(mech).__init__, "__wrapped__", type(mech).__init__))
+    parts = [f"{n}={getattr(mech, n)}" for n, k in kinds.items() if k in ("int", "int?") and isinstance(getattr(mech, n, None), int)]
+    return ", ".join(parts) or "options"
+
+
+#: trailing feature axes of the query (and of the result) per input layout: ``(H, D)`` for sequences, ``(E,)`` or
+#: ``(D,)`` otherwise; the axes before them are rows (batch and query positions)
+_FEATURE_AXES = {"sequence": 2, "model": 1, "headless": 1, "graph": 1}
 
 
 def _retrieve(f: asyncio.Future[Any]) -> None:

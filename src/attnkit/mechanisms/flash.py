@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import Array, broadcast_shapes, is_graph, nonzero_float, positive_float, positive_int, probability
+from .._array import Array, broadcast_shapes, check_allocation, is_graph, nonzero_float, positive_float, positive_int, probability
 from ..errors import ConfigError, ShapeError
 from ..kernels.decode import cached_attention
 from ..kernels.dense import NO_WINDOW, attention_weights, sdpa
@@ -230,6 +230,7 @@ def _slopes(value: object, heads: int) -> np.ndarray | None:
     if value is None or value is False:
         return None
     if value is True or (isinstance(value, str) and value.strip().lower() in ("true", "default")):
+        check_allocation(8.0 * heads, "heads", "ALiBi slopes (one float64 per head)")
         return alibi_slopes(heads)
     if isinstance(value, str):
         try:

@@ -179,7 +179,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
             raise ConfigError("share_weights: needs version='v2' and sources and targets of one width (dst_dim == dim)")
         self.seed = seed
         self.check_finite = bool(check_finite)
-        self._params = self._init_params(np.random.default_rng(seed))
+        self._params = self._init_params(self._param_rng())
 
     def _fill(self, value: Any) -> Any:
         if isinstance(value, str):

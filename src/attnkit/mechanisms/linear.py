@@ -114,7 +114,16 @@ class LinearAttention(Mechanism):
         self.chunk_size = positive_int(chunk_size, "chunk_size")
         self.check_finite = bool(check_finite)
         if self.feature_map == "favor":
+            # float64 projection plus the Gaussian draws behind it (3 more of its size), refused before any is drawn
+            self._check_param_memory(extra_bytes=20.0 * self.feature_dim * self.dim, what="FAVOR+ projection")
             self.redraw_features()
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``projection (nb_features, dim)`` with ``feature_map='favor'`` (drawn, not learned); none otherwise."""
+        if self.feature_map != "favor":
+            return {}
+        assert self.nb_features is not None
+        return {_PROJECTION: (self.nb_features, self.dim)}
 
     # ------------------------------------------------------------------ properties
     @property

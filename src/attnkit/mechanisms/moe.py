@@ -23,6 +23,7 @@ import numpy as np
 from .._array import (
     Array,
     as_float_array,
+    check_allocation,
     is_traced,
     namespace,
     one_of,
@@ -44,6 +45,11 @@ from .registry import register
 __all__ = ["MoEAttention"]
 
 #: options given to experts built from a name (so that any expert takes (n, dim) vectors)
+#: the most experts one layer may have: each is a mechanism object, built and routed to one by one
+#: (Switch Transformers use up to 2048); ``_EXPERT_BUILD_S`` is the measured build time of one (seconds)
+MAX_EXPERTS = 4096
+_EXPERT_BUILD_S = 1e-3
+
 _EXPERT_DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"heads": 1},
     "flash": {"heads": 1},
@@ -116,6 +122,11 @@ class MoEAttention(LearnedParams, Mechanism):
         super().__init__()
         self.dim = positive_int(dim, "dim")
         self.num_experts = positive_int(num_experts, "num_experts")
+        if self.num_experts > MAX_EXPERTS:
+            raise ConfigError(
+                f"num_experts: expected at most {MAX_EXPERTS} (each expert is a mechanism object, built and routed to one "
+                f"by one: {self.num_experts} would take about {self.num_experts * _EXPERT_BUILD_S:.0f} s to build), got {self.num_experts}"
+            )
         self.top_k = positive_int(top_k, "top_k")
         if self.top_k > self.num_experts:
             raise ConfigError(f"top_k: expected at most num_experts = {self.num_experts}, got {top_k!r}")
@@ -124,6 +135,8 @@ class MoEAttention(LearnedParams, Mechanism):
         self.overflow = one_of(overflow, "overflow", ("drop", "pass_through"))
         self.seed = seed
         self.check_finite = bool(check_finite)
+        self._experts: list[Any] = []
+        self._check_param_memory(what="router parameters")  # before any expert is built (param_shapes reads none yet)
         self._experts = self._build_experts(experts)
         self.experts = tuple(getattr(e, "name", type(e).__name__) for e in self._experts)
         rng = np.random.default_rng(seed)
@@ -152,6 +165,11 @@ class MoEAttention(LearnedParams, Mechanism):
             raise ConfigError(f"experts: expected num_experts = {self.num_experts} mechanism instances, got {len(items)}")
         built: list[Any] = []
         for i in range(self.num_experts):
+            if i == len(items) and i < self.num_experts:
+                # one expert of each kind built: the whole set costs their bytes, each kind as often as it recurs
+                per = [sum(int(v.nbytes) for v in e.parameters().values()) for e in built]
+                total = sum(per[j % len(items)] for j in range(self.num_experts))
+                check_allocation(total, "num_experts, dim", f"moe parameters of {self.num_experts} experts")
             item: Any = items[i % len(items)]
             if isinstance(item, str):
                 key = item.lower().replace("-", "_")
@@ -363,7 +381,7 @@ class MoEAttention(LearnedParams, Mechanism):
                 contrib = xp.where(sel, full * g_b[:, e : e + 1], xp.zeros_like(full))
                 acc = contrib if acc is None else acc + contrib
             rows.append(xp.zeros((lq, dv), dtype=qf.dtype, device=dev) if acc is None else acc)
-        out = rows[0] if nb == 1 else xp.concat(rows, axis=0)
+        out = rows[0] if nb == 1 else xp.concat(rows, axis=0) if rows else xp.zeros((0, dv), dtype=qf.dtype, device=dev)
         dropped = ~xp.any(keep, axis=1)
         if self.overflow == "pass_through":
             out = xp.where(dropped[:, None], qf, out)

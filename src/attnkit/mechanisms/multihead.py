@@ -130,7 +130,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         self.rope = as_rope(rope, self.head_dim)
         self.add_bias_kv = bool(add_bias_kv)
         self.add_zero_attn = bool(add_zero_attn)
-        self._params = self._init_params(np.random.default_rng(seed))
+        self._params = self._init_params(self._param_rng())
 
     # ------------------------------------------------------------------ weights
     @property
@@ -252,7 +252,8 @@ class MultiHeadAttention(LearnedParams, Mechanism):
             raise ShapeError("key: pass key when value is given")
         xp = namespace(query, key, value)
         dims = self._in_dims()
-        flat = (query.ndim if hasattr(query, "ndim") else np.ndim(query)) == 1  # np.ndim is not traceable by dynamo
+        query = as_float_array(query, "query", xp)  # lists become arrays here (np.ndim would choke on a ragged one)
+        flat = query.ndim == 1
         q = self._input(query, "query", self.model_dim, xp)
         k = self._input(key, "key", dims["k_proj"], xp)
         v = self._input(value, "value", dims["v_proj"], xp) if with_value else k

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import finite_float, one_of, positive_float, positive_int
+from .._array import checked_options, finite_float, one_of, positive_float, positive_int
 from ..errors import ConfigError, ShapeError
 from ._checks import matrix, vectors
 
@@ -55,6 +55,7 @@ def gather(candidates: Any, indices: Any) -> np.ndarray:
 class NegativeMiner:
     """Pick negatives for each anchor (see the module docstring for the strategies)."""
 
+    @checked_options
     def __init__(
         self,
         strategy: str = "hard",

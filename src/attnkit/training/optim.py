@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import finite_float, non_negative_float, positive_float, shape_str
+from .._array import checked_options, finite_float, int_option, non_negative_float, positive_float, shape_str
 from ..errors import ConfigError, DTypeError, NonFiniteError, ShapeError
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
@@ -109,9 +109,20 @@ class Optimizer:
         return {"state": copy.deepcopy(self.state), "step_count": self.step_count, "lr": self.lr}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Adopt a :meth:`state_dict`: a mapping with ``state`` (a mapping), ``step_count`` (an int >= 0) and
+        optionally ``lr``; anything else is a ``ConfigError`` naming the entry, and nothing is changed."""
+        if not isinstance(state, Mapping):
+            raise ConfigError(f"state: expected a mapping from state_dict(), got {type(state).__name__}")
+        for key in ("state", "step_count"):
+            if key not in state:
+                raise ConfigError(f"state[{key!r}]: missing; expected a mapping from state_dict() with 'state' and 'step_count'")
+        if not isinstance(state["state"], Mapping):
+            raise ConfigError(f"state['state']: expected a mapping of per-parameter buffers, got {type(state['state']).__name__}")
+        step_count = int_option(state["step_count"], "state['step_count']", minimum=0)
+        lr = non_negative_float(state.get("lr", self.lr), "lr")
         self.state = copy.deepcopy(dict(state["state"]))
-        self.step_count = int(state["step_count"])
-        self.lr = non_negative_float(state.get("lr", self.lr), "lr")
+        self.step_count = step_count
+        self.lr = lr
 
 
 class SGD(Optimizer):
@@ -121,6 +132,7 @@ class SGD(Optimizer):
     ``g <- g + mu b`` (Nesterov, Sutskever et al. 2013) or ``g <- b``; ``p <- p - lr g``.
     """
 
+    @checked_options
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, dampening: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
         self.momentum = non_negative_float(momentum, "momentum")
@@ -149,6 +161,7 @@ class Adam(Optimizer):
 
     decoupled = False
 
+    @checked_options
     def __init__(
         self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False
     ) -> None:
@@ -188,6 +201,7 @@ class AdamW(Adam):
 
     decoupled = True
 
+    @checked_options
     def __init__(
         self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01, amsgrad: bool = False
     ) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .._array import non_negative_float, non_negative_int, one_of, positive_float, positive_int
+from .._array import checked_options, non_negative_float, non_negative_int, one_of, positive_float, positive_int
 from ..errors import ConfigError, ShapeError
 from ._checks import matrix
 
@@ -37,6 +37,7 @@ class WarmupCosineScheduler:
     ``optimizer``: if given, :meth:`step` sets its ``lr``; at construction it gets ``get_lr(0)``.
     """
 
+    @checked_options
     def __init__(
         self, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0, warmup_start_lr: float = 0.0, optimizer: Any = None
     ) -> None:
@@ -96,6 +97,7 @@ class TemperatureScheduler:
     :class:`~attnkit.training.InfoNCELoss`, or a mechanism with a ``temperature`` option).
     """
 
+    @checked_options
     def __init__(
         self, initial: float, final: float, total_steps: int, schedule: str = "linear", decay_steps: int | None = None, target: Any = None
     ) -> None:
@@ -151,6 +153,7 @@ class CurriculumScheduler:
     (``floor(c * num_stages)`` clipped), handy to switch, e.g., to harder negative mining.
     """
 
+    @checked_options
     def __init__(self, total_steps: int, initial_competence: float = 0.1, pacing: str = "sqrt", num_stages: int = 4, seed: int | None = None) -> None:
         self.total_steps = positive_int(total_steps, "total_steps")
         c0 = positive_float(initial_competence, "initial_competence")
