@@ -275,6 +275,13 @@ def apply_rope_qk(rope: RotaryEmbedding | None, q: Array, k: Array) -> tuple[Arr
     key/value cache). ``rope=None`` returns ``q, k`` unchanged."""
     if rope is None:
         return q, k
+    xp = namespace(q)
+    if is_graph(xp):
+        # symbolic lengths (an exported graph): Lk - Lq is counted in the graph, so the model places its
+        # queries right at every length, not at the example's
+        ones_q, ones_k = xp.ones_like(q[..., 0]), xp.ones_like(k[..., 0])  # (..., H, Lq), (..., H, Lk)
+        shift = xp.sum(ones_k, axis=-1, keepdims=True) - xp.sum(ones_q, axis=-1, keepdims=True)
+        return rope.apply(q, xp.cumulative_sum(ones_q, axis=-1) - 1.0 + shift, seq_axis=-2), rope.apply(k, None, seq_axis=-2)
     lq, lk = _dim(q.shape[-2]), _dim(k.shape[-2])
     qpos = None if lq == lk else np.arange(lk - lq, lk, dtype=np.float64)
     return rope.apply(q, qpos, seq_axis=-2), rope.apply(k, None, seq_axis=-2)
