@@ -119,6 +119,24 @@ def test_float_mask_multihead_causal_and_dynamic_batch(tmp_path) -> None:
     np.testing.assert_allclose(got, m.forward(x, mask=fm), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("lq", "lk"), [(5, 13), (13, 5)])
+def test_rope_places_queries_bottom_right_at_every_length(causal: bool, lq: int, lk: int, tmp_path) -> None:
+    """Queries sit at positions Lk-Lq .. Lk-1 (as the library has them): a model exported at Lq = Lk must
+    count the shift in the graph, not bake in the example's (a silent mismatch once)."""
+    rng = np.random.default_rng(lq * lk)
+    flash = attnkit.FlashAttention(heads=2, dim=4, rope=True, causal=causal)
+    cross = attnkit.CrossAttention(query_dim=8, key_dim=8, heads=2, rope=True, causal=causal)
+    for mech, width in ((flash, (2, 4)), (cross, (8,))):
+        ex = tuple(rng.standard_normal((8, *width), dtype=np.float32) for _ in range(3))
+        path = str(tmp_path / f"{mech.name}.onnx")
+        info = attnkit.export_onnx(mech, path, *ex)
+        q = rng.standard_normal((lq, *width), dtype=np.float32)
+        k, v = (rng.standard_normal((lk, *width), dtype=np.float32) for _ in range(2))
+        got = _session(path).run(None, _feeds(info, [q, k, v]))[0]
+        np.testing.assert_allclose(got, mech.forward(q, k, v), rtol=RTOL, atol=ATOL)
+
+
 def test_flash_batched_rope_and_linear_key_mask(tmp_path) -> None:
     rng = np.random.default_rng(2)
     m = attnkit.FlashAttention(heads=2, dim=4, rope=True)

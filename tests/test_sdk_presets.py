@@ -93,7 +93,7 @@ def test_from_model_name_recognises_model_identifiers(model: str, preset: str) -
     assert f"preset {preset!r}" in b.explain()
 
 
-@pytest.mark.parametrize("bad", ["llama-7b", "", "   ", None, 3])
+@pytest.mark.parametrize("bad", ["falcon-7b", "", "   ", None, 3])
 def test_unknown_model_is_a_config_error(bad: object) -> None:
     with pytest.raises(ConfigError, match="name"):
         from_model_name(bad, W)
@@ -136,3 +136,48 @@ def test_longformer_large_splits_the_width_over_16_heads() -> None:
     m = from_model_name("allenai/longformer-large-4096", 1024).build()
     assert (m.heads, m.dim) == (16, 64)
     assert AttentionPreset.LONGFORMER.builder(768, heads=6).build().dim == 128
+
+
+@pytest.mark.parametrize("name,theta", [("llama", 500000.0), ("mistral", 1000000.0)])
+def test_llama_and_mistral_presets(name: str, theta: float) -> None:
+    m = built(name, 4096)
+    assert (type(m).__name__, m.heads, m.kv_heads, m.bias, m.causal, m.dropout) == ("MultiHeadAttention", 32, 8, False, True, 0.0)
+    assert (m.rope.dim, m.rope.base, m.rope.layout) == (128, theta, "half")
+    assert AttentionPreset(name).builder(3072, heads=24).build().kv_heads == 8  # Llama 3.2 3B
+    assert AttentionPreset(name).builder(4096, heads=16).build().rope.dim == 256  # RoPE follows the head width
+    assert AttentionPreset(name).builder(640, heads=10).build().kv_heads == 10  # 8 does not divide 10: plain multi-head
+
+
+@pytest.mark.parametrize("model,heads", [("meta-llama/Llama-3.1-8B", 32), ("meta-llama/Llama-3.1-70B", 64), ("mistralai/Mistral-7B-v0.3", 32)])
+def test_llama_model_identifiers(model: str, heads: int) -> None:
+    m = from_model_name(model, 8192).build()
+    assert (m.heads, m.kv_heads, m.causal) == (heads, 8, True)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_llama_preset_computes_what_transformers_computes(family: str) -> None:
+    """The preset's layer, given a transformers layer's weights, gives that layer's output."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    cls = {"llama": (transformers.LlamaConfig, "llama", "LlamaAttention"), "mistral": (transformers.MistralConfig, "mistral", "MistralAttention")}[
+        family
+    ]
+    theta = 500000.0 if family == "llama" else 1000000.0
+    cfg = cls[0](hidden_size=256, num_attention_heads=32, num_key_value_heads=8, rope_theta=theta, attention_dropout=0.0)
+    cfg._attn_implementation = "sdpa"
+    mod = getattr(transformers.models, cls[1])
+    attn = getattr(getattr(mod, f"modeling_{cls[1]}"), cls[2])(cfg, layer_idx=0).double().eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    x = torch.randn(2, 7, 256, dtype=torch.float64)
+    inv = theta ** (-np.arange(0, 8, 2) / 8)
+    ang = np.arange(7)[:, None] * inv[None, :]
+    emb = np.concatenate([ang, ang], -1)
+    with torch.no_grad():
+        exp = attn(x, position_embeddings=(torch.from_numpy(np.cos(emb))[None], torch.from_numpy(np.sin(emb))[None]), attention_mask=None)[0]
+    m = built(family, 256)
+    m.load_weights(attn.state_dict())
+    got = m.forward(x.numpy())
+    np.testing.assert_allclose(got, exp.numpy(), rtol=1e-5, atol=1e-5)  # weights are stored as float32

@@ -100,10 +100,18 @@ def test_torch_state_dict_keys_match_real_module():
         assert set(to_torch_mha(params(bias=bias))) == set(m.state_dict())
 
 
-def test_add_bias_kv_is_rejected():
+def test_add_bias_kv_round_trips_and_needs_the_option():
     m = torch.nn.MultiheadAttention(8, 2, add_bias_kv=True)
-    with pytest.raises(ConfigError, match="bias_k"):
-        from_torch_mha(m.state_dict())
+    ours = from_torch_mha(m.state_dict())
+    assert ours["bias_k"].shape == ours["bias_v"].shape == (8,)
+    back = to_torch_mha(ours)
+    assert set(back) == set(m.state_dict())
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(back[k], v.numpy())
+    with pytest.raises(ConfigError, match="add_bias_kv=True"):
+        MultiHeadAttention(8, 2).load_weights(m.state_dict())
+    with pytest.raises(ConfigError, match="bias_v"):
+        from_torch_mha({k: v for k, v in m.state_dict().items() if k != "bias_v"})
 
 
 @pytest.mark.parametrize("prefix", ["", "bert.encoder.layer.3."])

@@ -455,7 +455,11 @@ def _fmt_bytes(n: float) -> str:
 def check_allocation(nbytes: int | float, name: str, what: str, limit: int | None = None) -> int:
     """Refuse, before allocating, options whose memory cost ``nbytes`` exceeds ``limit`` (default
     :func:`allocation_limit`). ``name`` is the option(s) to blame and ``what`` what would be allocated,
-    e.g. ``check_allocation(4 * heads * dim * dim, "heads, dim", "projection weights")``."""
+    e.g. ``check_allocation(4 * heads * dim * dim, "heads, dim", "projection weights")``.
+    Skipped while ``torch.compile`` traces (reading the memory size, ``os.sysconf``, does not trace), as
+    :func:`check_finite` is; the eager call checks the same sizes."""
+    if limit is None and torch_compiling():
+        return int(nbytes)
     limit = allocation_limit() if limit is None else int(limit)
     if not nbytes <= limit:  # also refuses NaN
         raise ConfigError(

@@ -10,7 +10,12 @@ key                 shape            meaning
 ``v_proj.weight``   (E, vdim)        W_v
 ``out_proj.weight`` (E, E)           W_o
 ``*.bias``          (E,)             biases (absent when ``bias=False``)
+``bias_k``          (E,)             torch's ``add_bias_kv`` key bias (torch: ``(1, 1, E)``)
+``bias_v``          (E,)             torch's ``add_bias_kv`` value bias
 ==================  ===============  =====================================
+
+With grouped-query attention (``kv_heads < heads``), ``k_proj``/``v_proj`` (and ``bias_k``/``bias_v``)
+have ``kv_heads * head_dim`` rows instead of ``E``.
 
 Graph attention (:class:`~attnkit.EdgeFeaturedAttention`) keeps PyTorch Geometric's own names
 (``lin.weight`` or ``lin_src.weight``/``lin_dst.weight`` for GAT, ``lin_l.*``/``lin_r.*`` for GATv2,
@@ -19,13 +24,27 @@ Graph attention (:class:`~attnkit.EdgeFeaturedAttention`) keeps PyTorch Geometri
 :func:`from_pyg_gat` and :func:`to_pyg_gat` convert ``GATConv``/``GATv2Conv`` state dicts both ways.
 
 Converters read ``torch.nn.MultiheadAttention`` state dicts (packed ``in_proj_weight`` or the
-``q_proj_weight``/``k_proj_weight``/``v_proj_weight`` form used with kdim/vdim) and Hugging Face
+``q_proj_weight``/``k_proj_weight``/``v_proj_weight`` form used with kdim/vdim), Hugging Face
 BERT self-attention state dicts (``...attention.self.query.weight`` etc. and
 ``...attention.output.dense``), and write both back.
+
+Hugging Face decoder layers (:func:`from_hf_gpt2`, :func:`from_hf_llama` return a ready
+:class:`~attnkit.MultiHeadAttention`; :func:`hf_gpt2_params`, :func:`hf_llama_params` the weights alone):
+
+* GPT-2 (Radford et al. 2019): ``...attn.c_attn`` / ``...attn.c_proj`` are ``Conv1D`` layers, ``y = x W + b``
+  with ``W`` of shape (in, out), the transpose of ``torch.nn.Linear``'s; ``c_attn`` packs W_q, W_k, W_v
+  along its output axis. The layer is causal with scale ``1/sqrt(head_dim)``.
+* Llama and Mistral (Touvron et al. 2023; Jiang et al. 2023): ``...self_attn.{q,k,v,o}_proj``, ``nn.Linear``
+  without biases; ``k_proj``/``v_proj`` have ``num_key_value_heads * head_dim`` rows (grouped-query
+  attention), and queries and keys are rotated by RoPE with base ``rope_theta`` in the ``rotate_half``
+  pairing (feature ``i`` with ``i + head_dim/2``), which is :class:`~attnkit.RotaryEmbedding`'s
+  ``layout="half"``. Head counts are not in the weights: pass ``num_heads`` (or ``head_dim``) or the
+  model's ``config``; the key/value heads are then read from the shapes.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,6 +66,12 @@ __all__ = [
     "to_torch_mha",
     "from_hf_bert",
     "to_hf_bert",
+    "hf_gpt2_params",
+    "from_hf_gpt2",
+    "to_hf_gpt2",
+    "hf_llama_params",
+    "from_hf_llama",
+    "to_hf_llama",
     "GAT_ATTENTION",
     "is_pyg_gat",
     "from_pyg_gat",
@@ -159,11 +184,29 @@ def check_params(params: Mapping[str, Any], where: str = "weights") -> dict[str,
         want_b = (rows.get(name, e),)
         if b is not None and b.shape != want_b:
             raise ShapeError(f"{where}: {name}.bias expected shape {want_b}, got {b.shape}")
+    if ("bias_k" in p) != ("bias_v" in p):
+        raise ConfigError(
+            f"{where}: bias_k and bias_v come together (torch's add_bias_kv=True); found only {'bias_k' if 'bias_k' in p else 'bias_v'}"
+        )
+    for name, proj in (("bias_k", "k_proj"), ("bias_v", "v_proj")):
+        if name in p:
+            b = p[name]
+            if b.ndim == 3 and b.shape[:2] == (1, 1):  # torch's (1, 1, E)
+                b = p[name] = b.reshape(-1)
+            if b.shape != (rows[proj],):
+                raise ShapeError(f"{where}: {name} expected shape ({rows[proj]},) or torch's (1, 1, {rows[proj]}), got {b.shape}")
     return p
 
 
+_EXTRA = ("bias_k", "bias_v")
+
+
 def detect_layout(state: Mapping[str, Any]) -> str:
-    """``"attnkit"``, ``"torch_mha"`` or ``"hf_bert"`` for a state dict, or ``ConfigError``."""
+    """``"attnkit"``, ``"torch_mha"``, ``"hf_bert"``, ``"hf_gpt2"`` or ``"hf_llama"`` for a state dict, or ``ConfigError``.
+
+    GPT-2 is recognised by ``...c_attn.weight`` beside ``...c_proj.weight``; Llama/Mistral by
+    ``...q_proj.weight`` beside ``...o_proj.weight`` (a whole one-layer model file is recognised too:
+    the other tensors are not attention and are left out by the converters)."""
     keys = set(state)
     if "q_proj.weight" in keys and "out_proj.weight" in keys:
         return "attnkit"
@@ -171,27 +214,39 @@ def detect_layout(state: Mapping[str, Any]) -> str:
         return "torch_mha"
     if any(k.endswith("attention.self.query.weight") for k in keys):
         return "hf_bert"
+    if _prefixes(keys, _GPT2["c_attn"] + ".weight", _GPT2["c_proj"] + ".weight"):
+        return "hf_gpt2"
+    if _prefixes(keys, _LLAMA["q_proj"] + ".weight", _LLAMA["out_proj"] + ".weight"):
+        return "hf_llama"
     sample = ", ".join(sorted(keys)[:6])
-    raise ConfigError(f"weights: unrecognised layout (keys: {sample}); expected attnkit, torch MultiheadAttention or HF BERT")
+    raise ConfigError(
+        f"weights: unrecognised layout (keys: {sample}); expected attnkit, torch MultiheadAttention, HF BERT, GPT-2 or Llama/Mistral attention"
+    )
 
 
 def to_attnkit(state: Mapping[str, Any], prefix: str | None = None) -> dict[str, np.ndarray]:
-    """Any supported layout -> attnkit's."""
+    """Any supported layout -> attnkit's (``prefix`` picks a layer of a HF state dict)."""
     state = load_state(state)
     layout = detect_layout(state)
     if layout == "attnkit":
-        return check_params({k: v for k, v in state.items() if k.split(".")[0] in PROJECTIONS})
+        return check_params({k: v for k, v in state.items() if k.split(".")[0] in PROJECTIONS or k in _EXTRA})
     if layout == "torch_mha":
         return from_torch_mha(state)
+    if layout == "hf_gpt2":
+        return hf_gpt2_params(state, prefix=prefix)
+    if layout == "hf_llama":
+        return hf_llama_params(state, prefix=prefix)
     return from_hf_bert(state, prefix=prefix)
 
 
 def from_torch_mha(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """``torch.nn.MultiheadAttention.state_dict()`` -> attnkit layout (packed or kdim/vdim form)."""
+    """``torch.nn.MultiheadAttention.state_dict()`` -> attnkit layout (packed or kdim/vdim form; ``bias_k``
+    and ``bias_v`` of ``add_bias_kv=True`` become vectors of length E)."""
     sd = {k: to_numpy(v) for k, v in state.items()}
-    if "bias_k" in sd or "bias_v" in sd:
-        raise ConfigError("weights: add_bias_kv=True (bias_k/bias_v) is not supported; use add_bias_kv=False")
     out: dict[str, np.ndarray] = {}
+    for name in _EXTRA:
+        if name in sd:
+            out[name] = sd[name]
     if "in_proj_weight" in sd:
         w = sd["in_proj_weight"]
         if w.ndim != 2 or w.shape[0] % 3 or w.shape[0] != 3 * w.shape[1]:
@@ -221,9 +276,16 @@ def to_torch_mha(params: Mapping[str, Any], packed: bool | None = None) -> dict[
     """attnkit layout -> ``torch.nn.MultiheadAttention`` state dict.
 
     ``packed=None`` packs ``in_proj_weight`` when q/k/v weights share a shape (kdim == vdim == E),
-    which is what torch itself does; ``packed=False`` writes the separate form.
+    which is what torch itself does; ``packed=False`` writes the separate form. ``bias_k``/``bias_v``
+    are written in torch's ``(1, 1, E)`` shape. Grouped-query weights (``kv_heads < heads``) have no
+    torch ``MultiheadAttention`` form.
     """
     p = check_params(params)
+    if p["k_proj.weight"].shape[0] != p["q_proj.weight"].shape[0]:
+        raise ConfigError(
+            f"weights: k_proj has {p['k_proj.weight'].shape[0]} rows for E = {p['q_proj.weight'].shape[0]} (grouped-query "
+            "attention), which torch.nn.MultiheadAttention cannot hold"
+        )
     same = p["q_proj.weight"].shape == p["k_proj.weight"].shape == p["v_proj.weight"].shape
     if packed and not same:
         raise ConfigError("packed: q/k/v weights differ in shape (kdim/vdim != model_dim); use packed=False")
@@ -239,6 +301,9 @@ def to_torch_mha(params: Mapping[str, Any], packed: bool | None = None) -> dict[
     out["out_proj.weight"] = p["out_proj.weight"]
     if "out_proj.bias" in p:
         out["out_proj.bias"] = p["out_proj.bias"]
+    for name in _EXTRA:
+        if name in p:
+            out[name] = p[name].reshape(1, 1, -1)
     return out
 
 
@@ -280,6 +345,239 @@ def to_hf_bert(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndar
             if key in params:
                 out[f"{prefix}{theirs}.{part}"] = to_numpy(params[key])
     return out
+
+
+# ------------------------------------------------------------------ Hugging Face decoder layers
+_GPT2 = {"c_attn": "c_attn", "c_proj": "c_proj"}
+_LLAMA = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "out_proj": "o_proj"}
+
+
+def _prefixes(keys: set[str], first: str, second: str) -> list[str]:
+    """Every ``p`` such that ``p + first`` and ``p + second`` are keys (``p`` empty or ending in ``.``)."""
+    found = []
+    for k in keys:
+        if k.endswith(first):
+            p = k[: -len(first)]
+            if (p == "" or p.endswith(".")) and p + second in keys:
+                found.append(p)
+    return sorted(found)
+
+
+def _layer_prefix(keys: set[str], prefix: str | None, first: str, second: str, family: str) -> str:
+    if prefix is not None:
+        if prefix + first not in keys:
+            raise ConfigError(f"prefix: no {prefix + first!r} in the {family} state dict (keys: {', '.join(sorted(keys)[:6])})")
+        return prefix
+    found = _prefixes(keys, first, second)
+    if len(found) != 1:
+        where = f" ({', '.join(repr(f) for f in found[:4])})" if found else f" (keys: {', '.join(sorted(keys)[:6])})"
+        raise ConfigError(f"prefix: the state dict holds {len(found)} {family} attention layers{where}; pass prefix= to pick one")
+    return found[0]
+
+
+def hf_gpt2_params(state: Mapping[str, Any], prefix: str | None = None) -> dict[str, np.ndarray]:
+    """Hugging Face GPT-2 attention weights -> attnkit layout.
+
+    ``c_attn.weight`` (E, 3E) and ``c_attn.bias`` (3E) are ``Conv1D``'s (``y = x W + b``): attnkit's
+    ``q/k/v_proj.weight`` are the transposed thirds, ``out_proj.weight`` is ``c_proj.weight`` transposed.
+    ``prefix`` is what precedes ``c_attn.weight`` (``"transformer.h.0.attn."`` in ``GPT2LMHeadModel``,
+    ``"h.0.attn."`` in ``GPT2Model``, ``""`` for a ``GPT2Attention``); found automatically when the state
+    dict holds one layer. Other tensors (layer norms, MLP, embeddings, the causal-mask buffer) are ignored.
+    """
+    sd = {k: to_numpy(v) for k, v in load_state(state).items()}
+    pre = _layer_prefix(set(sd), prefix, "c_attn.weight", "c_proj.weight", "GPT-2")
+    w = sd[pre + "c_attn.weight"]
+    if w.ndim != 2 or w.shape[1] != 3 * w.shape[0]:
+        raise ShapeError(f"weights: {pre}c_attn.weight expected Conv1D's shape (E, 3*E), got {w.shape}")
+    out: dict[str, np.ndarray] = {}
+    for name, part in zip(("q_proj", "k_proj", "v_proj"), np.split(w, 3, axis=1), strict=True):
+        out[f"{name}.weight"] = np.ascontiguousarray(part.T)
+    b = sd.get(pre + "c_attn.bias")
+    if b is not None:
+        if b.shape != (w.shape[1],):
+            raise ShapeError(f"weights: {pre}c_attn.bias expected shape ({w.shape[1]},), got {b.shape}")
+        out["q_proj.bias"], out["k_proj.bias"], out["v_proj.bias"] = np.split(b, 3)
+    if pre + "c_proj.weight" not in sd:
+        raise ConfigError(f"weights: {pre}c_proj.weight is missing from the GPT-2 state dict")
+    out["out_proj.weight"] = np.ascontiguousarray(sd[pre + "c_proj.weight"].T)
+    if pre + "c_proj.bias" in sd:
+        out["out_proj.bias"] = sd[pre + "c_proj.bias"]
+    if ("q_proj.bias" in out) != ("out_proj.bias" in out):  # one layer without the other's bias: a zero bias is exact
+        e = w.shape[0]
+        for name in PROJECTIONS:
+            out.setdefault(f"{name}.bias", np.zeros(e, dtype=w.dtype))
+    return check_params(out)
+
+
+def to_hf_gpt2(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """attnkit layout -> Hugging Face GPT-2 ``c_attn``/``c_proj`` (``Conv1D``, transposed) under ``prefix``."""
+    p = check_params(params)
+    if not p["q_proj.weight"].shape == p["k_proj.weight"].shape == p["v_proj.weight"].shape:
+        raise ConfigError("weights: GPT-2's c_attn packs q/k/v of one shape (E, E); these differ (kdim/vdim or grouped-query)")
+    out = {f"{prefix}c_attn.weight": np.ascontiguousarray(np.concatenate([p[f"{n}_proj.weight"] for n in "qkv"]).T)}
+    if "q_proj.bias" in p:
+        out[f"{prefix}c_attn.bias"] = np.concatenate([p[f"{n}_proj.bias"] for n in "qkv"])
+    out[f"{prefix}c_proj.weight"] = np.ascontiguousarray(p["out_proj.weight"].T)
+    if "out_proj.bias" in p:
+        out[f"{prefix}c_proj.bias"] = p["out_proj.bias"]
+    return out
+
+
+def hf_llama_params(state: Mapping[str, Any], prefix: str | None = None) -> dict[str, np.ndarray]:
+    """Hugging Face Llama / Mistral attention weights (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``) -> attnkit layout.
+
+    ``prefix`` is what precedes ``q_proj.weight`` (``"model.layers.0.self_attn."``; ``""`` for a
+    ``LlamaAttention``), found automatically when the state dict holds one layer. Biases
+    (``attention_bias=True``; Qwen2-style q/k/v biases alone) are kept, a missing one of them as zeros.
+    """
+    sd = {k: to_numpy(v) for k, v in load_state(state).items()}
+    pre = _layer_prefix(set(sd), prefix, "q_proj.weight", "o_proj.weight", "Llama/Mistral")
+    out: dict[str, np.ndarray] = {}
+    for ours, theirs in _LLAMA.items():
+        key = f"{pre}{theirs}.weight"
+        if key not in sd:
+            raise ConfigError(f"weights: {key} is missing from the Llama/Mistral state dict")
+        out[f"{ours}.weight"] = sd[key]
+        if f"{pre}{theirs}.bias" in sd:
+            out[f"{ours}.bias"] = sd[f"{pre}{theirs}.bias"]
+    q = out["q_proj.weight"]
+    if q.ndim == 2 and q.shape[0] != q.shape[1]:
+        raise ConfigError(
+            f"weights: {pre}q_proj.weight has shape {q.shape}: num_heads * head_dim differs from hidden_size, which "
+            "attnkit's MultiHeadAttention (model_dim = heads * head_dim) cannot hold"
+        )
+    if any(f"{n}.bias" in out for n in PROJECTIONS):
+        for n in PROJECTIONS:
+            if f"{n}.bias" not in out:
+                out[f"{n}.bias"] = np.zeros(out[f"{n}.weight"].shape[0], dtype=out[f"{n}.weight"].dtype)
+    return check_params(out)
+
+
+def to_hf_llama(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """attnkit layout -> Hugging Face Llama/Mistral ``q_proj``/``k_proj``/``v_proj``/``o_proj`` keys under ``prefix``."""
+    p = check_params(params)
+    return {f"{prefix}{_LLAMA[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in p.items() if k.split(".")[0] in _LLAMA}
+
+
+def _cfg(config: Any, name: str, default: Any = None) -> Any:
+    if config is None:
+        return default
+    if isinstance(config, Mapping):
+        return config.get(name, default)
+    return getattr(config, name, default)
+
+
+def _gpt2_heads(e: int, num_heads: int | None, config: Any) -> int:
+    from ._array import positive_int
+
+    n = num_heads if num_heads is not None else _cfg(config, "n_head", _cfg(config, "num_attention_heads"))
+    if n is None:
+        if e % 64:
+            raise ConfigError(f"num_heads: the width {e} is not a multiple of GPT-2's head width 64; pass num_heads (or config=)")
+        return e // 64
+    n = positive_int(n, "num_heads")
+    if e % n:
+        raise ConfigError(f"num_heads: expected a divisor of the width {e}, got {n}")
+    return n
+
+
+def from_hf_gpt2(
+    state: Mapping[str, Any] | Any, prefix: str | None = None, *, num_heads: int | None = None, config: Any = None, layer_idx: int | None = None
+) -> Any:
+    """A causal :class:`~attnkit.MultiHeadAttention` with the attention weights of a Hugging Face GPT-2 layer.
+
+    ``state``: a state dict (or safetensors bytes, a path) holding ``c_attn``/``c_proj`` (see
+    :func:`hf_gpt2_params` for ``prefix``). ``num_heads`` (default: ``config.n_head``, else ``E // 64``,
+    the head width of every published GPT-2 size). ``config`` (a ``GPT2Config`` or its ``config.json``
+    as a dict) also brings ``scale_attn_weights=False`` and ``scale_attn_by_inverse_layer_idx`` (with
+    ``layer_idx``): GPT-2's other score scalings, folded into W_q and b_q so the layer computes
+    ``softmax(c * q k^T) v`` with GPT-2's ``c``.
+    """
+    from .mechanisms.multihead import MultiHeadAttention
+
+    params = hf_gpt2_params(state, prefix=prefix)
+    e = int(params["q_proj.weight"].shape[0])
+    heads = _gpt2_heads(e, num_heads, config)
+    hd = e // heads
+    want = (hd**-0.5) if _cfg(config, "scale_attn_weights", True) else 1.0
+    if _cfg(config, "scale_attn_by_inverse_layer_idx", False):
+        if layer_idx is None:
+            raise ConfigError("layer_idx: config.scale_attn_by_inverse_layer_idx is set, so the scale depends on the layer; pass layer_idx")
+        want /= float(int(layer_idx) + 1)
+    fold = want * math.sqrt(hd)  # attnkit scales by 1/sqrt(head_dim)
+    if fold != 1.0:
+        for name in ("q_proj.weight", "q_proj.bias"):
+            if name in params:
+                params[name] = params[name] * np.asarray(fold, dtype=params[name].dtype)
+    mech = MultiHeadAttention(e, heads=heads, bias="q_proj.bias" in params, causal=True)
+    mech.load_parameters(params)
+    return mech
+
+
+def from_hf_llama(
+    state: Mapping[str, Any] | Any,
+    prefix: str | None = None,
+    *,
+    num_heads: int | None = None,
+    head_dim: int | None = None,
+    rope_theta: float | None = None,
+    config: Any = None,
+) -> Any:
+    """A causal :class:`~attnkit.MultiHeadAttention` with RoPE and grouped-query attention, holding the
+    attention weights of a Hugging Face Llama or Mistral layer.
+
+    The weights do not say how the width splits into heads: pass ``num_heads`` or ``head_dim`` (or
+    ``config``, a ``LlamaConfig``/``MistralConfig`` or its ``config.json`` dict, which also gives
+    ``rope_theta``); the key/value heads are read from ``k_proj``'s rows. ``rope_theta`` (default
+    ``config``'s, else 10000) is the RoPE base; RoPE uses HF's ``rotate_half`` pairing
+    (``RotaryEmbedding(head_dim, base=rope_theta, layout="half")``), and linear ``rope_scaling``
+    (``{"rope_type": "linear", "factor": f}``) is position interpolation (``scaling=f``); other
+    scalings (``llama3``, ``yarn``, ...) raise ``ConfigError``. Mistral's ``sliding_window`` is not
+    applied: the layer is exact for sequences no longer than the window.
+    """
+    from ._array import positive_float, positive_int
+    from .kernels.rope import RotaryEmbedding
+    from .mechanisms.multihead import MultiHeadAttention
+
+    params = hf_llama_params(state, prefix=prefix)
+    e = int(params["q_proj.weight"].shape[0])
+    kv_rows = int(params["k_proj.weight"].shape[0])
+    if num_heads is None and head_dim is None:
+        num_heads = _cfg(config, "num_attention_heads")
+        head_dim = _cfg(config, "head_dim")
+    if num_heads is not None:
+        heads = positive_int(num_heads, "num_heads")
+        if e % heads:
+            raise ConfigError(f"num_heads: expected a divisor of q_proj's {e} rows, got {heads}")
+        hd = e // heads
+        if head_dim is not None and positive_int(head_dim, "head_dim") != hd:
+            raise ConfigError(f"head_dim: expected {hd} (= {e} rows of q_proj / num_heads {heads}), got {head_dim}")
+    elif head_dim is not None:
+        hd = positive_int(head_dim, "head_dim")
+        if e % hd:
+            raise ConfigError(f"head_dim: expected a divisor of q_proj's {e} rows, got {hd}")
+        heads = e // hd
+    else:
+        raise ConfigError("num_heads: pass num_heads or head_dim (or config=); the weights do not say how the width splits into heads")
+    if kv_rows % hd or heads % (kv_rows // hd):
+        raise ShapeError(f"weights: k_proj has {kv_rows} rows, not a number of key/value heads of width {hd} dividing {heads} heads")
+    kv_heads = kv_rows // hd
+    cfg_kv = _cfg(config, "num_key_value_heads")
+    if cfg_kv is not None and int(cfg_kv) != kv_heads:
+        raise ConfigError(f"config: num_key_value_heads = {cfg_kv}, but k_proj's {kv_rows} rows make {kv_heads} heads of width {hd}")
+    rope_params = _cfg(config, "rope_parameters") or _cfg(config, "rope_scaling") or {}
+    if rope_theta is None:
+        rope_theta = _cfg(config, "rope_theta", rope_params.get("rope_theta", 10000.0))
+    kind = rope_params.get("rope_type", rope_params.get("type", "default"))
+    scaling = 1.0
+    if kind == "linear":
+        scaling = positive_float(rope_params.get("factor", 1.0), "rope_scaling.factor")
+    elif kind != "default":
+        raise ConfigError(f"config: rope scaling {kind!r} is not supported (only the default and 'linear' position interpolation)")
+    rope = RotaryEmbedding(hd, base=positive_float(rope_theta, "rope_theta"), scaling=scaling, layout="half")
+    mech = MultiHeadAttention(e, heads=heads, kv_heads=kv_heads, bias="q_proj.bias" in params, causal=True, rope=rope)
+    mech.load_parameters(params)
+    return mech
 
 
 #: the attention vectors of PyG's GATConv (``att_src``, ``att_dst``, ``att_edge``) and GATv2Conv (``att``)

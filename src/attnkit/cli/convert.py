@@ -1,8 +1,9 @@
 """``attnkit convert``: tensors between formats, attention weights between layouts.
 
 Tensors: any of npy, npz, safetensors, raw float32, JSON and CSV to any other, bit-exact for
-float32 (see :mod:`attnkit.io`). Weights: a ``torch.nn.MultiheadAttention`` state dict or a Hugging
-Face BERT self-attention state dict (safetensors, npz, or a torch file read with
+float32 (see :mod:`attnkit.io`). Weights: a ``torch.nn.MultiheadAttention`` state dict, a Hugging
+Face BERT self-attention state dict, or the attention of a Hugging Face GPT-2 or Llama/Mistral layer
+(a one-layer model file is recognised as such) (safetensors, npz, or a torch file read with
 ``torch.load(weights_only=True)``) to attnkit's safetensors layout, and back (:mod:`attnkit.weights`).
 A ``.pt``/``.pth`` output, or ``.bin`` when the output is torch/BERT weights (``pytorch_model.bin``),
 is written with ``torch.save``.
@@ -26,13 +27,14 @@ from ._common import MissingExtra, State, UsageError, console, emit_json, fmt_sh
 
 log = logging.getLogger("attnkit.cli")
 
-KINDS = ("auto", "tensors", "torch-mha", "hf-bert", "attnkit")
-_LAYOUT = {"attnkit": "attnkit", "torch_mha": "torch-mha", "hf_bert": "hf-bert"}
+KINDS = ("auto", "tensors", "torch-mha", "hf-bert", "hf-gpt2", "hf-llama", "attnkit")
+_LAYOUT = {"attnkit": "attnkit", "torch_mha": "torch-mha", "hf_bert": "hf-bert", "hf_gpt2": "hf-gpt2", "hf_llama": "hf-llama"}
 
 
 def _kind(value: str, flag: str) -> str:
     v = value.strip().lower().replace("_", "-")
     v = {"torch": "torch-mha", "mha": "torch-mha", "bert": "hf-bert", "hf": "hf-bert", "tensor": "tensors"}.get(v, v)
+    v = {"gpt2": "hf-gpt2", "llama": "hf-llama", "mistral": "hf-llama", "hf-mistral": "hf-llama"}.get(v, v)
     if v not in KINDS:
         raise UsageError(f"{flag}: expected one of {', '.join(KINDS)}, got {value!r}")
     return v
@@ -58,7 +60,7 @@ def is_torch_file(path: str | os.PathLike[str]) -> bool:
 
 
 def detect_weights_kind(state: dict[str, np.ndarray]) -> str | None:
-    """``"attnkit"``, ``"torch-mha"``, ``"hf-bert"`` for attention weights; ``None`` for other tensors."""
+    """``"attnkit"``, ``"torch-mha"``, ``"hf-bert"``, ``"hf-gpt2"``, ``"hf-llama"`` for attention weights; ``None`` for other tensors."""
     from ..weights import detect_layout
 
     try:
@@ -142,10 +144,10 @@ def read_source(src: str, *, shape: str | None, input_format: str | None) -> dic
 
 
 def check_target(src: str, arrays: dict[str, np.ndarray], layout: str | None, to_k: str) -> None:
-    if to_k in ("torch-mha", "hf-bert", "attnkit") and layout is None:
+    if to_k not in ("auto", "tensors") and layout is None:
         raise UsageError(
             f"--to {to_k}: {src!r} holds no attention weights (keys: {', '.join(sorted(arrays)[:6])}); "
-            "expected a torch MultiheadAttention, HF BERT or attnkit state dict"
+            "expected a torch MultiheadAttention, HF BERT/GPT-2/Llama or attnkit state dict"
         )
 
 
@@ -171,6 +173,8 @@ def convert_arrays(
         params = W.from_torch_mha(arrays)
     elif layout == "hf-bert":
         params = W.from_hf_bert(arrays, prefix=prefix)
+    elif layout in ("hf-gpt2", "hf-llama"):
+        params = W.to_attnkit(arrays, prefix=prefix)
     else:
         params = {k: v for k, v in arrays.items() if k.split(".")[0] in W.PROJECTIONS}
     target = to_k if to_k != "auto" else "attnkit"
@@ -178,6 +182,10 @@ def convert_arrays(
         out = W.to_torch_mha(params, packed=False if unpacked else None)
     elif target == "hf-bert":
         out = W.to_hf_bert(params, prefix=prefix or "")
+    elif target == "hf-gpt2":
+        out = W.to_hf_gpt2(params, prefix=prefix or "")
+    elif target == "hf-llama":
+        out = W.to_hf_llama(params, prefix=prefix or "")
     else:
         out = params
     log.info("weights: %s -> %s", layout, target)
@@ -187,7 +195,7 @@ def convert_arrays(
 def write_dest(dest: str, dst: str, dst_key: str | None, out: dict[str, np.ndarray], target: str, output_format: str | None) -> str:
     """Write ``out``; ``.pt``/``.pth`` (and ``.bin`` for torch/BERT weights) with ``torch.save``. The format written."""
     suffix = Path(dst).suffix.lower()
-    if output_format is None and (suffix in (".pt", ".pth") or (suffix == ".bin" and target in ("torch-mha", "hf-bert"))):
+    if output_format is None and (suffix in (".pt", ".pth") or (suffix == ".bin" and target not in ("attnkit", "tensors"))):
         _torch_save(dst, out)
         return "torch"
     if len(out) == 1 and dst_key is None:

@@ -33,6 +33,10 @@ __all__ = [
     "mask_tile",
     "apply_mask",
     "apply_mask_tile",
+    "key_padding_mask",
+    "combine_masks",
+    "append_key_columns",
+    "causal_like",
 ]
 
 
@@ -247,3 +251,72 @@ def apply_mask_tile(s: Array, mask: Array | None, xp: Namespace, q0: int, q1: in
     if mask is None:
         return s
     return apply_mask(s, mask_tile(mask, q0, q1, k0, k1), xp)
+
+
+# ------------------------------------------------------------------ torch MultiheadAttention's key masks
+def key_padding_mask(
+    kpm: Any, xp: Namespace, target: tuple[int, ...], dtype: Any, device: Any = None, name: str = "key_padding_mask"
+) -> Array | None:
+    """A ``key_padding_mask`` of shape ``(..., Lk)`` as torch's ``MultiheadAttention`` takes it -> an attnkit mask.
+
+    torch's convention is the opposite of attnkit's: a bool ``True`` marks a key to **ignore** (padding);
+    a float mask is added to the scores, as attnkit's float masks are. The result broadcasts to
+    ``target = (..., H, Lq, Lk)``: shape ``(..., 1, 1, Lk)``, bool True = may attend, or float.
+    """
+    if kpm is None:
+        return None
+    if not array_api_compat.is_array_api_obj(kpm):
+        try:
+            kpm = np.asarray(kpm)
+        except (ValueError, TypeError) as exc:
+            raise ShapeError(f"{name}: expected a rectangular (..., Lk) array ({exc})") from exc
+    lk = _dim(target[-1])
+    batch = tuple(target[:-3])
+    if kpm.ndim < 1 or kpm.ndim > len(batch) + 1 or _dim(kpm.shape[-1]) != lk:
+        raise ShapeError(
+            f"{name}: expected shape (..., Lk) with Lk = {lk} and batch dimensions that broadcast to {shape_str(batch)}, got {shape_str(kpm.shape)}"
+        )
+    mxp = array_api_compat.array_namespace(kpm)
+    if mxp.isdtype(kpm.dtype, "bool"):
+        kpm = mxp.logical_not(kpm)  # torch: True = padding; attnkit: True = attend
+    kpm = mxp.reshape(kpm, (*tuple(kpm.shape[:-1]), 1, 1, lk))
+    return prepare_mask(kpm, xp, target, dtype, device=device, name=name, layout="(..., Lk)")
+
+
+def combine_masks(a: Array | None, b: Array | None, xp: Namespace, dtype: Any) -> Array | None:
+    """Both masks at once: ``a & b`` for two bool masks; otherwise the sum of their additive forms
+    (a bool mask becomes ``0`` where True and ``-inf`` where False)."""
+    if a is None or b is None:
+        return b if a is None else a
+    if xp.isdtype(a.dtype, "bool") and xp.isdtype(b.dtype, "bool"):
+        return xp.logical_and(a, b)
+    return _additive(a, xp, dtype) + _additive(b, xp, dtype)
+
+
+def _additive(m: Array, xp: Namespace, dtype: Any) -> Array:
+    if not xp.isdtype(m.dtype, "bool"):
+        return m
+    zero = xp.zeros((), dtype=dtype, device=array_api_compat.device(m))
+    return xp.where(m, zero, zero - xp.inf)
+
+
+def causal_like(s: Array, xp: Namespace) -> Array:
+    """Bool ``(Lq, Lk)`` bottom-right causal mask (``j <= i + Lk - Lq``) for scores shaped like ``s (..., Lq, Lk)``,
+    counted from ``s`` itself (:func:`index_grid`), so it holds when the lengths are symbolic (a graph being exported)."""
+    i, j = index_grid(s, xp)
+    offset = (xp.max(j[:1, :]) + 1.0) - (xp.max(i[:, :1]) + 1.0)
+    return j <= i + offset
+
+
+def append_key_columns(mask: Array | None, xp: Namespace, lk: int, extra: int) -> Array | None:
+    """``mask (..., Lq, Lk or 1)`` widened to ``Lk + extra`` keys, the ``extra`` appended keys visible to every
+    query (True, or ``0`` added), as torch's ``MultiheadAttention`` pads its masks for ``add_bias_kv`` and
+    ``add_zero_attn``."""
+    if mask is None or extra == 0:
+        return mask
+    is_bool = xp.isdtype(mask.dtype, "bool")
+    if _dim(mask.shape[-1]) != lk:  # a mask broadcast over the keys: give it its Lk columns first
+        cols = xp.ones((lk,), dtype=xp.bool, device=array_api_compat.device(mask))
+        mask = xp.logical_and(mask, cols) if is_bool else mask + xp.zeros((lk,), dtype=mask.dtype, device=array_api_compat.device(mask))
+    fill = xp.ones_like(mask[..., :1]) if is_bool else xp.zeros_like(mask[..., :1])
+    return xp.concat([mask, *([fill] * extra)], axis=-1)

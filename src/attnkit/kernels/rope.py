@@ -24,6 +24,7 @@ array-API generic: torch tensors stay torch (on their device, with autograd thro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import array_api_compat
@@ -138,7 +139,7 @@ class RotaryEmbedding:
         x = as_float_array(x, "x", xp)
         if x.ndim < 1:
             raise ShapeError(f"x: expected shape (..., L, D) with D >= dim = {self.dim}, got a scalar")
-        if x.shape[-1] < self.dim:
+        if x.shape[-1] is not None and x.shape[-1] < self.dim:
             raise ShapeError(f"x: expected at least dim = {self.dim} features along the last axis, got {x.shape[-1]} (shape {shape_str(x.shape)})")
         lead = x.ndim - 1
         if isinstance(seq_axis, bool) or not isinstance(seq_axis, (int, np.integer)):
@@ -241,10 +242,17 @@ def as_rope(value: Any, dim: int, name: str = "rope") -> RotaryEmbedding | None:
 
     ``None``/``False``: no rotary embedding; a :class:`RotaryEmbedding`: used as given (its ``dim`` must not
     exceed the head width ``dim``); ``True``, ``"half"`` or ``"interleaved"``: a default embedding over the
-    whole head width with that layout (the string form is what the CLI and config files pass).
+    whole head width with that layout (the string form is what the CLI and config files pass); a mapping
+    of :class:`RotaryEmbedding`'s options (``{"base": 500000.0}``; ``dim`` defaults to the head width),
+    which is how a config file or preset gives the base.
     """
     if value is None or value is False:
         return None
+    if isinstance(value, Mapping):
+        unknown = sorted(set(map(str, value)) - {"dim", "base", "scaling", "layout"})
+        if unknown:
+            raise ConfigError(f"{name}: unknown RotaryEmbedding option {unknown[0]!r}; expected dim, base, scaling, layout")
+        return as_rope(RotaryEmbedding(**{"dim": dim, **{str(k): v for k, v in value.items()}}), dim, name)
     if isinstance(value, RotaryEmbedding):
         if value.dim > dim:
             raise ConfigError(f"{name}: the RotaryEmbedding rotates {value.dim} features but the head width is {dim}")
@@ -267,6 +275,13 @@ def apply_rope_qk(rope: RotaryEmbedding | None, q: Array, k: Array) -> tuple[Arr
     key/value cache). ``rope=None`` returns ``q, k`` unchanged."""
     if rope is None:
         return q, k
+    xp = namespace(q)
+    if is_graph(xp):
+        # symbolic lengths (an exported graph): Lk - Lq is counted in the graph, so the model places its
+        # queries right at every length, not at the example's
+        ones_q, ones_k = xp.ones_like(q[..., 0]), xp.ones_like(k[..., 0])  # (..., H, Lq), (..., H, Lk)
+        shift = xp.sum(ones_k, axis=-1, keepdims=True) - xp.sum(ones_q, axis=-1, keepdims=True)
+        return rope.apply(q, xp.cumulative_sum(ones_q, axis=-1) - 1.0 + shift, seq_axis=-2), rope.apply(k, None, seq_axis=-2)
     lq, lk = _dim(q.shape[-2]), _dim(k.shape[-2])
     qpos = None if lq == lk else np.arange(lk - lq, lk, dtype=np.float64)
     return rope.apply(q, qpos, seq_axis=-2), rope.apply(k, None, seq_axis=-2)

@@ -34,7 +34,9 @@ def _library_of(params: Mapping[str, Any]) -> Any | None:
 
 def _join(x: Any, like: Any) -> Any:
     """A NumPy array (or Python sequence) ``x`` moved into ``like``'s library and device."""
-    if x is None or (array_api_compat.is_array_api_obj(x) and not isinstance(x, (np.ndarray, np.generic))):
+    if x is None or isinstance(x, (bool, str)):
+        return x  # a flag (need_weights=True) or a name is an option, not data
+    if array_api_compat.is_array_api_obj(x) and not isinstance(x, (np.ndarray, np.generic)):
         return x  # already an array of some library (asked first: np.isscalar is not traceable by dynamo)
     if not (isinstance(x, (np.ndarray, list, tuple)) or np.isscalar(x)):
         return x

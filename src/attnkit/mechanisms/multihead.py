@@ -10,14 +10,20 @@ Inputs are ``(..., L, model_dim)`` like ``torch.nn.MultiheadAttention(batch_firs
 
 Masks follow attnkit's convention — bool True = may attend, float = added — which is the opposite
 of ``torch.nn.MultiheadAttention``'s bool ``attn_mask`` (True = masked): pass ``~mask`` when porting.
-A key-padding mask is a mask of shape ``(..., 1, 1, Lk)``.
+``key_padding_mask`` ``(..., Lk)`` keeps torch's own convention (True = padding, ignore), so torch code
+passes it unchanged; it is the same as ``mask=~key_padding_mask[..., None, None, :]``.
+
+torch's ``MultiheadAttention`` options are here too: ``add_bias_kv`` (learned ``bias_k``/``bias_v``
+appended to the projected keys and values as one more position), ``add_zero_attn`` (a zero key and value
+appended after that), and ``forward(..., need_weights=True, average_attn_weights=...)`` returning
+``(output, weights)``. ``rope=`` rotates the projected queries and keys (Su et al. 2021), as in Llama.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, overload
 
 import array_api_compat
 import numpy as np
@@ -40,11 +46,13 @@ from ..errors import AttentionError, ConfigError, ShapeError
 from ..kernels.decode import cached_attention
 from ..kernels.dense import NO_WINDOW, attention_weights, sdpa
 from ..kernels.gqa import group_keys, group_queries, ungroup
-from ..kernels.masks import prepare_mask, unflatten_mask
+from ..kernels.masks import append_key_columns, causal_allowed, causal_like, combine_masks, prepare_mask, unflatten_mask
+from ..kernels.masks import key_padding_mask as _key_padding_mask
 from ..kernels.projection import linear, merge_heads, split_heads
+from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
 from ..weights import PROJECTIONS, load_state, to_attnkit
 from ._learned import LearnedParams
-from .base import Mechanism
+from .base import Mechanism, _lazy
 from .kv_cache import KVCache, as_cache, cache_mask
 from .registry import register
 
@@ -67,6 +75,17 @@ class MultiHeadAttention(LearnedParams, Mechanism):
     (grouped-query attention, Ainslie et al. 2023; multi-query attention with ``kv_heads=1``,
     Shazeer 2019); query head ``h`` uses key/value head ``h // (heads / kv_heads)``, the convention
     of torch's ``scaled_dot_product_attention(..., enable_gqa=True)``.
+
+    ``rope``: a :class:`~attnkit.RotaryEmbedding` (or ``True``/``"half"``/``"interleaved"`` for one over
+    the head width) applied to the projected queries and keys of every head, keys at positions
+    ``0 .. Lk-1`` and queries at ``Lk-Lq .. Lk-1`` (Su et al. 2021; as Llama and Mistral do).
+
+    ``add_bias_kv`` and ``add_zero_attn`` are torch's (``torch.nn.MultiheadAttention``): the learned
+    vectors ``bias_k``, ``bias_v`` (width ``kv_heads * head_dim``) are appended to the projected keys
+    and values as one more position, then (``add_zero_attn``) a zero key and a zero value; every query
+    may attend to these appended positions, whatever ``mask``, ``key_padding_mask`` and ``causal`` say
+    of the real keys (torch pads its masks the same way), so attention weights have ``Lk + 1`` or
+    ``Lk + 2`` columns. RoPE, when set, rotates the real keys only.
     """
 
     name = "multi_head"
@@ -88,6 +107,9 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         seed: int | None = None,
         check_finite: bool = True,
         kv_heads: int | None = None,
+        rope: RotaryEmbedding | str | bool | None = None,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
     ) -> None:
         super().__init__()
         self.model_dim = positive_int(model_dim, "model_dim")
@@ -105,6 +127,9 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         self.keep_weights = bool(keep_weights)
         self.seed = seed
         self.check_finite = bool(check_finite)
+        self.rope = as_rope(rope, self.head_dim)
+        self.add_bias_kv = bool(add_bias_kv)
+        self.add_zero_attn = bool(add_zero_attn)
         self._params = self._init_params(self._param_rng())
 
     # ------------------------------------------------------------------ weights
@@ -139,6 +164,9 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         if self.bias:
             for name in PROJECTIONS:
                 p[f"{name}.bias"] = np.zeros(outs[name], dtype=np.float32)
+        if self.add_bias_kv:  # torch: xavier_normal_ on a (1, 1, E) tensor, i.e. std sqrt(1 / E)
+            for name in ("bias_k", "bias_v"):
+                p[name] = rng.normal(0.0, math.sqrt(1.0 / self.kv_dim), self.kv_dim).astype(np.float32)
         return p
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -146,16 +174,46 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         shapes: dict[str, tuple[int, ...]] = {f"{n}.weight": (outs[n], d) for n, d in self._in_dims().items()}
         if self.bias:
             shapes.update({f"{n}.bias": (outs[n],) for n in PROJECTIONS})
+        if self.add_bias_kv:
+            shapes.update({"bias_k": (self.kv_dim,), "bias_v": (self.kv_dim,)})
         return shapes
 
     def load_weights(self, weights: Any, prefix: str | None = None) -> None:
         """Load projections from safetensors bytes, a path, or a dict of arrays.
 
         Accepts attnkit's layout, a ``torch.nn.MultiheadAttention`` state dict (packed or kdim/vdim
-        form) or Hugging Face BERT self-attention weights (``prefix`` picks the layer).
+        form, ``bias_k``/``bias_v`` of ``add_bias_kv=True``), or the attention of a Hugging Face BERT,
+        GPT-2 or Llama/Mistral layer (``prefix`` picks the layer; see :mod:`attnkit.weights`).
         """
         self._check_alive()
-        self._set_params(to_attnkit(load_state(weights), prefix=prefix))
+        params = to_attnkit(load_state(weights), prefix=prefix)
+        if "bias_k" in params and not self.add_bias_kv:
+            raise ConfigError("weights: the state dict has bias_k/bias_v (torch's add_bias_kv=True); construct with add_bias_kv=True")
+        self._set_params(params)
+
+    @classmethod
+    def from_torch(cls, module: Any, **options: Any) -> MultiHeadAttention:
+        """A :class:`MultiHeadAttention` with the options and weights of a ``torch.nn.MultiheadAttention``
+        (``embed_dim``, ``num_heads``, ``dropout``, biases, ``kdim``/``vdim``, ``add_bias_kv``,
+        ``add_zero_attn``); ``options`` add or override constructor options (e.g. ``causal=True``)."""
+        for attr in ("embed_dim", "num_heads", "in_proj_bias", "kdim", "vdim", "bias_k"):
+            if not hasattr(module, attr):
+                raise ConfigError(f"module: expected a torch.nn.MultiheadAttention, got {type(module).__name__}")
+        e = int(module.embed_dim)
+        kw: dict[str, Any] = dict(
+            model_dim=e,
+            heads=int(module.num_heads),
+            dropout=float(module.dropout),
+            bias=module.in_proj_bias is not None,
+            kdim=None if int(module.kdim) == e else int(module.kdim),
+            vdim=None if int(module.vdim) == e else int(module.vdim),
+            add_bias_kv=module.bias_k is not None,
+            add_zero_attn=bool(module.add_zero_attn),
+        )
+        kw.update(options)
+        mech = MultiHeadAttention(**kw)
+        mech.load_weights(dict(module.state_dict()))
+        return mech
 
     # ------------------------------------------------------------------ forward
     def _input(self, x: Any, name: str, width: int, xp: Any) -> Array:
@@ -170,9 +228,22 @@ class MultiHeadAttention(LearnedParams, Mechanism):
             check_finite(x, name, xp)
         return x
 
-    def _project(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, mask: Any, with_value: bool = True) -> tuple:
-        """Validated inputs projected and split into heads: ``(qh, kh, vh, mask, w, out_dtype, flat, xp)``
-        (``vh`` is ``None`` when ``with_value`` is false: attention weights need no values)."""
+    def _project(
+        self,
+        params: Mapping[str, Array],
+        query: Any,
+        key: Any,
+        value: Any,
+        mask: Any,
+        with_value: bool = True,
+        key_padding_mask: Any = None,
+        positional: bool = True,
+    ) -> tuple:
+        """Validated inputs projected and split into heads: ``(qh, kh, vh, mask, causal, w, out_dtype, flat, xp)``
+        (``vh`` is ``None`` when ``with_value`` is false: attention weights need no values). ``mask`` is
+        ``mask`` and ``key_padding_mask`` in one; RoPE and the appended ``bias_k``/zero positions are applied,
+        and ``causal`` is what the kernel is left to do (folded into the mask when positions were appended).
+        ``positional=False`` leaves RoPE and the appended positions out (decoding with a cache places them itself)."""
         if key is None and value is None:
             key = value = query
         elif value is None:
@@ -206,14 +277,93 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         lq, lk = _dim(q.shape[-2]), _dim(k.shape[-2])
         if flat:
             mask = unflatten_mask(mask, lq, lk)
-        pm = prepare_mask(mask, xp, (*batch, self.heads, lq, lk), cdt, device=array_api_compat.device(q))
+        dev = array_api_compat.device(q)
+        target = (*batch, self.heads, lq, lk)
+        pm = prepare_mask(mask, xp, target, cdt, device=dev)
+        pm = combine_masks(pm, _key_padding_mask(key_padding_mask, xp, target, cdt, device=dev), xp, cdt)
         qh = split_heads(linear(q, w["q_proj.weight"], w.get("q_proj.bias"), xp), self.heads, xp)
         kh = split_heads(linear(k, w["k_proj.weight"], w.get("k_proj.bias"), xp), self.kv_heads, xp)
         vh = None if v is None else split_heads(linear(v, w["v_proj.weight"], w.get("v_proj.bias"), xp), self.kv_heads, xp)
-        return qh, kh, vh, pm, w, out_dtype, flat, xp
+        if not positional:
+            return qh, kh, vh, pm, self.causal, w, out_dtype, flat, xp
+        qh, kh = apply_rope_qk(self.rope, qh, kh)
+        causal = self.causal
+        extra = int(self.add_bias_kv) + int(self.add_zero_attn)
+        if extra:
+            # the appended positions are visible to every query: causal becomes a mask over the real keys
+            if causal:
+                if lq is None or lk is None:  # symbolic lengths (a graph being exported): counted from a score-shaped array
+                    allowed = causal_like(qh[..., :1, :, :1] @ xp.matrix_transpose(kh[..., :1, :, :1]), xp)
+                else:
+                    allowed = causal_allowed(xp, 0, lq, 0, lk, lk - lq, dev)
+                pm = combine_masks(pm, allowed, xp, cdt)
+                causal = False
+            kh, vh = self._append_positions(w, kh, vh, xp)
+            pm = append_key_columns(pm, xp, lk, extra)
+        return qh, kh, vh, pm, causal, w, out_dtype, flat, xp
 
-    def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, cache: KVCache | None = None) -> Array:
+    def _append_positions(self, w: Mapping[str, Array], kh: Array, vh: Array | None, xp: Any) -> tuple[Array, Array | None]:
+        """torch's ``add_bias_kv`` then ``add_zero_attn``: one more key/value position each, heads-first."""
+        hk, d = self.kv_heads, self.head_dim
+        zero_k = xp.zeros_like(kh[..., :1, :])  # (..., Hkv, 1, d): broadcasts by arithmetic, so lengths may be symbolic
+        zero_v = None if vh is None else xp.zeros_like(vh[..., :1, :])
+        ks, vs = [kh], [vh]
+        if self.add_bias_kv:
+            ks.append(zero_k + xp.reshape(w["bias_k"], (hk, 1, d)))
+            vs.append(None if vh is None else zero_v + xp.reshape(w["bias_v"], (hk, 1, d)))
+        if self.add_zero_attn:
+            ks.append(zero_k)
+            vs.append(zero_v)
+        return xp.concat(ks, axis=-2), None if vh is None else xp.concat(vs, axis=-2)
+
+    # ------------------------------------------------------------------ public calls
+    @overload
+    def forward(
+        self,
+        query: Any,
+        key: Any = None,
+        value: Any = None,
+        *,
+        mask: Any = None,
+        key_padding_mask: Any = None,
+        need_weights: Literal[False] = False,
+        average_attn_weights: bool = True,
+        cache: KVCache | None = None,
+    ) -> Array: ...
+
+    @overload
+    def forward(
+        self,
+        query: Any,
+        key: Any = None,
+        value: Any = None,
+        *,
+        mask: Any = None,
+        key_padding_mask: Any = None,
+        need_weights: Literal[True],
+        average_attn_weights: bool = True,
+        cache: KVCache | None = None,
+    ) -> tuple[Array, Array]: ...
+
+    def forward(
+        self,
+        query: Any,
+        key: Any = None,
+        value: Any = None,
+        *,
+        mask: Any = None,
+        key_padding_mask: Any = None,
+        need_weights: bool = False,
+        average_attn_weights: bool = True,
+        cache: KVCache | None = None,
+    ) -> Any:
         """Output ``(..., Lq, model_dim)``; ``key``/``value`` default to ``query``; flat in, flat out.
+
+        ``mask``: attnkit's (bool True = may attend, float added), broadcasting to ``(..., H, Lq, Lk)``.
+        ``key_padding_mask``: ``(..., Lk)`` in torch's convention (bool True = padding, ignored; float
+        added). ``need_weights=True`` returns ``(output, weights)`` as torch does: the attention
+        probabilities used (after dropout, when training), averaged over the heads, ``(..., Lq, Lk)``,
+        or per head ``(..., H, Lq, Lk)`` with ``average_attn_weights=False``.
 
         ``cache``: a :class:`~attnkit.KVCache` of ``kv_heads`` heads of width ``head_dim``, for
         incremental decoding as self-attention (``forward(x, cache=cache)``, no ``key``/``value``):
@@ -221,20 +371,52 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         causally over the cache (bottom-right aligned, whatever ``causal`` says; RoPE positions, where
         the layer has ``rope``, from the cache), as :meth:`attnkit.FlashAttention.forward` does.
         """
-        if cache is None:
-            return self._run_forward(query, key, value, mask=mask)
-        return self._run_forward(query, key, value, mask=mask, cache=cache)
-
-    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, cache: Any = None) -> Array:
-        """Output ``(..., Lq, model_dim)``; ``key``/``value`` default to ``query``; flat in, flat out."""
+        extras: dict[str, Any] = {}
         if cache is not None:
+            extras["cache"] = cache
+        if need_weights:
+            extras.update(need_weights=True, average_attn_weights=bool(average_attn_weights))
+        if key_padding_mask is not None:
+            extras["key_padding_mask"] = key_padding_mask
+        if (need_weights or key_padding_mask is not None) and _lazy(query, key, value):
+            if need_weights:
+                raise ConfigError("need_weights: not available on Dask arrays (the weights are O(Lq*Lk)); compute the inputs first")
+            mask = _fold_key_padding(mask, extras.pop("key_padding_mask"))
+        return self._run_forward(query, key, value, mask=mask, **extras)
+
+    def attention_weights(self, query: Any, key: Any = None, *, mask: Any = None, key_padding_mask: Any = None) -> Array:
+        """The attention probabilities ``(..., H, Lq, Lk)`` of the projected ``query`` over ``key``
+        (``key_padding_mask`` as in :meth:`forward`)."""
+        extras = {} if key_padding_mask is None else {"key_padding_mask": key_padding_mask}
+        return self._run_weights(query, key, mask=mask, **extras)
+
+    def _forward(
+        self,
+        params: Mapping[str, Array],
+        query: Any,
+        key: Any,
+        value: Any,
+        *,
+        mask: Any = None,
+        key_padding_mask: Any = None,
+        need_weights: bool = False,
+        average_attn_weights: bool = True,
+        cache: Any = None,
+    ) -> Any:
+        """Output ``(..., Lq, model_dim)`` (and the weights, with ``need_weights``); see :meth:`forward`."""
+        if cache is not None:
+            if need_weights or key_padding_mask is not None:
+                what = "need_weights" if need_weights else "key_padding_mask"
+                raise ConfigError(f"{what}: not available with cache= (decoding attends over the cache; pass a mask over its keys instead)")
             return self._forward_cached(params, query, key, value, mask, as_cache(cache))
-        qh, kh, vh, pm, w, out_dtype, flat, xp = self._project(params, query, key, value, mask)
+        qh, kh, vh, pm, causal, w, out_dtype, flat, xp = self._project(params, query, key, value, mask, key_padding_mask=key_padding_mask)
         scale = 1.0 / math.sqrt(self.head_dim)
         p = self.dropout if self.training else 0.0
-        if self.keep_weights:
-            probs = attention_weights(qh, kh, xp=xp, scale=scale, mask=pm, causal=self.causal)
-            self._cache["weights"] = probs
+        probs = None
+        if self.keep_weights or need_weights:
+            probs = attention_weights(qh, kh, xp=xp, scale=scale, mask=pm, causal=causal)
+            if self.keep_weights:
+                self._cache["weights"] = probs
             if p > 0.0:
                 keep = (self._rng().random(tuple(probs.shape)) >= p) / (1.0 - p)
                 probs = probs * xp.asarray(keep, dtype=probs.dtype, device=array_api_compat.device(probs))
@@ -244,11 +426,15 @@ class MultiHeadAttention(LearnedParams, Mechanism):
                 heads_out = ungroup(group_queries(probs, self.kv_heads, xp) @ group_keys(vh, xp), xp)
         else:
             self._cache.pop("weights", None)
-            heads_out = sdpa(qh, kh, vh, xp=xp, scale=scale, mask=pm, causal=self.causal, dropout_p=p, rng=self._rng())
+            heads_out = sdpa(qh, kh, vh, xp=xp, scale=scale, mask=pm, causal=causal, dropout_p=p, rng=self._rng())
         out = linear(merge_heads(heads_out, xp), w["out_proj.weight"], w.get("out_proj.bias"), xp)
         if out.dtype != out_dtype:
             out = xp.astype(out, out_dtype)
-        return xp.reshape(out, (-1,)) if flat else out
+        out = xp.reshape(out, (-1,)) if flat else out
+        if not need_weights or probs is None:
+            return out
+        weights = xp.mean(probs, axis=-3) if average_attn_weights else probs
+        return out, xp.astype(weights, out_dtype) if weights.dtype != out_dtype else weights
 
     def _forward_cached(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, mask: Any, cache: KVCache) -> Array:
         """``forward(x, cache=cache)``: self-attention of the new tokens over the cache (see :meth:`forward`)."""
@@ -256,7 +442,9 @@ class MultiHeadAttention(LearnedParams, Mechanism):
             raise ConfigError("cache: decoding with a KVCache is self-attention; call forward(x, cache=cache) without key/value")
         if self._in_dims()["k_proj"] != self.model_dim or self._in_dims()["v_proj"] != self.model_dim:
             raise ConfigError("cache: decoding with a KVCache is self-attention; this layer's keys have another width (kdim/vdim)")
-        qh, kh, vh, _, w, out_dtype, flat, xp = self._project(params, query, None, None, None)
+        if self.add_bias_kv or self.add_zero_attn:
+            raise ConfigError("cache: decoding with a KVCache does not support add_bias_kv/add_zero_attn (torch's appended key positions)")
+        qh, kh, vh, _, _, w, out_dtype, flat, xp = self._project(params, query, None, None, None, positional=False)
         if is_graph(xp):
             raise ConfigError("cache: a KVCache is Python state and cannot be exported to ONNX; export the forward without cache=")
         lq, p0 = int(qh.shape[-2]), cache.length
@@ -280,10 +468,12 @@ class MultiHeadAttention(LearnedParams, Mechanism):
             out = xp.astype(out, out_dtype)
         return xp.reshape(out, (-1,)) if flat else out
 
-    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, key_padding_mask: Any = None) -> Array:
         """The attention probabilities ``(..., H, Lq, Lk)`` of the projected ``query`` over ``key``."""
-        qh, kh, _, pm, _, out_dtype, flat, xp = self._project(params, query, key, None, mask, with_value=False)
-        probs = attention_weights(qh, kh, xp=xp, scale=1.0 / math.sqrt(self.head_dim), mask=pm, causal=self.causal)
+        qh, kh, _, pm, causal, _, out_dtype, flat, xp = self._project(
+            params, query, key, None, mask, with_value=False, key_padding_mask=key_padding_mask
+        )
+        probs = attention_weights(qh, kh, xp=xp, scale=1.0 / math.sqrt(self.head_dim), mask=pm, causal=causal)
         if probs.dtype != out_dtype:
             probs = xp.astype(probs, out_dtype)
         return xp.reshape(probs, (-1,)) if flat else probs
@@ -332,6 +522,9 @@ class CrossAttention(MultiHeadAttention):
         seed: int | None = None,
         check_finite: bool = True,
         kv_heads: int | None = None,
+        rope: RotaryEmbedding | str | bool | None = None,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
     ) -> None:
         self.query_dim = positive_int(query_dim, "query_dim")
         self.key_dim = positive_int(key_dim, "key_dim")
@@ -347,23 +540,26 @@ class CrossAttention(MultiHeadAttention):
             seed=seed,
             check_finite=check_finite,
             kv_heads=kv_heads,
+            rope=rope,
+            add_bias_kv=add_bias_kv,
+            add_zero_attn=add_zero_attn,
         )
 
     def _in_dims(self) -> dict[str, int]:
         e = self.model_dim
         return {"q_proj": e, "k_proj": self.key_dim, "v_proj": self.key_dim, "out_proj": e}
 
-    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, cache: Any = None) -> Array:
-        if cache is not None:
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, **extras: Any) -> Any:
+        if extras.get("cache") is not None:
             raise ConfigError("cache: a KVCache serves self-attention; CrossAttention attends fixed keys (project them once instead)")
         if key is None:
             raise ShapeError(f"key: CrossAttention needs keys of width key_dim = {self.key_dim}")
-        return super()._forward(params, query, key, key if value is None else value, mask=mask)
+        return super()._forward(params, query, key, key if value is None else value, mask=mask, **extras)
 
-    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, **extras: Any) -> Array:
         if key is None:
             raise ShapeError(f"key: CrossAttention needs keys of width key_dim = {self.key_dim}")
-        return super()._attention_weights(params, query, key, mask=mask)
+        return super()._attention_weights(params, query, key, mask=mask, **extras)
 
     def example_inputs(self, seq_len: int = 8, rng: np.random.Generator | None = None) -> tuple[np.ndarray, ...]:
         rng = rng or np.random.default_rng()
@@ -396,6 +592,9 @@ class SelfAttention(MultiHeadAttention):
         seed: int | None = None,
         check_finite: bool = True,
         kv_heads: int | None = None,
+        rope: RotaryEmbedding | str | bool | None = None,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
     ) -> None:
         super().__init__(
             model_dim,
@@ -407,14 +606,33 @@ class SelfAttention(MultiHeadAttention):
             seed=seed,
             check_finite=check_finite,
             kv_heads=kv_heads,
+            rope=rope,
+            add_bias_kv=add_bias_kv,
+            add_zero_attn=add_zero_attn,
         )
 
-    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, cache: Any = None) -> Array:
+    def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None, **extras: Any) -> Any:
         if key is not None or value is not None:
             raise ConfigError("key: SelfAttention attends the query over itself; use MultiHeadAttention or CrossAttention for other keys")
-        return super()._forward(params, query, None, None, mask=mask, cache=cache)
+        return super()._forward(params, query, None, None, mask=mask, **extras)
 
-    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None) -> Array:
+    def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, **extras: Any) -> Array:
         if key is not None:
             raise ConfigError("key: SelfAttention attends the query over itself; use MultiHeadAttention or CrossAttention for other keys")
-        return super()._attention_weights(params, query, None, mask=mask)
+        return super()._attention_weights(params, query, None, mask=mask, **extras)
+
+
+def _fold_key_padding(mask: Any, key_padding_mask: Any) -> Any:
+    """``mask`` and torch's ``key_padding_mask`` ``(..., Lk)`` (True = padding) as one attnkit mask, for
+    Dask inputs (the lazy adapter chunks ``mask`` along the batch, as it does the inputs)."""
+    import dask.array as da
+
+    kpm = da.asarray(key_padding_mask)
+    allowed = ~kpm[..., None, None, :] if kpm.dtype == bool else kpm[..., None, None, :]
+    if mask is None:
+        return allowed
+    m = da.asarray(mask)
+    if m.dtype == bool and allowed.dtype == bool:
+        return m & allowed
+    add = [da.where(x, 0.0, -np.inf).astype(np.result_type(m.dtype, allowed.dtype, np.float32)) if x.dtype == bool else x for x in (m, allowed)]
+    return add[0] + add[1]

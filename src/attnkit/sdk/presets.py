@@ -28,12 +28,24 @@ preset                  mechanism          settings (and what they mean)
                                            scaling folded into W_q.
 ``hyperbolic_tree``     hyperbolic         curvature 1 (the Poincaré ball of curvature -1), where
                                            trees embed with low distortion (Nickel & Kiela 2017)
+``llama``               multi_head         32 heads, 8 key/value heads (grouped-query), causal,
+                                           no projection biases, no dropout, RoPE over the head
+                                           width with base 500000 in HF's ``rotate_half``
+                                           pairing (Llama 3 8B, Grattafiori et al. 2024)
+``mistral``             multi_head         as ``llama`` with RoPE base 1000000 (Mistral 7B v0.3;
+                                           Jiang et al. 2023). v0.1's 4096-token sliding window is
+                                           not applied
 ======================  =================  =====================================================
+
+For ``llama`` and ``mistral`` a ``heads`` override keeps 8 key/value heads when 8 divides the heads
+(as every Llama 3 size) and uses ``kv_heads = heads`` otherwise; the RoPE embedding is built for the
+head width ``dim // heads``. Weights of a real layer load with :func:`attnkit.weights.from_hf_llama`.
 
 ``from_model_name(name, dim)`` accepts a preset name or a model identifier such as
 ``"bert-base-uncased"``, ``"gpt2-medium"``, ``"google/vit-base-patch16-224"``, ``"t5-small"`` or
-``"allenai/longformer-base-4096"`` (roberta, distilbert and albert map to bert); a size word sets
-the heads of that published size (``"gpt2-medium"``: 16 heads, ``"bert-large"``: 16, ...).
+``"allenai/longformer-base-4096"``, ``"meta-llama/Llama-3.1-8B"`` or ``"mistralai/Mistral-7B-v0.3"``
+(roberta, distilbert and albert map to bert); a size word sets the heads of that published size
+(``"gpt2-medium"``: 16 heads, ``"bert-large"``: 16, ``"Llama-3.1-70B"``: 64, ...).
 """
 
 from __future__ import annotations
@@ -63,6 +75,8 @@ class AttentionPreset(str, enum.Enum):
     VIT = "vit"
     T5 = "t5"
     HYPERBOLIC_TREE = "hyperbolic_tree"
+    LLAMA = "llama"
+    MISTRAL = "mistral"
 
     def __str__(self) -> str:
         return self.value
@@ -90,6 +104,10 @@ class AttentionPreset(str, enum.Enum):
         if heads is not None:
             settings["heads"] = positive_int(heads, "heads")
             description += f"; {settings['heads']} heads"
+        if self in _ROPE_BASE:  # Llama-style: grouped-query heads and a RoPE over the head width
+            if heads is not None:
+                settings["kv_heads"] = 8 if settings["heads"] % 8 == 0 else settings["heads"]
+            settings["rope"] = {"base": _ROPE_BASE[self], "layout": "half"}  # over the head width, whatever it becomes
         try:
             registry.get(kind.value)
         except ConfigError:
@@ -150,7 +168,22 @@ _PRESETS: dict[AttentionPreset, tuple[AttentionType, dict[str, Any], str]] = {
         "attention on the Poincaré ball of curvature -1, where trees and hierarchies embed with low "
         "distortion (Nickel & Kiela 2017; Ganea et al. 2018)",
     ),
+    AttentionPreset.LLAMA: (
+        AttentionType.MULTI_HEAD,
+        {"heads": 32, "kv_heads": 8, "bias": False, "causal": True, "dropout": 0.0},
+        "causal multi-head self-attention with 32 heads over 8 key/value heads (grouped-query), no projection "
+        "biases, RoPE base 500000 (Llama 3 8B, Grattafiori et al. 2024)",
+    ),
+    AttentionPreset.MISTRAL: (
+        AttentionType.MULTI_HEAD,
+        {"heads": 32, "kv_heads": 8, "bias": False, "causal": True, "dropout": 0.0},
+        "causal multi-head self-attention with 32 heads over 8 key/value heads (grouped-query), no projection "
+        "biases, RoPE base 1000000 (Mistral 7B v0.3, Jiang et al. 2023)",
+    ),
 }
+
+#: the RoPE base (``rope_theta``) of the Llama-style presets
+_ROPE_BASE = {AttentionPreset.LLAMA: 500000.0, AttentionPreset.MISTRAL: 1000000.0}
 
 #: model-family words in model identifiers -> preset
 _FAMILIES = {
@@ -170,6 +203,8 @@ _FAMILIES = {
     "t5": AttentionPreset.T5,
     "mt5": AttentionPreset.T5,
     "hyperbolic": AttentionPreset.HYPERBOLIC_TREE,
+    "llama": AttentionPreset.LLAMA,
+    "mistral": AttentionPreset.MISTRAL,
 }
 
 
@@ -210,6 +245,7 @@ _SIZE_HEADS: dict[AttentionPreset, dict[str, int]] = {
     AttentionPreset.VIT: {"large": 16, "huge": 16},
     AttentionPreset.T5: {"small": 8, "large": 16},
     AttentionPreset.LONGFORMER: {"large": 16},
+    AttentionPreset.LLAMA: {"1b": 32, "3b": 24, "8b": 32, "70b": 64, "405b": 128},
 }
 
 
@@ -218,7 +254,8 @@ def from_model_name(name: str, dim: int) -> AttentionBuilder:
 
     A size word in a model identifier sets the heads of that published size: ``bert-large`` 16,
     ``gpt2-medium`` 16, ``gpt2-large`` 20, ``gpt2-xl`` 25, ``vit-large``/``vit-huge`` 16,
-    ``t5-small`` 8, ``t5-large`` 16, ``longformer-large`` 16.
+    ``t5-small`` 8, ``t5-large`` 16, ``longformer-large`` 16, Llama ``1b`` 32, ``3b`` 24, ``8b`` 32,
+    ``70b`` 64, ``405b`` 128 (with 8 key/value heads each).
     """
     preset = _preset_of(name)
     heads = None

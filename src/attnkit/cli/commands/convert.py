@@ -22,7 +22,7 @@ def convert(
         str, typer.Option("--from", help=f"{_KINDS} (default: auto, weights if the keys are a known layout).", show_default=False)
     ] = "auto",
     to: Annotated[str, typer.Option("--to", help=f"{_KINDS} (default: auto, weights go to attnkit's layout).", show_default=False)] = "auto",
-    prefix: Annotated[str | None, typer.Option("--prefix", help="HF BERT key prefix (e.g. bert.encoder.layer.0.attention.).")] = None,
+    prefix: Annotated[str | None, typer.Option("--prefix", help="HF layer key prefix (e.g. h.0.attn., model.layers.0.self_attn.).")] = None,
     unpacked: Annotated[bool, typer.Option("--unpacked", help="torch-mha output with separate q/k/v_proj_weight.")] = False,
     shape: Annotated[str | None, typer.Option("--shape", help="Shape of a raw input (or reshape any input).", metavar="DIMS")] = None,
     input_format: InputFormatFlag = None,
