@@ -5,6 +5,7 @@ for small work. No timings are asserted."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -63,6 +64,7 @@ def test_engines_agree_with_the_reference(shape, causal, masked, torch_calls):
 
 
 def test_auto_follows_the_calibration_and_the_environment(monkeypatch, torch_calls):
+    monkeypatch.delenv("ATTNKIT_ENGINE", raising=False)  # the suite's pin (conftest) lifted
     q = np.random.default_rng(1).standard_normal((64, 2, 16)).astype(np.float32)
     m = FlashAttention(heads=2, dim=16)  # engine="auto"
     monkeypatch.setattr(eng, "_calibration", {"10.0": 2.0, "20.0": 2.0})  # torch twice as fast everywhere
@@ -109,7 +111,8 @@ def test_auto_does_not_import_torch_for_small_work():
         "FlashAttention(heads=2, dim=8)(q)\n"
         "assert 'torch' not in sys.modules, 'auto imported torch'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k != "ATTNKIT_ENGINE"}  # "auto", not the suite's pin
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env)
 
 
 @pytest.mark.parametrize("bad", ["cuda", "", 3, None])

@@ -21,7 +21,7 @@ from typing import Any, overload
 import array_api_compat
 import numpy as np
 
-from .errors import ConfigError, DTypeError, NonFiniteError, ShapeError
+from .errors import ArgumentError, ConfigError, DTypeError, NonFiniteError, ShapeError
 
 Array = Any
 Namespace = Any
@@ -504,7 +504,8 @@ def check_option(kind: str, value: Any, name: str) -> Any:
 
 def checked_options(init: Any) -> Any:
     """Wrap a constructor: every option is checked by its annotation's kind (:data:`_OPTION_KINDS`) before
-    the body runs, and a ``MemoryError`` while building becomes a ``ConfigError``.
+    the body runs; a missing or unknown argument is an :class:`~attnkit.errors.ArgumentError` (a
+    ``ConfigError`` and the ``TypeError`` Python raises for it).
 
     The one place where bool, integer and seed options are validated: every mechanism's constructor is
     wrapped when its class is defined (``Mechanism.__init_subclass__``), and the training helpers use it
@@ -521,15 +522,12 @@ def checked_options(init: Any) -> Any:
         try:
             bound = sig.bind(self, *args, **kwargs)
         except TypeError as exc:
-            raise ConfigError(f"{type(self).__name__}: {exc}") from None
+            raise ArgumentError(f"{type(self).__name__}: {exc}") from None
         for name, value in list(bound.arguments.items()):
             kind = kinds.get(name)
             if kind is not None and not (value is None and sig.parameters[name].default is None):
                 bound.arguments[name] = check_option(kind, value, name)
-        try:
-            init(*bound.args, **bound.kwargs)
-        except MemoryError as exc:  # an allocation no estimate foresaw: still the options' fault, named
-            raise ConfigError(f"options: not enough memory to build {type(self).__name__} ({exc})") from None
+        init(*bound.args, **bound.kwargs)  # a MemoryError no estimate foresaw stays one (the server answers 413)
 
     return checked
 

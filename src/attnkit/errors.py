@@ -8,6 +8,7 @@ Messages name the argument, what was expected and what was given.
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
     "AttentionError",
     "ShapeError",
     "ConfigError",
@@ -27,6 +28,11 @@ class ShapeError(AttentionError):
 
 class ConfigError(AttentionError):
     """An option given to a mechanism, builder or config file is out of range or unknown."""
+
+
+class ArgumentError(ConfigError, TypeError):
+    """A call with a missing or unknown argument: a :class:`ConfigError` naming it, and the ``TypeError``
+    Python raises for such a call."""
 
 
 class DTypeError(AttentionError, TypeError):

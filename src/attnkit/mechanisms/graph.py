@@ -138,7 +138,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
 
     def __init__(
         self,
-        dim: int = 64,
+        dim: int | tuple[int, int] = 64,
         edge_dim: int = 0,
         heads: int = 1,
         out_dim: int | None = None,
