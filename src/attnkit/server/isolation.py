@@ -242,7 +242,11 @@ class ProcessRunner:
     def _give_back(self, w: _Worker) -> None:
         with self._lock:
             alive = w.alive and not self._closed
-            if alive:
+            if alive and len(self._all) > self.settings.max_concurrency:
+                alive = False  # one more than the pool holds (a request started one while a refill did): retire it
+                self._all.discard(w)
+                self._missing = 0
+            elif alive:
                 self._idle.append(w)
             else:
                 self._all.discard(w)
@@ -261,6 +265,9 @@ class ProcessRunner:
                 if self._missing <= 0:
                     return
                 self._missing -= 1
+                if len(self._all) >= self.settings.max_concurrency:
+                    self._missing = 0  # the pool is whole (a count of the dead can see one twice)
+                    return
             replacement = self._spawn()
             with self._lock:
                 self._idle.append(replacement)
