@@ -268,20 +268,21 @@ def as_rope(value: Any, dim: int, name: str = "rope") -> RotaryEmbedding | None:
     raise ConfigError(f"{name}: expected a RotaryEmbedding, None, True, 'half' or 'interleaved', got {value!r}")
 
 
-def apply_rope_qk(rope: RotaryEmbedding | None, q: Array, k: Array) -> tuple[Array, Array]:
+def apply_rope_qk(rope: RotaryEmbedding | None, q: Array, k: Array, start: int = 0) -> tuple[Array, Array]:
     """Rotate heads-first ``q: (..., H, Lq, D)`` and ``k: (..., H, Lk, D)`` for a sequence mechanism's
-    ``rope=`` option. Keys sit at positions ``0 .. Lk-1`` and queries at ``Lk-Lq .. Lk-1`` (bottom-right
-    aligned, as causal masking is: the queries are the last ``Lq`` tokens, as when decoding with a
-    key/value cache). ``rope=None`` returns ``q, k`` unchanged."""
+    ``rope=`` option. Keys sit at positions ``start .. start+Lk-1`` and queries at the last ``Lq`` of
+    them (bottom-right aligned, as causal masking is: the queries are the newest tokens). ``start``: the
+    tokens before these keys (a KV cache's length when decoding). ``rope=None`` returns ``q, k`` unchanged."""
     if rope is None:
         return q, k
     xp = namespace(q)
-    if is_graph(xp):
+    if is_graph(xp) and start == 0:
         # symbolic lengths (an exported graph): Lk - Lq is counted in the graph, so the model places its
         # queries right at every length, not at the example's
         ones_q, ones_k = xp.ones_like(q[..., 0]), xp.ones_like(k[..., 0])  # (..., H, Lq), (..., H, Lk)
         shift = xp.sum(ones_k, axis=-1, keepdims=True) - xp.sum(ones_q, axis=-1, keepdims=True)
         return rope.apply(q, xp.cumulative_sum(ones_q, axis=-1) - 1.0 + shift, seq_axis=-2), rope.apply(k, None, seq_axis=-2)
     lq, lk = _dim(q.shape[-2]), _dim(k.shape[-2])
-    qpos = None if lq == lk else np.arange(lk - lq, lk, dtype=np.float64)
-    return rope.apply(q, qpos, seq_axis=-2), rope.apply(k, None, seq_axis=-2)
+    qpos = None if lq == lk and start == 0 else np.arange(start + lk - lq, start + lk, dtype=np.float64)
+    kpos = None if start == 0 else np.arange(start, start + lk, dtype=np.float64)
+    return rope.apply(q, qpos, seq_axis=-2), rope.apply(k, kpos, seq_axis=-2)

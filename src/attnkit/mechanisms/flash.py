@@ -182,9 +182,7 @@ class FlashAttention(Mechanism):
         if is_graph(s.xp):
             raise ConfigError("cache: a KVCache is Python state and cannot be exported to ONNX; export the forward without cache=")
         lq, lnew, p0 = int(s.q.shape[-2]), int(s.k.shape[-2]), cache.length
-        if self.rope is not None:  # positions from the cache: the new keys follow the cached ones
-            s.q = self.rope.apply(s.q, np.arange(p0 + lnew - lq, p0 + lnew, dtype=np.float64), seq_axis=-2)
-            s.k = self.rope.apply(s.k, np.arange(p0, p0 + lnew, dtype=np.float64), seq_axis=-2)
+        s.q, s.k = apply_rope_qk(self.rope, s.q, s.k, start=p0)  # positions from the cache: the new keys follow the cached ones
         left = self.window[0]
         if lq > p0 + lnew:
             raise ShapeError(f"query: expected at most as many queries as keys so far ({p0 + lnew}), got Lq = {lq}")

@@ -20,7 +20,7 @@ from ..errors import ConfigError, ShapeError
 from ..kernels.decode import cached_attention
 from ..kernels.dense import NO_WINDOW, attention_weights
 from ..kernels.local import local_global_attention, local_global_mask
-from ..kernels.rope import RotaryEmbedding, as_rope
+from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
 from ._sequence import layout_option, prepare_sequence
 from .base import Mechanism
 from .kv_cache import KVCache, as_cache
@@ -203,9 +203,7 @@ class LocalGlobalAttention(Mechanism):
         g = g[g < total]
         if g.size and cache.window is not None:
             raise ConfigError(f"cache: global tokens need every earlier key; use a KVCache without window (got window={cache.window})")
-        if self.rope is not None:
-            pos = np.arange(p0, total, dtype=np.float64)
-            s.q, s.k = self.rope.apply(s.q, pos, seq_axis=-2), self.rope.apply(s.k, pos, seq_axis=-2)
+        s.q, s.k = apply_rope_qk(self.rope, s.q, s.k, start=p0)  # positions from the cache
         # one query over a ring no longer than its window sees every slot, in any order; otherwise keys in time order
         ordered = lq > 1 or (cache.window is not None and self.radius + 1 < cache.window)
         k_all, v_all, ring_left = cache.extend(s.k, s.v, ordered=ordered)

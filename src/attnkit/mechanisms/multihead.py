@@ -448,10 +448,7 @@ class MultiHeadAttention(LearnedParams, Mechanism):
         if is_graph(xp):
             raise ConfigError("cache: a KVCache is Python state and cannot be exported to ONNX; export the forward without cache=")
         lq, p0 = int(qh.shape[-2]), cache.length
-        rope = getattr(self, "rope", None)
-        if rope is not None:  # positions from the cache
-            pos = np.arange(p0, p0 + lq, dtype=np.float64)
-            qh, kh = rope.apply(qh, pos, seq_axis=-2), rope.apply(kh, pos, seq_axis=-2)
+        qh, kh = apply_rope_qk(getattr(self, "rope", None), qh, kh, start=p0)  # positions from the cache
         batch = broadcast_shapes(tuple(qh.shape[:-3]), tuple(kh.shape[:-3]))
         if flat:
             mask = unflatten_mask(mask, lq, p0 + lq)
