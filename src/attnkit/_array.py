@@ -11,11 +11,14 @@ back; other libraries compute half precision as given. Integer, bool, complex an
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
+import math
 import numbers
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, overload
 
 import array_api_compat
@@ -34,6 +37,14 @@ __all__ = [
     "common_float_dtype",
     "compute_dtype",
     "check_finite",
+    "all_finite",
+    "magnitude_scope",
+    "note_magnitude",
+    "known_magnitude",
+    "numpy_view",
+    "flat_view",
+    "magnitude_bound_numpy",
+    "exact_max_abs_numpy",
     "is_traced",
     "positive_int",
     "non_negative_int",
@@ -284,6 +295,14 @@ def is_traced(x: object) -> bool:
 def check_finite(x: Array, name: str, xp: Namespace) -> None:
     """Raise ``NonFiniteError`` naming ``name`` if ``x`` holds NaN or infinity.
 
+    One pass over ``x`` that also bounds its magnitude: the bound is noted for the rest of the call
+    (:func:`magnitude_scope`), where the overflow guard of the kernels (:mod:`attnkit.kernels.overflow`)
+    needs ``max |x|`` and so reads ``x`` no second time. NumPy arrays and CPU float32/float64 torch
+    tensors (through a shared NumPy view: a torch reduction opens a parallel region, which costs a
+    scheduler time slice whenever another process holds a core) take one BLAS pass ``s = sum x^2``:
+    a finite ``s`` proves every element finite and bounds ``max |x| <= sqrt(s)``; other arrays one
+    ``max |x|`` reduction (NaN and infinity propagate through it).
+
     This is the one input check skipped on traced values (:func:`is_traced`: JAX tracers under
     ``jax.jit``/``jax.grad``, torch tensors under ``torch.compile``, fake and meta tensors): their
     values are unknown while Python runs, and a check cannot raise from inside a compiled graph.
@@ -299,29 +318,199 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         return  # a graph being built (ONNX export) has no values to check
     elif is_traced(x):
         return
-    elif is_torch(xp) and x.device.type == "cpu" and str(x.dtype) in ("torch.float32", "torch.float64"):
-        # the NumPy check on a shared view: each torch reduction opens a parallel region, which
-        # costs a scheduler time slice whenever another process holds a core
-        try:
-            x, xp = x.detach().numpy(), np
-        except (RuntimeError, TypeError):  # e.g. a tensor with the negative bit set
-            pass
-    if xp is np or is_numpy(xp):
-        # one BLAS pass without a temporary mask: a finite sum of squares proves every element
-        # finite; only a non-finite one (NaN/inf present, or an overflow) needs the elementwise check
-        if x.size and not np.isfinite(np.vdot(x, x)) and not np.isfinite(x).all():
-            bad = np.argwhere(~np.isfinite(x))[0]
-            raise NonFiniteError(f"{name}: expected finite values, found {float(x[tuple(bad)])} at index {tuple(int(i) for i in bad)}")
+    known = known_magnitude(x)
+    if known is not None and math.isfinite(known[0]):
+        return  # a finite bound on max |x| noted in this call: every element is finite
+    view = numpy_view(x)
+    if view is not None:
+        bound, exact = magnitude_bound_numpy(view)
+        if not math.isfinite(bound):
+            _raise_non_finite(view, name)
+            bound, exact = exact_max_abs_numpy(view), True  # finite values whose squares overflow
+        note_magnitude(x, bound, exact)
         return
-    # one reduction first (a finite sum proves every element finite; NaN/inf or an overflow falls
-    # through to the elementwise check): torch's isfinite + all costs 10-100x more
-    total_ok = xp.isfinite(xp.sum(x))
-    if is_traced(total_ok):  # a concrete array used inside a traced function: its reduction is traced
+    if _size(x) == 0:
         return
-    if bool(total_ok):
+    m = _max_abs_reduction(x, xp)
+    if is_traced(m):  # a concrete array used inside a traced function: its reduction is traced
         return
-    if not bool(xp.all(xp.isfinite(x))):
+    value = float(m)
+    if not math.isfinite(value):
         raise NonFiniteError(f"{name}: expected finite values, found NaN or infinity")
+    note_magnitude(x, value, True)
+
+
+def _raise_non_finite(view: np.ndarray, name: str) -> None:
+    """Raise ``NonFiniteError`` for the first non-finite element of ``view``; return if there is none
+    (a sum of squares can overflow on finite values)."""
+    if np.isfinite(view).all():
+        return
+    bad = np.argwhere(~np.isfinite(view))[0]
+    raise NonFiniteError(f"{name}: expected finite values, found {float(view[tuple(bad)])} at index {tuple(int(i) for i in bad)}")
+
+
+def _size(x: Array) -> int:
+    return math.prod(int(s) for s in x.shape)
+
+
+def _max_abs_reduction(x: Array, xp: Namespace) -> Any:
+    """``max |x|`` as a 0-d array of ``xp`` (NaN where ``x`` holds NaN): torch's ``aminmax`` (one pass, no
+    ``|x|`` temporary), else ``max(abs(x))``. ``x`` must not be empty."""
+    if hasattr(x, "detach"):  # torch: a bound on the values only, outside autograd
+        x = x.detach()
+        if hasattr(x, "aminmax") and x.dtype.is_floating_point:
+            lo, hi = x.aminmax()
+            return xp.maximum(hi, -lo).double()
+    return xp.max(xp.abs(x))
+
+
+# ----------------------------------------------------------------- magnitudes: one pass per input
+#
+# The finiteness check and the overflow guard of the kernels both need a pass over each input: the
+# first ``isfinite``, the second ``max |x|``. One pass serves both: a finite upper bound of ``max |x|``
+# proves every element finite. The bound found by :func:`check_finite` is noted, keyed by the memory
+# the array covers, for the rest of one mechanism call (:func:`magnitude_scope`, opened by
+# ``Mechanism.forward``), and :mod:`attnkit.kernels.overflow` reads it there instead of reading the
+# array again; the heads-first views the kernels see of the caller's arrays cover the same memory,
+# so they find it. A :class:`~attnkit.KVCache` notes the exact maximum of the keys/values it hands
+# out (kept per token as they are appended), so a decode step does not read the whole cache for it.
+
+_MAGNITUDES: contextvars.ContextVar[dict[Any, tuple[float, bool, Any]] | None] = contextvars.ContextVar("attnkit_magnitudes", default=None)
+
+#: ``sqrt`` of the smallest normal number: an element whose square underflows is below it
+_SQRT_TINY = {np.dtype(np.float32): math.sqrt(float(np.finfo(np.float32).tiny)), np.dtype(np.float64): math.sqrt(float(np.finfo(np.float64).tiny))}
+
+
+@contextlib.contextmanager
+def magnitude_scope() -> Iterator[None]:
+    """Within it, :func:`note_magnitude` records the magnitudes found (nested scopes share the outer one)."""
+    if _MAGNITUDES.get() is not None:
+        yield
+        return
+    token = _MAGNITUDES.set({})
+    try:
+        yield
+    finally:
+        _MAGNITUDES.reset(token)
+
+
+def _storage_key(x: Any) -> Any:
+    """The set of memory locations ``x`` reads, as a hashable key: the data pointer, dtype, device and
+    the (length, byte stride) pairs of its axes (sorted: an axis permutation reads the same elements;
+    length-1 and stride-0 axes add none). Arrays without a data pointer (JAX: immutable) key by identity."""
+    if type(x) is np.ndarray:
+        ptr, shape, strides, dt, dev = x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.name, "cpu"
+    elif hasattr(x, "data_ptr") and hasattr(x, "stride") and hasattr(x, "element_size"):
+        try:
+            item = int(x.element_size())
+            ptr, shape, dev = int(x.data_ptr()), tuple(x.shape), str(x.device)
+            strides = tuple(int(s) * item for s in x.stride())
+        except (RuntimeError, TypeError, AttributeError, ValueError):  # nested, sparse or symbolic tensors
+            return None
+        dt = str(x.dtype).rsplit(".", 1)[-1]
+    else:
+        return ("id", id(x))
+    dims = tuple(sorted((int(n), int(s)) for n, s in zip(shape, strides, strict=True) if int(n) != 1 and int(s) != 0))
+    return (dev, ptr, dt, dims)
+
+
+def note_magnitude(x: Any, bound: float, exact: bool) -> None:
+    """Record ``bound >= max |x|`` (``exact``: equal to it) for the rest of the :func:`magnitude_scope`;
+    nothing outside one. The array is held until the scope ends, so its memory is not reused meanwhile."""
+    memo = _MAGNITUDES.get()
+    if memo is None or x is None:
+        return
+    key = _storage_key(x)
+    if key is not None:
+        memo[key] = (float(bound), bool(exact), x)
+
+
+def known_magnitude(x: Any) -> tuple[float, bool] | None:
+    """``(bound, exact)`` noted for the memory ``x`` reads in this scope, or ``None``."""
+    memo = _MAGNITUDES.get()
+    if not memo or x is None:
+        return None
+    key = _storage_key(x)
+    hit = memo.get(key) if key is not None else None
+    return None if hit is None else (hit[0], hit[1])
+
+
+def numpy_view(x: Any) -> np.ndarray | None:
+    """``x`` as a NumPy array sharing its memory when it is a NumPy array or a CPU float32/float64 torch
+    tensor (eager), else ``None``."""
+    if type(x) is np.ndarray:
+        return x
+    if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
+        if x.device.type != "cpu" or str(x.dtype) not in ("torch.float32", "torch.float64") or is_traced(x):
+            return None
+        if getattr(x, "layout", None) is not None and str(x.layout) != "torch.strided":
+            return None
+        try:
+            return x.detach().numpy()
+        except (RuntimeError, TypeError):  # e.g. a tensor with the negative or conjugate bit set
+            return None
+    return None
+
+
+def flat_view(a: np.ndarray) -> np.ndarray | None:
+    """A 1-D view of the elements of ``a`` (any order) where its axes can be permuted into a C-contiguous
+    array (e.g. the heads-first views of a ``(B, L, H, D)`` array), else ``None``; never a copy."""
+    if a.flags.c_contiguous:
+        return a.reshape(-1)
+    if any(s < 0 for s in a.strides):
+        return None
+    t = a.transpose(sorted(range(a.ndim), key=lambda i: -a.strides[i]))
+    return t.reshape(-1) if t.flags.c_contiguous else None
+
+
+def magnitude_bound_numpy(a: np.ndarray) -> tuple[float, bool]:
+    """``(bound, exact)`` with ``bound >= max |a|`` from one pass: ``sqrt(sum a^2)`` (a BLAS dot product;
+    float32/float64 arrays whose elements lie in contiguous memory), else ``max |a|`` exactly (two strided
+    reductions, no copy). NaN or infinity in ``a`` gives a non-finite bound; so may squares beyond
+    the dtype's range (then the caller computes ``max |a|``, :func:`exact_max_abs_numpy`).
+
+    Why it bounds: the terms are non-negative, so every rounded partial sum is at least its largest
+    rounded term ``x_i^2 (1 - u)`` (rounding is monotone), whatever the summation order of the BLAS;
+    the factor ``1 + 2^-10`` covers ``u``; squares that underflow come from elements below
+    ``sqrt(tiny)``, which floors the bound.
+    """
+    if a.size == 0:
+        return 0.0, True
+    flat = flat_view(a) if a.dtype in _SQRT_TINY else None
+    if flat is None:
+        return exact_max_abs_numpy(a), True
+    s = float(np.dot(flat, flat))
+    if not math.isfinite(s):
+        return s, False
+    return max(math.sqrt(s) * (1.0 + 2.0**-10), _SQRT_TINY[a.dtype]), False
+
+
+def exact_max_abs_numpy(a: np.ndarray) -> float:
+    """``max |a|`` (0 for an empty array; NaN where ``a`` holds NaN), without an ``|a|`` temporary."""
+    if a.size == 0:
+        return 0.0
+    with np.errstate(invalid="ignore"):
+        return float(max(a.max(), -a.min()))
+
+
+def all_finite(x: Any) -> bool:
+    """Whether every element of the eager array ``x`` is finite (one BLAS pass for NumPy / CPU torch
+    float32/float64: a finite sum of squares proves it; the elementwise test only where it does not)."""
+    view = numpy_view(x)
+    if view is not None:
+        if view.size == 0:
+            return True
+        flat = flat_view(view) if view.dtype in _SQRT_TINY else None
+        if flat is not None and math.isfinite(float(np.dot(flat, flat))):
+            return True
+        return bool(np.isfinite(view).all())
+    xp = namespace(x)
+    x = x.detach() if hasattr(x, "detach") else x
+    if _size(x) == 0:
+        return True
+    if bool(xp.isfinite(xp.sum(x))):
+        return True
+    return bool(xp.all(xp.isfinite(x)))
 
 
 def shape_str(shape: Sequence[int | None]) -> str:

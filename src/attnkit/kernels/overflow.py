@@ -16,9 +16,13 @@ and only when a bound comes within :data:`MARGIN` of the dtype's largest finite 
 kernel on inputs cast one step wider (float16/bfloat16 -> float32 -> float64), then cast the result back.
 Casting up is exact, so the result is the correctly computed one rounded to the caller's dtype; if it
 does not fit there (it cannot happen for a convex combination of finite values but can for a
-learned output projection) :class:`~attnkit.errors.NonFiniteError` names the input. The check costs
-two reductions over ``q``, ``k`` and ``v`` (O(L D) against the O(L^2 D) of attention) and the fast
-path is otherwise untouched, bit for bit.
+learned output projection) :class:`~attnkit.errors.NonFiniteError` names the input. The check first
+uses upper bounds of ``max |x|`` (:func:`abs_bound`): those the input check of the same call found in
+its one pass over ``q``, ``k``, ``v`` (``sqrt(sum x^2)``, see :func:`attnkit._array.check_finite`), or
+one BLAS pass each (O(L D) against the O(L^2 D) of attention); only where they do not clear the limit
+does it compute ``max |x|`` itself. A :class:`~attnkit.KVCache` supplies the exact maximum of its keys
+and values, kept per token, so a decode step reads only the new ones. The decision is the one the
+exact maxima give, and the fast path is otherwise untouched, bit for bit.
 
 Values whose contents are unknown while Python runs (:func:`attnkit._array.is_traced`: ``jax.jit``,
 ``torch.compile``, ONNX export) are not checked: there the kernels run unchanged, as in eager mode for
@@ -36,12 +40,25 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from .._array import Array, Namespace, is_graph, is_traced
+from .._array import (
+    Array,
+    Namespace,
+    all_finite,
+    exact_max_abs_numpy,
+    is_graph,
+    is_traced,
+    known_magnitude,
+    magnitude_bound_numpy,
+    magnitude_scope,
+    note_magnitude,
+    numpy_view,
+)
 from ..errors import NonFiniteError
 
 __all__ = [
     "MARGIN",
     "max_abs",
+    "abs_bound",
     "concrete",
     "dtype_max",
     "wider_dtype",
@@ -64,13 +81,23 @@ MARGIN = 2.0**16
 
 
 def max_abs(x: Array | None) -> float:
-    """``max |x|`` as a Python float (0 for ``None`` or an empty array); eager arrays only."""
+    """``max |x|`` as a Python float (0 for ``None`` or an empty array); eager arrays only.
+
+    Where this call already found it (:func:`attnkit._array.known_magnitude`), it is not recomputed.
+    """
     if x is None:
         return 0.0
+    known = known_magnitude(x)
+    if known is not None and known[1]:
+        return known[0]
+    value = _max_abs(x)
+    note_magnitude(x, value, True)
+    return value
+
+
+def _max_abs(x: Array) -> float:
     if type(x) is np.ndarray:
-        if x.size == 0:
-            return 0.0
-        return float(max(x.max(), -x.min()))
+        return exact_max_abs_numpy(x)
     size = math.prod(int(s) for s in x.shape)
     if size == 0:
         return 0.0
@@ -79,8 +106,7 @@ def max_abs(x: Array | None) -> float:
     if hasattr(x, "detach"):  # torch: a bound on the values only, outside autograd
         x = x.detach()
         if hasattr(x, "aminmax") and x.dtype.is_floating_point:
-            # one pass and no |x| temporary (half the time of max(abs(x)): this runs on every forward,
-            # over a whole KV cache when decoding); one device sync for both ends
+            # one pass and no |x| temporary (half the time of max(abs(x))); one device sync for both ends
             import torch
 
             lo_f, hi_f = torch.stack(x.aminmax()).double().tolist()
@@ -88,6 +114,25 @@ def max_abs(x: Array | None) -> float:
 
     xp = namespace(x)
     return float(xp.max(xp.abs(x)))
+
+
+def abs_bound(x: Array | None) -> float:
+    """An upper bound on ``max |x|`` from at most one pass (0 for ``None``): the one this call noted (the
+    input check's, :func:`attnkit._array.check_finite`), else ``sqrt(sum x^2)`` for NumPy / CPU torch
+    float32/float64 arrays (one BLAS pass, :func:`attnkit._array.magnitude_bound_numpy`), else
+    :func:`max_abs`. Never below ``max |x|``; where it is not finite it is ``max |x|`` itself."""
+    if x is None:
+        return 0.0
+    known = known_magnitude(x)
+    if known is not None and (known[1] or math.isfinite(known[0])):
+        return known[0]
+    view = numpy_view(x)
+    if view is not None:
+        bound, exact = magnitude_bound_numpy(view)
+        if math.isfinite(bound):
+            note_magnitude(x, bound, exact)
+            return bound
+    return max_abs(x)
 
 
 def dtype_max(dtype: Any) -> float:
@@ -117,7 +162,12 @@ def concrete(xp: Namespace, arrays: Sequence[Array | None]) -> bool:
 
 def product_bound(a: Array, b: Array, inner: int, scale: float = 1.0) -> float:
     """A priori bound on ``|scale * a_i . b_j|``: ``|scale| * inner * max|a| * max|b|`` (computed without overflow)."""
-    ma, mb = max_abs(a), max_abs(b)
+    return _product(max_abs(a), max_abs(b), inner, scale)
+
+
+def _product(ma: float, mb: float, inner: int, scale: float) -> float:
+    """``|scale| * inner * ma * mb`` in logarithms (the product itself may exceed the float64 range);
+    non-decreasing in ``ma`` and ``mb``."""
     if ma == 0.0 or mb == 0.0:
         return 0.0
     # in logarithms: the product itself may exceed the float64 range
@@ -146,11 +196,17 @@ def at_risk(
     if not concrete(xp, arrays):
         return False
     limit = dtype_max(dtype) / MARGIN
-    if logits is not None and product_bound(logits[0], logits[1], int(logits[2]), logits[3]) > limit:
+    if any(bd > limit for bd in bounds):
         return True
-    if values is not None and max_abs(values[0]) / limit * max(int(values[1]), 1) > 1.0:
-        return True
-    return any(bd > limit for bd in bounds)
+
+    def over(magnitude: Callable[[Array], float]) -> bool:
+        if logits is not None and _product(magnitude(logits[0]), magnitude(logits[1]), int(logits[2]), logits[3]) > limit:
+            return True
+        return values is not None and magnitude(values[0]) / limit * max(int(values[1]), 1) > 1.0
+
+    # first with upper bounds of max|x| (one pass each, or none where the input check found them): the
+    # test only grows with them, so "in range" is final; otherwise it is decided on max|x| itself
+    return over(abs_bound) and over(max_abs)
 
 
 def raise_out_of_range(names: str, dtype: Any) -> NoReturn:
@@ -259,12 +315,7 @@ def times_gain(x: Array, gain: Sequence[float], xp: Namespace) -> Array:
 
 
 def _all_finite(x: Any) -> bool:
-    if type(x) is np.ndarray:
-        return bool(np.isfinite(x).all())
-    from .._array import namespace
-
-    xp = namespace(x)
-    return bool(xp.all(xp.isfinite(x.detach() if hasattr(x, "detach") else x)))
+    return all_finite(x)
 
 
 def finite_or_wider(run: Callable[..., Array], args: Sequence[Any], kwargs: dict[str, Any], *, names: str, rerun: bool = True) -> Array:
@@ -276,7 +327,14 @@ def finite_or_wider(run: Callable[..., Array], args: Sequence[Any], kwargs: dict
     back; if it still does not fit, or nothing wider exists, :class:`NonFiniteError` names
     ``names`` instead of returning inf or NaN. Costs one ``isfinite`` pass over the output.
     ``rerun=False`` (a call with side effects, such as filling a KV cache): the error at once.
+    The call runs in a :func:`attnkit._array.magnitude_scope`: the magnitudes its input checks find
+    serve its overflow guards.
     """
+    with magnitude_scope():
+        return _finite_or_wider(run, args, kwargs, names=names, rerun=rerun)
+
+
+def _finite_or_wider(run: Callable[..., Array], args: Sequence[Any], kwargs: dict[str, Any], *, names: str, rerun: bool) -> Array:
     out = run(*args, **kwargs)
     if not hasattr(out, "dtype") or is_traced(out) or _all_finite(out):
         return out
