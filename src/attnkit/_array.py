@@ -318,26 +318,29 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         return  # a graph being built (ONNX export) has no values to check
     elif is_traced(x):
         return
-    known = known_magnitude(x)
-    if known is not None and math.isfinite(known[0]):
-        return  # a finite bound on max |x| noted in this call: every element is finite
+    memo = _MAGNITUDES.get()
+    key = None if memo is None else _storage_key(x)
+    if key is not None:
+        known = memo.get(key)
+        if known is not None and math.isfinite(known[0]):
+            return  # a finite bound on max |x| noted in this call: every element is finite
     view = numpy_view(x)
     if view is not None:
         bound, exact = magnitude_bound_numpy(view)
         if not math.isfinite(bound):
             _raise_non_finite(view, name)
             bound, exact = exact_max_abs_numpy(view), True  # finite values whose squares overflow
-        note_magnitude(x, bound, exact)
-        return
-    if _size(x) == 0:
-        return
-    m = _max_abs_reduction(x, xp)
-    if is_traced(m):  # a concrete array used inside a traced function: its reduction is traced
-        return
-    value = float(m)
-    if not math.isfinite(value):
-        raise NonFiniteError(f"{name}: expected finite values, found NaN or infinity")
-    note_magnitude(x, value, True)
+    else:
+        if _size(x) == 0:
+            return
+        m = _max_abs_reduction(x, xp)
+        if is_traced(m):  # a concrete array used inside a traced function: its reduction is traced
+            return
+        bound, exact = float(m), True
+        if not math.isfinite(bound):
+            raise NonFiniteError(f"{name}: expected finite values, found NaN or infinity")
+    if key is not None:
+        memo[key] = (bound, exact, x)
 
 
 def _raise_non_finite(view: np.ndarray, name: str) -> None:
@@ -381,6 +384,16 @@ _MAGNITUDES: contextvars.ContextVar[dict[Any, tuple[float, bool, Any]] | None] =
 _SQRT_TINY = {np.dtype(np.float32): math.sqrt(float(np.finfo(np.float32).tiny)), np.dtype(np.float64): math.sqrt(float(np.finfo(np.float64).tiny))}
 
 
+_TORCH_TENSOR: tuple[Any, Any, Any] | None = None
+
+
+def _torch_types() -> None:
+    global _TORCH_TENSOR
+    torch = sys.modules.get("torch")
+    if _TORCH_TENSOR is None and torch is not None and hasattr(torch, "Tensor") and hasattr(torch, "strided"):
+        _TORCH_TENSOR = (torch.Tensor, (torch.float32, torch.float64), torch.strided)
+
+
 @contextlib.contextmanager
 def magnitude_scope() -> Iterator[None]:
     """Within it, :func:`note_magnitude` records the magnitudes found (nested scopes share the outer one)."""
@@ -396,22 +409,20 @@ def magnitude_scope() -> Iterator[None]:
 
 def _storage_key(x: Any) -> Any:
     """The set of memory locations ``x`` reads, as a hashable key: the data pointer, dtype, device and
-    the (length, byte stride) pairs of its axes (sorted: an axis permutation reads the same elements;
+    the (length, stride) pairs of its axes (sorted: an axis permutation reads the same elements;
     length-1 and stride-0 axes add none). Arrays without a data pointer (JAX: immutable) key by identity."""
+    if _TORCH_TENSOR is None:
+        _torch_types()
     if type(x) is np.ndarray:
-        ptr, shape, strides, dt, dev = x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.name, "cpu"
-    elif hasattr(x, "data_ptr") and hasattr(x, "stride") and hasattr(x, "element_size"):
+        ptr, pairs, tag = x.__array_interface__["data"][0], zip(x.shape, x.strides, strict=True), x.dtype
+    elif _TORCH_TENSOR is not None and isinstance(x, _TORCH_TENSOR[0]):
         try:
-            item = int(x.element_size())
-            ptr, shape, dev = int(x.data_ptr()), tuple(x.shape), str(x.device)
-            strides = tuple(int(s) * item for s in x.stride())
-        except (RuntimeError, TypeError, AttributeError, ValueError):  # nested, sparse or symbolic tensors
+            ptr, pairs, tag = x.data_ptr(), zip(x.shape, x.stride(), strict=True), (x.dtype, x.get_device())
+        except (RuntimeError, TypeError, NotImplementedError):  # nested, sparse or symbolic tensors
             return None
-        dt = str(x.dtype).rsplit(".", 1)[-1]
     else:
         return ("id", id(x))
-    dims = tuple(sorted((int(n), int(s)) for n, s in zip(shape, strides, strict=True) if int(n) != 1 and int(s) != 0))
-    return (dev, ptr, dt, dims)
+    return (ptr, tag, tuple(sorted(p for p in pairs if p[0] != 1 and p[1] != 0)))
 
 
 def note_magnitude(x: Any, bound: float, exact: bool) -> None:
@@ -437,17 +448,17 @@ def known_magnitude(x: Any) -> tuple[float, bool] | None:
 
 def numpy_view(x: Any) -> np.ndarray | None:
     """``x`` as a NumPy array sharing its memory when it is a NumPy array or a CPU float32/float64 torch
-    tensor (eager), else ``None``."""
+    tensor, else ``None``. For eager values (callers test :func:`is_traced` first)."""
     if type(x) is np.ndarray:
         return x
-    if type(x).__module__.startswith("torch") and hasattr(x, "detach"):
-        if x.device.type != "cpu" or str(x.dtype) not in ("torch.float32", "torch.float64") or is_traced(x):
-            return None
-        if getattr(x, "layout", None) is not None and str(x.layout) != "torch.strided":
+    if _TORCH_TENSOR is None:
+        _torch_types()
+    if _TORCH_TENSOR is not None and isinstance(x, _TORCH_TENSOR[0]):
+        if x.dtype not in _TORCH_TENSOR[1] or x.is_cuda or x.is_meta or x.layout is not _TORCH_TENSOR[2]:
             return None
         try:
             return x.detach().numpy()
-        except (RuntimeError, TypeError):  # e.g. a tensor with the negative or conjugate bit set
+        except (RuntimeError, TypeError):  # e.g. a tensor with the negative or conjugate bit set, or not on the CPU
             return None
     return None
 

@@ -21,6 +21,11 @@ with ``window`` set, only the last ``window`` entries are kept and attention cov
 ``FlashAttention(window=(window - 1, 0))`` on the whole sequence). Without ``window``, appending
 past ``max_len`` raises :class:`~attnkit.errors.ShapeError`.
 
+Magnitudes. The cache keeps ``max |k|`` and ``max |v|`` of every entry it holds (per slot, set when the
+entry is written), so :meth:`KVCache.abs_max` costs ``O(size)`` numbers rather than a pass over the
+keys and values, and the overflow guard of a decode step (:mod:`attnkit.kernels.overflow`) reads only
+the new tokens.
+
 JAX arrays are immutable: a JAX cache replaces its buffers by functionally updated ones
 (``x.at[...].set``) on every append, eagerly. It cannot be used inside ``jax.jit`` (the cache is
 Python state; a traced append raises :class:`~attnkit.errors.ConfigError`): jit the step function
@@ -36,7 +41,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, check_allocation, is_traced, namespace, positive_int, shape_str
+from .._array import Array, Namespace, check_allocation, is_traced, namespace, note_magnitude, numpy_view, positive_int, shape_str, to_numpy
 from ..errors import ConfigError, DTypeError, ShapeError
 from ..kernels.masks import prepare_mask
 
@@ -114,6 +119,9 @@ class KVCache:
         self._batch: tuple[int, ...] | None = None
         self._length = 0
         self._kind: str | None = None
+        # max |k| and max |v| of the entry in each slot (over batch, heads and dim), set as entries are written
+        self._kmax: np.ndarray | None = None
+        self._vmax: np.ndarray | None = None
 
     # ------------------------------------------------------------------ description
     def __repr__(self) -> str:
@@ -148,6 +156,15 @@ class KVCache:
     def nbytes(self) -> int:
         held = [self._k, self._v] + list(self._state or ())
         return sum(int(getattr(x, "nbytes", 0) or 0) for x in held)
+
+    def abs_max(self) -> tuple[float, float]:
+        """``(max |keys|, max |values|)`` over the entries held now (``(0.0, 0.0)`` when empty; NaN where
+        one holds NaN), from the per-entry maxima kept as entries are written: no pass over the buffers."""
+        self._need_kv("abs_max")
+        if self._kmax is None or self.size == 0:
+            return 0.0, 0.0
+        n = self.size  # the held entries occupy slots 0 .. size - 1 (a ring buffer wraps only when full)
+        return float(self._kmax[:n].max()), float(self._vmax[:n].max())
 
     def reset(self) -> None:
         """Forget every token (the buffers and batch shape stay)."""
@@ -270,6 +287,8 @@ class KVCache:
             self._k = xp.zeros(kshape, dtype=self.dtype)
             self._v = xp.zeros(vshape, dtype=self.dtype)
         self._batch = batch
+        self._kmax = np.zeros(self.capacity, dtype=np.float64)
+        self._vmax = np.zeros(self.capacity, dtype=np.float64)
 
     def _set(self, buf: Array, a: int, b: int, piece: Array) -> Array:
         if self.library == "jax":
@@ -292,11 +311,14 @@ class KVCache:
             start = self._length
         a = start % cap
         first = min(n, cap - a)
+        km, vm = _entry_max(k, xp), _entry_max(v, xp)
         self._k = self._set(self._k, a, a + first, k[..., :first, :])
         self._v = self._set(self._v, a, a + first, v[..., :first, :])
+        self._kmax[a : a + first], self._vmax[a : a + first] = km[:first], vm[:first]
         if first < n:
             self._k = self._set(self._k, 0, n - first, k[..., first:, :])
             self._v = self._set(self._v, 0, n - first, v[..., first:, :])
+            self._kmax[: n - first], self._vmax[: n - first] = km[first:], vm[first:]
 
     def extend(self, k: Array, v: Array, *, ordered: bool = False) -> tuple[Array, Array, int | None]:
         """Append heads-first ``k: (*batch, Hkv, L, D)``, ``v``; return what the ``L`` new queries attend.
@@ -319,11 +341,11 @@ class KVCache:
         if self.window is None:
             self._write(k, v, xp)
             self._length += n
-            return (*self._span(self._length), None)
+            return (*self._noted(*self._span(self._length)), None)
         if n == 1 and not ordered:
             self._write(k, v, xp)
             self._length += 1
-            return self._k[..., : self.size, :], self._v[..., : self.size, :], None
+            return (*self._noted(self._k[..., : self.size, :], self._v[..., : self.size, :]), None)
         old = min(self._length, self.window - 1)
         if old:
             ok, ov = self._span(old)
@@ -335,6 +357,14 @@ class KVCache:
         self._write(k, v, xp)
         self._length += n
         return keys, values, self.window - 1
+
+    def _noted(self, keys: Array, values: Array) -> tuple[Array, Array]:
+        """``keys, values`` (views of every held entry), their maxima noted for this call's overflow guard
+        (:func:`attnkit._array.note_magnitude`), so it does not read the whole cache for them."""
+        km, vm = self.abs_max()
+        note_magnitude(keys, km, True)
+        note_magnitude(values, vm, True)
+        return keys, values
 
     # ------------------------------------------------------------------ linear attention
     def linear_state(self, k: Array, v: Array) -> tuple[Any, Any] | None:
@@ -352,6 +382,21 @@ class KVCache:
         self._state = state
         self._batch = batch
         self._length += int(n)
+
+
+def _entry_max(x: Array, xp: Namespace) -> np.ndarray:
+    """``max |x|`` of each entry of heads-first ``x: (*batch, Hkv, n, D)`` (over all axes but the entries'),
+    float64 ``(n,)``; NaN where an entry holds NaN."""
+    n = int(x.shape[-2])
+    axes = tuple(i for i in range(x.ndim) if i != x.ndim - 2)
+    if math.prod(int(d) for d in x.shape) == 0:
+        return np.zeros(n, dtype=np.float64)
+    view = numpy_view(x)
+    if view is not None:
+        return np.abs(view).max(axis=axes).astype(np.float64, copy=False)
+    if hasattr(x, "detach"):
+        x = x.detach()
+    return to_numpy(xp.max(xp.abs(x), axis=axes)).astype(np.float64)
 
 
 def cache_mask(mask: Any, cache: KVCache, xp: Namespace, batch: tuple[int, ...], heads: int, lq: int, lk: int, dtype: Any, device: Any) -> Any:
