@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .._array import Array, Namespace, is_numpy
+from . import overflow
 from ._threads import BlasOneThread, blas_limiter_available
 from .dense import NO_WINDOW, sdpa
 
@@ -110,6 +111,9 @@ def cached_attention(
         and q.dtype in (np.float32, np.float64)
         and lq <= int(k.shape[-2])
         and (int(q.shape[-3]) // int(k.shape[-3])) * lq <= DECODE_ROWS
+        # logits or value sums past the dtype's range: sdpa's guarded path (a KV cache notes its maxima, so
+        # this reads only the new tokens; see .overflow)
+        and not overflow.at_risk(xp, q.dtype, logits=(q, k, q.shape[-1], scale), values=(v, k.shape[-2]))
     ):
         return decode_numpy(q, k, v, scale=scale)
     kw: dict[str, Any] = dict(window=tuple(window), alibi_slopes=alibi_slopes, softcap=softcap, engine=engine)
