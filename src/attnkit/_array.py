@@ -11,14 +11,13 @@ back; other libraries compute half precision as given. Integer, bool, complex an
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 import inspect
 import math
 import numbers
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, overload
 
 import array_api_compat
@@ -82,6 +81,10 @@ def namespace(*arrays: object) -> Namespace:
     """The array-API namespace shared by ``arrays`` (``None`` and Python sequences count as NumPy)."""
     if all(type(a) is np.ndarray or a is None for a in arrays):
         return _NUMPY_NS  # the common case, without array_api_compat's dispatch cost
+    if _TORCH_TENSOR is None:
+        _torch_types()
+    if _TORCH_TENSOR is not None and all(type(a) is _TORCH_TENSOR[0] or a is None for a in arrays):
+        return _torch_namespace()  # plain torch tensors: the same, without the dispatch
     real = [a for a in arrays if a is not None and _is_array(a) and not isinstance(a, np.generic)]
     if not real:
         return _NUMPY_NS
@@ -181,6 +184,8 @@ def as_float_array(x: Any, name: str, xp: Namespace | None = None) -> Array:
     """
     if type(x) is np.ndarray and x.dtype.kind == "f" and x.dtype != np.longdouble:
         return x
+    if _TORCH_TENSOR is not None and type(x) is _TORCH_TENSOR[0] and x.dtype.is_floating_point and x.layout is _TORCH_TENSOR[2]:
+        return x  # a dense float torch tensor (plain type: not a subclass, such as a nested or fake tensor)
     if x is None:
         raise ShapeError(f"{name}: expected an array, got None")
     if isinstance(x, np.ndarray):  # subclasses (masked arrays, matrix, memmap) and longdouble
@@ -319,9 +324,12 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
     elif is_traced(x):
         return
     memo = _MAGNITUDES.get()
-    key = None if memo is None else _storage_key(x)
-    if key is not None:
-        known = memo.get(key)
+    key = None
+    if memo is not None:
+        known = memo.get(id(x))
+        if known is None or known[2] is not x:
+            key = _storage_key(x)
+            known = memo.get(key) if key is not None else None
         if known is not None and math.isfinite(known[0]):
             return  # a finite bound on max |x| noted in this call: every element is finite
     view = numpy_view(x)
@@ -340,7 +348,7 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         if not math.isfinite(bound):
             raise NonFiniteError(f"{name}: expected finite values, found NaN or infinity")
     if key is not None:
-        memo[key] = (bound, exact, x)
+        memo[key] = memo[id(x)] = (bound, exact, x)
 
 
 def _raise_non_finite(view: np.ndarray, name: str) -> None:
@@ -387,6 +395,13 @@ _SQRT_TINY = {np.dtype(np.float32): math.sqrt(float(np.finfo(np.float32).tiny)),
 _TORCH_TENSOR: tuple[Any, Any, Any] | None = None
 
 
+@functools.cache
+def _torch_namespace() -> Namespace:
+    import torch
+
+    return array_api_compat.array_namespace(torch.empty(0))
+
+
 def _torch_types() -> None:
     global _TORCH_TENSOR
     torch = sys.modules.get("torch")
@@ -394,17 +409,17 @@ def _torch_types() -> None:
         _TORCH_TENSOR = (torch.Tensor, (torch.float32, torch.float64), torch.strided)
 
 
-@contextlib.contextmanager
-def magnitude_scope() -> Iterator[None]:
+class magnitude_scope:  # noqa: N801 - used like a function: ``with magnitude_scope():``
     """Within it, :func:`note_magnitude` records the magnitudes found (nested scopes share the outer one)."""
-    if _MAGNITUDES.get() is not None:
-        yield
-        return
-    token = _MAGNITUDES.set({})
-    try:
-        yield
-    finally:
-        _MAGNITUDES.reset(token)
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _MAGNITUDES.set({}) if _MAGNITUDES.get() is None else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _MAGNITUDES.reset(self._token)
 
 
 def _storage_key(x: Any) -> Any:
@@ -433,7 +448,7 @@ def note_magnitude(x: Any, bound: float, exact: bool) -> None:
         return
     key = _storage_key(x)
     if key is not None:
-        memo[key] = (float(bound), bool(exact), x)
+        memo[key] = memo[id(x)] = (float(bound), bool(exact), x)
 
 
 def known_magnitude(x: Any) -> tuple[float, bool] | None:
@@ -441,9 +456,14 @@ def known_magnitude(x: Any) -> tuple[float, bool] | None:
     memo = _MAGNITUDES.get()
     if not memo or x is None:
         return None
-    key = _storage_key(x)
-    hit = memo.get(key) if key is not None else None
-    return None if hit is None else (hit[0], hit[1])
+    hit = memo.get(id(x))  # the same object (held by the entry, so its id is not reused)
+    if hit is None or hit[2] is not x:
+        key = _storage_key(x)
+        hit = memo.get(key) if key is not None else None
+        if hit is None:
+            return None
+        memo[id(x)] = (hit[0], hit[1], x)  # a view of noted memory: found by identity from now on
+    return hit[0], hit[1]
 
 
 def numpy_view(x: Any) -> np.ndarray | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import array_api_compat
 
-from .._array import Array, Namespace, as_float_array, check_finite, common_float_dtype, compute_dtype, length, namespace, shape_str
+from .._array import Array, Namespace, as_float_array, check_finite, common_float_dtype, compute_dtype, is_torch, length, namespace, shape_str
 from .._array import broadcast_shapes as _bshapes
 from ..errors import ShapeError
 from ..kernels.masks import prepare_mask, unflatten_mask
@@ -158,7 +158,7 @@ def prepare_sequence(
             check_finite(v, "value", xp)
     out_dtype = common_float_dtype(xp, q, k, v)
     cdt = compute_dtype(xp, out_dtype)
-    device = array_api_compat.device(q)
+    device = q.device if is_torch(xp) else array_api_compat.device(q)
     if bhsd:
         qh, kh, vh = (xp.astype(x, cdt) if x.dtype != cdt else x for x in (q, k, v))
     else:
