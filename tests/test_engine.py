@@ -83,7 +83,7 @@ def test_auto_follows_the_calibration_and_the_environment(monkeypatch, torch_cal
 def test_calibration_is_cached_per_machine(monkeypatch, tmp_path):
     monkeypatch.setattr(eng, "cache_path", lambda: tmp_path / "engine.json")
     monkeypatch.setattr(eng, "_calibration", None)
-    monkeypatch.setattr(eng, "_measure", lambda: {"17.0": 1.5})
+    monkeypatch.setattr(eng, "_measure", lambda: ({"17.0": 1.5}, True))
     assert eng.calibration() == {"17.0": 1.5}
     stored = json.loads((tmp_path / "engine.json").read_text())
     assert stored["ratios"] == {"17.0": 1.5} and eng.cpu_model() in stored["key"]
@@ -93,14 +93,28 @@ def test_calibration_is_cached_per_machine(monkeypatch, tmp_path):
     stored["key"] = "another machine"
     (tmp_path / "engine.json").write_text(json.dumps(stored))
     monkeypatch.setattr(eng, "_calibration", None)
-    monkeypatch.setattr(eng, "_measure", lambda: {"17.0": 0.9})
+    monkeypatch.setattr(eng, "_measure", lambda: ({"17.0": 0.9}, True))
     assert eng.calibration() == {"17.0": 0.9}
+
+
+def test_a_disturbed_calibration_is_not_stored(monkeypatch, tmp_path):
+    """Measured while other processes stalled an engine: used by this process, never written to the cache."""
+    path = tmp_path / "engine.json"
+    monkeypatch.setattr(eng, "cache_path", lambda: path)
+    monkeypatch.setattr(eng, "_calibration", None)
+    monkeypatch.setattr(eng, "_measure", lambda: ({"17.0": 0.2}, False))
+    assert eng.calibration() == {"17.0": 0.2}
+    assert not path.exists()
+    monkeypatch.setattr(eng, "_calibration", None)  # the next process measures again, and stores a steady result
+    monkeypatch.setattr(eng, "_measure", lambda: ({"17.0": 1.8}, True))
+    assert eng.calibration() == {"17.0": 1.8}
+    assert json.loads(path.read_text())["ratios"] == {"17.0": 1.8}
 
 
 def test_the_real_calibration_measures_both_points(monkeypatch, tmp_path):
     monkeypatch.setattr(eng, "cache_path", lambda: None)
-    ratios = eng._measure()
-    assert len(ratios) == len(eng._POINTS) and all(r > 0 for r in ratios.values())
+    ratios, steady = eng._measure()
+    assert len(ratios) == len(eng._POINTS) and all(r > 0 for r in ratios.values()) and isinstance(steady, bool)
 
 
 def test_auto_does_not_import_torch_for_small_work():

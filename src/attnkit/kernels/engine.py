@@ -15,7 +15,11 @@ with AVX2 too; torch's wheels link MKL, NumPy's OpenBLAS. ``"auto"`` (the defaul
 2. a short calibration (both engines, interleaved, at :data:`_POINTS`, well under a second) says which
    engine is faster at the calibrated size nearest to the call's work; it is cached per machine in
    the user cache directory (``platformdirs``, the ``fast`` extra; without it, once per process),
-   keyed by CPU model, thread count and the libraries' versions.
+   keyed by CPU model, thread count and the libraries' versions. Each engine's time is its fastest
+   of :data:`_REPEATS` interleaved runs (the one least disturbed by other processes); a calibration
+   that other processes did disturb (an engine's median more than :data:`_STEADY` above its fastest
+   run: on a loaded machine torch's threaded kernel stalls by several times) serves the running
+   process only and is not stored, so it cannot fix a wrong choice for later ones.
 
 Override: ``engine="numpy"|"torch"|"auto"`` on :class:`~attnkit.FlashAttention` (and
 :func:`attnkit.kernels.dense.sdpa`), or the environment variable ``ATTNKIT_ENGINE`` for ``"auto"``
@@ -50,7 +54,11 @@ IMPORT_WORK = 3e10
 _POINTS = ((1, 1, 512, 64), (1, 4, 1024, 64))
 #: torch is chosen where it is at least this much faster (ties keep the NumPy path: no torch calls)
 _MARGIN = 1.03
-_VERSION = 1
+#: interleaved runs of each engine per calibration point
+_REPEATS = 7
+#: a calibration is stored only where every engine's median run is within this factor of its fastest
+_STEADY = 1.25
+_VERSION = 2
 
 _lock = threading.Lock()
 _calibration: dict[str, float] | None = None
@@ -106,14 +114,16 @@ def _work(b: int, h: int, lq: int, lk: int, d: int) -> float:
     return 4.0 * b * h * lq * lk * d
 
 
-def _measure() -> dict[str, float]:
-    """``log(work) -> t_numpy / t_torch`` at each calibration point (median of 5 interleaved runs)."""
+def _measure() -> tuple[dict[str, float], bool]:
+    """``({log(work): t_numpy / t_torch}, steady)`` at each calibration point: each engine's fastest of
+    :data:`_REPEATS` interleaved runs; ``steady`` where every median is within :data:`_STEADY` of its fastest."""
     import torch
 
     from .dense_numpy import sdpa_numpy
 
     rng = np.random.default_rng(0)
     result: dict[str, float] = {}
+    steady = True
     for b, h, length, d in _POINTS:
         q, k, v = (rng.standard_normal((b, h, length, d), dtype=np.float32) for _ in range(3))
         scale = 1.0 / math.sqrt(d)
@@ -124,13 +134,14 @@ def _measure() -> dict[str, float]:
         times: dict[str, list[float]] = {n: [] for n in fns}
         for f in fns.values():  # warm up
             f()
-        for _ in range(5):
+        for _ in range(_REPEATS):
             for n, f in fns.items():
                 t0 = time.perf_counter()
                 f()
                 times[n].append(time.perf_counter() - t0)
-        result[f"{math.log(_work(b, h, length, length, d)):.3f}"] = float(np.median(times["numpy"]) / np.median(times["torch"]))
-    return result
+        steady = steady and all(float(np.median(t)) <= _STEADY * min(t) for t in times.values())
+        result[f"{math.log(_work(b, h, length, length, d)):.3f}"] = min(times["numpy"]) / min(times["torch"])
+    return result, steady
 
 
 def calibration(refresh: bool = False) -> dict[str, float]:
@@ -150,8 +161,8 @@ def calibration(refresh: bool = False) -> dict[str, float]:
                     return _calibration
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 pass
-        _calibration = _measure()
-        if path is not None:
+        _calibration, steady = _measure()
+        if path is not None and steady:  # a disturbed calibration serves this process only
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".{os.getpid()}.tmp")
