@@ -154,6 +154,8 @@ def broadcast_shapes(*shapes: Sequence[int | None]) -> tuple[Any, ...]:
     (``None``, symbolic: a graph being exported) length broadcasts against anything and stays unknown
     unless a known length other than 1 meets it.
     """
+    if shapes and all(s == shapes[0] for s in shapes[1:]) and None not in shapes[0]:
+        return tuple(shapes[0])  # equal shapes (the common case)
     ndim = 0
     for s in shapes:
         ndim = max(ndim, len(s))
@@ -278,6 +280,8 @@ def is_traced(x: object) -> bool:
     """
     if type(x) is np.ndarray or x is None:
         return False
+    if _TORCH_TENSOR is not None and type(x) is _TORCH_TENSOR[0]:  # a plain tensor (fake tensors are a subclass)
+        return x.is_meta or torch_compiling()
     mod = type(x).__module__
     if mod.startswith("ndonnx"):  # an ONNX graph being built (attnkit.export_onnx): no values at all
         return True
