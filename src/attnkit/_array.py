@@ -389,6 +389,9 @@ def _max_abs_reduction(x: Array, xp: Namespace) -> Any:
 # array again; the heads-first views the kernels see of the caller's arrays cover the same memory,
 # so they find it. A :class:`~attnkit.KVCache` notes the exact maximum of the keys/values it hands
 # out (kept per token as they are appended), so a decode step does not read the whole cache for it.
+# A note stands for the memory's contents at the time: it relies on no array being written in place
+# between its check and the end of the call (attnkit's kernels write only into arrays they allocated
+# after the checks; a cache's buffers are noted after the step's append).
 
 _MAGNITUDES: contextvars.ContextVar[dict[Any, tuple[float, bool, Any]] | None] = contextvars.ContextVar("attnkit_magnitudes", default=None)
 
