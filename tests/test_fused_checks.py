@@ -300,3 +300,44 @@ def test_numpy_decode_guarded_like_torch(monkeypatch: pytest.MonkeyPatch) -> Non
     b = _decode("torch", 1e19, True, monkeypatch)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, rtol=2e-5, atol=1e19 * 1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lk=st.integers(1, 300),
+    mv=st.floats(min_value=1e-20, max_value=1e30),
+    case=st.sampled_from([("numpy", "float32"), ("numpy", "float64"), ("torch", "float32"), ("torch", "bfloat16")]),
+    causal=st.booleans(),
+)
+def test_noted_output_bound_holds(lk: int, mv: float, case: tuple[str, str], causal: bool) -> None:
+    """The bound a kernel notes for its output (so the call's output check is skipped) is >= max|out|."""
+    from attnkit.kernels.dense import sdpa
+
+    lib, dtype = case
+    rng = np.random.default_rng(lk)
+    arrays = [rng.standard_normal((2, 3, lk, 4)), rng.standard_normal((2, 3, lk, 4)), rng.standard_normal((2, 3, lk, 4)) * mv]
+    if lib == "numpy":
+        arrays = [a.astype(dtype) for a in arrays]
+    else:
+        arrays = [torch.from_numpy(a).to(getattr(torch, dtype)) for a in arrays]
+    xp = namespace(*arrays)
+    with magnitude_scope():
+        for name, x in zip(ARGS, arrays, strict=True):
+            check_finite(x, name, xp)
+        out = sdpa(*arrays, xp=xp, scale=0.5, causal=causal)
+        known = known_magnitude(out)
+    got = float(np.max(np.abs(np.asarray(attnkit._array.to_numpy(out), dtype=np.float64))))
+    assert known is not None and math.isfinite(known[0]) and known[0] >= got
+
+
+def test_float_mask_output_still_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An additive float mask can overflow the logits: no bound is noted and the output check runs."""
+    checked = []
+    all_finite = overflow._all_finite
+    monkeypatch.setattr(overflow, "_all_finite", lambda x: checked.append(1) or all_finite(x))
+    q, k, v = _inputs("numpy", "float32")
+    FlashAttention(heads=2, dim=4).forward(q, k, v, mask=np.zeros((5, 5), np.float32))
+    assert checked
+    checked.clear()
+    FlashAttention(heads=2, dim=4).forward(q, k, v)
+    assert not checked  # a plain call: the kernel's bound stands for the check

@@ -67,6 +67,7 @@ __all__ = [
     "run_wider",
     "widen_if_at_risk",
     "finite_or_wider",
+    "note_convex_combination",
     "can_widen",
     "pow2_at_least",
     "rescale_factors",
@@ -133,6 +134,17 @@ def abs_bound(x: Array | None) -> float:
             note_magnitude(x, bound, exact)
             return bound
     return max_abs(x)
+
+
+def note_convex_combination(out: Array, v: Array, lk: int) -> None:
+    """Note ``max|v| * max(Lk, 2)`` as a bound of ``max|out|`` (:func:`attnkit._array.note_magnitude`) for the
+    result of a softmax-weighted average over ``Lk`` rows of ``v`` computed with :func:`at_risk` false:
+    exactly ``|out| <= max|v|``, and rounding adds at most ``(Lk + 2) u`` relative. The guard bounded
+    ``Lk max|v|`` within the dtype, so the note is finite and the output check of the call
+    (:func:`finite_or_wider`) need not read ``out``. Nothing is noted where ``max|v|`` is unknown."""
+    known = known_magnitude(v)
+    if known is not None and math.isfinite(known[0]) and not is_traced(out):
+        note_magnitude(out, known[0] * max(int(lk), 2), False)
 
 
 def dtype_max(dtype: Any) -> float:
@@ -314,6 +326,12 @@ def times_gain(x: Array, gain: Sequence[float], xp: Namespace) -> Array:
     return out
 
 
+def _proven_finite(x: Any) -> bool:
+    """Whether this call noted a finite bound of ``max|x|`` (a kernel's :func:`note_convex_combination`)."""
+    known = known_magnitude(x)
+    return known is not None and math.isfinite(known[0])
+
+
 def _all_finite(x: Any) -> bool:
     return all_finite(x)
 
@@ -336,7 +354,7 @@ def finite_or_wider(run: Callable[..., Array], args: Sequence[Any], kwargs: dict
 
 def _finite_or_wider(run: Callable[..., Array], args: Sequence[Any], kwargs: dict[str, Any], *, names: str, rerun: bool) -> Array:
     out = run(*args, **kwargs)
-    if not hasattr(out, "dtype") or is_traced(out) or _all_finite(out):
+    if not hasattr(out, "dtype") or is_traced(out) or _proven_finite(out) or _all_finite(out):
         return out
     from .._array import namespace
 
