@@ -39,6 +39,7 @@ __all__ = [
     "all_finite",
     "magnitude_scope",
     "note_magnitude",
+    "note_alias",
     "known_magnitude",
     "numpy_view",
     "flat_view",
@@ -328,12 +329,8 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
     elif is_traced(x):
         return
     memo = _MAGNITUDES.get()
-    key = None
     if memo is not None:
-        known = memo.get(id(x))
-        if known is None or known[2] is not x:
-            key = _storage_key(x)
-            known = memo.get(key) if key is not None else None
+        known = memo.get(x)
         if known is not None and math.isfinite(known[0]):
             return  # a finite bound on max |x| noted in this call: every element is finite
     view = numpy_view(x)
@@ -351,8 +348,8 @@ def check_finite(x: Array, name: str, xp: Namespace) -> None:
         bound, exact = float(m), True
         if not math.isfinite(bound):
             raise NonFiniteError(f"{name}: expected finite values, found NaN or infinity")
-    if key is not None:
-        memo[key] = memo[id(x)] = (bound, exact, x)
+    if memo is not None:
+        memo.put(x, bound, exact)
 
 
 def _raise_non_finite(view: np.ndarray, name: str) -> None:
@@ -393,7 +390,47 @@ def _max_abs_reduction(x: Array, xp: Namespace) -> Any:
 # between its check and the end of the call (attnkit's kernels write only into arrays they allocated
 # after the checks; a cache's buffers are noted after the step's append).
 
-_MAGNITUDES: contextvars.ContextVar[dict[Any, tuple[float, bool, Any]] | None] = contextvars.ContextVar("attnkit_magnitudes", default=None)
+
+class _Notes:
+    """The magnitudes noted in one scope: by identity (an entry holds its array, so the id is not reused),
+    and by the memory read (:func:`_storage_key`), computed only when an identity lookup misses."""
+
+    __slots__ = ("by_id", "by_key", "unkeyed")
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, tuple[float, bool, Any]] = {}
+        self.by_key: dict[Any, tuple[float, bool, Any]] = {}
+        self.unkeyed: list[tuple[float, bool, Any]] = []
+
+    def get(self, x: Any) -> tuple[float, bool, Any] | None:
+        hit = self.by_id.get(id(x))
+        if hit is not None:
+            return hit
+        if not self.by_id:
+            return None
+        for entry in self.unkeyed:  # key the entries noted so far (once each)
+            key = _storage_key(entry[2])
+            if key is not None:
+                self.by_key[key] = entry
+        self.unkeyed.clear()
+        key = _storage_key(x)
+        hit = self.by_key.get(key) if key is not None else None
+        if hit is not None:
+            self.by_id[id(x)] = hit = (hit[0], hit[1], x)  # a view of noted memory: by identity from now on
+        return hit
+
+    def put(self, x: Any, bound: float, exact: bool) -> None:
+        entry = (float(bound), bool(exact), x)
+        self.by_id[id(x)] = entry
+        self.unkeyed.append(entry)
+
+    def alias(self, view: Any, base: Any) -> None:
+        hit = self.by_id.get(id(base))
+        if hit is not None and view is not base:
+            self.by_id[id(view)] = (hit[0], hit[1], view)
+
+
+_MAGNITUDES: contextvars.ContextVar[_Notes | None] = contextvars.ContextVar("attnkit_magnitudes", default=None)
 
 #: ``sqrt`` of the smallest normal number: an element whose square underflows is below it
 _SQRT_TINY = {np.dtype(np.float32): math.sqrt(float(np.finfo(np.float32).tiny)), np.dtype(np.float64): math.sqrt(float(np.finfo(np.float64).tiny))}
@@ -422,7 +459,7 @@ class magnitude_scope:  # noqa: N801 - used like a function: ``with magnitude_sc
     __slots__ = ("_token",)
 
     def __enter__(self) -> None:
-        self._token = _MAGNITUDES.set({}) if _MAGNITUDES.get() is None else None
+        self._token = _MAGNITUDES.set(_Notes()) if _MAGNITUDES.get() is None else None
 
     def __exit__(self, *exc: object) -> None:
         if self._token is not None:
@@ -451,26 +488,25 @@ def note_magnitude(x: Any, bound: float, exact: bool) -> None:
     """Record ``bound >= max |x|`` (``exact``: equal to it) for the rest of the :func:`magnitude_scope`;
     nothing outside one. The array is held until the scope ends, so its memory is not reused meanwhile."""
     memo = _MAGNITUDES.get()
-    if memo is None or x is None:
-        return
-    key = _storage_key(x)
-    if key is not None:
-        memo[key] = memo[id(x)] = (float(bound), bool(exact), x)
+    if memo is not None and x is not None:
+        memo.put(x, bound, exact)
+
+
+def note_alias(view: Any, base: Any) -> None:
+    """``view`` reads the memory of ``base`` (an axis permutation or reshape of it): what was noted for
+    ``base`` in this scope holds for ``view`` (found without computing either's memory)."""
+    memo = _MAGNITUDES.get()
+    if memo is not None:
+        memo.alias(view, base)
 
 
 def known_magnitude(x: Any) -> tuple[float, bool] | None:
     """``(bound, exact)`` noted for the memory ``x`` reads in this scope, or ``None``."""
     memo = _MAGNITUDES.get()
-    if not memo or x is None:
+    if memo is None or x is None:
         return None
-    hit = memo.get(id(x))  # the same object (held by the entry, so its id is not reused)
-    if hit is None or hit[2] is not x:
-        key = _storage_key(x)
-        hit = memo.get(key) if key is not None else None
-        if hit is None:
-            return None
-        memo[id(x)] = (hit[0], hit[1], x)  # a view of noted memory: found by identity from now on
-    return hit[0], hit[1]
+    hit = memo.get(x)
+    return None if hit is None else (hit[0], hit[1])
 
 
 def numpy_view(x: Any) -> np.ndarray | None:

@@ -16,7 +16,19 @@ from typing import Any
 
 import array_api_compat
 
-from .._array import Array, Namespace, as_float_array, check_finite, common_float_dtype, compute_dtype, is_torch, length, namespace, shape_str
+from .._array import (
+    Array,
+    Namespace,
+    as_float_array,
+    check_finite,
+    common_float_dtype,
+    compute_dtype,
+    is_torch,
+    length,
+    namespace,
+    note_alias,
+    shape_str,
+)
 from .._array import broadcast_shapes as _bshapes
 from ..errors import ShapeError
 from ..kernels.masks import prepare_mask, unflatten_mask
@@ -60,7 +72,8 @@ class SequenceInputs:
         """Heads-first ``(..., H, Lq, Dv)`` result -> caller layout (``(..., Lq, H, Dv)`` for ``bshd``), dtype and flatness."""
         xp = self.xp
         if self.layout == "bshd":
-            out = xp.moveaxis(out, -3, -2)
+            heads_first, out = out, xp.moveaxis(out, -3, -2)
+            note_alias(out, heads_first)  # a bound the kernel noted for its result holds for the view
         if out.dtype != self.out_dtype:
             out = xp.astype(out, self.out_dtype)
         if self.flat:
@@ -163,6 +176,9 @@ def prepare_sequence(
         qh, kh, vh = (xp.astype(x, cdt) if x.dtype != cdt else x for x in (q, k, v))
     else:
         qh, kh, vh = (xp.moveaxis(xp.astype(x, cdt) if x.dtype != cdt else x, -3, -2) for x in (q, k, v))
+        for x, xh in ((q, qh), (k, kh), (v, vh)):
+            if x.dtype == cdt:
+                note_alias(xh, x)  # the heads-first view reads the memory the input check measured
     lq, lk = length(q.shape[lax]), length(k.shape[lax])
     if flat:
         mask = unflatten_mask(mask, lq, lk)
