@@ -459,7 +459,7 @@ class magnitude_scope:  # noqa: N801 - used like a function: ``with magnitude_sc
     __slots__ = ("_token",)
 
     def __enter__(self) -> None:
-        self._token = _MAGNITUDES.set(_Notes()) if _MAGNITUDES.get() is None else None
+        self._token = _MAGNITUDES.set(_Notes()) if not torch_compiling() and _MAGNITUDES.get() is None else None
 
     def __exit__(self, *exc: object) -> None:
         if self._token is not None:
@@ -475,9 +475,12 @@ def _storage_key(x: Any) -> Any:
     if type(x) is np.ndarray:
         ptr, pairs, tag = x.__array_interface__["data"][0], zip(x.shape, x.strides, strict=True), x.dtype
     elif _TORCH_TENSOR is not None and isinstance(x, _TORCH_TENSOR[0]):
+        if x.is_nested:
+            return None
         try:
-            ptr, pairs, tag = x.data_ptr(), zip(x.shape, x.stride(), strict=True), (x.dtype, x.get_device())
-        except (RuntimeError, TypeError, NotImplementedError):  # nested, sparse or symbolic tensors
+            ptr, tag = x.data_ptr(), (x.dtype, x.get_device())
+            return (ptr, tag, tuple(sorted(p for p in zip(x.shape, x.stride(), strict=True) if p[0] != 1 and p[1] != 0)))
+        except (RuntimeError, TypeError, ValueError, NotImplementedError):  # sparse or symbolic tensors
             return None
     else:
         return ("id", id(x))
@@ -487,6 +490,8 @@ def _storage_key(x: Any) -> Any:
 def note_magnitude(x: Any, bound: float, exact: bool) -> None:
     """Record ``bound >= max |x|`` (``exact``: equal to it) for the rest of the :func:`magnitude_scope`;
     nothing outside one. The array is held until the scope ends, so its memory is not reused meanwhile."""
+    if torch_compiling():  # nothing to note in a traced graph (and dynamo cannot trace a ContextVar)
+        return
     memo = _MAGNITUDES.get()
     if memo is not None and x is not None:
         memo.put(x, bound, exact)
@@ -495,6 +500,8 @@ def note_magnitude(x: Any, bound: float, exact: bool) -> None:
 def note_alias(view: Any, base: Any) -> None:
     """``view`` reads the memory of ``base`` (an axis permutation or reshape of it): what was noted for
     ``base`` in this scope holds for ``view`` (found without computing either's memory)."""
+    if torch_compiling():
+        return
     memo = _MAGNITUDES.get()
     if memo is not None:
         memo.alias(view, base)
@@ -502,6 +509,8 @@ def note_alias(view: Any, base: Any) -> None:
 
 def known_magnitude(x: Any) -> tuple[float, bool] | None:
     """``(bound, exact)`` noted for the memory ``x`` reads in this scope, or ``None``."""
+    if torch_compiling():
+        return None
     memo = _MAGNITUDES.get()
     if memo is None or x is None:
         return None
@@ -580,6 +589,8 @@ def all_finite(x: Any) -> bool:
         return bool(np.isfinite(view).all())
     xp = namespace(x)
     x = x.detach() if hasattr(x, "detach") else x
+    if getattr(x, "is_nested", False) is True:  # ragged: no plain size or reduction
+        return bool(xp.all(xp.isfinite(x)))
     if _size(x) == 0:
         return True
     if bool(xp.isfinite(xp.sum(x))):
