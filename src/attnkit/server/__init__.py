@@ -50,7 +50,7 @@ def run(
     """
     import uvicorn
 
-    from .protocol import JsonH11Protocol
+    from .protocol import event_loop, http_protocol
 
     workers, port, host = check_address(host, port, workers)
     if settings is None:
@@ -64,7 +64,8 @@ def run(
         "timeout_graceful_shutdown": int(settings.request_timeout_s) + 5,
         "server_header": False,
         "timeout_keep_alive": float(keep_alive_s),
-        "http": JsonH11Protocol,
+        "http": http_protocol(settings.http),  # httptools when installed (see .protocol)
+        "loop": event_loop(settings.loop),
     }
     check_port_free(host, port)
     if workers > 1:
