@@ -230,3 +230,62 @@ def test_single_process_server_stops_on_the_first_sigint_after_load(loop: str) -
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------------- large bodies through shared memory
+def _memfd_maps() -> int:
+    """Mappings of the workers' shared buffers in this (the server's) process."""
+    with open("/proc/self/maps") as f:
+        return sum("attnkit-body" in line for line in f)
+
+
+def _dev_shm() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if "attnkit" in n or n.startswith(("psm_", "wnsm_"))} if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the shared buffer is a Linux memfd; elsewhere bodies go through the pipe")
+def test_large_bodies_reach_the_workers_bit_for_bit_and_leave_nothing_behind() -> None:
+    import attnkit
+    from attnkit.server import isolation
+
+    before = _dev_shm()
+    settings = Settings(max_concurrency=1, inline_max_flops=0, request_timeout_s=0.5, max_flops=1e13, max_work_bytes=2**34)
+    with live_server(settings) as srv, srv.client() as c:
+        runner = srv.server.config.app.state.attnkit.runner
+        # sizes below the threshold (pipe), just above it (1 MiB buffer), past it (the buffer grows), then small again
+        for n in (40, isolation.SHM_MIN_BYTES // 512 + 1, 700, 3000, 100):
+            q, k, v = (np.random.default_rng(n).standard_normal(s).astype(np.float32) for s in ((n, 64), (n, 64), (n, 64)))
+            body, headers = binary(q, k, v)
+            want = attnkit.ScaledDotProduct(dim=64).forward(q, k, v)
+            r = c.post(SDP, content=body, headers=headers)  # raw: read in place in the worker
+            assert r.status_code == 200, r.text
+            assert r.content == want.astype("<f4").tobytes(), n  # the library's bytes
+            s = q.astype(np.float64) @ k.astype(np.float64).T / 8.0
+            p = np.exp(s - s.max(-1, keepdims=True))
+            np.testing.assert_allclose(want, (p / p.sum(-1, keepdims=True)) @ v, rtol=2e-4, atol=2e-5)  # and the reference's
+            npy = c.post(SDP, content=b"".join(_npy(a) for a in (q, k, v)), headers={"Content-Type": "application/x-npy", "Accept": "application/octet-stream"})
+            assert npy.status_code == 200 and npy.content == r.content  # .npy bodies: copied out of the buffer
+        assert 1 <= _memfd_maps() <= 1  # one worker, one buffer (the smaller ones it outgrew are unmapped)
+        # a request that errors in the worker (shapes that do not add up), then one that is killed on its time limit
+        bad = c.post(SDP, content=body, headers={**headers, "X-Attnkit-Keys-Shape": "99,64"})
+        assert bad.status_code == 400 and bad.json()["error"]["field"] == "body"
+        q, k, v = (np.random.default_rng(1).standard_normal((8192, 64)).astype(np.float32) for _ in range(3))
+        body, headers = binary(q, k, v)
+        slow = c.post(SDP, content=body, headers=headers)  # 8192 queries over 8192 keys: seconds of work
+        assert slow.status_code == 504, slow.text
+        # the killed worker's buffer is gone with it; its replacement gets its own on its first large body
+        q, k, v = (np.random.default_rng(2).standard_normal(s).astype(np.float32) for s in ((500, 64), (500, 64), (500, 64)))
+        body, headers = binary(q, k, v)
+        r = c.post(SDP, content=body, headers=headers)
+        assert r.status_code == 200 and r.content == attnkit.ScaledDotProduct(dim=64).forward(q, k, v).astype("<f4").tobytes()
+        assert runner.replaced >= 1 and _memfd_maps() <= settings.max_concurrency
+    assert _memfd_maps() == 0  # the server stopped: every buffer unmapped
+    assert _dev_shm() <= before  # and nothing was ever named in /dev/shm
+
+
+def _npy(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
