@@ -224,3 +224,15 @@ def test_bad_input() -> None:
     moe.dispose()
     with pytest.raises(DisposedError):
         moe(np.zeros((3, 8)))
+
+
+def test_capacity_of_a_run_time_token_count_equals_the_python_one() -> None:
+    """An exported graph counts T at run time (a 0-d array): the same float64 arithmetic, so the same
+    capacity as Python's ceil(factor * T * k / E) for every T, including factors not exact in binary."""
+    for factor in (None, 0.1, 0.6, 1.0, 1.1, 1.25, 2.0 / 3.0, 3.7):
+        for e, k in ((2, 1), (3, 2), (7, 3), (64, 2)):
+            for t in range(0, 300):
+                want = t if factor is None else max(1, math.ceil(factor * t * k / e))
+                got = expert_capacity(np.asarray(t, dtype=np.int64), e, k, factor)
+                assert np.asarray(got).dtype == np.int64 and int(got) == want, (factor, e, k, t)
+                assert expert_capacity(t, e, k, factor) == want
