@@ -23,7 +23,7 @@ import attnkit  # noqa: E402
 from attnkit.errors import ConfigError  # noqa: E402
 from attnkit.mechanisms import registry  # noqa: E402
 
-WEIGHTED = ["flash", "multi_head", "cross", "hyperbolic", "scaled_dot_product"]
+WEIGHTED = ["flash", "multi_head", "cross", "hyperbolic", "scaled_dot_product", "local_global"]
 
 
 def _run(path: str, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -69,6 +69,38 @@ def test_flash_weights_with_causal_bool_mask_against_float64(tmp_path) -> None:
     p = np.exp(s - s.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     np.testing.assert_allclose(got, p, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"window": 4, "global_tokens": [0, 6], "causal": True},
+        {"window": 2, "global_tokens": 12},  # more global tokens than the shorter length
+    ],
+)
+def test_local_global_weights_pattern_is_built_in_the_graph(options: dict, tmp_path) -> None:
+    """The sliding-window + global pattern comes from index comparisons in the graph: at lengths other than
+    the example's it equals attention_weights and is zero exactly outside local_global_mask, with a bool
+    key mask on top (float64 reference: softmax over the pattern and the mask)."""
+    mech = attnkit.LocalGlobalAttention(dim=4, heads=2, **options)
+    rng = np.random.default_rng(5)
+    ex = mech.example_inputs(8, rng)
+    path = str(tmp_path / "w.onnx")
+    attnkit.export_onnx(mech, path, ex[0], ex[1], mask=np.ones((8, 8), bool), output="weights")
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    for length in (7, 19):
+        q, k, _ = mech.example_inputs(length, rng)
+        mask = rng.random((length, length)) > 0.2
+        np.fill_diagonal(mask, True)
+        got = _run(path, {"query": q, "key": k, "mask": mask})
+        want = np.asarray(mech.attention_weights(q, k, mask=mask))
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6)
+        allowed = mech.dense_mask(length) & mask
+        s = np.einsum("qhd,khd->hqk", q.astype(np.float64), k.astype(np.float64)) / 2.0
+        s = np.where(allowed, s, -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        np.testing.assert_allclose(got, p / p.sum(-1, keepdims=True), rtol=2e-4, atol=2e-6)
+        assert np.all(got[:, ~allowed] == 0)
 
 
 def test_metadata_records_mechanism_options_and_output(tmp_path) -> None:
