@@ -62,9 +62,7 @@ def local_global_tile(q0: int, nq: int, k0: int, nk: int, radius: int, global_id
     return allowed
 
 
-def local_global_allowed(
-    q: Array, k: Array, *, xp: Namespace, radius: int, global_idx: Any, causal: bool, mask: Array | None = None
-) -> Array:
+def local_global_allowed(q: Array, k: Array, *, xp: Namespace, radius: int, global_idx: Any, causal: bool, mask: Array | None = None) -> Array:
     """The pattern of :func:`local_global_mask` for scores of ``q (..., Lq, D)`` over ``k (..., Lk, D)``,
     built from index grids, combined with ``mask``: a bool ``(..., Lq, Lk)`` (True = may attend), or a
     float mask with ``-inf`` outside the pattern when ``mask`` is float.
