@@ -136,3 +136,30 @@ def test_cli_attention_weights_flag(tmp_path) -> None:
     assert meta["attnkit.output"] == "weights"
     q = np.random.default_rng(0).standard_normal((6, 2, 4)).astype(np.float32)
     np.testing.assert_allclose(_run(str(out), {"query": q, "key": q}), attnkit.FlashAttention(heads=2, dim=4).attention_weights(q), atol=2e-6)
+
+
+def test_edge_featured_graphs_take_edge_features_as_an_input(tmp_path) -> None:
+    """With edge_dim > 0 the forward and weights graphs (``attnkit export``, values defaulted to the keys
+    and dropped: graph attention takes none) have an ``edge_features`` input after query and key; ONNX
+    Runtime equals attnkit's forward / attention_weights given the same edge features at other lengths."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    mech = attnkit.EdgeFeaturedAttention(dim=8, heads=2, edge_dim=3)
+    for flag, stem in (([], "f"), (["--attention-weights"], "w")):
+        out = tmp_path / f"{stem}.onnx"
+        r = subprocess.run(
+            [sys.executable, "-m", "attnkit.cli", "export", "--type", "edge_featured", "--dim", "8", "-O", "heads=2", "-O", "edge_dim=3",
+             *flag, "-o", str(out), "--json"],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["inputs"] == ["query", "key", "edge_features"]
+        onnx.checker.check_model(onnx.load(out), full_check=True)
+        for length in (5, 19):
+            rng = np.random.default_rng(length)
+            q, k = mech.example_inputs(length, rng)
+            ef = mech.example_extras(length, rng)["edge_features"]
+            got = _run(str(out), {"query": q, "key": k, "edge_features": ef})
+            want = mech.forward(q, k, edge_features=ef) if stem == "f" else mech.attention_weights(q, k, edge_features=ef)
+            np.testing.assert_allclose(got, np.asarray(want), rtol=2e-4, atol=2e-6)
+            other = _run(str(out), {"query": q, "key": k, "edge_features": ef + 1.0})
+            assert not np.allclose(other, got, atol=1e-4)  # the edge features are read, not baked in
