@@ -55,6 +55,7 @@ __all__ = [
     "broadcast_shapes",
     "reshape_lead",
     "broadcast_lead",
+    "moveaxis",
     "length",
     "to_numpy",
     "shape_str",
@@ -154,6 +155,17 @@ def _graph_reshape_keep(x: Array, keep: int, tail: Sequence[int]) -> Array | Non
         return None
     shape = typed.op.const(np.array([0] * keep + [int(t) for t in tail], dtype=np.int64))
     return type(x)._from_tyarray(type(ty)(typed.op.reshape(var, shape, allowzero=False)))
+
+
+def moveaxis(x: Array, source: int, destination: int, xp: Namespace) -> Array:
+    """``xp.moveaxis(x, source, destination)`` with both axes made non-negative (``axis % x.ndim``).
+
+    The same result; but a graph exporter that copies the axes into a permutation (torch.onnx's
+    TorchScript exporter writes ``Transpose(perm=[1, -3, 2])`` for ``movedim(x, -3, -2)``) then writes a
+    valid one: ONNX requires ``perm`` entries in ``[0, rank)``.
+    """
+    n = x.ndim
+    return xp.moveaxis(x, int(source) % n, int(destination) % n)
 
 
 def broadcast_lead(arrays: Sequence[Array], tails: Sequence[int], xp: Namespace) -> list[Array]:
