@@ -96,6 +96,9 @@ class MoEAttention(LearnedParams, Mechanism):
     query ``(dim,)``, ``keys (..., Lk, dim)`` (default ``q``), ``values (..., Lk, Dv)`` (default
     ``keys``), ``mask``: a bool key mask ``(..., Lk)`` (True = attend).
 
+    Exports to ONNX (:func:`attnkit.export_onnx`): routing and the capacity (from the run-time token count)
+    are computed in the graph, so the model drops the tokens the library drops at every length.
+
     After each forward: :attr:`last_aux_loss` (the load-balancing loss, a float for NumPy input and a
     tensor carrying gradient for torch), :meth:`usage_stats` (cumulative), :meth:`reset_stats`.
     Parameters: ``router.weight (E, dim)``, ``router.bias (E,)`` and each expert's own as
