@@ -149,7 +149,7 @@ def _graph_reshape_keep(x: Array, keep: int, tail: Sequence[int]) -> Array | Non
         from ndonnx._typed_array import onnx as typed
     except ImportError:  # pragma: no cover - another ndonnx layout
         return None
-    ty = getattr(x, "_tyarray", None)
+    ty: Any = getattr(x, "_tyarray", None)
     var = getattr(ty, "_var", None)
     if var is None:  # pragma: no cover - not a plain tensor
         return None
@@ -181,7 +181,7 @@ def broadcast_lead(arrays: Sequence[Array], tails: Sequence[int], xp: Namespace)
     if not batch:
         return list(arrays)
     # one element of each array's batch (its feature axes indexed at 0), broadcast: the batch's run-time shape
-    stubs = xp.broadcast_arrays(*(x[(..., *([0] * t))] for x, t in zip(arrays, tails, strict=True)))
+    stubs = xp.broadcast_arrays(*(x[(...,) + (0,) * t] for x, t in zip(arrays, tails, strict=True)))
     dyn = stubs[0].dynamic_shape
     return [xp.broadcast_to(x, xp.concat([dyn, x.dynamic_shape[x.ndim - t :]])) for x, t in zip(arrays, tails, strict=True)]
 
