@@ -236,3 +236,23 @@ def test_capacity_of_a_run_time_token_count_equals_the_python_one() -> None:
                 got = expert_capacity(np.asarray(t, dtype=np.int64), e, k, factor)
                 assert np.asarray(got).dtype == np.int64 and int(got) == want, (factor, e, k, t)
                 assert expert_capacity(t, e, k, factor) == want
+
+
+@pytest.mark.parametrize("overflow", ["drop", "pass_through"])
+def test_traced_batched_path_equals_the_per_item_path(overflow: str) -> None:
+    """Traced (jax.jit), every expert computes the whole batch at once with unserved rows masked out; with
+    concrete values each computes only its served rows, one batch item at a time: the same numbers
+    (float64), for every expert kind, a key mask per batch item, and tokens over capacity."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    moe = MoEAttention(dim=8, num_experts=4, top_k=2, expert_capacity=0.6, experts="flash,linear,hyperbolic,scaled_dot_product", overflow=overflow)
+    rng = np.random.default_rng(12)
+    q, k, v = inputs(rng, lq=6, lk=5, batch=(3,))
+    keep = rng.random((3, 5)) > 0.3
+    keep[:, 0] = True
+    want = moe(q, k, v, mask=keep)
+    assert not moe.last_routing["keep"].all()  # some assignments over capacity
+    got = jax.jit(lambda *a: moe.forward(*a[:3], mask=a[3]))(*(jnp.asarray(x) for x in (q, k, v, keep)))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-14)
