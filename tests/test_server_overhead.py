@@ -292,3 +292,20 @@ def _npy(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------- what run() hands uvicorn
+@pytest.mark.parametrize(("level", "access"), [("info", False), ("warning", False), ("debug", True)])
+def test_run_chooses_parser_loop_and_access_log(monkeypatch: pytest.MonkeyPatch, level: str, access: bool) -> None:
+    import uvicorn
+
+    import attnkit.server as server
+
+    got: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: got.append(kw))
+    server.run("127.0.0.1", 0, 1, settings=Settings(http="h11", loop="asyncio"), log_level=level)
+    (kw,) = got
+    assert kw["access_log"] is access  # one line per request at debug level only
+    assert kw["http"] is protocol.JsonH11Protocol and kw["loop"] == "asyncio"
+    server.run("127.0.0.1", 0, 1, settings=Settings(), log_level=level)
+    assert got[1]["http"] is protocol.http_protocol("auto") and got[1]["loop"] == "auto"
