@@ -172,6 +172,17 @@ def test_inline_plans_follow_shapes_options_and_evictions() -> None:
             assert r.status_code == 200, r.text
             np.testing.assert_allclose(np.frombuffer(r.content, np.float32), ref_neighbour(q, k, v, scale), rtol=1e-5, atol=1e-6)
         assert lane.served > 0 and len(lane._plans) >= 2
+        # options equal in Python but not as options (8, 8.0, True): each its own plan, the workers' answer
+        q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((8,), (4, 8), (4, 8)))
+        doc = {"query": q.tolist(), "keys": k.tolist(), "values": v.tolist()}
+        served = lane.served
+        for _ in range(4):
+            r = c.post(SDP, json={**doc, "options": {"dim": 8}})
+            np.testing.assert_allclose(np.asarray(r.json()["output"]), ref_neighbour(q, k, v), rtol=1e-5, atol=1e-6)
+        assert lane.served > served  # the later ones inline, from the plan
+        for bad in (8.0, True):
+            r = c.post(SDP, json={**doc, "options": {"dim": bad}})
+            assert r.status_code == 422 and r.json()["error"]["field"] == "options.dim", r.text
         # a shape that does not fit the cached kind's options: the same 422 inline as in a worker
         q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((8,), (20, 8), (20, 8)))
         body, headers = binary(q, k, v)

@@ -71,9 +71,11 @@ class _Plan:
 
 
 def _plan_key(name: str, options: Mapping[str, Any], tensors: Mapping[str, Any]) -> Hashable | None:
-    """A key for :class:`_Plan`: the name, the options as given and each tensor's shape and dtype; ``None``
+    """A key for :class:`_Plan`: the name, the options as given (with their types: ``8``, ``8.0`` and
+    ``True`` are equal keys in Python but not the same option) and each tensor's shape and dtype; ``None``
     when an option value cannot be hashed (a JSON list), which is then resolved each time."""
-    key = (name, tuple(options.items()), tuple((f, t.shape, t.dtype.str) for f, t in tensors.items() if t is not None))
+    opts = tuple((k, type(v), v) for k, v in options.items())
+    key = (name, opts, tuple((f, t.shape, t.dtype.str) for f, t in tensors.items() if t is not None))
     try:
         hash(key)
     except TypeError:
