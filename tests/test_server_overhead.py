@@ -126,6 +126,34 @@ def test_keep_alive_and_pipelined_requests_get_the_reference_answers(srv: Any) -
     assert b"HTTP/1.1 200" in rest[len(got[0]) :] and b'"status":"ok"' in rest.replace(b" ", b"")
 
 
+def test_head_requests_and_expect_100_continue_on_both_parsers(srv: Any) -> None:
+    """A response head with no body after it (HEAD) and a 100 Continue before the body both reach the
+    client (the httptools protocol sends a response's head together with its body)."""
+    host, port = srv.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(65536)
+        # the route answers GET only (405, with its length), but the head arrives, and no body after it
+        assert head.startswith((b"HTTP/1.1 200", b"HTTP/1.1 405")) and head.endswith(b"\r\n\r\n"), head
+        rng = np.random.default_rng(15)
+        q, k, v = (rng.standard_normal(sh).astype(np.float32) for sh in ((8,), (3, 8), (3, 8)))
+        body, headers = binary(q, k, v)
+        lines = "".join(f"{a}: {b}\r\n" for a, b in headers.items())
+        s.sendall(f"POST {SDP} HTTP/1.1\r\nHost: x\r\n{lines}Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode())
+        interim = s.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100"), interim  # sent at once, before the body
+        s.sendall(body)
+        resp = b""
+        while len(resp.partition(b"\r\n\r\n")[2]) < 32:
+            chunk = s.recv(65536)
+            assert chunk
+            resp += chunk
+    assert resp.startswith(b"HTTP/1.1 200")
+    np.testing.assert_allclose(np.frombuffer(resp.partition(b"\r\n\r\n")[2], np.float32), ref_neighbour(q, k, v), rtol=1e-5, atol=1e-6)
+
+
 def test_json_and_binary_agree_with_the_reference(srv: Any) -> None:
     rng = np.random.default_rng(12)
     q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((8,), (5, 8), (5, 8)))
