@@ -25,6 +25,7 @@ from .._array import (
     compute_dtype,
     is_torch,
     length,
+    moveaxis,
     namespace,
     note_alias,
     shape_str,
@@ -72,7 +73,7 @@ class SequenceInputs:
         """Heads-first ``(..., H, Lq, Dv)`` result -> caller layout (``(..., Lq, H, Dv)`` for ``bshd``), dtype and flatness."""
         xp = self.xp
         if self.layout == "bshd":
-            heads_first, out = out, xp.moveaxis(out, -3, -2)
+            heads_first, out = out, moveaxis(out, -3, -2, xp)
             note_alias(out, heads_first)  # a bound the kernel noted for its result holds for the view
         if out.dtype != self.out_dtype:
             out = xp.astype(out, self.out_dtype)
@@ -175,7 +176,7 @@ def prepare_sequence(
     if bhsd:
         qh, kh, vh = (xp.astype(x, cdt) if x.dtype != cdt else x for x in (q, k, v))
     else:
-        qh, kh, vh = (xp.moveaxis(xp.astype(x, cdt) if x.dtype != cdt else x, -3, -2) for x in (q, k, v))
+        qh, kh, vh = (moveaxis(xp.astype(x, cdt) if x.dtype != cdt else x, -3, -2, xp) for x in (q, k, v))
         for x, xh in ((q, qh), (k, kh), (v, vh)):
             if x.dtype == cdt:
                 note_alias(xh, x)  # the heads-first view reads the memory the input check measured
