@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["exp_rowsum", "enabled", "exp_rowsum_reference"]
+__all__ = ["exp_rowsum", "enabled", "loaded", "exp_rowsum_reference"]
 
 _lock = threading.Lock()
 _kernel: Any = None  # the compiled function, or False when unavailable / disabled
@@ -39,6 +39,11 @@ def enabled() -> bool:
     if os.environ.get("ATTNKIT_NUMBA", "").strip().lower() in ("0", "off", "false", "no"):
         return False
     return _kernel is not False and (_kernel is not None or importlib.util.find_spec("numba") is not None)
+
+
+def loaded() -> bool:
+    """Whether the kernel is compiled in this process already (so using it costs nothing more)."""
+    return bool(_kernel)
 
 
 def exp_rowsum() -> Callable[[np.ndarray, np.ndarray], None] | None:
@@ -72,7 +77,9 @@ def _compile() -> Any:
             row = s[i]
             for j in range(cols):
                 x = row[j]
-                xc = min(max(x, f32(-87.0)), f32(88.37))
+                # written so that NaN falls through every select and stays NaN
+                xc = x if not (x < f32(-87.0)) else f32(-87.0)
+                xc = xc if not (xc > f32(88.37)) else f32(88.37)
                 n = np.floor(xc * f32(1.44269504088896341) + f32(0.5))
                 f = xc - n * f32(0.693359375)
                 f = f - n * f32(-2.12194440e-4)
@@ -85,9 +92,8 @@ def _compile() -> Any:
                 p = p * f * f + f + f32(1.0)
                 # 2^n from its exponent bits: n in [-125, 127] on the clamped range
                 e = p * np.int32((np.int32(n) + np.int32(127)) << np.int32(23)).view(np.float32)
-                e = e if x >= f32(-87.0) else f32(0.0)
-                e = e if x <= f32(88.37) else f32(np.inf)
-                e = e if x == x else x
+                e = e if not (x < f32(-87.0)) else f32(0.0)
+                e = e if not (x > f32(88.37)) else f32(np.inf)
                 row[j] = e
                 acc += e
             z[i] = acc
