@@ -32,13 +32,17 @@ __all__ = ["exp_rowsum", "enabled", "loaded", "exp_rowsum_reference"]
 
 _lock = threading.Lock()
 _kernel: Any = None  # the compiled function, or False when unavailable / disabled
+_found: bool | None = None  # whether numba is installed (looked up once: find_spec reads the disk)
 
 
 def enabled() -> bool:
     """Whether the compiled pass may be used: Numba installed and ``$ATTNKIT_NUMBA`` not ``0``/``off``."""
     if os.environ.get("ATTNKIT_NUMBA", "").strip().lower() in ("0", "off", "false", "no"):
         return False
-    return _kernel is not False and (_kernel is not None or importlib.util.find_spec("numba") is not None)
+    global _found
+    if _found is None:
+        _found = importlib.util.find_spec("numba") is not None
+    return _kernel is not False and (_kernel is not None or _found)
 
 
 def loaded() -> bool:

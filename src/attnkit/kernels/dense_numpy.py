@@ -419,13 +419,15 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
                 mt = mn[slice(None) if mn.shape[0] == 1 else slice(q0, q1), slice(None) if mn.shape[1] == 1 else slice(k0, k1)]
             if bounded:
                 # logits bounded by |U| <= R: p = e^s stays normal, no running maximum needed
-                fused = accel is not None and not masked and mt is None  # e^s and its row sums in one pass
+                fused = accel is not None and mt is None  # e^s and its row sums in one pass
                 if fused:
+                    if masked:  # the band's edge: -inf outside it, e^-inf = 0
+                        np.add(s, _toeplitz(plan.pat_bias, k0 - q0 + base, r, cols), out=s)
                     accel(s, lrow if bi == 0 else lt)
                 else:
                     expf(s, out=s)
                 tick("exp")
-                if masked:
+                if masked and not fused:
                     np.multiply(s, _toeplitz(plan.pat_mul, k0 - q0 + base, r, cols), out=s)
                 if mt is not None:
                     np.multiply(s, mt, out=s)
