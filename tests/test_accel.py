@@ -61,3 +61,12 @@ def test_import_attnkit_does_not_import_numba():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_wanted_only_for_large_float32_calls(monkeypatch):
+    assert not _accel.wanted(1 << 30, np.float64)  # the pass is float32 only
+    assert not _accel.wanted(1000, np.float32)  # small calls keep NumPy's pass
+    monkeypatch.setenv("ATTNKIT_NUMBA", "0")
+    assert not _accel.wanted(1 << 30, np.float32)
+    monkeypatch.delenv("ATTNKIT_NUMBA")
+    assert _accel.wanted(1 << 30, np.float32) == _accel.enabled()

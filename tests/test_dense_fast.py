@@ -39,7 +39,7 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 
         if _accel.exp_rowsum() is None:
             pytest.skip("numba present but disabled or unusable")
-        monkeypatch.setattr(dn, "_ACCEL_MIN_SCORES", 0)
+        monkeypatch.setattr(_accel, "USE_MIN_SCORES", 0)
     else:
         monkeypatch.setenv("ATTNKIT_NUMBA", "0")  # the NumPy passes, even where Numba is installed
     monkeypatch.setattr(dn, "_EXP2", {k: request.param != "bounded-exp" for k in dn._LOGIT_RANGE})

@@ -28,7 +28,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["exp_rowsum", "enabled", "loaded", "exp_rowsum_reference"]
+__all__ = ["exp_rowsum", "enabled", "loaded", "wanted", "exp_rowsum_reference"]
+
+#: a call with at least this many scores loads the compiled pass (Numba's import and cache load take
+#: about a second, once per process) ...
+LOAD_MIN_SCORES = 1 << 24
+#: ... and once loaded, calls with at least this many use it (smaller ones keep NumPy's pass: the
+#: gain there is microseconds, and small results then do not depend on what ran before)
+USE_MIN_SCORES = 1 << 20
 
 _lock = threading.Lock()
 _kernel: Any = None  # the compiled function, or False when unavailable / disabled
@@ -48,6 +55,13 @@ def enabled() -> bool:
 def loaded() -> bool:
     """Whether the kernel is compiled in this process already (so using it costs nothing more)."""
     return bool(_kernel)
+
+
+def wanted(scores: int, dtype: Any) -> bool:
+    """Whether a kernel call over ``scores`` attention scores of ``dtype`` should take the compiled pass."""
+    if np.dtype(dtype) != np.float32 or scores < USE_MIN_SCORES or not enabled():
+        return False
+    return loaded() or scores >= LOAD_MIN_SCORES
 
 
 def exp_rowsum() -> Callable[[np.ndarray, np.ndarray], None] | None:

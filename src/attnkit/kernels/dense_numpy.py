@@ -88,9 +88,6 @@ _TILE_BYTES = 1 << 20
 _Q_TILE = 256
 #: Smallest key block (a narrower GEMM wastes BLAS's packing).
 _MIN_KEY_BLOCK = 128
-#: A call with fewer scores does not load the compiled pass of :mod:`._accel` (about a second, once
-#: per process); once loaded every call uses it.
-_ACCEL_MIN_SCORES = 1 << 24
 #: At most this many scores in the whole call -> one batched pass in the caller's thread.
 _SMALL_SCORES = 1 << 16
 
@@ -603,8 +600,8 @@ def sdpa_numpy(
     the L2 cache (the result does not depend on tiling beyond rounding). ``num_threads`` overrides
     :func:`get_num_threads`. ``profile``, if given, receives seconds per phase (for the benchmark).
     ``accel``: fuse the exponential and row sums of unmasked bounded float32 tiles into one compiled
-    pass (:mod:`._accel`, the ``numba`` extra); ``None``: where installed, once loaded in this process
-    or when the call has enough scores to pay for loading it; without Numba the NumPy pass runs.
+    pass (:mod:`._accel`, the ``numba`` extra); ``None``: where installed and the call is large enough
+    (:func:`._accel.wanted`); without Numba the NumPy pass runs.
     """
     if not (type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
         return None
@@ -646,7 +643,7 @@ def sdpa_numpy(
         return _sdpa_small(q, k, v, mask, scale, causal, window, slopes, softcap)
     plan = _Plan(q, k, v, mask, scale, causal, tuple(batch), window, slopes, softcap)
     if accel is None:  # the compiled pass where installed, once loaded or once a call pays for loading it
-        accel = dt == np.float32 and _accel.enabled() and (_accel.loaded() or n * lq * lk >= _ACCEL_MIN_SCORES)
+        accel = _accel.wanted(n * lq * lk, dt)
     plan.accel = _accel.exp_rowsum() if accel and dt == np.float32 else None
     plan.use_exp2 = plan.accel is None and _prefer_exp2(dt)  # timed here, in the caller's thread, once per process
     out = np.empty(tuple(batch) + (lq, int(v.shape[-1])), dtype=dt)

@@ -219,9 +219,6 @@ def local_global_attention(
 # and row sums are one compiled pass when the ``numba`` extra is installed (:mod:`._accel`).
 
 
-#: below this many band scores in a call, the compiled pass is not loaded for it (Numba's import
-#: and cache load take about a second once per process)
-_ACCEL_MIN_SCORES = 1 << 24
 _np_local = threading.local()
 
 
@@ -387,7 +384,7 @@ def local_global_numpy(
     b = int(block) if block else local_numpy_block(w, length)
     gidx = np.asarray(global_idx, dtype=np.int64).reshape(-1)
     if accel is None:
-        accel = dt == np.float32 and _accel.enabled() and (_accel.loaded() or n * length * (2 * w + 1) >= _ACCEL_MIN_SCORES)
+        accel = _accel.wanted(n * length * (2 * w + 1), dt)
     plan = _LocalPlan(qs, kk, vv, out, w, causal, gidx, _accel.exp_rowsum() if accel else None)
     tasks = [(h, q0, min(length, q0 + b)) for h in range(n) for q0 in range(0, length, b)]
     threads = max(1, min(int(num_threads if num_threads is not None else get_num_threads()), len(tasks)))
