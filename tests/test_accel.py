@@ -70,3 +70,18 @@ def test_wanted_only_for_large_float32_calls(monkeypatch):
     assert not _accel.wanted(1 << 30, np.float32)
     monkeypatch.delenv("ATTNKIT_NUMBA")
     assert _accel.wanted(1 << 30, np.float32) == _accel.enabled()
+
+
+@pytest.mark.parametrize("first, last", [(-5, 508), (0, 1), (-70, -60), (3, 900), (-1000, 1000)])
+def test_exp_rowsum_band_keeps_each_rows_band(first, last):
+    """Row ``i`` keeps ``e^s`` on columns ``i + first .. i + last - 1`` (clipped) and 0 elsewhere."""
+    _kernel()
+    g = _accel.exp_rowsum_band()
+    rng = np.random.default_rng(2)
+    s0 = (rng.standard_normal((64, 300)) * 4).astype(np.float32)
+    i, j = np.arange(64)[:, None], np.arange(300)[None, :]
+    ref = np.where((j >= i + first) & (j < i + last), np.exp(s0.astype(np.float64)), 0.0)
+    s, z = s0.copy(), np.empty(64, dtype=np.float32)
+    g(s, first, last, z)
+    np.testing.assert_allclose(s, ref, rtol=4e-7, atol=0)
+    np.testing.assert_allclose(z, ref.sum(axis=1), rtol=2e-6, atol=0)

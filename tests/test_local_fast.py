@@ -4,6 +4,8 @@ to skip the row maximum."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -49,7 +51,8 @@ def test_default_numpy_block():
 
 def test_numpy_and_compiled_exp_paths_agree():
     """The ``numba`` extra's fused exp pass (where installed) and the NumPy pass give the same result,
-    both equal to the float64 dense reference; bounded tiles (amplitude 1) use it."""
+    both equal to the float64 dense reference; bounded tiles (amplitude 1) use it, banded (tiles with
+    no global key) and with a -inf mask (tiles with one)."""
     pytest.importorskip("numba")
     from attnkit.kernels import _accel
 
@@ -58,8 +61,7 @@ def test_numpy_and_compiled_exp_paths_agree():
     rng = np.random.default_rng(5)
     n, L, d, radius = 4, 700, 16, 40
     q, k, v = (rng.standard_normal((n, L, d)).astype(np.float32) for _ in range(3))
-    glob = np.array([0, 333], dtype=np.int64)
-    for causal in (False, True):
+    for glob, causal in itertools.product((np.array([0, 333]), np.zeros(0, dtype=np.int64)), (False, True)):
         kw = dict(scale=0.25, radius=radius, global_idx=glob, causal=causal, mask=None, block=None)
         plain = lk.local_global_numpy(q, k, v, accel=False, **kw)
         fused = lk.local_global_numpy(q, k, v, accel=True, **kw)

@@ -67,6 +67,18 @@ def wanted(scores: int, dtype: Any) -> bool:
 def exp_rowsum() -> Callable[[np.ndarray, np.ndarray], None] | None:
     """``f(s, z)``: ``s <- e^s`` in place and ``z[i] = sum_j s[i, j]`` for a C-contiguous float32 ``s`` of
     shape ``(r, c)`` and ``z`` of shape ``(r,)``; ``None`` without Numba (or when disabled)."""
+    k = _kernels()
+    return None if k is None else k[0]
+
+
+def exp_rowsum_band() -> Callable[[np.ndarray, int, int, np.ndarray], None] | None:
+    """``f(s, first, last, z)``: like :func:`exp_rowsum` on row ``i``'s columns ``i + first .. i + last - 1``
+    (clipped to the row) and ``0`` on the others, unread: a banded tile needs no ``-inf`` mask."""
+    k = _kernels()
+    return None if k is None else k[1]
+
+
+def _kernels() -> tuple[Any, Any] | None:
     global _kernel
     if not enabled():
         return None
@@ -80,43 +92,63 @@ def exp_rowsum() -> Callable[[np.ndarray, np.ndarray], None] | None:
     return _kernel or None
 
 
-def _compile() -> Any:
+def _compile() -> tuple[Any, Any]:
     import numba
 
     f32 = np.float32
     # fastmath without nnan/ninf: -inf and NaN keep their meaning; reassoc lets the row sum vectorise
     flags = {"contract", "reassoc", "nsz", "arcp", "afn"}
 
+    @numba.njit(fastmath=flags, inline="always")
+    def expf(x: Any) -> Any:  # pragma: no cover - compiled
+        # written so that NaN falls through every select and stays NaN
+        xc = x if not (x < f32(-87.0)) else f32(-87.0)
+        xc = xc if not (xc > f32(88.37)) else f32(88.37)
+        n = np.floor(xc * f32(1.44269504088896341) + f32(0.5))
+        f = xc - n * f32(0.693359375)
+        f = f - n * f32(-2.12194440e-4)
+        p = f32(1.9875691500e-4)
+        p = p * f + f32(1.3981999507e-3)
+        p = p * f + f32(8.3334519073e-3)
+        p = p * f + f32(4.1665795894e-2)
+        p = p * f + f32(1.6666665459e-1)
+        p = p * f + f32(5.0000001201e-1)
+        p = p * f * f + f + f32(1.0)
+        # 2^n from its exponent bits: n in [-125, 127] on the clamped range
+        e = p * np.int32((np.int32(n) + np.int32(127)) << np.int32(23)).view(np.float32)
+        e = e if not (x < f32(-87.0)) else f32(0.0)
+        return e if not (x > f32(88.37)) else f32(np.inf)
+
     @numba.njit("void(float32[:, ::1], float32[::1])", fastmath=flags, nogil=True, cache=True)
-    def kernel(s: Any, z: Any) -> None:  # pragma: no cover - compiled, exercised through the kernels
+    def dense(s: Any, z: Any) -> None:  # pragma: no cover - compiled, exercised through the kernels
         rows, cols = s.shape
         for i in range(rows):
             acc = f32(0.0)
             row = s[i]
             for j in range(cols):
-                x = row[j]
-                # written so that NaN falls through every select and stays NaN
-                xc = x if not (x < f32(-87.0)) else f32(-87.0)
-                xc = xc if not (xc > f32(88.37)) else f32(88.37)
-                n = np.floor(xc * f32(1.44269504088896341) + f32(0.5))
-                f = xc - n * f32(0.693359375)
-                f = f - n * f32(-2.12194440e-4)
-                p = f32(1.9875691500e-4)
-                p = p * f + f32(1.3981999507e-3)
-                p = p * f + f32(8.3334519073e-3)
-                p = p * f + f32(4.1665795894e-2)
-                p = p * f + f32(1.6666665459e-1)
-                p = p * f + f32(5.0000001201e-1)
-                p = p * f * f + f + f32(1.0)
-                # 2^n from its exponent bits: n in [-125, 127] on the clamped range
-                e = p * np.int32((np.int32(n) + np.int32(127)) << np.int32(23)).view(np.float32)
-                e = e if not (x < f32(-87.0)) else f32(0.0)
-                e = e if not (x > f32(88.37)) else f32(np.inf)
+                e = expf(row[j])
                 row[j] = e
                 acc += e
             z[i] = acc
 
-    return kernel
+    @numba.njit("void(float32[:, ::1], int64, int64, float32[::1])", fastmath=flags, nogil=True, cache=True)
+    def band(s: Any, first: int, last: int, z: Any) -> None:  # pragma: no cover - compiled
+        rows, cols = s.shape
+        for i in range(rows):
+            lo = min(max(i + first, 0), cols)
+            hi = min(max(i + last, lo), cols)
+            row = s[i]
+            row[:lo] = f32(0.0)
+            row[hi:] = f32(0.0)
+            seg = row[lo:hi]
+            acc = f32(0.0)
+            for j in range(seg.shape[0]):
+                e = expf(seg[j])
+                seg[j] = e
+                acc += e
+            z[i] = acc
+
+    return dense, band
 
 
 def exp_rowsum_reference(s: np.ndarray, z: np.ndarray) -> None:

@@ -242,6 +242,7 @@ class _LocalPlan:
         self.length = int(qs.shape[-2])
         self.dtype = qs.dtype
         self.accel = accel if self.dtype == np.float32 else None
+        self.band = _accel.exp_rowsum_band() if self.accel is not None else None
         self.ones = np.ones(self.length, dtype=self.dtype)
         self.is_glob = np.zeros(self.length, dtype=bool)
         self.is_glob[gidx] = True
@@ -284,13 +285,6 @@ class _LocalPlan:
         qt = self.qs[h, q0:q1]
         s = _np_buf("s", r * c, self.dtype).reshape(r, c)
         np.matmul(qt, self.k[h, k0:k1].T, out=s)
-        np.add(s, self.bias(q0, q1, k0, k1), out=s)
-        sg = None
-        if self.kg is not None:
-            sg = _np_buf("sg", r * ng, self.dtype).reshape(r, ng)
-            np.matmul(qt, self.kg[h].T, out=sg)
-            if self.causal:
-                np.copyto(sg, -np.inf, where=self.gidx[None, :] > np.arange(q0, q1)[:, None])
         # Every row sees its own key (local, or global), so some logit is finite. When every |logit| of
         # the tile is below `limit` (|q_i||k_j| bounds it), exp cannot overflow nor underflow a whole
         # row, and the row maximum is not needed (softmax is shift-invariant).
@@ -298,6 +292,19 @@ class _LocalPlan:
         if self.kgn is not None:
             kmax = max(kmax, float(self.kgn[h]))
         bounded = float(self.qn[h, q0:q1].max()) * kmax <= self.limit
+        z = _np_buf("z", r, self.dtype)
+        banded = bounded and self.band is not None and self.glob_before[k1] == self.glob_before[k0]
+        if banded:  # no global key among these: row i keeps keys q0 + i - w .. q0 + i + w (.. q0 + i if causal)
+            assert self.band is not None
+            self.band(s, q0 - self.w - k0, (q0 + 1 if self.causal else q0 + self.w + 1) - k0, z)
+        else:
+            np.add(s, self.bias(q0, q1, k0, k1), out=s)
+        sg = None
+        if self.kg is not None:
+            sg = _np_buf("sg", r * ng, self.dtype).reshape(r, ng)
+            np.matmul(qt, self.kg[h].T, out=sg)
+            if self.causal:
+                np.copyto(sg, -np.inf, where=self.gidx[None, :] > np.arange(q0, q1)[:, None])
         if not bounded:
             m = np.max(s, axis=-1, keepdims=True)
             if sg is not None:
@@ -305,12 +312,12 @@ class _LocalPlan:
             np.subtract(s, m, out=s)
             if sg is not None:
                 np.subtract(sg, m, out=sg)
-        z = _np_buf("z", r, self.dtype)
-        if self.accel is not None and bounded:
-            self.accel(s, z)
-        else:
-            np.exp(s, out=s)
-            np.matmul(s, self.ones[:c], out=z)
+        if not banded:
+            if self.accel is not None and bounded:
+                self.accel(s, z)
+            else:
+                np.exp(s, out=s)
+                np.matmul(s, self.ones[:c], out=z)
         o = self.out[h, q0:q1]
         np.matmul(s, self.v[h, k0:k1], out=o)
         if sg is not None and self.vg is not None:
