@@ -43,7 +43,7 @@ def test_fast_path_equals_dense_reference(dtype, tol, radius, block, glob, causa
 
 
 def test_default_numpy_block():
-    assert lk.local_numpy_block(256, 16384) == 64
+    assert lk.local_numpy_block(256, 16384) == 96
     assert lk.local_numpy_block(4, 16384) == 32
     assert lk.local_numpy_block(4096, 16384) == 128
     assert lk.local_numpy_block(256, 100) == 100
