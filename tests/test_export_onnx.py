@@ -23,9 +23,8 @@ import attnkit  # noqa: E402
 from attnkit.errors import ConfigError, ShapeError  # noqa: E402
 from attnkit.mechanisms import registry  # noqa: E402
 
-#: mechanisms that refuse export, with a word their reason must contain
-REFUSED = {"moe": "routing"}
-EXPORTED = [n for n in registry.names() if n not in REFUSED]
+#: every registered mechanism exports (its example configuration)
+EXPORTED = list(registry.names())
 RTOL, ATOL = 2e-4, 2e-5
 
 
@@ -243,8 +242,8 @@ def test_errors_name_the_argument(tmp_path) -> None:
         attnkit.export_onnx(m, path, np.zeros((8, 3, 4), np.float32))
     with pytest.raises(ConfigError, match="opset"):
         attnkit.export_onnx(m, path, opset=3)
-    with pytest.raises(ConfigError, match="routing"):
-        attnkit.export_onnx(_make("moe"), path)
+    with pytest.raises(ConfigError, match=r"jitter_noise.*\.eval\(\)"):
+        attnkit.export_onnx(_make("moe", jitter_noise=0.1).train(), path)
     with pytest.raises(ConfigError, match="causal"):
         attnkit.export_onnx(attnkit.LinearAttention(heads=2, dim=4, causal=True), path)
     with pytest.raises(ConfigError, match="dropout"):
@@ -275,5 +274,60 @@ def test_cli_export_takes_compute_flags_and_matches_the_mechanism(tmp_path) -> N
     proc = _cli("export", "-t", "self", "--model-dim", "6", "--heads", "3", "-q", str(tmp_path / "q.npy"), "-o", str(path), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert [i.name for i in onnx.load(str(path)).graph.input] == ["query"]
-    proc = _cli("export", "-t", "moe", "-o", str(tmp_path / "moe.onnx"), cwd=tmp_path)
-    assert proc.returncode == 2 and "routing" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = _cli("export", "-t", "hyperbolic", "--dim", "4", "-O", "aggregation=frechet", "-o", str(tmp_path / "h.onnx"), cwd=tmp_path)
+    assert proc.returncode == 2 and "frechet_tol=0" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+MOE_EXPERTS = "flash,linear,hyperbolic,scaled_dot_product"
+
+
+@pytest.mark.parametrize(
+    ("options", "drops"),
+    [
+        ({"expert_capacity": 0.6}, True),  # tokens over capacity dropped
+        ({"expert_capacity": 0.6, "overflow": "pass_through"}, True),  # ... and passed through
+        ({"expert_capacity": None}, False),  # unlimited capacity: no token dropped
+    ],
+)
+def test_moe_routing_and_capacity_are_computed_in_the_graph(options: dict, drops: bool, tmp_path) -> None:
+    """Exported at batch 2, length 8; run at other batches and lengths (Lq != Lk) with a key mask: the
+    capacity ceil(factor * T * k / E) comes from the run-time T, routing is argsort / cumulative sums, and
+    every expert kind (sequence, headless, hyperbolic, neighbour sets) computes the whole batch at once."""
+    m = attnkit.MoEAttention(dim=8, num_experts=4, top_k=2, experts=MOE_EXPERTS, **options)
+    rng = np.random.default_rng(11)
+    ex = [rng.standard_normal((2, 8, 8), dtype=np.float32) * 0.4 for _ in range(3)]
+    path = str(tmp_path / "moe.onnx")
+    info = attnkit.export_onnx(m, path, *ex, mask=np.ones((2, 8), bool))
+    assert info.inputs == ("query", "key", "value", "mask")
+    onnx.checker.check_model(onnx.load(path), full_check=True)
+    sess = _session(path)
+    for b, lq, lk in ((3, 5, 7), (1, 37, 20)):
+        q = rng.standard_normal((b, lq, 8), dtype=np.float32) * 0.4
+        k, v = (rng.standard_normal((b, lk, 8), dtype=np.float32) * 0.4 for _ in range(2))
+        km = rng.random((b, lk)) > 0.3
+        km[:, 0] = True
+        got = sess.run(None, {"query": q, "key": k, "value": v, "mask": km})[0]
+        want = m.forward(q, k, v, mask=km)
+        assert got.shape == want.shape == (b, lq, 8)
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=f"B={b} Lq={lq}")
+        assert (not m.last_routing["keep"].all()) == drops
+
+
+@pytest.mark.parametrize("length", [5, 37])
+def test_moe_capacity_follows_the_run_time_length(length: int, tmp_path) -> None:
+    """Every token prefers expert 0 (router bias): it serves exactly the first ceil(T / 2) tokens at each
+    length (4 at the example's 8, 3 at 5, 19 at 37); the rest are dropped (zeros). Float64 reference of
+    the served rows: plain softmax attention."""
+    m = attnkit.MoEAttention(dim=4, num_experts=2, top_k=1, expert_capacity=1.0, experts="scaled_dot_product")
+    m.load_weights({"router.weight": np.zeros((2, 4), np.float32), "router.bias": np.array([5.0, 0.0], np.float32)})
+    path = str(tmp_path / "moe.onnx")
+    info = attnkit.export_onnx(m, path)
+    q, k, v = m.example_inputs(length, np.random.default_rng(length))
+    got = _session(path).run(None, _feeds(info, [q, k, v]))[0]
+    cap = -(-length // 2)
+    s = q.astype(np.float64) @ k.astype(np.float64).T / 2.0
+    p = np.exp(s - s.max(-1, keepdims=True))
+    ref = (p / p.sum(-1, keepdims=True)) @ v.astype(np.float64)
+    np.testing.assert_allclose(got[:cap], ref[:cap], rtol=RTOL, atol=ATOL)
+    assert np.all(got[cap:] == 0)
+    np.testing.assert_allclose(got, m.forward(q, k, v), rtol=RTOL, atol=ATOL)

@@ -224,3 +224,35 @@ def test_bad_input() -> None:
     moe.dispose()
     with pytest.raises(DisposedError):
         moe(np.zeros((3, 8)))
+
+
+def test_capacity_of_a_run_time_token_count_equals_the_python_one() -> None:
+    """An exported graph counts T at run time (a 0-d array): the same float64 arithmetic, so the same
+    capacity as Python's ceil(factor * T * k / E) for every T, including factors not exact in binary."""
+    for factor in (None, 0.1, 0.6, 1.0, 1.1, 1.25, 2.0 / 3.0, 3.7):
+        for e, k in ((2, 1), (3, 2), (7, 3), (64, 2)):
+            for t in range(0, 300):
+                want = t if factor is None else max(1, math.ceil(factor * t * k / e))
+                got = expert_capacity(np.asarray(t, dtype=np.int64), e, k, factor)
+                assert np.asarray(got).dtype == np.int64 and int(got) == want, (factor, e, k, t)
+                assert expert_capacity(t, e, k, factor) == want
+
+
+@pytest.mark.parametrize("overflow", ["drop", "pass_through"])
+def test_traced_batched_path_equals_the_per_item_path(overflow: str) -> None:
+    """Traced (jax.jit), every expert computes the whole batch at once with unserved rows masked out; with
+    concrete values each computes only its served rows, one batch item at a time: the same numbers
+    (float64), for every expert kind, a key mask per batch item, and tokens over capacity."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    moe = MoEAttention(dim=8, num_experts=4, top_k=2, expert_capacity=0.6, experts="flash,linear,hyperbolic,scaled_dot_product", overflow=overflow)
+    rng = np.random.default_rng(12)
+    q, k, v = inputs(rng, lq=6, lk=5, batch=(3,))
+    keep = rng.random((3, 5)) > 0.3
+    keep[:, 0] = True
+    want = moe(q, k, v, mask=keep)
+    assert not moe.last_routing["keep"].all()  # some assignments over capacity
+    got = jax.jit(lambda *a: moe.forward(*a[:3], mask=a[3]))(*(jnp.asarray(x) for x in (q, k, v, keep)))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-14)

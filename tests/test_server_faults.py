@@ -176,11 +176,6 @@ def test_sigterm_mid_load_finishes_the_accepted_requests() -> None:
         assert proc.wait(60) in (0, -signal.SIGTERM)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known flaky bug (issue 14): in about half of the full-suite runs the pool is not back at 2 workers within "
-    "120 s after a worker is killed mid-request; it passes when run alone. Open, see the closing note.",
-)
 def test_a_dead_compute_worker_is_replaced() -> None:
     # every request through the workers (no inline lane for tiny requests): this is about the worker pool
     args = ("--max-concurrency", "2", "--request-timeout-s", "60", "--inline-max-flops", "0", *BIG)
@@ -225,6 +220,19 @@ def test_a_dead_compute_worker_is_replaced() -> None:
         assert pair == [200, 200]
         _wait_for(lambda: len(_compute_workers(proc.pid)) == 2, "the pool to be full again (two workers, not fewer or more)", timeout=120.0)
         assert busy not in _compute_workers(proc.pid)
+
+
+def test_an_idle_worker_killed_from_outside_is_replaced_without_a_request() -> None:
+    # the pool watches its workers: a dead idle one is not left in the idle list until a request picks it
+    args = ("--max-concurrency", "2", "--inline-max-flops", "0", *BIG)
+    with server(*args) as (proc, url), httpx.Client(base_url=url, timeout=60) as c:
+        _wait_for(lambda: len(_compute_workers(proc.pid)) == 2, "two compute workers")
+        first = _compute_workers(proc.pid)
+        os.kill(first[0], signal.SIGKILL)
+        _wait_for(lambda: first[0] not in _compute_workers(proc.pid) and len(_compute_workers(proc.pid)) == 2, "a replacement")
+        for _ in range(3):  # sequential requests, each served, the pool stays at two
+            assert c.post("/v1/attention/flash", json=SMALL).status_code == 200
+        assert len(_compute_workers(proc.pid)) == 2
 
 
 def _cpu_ticks(pid: int) -> int:

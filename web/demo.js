@@ -135,7 +135,8 @@ async function run() {
 async function main() {
   demo.stage = 'loading models';
   const models = await engine.mechanisms();
-  demo.models = models.map((m) => ({ ...m, masked: m.inputs.includes('mask') }));
+  // models that take only query/keys/values (those with a mask or edge-feature input need inputs the demo does not draw)
+  demo.models = models.map((m) => ({ ...m, masked: m.inputs.includes('mask') || m.inputs.includes('edge_features') }));
   const withWeights = [...new Set(demo.models.filter((m) => m.output === 'weights' && !m.masked).map((m) => m.name))].sort();
   for (const n of withWeights) select.add(new Option(n, n));
   select.value = withWeights.includes('flash') ? 'flash' : withWeights[0];

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-#: file stem -> (mechanism, options); MoE is absent: it does not export (see README)
+#: file stem -> (mechanism, options): every mechanism, and edge_featured once more with edge features (a graph
+#: input ``edge_features``); MoE with a capacity factor under 1, so that tokens are dropped at the test length
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "flash": ("flash", {"heads": 2, "dim": 8}),
     "multi_head": ("multi_head", {"model_dim": 16, "heads": 2}),
@@ -37,6 +38,8 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "scaled_dot_product": ("scaled_dot_product", {"dim": 8}),
     "graph_rope": ("graph_rope", {"dim": 8}),
     "edge_featured": ("edge_featured", {"dim": 8, "heads": 2}),
+    "edge_featured_edges": ("edge_featured", {"dim": 8, "heads": 2, "edge_dim": 3}),
+    "moe": ("moe", {"dim": 8, "num_experts": 4, "top_k": 2, "expert_capacity": 0.75}),
 }
 #: models whose graph also takes a bool mask (True = attend)
 MASKED = {"flash_masked": ("flash", {"heads": 2, "dim": 8, "causal": False})}
@@ -62,7 +65,6 @@ def _tensor(x: Any) -> dict[str, Any]:
 def export_all(out: Path, length: int = 13, with_cases: bool = True) -> dict[str, Any]:
     """Export every model of :data:`MODELS` and :data:`MASKED` into ``out``; return the cases (inputs and references)."""
     import attnkit
-    from attnkit.errors import AttentionError
     from attnkit.mechanisms import registry
 
     out.mkdir(parents=True, exist_ok=True)
@@ -76,18 +78,15 @@ def export_all(out: Path, length: int = 13, with_cases: bool = True) -> dict[str
         mask = np.tril(np.ones((8, 8), dtype=bool)) if stem in MASKED else None
         attnkit.export_onnx(mech, out / f"{stem}.onnx", *example, mask=mask, **extras)
         files.append(f"{stem}.onnx")
-        weights_ok = False
-        if mech.has_attention_weights and not extras:
-            try:
-                attnkit.export_onnx(mech, out / f"{stem}.weights.onnx", *example, mask=mask, output="weights")
-                files.append(f"{stem}.weights.onnx")
-                weights_ok = True
-            except AttentionError:
-                weights_ok = False  # e.g. local_global: its band needs a concrete length
-        if not with_cases or extras:
+        weights_ok = bool(mech.has_attention_weights)  # every weights graph exports (local_global's pattern too)
+        if weights_ok:
+            attnkit.export_onnx(mech, out / f"{stem}.weights.onnx", *example, mask=mask, output="weights", **extras)
+            files.append(f"{stem}.weights.onnx")
+        if not with_cases:
             continue
         rng = np.random.default_rng(1)
         inputs = mech.example_inputs(length, rng)
+        case_extras = mech.example_extras(length, rng)
         m = np.tril(np.ones((length, length), dtype=bool)) if stem in MASKED else None
         case: dict[str, Any] = {
             "mechanism": name,
@@ -95,10 +94,11 @@ def export_all(out: Path, length: int = 13, with_cases: bool = True) -> dict[str
             "options": {camel(k): v for k, v in options.items()},
             "inputs": [_tensor(x) for x in inputs],
             "mask": None if m is None else _tensor(m),
-            "output": _tensor(mech.forward(*inputs, mask=m)),
+            "extras": {camel(k): _tensor(v) for k, v in case_extras.items()},
+            "output": _tensor(mech.forward(*inputs, mask=m, **case_extras)),
         }
         if weights_ok:
-            case["weights"] = _tensor(mech.attention_weights(inputs[0], inputs[1] if len(inputs) > 1 else None, mask=m))
+            case["weights"] = _tensor(mech.attention_weights(inputs[0], inputs[1] if len(inputs) > 1 else None, mask=m, **case_extras))
         cases[stem] = case
     (out / "index.json").write_text(json.dumps({"models": files}, indent=1))
     return cases

@@ -54,6 +54,8 @@ __all__ = [
     "is_graph",
     "broadcast_shapes",
     "reshape_lead",
+    "broadcast_lead",
+    "moveaxis",
     "length",
     "to_numpy",
     "shape_str",
@@ -114,20 +116,74 @@ def length(d: Any) -> int | None:
     return None if d is None else int(d)
 
 
-def reshape_lead(x: Array, keep: int, tail: Sequence[int], xp: Namespace) -> Array:
-    """``reshape(x, (*x.shape[:keep], *tail))``: keep the first ``keep`` axes, give the rest the shape ``tail``.
+def reshape_lead(x: Array, keep: int, tail: Sequence[int], xp: Namespace, like: Array | None = None) -> Array:
+    """``reshape(x, (*like.shape[:keep], *tail))`` (``like`` defaults to ``x``): keep the first ``keep``
+    axes of ``like``, give the rest the shape ``tail``.
 
     Works when kept axes are symbolic (``None``, a graph being exported): one unknown becomes ``-1``;
     more read the graph's dynamic shape.
     """
-    lead = tuple(x.shape[:keep])
+    like = x if like is None else like
+    lead = tuple(like.shape[:keep])
     unknown = sum(d is None for d in lead)
     if unknown == 0:
         return xp.reshape(x, (*lead, *tail))
     if unknown == 1 and -1 not in tail:
         return xp.reshape(x, tuple(-1 if d is None else int(d) for d in lead) + tuple(tail))
-    dyn = x.dynamic_shape[:keep]  # ndonnx: the runtime shape as an int64 array
+    if like is x:
+        kept = _graph_reshape_keep(x, keep, tail)
+        if kept is not None:
+            return kept
+    dyn = like.dynamic_shape[:keep]  # ndonnx: the runtime shape as an int64 array
     return xp.reshape(x, xp.concat([dyn, xp.asarray(list(tail), dtype=dyn.dtype)]))
+
+
+def _graph_reshape_keep(x: Array, keep: int, tail: Sequence[int]) -> Array | None:
+    """ndonnx: ONNX ``Reshape(x, [0]*keep + tail)`` with ``allowzero=0`` (a 0 copies the input's axis), so
+    shape inference keeps the kept axes' symbols and the tail's lengths (a shape read from the graph
+    at run time would leave every axis unknown, and a later shape check could not read the tail).
+    ``None`` where this ndonnx has another layout (the caller then reads the run-time shape)."""
+    if any(int(t) == 0 for t in tail):
+        return None
+    try:
+        from ndonnx._typed_array import onnx as typed
+    except ImportError:  # pragma: no cover - another ndonnx layout
+        return None
+    ty: Any = getattr(x, "_tyarray", None)
+    var = getattr(ty, "_var", None)
+    if var is None:  # pragma: no cover - not a plain tensor
+        return None
+    shape = typed.op.const(np.array([0] * keep + [int(t) for t in tail], dtype=np.int64))
+    return type(x)._from_tyarray(type(ty)(typed.op.reshape(var, shape, allowzero=False)))
+
+
+def moveaxis(x: Array, source: int, destination: int, xp: Namespace) -> Array:
+    """``xp.moveaxis(x, source, destination)`` with both axes made non-negative (``axis % x.ndim``).
+
+    The same result; but a graph exporter that copies the axes into a permutation (torch.onnx's
+    TorchScript exporter writes ``Transpose(perm=[1, -3, 2])`` for ``movedim(x, -3, -2)``) then writes a
+    valid one: ONNX requires ``perm`` entries in ``[0, rank)``.
+    """
+    n = x.ndim
+    return xp.moveaxis(x, int(source) % n, int(destination) % n)
+
+
+def broadcast_lead(arrays: Sequence[Array], tails: Sequence[int], xp: Namespace) -> list[Array]:
+    """Broadcast the leading (batch) axes of ``arrays`` together, keeping the last ``tails[i]`` axes of each.
+
+    ``ValueError`` when the leading shapes do not broadcast. Symbolic lengths (``None``, a graph being
+    exported) take the batch shape from the graph at run time.
+    """
+    leads = [tuple(x.shape[: x.ndim - t]) for x, t in zip(arrays, tails, strict=True)]
+    batch = broadcast_shapes(*leads)
+    if not any(d is None for x in arrays for d in x.shape):
+        return [xp.broadcast_to(x, (*batch, *x.shape[x.ndim - t :])) for x, t in zip(arrays, tails, strict=True)]
+    if not batch:
+        return list(arrays)
+    # one element of each array's batch (its feature axes indexed at 0), broadcast: the batch's run-time shape
+    stubs = xp.broadcast_arrays(*(x[(...,) + (0,) * t] for x, t in zip(arrays, tails, strict=True)))
+    dyn = stubs[0].dynamic_shape
+    return [xp.broadcast_to(x, xp.concat([dyn, x.dynamic_shape[x.ndim - t :]])) for x, t in zip(arrays, tails, strict=True)]
 
 
 def broadcast_shapes(*shapes: Sequence[int | None]) -> tuple[Any, ...]:

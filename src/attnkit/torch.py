@@ -37,7 +37,7 @@ class AttentionModule(torch.nn.Module):
     ``module.eval()`` switch the mechanism's dropout too (a new module is in training mode, like
     every torch module, and so is its mechanism from then on).
 
-    ``forward(query, key=None, value=None, *, mask=None, **extras)`` is
+    ``forward(query, key=None, value=None, mask=None, **extras)`` is
     ``attnkit.functional_call(mechanism, dict(parameters), query, key, value, mask=mask, **extras)``:
     the same inputs and output shapes as ``mechanism.forward`` (see its class for the layout).
     Inputs in another dtype than the parameters get the parameters cast to the inputs' dtype (the cast
@@ -75,8 +75,11 @@ class AttentionModule(torch.nn.Module):
         """The parameters by the mechanism's names (the keys of ``state_dict()``)."""
         return {name: self.get_parameter(name) for name in self._names}
 
-    def forward(self, query: Any, key: Any = None, value: Any = None, *, mask: Any = None, **extras: Any) -> torch.Tensor:
-        """The mechanism's output for these inputs, computed with this module's parameters."""
+    def forward(self, query: Any, key: Any = None, value: Any = None, mask: Any = None, **extras: Any) -> torch.Tensor:
+        """The mechanism's output for these inputs, computed with this module's parameters.
+
+        ``mask`` may also come fourth by position (as ``nn.MultiheadAttention``'s masks can): torch.onnx's
+        TorchScript exporter (``dynamo=False``) calls ``forward`` with every defaulted parameter by position."""
         return functional_call(self._mechanism, self.param_dict(), query, key, value, mask=mask, **extras)
 
     def train(self, mode: bool = True) -> AttentionModule:

@@ -56,6 +56,8 @@ export interface BatchItem {
   keys?: Tensor | null;
   values?: Tensor | null;
   mask?: Mask | null;
+  /** `EdgeFeaturedAttention`'s edge features `(..., k, edgeDim)` (the server's `edge_features`). */
+  edgeFeatures?: Tensor | null;
   /** camelCase or snake_case option names */
   options?: Record<string, OptionValue>;
 }
@@ -70,7 +72,14 @@ export class AttnkitError extends Error {
   retryAfter: number | null;
 }
 
-type Tensors = { query: Tensor; keys?: Tensor | null; values?: Tensor | null; mask?: Mask | null };
+/** A request's tensors; `edgeFeatures`: `EdgeFeaturedAttention`'s `(..., k, edgeDim)` edge features (the server's `edge_features`). */
+type Tensors = { query: Tensor; keys?: Tensor | null; values?: Tensor | null; mask?: Mask | null; edgeFeatures?: Tensor | null };
+
+/** Keyword-only inputs of some mechanisms: `edgeFeatures` of `EdgeFeaturedAttention` with `edgeDim > 0`
+ * (`{data, shape}`, or flat: shaped `(...keys' leading axes, edgeDim)` from the keys). */
+export interface Extras {
+  edgeFeatures?: Tensor | null;
+}
 
 /** What computes for the spec's classes: an `AttnkitClient` (HTTP) or a `LocalEngine` (in process). */
 export interface Backend {
@@ -92,16 +101,16 @@ declare class Mechanism {
   opt(name: string): unknown;
   serverOptions(): Record<string, OptionValue>;
   /** The attention output, flat (as the spec's WASM classes return it). */
-  forward(Q: Tensor, K?: Tensor | null, V?: Tensor | null, mask?: Mask | null): Promise<Float32Array>;
-  forwardWithShape(Q: Tensor, K?: Tensor | null, V?: Tensor | null, mask?: Mask | null): Promise<TensorResult>;
+  forward(Q: Tensor, K?: Tensor | null, V?: Tensor | null, mask?: Mask | null, extras?: Extras): Promise<Float32Array>;
+  forwardWithShape(Q: Tensor, K?: Tensor | null, V?: Tensor | null, mask?: Mask | null, extras?: Extras): Promise<TensorResult>;
   /**
    * The spec's `attentionScores(Q, K)`: the attention weights, flat (`heads * Lq * Lk` for one sequence,
    * rows of `Lk` summing to 1); `K` defaults to `Q`. Rejects with code `no_weights` for a mechanism
    * without weights and status 413 when they would exceed the server's `max_elements`.
    */
-  attentionScores(Q: Tensor, K?: Tensor | null, mask?: Mask | null): Promise<Float32Array>;
+  attentionScores(Q: Tensor, K?: Tensor | null, mask?: Mask | null, extras?: Extras): Promise<Float32Array>;
   /** Like `attentionScores`, with the shape `(..., heads, Lq, Lk)`. */
-  attentionScoresWithShape(Q: Tensor, K?: Tensor | null, mask?: Mask | null): Promise<TensorResult>;
+  attentionScoresWithShape(Q: Tensor, K?: Tensor | null, mask?: Mask | null, extras?: Extras): Promise<TensorResult>;
   /** Median round-trip time of `forward` on random inputs. */
   benchmark(seqLen?: number, repeats?: number): Promise<BenchmarkResult>;
   dispose(): void;
@@ -132,8 +141,8 @@ export interface LinearAttentionOptions {
 export class LinearAttention extends Mechanism {
   constructor(options: LinearAttentionOptions, client: Backend);
   /** Always rejects (code `no_weights`): linear attention never forms the `Lq x Lk` weights. */
-  attentionScores(Q: Tensor, K?: Tensor | null, mask?: Mask | null): Promise<never>;
-  attentionScoresWithShape(Q: Tensor, K?: Tensor | null, mask?: Mask | null): Promise<never>;
+  attentionScores(Q: Tensor, K?: Tensor | null, mask?: Mask | null, extras?: Extras): Promise<never>;
+  attentionScoresWithShape(Q: Tensor, K?: Tensor | null, mask?: Mask | null, extras?: Extras): Promise<never>;
 }
 
 export interface MHAOptions {
@@ -297,14 +306,14 @@ export class AttnkitClient implements Backend {
   mechanisms(): Promise<MechanismInfo[]>;
   attention(
     mechanism: string,
-    tensors: { query: Tensor; keys?: Tensor | null; values?: Tensor | null; mask?: Mask | null },
+    tensors: Tensors,
     options?: Record<string, OptionValue>,
     init?: { transport?: 'binary' | 'json' },
   ): Promise<TensorResult>;
   /** `POST /v1/attention/{mechanism}/scores`: the attention weights, shape `(..., heads, Lq, Lk)`. */
   scores(
     mechanism: string,
-    tensors: { query: Tensor; keys?: Tensor | null; values?: Tensor | null; mask?: Mask | null },
+    tensors: Tensors,
     options?: Record<string, OptionValue>,
     init?: { transport?: 'binary' | 'json' },
   ): Promise<TensorResult>;

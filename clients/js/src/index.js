@@ -12,6 +12,8 @@ import { resolveOption, snakeCase } from './options.js';
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 const FIELDS = ['query', 'keys', 'values', 'mask'];
+/** Keyword-only tensor inputs of some mechanisms: [camelCase name, the server's name, its shape header] (edge_featured's edge features). */
+const EXTRA_FIELDS = [['edgeFeatures', 'edge_features', 'X-Attnkit-Edge-Features-Shape']];
 /** `attnkit serve`'s default address (its default port is 8080). */
 export const DEFAULT_BASE_URL = 'http://127.0.0.1:8080';
 
@@ -178,8 +180,8 @@ export class AttnkitClient {
    * number[], or `{data, shape}`; a Uint8Array mask is boolean (1 = may attend).
    * Resolves to `{data: Float32Array, shape: number[]}`.
    */
-  async attention(mechanism, { query, keys = null, values = null, mask = null } = {}, options = {}, { transport } = {}) {
-    return this._compute(`/v1/attention/${encodeURIComponent(mechanism)}`, { query, keys, values, mask }, options, transport);
+  async attention(mechanism, { query, keys = null, values = null, mask = null, edgeFeatures = null } = {}, options = {}, { transport } = {}) {
+    return this._compute(`/v1/attention/${encodeURIComponent(mechanism)}`, { query, keys, values, mask, edgeFeatures }, options, transport);
   }
 
   /**
@@ -189,12 +191,13 @@ export class AttnkitClient {
    * pass (multi-head attention with `vdim` different from `kdim`). A mechanism without weights (linear)
    * rejects with code `no_weights`, weights larger than the server's `max_elements` with status 413.
    */
-  async scores(mechanism, { query, keys = null, values = null, mask = null } = {}, options = {}, { transport } = {}) {
-    return this._compute(`/v1/attention/${encodeURIComponent(mechanism)}/scores`, { query, keys, values, mask }, options, transport);
+  async scores(mechanism, { query, keys = null, values = null, mask = null, edgeFeatures = null } = {}, options = {}, { transport } = {}) {
+    return this._compute(`/v1/attention/${encodeURIComponent(mechanism)}/scores`, { query, keys, values, mask, edgeFeatures }, options, transport);
   }
 
-  async _compute(path, { query, keys, values, mask }, options, transport) {
-    const tensors = { query: asTensor(query, 'query'), keys: asTensor(keys, 'keys'), values: asTensor(values, 'values'), mask: asTensor(mask, 'mask') };
+  async _compute(path, { query, keys, values, mask, edgeFeatures }, options, transport) {
+    const tensors = { query: asTensor(query, 'query'), keys: asTensor(keys, 'keys'), values: asTensor(values, 'values'), mask: asTensor(mask, 'mask'),
+      edgeFeatures: asTensor(edgeFeatures, 'edgeFeatures') };
     if (!tensors.query) throw new AttnkitError('query: required', { code: 'bad_request', field: 'query' });
     const opts = toSnakeOptions(options);
     let mode = transport || this.transport;
@@ -218,6 +221,12 @@ export class AttnkitClient {
         }
         parts.push(wireBytes(t));
       }
+      for (const [name, , header] of EXTRA_FIELDS) { // after the four, each named by its shape header
+        const t = tensors[name];
+        if (!t) continue;
+        headers[header] = t.shape.join(',');
+        parts.push(wireBytes(t));
+      }
       const body = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
       let pos = 0;
       for (const p of parts) { body.set(p, pos); pos += p.length; }
@@ -229,6 +238,7 @@ export class AttnkitClient {
     }
     const doc = { options: opts, encoding: 'base64' };
     for (const f of FIELDS) if (tensors[f]) doc[f] = jsonTensor(tensors[f]);
+    for (const [name, wire] of EXTRA_FIELDS) if (tensors[name]) doc[wire] = jsonTensor(tensors[name]);
     if (tensors.mask && !(tensors.mask.data instanceof Uint8Array)) doc.mask_kind = 'additive';
     const response = await this._request(path, {
       method: 'POST', headers: { 'Content-Type': 'application/json', Accept: 'application/json' }, body: JSON.stringify(doc),
@@ -249,6 +259,10 @@ export class AttnkitClient {
         const t = asTensor(it[f], `requests[${i}].${f}`);
         if (t) doc[f] = jsonTensor(t);
         if (t && f === 'mask' && !(t.data instanceof Uint8Array)) doc.mask_kind = 'additive';
+      }
+      for (const [name, wire] of EXTRA_FIELDS) {
+        const t = asTensor(it[name], `requests[${i}].${name}`);
+        if (t) doc[wire] = jsonTensor(t);
       }
       return doc;
     });
@@ -321,37 +335,51 @@ class Mechanism {
     if (this.disposed) throw new AttnkitError(`${this.constructor.name}: this object was disposed; create a new one`, { code: 'disposed' });
   }
 
-  /** The request's tensors: flat arrays get the subclass's shapes. */
-  _tensors(Q, K, V, mask) {
+  /**
+   * The request's tensors: flat arrays get the subclass's shapes. `extras.edgeFeatures` (edge_featured):
+   * `{data, shape}`, or a flat array shaped `(...keys' leading axes, edgeDim)` from the keys' shape.
+   */
+  _tensors(Q, K, V, mask, extras = {}) {
     const flat = (x) => x instanceof Float32Array || x instanceof Float64Array || Array.isArray(x);
     const s = this.shapes(Q, K, V);
     const shaped = (x, shape) => (x !== null && x !== undefined && flat(x) && shape && product(shape) === x.length ? { data: x, shape } : x);
-    return { query: shaped(Q, s.query), keys: shaped(K, s.keys), values: shaped(V, s.values), mask: this.shapeMask(mask, s) };
+    const out = { query: shaped(Q, s.query), keys: shaped(K, s.keys), values: shaped(V, s.values), mask: this.shapeMask(mask, s) };
+    const ef = extras ? extras.edgeFeatures : null;
+    if (ef !== null && ef !== undefined) {
+      const keys = out.keys && out.keys.shape ? out.keys.shape : out.query && out.query.shape ? out.query.shape : null;
+      const lead = keys ? keys.slice(0, -1) : null;
+      const n = lead ? product(lead) : 0;
+      out.edgeFeatures = flat(ef) && n > 0 && ef.length % n === 0 ? { data: ef, shape: [...lead, ef.length / n] } : ef;
+    }
+    return out;
   }
 
-  /** `forward(Q, K, V, mask?)`: the attention output as a Float32Array (flat, like the spec). */
-  async forward(Q, K = null, V = null, mask = null) {
-    return (await this.forwardWithShape(Q, K, V, mask)).data;
+  /**
+   * `forward(Q, K, V, mask?, extras?)`: the attention output as a Float32Array (flat, like the spec).
+   * `extras.edgeFeatures`: the edge features of `EdgeFeaturedAttention` (`edgeDim > 0`), `(..., k, edgeDim)`.
+   */
+  async forward(Q, K = null, V = null, mask = null, extras = {}) {
+    return (await this.forwardWithShape(Q, K, V, mask, extras)).data;
   }
 
   /** Like `forward`, but resolves to `{data, shape}`. */
-  async forwardWithShape(Q, K = null, V = null, mask = null) {
+  async forwardWithShape(Q, K = null, V = null, mask = null, extras = {}) {
     this._checkAlive();
-    return this.client.attention(this.mechanism, this._tensors(Q, K, V, mask), this.serverOptions());
+    return this.client.attention(this.mechanism, this._tensors(Q, K, V, mask, extras), this.serverOptions());
   }
 
   /**
    * The spec's `attentionScores(Q, K)`: the attention weights, flat (`heads * Lq * Lk` for one
    * sequence, each row of `Lk` summing to 1). `K` defaults to `Q`; `mask` as in `forward`.
    */
-  async attentionScores(Q, K = null, mask = null) {
-    return (await this.attentionScoresWithShape(Q, K, mask)).data;
+  async attentionScores(Q, K = null, mask = null, extras = {}) {
+    return (await this.attentionScoresWithShape(Q, K, mask, extras)).data;
   }
 
-  /** Like `attentionScores`, but resolves to `{data, shape}` (`shape` is `(..., heads, Lq, Lk)`). */
-  async attentionScoresWithShape(Q, K = null, mask = null) {
+  /** Like `attentionScores`, but resolves to `{data, shape}` (`shape` is `(..., heads, Lq, Lk)`); `extras` as in `forward`. */
+  async attentionScoresWithShape(Q, K = null, mask = null, extras = {}) {
     this._checkAlive();
-    return this.client.scores(this.mechanism, this._tensors(Q, K, null, mask), this.serverOptions());
+    return this.client.scores(this.mechanism, this._tensors(Q, K, null, mask, extras), this.serverOptions());
   }
 
   /** Time `forward` on random inputs of `seqLen` (the spec's benchmark; over HTTP it includes the round trip). */

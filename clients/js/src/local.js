@@ -276,7 +276,7 @@ export class LocalEngine {
       + `-o ${mechanism}${output === 'weights' ? '.weights' : ''}.onnx`;
   }
 
-  async _select(mechanism, output, options, withMask = false) {
+  async _select(mechanism, output, options, withMask = false, withEdges = false) {
     this._checkAlive();
     if (output === 'weights' && NO_WEIGHTS.has(mechanism)) {
       throw new AttnkitError(`mechanism: '${mechanism}' has no attention weights (its output is not a softmax-weighted sum)`,
@@ -287,10 +287,12 @@ export class LocalEngine {
       throw new AttnkitError(`no ${output === 'weights' ? 'attention-weights ' : ''}model of '${mechanism}' in ${this.models}; `
         + `write one with: ${this._exportHint(mechanism, output, options)}`, { code: 'no_model', field: 'mechanism', status: 404 });
     }
-    // a model with a mask input when a mask is given, one without otherwise (either, when only one kind exists)
-    const fit = entries.filter((e) => e.inputs.includes('mask') === withMask);
+    // a model with a mask (edge features) input when a mask (edge features) is given, one without otherwise
+    // (either, when only one kind exists)
+    // (then any other: running it names the input that is missing or has no place in it)
+    const fit = entries.filter((e) => e.inputs.includes('mask') === withMask && e.inputs.includes('edge_features') === withEdges);
     let first = null;
-    for (const e of fit.length ? fit : entries) {
+    for (const e of [...fit, ...entries.filter((x) => !fit.includes(x))]) {
       const why = this._mismatch(e, options);
       if (!why) return e;
       first = first || why;
@@ -314,10 +316,11 @@ export class LocalEngine {
     if (this.disposed) throw new AttnkitError('LocalEngine: this engine was disposed; create a new one', { code: 'disposed' });
   }
 
-  async _run(mechanism, output, { query, keys = null, values = null, mask = null } = {}, options = {}) {
+  async _run(mechanism, output, { query, keys = null, values = null, mask = null, edgeFeatures = null } = {}, options = {}) {
     const snake = {};
     for (const [k, v] of Object.entries(options || {})) if (v !== undefined) snake[snakeCase(k)] = v;
-    const entry = await this._select(mechanism, output, snake, mask !== null && mask !== undefined);
+    const given0 = (x) => x !== null && x !== undefined;
+    const entry = await this._select(mechanism, output, snake, given0(mask), given0(edgeFeatures));
     let session;
     try {
       session = await this._session(entry);
@@ -332,13 +335,15 @@ export class LocalEngine {
     const k = toShaped(keys, 'keys');
     const v = toShaped(values, 'values');
     const m = toShaped(mask, 'mask');
+    const ef = toShaped(edgeFeatures, 'edgeFeatures');
     const names = session.inputNames;
-    const given = { query: q, key: k, value: v, mask: m };
-    const label = { query: 'query', key: 'keys', value: 'values', mask: 'mask' };
+    const given = { query: q, key: k, value: v, mask: m, edge_features: ef };
+    const label = { query: 'query', key: 'keys', value: 'values', mask: 'mask', edge_features: 'edgeFeatures' };
     for (const [name, t] of Object.entries(given)) {
       if (t && !names.includes(name) && !(name === 'value' && output === 'weights')) {
         const how = name === 'mask' ? 'export it with an example mask (attnkit export --mask FILE)'
-          : 'export it with example keys and values (attnkit export -q/-k/-v)';
+          : name === 'edge_features' ? 'edge features are an input of edge_featured models exported with edge_dim > 0 (attnkit export --type edge_featured -O edge_dim=N)'
+            : 'export it with example keys and values (attnkit export -q/-k/-v)';
         throw new AttnkitError(`${label[name]}: ${entry.file} takes only ${names.join(', ')}; ${how}`, { code: 'model_mismatch', field: label[name], status: 409 });
       }
     }
@@ -350,7 +355,8 @@ export class LocalEngine {
       if (!t) {
         throw new AttnkitError(`${label[name] || name}: ${entry.file} needs this input (${names.join(', ')})`, { code: 'bad_request', field: label[name] || name, status: 400 });
       }
-      feeds[name] = name === 'mask' ? this._maskTensor(ort, session, t) : new ort.Tensor('float32', t.data, t.shape);
+      feeds[name] = name === 'mask' ? this._maskTensor(ort, session, t)
+        : new ort.Tensor('float32', t.data instanceof Float32Array ? t.data : Float32Array.from(t.data), t.shape);
     }
     let results;
     const run = this._queue.then(() => session.run(feeds));

@@ -381,6 +381,54 @@ describe('attentionScores', () => {
     assert.ok(maxAbsDiff(w, lib) < 1e-6);
   });
 
+  /** The library's forward (or weights) for the same float32 tensors and keyword extras, computed in Python. */
+  function libraryCall(mechanism, options, tensors, extras, what = 'forward') {
+    const script = [
+      'import json, sys',
+      'import numpy as np',
+      'from attnkit.mechanisms import registry',
+      'd = json.load(sys.stdin)',
+      'm = registry.create(d["mechanism"], **d["options"])',
+      'arr = lambda t: np.asarray(t["data"], dtype=np.float32).reshape(t["shape"])',
+      'a = {k: arr(t) for k, t in d["tensors"].items()}',
+      'x = {k: arr(t) for k, t in d["extras"].items()}',
+      'f = m.forward if d["what"] == "forward" else m.attention_weights',
+      'print(json.dumps(np.asarray(f(a["query"], a.get("keys"), **x), dtype=np.float64).ravel().tolist()))',
+    ].join('\n');
+    const plain = (o) => Object.fromEntries(Object.entries(o).map(([k, t]) => [k, { data: Array.from(t.data), shape: t.shape }]));
+    const input = JSON.stringify({ mechanism, options, tensors: plain(tensors), extras: plain(extras), what });
+    const r = spawnSync(python, ['-c', script], { input, encoding: 'utf8', timeout: 120000 });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout);
+  }
+
+  test('EdgeFeaturedAttention: edgeFeatures reach the server over binary, JSON and batch; the library\'s numbers', async (t) => {
+    if (!hasLibrary) return t.skip(`${python} cannot import attnkit (set ATTNKIT_PYTHON)`);
+    // three targets, each over its own five neighbours with 2-wide edge features
+    const q = { data: randn(3 * 4, 71), shape: [3, 4] };
+    const k = { data: randn(3 * 5 * 4, 72), shape: [3, 5, 4] };
+    const ef = { data: randn(3 * 5 * 2, 73), shape: [3, 5, 2] };
+    const options = { dim: 4, heads: 2, edgeDim: 2, seed: 3 };
+    const snake = { dim: 4, heads: 2, edge_dim: 2, seed: 3 };
+    const want = libraryCall('edge_featured', snake, { query: q, keys: k }, { edge_features: ef });
+    const wantW = libraryCall('edge_featured', snake, { query: q, keys: k }, { edge_features: ef }, 'weights');
+    const gat = new client.EdgeFeaturedAttention(options);
+    const viaBinary = await gat.forwardWithShape(q, k, null, null, { edgeFeatures: ef.data }); // flat: shaped from the keys
+    assert.deepEqual(viaBinary.shape, [3, 4]);
+    assert.ok(maxAbsDiff(viaBinary.data, want) < 1e-5);
+    const jsonClient = new AttnkitClient({ baseUrl: server.url, apiKey: KEY, transport: 'json' });
+    const viaJson = await new jsonClient.EdgeFeaturedAttention(options).forward(q, k, null, null, { edgeFeatures: ef });
+    assert.deepEqual(Array.from(viaJson), Array.from(viaBinary.data));
+    const w = await gat.attentionScoresWithShape(q, k, null, { edgeFeatures: ef });
+    assert.ok(maxAbsDiff(w.data, wantW) < 1e-6);
+    const [viaBatch] = await client.batch([{ mechanism: 'edge_featured', query: q, keys: k, edgeFeatures: ef, options }]);
+    assert.deepEqual(Array.from(viaBatch.data), Array.from(viaBinary.data));
+    // the features are read: other features, another output; none at all is refused naming the field
+    const moved = await gat.forward(q, k, null, null, { edgeFeatures: { data: ef.data.map((x) => x + 1), shape: ef.shape } });
+    assert.ok(maxAbsDiff(moved, want) > 1e-3);
+    await assert.rejects(gat.forward(q, k), (e) => e instanceof AttnkitError && e.status === 422 && /edge_features/.test(`${e.field} ${e.message}`));
+  });
+
   test('HyperbolicAttention: softmax of negative Poincaré distances (float64 reference)', async () => {
     const d = 4;
     const c = 1;

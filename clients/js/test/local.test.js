@@ -71,12 +71,13 @@ async function runCases(engine, all) {
     const ins = c.inputs.map((t) => (flat ? f(t) : { data: f(t), shape: t.shape }));
     while (ins.length < 3) ins.push(null);
     const mask = c.mask ? Uint8Array.from(c.mask.data) : null;
+    const extras = Object.fromEntries(Object.entries(c.extras || {}).map(([k, t]) => [k, { data: f(t), shape: t.shape }]));
     const m = new engine[c.class](c.options);
-    const out = await m.forwardWithShape(ins[0], ins[1], ins[2], mask);
+    const out = await m.forwardWithShape(ins[0], ins[1], ins[2], mask, extras);
     const row = { name, outShape: out.shape, outErr: Math.max(...out.data.map((x, i) => Math.abs(x - c.output.data[i]))) };
     if (out.data.length !== c.output.data.length) row.outErr = Infinity;
     if (c.weights) {
-      const w = await m.attentionScoresWithShape(ins[0], ins[1], mask);
+      const w = await m.attentionScoresWithShape(ins[0], ins[1], mask, extras);
       row.wShape = w.shape;
       row.wErr = w.data.length === c.weights.data.length ? Math.max(...w.data.map((x, i) => Math.abs(x - c.weights.data[i]))) : Infinity;
     }
@@ -98,12 +99,13 @@ function checkRows(rows) {
   }
 }
 
-test('Node: all 12 exportable mechanisms (and a masked flash) equal attnkit in Python, output and weights', { skip: skipNode, timeout: 120000 }, async () => {
+test('Node: all 13 mechanisms (and a masked flash, edge features) equal attnkit in Python, output and weights', { skip: skipNode, timeout: 120000 }, async () => {
   const engine = new LocalEngine({ models: path.join(dir, 'models') });
   const rows = await runCases(engine, cases);
   checkRows(rows);
-  assert.equal(new Set(rows.map((r) => cases[r.name].mechanism)).size, 12);
-  assert.ok(rows.filter((r) => r.wShape).length >= 9);
+  assert.equal(new Set(rows.map((r) => cases[r.name].mechanism)).size, 13);
+  assert.equal(rows.filter((r) => r.wShape).length, 12); // all but linear, dual_space and moe (no weights)
+  assert.ok(cases.moe && cases.edge_featured_edges.extras.edgeFeatures);
   const h = await engine.health();
   assert.equal(h.runtime, 'onnxruntime-node');
   await engine.dispose();
@@ -121,7 +123,10 @@ test('Node: options by camelCase and alias, mismatches and missing models refuse
     && e.field === 'global_tokens' && /global_tokens=1, not 2/.test(e.message) && /attnkit export --type local_global/.test(e.message));
   await assert.rejects(new engine.LinearAttention({ dim: 8, heads: 2 }).attentionScores(f32(cases.linear.inputs[0])),
     (e) => e.code === 'no_weights' && e.status === 422);
-  await assert.rejects(new engine.MoEAttention({ dim: 8 }).forward(new Float32Array(16)), (e) => e.code === 'no_model' && /attnkit export --type moe/.test(e.message));
+  await assert.rejects(new engine.MoEAttention({ dim: 8, numExperts: 3 }).forward(new Float32Array(16)),
+    (e) => e.code === 'model_mismatch' && e.field === 'num_experts' && /attnkit export --type moe/.test(e.message));
+  await assert.rejects(new engine.MoEAttention({ dim: 8 }).attentionScores(new Float32Array(16)), (e) => e.code === 'no_weights');
+  await assert.rejects(new engine.GraphRoPEAttention({ dim: 8, base: 7 }).forward(new Float32Array(16)), (e) => e.code === 'model_mismatch' && e.field === 'base');
   await assert.rejects(new engine.FlashAttention({ heads: 2, dim: 8, bogusOption: 1 }).forward(new Float32Array(16)),
     (e) => e.code === 'model_mismatch' && e.field === 'bogus_option');
   // shapes the graph refuses are an AttnkitError, not a crash
@@ -137,6 +142,30 @@ test('Node: options by camelCase and alias, mismatches and missing models refuse
   assert.ok(list.some((m) => m.name === 'flash' && m.output === 'weights' && m.options.heads === 2));
   await engine.dispose();
   await assert.rejects(engine.attention('flash', { query: { data: fins[0], shape: [13, 2, 8] } }), (e) => e.code === 'disposed');
+});
+
+test('Node: edge features go to the edge_featured graph (flat or shaped), are read, and are refused where no input takes them', { skip: skipNode, timeout: 60000 }, async () => {
+  const engine = new LocalEngine({ models: path.join(dir, 'models') });
+  const c = cases.edge_featured_edges;
+  const [ins] = args(c);
+  const ef = c.extras.edgeFeatures;
+  const gat = new engine.EdgeFeaturedAttention({ dim: 8, heads: 2, edgeDim: 3 });
+  // flat edge features take the keys' leading axes: (Lk, edgeDim)
+  const out = await gat.forwardWithShape(ins[0], ins[1], null, null, { edgeFeatures: f32(ef) });
+  assert.deepEqual(out.shape, c.output.shape);
+  assert.ok(maxAbsDiff(out.data, c.output.data) < 2e-5);
+  const w = await engine.scores('edge_featured', { query: ins[0], keys: ins[1], edgeFeatures: { data: f32(ef), shape: ef.shape } }, { edgeDim: 3 });
+  assert.ok(maxAbsDiff(w.data, c.weights.data) < 2e-6);
+  // other edge features give another output: they are an input of the graph, not baked in
+  const moved = await gat.forward(ins[0], ins[1], null, null, { edgeFeatures: f32(ef).map((x) => x + 1) });
+  assert.ok(maxAbsDiff(moved, c.output.data) > 1e-3);
+  await assert.rejects(gat.forward(ins[0], ins[1]), (e) => e.code === 'bad_request' && e.field === 'edgeFeatures');
+  const plain = new engine.EdgeFeaturedAttention({ dim: 8, heads: 2 });
+  const base = cases.edge_featured;
+  assert.ok(maxAbsDiff(await plain.forward(...args(base)[0].slice(0, 2)), base.output.data) < 2e-5); // the model without edge features
+  await assert.rejects(new engine.FlashAttention({ heads: 2, dim: 8 }).forward(f32(cases.flash.inputs[0]), null, null, null, { edgeFeatures: { data: new Float32Array(3), shape: [1, 3] } }),
+    (e) => e.code === 'model_mismatch' && e.field === 'edgeFeatures' && /edge_dim/.test(e.message));
+  await engine.dispose();
 });
 
 test('OPTION_ALIASES is attnkit\'s table', { skip: skipNode, timeout: 60000 }, () => {

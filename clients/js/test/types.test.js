@@ -27,5 +27,5 @@ test('index.d.ts rejects wrong option types, missing required options and sync u
   assert.match(r.stdout, /misuse\.ts\(4,\d+\): error TS2322/); // Promise is not a number
   assert.match(r.stdout, /misuse\.ts\(5,\d+\): error TS2345.*modelDim|modelDim/s); // modelDim is required
   assert.match(r.stdout, /misuse\.ts\(6,\d+\): error TS2740/); // attentionScores resolves later: a Promise, not weights
-  assert.match(r.stdout, /misuse\.ts\(7,\d+\): error TS2554/); // attentionScores(Q, K?, mask?) takes no fourth argument
+  assert.match(r.stdout, /misuse\.ts\(7,\d+\): error TS2554/); // attentionScores(Q, K?, mask?, extras?) takes no fifth argument
 });

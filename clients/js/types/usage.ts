@@ -41,6 +41,11 @@ async function local(): Promise<void> {
   const all = [engine.MoEAttention, engine.DualSpaceAttention, engine.MixedCurvatureAttention, engine.GraphRoPEAttention,
     engine.EdgeFeaturedAttention, engine.SelfAttention, engine.CrossAttention, engine.ScaledDotProduct, engine.LinearAttention,
     engine.HyperbolicAttention, engine.MultiHeadAttention, engine.LocalGlobalAttention];
+  const gat = new engine.EdgeFeaturedAttention({ dim: 4, heads: 2, edgeDim: 3 });
+  const ge: Float32Array = await gat.forward({ data: new Float32Array(8), shape: [2, 4] }, { data: new Float32Array(8), shape: [2, 4] }, null, null,
+    { edgeFeatures: new Float32Array(6) });
+  const gw: TensorResult = await engine.scores('edge_featured', { query: new Float32Array(4), edgeFeatures: { data: new Float32Array(3), shape: [1, 3] } });
+  console.log(ge, gw.shape);
   const models: LocalModelInfo[] = await engine.mechanisms();
   const h = await engine.health();
   await engine.dispose();

@@ -45,6 +45,10 @@ def write_model(mech: Any, arrays: dict[str, Any], extras: dict[str, Any], dst: 
     from ..export import export_onnx
 
     example = [arrays[r] for r in ("q", "k", "v") if arrays.get(r) is not None]
+    if len(example) == 3 and arrays["v"] is arrays["k"] and len(mech.example_inputs(1)) < 3:
+        # values defaulted to the keys (--values), for a mechanism that takes none (graph attention sends
+        # messages from the keys): the graph's inputs are the mechanism's own
+        example = example[:2]
     info = export_onnx(
         mech,
         dst.output,

@@ -41,7 +41,7 @@ from .dense import sdpa
 from .gqa import group_keys, group_queries, needs_grouping, ungroup
 from .masks import apply_mask, apply_mask_tile, index_grid, mask_tile
 
-__all__ = ["local_global_mask", "local_global_tile", "local_global_attention", "default_block"]
+__all__ = ["local_global_mask", "local_global_allowed", "local_global_tile", "local_global_attention", "default_block"]
 
 
 def local_global_mask(length: int, radius: int, global_idx: Any = (), causal: bool = False) -> np.ndarray:
@@ -62,23 +62,37 @@ def local_global_tile(q0: int, nq: int, k0: int, nk: int, radius: int, global_id
     return allowed
 
 
-def _graph_form(
-    q: Array, k: Array, v: Array, *, xp: Namespace, scale: float, radius: int, global_idx: Any, causal: bool, mask: Array | None
-) -> Array:
-    """Dense attention with the pattern of :func:`local_global_mask` built from index grids (any length).
+def local_global_allowed(q: Array, k: Array, *, xp: Namespace, radius: int, global_idx: Any, causal: bool, mask: Array | None = None) -> Array:
+    """The pattern of :func:`local_global_mask` for scores of ``q (..., Lq, D)`` over ``k (..., Lk, D)``,
+    built from index grids, combined with ``mask``: a bool ``(..., Lq, Lk)`` (True = may attend), or a
+    float mask with ``-inf`` outside the pattern when ``mask`` is float.
 
-    The equivalence the module docstring states, used when the length is symbolic: a Python loop over
-    query blocks would be unrolled for one length.
+    The indices are counted in ``xp`` (cumulative sums of ones, :func:`.masks.index_grid`), not from Python
+    lengths, so the pattern holds at any length: a symbolic one (a graph being exported) too.
     """
-    s0 = q[..., :, :1] @ xp.matrix_transpose(k[..., :, :1])  # (..., L, L): only its shape is used
+    s0 = q[..., :, :1] @ xp.matrix_transpose(k[..., :, :1])  # (..., Lq, Lk): only its shape is used
     i, j = index_grid(s0, xp)
     allowed = xp.abs(i - j) <= float(radius)
     for g in np.asarray(global_idx, dtype=np.int64).reshape(-1).tolist():
         allowed = allowed | (j == float(g)) | (i == float(g))
     if causal:
         allowed = allowed & (j <= i)
-    if mask is not None:
-        allowed = allowed & mask if xp.isdtype(mask.dtype, "bool") else xp.where(allowed, mask, xp.asarray(-xp.inf, dtype=mask.dtype))
+    if mask is None:
+        return allowed
+    if xp.isdtype(mask.dtype, "bool"):
+        return allowed & mask
+    return xp.where(allowed, mask, xp.asarray(-xp.inf, dtype=mask.dtype, device=array_api_compat.device(mask)))
+
+
+def _graph_form(
+    q: Array, k: Array, v: Array, *, xp: Namespace, scale: float, radius: int, global_idx: Any, causal: bool, mask: Array | None
+) -> Array:
+    """Dense attention with the pattern of :func:`local_global_allowed` (any length).
+
+    The equivalence the module docstring states, used when the length is symbolic: a Python loop over
+    query blocks would be unrolled for one length.
+    """
+    allowed = local_global_allowed(q, k, xp=xp, radius=radius, global_idx=global_idx, causal=causal, mask=mask)
     return sdpa(q, k, v, xp=xp, scale=scale, mask=allowed)
 
 

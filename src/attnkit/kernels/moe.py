@@ -17,14 +17,16 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import array_api_compat
+import numpy as np
 
 from .._array import Array, Namespace, namespace
 from . import overflow
 from .softmax import safe_softmax
 
-__all__ = ["expert_capacity", "top_k_routing", "load_balancing_loss", "router_probs"]
+__all__ = ["expert_capacity", "token_count", "top_k_routing", "load_balancing_loss", "router_probs"]
 
 
 def router_probs(x: Array, weight: Array, bias: Array, xp: Namespace) -> Array:
@@ -40,31 +42,54 @@ def router_probs(x: Array, weight: Array, bias: Array, xp: Namespace) -> Array:
     return safe_softmax(x @ xp.matrix_transpose(weight) + bias, xp)
 
 
-def expert_capacity(tokens: int, num_experts: int, top_k: int, factor: float | None) -> int:
-    """``ceil(factor * tokens * top_k / num_experts)`` (``factor=None``: unlimited, i.e. ``tokens``)."""
+def expert_capacity(tokens: Any, num_experts: int, top_k: int, factor: float | None, xp: Namespace | None = None) -> Any:
+    """``max(1, ceil(factor * tokens * top_k / num_experts))`` (``factor=None``: unlimited, i.e. ``tokens``).
+
+    ``tokens``: an ``int`` (a Python ``int`` comes back), or a 0-d integer array when the count is only
+    known at run time (a graph being exported, where lengths are symbolic): the same float64
+    arithmetic, in the same order, is then done by the array library, so the graph's capacity equals
+    the Python one at every length; an int64 0-d array comes back.
+    """
+    if isinstance(tokens, (int, np.integer)):
+        if factor is None:
+            return int(tokens)
+        return max(1, math.ceil(factor * int(tokens) * top_k / num_experts))
+    xp = xp or namespace(tokens)
+    n = xp.astype(tokens, xp.float64)
     if factor is None:
-        return tokens
-    return max(1, math.ceil(factor * tokens * top_k / num_experts))
+        return xp.astype(n, xp.int64)
+    c = xp.ceil(n * float(factor) * float(top_k) / float(num_experts))
+    return xp.astype(xp.maximum(c, xp.ones_like(c)), xp.int64)
 
 
-def top_k_routing(probs: Array, top_k: int, capacity: int, xp: Namespace | None = None) -> tuple[Array, Array]:
+def token_count(x: Array, xp: Namespace) -> Any:
+    """The length of ``x``'s first axis: an ``int``, or (symbolic length, a graph being exported) an int64
+    0-d array counted at run time."""
+    n = x.shape[0]
+    if n is not None:
+        return int(n)
+    return xp.sum(xp.astype(xp.ones_like(x[:, 0]), xp.int64))
+
+
+def top_k_routing(probs: Array, top_k: int, capacity: Any, xp: Namespace | None = None) -> tuple[Array, Array]:
     """Route tokens: ``(experts, keep)``, both ``(T, top_k)``, in ``probs``' library and on its device.
 
     ``experts[t, r]`` is token ``t``'s ``r``-th choice (ties broken by the lower expert index: a stable
     sort of ``-probs``); ``keep[t, r]`` whether that assignment fits in the expert's capacity
     (priority: rank, then token). Array operations only (argsort, a cumulative sum of one-hot rows,
-    ``take_along_axis``), so the routing is traceable (``jax.jit``) and differentiable code around it
-    needs no host copy: an assignment's place in its expert's queue is
-    ``position = cumsum(onehot(order), axis=0)[i, order_i] - 1`` over the rank-major order.
+    ``take_along_axis``), so the routing is traceable (``jax.jit``, an ONNX graph with a symbolic
+    ``T``) and differentiable code around it needs no host copy: an assignment's place in its expert's
+    queue is ``position = cumsum(onehot(order), axis=0)[i, order_i] - 1`` over the rank-major order.
+    ``capacity``: an ``int`` or a 0-d integer array (see :func:`expert_capacity`).
     """
     xp = xp or namespace(probs)
-    t, e = int(probs.shape[0]), int(probs.shape[1])
+    e = int(probs.shape[1])
     dev = array_api_compat.device(probs)
     experts = xp.argsort(-probs, axis=1, stable=True)[:, :top_k]
     order = xp.reshape(xp.matrix_transpose(experts), (-1,))  # rank-major: all first choices, then second, ...
     onehot = xp.astype(order[:, None] == xp.arange(e, device=dev)[None, :], xp.int64)
     position = xp.take_along_axis(xp.cumulative_sum(onehot, axis=0), order[:, None], axis=1)[:, 0] - 1
-    keep = xp.matrix_transpose(xp.reshape(position < capacity, (top_k, t)))
+    keep = xp.matrix_transpose(xp.reshape(position < capacity, (top_k, -1)))
     return experts, keep
 
 

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from .._array import Array, Namespace, reshape_lead
+from .._array import Array, Namespace, moveaxis, reshape_lead
 
 __all__ = ["linear", "split_heads", "merge_heads"]
 
@@ -19,11 +19,11 @@ def linear(x: Array, w: Array, b: Array | None, xp: Namespace) -> Array:
 def split_heads(x: Array, heads: int, xp: Namespace) -> Array:
     """``(..., L, H*d) -> (..., H, L, d)``."""
     width = int(x.shape[-1])
-    return xp.moveaxis(reshape_lead(x, x.ndim - 1, (heads, width // heads), xp), -2, -3)
+    return moveaxis(reshape_lead(x, x.ndim - 1, (heads, width // heads), xp), -2, -3, xp)
 
 
 def merge_heads(x: Array, xp: Namespace) -> Array:
     """``(..., H, L, d) -> (..., L, H*d)``."""
-    x = xp.moveaxis(x, -3, -2)
+    x = moveaxis(x, -3, -2, xp)
     heads, d = x.shape[-2], x.shape[-1]
     return reshape_lead(x, x.ndim - 2, (-1,) if heads is None or d is None else (int(heads) * int(d),), xp)

@@ -16,7 +16,7 @@ from typing import Any
 
 import array_api_compat
 
-from .._array import Array, Namespace, as_float_array, check_finite, common_float_dtype, compute_dtype, length, namespace, shape_str
+from .._array import Array, Namespace, as_float_array, check_finite, common_float_dtype, compute_dtype, length, moveaxis, namespace, shape_str
 from .._array import broadcast_shapes as _bshapes
 from ..errors import ShapeError
 from ..kernels.masks import prepare_mask, unflatten_mask
@@ -60,7 +60,7 @@ class SequenceInputs:
         """Heads-first ``(..., H, Lq, Dv)`` result -> caller layout (``(..., Lq, H, Dv)`` for ``bshd``), dtype and flatness."""
         xp = self.xp
         if self.layout == "bshd":
-            out = xp.moveaxis(out, -3, -2)
+            out = moveaxis(out, -3, -2, xp)
         if out.dtype != self.out_dtype:
             out = xp.astype(out, self.out_dtype)
         if self.flat:
@@ -162,7 +162,7 @@ def prepare_sequence(
     if bhsd:
         qh, kh, vh = (xp.astype(x, cdt) if x.dtype != cdt else x for x in (q, k, v))
     else:
-        qh, kh, vh = (xp.moveaxis(xp.astype(x, cdt) if x.dtype != cdt else x, -3, -2) for x in (q, k, v))
+        qh, kh, vh = (moveaxis(xp.astype(x, cdt) if x.dtype != cdt else x, -3, -2, xp) for x in (q, k, v))
     lq, lk = length(q.shape[lax]), length(k.shape[lax])
     if flat:
         mask = unflatten_mask(mask, lq, lk)

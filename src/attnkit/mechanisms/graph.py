@@ -43,6 +43,7 @@ from .._array import (
     common_float_dtype,
     compute_dtype,
     finite_float,
+    moveaxis,
     namespace,
     non_negative_float,
     non_negative_int,
@@ -296,7 +297,7 @@ class EdgeFeaturedAttention(LearnedParams, Mechanism):
 
     def _attention_weights(self, params: Mapping[str, Array], query: Any, key: Any, *, mask: Any = None, edge_features: Any = None) -> Array:
         alpha, _, _, _, xp, out_dtype = self._neighbour_attention(params, query, key, None, mask, edge_features)
-        alpha = xp.moveaxis(alpha, -1, -2)  # (..., H, k'): each row sums to 1, as every mechanism's weights
+        alpha = moveaxis(alpha, -1, -2, xp)  # (..., H, k'): each row sums to 1, as every mechanism's weights
         return xp.astype(alpha, out_dtype) if alpha.dtype != out_dtype else alpha
 
     def _neighbour_attention(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, mask: Any, edge_features: Any) -> tuple:

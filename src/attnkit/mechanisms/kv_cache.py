@@ -36,7 +36,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from .._array import Array, Namespace, check_allocation, is_traced, namespace, positive_int, shape_str
+from .._array import Array, Namespace, check_allocation, is_traced, moveaxis, namespace, positive_int, shape_str
 from ..errors import ConfigError, DTypeError, ShapeError
 from ..kernels.masks import prepare_mask
 
@@ -189,7 +189,7 @@ class KVCache:
         self._need_kv("keys")
         if self._k is None or self._length == 0:
             return None
-        return self._xp().moveaxis(self._span(self.size)[0], -2, -3)
+        return moveaxis(self._span(self.size)[0], -2, -3, self._xp())
 
     @property
     def values(self) -> Array | None:
@@ -197,7 +197,7 @@ class KVCache:
         self._need_kv("values")
         if self._v is None or self._length == 0:
             return None
-        return self._xp().moveaxis(self._span(self.size)[1], -2, -3)
+        return moveaxis(self._span(self.size)[1], -2, -3, self._xp())
 
     @property
     def state(self) -> tuple[Array, Array] | None:
@@ -218,7 +218,7 @@ class KVCache:
         k, v = xp.asarray(key), xp.asarray(value)
         if k.ndim < 3 or v.ndim < 3:
             raise ShapeError(f"key, value: expected shape (..., L, kv_heads={self.kv_heads}, D), got {shape_str(k.shape)} and {shape_str(v.shape)}")
-        self.extend(xp.moveaxis(k, -3, -2), xp.moveaxis(v, -3, -2), ordered=True)
+        self.extend(moveaxis(k, -3, -2, xp), moveaxis(v, -3, -2, xp), ordered=True)
 
     def _check(self, k: Array, v: Array) -> Namespace:
         """Library, heads, widths, lengths and batch of heads-first ``k: (..., Hkv, L, D)``, ``v``."""

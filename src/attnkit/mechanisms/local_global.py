@@ -19,7 +19,7 @@ from .._array import Array, is_graph, nonzero_float, positive_int
 from ..errors import ConfigError, ShapeError
 from ..kernels.decode import cached_attention
 from ..kernels.dense import NO_WINDOW, attention_weights
-from ..kernels.local import local_global_attention, local_global_mask
+from ..kernels.local import local_global_allowed, local_global_attention, local_global_mask
 from ..kernels.rope import RotaryEmbedding, apply_rope_qk, as_rope
 from ._sequence import layout_option, prepare_sequence
 from .base import Mechanism
@@ -229,16 +229,8 @@ class LocalGlobalAttention(Mechanism):
         kk = query if key is None else key
         s = self._prepare(query, kk, kk, mask, positions)
         xp = s.xp
-        pattern = xp.asarray(self.dense_mask(s.lq), device=s.device)
-        m = (
-            pattern
-            if s.mask is None
-            else (
-                xp.logical_and(s.mask, pattern)
-                if xp.isdtype(s.mask.dtype, "bool")
-                else xp.where(pattern, s.mask, xp.asarray(-xp.inf, dtype=s.mask.dtype, device=s.device))
-            )
-        )
+        # the pattern from index grids in xp (any length: a symbolic one in an exported graph too)
+        m = local_global_allowed(s.q, s.k, xp=xp, radius=self.radius, global_idx=self.global_indices(s.lq), causal=self.causal, mask=s.mask)
         w = attention_weights(s.q, s.k, xp=xp, scale=self.effective_scale, mask=m)
         if w.dtype != s.out_dtype:
             w = xp.astype(w, s.out_dtype)

@@ -23,6 +23,7 @@ import numpy as np
 from .._array import (
     Array,
     as_float_array,
+    broadcast_lead,
     check_allocation,
     is_traced,
     namespace,
@@ -30,13 +31,14 @@ from .._array import (
     positive_float,
     positive_int,
     probability,
+    reshape_lead,
     shape_str,
     to_numpy,
 )
 from .._array import length as _dim
 from ..errors import ConfigError, DTypeError, ShapeError
 from ..kernels.masks import prepare_mask
-from ..kernels.moe import expert_capacity, load_balancing_loss, router_probs, top_k_routing
+from ..kernels.moe import expert_capacity, load_balancing_loss, router_probs, token_count, top_k_routing
 from ._headless import prepare_headless
 from ._learned import LearnedParams, glorot
 from .base import Mechanism
@@ -93,6 +95,9 @@ class MoEAttention(LearnedParams, Mechanism):
     Inputs (head-less, like ``ScaledDotProduct``/``HyperbolicAttention``): ``q (..., Lq, dim)`` or one
     query ``(dim,)``, ``keys (..., Lk, dim)`` (default ``q``), ``values (..., Lk, Dv)`` (default
     ``keys``), ``mask``: a bool key mask ``(..., Lk)`` (True = attend).
+
+    Exports to ONNX (:func:`attnkit.export_onnx`): routing and the capacity (from the run-time token count)
+    are computed in the graph, so the model drops the tokens the library drops at every length.
 
     After each forward: :attr:`last_aux_loss` (the load-balancing loss, a float for NumPy input and a
     tensor carrying gradient for torch), :meth:`usage_stats` (cumulative), :meth:`reset_stats`.
@@ -196,12 +201,13 @@ class MoEAttention(LearnedParams, Mechanism):
         return list(self._experts)
 
     def _call_expert(self, e: int, params: Mapping[str, Array], q: Array, k: Array, v: Array, m: Array | None) -> Array:
-        """Expert ``e`` on queries ``q (n, D)`` over ``k (Lk, D)``, ``v (Lk, Dv)``, key mask ``m (Lk,)`` -> ``(n, Dv)``."""
+        """Expert ``e`` on queries ``q (..., n, D)`` over ``k (..., Lk, D)``, ``v (..., Lk, Dv)`` with the key
+        mask ``m (..., 1, Lk)`` (the same for every query) -> ``(..., n, Dv)``."""
         expert = self._experts[e]
         kind = _expert_kind(expert)
         xp = namespace(q)
         if kind == "hyperbolic":
-            out = expert._forward(params, q, k, v, mask=None if m is None else xp.expand_dims(m, axis=0))
+            out = expert._forward(params, q, k, v, mask=m)
             if expert.input_space == "tangent":
                 from ..kernels import poincare as pc
 
@@ -209,11 +215,17 @@ class MoEAttention(LearnedParams, Mechanism):
             return out
         if kind == "sequence":
             h = expert.heads
-            n, lk, dv = _dim(q.shape[0]), _dim(k.shape[0]), _dim(v.shape[-1])
+            dv = _dim(v.shape[-1])
             if dv % h:
                 raise ShapeError(f"values: expert {e} has {h} heads, which must divide Dv = {dv}")
-            out = expert._forward(params, xp.reshape(q, (n, h, -1)), xp.reshape(k, (lk, h, -1)), xp.reshape(v, (lk, h, dv // h)), mask=m)
-            return xp.reshape(out, (n, dv))
+            qh = reshape_lead(q, q.ndim - 1, (h, self.dim // h), xp)
+            kh = reshape_lead(k, k.ndim - 1, (h, self.dim // h), xp)
+            vh = reshape_lead(v, v.ndim - 1, (h, dv // h), xp)
+            out = expert._forward(params, qh, kh, vh, mask=None if m is None else xp.expand_dims(m, axis=-3))
+            return reshape_lead(out, out.ndim - 2, (dv,), xp)
+        if getattr(expert, "input_layout", None) == "graph" and q.ndim > 2:
+            # each query over its own neighbour set (..., k, D): the batch item's keys, shared by its queries
+            k, v = xp.expand_dims(k, axis=-3), xp.expand_dims(v, axis=-3)
         return expert._forward(params, q, k, v, mask=m)
 
     # ------------------------------------------------------------------ weights
@@ -292,6 +304,8 @@ class MoEAttention(LearnedParams, Mechanism):
 
     # ------------------------------------------------------------------ forward
     def _prepare(self, q: Any, keys: Any, values: Any, mask: Any) -> tuple:
+        """Validated inputs with their batch axes broadcast together: ``q (*B, Lq, D)``, ``k (*B, Lk, D)``,
+        ``v (*B, Lk, Dv)`` and the key mask ``(*B, Lk)`` or ``None``."""
         h = prepare_headless(q, keys, values, None, dim=self.dim, check=self.check_finite)
         xp, qa, ka, va, batch = h.xp, h.q, h.k, h.v, h.batch
         if self.overflow == "pass_through" and va.shape[-1] != self.dim:
@@ -299,19 +313,14 @@ class MoEAttention(LearnedParams, Mechanism):
         cdt = qa.dtype
         lk = _dim(ka.shape[-2])
         dev = array_api_compat.device(qa)
-        m = None
+        arrays, tails = [qa, ka, va], [2, 2, 2]
         if mask is not None:
             m = prepare_mask(mask, xp, (*batch, lk), cdt, device=dev, layout="(..., Lk)")
             if m is not None and not xp.isdtype(m.dtype, "bool"):
                 raise DTypeError(f"mask: expected a bool key mask (True = attend), got {m.dtype}")
-        nb = math.prod(batch)
-        lq = _dim(qa.shape[-2])
-        qa = xp.reshape(xp.broadcast_to(qa, (*batch, lq, self.dim)), (nb, lq, self.dim))
-        ka = xp.reshape(xp.broadcast_to(ka, (*batch, lk, self.dim)), (nb, lk, self.dim))
-        va = xp.reshape(xp.broadcast_to(va, (*batch, lk, _dim(va.shape[-1]))), (nb, lk, _dim(va.shape[-1])))
-        if m is not None:
-            m = xp.reshape(xp.broadcast_to(m, (*batch, lk)), (nb, lk))
-        return h, qa, ka, va, m, dev
+            arrays, tails = [*arrays, m], [*tails, 1]
+        qa, ka, va, *rest = broadcast_lead(arrays, tails, xp)
+        return h, qa, ka, va, (rest[0] if rest else None), dev
 
     def router_probs(self, q: Any) -> Array:
         """Router probabilities ``softmax(W_r q + b_r)``, shape ``(..., E)`` (no jitter)."""
@@ -327,79 +336,106 @@ class MoEAttention(LearnedParams, Mechanism):
         return self.parameters()
 
     def _export_blocker(self) -> str | None:
-        """Why this mechanism does not export to ONNX (see :func:`attnkit.export_onnx`)."""
-        return (
-            "routing picks each token's top-k experts and drops tokens over the expert capacity in NumPy, "
-            "a data-dependent choice of which rows each expert computes that an ONNX graph cannot trace; "
-            "export the experts themselves (e.g. FlashAttention or ScaledDotProduct) instead"
-        )
+        """Why this mechanism does not export to ONNX as configured (see :func:`attnkit.export_onnx`)."""
+        if self.training and self.jitter_noise > 0:
+            return "jitter_noise multiplies the router input by random noise while training; call .eval() before exporting"
+        return None
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
-        """Routed attention output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query)."""
+        """Routed attention output ``(..., Lq, Dv)`` (``(Dv,)`` for a single query).
+
+        Tokens are the ``T`` queries of all batch items (batch-major). Routing and capacity are array
+        operations (:mod:`attnkit.kernels.moe`), so they trace (``jax.jit``, ``torch.compile``, an ONNX
+        graph whose ``T`` is symbolic: the capacity is then computed in the graph from the run-time
+        ``T``). With concrete values each expert computes only the queries it serves, one batch item at a
+        time; traced, each expert computes every query of the whole batch at once and the rows it does not
+        serve are masked out (shapes cannot depend on the routing): the same values.
+        """
         h, qa, ka, va, m, dev = self._prepare(query, key, value, mask)
         xp = h.xp
-        nb, lq, d = _dim(qa.shape[0]), _dim(qa.shape[1]), self.dim
+        d, ne = self.dim, self.num_experts
         dv = _dim(va.shape[-1])
-        t = nb * lq
-        qf = xp.reshape(qa, (t, d))
+        qf = xp.reshape(qa, (-1, d))  # (T, D), batch-major
+        t = _dim(qf.shape[0])
         p = self._params_like({k: v for k, v in params.items() if k.startswith("router.")}, qf)
-        expert_params = [{k[len(f"experts.{i}.") :]: v for k, v in params.items() if k.startswith(f"experts.{i}.")} for i in range(self.num_experts)]
+        expert_params = [{k[len(f"experts.{i}.") :]: v for k, v in params.items() if k.startswith(f"experts.{i}.")} for i in range(ne)]
         xr = qf
         if self.training and self.jitter_noise > 0:
             noise = self._rng().uniform(1.0 - self.jitter_noise, 1.0 + self.jitter_noise, size=(t, d))
             xr = qf * xp.asarray(noise, dtype=qf.dtype, device=dev)
         probs = router_probs(xr, p["router.weight"], p["router.bias"], xp)  # (T, E)
-        cap = expert_capacity(t, self.num_experts, self.top_k, self.expert_capacity)
+        cap = expert_capacity(token_count(probs, xp), ne, self.top_k, self.expert_capacity, xp)
         chosen, keep = top_k_routing(probs, self.top_k, cap, xp)  # (T, k) each, in xp on dev
         top = xp.take_along_axis(probs, chosen, axis=1)
         gates = top / xp.sum(top, axis=-1, keepdims=True)  # renormalised over the k choices
         # served[t, e]: expert e serves token t; gate[t, e]: its gate (0 where not served). A token's k
         # choices are distinct experts, so each sum over r has one term at most (exact).
-        assign = (chosen[:, :, None] == xp.arange(self.num_experts, device=dev)[None, None, :]) & keep[:, :, None]
+        assign = (chosen[:, :, None] == xp.arange(ne, device=dev)[None, None, :]) & keep[:, :, None]
         served = xp.any(assign, axis=1)
         gate = xp.sum(xp.where(assign, gates[:, :, None], xp.zeros_like(gates[:, :, None])), axis=1)
+        km = None if m is None else xp.expand_dims(m, axis=-2)  # (*B, 1, Lk): the same keys for every query
         traced = is_traced(probs)
-        rows = []
-        for b in range(nb):
-            sl = slice(b * lq, (b + 1) * lq)
-            q_b, s_b, g_b = qa[b, ...], served[sl, :], gate[sl, :]
+        if traced:
+            # shapes cannot depend on the routing inside a graph: each expert sees every query of the
+            # batch, and the rows it does not serve are masked out (the same values)
+            lead = qa.ndim - 1
+            served_b, gate_b = reshape_lead(served, lead, (ne,), xp, like=qa), reshape_lead(gate, lead, (ne,), xp, like=qa)
             acc = None
-            for e in range(self.num_experts):
-                sel = s_b[:, e : e + 1]
-                if traced:
-                    # shapes cannot depend on the routing inside a graph: the expert sees every query
-                    # of the batch item, and the unserved rows are masked out (the same values)
-                    full = self._call_expert(e, expert_params[e], q_b, ka[b, ...], va[b, ...], None if m is None else m[b, ...])
-                else:
-                    idx = xp.nonzero(s_b[:, e])[0]
-                    if int(idx.shape[0]) == 0:
-                        continue
-                    sub = self._call_expert(e, expert_params[e], xp.take(q_b, idx, axis=0), ka[b, ...], va[b, ...], None if m is None else m[b, ...])
-                    # back to one row per query: row i of sub serves the i-th served query
-                    pos = xp.clip(xp.cumulative_sum(xp.astype(s_b[:, e], xp.int64)) - 1, min=0)
-                    full = xp.take(sub, pos, axis=0)
-                contrib = xp.where(sel, full * g_b[:, e : e + 1], xp.zeros_like(full))
+            for e in range(ne):
+                full = self._call_expert(e, expert_params[e], qa, ka, va, km)
+                contrib = xp.where(served_b[..., e : e + 1], full * gate_b[..., e : e + 1], xp.zeros_like(full))
                 acc = contrib if acc is None else acc + contrib
-            rows.append(xp.zeros((lq, dv), dtype=qf.dtype, device=dev) if acc is None else acc)
-        out = rows[0] if nb == 1 else xp.concat(rows, axis=0) if rows else xp.zeros((0, dv), dtype=qf.dtype, device=dev)
+            out = xp.reshape(acc, (-1, dv))
+        else:
+            out = self._served_rows(qa, ka, va, km, served, gate, expert_params, xp, dev)
         dropped = ~xp.any(keep, axis=1)
         if self.overflow == "pass_through":
             out = xp.where(dropped[:, None], qf, out)
         # statistics and the auxiliary loss: host bookkeeping, only for concrete values (inside a
         # jax.jit / torch.compile graph they would leak tracers; they are left untouched there)
         if not traced:
-            aux = load_balancing_loss(probs, chosen[:, 0], self.num_experts, xp)
+            aux = load_balancing_loss(probs, chosen[:, 0], ne, xp)
             self.last_aux_loss = float(np.asarray(aux)) if isinstance(aux, np.ndarray) or np.isscalar(aux) else aux
             chosen_np, keep_np = to_numpy(chosen).astype(np.int64), to_numpy(keep).astype(bool)
             st = self._stats
             st["calls"] += 1
             st["tokens"] += t
-            st["assignments"] += np.bincount(chosen_np.reshape(-1), minlength=self.num_experts)
-            st["kept"] += np.bincount(chosen_np[keep_np], minlength=self.num_experts)
+            st["assignments"] += np.bincount(chosen_np.reshape(-1), minlength=ne)
+            st["kept"] += np.bincount(chosen_np[keep_np], minlength=ne)
             st["dropped_tokens"] += int((~keep_np.any(axis=1)).sum())
             probs_np = to_numpy(probs).astype(np.float64)
             self.last_routing = {"experts": chosen_np, "keep": keep_np, "probs": probs_np, "capacity": np.asarray(cap)}
-        return h.finish(xp.reshape(out, (*h.batch, lq, dv)))
+        return h.finish(reshape_lead(out, qa.ndim - 1, (dv,), xp, like=qa))
+
+    def _served_rows(
+        self, qa: Array, ka: Array, va: Array, km: Array | None, served: Array, gate: Array, expert_params: list, xp: Any, dev: Any
+    ) -> Array:
+        """Concrete values: expert ``e`` computes only the queries it serves, per batch item -> ``(T, Dv)``."""
+        lq, lk, d, dv = _dim(qa.shape[-2]), _dim(ka.shape[-2]), self.dim, _dim(va.shape[-1])
+        nb = math.prod(int(n) for n in qa.shape[:-2])
+        qn, kn, vn = xp.reshape(qa, (nb, lq, d)), xp.reshape(ka, (nb, lk, d)), xp.reshape(va, (nb, lk, dv))
+        mn = None if km is None else xp.reshape(km, (nb, 1, lk))
+        rows = []
+        for b in range(nb):
+            sl = slice(b * lq, (b + 1) * lq)
+            s_b, g_b = served[sl, :], gate[sl, :]
+            acc = None
+            for e in range(self.num_experts):
+                idx = xp.nonzero(s_b[:, e])[0]
+                if int(idx.shape[0]) == 0:
+                    continue
+                sub = self._call_expert(
+                    e, expert_params[e], xp.take(qn[b, ...], idx, axis=0), kn[b, ...], vn[b, ...], None if mn is None else mn[b, ...]
+                )
+                # back to one row per query: row i of sub serves the i-th served query
+                pos = xp.clip(xp.cumulative_sum(xp.astype(s_b[:, e], xp.int64)) - 1, min=0)
+                full = xp.take(sub, pos, axis=0)
+                contrib = xp.where(s_b[:, e : e + 1], full * g_b[:, e : e + 1], xp.zeros_like(full))
+                acc = contrib if acc is None else acc + contrib
+            rows.append(xp.zeros((lq, dv), dtype=qa.dtype, device=dev) if acc is None else acc)
+        if not rows:
+            return xp.zeros((0, dv), dtype=qa.dtype, device=dev)
+        return rows[0] if nb == 1 else xp.concat(rows, axis=0)
 
     def dispose(self) -> None:
         for ex in self._experts:

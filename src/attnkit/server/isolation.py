@@ -187,7 +187,14 @@ def _close_open_runners() -> None:
 
 
 class ProcessRunner:
-    """Computations in ``max_concurrency`` worker processes; a timed-out one is killed and replaced."""
+    """Computations in ``max_concurrency`` worker processes; a timed-out or dead one is replaced.
+
+    The pool's size is kept by one rule: the workers that exist plus the ones being started never
+    exceed ``max_concurrency``, and once the pool has started, a *watcher* thread waits on every
+    worker's exit sentinel and starts a replacement as soon as one ends, busy or idle, killed by the
+    server or from outside. A dead worker is therefore never left sitting in the idle list until a
+    request happens to pick it, and no count of the dead can see one death twice.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -196,81 +203,147 @@ class ProcessRunner:
         self._ctx.set_forkserver_preload(_preload_modules())
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
-        self._lock = threading.Lock()
+        self._starting = 0  # workers being started (a reserved place in the pool)
+        self._cond = threading.Condition()
         self._closed = False
+        self._started = False  # the first worker was asked for: from then on the pool is kept full
         self.replaced = 0  # workers started in place of killed or dead ones
-        self._missing = 0  # workers that died and are not replaced yet
+        self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
+        self._watcher: threading.Thread | None = None
         self.executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="attnkit-dispatch")
         _OPEN_RUNNERS.add(self)
 
     def start(self) -> None:
         """Start every worker now (otherwise they start on first use)."""
-        workers = [self._spawn() for _ in range(self.settings.max_concurrency)]
-        with self._lock:
-            self._idle.extend(workers)
+        with self._cond:
+            self._started = True
+        self._fill()
 
     @property
     def pids(self) -> list[int]:
-        with self._lock:
+        with self._cond:
             return [w.process.pid for w in self._all if w.process.pid is not None]
 
-    def _spawn(self, replacing: bool = False) -> _Worker:
-        w = _Worker(self._ctx, self._settings_json)
-        with self._lock:
+    # -- pool bookkeeping (every change under ``self._cond``)
+    def _reserve(self) -> bool:
+        """Reserve a place for one more worker, if the pool has one free."""
+        if self._closed or len(self._all) + self._starting >= self.settings.max_concurrency:
+            return False
+        self._starting += 1
+        return True
+
+    def _spawn(self) -> _Worker | None:
+        """Start a worker in a reserved place (the lock is not held: starting takes milliseconds)."""
+        try:
+            w = _Worker(self._ctx, self._settings_json)
+        except BaseException:
+            with self._cond:
+                self._starting -= 1
+            raise
+        with self._cond:
+            self._starting -= 1
+            if self._closed:
+                w.kill()
+                return None
             self._all.add(w)
-            if replacing and self._missing > 0:
-                self._missing -= 1
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch, name="attnkit-pool-watcher", daemon=True)
+                self._watcher.start()
+        with contextlib.suppress(OSError):
+            self._wake_w.send_bytes(b"")  # the watcher waits on the new worker's sentinel too
         return w
 
+    def _forget(self, w: _Worker) -> bool:
+        """Drop a worker that ended; True if it was still counted (the first to notice it)."""
+        if w not in self._all:
+            return False
+        self._all.discard(w)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(w)
+        if not self._closed:
+            self.replaced += 1
+        self._cond.notify_all()
+        return True
+
+    def _fill(self) -> None:
+        """Start workers until the pool is full again."""
+        while True:
+            with self._cond:
+                if not self._started or not self._reserve():
+                    return
+            w = self._spawn()
+            if w is None:
+                return
+            with self._cond:
+                self._idle.append(w)
+                self._cond.notify()
+
+    def _watch(self) -> None:
+        """Wait on every worker's exit; replace the ones that end while the runner is open."""
+        from multiprocessing.connection import wait
+
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                by_sentinel = {w.process.sentinel: w for w in self._all}
+            ready = wait([self._wake_r, *by_sentinel])
+            ended = []
+            with self._cond:
+                if self._closed:
+                    return
+                for s in ready:
+                    if s is self._wake_r:
+                        with contextlib.suppress(OSError, EOFError):
+                            while self._wake_r.poll():
+                                self._wake_r.recv_bytes()
+                    elif self._forget(by_sentinel[s]):
+                        ended.append(by_sentinel[s])
+            for w in ended:
+                w.close(timeout=0.1)
+            if ended:
+                with contextlib.suppress(Exception):  # a failed start is retried by the next request
+                    self._fill()
+
     def _take(self) -> _Worker:
-        dead: list[_Worker] = []
-        with self._lock:
+        """An idle live worker, a newly started one, or (the pool full and busy) the next one freed."""
+        while True:
+            dead: list[_Worker] = []
             found = None
-            while self._idle:
-                w = self._idle.pop()
-                if w.alive:
-                    found = w
-                    break
-                dead.append(w)  # died while idle (killed from outside): replaced below
-                self._all.discard(w)
-                self.replaced += 1
-                self._missing += 1
-        for w in dead:
-            w.close(timeout=0.1)
-        return found if found is not None else self._spawn(replacing=True)
+            with self._cond:
+                self._started = True
+                while self._idle:
+                    w = self._idle.pop()
+                    if w.alive:
+                        found = w
+                        break
+                    self._forget(w)  # died while idle, before the watcher saw it
+                    dead.append(w)
+                reserved = found is None and self._reserve()
+                if found is None and not reserved:
+                    if self._closed:
+                        raise ApiError(503, "shutting_down", "body: the server is shutting down", "body")
+                    self._cond.wait(timeout=0.5)  # a worker is being returned or started
+            for d in dead:
+                d.close(timeout=0.1)
+            if found is not None:
+                return found
+            if not reserved:
+                continue
+            started = self._spawn()
+            if started is None:
+                raise ApiError(503, "shutting_down", "body: the server is shutting down", "body")
+            return started
 
     def _give_back(self, w: _Worker) -> None:
-        with self._lock:
-            alive = w.alive and not self._closed
-            if alive and len(self._all) > self.settings.max_concurrency:
-                alive = False  # one more than the pool holds (a request started one while a refill did): retire it
-                self._all.discard(w)
-                self._missing = 0
-            elif alive:
+        with self._cond:
+            if w.alive and not self._closed and w in self._all:
                 self._idle.append(w)
-            else:
-                self._all.discard(w)
-                if w.killed or w.dead or not w.process.is_alive():
-                    self.replaced += 1
-                self._missing += 1
-        if not alive:
-            w.close(timeout=0.5)
-        self._refill()
-
-    def _refill(self) -> None:
-        """Start workers in place of the ones that died, after the request that found them (in the
-        dispatch thread), so that the pool is whole again before the next request needs it."""
-        while not self._closed:
-            with self._lock:
-                if self._missing <= 0:
-                    return
-                self._missing -= 1
-                if len(self._all) >= self.settings.max_concurrency:
-                    self._missing = 0  # the pool is whole (a count of the dead can see one twice)
-                    return
-            replacement = self._spawn()
-            with self._lock:
-                self._idle.append(replacement)
+                self._cond.notify()
+                return
+            self._forget(w)
+        w.close(timeout=0.5)
+        self._fill()  # in the dispatch thread: the pool is whole before this request's answer leaves
 
     def _dispatch(self, job: _Job, payload: bytes) -> tuple[str, Any]:
         for _ in range(3):
@@ -335,17 +408,24 @@ class ProcessRunner:
         raise ApiError(500, "internal", f"internal server error ({value.split(':', 1)[0]}); this is a bug in attnkit", "body")
 
     def close(self) -> None:
-        with self._lock:
+        with self._cond:
+            if self._closed:
+                return
             self._closed = True
             workers = list(self._all)
             self._all.clear()
             self._idle.clear()
+            self._cond.notify_all()
         _OPEN_RUNNERS.discard(self)
+        with contextlib.suppress(OSError):
+            self._wake_w.send_bytes(b"")  # the watcher returns
         for w in workers:  # every worker sees EOF at once, then each is joined
             with contextlib.suppress(Exception):
                 w.conn.close()
         for w in workers:
             w.close()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(2.0)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
