@@ -427,6 +427,30 @@ def check_serve(index: int, key: str, other: str) -> Callable[[Cli, str, pytest.
     return check
 
 
+def _serve_settings(cli: Cli, monkeypatch: pytest.MonkeyPatch, *args: str) -> Any:
+    """The :class:`~attnkit.server.Settings` that ``attnkit serve ARGS`` hands to the server (nothing listens)."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    import attnkit.server as server
+
+    got: list[Any] = []
+    monkeypatch.setattr(server, "check_port_free", lambda host, port: None)
+    monkeypatch.setattr(server, "run", lambda host, port, workers, **kw: got.append(kw["settings"]))
+    cli.ok("serve", *args)
+    assert len(got) == 1
+    return got[0]
+
+
+def check_serve_inline_max_flops(cli: Cli, said: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    documented = float(_value(said, r"default\s+([0-9.e+]+)"))
+    assert _serve_settings(cli, monkeypatch).inline_max_flops == documented
+    assert _serve_settings(cli, monkeypatch, "--inline-max-flops", "0").inline_max_flops == 0.0
+    assert _serve_settings(cli, monkeypatch, "--inline-max-flops", "2.5e5").inline_max_flops == 2.5e5
+    cli.config("[server]\ninline_max_flops = 5e5\n")
+    assert _serve_settings(cli, monkeypatch).inline_max_flops == 5e5
+    assert _serve_settings(cli, monkeypatch, "--inline-max-flops", "7").inline_max_flops == 7.0  # the flag over the file
+
+
 # ------------------------------------------------------------------------------------------ repl, demo, config
 def check_repl_history(cli: Cli, said: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
@@ -511,6 +535,7 @@ CHECKS: dict[tuple[str, str], Callable[..., None]] = {
     ("serve", "--host"): check_serve(0, "host", '"0.0.0.0"'),
     ("serve", "--port"): check_serve(1, "port", "9123"),
     ("serve", "--workers"): check_serve(2, "workers", "2"),
+    ("serve", "--inline-max-flops"): check_serve_inline_max_flops,
     ("repl", "--history"): check_repl_history,
     ("demo", "--length"): check_demo_length,
     ("demo", "--heatmap"): check_demo_heatmap,

@@ -120,6 +120,9 @@ CASES: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
     (("config", "init"), ("exists", "--force")),
     (("serve", "--port", "70000"), ("port", "65535")),
     (("serve", "--limit", "nosuch=1"), ("nosuch", "server setting")),
+    (("serve", "--inline-max-flops", "-1"), ("inline_max_flops", "non-negative")),
+    (("serve", "--http", "h2"), ("http", "httptools", "'h2'")),
+    (("serve", "--loop", "trio"), ("loop", "uvloop", "'trio'")),
     (("demo", "--length", "0"), ("--length", "positive")),
     (("compute", "--random", "4", "extra"), ("unexpected argument 'extra'",)),
 ]

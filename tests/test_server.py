@@ -50,9 +50,11 @@ def live_server(settings: Settings | None = None, **kw: Any) -> Iterator[Live]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    from attnkit.server.protocol import JsonH11Protocol  # what attnkit.server.run serves with
+    from attnkit.server.protocol import event_loop, http_protocol  # what attnkit.server.run serves with
 
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30, http=JsonH11Protocol))
+    s = app.state.attnkit.settings
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30, http=http_protocol(s.http), loop=event_loop(s.loop))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

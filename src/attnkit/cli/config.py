@@ -87,6 +87,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "worker_memory_bytes": Key("int", None, "memory cap of each compute worker process (0: none)", minimum=0),
         "header_timeout_s": Key("float", None, "seconds a client has to send a request head", minimum=0.001),
         "body_timeout_s": Key("float", None, "most seconds between two parts of a request body", minimum=0.001),
+        "inline_max_flops": Key("float", None, "requests of at most this many FLOPs run on the event loop (0: all in workers)", minimum=0),
+        "http": Key("str", None, "HTTP/1.1 parser (auto: httptools when installed)", choices=("auto", "httptools", "h11")),
+        "loop": Key("str", None, "event loop (auto: uvloop when installed)", choices=("auto", "uvloop", "asyncio")),
         # the platform spec's names, accepted so that its config.toml loads
         "max_batch_size": Key("int", None, "the spec's name for max_batch_items", minimum=1),
         "timeout_ms": Key("int", None, "the spec's name for request_timeout_s, in milliseconds", minimum=1),

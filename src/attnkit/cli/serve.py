@@ -34,6 +34,9 @@ SETTING_KEYS = (
     "models_dir",
     "models",
     "max_batch_delay_ms",
+    "inline_max_flops",
+    "http",
+    "loop",
 )
 # `[server] max_batch_size` keeps the spec's meaning (items of one /v1/batch request, `max_batch_items`);
 # the dynamic batcher's merge bound is `python -m attnkit.server --max-batch-size N`.

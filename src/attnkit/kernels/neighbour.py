@@ -19,9 +19,10 @@ from .softmax import safe_softmax
 __all__ = ["neighbour_attention", "neighbour_weights"]
 
 
-def neighbour_weights(q: Array, keys: Array, *, xp: Namespace, scale: float, mask: Array | None = None) -> Array:
-    """Attention weights ``(..., k)`` of each query over its neighbours."""
-    if overflow.at_risk(xp, q.dtype, logits=(q, keys, q.shape[-1], scale)):  # logits past the dtype's range: see .overflow
+def neighbour_weights(q: Array, keys: Array, *, xp: Namespace, scale: float, mask: Array | None = None, _checked: bool = False) -> Array:
+    """Attention weights ``(..., k)`` of each query over its neighbours (``_checked``: the caller has
+    already bounded the logits with :func:`overflow.at_risk`)."""
+    if not _checked and overflow.at_risk(xp, q.dtype, logits=(q, keys, q.shape[-1], scale)):  # logits past the dtype's range: see .overflow
         return overflow.run_wider(
             lambda q, keys, mask: neighbour_weights(q, keys, xp=xp, scale=scale, mask=mask), xp, (q, keys, mask), dtype=q.dtype, names="query, key"
         )
@@ -57,7 +58,7 @@ def neighbour_attention(q: Array, keys: Array, values: Array, *, xp: Namespace, 
             dtype=q.dtype,
             names="query, key",
         )
-    w = neighbour_weights(q, keys, xp=xp, scale=scale, mask=mask)
+    w = neighbour_weights(q, keys, xp=xp, scale=scale, mask=mask, _checked=True)  # the logits were bounded just above
     if is_numpy(xp) and w.ndim == 1 and values.ndim == 2:
         return w @ values
     return (w[..., None, :] @ values)[..., 0, :]

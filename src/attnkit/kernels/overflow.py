@@ -90,12 +90,24 @@ def max_abs(x: Array | None) -> float:
     return float(xp.max(xp.abs(x)))
 
 
+_DTYPE_MAX: dict[Any, float] = {}
+
+
 def dtype_max(dtype: Any) -> float:
-    """The largest finite value of a floating dtype of any array library."""
+    """The largest finite value of a floating dtype of any array library (remembered per dtype: every
+    eager forward asks, and ``str(dtype)`` + ``finfo`` cost microseconds)."""
+    try:
+        return _DTYPE_MAX[dtype]
+    except (KeyError, TypeError):  # not seen yet, or a dtype object that cannot be hashed
+        pass
     name = str(dtype).rsplit(".", 1)[-1]
-    if name == "bfloat16":
-        return 3.3895313892515355e38
-    return float(np.finfo(np.dtype(name)).max)
+    value = 3.3895313892515355e38 if name == "bfloat16" else float(np.finfo(np.dtype(name)).max)
+    try:
+        if len(_DTYPE_MAX) < 64:
+            _DTYPE_MAX[dtype] = value
+    except TypeError:
+        pass
+    return value
 
 
 def wider_dtype(xp: Namespace, dtype: Any) -> Any | None:

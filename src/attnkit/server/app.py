@@ -350,6 +350,27 @@ async def _send_bytes(send: Send, content: bytes, media: str, headers: Mapping[s
 
 
 # ---------------------------------------------------------------------- middleware
+class _App(FastAPI):
+    """FastAPI whose hot route skips the middleware stack: a ``POST /v1/attention/...`` goes straight to
+    :meth:`_Guard.attention_route` (which checks the key, answers every error itself and records the
+    metrics), sparing it the error, telemetry and body-limit layers that it would only pass through.
+    Off when CORS is on (CORS must wrap every answer) or a ``root_path`` is set."""
+
+    attnkit_fast: Callable[[Scope, Receive, Send], Awaitable[bool]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.attnkit_fast
+        if (
+            fast is not None
+            and scope["type"] == "http"
+            and scope.get("method") == "POST"
+            and scope["path"].startswith(_ATTENTION)
+            and await fast(scope, receive, send)
+        ):
+            return
+        await super().__call__(scope, receive, send)
+
+
 class _Guard:
     """API key check and per-route metrics, as a plain ASGI middleware (cheap, and sees every answer)."""
 
@@ -363,10 +384,11 @@ class _Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
+        if scope.get("method") == "POST" and path.startswith(_ATTENTION) and await self.attention_route(scope, receive, send):
+            return
         t0 = time.perf_counter()
         status = 500
-        path = scope.get("path", "")
-        route: str | None = None
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -377,30 +399,49 @@ class _Guard:
         try:
             is_open = path in _OPEN_PATHS or path.startswith(_OPEN_PREFIXES)
             if self.key is not None and not is_open and not self._authorised(scope):
-                err = ApiError(
-                    401,
-                    "unauthorized",
-                    "Authorization: missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-                    "Authorization",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                self.state.metrics.error(_route_of(scope), err.code)
-                await error_response(err)(scope, receive, send_wrapper)
+                await self._unauthorised(scope, receive, send_wrapper)
                 return
-            if scope.get("method") == "POST" and path.startswith(_ATTENTION):
-                name, sep, tail = path[len(_ATTENTION) :].partition("/")
-                if name and (not sep or tail == "scores"):
-                    route = _ATTENTION + ("{mechanism}/scores" if sep else "{mechanism}")
-                    await self._attention(scope, receive, send_wrapper, name, bool(sep), route)
-                    return
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.state.metrics.observe(route or _route_of(scope), scope.get("method", ""), status, time.perf_counter() - t0)
+            self.state.metrics.observe(_route_of(scope), scope.get("method", ""), status, time.perf_counter() - t0)
 
-    async def _attention(self, scope: Scope, receive: Receive, send: Send, name: str, scores: bool, route: str) -> None:
+    async def _unauthorised(self, scope: Scope, receive: Receive, send: Send) -> None:
+        err = ApiError(
+            401,
+            "unauthorized",
+            "Authorization: missing or wrong API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+            "Authorization",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        self.state.metrics.error(_route_of(scope), err.code)
+        await error_response(err)(scope, receive, send)
+
+    async def attention_route(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer a ``POST /v1/attention/{mechanism}[/scores]`` (key check, metrics and all) and return
+        True, or return False at once for any other path. The application calls it before FastAPI's
+        middleware stack (see :class:`_App`), which a request on this path would only pass through."""
+        path = scope["path"]
+        name, sep, tail = path[len(_ATTENTION) :].partition("/")
+        if not name or (sep and tail != "scores"):
+            return False
+        t0 = time.perf_counter()
+        route = _ATTENTION + ("{mechanism}/scores" if sep else "{mechanism}")
+        status = 500
+        try:
+            if self.key is not None and not self._authorised(scope):
+                route, status = _route_of(scope), 401
+                await self._unauthorised(scope, receive, send)
+            else:
+                status = await self._attention(scope, receive, send, name, bool(sep), route)
+        finally:
+            self.state.metrics.observe(route, "POST", status, time.perf_counter() - t0)
+        return True
+
+    async def _attention(self, scope: Scope, receive: Receive, send: Send, name: str, scores: bool, route: str) -> int:
         """``POST /v1/attention/{mechanism}[/scores]`` as a raw ASGI handler: no routing, dependency
         solving, request object or pydantic on the path every small request takes (the FastAPI routes
-        of the same paths document it in the OpenAPI schema and answer the same)."""
+        of the same paths document it in the OpenAPI schema and answer the same). Returns the status
+        sent (500 when the client went away first)."""
         state = self.state
         s = state.settings
         headers = _asgi_headers(scope)
@@ -411,7 +452,7 @@ class _Guard:
                 lambda: receive_body(receive, headers.get("content-length"), s.max_body_bytes, s.body_timeout_s),
             )  # fmt: skip
         except _Disconnected:
-            return
+            return 500
         except Exception as exc:  # noqa: BLE001 - mapped exactly as the app's exception handlers map it
             if isinstance(exc, ApiError):
                 err = exc
@@ -422,8 +463,9 @@ class _Guard:
                 err = ApiError(500, "internal", f"internal server error ({type(exc).__name__}); this is a bug in attnkit", "body")
             state.metrics.error(route, err.code)
             await error_response(err)(scope, receive, send)
-            return
+            return err.status
         await _send_bytes(send, content, media, out_headers)
+        return 200
 
     def _authorised(self, scope: Scope) -> bool:
         assert self.key is not None
@@ -459,7 +501,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         state.runner.close()
 
-    app = FastAPI(
+    app = _App(
         title="attnkit",
         version=__version__,
         summary="Attention mechanisms over HTTP: exact/flash, multi-head, cross, linear, hyperbolic, neighbour and more.",
@@ -586,6 +628,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(render_metrics(state.metrics), media_type=METRICS_CONTENT_TYPE)
 
     app.add_middleware(_Guard, state=state)
+    if not settings.cors_origins and not app.root_path:
+        app.attnkit_fast = _Guard(app.router, state).attention_route
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

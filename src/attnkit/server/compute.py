@@ -411,6 +411,13 @@ class Compute:
     ) -> tuple[dict[str, np.ndarray], dict[str, Any], str]:
         """The tensors, options (those the shapes imply filled in) and answer encoding of a request body
         (binary bodies are read in place, without copies)."""
+        tensors, options, encoding = self.decode_body(media, body, headers, query)
+        return tensors, self._inferred_options(name, options, tensors), encoding
+
+    def decode_body(
+        self, media: str, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any], str]:
+        """:meth:`decode` without filling in the options the shapes imply."""
         s = self.settings
         encoding = "list"
         options: dict[str, Any] = dict(query)
@@ -431,7 +438,7 @@ class Compute:
         if mask_kind is not None and mask_kind not in MASK_KINDS:
             raise ApiError(422, "bad_request", f"mask_kind: expected 'bool' or 'additive', got {codec._short(mask_kind)}", "mask_kind")
         check_mask(tensors, mask_kind, how=how)
-        return tensors, self._inferred_options(name, options, tensors), encoding
+        return tensors, options, encoding
 
     def respond(
         self, mech: Any, names: set[str], key: Any, tensors: Mapping[str, np.ndarray], encoding: str, accept: str, scores: bool,

@@ -35,6 +35,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 from . import codec
+from .admission import Work
 from .compute import Compute
 from .settings import Settings
 
@@ -57,6 +58,31 @@ REFRESH_EVERY = 64
 _MAX_KINDS = 4096
 
 
+class _Plan:
+    """What a request's ``(name, options, tensor shapes)`` resolve to: the mechanism class, its validated
+    options (with those the shapes imply), option names, cache key, and the admission estimate (with
+    the mechanism it was made for: an evicted and rebuilt mechanism is estimated again)."""
+
+    __slots__ = ("cls", "clean", "names", "key", "work")
+
+    def __init__(self, cls: Any, clean: dict[str, Any], names: set[str], key: Hashable) -> None:
+        self.cls, self.clean, self.names, self.key = cls, clean, names, key
+        self.work: tuple[Any, Work | None] | None = None
+
+
+def _plan_key(name: str, options: Mapping[str, Any], tensors: Mapping[str, Any]) -> Hashable | None:
+    """A key for :class:`_Plan`: the name, the options as given (with their types: ``8``, ``8.0`` and
+    ``True`` are equal keys in Python but not the same option) and each tensor's shape and dtype; ``None``
+    when an option value cannot be hashed (a JSON list), which is then resolved each time."""
+    opts = tuple((k, type(v), v) for k, v in options.items())
+    key = (name, opts, tuple((f, t.shape, t.dtype.str) for f, t in tensors.items() if t is not None))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 class InlineLane:
     """Decide, and run, the requests the server computes itself (see the module docstring)."""
 
@@ -67,6 +93,7 @@ class InlineLane:
         self._fast: set[Hashable] = set()  # kinds a worker built and ran within the budget
         self._slow: set[Hashable] = set()  # kinds that ran past the budget inline
         self.served = 0  # requests answered inline (for tests and metrics)
+        self._plans: dict[Hashable, _Plan] = {}  # (name, options, shapes) -> what they resolve to
 
     def _remember(self, kinds: set[Hashable], key: Hashable) -> None:
         if len(kinds) >= _MAX_KINDS:
@@ -84,27 +111,43 @@ class InlineLane:
         t0 = time.perf_counter()
         cpu0 = time.thread_time()
         c = self.compute
-        tensors, options, encoding = c.decode(name, media, body, headers, query)
-        cls, clean, names, key = c.resolve(name, options)
+        tensors, options, encoding = c.decode_body(media, body, headers, query)
+        # what (name, options, shapes) resolve to is the same every time: the options inferred from the
+        # shapes, validated, the cache key and the admission estimate are looked up, not recomputed
+        plan_key = _plan_key(name, options, tensors)
+        plan = self._plans.get(plan_key) if plan_key is not None else None
+        if plan is None:
+            cls, clean, names, key = c.resolve(name, c._inferred_options(name, options, tensors))
+            plan = _Plan(cls, clean, names, key)
+        key = plan.key
         if key in self._slow:
             return None, None
         if key not in self._fast:  # even when cached (thread isolation shares the cache): its cost is not known yet
             return None, key
         mech = c.cache.get(key)
         if mech is None:
-            mech = c.build(cls, clean, names, key)
-        work = c.estimate(mech, tensors)
-        if work is None or work.flops > self.settings.inline_max_flops or work.nbytes > MAX_BYTES:
+            mech = c.build(plan.cls, plan.clean, plan.names, key)
+        work = plan.work
+        if work is None or work[0] is not mech:
+            plan.work = work = (mech, c.estimate(mech, tensors))
+            if plan_key is not None:
+                self._remember_plan(plan_key, plan)
+        if work[1] is None or work[1].flops > self.settings.inline_max_flops or work[1].nbytes > MAX_BYTES:
             return None, None
         # the cached mechanism is measured again every REFRESH_EVERY inline requests (measuring reads
         # /proc): what a tiny forward can add to it is at most MAX_BYTES, so the cache bound holds meanwhile
-        answer = c.respond(mech, names, key, tensors, encoding, accept, scores, t0, work, refresh=self.served % REFRESH_EVERY == 0)
+        answer = c.respond(mech, plan.names, key, tensors, encoding, accept, scores, t0, work[1], refresh=self.served % REFRESH_EVERY == 0)
         took = time.thread_time() - cpu0  # CPU time: being preempted on a busy machine is not work
         if took > BUDGET_S:
             self._remember(self._slow, key)
-            log.info("%s took %.1f ms inline (budget %.1f ms): later ones run in the workers", cls.name, took * 1e3, BUDGET_S * 1e3)
+            log.info("%s took %.1f ms inline (budget %.1f ms): later ones run in the workers", plan.cls.name, took * 1e3, BUDGET_S * 1e3)
         self.served += 1
         return answer, key
+
+    def _remember_plan(self, plan_key: Hashable, plan: _Plan) -> None:
+        if len(self._plans) >= _MAX_KINDS:
+            self._plans.clear()
+        self._plans[plan_key] = plan
 
     def worker_done(self, key: Hashable | None, headers: Mapping[str, str]) -> None:
         """A worker answered a request of kind ``key`` in ``X-Attnkit-Elapsed-Ms``: within the budget, later

@@ -55,6 +55,10 @@ class Settings:
       (and whose mechanism is known to build quickly) is computed on the server's event loop instead of
       in a worker process: it cannot run past its time limit, and skipping the trip to a worker is most
       of its cost (see :mod:`attnkit.server.inline`); ``0`` sends every request to the workers.
+    * ``http``: the HTTP/1.1 parser: ``"httptools"`` (C, the cheapest per request), ``"h11"`` (pure
+      Python) or ``"auto"`` (the default: httptools when installed, else h11); see :mod:`.protocol`.
+    * ``loop``: the event loop: ``"uvloop"``, ``"asyncio"`` or ``"auto"`` (the default: uvloop when
+      installed, else asyncio).
     * ``header_timeout_s``: a client must send a request's headers within this time (else the
       connection is answered 408 and closed); ``body_timeout_s``: the most time between two chunks of
       a request body (408).
@@ -86,6 +90,8 @@ class Settings:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     inline_max_flops: float = 1e6
+    http: str = "auto"
+    loop: str = "auto"
 
     def __post_init__(self) -> None:
         def positive(name: str, allow_zero: bool = False) -> None:
@@ -120,6 +126,10 @@ class Settings:
         positive("queue", allow_zero=True)
         if self.worker_memory_bytes != -1:
             positive("worker_memory_bytes", allow_zero=True)
+        from .protocol import event_loop, http_protocol
+
+        http_protocol(self.http)  # a choice that is not one, or a parser that is not installed: ConfigError naming it
+        event_loop(self.loop)
         if self.isolation not in ("process", "thread"):
             raise ConfigError(f"isolation: expected 'process' or 'thread', got {self.isolation!r}")
         if self.max_concurrency == 0:
@@ -216,10 +226,10 @@ def _convert(name: str, value: Any) -> Any:
         if isinstance(value, (list, tuple)) and all(isinstance(m, str) for m in value):
             return tuple(value)
         raise ConfigError(f"models: expected a list of NAME=TYPE[:weights] specs, got {value!r}")
-    if name in ("api_key", "isolation"):
+    if name in ("api_key", "isolation", "http", "loop"):
         if not isinstance(value, str):
             raise ConfigError(f"{name}: expected a string, got {value!r}")
-        return value.strip().lower() if name == "isolation" else value
+        return value if name == "api_key" else value.strip().lower()
     if isinstance(value, str):
         try:
             return float(value) if name in _FLOAT_FIELDS else int(value.strip())

@@ -41,6 +41,27 @@ def serve(
         list[str] | None,
         typer.Option("--model", help="One model NAME=TYPE[:weights.safetensors] (repeatable).", metavar="NAME=TYPE[:WEIGHTS]"),
     ] = None,
+    inline_max_flops: Annotated[
+        float | None,
+        typer.Option(
+            "--inline-max-flops",
+            help="Requests estimated at most this many floating-point operations are computed on the event loop, "
+            "without the trip to a compute worker; 0 sends every request to the workers (default 1e6).",
+            metavar="FLOPS",
+        ),
+    ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            help="HTTP/1.1 parser: httptools (C, cheapest), h11 (pure Python), or auto: httptools when installed.",
+            metavar="auto|httptools|h11",
+        ),
+    ] = None,
+    loop: Annotated[
+        str | None,
+        typer.Option("--loop", help="Event loop: uvloop, asyncio, or auto: uvloop when installed.", metavar="auto|uvloop|asyncio"),
+    ] = None,
 ) -> None:
     """Start the HTTP server (needs the `server` extra). Stop it with Ctrl-C."""
     from .. import serve as impl
@@ -59,6 +80,9 @@ def serve(
             "models_dir": models,
             "max_batch_delay_ms": max_batch_delay_ms,
             "models": tuple(model) if model else None,
+            "inline_max_flops": inline_max_flops,
+            "http": http,
+            "loop": loop,
         },
         extra=limit or [],
     )
