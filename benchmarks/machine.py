@@ -47,6 +47,7 @@ def environment(threads: int | None = None) -> dict[str, Any]:
         env["torch"] = torch.__version__
     except ImportError:
         env["torch"] = None
+    env["accel"] = _accel_info()
     try:
         from threadpoolctl import threadpool_info
 
@@ -58,6 +59,17 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     except ImportError:
         env["blas"] = None
     return env
+
+
+def _accel_info() -> str | None:
+    """The compiled exp pass the NumPy kernels use (the ``numba`` extra), or None without it."""
+    from attnkit.kernels import _accel
+
+    if not _accel.enabled() or _accel.exp_rowsum() is None:
+        return None
+    import numba
+
+    return f"numba {numba.__version__}"
 
 
 def _cpu_field(names: tuple[str, ...]) -> str | None:

@@ -29,9 +29,19 @@ def small_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dn, "_SMALL_SCORES", 0)
 
 
-@pytest.fixture(params=["bounded-exp2", "bounded-exp", "online"])
+@pytest.fixture(params=["bounded-exp2", "bounded-exp", "bounded-numba", "online"])
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test under each softmax scheme: bounded logits with exp2 or exp, online softmax."""
+    """Run a test under each softmax scheme: bounded logits with exp2, exp or the compiled fused pass
+    of the ``numba`` extra (skipped without it), online softmax."""
+    if request.param == "bounded-numba":
+        pytest.importorskip("numba")
+        from attnkit.kernels import _accel
+
+        if _accel.exp_rowsum() is None:
+            pytest.skip("numba present but disabled or unusable")
+        monkeypatch.setattr(_accel, "USE_MIN_SCORES", 0)
+    else:
+        monkeypatch.setenv("ATTNKIT_NUMBA", "0")  # the NumPy passes, even where Numba is installed
     monkeypatch.setattr(dn, "_EXP2", {k: request.param != "bounded-exp" for k in dn._LOGIT_RANGE})
     if request.param == "online":
         monkeypatch.setattr(dn, "_LOGIT_RANGE", {k: -1.0 for k in dn._LOGIT_RANGE})
@@ -300,3 +310,19 @@ def test_called_from_another_thread_same_bits_and_blas_restored(rng) -> None:  #
     t.join()
     np.testing.assert_array_equal(main, got[0])
     assert [c.num_threads for c in threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers] == before
+
+
+def test_compiled_exp_pass_agrees_with_numpy_pass(rng, monkeypatch) -> None:  # noqa: ANN001
+    """With the ``numba`` extra the bounded float32 tiles take the fused exp + row-sum pass; it gives
+    the NumPy pass's result to float32 rounding, and both match the float64 reference."""
+    pytest.importorskip("numba")
+    q, k, v = _inputs(rng, (2, 3), (2, 3), (2, 3), 300, 700, 32, 24)
+    for causal in (False, True):
+        fused = dn.sdpa_numpy(q, k, v, scale=0.2, causal=causal, accel=True)
+        plain = dn.sdpa_numpy(q, k, v, scale=0.2, causal=causal, accel=False)
+        ref = ref_attention(q, k, v, None, causal, 0.2)
+        assert rel_err(fused, ref) <= TOL32 and rel_err(plain, ref) <= TOL32
+        assert rel_err(fused, plain) <= TOL32
+    monkeypatch.setenv("ATTNKIT_NUMBA", "0")
+    out = dn.sdpa_numpy(q, k, v, scale=0.2, accel=True)  # asked for, but switched off: the NumPy pass
+    np.testing.assert_array_equal(out, dn.sdpa_numpy(q, k, v, scale=0.2, accel=False))

@@ -66,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _accel
 from ._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool, set_num_threads
 
 __all__ = ["sdpa_numpy", "set_num_threads", "get_num_threads", "blas_limiter_available"]
@@ -226,6 +227,7 @@ class _Plan:
         tk_target = max(_MIN_KEY_BLOCK, _TILE_BYTES // (self.tq * q.dtype.itemsize))
         self.tk_target = tk_target
         self.use_exp2 = False
+        self.accel: Callable[[np.ndarray, np.ndarray], None] | None = None  # fused exp + row sums (._accel)
         # which batch element's keys each n uses (keys shared across a broadcast axis are transposed once)
         kidx = np.arange(math.prod(k.shape[:-2]), dtype=np.int64).reshape(k.shape[:-2])
         self.k_src = np.broadcast_to(kidx, batch).ravel().tolist() if batch else [0]
@@ -361,7 +363,8 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
     sc.kt_key = None  # the buffer may hold another call's keys at a reused address
     cap = plan.softcap
     base = plan.lq - 1  # pattern index of j - i = 0
-    use_exp2 = plan.use_exp2
+    accel = plan.accel
+    use_exp2 = plan.use_exp2 and accel is None
     expf = np.exp2 if use_exp2 else np.exp
 
     kmax = 0.0  # max_j |k_j| of the keys in kt_all
@@ -413,9 +416,16 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
                 mt = mn[slice(None) if mn.shape[0] == 1 else slice(q0, q1), slice(None) if mn.shape[1] == 1 else slice(k0, k1)]
             if bounded:
                 # logits bounded by |U| <= R: p = e^s stays normal, no running maximum needed
-                expf(s, out=s)
+                fused = accel is not None and mt is None  # e^s and its row sums in one pass
+                if fused:
+                    assert accel is not None
+                    if masked:  # the band's edge: -inf outside it, e^-inf = 0
+                        np.add(s, _toeplitz(plan.pat_bias, k0 - q0 + base, r, cols), out=s)
+                    accel(s, lrow if bi == 0 else lt)
+                else:
+                    expf(s, out=s)
                 tick("exp")
-                if masked:
+                if masked and not fused:
                     np.multiply(s, _toeplitz(plan.pat_mul, k0 - q0 + base, r, cols), out=s)
                 if mt is not None:
                     np.multiply(s, mt, out=s)
@@ -423,13 +433,15 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
                 if bi == 0:
                     np.matmul(s, vn[k0:k1], out=a)
                     tick("GEMM p v")
-                    np.matmul(s, ones[k0:k1], out=lrow)
+                    if not fused:
+                        np.matmul(s, ones[k0:k1], out=lrow)
                     tick("row sums")
                 else:
                     np.matmul(s, vn[k0:k1], out=t)
                     a += t
                     tick("GEMM p v")
-                    np.matmul(s, ones[k0:k1], out=lt)
+                    if not fused:
+                        np.matmul(s, ones[k0:k1], out=lt)
                     lrow += lt
                     tick("row sums")
                 continue
@@ -569,6 +581,7 @@ def sdpa_numpy(
     softcap: float | None = None,
     num_threads: int | None = None,
     profile: dict[str, float] | None = None,
+    accel: bool | None = None,
 ) -> np.ndarray | None:
     """Exact attention on heads-first NumPy arrays, or ``None`` where this path does not apply.
 
@@ -587,6 +600,9 @@ def sdpa_numpy(
     ``block_size`` is accepted for the generic path's signature; this path sizes its own tiles to
     the L2 cache (the result does not depend on tiling beyond rounding). ``num_threads`` overrides
     :func:`get_num_threads`. ``profile``, if given, receives seconds per phase (for the benchmark).
+    ``accel``: fuse the exponential and row sums of unmasked bounded float32 tiles into one compiled
+    pass (:mod:`._accel`, the ``numba`` extra); ``None``: where installed and the call is large enough
+    (:func:`._accel.wanted`); without Numba the NumPy pass runs.
     """
     if not (type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
         return None
@@ -627,7 +643,10 @@ def sdpa_numpy(
     if n * lq * lk <= _SMALL_SCORES and profile is None:
         return _sdpa_small(q, k, v, mask, scale, causal, window, slopes, softcap)
     plan = _Plan(q, k, v, mask, scale, causal, tuple(batch), window, slopes, softcap)
-    plan.use_exp2 = _prefer_exp2(dt)  # timed here, in the caller's thread, once per process
+    if accel is None:  # the compiled pass where installed, once loaded or once a call pays for loading it
+        accel = _accel.wanted(n * lq * lk, dt)
+    plan.accel = _accel.exp_rowsum() if accel and dt == np.float32 else None
+    plan.use_exp2 = plan.accel is None and _prefer_exp2(dt)  # timed here, in the caller's thread, once per process
     out = np.empty(tuple(batch) + (lq, int(v.shape[-1])), dtype=dt)
     outs = list(out.reshape(n, lq, out.shape[-1])) if n else []
     tasks = plan.tasks()

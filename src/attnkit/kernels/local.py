@@ -35,7 +35,7 @@ import numpy as np
 
 from .._array import Array, Namespace
 from .._array import length as _dim
-from . import overflow
+from . import _accel, overflow
 from ._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool
 from .dense import sdpa
 from .gqa import group_keys, group_queries, needs_grouping, ungroup
@@ -222,10 +222,18 @@ def local_global_attention(
 
 # --------------------------------------------------------------------------------------------------
 # NumPy fast path: threaded tiles, in place
+#
+# Where the time goes (2-core Zen 3, AVX2, L = 16384, w = 256, 8 heads, d 64; per score of a tile,
+# one core): the two GEMMs ~3.0 ns at BLAS's rate on these shapes, NumPy's float32 exp 1.26 ns, the
+# 0/-inf band bias 0.1 ns, row sums by GEMV 0.07 ns. So each tile is one head's ``b`` query rows
+# against their ``b + 2w`` keys, with ``b`` small (a tile wastes ``b / (b + 2w)`` of its work on the
+# band's two triangles) but not so small that BLAS slows (:func:`local_numpy_block`); keys are read
+# in place (``K_blk^T`` is a transposed view BLAS takes as is; a ``(d, L)`` transposed copy, row
+# stride ``4 L`` bytes, made the first GEMM 2-3x slower); logits bounded by Cauchy-Schwarz skip the
+# row maximum. With the ``numba`` extra (:mod:`._accel`) a bounded tile's bias, exponential and row
+# sums are one compiled pass over each row's own keys (0.45 ns a score), zeros elsewhere.
 
 
-#: scores in one tile of the NumPy path (fits the L2 cache beside its K and V blocks)
-_NP_TILE = 1 << 15
 _np_local = threading.local()
 
 
@@ -243,24 +251,23 @@ def _np_buf(name: str, size: int, dtype: Any) -> np.ndarray:
 class _LocalPlan:
     """The shared, read-only state of one NumPy local-global call (heads flattened to ``n``)."""
 
-    def __init__(self, qs: np.ndarray, kt: np.ndarray, v: np.ndarray, out: np.ndarray, w: int, causal: bool, gidx: np.ndarray, b: int) -> None:
-        self.qs, self.kt, self.out = qs, kt, out
-        self.w, self.causal, self.gidx, self.b = w, causal, gidx, b
+    def __init__(self, qs: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, w: int, causal: bool, gidx: np.ndarray, accel: Any) -> None:
+        self.qs, self.k, self.v, self.out = qs, k, v, out
+        self.w, self.causal, self.gidx = w, causal, gidx
         self.length = int(qs.shape[-2])
-        self.dv = int(v.shape[-1])
         self.dtype = qs.dtype
-        # [v | 1]: the value GEMM gives each row's sum of weights in its last column
-        self.v1 = np.empty((*v.shape[:-1], self.dv + 1), dtype=self.dtype)
-        self.v1[..., :-1] = v
-        self.v1[..., -1] = 1.0
+        self.accel = accel if self.dtype == np.float32 else None
+        self.band = _accel.exp_rowsum_band() if self.accel is not None else None
+        self.ones = np.ones(self.length, dtype=self.dtype)
         self.is_glob = np.zeros(self.length, dtype=bool)
         self.is_glob[gidx] = True
         self.glob_before = np.concatenate([[0], np.cumsum(self.is_glob)])
-        self.kg_t = np.ascontiguousarray(kt[:, :, gidx]) if gidx.size else None
-        self.vg1 = np.ascontiguousarray(self.v1[:, gidx, :]) if gidx.size else None
+        self.kg = np.ascontiguousarray(k[:, gidx, :]) if gidx.size else None
+        self.vg = np.ascontiguousarray(v[:, gidx, :]) if gidx.size else None
         # |q_i| and |k_j| (q already scaled): |s_ij| <= |q_i| |k_j| bounds the logits of a tile
         self.qn = np.sqrt(np.einsum("nld,nld->nl", qs, qs))
-        self.kn = np.sqrt(np.einsum("ndl,ndl->nl", kt, kt))
+        self.kn = np.sqrt(np.einsum("nld,nld->nl", k, k))
+        self.kgn = self.kn[:, gidx].max(axis=1) if gidx.size else None
         self.limit = 60.0 if self.dtype == np.float32 else 600.0
         self._bias: dict[tuple[int, int, int], np.ndarray] = {}
 
@@ -292,21 +299,27 @@ class _LocalPlan:
         r, c, ng = q1 - q0, k1 - k0, int(self.gidx.size)
         qt = self.qs[h, q0:q1]
         s = _np_buf("s", r * c, self.dtype).reshape(r, c)
-        np.matmul(qt, self.kt[h, :, k0:k1], out=s)
-        np.add(s, self.bias(q0, q1, k0, k1), out=s)
-        sg = None
-        if self.kg_t is not None:
-            sg = _np_buf("sg", r * ng, self.dtype).reshape(r, ng)
-            np.matmul(qt, self.kg_t[h], out=sg)
-            if self.causal:
-                np.copyto(sg, -np.inf, where=self.gidx[None, :] > np.arange(q0, q1)[:, None])
+        np.matmul(qt, self.k[h, k0:k1].T, out=s)
         # Every row sees its own key (local, or global), so some logit is finite. When every |logit| of
         # the tile is below `limit` (|q_i||k_j| bounds it), exp cannot overflow nor underflow a whole
         # row, and the row maximum is not needed (softmax is shift-invariant).
         kmax = float(self.kn[h, k0:k1].max())
-        if ng:
-            kmax = max(kmax, float(self.kn[h, self.gidx].max()))
+        if self.kgn is not None:
+            kmax = max(kmax, float(self.kgn[h]))
         bounded = float(self.qn[h, q0:q1].max()) * kmax <= self.limit
+        z = _np_buf("z", r, self.dtype)
+        banded = bounded and self.band is not None and self.glob_before[k1] == self.glob_before[k0]
+        if banded:  # no global key among these: row i keeps keys q0 + i - w .. q0 + i + w (.. q0 + i if causal)
+            assert self.band is not None
+            self.band(s, q0 - self.w - k0, (q0 + 1 if self.causal else q0 + self.w + 1) - k0, z)
+        else:
+            np.add(s, self.bias(q0, q1, k0, k1), out=s)
+        sg = None
+        if self.kg is not None:
+            sg = _np_buf("sg", r * ng, self.dtype).reshape(r, ng)
+            np.matmul(qt, self.kg[h].T, out=sg)
+            if self.causal:
+                np.copyto(sg, -np.inf, where=self.gidx[None, :] > np.arange(q0, q1)[:, None])
         if not bounded:
             m = np.max(s, axis=-1, keepdims=True)
             if sg is not None:
@@ -314,13 +327,19 @@ class _LocalPlan:
             np.subtract(s, m, out=s)
             if sg is not None:
                 np.subtract(sg, m, out=sg)
-        np.exp(s, out=s)
-        o1 = _np_buf("o1", r * (self.dv + 1), self.dtype).reshape(r, self.dv + 1)
-        np.matmul(s, self.v1[h, k0:k1], out=o1)
-        if sg is not None and self.vg1 is not None:
+        if not banded:
+            if self.accel is not None and bounded:
+                self.accel(s, z)
+            else:
+                np.exp(s, out=s)
+                np.matmul(s, self.ones[:c], out=z)
+        o = self.out[h, q0:q1]
+        np.matmul(s, self.v[h, k0:k1], out=o)
+        if sg is not None and self.vg is not None:
             np.exp(sg, out=sg)
-            o1 += sg @ self.vg1[h]
-        np.divide(o1[:, :-1], o1[:, -1:], out=self.out[h, q0:q1])
+            z += sg @ self.ones[:ng]
+            o += sg @ self.vg[h]
+        np.divide(o, z[:, None], out=o)
 
     def run(self, tasks: Any) -> None:
         for h, q0, q1 in tasks:
@@ -341,10 +360,14 @@ class _Feed:
 
 
 def local_numpy_block(radius: int, length: int) -> int:
-    """Query rows a tile of the NumPy path. A ``b x (b + 2w)`` tile wastes ``b / (b + 2w + 1)`` of its
-    work outside the band, but BLAS runs thin tiles slowly: measured on a 2-core EPYC at ``w = 256``,
-    ``b = 192`` beat 128 by 1.3-2x and matched 256. So about ``3w/4`` rows, 32 to 256."""
-    return max(1, min(length, max(32, min(256, (3 * radius // 4) // 32 * 32))))
+    """Query rows a tile of the NumPy path. A ``b x (b + 2w)`` tile wastes ``b / (b + 2w)`` of its GEMM
+    work on the band's triangles, while BLAS slows on thin tiles and each tile costs some Python: at
+    ``w = 256`` on a 2-core Zen 3 (CPU time, interleaved, L = 16384, 8 heads) the NumPy pass took the
+    same time for ``b`` = 64 to 128 and 5% more at 32 or 192; the fused pass 10% less at 96 or 128
+    than at 64. So about ``3w / 8`` rows, 32 to 128; the whole sequence where every tile would see
+    every key."""
+    b = max(32, min(128, (3 * radius // 8) // 32 * 32))
+    return max(1, length if length <= b + 2 * radius else b)
 
 
 def local_global_numpy(
@@ -359,10 +382,12 @@ def local_global_numpy(
     mask: Any,
     block: int | None,
     num_threads: int | None = None,
+    accel: bool | None = None,
 ) -> np.ndarray | None:
     """Local-global attention on heads-first float NumPy arrays ``(..., H, L, D)`` without a user mask,
     in threaded in-place tiles (same result as the generic path to rounding); ``None`` where this path
-    does not apply."""
+    does not apply. ``accel``: use the compiled exp pass of :mod:`._accel` (``None``: where installed and
+    the call is large enough to pay for loading it)."""
     if mask is not None or not all(type(x) is np.ndarray for x in (q, k, v)):
         return None
     dt = q.dtype
@@ -376,13 +401,15 @@ def local_global_numpy(
     lead = tuple(q.shape[:-2])
     n = math.prod(lead)
     qs = np.multiply(q.reshape(n, length, d), np.asarray(scale, dt))
-    kt = np.ascontiguousarray(np.swapaxes(k.reshape(n, length, d), -1, -2))
+    kk = np.ascontiguousarray(k.reshape(n, length, d))
     vv = np.ascontiguousarray(v.reshape(n, length, dv))
     out = np.empty((n, length, dv), dtype=dt)
     w = int(radius)
     b = int(block) if block else local_numpy_block(w, length)
     gidx = np.asarray(global_idx, dtype=np.int64).reshape(-1)
-    plan = _LocalPlan(qs, kt, vv, out, w, causal, gidx, b)
+    if accel is None:
+        accel = _accel.wanted(n * length * (2 * w + 1), dt)
+    plan = _LocalPlan(qs, kk, vv, out, w, causal, gidx, _accel.exp_rowsum() if accel else None)
     tasks = [(h, q0, min(length, q0 + b)) for h in range(n) for q0 in range(0, length, b)]
     threads = max(1, min(int(num_threads if num_threads is not None else get_num_threads()), len(tasks)))
     if not blas_limiter_available():
