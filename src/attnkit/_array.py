@@ -338,7 +338,7 @@ def is_traced(x: object) -> bool:
     if type(x) is np.ndarray or x is None:
         return False
     if _TORCH_TENSOR is not None and type(x) is _TORCH_TENSOR[0]:  # a plain tensor (fake tensors are a subclass)
-        return x.is_meta or torch_compiling()
+        return bool(x.is_meta) or torch_compiling()  # type: ignore[attr-defined]
     mod = type(x).__module__
     if mod.startswith("ndonnx"):  # an ONNX graph being built (attnkit.export_onnx): no values at all
         return True

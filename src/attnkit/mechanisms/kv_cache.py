@@ -164,6 +164,7 @@ class KVCache:
         if self._kmax is None or self.size == 0:
             return 0.0, 0.0
         n = self.size  # the held entries occupy slots 0 .. size - 1 (a ring buffer wraps only when full)
+        assert self._vmax is not None  # set together with _kmax
         return float(self._kmax[:n].max()), float(self._vmax[:n].max())
 
     def reset(self) -> None:
@@ -312,6 +313,7 @@ class KVCache:
         a = start % cap
         first = min(n, cap - a)
         km, vm = _entry_max(k, xp), _entry_max(v, xp)
+        assert self._kmax is not None and self._vmax is not None  # allocated with the buffers
         self._k = self._set(self._k, a, a + first, k[..., :first, :])
         self._v = self._set(self._v, a, a + first, v[..., :first, :])
         self._kmax[a : a + first], self._vmax[a : a + first] = km[:first], vm[:first]
