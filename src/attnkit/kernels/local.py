@@ -70,7 +70,10 @@ def local_global_allowed(q: Array, k: Array, *, xp: Namespace, radius: int, glob
     The indices are counted in ``xp`` (cumulative sums of ones, :func:`.masks.index_grid`), not from Python
     lengths, so the pattern holds at any length: a symbolic one (a graph being exported) too.
     """
-    s0 = q[..., :, :1] @ xp.matrix_transpose(k[..., :, :1])  # (..., Lq, Lk): only its shape is used
+    q1, k1 = q[..., :, :1], k[..., :, :1]
+    if q1.ndim > 2:  # the leading axes may differ (grouped-query heads): the pattern is the same for all of them
+        q1, k1 = xp.sum(q1, axis=tuple(range(q1.ndim - 2))), xp.sum(k1, axis=tuple(range(k1.ndim - 2)))
+    s0 = q1 @ xp.matrix_transpose(k1)  # (Lq, Lk): only its shape is used
     i, j = index_grid(s0, xp)
     allowed = xp.abs(i - j) <= float(radius)
     for g in np.asarray(global_idx, dtype=np.int64).reshape(-1).tolist():
