@@ -618,7 +618,8 @@ def magnitude_bound_numpy(a: np.ndarray) -> tuple[float, bool]:
     flat = flat_view(a) if a.dtype in _SQRT_TINY else None
     if flat is None:
         return exact_max_abs_numpy(a), True
-    s = float(np.dot(flat, flat))
+    with np.errstate(over="ignore", invalid="ignore"):  # squares past the range: a non-finite bound, said below
+        s = float(np.dot(flat, flat))
     if not math.isfinite(s):
         return s, False
     return max(math.sqrt(s) * (1.0 + 2.0**-10), _SQRT_TINY[a.dtype]), False
@@ -640,8 +641,10 @@ def all_finite(x: Any) -> bool:
         if view.size == 0:
             return True
         flat = flat_view(view) if view.dtype in _SQRT_TINY else None
-        if flat is not None and math.isfinite(float(np.dot(flat, flat))):
-            return True
+        if flat is not None:
+            with np.errstate(over="ignore", invalid="ignore"):  # squares past the range are not an error here
+                if math.isfinite(float(np.dot(flat, flat))):
+                    return True
         return bool(np.isfinite(view).all())
     xp = namespace(x)
     x = x.detach() if hasattr(x, "detach") else x

@@ -153,15 +153,16 @@ _DTYPE_MAX: dict[Any, float] = {}
 def dtype_max(dtype: Any) -> float:
     """The largest finite value of a floating dtype of any array library (remembered per dtype: every
     eager forward asks, and ``str(dtype)`` + ``finfo`` cost microseconds)."""
+    key = (type(dtype), dtype)  # the type first: dtypes of two libraries are never compared with each other
     try:
-        return _DTYPE_MAX[dtype]
+        return _DTYPE_MAX[key]
     except (KeyError, TypeError):  # not seen yet, or a dtype object that cannot be hashed
         pass
     name = str(dtype).rsplit(".", 1)[-1]
     value = 3.3895313892515355e38 if name == "bfloat16" else float(np.finfo(np.dtype(name)).max)
     try:
         if len(_DTYPE_MAX) < 64:
-            _DTYPE_MAX[dtype] = value
+            _DTYPE_MAX[key] = value
     except TypeError:
         pass
     return value
