@@ -74,15 +74,19 @@ def event_loop(name: str = "auto") -> str:
     return name
 
 
-class JsonH11Protocol(H11Protocol):
-    """h11 protocol whose own errors are JSON and whose request heads have a deadline."""
+class _HeadDeadline:
+    """The request-head deadline both protocols share: armed when a connection opens or a request ends,
+    disarmed when a head is complete; on expiry a JSON 408 and the connection closes."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._head_timer: Any = None
-        self._head_cycle: Any = None
+    _head_timer: Any
+    _head_cycle: Any
+    cycle: Any
+    loop: Any
+    transport: Any
 
-    # --------------------------------------------------------------- the head deadline
+    def _send_json(self, status: int, code: str, message: str) -> None:
+        raise NotImplementedError
+
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
             self._head_cycle = self.cycle
@@ -95,9 +99,18 @@ class JsonH11Protocol(H11Protocol):
 
     def _head_timeout(self) -> None:
         self._head_timer = None
-        if self.cycle is not self._head_cycle or self.transport.is_closing():
+        if self.cycle is not self._head_cycle or self.transport is None or self.transport.is_closing():
             return  # a request head arrived meanwhile
         self._send_json(408, "header_timeout", f"request: the request head was not complete within {HEADER_TIMEOUT_S:g} s")
+
+
+class JsonH11Protocol(_HeadDeadline, H11Protocol):
+    """h11 protocol whose own errors are JSON and whose request heads have a deadline."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: Any = None
+        self._head_cycle: Any = None
 
     def _between_requests(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
@@ -196,7 +209,7 @@ class _OneWrite:
         return getattr(self.transport, name)
 
 
-class JsonHttpToolsProtocol(_httptools_base()):  # type: ignore[misc]
+class JsonHttpToolsProtocol(_HeadDeadline, _httptools_base()):  # type: ignore[misc]
     """httptools protocol whose own errors are JSON and whose request heads have a deadline (as
     :class:`JsonH11Protocol`; the C parser makes a small request's head about 3x cheaper to read)."""
 
@@ -205,23 +218,6 @@ class JsonHttpToolsProtocol(_httptools_base()):  # type: ignore[misc]
         self._head_timer: Any = None
         self._head_cycle: Any = None
         self._one_writes: list[Any] = []  # response cycles whose transport is a _OneWrite
-
-    # --------------------------------------------------------------- the head deadline
-    def _arm_head_timer(self) -> None:
-        if self._head_timer is None:
-            self._head_cycle = self.cycle
-            self._head_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._head_timeout)
-
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timeout(self) -> None:
-        self._head_timer = None
-        if self.cycle is not self._head_cycle or self.transport is None or self.transport.is_closing():
-            return  # a request head arrived meanwhile
-        self._send_json(408, "header_timeout", f"request: the request head was not complete within {HEADER_TIMEOUT_S:g} s")
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
