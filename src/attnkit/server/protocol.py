@@ -74,18 +74,37 @@ def event_loop(name: str = "auto") -> str:
     return name
 
 
+def _json_response(status: int, body: bytes) -> bytes:
+    reason = {400: b"Bad Request", 408: b"Request Timeout"}.get(status, b"Error")
+    return b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % (status, reason, len(body)) + body
+
+
 class _HeadDeadline:
     """The request-head deadline both protocols share: armed when a connection opens or a request ends,
     disarmed when a head is complete; on expiry a JSON 408 and the connection closes."""
 
-    _head_timer: Any
-    _head_cycle: Any
+    _head_timer: Any = None
+    _head_cycle: Any = None
     cycle: Any
     loop: Any
     transport: Any
 
     def _send_json(self, status: int, code: str, message: str) -> None:
         raise NotImplementedError
+
+    def _between_requests(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]  # the uvicorn protocol after this mixin
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def send_400_response(self, msg: str) -> None:
+        self._send_json(400, "bad_http", f"request: {msg.rstrip('.')} (malformed request line, headers or framing)")
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
@@ -107,22 +126,6 @@ class _HeadDeadline:
 class JsonH11Protocol(_HeadDeadline, H11Protocol):
     """h11 protocol whose own errors are JSON and whose request heads have a deadline."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._head_timer: Any = None
-        self._head_cycle: Any = None
-
-    def _between_requests(self) -> bool:
-        return self.cycle is None or self.cycle.response_complete
-
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self._arm_head_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
         if self._between_requests():
             self._arm_head_timer()
@@ -140,9 +143,6 @@ class JsonH11Protocol(_HeadDeadline, H11Protocol):
             self._disarm_head_timer()  # a new request head was parsed
 
     # --------------------------------------------------------------- JSON errors
-    def send_400_response(self, msg: str) -> None:
-        self._send_json(400, "bad_http", f"request: {msg.rstrip('.')} (malformed request line, headers or framing)")
-
     def _send_json(self, status: int, code: str, message: str) -> None:
         self._disarm_head_timer()
         body = error_bytes(code, message)
@@ -153,17 +153,10 @@ class JsonH11Protocol(_HeadDeadline, H11Protocol):
                 self.transport.write(self.conn.send(h11.Data(data=body)))
                 self.transport.write(self.conn.send(h11.EndOfMessage()))
             else:  # h11 is in an error state: write the answer by hand
-                head = f"HTTP/1.1 {status} {'Bad Request' if status == 400 else 'Request Timeout'}\r\n".encode()
-                head += b"".join(k + b": " + v + b"\r\n" for k, v in headers) + b"\r\n"
-                self.transport.write(head + body)
+                self.transport.write(_json_response(status, body))
         except Exception:  # noqa: BLE001 - the connection is going away either way
             pass
         self.transport.close()
-
-
-def _json_response(status: int, body: bytes) -> bytes:
-    reason = {400: b"Bad Request", 408: b"Request Timeout"}.get(status, b"Error")
-    return b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % (status, reason, len(body)) + body
 
 
 def _httptools_base() -> type:
@@ -215,20 +208,10 @@ class JsonHttpToolsProtocol(_HeadDeadline, _httptools_base()):  # type: ignore[m
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_timer: Any = None
-        self._head_cycle: Any = None
         self._one_writes: list[Any] = []  # response cycles whose transport is a _OneWrite
 
-    def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
-        self._arm_head_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
-        if self.cycle is None or self.cycle.response_complete:
+        if self._between_requests():
             self._arm_head_timer()
         try:
             super().data_received(data)
@@ -254,9 +237,6 @@ class JsonHttpToolsProtocol(_HeadDeadline, _httptools_base()):  # type: ignore[m
         super().on_response_complete()
 
     # --------------------------------------------------------------- JSON errors
-    def send_400_response(self, msg: str) -> None:
-        self._send_json(400, "bad_http", f"request: {msg.rstrip('.')} (malformed request line, headers or framing)")
-
     def _send_json(self, status: int, code: str, message: str) -> None:
         self._disarm_head_timer()
         if self.cycle is not None and not self.cycle.response_complete and self.cycle.response_started:
