@@ -22,6 +22,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from test_server import live_server  # noqa: E402
+from test_server_robust import MALFORMED_HTTP  # noqa: E402
 
 from attnkit.errors import ConfigError  # noqa: E402
 from attnkit.server import Settings, protocol  # noqa: E402
@@ -74,17 +75,7 @@ def srv(request: pytest.FixtureRequest) -> Any:
         yield s
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"GARBAGE\r\n\r\n",
-        b"POST /v1/attention/flash HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
-        b"GET /\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
-        b"POST /v1/attention/flash HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
-        b"POST /v1/attention/flash HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
-    ],
-    ids=["request-line", "header-line", "non-ascii-target", "two-lengths", "bad-length"],
-)
+@pytest.mark.parametrize("data", list(MALFORMED_HTTP.values()), ids=list(MALFORMED_HTTP))
 def test_malformed_http_is_a_json_400_on_both_parsers(srv: Any, data: bytes) -> None:
     status, err = _json_error(_raw(srv.url, data))
     assert (status, err["code"], err["field"]) == (400, "bad_http", "request")
