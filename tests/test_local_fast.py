@@ -43,10 +43,13 @@ def test_fast_path_equals_dense_reference(dtype, tol, radius, block, glob, causa
 
 
 def test_default_numpy_block():
-    assert lk.local_numpy_block(256, 16384) == 96
+    assert lk.local_numpy_block(256, 16384) == 64
     assert lk.local_numpy_block(4, 16384) == 32
     assert lk.local_numpy_block(4096, 16384) == 128
     assert lk.local_numpy_block(256, 100) == 100
+    assert lk.local_numpy_heads(8, 64, 256, 4) == 4  # 4 x 64 x 576 float32 scores: 590 KB
+    assert lk.local_numpy_heads(3, 64, 256, 4) == 3
+    assert lk.local_numpy_heads(8, 128, 4096, 8) == 1  # one head's tile is over 2 MiB already
 
 
 def test_numpy_and_compiled_exp_paths_agree():

@@ -226,21 +226,29 @@ def local_global_attention(
 # --------------------------------------------------------------------------------------------------
 # NumPy fast path: threaded tiles, in place
 #
-# Where the time goes (2-core Zen 3, AVX2, L = 16384, w = 256, 8 heads, d 64; per score of a tile,
-# one core): the two GEMMs ~3.0 ns at BLAS's rate on these shapes, NumPy's float32 exp 1.26 ns, the
-# 0/-inf band bias 0.1 ns, row sums by GEMV 0.07 ns. So each tile is one head's ``b`` query rows
-# against their ``b + 2w`` keys, with ``b`` small (a tile wastes ``b / (b + 2w)`` of its work on the
-# band's two triangles) but not so small that BLAS slows (:func:`local_numpy_block`); keys are read
-# in place (``K_blk^T`` is a transposed view BLAS takes as is; a ``(d, L)`` transposed copy, row
-# stride ``4 L`` bytes, made the first GEMM 2-3x slower); logits bounded by Cauchy-Schwarz skip the
-# row maximum. With the ``numba`` extra (:mod:`._accel`) a bounded tile's bias, exponential and row
-# sums are one compiled pass over each row's own keys (0.45 ns a score), zeros elsewhere.
+# Where the time goes (2-core Zen 3, AVX2, one thread, L = 16384, w = 256, 8 heads, d 64, fp32): the
+# two GEMMs of a tile run at 78-86 GFLOP/s (the best 1024^3 sgemm on one core reads 70-85), so the
+# FLOPs the band needs take ~205 ms of CPU; a tile of ``b`` rows computes ``b + 2w`` keys a row where
+# ``2w + 1`` are kept (``b / (b + 2w)`` wasted on the band's two triangles: 11% at b = 64, 16% at 96);
+# the compiled banded exp pass costs 0.41 ns a kept score (27 ms), NumPy's exp 1.3-2 ns. Splitting a
+# tile's key range into an inside rectangle plus the two triangles in row slices wastes exactly what
+# tiles of the slices' height waste (it is the same staircase) while its extra, thinner GEMMs run
+# slower: measured no gain, so a tile is one rectangle. What was left to take out was Python and
+# NumPy call overhead per tile (~45 us: buffer look-ups, norm maxima, the division) and serial set-up
+# (scaling q, the norms): a tile now stacks ``hb`` heads (``np.matmul`` over a head axis: one call
+# for all of them), a task is ``hb`` heads x a run of tiles (scaled q, norms, buffers and the Cauchy-
+# Schwarz bound once a task, in the worker), the softmax division is one pass over a tile's output
+# rows. Keys are read in place (``K_blk^T`` is a transposed view BLAS takes as is; a ``(d, L)``
+# transposed copy, row stride ``4 L`` bytes, made the first GEMM 2-3x slower); logits bounded by
+# Cauchy-Schwarz skip the row maximum. With the ``numba`` extra (:mod:`._accel`) a bounded tile's
+# exponential and row sums are one compiled pass over each row's own keys, zeros elsewhere.
 
 
 _np_local = threading.local()
 
 
 def _np_buf(name: str, size: int, dtype: Any) -> np.ndarray:
+    """A thread's scratch array of at least ``size`` elements (kept between calls, grown as needed)."""
     bufs = getattr(_np_local, "bufs", None)
     if bufs is None:
         bufs = _np_local.bufs = {}
@@ -254,11 +262,25 @@ def _np_buf(name: str, size: int, dtype: Any) -> np.ndarray:
 class _LocalPlan:
     """The shared, read-only state of one NumPy local-global call (heads flattened to ``n``)."""
 
-    def __init__(self, qs: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, w: int, causal: bool, gidx: np.ndarray, accel: Any) -> None:
-        self.qs, self.k, self.v, self.out = qs, k, v, out
-        self.w, self.causal, self.gidx = w, causal, gidx
-        self.length = int(qs.shape[-2])
-        self.dtype = qs.dtype
+    def __init__(
+        self,
+        q: np.ndarray,
+        k: np.ndarray,
+        v: np.ndarray,
+        out: np.ndarray,
+        scale: float,
+        w: int,
+        causal: bool,
+        gidx: np.ndarray,
+        accel: Any,
+        block: int,
+        heads: int,
+    ) -> None:
+        self.q, self.k, self.v, self.out = q, k, v, out
+        self.w, self.causal, self.gidx, self.block, self.heads = w, causal, gidx, block, heads
+        self.length = int(q.shape[-2])
+        self.dtype = q.dtype
+        self.scale = np.asarray(scale, dtype=self.dtype)
         self.accel = accel if self.dtype == np.float32 else None
         self.band = _accel.exp_rowsum_band() if self.accel is not None else None
         self.ones = np.ones(self.length, dtype=self.dtype)
@@ -267,10 +289,8 @@ class _LocalPlan:
         self.glob_before = np.concatenate([[0], np.cumsum(self.is_glob)])
         self.kg = np.ascontiguousarray(k[:, gidx, :]) if gidx.size else None
         self.vg = np.ascontiguousarray(v[:, gidx, :]) if gidx.size else None
-        # |q_i| and |k_j| (q already scaled): |s_ij| <= |q_i| |k_j| bounds the logits of a tile
-        self.qn = np.sqrt(np.einsum("nld,nld->nl", qs, qs))
-        self.kn = np.sqrt(np.einsum("nld,nld->nl", k, k))
-        self.kgn = self.kn[:, gidx].max(axis=1) if gidx.size else None
+        # |s_ij| <= |scale q_i| |k_j| bounds the logits of a tile (Cauchy-Schwarz); squared norms here
+        self.kgn2 = np.einsum("ngd,ngd->ng", self.kg, self.kg).max(axis=1) if self.kg is not None else None
         self.limit = 60.0 if self.dtype == np.float32 else 600.0
         self._bias: dict[tuple[int, int, int], np.ndarray] = {}
 
@@ -286,41 +306,67 @@ class _LocalPlan:
             hit = self._bias.get(key)  # (a dict read is atomic; two threads may build the same array)
             if hit is not None:
                 return hit
-        rows = np.arange(q0, q1)[:, None]
-        cols = np.arange(k0, k1)[None, :]
-        ok = np.abs(rows - cols) <= self.w
-        if self.causal:
-            ok &= cols <= rows
-        ok &= ~self.is_glob[None, k0:k1]
-        bias = np.where(ok, 0.0, -np.inf).astype(self.dtype)
+        allowed = local_global_tile(q0, q1 - q0, k0, k1 - k0, self.w, (), self.causal) & ~self.is_glob[None, k0:k1]
+        bias = np.where(allowed, 0.0, -np.inf).astype(self.dtype)
         if not glob:
             self._bias[key] = bias
         return bias
 
-    def tile(self, h: int, q0: int, q1: int) -> None:
+    def task(self, g0: int, g1: int, r0: int, r1: int) -> None:
+        """Heads ``g0 .. g1-1``, query rows ``r0 .. r1-1``: tiles of ``block`` rows."""
+        hb, rows, d, b = g1 - g0, r1 - r0, int(self.q.shape[-1]), self.block
+        q = self.q[g0:g1, r0:r1]
+        k0, k1 = self.span(r0, r1)
+        # squared norms: |s_ij|^2 <= scale^2 |q_i|^2 |k_j|^2 (Cauchy-Schwarz), checked for the whole task
+        # first, tile by tile where that fails
+        kn = np.einsum("hld,hld->hl", self.k[g0:g1, k0:k1], self.k[g0:g1, k0:k1])
+        qn = np.einsum("hld,hld->hl", q, q)
+        limit2 = self.limit**2 / float(self.scale) ** 2
+        kmax = kn.max(axis=1)
+        if self.kgn2 is not None:
+            np.maximum(kmax, self.kgn2[g0:g1], out=kmax)
+        bounded = float((qn.max(axis=1) * kmax).max()) <= limit2
+        if bounded and self.band is not None and self.kg is None:
+            # no global token: every tile takes the compiled banded pass, which applies the scale itself
+            for q0 in range(r0, r1, b):
+                self.tile(g0, g1, q0, min(r1, q0 + b), q[:, q0 - r0 : q0 - r0 + b], True, float(self.scale))
+            return
+        qs = _np_buf("q", hb * rows * d, self.dtype).reshape(hb, rows, d)
+        np.multiply(q, self.scale, out=qs)
+        for q0 in range(r0, r1, b):
+            q1 = min(r1, q0 + b)
+            ok = bounded
+            if not ok:
+                t0, t1 = self.span(q0, q1)
+                km = kn[:, t0 - k0 : t1 - k0].max(axis=1)
+                if self.kgn2 is not None:
+                    np.maximum(km, self.kgn2[g0:g1], out=km)
+                ok = float((qn[:, q0 - r0 : q1 - r0].max(axis=1) * km).max()) <= limit2
+            self.tile(g0, g1, q0, q1, qs[:, q0 - r0 : q1 - r0], ok, 1.0)
+
+    def tile(self, g0: int, g1: int, q0: int, q1: int, qt: np.ndarray, bounded: bool, scale: float) -> None:
+        """One tile: heads ``g0 .. g1-1`` x query rows ``q0 .. q1-1`` against their local keys and the
+        global keys, one softmax per row, output written in place. ``qt``: the tile's queries times
+        ``softmax scale / scale``; ``scale`` (1 unless every logit is bounded and no key is global): the
+        factor the compiled banded pass still applies."""
         k0, k1 = self.span(q0, q1)
-        r, c, ng = q1 - q0, k1 - k0, int(self.gidx.size)
-        qt = self.qs[h, q0:q1]
-        s = _np_buf("s", r * c, self.dtype).reshape(r, c)
-        np.matmul(qt, self.k[h, k0:k1].T, out=s)
+        hb, r, c, ng = g1 - g0, q1 - q0, k1 - k0, int(self.gidx.size)
+        s = _np_buf("s", hb * r * c, self.dtype).reshape(hb, r, c)
+        np.matmul(qt, self.k[g0:g1, k0:k1].transpose(0, 2, 1), out=s)
         # Every row sees its own key (local, or global), so some logit is finite. When every |logit| of
-        # the tile is below `limit` (|q_i||k_j| bounds it), exp cannot overflow nor underflow a whole
-        # row, and the row maximum is not needed (softmax is shift-invariant).
-        kmax = float(self.kn[h, k0:k1].max())
-        if self.kgn is not None:
-            kmax = max(kmax, float(self.kgn[h]))
-        bounded = float(self.qn[h, q0:q1].max()) * kmax <= self.limit
-        z = _np_buf("z", r, self.dtype)
+        # the tile is below `limit`, exp cannot overflow nor underflow a whole row, and the row maximum is
+        # not needed (softmax is shift-invariant).
+        z = _np_buf("z", hb * r, self.dtype).reshape(hb, r)
         banded = bounded and self.band is not None and self.glob_before[k1] == self.glob_before[k0]
         if banded:  # no global key among these: row i keeps keys q0 + i - w .. q0 + i + w (.. q0 + i if causal)
             assert self.band is not None
-            self.band(s, q0 - self.w - k0, (q0 + 1 if self.causal else q0 + self.w + 1) - k0, z)
+            self.band(s, q0 - self.w - k0, (q0 + 1 if self.causal else q0 + self.w + 1) - k0, scale, z)
         else:
             np.add(s, self.bias(q0, q1, k0, k1), out=s)
         sg = None
         if self.kg is not None:
-            sg = _np_buf("sg", r * ng, self.dtype).reshape(r, ng)
-            np.matmul(qt, self.kg[h].T, out=sg)
+            sg = _np_buf("sg", hb * r * ng, self.dtype).reshape(hb, r, ng)
+            np.matmul(qt, self.kg[g0:g1].transpose(0, 2, 1), out=sg)
             if self.causal:
                 np.copyto(sg, -np.inf, where=self.gidx[None, :] > np.arange(q0, q1)[:, None])
         if not bounded:
@@ -332,45 +378,55 @@ class _LocalPlan:
                 np.subtract(sg, m, out=sg)
         if not banded:
             if self.accel is not None and bounded:
-                self.accel(s, z)
+                self.accel(s.reshape(hb * r, c), z.reshape(hb * r))
             else:
                 np.exp(s, out=s)
                 np.matmul(s, self.ones[:c], out=z)
-        o = self.out[h, q0:q1]
-        np.matmul(s, self.v[h, k0:k1], out=o)
+        o = self.out[g0:g1, q0:q1]
+        np.matmul(s, self.v[g0:g1, k0:k1], out=o)
         if sg is not None and self.vg is not None:
             np.exp(sg, out=sg)
             z += sg @ self.ones[:ng]
-            o += sg @ self.vg[h]
-        np.divide(o, z[:, None], out=o)
+            o += sg @ self.vg[g0:g1]
+        np.divide(o, z[..., None], out=o)  # the softmax normalisation: once per output row
 
     def run(self, tasks: Any) -> None:
-        for h, q0, q1 in tasks:
-            self.tile(h, q0, q1)
+        for t in tasks:
+            self.task(*t)
 
 
 class _Feed:
-    def __init__(self, tasks: list[tuple[int, int, int]]) -> None:
+    def __init__(self, tasks: list[tuple[int, int, int, int]]) -> None:
         self._it = iter(tasks)
         self._lock = threading.Lock()
 
     def __iter__(self) -> _Feed:
         return self
 
-    def __next__(self) -> tuple[int, int, int]:
+    def __next__(self) -> tuple[int, int, int, int]:
         with self._lock:
             return next(self._it)
 
 
+#: query rows of a task (a run of tiles sharing the scaled queries, norms and bound)
+TASK_ROWS = 512
+
+
 def local_numpy_block(radius: int, length: int) -> int:
     """Query rows a tile of the NumPy path. A ``b x (b + 2w)`` tile wastes ``b / (b + 2w)`` of its GEMM
-    work on the band's triangles, while BLAS slows on thin tiles and each tile costs some Python: at
-    ``w = 256`` on a 2-core Zen 3 (CPU time, interleaved, L = 16384, 8 heads) the NumPy pass took the
-    same time for ``b`` = 64 to 128 and 5% more at 32 or 192; the fused pass 10% less at 96 or 128
-    than at 64. So about ``3w / 8`` rows, 32 to 128; the whole sequence where every tile would see
-    every key."""
-    b = max(32, min(128, (3 * radius // 8) // 32 * 32))
+    work on the band's triangles, while BLAS slows on thin tiles and each tile costs some Python. At
+    ``w = 256`` on a 2-core Zen 3 (CPU time, minimum of interleaved repeats, L = 16384, 8 heads, 4 a
+    tile, compiled exp pass) 64 rows took 298 ms, 96 306, 128 314, 48 302. So about ``w / 4`` rows,
+    32 to 128; the whole sequence where every tile would see every key."""
+    b = max(32, min(128, (radius // 4) // 16 * 16))
     return max(1, length if length <= b + 2 * radius else b)
+
+
+def local_numpy_heads(heads: int, block: int, radius: int, itemsize: int) -> int:
+    """Heads a tile stacks (one ``np.matmul`` call for all of them): up to 4, with the tile's scores
+    at most 2 MiB (measured at w = 256, b = 64: 1, 2, 4, 8 heads took 305, 305, 298, 298 ms)."""
+    per_head = block * (block + 2 * radius) * itemsize
+    return max(1, min(heads, 4, (2 << 20) // max(1, per_head)))
 
 
 def local_global_numpy(
@@ -386,11 +442,13 @@ def local_global_numpy(
     block: int | None,
     num_threads: int | None = None,
     accel: bool | None = None,
+    heads_per_tile: int | None = None,
 ) -> np.ndarray | None:
     """Local-global attention on heads-first float NumPy arrays ``(..., H, L, D)`` without a user mask,
     in threaded in-place tiles (same result as the generic path to rounding); ``None`` where this path
     does not apply. ``accel``: use the compiled exp pass of :mod:`._accel` (``None``: where installed and
-    the call is large enough to pay for loading it)."""
+    the call is large enough to pay for loading it). ``heads_per_tile``: heads one tile stacks
+    (``None``: :func:`local_numpy_heads`)."""
     if mask is not None or not all(type(x) is np.ndarray for x in (q, k, v)):
         return None
     dt = q.dtype
@@ -403,17 +461,19 @@ def local_global_numpy(
         return None
     lead = tuple(q.shape[:-2])
     n = math.prod(lead)
-    qs = np.multiply(q.reshape(n, length, d), np.asarray(scale, dt))
+    qq = q.reshape(n, length, d)
     kk = np.ascontiguousarray(k.reshape(n, length, d))
     vv = np.ascontiguousarray(v.reshape(n, length, dv))
     out = np.empty((n, length, dv), dtype=dt)
     w = int(radius)
     b = int(block) if block else local_numpy_block(w, length)
+    hb = int(heads_per_tile) if heads_per_tile else local_numpy_heads(n, b, w, dt.itemsize)
     gidx = np.asarray(global_idx, dtype=np.int64).reshape(-1)
     if accel is None:
         accel = _accel.wanted(n * length * (2 * w + 1), dt)
-    plan = _LocalPlan(qs, kk, vv, out, w, causal, gidx, _accel.exp_rowsum() if accel else None)
-    tasks = [(h, q0, min(length, q0 + b)) for h in range(n) for q0 in range(0, length, b)]
+    plan = _LocalPlan(qq, kk, vv, out, scale, w, causal, gidx, _accel.exp_rowsum() if accel else None, b, hb)
+    run = b * max(1, TASK_ROWS // b)
+    tasks = [(g0, min(n, g0 + hb), r0, min(length, r0 + run)) for g0 in range(0, n, hb) for r0 in range(0, length, run)]
     threads = max(1, min(int(num_threads if num_threads is not None else get_num_threads()), len(tasks)))
     if not blas_limiter_available():
         plan.run(tasks)
