@@ -292,25 +292,25 @@ class _LocalPlan:
         # |s_ij| <= |scale q_i| |k_j| bounds the logits of a tile (Cauchy-Schwarz); squared norms here
         self.kgn2 = np.einsum("ngd,ngd->ng", self.kg, self.kg).max(axis=1) if self.kg is not None else None
         self.limit = 60.0 if self.dtype == np.float32 else 600.0
-        self._bias: dict[tuple[int, int, int], np.ndarray] = {}
+        self._outside: dict[tuple[int, int, int], np.ndarray] = {}
 
     def span(self, q0: int, q1: int) -> tuple[int, int]:
         return max(0, q0 - self.w), (min(self.length, q1 + self.w) if not self.causal else q1)
 
-    def bias(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
-        """0 where query ``i`` may attend local key ``j`` (``|i - j| <= w``, ``j <= i`` when causal, ``j``
-        not global), ``-inf`` elsewhere; blocks away from the ends and the globals share one array."""
+    def outside(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+        """True where query ``i`` may not attend local key ``j`` (``|i - j| > w``, ``j > i`` when causal, or
+        ``j`` global); blocks away from the ends and the globals share one array. Those logits are set
+        to ``-inf`` (not biased by it: a NaN outside the pattern must not reach the row)."""
         glob = self.glob_before[k1] > self.glob_before[k0]
         key = (q1 - q0, q0 - k0, k1 - k0)
         if not glob:
-            hit = self._bias.get(key)  # (a dict read is atomic; two threads may build the same array)
+            hit = self._outside.get(key)  # (a dict read is atomic; two threads may build the same array)
             if hit is not None:
                 return hit
-        allowed = local_global_tile(q0, q1 - q0, k0, k1 - k0, self.w, (), self.causal) & ~self.is_glob[None, k0:k1]
-        bias = np.where(allowed, 0.0, -np.inf).astype(self.dtype)
+        outside = ~(local_global_tile(q0, q1 - q0, k0, k1 - k0, self.w, (), self.causal) & ~self.is_glob[None, k0:k1])
         if not glob:
-            self._bias[key] = bias
-        return bias
+            self._outside[key] = outside
+        return outside
 
     def task(self, g0: int, g1: int, r0: int, r1: int) -> None:
         """Heads ``g0 .. g1-1``, query rows ``r0 .. r1-1``: tiles of ``block`` rows."""
@@ -362,7 +362,7 @@ class _LocalPlan:
             assert self.band is not None
             self.band(s, q0 - self.w - k0, (q0 + 1 if self.causal else q0 + self.w + 1) - k0, scale, z)
         else:
-            np.add(s, self.bias(q0, q1, k0, k1), out=s)
+            np.copyto(s, -np.inf, where=self.outside(q0, q1, k0, k1))
         sg = None
         if self.kg is not None:
             sg = _np_buf("sg", hb * r * ng, self.dtype).reshape(hb, r, ng)
