@@ -176,3 +176,25 @@ def test_mechanism_with_and_without_numba_equals_dense_reference(monkeypatch):
         np.testing.assert_allclose(out[rows], ref, rtol=0, atol=1e-5)
         assert bool(calls) == (env == "1" and _accel.exp_rowsum() is not None)
     np.testing.assert_allclose(outs["1"], outs["0"], rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_output_is_noted_as_a_convex_combination(fast, monkeypatch):
+    """The forward's output check (``overflow.finite_or_wider``) does not read the output: the kernel notes
+    ``|out| <= max|v| Lk`` (fast path, and generic path with a boolean mask); the result is unchanged."""
+    from attnkit import LocalGlobalAttention
+    from attnkit.kernels import overflow
+
+    rng = np.random.default_rng(4)
+    x = [rng.standard_normal((300, 2, 8)).astype(np.float32) for _ in range(3)]
+    mech = LocalGlobalAttention(dim=8, heads=2, window=40, global_tokens=2)
+    if not fast:
+        monkeypatch.setattr(lk, "local_global_numpy", lambda *a, **kw: None)
+    read = []
+    real = overflow._all_finite
+    monkeypatch.setattr(overflow, "_all_finite", lambda a: read.append(a.shape) or real(a))
+    out = mech.forward(*x)
+    assert (300, 2, 8) not in read
+    qh, kh, vh = (a.transpose(1, 0, 2) for a in x)
+    ref = dense_ref(qh, kh, vh, 1 / np.sqrt(8), mech.dense_mask(300)).transpose(1, 0, 2)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5)
