@@ -73,28 +73,31 @@ def test_wanted_only_for_large_float32_calls(monkeypatch):
 
 
 @pytest.mark.parametrize("first, last", [(-5, 508), (0, 1), (-70, -60), (3, 900), (-1000, 1000)])
-def test_exp_rowsum_band_keeps_each_rows_band(first, last):
-    """Row ``i`` of each stacked tile keeps ``e^s`` on columns ``i + first .. i + last - 1`` (clipped) and
-    0 elsewhere; logits up to +-80 (the kernel has no range clamps: its callers bound them by 60)."""
+def test_softmax_band_keeps_each_rows_band(first, last):
+    """Row ``i`` of each stacked tile holds ``e^s / z`` on columns ``i + first .. i + last - 1`` (clipped), with
+    ``z`` their sum of ``e^s``, and 0 elsewhere; logits up to +-80 (the kernel has no range clamps: its
+    callers bound them by 60); a NaN stays NaN in its row."""
     _kernel()
-    g = _accel.exp_rowsum_band()
+    g = _accel.softmax_band()
     rng = np.random.default_rng(2)
     s0 = (rng.standard_normal((3, 64, 300)) * 4).astype(np.float32)
     s0[1, :, ::7] = 80.0
     s0[2, :, ::5] = -80.0
     i, j = np.arange(64)[:, None], np.arange(300)[None, :]
-    ref = np.where((j >= i + first) & (j < i + last), np.exp(s0.astype(np.float64)), 0.0)
+    keep = (j >= i + first) & (j < i + last)
+    e = np.where(keep, np.exp(s0.astype(np.float64)), 0.0)
+    z_ref = e.sum(axis=-1)
     s, z = s0.copy(), np.empty((3, 64), dtype=np.float32)
-    g(s, first, last, 1.0, z)
-    np.testing.assert_allclose(s, ref, rtol=4e-7, atol=0)
-    np.testing.assert_allclose(z, ref.sum(axis=-1), rtol=2e-6, atol=0)
-    # the scale is applied inside: e^(scale s) (here -0.5: a negative scale flips the sign)
-    ref = np.where((j >= i + first) & (j < i + last), np.exp(-0.5 * s0.astype(np.float64)), 0.0)
+    g(s, first, last, False, z)  # the exponentials alone
+    np.testing.assert_allclose(s, e, rtol=4e-7, atol=0)
+    np.testing.assert_allclose(z, z_ref, rtol=2e-6, atol=0)
     s = s0.copy()
-    g(s, first, last, -0.5, z)
-    np.testing.assert_allclose(s, ref, rtol=4e-7, atol=0)
-    np.testing.assert_allclose(z, ref.sum(axis=-1), rtol=2e-6, atol=0)
+    g(s, first, last, True, z)
+    rows = z_ref > 0  # rows with no kept column: nothing to normalise (z = 0)
+    np.testing.assert_allclose(z, z_ref, rtol=2e-6, atol=0)
+    np.testing.assert_allclose(s[rows], (e / np.where(rows, z_ref, 1.0)[..., None])[rows], rtol=2e-6, atol=1e-12)
+    assert (s[~np.broadcast_to(keep, s.shape)] == 0).all()
     s0[0, 5, 5] = np.nan  # NaN stays NaN (row 5 keeps column 5 in every case where first <= 0 < last)
     s = s0.copy()
-    g(s, first, last, 1.0, z)
+    g(s, first, last, True, z)
     assert np.isnan(s[0, 5, 5]) == (first <= 0 < last) and np.isnan(z[0, 5]) == (first <= 0 < last)

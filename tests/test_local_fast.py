@@ -141,7 +141,8 @@ def test_nan_spreads_only_to_the_rows_that_see_it(accel):
     np.testing.assert_allclose(out[ok], ref[ok], rtol=0, atol=2e-5)
 
 
-def test_mechanism_with_and_without_numba_equals_dense_reference(monkeypatch):
+@pytest.mark.parametrize("causal, glob", [(True, 0), (False, [0, 1, 1000])])
+def test_mechanism_with_and_without_numba_equals_dense_reference(causal, glob, monkeypatch):
     """``LocalGlobalAttention.forward`` on (L, H, D) float32 NumPy input large enough for the compiled pass:
     with it (the banded kernel runs) and with ``ATTNKIT_NUMBA=0`` (it does not), both equal to the float64
     dense softmax with the explicit pattern, on rows at both ends and in the middle."""
@@ -151,15 +152,16 @@ def test_mechanism_with_and_without_numba_equals_dense_reference(monkeypatch):
     heads, length, d, window = 4, 2048, 16, 128  # 4 * 2048 * 129 scores: over _accel.USE_MIN_SCORES
     rng = np.random.default_rng(3)
     x = [rng.standard_normal((length, heads, d)).astype(np.float32) for _ in range(3)]
-    mech = LocalGlobalAttention(dim=d, heads=heads, window=window, causal=True)
+    mech = LocalGlobalAttention(dim=d, heads=heads, window=window, causal=causal, global_tokens=glob)
+    compiled = _accel.exp_rowsum() is not None  # loaded now (a call this small does not load it)
     calls = []
-    real = _accel.exp_rowsum_band
+    real = _accel.softmax_band
 
     def spy():
         f = real()
         return None if f is None else (lambda *a: calls.append(1) or f(*a))
 
-    monkeypatch.setattr(_accel, "exp_rowsum_band", spy)
+    monkeypatch.setattr(_accel, "softmax_band", spy)
     rows = np.r_[0:200, 1000:1100, 1900:2048]
     qh, kh, vh = (a.transpose(1, 0, 2).astype(np.float64) for a in x)
     allowed = mech.dense_mask(length)[rows]
@@ -174,7 +176,7 @@ def test_mechanism_with_and_without_numba_equals_dense_reference(monkeypatch):
         outs[env] = out
         assert out.dtype == np.float32 and out.shape == (length, heads, d)
         np.testing.assert_allclose(out[rows], ref, rtol=0, atol=1e-5)
-        assert bool(calls) == (env == "1" and _accel.exp_rowsum() is not None)
+        assert bool(calls) == (env == "1" and compiled)
     np.testing.assert_allclose(outs["1"], outs["0"], rtol=0, atol=2e-6)
 
 

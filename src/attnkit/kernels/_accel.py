@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["exp_rowsum", "enabled", "loaded", "wanted", "exp_rowsum_reference"]
+__all__ = ["exp_rowsum", "softmax_band", "enabled", "loaded", "wanted", "exp_rowsum_reference"]
 
 #: a call with at least this many scores loads the compiled pass (Numba's import and cache load take
 #: about a second, once per process) ...
@@ -71,14 +71,17 @@ def exp_rowsum() -> Callable[[np.ndarray, np.ndarray], None] | None:
     return None if k is None else k[0]
 
 
-def exp_rowsum_band() -> Callable[[np.ndarray, int, int, float, np.ndarray], None] | None:
-    """``f(s, first, last, scale, z)`` on a C-contiguous float32 stack of tiles ``s (h, r, c)`` and ``z (h,
-    r)``: ``s[g, i, j] <- e^(scale s[g, i, j])`` on row ``i``'s columns ``i + first .. i + last - 1`` (clipped
-    to the row) and ``0`` on the others, unread, and ``z[g, i]`` the row sums: a banded tile needs no
-    ``-inf`` mask, and the softmax scale costs no pass of its own.
+def softmax_band() -> Callable[[np.ndarray, int, int, bool, np.ndarray], None] | None:
+    """``f(s, first, last, normalise, z)`` on a C-contiguous float32 stack of tiles ``s (h, r, c)`` and ``z (h,
+    r)``: row ``i`` keeps columns ``i + first .. i + last - 1`` (clipped to the row); there ``s[g, i, j] <-
+    e^s[g, i, j]``, divided by ``z[g, i]`` (their sum) when ``normalise``, and ``0`` on the other columns,
+    unread. A banded tile needs no ``-inf`` mask, and its probabilities can come out normalised:
+    the extra multiply of the row, in L1 after the exponential, cost 0.06 ns a score where NumPy's
+    broadcast division of the ``P V`` rows by ``z`` afterwards cost 0.5-0.9 ns an output element
+    (8.6 ms at L 16384, 8 heads, w 256, one core).
 
-    For logits with ``|scale s| <= 87`` only (the local kernel calls it on tiles whose logits are bounded
-    by 60): it skips the range clamps of :func:`exp_rowsum` (15% of its time); ``NaN`` stays ``NaN``."""
+    For logits with ``|s| <= 87`` only (the local kernel calls it on tiles whose logits are bounded by
+    60): it skips the range clamps of :func:`exp_rowsum` (15% of its time); ``NaN`` stays ``NaN``."""
     k = _kernels()
     return None if k is None else k[1]
 
@@ -141,8 +144,8 @@ def _compile() -> tuple[Any, Any]:
                 acc += e
             z[i] = acc
 
-    @numba.njit("void(float32[:, :, ::1], int64, int64, float32, float32[:, ::1])", fastmath=flags, nogil=True, cache=True)
-    def band(s: Any, first: int, last: int, scale: Any, z: Any) -> None:  # pragma: no cover - compiled
+    @numba.njit("void(float32[:, :, ::1], int64, int64, boolean, float32[:, ::1])", fastmath=flags, nogil=True, cache=True)
+    def band(s: Any, first: int, last: int, normalise: bool, z: Any) -> None:  # pragma: no cover - compiled
         heads, rows, cols = s.shape
         for g in range(heads):
             for i in range(rows):
@@ -152,17 +155,16 @@ def _compile() -> tuple[Any, Any]:
                 row[:lo] = f32(0.0)
                 row[hi:] = f32(0.0)
                 seg = row[lo:hi]
-                if scale != f32(1.0):
-                    # a pass of its own (the row is in L1): folded into the exponential's arithmetic,
-                    # reassociation merged it with Cody-Waite's reduction and lost 5 bits
-                    for j in range(seg.shape[0]):
-                        seg[j] *= scale
                 acc = f32(0.0)
                 for j in range(seg.shape[0]):
                     e = expf_core(seg[j])
                     seg[j] = e
                     acc += e
                 z[g, i] = acc
+                if normalise and acc != f32(0.0):
+                    r = f32(1.0) / acc
+                    for j in range(seg.shape[0]):
+                        seg[j] *= r
 
     return dense, band
 

@@ -287,7 +287,7 @@ class _LocalPlan:
         self.dtype = q.dtype
         self.scale = np.asarray(scale, dtype=self.dtype)
         self.accel = accel if self.dtype == np.float32 else None
-        self.band = _accel.exp_rowsum_band() if self.accel is not None else None
+        self.band = _accel.softmax_band() if self.accel is not None else None
         self.ones = np.ones(self.length, dtype=self.dtype)
         self.is_glob = np.zeros(self.length, dtype=bool)
         self.is_glob[gidx] = True
@@ -320,24 +320,18 @@ class _LocalPlan:
     def task(self, g0: int, g1: int, r0: int, r1: int) -> None:
         """Heads ``g0 .. g1-1``, query rows ``r0 .. r1-1``: tiles of ``block`` rows."""
         hb, rows, d, b = g1 - g0, r1 - r0, int(self.q.shape[-1]), self.block
-        q = self.q[g0:g1, r0:r1]
+        qs = _np_buf("q", hb * rows * d, self.dtype).reshape(hb, rows, d)
+        np.multiply(self.q[g0:g1, r0:r1], self.scale, out=qs)
         k0, k1 = self.span(r0, r1)
-        # squared norms: |s_ij|^2 <= scale^2 |q_i|^2 |k_j|^2 (Cauchy-Schwarz), checked for the whole task
+        # squared norms: |s_ij|^2 <= |scale q_i|^2 |k_j|^2 (Cauchy-Schwarz), checked for the whole task
         # first, tile by tile where that fails
         kn = np.einsum("hld,hld->hl", self.k[g0:g1, k0:k1], self.k[g0:g1, k0:k1])
-        qn = np.einsum("hld,hld->hl", q, q)
-        limit2 = self.limit**2 / float(self.scale) ** 2
+        qn = np.einsum("hld,hld->hl", qs, qs)
+        limit2 = self.limit**2
         kmax = kn.max(axis=1)
         if self.kgn2 is not None:
             np.maximum(kmax, self.kgn2[g0:g1], out=kmax)
         bounded = float((qn.max(axis=1) * kmax).max()) <= limit2
-        if bounded and self.band is not None and self.kg is None:
-            # no global token: every tile takes the compiled banded pass, which applies the scale itself
-            for q0 in range(r0, r1, b):
-                self.tile(g0, g1, q0, min(r1, q0 + b), q[:, q0 - r0 : q0 - r0 + b], True, float(self.scale))
-            return
-        qs = _np_buf("q", hb * rows * d, self.dtype).reshape(hb, rows, d)
-        np.multiply(q, self.scale, out=qs)
         for q0 in range(r0, r1, b):
             q1 = min(r1, q0 + b)
             ok = bounded
@@ -347,13 +341,11 @@ class _LocalPlan:
                 if self.kgn2 is not None:
                     np.maximum(km, self.kgn2[g0:g1], out=km)
                 ok = float((qn[:, q0 - r0 : q1 - r0].max(axis=1) * km).max()) <= limit2
-            self.tile(g0, g1, q0, q1, qs[:, q0 - r0 : q1 - r0], ok, 1.0)
+            self.tile(g0, g1, q0, q1, qs[:, q0 - r0 : q1 - r0], ok)
 
-    def tile(self, g0: int, g1: int, q0: int, q1: int, qt: np.ndarray, bounded: bool, scale: float) -> None:
-        """One tile: heads ``g0 .. g1-1`` x query rows ``q0 .. q1-1`` against their local keys and the
-        global keys, one softmax per row, output written in place. ``qt``: the tile's queries times
-        ``softmax scale / scale``; ``scale`` (1 unless every logit is bounded and no key is global): the
-        factor the compiled banded pass still applies."""
+    def tile(self, g0: int, g1: int, q0: int, q1: int, qt: np.ndarray, bounded: bool) -> None:
+        """One tile: heads ``g0 .. g1-1`` x query rows ``q0 .. q1-1`` (``qt``: their scaled queries)
+        against their local keys and the global keys, one softmax per row, output written in place."""
         k0, k1 = self.span(q0, q1)
         hb, r, c, ng = g1 - g0, q1 - q0, k1 - k0, int(self.gidx.size)
         s = _np_buf("s", hb * r * c, self.dtype).reshape(hb, r, c)
@@ -364,8 +356,8 @@ class _LocalPlan:
         z = _np_buf("z", hb * r, self.dtype).reshape(hb, r)
         banded = bounded and self.band is not None and self.glob_before[k1] == self.glob_before[k0]
         if banded:  # no global key among these: row i keeps keys q0 + i - w .. q0 + i + w (.. q0 + i if causal)
-            assert self.band is not None
-            self.band(s, q0 - self.w - k0, (q0 + 1 if self.causal else q0 + self.w + 1) - k0, scale, z)
+            assert self.band is not None  # (it normalises the probabilities too where no key is global)
+            self.band(s, q0 - self.w - k0, (q0 + 1 if self.causal else q0 + self.w + 1) - k0, self.kg is None, z)
         else:
             np.copyto(s, -np.inf, where=self.outside(q0, q1, k0, k1))
         sg = None
@@ -393,7 +385,8 @@ class _LocalPlan:
             np.exp(sg, out=sg)
             z += sg @ self.ones[:ng]
             o += sg @ self.vg[g0:g1]
-        np.divide(o, z[..., None], out=o)  # the softmax normalisation: once per output row
+        if not banded or sg is not None:
+            np.divide(o, z[..., None], out=o)  # the softmax normalisation: once per output row
 
     def run(self, tasks: Any) -> None:
         for t in tasks:
