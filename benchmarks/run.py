@@ -366,6 +366,56 @@ def local_flops(length: int, radius: int, heads: int, dim: int, dim_v: int, n_gl
     return 2.0 * (dim + dim_v) * heads * float(keys.sum())
 
 
+def local_breakdown(q: np.ndarray, k: np.ndarray, v: np.ndarray, radius: int, scale: float, sweeps: int = 5) -> dict[str, Any]:
+    """Where the default local-global NumPy path spends its time, on one thread: the tiles of the kernel
+    (:func:`attnkit.kernels.local.local_numpy_block`, ``local_numpy_heads``) on heads-first ``q, k, v (H,
+    L, D)`` without global tokens, each piece (``Q K^T``, the compiled banded softmax pass, ``P V``) timed
+    per tile as the minimum over ``sweeps`` sweeps (other load only adds) and summed; ``None`` without
+    the ``numba`` extra. Shows how much of the time is GEMM, at what rate per kept score, and what is not."""
+    from attnkit.kernels import _accel
+    from attnkit.kernels._threads import BlasOneThread
+    from attnkit.kernels.local import local_numpy_block, local_numpy_heads
+
+    band = _accel.softmax_band()
+    if band is None:
+        return {}
+    h, length, d = q.shape
+    w = radius
+    b, hb = local_numpy_block(w, length), local_numpy_heads(h, local_numpy_block(w, length), w, q.itemsize)
+    qs = q * np.float32(scale)
+    out = np.empty_like(q)
+    tiles = [(g, q0) for g in range(0, h, hb) for q0 in range(0, length, b)]
+    best = np.full((len(tiles), 3), np.inf)
+    s_buf, z_buf = np.empty(hb * b * (b + 2 * w), np.float32), np.empty(hb * b, np.float32)
+    with BlasOneThread():
+        for _ in range(sweeps):
+            for t, (g, q0) in enumerate(tiles):
+                g1, q1 = min(h, g + hb), min(length, q0 + b)
+                k0, k1 = max(0, q0 - w), min(length, q1 + w)
+                s = s_buf[: (g1 - g) * (q1 - q0) * (k1 - k0)].reshape(g1 - g, q1 - q0, k1 - k0)
+                t0 = time.perf_counter()
+                np.matmul(qs[g:g1, q0:q1], k[g:g1, k0:k1].transpose(0, 2, 1), out=s)
+                t1 = time.perf_counter()
+                band(s, q0 - w - k0, q0 + w + 1 - k0, True, z_buf[: (g1 - g) * (q1 - q0)].reshape(g1 - g, q1 - q0))
+                t2 = time.perf_counter()
+                np.matmul(s, v[g:g1, k0:k1], out=out[g:g1, q0:q1])
+                t3 = time.perf_counter()
+                best[t] = np.minimum(best[t], (t1 - t0, t2 - t1, t3 - t2))
+    qk, sm, pv = (float(x) for x in best.sum(axis=0))
+    kept = h * int(sum(min(length, i + w + 1) - max(0, i - w) for i in range(length)))
+    done = sum((min(h, g + hb) - g) * (min(length, q0 + b) - q0) * (min(length, q0 + b + w) - max(0, q0 - w)) for g, q0 in tiles)
+    return dict(
+        block=b,
+        heads_per_tile=hb,
+        scores_computed_over_kept=done / kept,
+        qk_s=qk,
+        softmax_pass_s=sm,
+        pv_s=pv,
+        gemm_rate_per_kept_score=2.0 * (d + v.shape[-1]) * kept / (qk + pv),
+        softmax_pass_ns_per_kept_score=sm / kept * 1e9,
+    )
+
+
 def bench_local(args: argparse.Namespace) -> dict[str, Any]:
     """Local-global attention against dense attention with the equivalent mask, and against its
     FLOPs (:func:`local_flops`) at this machine's best sgemm rate measured in the same run (the best
@@ -402,8 +452,17 @@ def bench_local(args: argparse.Namespace) -> dict[str, Any]:
         f"{t['dense_masked_numpy'] * 1e3:.1f} ms (x{speedup:.1f}, target >= 8); local-global at x{t['local_global'] / limit:.2f} "
         "of the limit (target <= 1.5)"
     )
+    breakdown: dict[str, Any] = {}
     if accel:
         log(f"pure NumPy (ATTNKIT_NUMBA=0): {t['local_global_pure_numpy'] * 1e3:.1f} ms, x{t['local_global_pure_numpy'] / limit:.2f} of the limit")
+        breakdown = local_breakdown(*(np.ascontiguousarray(a.transpose(1, 0, 2)) for a in x), w, lg.effective_scale)
+        bd = breakdown
+        log(
+            f"one thread, per-tile minima: Q K^T {bd['qk_s'] * 1e3:.1f} ms + softmax pass {bd['softmax_pass_s'] * 1e3:.1f} ms + P V "
+            f"{bd['pv_s'] * 1e3:.1f} ms ({bd['heads_per_tile']} heads x {bd['block']} rows a tile, {bd['scores_computed_over_kept']:.3f}x the "
+            f"kept scores computed; GEMMs at {bd['gemm_rate_per_kept_score'] / 1e9:.0f} GFLOP/s per kept score, one core; softmax "
+            f"{bd['softmax_pass_ns_per_kept_score']:.2f} ns a kept score)"
+        )
     return dict(
         length=length,
         window=window,
@@ -419,6 +478,7 @@ def bench_local(args: argparse.Namespace) -> dict[str, Any]:
         speedup_vs_dense=speedup,
         time_over_limit=t["local_global"] / limit,
         time_over_limit_pure_numpy=t["local_global_pure_numpy"] / limit if accel else t["local_global"] / limit,
+        breakdown_one_thread=breakdown,
         passed=speedup >= 8 and t["local_global"] / limit <= 1.5,
     )
 

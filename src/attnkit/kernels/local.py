@@ -231,22 +231,23 @@ def local_global_attention(
 # --------------------------------------------------------------------------------------------------
 # NumPy fast path: threaded tiles, in place
 #
-# Where the time goes (2-core Zen 3, AVX2, one thread, L = 16384, w = 256, 8 heads, d 64, fp32): the
-# two GEMMs of a tile run at 78-86 GFLOP/s (the best 1024^3 sgemm on one core reads 70-85), so the
-# FLOPs the band needs take ~205 ms of CPU; a tile of ``b`` rows computes ``b + 2w`` keys a row where
-# ``2w + 1`` are kept (``b / (b + 2w)`` wasted on the band's two triangles: 11% at b = 64, 16% at 96);
-# the compiled banded exp pass costs 0.41 ns a kept score (27 ms), NumPy's exp 1.3-2 ns. Splitting a
-# tile's key range into an inside rectangle plus the two triangles in row slices wastes exactly what
-# tiles of the slices' height waste (it is the same staircase) while its extra, thinner GEMMs run
-# slower: measured no gain, so a tile is one rectangle. What was left to take out was Python and
-# NumPy call overhead per tile (~45 us: buffer look-ups, norm maxima, the division) and serial set-up
-# (scaling q, the norms): a tile now stacks ``hb`` heads (``np.matmul`` over a head axis: one call
-# for all of them), a task is ``hb`` heads x a run of tiles (scaled q, norms, buffers and the Cauchy-
-# Schwarz bound once a task, in the worker), the softmax division is one pass over a tile's output
-# rows. Keys are read in place (``K_blk^T`` is a transposed view BLAS takes as is; a ``(d, L)``
-# transposed copy, row stride ``4 L`` bytes, made the first GEMM 2-3x slower); logits bounded by
-# Cauchy-Schwarz skip the row maximum. With the ``numba`` extra (:mod:`._accel`) a bounded tile's
-# exponential and row sums are one compiled pass over each row's own keys, zeros elsewhere.
+# Where the time goes (2-core Zen 3, AVX2, OpenBLAS, one thread, L = 16384, w = 256, 8 heads, d 64,
+# fp32; interleaved minima, the machine shared): a tile of ``b`` rows computes ``b + 2w`` keys a row
+# where ``2w + 1`` are kept, so ``b / (2w + 1)`` of its GEMM work is spent on the band's two triangles
+# (12% at b = 64), and its two GEMMs run at 73-85 GFLOP/s (b = 64 .. 192; thinner tiles are slower):
+# per kept score, 68-69 GFLOP/s at b = 64 .. 96, 67 at 128, 62 at 192, the same with ``K Q^T`` for
+# ``Q K^T``. Splitting a tile's key range into the fully-inside rectangle plus the two triangles cut in
+# row slices wastes what tiles of the slices' height waste (it is the same staircase) with more, thinner
+# GEMMs: measured no gain, so a tile is one rectangle. The compiled banded softmax pass costs 0.44 ns a
+# kept score (exp, sums, normalising the row while it is in L1), NumPy's exp 1.3-2 ns a score.
+# The rest was Python and NumPy call overhead per tile (~45 us: buffer look-ups, norm maxima, the
+# division; 1368 tiles) and serial set-up (scaling q, the norms, copying (L, H, D)-layout keys and
+# values): now a tile stacks ``hb`` heads (one ``np.matmul`` call for all of them), a task is ``hb``
+# heads x a run of tiles (scaled queries, norms and the Cauchy-Schwarz bound once a task, in the
+# worker), keys and values are read in place (``K_blk^T`` is a transposed view BLAS takes as is; a
+# ``(d, L)`` transposed copy, row stride ``4 L`` bytes, made the first GEMM 2-3x slower). Logits bounded
+# by Cauchy-Schwarz skip the row maximum. With the ``numba`` extra (:mod:`._accel`) a bounded tile
+# without a global key takes one compiled pass over each row's own keys, zeros elsewhere.
 
 
 _np_local = threading.local()
