@@ -111,7 +111,7 @@ def sgemm_rate(repeats: int = 5, threads: int | None = None) -> dict[str, float]
     single-threaded BLAS - the way attnkit's NumPy kernels use the cores. On a loaded machine a
     multi-threaded BLAS call waits for its slowest thread at every step and can read 2-4x low, which
     would flatter every limit fraction; the best of all routes keeps the limit honest."""
-    from attnkit.kernels._threads import BlasOneThread, get_num_threads, get_pool
+    from attnkit._threads import BlasOneThread, get_num_threads, get_pool
 
     threads = threads if threads is not None else get_num_threads()
     rng = np.random.default_rng(7)

@@ -67,7 +67,7 @@ from typing import Any
 import numpy as np
 
 from . import _accel
-from ._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool, set_num_threads
+from .._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool, set_num_threads
 
 __all__ = ["sdpa_numpy", "set_num_threads", "get_num_threads", "blas_limiter_available"]
 

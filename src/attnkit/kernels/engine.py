@@ -104,7 +104,7 @@ def cache_path() -> Path | None:
 def _machine_key() -> str:
     import torch
 
-    from ._threads import get_num_threads
+    from .._threads import get_num_threads
 
     threads = f"threads={get_num_threads()}|torch_threads={torch.get_num_threads()}"
     return f"v{_VERSION}|{cpu_model()}|{threads}|numpy={np.__version__}|torch={torch.__version__}"

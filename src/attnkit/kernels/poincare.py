@@ -66,7 +66,7 @@ from .._array import Array, Namespace, as_float_array, check_finite, finite_floa
 from .._array import broadcast_shapes as _bshapes
 from ..errors import AttentionError, ConfigError, ShapeError
 from . import stereographic as st
-from ._threads import small_gemms
+from .._threads import small_gemms
 from .masks import mask_tile
 from .softmax import SMALL_TEMPERATURE, distance_logits, safe_softmax
 
