@@ -27,8 +27,8 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace, check_scores, is_graph, is_numpy, is_torch
-from . import overflow
 from .._threads import BlasOneThread, blas_limiter_available
+from . import overflow
 from .gqa import group_keys, group_queries, group_slopes, kv_groups, needs_grouping, ungroup
 from .masks import alibi_bias, apply_mask_tile, causal_allowed, index_grid, window_allowed, window_skips
 from .overflow import dtype_max, times_gain
