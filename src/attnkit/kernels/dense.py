@@ -538,7 +538,7 @@ def _sdpa_in_range(
         from .engine import choose_engine, sdpa_torch_numpy
 
         work = 4.0 * math.prod(np.broadcast_shapes(q.shape[:-2], k.shape[:-2])) * q.shape[-2] * k.shape[-2] * q.shape[-1]
-        if choose_engine(engine, work=work, dtype=q.dtype) == "torch":
+        if choose_engine(engine, work=work, dtype=q.dtype, causal=causal) == "torch":
             out = sdpa_torch_numpy(q, k, v, **kw)
             if out is not None:
                 return out
