@@ -379,8 +379,8 @@ def local_breakdown(q: np.ndarray, k: np.ndarray, v: np.ndarray, radius: int, sc
     L, D)`` without global tokens, each piece (``Q K^T``, the compiled banded softmax pass, ``P V``) timed
     per tile as the minimum over ``sweeps`` sweeps (other load only adds) and summed; ``None`` without
     the ``numba`` extra. Shows how much of the time is GEMM, at what rate per kept score, and what is not."""
+    from attnkit._threads import BlasOneThread
     from attnkit.kernels import _accel
-    from attnkit.kernels._threads import BlasOneThread
     from attnkit.kernels.local import local_numpy_block, local_numpy_heads
 
     band = _accel.softmax_band()
