@@ -164,3 +164,23 @@ def test_float64_and_small_inputs_keep_the_generic_path(fast_calls):
     mech.forward(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64))
     mech.forward(q[:20], k[:20], v[:20])
     assert fast_calls and all(r is None for r in fast_calls)
+
+
+def test_the_compiled_exp_pass_gives_the_same_attention(monkeypatch):
+    """With Numba (the optional extra) the tile's exp pass is the compiled one: same results to float32 rounding."""
+    from attnkit.kernels import _accel
+
+    if _accel.exp_rowsum() is None:
+        pytest.skip("numba not installed (or ATTNKIT_NUMBA=0)")
+    opts, factors, weights = CONFIGS[2]
+    mech = MixedCurvatureAttention(**opts)
+    q, k, v = mech.example_inputs(L, np.random.default_rng(8))
+    mask = masks(np.random.default_rng(9), ())[1]
+    plain = mech.forward(q, k, v, mask=mask)
+    monkeypatch.setattr(_accel, "wanted", lambda scores, dtype: True)
+    real, calls = _accel.exp_rowsum(), []
+    monkeypatch.setattr(_accel, "exp_rowsum", lambda: lambda s, z: calls.append(s.shape) or real(s, z))
+    compiled = mech.forward(q, k, v, mask=mask)
+    assert calls  # the compiled pass ran on the tiles
+    np.testing.assert_allclose(compiled, oracle(q, k, v, factors, weights, mech.temperature, mask), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(compiled, plain, rtol=0, atol=1e-6)

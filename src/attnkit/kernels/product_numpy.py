@@ -31,11 +31,12 @@ Spherical factors (κ > 0), learned curvatures and other dtypes or libraries kee
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
+from . import _accel
 from .poincare_numpy import _MIN_ROWS, _SMALL, _TILE, _buf, run_tiles
 
 __all__ = ["product_attention_numpy"]
@@ -57,6 +58,7 @@ class _Plan:
         self.batch, self.out = batch, out
         self.n = int(vf.shape[-2])
         self.bool_mask = mask is not None and mask.dtype == np.bool_
+        self.exp: Callable[[np.ndarray, np.ndarray], None] | None = None  # the compiled exp pass (._accel), if wanted
 
     def item(self, x: np.ndarray, b: int) -> np.ndarray:
         """Batch item ``b`` (flat index over ``batch``) of a broadcast view ``x (*batch, ., .)``."""
@@ -101,7 +103,10 @@ class _Plan:
         mx = np.max(acc, axis=-1, keepdims=True)
         mx[~np.isfinite(mx)] = 0.0  # a fully masked row: every weight exp(-inf) = 0, the origin / zeros
         np.subtract(acc, mx, out=acc)
-        np.exp(acc, out=acc)
+        if self.exp is not None:  # logits <= 0 here: inside the compiled pass's range
+            self.exp(acc, _buf("rowsum", r, np.float32))
+        else:
+            np.exp(acc, out=acc)
         np.matmul(acc, self.item(self.vf, b), out=self.item(self.out, b)[i0:i1])
 
     def run(self, tasks: Iterable[tuple[int, int, int]]) -> None:
@@ -184,6 +189,7 @@ def product_attention_numpy(
     mk = None if mask is None else np.broadcast_to(mask, (*batch, mask.shape[-2], n))
     out = np.empty((*batch, m, vf.shape[-1]), dtype=f32)
     plan = _Plan(flat_b, balls_b, vf, mk, temperature, batch, out)
+    plan.exp = _accel.exp_rowsum() if _accel.wanted(nb * m * n, f32) else None
     rows = min(m, max(_MIN_ROWS, _TILE // n))
     run_tiles(plan.run, [(b, i0, min(m, i0 + rows)) for b in range(nb) for i0 in range(0, m, rows)], num_threads)
     results: list[np.ndarray] = []
