@@ -250,7 +250,7 @@ def _batcher(request: Request) -> DynamicBatcher:
         def forward_call(name: str, tensors: Mapping[str, np.ndarray]) -> Any:
             return state.run("model_forward", name, dict(tensors))
 
-        batcher = DynamicBatcher(run, forward_call, s.max_batch_delay_ms / 1e3, s.max_batch_size)
+        batcher = DynamicBatcher(run, forward_call, s.max_batch_delay_ms / 1e3, s.max_batch_size, max_in_flight=s.max_concurrency)
         request.app.state.batcher = batcher
     return batcher
 
