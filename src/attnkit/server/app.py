@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -332,6 +333,16 @@ async def attention_answer(
     return answer[0], accept, answer[1]
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed_query(raw: bytes) -> tuple[tuple[str, str], ...]:
+    return tuple(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+
+
+def _query(raw: bytes) -> dict[str, str]:
+    """The query string's parameters (the last of repeated ones); a short one is parsed once and remembered."""
+    return dict(_parsed_query(raw) if len(raw) <= 512 else _parsed_query.__wrapped__(raw))
+
+
 def _asgi_headers(scope: Scope) -> dict[str, str]:
     """The request headers, names in lower case (the first of repeated ones, as Starlette's ``get``)."""
     out: dict[str, str] = {}
@@ -445,7 +456,7 @@ class _Guard:
         state = self.state
         s = state.settings
         headers = _asgi_headers(scope)
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        query = _query(scope.get("query_string", b""))
         try:
             content, media, out_headers = await attention_answer(
                 state, name, scores, headers, query,
