@@ -111,7 +111,7 @@ def sgemm_rate(repeats: int = 5, threads: int | None = None) -> dict[str, float]
     single-threaded BLAS - the way attnkit's NumPy kernels use the cores. On a loaded machine a
     multi-threaded BLAS call waits for its slowest thread at every step and can read 2-4x low, which
     would flatter every limit fraction; the best of all routes keeps the limit honest."""
-    from attnkit.kernels._threads import BlasOneThread, get_num_threads, get_pool
+    from attnkit._threads import BlasOneThread, get_num_threads, get_pool
 
     threads = threads if threads is not None else get_num_threads()
     rng = np.random.default_rng(7)
@@ -221,6 +221,9 @@ def bench_dense(args: argparse.Namespace) -> dict[str, Any]:
             flops = 4.0 * scores * d
             limit = flops / rate["best"]
             best = min(t["attnkit_numpy"], t["attnkit_torch"])
+            # the engine "auto" runs here (the same code as that engine's own column, so its time there is the
+            # same run measured again: choice_vs_best says whether the choice was right, free of that noise)
+            chosen = engine.choose_engine("auto", work=4.0 * b * h * length * length * d, dtype=np.float32, causal=causal)
             row = dict(
                 batch=b,
                 heads=h,
@@ -237,6 +240,8 @@ def bench_dense(args: argparse.Namespace) -> dict[str, Any]:
                 ratio=t["torch"] / t["attnkit_numpy"],
                 ratio_auto=t["torch"] / t["attnkit_auto"],
                 auto_vs_best=best / t["attnkit_auto"],
+                auto_engine=chosen,
+                choice_vs_best=best / t[f"attnkit_{chosen}"],
                 flops=flops,
                 limit_s=limit,
                 limit_fraction_numpy=limit / t["attnkit_numpy"],
@@ -257,7 +262,7 @@ def bench_dense(args: argparse.Namespace) -> dict[str, Any]:
                 f"{b:>2} {h:>2} {length:>6} {d:>4} {causal!s:>6} | {t['attnkit_numpy'] * 1e3:9.2f} {t['attnkit_torch'] * 1e3:9.2f} "
                 f"{t['attnkit_auto'] * 1e3:8.2f} {t['torch'] * 1e3:9.2f} | {row['ratio']:8.2f} {row['ratio_auto']:8.2f} "
                 f"{row['auto_vs_best']:7.2f} | {row['limit_fraction_numpy']:6.2f} {row['limit_fraction_torch_engine']:6.2f} "
-                f"{row['limit_fraction_torch']:6.2f} | {naive}{note}"
+                f"{row['limit_fraction_torch']:6.2f} | {naive} | auto: {chosen} ({row['choice_vs_best']:.2f}){note}"
             )
             for fa in engines.values():
                 fa.dispose()
@@ -274,6 +279,7 @@ def bench_dense(args: argparse.Namespace) -> dict[str, Any]:
         min_ratio_pure_numpy=min(r["ratio_pure_numpy"] for r in main),
         accel="numba" if accel else None,
         min_auto_vs_best=min(auto),
+        min_choice_vs_best=min(r["choice_vs_best"] for r in rows),
         target_auto_vs_best=0.97,
         sgemm_rate=rate,
         passed=geomean(ratios) >= 1.0 and min(ratios) >= 0.8,
@@ -281,7 +287,8 @@ def bench_dense(args: argparse.Namespace) -> dict[str, Any]:
     log(
         f"NumPy engine: geometric mean ratio {summary['geomean_ratio']:.2f}, minimum {summary['min_ratio']:.2f} "
         f"(pure NumPy {summary['geomean_ratio_pure_numpy']:.2f}, {summary['min_ratio_pure_numpy']:.2f}); "
-        f"auto: geometric mean ratio {summary['geomean_ratio_auto']:.2f}, worst auto/best {summary['min_auto_vs_best']:.2f} (target >= 0.97)"
+        f"auto: geometric mean ratio {summary['geomean_ratio_auto']:.2f}, worst auto/best {summary['min_auto_vs_best']:.2f} (target >= 0.97); "
+        f"worst time of the engine auto chose / the faster engine's {summary['min_choice_vs_best']:.2f}"
     )
     return dict(rows=rows, summary=summary)
 
@@ -525,7 +532,8 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
                 "torch_gqa": lambda tg=tg, c=causal: F.scaled_dot_product_attention(*tg, is_causal=c, enable_gqa=True),
                 "flash_gqa_bhsd": lambda tg=tg, fa=fa_bhsd: fa.forward(*tg),
             }
-            t = interleaved(fns, args.torch_repeats)
+            # short calls are the noisiest and the overhead matters most there: more repeats (up to 4x)
+            t = interleaved(fns, args.torch_repeats * max(1, min(4, 2048 // length)))
             row = dict(
                 length=length,
                 causal=causal,
@@ -615,7 +623,7 @@ def bench_torch(args: argparse.Namespace) -> dict[str, Any]:
         worst_flash_bhsd_overhead=worst_bhsd,
         dispatch_cost=dispatch,
         target=0.05,
-        passed=dispatch["sdpa_us"] / t512 <= 0.05,
+        passed=max(worst_flash, worst_3d, worst_bhsd) <= 0.05,
     )
 
 

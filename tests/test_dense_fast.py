@@ -196,7 +196,7 @@ def test_threads_agree_bitwise(rng, small_tiles) -> None:  # noqa: ANN001
 
 
 def test_without_threadpoolctl(rng, small_tiles, monkeypatch) -> None:  # noqa: ANN001
-    from attnkit.kernels import _threads
+    from attnkit import _threads
 
     monkeypatch.setattr(_threads, "_controller", False)
     assert not dn.blas_limiter_available() and dn.get_num_threads() == 1

@@ -5,6 +5,7 @@ for small work. No timings are asserted."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -78,6 +79,23 @@ def test_auto_follows_the_calibration_and_the_environment(monkeypatch, torch_cal
     assert len(torch_calls) == 2
     FlashAttention(heads=2, dim=16, engine="numpy")(q)  # an explicit engine beats the environment
     assert len(torch_calls) == 2
+
+
+def test_auto_reads_the_points_of_its_own_masking(monkeypatch, torch_calls):
+    """Causal calls follow the causal calibration points, others the unmasked ones (the nearest by work)."""
+    monkeypatch.delenv("ATTNKIT_ENGINE", raising=False)
+    monkeypatch.setattr(eng, "_calibration", {"10.0": 2.0, "30.0": 0.5, "causal:10.0": 0.5, "causal:30.0": 2.0})
+    assert eng.choose_engine("auto", work=math.exp(11), dtype=np.float32) == "torch"
+    assert eng.choose_engine("auto", work=math.exp(11), dtype=np.float32, causal=True) == "numpy"
+    assert eng.choose_engine("auto", work=math.exp(29), dtype=np.float32) == "numpy"
+    assert eng.choose_engine("auto", work=math.exp(29), dtype=np.float32, causal=True) == "torch"
+    q = np.random.default_rng(2).standard_normal((64, 2, 16)).astype(np.float32)  # work 4*2*64*64*16: near e^11.9
+    FlashAttention(heads=2, dim=16, causal=True)(q)
+    assert len(torch_calls) == 0
+    FlashAttention(heads=2, dim=16)(q)
+    assert len(torch_calls) == 1
+    monkeypatch.setattr(eng, "_calibration", {"10.0": 0.5})  # no causal point: the unmasked ones serve
+    assert eng.choose_engine("auto", work=math.exp(11), dtype=np.float32, causal=True) == "numpy"
 
 
 def test_calibration_is_cached_per_machine(monkeypatch, tmp_path):

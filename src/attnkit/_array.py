@@ -319,10 +319,23 @@ def compute_dtype(xp: Namespace, dtype: Any) -> Any:
     return dtype
 
 
+_TORCH_COMPILER: Any = None
+
+
 def torch_compiling() -> bool:
-    """Whether ``torch.compile`` (dynamo) is tracing this call (never imports torch itself)."""
-    is_compiling = getattr(getattr(sys.modules.get("torch"), "compiler", None), "is_compiling", None)  # torch >= 2.3
-    return is_compiling is not None and bool(is_compiling())
+    """Whether ``torch.compile`` (dynamo) is tracing this call (never imports torch itself).
+
+    ``torch.compiler`` is looked up once torch is loaded (every eager forward asks a dozen times);
+    ``is_compiling`` is read from it at each call, so a patched one is seen.
+    """
+    global _TORCH_COMPILER
+    compiler = _TORCH_COMPILER
+    if compiler is None:
+        compiler = getattr(sys.modules.get("torch"), "compiler", None)
+        if getattr(compiler, "is_compiling", None) is None:  # torch not loaded (yet), or older than 2.3
+            return False
+        _TORCH_COMPILER = compiler
+    return bool(compiler.is_compiling())
 
 
 def is_traced(x: object) -> bool:
@@ -451,12 +464,13 @@ class _Notes:
     """The magnitudes noted in one scope: by identity (an entry holds its array, so the id is not reused),
     and by the memory read (:func:`_storage_key`), computed only when an identity lookup misses."""
 
-    __slots__ = ("by_id", "by_key", "unkeyed")
+    __slots__ = ("by_id", "by_key", "unkeyed", "pointers")
 
     def __init__(self) -> None:
         self.by_id: dict[int, tuple[float, bool, Any]] = {}
         self.by_key: dict[Any, tuple[float, bool, Any]] = {}
         self.unkeyed: list[tuple[float, bool, Any]] = []
+        self.pointers: set[int] | None = set()  # first-element addresses of the noted arrays (None: one has none)
 
     def get(self, x: Any) -> tuple[float, bool, Any] | None:
         hit = self.by_id.get(id(x))
@@ -464,6 +478,10 @@ class _Notes:
             return hit
         if not self.by_id:
             return None
+        if self.pointers is not None:  # a memory key starts with the address: another address cannot match
+            ptr = _data_pointer(x)
+            if ptr is not None and ptr not in self.pointers:
+                return None
         for entry in self.unkeyed:  # key the entries noted so far (once each)
             key = _storage_key(entry[2])
             if key is not None:
@@ -479,6 +497,12 @@ class _Notes:
         entry = (float(bound), bool(exact), x)
         self.by_id[id(x)] = entry
         self.unkeyed.append(entry)
+        if self.pointers is not None:
+            ptr = _data_pointer(x)
+            if ptr is None:
+                self.pointers = None
+            else:
+                self.pointers.add(ptr)
 
     def alias(self, view: Any, base: Any) -> None:
         hit = self.by_id.get(id(base))
@@ -520,6 +544,19 @@ class magnitude_scope:  # noqa: N801 - used like a function: ``with magnitude_sc
     def __exit__(self, *exc: object) -> None:
         if self._token is not None:
             _MAGNITUDES.reset(self._token)
+
+
+def _data_pointer(x: Any) -> int | None:
+    """The address of the first element of a NumPy array or strided torch tensor (the first part of its
+    :func:`_storage_key`), else ``None``."""
+    if type(x) is np.ndarray:
+        return int(x.__array_interface__["data"][0])
+    if _TORCH_TENSOR is not None and type(x) is _TORCH_TENSOR[0] and x.layout is _TORCH_TENSOR[2]:
+        try:
+            return int(x.data_ptr())
+        except (RuntimeError, TypeError, ValueError, NotImplementedError):  # symbolic or storage-less tensors
+            return None
+    return None
 
 
 def _storage_key(x: Any) -> Any:
@@ -618,11 +655,17 @@ def magnitude_bound_numpy(a: np.ndarray) -> tuple[float, bool]:
     flat = flat_view(a) if a.dtype in _SQRT_TINY else None
     if flat is None:
         return exact_max_abs_numpy(a), True
-    with np.errstate(over="ignore", invalid="ignore"):  # squares past the range: a non-finite bound, said below
-        s = float(np.dot(flat, flat))
+    s = sum_of_squares(flat)
     if not math.isfinite(s):
         return s, False
     return max(math.sqrt(s) * (1.0 + 2.0**-10), _SQRT_TINY[a.dtype]), False
+
+
+def sum_of_squares(flat: np.ndarray) -> float:
+    """``sum flat^2`` of a 1-D float array as one BLAS dot product: non-finite where an element is, or where
+    squares pass the dtype's range (without a warning)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.dot(flat, flat))
 
 
 def exact_max_abs_numpy(a: np.ndarray) -> float:
@@ -641,10 +684,8 @@ def all_finite(x: Any) -> bool:
         if view.size == 0:
             return True
         flat = flat_view(view) if view.dtype in _SQRT_TINY else None
-        if flat is not None:
-            with np.errstate(over="ignore", invalid="ignore"):  # squares past the range are not an error here
-                if math.isfinite(float(np.dot(flat, flat))):
-                    return True
+        if flat is not None and math.isfinite(sum_of_squares(flat)):  # squares past the range are not an error here
+            return True
         return bool(np.isfinite(view).all())
     xp = namespace(x)
     x = x.detach() if hasattr(x, "detach") else x

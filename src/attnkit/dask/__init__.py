@@ -196,8 +196,8 @@ def _partial(
 
     ``pattern``: a local-global pattern, applied as the boolean tile of the block's rows ``q0 + i`` and
     the shard's keys ``k0 + j`` (the causal condition then folds into it)."""
+    from .._threads import BlasOneThread
     from ..kernels import overflow
-    from ..kernels._threads import BlasOneThread
     from ..kernels.dense import sdpa_generic
 
     qh, kh, vh = (np.moveaxis(x, -2, -3) for x in (q, k, v))

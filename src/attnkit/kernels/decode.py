@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from .._array import Array, Namespace, is_numpy
+from .._threads import BlasOneThread, blas_limiter_available
 from . import overflow
-from ._threads import BlasOneThread, blas_limiter_available
 from .dense import NO_WINDOW, sdpa
 
 __all__ = ["cached_attention", "decode_numpy", "DECODE_ROWS"]

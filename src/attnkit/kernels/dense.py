@@ -27,8 +27,8 @@ import array_api_compat
 import numpy as np
 
 from .._array import Array, Namespace, check_scores, is_graph, is_numpy, is_torch
+from .._threads import BlasOneThread, blas_limiter_available
 from . import overflow
-from ._threads import BlasOneThread, blas_limiter_available
 from .gqa import group_keys, group_queries, group_slopes, kv_groups, needs_grouping, ungroup
 from .masks import alibi_bias, apply_mask_tile, causal_allowed, index_grid, window_allowed, window_skips
 from .overflow import dtype_max, times_gain
@@ -538,7 +538,7 @@ def _sdpa_in_range(
         from .engine import choose_engine, sdpa_torch_numpy
 
         work = 4.0 * math.prod(np.broadcast_shapes(q.shape[:-2], k.shape[:-2])) * q.shape[-2] * k.shape[-2] * q.shape[-1]
-        if choose_engine(engine, work=work, dtype=q.dtype) == "torch":
+        if choose_engine(engine, work=work, dtype=q.dtype, causal=causal) == "torch":
             out = sdpa_torch_numpy(q, k, v, **kw)
             if out is not None:
                 return out

@@ -66,8 +66,8 @@ from typing import Any
 
 import numpy as np
 
+from .._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool, set_num_threads
 from . import _accel
-from ._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool, set_num_threads
 
 __all__ = ["sdpa_numpy", "set_num_threads", "get_num_threads", "blas_limiter_available"]
 

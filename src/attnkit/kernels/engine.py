@@ -12,8 +12,11 @@ with AVX2 too; torch's wheels link MKL, NumPy's OpenBLAS. ``"auto"`` (the defaul
 1. torch is considered only when it is installed and either already imported (``sys.modules``; it
    costs nothing more) or the call is large enough (at least :data:`IMPORT_WORK` flops) that the
    seconds and hundreds of MB of ``import torch`` pay off;
-2. a short calibration (both engines, interleaved, at :data:`_POINTS`, well under a second) says which
-   engine is faster at the calibrated size nearest to the call's work; it is cached per machine in
+2. a short calibration (both engines, interleaved, at :data:`_POINTS`, about a second) says which
+   engine is faster at the calibrated point nearest to the call: the same masking (causal or not: torch's
+   kernel and the NumPy path skip the hidden key blocks at different speeds) and the nearest work
+   (``4 B H Lq Lk D``; the per-head length moves the ratio too, so the points run from one head of 512
+   to one head of 4096); it is cached per machine in
    the user cache directory (``platformdirs``, the ``fast`` extra; without it, once per process),
    keyed by CPU model, thread count and the libraries' versions. Each engine's time is its fastest
    of :data:`_REPEATS` interleaved runs (the one least disturbed by other processes); a calibration
@@ -50,15 +53,25 @@ ENGINES = ("auto", "numpy", "torch")
 #: flops (4 B H Lq Lk D) above which "auto" imports torch to use it (about 0.3 s of attention here)
 IMPORT_WORK = 3e10
 
-#: calibration points (B, H, L, D): a small and a medium problem; a call uses the nearest by work
-_POINTS = ((1, 1, 512, 64), (1, 4, 1024, 64))
+#: calibration points (B, H, L, D, causal): small, medium and long, each without and with the causal mask;
+#: a call uses the nearest by work among the points of its own masking
+_POINTS = (
+    (1, 1, 512, 64, False),
+    (1, 4, 1024, 64, False),
+    (1, 1, 4096, 64, False),
+    (1, 1, 512, 64, True),
+    (1, 4, 1024, 64, True),
+    (1, 1, 4096, 64, True),
+)
+#: the key prefix of a causal point in a calibration (``"causal:<log work>"``; plain ``"<log work>"`` otherwise)
+_CAUSAL = "causal:"
 #: torch is chosen where it is at least this much faster (ties keep the NumPy path: no torch calls)
 _MARGIN = 1.03
 #: interleaved runs of each engine per calibration point
 _REPEATS = 7
 #: a calibration is stored only where every engine's median run is within this factor of its fastest
 _STEADY = 1.25
-_VERSION = 2
+_VERSION = 3
 
 _lock = threading.Lock()
 _calibration: dict[str, float] | None = None
@@ -104,7 +117,7 @@ def cache_path() -> Path | None:
 def _machine_key() -> str:
     import torch
 
-    from ._threads import get_num_threads
+    from .._threads import get_num_threads
 
     threads = f"threads={get_num_threads()}|torch_threads={torch.get_num_threads()}"
     return f"v{_VERSION}|{cpu_model()}|{threads}|numpy={np.__version__}|torch={torch.__version__}"
@@ -114,8 +127,12 @@ def _work(b: int, h: int, lq: int, lk: int, d: int) -> float:
     return 4.0 * b * h * lq * lk * d
 
 
+def _point_key(work: float, causal: bool) -> str:
+    return f"{_CAUSAL if causal else ''}{math.log(max(work, 1.0)):.3f}"
+
+
 def _measure() -> tuple[dict[str, float], bool]:
-    """``({log(work): t_numpy / t_torch}, steady)`` at each calibration point: each engine's fastest of
+    """``({point key: t_numpy / t_torch}, steady)`` at each calibration point (:func:`_point_key`): each engine's fastest of
     :data:`_REPEATS` interleaved runs; ``steady`` where every median is within :data:`_STEADY` of its fastest."""
     import torch
 
@@ -124,12 +141,12 @@ def _measure() -> tuple[dict[str, float], bool]:
     rng = np.random.default_rng(0)
     result: dict[str, float] = {}
     steady = True
-    for b, h, length, d in _POINTS:
+    for b, h, length, d, causal in _POINTS:
         q, k, v = (rng.standard_normal((b, h, length, d), dtype=np.float32) for _ in range(3))
         scale = 1.0 / math.sqrt(d)
         fns = {
-            "numpy": lambda q=q, k=k, v=v, s=scale: sdpa_numpy(q, k, v, scale=s),
-            "torch": lambda q=q, k=k, v=v, s=scale: sdpa_torch_numpy(q, k, v, scale=s, torch=torch),
+            "numpy": lambda q=q, k=k, v=v, s=scale, c=causal: sdpa_numpy(q, k, v, scale=s, causal=c),
+            "torch": lambda q=q, k=k, v=v, s=scale, c=causal: sdpa_torch_numpy(q, k, v, scale=s, causal=c, torch=torch),
         }
         times: dict[str, list[float]] = {n: [] for n in fns}
         for f in fns.values():  # warm up
@@ -140,7 +157,7 @@ def _measure() -> tuple[dict[str, float], bool]:
                 f()
                 times[n].append(time.perf_counter() - t0)
         steady = steady and all(float(np.median(t)) <= _STEADY * min(t) for t in times.values())
-        result[f"{math.log(_work(b, h, length, length, d)):.3f}"] = min(times["numpy"]) / min(times["torch"])
+        result[_point_key(_work(b, h, length, length, d), causal)] = min(times["numpy"]) / min(times["torch"])
     return result, steady
 
 
@@ -173,9 +190,10 @@ def calibration(refresh: bool = False) -> dict[str, float]:
         return _calibration
 
 
-def choose_engine(engine: str, *, work: float, dtype: Any) -> str:
-    """The engine for one NumPy call of ``work`` flops: ``engine`` itself unless it is ``"auto"``
-    (then ``$ATTNKIT_ENGINE``, if set, else the calibrated choice; see the module docstring)."""
+def choose_engine(engine: str, *, work: float, dtype: Any, causal: bool = False) -> str:
+    """The engine for one NumPy call of ``work`` flops (``4 B H Lq Lk D``, the mask not counted): ``engine``
+    itself unless it is ``"auto"`` (then ``$ATTNKIT_ENGINE``, if set, else the calibrated choice at the
+    nearest point of the same masking, ``causal`` or not; see the module docstring)."""
     if engine == "auto":
         env = os.environ.get("ATTNKIT_ENGINE", "").strip().lower()
         if env in ("numpy", "torch"):
@@ -190,7 +208,8 @@ def choose_engine(engine: str, *, work: float, dtype: Any) -> str:
     if not ratios:
         return "numpy"
     lw = math.log(max(work, 1.0))
-    nearest = min(ratios, key=lambda a: abs(float(a) - lw))
+    same = [a for a in ratios if a.startswith(_CAUSAL) == causal] or list(ratios)
+    nearest = min(same, key=lambda a: abs(float(a.removeprefix(_CAUSAL)) - lw))
     return "torch" if ratios[nearest] >= _MARGIN else "numpy"
 
 

@@ -59,8 +59,8 @@ import numpy as np
 
 from .._array import Array, Namespace, broadcast_shapes, is_numpy, is_torch, is_traced
 from .._array import length as _dim
+from .._threads import BlasOneThread, get_num_threads, get_pool
 from ..errors import ConfigError
-from ._threads import BlasOneThread, get_num_threads, get_pool
 from .gqa import group_keys, group_queries, needs_grouping, ungroup
 
 __all__ = [

@@ -35,8 +35,8 @@ import numpy as np
 
 from .._array import Array, Namespace
 from .._array import length as _dim
+from .._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool
 from . import _accel, overflow
-from ._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool
 from .dense import sdpa
 from .gqa import group_keys, group_queries, needs_grouping, ungroup
 from .masks import apply_mask, apply_mask_tile, index_grid, mask_tile

@@ -64,9 +64,9 @@ import numpy as np
 
 from .._array import Array, Namespace, as_float_array, check_finite, finite_float, is_traced, namespace, positive_int, shape_str
 from .._array import broadcast_shapes as _bshapes
+from .._threads import small_gemms
 from ..errors import AttentionError, ConfigError, ShapeError
 from . import stereographic as st
-from ._threads import small_gemms
 from .masks import mask_tile
 from .softmax import SMALL_TEMPERATURE, distance_logits, safe_softmax
 

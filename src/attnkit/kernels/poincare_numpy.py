@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool
+from .._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool
 
 __all__ = ["einstein_attention_numpy"]
 

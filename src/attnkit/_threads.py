@@ -81,7 +81,7 @@ def _default_threads() -> int:
 
 def set_num_threads(n: int | None) -> None:
     """Threads the NumPy fast path uses (``None``: ``$ATTNKIT_NUM_THREADS``, else BLAS's thread count)."""
-    from .._array import positive_int
+    from ._array import positive_int
 
     global _num_threads
     _num_threads = None if n is None else positive_int(n, "num_threads")
