@@ -18,7 +18,9 @@ queue of the dynamic batcher then rarely holds two requests, and batching cannot
   (1 x 100 x 128) and medium (32 queries over 256 keys of width 128) bodies, JSON and binary;
 * **dynamic batching**: the Open Inference Protocol route (binary tensor extension) of a ``multi_head``
   model (model_dim 128, 4 heads; query (1, 16, 128) per request) at concurrency 1, 8 and 32, with
-  batching on (``--max-batch-delay-ms 2``) and off (``--max-batch-size 1``), interleaved.
+  batching on (``--max-batch-delay-ms 2``) and off (``--max-batch-size 1``), interleaved repeats, with
+  the mean number of requests per forward (from the server's ``attnkit_batch_size`` histogram); with
+  ``--baseline-src``, also batching on with the older tree's batcher (``on_baseline``).
 
 "Server CPU" is user + system time of the server process and every process under it (its compute
 workers and their forkserver), from psutil, over the requests, divided by their number; "client CPU"
@@ -277,6 +279,17 @@ def median_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def batch_sizes(server: Server) -> tuple[float, float]:
+    """The sum and count of the server's ``attnkit_batch_size`` histogram (requests per forward)."""
+    text = httpx.get(server.base + "/metrics", timeout=10).text
+    found = {}
+    for line in text.splitlines():
+        for part in ("sum", "count"):
+            if line.startswith(f"attnkit_batch_size_{part}{{"):
+                found[part] = found.get(part, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found.get("sum", 0.0), found.get("count", 0.0)
+
+
 class _Done(Exception):
     pass
 
@@ -314,6 +327,8 @@ def main() -> int:
         }
         if ns.baseline_src:
             servers["baseline"] = Server(src=ns.baseline_src)
+            if not ns.only_overhead:  # the older batcher, batching on, beside ours
+                servers["baseline_models"] = Server("--models", repo, src=ns.baseline_src)
         try:
             # 1. overhead of a small binary request, inline lane on/off, beside GET /health; interleaved repeats
             cells: dict[str, list[dict[str, Any]]] = {}
@@ -356,9 +371,23 @@ def main() -> int:
             url, body, headers, decode, expected = kserve_request(rng)
             batch_rows = []
             for c in concs:
-                for name, label in (("default", "on"), ("batching_off", "off")):
-                    row = asyncio.run(load(servers[name], "POST", url, body, headers, ns.requests, c, decode, expected, ns.client))
-                    batch_rows.append({"batching": label, "query_shape": list(MODEL_QUERY), **row})
+                kinds = [("default", "on"), ("batching_off", "off"), *([("baseline_models", "on_baseline")] if "baseline_models" in servers else [])]
+                runs: dict[str, list[dict[str, Any]]] = {label: [] for _, label in kinds}
+                for _ in range(ns.repeats):
+                    for name, label in kinds:
+                        before = batch_sizes(servers[name])
+                        row = asyncio.run(load(servers[name], "POST", url, body, headers, ns.requests, c, decode, expected, ns.client))
+                        after = batch_sizes(servers[name])
+                        row["mean_batch_size"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
+                        runs[label].append(row)
+                for label, rows_ in runs.items():
+                    med = median_rows(rows_)
+                    med["mean_batch_size"] = round(statistics.median(r["mean_batch_size"] for r in rows_), 2)
+                    batch_rows.append({"batching": label, "query_shape": list(MODEL_QUERY), **med})
+                cell = {r["batching"]: r for r in batch_rows[-len(kinds) :]}
+                for label, row in cell.items():
+                    if label != "off" and cell["off"]["req_per_s"]:
+                        row["ratio_req_per_s_over_off"] = round(row["req_per_s"] / cell["off"]["req_per_s"], 2)
             report["dynamic_batching"] = batch_rows
         except _Done:
             pass
