@@ -339,22 +339,17 @@ async def _send_bytes(send: Send, content: bytes, media: str, headers: Mapping[s
 
 # ---------------------------------------------------------------------- middleware
 class _App(FastAPI):
-    """FastAPI whose hot route skips the middleware stack: a ``POST /v1/attention/...`` goes straight to
-    :meth:`_Guard.attention_route` (which checks the key, answers every error itself and records the
-    metrics), sparing it the error, telemetry and body-limit layers that it would only pass through.
-    Off when CORS is on (CORS must wrap every answer) or a ``root_path`` is set."""
+    """FastAPI whose hot routes skip the middleware stack: a ``POST /v1/attention/...`` or ``POST
+    /v2/models/{name}[/versions/{version}]/infer`` goes straight to :meth:`_Guard.fast_route` (which
+    checks the key, answers every error itself and records the metrics), sparing it the routing, error,
+    telemetry and body-limit layers that it would only pass through. Off when CORS is on (CORS must wrap
+    every answer) or a ``root_path`` is set."""
 
     attnkit_fast: Callable[[Scope, Receive, Send], Awaitable[bool]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         fast = self.attnkit_fast
-        if (
-            fast is not None
-            and scope["type"] == "http"
-            and scope.get("method") == "POST"
-            and scope["path"].startswith(_ATTENTION)
-            and await fast(scope, receive, send)
-        ):
+        if fast is not None and scope["type"] == "http" and scope.get("method") == "POST" and await fast(scope, receive, send):
             return
         await super().__call__(scope, receive, send)
 
@@ -362,9 +357,10 @@ class _App(FastAPI):
 class _Guard:
     """API key check and per-route metrics, as a plain ASGI middleware (cheap, and sees every answer)."""
 
-    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+    def __init__(self, app: ASGIApp, state: ServerState, application: Any = None) -> None:
         self.app = app
         self.state = state
+        self.application = application  # the FastAPI app (its state: models, batcher), for fast_route
         key = state.settings.api_key
         self.key = key.encode() if key else None
 
@@ -404,6 +400,71 @@ class _Guard:
         self.state.metrics.error(_route_of(scope), err.code)
         await error_response(err)(scope, receive, send)
 
+    async def fast_route(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer a ``POST`` on one of the hot paths (:meth:`attention_route`, :meth:`infer_route`) and
+        return True, or return False at once for any other path."""
+        path = scope["path"]
+        if path.startswith(_ATTENTION):
+            return await self.attention_route(scope, receive, send)
+        if path.startswith(_MODELS) and path.endswith("/infer") and self.application is not None:
+            return await self.infer_route(scope, receive, send)
+        return False
+
+    async def infer_route(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """``POST /v2/models/{name}[/versions/{version}]/infer`` (the Open Inference Protocol) as a raw ASGI
+        handler: the same answer as the FastAPI routes of these paths (:func:`.kserve.infer_answer`), key
+        check and route metrics included. Returns False at once for any other path."""
+        from . import kserve
+
+        parts = scope["path"].split("/")  # '', 'v2', 'models', name, 'infer' | name, 'versions', version, 'infer'
+        if len(parts) == 5 and parts[3]:
+            name, version, route = parts[3], None, _MODELS + "{name}/infer"
+        elif len(parts) == 7 and parts[3] and parts[4] == "versions" and parts[5]:
+            name, version, route = parts[3], parts[5], _MODELS + "{name}/versions/{version}/infer"
+        else:
+            return False
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            if self.key is not None and not self._authorised(scope):
+                route, status = _route_of(scope), 401
+                await self._unauthorised(scope, receive, send)
+                return True
+            length = header_length = None
+            for key, value in scope.get("headers", ()):
+                key = key.lower()
+                if key == b"content-length" and length is None:
+                    length = value.decode("latin-1")
+                elif key == b"inference-header-content-length" and header_length is None:
+                    header_length = value.decode("latin-1")
+            s = self.state.settings
+            try:
+                response = await kserve.infer_answer(
+                    self.application, name, version, header_length, lambda: receive_body(receive, length, s.max_body_bytes, 30.0)
+                )
+            except _Disconnected:
+                return True
+            except Exception as exc:  # noqa: BLE001 - mapped as the app's exception handlers map it
+                err = self._internal(scope, exc)
+                self.state.metrics.error(route, err.code)
+                await error_response(err)(scope, receive, send)
+                status = err.status
+                return True
+            await response(scope, receive, send)
+            status = response.status_code
+        finally:
+            self.state.metrics.observe(route, "POST", status, time.perf_counter() - t0)
+        return True
+
+    @staticmethod
+    def _internal(scope: Scope, exc: Exception) -> ApiError:
+        if isinstance(exc, ApiError):
+            return exc
+        if isinstance(exc, AttentionError):
+            return attention_error(exc)
+        log.exception("internal error on %s", scope.get("path", ""))
+        return ApiError(500, "internal", f"internal server error ({type(exc).__name__}); this is a bug in attnkit", "body")
+
     async def attention_route(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer a ``POST /v1/attention/{mechanism}[/scores]`` (key check, metrics and all) and return
         True, or return False at once for any other path. The application calls it before FastAPI's
@@ -442,13 +503,7 @@ class _Guard:
         except _Disconnected:
             return 500
         except Exception as exc:  # noqa: BLE001 - mapped exactly as the app's exception handlers map it
-            if isinstance(exc, ApiError):
-                err = exc
-            elif isinstance(exc, AttentionError):
-                err = attention_error(exc)
-            else:
-                log.exception("internal error on %s", scope.get("path", ""))
-                err = ApiError(500, "internal", f"internal server error ({type(exc).__name__}); this is a bug in attnkit", "body")
+            err = self._internal(scope, exc)
             state.metrics.error(route, err.code)
             await error_response(err)(scope, receive, send)
             return err.status
@@ -467,6 +522,7 @@ class _Guard:
 
 
 _ATTENTION = "/v1/attention/"
+_MODELS = "/v2/models/"
 
 
 def _route_of(scope: Scope) -> str:
@@ -617,7 +673,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(_Guard, state=state)
     if not settings.cors_origins and not app.root_path:
-        app.attnkit_fast = _Guard(app.router, state).attention_route
+        app.attnkit_fast = _Guard(app.router, state, app).fast_route
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
