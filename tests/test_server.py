@@ -651,11 +651,12 @@ def test_tiny_requests_run_inline_with_the_workers_answer_and_slow_kinds_never_d
 
 def test_garbage_collection_inside_an_inline_request_does_not_send_its_kind_to_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     """The inline budget is the request's own CPU time: a collection of the heap that a request happens to
-    trigger (tens of ms on a large heap) is not charged to it; the request's own overrun still is."""
+    trigger (tens of ms on a large heap) is not charged to it; the request's own overruns are, and
+    OVERRUNS of them in a row send its kind to the workers (one alone does not)."""
     import gc
 
     from attnkit.server import codec
-    from attnkit.server.inline import BUDGET_S, InlineLane
+    from attnkit.server.inline import BUDGET_S, OVERRUNS, InlineLane
 
     q, k = rand(128, seed=5), rand(100, 128, seed=6)
     body = q.tobytes() + k.tobytes() + k.tobytes()
@@ -696,6 +697,14 @@ def test_garbage_collection_inside_an_inline_request_does_not_send_its_kind_to_t
         burn(4 * BUDGET_S)
         return respond(*args, **kwargs)
 
+    def once() -> Any:
+        return lane.attention("scaled_dot_product", codec.OCTET, body, headers, {}, codec.OCTET, False)
+
     monkeypatch.setattr(lane.compute, "respond", respond_slowly)
-    assert lane.attention("scaled_dot_product", codec.OCTET, body, headers, {}, codec.OCTET, False)[0] is not None  # answered, then:
-    assert lane.attention("scaled_dot_product", codec.OCTET, body, headers, {}, codec.OCTET, False) == (None, None)  # to the workers
+    assert once()[0] is not None  # one overrun (a hiccup of a shared machine looks the same): still inline
+    monkeypatch.setattr(lane.compute, "respond", respond)
+    assert once()[0] is not None  # within the budget: the count starts again
+    monkeypatch.setattr(lane.compute, "respond", respond_slowly)
+    for _ in range(OVERRUNS):
+        assert once()[0] is not None  # answered inline, while it overruns ...
+    assert once() == (None, None)  # ... OVERRUNS times in a row: to the workers for good
