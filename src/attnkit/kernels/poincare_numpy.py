@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from .._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool
 
-__all__ = ["einstein_attention_numpy"]
+__all__ = ["einstein_attention_numpy", "run_tiles"]
 
 #: scores in one query tile (its float64 distance tile is 512 KB: an L2 cache of a core)
 _TILE = 1 << 16
@@ -117,9 +117,33 @@ class _Plan:
             np.exp(z, out=z)
         np.matmul(z, self.item(self.vf, b), out=self.item(self.out, b)[i0:i1])
 
-    def run(self, tasks: Iterator[tuple[int, int, int]] | Sequence[tuple[int, int, int]]) -> None:
+    def run(self, tasks: Iterable[tuple[int, int, int]]) -> None:
         for b, i0, i1 in tasks:
             self.tile(b, i0, i1)
+
+
+def run_tiles(run: Callable[[Iterable[tuple[int, int, int]]], None], tasks: Sequence[tuple[int, int, int]], num_threads: int | None) -> None:
+    """``run(tasks)`` on attnkit's thread pool: each of ``num_threads`` threads (default
+    :func:`~attnkit._threads.get_num_threads`; the caller's is one) takes the next task until none is left,
+    with BLAS held to one thread; in the caller's thread alone without threadpoolctl."""
+    threads = num_threads if num_threads is not None else get_num_threads()
+    threads = max(1, min(int(threads), len(tasks)))
+    if not blas_limiter_available():
+        run(tasks)
+        return
+    if threads == 1:
+        with BlasOneThread():
+            run(tasks)
+        return
+    feed = _Feed(tasks)
+    pool = get_pool(threads - 1)
+    with BlasOneThread():
+        futures: list[Future[None]] = [pool.submit(run, feed) for _ in range(threads - 1)]
+        try:
+            run(feed)
+        finally:
+            for f in futures:
+                f.result()
 
 
 def einstein_attention_numpy(
@@ -157,25 +181,5 @@ def einstein_attention_numpy(
     out = np.empty((*batch, m, dv + 1), dtype=f32)
     plan = _Plan(views[0], views[1], views[2], mk, 1.0 / (temperature * math.sqrt(c)), batch, out)
     rows = min(m, max(_MIN_ROWS, _TILE // n))
-    tasks = [(b, i0, min(m, i0 + rows)) for b in range(nb) for i0 in range(0, m, rows)]
-    threads = num_threads if num_threads is not None else get_num_threads()
-    threads = max(1, min(int(threads), len(tasks)))
-    if not blas_limiter_available():
-        threads = 1
-    if threads == 1:
-        if blas_limiter_available():
-            with BlasOneThread():
-                plan.run(tasks)
-        else:
-            plan.run(tasks)
-    else:
-        feed = _Feed(tasks)
-        pool = get_pool(threads - 1)
-        with BlasOneThread():
-            futures: list[Future[None]] = [pool.submit(plan.run, feed) for _ in range(threads - 1)]
-            try:
-                plan.run(feed)
-            finally:
-                for f in futures:
-                    f.result()
+    run_tiles(plan.run, [(b, i0, min(m, i0 + rows)) for b in range(nb) for i0 in range(0, m, rows)], num_threads)
     return klein_ratio(out, c, eps, np)

@@ -52,7 +52,7 @@ from ..errors import ConfigError, ShapeError
 from ..kernels import poincare as pc
 from ..kernels import stereographic as st
 from ..kernels.dense import sdpa
-from ..kernels.softmax import distance_logits, safe_softmax
+from ..kernels.softmax import SMALL_TEMPERATURE, distance_logits, safe_softmax
 from ._headless import prepare_headless
 from .base import Mechanism
 from .registry import register
@@ -254,27 +254,49 @@ class MixedCurvatureAttention(Mechanism):
             raise ConfigError("factor_weights: every factor has weight 0")
         return _safe_sqrt(sq, xp)
 
-    def _weights(self, params: Mapping[str, Array], q: Any, keys: Any, values: Any, mask: Any) -> tuple:
+    def _inputs(self, params: Mapping[str, Array], q: Any, keys: Any, values: Any, mask: Any) -> tuple:
+        """The validated inputs, each factor's coordinates of the queries, keys and values, and the κ."""
         h = prepare_headless(q, keys, values, mask, dim=self.dim, check=self.check_finite, values_width=self.dim, compute=pc.geometry_dtype)
         xp = h.xp
         kappas = self._kappas_for(params, h.q, xp)
         qs = self._split(h.q, "query", xp, True, kappas)
         ks = self._split(h.k, "key", xp, keys is not None, kappas)
         vs = self._split(h.v, "value", xp, values is not None, kappas)
-        logits = distance_logits(self._distances(qs, ks, kappas, xp), self.temperature, h.mask, xp)
-        return h, safe_softmax(logits, xp, axis=-1), vs, kappas
+        return h, qs, ks, vs, kappas
+
+    def _weights(self, params: Mapping[str, Array], q: Any, keys: Any, values: Any, mask: Any) -> tuple:
+        h, qs, ks, vs, kappas = self._inputs(params, q, keys, values, mask)
+        logits = distance_logits(self._distances(qs, ks, kappas, h.xp), self.temperature, h.mask, h.xp)
+        return h, safe_softmax(logits, h.xp, axis=-1), vs, kappas
+
+    def _fast_aggregates(self, h: Any, qs: list[Array], ks: list[Array], vs: list[Array], kappas: list[Any]) -> list[Array] | None:
+        """Each factor's aggregate from the tiled NumPy float32 path (:mod:`attnkit.kernels.product_numpy`),
+        or ``None`` where it does not apply (learned or spherical curvatures, Fréchet means, tiny temperatures,
+        other libraries and dtypes): the same formulas as the generic path, in ``O(rows * Lk)`` memory."""
+        if self.learn_curvature or self.aggregation != "einstein" or self.temperature < SMALL_TEMPERATURE:
+            return None
+        if not all(isinstance(k, float) and k <= 0.0 for k in kappas):
+            return None
+        from ..kernels.product_numpy import product_attention_numpy
+
+        factors = [(-k, float(fw)) for k, fw in zip(kappas, self.factor_weights, strict=True)]
+        return product_attention_numpy(qs, ks, vs, factors, self.temperature, h.mask, pc.margin(h.out_dtype))
 
     def _forward(self, params: Mapping[str, Array], query: Any, key: Any, value: Any, *, mask: Any = None) -> Array:
         """Output points ``(..., Lq, dim)`` (``(dim,)`` for a single query)."""
-        h, w, vs, kappas = self._weights(params, query, key, value, mask)
+        h, qs, ks, vs, kappas = self._inputs(params, query, key, value, mask)
         xp = h.xp
         eps = pc.margin(h.out_dtype)
+        fast = self._fast_aggregates(h, qs, ks, vs, kappas)
+        if fast is None:
+            logits = distance_logits(self._distances(qs, ks, kappas, xp), self.temperature, h.mask, xp)
+            w = safe_softmax(logits, xp, axis=-1)
         parts = []
-        for (_, k0), k, vf in zip(self.factors, kappas, vs, strict=True):
+        for i, ((_, k0), k, vf) in enumerate(zip(self.factors, kappas, vs, strict=True)):
             if k0 == 0.0:
-                parts.append(w @ vf)  # the gyromidpoint at κ = 0 (rows of w sum to 1, or are 0)
+                parts.append(w @ vf if fast is None else fast[i])  # the gyromidpoint at κ = 0 (rows of w sum to 1, or are 0)
                 continue
-            o = st.project(st.midpoint_aggregate(w, vf, k, xp), k, eps, xp)
+            o = st.project(st.midpoint_aggregate(w, vf, k, xp) if fast is None else fast[i], k, eps, xp)
             if self.aggregation == "frechet":
                 o = st.frechet_aggregate(w, vf, k, xp, iters=self.frechet_iters, tol=self._frechet_tol(o.dtype), init=o, eps=eps)
             if self.input_space == "tangent":
