@@ -44,7 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import AttentionError
 from ..mechanisms import registry
-from . import codec, protocol
+from . import codec, kserve, protocol
 from .codec import ApiError
 from .compute import attention_error
 from .docs import install_docs, install_openapi, ref
@@ -414,8 +414,6 @@ class _Guard:
         """``POST /v2/models/{name}[/versions/{version}]/infer`` (the Open Inference Protocol) as a raw ASGI
         handler: the same answer as the FastAPI routes of these paths (:func:`.kserve.infer_answer`), key
         check and route metrics included. Returns False at once for any other path."""
-        from . import kserve
-
         parts = scope["path"].split("/")  # '', 'v2', 'models', name, 'infer' | name, 'versions', version, 'infer'
         if len(parts) == 5 and parts[3]:
             name, version, route = parts[3], None, _MODELS + "{name}/infer"

@@ -26,8 +26,9 @@ elements that are already in memory; its mechanism is either cached or was built
 the budget. So an inline request takes a few milliseconds at most, while the limit it must meet is
 at least 20 times the budget: it cannot run past its limit. A mechanism whose real cost the estimate
 misjudges (Python loops over tiny tensors) overruns the budget at most :data:`OVERRUNS` times in a row
-per ``(name, options)`` before it is sent to the workers. What the lane gives up is only what the workers add for large work:
-a kill on timeout and a memory cap, neither of which a request this small can need.
+per ``(name, options)`` before it is sent to the workers. What the lane gives up is only what the
+workers add for large work: a kill on timeout and a memory cap, neither of which a request this small
+can need.
 """
 
 from __future__ import annotations
