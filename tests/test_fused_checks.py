@@ -341,3 +341,42 @@ def test_float_mask_output_still_checked(monkeypatch: pytest.MonkeyPatch) -> Non
     checked.clear()
     FlashAttention(heads=2, dim=4).forward(q, k, v)
     assert not checked  # a plain call: the kernel's bound stands for the check
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    k=st.integers(1, 200),
+    mv=st.floats(min_value=1e-20, max_value=1e30),
+    dtype=st.sampled_from(["float32", "float64"]),
+    masked=st.booleans(),
+    one_query=st.booleans(),
+)
+def test_neighbour_output_bound_holds(k: int, mv: float, dtype: str, masked: bool, one_query: bool) -> None:
+    """Neighbour attention notes max|v| * k for its output (no output pass): the note is >= max|out|."""
+    from attnkit.kernels.neighbour import neighbour_attention
+
+    rng = np.random.default_rng(k)
+    lead = () if one_query else (3,)
+    q = rng.standard_normal((*lead, 8)).astype(dtype)
+    keys = rng.standard_normal((*lead, k, 8)).astype(dtype)
+    values = (rng.standard_normal((*lead, k, 5)) * mv).astype(dtype)
+    mask = rng.random((*lead, k)) < 0.6 if masked else None
+    with magnitude_scope():
+        for name, x in zip(ARGS, (q, keys, values), strict=True):
+            check_finite(x, name, np)
+        out = neighbour_attention(q, keys, values, xp=np, scale=0.3, mask=mask)
+        known = known_magnitude(out)
+    assert known is not None and math.isfinite(known[0]) and known[0] >= float(np.max(np.abs(out.astype(np.float64))))
+
+
+def test_neighbour_float_mask_output_still_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked = []
+    all_finite = overflow._all_finite
+    monkeypatch.setattr(overflow, "_all_finite", lambda x: checked.append(1) or all_finite(x))
+    rng = np.random.default_rng(0)
+    q, keys = rng.standard_normal(4).astype(np.float32), rng.standard_normal((6, 4)).astype(np.float32)
+    attnkit.ScaledDotProduct(4).forward(q, keys, keys, mask=np.zeros(6, np.float32))
+    assert checked
+    checked.clear()
+    attnkit.ScaledDotProduct(4).forward(q, keys, keys)
+    assert not checked

@@ -647,3 +647,64 @@ def test_tiny_requests_run_inline_with_the_workers_answer_and_slow_kinds_never_d
         for _ in range(3):
             assert c.post("/v1/attention/scaled_dot_product", content=q.tobytes() + k.tobytes() + k.tobytes(), headers=headers).status_code == 200
         assert srv.server.config.app.state.attnkit.inline.served == 0
+
+
+def test_garbage_collection_inside_an_inline_request_does_not_send_its_kind_to_the_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inline budget is the request's own CPU time: a collection of the heap that a request happens to
+    trigger (tens of ms on a large heap) is not charged to it; the request's own overruns are, and
+    OVERRUNS of them in a row send its kind to the workers (one alone does not)."""
+    import gc
+
+    from attnkit.server import codec
+    from attnkit.server.inline import BUDGET_S, OVERRUNS, InlineLane
+
+    q, k = rand(128, seed=5), rand(100, 128, seed=6)
+    body = q.tobytes() + k.tobytes() + k.tobytes()
+    headers = {"x-attnkit-query-shape": "128", "x-attnkit-keys-shape": "100,128", "x-attnkit-values-shape": "100,128"}
+    want = attnkit.ScaledDotProduct(dim=128).forward(q, k, k)
+
+    def burn(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    def slow_collector(phase: str, info: dict) -> None:
+        if phase == "start":
+            burn(4 * BUDGET_S)
+
+    lane = InlineLane(Settings())
+    first, key = lane.attention("scaled_dot_product", codec.OCTET, body, headers, {}, codec.OCTET, False)
+    assert first is None and key is not None  # a kind's first request runs in a worker
+    lane.worker_done(key, {"X-Attnkit-Elapsed-Ms": "0.5"})
+    respond = lane.compute.respond
+
+    def respond_with_gc(*args: Any, **kwargs: Any) -> Any:
+        gc.collect()
+        return respond(*args, **kwargs)
+
+    monkeypatch.setattr(lane.compute, "respond", respond_with_gc)
+    gc.callbacks.append(slow_collector)
+    try:
+        answer, _ = lane.attention("scaled_dot_product", codec.OCTET, body, headers, {}, codec.OCTET, False)
+    finally:
+        gc.callbacks.remove(slow_collector)
+    assert answer is not None
+    np.testing.assert_array_equal(np.frombuffer(answer[0], np.float32), want)
+    answer, _ = lane.attention("scaled_dot_product", codec.OCTET, body, headers, {}, codec.OCTET, False)
+    assert answer is not None and lane.served == 2  # still inline
+
+    def respond_slowly(*args: Any, **kwargs: Any) -> Any:
+        burn(4 * BUDGET_S)
+        return respond(*args, **kwargs)
+
+    def once() -> Any:
+        return lane.attention("scaled_dot_product", codec.OCTET, body, headers, {}, codec.OCTET, False)
+
+    monkeypatch.setattr(lane.compute, "respond", respond_slowly)
+    assert once()[0] is not None  # one overrun (a hiccup of a shared machine looks the same): still inline
+    monkeypatch.setattr(lane.compute, "respond", respond)
+    assert once()[0] is not None  # within the budget: the count starts again
+    monkeypatch.setattr(lane.compute, "respond", respond_slowly)
+    for _ in range(OVERRUNS):
+        assert once()[0] is not None  # answered inline, while it overruns ...
+    assert once() == (None, None)  # ... OVERRUNS times in a row: to the workers for good

@@ -17,7 +17,7 @@ from attnkit.mechanisms import registry  # noqa: E402
 from attnkit.server.batching import DynamicBatcher  # noqa: E402
 
 
-def _batcher(mech: object, delay_s: float, max_batch: int = 64) -> tuple[DynamicBatcher, list[int]]:
+def _batcher(mech: object, delay_s: float, max_batch: int = 64, max_in_flight: int | None = None) -> tuple[DynamicBatcher, list[int]]:
     calls: list[int] = []
     gate = threading.Event()
 
@@ -33,7 +33,7 @@ def _batcher(mech: object, delay_s: float, max_batch: int = 64) -> tuple[Dynamic
     async def run(fn):  # type: ignore[no-untyped-def]
         return await asyncio.get_running_loop().run_in_executor(None, fn)
 
-    b = DynamicBatcher(run, forward, delay_s, max_batch)
+    b = DynamicBatcher(run, forward, delay_s, max_batch, max_in_flight)
     b._gate = gate  # type: ignore[attr-defined]
     return b, calls
 
@@ -106,6 +106,45 @@ def test_max_batch_size_bounds_a_merge() -> None:
 
     calls = asyncio.run(main())
     assert calls[0] == 2 and max(calls) <= 4 and sum(calls) == 10
+
+
+def test_a_full_queue_starts_at_once_and_the_delay_respects_max_in_flight() -> None:
+    """The dispatch rules: a queue that holds max_batch_size items runs without waiting for the running batch
+    or the delay; an expired delay starts no batch beyond max_in_flight (the queue runs, merged, when the
+    running batch ends); answers are the unbatched bits."""
+    mech = registry.create("multi_head", model_dim=8, heads=2, seed=0)
+    rng = np.random.default_rng(3)
+    qs = [rng.standard_normal((1, 4, 8)).astype(np.float32) for _ in range(9)]
+
+    async def full_queue() -> list[np.ndarray]:
+        b, calls = _batcher(mech, delay_s=5.0, max_batch=4)
+        first = asyncio.ensure_future(b.submit("m", mech, {"query": qs[0]}))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(b.submit("m", mech, {"query": q})) for q in qs[1:5]]
+        await asyncio.sleep(0.05)
+        assert calls == [1, 4]  # four queued: ran beside the blocked first one, long before the 5 s delay
+        b._gate.set()  # type: ignore[attr-defined]
+        return await asyncio.gather(first, *rest)
+
+    async def bounded_delay(max_in_flight: int | None) -> tuple[list[int], list[int], list[np.ndarray]]:
+        b, calls = _batcher(mech, delay_s=0.01, max_in_flight=max_in_flight)
+        first = asyncio.ensure_future(b.submit("m", mech, {"query": qs[0]}))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(b.submit("m", mech, {"query": q})) for q in qs[1:4]]
+        await asyncio.sleep(0.1)  # the delay has expired ten times over
+        before = list(calls)
+        b._gate.set()  # type: ignore[attr-defined]
+        return before, calls, await asyncio.gather(first, *rest)
+
+    outs = asyncio.run(full_queue())
+    before, calls, outs_bounded = asyncio.run(bounded_delay(1))
+    assert before == [1] and calls == [1, 3]  # one batch in flight at most: the three waited and ran as one
+    unbounded_before, _, _ = asyncio.run(bounded_delay(None))
+    assert unbounded_before == [1, 3]  # without the bound the delay starts them beside the running batch
+    for q, o in zip(qs[:5], outs, strict=True):
+        np.testing.assert_array_equal(o, mech.forward(q))
+    for q, o in zip(qs[:4], outs_bounded, strict=True):
+        np.testing.assert_array_equal(o, mech.forward(q))
 
 
 def test_live_server_concurrent_tritonclient_requests_match_the_library(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -280,6 +280,50 @@ def test_protocol_health_metadata_and_errors(repo: Path) -> None:
     assert all(p["name"] != "version" for p in paths["/v2/models/{name}/infer"]["post"]["parameters"])
 
 
+def test_the_raw_infer_handler_answers_as_the_fastapi_route(repo: Path) -> None:
+    """``POST /v2/models/.../infer`` is answered ahead of FastAPI's middleware (CORS off) and by the FastAPI
+    route (CORS on): the same status, body and headers for answers and errors, the key checked, and the
+    same route and per-model metrics."""
+    fast, routed = client(repo), client(repo, cors_origins=("http://example.org",))
+    assert fast.app.attnkit_fast is not None and routed.app.attnkit_fast is None
+    q = rand(2, 3, 8, seed=4)
+    raw = q.tobytes()
+    head = json.dumps({"inputs": [{"name": "query", "shape": [2, 3, 8], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}],
+                       "outputs": [{"name": "output", "parameters": {"binary_data": True}}]}).encode()  # fmt: skip
+    binary = {"content": head + raw, "headers": {**KEY, "Inference-Header-Content-Length": str(len(head))}}
+    good = {"json": {"inputs": [{"name": "query", "shape": [2, 3, 8], "datatype": "FP32", "data": q.ravel().tolist()}]}, "headers": KEY}
+    requests = [
+        ("/v2/models/plain/infer", binary), ("/v2/models/plain/infer", good), ("/v2/models/plain/versions/1/infer", good),
+        ("/v2/models/plain/versions/2/infer", good), ("/v2/models/nope/infer", good), ("/v2/models/plain/infer", {"json": good["json"]}),
+        ("/v2/models/plain/infer", {"content": b'{"inputs": [', "headers": KEY}),
+        ("/v2/models/plain/infer", {"content": head + raw[:-4], "headers": binary["headers"]}),
+    ]  # fmt: skip
+    for path, kw in requests:
+        a, b = fast.post(path, **kw), routed.post(path, **kw)
+        assert (a.status_code, a.content) == (b.status_code, b.content), path
+        for h in ("content-type", "inference-header-content-length", "www-authenticate"):
+            assert a.headers.get(h) == b.headers.get(h), (path, h)
+    out = fast.post("/v2/models/plain/infer", **binary)
+    n = int(out.headers["inference-header-content-length"])
+    np.testing.assert_array_equal(
+        np.frombuffer(out.content[n:], np.float32).reshape(2, 3, 8), registry.create("self", model_dim=8, heads=4, seed=0).forward(q)
+    )
+    for c, answered in ((fast, 3), (routed, 2)):  # route metrics are the app's own
+        metrics = c.get("/metrics", headers=KEY).text
+        assert f'attnkit_requests_total{{method="POST",route="/v2/models/{{name}}/infer",status="200"}} {answered}.0' in metrics
+        assert 'attnkit_requests_total{method="POST",route="/v2/models/{name}/versions/{version}/infer",status="404"} 1.0' in metrics
+
+    def model_count() -> float:  # the per-model metrics are the process's
+        line = next(
+            x for x in fast.get("/metrics", headers=KEY).text.splitlines() if x.startswith('attnkit_model_requests_total{model="plain",status="200"}')
+        )
+        return float(line.rsplit(" ", 1)[1])
+
+    before = model_count()
+    assert fast.post("/v2/models/plain/infer", **binary).status_code == 200
+    assert model_count() == before + 1
+
+
 @contextlib.contextmanager
 def live_server(settings: Settings) -> Iterator[str]:
     app = create_app(settings)

@@ -233,6 +233,11 @@ def test_slow_clients_are_cut_off_with_408(srv: Any) -> None:
     body_start = b"POST /v1/attention/flash HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
     status, err = _raw(srv, body_start)
     assert (status, err["code"], err["field"]) == (408, "body_timeout", "body")
+    # the routes behind FastAPI read their bodies the same way (app.read_body)
+    status, err = _raw(srv, body_start.replace(b"/v1/attention/flash", b"/v1/batch"))
+    assert (status, err["code"], err["field"]) == (408, "body_timeout", "body")
+    status, err = _raw(srv, b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 999999999999\r\n\r\n{")
+    assert (status, err["code"], err["field"]) == (413, "body_too_large", "body")
 
 
 # ------------------------------------------------------------------ cache and admission, in-process

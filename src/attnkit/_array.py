@@ -464,13 +464,13 @@ class _Notes:
     """The magnitudes noted in one scope: by identity (an entry holds its array, so the id is not reused),
     and by the memory read (:func:`_storage_key`), computed only when an identity lookup misses."""
 
-    __slots__ = ("by_id", "by_key", "unkeyed", "pointers")
+    __slots__ = ("by_id", "by_key", "unkeyed", "tags")
 
     def __init__(self) -> None:
         self.by_id: dict[int, tuple[float, bool, Any]] = {}
         self.by_key: dict[Any, tuple[float, bool, Any]] = {}
         self.unkeyed: list[tuple[float, bool, Any]] = []
-        self.pointers: set[int] | None = set()  # first-element addresses of the noted arrays (None: one has none)
+        self.tags: set[int] | None = set()  # the noted arrays' memory tags (:func:`_memory_tag`; None: one has none)
 
     def get(self, x: Any) -> tuple[float, bool, Any] | None:
         hit = self.by_id.get(id(x))
@@ -478,9 +478,9 @@ class _Notes:
             return hit
         if not self.by_id:
             return None
-        if self.pointers is not None:  # a memory key starts with the address: another address cannot match
-            ptr = _data_pointer(x)
-            if ptr is not None and ptr not in self.pointers:
+        if self.tags is not None:  # another tag: not worth computing memory keys for (see _memory_tag)
+            tag = _memory_tag(x)
+            if tag is not None and tag not in self.tags:
                 return None
         for entry in self.unkeyed:  # key the entries noted so far (once each)
             key = _storage_key(entry[2])
@@ -497,12 +497,12 @@ class _Notes:
         entry = (float(bound), bool(exact), x)
         self.by_id[id(x)] = entry
         self.unkeyed.append(entry)
-        if self.pointers is not None:
-            ptr = _data_pointer(x)
-            if ptr is None:
-                self.pointers = None
+        if self.tags is not None:
+            tag = _memory_tag(x)
+            if tag is None:
+                self.tags = None
             else:
-                self.pointers.add(ptr)
+                self.tags.add(tag)
 
     def alias(self, view: Any, base: Any) -> None:
         hit = self.by_id.get(id(base))
@@ -546,11 +546,15 @@ class magnitude_scope:  # noqa: N801 - used like a function: ``with magnitude_sc
             _MAGNITUDES.reset(self._token)
 
 
-def _data_pointer(x: Any) -> int | None:
-    """The address of the first element of a NumPy array or strided torch tensor (the first part of its
-    :func:`_storage_key`), else ``None``."""
+def _memory_tag(x: Any) -> int | None:
+    """A cheap tag that arrays reading the same memory usually share (``None``: none): the object owning a
+    NumPy array's memory (``x.base``, which NumPy keeps pointing at the owner through views of views;
+    the data pointer costs 2 us a call) and a strided torch tensor's data pointer. Only a filter before
+    :func:`_storage_key`: two arrays that read the same memory under different tags (a NumPy view of a
+    torch tensor) are merely not recognised, which costs a second pass, never a wrong bound."""
     if type(x) is np.ndarray:
-        return int(x.__array_interface__["data"][0])
+        base = x.base
+        return id(x if base is None else base)
     if _TORCH_TENSOR is not None and type(x) is _TORCH_TENSOR[0] and x.layout is _TORCH_TENSOR[2]:
         try:
             return int(x.data_ptr())

@@ -60,5 +60,11 @@ def neighbour_attention(q: Array, keys: Array, values: Array, *, xp: Namespace, 
         )
     w = neighbour_weights(q, keys, xp=xp, scale=scale, mask=mask, _checked=True)  # the logits were bounded just above
     if is_numpy(xp) and w.ndim == 1 and values.ndim == 2:
-        return w @ values
-    return (w[..., None, :] @ values)[..., 0, :]
+        out = w @ values
+    else:
+        out = (w[..., None, :] @ values)[..., 0, :]
+    if mask is None or str(mask.dtype).endswith("bool"):
+        # softmax weights over value rows in range: the forward's output check has nothing to find (a float
+        # mask could overflow the logits; see overflow.note_convex_combination)
+        overflow.note_convex_combination(out, values, int(keys.shape[-2]))
+    return out

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -37,12 +38,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import AttentionError
 from ..mechanisms import registry
-from . import codec, protocol
+from . import codec, kserve, protocol
 from .codec import ApiError
 from .compute import attention_error
 from .docs import install_docs, install_openapi, ref
@@ -220,36 +222,12 @@ class ServerState:
 
 async def read_body(request: Request, limit: int, chunk_timeout_s: float = 30.0) -> bytes:
     """The request body, refusing (413) as soon as it grows past ``limit`` bytes and (408) when no part
-    of it arrives for ``chunk_timeout_s`` seconds."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            n = int(length)
-        except ValueError:
-            raise ApiError(400, "bad_request", f"Content-Length: expected an integer, got {length[:40]!r}", "Content-Length") from None
-        if n > limit:
-            raise ApiError(413, "body_too_large", f"body: at most {limit} bytes, got {n}", "body")
-    chunks = []
-    size = 0
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(stream.__anext__(), timeout=chunk_timeout_s)
-        except StopAsyncIteration:
-            break
-        except asyncio.TimeoutError:
-            raise ApiError(
-                408,
-                "body_timeout",
-                f"body: no data for {chunk_timeout_s:g} s while reading the request body",
-                "body",
-                headers={"Connection": "close"},
-            ) from None
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", f"body: at most {limit} bytes, got more", "body")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    of it arrives for ``chunk_timeout_s`` seconds (:func:`receive_body` on the request's ASGI ``receive``:
+    one timer per chunk instead of a task; a client gone before the end is Starlette's ``ClientDisconnect``)."""
+    try:
+        return await receive_body(request.receive, request.headers.get("content-length"), limit, chunk_timeout_s)
+    except _Disconnected:
+        raise ClientDisconnect from None
 
 
 class _Disconnected(Exception):
@@ -332,6 +310,16 @@ async def attention_answer(
     return answer[0], accept, answer[1]
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed_query(raw: bytes) -> tuple[tuple[str, str], ...]:
+    return tuple(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
+
+
+def _query(raw: bytes) -> dict[str, str]:
+    """The query string's parameters (the last of repeated ones); a short one is parsed once and remembered."""
+    return dict(_parsed_query(raw) if len(raw) <= 512 else _parsed_query.__wrapped__(raw))
+
+
 def _asgi_headers(scope: Scope) -> dict[str, str]:
     """The request headers, names in lower case (the first of repeated ones, as Starlette's ``get``)."""
     out: dict[str, str] = {}
@@ -351,22 +339,17 @@ async def _send_bytes(send: Send, content: bytes, media: str, headers: Mapping[s
 
 # ---------------------------------------------------------------------- middleware
 class _App(FastAPI):
-    """FastAPI whose hot route skips the middleware stack: a ``POST /v1/attention/...`` goes straight to
-    :meth:`_Guard.attention_route` (which checks the key, answers every error itself and records the
-    metrics), sparing it the error, telemetry and body-limit layers that it would only pass through.
-    Off when CORS is on (CORS must wrap every answer) or a ``root_path`` is set."""
+    """FastAPI whose hot routes skip the middleware stack: a ``POST /v1/attention/...`` or ``POST
+    /v2/models/{name}[/versions/{version}]/infer`` goes straight to :meth:`_Guard.fast_route` (which
+    checks the key, answers every error itself and records the metrics), sparing it the routing, error,
+    telemetry and body-limit layers that it would only pass through. Off when CORS is on (CORS must wrap
+    every answer) or a ``root_path`` is set."""
 
     attnkit_fast: Callable[[Scope, Receive, Send], Awaitable[bool]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         fast = self.attnkit_fast
-        if (
-            fast is not None
-            and scope["type"] == "http"
-            and scope.get("method") == "POST"
-            and scope["path"].startswith(_ATTENTION)
-            and await fast(scope, receive, send)
-        ):
+        if fast is not None and scope["type"] == "http" and scope.get("method") == "POST" and await fast(scope, receive, send):
             return
         await super().__call__(scope, receive, send)
 
@@ -374,9 +357,10 @@ class _App(FastAPI):
 class _Guard:
     """API key check and per-route metrics, as a plain ASGI middleware (cheap, and sees every answer)."""
 
-    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+    def __init__(self, app: ASGIApp, state: ServerState, application: Any = None) -> None:
         self.app = app
         self.state = state
+        self.application = application  # the FastAPI app (its state: models, batcher), for fast_route
         key = state.settings.api_key
         self.key = key.encode() if key else None
 
@@ -416,6 +400,69 @@ class _Guard:
         self.state.metrics.error(_route_of(scope), err.code)
         await error_response(err)(scope, receive, send)
 
+    async def fast_route(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer a ``POST`` on one of the hot paths (:meth:`attention_route`, :meth:`infer_route`) and
+        return True, or return False at once for any other path."""
+        path = scope["path"]
+        if path.startswith(_ATTENTION):
+            return await self.attention_route(scope, receive, send)
+        if path.startswith(_MODELS) and path.endswith("/infer") and self.application is not None:
+            return await self.infer_route(scope, receive, send)
+        return False
+
+    async def infer_route(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """``POST /v2/models/{name}[/versions/{version}]/infer`` (the Open Inference Protocol) as a raw ASGI
+        handler: the same answer as the FastAPI routes of these paths (:func:`.kserve.infer_answer`), key
+        check and route metrics included. Returns False at once for any other path."""
+        parts = scope["path"].split("/")  # '', 'v2', 'models', name, 'infer' | name, 'versions', version, 'infer'
+        if len(parts) == 5 and parts[3]:
+            name, version, route = parts[3], None, _MODELS + "{name}/infer"
+        elif len(parts) == 7 and parts[3] and parts[4] == "versions" and parts[5]:
+            name, version, route = parts[3], parts[5], _MODELS + "{name}/versions/{version}/infer"
+        else:
+            return False
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            if self.key is not None and not self._authorised(scope):
+                route, status = _route_of(scope), 401
+                await self._unauthorised(scope, receive, send)
+                return True
+            length = header_length = None
+            for key, value in scope.get("headers", ()):
+                key = key.lower()
+                if key == b"content-length" and length is None:
+                    length = value.decode("latin-1")
+                elif key == b"inference-header-content-length" and header_length is None:
+                    header_length = value.decode("latin-1")
+            s = self.state.settings
+            try:
+                response = await kserve.infer_answer(
+                    self.application, name, version, header_length, lambda: receive_body(receive, length, s.max_body_bytes, 30.0)
+                )
+            except _Disconnected:
+                return True
+            except Exception as exc:  # noqa: BLE001 - mapped as the app's exception handlers map it
+                err = self._internal(scope, exc)
+                self.state.metrics.error(route, err.code)
+                await error_response(err)(scope, receive, send)
+                status = err.status
+                return True
+            await response(scope, receive, send)
+            status = response.status_code
+        finally:
+            self.state.metrics.observe(route, "POST", status, time.perf_counter() - t0)
+        return True
+
+    @staticmethod
+    def _internal(scope: Scope, exc: Exception) -> ApiError:
+        if isinstance(exc, ApiError):
+            return exc
+        if isinstance(exc, AttentionError):
+            return attention_error(exc)
+        log.exception("internal error on %s", scope.get("path", ""))
+        return ApiError(500, "internal", f"internal server error ({type(exc).__name__}); this is a bug in attnkit", "body")
+
     async def attention_route(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer a ``POST /v1/attention/{mechanism}[/scores]`` (key check, metrics and all) and return
         True, or return False at once for any other path. The application calls it before FastAPI's
@@ -445,7 +492,7 @@ class _Guard:
         state = self.state
         s = state.settings
         headers = _asgi_headers(scope)
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        query = _query(scope.get("query_string", b""))
         try:
             content, media, out_headers = await attention_answer(
                 state, name, scores, headers, query,
@@ -454,13 +501,7 @@ class _Guard:
         except _Disconnected:
             return 500
         except Exception as exc:  # noqa: BLE001 - mapped exactly as the app's exception handlers map it
-            if isinstance(exc, ApiError):
-                err = exc
-            elif isinstance(exc, AttentionError):
-                err = attention_error(exc)
-            else:
-                log.exception("internal error on %s", scope.get("path", ""))
-                err = ApiError(500, "internal", f"internal server error ({type(exc).__name__}); this is a bug in attnkit", "body")
+            err = self._internal(scope, exc)
             state.metrics.error(route, err.code)
             await error_response(err)(scope, receive, send)
             return err.status
@@ -479,6 +520,7 @@ class _Guard:
 
 
 _ATTENTION = "/v1/attention/"
+_MODELS = "/v2/models/"
 
 
 def _route_of(scope: Scope) -> str:
@@ -629,7 +671,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(_Guard, state=state)
     if not settings.cors_origins and not app.root_path:
-        app.attnkit_fast = _Guard(app.router, state).attention_route
+        app.attnkit_fast = _Guard(app.router, state, app).fast_route
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

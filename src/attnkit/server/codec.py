@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import json
 import math
 import struct
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,6 +83,8 @@ _ALIASES = {
     "application/octet-stream": OCTET,
 }
 _WIRE_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64, "bool": np.bool_}
+_LITTLE = sys.byteorder == "little"
+_DTYPE_NAMES = {np.dtype(np.float32).char: "float32", np.dtype(np.float64).char: "float64"}
 
 
 def safe_text(text: str) -> str:
@@ -124,8 +128,18 @@ def media_type(content_type: str | None) -> str | None:
     return _ALIASES.get(base)
 
 
+#: header values at most this long are remembered with what they parse to (a client sends the same ones again)
+_CACHED_HEADER_CHARS = 512
+
+
 def choose_response_type(accept: str | None, allowed: tuple[str, ...] = (JSON, OCTET, NPY, SAFETENSORS)) -> str:
     """Pick the response media type from ``Accept`` (q-values honoured; missing or ``*/*`` means JSON)."""
+    if accept is not None and len(accept) <= _CACHED_HEADER_CHARS:
+        return _choose_cached(accept, allowed)
+    return _choose_response_type(accept, allowed)
+
+
+def _choose_response_type(accept: str | None, allowed: tuple[str, ...]) -> str:
     if not accept or not accept.strip():
         return JSON
     best: tuple[float, int, str] | None = None
@@ -153,6 +167,9 @@ def choose_response_type(accept: str | None, allowed: tuple[str, ...] = (JSON, O
     if best is None:
         raise ApiError(406, "not_acceptable", f"Accept: expected one of {', '.join(allowed)}, got {accept[:200]!r}", field="Accept")
     return best[2]
+
+
+_choose_cached = functools.lru_cache(maxsize=256)(_choose_response_type)
 
 
 # ---------------------------------------------------------------------- shape checks
@@ -387,11 +404,10 @@ def decode_safetensors(body: bytes, max_elements: int) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------- raw float32
-def _header_shape(headers: Mapping[str, str], field: str, max_elements: int) -> tuple[int, ...] | None:
-    dashed = field.replace("_", "-")
-    raw = headers.get(f"x-attnkit-{dashed}-shape")
+def _parse_header_shape(raw: str | None, field: str, max_elements: int) -> tuple[int, ...] | None:
     if raw is None:
         return None
+    dashed = field.replace("_", "-")
     text = raw.strip().strip("[]()")
     try:
         dims = [int(p) for p in text.replace("x", ",").split(",") if p.strip()] if text else []
@@ -400,26 +416,55 @@ def _header_shape(headers: Mapping[str, str], field: str, max_elements: int) -> 
     return _check_shape(dims, field, max_elements)
 
 
-def decode_octet(body: bytes, headers: Mapping[str, str], max_elements: int) -> dict[str, np.ndarray]:
-    """Raw little-endian tensors back to back, shapes from ``X-Attnkit-<Field>-Shape`` headers."""
-    dtype_name = (headers.get("x-attnkit-dtype") or "float32").strip().lower()
+#: the request headers that describe a raw body (their values are the key of :func:`octet_layout`)
+OCTET_HEADERS = ("x-attnkit-dtype", "x-attnkit-mask-dtype", *(f"x-attnkit-{f.replace('_', '-')}-shape" for f in TENSOR_FIELDS + EXTRA_FIELDS))
+
+#: one tensor of a raw body: field, wire dtype name, dtype (little-endian), element count, byte offset, shape
+OctetPart = tuple[str, str, np.dtype, int, int, tuple[int, ...]]
+
+
+@functools.lru_cache(maxsize=512)
+def _octet_layout(values: tuple[str | None, ...], max_elements: int) -> tuple[tuple[OctetPart, ...], int]:
+    dtype_name = (values[0] or "float32").strip().lower()
     if dtype_name not in ("float32", "float64"):
         raise ApiError(422, "bad_dtype", f"X-Attnkit-Dtype: expected float32 or float64, got {dtype_name[:40]!r}", "dtype")
-    mask_dtype_name = (headers.get("x-attnkit-mask-dtype") or dtype_name).strip().lower()
+    mask_dtype_name = (values[1] or dtype_name).strip().lower()
     if mask_dtype_name not in ("float32", "float64", "bool"):
         raise ApiError(422, "bad_dtype", f"X-Attnkit-Mask-Dtype: expected bool, float32 or float64, got {mask_dtype_name[:40]!r}", "mask")
-    shapes = {f: _header_shape(headers, f, max_elements) for f in TENSOR_FIELDS + EXTRA_FIELDS}
+    fields = TENSOR_FIELDS + EXTRA_FIELDS
+    shapes = {f: _parse_header_shape(raw, f, max_elements) for f, raw in zip(fields, values[2:], strict=True)}
     if shapes["query"] is None:
         raise ApiError(400, "missing_shape", "X-Attnkit-Query-Shape: required with application/octet-stream", "query")
-    out: dict[str, np.ndarray] = {}
+    parts: list[OctetPart] = []
     pos = 0
-    for field in TENSOR_FIELDS + EXTRA_FIELDS:
+    for field in fields:
         shape = shapes[field]
         if shape is None:
             continue
         name = mask_dtype_name if field == "mask" else dtype_name
         dt = np.dtype(_WIRE_DTYPES[name]).newbyteorder("<")
         count = math.prod(shape)
+        parts.append((field, name, dt, count, pos, shape))
+        pos += count * dt.itemsize
+    return tuple(parts), pos
+
+
+def octet_layout(headers: Mapping[str, str], max_elements: int) -> tuple[tuple[OctetPart, ...], int]:
+    """Where each tensor of a raw body lies, from the ``X-Attnkit-*`` headers (validated; the answer for
+    the same header values is remembered, so a client that sends the same shapes again costs a lookup)
+    and the total byte length the headers describe."""
+    values = tuple(headers.get(h) for h in OCTET_HEADERS)
+    if sum(len(v) for v in values if v is not None) <= _CACHED_HEADER_CHARS:
+        return _octet_layout(values, max_elements)
+    return _octet_layout.__wrapped__(values, max_elements)
+
+
+def read_octet(body: bytes, layout: tuple[tuple[OctetPart, ...], int]) -> dict[str, np.ndarray]:
+    """The tensors of a raw body laid out as :func:`octet_layout` says: read-only views of ``body`` (no
+    copy) on little-endian machines; bool masks checked to hold bytes 0 or 1."""
+    parts, total = layout
+    out: dict[str, np.ndarray] = {}
+    for field, name, dt, count, pos, shape in parts:
         nbytes = count * dt.itemsize
         if pos + nbytes > len(body):
             raise ApiError(
@@ -433,13 +478,18 @@ def decode_octet(body: bytes, headers: Mapping[str, str], max_elements: int) -> 
             if u8.size and u8.max() > 1:
                 raise ApiError(422, "bad_tensor", f"{field}: a bool tensor holds bytes 0 or 1, found {int(u8.max())}", field)
             out[field] = u8.astype(bool).reshape(shape)
-        else:
-            # a read-only view of the body on little-endian machines (no copy), converted only on big-endian ones
+        elif _LITTLE:
+            out[field] = np.frombuffer(body, dtype=dt, count=count, offset=pos).reshape(shape)
+        else:  # converted to the native byte order on big-endian machines
             out[field] = np.frombuffer(body, dtype=dt, count=count, offset=pos).astype(dt.newbyteorder("="), copy=False).reshape(shape)
-        pos += nbytes
-    if pos != len(body):
-        raise ApiError(400, "bad_body", f"body: {len(body)} bytes, but the shape headers describe {pos}", "body")
+    if total != len(body):
+        raise ApiError(400, "bad_body", f"body: {len(body)} bytes, but the shape headers describe {total}", "body")
     return out
+
+
+def decode_octet(body: bytes, headers: Mapping[str, str], max_elements: int) -> dict[str, np.ndarray]:
+    """Raw little-endian tensors back to back, shapes from ``X-Attnkit-<Field>-Shape`` headers."""
+    return read_octet(body, octet_layout(headers, max_elements))
 
 
 # ---------------------------------------------------------------------- responses
@@ -448,8 +498,11 @@ def encode_output(arr: np.ndarray, media: str, *, encoding: str = "list", extra:
     arr = np.ascontiguousarray(arr)
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float32)
-    shape = ",".join(str(int(s)) for s in arr.shape)
-    headers = {"X-Attnkit-Shape": shape, "X-Attnkit-Dtype": str(arr.dtype)}
+    dtype_name = _DTYPE_NAMES[arr.dtype.char]
+    shape = ",".join(map(str, arr.shape))
+    headers = {"X-Attnkit-Shape": shape, "X-Attnkit-Dtype": dtype_name}
+    if media == OCTET and _LITTLE:
+        return arr.tobytes(), headers
     if media == JSON:
         body: dict[str, Any] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
         if encoding == "base64":

@@ -14,7 +14,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -156,12 +156,68 @@ def check_mask(tensors: dict[str, np.ndarray], mask_kind: str | None, where: str
         tensors["mask"] = mask.astype(np.float32)
 
 
+class Plan:
+    """What a request's ``(name, options, tensor shapes)`` resolve to: the mechanism class, its validated
+    options (with those the shapes imply), option names, cache key, and the admission estimate (with
+    the mechanism it was made for: an evicted and rebuilt mechanism is estimated again)."""
+
+    __slots__ = ("cls", "clean", "names", "key", "work")
+
+    def __init__(self, cls: Any, clean: dict[str, Any], names: set[str], key: Hashable) -> None:
+        self.cls, self.clean, self.names, self.key = cls, clean, names, key
+        self.work: tuple[Any, Work | None] | None = None
+
+
+def plan_key(name: str, options: Mapping[str, Any], tensors: Mapping[str, Any]) -> Hashable | None:
+    """A key for :class:`Plan`: the name, the options as given (with their types: ``8``, ``8.0`` and
+    ``True`` are equal keys in Python but not the same option) and each tensor's shape and dtype; ``None``
+    when an option value cannot be hashed (a JSON list), which is then resolved each time."""
+    opts = tuple((k, type(v), v) for k, v in options.items())
+    key = (name, opts, tuple((f, t.shape, t.dtype.str) for f, t in tensors.items() if t is not None))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+#: the most plans a :class:`Compute` remembers (all are forgotten when it is full)
+MAX_PLANS = 4096
+
+
 class Compute:
     """Request handling of one process: the mechanism cache, the probes, decode -> compute -> encode."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cache = MechanismCache(settings.cache_size, settings.cache_bytes)
+        self._plans: dict[Hashable, Plan] = {}  # (name, options, shapes) -> what they resolve to
+
+    # ------------------------------------------------------------ plans
+    def plan(self, name: str, options: dict[str, Any], tensors: Mapping[str, np.ndarray]) -> Plan:
+        """What ``(name, options, tensor shapes)`` resolve to (:meth:`_inferred_options` then :meth:`resolve`,
+        whose errors it raises), looked up when the same ones came before."""
+        key = plan_key(name, options, tensors)
+        plan = self._plans.get(key) if key is not None else None
+        if plan is None:
+            plan = Plan(*self.resolve(name, self._inferred_options(name, options, tensors)))
+            if key is not None:
+                if len(self._plans) >= MAX_PLANS:
+                    self._plans.clear()
+                self._plans[key] = plan
+        return plan
+
+    def planned_mechanism(self, plan: Plan) -> Any:
+        """The mechanism of ``plan``: from the cache, or built (and cached)."""
+        mech = self.cache.get(plan.key)
+        return mech if mech is not None else self.build(plan.cls, plan.clean, plan.names, plan.key)
+
+    def plan_work(self, plan: Plan, mech: Any, tensors: Mapping[str, np.ndarray]) -> Work | None:
+        """The admission estimate of ``mech`` on ``tensors`` (the shapes of ``plan``), made once per mechanism."""
+        work = plan.work
+        if work is None or work[0] is not mech:
+            plan.work = work = (mech, self.estimate(mech, tensors))
+        return work[1]
 
     # ------------------------------------------------------------ mechanisms
     def mechanism(self, name: Any, options: Any, where: str = "") -> tuple[Any, set[str], Any]:
@@ -402,9 +458,16 @@ class Compute:
     ) -> tuple[bytes, dict[str, str]]:  # fmt: skip
         """One request to ``/v1/attention/{name}`` (``scores=False``) or ``/v1/attention/{name}/scores``."""
         t0 = time.perf_counter()
-        tensors, options, encoding = self.decode(name, media, body, headers, query)
-        mech, names, key = self.mechanism(name, options)
-        return self.respond(mech, names, key, tensors, encoding, accept, scores, t0)
+        tensors, options, encoding = self.decode_body(media, body, headers, query)
+        plan = self.plan(name, options, tensors)  # options inferred from the shapes, validated: once per kind
+        mech = self.planned_mechanism(plan)
+        work = None
+        if not scores:
+            try:
+                work = self.plan_work(plan, mech, tensors)
+            except Exception:  # noqa: BLE001 - inputs the forward refuses: its checks answer, in their order
+                work = None
+        return self.respond(mech, plan.names, plan.key, tensors, encoding, accept, scores, t0, work)
 
     def decode(
         self, name: str, media: str, body: bytes, headers: Mapping[str, str], query: Mapping[str, str]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -236,12 +236,12 @@ def forward(compute: Any, mech: Any, tensors: Mapping[str, np.ndarray]) -> np.nd
     return compute._call(mech, lambda: mech.forward(q, k, v, mask=mask, **extras), set())
 
 
-def _batcher(request: Request) -> DynamicBatcher:
+def _batcher(app: Any) -> DynamicBatcher:
     """The app's dynamic batcher (made on first use, on the event loop); forwards run in the compute runner
     (``Compute.model_forward``: a worker process under process isolation)."""
-    batcher = getattr(request.app.state, "batcher", None)
+    batcher = getattr(app.state, "batcher", None)
     if batcher is None:
-        state = request.app.state.attnkit
+        state = app.state.attnkit
         s = state.settings
 
         async def run(call: Any) -> Any:
@@ -250,8 +250,8 @@ def _batcher(request: Request) -> DynamicBatcher:
         def forward_call(name: str, tensors: Mapping[str, np.ndarray]) -> Any:
             return state.run("model_forward", name, dict(tensors))
 
-        batcher = DynamicBatcher(run, forward_call, s.max_batch_delay_ms / 1e3, s.max_batch_size)
-        request.app.state.batcher = batcher
+        batcher = DynamicBatcher(run, forward_call, s.max_batch_delay_ms / 1e3, s.max_batch_size, max_in_flight=s.max_concurrency)
+        app.state.batcher = batcher
     return batcher
 
 
@@ -382,21 +382,28 @@ async def infer_version(name: str, version: str, request: Request) -> Response:
 
 
 async def _infer(name: str, request: Request, version: str | None) -> Response:
-    response = await _infer_once(name, request, version)
-    model_metrics.observe_request(name if name in _repo(request).models else "_unknown", response.status_code)
+    from .app import read_body
+
+    settings = request.app.state.attnkit.settings
+    return await infer_answer(request.app, name, version, request.headers.get(HEADER.lower()), lambda: read_body(request, settings.max_body_bytes))
+
+
+async def infer_answer(app: Any, name: str, version: str | None, header_length: str | None, body: Callable[[], Awaitable[bytes]]) -> Response:
+    """The answer to ``POST /v2/models/{name}[/versions/{version}]/infer`` (``body`` reads the request
+    body), counted in the per-model metrics. The FastAPI routes above call it, and so does the raw ASGI
+    handler that answers this path ahead of FastAPI's middleware (:class:`attnkit.server.app._Guard`)."""
+    response = await _infer_once(app, name, version, header_length, body)
+    model_metrics.observe_request(name if name in app.state.models.models else "_unknown", response.status_code)
     return response
 
 
-async def _infer_once(name: str, request: Request, version: str | None) -> Response:
-    from .app import read_body
-
-    state = request.app.state.attnkit
+async def _infer_once(app: Any, name: str, version: str | None, header_length: str | None, read: Callable[[], Awaitable[bytes]]) -> Response:
+    state = app.state.attnkit
     try:
         if not _version_ok(version):
             raise ApiError(404, "unknown_version", f"model {name!r} has only version {VERSION}, got {version!r}")
-        model = _repo(request).get(name)
-        body = await read_body(request, state.settings.max_body_bytes)
-        header_length = request.headers.get(HEADER.lower())
+        model = app.state.models.get(name)
+        body = await read()
 
         # one trip to a compute worker for a small request: the forward. Its JSON header (and JSON data) is
         # parsed here when small (binary tensor data is only viewed, np.frombuffer), and a small or binary
@@ -406,7 +413,7 @@ async def _infer_once(name: str, request: Request, version: str | None) -> Respo
             doc, tensors, binary = parse_request(body, header_length, state.settings.max_elements)
         else:
             doc, tensors, binary = await state.run("kserve_parse", body, header_length)
-        out = await _batcher(request).submit((model.name, id(model.mechanism)), model.name, tensors)
+        out = await _batcher(app).submit((model.name, id(model.mechanism)), model.name, tensors)
         if binary or out.size <= INLINE_JSON_ELEMENTS:
             content, headers, media = infer_response(model, doc, out, binary)
         else:

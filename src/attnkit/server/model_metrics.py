@@ -52,22 +52,37 @@ def _get() -> dict[str, Any]:
     return _METRICS
 
 
+#: labelled children by (metric, label values): ``labels()`` costs more than the observation itself
+_CHILDREN: dict[tuple[str, ...], Any] = {}
+
+
+def _child(metric: str, *values: str) -> Any:
+    key = (metric, *values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        m = _get()
+        if not m:
+            return None
+        child = _CHILDREN[key] = m[metric].labels(*values)
+    return child
+
+
 def observe_request(model: str, status: int) -> None:
-    m = _get()
-    if m:
-        m["requests"].labels(model=model, status=str(status)).inc()
+    child = _child("requests", model, str(status))
+    if child is not None:
+        child.inc()
 
 
 def observe_batch(model: str, size: int) -> None:
-    m = _get()
-    if m:
-        m["batch"].labels(model=model).observe(size)
+    child = _child("batch", model)
+    if child is not None:
+        child.observe(size)
 
 
 def observe_queue(model: str, seconds: float) -> None:
-    m = _get()
-    if m:
-        m["queue"].labels(model=model).observe(max(0.0, seconds))
+    child = _child("queue", model)
+    if child is not None:
+        child.observe(max(0.0, seconds))
 
 
 def render() -> str:

@@ -79,7 +79,8 @@ class Settings:
     models_dir: str | None = None
     models: tuple[str, ...] = ()
     #: issue 14: dynamic batching of the Open Inference Protocol route (see :mod:`attnkit.server.batching`):
-    #: how long a request may wait for others while its model is busy (0: no wait), and the most batch items merged
+    #: how long requests queued behind a busy model wait before a batch of them may run beside it (while fewer
+    #: than max_concurrency batches of the kind run; else they run when a batch ends), and the most batch items merged
     max_batch_delay_ms: float = 2.0
     max_batch_size: int = 64
     cache_bytes: int = 256 * 1024 * 1024

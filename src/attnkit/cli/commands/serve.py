@@ -35,7 +35,7 @@ def serve(
     ] = None,
     max_batch_delay_ms: Annotated[
         float | None,
-        typer.Option("--max-batch-delay-ms", help="Dynamic batching: most a request waits for others while its model is busy (ms)."),
+        typer.Option("--max-batch-delay-ms", help="Dynamic batching: wait before queued requests run beside a busy model (ms; if a slot is free)."),
     ] = None,
     model: Annotated[
         list[str] | None,
