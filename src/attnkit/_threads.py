@@ -19,10 +19,11 @@ import ctypes
 import itertools
 import os
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-__all__ = ["BlasOneThread", "blas_limiter_available", "get_num_threads", "get_pool", "set_num_threads", "small_gemms"]
+__all__ = ["BlasOneThread", "TaskFeed", "blas_limiter_available", "get_num_threads", "get_pool", "run_tasks", "set_num_threads", "small_gemms"]
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -184,3 +185,48 @@ def small_gemms(xp: Any) -> Any:
     if not array_api_compat.is_numpy_namespace(xp) or not blas_limiter_available():
         return contextlib.nullcontext()
     return BlasOneThread()
+
+
+T = TypeVar("T")
+
+
+class TaskFeed(Generic[T]):
+    """Tasks handed out one at a time to whichever thread asks next (dynamic load balance)."""
+
+    def __init__(self, tasks: Iterable[T]) -> None:
+        self._it = iter(tasks)
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> TaskFeed[T]:
+        return self
+
+    def __next__(self) -> T:
+        with self._lock:
+            return next(self._it)
+
+
+def run_tasks(
+    run: Callable[[Iterable[T]], None], tasks: Sequence[T], num_threads: int | None = None, run_here: Callable[[Iterable[T]], None] | None = None
+) -> None:
+    """``run`` over ``tasks`` on the persistent pool: each of ``num_threads`` threads (default
+    :func:`get_num_threads`; the caller's thread is one, running ``run_here`` if given) takes the next task
+    until none is left, with BLAS held to one thread (:class:`BlasOneThread`). Without threadpoolctl
+    everything runs in the caller's thread (BLAS's own threads would fight the pool's)."""
+    here = run if run_here is None else run_here
+    threads = max(1, min(int(num_threads if num_threads is not None else get_num_threads()), len(tasks)))
+    if not blas_limiter_available():
+        here(tasks)
+        return
+    if threads == 1:
+        with BlasOneThread():
+            here(tasks)
+        return
+    feed = TaskFeed(tasks)
+    pool = get_pool(threads - 1)
+    with BlasOneThread():
+        futures = [pool.submit(run, feed) for _ in range(threads - 1)]
+        try:
+            here(feed)
+        finally:
+            for f in futures:
+                f.result()

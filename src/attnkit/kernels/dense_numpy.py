@@ -60,13 +60,12 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from .._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool, set_num_threads
+from .._threads import blas_limiter_available, get_num_threads, run_tasks, set_num_threads
 from . import _accel
 
 __all__ = ["sdpa_numpy", "set_num_threads", "get_num_threads", "blas_limiter_available"]
@@ -497,21 +496,6 @@ def _tiles(plan: _Plan, tasks: Iterable[_Task], out: list[np.ndarray], sc: _Scra
         tick("normalise")
 
 
-class _Feed:
-    """Tasks handed out one at a time to whichever thread asks next (dynamic load balance)."""
-
-    def __init__(self, tasks: Sequence[_Task]) -> None:
-        self._it = iter(tasks)
-        self._lock = threading.Lock()
-
-    def __iter__(self) -> _Feed:
-        return self
-
-    def __next__(self) -> _Task:
-        with self._lock:
-            return next(self._it)
-
-
 # ----------------------------------------------------------------------------------------------
 # small problems: one batched pass
 
@@ -650,24 +634,6 @@ def sdpa_numpy(
     out = np.empty(tuple(batch) + (lq, int(v.shape[-1])), dtype=dt)
     outs = list(out.reshape(n, lq, out.shape[-1])) if n else []
     tasks = plan.tasks()
-    threads = num_threads if num_threads is not None else get_num_threads()
-    threads = max(1, min(int(threads), len(tasks)))
-    if threads > 1 and not blas_limiter_available():
-        threads = 1
-    if threads == 1:
-        if blas_limiter_available():
-            with BlasOneThread():  # one thread in all: BLAS's own threads spin on tiles this small
-                _run_tasks(plan, tasks, outs, profile)
-        else:
-            _run_tasks(plan, tasks, outs, profile)
-        return out
-    feed = _Feed(tasks)
-    pool = get_pool(threads - 1)
-    with BlasOneThread():
-        futures: list[Future[None]] = [pool.submit(_run_tasks, plan, feed, outs, None) for _ in range(threads - 1)]
-        try:
-            _run_tasks(plan, feed, outs, profile)
-        finally:
-            for f in futures:
-                f.result()
+    # the caller's thread records the profile, the pool's threads do not
+    run_tasks(lambda ts: _run_tasks(plan, ts, outs, None), tasks, num_threads, run_here=lambda ts: _run_tasks(plan, ts, outs, profile))
     return out

@@ -35,7 +35,7 @@ import numpy as np
 
 from .._array import Array, Namespace
 from .._array import length as _dim
-from .._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool
+from .._threads import BlasOneThread, blas_limiter_available, run_tasks
 from . import _accel, overflow
 from .dense import sdpa
 from .gqa import group_keys, group_queries, needs_grouping, ungroup
@@ -394,19 +394,6 @@ class _LocalPlan:
             self.task(*t)
 
 
-class _Feed:
-    def __init__(self, tasks: list[tuple[int, int, int, int]]) -> None:
-        self._it = iter(tasks)
-        self._lock = threading.Lock()
-
-    def __iter__(self) -> _Feed:
-        return self
-
-    def __next__(self) -> tuple[int, int, int, int]:
-        with self._lock:
-            return next(self._it)
-
-
 #: query rows of a task (a run of tiles sharing the scaled queries, norms and bound)
 TASK_ROWS = 512
 
@@ -482,22 +469,7 @@ def local_global_numpy(
     plan = _LocalPlan(qq, kk, vv, out, scale, w, causal, gidx, _accel.exp_rowsum() if accel else None, b, hb)
     run = b * max(1, TASK_ROWS // b)
     tasks = [(g0, min(n, g0 + hb), r0, min(length, r0 + run)) for g0 in range(0, n, hb) for r0 in range(0, length, run)]
-    threads = max(1, min(int(num_threads if num_threads is not None else get_num_threads()), len(tasks)))
-    if not blas_limiter_available():
-        plan.run(tasks)
-    elif threads == 1:
-        with BlasOneThread():
-            plan.run(tasks)
-    else:
-        feed = _Feed(tasks)
-        pool = get_pool(threads - 1)
-        with BlasOneThread():
-            futures = [pool.submit(plan.run, feed) for _ in range(threads - 1)]
-            try:
-                plan.run(feed)
-            finally:
-                for f in futures:
-                    f.result()
+    run_tasks(plan.run, tasks, num_threads)
     res = out.reshape(*lead, length, dv)
     if gidx.size:
         res = _global_rows(q, k, v, res, xp=np, scale=scale, gidx=gidx, causal=causal, mask=None, dev="cpu")

@@ -14,7 +14,7 @@ Networks") computed like FlashAttention: per tile of ``rows`` queries,
    the Einstein midpoint's numerator and denominator in the Klein model, whose ratio does not need the
    softmax's normalisation.
 
-Tiles run on attnkit's thread pool (:mod:`._threads`) with BLAS held to one thread, in per-thread
+Tiles run on attnkit's thread pool (:func:`attnkit._threads.run_tasks`) with BLAS held to one thread, in per-thread
 scratch buffers sized to the L2 cache; memory beyond the inputs is ``O(rows * Lk)`` a thread.
 The result agrees with the generic array-API path to float32 rounding (tests/test_hyperbolic.py).
 """
@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from .._threads import BlasOneThread, blas_limiter_available, get_num_threads, get_pool
+from .._threads import run_tasks
 
-__all__ = ["einstein_attention_numpy", "run_tiles"]
+__all__ = ["einstein_attention_numpy"]
 
 #: scores in one query tile (its float64 distance tile is 512 KB: an L2 cache of a core)
 _TILE = 1 << 16
@@ -51,21 +50,6 @@ def _buf(name: str, size: int, dtype: Any) -> np.ndarray:
     if b is None or b.size < size:
         b = bufs[name] = np.empty(size, dtype=dtype)
     return b[:size]
-
-
-class _Feed:
-    """Tasks handed to whichever thread asks next."""
-
-    def __init__(self, tasks: Sequence[tuple[int, int, int]]) -> None:
-        self._it = iter(tasks)
-        self._lock = threading.Lock()
-
-    def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        return self
-
-    def __next__(self) -> tuple[int, int, int]:
-        with self._lock:
-            return next(self._it)
 
 
 class _Plan:
@@ -122,30 +106,6 @@ class _Plan:
             self.tile(b, i0, i1)
 
 
-def run_tiles(run: Callable[[Iterable[tuple[int, int, int]]], None], tasks: Sequence[tuple[int, int, int]], num_threads: int | None) -> None:
-    """``run(tasks)`` on attnkit's thread pool: each of ``num_threads`` threads (default
-    :func:`~attnkit._threads.get_num_threads`; the caller's is one) takes the next task until none is left,
-    with BLAS held to one thread; in the caller's thread alone without threadpoolctl."""
-    threads = num_threads if num_threads is not None else get_num_threads()
-    threads = max(1, min(int(threads), len(tasks)))
-    if not blas_limiter_available():
-        run(tasks)
-        return
-    if threads == 1:
-        with BlasOneThread():
-            run(tasks)
-        return
-    feed = _Feed(tasks)
-    pool = get_pool(threads - 1)
-    with BlasOneThread():
-        futures: list[Future[None]] = [pool.submit(run, feed) for _ in range(threads - 1)]
-        try:
-            run(feed)
-        finally:
-            for f in futures:
-                f.result()
-
-
 def einstein_attention_numpy(
     q: Any, k: Any, v: Any, c: float, temperature: float, mask: Any, eps: float, num_threads: int | None = None
 ) -> np.ndarray | None:
@@ -181,5 +141,5 @@ def einstein_attention_numpy(
     out = np.empty((*batch, m, dv + 1), dtype=f32)
     plan = _Plan(views[0], views[1], views[2], mk, 1.0 / (temperature * math.sqrt(c)), batch, out)
     rows = min(m, max(_MIN_ROWS, _TILE // n))
-    run_tiles(plan.run, [(b, i0, min(m, i0 + rows)) for b in range(nb) for i0 in range(0, m, rows)], num_threads)
+    run_tasks(plan.run, [(b, i0, min(m, i0 + rows)) for b in range(nb) for i0 in range(0, m, rows)], num_threads)
     return klein_ratio(out, c, eps, np)

@@ -22,7 +22,7 @@ This computes it like FlashAttention, per tile of ``rows`` queries and all keys:
    ``[lambda v_f, lambda - 1]`` for each ball (the Einstein midpoint's numerator and denominator in the
    Klein model, :func:`attnkit.kernels.poincare.value_factors`); the ratios need no normalisation.
 
-Tiles run on attnkit's thread pool with BLAS held to one thread (:func:`.poincare_numpy.run_tiles`),
+Tiles run on attnkit's thread pool with BLAS held to one thread (:func:`attnkit._threads.run_tasks`),
 in per-thread scratch buffers; memory beyond the inputs is ``O(rows * Lk)`` a thread. The result agrees
 with the mechanism's generic array-API path to float32 rounding (tests/test_mixed_curvature_fast.py).
 Spherical factors (κ > 0), learned curvatures and other dtypes or libraries keep the generic path.
@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from .._threads import run_tasks
 from . import _accel
-from .poincare_numpy import _MIN_ROWS, _SMALL, _TILE, _buf, run_tiles
+from .poincare_numpy import _MIN_ROWS, _SMALL, _TILE, _buf
 
 __all__ = ["product_attention_numpy"]
 
@@ -191,7 +192,7 @@ def product_attention_numpy(
     plan = _Plan(flat_b, balls_b, vf, mk, temperature, batch, out)
     plan.exp = _accel.exp_rowsum() if _accel.wanted(nb * m * n, f32) else None
     rows = min(m, max(_MIN_ROWS, _TILE // n))
-    run_tiles(plan.run, [(b, i0, min(m, i0 + rows)) for b in range(nb) for i0 in range(0, m, rows)], num_threads)
+    run_tasks(plan.run, [(b, i0, min(m, i0 + rows)) for b in range(nb) for i0 in range(0, m, rows)], num_threads)
     results: list[np.ndarray] = []
     den = out[..., -1:] if has_flat else None
     col = 0
