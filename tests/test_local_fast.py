@@ -52,15 +52,20 @@ def test_default_numpy_block():
     assert lk.local_numpy_heads(8, 128, 4096, 8) == 1  # one head's tile is over 2 MiB already
 
 
-def test_numpy_and_compiled_exp_paths_agree():
-    """The ``numba`` extra's fused exp pass (where installed) and the NumPy pass give the same result,
-    both equal to the float64 dense reference; bounded tiles (amplitude 1) use it, banded (tiles with
-    no global key) and with a -inf mask (tiles with one)."""
+def _needs_compiled_pass() -> None:
+    """Skip unless the ``numba`` extra's compiled pass is installed and enabled."""
     pytest.importorskip("numba")
     from attnkit.kernels import _accel
 
     if _accel.exp_rowsum() is None:
         pytest.skip("numba present but disabled ($ATTNKIT_NUMBA) or unusable")
+
+
+def test_numpy_and_compiled_exp_paths_agree():
+    """The ``numba`` extra's fused exp pass (where installed) and the NumPy pass give the same result,
+    both equal to the float64 dense reference; bounded tiles (amplitude 1) use it, banded (tiles with
+    no global key) and with a -inf mask (tiles with one)."""
+    _needs_compiled_pass()
     rng = np.random.default_rng(5)
     n, L, d, radius = 4, 700, 16, 40
     q, k, v = (rng.standard_normal((n, L, d)).astype(np.float32) for _ in range(3))
@@ -96,11 +101,7 @@ def test_tasks_tiles_and_head_stacks_equal_dense_reference(
     scale applied inside (no global token) or on scaled queries; logits bounded everywhere, nowhere, or
     in all tiles but those of a few rows ("spike": the task-wide check fails, the tile checks decide)."""
     if accel:
-        pytest.importorskip("numba")
-        from attnkit.kernels import _accel
-
-        if _accel.exp_rowsum() is None:
-            pytest.skip("numba present but disabled ($ATTNKIT_NUMBA) or unusable")
+        _needs_compiled_pass()
     monkeypatch.setattr(lk, "TASK_ROWS", 48)
     rng = np.random.default_rng(length + radius)
     n, d = 5, 8
@@ -124,11 +125,7 @@ def test_tasks_tiles_and_head_stacks_equal_dense_reference(
 def test_nan_spreads_only_to_the_rows_that_see_it(accel):
     """A NaN key makes NaN exactly the rows whose pattern holds it, as in the float64 dense reference."""
     if accel:
-        pytest.importorskip("numba")
-        from attnkit.kernels import _accel
-
-        if _accel.exp_rowsum() is None:
-            pytest.skip("numba present but disabled ($ATTNKIT_NUMBA) or unusable")
+        _needs_compiled_pass()
     rng = np.random.default_rng(9)
     n, length, d, radius = 2, 260, 8, 16
     q, k, v = (rng.standard_normal((n, length, d)).astype(np.float32) for _ in range(3))

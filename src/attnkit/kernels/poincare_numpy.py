@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
 from .._threads import run_tasks
 
-__all__ = ["einstein_attention_numpy"]
+__all__ = ["einstein_attention_numpy", "masked_exp"]
 
 #: scores in one query tile (its float64 distance tile is 512 KB: an L2 cache of a core)
 _TILE = 1 << 16
@@ -50,6 +50,28 @@ def _buf(name: str, size: int, dtype: Any) -> np.ndarray:
     if b is None or b.size < size:
         b = bufs[name] = np.empty(size, dtype=dtype)
     return b[:size]
+
+
+def masked_exp(z: np.ndarray, mask: np.ndarray | None, exp: Callable[[np.ndarray, np.ndarray], None] | None = None) -> None:
+    """The unnormalised softmax weights of a tile of logits ``z (r, n)``, in place: the ``mask`` tile applied
+    (bool: hidden logits set to ``-inf``; float: added), the row's largest logit subtracted (0 for a fully
+    masked row, whose weights are then all ``exp(-inf) = 0``), ``exp``; ``exp`` is the compiled pass
+    (:func:`._accel.exp_rowsum`) where given, NumPy's otherwise."""
+    r, n = z.shape
+    if mask is not None:
+        if mask.dtype == np.bool_:
+            hide = _buf("hide", r * n, np.bool_).reshape(r, n)
+            np.logical_not(mask, out=hide)
+            np.copyto(z, -np.inf, where=hide)
+        else:
+            np.add(z, mask, out=z)
+    mx = np.max(z, axis=-1, keepdims=True)
+    mx[~np.isfinite(mx)] = 0.0
+    np.subtract(z, mx, out=z)
+    if exp is not None:  # logits <= 0 here: inside the compiled pass's range
+        exp(z, _buf("rowsum", r, np.float32))
+    else:
+        np.exp(z, out=z)
 
 
 class _Plan:
@@ -88,17 +110,7 @@ class _Plan:
         else:
             np.log(z, out=z)
             np.multiply(z, -self.p, out=z)  # logits -d/T
-            if mt is not None:
-                if self.bool_mask:
-                    hide = _buf("hide", r * n, np.bool_).reshape(r, n)
-                    np.logical_not(mt, out=hide)
-                    np.copyto(z, -np.inf, where=hide)
-                else:
-                    np.add(z, mt, out=z)
-            mx = np.max(z, axis=-1, keepdims=True)
-            mx[~np.isfinite(mx)] = 0.0  # a fully masked row: exp(-inf) = 0 everywhere, the origin
-            np.subtract(z, mx, out=z)
-            np.exp(z, out=z)
+            masked_exp(z, mt)
         np.matmul(z, self.item(self.vf, b), out=self.item(self.out, b)[i0:i1])
 
     def run(self, tasks: Iterable[tuple[int, int, int]]) -> None:

@@ -38,7 +38,7 @@ import numpy as np
 
 from .._threads import run_tasks
 from . import _accel
-from .poincare_numpy import _MIN_ROWS, _SMALL, _TILE, _buf
+from .poincare_numpy import _MIN_ROWS, _SMALL, _TILE, _buf, masked_exp
 
 __all__ = ["product_attention_numpy"]
 
@@ -58,7 +58,6 @@ class _Plan:
         self.neg_inv_t = -1.0 / temperature
         self.batch, self.out = batch, out
         self.n = int(vf.shape[-2])
-        self.bool_mask = mask is not None and mask.dtype == np.bool_
         self.exp: Callable[[np.ndarray, np.ndarray], None] | None = None  # the compiled exp pass (._accel), if wanted
 
     def item(self, x: np.ndarray, b: int) -> np.ndarray:
@@ -94,20 +93,7 @@ class _Plan:
         np.sqrt(acc, out=acc)
         np.multiply(acc, self.neg_inv_t, out=acc)  # the logits -d/T
         mt = None if self.mask is None else self.item(self.mask, b)[i0:i1] if self.mask.shape[-2] != 1 else self.item(self.mask, b)
-        if mt is not None:
-            if self.bool_mask:
-                hide = _buf("hide", r * n, np.bool_).reshape(r, n)
-                np.logical_not(mt, out=hide)
-                np.copyto(acc, -np.inf, where=hide)
-            else:
-                np.add(acc, mt, out=acc)
-        mx = np.max(acc, axis=-1, keepdims=True)
-        mx[~np.isfinite(mx)] = 0.0  # a fully masked row: every weight exp(-inf) = 0, the origin / zeros
-        np.subtract(acc, mx, out=acc)
-        if self.exp is not None:  # logits <= 0 here: inside the compiled pass's range
-            self.exp(acc, _buf("rowsum", r, np.float32))
-        else:
-            np.exp(acc, out=acc)
+        masked_exp(acc, mt, self.exp)
         np.matmul(acc, self.item(self.vf, b), out=self.item(self.out, b)[i0:i1])
 
     def run(self, tasks: Iterable[tuple[int, int, int]]) -> None:
