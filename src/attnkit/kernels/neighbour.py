@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._array import Array, Namespace, is_numpy
+from .._array import Array, Namespace, is_numpy, is_traced
 from . import overflow
 from .masks import apply_mask
 from .softmax import safe_softmax
@@ -63,8 +63,9 @@ def neighbour_attention(q: Array, keys: Array, values: Array, *, xp: Namespace, 
         out = w @ values
     else:
         out = (w[..., None, :] @ values)[..., 0, :]
-    if mask is None or str(mask.dtype).endswith("bool"):
+    if (mask is None or str(mask.dtype).endswith("bool")) and not is_traced(out):
         # softmax weights over value rows in range: the forward's output check has nothing to find (a float
-        # mask could overflow the logits; see overflow.note_convex_combination)
+        # mask could overflow the logits; see overflow.note_convex_combination). Not in a traced graph, whose
+        # lengths may be symbolic and whose values are checked nowhere.
         overflow.note_convex_combination(out, values, int(keys.shape[-2]))
     return out
