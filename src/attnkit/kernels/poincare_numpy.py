@@ -30,7 +30,7 @@ import numpy as np
 
 from .._threads import run_tasks
 
-__all__ = ["einstein_attention_numpy", "masked_exp"]
+__all__ = ["TilePlan", "einstein_attention_numpy", "exp_distance", "masked_exp"]
 
 #: scores in one query tile (its float64 distance tile is 512 KB: an L2 cache of a core)
 _TILE = 1 << 16
@@ -74,35 +74,63 @@ def masked_exp(z: np.ndarray, mask: np.ndarray | None, exp: Callable[[np.ndarray
         np.exp(z, out=z)
 
 
-class _Plan:
-    def __init__(
-        self, fq: np.ndarray, fkt: np.ndarray, vf: np.ndarray, mask: np.ndarray | None, p: float, batch: tuple[int, ...], out: np.ndarray
-    ) -> None:
-        self.fq, self.fkt, self.vf, self.mask, self.p = fq, fkt, vf, mask, p
-        self.batch = batch
-        self.out = out
-        self.n = int(fkt.shape[-1])
-        self.bool_mask = mask is not None and mask.dtype == np.bool_
-        self.reciprocal = p == 1.0 and (mask is None or self.bool_mask)
+def exp_distance(t64: np.ndarray, z: np.ndarray) -> None:
+    """``z = 1 + t + sqrt(t (t + 2)) = exp(sqrt(c) d_c) >= 1`` in float32 from the distance arguments ``t``
+    of a tile (the float64 GEMM of :func:`attnkit.kernels.poincare.pairwise_arg`), in place in ``z``."""
+    r, n = z.shape
+    s = _buf("s", r * n, np.float32).reshape(r, n)
+    np.copyto(z, t64, casting="unsafe")
+    np.maximum(z, 0.0, out=z)  # t >= 0 (the GEMM's rounding may give -1e-16)
+    np.add(z, 2.0, out=s)
+    np.multiply(s, z, out=s)
+    np.sqrt(s, out=s)
+    np.add(z, s, out=z)
+    np.add(z, 1.0, out=z)
+
+
+class TilePlan:
+    """What the tiles of one call share: the batch shape of the broadcast operands, the mask, and the loop
+    over tasks ``(batch item, first row, end row)`` that :func:`attnkit._threads.run_tasks` hands out."""
+
+    def __init__(self, mask: np.ndarray | None, batch: tuple[int, ...]) -> None:
+        self.mask, self.batch = mask, batch
 
     def item(self, x: np.ndarray, b: int) -> np.ndarray:
         """Batch item ``b`` (flat index over ``batch``) of a broadcast view ``x (*batch, ., .)``."""
         return x[np.unravel_index(b, self.batch)] if self.batch else x
+
+    def mask_tile(self, b: int, i0: int, i1: int) -> np.ndarray | None:
+        """The mask of rows ``i0 .. i1-1`` of batch item ``b`` (``None`` without a mask)."""
+        if self.mask is None:
+            return None
+        m = self.item(self.mask, b)
+        return m if self.mask.shape[-2] == 1 else m[i0:i1]
+
+    def tile(self, b: int, i0: int, i1: int) -> None:
+        raise NotImplementedError
+
+    def run(self, tasks: Iterable[tuple[int, int, int]]) -> None:
+        for b, i0, i1 in tasks:
+            self.tile(b, i0, i1)
+
+
+class _Plan(TilePlan):
+    def __init__(
+        self, fq: np.ndarray, fkt: np.ndarray, vf: np.ndarray, mask: np.ndarray | None, p: float, batch: tuple[int, ...], out: np.ndarray
+    ) -> None:
+        super().__init__(mask, batch)
+        self.fq, self.fkt, self.vf, self.p = fq, fkt, vf, p
+        self.out = out
+        self.n = int(fkt.shape[-1])
+        self.reciprocal = p == 1.0 and (mask is None or mask.dtype == np.bool_)
 
     def tile(self, b: int, i0: int, i1: int) -> None:
         r, n = i1 - i0, self.n
         t64 = _buf("t64", r * n, np.float64).reshape(r, n)
         np.matmul(self.item(self.fq, b)[i0:i1], self.item(self.fkt, b), out=t64)
         z = _buf("z", r * n, np.float32).reshape(r, n)
-        s = _buf("s", r * n, np.float32).reshape(r, n)
-        np.copyto(z, t64, casting="unsafe")
-        np.maximum(z, 0.0, out=z)  # t >= 0 (the GEMM's rounding may give -1e-16)
-        np.add(z, 2.0, out=s)
-        np.multiply(s, z, out=s)
-        np.sqrt(s, out=s)
-        np.add(z, s, out=z)
-        np.add(z, 1.0, out=z)  # z = 1 + t + sqrt(t(t+2)) = exp(sqrt(c) d) >= 1
-        mt = None if self.mask is None else self.item(self.mask, b)[i0:i1] if self.mask.shape[-2] != 1 else self.item(self.mask, b)
+        exp_distance(t64, z)  # exp(sqrt(c) d)
+        mt = self.mask_tile(b, i0, i1)
         if self.reciprocal:
             np.reciprocal(z, out=z)  # exp(-d/T) for T sqrt(c) = 1
             if mt is not None:
@@ -112,10 +140,6 @@ class _Plan:
             np.multiply(z, -self.p, out=z)  # logits -d/T
             masked_exp(z, mt)
         np.matmul(z, self.item(self.vf, b), out=self.item(self.out, b)[i0:i1])
-
-    def run(self, tasks: Iterable[tuple[int, int, int]]) -> None:
-        for b, i0, i1 in tasks:
-            self.tile(b, i0, i1)
 
 
 def einstein_attention_numpy(

@@ -31,19 +31,20 @@ Spherical factors (κ > 0), learned curvatures and other dtypes or libraries kee
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from .._threads import run_tasks
 from . import _accel
-from .poincare_numpy import _MIN_ROWS, _SMALL, _TILE, _buf, masked_exp
+from .poincare import _sqnorm, key_factor, klein_ratio, query_factor, value_factors
+from .poincare_numpy import _MIN_ROWS, _SMALL, _TILE, TilePlan, _buf, exp_distance, masked_exp
 
 __all__ = ["product_attention_numpy"]
 
 
-class _Plan:
+class _Plan(TilePlan):
     def __init__(
         self,
         flat: tuple[np.ndarray, np.ndarray] | None,
@@ -54,15 +55,12 @@ class _Plan:
         batch: tuple[int, ...],
         out: np.ndarray,
     ) -> None:
-        self.flat, self.balls, self.vf, self.mask = flat, balls, vf, mask
+        super().__init__(mask, batch)
+        self.flat, self.balls, self.vf = flat, balls, vf
         self.neg_inv_t = -1.0 / temperature
-        self.batch, self.out = batch, out
+        self.out = out
         self.n = int(vf.shape[-2])
         self.exp: Callable[[np.ndarray, np.ndarray], None] | None = None  # the compiled exp pass (._accel), if wanted
-
-    def item(self, x: np.ndarray, b: int) -> np.ndarray:
-        """Batch item ``b`` (flat index over ``batch``) of a broadcast view ``x (*batch, ., .)``."""
-        return x[np.unravel_index(b, self.batch)] if self.batch else x
 
     def tile(self, b: int, i0: int, i1: int) -> None:
         r, n = i1 - i0, self.n
@@ -75,16 +73,9 @@ class _Plan:
         else:
             acc.fill(0.0)
         z = _buf("z", r * n, np.float32).reshape(r, n)
-        s = _buf("s", r * n, np.float32).reshape(r, n)
         for fq, fkt, coef in self.balls:  # (w_f / c) arcosh(1 + t)^2 of each ball
             np.matmul(self.item(fq, b)[i0:i1], self.item(fkt, b), out=t64)
-            np.copyto(z, t64, casting="unsafe")
-            np.maximum(z, 0.0, out=z)
-            np.add(z, 2.0, out=s)
-            np.multiply(s, z, out=s)
-            np.sqrt(s, out=s)
-            np.add(z, s, out=z)
-            np.add(z, 1.0, out=z)  # exp(sqrt(c) d) >= 1
+            exp_distance(t64, z)  # exp(sqrt(c) d)
             np.log(z, out=z)
             np.multiply(z, z, out=z)
             if coef != 1.0:
@@ -92,18 +83,12 @@ class _Plan:
             np.add(acc, z, out=acc)
         np.sqrt(acc, out=acc)
         np.multiply(acc, self.neg_inv_t, out=acc)  # the logits -d/T
-        mt = None if self.mask is None else self.item(self.mask, b)[i0:i1] if self.mask.shape[-2] != 1 else self.item(self.mask, b)
-        masked_exp(acc, mt, self.exp)
+        masked_exp(acc, self.mask_tile(b, i0, i1), self.exp)
         np.matmul(acc, self.item(self.vf, b), out=self.item(self.out, b)[i0:i1])
-
-    def run(self, tasks: Iterable[tuple[int, int, int]]) -> None:
-        for b, i0, i1 in tasks:
-            self.tile(b, i0, i1)
 
 
 def _sqnorm64(x: np.ndarray) -> np.ndarray:
-    x64 = x.astype(np.float64)
-    return np.einsum("...d,...d->...", x64, x64)[..., None]
+    return _sqnorm(x.astype(np.float64), np)
 
 
 def product_attention_numpy(
@@ -126,8 +111,6 @@ def product_attention_numpy(
     aggregate ``(..., M, D_f)`` float32: the weighted mean (zeros for a fully masked query) or the
     Einstein midpoint (the origin), in the order of ``factors``.
     """
-    from .poincare import key_factor, klein_ratio, query_factor, value_factors
-
     f32 = np.dtype(np.float32)
     arrays = [*qs, *ks, *vs]
     if not arrays or not all(type(a) is np.ndarray and a.dtype == f32 and a.ndim >= 2 for a in arrays):
