@@ -23,7 +23,17 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
-__all__ = ["BlasOneThread", "TaskFeed", "blas_limiter_available", "get_num_threads", "get_pool", "run_tasks", "set_num_threads", "small_gemms"]
+__all__ = [
+    "BlasOneThread",
+    "TaskFeed",
+    "ThreadScratch",
+    "blas_limiter_available",
+    "get_num_threads",
+    "get_pool",
+    "run_tasks",
+    "set_num_threads",
+    "small_gemms",
+]
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -230,3 +240,24 @@ def run_tasks(
         finally:
             for f in futures:
                 f.result()
+
+
+class ThreadScratch:
+    """Scratch arrays of each thread, by name and dtype, kept between calls and grown as needed (one object
+    per kernel family, so two families never share a buffer)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def get(self, name: str, size: int, dtype: Any) -> Any:
+        """This thread's array ``name`` of ``dtype`` viewed at ``size`` elements (its contents are stale)."""
+        import numpy as np
+
+        bufs = getattr(self._local, "bufs", None)
+        if bufs is None:
+            bufs = self._local.bufs = {}
+        key = (name, np.dtype(dtype).str)
+        buf = bufs.get(key)
+        if buf is None or buf.size < size:
+            buf = bufs[key] = np.empty(size, dtype=dtype)
+        return buf[:size]

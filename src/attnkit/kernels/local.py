@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
 from typing import Any
 
 import array_api_compat
@@ -35,7 +34,7 @@ import numpy as np
 
 from .._array import Array, Namespace
 from .._array import length as _dim
-from .._threads import BlasOneThread, blas_limiter_available, run_tasks
+from .._threads import BlasOneThread, ThreadScratch, blas_limiter_available, run_tasks
 from . import _accel, overflow
 from .dense import sdpa
 from .gqa import group_keys, group_queries, needs_grouping, ungroup
@@ -250,19 +249,8 @@ def local_global_attention(
 # without a global key takes one compiled pass over each row's own keys, zeros elsewhere.
 
 
-_np_local = threading.local()
-
-
-def _np_buf(name: str, size: int, dtype: Any) -> np.ndarray:
-    """A thread's scratch array of at least ``size`` elements (kept between calls, grown as needed)."""
-    bufs = getattr(_np_local, "bufs", None)
-    if bufs is None:
-        bufs = _np_local.bufs = {}
-    key = (name, np.dtype(dtype).str)
-    buf = bufs.get(key)
-    if buf is None or buf.size < size:
-        buf = bufs[key] = np.empty(size, dtype=dtype)
-    return buf[:size]
+#: a thread's scratch array of at least ``size`` elements (kept between calls, grown as needed)
+_np_buf = ThreadScratch().get
 
 
 class _LocalPlan:

@@ -22,13 +22,12 @@ The result agrees with the generic array-API path to float32 rounding (tests/tes
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-from .._threads import run_tasks
+from .._threads import ThreadScratch, run_tasks
 
 __all__ = ["TilePlan", "einstein_attention_numpy", "exp_distance", "masked_exp"]
 
@@ -39,17 +38,8 @@ _MIN_ROWS = 8
 #: at most this many scores in the whole call: the generic path is as fast
 _SMALL = 1 << 14
 
-_local = threading.local()
-
-
-def _buf(name: str, size: int, dtype: Any) -> np.ndarray:
-    bufs = getattr(_local, "bufs", None)
-    if bufs is None:
-        bufs = _local.bufs = {}
-    b = bufs.get(name)
-    if b is None or b.size < size:
-        b = bufs[name] = np.empty(size, dtype=dtype)
-    return b[:size]
+#: a thread's scratch array of at least ``size`` elements (kept between calls, grown as needed)
+_buf = ThreadScratch().get
 
 
 def masked_exp(z: np.ndarray, mask: np.ndarray | None, exp: Callable[[np.ndarray, np.ndarray], None] | None = None) -> None:
