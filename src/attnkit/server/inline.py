@@ -132,12 +132,12 @@ class InlineLane:
         if key not in self._fast:  # even when cached (thread isolation shares the cache): its cost is not known yet
             return None, key
         mech = c.planned_mechanism(plan)
-        work = (mech, c.plan_work(plan, mech, tensors))
-        if work[1] is None or work[1].flops > self.settings.inline_max_flops or work[1].nbytes > MAX_BYTES:
+        work = c.plan_work(plan, mech, tensors)
+        if work is None or work.flops > self.settings.inline_max_flops or work.nbytes > MAX_BYTES:
             return None, None
         # the cached mechanism is measured again every REFRESH_EVERY inline requests (measuring reads
         # /proc): what a tiny forward can add to it is at most MAX_BYTES, so the cache bound holds meanwhile
-        answer = c.respond(mech, plan.names, key, tensors, encoding, accept, scores, t0, work[1], refresh=self.served % REFRESH_EVERY == 0)
+        answer = c.respond(mech, plan.names, key, tensors, encoding, accept, scores, t0, work, refresh=self.served % REFRESH_EVERY == 0)
         # CPU time (being preempted on a busy machine is not work), less any garbage collection it triggered
         took = time.thread_time() - cpu0 - (_GC_CLOCK.spent() - gc0)
         if took > BUDGET_S:
